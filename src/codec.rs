@@ -1,0 +1,280 @@
+//! Byte layouts: packed tokens, sled keys and the versioned device record.
+//!
+//! DESIGN.md describes each layout byte by byte; keep the two in step.
+
+use std::cmp::Ordering;
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::limits::*;
+use crate::model::{Attributes, Platform};
+
+/// Version byte that starts every device record and the format stored in metadata.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Key prefix of metadata entries.
+pub const META_PREFIX: u8 = b'M';
+/// Key prefix of device records.
+pub const DEVICE_PREFIX: u8 = b'D';
+
+/// Metadata key: the format version (u32 big-endian).
+pub const META_FORMAT: &[u8] = b"Mformat";
+/// Metadata key: the log position the store reflects (u64 big-endian).
+pub const META_CHECKPOINT_LSN: &[u8] = b"Mcheckpoint_lsn";
+/// Metadata key: the per-person cap in effect (u32 big-endian).
+pub const META_CAP: &[u8] = b"Mmax_devices_per_person";
+
+const TAG_RAW: u8 = 0;
+const TAG_HEX: u8 = 1;
+
+/// The one bincode configuration devreg uses: varint, little-endian, bounded.
+pub(crate) fn bincode_opts() -> impl Options + Copy {
+    bincode::DefaultOptions::new()
+        .with_limit(MAX_LOG_RECORD_BYTES as u64 * 2)
+        .with_varint_encoding()
+        .with_little_endian()
+}
+
+fn is_lower_hex(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+}
+
+fn nibble(b: u8) -> u8 {
+    if b.is_ascii_digit() {
+        b - b'0'
+    } else {
+        b - b'a' + 10
+    }
+}
+
+/// Packs a token: lowercase hex of even length becomes raw bytes (half the size).
+pub fn pack_token(token: &str) -> Box<[u8]> {
+    let b = token.as_bytes();
+    if !b.is_empty() && b.len() % 2 == 0 && b.iter().all(|&c| is_lower_hex(c)) {
+        let mut out = Vec::with_capacity(1 + b.len() / 2);
+        out.push(TAG_HEX);
+        for pair in b.chunks_exact(2) {
+            out.push((nibble(pair[0]) << 4) | nibble(pair[1]));
+        }
+        out.into_boxed_slice()
+    } else {
+        let mut out = Vec::with_capacity(1 + b.len());
+        out.push(TAG_RAW);
+        out.extend_from_slice(b);
+        out.into_boxed_slice()
+    }
+}
+
+/// Unpacks a packed token back to its text; `None` if the bytes are not a packed token.
+pub fn unpack_token(packed: &[u8]) -> Option<String> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (&tag, body) = packed.split_first()?;
+    match tag {
+        TAG_HEX if !body.is_empty() => {
+            let mut s = String::with_capacity(body.len() * 2);
+            for &byte in body {
+                s.push(char::from(HEX[usize::from(byte >> 4)]));
+                s.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+            Some(s)
+        }
+        TAG_RAW if !body.is_empty() && body.iter().all(|b| (0x21..=0x7e).contains(b)) => {
+            // A raw body must not be one pack_token would have packed.
+            let canonical_raw = body.len() % 2 == 1 || !body.iter().all(|&c| is_lower_hex(c));
+            if canonical_raw {
+                std::str::from_utf8(body).ok().map(str::to_owned)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Orders packed tokens as their texts would order.
+pub fn cmp_packed(a: &[u8], b: &[u8]) -> Ordering {
+    match (a.first(), b.first()) {
+        // Equal-tag hex: byte order of packed nibbles is the text order.
+        (Some(&TAG_HEX), Some(&TAG_HEX)) | (Some(&TAG_RAW), Some(&TAG_RAW)) => a.cmp(b),
+        _ => unpack_token(a).cmp(&unpack_token(b)),
+    }
+}
+
+/// The sled key of a device record.
+pub fn device_key(packed: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + packed.len());
+    k.push(DEVICE_PREFIX);
+    k.extend_from_slice(packed);
+    k
+}
+
+/// Encodes attributes into the blob stored (and interned) with a device.
+pub fn encode_attributes(attributes: &Attributes) -> Vec<u8> {
+    let pairs: Vec<(&str, &str)> = attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // Serializing strings into a Vec cannot fail.
+    bincode_opts().serialize(&pairs).unwrap_or_default()
+}
+
+/// Decodes an attribute blob, checking order and limits.
+pub fn decode_attributes(location: &str, blob: &[u8]) -> Result<Attributes> {
+    let pairs: Vec<(String, String)> = bincode_opts()
+        .deserialize(blob)
+        .map_err(|e| Error::corrupt(location, format!("attributes: {e}")))?;
+    let n = pairs.len();
+    let map: Attributes = pairs.into_iter().collect();
+    if map.len() != n {
+        return Err(Error::corrupt(location, "duplicate attribute names"));
+    }
+    crate::model::validate_attributes(&map).map_err(|e| Error::corrupt(location, e.to_string()))?;
+    Ok(map)
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordHead<'a> {
+    platform: u8,
+    last_seen_ms: u64,
+    #[serde(borrow)]
+    person: Option<&'a str>,
+}
+
+/// A device record as stored: everything but the token, which is in the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The platform.
+    pub platform: Platform,
+    /// Last seen, Unix ms.
+    pub last_seen_ms: u64,
+    /// The owner.
+    pub person: Option<&'a str>,
+    /// The encoded attributes blob (see [`encode_attributes`]).
+    pub attributes_blob: &'a [u8],
+}
+
+/// Encodes a device record: version byte, head, attribute blob.
+pub fn encode_record(r: &RecordRef<'_>) -> Vec<u8> {
+    let head = RecordHead {
+        platform: r.platform.index() as u8,
+        last_seen_ms: r.last_seen_ms,
+        person: r.person,
+    };
+    let mut out = Vec::with_capacity(16 + r.attributes_blob.len());
+    out.push(FORMAT_VERSION);
+    // Serializing into a Vec cannot fail.
+    let _ = bincode_opts().serialize_into(&mut out, &head);
+    out.extend_from_slice(r.attributes_blob);
+    out
+}
+
+/// Decodes a device record; `location` names the key in errors. The attribute
+/// blob is returned undecoded; the caller checks it (once per distinct blob).
+pub fn decode_record<'a>(location: &str, bytes: &'a [u8]) -> Result<RecordRef<'a>> {
+    let (&version, mut rest) = bytes
+        .split_first()
+        .ok_or_else(|| Error::corrupt(location, "empty record"))?;
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            location: location.to_owned(),
+            found: u32::from(version),
+            supported: u32::from(FORMAT_VERSION),
+        });
+    }
+    let head: RecordHead<'a> = bincode_opts()
+        .allow_trailing_bytes()
+        .deserialize(rest)
+        .map_err(|e| Error::corrupt(location, format!("record head: {e}")))?;
+    let head_len = bincode_opts()
+        .serialized_size(&head)
+        .map_err(|e| Error::corrupt(location, e.to_string()))? as usize;
+    rest = rest
+        .get(head_len..)
+        .ok_or_else(|| Error::corrupt(location, "record truncated"))?;
+    let platform = Platform::from_index(head.platform)
+        .ok_or_else(|| Error::corrupt(location, format!("platform byte {}", head.platform)))?;
+    if let Some(p) = head.person {
+        crate::model::validate_person("person", p)
+            .map_err(|e| Error::corrupt(location, e.to_string()))?;
+    }
+    if head.last_seen_ms > MAX_TIMESTAMP_MS {
+        return Err(Error::corrupt(location, "last_seen_ms after the year 3000"));
+    }
+    Ok(RecordRef {
+        platform,
+        last_seen_ms: head.last_seen_ms,
+        person: head.person,
+        attributes_blob: rest,
+    })
+}
+
+/// Renders a key for error messages: the prefix letter and the token if it is one.
+pub fn describe_key(key: &[u8]) -> String {
+    match key.split_first() {
+        Some((&DEVICE_PREFIX, packed)) => match unpack_token(packed) {
+            Some(t) => format!("device record {t:?}"),
+            None => format!("device key {packed:02x?}"),
+        },
+        _ => format!("key {}", String::from_utf8_lossy(key)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_order_like_text() {
+        let toks = [
+            "ab", "abcd", "ABCD", "abc", "zz", "0f", "a", "ff00", "f:APA91b",
+        ];
+        for t in toks {
+            assert_eq!(unpack_token(&pack_token(t)).as_deref(), Some(t));
+        }
+        assert_eq!(pack_token("abcd").len(), 3);
+        for a in toks {
+            for b in toks {
+                assert_eq!(
+                    cmp_packed(&pack_token(a), &pack_token(b)),
+                    a.cmp(b),
+                    "{a} vs {b}"
+                );
+            }
+        }
+        // A raw encoding of a packable token is not canonical.
+        assert_eq!(unpack_token(b"\0ab"), None);
+        assert_eq!(unpack_token(b""), None);
+        assert_eq!(unpack_token(b"\x01"), None);
+    }
+
+    #[test]
+    fn record_round_trips_and_rejects_damage() {
+        let mut attrs = Attributes::new();
+        attrs.insert("app_version".into(), "1.2.3".into());
+        let blob = encode_attributes(&attrs);
+        let r = RecordRef {
+            platform: Platform::Android,
+            last_seen_ms: 1_700_000_000_000,
+            person: Some("p1"),
+            attributes_blob: &blob,
+        };
+        let bytes = encode_record(&r);
+        let back = decode_record("k", &bytes).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(decode_attributes("k", back.attributes_blob).unwrap(), attrs);
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert!(matches!(
+            decode_record("k", &future),
+            Err(Error::UnsupportedFormat { found: 9, .. })
+        ));
+        for cut in 0..bytes.len() {
+            let part = &bytes[..cut];
+            if let Ok(r) = decode_record("k", part) {
+                assert!(decode_attributes("k", r.attributes_blob).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! How a registry is opened.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::limits::*;
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After an fdatasync of the log covering the write (shared by every
+    /// concurrent caller: group commit). Survives a process crash and power loss.
+    Immediate,
+    /// Once the log record is written to the operating system. Survives a
+    /// process crash but not a power loss; the log is fdatasynced every
+    /// `eventual_sync_interval_ms`.
+    Eventual,
+}
+
+/// Options for [`Registry::open_with`](crate::Registry::open_with).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The database directory; created (mode 0700) if missing.
+    pub path: PathBuf,
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// Most devices one person may own; older ones are evicted.
+    pub max_devices_per_person: u32,
+    /// In `Eventual` mode, the longest a written record waits for an fdatasync.
+    pub eventual_sync_interval_ms: u64,
+    /// Size of each preallocated log segment; fixed when the database is created.
+    pub log_segment_bytes: u64,
+    /// Segments the log may use before writers wait for a checkpoint.
+    pub max_log_segments: u32,
+    /// Longest time between checkpoints while there are changes.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Config {
+    /// Defaults: immediate durability, 20 devices per person, 64 MiB segments.
+    ///
+    /// ```
+    /// let c = devreg::Config::new("/tmp/x").max_devices_per_person(5);
+    /// assert_eq!(c.max_devices_per_person, 5);
+    /// ```
+    pub fn new(path: impl AsRef<Path>) -> Config {
+        Config {
+            path: path.as_ref().to_owned(),
+            durability: Durability::Immediate,
+            max_devices_per_person: DEFAULT_MAX_DEVICES_PER_PERSON,
+            eventual_sync_interval_ms: 1000,
+            log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
+            max_log_segments: DEFAULT_MAX_LOG_SEGMENTS,
+            checkpoint_interval_ms: 30_000,
+        }
+    }
+
+    /// Sets the durability mode.
+    pub fn durability(mut self, d: Durability) -> Config {
+        self.durability = d;
+        self
+    }
+
+    /// Sets the per-person device cap.
+    pub fn max_devices_per_person(mut self, n: u32) -> Config {
+        self.max_devices_per_person = n;
+        self
+    }
+
+    /// Sets the log segment size (used when the database is created).
+    pub fn log_segment_bytes(mut self, n: u64) -> Config {
+        self.log_segment_bytes = n;
+        self
+    }
+
+    /// Sets how many log segments may be in use before writers wait.
+    pub fn max_log_segments(mut self, n: u32) -> Config {
+        self.max_log_segments = n;
+        self
+    }
+
+    /// Sets the longest time between checkpoints.
+    pub fn checkpoint_interval_ms(mut self, ms: u64) -> Config {
+        self.checkpoint_interval_ms = ms;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(&self.max_devices_per_person) {
+            return Err(Error::invalid(
+                "max_devices_per_person",
+                format!(
+                    "{} is outside 1..={MAX_DEVICES_PER_PERSON_LIMIT}",
+                    self.max_devices_per_person
+                ),
+            ));
+        }
+        if self.log_segment_bytes < 64 << 10 || self.log_segment_bytes > 1 << 30 {
+            return Err(Error::invalid(
+                "log_segment_bytes",
+                format!("{} is outside 64 KiB..=1 GiB", self.log_segment_bytes),
+            ));
+        }
+        if self.max_log_segments < 2 {
+            return Err(Error::invalid("max_log_segments", "must be at least 2"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! devreg: an embedded, crash-safe registry of mobile push devices.
+//!
+//! Devices are keyed by push token and indexed by person, platform and
+//! last-seen time. State and indexes live in memory; every write goes through
+//! devreg's own write-ahead log (group commit) and is checkpointed to sled.
+//! See DESIGN.md for the formats and the durability argument.
+//!
+//! ```
+//! use devreg::{Registry, Register, Platform, LogoutPolicy};
+//! let dir = tempfile::tempdir().unwrap();
+//! let reg = Registry::open(dir.path().join("db")).unwrap();
+//! let reg_op = |token: &str, person: &str, seen_ms| reg.register(Register {
+//!     token: token.into(), platform: Platform::Android,
+//!     person: Some(person.into()), seen_ms, attributes: None,
+//! });
+//! reg_op("tok-1", "ann", 10).unwrap();
+//! reg_op("tok-2", "ann", 20).unwrap();
+//! reg.logout("tok-2", LogoutPolicy::Keep).unwrap();
+//! assert_eq!(reg.most_recent("ann", None).unwrap().token, "tok-1");
+//! assert_eq!(reg.active_since(15, None), 1);
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod config;
+mod error;
+pub mod limits;
+mod log;
+mod model;
+mod registry;
+mod state;
+mod store;
+mod writer;
+
+pub use config::{Config, Durability};
+pub use error::{Error, Result};
+pub use model::{
+    validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,
+    LogoutPolicy, Op, Outcome, Platform, Register,
+};
+pub use registry::{ActiveIter, CheckReport, Registry};
+pub use state::{Cursor, Page, Stats};
+
+#[doc(hidden)]
+pub mod internals {
+    //! Exposed for fuzzing and fault-injection tests only; not a stable API.
+    pub use crate::codec::{decode_attributes, decode_record, pack_token, unpack_token};
+}

@@ -1,0 +1,30 @@
+//! Every limit devreg enforces, named in one place (TigerBeetle style).
+
+/// Longest accepted device token, in bytes (APNs hex is 64, FCM about 163).
+pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Longest person id, in bytes (Customer.io's limit for a person id).
+pub const MAX_PERSON_BYTES: usize = 150;
+/// Most attributes one device may carry.
+pub const MAX_ATTRIBUTES: usize = 100;
+/// Longest attribute name, in bytes (Customer.io's limit).
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 150;
+/// Longest attribute value, in bytes (Customer.io's limit).
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1000;
+/// Latest accepted timestamp: 3000-01-01T00:00:00Z in Unix milliseconds.
+pub const MAX_TIMESTAMP_MS: u64 = 32_503_680_000_000;
+/// Default cap on devices per person.
+pub const DEFAULT_MAX_DEVICES_PER_PERSON: u32 = 20;
+/// Largest configurable cap on devices per person.
+pub const MAX_DEVICES_PER_PERSON_LIMIT: u32 = 10_000;
+/// Most operations one atomic batch (one log record) may hold.
+pub const MAX_OPS_PER_BATCH: usize = 100_000;
+/// Largest encoded size of one log record body, in bytes.
+pub const MAX_LOG_RECORD_BYTES: usize = 16 << 20;
+/// Default size of one preallocated log segment, in bytes.
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default number of log segments before writers wait for a checkpoint.
+pub const DEFAULT_MAX_LOG_SEGMENTS: u32 = 4;
+/// Most operations one write group (one fsync) collects from concurrent callers.
+pub const MAX_GROUP_OPS: usize = 200_000;
+/// Longest import line, in bytes.
+pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;

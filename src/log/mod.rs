@@ -1,0 +1,161 @@
+//! devreg's write-ahead log: preallocated segments of checksummed records,
+//! appended by the single writer, replayed at open after the checkpoint.
+//!
+//! A log position (LSN) is a byte offset in an endless log; segment `n`
+//! holds LSNs `n * segment_bytes .. (n + 1) * segment_bytes`.
+
+pub(crate) mod record;
+mod replay;
+pub(crate) mod segments;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use record::{HEADER_BYTES, KIND_ENTRIES, KIND_PAD};
+pub(crate) use replay::replay;
+use segments::SegmentPool;
+
+/// The append side of the log; owned by the writer thread.
+pub(crate) struct LogWriter {
+    segment_bytes: u64,
+    file: File,
+    seq: u64,
+    end_lsn: u64,
+    pool: Arc<SegmentPool>,
+    buf: Vec<u8>,
+    /// Start of `buf` in the log.
+    buf_lsn: u64,
+    synced_lsn: u64,
+}
+
+impl LogWriter {
+    pub(crate) fn open(
+        segment_bytes: u64,
+        end_lsn: u64,
+        pool: Arc<SegmentPool>,
+    ) -> Result<LogWriter> {
+        let seq = end_lsn / segment_bytes;
+        let file = pool.take(seq)?;
+        Ok(LogWriter {
+            segment_bytes,
+            file,
+            seq,
+            end_lsn,
+            pool,
+            buf: Vec::new(),
+            buf_lsn: end_lsn,
+            synced_lsn: end_lsn,
+        })
+    }
+
+    pub(crate) fn end_lsn(&self) -> u64 {
+        self.end_lsn
+    }
+
+    pub(crate) fn pool(&self) -> &Arc<SegmentPool> {
+        &self.pool
+    }
+
+    /// Largest body one record can carry.
+    pub(crate) fn max_body(&self) -> usize {
+        (self.segment_bytes as usize).saturating_sub(2 * HEADER_BYTES)
+    }
+
+    /// How many new segments appending records of these body sizes needs.
+    pub(crate) fn rolls_needed(&self, bodies: impl Iterator<Item = usize>) -> u64 {
+        let mut lsn = self.end_lsn;
+        let mut rolls = 0;
+        for len in bodies {
+            let need = (HEADER_BYTES + len) as u64;
+            if lsn % self.segment_bytes + need > self.segment_bytes {
+                lsn = (lsn / self.segment_bytes + 1) * self.segment_bytes;
+                rolls += 1;
+            }
+            lsn += need;
+        }
+        rolls
+    }
+
+    /// The sequence number of the `n`-th segment after the current one.
+    pub(crate) fn seq_after(&self, n: u64) -> u64 {
+        self.seq + n
+    }
+
+    /// Queues one record; it reaches the OS at the next `write_out`.
+    /// The caller checked `rolls_needed` against the pool first.
+    pub(crate) fn append(&mut self, count: u32, body: &[u8]) -> Result<u64> {
+        let need = (HEADER_BYTES + body.len()) as u64;
+        if body.len() > self.max_body() {
+            return Err(Error::invalid(
+                "batch",
+                format!(
+                    "encodes to {} bytes, over the log's record limit of {}",
+                    body.len(),
+                    self.max_body()
+                ),
+            ));
+        }
+        if self.end_lsn % self.segment_bytes + need > self.segment_bytes {
+            self.roll()?;
+        }
+        let lsn = self.end_lsn;
+        record::encode(&mut self.buf, lsn, KIND_ENTRIES, count, body);
+        self.end_lsn += need;
+        Ok(lsn)
+    }
+
+    /// Writes queued records to the OS (one write call): after this they
+    /// survive a process crash.
+    pub(crate) fn write_out(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let off = self.buf_lsn % self.segment_bytes;
+        self.file
+            .write_all_at(&self.buf, off)
+            .map_err(|e| Error::io(format!("writing log segment {}", self.seq), e))?;
+        self.buf.clear();
+        self.buf_lsn = self.end_lsn;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (fdatasync).
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.write_out()?;
+        if self.synced_lsn == self.end_lsn {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
+        self.synced_lsn = self.end_lsn;
+        Ok(())
+    }
+
+    pub(crate) fn needs_sync(&self) -> bool {
+        self.synced_lsn != self.end_lsn || !self.buf.is_empty()
+    }
+
+    /// Ends the current segment with a pad record and moves to the next one.
+    fn roll(&mut self) -> Result<()> {
+        let off = self.end_lsn % self.segment_bytes;
+        if self.segment_bytes - off >= HEADER_BYTES as u64 {
+            record::encode(&mut self.buf, self.end_lsn, KIND_PAD, 0, &[]);
+        }
+        self.write_out()?;
+        // The pad must be durable before anything lands in the next segment,
+        // or recovery would see a hole before valid records.
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
+        let next = self.seq + 1;
+        self.file = self.pool.take(next)?;
+        self.seq = next;
+        self.end_lsn = next * self.segment_bytes;
+        self.buf_lsn = self.end_lsn;
+        self.synced_lsn = self.end_lsn;
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Segment files: naming, preallocation, recycling and the bound on their number.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+
+pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.wal"))
+}
+
+/// Parses `00000000000000000042.wal` into 42.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Every segment file in `dir`, by sequence number.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        if let Some(seq) = ent.file_name().to_str().and_then(parse_segment_name) {
+            out.push(seq);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Creates a segment filled with zeros, so later fdatasyncs write no metadata.
+pub(crate) fn create_preallocated(path: &Path, bytes: u64) -> Result<File> {
+    let ctx = || format!("preallocating log segment {}", path.display());
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(ctx(), e))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n]).map_err(|e| Error::io(ctx(), e))?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(|e| Error::io(ctx(), e))?;
+    Ok(f)
+}
+
+pub(crate) fn open_segment(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening log segment {}", path.display()), e))
+}
+
+struct PoolState {
+    /// Segments below this sequence are covered by a checkpoint.
+    checkpoint_seq: u64,
+    /// Files that may be renamed and reused.
+    free: Vec<u64>,
+}
+
+/// Tracks which segments the checkpoint has released, and makes the writer
+/// wait when all `max_segments` are in use (backpressure).
+pub(crate) struct SegmentPool {
+    dir: PathBuf,
+    segment_bytes: u64,
+    max_segments: u64,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+impl SegmentPool {
+    pub(crate) fn new(
+        dir: PathBuf,
+        segment_bytes: u64,
+        max_segments: u64,
+        checkpoint_seq: u64,
+        free: Vec<u64>,
+    ) -> SegmentPool {
+        SegmentPool {
+            dir,
+            segment_bytes,
+            max_segments,
+            state: Mutex::new(PoolState {
+                checkpoint_seq,
+                free,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Whether segment `seq` may be started without exceeding the bound.
+    pub(crate) fn has_room_for(&self, seq: u64) -> bool {
+        let st = self.state.lock();
+        seq < st.checkpoint_seq + self.max_segments
+    }
+
+    /// Waits until segment `seq` may be started.
+    pub(crate) fn wait_for_room(&self, seq: u64, failed: &dyn Fn() -> bool) {
+        let mut st = self.state.lock();
+        while seq >= st.checkpoint_seq + self.max_segments && !failed() {
+            self.freed
+                .wait_for(&mut st, std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Provides the file for segment `seq`: a recycled one renamed, or a new one.
+    pub(crate) fn take(&self, seq: u64) -> Result<File> {
+        let path = segment_path(&self.dir, seq);
+        if path.exists() {
+            return open_segment(&path);
+        }
+        let recycled = self.state.lock().free.pop();
+        match recycled {
+            Some(old) => {
+                let old_path = segment_path(&self.dir, old);
+                fs::rename(&old_path, &path).map_err(|e| {
+                    Error::io(
+                        format!("recycling {} as {}", old_path.display(), path.display()),
+                        e,
+                    )
+                })?;
+                sync_dir(&self.dir)?;
+                open_segment(&path)
+            }
+            None => {
+                let f = create_preallocated(&path, self.segment_bytes)?;
+                sync_dir(&self.dir)?;
+                Ok(f)
+            }
+        }
+    }
+
+    /// A checkpoint now covers everything before `lsn`: release older segments.
+    pub(crate) fn checkpointed(&self, lsn: u64) {
+        let seq = lsn / self.segment_bytes;
+        let mut st = self.state.lock();
+        for old in st.checkpoint_seq..seq {
+            if segment_path(&self.dir, old).exists() {
+                st.free.push(old);
+            }
+        }
+        st.checkpoint_seq = st.checkpoint_seq.max(seq);
+        drop(st);
+        self.freed.notify_all();
+    }
+}

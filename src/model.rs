@@ -1,0 +1,390 @@
+//! Public types (devices, operations, outcomes) and their validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::limits::*;
+
+/// A device's attributes: name to string value, kept sorted by name.
+pub type Attributes = BTreeMap<String, String>;
+
+/// The push platform of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Platform {
+    /// Apple devices (APNs or FCM tokens).
+    Ios,
+    /// Android devices (FCM tokens).
+    Android,
+}
+
+impl Platform {
+    /// Both platforms, in index order.
+    pub const ALL: [Platform; 2] = [Platform::Ios, Platform::Android];
+
+    /// The lowercase wire name: `ios` or `android`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Platform::Ios => 0,
+            Platform::Android => 1,
+        }
+    }
+
+    pub(crate) fn from_index(i: u8) -> Option<Platform> {
+        match i {
+            0 => Some(Platform::Ios),
+            1 => Some(Platform::Android),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for Platform {
+    type Err = Error;
+
+    /// Parses `ios` or `android`, ignoring ASCII case.
+    ///
+    /// ```
+    /// use devreg::Platform;
+    /// assert_eq!("iOS".parse::<Platform>().unwrap(), Platform::Ios);
+    /// assert!("windows".parse::<Platform>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("ios") {
+            Ok(Platform::Ios)
+        } else if s.eq_ignore_ascii_case("android") {
+            Ok(Platform::Android)
+        } else {
+            Err(Error::invalid(
+                "platform",
+                format!("{s:?} is not \"ios\" or \"android\""),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One device as the registry holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The push token.
+    pub token: String,
+    /// `ios` or `android`.
+    pub platform: Platform,
+    /// The owner, or `None` for an anonymous install.
+    pub person: Option<String>,
+    /// When the device was last seen, Unix milliseconds.
+    pub last_seen_ms: u64,
+    /// Device attributes.
+    pub attributes: Attributes,
+}
+
+/// What `logout` does with the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogoutPolicy {
+    /// Keep the device, anonymous.
+    Keep,
+    /// Delete the device.
+    Remove,
+}
+
+impl FromStr for LogoutPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "keep" => Ok(LogoutPolicy::Keep),
+            "remove" => Ok(LogoutPolicy::Remove),
+            _ => Err(Error::invalid(
+                "policy",
+                format!("{s:?} is not \"keep\" or \"remove\""),
+            )),
+        }
+    }
+}
+
+/// The arguments of a register (upsert).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// The push token.
+    pub token: String,
+    /// The platform; replaces the stored one.
+    pub platform: Platform,
+    /// The owner; `None` keeps the current owner (or none for a new token).
+    pub person: Option<String>,
+    /// When the device was seen; `last_seen_ms` becomes the max of this and the old value.
+    pub seen_ms: u64,
+    /// New attributes; `None` keeps the current ones.
+    pub attributes: Option<Attributes>,
+}
+
+/// One registry operation. Every operation is atomic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Insert or update a device.
+    Register(Register),
+    /// The device was seen again.
+    Touch {
+        /// The token.
+        token: String,
+        /// When it was seen.
+        seen_ms: u64,
+    },
+    /// The app got a new token; the record moves to it.
+    Rotate {
+        /// The token being replaced.
+        old_token: String,
+        /// The replacement.
+        new_token: String,
+        /// When the new token was seen.
+        seen_ms: u64,
+    },
+    /// The person logged out on this device.
+    Logout {
+        /// The token.
+        token: String,
+        /// Keep the device anonymous or delete it.
+        policy: LogoutPolicy,
+    },
+    /// Two profiles become one: every device of `secondary` moves to `primary`.
+    Merge {
+        /// The surviving person.
+        primary: String,
+        /// The person merged away.
+        secondary: String,
+    },
+    /// The app was uninstalled.
+    Remove {
+        /// The token.
+        token: String,
+    },
+    /// The push provider reported the token dead at `provider_ms`.
+    Invalidate {
+        /// The token.
+        token: String,
+        /// The provider's timestamp.
+        provider_ms: u64,
+    },
+    /// Delete every device last seen before `before_ms`.
+    Prune {
+        /// The cut-off.
+        before_ms: u64,
+    },
+}
+
+/// What an operation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// The operation was applied. `devices` counts the devices it wrote or deleted
+    /// (0 for an update that changed nothing), `evicted` those the per-person cap removed.
+    Applied {
+        /// Devices written or deleted.
+        devices: u32,
+        /// Devices evicted by the per-person cap.
+        evicted: u32,
+    },
+    /// The token is not registered; nothing changed.
+    NotFound,
+    /// `invalidate` found the device seen after the provider's timestamp; it is kept.
+    Skipped,
+}
+
+impl Outcome {
+    pub(crate) fn applied(devices: u32) -> Outcome {
+        Outcome::Applied {
+            devices,
+            evicted: 0,
+        }
+    }
+}
+
+/// Checks a token: visible ASCII, 1..=4096 bytes.
+pub fn validate_token(field: &str, token: &str) -> Result<()> {
+    if token.is_empty() {
+        return Err(Error::invalid(field, "is empty"));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes, the limit is {MAX_TOKEN_BYTES}", token.len()),
+        ));
+    }
+    if let Some(pos) = token.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(Error::invalid(
+            field,
+            format!("byte {pos} is not visible ASCII (0x21..=0x7E)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a person id: 1..=150 bytes of UTF-8 without control characters.
+pub fn validate_person(field: &str, person: &str) -> Result<()> {
+    if person.is_empty() {
+        return Err(Error::invalid(field, "is empty"));
+    }
+    if person.len() > MAX_PERSON_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes, the limit is {MAX_PERSON_BYTES}", person.len()),
+        ));
+    }
+    if person.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "contains a control character"));
+    }
+    Ok(())
+}
+
+/// Checks a timestamp: at most the year 3000.
+pub fn validate_time(field: &str, ms: u64) -> Result<()> {
+    if ms > MAX_TIMESTAMP_MS {
+        return Err(Error::invalid(
+            field,
+            format!("{ms} is after the year 3000 ({MAX_TIMESTAMP_MS} ms)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks attributes: at most 100, names 1..=150 bytes not starting with `_`,
+/// values at most 1000 bytes.
+pub fn validate_attributes(attributes: &Attributes) -> Result<()> {
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(Error::invalid(
+            "attributes",
+            format!(
+                "has {} entries, the limit is {MAX_ATTRIBUTES}",
+                attributes.len()
+            ),
+        ));
+    }
+    for (name, value) in attributes {
+        if name.is_empty() {
+            return Err(Error::invalid("attributes", "an attribute name is empty"));
+        }
+        if name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            return Err(Error::invalid(
+                "attributes",
+                format!(
+                    "name {name:.40?}... is {} bytes, the limit is {MAX_ATTRIBUTE_NAME_BYTES}",
+                    name.len()
+                ),
+            ));
+        }
+        if name.starts_with('_') {
+            return Err(Error::invalid(
+                format!("attributes.{name}"),
+                "names starting with '_' are reserved by Customer.io",
+            ));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(Error::invalid(
+                format!("attributes.{name}"),
+                format!(
+                    "value is {} bytes, the limit is {MAX_ATTRIBUTE_VALUE_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Op {
+    /// Checks every field of the operation against devreg's limits.
+    ///
+    /// ```
+    /// use devreg::Op;
+    /// let op = Op::Touch { token: "".into(), seen_ms: 1 };
+    /// assert_eq!(op.validate().unwrap_err().to_string(), "invalid token: is empty");
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Op::Register(r) => {
+                validate_token("token", &r.token)?;
+                if let Some(p) = &r.person {
+                    validate_person("person", p)?;
+                }
+                validate_time("seen_ms", r.seen_ms)?;
+                if let Some(a) = &r.attributes {
+                    validate_attributes(a)?;
+                }
+                Ok(())
+            }
+            Op::Touch { token, seen_ms } => {
+                validate_token("token", token)?;
+                validate_time("seen_ms", *seen_ms)
+            }
+            Op::Rotate {
+                old_token,
+                new_token,
+                seen_ms,
+            } => {
+                validate_token("old_token", old_token)?;
+                validate_token("new_token", new_token)?;
+                if old_token == new_token {
+                    return Err(Error::invalid("new_token", "equals old_token"));
+                }
+                validate_time("seen_ms", *seen_ms)
+            }
+            Op::Logout { token, .. } | Op::Remove { token } => validate_token("token", token),
+            Op::Merge { primary, secondary } => {
+                validate_person("primary", primary)?;
+                validate_person("secondary", secondary)?;
+                if primary == secondary {
+                    return Err(Error::invalid("secondary", "equals primary"));
+                }
+                Ok(())
+            }
+            Op::Invalidate { token, provider_ms } => {
+                validate_token("token", token)?;
+                validate_time("provider_ms", *provider_ms)
+            }
+            Op::Prune { before_ms } => validate_time("before_ms", *before_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_enforced_with_field_names() {
+        assert!(validate_token("token", &"a".repeat(MAX_TOKEN_BYTES)).is_ok());
+        let e = validate_token("token", &"a".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        assert!(validate_token("token", "ab cd").is_err());
+        assert!(validate_token("token", "abé").is_err());
+        assert!(validate_person("person", &"p".repeat(151)).is_err());
+        assert!(validate_person("person", "a\nb").is_err());
+        assert!(validate_person("person", "Zoë").is_ok());
+        assert!(validate_time("seen_ms", MAX_TIMESTAMP_MS).is_ok());
+        assert!(validate_time("seen_ms", MAX_TIMESTAMP_MS + 1).is_err());
+        let mut a = Attributes::new();
+        a.insert("_last_status".into(), "x".into());
+        assert!(validate_attributes(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("attributes._last_status"));
+        let mut a = Attributes::new();
+        a.insert("v".into(), "x".repeat(1001));
+        assert!(validate_attributes(&a).is_err());
+        let a: Attributes = (0..101).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(validate_attributes(&a).is_err());
+    }
+}

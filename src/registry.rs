@@ -1,0 +1,525 @@
+//! The registry handle: opening, recovery, operations and queries.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::log::segments::{list_segments, SegmentPool};
+use crate::log::{replay, LogWriter};
+use crate::model::*;
+use crate::state::{Cursor, Entry, Page, State, Stats};
+use crate::store::{load_state, KvStore, SledStore};
+use crate::writer::{decode_entries, run_checkpointer, FailFlag, Msg, WriterCtx};
+
+/// What `check` found. Empty `problems` means every index, counter, the cap
+/// and the store (against a replay of the log) agree.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Devices checked.
+    pub devices: u64,
+    /// Each inconsistency, in words.
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    state: Arc<RwLock<State>>,
+    tx: Mutex<Option<Sender<Msg>>>,
+    failed: Arc<FailFlag>,
+    store: Arc<dyn KvStore>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel makes the writer checkpoint and stop.
+        self.tx.lock().take();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An open device registry. Cheap to clone; `Send + Sync`; every clone
+/// shares one database. The database closes (with a final checkpoint) when
+/// the last clone is dropped.
+///
+/// ```
+/// use devreg::{Registry, Register, Platform};
+/// let dir = tempfile::tempdir().unwrap();
+/// let reg = Registry::open(dir.path().join("db")).unwrap();
+/// reg.register(Register {
+///     token: "a1b2".into(),
+///     platform: Platform::Ios,
+///     person: Some("ann".into()),
+///     seen_ms: 1_700_000_000_000,
+///     attributes: None,
+/// }).unwrap();
+/// assert_eq!(reg.most_recent("ann", None).unwrap().token, "a1b2");
+/// assert!(reg.check().unwrap().is_clean());
+/// ```
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("restricting {}", path.display()), e))
+}
+
+/// Rebuilds the state from the store and the log, as an open does.
+fn recover(
+    store: &dyn KvStore,
+    log_dir: &Path,
+    cap: u32,
+    segment_bytes: u64,
+) -> Result<(State, u64, u64, u64)> {
+    let loaded = load_state(store, cap, segment_bytes)?;
+    let mut state = loaded.state;
+    let end = replay(
+        log_dir,
+        loaded.segment_bytes,
+        loaded.checkpoint_lsn,
+        |lsn, count, body| {
+            let location = format!("log record at position {lsn}");
+            for entry in decode_entries(&location, count, body)? {
+                validate_entry(&entry).map_err(|e| Error::corrupt(&location, e.to_string()))?;
+                state.apply(&entry);
+            }
+            Ok(())
+        },
+    )?;
+    state.changes.clear();
+    Ok((
+        state,
+        loaded.checkpoint_lsn,
+        loaded.segment_bytes,
+        end.end_lsn,
+    ))
+}
+
+fn validate_entry(e: &Entry) -> Result<()> {
+    match e {
+        Entry::Op(op) => op.validate(),
+        Entry::SetCap(c) => Config::new("").max_devices_per_person(*c).validate(),
+    }
+}
+
+impl Registry {
+    /// Opens (or creates) the registry at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Registry> {
+        Registry::open_with(Config::new(path))
+    }
+
+    /// Opens (or creates) a registry: loads the store, replays the log.
+    pub fn open_with(config: Config) -> Result<Registry> {
+        config.validate()?;
+        create_private_dir(&config.path)?;
+        let store: Arc<dyn KvStore> = Arc::new(SledStore::open(&config.path.join("store"))?);
+        let log_dir = config.path.join("log");
+        create_private_dir(&log_dir)?;
+        let (state, ckpt_lsn, segment_bytes, end_lsn) = recover(
+            &*store,
+            &log_dir,
+            config.max_devices_per_person,
+            config.log_segment_bytes,
+        )?;
+        let stored_cap = state.cap;
+        let ckpt_seq = ckpt_lsn / segment_bytes;
+        let free: Vec<u64> = list_segments(&log_dir)?
+            .into_iter()
+            .filter(|&s| s < ckpt_seq)
+            .collect();
+        let pool = Arc::new(SegmentPool::new(
+            log_dir.clone(),
+            segment_bytes,
+            u64::from(config.max_log_segments),
+            ckpt_seq,
+            free,
+        ));
+        let log = LogWriter::open(segment_bytes, end_lsn, pool.clone())?;
+        let mut config = config;
+        config.log_segment_bytes = segment_bytes;
+        let state = Arc::new(RwLock::new(state));
+        let failed = Arc::new(FailFlag::default());
+        let busy = Arc::new(AtomicBool::new(false));
+        let (ckpt_tx, ckpt_rx) = bounded(1);
+        let (tx, rx) = unbounded();
+        let ckpt_thread = {
+            let (store, pool, failed, busy) =
+                (store.clone(), pool.clone(), failed.clone(), busy.clone());
+            std::thread::Builder::new()
+                .name("devreg-checkpoint".into())
+                .spawn(move || run_checkpointer(ckpt_rx, store, pool, failed, busy))
+                .map_err(|e| Error::io("starting the checkpointer thread", e))?
+        };
+        let cap = config.max_devices_per_person;
+        let ctx = WriterCtx {
+            state: state.clone(),
+            log,
+            store: store.clone(),
+            failed: failed.clone(),
+            config: config.clone(),
+            ckpt_tx: Some(ckpt_tx),
+            ckpt_busy: busy,
+            last_checkpoint_lsn: ckpt_lsn,
+            last_checkpoint_at: Instant::now(),
+            last_sync_at: Instant::now(),
+        };
+        let writer_thread = std::thread::Builder::new()
+            .name("devreg-writer".into())
+            .spawn(move || ctx.run(rx))
+            .map_err(|e| Error::io("starting the writer thread", e))?;
+        let reg = Registry {
+            inner: Arc::new(Inner {
+                path: config.path.clone(),
+                state,
+                tx: Mutex::new(Some(tx)),
+                failed,
+                store,
+                // The writer must stop (and hand over its last checkpoint) first.
+                threads: Mutex::new(vec![writer_thread, ckpt_thread]),
+            }),
+        };
+        if stored_cap != cap {
+            reg.submit(vec![Entry::SetCap(cap)])?;
+        }
+        Ok(reg)
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn send(&self, msg: Msg) -> Result<()> {
+        let tx = self.inner.tx.lock().clone().ok_or(Error::Closed)?;
+        tx.send(msg).map_err(|_| Error::Closed)
+    }
+
+    fn submit(&self, entries: Vec<Entry>) -> Result<Vec<Outcome>> {
+        if let Some(why) = self.inner.failed.get() {
+            return Err(Error::Failed(why));
+        }
+        let (reply, rx) = bounded(1);
+        self.send(Msg::Write { entries, reply })?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Applies one operation atomically and durably (as configured).
+    pub fn apply(&self, op: Op) -> Result<Outcome> {
+        op.validate()?;
+        let mut out = self.submit(vec![Entry::Op(op)])?;
+        out.pop().ok_or(Error::Closed)
+    }
+
+    /// Applies operations in order as one atomic write: all of them or, after
+    /// a crash, none. Fails before applying anything if any is invalid; the
+    /// error names the operation's index.
+    pub fn apply_batch(&self, ops: Vec<Op>) -> Result<Vec<Outcome>> {
+        if ops.len() > crate::limits::MAX_OPS_PER_BATCH {
+            return Err(Error::invalid(
+                "batch",
+                format!(
+                    "has {} operations, the limit is {}",
+                    ops.len(),
+                    crate::limits::MAX_OPS_PER_BATCH
+                ),
+            ));
+        }
+        for (i, op) in ops.iter().enumerate() {
+            op.validate().map_err(|e| match e {
+                Error::Invalid { field, reason } => Error::Invalid {
+                    field: format!("batch[{i}].{field}"),
+                    reason,
+                },
+                other => other,
+            })?;
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.submit(ops.into_iter().map(Entry::Op).collect())
+    }
+
+    /// Registers (upserts) a device; see [`Op::Register`].
+    pub fn register(&self, r: Register) -> Result<Outcome> {
+        self.apply(Op::Register(r))
+    }
+
+    /// The device was seen at `seen_ms`.
+    pub fn touch(&self, token: &str, seen_ms: u64) -> Result<Outcome> {
+        self.apply(Op::Touch {
+            token: token.into(),
+            seen_ms,
+        })
+    }
+
+    /// Moves the record from `old_token` to `new_token`.
+    pub fn rotate(&self, old_token: &str, new_token: &str, seen_ms: u64) -> Result<Outcome> {
+        self.apply(Op::Rotate {
+            old_token: old_token.into(),
+            new_token: new_token.into(),
+            seen_ms,
+        })
+    }
+
+    /// Logs the owner out of the device.
+    pub fn logout(&self, token: &str, policy: LogoutPolicy) -> Result<Outcome> {
+        self.apply(Op::Logout {
+            token: token.into(),
+            policy,
+        })
+    }
+
+    /// Moves every device of `secondary` to `primary`, then applies the cap.
+    pub fn merge(&self, primary: &str, secondary: &str) -> Result<Outcome> {
+        self.apply(Op::Merge {
+            primary: primary.into(),
+            secondary: secondary.into(),
+        })
+    }
+
+    /// Deletes the device.
+    pub fn remove(&self, token: &str) -> Result<Outcome> {
+        self.apply(Op::Remove {
+            token: token.into(),
+        })
+    }
+
+    /// Deletes the device if it was not seen after `provider_ms`.
+    pub fn invalidate(&self, token: &str, provider_ms: u64) -> Result<Outcome> {
+        self.apply(Op::Invalidate {
+            token: token.into(),
+            provider_ms,
+        })
+    }
+
+    /// Deletes every device last seen before `before_ms`.
+    pub fn prune(&self, before_ms: u64) -> Result<Outcome> {
+        self.apply(Op::Prune { before_ms })
+    }
+
+    /// The device with this token.
+    pub fn device(&self, token: &str) -> Option<Device> {
+        self.inner.state.read().device(token)
+    }
+
+    /// A person's devices, most recently seen first (ties by token).
+    pub fn devices_of(&self, person: &str) -> Vec<Device> {
+        self.inner.state.read().devices_of(person)
+    }
+
+    /// A person's most recently seen device, optionally on one platform.
+    pub fn most_recent(&self, person: &str, platform: Option<Platform>) -> Option<Device> {
+        self.inner.state.read().most_recent(person, platform)
+    }
+
+    /// How many devices were seen at or after `since_ms`.
+    pub fn active_since(&self, since_ms: u64, platform: Option<Platform>) -> u64 {
+        self.inner.state.read().active_count(since_ms, platform)
+    }
+
+    /// The devices seen at or after `since_ms`, walked in pages (no lock is
+    /// held between pages), per platform in `(last_seen_ms, token)` order.
+    pub fn active_devices(&self, since_ms: u64, platform: Option<Platform>) -> ActiveIter {
+        let platforms = match platform {
+            Some(p) => vec![p],
+            None => Platform::ALL.to_vec(),
+        };
+        ActiveIter {
+            reg: self.clone(),
+            since_ms,
+            platforms,
+            cursor: None,
+            buf: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// One page of a platform's devices in `(last_seen_ms, token)` order,
+    /// starting after `cursor`; pass `page.next` back to continue.
+    pub fn page_by_platform(
+        &self,
+        platform: Platform,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Page {
+        let cursor = cursor.filter(|c| c.platform == platform);
+        self.inner
+            .state
+            .read()
+            .page(platform, 0, cursor, limit.max(1))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.state.read().stats()
+    }
+
+    /// Every device, ordered by token.
+    pub fn dump(&self) -> Vec<Device> {
+        self.inner.state.read().dump()
+    }
+
+    /// Writes a checkpoint to the store now and waits for it.
+    pub fn checkpoint(&self) -> Result<()> {
+        let (reply, rx) = bounded(1);
+        self.send(Msg::Checkpoint { reply })?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Bytes the database takes on disk (store and log).
+    pub fn disk_bytes(&self) -> u64 {
+        let log: u64 = std::fs::read_dir(self.inner.path.join("log"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        self.inner.store.disk_bytes() + log
+    }
+
+    /// Verifies every index and counter against the records, the cap, and the
+    /// store plus a replay of the log against the memory state.
+    pub fn check(&self) -> Result<CheckReport> {
+        let (reply, rx) = bounded(1);
+        let path = self.inner.path.clone();
+        self.send(Msg::Exclusive {
+            f: Box::new(move |ctx: &mut WriterCtx| {
+                let _ = reply.send(check_on_writer(ctx, &path));
+            }),
+        })?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+}
+
+fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckReport> {
+    ctx.log.write_out()?;
+    let live = ctx.state.read();
+    let mut problems = live.check_indexes();
+    let (disk, ..) = recover(
+        &*ctx.store,
+        &path.join("log"),
+        live.cap,
+        ctx.config.log_segment_bytes,
+    )?;
+    problems.extend(
+        disk.check_indexes()
+            .into_iter()
+            .map(|p| format!("store+log: {p}")),
+    );
+    if disk.cap != live.cap {
+        problems.push(format!(
+            "store+log cap {} differs from memory cap {}",
+            disk.cap, live.cap
+        ));
+    }
+    let (a, b) = (live.dump(), disk.dump());
+    if a != b {
+        let mut diffs = 0;
+        let mut ai = a.iter().peekable();
+        let mut bi = b.iter().peekable();
+        while diffs < 20 {
+            match (ai.peek(), bi.peek()) {
+                (None, None) => break,
+                (Some(x), Some(y)) if x.token == y.token => {
+                    if x != y {
+                        problems.push(format!(
+                            "device {:?}: memory {x:?}, store+log {y:?}",
+                            x.token
+                        ));
+                        diffs += 1;
+                    }
+                    ai.next();
+                    bi.next();
+                }
+                (Some(x), y) if y.is_none_or(|y| x.token < y.token) => {
+                    problems.push(format!(
+                        "device {:?} is in memory but not in store+log",
+                        x.token
+                    ));
+                    diffs += 1;
+                    ai.next();
+                }
+                (_, Some(y)) => {
+                    problems.push(format!(
+                        "device {:?} is in store+log but not in memory",
+                        y.token
+                    ));
+                    diffs += 1;
+                    bi.next();
+                }
+                (Some(_), None) => break,
+            }
+        }
+    }
+    Ok(CheckReport {
+        devices: live.len(),
+        problems,
+    })
+}
+
+/// Iterator over active devices; see [`Registry::active_devices`].
+pub struct ActiveIter {
+    reg: Registry,
+    since_ms: u64,
+    platforms: Vec<Platform>,
+    cursor: Option<Cursor>,
+    buf: std::vec::IntoIter<Device>,
+    done: bool,
+}
+
+impl Iterator for ActiveIter {
+    type Item = Device;
+
+    fn next(&mut self) -> Option<Device> {
+        loop {
+            if let Some(d) = self.buf.next() {
+                return Some(d);
+            }
+            if self.done {
+                return None;
+            }
+            let &platform = self.platforms.first()?;
+            let page = self.reg.inner.state.read().page(
+                platform,
+                self.since_ms,
+                self.cursor.as_ref(),
+                1024,
+            );
+            self.cursor = page.next;
+            if self.cursor.is_none() {
+                self.platforms.remove(0);
+                self.done = self.platforms.is_empty();
+            }
+            self.buf = page.devices.into_iter();
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Operations on the state. Each is deterministic in the state and the
+//! operation alone, so replaying the log rebuilds exactly the state that was
+//! acknowledged.
+
+use std::sync::Arc;
+
+use super::{Change, State, NO_PERSON};
+use crate::codec::{cmp_packed, encode_attributes, pack_token};
+use crate::model::{LogoutPolicy, Op, Outcome, Platform, Register};
+
+/// What the log records: a user operation or an internal one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Entry {
+    Op(Op),
+    /// The per-person cap changed (at open); persons over it are trimmed.
+    SetCap(u32),
+}
+
+impl State {
+    /// Applies one validated log entry.
+    pub(crate) fn apply(&mut self, entry: &Entry) -> Outcome {
+        match entry {
+            Entry::Op(op) => self.apply_op(op),
+            Entry::SetCap(cap) => self.set_cap(*cap),
+        }
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Outcome {
+        match op {
+            Op::Register(r) => self.register(r),
+            Op::Touch { token, seen_ms } => self.touch(token, *seen_ms),
+            Op::Rotate {
+                old_token,
+                new_token,
+                seen_ms,
+            } => self.rotate(old_token, new_token, *seen_ms),
+            Op::Logout { token, policy } => self.logout(token, *policy),
+            Op::Merge { primary, secondary } => self.merge(primary, secondary),
+            Op::Remove { token } => self.remove_token(token),
+            Op::Invalidate { token, provider_ms } => self.invalidate(token, *provider_ms),
+            Op::Prune { before_ms } => self.prune(*before_ms),
+        }
+    }
+
+    /// Records a change for the checkpointer and, if an owner is involved, the feed.
+    fn note(
+        &mut self,
+        token: &[u8],
+        before: Option<Arc<str>>,
+        after: Option<Arc<str>>,
+        exists: bool,
+    ) {
+        self.dirty.insert(Box::from(token));
+        if before.is_some() || after.is_some() {
+            self.changes.push(Change {
+                token: Box::from(token),
+                before,
+                after: if exists { after } else { None },
+                exists,
+            });
+        }
+    }
+
+    fn register(&mut self, r: &Register) -> Outcome {
+        let packed = pack_token(&r.token);
+        let person = match &r.person {
+            Some(p) => Some(self.intern_person(p)),
+            None => None,
+        };
+        let blob = r.attributes.as_ref().map(encode_attributes);
+        let (id, before, changed) = match self.lookup(&packed) {
+            Some(id) => {
+                let before = self.slot(id).and_then(|s| self.person_name(s.person));
+                let old_seen = self.slot(id).map_or(0, |s| s.last_seen_ms);
+                let mut changed = self.set_platform(id, r.platform);
+                changed |= self.set_last_seen(id, old_seen.max(r.seen_ms));
+                if let Some(b) = &blob {
+                    changed |= self.set_attrs(id, b);
+                }
+                if let Some(p) = person {
+                    changed |= self.set_person(id, p);
+                }
+                (id, before, changed)
+            }
+            None => {
+                let attrs = self.intern_attrs(blob.as_deref().unwrap_or(&EMPTY_ATTRS));
+                let owner = person.unwrap_or(NO_PERSON);
+                let id = self.insert_device(packed.clone(), r.platform, owner, r.seen_ms, attrs);
+                (id, None, true)
+            }
+        };
+        let owner = self.slot(id).map_or(NO_PERSON, |s| s.person);
+        if changed {
+            let after = self.person_name(owner);
+            self.note(&packed, before, after, true);
+        }
+        let evicted = if owner != NO_PERSON {
+            self.enforce_cap(owner, Some(id))
+        } else {
+            0
+        };
+        Outcome::Applied {
+            devices: u32::from(changed),
+            evicted,
+        }
+    }
+
+    fn touch(&mut self, token: &str, seen_ms: u64) -> Outcome {
+        let packed = pack_token(token);
+        let Some(id) = self.lookup(&packed) else {
+            return Outcome::NotFound;
+        };
+        let (old, owner) = self
+            .slot(id)
+            .map_or((0, NO_PERSON), |s| (s.last_seen_ms, s.person));
+        let changed = self.set_last_seen(id, old.max(seen_ms));
+        if changed {
+            let name = self.person_name(owner);
+            self.note(&packed, name.clone(), name, true);
+        }
+        Outcome::applied(u32::from(changed))
+    }
+
+    fn rotate(&mut self, old_token: &str, new_token: &str, seen_ms: u64) -> Outcome {
+        let old_packed = pack_token(old_token);
+        let new_packed = pack_token(new_token);
+        let Some(old_id) = self.lookup(&old_packed) else {
+            return Outcome::NotFound;
+        };
+        let mut devices = 1;
+        if let Some(new_id) = self.lookup(&new_packed) {
+            if matches!(self.delete(new_id, &new_packed), Outcome::Applied { .. }) {
+                devices += 1;
+            }
+        }
+        // Read the owner's name first: removing its last device releases the person.
+        let owner_name = self.slot(old_id).and_then(|s| self.person_name(s.person));
+        let Some(slot) = self.remove_device(old_id) else {
+            return Outcome::NotFound;
+        };
+        self.note(&old_packed, owner_name.clone(), None, false);
+        let owner = match &owner_name {
+            Some(name) => self.intern_person(name),
+            None => NO_PERSON,
+        };
+        let seen = slot.last_seen_ms.max(seen_ms);
+        let (platform, attrs) = (slot.platform, slot.attrs.clone());
+        self.insert_device(new_packed.clone(), platform, owner, seen, attrs);
+        self.drop_slot(slot);
+        self.note(&new_packed, None, owner_name, true);
+        Outcome::applied(devices)
+    }
+
+    fn logout(&mut self, token: &str, policy: LogoutPolicy) -> Outcome {
+        let packed = pack_token(token);
+        let Some(id) = self.lookup(&packed) else {
+            return Outcome::NotFound;
+        };
+        let owner_name = self.slot(id).and_then(|s| self.person_name(s.person));
+        match policy {
+            LogoutPolicy::Keep => {
+                let changed = self.set_person(id, NO_PERSON);
+                if changed {
+                    self.note(&packed, owner_name, None, true);
+                }
+                Outcome::applied(u32::from(changed))
+            }
+            LogoutPolicy::Remove => self.delete(id, &packed),
+        }
+    }
+
+    fn merge(&mut self, primary: &str, secondary: &str) -> Outcome {
+        let Some(sec) = self.person_id(secondary) else {
+            return Outcome::applied(0);
+        };
+        let ids: Vec<u32> = self
+            .person(sec)
+            .map(|p| p.devices.clone())
+            .unwrap_or_default();
+        let sec_name = self.person_name(sec);
+        let prim = self.intern_person(primary);
+        for &id in &ids {
+            self.set_person(id, prim);
+        }
+        let prim_name = self.person_name(prim);
+        for &id in &ids {
+            if let Some(token) = self.slot(id).map(|s| s.token.clone()) {
+                self.note(&token, sec_name.clone(), prim_name.clone(), true);
+            }
+        }
+        let evicted = self.enforce_cap(prim, None);
+        Outcome::Applied {
+            devices: ids.len() as u32,
+            evicted,
+        }
+    }
+
+    fn remove_token(&mut self, token: &str) -> Outcome {
+        let packed = pack_token(token);
+        match self.lookup(&packed) {
+            Some(id) => self.delete(id, &packed),
+            None => Outcome::NotFound,
+        }
+    }
+
+    fn invalidate(&mut self, token: &str, provider_ms: u64) -> Outcome {
+        let packed = pack_token(token);
+        let Some(id) = self.lookup(&packed) else {
+            return Outcome::NotFound;
+        };
+        match self.slot(id) {
+            Some(s) if s.last_seen_ms <= provider_ms => self.delete(id, &packed),
+            _ => Outcome::Skipped,
+        }
+    }
+
+    fn prune(&mut self, before_ms: u64) -> Outcome {
+        let mut victims = Vec::new();
+        for p in Platform::ALL {
+            victims.extend(
+                self.by_seen
+                    .range((p, 0, 0)..(p, before_ms, 0))
+                    .map(|&(_, _, id)| id),
+            );
+        }
+        let mut n = 0;
+        for id in victims {
+            if let Some(token) = self.slot(id).map(|s| s.token.clone()) {
+                if matches!(self.delete(id, &token), Outcome::Applied { .. }) {
+                    n += 1;
+                }
+            }
+        }
+        Outcome::applied(n)
+    }
+
+    fn set_cap(&mut self, cap: u32) -> Outcome {
+        self.cap = cap;
+        let over: Vec<u32> = self
+            .persons
+            .iter()
+            .enumerate()
+            .filter_map(|(pid, p)| match p {
+                Some(p) if p.devices.len() > cap as usize => Some(pid as u32),
+                _ => None,
+            })
+            .collect();
+        let mut evicted = 0;
+        for pid in over {
+            evicted += self.enforce_cap(pid, None);
+        }
+        Outcome::Applied {
+            devices: evicted,
+            evicted,
+        }
+    }
+
+    fn delete(&mut self, id: u32, packed: &[u8]) -> Outcome {
+        let owner_name = self.slot(id).and_then(|s| self.person_name(s.person));
+        let Some(slot) = self.remove_device(id) else {
+            return Outcome::NotFound;
+        };
+        self.drop_slot(slot);
+        self.note(packed, owner_name, None, false);
+        Outcome::applied(1)
+    }
+
+    /// Evicts the person's oldest devices, `(last_seen_ms, token)` ascending,
+    /// until the cap holds; never evicts `protect`.
+    fn enforce_cap(&mut self, pid: u32, protect: Option<u32>) -> u32 {
+        let mut evicted = 0;
+        loop {
+            let Some(p) = self.person(pid) else { break };
+            if p.devices.len() <= self.cap as usize {
+                break;
+            }
+            let victim = p
+                .devices
+                .iter()
+                .copied()
+                .filter(|&id| Some(id) != protect)
+                .min_by(|&a, &b| match (self.slot(a), self.slot(b)) {
+                    (Some(x), Some(y)) => x
+                        .last_seen_ms
+                        .cmp(&y.last_seen_ms)
+                        .then_with(|| cmp_packed(&x.token, &y.token)),
+                    _ => a.cmp(&b),
+                });
+            let Some(victim) = victim else { break };
+            let Some(token) = self.slot(victim).map(|s| s.token.clone()) else {
+                break;
+            };
+            self.delete(victim, &token);
+            evicted += 1;
+        }
+        evicted
+    }
+}
+
+const EMPTY_ATTRS: [u8; 1] = [0];

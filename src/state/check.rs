@@ -1,0 +1,118 @@
+//! The integrity checker: recomputes every index from the slots and reports
+//! each disagreement in words.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{State, HOUR_MS, NO_PERSON};
+use crate::codec::{decode_attributes, unpack_token};
+
+impl State {
+    /// Verifies every index and counter against the device slots.
+    pub(crate) fn check_indexes(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut live = 0u64;
+        let mut identified = 0u64;
+        let mut per_platform = [0u64; 2];
+        let mut seen = BTreeSet::new();
+        let mut hours: BTreeMap<u64, [u32; 2]> = BTreeMap::new();
+        let mut person_members: BTreeMap<u32, usize> = BTreeMap::new();
+        for (id, s) in self.live_slots() {
+            let name = unpack_token(&s.token);
+            let label = name.clone().unwrap_or_else(|| format!("{:02x?}", s.token));
+            if name.is_none() {
+                problems.push(format!(
+                    "device {label}: token bytes are not a packed token"
+                ));
+            }
+            live += 1;
+            per_platform[s.platform.index()] += 1;
+            seen.insert((s.platform, s.last_seen_ms, id));
+            hours.entry(s.last_seen_ms / HOUR_MS).or_insert([0, 0])[s.platform.index()] += 1;
+            if self.lookup(&s.token) != Some(id) {
+                problems.push(format!("device {label}: token index does not point at it"));
+            }
+            if !self.attrs_interned(&s.attrs) {
+                problems.push(format!("device {label}: attributes are not in the pool"));
+            }
+            if let Err(e) = decode_attributes(&label, &s.attrs) {
+                problems.push(format!("device {label}: {e}"));
+            }
+            if s.person != NO_PERSON {
+                identified += 1;
+                *person_members.entry(s.person).or_default() += 1;
+                match self.person(s.person) {
+                    None => problems.push(format!("device {label}: owner id {} is free", s.person)),
+                    Some(p) if !p.devices.contains(&id) => {
+                        problems.push(format!("device {label}: missing from {:?}'s list", p.name))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if self.by_token.len() as u64 != live {
+            problems.push(format!(
+                "token index has {} entries for {live} devices",
+                self.by_token.len()
+            ));
+        }
+        if seen != self.by_seen {
+            problems.push(format!(
+                "last-seen index differs from the devices ({} entries, expected {})",
+                self.by_seen.len(),
+                seen.len()
+            ));
+        }
+        if hours != self.hour_counts {
+            problems.push("hourly activity counters differ from the devices".into());
+        }
+        if (live, identified, per_platform) != (self.live, self.identified, self.per_platform) {
+            problems.push(format!(
+                "counters say {} devices ({} identified, {:?} per platform); found {live} ({identified}, {per_platform:?})",
+                self.live, self.identified, self.per_platform
+            ));
+        }
+        let mut persons = 0;
+        for (pid, p) in self.persons.iter().enumerate() {
+            let Some(p) = p else { continue };
+            persons += 1;
+            let pid = pid as u32;
+            if p.devices.is_empty() {
+                problems.push(format!("person {:?} has no devices but is kept", p.name));
+            }
+            if self.person_id(&p.name) != Some(pid) {
+                problems.push(format!(
+                    "person {:?}: name index does not point at it",
+                    p.name
+                ));
+            }
+            if person_members.get(&pid).copied().unwrap_or(0) != p.devices.len() {
+                problems.push(format!(
+                    "person {:?}: device list length differs from owners",
+                    p.name
+                ));
+            }
+            if p.devices.len() > self.cap as usize {
+                problems.push(format!(
+                    "person {:?} has {} devices, over the cap of {}",
+                    p.name,
+                    p.devices.len(),
+                    self.cap
+                ));
+            }
+            for w in p.devices.windows(2) {
+                if let [a, b] = w {
+                    if self.recency_cmp(*a, *b).is_gt() {
+                        problems.push(format!("person {:?}: device list out of order", p.name));
+                    }
+                }
+            }
+        }
+        if self.by_person.len() != persons {
+            problems.push(format!(
+                "person index has {} entries for {persons} persons",
+                self.by_person.len()
+            ));
+        }
+        problems
+    }
+}

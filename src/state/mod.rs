@@ -1,0 +1,409 @@
+//! The in-memory state: every device and every secondary index.
+//!
+//! Devices live in a slab (`slots`) addressed by `u32` ids; tokens are kept
+//! packed (see `codec::pack_token`), people are interned, and identical
+//! attribute sets share one blob. Ids are process-local and never persisted.
+
+mod apply;
+mod check;
+mod query;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use hashbrown::{DefaultHashBuilder, HashSet, HashTable};
+
+use crate::codec::cmp_packed;
+use crate::model::Platform;
+
+pub(crate) use apply::Entry;
+pub use query::{Cursor, Page, Stats};
+
+/// `Slot::person` value of an anonymous device.
+pub(crate) const NO_PERSON: u32 = u32::MAX;
+
+const HOUR_MS: u64 = 3_600_000;
+
+pub(crate) struct Slot {
+    pub(crate) token: Box<[u8]>,
+    pub(crate) attrs: Arc<[u8]>,
+    pub(crate) last_seen_ms: u64,
+    pub(crate) person: u32,
+    pub(crate) platform: Platform,
+}
+
+pub(crate) struct PersonSlot {
+    pub(crate) name: Arc<str>,
+    /// Device ids ordered by `last_seen_ms` descending, then token ascending.
+    pub(crate) devices: Vec<u32>,
+}
+
+/// A change to one device, reported to the feed and the checkpointer.
+#[derive(Clone, Debug)]
+pub(crate) struct Change {
+    pub(crate) token: Box<[u8]>,
+    /// The owner before the operation, if any.
+    pub(crate) before: Option<Arc<str>>,
+    /// The owner after it (`None` if anonymous or deleted).
+    pub(crate) after: Option<Arc<str>>,
+    /// Whether the device exists after the operation.
+    pub(crate) exists: bool,
+}
+
+pub(crate) struct State {
+    hasher: DefaultHashBuilder,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<u32>,
+    by_token: HashTable<u32>,
+    persons: Vec<Option<PersonSlot>>,
+    free_persons: Vec<u32>,
+    by_person: HashTable<u32>,
+    /// (platform, last_seen_ms, id) for every device.
+    by_seen: BTreeSet<(Platform, u64, u32)>,
+    /// Devices per (hour of last_seen_ms, platform).
+    hour_counts: BTreeMap<u64, [u32; 2]>,
+    attr_pool: HashSet<Arc<[u8]>>,
+    live: u64,
+    identified: u64,
+    per_platform: [u64; 2],
+    pub(crate) cap: u32,
+    /// Packed tokens changed since the last checkpoint snapshot.
+    pub(crate) dirty: HashSet<Box<[u8]>>,
+    /// Owner-relevant changes of the operations applied since the last drain.
+    pub(crate) changes: Vec<Change>,
+}
+
+impl State {
+    pub(crate) fn new(cap: u32) -> State {
+        State {
+            hasher: DefaultHashBuilder::default(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_token: HashTable::new(),
+            persons: Vec::new(),
+            free_persons: Vec::new(),
+            by_person: HashTable::new(),
+            by_seen: BTreeSet::new(),
+            hour_counts: BTreeMap::new(),
+            attr_pool: HashSet::new(),
+            live: 0,
+            identified: 0,
+            per_platform: [0; 2],
+            cap,
+            dirty: HashSet::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.live
+    }
+
+    pub(crate) fn slot(&self, id: u32) -> Option<&Slot> {
+        self.slots.get(id as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, id: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    pub(crate) fn person(&self, pid: u32) -> Option<&PersonSlot> {
+        self.persons.get(pid as usize).and_then(Option::as_ref)
+    }
+
+    fn hash_bytes(&self, b: &[u8]) -> u64 {
+        self.hasher.hash_one(b)
+    }
+
+    pub(crate) fn lookup(&self, packed: &[u8]) -> Option<u32> {
+        let h = self.hash_bytes(packed);
+        self.by_token
+            .find(h, |&id| self.slot(id).is_some_and(|s| &*s.token == packed))
+            .copied()
+    }
+
+    pub(crate) fn person_id(&self, name: &str) -> Option<u32> {
+        let h = self.hash_bytes(name.as_bytes());
+        self.by_person
+            .find(h, |&pid| self.person(pid).is_some_and(|p| &*p.name == name))
+            .copied()
+    }
+
+    fn intern_person(&mut self, name: &str) -> u32 {
+        if let Some(pid) = self.person_id(name) {
+            return pid;
+        }
+        let slot = PersonSlot {
+            name: Arc::from(name),
+            devices: Vec::new(),
+        };
+        let pid = match self.free_persons.pop() {
+            Some(pid) => {
+                self.persons[pid as usize] = Some(slot);
+                pid
+            }
+            None => {
+                self.persons.push(Some(slot));
+                (self.persons.len() - 1) as u32
+            }
+        };
+        let h = self.hash_bytes(name.as_bytes());
+        let persons = &self.persons;
+        let hasher = &self.hasher;
+        self.by_person.insert_unique(h, pid, |&p| {
+            let n = persons[p as usize].as_ref().map_or("", |s| &*s.name);
+            hasher.hash_one(n.as_bytes())
+        });
+        pid
+    }
+
+    /// Drops a person that has no devices left.
+    fn release_person_if_empty(&mut self, pid: u32) {
+        let Some(p) = self.person(pid) else { return };
+        if !p.devices.is_empty() {
+            return;
+        }
+        let h = self.hash_bytes(p.name.as_bytes());
+        if let Ok(entry) = self.by_person.find_entry(h, |&x| x == pid) {
+            entry.remove();
+        }
+        self.persons[pid as usize] = None;
+        self.free_persons.push(pid);
+    }
+
+    pub(crate) fn person_name(&self, pid: u32) -> Option<Arc<str>> {
+        if pid == NO_PERSON {
+            return None;
+        }
+        self.person(pid).map(|p| p.name.clone())
+    }
+
+    pub(crate) fn intern_attrs(&mut self, blob: &[u8]) -> Arc<[u8]> {
+        if let Some(a) = self.attr_pool.get(blob) {
+            return a.clone();
+        }
+        let a: Arc<[u8]> = Arc::from(blob);
+        self.attr_pool.insert(a.clone());
+        a
+    }
+
+    pub(crate) fn attrs_interned(&self, blob: &[u8]) -> bool {
+        self.attr_pool.contains(blob)
+    }
+
+    /// Drops a pooled blob no device references any more.
+    fn release_attrs(&mut self, a: Arc<[u8]>) {
+        // The pool holds one reference and `a` another.
+        if Arc::strong_count(&a) == 2 {
+            self.attr_pool.remove(&*a);
+        }
+    }
+
+    /// Orders two devices the way person lists are kept: newest first, then token.
+    fn recency_cmp(&self, a: u32, b: u32) -> std::cmp::Ordering {
+        match (self.slot(a), self.slot(b)) {
+            (Some(x), Some(y)) => y
+                .last_seen_ms
+                .cmp(&x.last_seen_ms)
+                .then_with(|| cmp_packed(&x.token, &y.token)),
+            _ => a.cmp(&b),
+        }
+    }
+
+    fn person_list_insert(&mut self, pid: u32, id: u32) {
+        let Some(p) = self.persons.get(pid as usize).and_then(Option::as_ref) else {
+            return;
+        };
+        let pos = p
+            .devices
+            .binary_search_by(|&x| self.recency_cmp(x, id))
+            .unwrap_or_else(|e| e);
+        if let Some(Some(p)) = self.persons.get_mut(pid as usize) {
+            p.devices.insert(pos, id);
+        }
+    }
+
+    fn person_list_remove(&mut self, pid: u32, id: u32) {
+        if let Some(Some(p)) = self.persons.get_mut(pid as usize) {
+            if let Some(pos) = p.devices.iter().position(|&x| x == id) {
+                p.devices.remove(pos);
+            }
+        }
+    }
+
+    fn hour_add(&mut self, ms: u64, platform: Platform, delta: i32) {
+        let e = self.hour_counts.entry(ms / HOUR_MS).or_insert([0, 0]);
+        let c = &mut e[platform.index()];
+        *c = c.saturating_add_signed(delta);
+        if *e == [0, 0] {
+            self.hour_counts.remove(&(ms / HOUR_MS));
+        }
+    }
+
+    /// Inserts a new device; the token must not be registered.
+    pub(crate) fn insert_device(
+        &mut self,
+        token: Box<[u8]>,
+        platform: Platform,
+        person: u32,
+        last_seen_ms: u64,
+        attrs: Arc<[u8]>,
+    ) -> u32 {
+        debug_assert!(self.lookup(&token).is_none(), "insert of an existing token");
+        let h = self.hash_bytes(&token);
+        let slot = Slot {
+            token,
+            attrs,
+            last_seen_ms,
+            person,
+            platform,
+        };
+        let id = match self.free_slots.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(slot);
+                id
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        let hasher = &self.hasher;
+        self.by_token.insert_unique(h, id, |&x| {
+            let t: &[u8] = slots[x as usize].as_ref().map_or(&[], |s| &s.token);
+            hasher.hash_one(t)
+        });
+        self.by_seen.insert((platform, last_seen_ms, id));
+        self.hour_add(last_seen_ms, platform, 1);
+        self.live += 1;
+        self.per_platform[platform.index()] += 1;
+        if person != NO_PERSON {
+            self.identified += 1;
+            self.person_list_insert(person, id);
+        }
+        id
+    }
+
+    /// Deletes a device and returns its slot.
+    pub(crate) fn remove_device(&mut self, id: u32) -> Option<Slot> {
+        let slot = self.slots.get_mut(id as usize)?.take()?;
+        let h = self.hash_bytes(&slot.token);
+        if let Ok(entry) = self.by_token.find_entry(h, |&x| x == id) {
+            entry.remove();
+        }
+        self.by_seen.remove(&(slot.platform, slot.last_seen_ms, id));
+        self.hour_add(slot.last_seen_ms, slot.platform, -1);
+        self.live -= 1;
+        self.per_platform[slot.platform.index()] -= 1;
+        if slot.person != NO_PERSON {
+            self.identified -= 1;
+            self.person_list_remove(slot.person, id);
+            self.release_person_if_empty(slot.person);
+        }
+        self.free_slots.push(id);
+        Some(slot)
+    }
+
+    pub(crate) fn set_last_seen(&mut self, id: u32, ms: u64) -> bool {
+        let Some(s) = self.slot(id) else { return false };
+        let (old, platform, person) = (s.last_seen_ms, s.platform, s.person);
+        if old == ms {
+            return false;
+        }
+        if person != NO_PERSON {
+            self.person_list_remove(person, id);
+        }
+        self.by_seen.remove(&(platform, old, id));
+        self.hour_add(old, platform, -1);
+        if let Some(s) = self.slot_mut(id) {
+            s.last_seen_ms = ms;
+        }
+        self.by_seen.insert((platform, ms, id));
+        self.hour_add(ms, platform, 1);
+        if person != NO_PERSON {
+            self.person_list_insert(person, id);
+        }
+        true
+    }
+
+    pub(crate) fn set_platform(&mut self, id: u32, platform: Platform) -> bool {
+        let Some(s) = self.slot(id) else { return false };
+        let (old, ms) = (s.platform, s.last_seen_ms);
+        if old == platform {
+            return false;
+        }
+        self.by_seen.remove(&(old, ms, id));
+        self.hour_add(ms, old, -1);
+        self.per_platform[old.index()] -= 1;
+        if let Some(s) = self.slot_mut(id) {
+            s.platform = platform;
+        }
+        self.by_seen.insert((platform, ms, id));
+        self.hour_add(ms, platform, 1);
+        self.per_platform[platform.index()] += 1;
+        true
+    }
+
+    pub(crate) fn set_person(&mut self, id: u32, person: u32) -> bool {
+        let Some(s) = self.slot(id) else { return false };
+        let old = s.person;
+        if old == person {
+            return false;
+        }
+        if old != NO_PERSON {
+            self.identified -= 1;
+            self.person_list_remove(old, id);
+        }
+        if let Some(s) = self.slot_mut(id) {
+            s.person = person;
+        }
+        if person != NO_PERSON {
+            self.identified += 1;
+            self.person_list_insert(person, id);
+        }
+        if old != NO_PERSON {
+            self.release_person_if_empty(old);
+        }
+        true
+    }
+
+    pub(crate) fn set_attrs(&mut self, id: u32, blob: &[u8]) -> bool {
+        let Some(s) = self.slot(id) else { return false };
+        if &*s.attrs == blob {
+            return false;
+        }
+        let new = self.intern_attrs(blob);
+        let old = match self.slot_mut(id) {
+            Some(s) => std::mem::replace(&mut s.attrs, new),
+            None => return false,
+        };
+        self.release_attrs(old);
+        true
+    }
+
+    /// Releases what a removed slot held in shared pools.
+    pub(crate) fn drop_slot(&mut self, slot: Slot) {
+        self.release_attrs(slot.attrs);
+    }
+}
+
+impl State {
+    /// Inserts a device read from the store at open.
+    pub(crate) fn load_device(
+        &mut self,
+        packed: &[u8],
+        platform: Platform,
+        person: Option<&str>,
+        last_seen_ms: u64,
+        attrs_blob: &[u8],
+    ) {
+        let attrs = self.intern_attrs(attrs_blob);
+        let pid = match person {
+            Some(p) => self.intern_person(p),
+            None => NO_PERSON,
+        };
+        self.insert_device(Box::from(packed), platform, pid, last_seen_ms, attrs);
+    }
+}

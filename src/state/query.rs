@@ -1,0 +1,207 @@
+//! Reads: every query is a walk of an index, never a scan of all devices
+//! (except `dump` and `check`, which exist to see everything).
+
+use serde::Serialize;
+
+use super::{Slot, State, HOUR_MS, NO_PERSON};
+use crate::codec::{cmp_packed, decode_attributes, pack_token, unpack_token};
+use crate::model::{Device, Platform};
+
+/// Registry counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// All devices.
+    pub devices: u64,
+    /// Devices with an owner.
+    pub identified: u64,
+    /// Devices without an owner.
+    pub anonymous: u64,
+    /// iOS devices.
+    pub ios: u64,
+    /// Android devices.
+    pub android: u64,
+    /// People with at least one device.
+    pub persons: u64,
+    /// The per-person device cap in effect.
+    pub max_devices_per_person: u32,
+}
+
+/// Where a paged walk in `(last_seen_ms, token)` order resumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// The platform being walked.
+    pub platform: Platform,
+    /// `last_seen_ms` of the last device returned.
+    pub last_seen_ms: u64,
+    /// Token of the last device returned.
+    pub token: String,
+}
+
+/// One page of a walk, and where the next page starts (`None` at the end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// The devices, in `(last_seen_ms, token)` order.
+    pub devices: Vec<Device>,
+    /// Pass this back to continue; `None` when the walk is done.
+    pub next: Option<Cursor>,
+}
+
+impl State {
+    pub(crate) fn to_device(&self, s: &Slot) -> Device {
+        Device {
+            token: unpack_token(&s.token).unwrap_or_default(),
+            platform: s.platform,
+            person: self.person_name(s.person).map(|p| p.to_string()),
+            last_seen_ms: s.last_seen_ms,
+            // Blobs are checked when they enter the pool.
+            attributes: decode_attributes("memory", &s.attrs).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn device(&self, token: &str) -> Option<Device> {
+        let id = self.lookup(&pack_token(token))?;
+        self.slot(id).map(|s| self.to_device(s))
+    }
+
+    pub(crate) fn devices_of(&self, person: &str) -> Vec<Device> {
+        let Some(p) = self.person_id(person).and_then(|pid| self.person(pid)) else {
+            return Vec::new();
+        };
+        p.devices
+            .iter()
+            .filter_map(|&id| self.slot(id))
+            .map(|s| self.to_device(s))
+            .collect()
+    }
+
+    pub(crate) fn most_recent(&self, person: &str, platform: Option<Platform>) -> Option<Device> {
+        let p = self.person_id(person).and_then(|pid| self.person(pid))?;
+        p.devices
+            .iter()
+            .filter_map(|&id| self.slot(id))
+            .find(|s| platform.is_none_or(|want| s.platform == want))
+            .map(|s| self.to_device(s))
+    }
+
+    fn active_count_one(&self, since_ms: u64, platform: Platform) -> u64 {
+        // Whole hours from the counters, the partial first hour from the index.
+        let first_full_hour = since_ms.div_ceil(HOUR_MS);
+        let partial_end = first_full_hour.saturating_mul(HOUR_MS);
+        let partial = self
+            .by_seen
+            .range((platform, since_ms, 0)..(platform, partial_end, 0))
+            .count() as u64;
+        let full: u64 = self
+            .hour_counts
+            .range(first_full_hour..)
+            .map(|(_, c)| u64::from(c[platform.index()]))
+            .sum();
+        partial + full
+    }
+
+    pub(crate) fn active_count(&self, since_ms: u64, platform: Option<Platform>) -> u64 {
+        match platform {
+            Some(p) => self.active_count_one(since_ms, p),
+            None => Platform::ALL
+                .iter()
+                .map(|&p| self.active_count_one(since_ms, p))
+                .sum(),
+        }
+    }
+
+    /// Devices of `platform` with `last_seen_ms >= since_ms`, in
+    /// `(last_seen_ms, token)` order, after `after` (exclusive), at most `limit`.
+    pub(crate) fn page(
+        &self,
+        platform: Platform,
+        since_ms: u64,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Page {
+        let after_packed = after.map(|c| (c.last_seen_ms, pack_token(&c.token)));
+        let start = after_packed
+            .as_ref()
+            .map_or(since_ms, |(ms, _)| (*ms).max(since_ms));
+        let mut out: Vec<&Slot> = Vec::new();
+        let mut group: Vec<&Slot> = Vec::new();
+        let mut group_ms = None;
+        let mut more = false;
+        fn flush<'s>(group: &mut Vec<&'s Slot>, out: &mut Vec<&'s Slot>) {
+            group.sort_by(|a, b| cmp_packed(&a.token, &b.token));
+            out.append(group);
+        }
+        for &(_, ms, id) in self
+            .by_seen
+            .range((platform, start, 0)..=(platform, u64::MAX, u32::MAX))
+        {
+            let Some(s) = self.slot(id) else { continue };
+            if let Some((a_ms, a_tok)) = &after_packed {
+                if ms == *a_ms && cmp_packed(&s.token, a_tok).is_le() {
+                    continue;
+                }
+            }
+            if group_ms != Some(ms) {
+                if out.len() + group.len() >= limit {
+                    more = true;
+                    break;
+                }
+                flush(&mut group, &mut out);
+                group_ms = Some(ms);
+            }
+            group.push(s);
+        }
+        flush(&mut group, &mut out);
+        if out.len() > limit {
+            out.truncate(limit);
+            more = true;
+        }
+        let next = if more {
+            out.last().map(|s| Cursor {
+                platform,
+                last_seen_ms: s.last_seen_ms,
+                token: unpack_token(&s.token).unwrap_or_default(),
+            })
+        } else {
+            None
+        };
+        Page {
+            devices: out.into_iter().map(|s| self.to_device(s)).collect(),
+            next,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            devices: self.live,
+            identified: self.identified,
+            anonymous: self.live - self.identified,
+            ios: self.per_platform[0],
+            android: self.per_platform[1],
+            persons: (self.persons.len() - self.free_persons.len()) as u64,
+            max_devices_per_person: self.cap,
+        }
+    }
+
+    /// Every device ordered by token.
+    pub(crate) fn dump(&self) -> Vec<Device> {
+        let mut all: Vec<&Slot> = self.slots.iter().flatten().collect();
+        all.sort_by(|a, b| cmp_packed(&a.token, &b.token));
+        all.into_iter().map(|s| self.to_device(s)).collect()
+    }
+
+    /// Packed tokens of every live device (for checks and checkpoints).
+    pub(crate) fn live_slots(&self) -> impl Iterator<Item = (u32, &Slot)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
+    }
+
+    pub(crate) fn owner_of(&self, s: &Slot) -> Option<std::sync::Arc<str>> {
+        if s.person == NO_PERSON {
+            None
+        } else {
+            self.person_name(s.person)
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Checkpoints: the net changes since the last one, written to the store in
+//! one atomic batch together with the log position they reflect; and the
+//! reverse, loading the state from the store at open.
+
+use super::{KvStore, Write};
+use crate::codec::*;
+use crate::error::{Error, Result};
+use crate::state::{State, NO_PERSON};
+
+/// Metadata key: the log segment size the LSNs are laid out with (u64 big-endian).
+pub(crate) const META_SEGMENT_BYTES: &[u8] = b"Mlog_segment_bytes";
+
+/// The net changes up to log position `lsn`, ready for the store.
+pub(crate) struct Snapshot {
+    pub(crate) lsn: u64,
+    pub(crate) writes: Vec<Write>,
+}
+
+impl Snapshot {
+    /// Drains the state's dirty set; the state must be at log position `lsn`.
+    pub(crate) fn take(state: &mut State, lsn: u64, extra: Vec<Write>) -> Snapshot {
+        let dirty = std::mem::take(&mut state.dirty);
+        let mut writes = Vec::with_capacity(dirty.len() + extra.len() + 2);
+        for token in dirty {
+            let key = device_key(&token);
+            let value = state.lookup(&token).and_then(|id| state.slot(id)).map(|s| {
+                let person = if s.person == NO_PERSON {
+                    None
+                } else {
+                    state.person(s.person).map(|p| p.name.clone())
+                };
+                encode_record(&RecordRef {
+                    platform: s.platform,
+                    last_seen_ms: s.last_seen_ms,
+                    person: person.as_deref(),
+                    attributes_blob: &s.attrs,
+                })
+            });
+            writes.push((key, value));
+        }
+        writes.extend(extra);
+        writes.push((
+            META_CHECKPOINT_LSN.to_vec(),
+            Some(lsn.to_be_bytes().to_vec()),
+        ));
+        writes.push((META_CAP.to_vec(), Some(state.cap.to_be_bytes().to_vec())));
+        Snapshot { lsn, writes }
+    }
+
+    /// Writes the snapshot atomically and makes it durable.
+    pub(crate) fn write(self, store: &dyn KvStore) -> Result<u64> {
+        store.apply(self.writes)?;
+        store.sync()?;
+        Ok(self.lsn)
+    }
+}
+
+fn be_u64(location: &[u8], v: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(v).map(u64::from_be_bytes).map_err(|_| {
+        Error::corrupt(
+            describe_key(location),
+            format!("{} bytes, expected 8", v.len()),
+        )
+    })
+}
+
+fn be_u32(location: &[u8], v: &[u8]) -> Result<u32> {
+    <[u8; 4]>::try_from(v).map(u32::from_be_bytes).map_err(|_| {
+        Error::corrupt(
+            describe_key(location),
+            format!("{} bytes, expected 4", v.len()),
+        )
+    })
+}
+
+/// What the store said at open.
+pub(crate) struct Loaded {
+    pub(crate) state: State,
+    pub(crate) checkpoint_lsn: u64,
+    pub(crate) segment_bytes: u64,
+}
+
+/// Loads every device from the store into a fresh state. A new store is
+/// initialised with `cap` and `segment_bytes`.
+pub(crate) fn load_state(store: &dyn KvStore, cap: u32, segment_bytes: u64) -> Result<Loaded> {
+    let Some(format) = store.get(META_FORMAT)? else {
+        let mut any = false;
+        store.scan_prefix(&[DEVICE_PREFIX], &mut |_, _| {
+            any = true;
+            Ok(())
+        })?;
+        if any {
+            return Err(Error::corrupt(
+                "metadata",
+                "device records exist but the format version key is missing",
+            ));
+        }
+        store.apply(vec![
+            (
+                META_FORMAT.to_vec(),
+                Some(u32::from(FORMAT_VERSION).to_be_bytes().to_vec()),
+            ),
+            (META_CAP.to_vec(), Some(cap.to_be_bytes().to_vec())),
+            (
+                META_SEGMENT_BYTES.to_vec(),
+                Some(segment_bytes.to_be_bytes().to_vec()),
+            ),
+            (
+                META_CHECKPOINT_LSN.to_vec(),
+                Some(0u64.to_be_bytes().to_vec()),
+            ),
+        ])?;
+        store.sync()?;
+        return Ok(Loaded {
+            state: State::new(cap),
+            checkpoint_lsn: 0,
+            segment_bytes,
+        });
+    };
+    let version = be_u32(META_FORMAT, &format)?;
+    if version != u32::from(FORMAT_VERSION) {
+        return Err(Error::UnsupportedFormat {
+            location: "metadata key Mformat".into(),
+            found: version,
+            supported: u32::from(FORMAT_VERSION),
+        });
+    }
+    let get = |k: &[u8]| -> Result<Vec<u8>> {
+        store
+            .get(k)?
+            .ok_or_else(|| Error::corrupt(describe_key(k), "missing"))
+    };
+    let stored_cap = be_u32(META_CAP, &get(META_CAP)?)?;
+    let checkpoint_lsn = be_u64(META_CHECKPOINT_LSN, &get(META_CHECKPOINT_LSN)?)?;
+    let segment_bytes = be_u64(META_SEGMENT_BYTES, &get(META_SEGMENT_BYTES)?)?;
+    if segment_bytes < 4096 {
+        return Err(Error::corrupt(
+            "metadata key Mlog_segment_bytes",
+            format!("{segment_bytes} is too small"),
+        ));
+    }
+    let mut state = State::new(stored_cap);
+    store.scan_prefix(&[DEVICE_PREFIX], &mut |key, value| {
+        load_one(&mut state, key, value)
+    })?;
+    state.dirty.clear();
+    state.changes.clear();
+    Ok(Loaded {
+        state,
+        checkpoint_lsn,
+        segment_bytes,
+    })
+}
+
+fn load_one(state: &mut State, key: &[u8], value: &[u8]) -> Result<()> {
+    let packed = key.get(1..).unwrap_or_default();
+    if unpack_token(packed).is_none() {
+        return Err(Error::corrupt(
+            describe_key(key),
+            "key is not a valid packed token",
+        ));
+    }
+    let location = describe_key(key);
+    let r = decode_record(&location, value)?;
+    // Each distinct attribute blob is verified once.
+    if !state.attrs_interned(r.attributes_blob) {
+        decode_attributes(&location, r.attributes_blob)?;
+    }
+    if state.lookup(packed).is_some() {
+        return Err(Error::corrupt(location, "duplicate token"));
+    }
+    state.load_device(
+        packed,
+        r.platform,
+        r.person,
+        r.last_seen_ms,
+        r.attributes_blob,
+    );
+    Ok(())
+}

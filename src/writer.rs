@@ -1,0 +1,352 @@
+//! The single writer thread (group commit) and the checkpointer thread.
+//!
+//! The writer takes every request queued at the moment it becomes free,
+//! applies them in order to the in-memory state under one short write lock,
+//! appends one log record per request, and acknowledges all of them after
+//! one write (and, for `Immediate`, one fdatasync). Reads never wait for the
+//! fdatasync: the lock is released before the log I/O.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bincode::Options;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Mutex, RwLock};
+
+use crate::codec::bincode_opts;
+use crate::config::{Config, Durability};
+use crate::error::{Error, Result};
+use crate::log::LogWriter;
+use crate::model::Outcome;
+use crate::state::{Entry, State};
+use crate::store::{KvStore, Snapshot};
+
+pub(crate) type Reply<T> = Sender<Result<T>>;
+
+pub(crate) enum Msg {
+    Write {
+        entries: Vec<Entry>,
+        reply: Reply<Vec<Outcome>>,
+    },
+    /// Take a checkpoint now and wait for it.
+    Checkpoint { reply: Reply<()> },
+    /// Run `f` on the writer thread with no write or checkpoint in progress.
+    Exclusive {
+        f: Box<dyn FnOnce(&mut WriterCtx) + Send>,
+    },
+}
+
+/// Shared "the store failed" flag: once set, every write is refused.
+#[derive(Default)]
+pub(crate) struct FailFlag(Mutex<Option<String>>);
+
+impl FailFlag {
+    pub(crate) fn set(&self, why: &Error) {
+        let mut g = self.0.lock();
+        if g.is_none() {
+            *g = Some(why.to_string());
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0.lock().clone()
+    }
+}
+
+pub(crate) struct CheckpointJob {
+    snapshot: Snapshot,
+    done: Option<Reply<()>>,
+}
+
+/// What the writer thread owns.
+pub(crate) struct WriterCtx {
+    pub(crate) state: Arc<RwLock<State>>,
+    pub(crate) log: LogWriter,
+    pub(crate) store: Arc<dyn KvStore>,
+    pub(crate) failed: Arc<FailFlag>,
+    pub(crate) config: Config,
+    pub(crate) ckpt_tx: Option<Sender<CheckpointJob>>,
+    pub(crate) ckpt_busy: Arc<AtomicBool>,
+    pub(crate) last_checkpoint_lsn: u64,
+    pub(crate) last_checkpoint_at: Instant,
+    pub(crate) last_sync_at: Instant,
+}
+
+fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    for e in entries {
+        bincode_opts()
+            .serialize_into(&mut body, e)
+            .map_err(|e| Error::invalid("batch", format!("cannot encode: {e}")))?;
+    }
+    Ok(body)
+}
+
+/// Decodes a log record body into its entries.
+pub(crate) fn decode_entries(location: &str, count: u32, body: &[u8]) -> Result<Vec<Entry>> {
+    let mut rd = body;
+    let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
+    for i in 0..count {
+        let e: Entry = bincode_opts()
+            .allow_trailing_bytes()
+            .deserialize_from(&mut rd)
+            .map_err(|e| Error::corrupt(location, format!("entry {i}: {e}")))?;
+        out.push(e);
+    }
+    if !rd.is_empty() {
+        return Err(Error::corrupt(
+            location,
+            format!("{} bytes after the last entry", rd.len()),
+        ));
+    }
+    Ok(out)
+}
+
+impl WriterCtx {
+    fn fail(&self, e: &Error) -> Error {
+        self.failed.set(e);
+        Error::Failed(e.to_string())
+    }
+
+    fn refuse(&self) -> Option<Error> {
+        self.failed.get().map(Error::Failed)
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        let tick = Duration::from_millis(
+            self.config
+                .eventual_sync_interval_ms
+                .clamp(5, 1000)
+                .min(self.config.checkpoint_interval_ms.max(5)),
+        );
+        let mut deferred: Option<Msg> = None;
+        loop {
+            let first = match deferred.take() {
+                Some(m) => m,
+                None => match rx.recv_timeout(tick) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.periodic();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            match first {
+                Msg::Write { entries, reply } => {
+                    let mut group = vec![(entries, reply)];
+                    let mut ops = group[0].0.len();
+                    while ops < crate::limits::MAX_GROUP_OPS {
+                        match rx.try_recv() {
+                            Ok(Msg::Write { entries, reply }) => {
+                                ops += entries.len();
+                                group.push((entries, reply));
+                            }
+                            Ok(other) => {
+                                deferred = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_group(group);
+                }
+                Msg::Checkpoint { reply } => {
+                    let r = self.checkpoint_now(Some(reply.clone()));
+                    if let Err(e) = r {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                Msg::Exclusive { f } => {
+                    self.wait_checkpoint_idle();
+                    f(&mut self);
+                }
+            }
+            self.periodic();
+        }
+        self.shutdown();
+    }
+
+    fn write_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Outcome>>)>) {
+        if let Some(e) = self.refuse() {
+            for (_, reply) in group {
+                let _ = reply.send(Err(Error::Failed(e.to_string())));
+            }
+            return;
+        }
+        // Encode first: it needs no state, and sizes decide segment rolls.
+        let mut work = Vec::with_capacity(group.len());
+        for (entries, reply) in group {
+            match encode_entries(&entries) {
+                Ok(body) if body.len() <= self.log.max_body() => work.push((entries, body, reply)),
+                Ok(body) => {
+                    let _ = reply.send(Err(Error::invalid(
+                        "batch",
+                        format!(
+                            "encodes to {} bytes, over the log record limit of {}",
+                            body.len(),
+                            self.log.max_body()
+                        ),
+                    )));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        let rolls = self.log.rolls_needed(work.iter().map(|w| w.1.len()));
+        for n in 1..=rolls {
+            let seq = self.log.seq_after(n);
+            if !self.log.pool().has_room_for(seq) {
+                // Backpressure: the log is full until a checkpoint releases segments.
+                if let Err(e) = self.checkpoint_now(None) {
+                    let e = self.fail(&e);
+                    for (_, _, reply) in work {
+                        let _ = reply.send(Err(Error::Failed(e.to_string())));
+                    }
+                    return;
+                }
+                let failed = self.failed.clone();
+                self.log
+                    .pool()
+                    .wait_for_room(seq, &move || failed.get().is_some());
+            }
+        }
+        let mut results = Vec::with_capacity(work.len());
+        {
+            let mut st = self.state.write();
+            for (entries, body, reply) in work {
+                let outcomes: Vec<Outcome> = entries.iter().map(|e| st.apply(e)).collect();
+                let changed = outcomes.iter().any(|o| {
+                    matches!(*o, Outcome::Applied { devices, evicted } if devices > 0 || evicted > 0)
+                });
+                results.push((entries.len() as u32, body, changed, outcomes, reply));
+            }
+            st.changes.clear();
+        }
+        let mut io = Ok(());
+        for (count, body, changed, _, _) in &results {
+            if *changed {
+                if let Err(e) = self.log.append(*count, body) {
+                    io = Err(e);
+                    break;
+                }
+            }
+        }
+        let io = io.and_then(|()| match self.config.durability {
+            Durability::Immediate => self.log.sync(),
+            Durability::Eventual => self.log.write_out(),
+        });
+        if let Err(e) = io {
+            let e = self.fail(&e);
+            for (.., reply) in results {
+                let _ = reply.send(Err(Error::Failed(e.to_string())));
+            }
+            return;
+        }
+        for (_, _, _, outcomes, reply) in results {
+            let _ = reply.send(Ok(outcomes));
+        }
+        let since = self.log.end_lsn() - self.last_checkpoint_lsn;
+        if since >= self.config.log_segment_bytes / 2 && !self.ckpt_busy.load(Ordering::Acquire) {
+            if let Err(e) = self.start_checkpoint(None) {
+                self.fail(&e);
+            }
+        }
+    }
+
+    fn periodic(&mut self) {
+        if self.refuse().is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if self.log.needs_sync()
+            && now.duration_since(self.last_sync_at)
+                >= Duration::from_millis(self.config.eventual_sync_interval_ms)
+        {
+            if let Err(e) = self.log.sync() {
+                self.fail(&e);
+                return;
+            }
+            self.last_sync_at = now;
+        }
+        let due = now.duration_since(self.last_checkpoint_at)
+            >= Duration::from_millis(self.config.checkpoint_interval_ms);
+        if due && !self.ckpt_busy.load(Ordering::Acquire) {
+            let dirty = !self.state.read().dirty.is_empty();
+            if dirty {
+                if let Err(e) = self.start_checkpoint(None) {
+                    self.fail(&e);
+                }
+            } else {
+                self.last_checkpoint_at = now;
+            }
+        }
+    }
+
+    fn wait_checkpoint_idle(&self) {
+        while self.ckpt_busy.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Hands a snapshot of the state at the log's end to the checkpointer.
+    fn start_checkpoint(&mut self, done: Option<Reply<()>>) -> Result<()> {
+        self.wait_checkpoint_idle();
+        self.log.write_out()?;
+        let lsn = self.log.end_lsn();
+        let snapshot = Snapshot::take(&mut self.state.write(), lsn, Vec::new());
+        self.ckpt_busy.store(true, Ordering::Release);
+        let job = CheckpointJob { snapshot, done };
+        match &self.ckpt_tx {
+            Some(tx) if tx.send(job).is_ok() => {}
+            _ => {
+                self.ckpt_busy.store(false, Ordering::Release);
+                return Err(Error::Closed);
+            }
+        }
+        self.last_checkpoint_lsn = lsn;
+        self.last_checkpoint_at = Instant::now();
+        Ok(())
+    }
+
+    fn checkpoint_now(&mut self, done: Option<Reply<()>>) -> Result<()> {
+        if let Some(e) = self.refuse() {
+            return Err(e);
+        }
+        self.start_checkpoint(done)
+    }
+
+    fn shutdown(mut self) {
+        if self.refuse().is_none() {
+            let r = self.log.sync().and_then(|()| self.start_checkpoint(None));
+            if let Err(e) = r {
+                self.fail(&e);
+            }
+            self.wait_checkpoint_idle();
+        }
+        self.ckpt_tx = None;
+    }
+}
+
+/// The checkpointer: writes snapshots to the store and releases log segments.
+pub(crate) fn run_checkpointer(
+    rx: Receiver<CheckpointJob>,
+    store: Arc<dyn KvStore>,
+    pool: Arc<crate::log::segments::SegmentPool>,
+    failed: Arc<FailFlag>,
+    busy: Arc<AtomicBool>,
+) {
+    for job in rx {
+        let r = job.snapshot.write(&*store);
+        match &r {
+            Ok(lsn) => pool.checkpointed(*lsn),
+            Err(e) => failed.set(e),
+        }
+        busy.store(false, Ordering::Release);
+        if let Some(done) = job.done {
+            let _ = done.send(r.map(|_| ()));
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Behaviour of the engine across reopen, log rolling and checkpoints.
+
+use devreg::*;
+
+fn reg_op(token: &str, person: Option<&str>, seen_ms: u64) -> Op {
+    Op::Register(Register {
+        token: token.into(),
+        platform: Platform::Ios,
+        person: person.map(Into::into),
+        seen_ms,
+        attributes: None,
+    })
+}
+
+fn small(path: &std::path::Path) -> Config {
+    Config::new(path)
+        .log_segment_bytes(64 << 10)
+        .max_log_segments(3)
+        .checkpoint_interval_ms(20)
+}
+
+#[test]
+fn survives_reopen_across_many_segments_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let reg = Registry::open_with(small(&db)).unwrap();
+        for i in 0..3000u64 {
+            let person = format!("p{}", i % 97);
+            reg.apply(reg_op(&format!("{i:064x}"), Some(&person), i))
+                .unwrap();
+            if i % 7 == 0 {
+                reg.touch(&format!("{:064x}", i / 2), 5000 + i).unwrap();
+            }
+        }
+        let report = reg.check().unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+    }
+    let reg = Registry::open_with(small(&db)).unwrap();
+    let report = reg.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    // 97 persons, capped at 20 devices each.
+    assert_eq!(reg.stats().devices, 97 * 20);
+    assert_eq!(reg.devices_of("p5").len(), 20);
+    let log_files = std::fs::read_dir(db.join("log")).unwrap().count();
+    assert!(log_files <= 4, "log grew to {log_files} segments");
+}
+
+#[test]
+fn lower_cap_at_open_evicts_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let reg = Registry::open(&db).unwrap();
+        for i in 0..10u64 {
+            reg.apply(reg_op(&format!("t{i}"), Some("ann"), 100 + i))
+                .unwrap();
+        }
+    }
+    let reg = Registry::open_with(Config::new(&db).max_devices_per_person(3)).unwrap();
+    let toks: Vec<String> = reg.devices_of("ann").into_iter().map(|d| d.token).collect();
+    assert_eq!(toks, ["t9", "t8", "t7"]);
+    assert!(reg.check().unwrap().is_clean());
+    drop(reg);
+    let reg = Registry::open_with(Config::new(&db).max_devices_per_person(3)).unwrap();
+    assert_eq!(reg.stats().devices, 3);
+    assert_eq!(reg.stats().max_devices_per_person, 3);
+}
