@@ -1,0 +1,212 @@
+//! The `devreg` command: import events, query the registry, run a demo.
+//!
+//! Output contract: results are JSON on stdout, diagnostics on stderr.
+//! Exit codes: 0 success, 1 error or "not found" or a failed check,
+//! 2 usage error (clap) or an import with rejected lines.
+
+mod demo;
+mod import;
+mod output;
+mod workload;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use devreg::{Config, Durability, Platform, Registry};
+
+use output::{device_json, Out};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "devreg",
+    version,
+    about = "An embedded, crash-safe registry of mobile push devices"
+)]
+struct Cli {
+    /// The database directory (created if missing).
+    #[arg(long, default_value = "./devreg-data")]
+    db: PathBuf,
+
+    /// Most devices one person may own; older ones are evicted.
+    /// Without it, the cap stored in the database is kept.
+    #[arg(long, value_name = "N")]
+    max_devices_per_person: Option<u32>,
+
+    /// When a write is acknowledged: after an fdatasync (immediate) or once
+    /// written to the OS (eventual: survives a process crash, not a power loss).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Immediate)]
+    durability: DurabilityArg,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    Immediate,
+    Eventual,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply JSON events, one per line, from FILE (or `-` for stdin).
+    Import {
+        /// The file to read, or `-` for standard input.
+        file: String,
+    },
+    /// Print every device as one JSON object per line, ordered by token.
+    Dump,
+    /// Print one device.
+    Get {
+        /// The push token.
+        token: String,
+    },
+    /// Print a person's devices, most recently seen first.
+    Person {
+        /// The person id.
+        id: String,
+    },
+    /// Print a person's most recently seen device.
+    MostRecent {
+        /// The person id.
+        id: String,
+        /// Only consider devices on this platform (ios or android).
+        #[arg(long, value_parser = parse_platform)]
+        platform: Option<Platform>,
+    },
+    /// Count the devices seen at or after a time.
+    Active {
+        /// Unix milliseconds.
+        #[arg(long)]
+        since_ms: u64,
+        /// Only count devices on this platform (ios or android).
+        #[arg(long, value_parser = parse_platform)]
+        platform: Option<Platform>,
+    },
+    /// Print the registry's counters.
+    Stats,
+    /// Verify indexes, counters, the cap and the store; exit 1 on any problem.
+    Check,
+    /// Run a realistic workload on a temporary database and report.
+    Demo,
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse::<Platform>().map_err(|e| e.to_string())
+}
+
+/// Why a command failed; the message is printed as `error: <message>`.
+pub struct CliError(pub String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// A command either finishes with an exit code or fails with a message.
+pub type CmdResult = Result<ExitCode, CliError>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = run(&cli);
+    match result {
+        Ok(code) => code,
+        Err(CliError(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn durability(d: DurabilityArg) -> Durability {
+    match d {
+        DurabilityArg::Immediate => Durability::Immediate,
+        DurabilityArg::Eventual => Durability::Eventual,
+    }
+}
+
+fn run(cli: &Cli) -> CmdResult {
+    let durability = durability(cli.durability);
+    match &cli.command {
+        Command::Demo => demo::run(cli.max_devices_per_person),
+        Command::Import { file } => {
+            // Open the input first: a mistyped path must not create a database.
+            let input = import::open_input(file)?;
+            let reg = open(cli, durability)?;
+            import::run(&reg, input)
+        }
+        cmd => {
+            let reg = open(cli, durability)?;
+            query(&reg, cmd)
+        }
+    }
+}
+
+/// Opens the registry. Without `--max-devices-per-person`, the database's
+/// stored cap is reused: opening with a different cap rewrites it, and a
+/// lower cap evicts devices, which a read-only command must never do.
+fn open(cli: &Cli, durability: Durability) -> Result<Registry, CliError> {
+    let cap = match cli.max_devices_per_person {
+        Some(n) => Some(n),
+        None => output::stored_cap(&cli.db)?,
+    };
+    let mut config = Config::new(&cli.db).durability(durability);
+    if let Some(cap) = cap {
+        config = config.max_devices_per_person(cap);
+    }
+    Registry::open_with(config).map_err(|e| CliError(format!("opening {}: {e}", cli.db.display())))
+}
+
+fn query(reg: &Registry, cmd: &Command) -> CmdResult {
+    let mut out = Out::stdout();
+    match cmd {
+        Command::Dump => {
+            for d in reg.dump() {
+                out.json(&device_json(&d))?;
+            }
+        }
+        Command::Get { token } => match reg.device(token) {
+            Some(d) => out.json(&device_json(&d))?,
+            None => return not_found(format!("no device with token {token:?}")),
+        },
+        Command::Person { id } => {
+            let devices = reg.devices_of(id);
+            let list: Vec<_> = devices.iter().map(device_json).collect();
+            out.json(&list)?;
+        }
+        Command::MostRecent { id, platform } => match reg.most_recent(id, *platform) {
+            Some(d) => out.json(&device_json(&d))?,
+            None => {
+                let on = platform.map_or(String::new(), |p| format!(" on {p}"));
+                return not_found(format!("no device{on} for person {id:?}"));
+            }
+        },
+        Command::Active { since_ms, platform } => {
+            let count = reg.active_since(*since_ms, *platform);
+            out.json(&serde_json::json!({ "count": count }))?;
+        }
+        Command::Stats => out.json(&reg.stats())?,
+        Command::Check => {
+            let report = reg.check()?;
+            out.json(&report)?;
+            out.flush()?;
+            if !report.is_clean() {
+                eprintln!("check found {} problem(s)", report.problems.len());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Import { .. } | Command::Demo => unreachable!("dispatched in run()"),
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn not_found(what: String) -> CmdResult {
+    // stdout stays empty so scripts can tell "missing" from a result.
+    let _ = std::io::stdout().flush();
+    eprintln!("not found: {what}");
+    Ok(ExitCode::FAILURE)
+}
