@@ -53,6 +53,11 @@ impl Out {
         check_pipe(r)
     }
 
+    /// Writes a line of text.
+    pub fn line(&mut self, text: &str) -> Result<(), CliError> {
+        check_pipe(writeln!(self.w, "{text}"))
+    }
+
     /// Flushes what is buffered.
     pub fn flush(&mut self) -> Result<(), CliError> {
         check_pipe(self.w.flush())
