@@ -1,0 +1,959 @@
+//! Crash tests. The test binary re-executes itself as a child process (the
+//! `#[ignore]`d `*_child` tests, which do nothing unless their environment
+//! variable is set):
+//!
+//! - `crash_kill_recover`: a child applies a seeded mix of operations with
+//!   `Durability::Immediate` (every fourth run `Eventual`, which also promises
+//!   to survive a process crash), tiny log segments and constant checkpoints,
+//!   printing `B <ops>` before and `A <outcomes>` after each acknowledged
+//!   write. The parent SIGKILLs it after 20..300 ms, reopens the database,
+//!   requires a clean `check()` and a `dump()` equal to the reference model
+//!   after the acknowledged prefix (optionally plus the one write in flight),
+//!   and goes on with the next child on the same database. Half of the
+//!   verifications reopen a copy, so the next child itself recovers from the
+//!   raw crash. `DEVREG_CRASH_KILLS=N` sets the number of kills (default 60),
+//!   `DEVREG_CRASH_SEED=S` replays a run; `crash_soak` (ignored) does 2000.
+//! - `log_tail_cut_at_every_offset`: the log's last record is zeroed, filled
+//!   with 0xFF, or the file truncated, from every byte offset inside it;
+//!   recovery must cut exactly that record.
+//! - `log_damage_before_tail_is_corrupt`: any damaged byte in an earlier
+//!   record must fail the open with `Error::Corrupt`.
+//!
+//! Known library bugs, each with a failing test marked `#[ignore = "BUG: ..."]`
+//! until the fix lands (run them with `--ignored`):
+//! - a log record ending exactly at a segment's end makes the writer put the
+//!   next records at offset 0 of the same file: acknowledged writes are lost
+//!   on a crash (`segment_filled_exactly_then_killed`), the writer thread
+//!   panics later (`segment_filled_exactly_then_rolled`), and the random
+//!   crash test fails now and then (`crash_kill_recover`, ignored for that
+//!   reason only; it passes with the bug fixed);
+//! - a damaged length field before the tail is taken for a torn tail
+//!   (`log_damaged_length_before_tail_is_corrupt`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_clean, copy_dir, Model, Rng};
+use devreg::*;
+
+const CRASH_ENV: &str = "DEVREG_CRASH_CHILD";
+const TAIL_ENV: &str = "DEVREG_TAIL_CHILD";
+const CAP: u32 = 4;
+const HOUR: u64 = 3_600_000;
+const H0: u64 = 472_222 * HOUR;
+const SEGMENT: u64 = 64 << 10;
+
+fn crash_config(db: &Path, eventual: bool) -> Config {
+    Config::new(db)
+        .durability(if eventual {
+            Durability::Eventual
+        } else {
+            Durability::Immediate
+        })
+        .max_devices_per_person(CAP)
+        .log_segment_bytes(SEGMENT)
+        .max_log_segments(3)
+        .checkpoint_interval_ms(2)
+}
+
+/// Starts this test binary running only the child test `name`.
+fn spawn_child(name: &str, envs: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        name,
+        "--nocapture",
+        "--ignored",
+        "--test-threads=1",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawning the child test process")
+}
+
+/// Marks the child's own lines (libtest prints around them).
+const MARK: &str = "@@";
+
+// ---------------------------------------------------------------- workload --
+
+/// Deterministic operations from a seed; `run` moves the clock forward so
+/// later runs prune what earlier ones wrote.
+struct Workload {
+    rng: Rng,
+    clock: u64,
+}
+
+impl Workload {
+    fn new(seed: u64, run: u64) -> Workload {
+        Workload {
+            rng: Rng::new(seed),
+            clock: H0 + run * 20 * HOUR,
+        }
+    }
+
+    fn token(&mut self) -> String {
+        let i = self.rng.below(700);
+        if i % 3 == 0 {
+            format!(
+                "{:064x}",
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) as u128 * 7919
+            )
+        } else {
+            format!("f{i}:APA91b-{}_x", i * 31)
+        }
+    }
+
+    fn person(&mut self) -> String {
+        format!("person-{}", self.rng.below(70))
+    }
+
+    fn seen(&mut self) -> u64 {
+        self.clock += self.rng.below(60_000);
+        // Events arrive out of order.
+        self.clock - self.rng.below(600_000)
+    }
+
+    fn one(&mut self) -> Op {
+        let roll = self.rng.below(1000);
+        match roll {
+            0..=419 => {
+                let person = if self.rng.chance(6, 10) {
+                    Some(self.person())
+                } else {
+                    None
+                };
+                let attributes = if self.rng.chance(1, 4) {
+                    let mut a = Attributes::new();
+                    a.insert("app_version".into(), format!("1.{}", self.rng.below(5)));
+                    if self.rng.chance(1, 2) {
+                        a.insert("locale".into(), "en-US".into());
+                    }
+                    Some(a)
+                } else {
+                    None
+                };
+                Op::Register(Register {
+                    token: self.token(),
+                    platform: if self.rng.chance(1, 2) {
+                        Platform::Ios
+                    } else {
+                        Platform::Android
+                    },
+                    person,
+                    seen_ms: self.seen(),
+                    attributes,
+                })
+            }
+            420..=559 => Op::Touch {
+                token: self.token(),
+                seen_ms: self.seen(),
+            },
+            560..=659 => {
+                let old_token = self.token();
+                let mut new_token = self.token();
+                if new_token == old_token {
+                    new_token.push('r');
+                }
+                Op::Rotate {
+                    old_token,
+                    new_token,
+                    seen_ms: self.seen(),
+                }
+            }
+            660..=739 => Op::Logout {
+                token: self.token(),
+                policy: if self.rng.chance(1, 2) {
+                    LogoutPolicy::Keep
+                } else {
+                    LogoutPolicy::Remove
+                },
+            },
+            740..=809 => {
+                let primary = self.person();
+                let mut secondary = self.person();
+                if secondary == primary {
+                    secondary.push('x');
+                }
+                Op::Merge { primary, secondary }
+            }
+            810..=869 => Op::Remove {
+                token: self.token(),
+            },
+            870..=994 => {
+                let provider_ms = self.seen() - self.rng.below(1_200_000);
+                Op::Invalidate {
+                    token: self.token(),
+                    provider_ms,
+                }
+            }
+            _ => Op::Prune {
+                before_ms: self.clock - 8 * HOUR,
+            },
+        }
+    }
+
+    /// The next write: one operation, or now and then a batch of 10..=50.
+    fn next_write(&mut self) -> Vec<Op> {
+        if self.rng.chance(1, 18) {
+            let n = 10 + self.rng.below(41);
+            (0..n).map(|_| self.one()).collect()
+        } else {
+            vec![self.one()]
+        }
+    }
+}
+
+// ------------------------------------------------------------ crash child --
+
+#[test]
+#[ignore = "child process of the crash tests; does nothing unless DEVREG_CRASH_CHILD is set"]
+fn crash_child() {
+    let Ok(db) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let var = |k: &str| -> u64 { std::env::var(k).unwrap().parse().unwrap() };
+    let (seed, run, eventual) = (
+        var("DEVREG_CRASH_SEED"),
+        var("DEVREG_CRASH_RUN"),
+        var("DEVREG_CRASH_EVENTUAL") == 1,
+    );
+    let reg = Registry::open_with(crash_config(Path::new(&db), eventual)).unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n{MARK}O").unwrap();
+    out.flush().unwrap();
+    let mut work = Workload::new(seed, run);
+    loop {
+        let ops = work.next_write();
+        writeln!(out, "{MARK}B {}", serde_json::to_string(&ops).unwrap()).unwrap();
+        out.flush().unwrap();
+        let outcomes = if ops.len() == 1 {
+            vec![reg.apply(ops[0].clone()).unwrap()]
+        } else {
+            reg.apply_batch(ops).unwrap()
+        };
+        writeln!(out, "{MARK}A {}", serde_json::to_string(&outcomes).unwrap()).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// One write the child began: its operations and, if acknowledged, the
+/// outcomes it reported (JSON).
+struct Write_ {
+    ops: Vec<Op>,
+    ack: Option<String>,
+}
+
+fn parse_child_output(out: &str) -> (bool, Vec<Write_>) {
+    let mut opened = false;
+    let mut writes: Vec<Write_> = Vec::new();
+    // A last line without its newline may be cut short: ignore it.
+    let complete = match out.rfind('\n') {
+        Some(i) => &out[..i],
+        None => "",
+    };
+    for line in complete.lines() {
+        let Some(rest) = line.find(MARK).map(|i| &line[i + MARK.len()..]) else {
+            continue;
+        };
+        if rest == "O" {
+            opened = true;
+        } else if let Some(json) = rest.strip_prefix("B ") {
+            assert!(
+                writes.last().map_or(true, |w| w.ack.is_some()),
+                "a write began before the previous one was acknowledged"
+            );
+            writes.push(Write_ {
+                ops: serde_json::from_str(json).expect("child printed valid ops"),
+                ack: None,
+            });
+        } else if let Some(json) = rest.strip_prefix("A ") {
+            let w = writes.last_mut().expect("an ack follows a begin");
+            assert!(w.ack.is_none());
+            w.ack = Some(json.to_string());
+        }
+    }
+    (opened, writes)
+}
+
+fn describe_diff(got: &[Device], want: &[Device]) -> String {
+    let got: std::collections::BTreeMap<_, _> = got.iter().map(|d| (&d.token, d)).collect();
+    let want: std::collections::BTreeMap<_, _> = want.iter().map(|d| (&d.token, d)).collect();
+    let mut out = Vec::new();
+    for (t, w) in &want {
+        match got.get(t) {
+            None => out.push(format!("missing {w:?}")),
+            Some(g) if g != w => out.push(format!("differs: got {g:?}, want {w:?}")),
+            _ => {}
+        }
+    }
+    for (t, g) in &got {
+        if !want.contains_key(t) {
+            out.push(format!("unexpected {g:?}"));
+        }
+    }
+    out.truncate(12);
+    out.join("\n")
+}
+
+/// A directory removed at the end unless the test failed, so the files
+/// that made it fail can be examined.
+struct KeepOnPanic(PathBuf);
+
+impl KeepOnPanic {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "kept the failing databases in {} (raw-crash: the state as the child left it)",
+                self.0.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    kills: u64,
+    acked_writes: u64,
+    acked_ops: u64,
+    in_flight_applied: u64,
+    in_flight_lost: u64,
+    killed_before_open: u64,
+    eventual_runs: u64,
+}
+
+fn crash_loop(kills: u64) {
+    let seed: u64 = std::env::var("DEVREG_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("crash test seed {seed} (DEVREG_CRASH_SEED={seed} replays the workload)");
+    let dir = KeepOnPanic(tempfile::tempdir().unwrap().keep());
+    let db = dir.path().join("db");
+    let mut rng = Rng::new(seed);
+    let mut model = Model::new(CAP);
+    let mut tally = Tally::default();
+    let started = Instant::now();
+    for run in 0..kills {
+        let eventual = run % 4 == 3;
+        tally.eventual_runs += u64::from(eventual);
+        let child_seed = rng.next_u64();
+        let mut child = spawn_child(
+            "crash_child",
+            &[
+                (CRASH_ENV, db.display().to_string()),
+                ("DEVREG_CRASH_SEED", child_seed.to_string()),
+                ("DEVREG_CRASH_RUN", run.to_string()),
+                ("DEVREG_CRASH_EVENTUAL", u64::from(eventual).to_string()),
+            ],
+        );
+        let mut stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let out_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let life = Duration::from_millis(20 + rng.below(281));
+        let t0 = Instant::now();
+        while t0.elapsed() < life {
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = out_reader.join().unwrap();
+                let err = err_reader.join().unwrap();
+                panic!(
+                    "run {run} (seed {seed}): the child exited by itself with {status}\n\
+                     stderr:\n{err}\nstdout tail:\n{}",
+                    &out[out.len().saturating_sub(3000)..]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        tally.kills += 1;
+        let out = out_reader.join().unwrap();
+        let _ = err_reader.join().unwrap();
+        let (opened, writes) = parse_child_output(&out);
+        tally.killed_before_open += u64::from(!opened);
+
+        // The model after every acknowledged write, checking each outcome.
+        let mut acked = model.clone();
+        let mut in_flight = None;
+        for (i, w) in writes.iter().enumerate() {
+            match &w.ack {
+                Some(ack) => {
+                    let outcomes: Vec<Outcome> = w.ops.iter().map(|op| acked.apply(op)).collect();
+                    assert_eq!(
+                        &serde_json::to_string(&outcomes).unwrap(),
+                        ack,
+                        "run {run} (seed {seed}): outcome of write {i} {:?}",
+                        w.ops
+                    );
+                    tally.acked_writes += 1;
+                    tally.acked_ops += w.ops.len() as u64;
+                }
+                None => {
+                    assert_eq!(i + 1, writes.len(), "only the last write can be in flight");
+                    in_flight = Some(&w.ops);
+                }
+            }
+        }
+
+        // Keep the raw crash state until this run is verified (kept on failure).
+        let raw = dir.path().join("raw-crash");
+        let _ = std::fs::remove_dir_all(&raw);
+        copy_dir(&db, &raw);
+        // Reopen (in place, or a copy so the next child recovers the raw crash).
+        let verify_dir = if run % 2 == 1 {
+            let copy = dir.path().join(format!("verify-{run}"));
+            copy_dir(&db, &copy);
+            copy
+        } else {
+            db.clone()
+        };
+        let reg = Registry::open_with(crash_config(&verify_dir, false))
+            .unwrap_or_else(|e| panic!("run {run} (seed {seed}): reopen after SIGKILL: {e}"));
+        assert_clean(&reg, &format!("run {run} (seed {seed}) after SIGKILL"));
+        let got = reg.dump();
+        if got == acked.dump() {
+            if in_flight.is_some() {
+                tally.in_flight_lost += 1;
+            }
+            model = acked;
+        } else {
+            let with_in_flight = in_flight.map(|ops| {
+                let mut m = acked.clone();
+                for op in ops {
+                    m.apply(op);
+                }
+                m
+            });
+            match with_in_flight {
+                Some(m) if got == m.dump() => {
+                    tally.in_flight_applied += 1;
+                    model = m;
+                }
+                _ => panic!(
+                    "run {run} (seed {seed}): recovered registry is neither the acknowledged \
+                     prefix ({} writes) nor that plus the write in flight {in_flight:?}; \
+                     against the acknowledged prefix:\n{}",
+                    writes.iter().filter(|w| w.ack.is_some()).count(),
+                    describe_diff(&got, &acked.dump())
+                ),
+            }
+        }
+        assert_eq!(reg.stats(), model.stats(), "run {run}: stats");
+        drop(reg);
+        if verify_dir != db {
+            std::fs::remove_dir_all(&verify_dir).unwrap();
+        }
+    }
+    // A last clean open of the database the children left behind.
+    let reg = Registry::open_with(crash_config(&db, false)).unwrap();
+    assert_clean(&reg, "the final reopen");
+    assert_eq!(reg.dump(), model.dump(), "the final reopen");
+    println!(
+        "crash test: {} kills survived in {:.1?} ({} writes / {} ops acknowledged, \
+         in-flight write applied {} / lost {}, {} kills before the open finished, \
+         {} runs in Eventual mode, {} devices at the end)",
+        tally.kills,
+        started.elapsed(),
+        tally.acked_writes,
+        tally.acked_ops,
+        tally.in_flight_applied,
+        tally.in_flight_lost,
+        tally.killed_before_open,
+        tally.eventual_runs,
+        model.devices.len()
+    );
+    assert_eq!(tally.kills, kills);
+    assert!(
+        tally.acked_writes > kills,
+        "the children acknowledged too little work to mean anything: {tally:?}"
+    );
+}
+
+#[test]
+#[ignore = "BUG: fails now and then because of segment_filled_exactly_then_killed; un-ignore with the fix"]
+fn crash_kill_recover() {
+    let kills = std::env::var("DEVREG_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    crash_loop(kills);
+}
+
+#[test]
+#[ignore = "long: thousands of kills; run with --ignored"]
+fn crash_soak() {
+    let kills = std::env::var("DEVREG_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    crash_loop(kills);
+}
+
+// -------------------------------------------------------------- log tail --
+
+fn tail_config(db: &Path) -> Config {
+    Config::new(db)
+        .max_devices_per_person(CAP)
+        .log_segment_bytes(SEGMENT)
+        .max_log_segments(3)
+        // No checkpoint may cover the records: the log alone holds them.
+        .checkpoint_interval_ms(3_600_000)
+}
+
+fn reg_op(token: &str, person: Option<&str>, seen_ms: u64) -> Op {
+    Op::Register(Register {
+        token: token.into(),
+        platform: Platform::Android,
+        person: person.map(Into::into),
+        seen_ms,
+        attributes: None,
+    })
+}
+
+/// K operations, each changing the registry (so each is one log record).
+fn tail_ops() -> Vec<Op> {
+    let mut attrs = Attributes::new();
+    attrs.insert("app_version".into(), "2.0".into());
+    vec![
+        reg_op(&"ab".repeat(32), Some("ann"), H0),
+        reg_op("f1:APA91b-one", Some("ann"), H0 + 1),
+        Op::Register(Register {
+            token: "f2:APA91b-two".into(),
+            platform: Platform::Ios,
+            person: Some("bob".into()),
+            seen_ms: H0 + 2,
+            attributes: Some(attrs),
+        }),
+        Op::Touch {
+            token: "f1:APA91b-one".into(),
+            seen_ms: H0 + HOUR,
+        },
+        Op::Merge {
+            primary: "bob".into(),
+            secondary: "ann".into(),
+        },
+        Op::Rotate {
+            old_token: "f2:APA91b-two".into(),
+            new_token: "f3:APA91b-three".into(),
+            seen_ms: H0 + 5,
+        },
+        Op::Logout {
+            token: "ab".repeat(32),
+            policy: LogoutPolicy::Keep,
+        },
+        reg_op("t8", Some("cy"), H0 + 8),
+        reg_op("t9", None, H0 + 9),
+    ]
+}
+
+#[test]
+#[ignore = "child process of the log tail tests; does nothing unless DEVREG_TAIL_CHILD is set"]
+fn tail_child() {
+    let Ok(db) = std::env::var(TAIL_ENV) else {
+        return;
+    };
+    let reg = Registry::open_with(tail_config(Path::new(&db))).unwrap();
+    for op in tail_ops() {
+        reg.apply(op).unwrap();
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n{MARK}done").unwrap();
+    out.flush().unwrap();
+    // Wait to be killed: dropping the registry would write a checkpoint.
+    std::thread::sleep(Duration::from_secs(120));
+    panic!("tail_child was not killed");
+}
+
+/// Runs the tail child into `db` and SIGKILLs it once its writes are acknowledged.
+fn killed_db(db: &Path) {
+    let mut child = spawn_child("tail_child", &[(TAIL_ENV, db.display().to_string())]);
+    let stdout = child.stdout.take().unwrap();
+    let mut done = false;
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().contains(&format!("{MARK}done")) {
+            done = true;
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    if !done {
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("tail child ended without finishing ({status}):\n{err}");
+    }
+}
+
+fn first_segment(db: &Path) -> PathBuf {
+    db.join("log").join(format!("{:020}.wal", 0))
+}
+
+/// Walks the record headers of segment 0 from offset 0: `(offset, length)`
+/// of each record, header included (see src/log/record.rs).
+fn records(segment: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 24 <= segment.len() {
+        let len = u32::from_le_bytes(segment[off..off + 4].try_into().unwrap()) as usize;
+        let lsn = u64::from_le_bytes(segment[off + 8..off + 16].try_into().unwrap());
+        let (version, kind) = (segment[off + 16], segment[off + 17]);
+        if len == 0 || lsn != off as u64 || version != 1 || kind != 1 {
+            break;
+        }
+        out.push((off, 24 + len));
+        off += 24 + len;
+    }
+    out
+}
+
+fn model_of(ops: &[Op]) -> Model {
+    let mut m = Model::new(CAP);
+    for op in ops {
+        m.apply(op);
+    }
+    m
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    Zero,
+    Ones,
+    Truncate,
+}
+
+#[test]
+fn log_tail_cut_at_every_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    killed_db(&db);
+    let ops = tail_ops();
+    let k = ops.len();
+    let seg = std::fs::read(first_segment(&db)).unwrap();
+    let recs = records(&seg);
+    assert_eq!(recs.len(), k, "one log record per operation: {recs:?}");
+    let (start, len) = recs[k - 1];
+    let full = model_of(&ops);
+    let cut = model_of(&ops[..k - 1]);
+    {
+        // Sanity: the intact copy recovers all K operations from the log.
+        let case = dir.path().join("intact");
+        copy_dir(&db, &case);
+        let reg = Registry::open_with(tail_config(&case)).unwrap();
+        assert_eq!(reg.dump(), full.dump());
+        assert_clean(&reg, "intact log");
+    }
+    let mut opens = 0;
+    for off in start..start + len {
+        for mode in [Cut::Zero, Cut::Ones, Cut::Truncate] {
+            let ctx = format!(
+                "last record at {start}..{}, {mode:?} from {off}",
+                start + len
+            );
+            let case = dir.path().join(format!("cut-{off}-{mode:?}"));
+            copy_dir(&db, &case);
+            let path = first_segment(&case);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let changed = match mode {
+                Cut::Zero | Cut::Ones => {
+                    let fill = if matches!(mode, Cut::Zero) { 0 } else { 0xFF };
+                    let before = bytes.clone();
+                    bytes[off..start + len].fill(fill);
+                    std::fs::write(&path, &bytes).unwrap();
+                    before != bytes
+                }
+                Cut::Truncate => {
+                    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                    f.set_len(off as u64).unwrap();
+                    true
+                }
+            };
+            let want = if changed { &cut } else { &full };
+            let reg = Registry::open_with(tail_config(&case))
+                .unwrap_or_else(|e| panic!("{ctx}: open failed: {e}"));
+            opens += 1;
+            assert_eq!(reg.dump(), want.dump(), "{ctx}");
+            assert_clean(&reg, &ctx);
+            if off % 4 == 0 {
+                // The log goes on after the cut: a new write lands and survives.
+                let extra = reg_op("after-cut", Some("dee"), H0 + 50);
+                let mut want = want.clone();
+                want.apply(&extra);
+                reg.apply(extra).unwrap();
+                drop(reg);
+                let reg = Registry::open_with(tail_config(&case))
+                    .unwrap_or_else(|e| panic!("{ctx}: second open failed: {e}"));
+                assert_eq!(reg.dump(), want.dump(), "{ctx}, after a new write");
+                assert_clean(&reg, &ctx);
+            }
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+    }
+    println!("log tail: cut the last record ({len} bytes) at every offset, {opens} recoveries");
+}
+
+/// Flips each chosen byte (offset within the record) of the first record and
+/// of one in the middle, in turn; returns every case that did not fail the
+/// open with `Error::Corrupt`, and how many were tried.
+fn damage_before_tail(bytes_in_record: impl Fn(usize) -> bool) -> (Vec<String>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    killed_db(&db);
+    let seg = std::fs::read(first_segment(&db)).unwrap();
+    let recs = records(&seg);
+    assert_eq!(recs.len(), tail_ops().len());
+    let mut bad = Vec::new();
+    let mut tried = 0;
+    for &(start, len) in [recs[0], recs[recs.len() / 2]].iter() {
+        for off in (start..start + len).filter(|off| bytes_in_record(off - start)) {
+            let case = dir.path().join(format!("flip-{off}"));
+            copy_dir(&db, &case);
+            let mut bytes = seg.clone();
+            bytes[off] ^= 0xFF;
+            std::fs::write(first_segment(&case), &bytes).unwrap();
+            tried += 1;
+            match Registry::open_with(tail_config(&case)) {
+                Err(Error::Corrupt { .. }) => {}
+                Err(e) => bad.push(format!(
+                    "record {start}..{}, byte {} of it: wrong error {e:?}",
+                    start + len,
+                    off - start
+                )),
+                Ok(reg) => bad.push(format!(
+                    "record {start}..{}, byte {} of it: opened with {} of {} devices \
+                     instead of failing",
+                    start + len,
+                    off - start,
+                    reg.dump().len(),
+                    model_of(&tail_ops()).devices.len()
+                )),
+            }
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+    }
+    (bad, tried)
+}
+
+/// Damage to any byte but the length field of an earlier record: Corrupt.
+#[test]
+fn log_damage_before_tail_is_corrupt() {
+    let (bad, tried) = damage_before_tail(|i| i >= 4);
+    assert!(
+        bad.is_empty(),
+        "{} of {tried} single-byte damages before the log's tail did not give Error::Corrupt:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// BUG: damage to the 4-byte length field of a record that is not the last
+/// one silently cuts the log there (open succeeds, every later acknowledged
+/// record is dropped) instead of failing with `Error::Corrupt`. Recovery
+/// only looks for a valid record at the damaged header's claimed next
+/// position and at the next segment's start; with a damaged length neither
+/// is valid, so it takes the damage for a torn tail. Records carry their own
+/// LSN, so a scan of the rest of the segment for any valid record at its
+/// own position would tell damage from a torn tail.
+#[test]
+#[ignore = "BUG: a damaged length field before the log's tail silently drops every later record (see the doc comment)"]
+fn log_damaged_length_before_tail_is_corrupt() {
+    let (bad, tried) = damage_before_tail(|i| i < 4);
+    assert!(
+        bad.is_empty(),
+        "{} of {tried} single-byte damages to a length field before the log's tail did not \
+         give Error::Corrupt:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+// ------------------------------------- a record ending exactly at a segment end --
+
+const FILL_ENV: &str = "DEVREG_FILL_CHILD";
+
+fn fill_config(db: &Path) -> Config {
+    Config::new(db)
+        .max_devices_per_person(CAP)
+        .log_segment_bytes(SEGMENT)
+        .max_log_segments(3)
+        .checkpoint_interval_ms(3_600_000)
+}
+
+/// Where the valid records of segment 0 end.
+fn segment0_end(db: &Path) -> u64 {
+    let seg = std::fs::read(first_segment(db)).unwrap();
+    records(&seg)
+        .last()
+        .map_or(0, |&(off, len)| (off + len) as u64)
+}
+
+/// Registers new tokens sized so that the last record ends exactly at the
+/// end of log segment 0. Returns the operations applied.
+fn fill_segment_exactly(reg: &Registry, db: &Path) -> Vec<Op> {
+    let op = |i: usize, len: usize| {
+        let mut token = format!("fill{i:05}-");
+        while token.len() < len {
+            token.push('x');
+        }
+        reg_op(&token, None, 5)
+    };
+    let mut ops = Vec::new();
+    // Measure the record size of a register with an `len`-byte token.
+    ops.push(op(0, 100));
+    reg.apply(ops[0].clone()).unwrap();
+    let overhead = segment0_end(db) - 100;
+    loop {
+        let room = SEGMENT - segment0_end(db);
+        let last = room - overhead <= 200;
+        let len = if last {
+            room - overhead
+        } else {
+            (room - overhead - 60).min(200)
+        };
+        let next = op(ops.len(), len as usize);
+        reg.apply(next.clone()).unwrap();
+        ops.push(next);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(
+        segment0_end(db),
+        SEGMENT,
+        "the last record ends exactly at the end of segment 0"
+    );
+    ops
+}
+
+fn after_fill_ops(n: usize) -> Vec<Op> {
+    (0..n)
+        .map(|i| reg_op(&format!("after-{i}"), None, H0 + i as u64))
+        .collect()
+}
+
+#[test]
+#[ignore = "child process of segment_filled_exactly_then_killed; does nothing unless DEVREG_FILL_CHILD is set"]
+fn fill_child() {
+    let Ok(db) = std::env::var(FILL_ENV) else {
+        return;
+    };
+    let db = PathBuf::from(db);
+    let reg = Registry::open_with(fill_config(&db)).unwrap();
+    let mut ops = fill_segment_exactly(&reg, &db);
+    for op in after_fill_ops(10) {
+        reg.apply(op.clone()).unwrap();
+        ops.push(op);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n{MARK}ops {}", serde_json::to_string(&ops).unwrap()).unwrap();
+    writeln!(out, "{MARK}done").unwrap();
+    out.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+    panic!("fill_child was not killed");
+}
+
+/// BUG (found by `crash_kill_recover`): when a log record ends exactly at the
+/// end of a segment, `LogWriter::append` does not roll (it rolls only when
+/// `offset + need > segment_bytes`), so the next records are written at
+/// offset 0 of the *same* file with LSNs of the next segment, overwriting the
+/// segment's start. Recovery reads the next segment's file, which does not
+/// have them: every write acknowledged after that point is lost on a crash.
+#[test]
+#[ignore = "BUG: writes after a log record that ends exactly at a segment end are lost on a crash (see the doc comment)"]
+fn segment_filled_exactly_then_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut child = spawn_child("fill_child", &[(FILL_ENV, db.display().to_string())]);
+    let stdout = child.stdout.take().unwrap();
+    let mut ops: Option<Vec<Op>> = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(json) = line.strip_prefix(&format!("{MARK}ops ")) {
+            ops = Some(serde_json::from_str(json).unwrap());
+        }
+        if line.contains(&format!("{MARK}done")) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let ops = ops.unwrap_or_else(|| {
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        panic!("fill child ended without finishing ({status}):\n{err}")
+    });
+    let reg = Registry::open_with(fill_config(&db)).unwrap();
+    let want = model_of(&ops);
+    let got = reg.dump();
+    assert!(
+        got == want.dump(),
+        "{} acknowledged operations, {} devices expected, {} recovered; lost or wrong:\n{}",
+        ops.len(),
+        want.devices.len(),
+        got.len(),
+        describe_diff(&got, &want.dump())
+    );
+    assert_clean(&reg, "after the kill");
+}
+
+/// The same bug without a crash: after the exact fill, keep writing until the
+/// log rolls. The writer's end position then moves backwards (to the start
+/// of the segment it already used), and later writes fail or go missing.
+#[test]
+#[ignore = "BUG: writes after a log record that ends exactly at a segment end (see segment_filled_exactly_then_killed)"]
+fn segment_filled_exactly_then_rolled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let reg = Registry::open_with(fill_config(&db)).unwrap();
+    let mut ops = fill_segment_exactly(&reg, &db);
+    for op in after_fill_ops(3000) {
+        reg.apply(op.clone())
+            .unwrap_or_else(|e| panic!("write {} after the exact fill: {e}", ops.len()));
+        ops.push(op);
+    }
+    let want = model_of(&ops);
+    assert_eq!(reg.dump(), want.dump());
+    assert_clean(&reg, "after the writes");
+    drop(reg);
+    let reg = Registry::open_with(fill_config(&db)).unwrap();
+    assert_eq!(reg.dump(), want.dump(), "after a reopen");
+    assert_clean(&reg, "after a reopen");
+}
