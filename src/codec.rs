@@ -14,8 +14,6 @@ use crate::model::{Attributes, Platform};
 /// Version byte that starts every device record and the format stored in metadata.
 pub const FORMAT_VERSION: u8 = 1;
 
-/// Key prefix of metadata entries.
-pub const META_PREFIX: u8 = b'M';
 /// Key prefix of device records.
 pub const DEVICE_PREFIX: u8 = b'D';
 

@@ -24,8 +24,10 @@ pub struct Config {
     pub path: PathBuf,
     /// When writes are acknowledged.
     pub durability: Durability,
-    /// Most devices one person may own; older ones are evicted.
-    pub max_devices_per_person: u32,
+    /// Most devices one person may own; older ones are evicted. `None` keeps
+    /// the database's stored cap (20 for a new database); a different value
+    /// is stored, and lowering it evicts at open.
+    pub max_devices_per_person: Option<u32>,
     /// In `Eventual` mode, the longest a written record waits for an fdatasync.
     pub eventual_sync_interval_ms: u64,
     /// Size of each preallocated log segment; fixed when the database is created.
@@ -37,17 +39,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults: immediate durability, 20 devices per person, 64 MiB segments.
+    /// Defaults: immediate durability, the stored per-person cap (20 for a
+    /// new database), 64 MiB log segments.
     ///
     /// ```
     /// let c = devreg::Config::new("/tmp/x").max_devices_per_person(5);
-    /// assert_eq!(c.max_devices_per_person, 5);
+    /// assert_eq!(c.max_devices_per_person, Some(5));
     /// ```
     pub fn new(path: impl AsRef<Path>) -> Config {
         Config {
             path: path.as_ref().to_owned(),
             durability: Durability::Immediate,
-            max_devices_per_person: DEFAULT_MAX_DEVICES_PER_PERSON,
+            max_devices_per_person: None,
             eventual_sync_interval_ms: 1000,
             log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
             max_log_segments: DEFAULT_MAX_LOG_SEGMENTS,
@@ -63,7 +66,7 @@ impl Config {
 
     /// Sets the per-person device cap.
     pub fn max_devices_per_person(mut self, n: u32) -> Config {
-        self.max_devices_per_person = n;
+        self.max_devices_per_person = Some(n);
         self
     }
 
@@ -86,14 +89,13 @@ impl Config {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if !(1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(&self.max_devices_per_person) {
-            return Err(Error::invalid(
-                "max_devices_per_person",
-                format!(
-                    "{} is outside 1..={MAX_DEVICES_PER_PERSON_LIMIT}",
-                    self.max_devices_per_person
-                ),
-            ));
+        if let Some(cap) = self.max_devices_per_person {
+            if !(1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(&cap) {
+                return Err(Error::invalid(
+                    "max_devices_per_person",
+                    format!("{cap} is outside 1..={MAX_DEVICES_PER_PERSON_LIMIT}"),
+                ));
+            }
         }
         if self.log_segment_bytes < 64 << 10 || self.log_segment_bytes > 1 << 30 {
             return Err(Error::invalid(

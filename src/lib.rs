@@ -24,7 +24,9 @@
 
 mod codec;
 mod config;
+pub mod customerio;
 mod error;
+mod feed;
 pub mod limits;
 mod log;
 mod model;
@@ -35,6 +37,10 @@ mod writer;
 
 pub use config::{Config, Durability};
 pub use error::{Error, Result};
+pub use feed::{
+    validate_sink, Batch, DeadLetter, SinkInfo, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT,
+    MAX_SINKS,
+};
 pub use model::{
     validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,
     LogoutPolicy, Op, Outcome, Platform, Register,

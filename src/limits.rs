@@ -10,6 +10,10 @@ pub const MAX_ATTRIBUTES: usize = 100;
 pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 150;
 /// Longest attribute value, in bytes (Customer.io's limit).
 pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1000;
+/// Largest JSON encoding of one device's attributes, in bytes. Keeps every
+/// `add_device` (with a 4096-byte token and a 150-byte person, escaped)
+/// under Customer.io's 32,768-byte operation limit.
+pub const MAX_ATTRIBUTES_JSON_BYTES: usize = 23_000;
 /// Latest accepted timestamp: 3000-01-01T00:00:00Z in Unix milliseconds.
 pub const MAX_TIMESTAMP_MS: u64 = 32_503_680_000_000;
 /// Default cap on devices per person.

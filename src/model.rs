@@ -14,6 +14,7 @@ pub type Attributes = BTreeMap<String, String>;
 
 /// The push platform of a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Platform {
     /// Apple devices (APNs or FCM tokens).
     Ios,
@@ -269,6 +270,15 @@ pub fn validate_attributes(attributes: &Attributes) -> Result<()> {
             format!(
                 "has {} entries, the limit is {MAX_ATTRIBUTES}",
                 attributes.len()
+            ),
+        ));
+    }
+    let json_bytes = serde_json::to_string(attributes).map_or(usize::MAX, |s| s.len());
+    if json_bytes > MAX_ATTRIBUTES_JSON_BYTES {
+        return Err(Error::invalid(
+            "attributes",
+            format!(
+                "encode to {json_bytes} bytes of JSON, the limit is {MAX_ATTRIBUTES_JSON_BYTES}"
             ),
         ));
     }

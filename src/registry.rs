@@ -12,11 +12,13 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::customerio;
 use crate::error::{Error, Result};
+use crate::feed::{validate_sink, Batch, DeadLetter, SinkInfo, MAX_OPS_LIMIT};
 use crate::log::segments::{list_segments, SegmentPool};
 use crate::log::{replay, LogWriter};
 use crate::model::*;
-use crate::state::{Cursor, Entry, Page, State, Stats};
+use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
 use crate::writer::{decode_entries, run_checkpointer, FailFlag, Msg, WriterCtx};
 
@@ -113,7 +115,6 @@ fn recover(
             Ok(())
         },
     )?;
-    state.changes.clear();
     Ok((
         state,
         loaded.checkpoint_lsn,
@@ -126,8 +127,57 @@ fn validate_entry(e: &Entry) -> Result<()> {
     match e {
         Entry::Op(op) => op.validate(),
         Entry::SetCap(c) => Config::new("").max_devices_per_person(*c).validate(),
+        Entry::AddSink(s) | Entry::Requeue(s) => validate_sink(s),
+        Entry::Export {
+            sink,
+            max_ops,
+            max_bytes,
+        } => {
+            validate_sink(sink)?;
+            if !(1..=MAX_OPS_LIMIT).contains(max_ops) {
+                return Err(Error::invalid(
+                    "max_ops",
+                    format!("{max_ops} is outside 1..={MAX_OPS_LIMIT}"),
+                ));
+            }
+            let min = (customerio::MAX_OPERATION_BYTES + 64) as u32;
+            let max = (customerio::MAX_BATCH_BODY_BYTES - 1) as u32;
+            if !(min..=max).contains(max_bytes) {
+                return Err(Error::invalid(
+                    "max_bytes",
+                    format!("{max_bytes} is outside {min}..={max}"),
+                ));
+            }
+            Ok(())
+        }
+        Entry::Ack {
+            sink,
+            batch_id,
+            failed,
+        } => {
+            validate_sink(sink)?;
+            if batch_id.len() > 128 {
+                return Err(Error::invalid("batch_id", "is longer than 128 bytes"));
+            }
+            if failed.len() > MAX_OPS_LIMIT as usize {
+                return Err(Error::invalid(
+                    "failed",
+                    "lists more indices than a batch holds",
+                ));
+            }
+            if let Some((i, _)) = failed.iter().find(|(_, r)| r.len() > MAX_REASON_BYTES) {
+                return Err(Error::invalid(
+                    format!("failed[{i}]"),
+                    format!("reason is over {MAX_REASON_BYTES} bytes"),
+                ));
+            }
+            Ok(())
+        }
     }
 }
+
+/// Longest dead-letter reason kept, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
 
 impl Registry {
     /// Opens (or creates) the registry at `path` with default options.
@@ -145,7 +195,9 @@ impl Registry {
         let (state, ckpt_lsn, segment_bytes, end_lsn) = recover(
             &*store,
             &log_dir,
-            config.max_devices_per_person,
+            config
+                .max_devices_per_person
+                .unwrap_or(crate::limits::DEFAULT_MAX_DEVICES_PER_PERSON),
             config.log_segment_bytes,
         )?;
         let stored_cap = state.cap;
@@ -177,7 +229,7 @@ impl Registry {
                 .spawn(move || run_checkpointer(ckpt_rx, store, pool, failed, busy))
                 .map_err(|e| Error::io("starting the checkpointer thread", e))?
         };
-        let cap = config.max_devices_per_person;
+        let cap = config.max_devices_per_person.unwrap_or(stored_cap);
         let ctx = WriterCtx {
             state: state.clone(),
             log,
@@ -206,7 +258,7 @@ impl Registry {
             }),
         };
         if stored_cap != cap {
-            reg.submit(vec![Entry::SetCap(cap)])?;
+            reg.submit_one(Entry::SetCap(cap))?;
         }
         Ok(reg)
     }
@@ -221,7 +273,7 @@ impl Registry {
         tx.send(msg).map_err(|_| Error::Closed)
     }
 
-    fn submit(&self, entries: Vec<Entry>) -> Result<Vec<Outcome>> {
+    fn submit(&self, entries: Vec<Entry>) -> Result<Vec<Applied>> {
         if let Some(why) = self.inner.failed.get() {
             return Err(Error::Failed(why));
         }
@@ -233,8 +285,12 @@ impl Registry {
     /// Applies one operation atomically and durably (as configured).
     pub fn apply(&self, op: Op) -> Result<Outcome> {
         op.validate()?;
-        let mut out = self.submit(vec![Entry::Op(op)])?;
-        out.pop().ok_or(Error::Closed)
+        self.submit_one(Entry::Op(op)).and_then(outcome)
+    }
+
+    fn submit_one(&self, entry: Entry) -> Result<Applied> {
+        validate_entry(&entry)?;
+        self.submit(vec![entry])?.pop().ok_or(Error::Closed)
     }
 
     /// Applies operations in order as one atomic write: all of them or, after
@@ -263,7 +319,10 @@ impl Registry {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.submit(ops.into_iter().map(Entry::Op).collect())
+        self.submit(ops.into_iter().map(Entry::Op).collect())?
+            .into_iter()
+            .map(outcome)
+            .collect()
     }
 
     /// Registers (upserts) a device; see [`Op::Register`].
@@ -386,6 +445,125 @@ impl Registry {
         self.inner.state.read().dump()
     }
 
+    /// Adds a sink whose feed starts with a snapshot of every identified
+    /// device. Returns false if it already exists.
+    pub fn add_sink(&self, sink: &str) -> Result<bool> {
+        match self.submit_one(Entry::AddSink(sink.to_owned()))? {
+            Applied::Count(n) => {
+                if n == 0 && !self.inner.state.read().feed.sinks.contains_key(sink) {
+                    return Err(Error::invalid(
+                        "sink",
+                        format!("at most {} sinks", crate::feed::MAX_SINKS),
+                    ));
+                }
+                Ok(n > 0)
+            }
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    fn require_sink(&self, sink: &str) -> Result<()> {
+        validate_sink(sink)?;
+        if self.inner.state.read().feed.sinks.contains_key(sink) {
+            Ok(())
+        } else {
+            Err(Error::invalid("sink", format!("no sink named {sink:?}")))
+        }
+    }
+
+    /// The next batch for `sink`: at most `max_ops` operations and a body
+    /// of at most `max_bytes` (under Customer.io's 500,000). Until it is
+    /// acknowledged, every export returns the identical batch, also after a
+    /// crash. `None` when nothing is pending.
+    ///
+    /// ```
+    /// use devreg::{Registry, Register, Platform, DEFAULT_SINK};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let reg = Registry::open(dir.path().join("db")).unwrap();
+    /// reg.register(Register { token: "ab".into(), platform: Platform::Ios,
+    ///     person: Some("p1".into()), seen_ms: 5_000, attributes: None }).unwrap();
+    /// let batch = reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap();
+    /// assert!(batch.body().contains(r#""action":"add_device""#));
+    /// assert_eq!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap().id(), batch.id());
+    /// reg.ack(DEFAULT_SINK, batch.id()).unwrap();
+    /// assert!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().is_none());
+    /// ```
+    pub fn export(&self, sink: &str, max_ops: u32, max_bytes: u32) -> Result<Option<Arc<Batch>>> {
+        self.require_sink(sink)?;
+        if let Some(b) = self
+            .inner
+            .state
+            .read()
+            .feed
+            .sinks
+            .get(sink)
+            .and_then(|s| s.in_flight.clone())
+        {
+            return Ok(Some(b));
+        }
+        match self.submit_one(Entry::Export {
+            sink: sink.to_owned(),
+            max_ops,
+            max_bytes,
+        })? {
+            Applied::Batch(b) => Ok(b),
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    /// Marks batch `batch_id` delivered. Acknowledging it again is a no-op;
+    /// an id never exported is an error.
+    pub fn ack(&self, sink: &str, batch_id: &str) -> Result<()> {
+        self.nack(sink, batch_id, &[])
+    }
+
+    /// Customer.io accepted the batch except the operations at these indices
+    /// (its 207 answer): they go to the dead letters with their reasons.
+    pub fn nack(&self, sink: &str, batch_id: &str, failed: &[(u32, String)]) -> Result<()> {
+        self.require_sink(sink)?;
+        match self.submit_one(Entry::Ack {
+            sink: sink.to_owned(),
+            batch_id: batch_id.to_owned(),
+            failed: failed.to_vec(),
+        })? {
+            Applied::Count(_) => Ok(()),
+            Applied::Rejected(field, why) => Err(Error::invalid(field, why)),
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    /// The sink's dead letters, oldest first.
+    pub fn dead_letters(&self, sink: &str) -> Result<Vec<DeadLetter>> {
+        self.require_sink(sink)?;
+        Ok(self.inner.state.read().feed.dead_letters(sink))
+    }
+
+    /// Puts every dead letter back into the feed; returns how many.
+    pub fn requeue(&self, sink: &str) -> Result<u64> {
+        self.require_sink(sink)?;
+        match self.submit_one(Entry::Requeue(sink.to_owned()))? {
+            Applied::Count(n) => Ok(n),
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    /// Every sink's position.
+    pub fn sinks(&self) -> Vec<SinkInfo> {
+        self.inner.state.read().feed.infos()
+    }
+
     /// Writes a checkpoint to the store now and waits for it.
     pub fn checkpoint(&self) -> Result<()> {
         let (reply, rx) = bounded(1);
@@ -420,6 +598,17 @@ impl Registry {
     }
 }
 
+fn outcome(a: Applied) -> Result<Outcome> {
+    match a {
+        Applied::Op(o) => Ok(o),
+        Applied::Rejected(field, why) => Err(Error::invalid(field, why)),
+        other => Err(Error::corrupt(
+            "writer",
+            format!("unexpected result {other:?}"),
+        )),
+    }
+}
+
 fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckReport> {
     ctx.log.write_out()?;
     let live = ctx.state.read();
@@ -435,6 +624,10 @@ fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckReport> {
             .into_iter()
             .map(|p| format!("store+log: {p}")),
     );
+    problems.extend(live.feed.check());
+    if !live.feed.same_as(&disk.feed) {
+        problems.push("feed in store+log differs from the feed in memory".into());
+    }
     if disk.cap != live.cap {
         problems.push(format!(
             "store+log cap {} differs from memory cap {}",

@@ -18,8 +18,7 @@ use crate::codec::bincode_opts;
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::log::LogWriter;
-use crate::model::Outcome;
-use crate::state::{Entry, State};
+use crate::state::{Applied, Entry, State};
 use crate::store::{KvStore, Snapshot};
 
 pub(crate) type Reply<T> = Sender<Result<T>>;
@@ -27,7 +26,7 @@ pub(crate) type Reply<T> = Sender<Result<T>>;
 pub(crate) enum Msg {
     Write {
         entries: Vec<Entry>,
-        reply: Reply<Vec<Outcome>>,
+        reply: Reply<Vec<Applied>>,
     },
     /// Take a checkpoint now and wait for it.
     Checkpoint { reply: Reply<()> },
@@ -168,7 +167,7 @@ impl WriterCtx {
         self.shutdown();
     }
 
-    fn write_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Outcome>>)>) {
+    fn write_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Applied>>)>) {
         if let Some(e) = self.refuse() {
             for (_, reply) in group {
                 let _ = reply.send(Err(Error::Failed(e.to_string())));
@@ -217,13 +216,17 @@ impl WriterCtx {
         {
             let mut st = self.state.write();
             for (entries, body, reply) in work {
-                let outcomes: Vec<Outcome> = entries.iter().map(|e| st.apply(e)).collect();
-                let changed = outcomes.iter().any(|o| {
-                    matches!(*o, Outcome::Applied { devices, evicted } if devices > 0 || evicted > 0)
-                });
+                let mut changed = false;
+                let outcomes: Vec<Applied> = entries
+                    .iter()
+                    .map(|e| {
+                        let (a, c) = st.apply(e);
+                        changed |= c;
+                        a
+                    })
+                    .collect();
                 results.push((entries.len() as u32, body, changed, outcomes, reply));
             }
-            st.changes.clear();
         }
         let mut io = Ok(());
         for (count, body, changed, _, _) in &results {

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use super::{Change, State, NO_PERSON};
+use super::{State, NO_PERSON};
 use crate::codec::{cmp_packed, encode_attributes, pack_token};
+use crate::feed::{AckResult, Batch};
 use crate::model::{LogoutPolicy, Op, Outcome, Platform, Register};
 
 /// What the log records: a user operation or an internal one.
@@ -14,15 +15,107 @@ pub(crate) enum Entry {
     Op(Op),
     /// The per-person cap changed (at open); persons over it are trimmed.
     SetCap(u32),
+    /// A new sink, starting with every identified device.
+    AddSink(String),
+    /// The next batch of a sink was built.
+    Export {
+        sink: String,
+        max_ops: u32,
+        max_bytes: u32,
+    },
+    /// A batch was delivered; `failed` operations go to the dead letters.
+    Ack {
+        sink: String,
+        batch_id: String,
+        failed: Vec<(u32, String)>,
+    },
+    /// Dead letters go back into the feed.
+    Requeue(String),
+}
+
+/// What applying an entry returned.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    Op(Outcome),
+    Batch(Option<Arc<Batch>>),
+    Count(u64),
+    /// Nothing changed: the entry was refused for this reason.
+    Rejected(&'static str, String),
 }
 
 impl State {
-    /// Applies one validated log entry.
-    pub(crate) fn apply(&mut self, entry: &Entry) -> Outcome {
+    /// Applies one validated log entry; also says whether the state changed
+    /// (an entry that changed nothing need not be logged).
+    pub(crate) fn apply(&mut self, entry: &Entry) -> (Applied, bool) {
         match entry {
-            Entry::Op(op) => self.apply_op(op),
-            Entry::SetCap(cap) => self.set_cap(*cap),
+            Entry::Op(op) => {
+                let o = self.apply_op(op);
+                let changed = matches!(o, Outcome::Applied { devices, evicted } if devices > 0 || evicted > 0);
+                (Applied::Op(o), changed)
+            }
+            Entry::SetCap(cap) => {
+                let o = self.set_cap(*cap);
+                (Applied::Op(o), true)
+            }
+            Entry::AddSink(name) => {
+                let identified: Vec<(Arc<str>, Box<[u8]>)> = self.identified_pairs();
+                let added = self.feed.add_sink(name, identified.into_iter());
+                (Applied::Count(u64::from(added)), added)
+            }
+            Entry::Export {
+                sink,
+                max_ops,
+                max_bytes,
+            } => {
+                let mut feed = std::mem::take(&mut self.feed);
+                let (batch, changed) =
+                    feed.export(sink, self, *max_ops as usize, *max_bytes as usize);
+                self.feed = feed;
+                (Applied::Batch(batch), changed)
+            }
+            Entry::Ack {
+                sink,
+                batch_id,
+                failed,
+            } => {
+                let failed = failed.iter().cloned().collect();
+                match self.feed.deliver(sink, batch_id, &failed) {
+                    AckResult::Delivered(merged) => {
+                        for person in merged {
+                            let tokens: Vec<Box<[u8]>> = self
+                                .person_id(&person)
+                                .and_then(|pid| self.person(pid))
+                                .map(|p| {
+                                    p.devices
+                                        .iter()
+                                        .filter_map(|&id| self.slot(id))
+                                        .map(|s| s.token.clone())
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            self.feed.readd(sink, &person, &tokens);
+                        }
+                        (Applied::Count(1), true)
+                    }
+                    AckResult::AlreadyAcked => (Applied::Count(0), false),
+                    AckResult::Unknown(why) => (Applied::Rejected("batch_id", why), false),
+                }
+            }
+            Entry::Requeue(sink) => {
+                let n = self.feed.requeue(sink);
+                (Applied::Count(n as u64), n > 0)
+            }
         }
+    }
+
+    /// (owner, packed token) of every identified device, in token order.
+    fn identified_pairs(&self) -> Vec<(Arc<str>, Box<[u8]>)> {
+        let mut v: Vec<(Arc<str>, Box<[u8]>)> = self
+            .live_slots()
+            .filter_map(|(_, s)| self.owner_of(s).map(|p| (p, s.token.clone())))
+            .collect();
+        v.sort_by(|a, b| cmp_packed(&a.1, &b.1));
+        v
     }
 
     fn apply_op(&mut self, op: &Op) -> Outcome {
@@ -51,22 +144,13 @@ impl State {
         exists: bool,
     ) {
         self.dirty.insert(Box::from(token));
-        if before.is_some() || after.is_some() {
-            self.changes.push(Change {
-                token: Box::from(token),
-                before,
-                after: if exists { after } else { None },
-                exists,
-            });
-        }
+        let after = if exists { after } else { None };
+        self.feed.on_device(token, before.as_ref(), after.as_ref());
     }
 
     fn register(&mut self, r: &Register) -> Outcome {
         let packed = pack_token(&r.token);
-        let person = match &r.person {
-            Some(p) => Some(self.intern_person(p)),
-            None => None,
-        };
+        let person = r.person.as_ref().map(|p| self.intern_person(p));
         let blob = r.attributes.as_ref().map(encode_attributes);
         let (id, before, changed) = match self.lookup(&packed) {
             Some(id) => {
@@ -183,10 +267,15 @@ impl State {
             self.set_person(id, prim);
         }
         let prim_name = self.person_name(prim);
-        for &id in &ids {
-            if let Some(token) = self.slot(id).map(|s| s.token.clone()) {
-                self.note(&token, sec_name.clone(), prim_name.clone(), true);
-            }
+        let tokens: Vec<Box<[u8]>> = ids
+            .iter()
+            .filter_map(|&id| self.slot(id).map(|s| s.token.clone()))
+            .collect();
+        for t in &tokens {
+            self.dirty.insert(t.clone());
+        }
+        if let (Some(p), Some(s)) = (&prim_name, &sec_name) {
+            self.feed.on_merge(p, s, &tokens);
         }
         let evicted = self.enforce_cap(prim, None);
         Outcome::Applied {
@@ -269,8 +358,7 @@ impl State {
     /// until the cap holds; never evicts `protect`.
     fn enforce_cap(&mut self, pid: u32, protect: Option<u32>) -> u32 {
         let mut evicted = 0;
-        loop {
-            let Some(p) = self.person(pid) else { break };
+        while let Some(p) = self.person(pid) {
             if p.devices.len() <= self.cap as usize {
                 break;
             }

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashSet, HashTable};
 
 use crate::codec::cmp_packed;
+use crate::feed::Feed;
 use crate::model::Platform;
 
-pub(crate) use apply::Entry;
+pub(crate) use apply::{Applied, Entry};
 pub use query::{Cursor, Page, Stats};
 
 /// `Slot::person` value of an anonymous device.
@@ -39,18 +40,6 @@ pub(crate) struct PersonSlot {
     pub(crate) devices: Vec<u32>,
 }
 
-/// A change to one device, reported to the feed and the checkpointer.
-#[derive(Clone, Debug)]
-pub(crate) struct Change {
-    pub(crate) token: Box<[u8]>,
-    /// The owner before the operation, if any.
-    pub(crate) before: Option<Arc<str>>,
-    /// The owner after it (`None` if anonymous or deleted).
-    pub(crate) after: Option<Arc<str>>,
-    /// Whether the device exists after the operation.
-    pub(crate) exists: bool,
-}
-
 pub(crate) struct State {
     hasher: DefaultHashBuilder,
     slots: Vec<Option<Slot>>,
@@ -70,8 +59,8 @@ pub(crate) struct State {
     pub(crate) cap: u32,
     /// Packed tokens changed since the last checkpoint snapshot.
     pub(crate) dirty: HashSet<Box<[u8]>>,
-    /// Owner-relevant changes of the operations applied since the last drain.
-    pub(crate) changes: Vec<Change>,
+    /// The change feed, changed by the same operations.
+    pub(crate) feed: Feed,
 }
 
 impl State {
@@ -92,7 +81,7 @@ impl State {
             per_platform: [0; 2],
             cap,
             dirty: HashSet::new(),
-            changes: Vec::new(),
+            feed: Feed::with_default_sink(),
         }
     }
 

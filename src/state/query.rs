@@ -205,3 +205,28 @@ impl State {
         }
     }
 }
+
+impl crate::feed::Truth for State {
+    fn owned(&self, person: &str, token: &[u8]) -> Option<String> {
+        let s = self.lookup(token).and_then(|id| self.slot(id))?;
+        let owner = self.owner_of(s)?;
+        if &*owner != person {
+            return None;
+        }
+        Some(self.add_device_json(&owner, s))
+    }
+
+    fn newest(&self, person: &str) -> Option<(Box<[u8]>, String)> {
+        let p = self.person_id(person).and_then(|pid| self.person(pid))?;
+        let s = p.devices.first().and_then(|&id| self.slot(id))?;
+        Some((s.token.clone(), self.add_device_json(person, s)))
+    }
+}
+
+impl State {
+    fn add_device_json(&self, person: &str, s: &Slot) -> String {
+        let attrs = decode_attributes("memory", &s.attrs).unwrap_or_default();
+        let token = unpack_token(&s.token).unwrap_or_default();
+        crate::customerio::add_device(person, &token, s.platform, s.last_seen_ms, &attrs)
+    }
+}

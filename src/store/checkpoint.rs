@@ -39,6 +39,7 @@ impl Snapshot {
             writes.push((key, value));
         }
         writes.extend(extra);
+        writes.extend(state.feed.take_writes());
         writes.push((
             META_CHECKPOINT_LSN.to_vec(),
             Some(lsn.to_be_bytes().to_vec()),
@@ -144,7 +145,7 @@ pub(crate) fn load_state(store: &dyn KvStore, cap: u32, segment_bytes: u64) -> R
         load_one(&mut state, key, value)
     })?;
     state.dirty.clear();
-    state.changes.clear();
+    state.feed = crate::feed::load_feed(store)?;
     Ok(Loaded {
         state,
         checkpoint_lsn,

@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 
 pub(crate) use checkpoint::{load_state, Snapshot};
 
+/// Visits one key and value of a scan.
+pub(crate) type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
+
 /// One write of an atomic batch: a value to store, or `None` to delete.
 pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
 
@@ -19,11 +22,7 @@ pub(crate) trait KvStore: Send + Sync {
     /// Applies every write or none.
     fn apply(&self, writes: Vec<Write>) -> Result<()>;
     /// Calls `f` for each entry whose key starts with `prefix`, in key order.
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()>;
+    fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()>;
     /// Makes every applied batch durable against power loss.
     fn sync(&self) -> Result<()>;
     /// Bytes the store's files take on disk.
@@ -102,11 +101,7 @@ impl KvStore for SledStore {
             .map_err(|e| Error::store("applying a checkpoint batch", e))
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
         for item in self.db.scan_prefix(prefix) {
             let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
             f(&k, &v)?;

@@ -1,0 +1,515 @@
+//! Building batches, and what acknowledgement does to the feed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hashbrown::HashSet;
+
+use super::{batch_id, persist, Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey};
+use crate::codec::unpack_token;
+use crate::customerio::{self, body_growth, EMPTY_BODY_BYTES, MAX_OPERATION_BYTES};
+
+/// The registry's current truth, as the exporter needs it.
+pub(crate) trait Truth {
+    /// `add_device` for the pair if `person` owns `token` now.
+    fn owned(&self, person: &str, token: &[u8]) -> Option<String>;
+    /// The person's most recently seen device: its token and `add_device`.
+    fn newest(&self, person: &str) -> Option<(Box<[u8]>, String)>;
+}
+
+/// What building a batch decided for one pending item.
+enum Plan {
+    /// Send these; `true` ends the batch after them.
+    Send(Vec<BatchOp>, bool),
+    /// Nothing to send (e.g. registered and removed before any export).
+    Drop,
+    /// The operation can never fit Customer.io's limit.
+    Reject(String, String),
+    /// Stop the batch here; the item goes in the next one.
+    Stop,
+}
+
+/// Result of an ack or nack.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AckResult {
+    /// Delivered; these secondaries were merged away on the Customer.io side.
+    Delivered(Vec<Arc<str>>),
+    AlreadyAcked,
+    Unknown(String),
+}
+
+struct Building {
+    ops: Vec<BatchOp>,
+    body_bytes: usize,
+    deleted_tokens: HashSet<Box<[u8]>>,
+    present: HashSet<Arc<str>>,
+    /// Persons named by device operations in this batch.
+    touched: HashSet<Arc<str>>,
+    /// Secondaries merged away in this batch.
+    merged_away: HashSet<Arc<str>>,
+}
+
+impl Feed {
+    /// Builds the next batch of `sink`, or returns the one in flight.
+    /// Returns `(batch, changed)`.
+    pub(crate) fn export(
+        &mut self,
+        sink_name: &str,
+        truth: &dyn Truth,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> (Option<Arc<Batch>>, bool) {
+        let Some(sink) = self.sinks.get(sink_name) else {
+            return (None, false);
+        };
+        if let Some(b) = &sink.in_flight {
+            return (Some(b.clone()), false);
+        }
+        let mut b = Building {
+            ops: Vec::new(),
+            body_bytes: EMPTY_BODY_BYTES,
+            deleted_tokens: HashSet::new(),
+            present: sink.known.clone(),
+            touched: HashSet::new(),
+            merged_away: HashSet::new(),
+        };
+        let mut dropped = Vec::new();
+        let mut rejected = Vec::new();
+        for (&seq, key) in &sink.pending {
+            if b.ops.len() >= max_ops {
+                break;
+            }
+            let base = sink.items.get(key).is_some_and(|s| s.base);
+            match plan(key, seq, base, truth, &b) {
+                Plan::Drop => dropped.push(key.clone()),
+                Plan::Reject(op, reason) => rejected.push((key.clone(), base, op, reason)),
+                Plan::Stop => break,
+                Plan::Send(ops, stop_after) => {
+                    let grow: usize = ops
+                        .iter()
+                        .enumerate()
+                        .map(|(i, o)| body_growth(b.ops.len() + i, o.json.len()))
+                        .sum();
+                    if b.ops.len() + ops.len() > max_ops || b.body_bytes + grow > max_bytes {
+                        break;
+                    }
+                    b.body_bytes += grow;
+                    for op in ops {
+                        match (&op.effect, &op.item) {
+                            (Effect::Deleted, Some((ItemKey::Device { token, person }, _))) => {
+                                b.deleted_tokens.insert(token.clone());
+                                b.touched.insert(person.clone());
+                            }
+                            (Effect::Added(p), _) => {
+                                b.present.insert(p.clone());
+                                b.touched.insert(p.clone());
+                            }
+                            (Effect::Merged(s), Some((ItemKey::Merge { primary, .. }, _))) => {
+                                b.present.remove(s);
+                                b.merged_away.insert(s.clone());
+                                b.touched.insert(primary.clone());
+                            }
+                            _ => {}
+                        }
+                        b.ops.push(op);
+                    }
+                    if stop_after {
+                        break;
+                    }
+                }
+            }
+        }
+        let changed = !dropped.is_empty() || !rejected.is_empty() || !b.ops.is_empty();
+        for key in dropped {
+            self.forget(sink_name, &key);
+        }
+        for (key, base, op, reason) in rejected {
+            self.forget(sink_name, &key);
+            self.dead_letter(sink_name, 0, 0, key, base, op, reason);
+        }
+        if b.ops.is_empty() {
+            return (None, changed);
+        }
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return (None, changed);
+        };
+        let batch = Arc::new(Batch::new(sink_name, sink.next_batch, b.ops));
+        debug_assert!(batch.body().len() <= max_bytes);
+        sink.next_batch += 1;
+        sink.in_flight = Some(batch.clone());
+        self.meta_dirty.insert(sink_name.to_owned());
+        (Some(batch), true)
+    }
+
+    /// Removes an item from a sink's pending set.
+    fn forget(&mut self, sink_name: &str, key: &ItemKey) {
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return;
+        };
+        if let Some(st) = sink.items.remove(key) {
+            sink.pending.remove(&st.seq);
+            self.dirty
+                .insert(persist::item_key(sink_name, st.seq), None);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter(
+        &mut self,
+        sink_name: &str,
+        number: u64,
+        index: u32,
+        item: ItemKey,
+        base: bool,
+        operation: String,
+        reason: String,
+    ) {
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return;
+        };
+        // One dead letter per item: a newer failure replaces an older one.
+        sink.dead.retain(|_, d| d.item != item);
+        let slot = if number == 0 {
+            // Rejected at export: number them after the last batch.
+            let last = sink.dead.range((0, 0)..(1, 0)).next_back();
+            (0, last.map_or(0, |(&(_, i), _)| i + 1))
+        } else {
+            (number, index)
+        };
+        sink.dead.insert(
+            slot,
+            DeadLetter {
+                batch_id: if number == 0 {
+                    "export".into()
+                } else {
+                    batch_id(sink_name, number)
+                },
+                index,
+                reason,
+                operation,
+                item,
+                base,
+            },
+        );
+        self.meta_dirty.insert(sink_name.to_owned());
+    }
+
+    /// Acknowledges batch `id`: operations at `failed` indices go to the
+    /// dead-letter list, the rest count as delivered.
+    pub(crate) fn deliver(
+        &mut self,
+        sink_name: &str,
+        id: &str,
+        failed: &BTreeMap<u32, String>,
+    ) -> AckResult {
+        let Some(sink) = self.sinks.get(sink_name) else {
+            return AckResult::Unknown(format!("no sink named {sink_name:?}"));
+        };
+        let number = id
+            .strip_prefix(sink_name)
+            .and_then(|r| r.strip_prefix('-'))
+            .filter(|n| n.len() == 12 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        let Some(number) = number else {
+            return AckResult::Unknown(format!("{id:?} is not a batch id of sink {sink_name:?}"));
+        };
+        let batch = match &sink.in_flight {
+            Some(b) if b.number == number => b.clone(),
+            _ if number >= 1 && number < sink.next_batch => return AckResult::AlreadyAcked,
+            _ => return AckResult::Unknown(format!("batch {id} was never exported")),
+        };
+        if let Some((&bad, _)) = failed.range(batch.ops.len() as u32..).next() {
+            return AckResult::Unknown(format!(
+                "index {bad} is outside batch {id} ({} operations)",
+                batch.ops.len()
+            ));
+        }
+        let mut merged = Vec::new();
+        for (i, op) in batch.ops.iter().enumerate() {
+            let i = i as u32;
+            if let Some(reason) = failed.get(&i) {
+                self.fail_op(sink_name, number, i, op, reason);
+                continue;
+            }
+            if let Effect::Merged(s) = &op.effect {
+                merged.push(s.clone());
+            }
+            self.apply_effect(sink_name, &op.effect);
+            match (&op.item, &op.effect) {
+                (Some((key, seq)), _) => {
+                    self.settle(sink_name, key, *seq, matches!(op.effect, Effect::Added(_)))
+                }
+                // A merge's prerequisite add: Customer.io now holds that pair.
+                (None, Effect::Added(p)) => {
+                    if let Some(t) = op_token(&op.json) {
+                        let key = super::device_item(p, &crate::codec::pack_token(&t));
+                        self.set_base(sink_name, &key, true);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(sink) = self.sinks.get_mut(sink_name) {
+            sink.in_flight = None;
+        }
+        self.meta_dirty.insert(sink_name.to_owned());
+        AckResult::Delivered(merged)
+    }
+
+    /// After Customer.io merged `person` away, it holds none of its devices:
+    /// the ones devreg has for it now (registered since) must be added again.
+    pub(crate) fn readd(&mut self, sink_name: &str, person: &Arc<str>, tokens: &[Box<[u8]>]) {
+        for t in tokens {
+            let key = super::device_item(person, t);
+            self.set_base(sink_name, &key, false);
+            self.mark(sink_name, key, false);
+        }
+    }
+
+    fn fail_op(&mut self, sink_name: &str, number: u64, index: u32, op: &BatchOp, reason: &str) {
+        let (item, seq) = match &op.item {
+            Some((key, seq)) => (key.clone(), Some(*seq)),
+            // A prerequisite add for a merge: its pair is the one to resend.
+            None => match (&op.effect, op_token(&op.json)) {
+                (Effect::Added(p), Some(t)) => {
+                    self.fail_merges_into(sink_name, number, index, p, reason);
+                    (super::device_item(p, &crate::codec::pack_token(&t)), None)
+                }
+                _ => return,
+            },
+        };
+        let sink = self.sinks.get(sink_name);
+        let state = sink.and_then(|s| s.items.get(&item)).copied();
+        let base = state.is_some_and(|s| s.base);
+        // Still the same change: it leaves the pending set for the dead letters.
+        if state.is_some() && state.map(|s| s.seq) == seq {
+            self.forget(sink_name, &item);
+        }
+        self.dead_letter(
+            sink_name,
+            number,
+            index,
+            item,
+            base,
+            op.json.clone(),
+            reason.to_owned(),
+        );
+    }
+
+    /// The primary could not be created: its pending merges cannot be sent.
+    fn fail_merges_into(
+        &mut self,
+        sink_name: &str,
+        number: u64,
+        index: u32,
+        primary: &Arc<str>,
+        reason: &str,
+    ) {
+        let Some(sink) = self.sinks.get(sink_name) else {
+            return;
+        };
+        let merges: Vec<ItemKey> = sink
+            .items
+            .keys()
+            .filter(|k| matches!(k, ItemKey::Merge { primary: p, .. } if p == primary))
+            .cloned()
+            .collect();
+        for key in merges {
+            self.forget(sink_name, &key);
+            let (p, s) = match &key {
+                ItemKey::Merge { primary, secondary } => (primary.clone(), secondary.clone()),
+                ItemKey::Device { .. } => continue,
+            };
+            let why = format!("primary {p:?} could not be created: {reason}");
+            // Keyed after the add's own letter so both stay listed.
+            self.dead_letter(
+                sink_name,
+                number,
+                index + 1_000_000,
+                key,
+                false,
+                customerio::merge(&p, &s),
+                why,
+            );
+        }
+    }
+
+    fn apply_effect(&mut self, sink_name: &str, effect: &Effect) {
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return;
+        };
+        match effect {
+            Effect::Added(p) => {
+                if sink.known.insert(p.clone()) {
+                    self.dirty
+                        .insert(persist::known_key(sink_name, p), Some(Vec::new()));
+                }
+            }
+            Effect::Merged(s) => {
+                if sink.known.remove(s) {
+                    self.dirty.insert(persist::known_key(sink_name, s), None);
+                }
+                // The merge deleted the secondary's devices on Customer.io.
+                for d in sink.dead.values_mut() {
+                    if matches!(&d.item, ItemKey::Device { person, .. } if person == s) {
+                        d.base = false;
+                    }
+                }
+                self.meta_dirty.insert(sink_name.to_owned());
+                for (key, st) in sink.items.iter_mut() {
+                    if matches!(key, ItemKey::Device { person, .. } if person == s) && st.base {
+                        st.base = false;
+                        self.dirty.insert(
+                            persist::item_key(sink_name, st.seq),
+                            Some(persist::item_value(key, false)),
+                        );
+                    }
+                }
+            }
+            Effect::Deleted => {}
+        }
+    }
+
+    /// Records what Customer.io holds for a pair that stays pending.
+    fn set_base(&mut self, sink_name: &str, key: &ItemKey, base: bool) {
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return;
+        };
+        if let Some(st) = sink.items.get_mut(key) {
+            st.base = base;
+            self.dirty.insert(
+                persist::item_key(sink_name, st.seq),
+                Some(persist::item_value(key, base)),
+            );
+        }
+        for d in sink.dead.values_mut().filter(|d| &d.item == key) {
+            d.base = base;
+            self.meta_dirty.insert(sink_name.to_owned());
+        }
+    }
+
+    /// A delivered item is done unless it changed since the export; then its
+    /// base becomes what was delivered.
+    fn settle(&mut self, sink_name: &str, key: &ItemKey, seq: u64, delivered_present: bool) {
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return;
+        };
+        // The pair was delivered since any earlier failure: that letter is moot.
+        let before = sink.dead.len();
+        sink.dead.retain(|_, d| &d.item != key);
+        if sink.dead.len() != before {
+            self.meta_dirty.insert(sink_name.to_owned());
+        }
+        match self.sinks.get(sink_name).and_then(|s| s.items.get(key)) {
+            Some(st) if st.seq == seq => self.forget(sink_name, key),
+            Some(_) => self.set_base(sink_name, key, delivered_present),
+            None => {}
+        }
+    }
+
+    /// Puts every dead letter's item back in the feed (its current truth will
+    /// be sent). Returns how many were requeued.
+    pub(crate) fn requeue(&mut self, sink_name: &str) -> usize {
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return 0;
+        };
+        let dead = std::mem::take(&mut sink.dead);
+        let n = dead.len();
+        for d in dead.into_values() {
+            // A pending item keeps its base; a new one starts from the dead letter's.
+            self.mark(sink_name, d.item, d.base);
+        }
+        if n > 0 {
+            self.meta_dirty.insert(sink_name.to_owned());
+        }
+        n
+    }
+
+    pub(crate) fn dead_letters(&self, sink_name: &str) -> Vec<DeadLetter> {
+        self.sinks
+            .get(sink_name)
+            .map(|s| s.dead.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn op_token(json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.get("device")?.get("token")?.as_str().map(str::to_owned)
+}
+
+fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building) -> Plan {
+    match key {
+        ItemKey::Device { person, token } => {
+            // Customer.io deleted a merged-away person with its devices; the
+            // ack of the merge resets what devreg assumes it holds.
+            if b.merged_away.contains(person) {
+                return Plan::Stop;
+            }
+            let (json, effect) = match truth.owned(person, token) {
+                Some(add) => {
+                    // Never add a token in the batch that deletes it from someone
+                    // else: the delete must be delivered first.
+                    if b.deleted_tokens.contains(token) {
+                        return Plan::Stop;
+                    }
+                    (add, Effect::Added(person.clone()))
+                }
+                None if base => {
+                    let t = unpack_token(token).unwrap_or_default();
+                    (customerio::delete_device(person, &t), Effect::Deleted)
+                }
+                None => return Plan::Drop,
+            };
+            if json.len() > MAX_OPERATION_BYTES {
+                let reason = format!(
+                    "operation is {} bytes, over Customer.io's limit of {MAX_OPERATION_BYTES}",
+                    json.len()
+                );
+                return Plan::Reject(json, reason);
+            }
+            Plan::Send(
+                vec![BatchOp {
+                    item: Some((key.clone(), seq)),
+                    effect,
+                    json,
+                }],
+                false,
+            )
+        }
+        ItemKey::Merge { primary, secondary } => {
+            // Customer.io has nothing to merge from a secondary it never saw.
+            if !b.present.contains(secondary) {
+                return Plan::Drop;
+            }
+            // A resent batch must not touch the secondary after merging it
+            // away (that could re-create it): merge in a batch of its own.
+            if b.touched.contains(secondary) {
+                return Plan::Stop;
+            }
+            if !b.present.contains(primary) {
+                // Customer.io's merge silently fails without the primary:
+                // create it with its newest device, and merge only once that
+                // add is delivered (the merge stays pending until then).
+                let Some((token, add)) = truth.newest(primary) else {
+                    return Plan::Drop;
+                };
+                if b.deleted_tokens.contains(&token) {
+                    return Plan::Stop;
+                }
+                let op = BatchOp {
+                    item: None,
+                    effect: Effect::Added(primary.clone()),
+                    json: add,
+                };
+                return Plan::Send(vec![op], true);
+            }
+            let op = BatchOp {
+                item: Some((key.clone(), seq)),
+                effect: Effect::Merged(secondary.clone()),
+                json: customerio::merge(primary, secondary),
+            };
+            Plan::Send(vec![op], false)
+        }
+    }
+}

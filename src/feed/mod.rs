@@ -1,0 +1,379 @@
+//! The change feed: per sink, the set of (person, token) pairs and merges
+//! whose Customer.io view is out of date, in the order they changed.
+//!
+//! The feed is state-based: an item says "look at this pair again", and the
+//! export sends the pair's current truth (add_device if the person owns the
+//! token now, delete_device if it did before and no longer does). Many
+//! changes to one pair collapse into one item; re-marking moves the item to
+//! the end, which is what orders a move's delete (old owner) before its add
+//! (new owner). The feed lives in the in-memory state, changes with it in the
+//! same atomic write, and is checkpointed with it.
+
+mod export;
+mod persist;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet};
+use serde::Serialize;
+
+pub(crate) use export::{AckResult, Truth};
+pub(crate) use persist::load_feed;
+
+/// The sink every database has.
+pub const DEFAULT_SINK: &str = "customerio";
+/// Most sinks one database may have.
+pub const MAX_SINKS: usize = 16;
+/// Default operations per exported batch.
+pub const DEFAULT_MAX_OPS: u32 = 100;
+/// Most operations per exported batch.
+pub const MAX_OPS_LIMIT: u32 = 1000;
+
+/// What needs sending for one sink.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum ItemKey {
+    Device {
+        person: Arc<str>,
+        token: Box<[u8]>,
+    },
+    Merge {
+        primary: Arc<str>,
+        secondary: Arc<str>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ItemState {
+    pub(crate) seq: u64,
+    /// For a device item: whether Customer.io holds the pair, as far as
+    /// devreg knows (the last delivered truth).
+    pub(crate) base: bool,
+}
+
+/// What a delivered operation did on the Customer.io side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    Added(Arc<str>),
+    Deleted,
+    Merged(Arc<str>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BatchOp {
+    /// The item this operation brings up to date, and its seq at export.
+    pub(crate) item: Option<(ItemKey, u64)>,
+    pub(crate) effect: Effect,
+    pub(crate) json: String,
+}
+
+/// One export batch: a ready-to-send body for `POST /api/v2/batch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    id: String,
+    body: String,
+    pub(crate) number: u64,
+    pub(crate) ops: Vec<BatchOp>,
+}
+
+impl Batch {
+    pub(crate) fn new(sink: &str, number: u64, ops: Vec<BatchOp>) -> Batch {
+        let body =
+            crate::customerio::batch_body(&ops.iter().map(|o| o.json.as_str()).collect::<Vec<_>>());
+        Batch {
+            id: batch_id(sink, number),
+            body,
+            number,
+            ops,
+        }
+    }
+
+    /// The batch id to pass to `ack` or `nack`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The request body: `{"batch":[...]}`.
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch has no operations (never true for an exported batch).
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The operations, each one JSON object.
+    pub fn operations(&self) -> impl Iterator<Item = &str> {
+        self.ops.iter().map(|o| o.json.as_str())
+    }
+}
+
+pub(crate) fn batch_id(sink: &str, number: u64) -> String {
+    format!("{sink}-{number:012}")
+}
+
+/// An operation Customer.io rejected, kept with its reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// The batch it was sent in.
+    pub batch_id: String,
+    /// Its index in that batch.
+    pub index: u32,
+    /// Customer.io's reason.
+    pub reason: String,
+    /// The operation as sent.
+    pub operation: String,
+    #[serde(skip)]
+    pub(crate) item: ItemKey,
+    #[serde(skip)]
+    pub(crate) base: bool,
+}
+
+/// A sink's position, for `sinks()`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SinkInfo {
+    /// The sink's name.
+    pub name: String,
+    /// Items (pairs or merges) waiting to be sent.
+    pub pending: u64,
+    /// The batch exported and not yet acknowledged.
+    pub in_flight: Option<String>,
+    /// Batches exported so far (the cursor).
+    pub batches_exported: u64,
+    /// Operations in the dead-letter list.
+    pub dead_letters: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sink {
+    pub(crate) next_seq: u64,
+    pub(crate) pending: BTreeMap<u64, ItemKey>,
+    pub(crate) items: HashMap<ItemKey, ItemState>,
+    pub(crate) in_flight: Option<Arc<Batch>>,
+    /// Number of the next batch; batches below it were exported.
+    pub(crate) next_batch: u64,
+    /// Persons known to exist on the Customer.io side.
+    pub(crate) known: HashSet<Arc<str>>,
+    pub(crate) dead: BTreeMap<(u64, u32), DeadLetter>,
+}
+
+#[derive(Default)]
+pub(crate) struct Feed {
+    pub(crate) sinks: BTreeMap<String, Sink>,
+    /// Store writes since the last checkpoint (`None` deletes).
+    pub(crate) dirty: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Sinks whose metadata record must be rewritten at the next checkpoint.
+    pub(crate) meta_dirty: BTreeSet<String>,
+}
+
+/// Checks a sink name: 1..=64 of `[a-z0-9_-]`.
+pub fn validate_sink(name: &str) -> crate::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(
+            "sink",
+            format!("{name:?} is not 1 to 64 characters of a-z, 0-9, '_' and '-'"),
+        ))
+    }
+}
+
+impl Feed {
+    /// A feed with only the default sink (a new database).
+    pub(crate) fn with_default_sink() -> Feed {
+        let mut f = Feed::default();
+        f.add_sink(DEFAULT_SINK, std::iter::empty());
+        f
+    }
+
+    /// Marks an item changed in one sink; a new item starts with `base_if_new`.
+    fn mark(&mut self, sink_name: &str, key: ItemKey, base_if_new: bool) {
+        let Some(sink) = self.sinks.get_mut(sink_name) else {
+            return;
+        };
+        let seq = sink.next_seq;
+        sink.next_seq += 1;
+        let base = match sink.items.get_mut(&key) {
+            Some(st) => {
+                sink.pending.remove(&st.seq);
+                self.dirty
+                    .insert(persist::item_key(sink_name, st.seq), None);
+                st.seq = seq;
+                st.base
+            }
+            None => {
+                // A new change supersedes the pair's dead letter (it will send
+                // the current truth); what Customer.io holds is the letter's base.
+                let dead = sink
+                    .dead
+                    .iter()
+                    .find(|(_, d)| d.item == key)
+                    .map(|(&k, d)| (k, d.base));
+                let base = match dead {
+                    Some((slot, base)) => {
+                        sink.dead.remove(&slot);
+                        base
+                    }
+                    None => base_if_new,
+                };
+                sink.items.insert(key.clone(), ItemState { seq, base });
+                base
+            }
+        };
+        self.dirty.insert(
+            persist::item_key(sink_name, seq),
+            Some(persist::item_value(&key, base)),
+        );
+        sink.pending.insert(seq, key);
+        self.meta_dirty.insert(sink_name.to_owned());
+    }
+
+    fn sink_names(&self) -> Vec<String> {
+        self.sinks.keys().cloned().collect()
+    }
+
+    /// A device changed owner or content.
+    pub(crate) fn on_device(
+        &mut self,
+        token: &[u8],
+        before: Option<&Arc<str>>,
+        after: Option<&Arc<str>>,
+    ) {
+        for sink in self.sink_names() {
+            if let Some(b) = before {
+                self.mark(&sink, device_item(b, token), true);
+            }
+            if let Some(a) = after {
+                if before != Some(a) {
+                    self.mark(&sink, device_item(a, token), false);
+                }
+            }
+        }
+    }
+
+    /// `secondary`'s devices (`tokens`) moved to `primary`.
+    pub(crate) fn on_merge(
+        &mut self,
+        primary: &Arc<str>,
+        secondary: &Arc<str>,
+        tokens: &[Box<[u8]>],
+    ) {
+        for sink in self.sink_names() {
+            for t in tokens {
+                self.mark(&sink, device_item(secondary, t), true);
+            }
+            let merge = ItemKey::Merge {
+                primary: primary.clone(),
+                secondary: secondary.clone(),
+            };
+            self.mark(&sink, merge, false);
+            for t in tokens {
+                self.mark(&sink, device_item(primary, t), false);
+            }
+        }
+    }
+
+    /// Adds a sink whose feed starts with every identified device.
+    pub(crate) fn add_sink(
+        &mut self,
+        name: &str,
+        identified: impl Iterator<Item = (Arc<str>, Box<[u8]>)>,
+    ) -> bool {
+        if self.sinks.contains_key(name) || self.sinks.len() >= MAX_SINKS {
+            return false;
+        }
+        self.sinks.insert(
+            name.to_owned(),
+            Sink {
+                next_batch: 1,
+                ..Sink::default()
+            },
+        );
+        self.meta_dirty.insert(name.to_owned());
+        for (person, token) in identified {
+            self.mark(name, ItemKey::Device { person, token }, false);
+        }
+        true
+    }
+
+    pub(crate) fn infos(&self) -> Vec<SinkInfo> {
+        self.sinks
+            .iter()
+            .map(|(name, s)| SinkInfo {
+                name: name.clone(),
+                pending: s.pending.len() as u64,
+                in_flight: s.in_flight.as_ref().map(|b| b.id.clone()),
+                batches_exported: s.next_batch.saturating_sub(1),
+                dead_letters: s.dead.len() as u64,
+            })
+            .collect()
+    }
+
+    /// Verifies each sink's order index against its items.
+    pub(crate) fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, s) in &self.sinks {
+            if s.pending.len() != s.items.len() {
+                problems.push(format!(
+                    "sink {name}: {} pending entries for {} items",
+                    s.pending.len(),
+                    s.items.len()
+                ));
+            }
+            for (seq, key) in &s.pending {
+                if s.items.get(key).map(|st| st.seq) != Some(*seq) {
+                    problems.push(format!(
+                        "sink {name}: pending entry {seq} does not match its item"
+                    ));
+                }
+                if *seq >= s.next_seq {
+                    problems.push(format!(
+                        "sink {name}: entry {seq} is beyond the next seq {}",
+                        s.next_seq
+                    ));
+                }
+            }
+            if let Some(b) = &s.in_flight {
+                if b.number >= s.next_batch || b.ops.is_empty() {
+                    problems.push(format!(
+                        "sink {name}: in-flight batch {} is inconsistent",
+                        b.id
+                    ));
+                }
+                if b.body.len() >= crate::customerio::MAX_BATCH_BODY_BYTES {
+                    problems.push(format!(
+                        "sink {name}: in-flight batch {} is over the body limit",
+                        b.id
+                    ));
+                }
+            }
+        }
+        if !self.sinks.contains_key(DEFAULT_SINK) {
+            problems.push(format!("the default sink {DEFAULT_SINK} is missing"));
+        }
+        problems
+    }
+
+    /// Whether two feeds hold the same sinks (for the store-against-memory check).
+    pub(crate) fn same_as(&self, other: &Feed) -> bool {
+        self.sinks == other.sinks
+    }
+}
+
+pub(crate) fn device_item(person: &Arc<str>, token: &[u8]) -> ItemKey {
+    ItemKey::Device {
+        person: person.clone(),
+        token: Box::from(token),
+    }
+}

@@ -1,0 +1,434 @@
+//! The sync feed converges: every exported batch is applied to a model of
+//! Customer.io; once drained, the model holds exactly devreg's identified
+//! devices.
+
+use std::collections::BTreeMap;
+
+use devreg::*;
+use proptest::prelude::*;
+use serde_json::Value;
+
+/// Customer.io as the feed issue describes it: per person a set of devices;
+/// tokens never move by themselves; merge needs the primary.
+#[derive(Default, Debug)]
+struct Cio {
+    persons: BTreeMap<String, BTreeMap<String, (String, u64, Value)>>,
+}
+
+impl Cio {
+    fn apply(&mut self, op: &Value) {
+        let action = op["action"].as_str().unwrap();
+        match action {
+            "add_device" => {
+                let id = op["identifiers"]["id"].as_str().unwrap().to_owned();
+                let d = &op["device"];
+                assert!(
+                    d["last_used"].is_u64(),
+                    "last_used must be an integer: {op}"
+                );
+                for (_, v) in d["attributes"].as_object().unwrap() {
+                    assert!(v.is_string(), "attribute values are strings: {op}");
+                }
+                self.persons.entry(id).or_default().insert(
+                    d["token"].as_str().unwrap().to_owned(),
+                    (
+                        d["platform"].as_str().unwrap().to_owned(),
+                        d["last_used"].as_u64().unwrap(),
+                        d["attributes"].clone(),
+                    ),
+                );
+            }
+            "delete_device" => {
+                let id = op["identifiers"]["id"].as_str().unwrap();
+                let p = self
+                    .persons
+                    .get_mut(id)
+                    .unwrap_or_else(|| panic!("delete_device would create person {id}: {op}"));
+                p.remove(op["device"]["token"].as_str().unwrap());
+            }
+            "merge" => {
+                let primary = op["primary"]["id"].as_str().unwrap();
+                let secondary = op["secondary"]["id"].as_str().unwrap();
+                assert!(
+                    self.persons.contains_key(primary),
+                    "merge into missing primary {primary}"
+                );
+                // A resent merge finds the secondary gone: a no-op.
+                self.persons.remove(secondary);
+            }
+            other => panic!("unexpected action {other}"),
+        }
+    }
+
+    fn apply_batch(&mut self, body: &str, skip: &[u32]) {
+        if std::env::var("FEED_DEBUG").is_ok() {
+            eprintln!("apply {body} skip {skip:?}");
+        }
+        assert!(body.len() < 500_000);
+        let v: Value = serde_json::from_str(body).unwrap();
+        for (i, op) in v["batch"].as_array().unwrap().iter().enumerate() {
+            assert!(op.to_string().len() <= 32_768);
+            if !skip.contains(&(i as u32)) {
+                self.apply(op);
+            }
+        }
+    }
+
+    fn pairs(&self) -> BTreeMap<(String, String), (String, u64, Value)> {
+        let mut out = BTreeMap::new();
+        for (p, devs) in &self.persons {
+            for (t, d) in devs {
+                out.insert((p.clone(), t.clone()), d.clone());
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Op(Op),
+    Export { ack: bool },
+    Reexport,
+    Nack(Vec<u32>),
+    Requeue,
+    Reopen,
+}
+
+const TOKENS: [&str; 6] = ["aa01", "bb02", "cc03", "dd04", "ee05", "f:APA91b-x"];
+const PERSONS: [&str; 4] = ["ann", "bob", "cy", "di"];
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let tok = proptest::sample::select(TOKENS.to_vec()).prop_map(String::from);
+    let person = proptest::sample::select(PERSONS.to_vec()).prop_map(String::from);
+    let ts = 0u64..40;
+    prop_oneof![
+        4 => (tok.clone(), proptest::option::of(person.clone()), ts.clone(), any::<bool>(), proptest::option::of(0u8..3))
+            .prop_map(|(token, person, s, ios, attr)| Op::Register(Register {
+                token,
+                platform: if ios { Platform::Ios } else { Platform::Android },
+                person,
+                seen_ms: s * 1000 + 1,
+                attributes: attr.map(|a| [("app_version".to_string(), format!("1.{a}"))].into_iter().collect()),
+            })),
+        1 => (tok.clone(), ts.clone()).prop_map(|(token, s)| Op::Touch { token, seen_ms: s * 1000 + 7 }),
+        1 => (tok.clone(), tok.clone(), ts.clone()).prop_filter("distinct", |(a, b, _)| a != b)
+            .prop_map(|(old_token, new_token, s)| Op::Rotate { old_token, new_token, seen_ms: s * 1000 }),
+        1 => (tok.clone(), any::<bool>()).prop_map(|(token, keep)| Op::Logout {
+            token,
+            policy: if keep { LogoutPolicy::Keep } else { LogoutPolicy::Remove },
+        }),
+        1 => (person.clone(), person).prop_filter("distinct", |(a, b)| a != b)
+            .prop_map(|(primary, secondary)| Op::Merge { primary, secondary }),
+        1 => tok.clone().prop_map(|token| Op::Remove { token }),
+        1 => (tok, ts.clone()).prop_map(|(token, s)| Op::Invalidate { token, provider_ms: s * 1000 }),
+        1 => ts.prop_map(|s| Op::Prune { before_ms: s * 500 }),
+    ]
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        10 => op_strategy().prop_map(Step::Op),
+        3 => any::<bool>().prop_map(|ack| Step::Export { ack }),
+        1 => Just(Step::Reexport),
+        1 => proptest::collection::vec(0u32..4, 1..3).prop_map(Step::Nack),
+        1 => Just(Step::Requeue),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+fn open(path: &std::path::Path) -> Registry {
+    Registry::open_with(
+        Config::new(path)
+            .max_devices_per_person(3)
+            .durability(Durability::Eventual)
+            .log_segment_bytes(64 << 10),
+    )
+    .unwrap()
+}
+
+/// Exports with a small max_ops so batches split often.
+fn export(reg: &Registry) -> Option<std::sync::Arc<Batch>> {
+    reg.export(DEFAULT_SINK, 3, 499_999).unwrap()
+}
+
+fn run(steps: Vec<Step>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut reg = open(&path);
+    let mut cio = Cio::default();
+    let mut last: Option<(String, String)> = None;
+    for step in steps {
+        match step {
+            Step::Op(op) => {
+                reg.apply(op).unwrap();
+            }
+            Step::Export { ack } => {
+                if let Some(b) = export(&reg) {
+                    if let Some((id, body)) = &last {
+                        if id == b.id() {
+                            assert_eq!(body, b.body(), "re-export changed the bytes");
+                        }
+                    }
+                    last = Some((b.id().to_owned(), b.body().to_owned()));
+                    if ack {
+                        cio.apply_batch(b.body(), &[]);
+                        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+                        // Acking again is a no-op.
+                        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+                    } else {
+                        // A sender that died mid-send: Customer.io may have applied it.
+                        cio.apply_batch(b.body(), &[]);
+                    }
+                }
+            }
+            Step::Reexport => {
+                let a = export(&reg);
+                let b = export(&reg);
+                assert_eq!(
+                    a.as_ref().map(|b| b.body().to_owned()),
+                    b.as_ref().map(|b| b.body().to_owned())
+                );
+            }
+            Step::Nack(idx) => {
+                if let Some(b) = export(&reg) {
+                    // Customer.io rejects an operation every time or never: a
+                    // batch it already applied in full cannot fail now.
+                    let applied = last.as_ref().is_some_and(|(id, _)| id == b.id());
+                    let idx = if applied { Vec::new() } else { idx };
+                    last = Some((b.id().to_owned(), b.body().to_owned()));
+                    let failed: Vec<(u32, String)> = idx
+                        .iter()
+                        .filter(|&&i| (i as usize) < b.len())
+                        .map(|&i| (i, "invalid".to_string()))
+                        .collect();
+                    let skip: Vec<u32> = failed.iter().map(|f| f.0).collect();
+                    cio.apply_batch(b.body(), &skip);
+                    reg.nack(DEFAULT_SINK, b.id(), &failed).unwrap();
+                    assert!(reg.dead_letters(DEFAULT_SINK).unwrap().len() >= failed.len().min(1));
+                }
+            }
+            Step::Requeue => {
+                reg.requeue(DEFAULT_SINK).unwrap();
+            }
+            Step::Reopen => {
+                let before = reg.export(DEFAULT_SINK, 3, 499_999).unwrap();
+                drop(reg);
+                reg = open(&path);
+                let after = reg.export(DEFAULT_SINK, 3, 499_999).unwrap();
+                assert_eq!(
+                    before.map(|b| (b.id().to_owned(), b.body().to_owned())),
+                    after.map(|b| (b.id().to_owned(), b.body().to_owned())),
+                    "the in-flight batch must survive a reopen unchanged"
+                );
+            }
+        }
+    }
+    // Drain: requeue dead letters, then export and ack until nothing is pending.
+    reg.requeue(DEFAULT_SINK).unwrap();
+    for _ in 0..1000 {
+        let Some(b) = export(&reg) else { break };
+        cio.apply_batch(b.body(), &[]);
+        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+    }
+    assert!(export(&reg).is_none(), "feed did not drain");
+    let mut want = BTreeMap::new();
+    for d in reg.dump() {
+        if let Some(p) = d.person {
+            let attrs: serde_json::Map<String, Value> = d
+                .attributes
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            want.insert(
+                (p, d.token),
+                (
+                    d.platform.as_str().to_owned(),
+                    d.last_seen_ms / 1000,
+                    Value::Object(attrs),
+                ),
+            );
+        }
+    }
+    if cio.pairs() != want {
+        eprintln!("dead: {:?}", reg.dead_letters(DEFAULT_SINK));
+    }
+    assert_eq!(cio.pairs(), want, "Customer.io model differs from devreg");
+    let report = reg.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(reg.sinks()[0].pending, 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+    #[test]
+    fn feed_converges(steps in proptest::collection::vec(step_strategy(), 1..60)) {
+        run(steps);
+    }
+}
+
+#[test]
+fn move_sends_delete_before_add_and_never_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let r = |person: &str, s| {
+        reg.register(Register {
+            token: "aa".into(),
+            platform: Platform::Ios,
+            person: Some(person.into()),
+            seen_ms: s,
+            attributes: None,
+        })
+        .unwrap()
+    };
+    r("ann", 1000);
+    let b = export(&reg).unwrap();
+    reg.ack(DEFAULT_SINK, b.id()).unwrap();
+    r("bob", 2000);
+    let b1 = export(&reg).unwrap();
+    assert_eq!(
+        b1.body(),
+        r#"{"batch":[{"type":"person","identifiers":{"id":"ann"},"action":"delete_device","device":{"token":"aa"}}]}"#
+    );
+    reg.ack(DEFAULT_SINK, b1.id()).unwrap();
+    let b2 = export(&reg).unwrap();
+    assert_eq!(
+        b2.body(),
+        r#"{"batch":[{"type":"person","identifiers":{"id":"bob"},"action":"add_device","device":{"token":"aa","platform":"ios","last_used":2,"attributes":{}}}]}"#
+    );
+    reg.ack(DEFAULT_SINK, b2.id()).unwrap();
+    assert!(export(&reg).is_none());
+    // Unknown ids are errors; acked ones are no-ops.
+    assert!(reg.ack(DEFAULT_SINK, "customerio-000000000099").is_err());
+    assert!(reg.ack(DEFAULT_SINK, "nonsense").is_err());
+    reg.ack(DEFAULT_SINK, b1.id()).unwrap();
+}
+
+#[test]
+fn register_then_remove_before_export_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    reg.register(Register {
+        token: "aa".into(),
+        platform: Platform::Android,
+        person: Some("ann".into()),
+        seen_ms: 1,
+        attributes: None,
+    })
+    .unwrap();
+    reg.remove("aa").unwrap();
+    assert!(export(&reg).is_none());
+    assert_eq!(reg.sinks()[0].pending, 0);
+}
+
+#[test]
+fn merge_waits_for_primary_and_readds_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let r = |token: &str, person: &str, s| {
+        reg.register(Register {
+            token: token.into(),
+            platform: Platform::Ios,
+            person: Some(person.into()),
+            seen_ms: s,
+            attributes: None,
+        })
+        .unwrap()
+    };
+    r("aa", "sec", 1000);
+    let b = export(&reg).unwrap();
+    reg.ack(DEFAULT_SINK, b.id()).unwrap();
+    r("bb", "prim", 3000);
+    reg.merge("prim", "sec").unwrap();
+    let mut cio = Cio::default();
+    cio.persons
+        .entry("sec".into())
+        .or_default()
+        .insert("aa".into(), ("ios".into(), 1, Value::Null));
+    let mut actions = Vec::new();
+    while let Some(b) = reg.export(DEFAULT_SINK, 100, 499_999).unwrap() {
+        cio.apply_batch(b.body(), &[]);
+        for op in b.operations() {
+            let v: Value = serde_json::from_str(op).unwrap();
+            actions.push(format!(
+                "{}:{}",
+                v["action"].as_str().unwrap(),
+                v["identifiers"]["id"]
+                    .as_str()
+                    .or(v["primary"]["id"].as_str())
+                    .unwrap()
+            ));
+        }
+        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+    }
+    let merge_at = actions.iter().position(|a| a == "merge:prim").unwrap();
+    let first_add = actions.iter().position(|a| a == "add_device:prim").unwrap();
+    assert!(first_add < merge_at, "{actions:?}");
+    assert!(
+        actions[merge_at..].iter().any(|a| a == "add_device:prim"),
+        "{actions:?}"
+    );
+    assert_eq!(cio.persons.get("prim").map(|d| d.len()), Some(2));
+    assert!(!cio.persons.contains_key("sec"));
+}
+
+#[test]
+fn new_sink_starts_with_a_snapshot_and_batches_respect_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let attrs: Attributes = (0..100)
+        .map(|i| (format!("{i:0>100}"), "v".repeat(120)))
+        .collect();
+    for i in 0..40u64 {
+        reg.register(Register {
+            token: format!("{:04096x}", i),
+            platform: Platform::Android,
+            person: Some(format!("person-{i}")),
+            seen_ms: i,
+            attributes: Some(attrs.clone()),
+        })
+        .unwrap();
+    }
+    assert!(reg.add_sink("audit").unwrap());
+    assert!(!reg.add_sink("audit").unwrap());
+    let mut ops = 0;
+    while let Some(b) = reg.export("audit", 1000, 499_999).unwrap() {
+        assert!(b.body().len() < 500_000);
+        for op in b.operations() {
+            assert!(op.len() <= 32_768, "operation of {} bytes", op.len());
+        }
+        ops += b.len();
+        reg.ack("audit", b.id()).unwrap();
+    }
+    assert_eq!(ops, 40);
+}
+
+#[test]
+fn regression_rotate_merge_nacks() {
+    let tok = |t: &str| t.to_string();
+    run(vec![
+        Step::Op(Op::Register(Register {
+            token: tok("cc03"),
+            platform: Platform::Android,
+            person: Some("cy".into()),
+            seen_ms: 1,
+            attributes: None,
+        })),
+        Step::Nack(vec![1]),
+        Step::Op(Op::Rotate {
+            old_token: tok("cc03"),
+            new_token: tok("f:APA91b-x"),
+            seen_ms: 0,
+        }),
+        Step::Op(Op::Merge {
+            primary: "ann".into(),
+            secondary: "cy".into(),
+        }),
+        Step::Nack(vec![0]),
+        Step::Nack(vec![0]),
+        Step::Export { ack: true },
+        Step::Op(Op::Remove {
+            token: tok("f:APA91b-x"),
+        }),
+    ]);
+}
