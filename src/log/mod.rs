@@ -66,16 +66,25 @@ impl LogWriter {
     /// How many new segments appending records of these body sizes needs.
     pub(crate) fn rolls_needed(&self, bodies: impl Iterator<Item = usize>) -> u64 {
         let mut lsn = self.end_lsn;
+        let mut seq = self.seq;
         let mut rolls = 0;
         for len in bodies {
             let need = (HEADER_BYTES + len) as u64;
-            if lsn % self.segment_bytes + need > self.segment_bytes {
-                lsn = (lsn / self.segment_bytes + 1) * self.segment_bytes;
+            if self.must_roll(lsn, seq, need) {
+                seq += 1;
+                lsn = seq * self.segment_bytes;
                 rolls += 1;
             }
             lsn += need;
         }
         rolls
+    }
+
+    /// Whether a record of `need` bytes at `lsn` does not fit segment `seq`
+    /// (also when the segment is exactly full: `lsn` is the next one's start).
+    fn must_roll(&self, lsn: u64, seq: u64, need: u64) -> bool {
+        debug_assert!(lsn >= seq * self.segment_bytes);
+        lsn - seq * self.segment_bytes + need > self.segment_bytes
     }
 
     /// The sequence number of the `n`-th segment after the current one.
@@ -97,7 +106,7 @@ impl LogWriter {
                 ),
             ));
         }
-        if self.end_lsn % self.segment_bytes + need > self.segment_bytes {
+        if self.must_roll(self.end_lsn, self.seq, need) {
             self.roll()?;
         }
         let lsn = self.end_lsn;
@@ -112,7 +121,7 @@ impl LogWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let off = self.buf_lsn % self.segment_bytes;
+        let off = self.buf_lsn - self.seq * self.segment_bytes;
         self.file
             .write_all_at(&self.buf, off)
             .map_err(|e| Error::io(format!("writing log segment {}", self.seq), e))?;
@@ -140,8 +149,8 @@ impl LogWriter {
 
     /// Ends the current segment with a pad record and moves to the next one.
     fn roll(&mut self) -> Result<()> {
-        let off = self.end_lsn % self.segment_bytes;
-        if self.segment_bytes - off >= HEADER_BYTES as u64 {
+        let used = self.end_lsn - self.seq * self.segment_bytes;
+        if self.segment_bytes - used >= HEADER_BYTES as u64 {
             record::encode(&mut self.buf, self.end_lsn, KIND_PAD, 0, &[]);
         }
         self.write_out()?;

@@ -74,6 +74,43 @@ fn open_existing(dir: &Path, seq: u64) -> Result<Option<File>> {
     }
 }
 
+/// Whether any valid record sits in segment `seq` after offset `from`: a
+/// record carries its own LSN, so one found at its own position proves the
+/// damage before it is not a torn tail.
+fn valid_record_after(file: &File, segment_bytes: u64, seq: u64, from: u64) -> bool {
+    let mut rest = Vec::new();
+    let len = segment_bytes.saturating_sub(from);
+    rest.resize(len as usize, 0);
+    let mut got = 0usize;
+    // A short read (a truncated file) just scans what is there.
+    while got < rest.len() {
+        match file.read_at(&mut rest[got..], from + got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    rest.truncate(got);
+    let base = seq * segment_bytes + from;
+    let mut p = 0usize;
+    while p + HEADER_BYTES <= rest.len() {
+        let mut lsn = [0u8; 8];
+        lsn.copy_from_slice(&rest[p + 8..p + 16]);
+        if u64::from_le_bytes(lsn) == base + p as u64 {
+            let mut hb = [0u8; HEADER_BYTES];
+            hb.copy_from_slice(&rest[p..p + HEADER_BYTES]);
+            let h = Header::parse(&hb);
+            let end = p + HEADER_BYTES + h.len as usize;
+            if let Some(body) = rest.get(p + HEADER_BYTES..end) {
+                if record::verify(&hb, body, base + p as u64) {
+                    return true;
+                }
+            }
+        }
+        p += 1;
+    }
+    false
+}
+
 fn valid_record_at(dir: &Path, segment_bytes: u64, lsn: u64) -> Result<bool> {
     let Some(f) = open_existing(dir, lsn / segment_bytes)? else {
         return Ok(false);
@@ -134,7 +171,8 @@ pub(crate) fn replay(
                     match after_this {
                         Some(next) => valid_record_at(dir, segment_bytes, next)?,
                         None => false,
-                    } || valid_record_at(dir, segment_bytes, (seq + 1) * segment_bytes)?;
+                    } || valid_record_at(dir, segment_bytes, (seq + 1) * segment_bytes)?
+                        || valid_record_after(file, segment_bytes, seq, off + 1);
                 if later_valid {
                     return Err(Error::corrupt(
                         format!(
