@@ -99,7 +99,15 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
     let (base_rss, _) = rss();
     let mut m = Metrics::new();
     let nf = n as f64;
-    let log = |what: &str| eprintln!("  [{name} n={n}] {what}");
+    // Progress, with the memory so far (shows which phase sets the peak).
+    let log = |what: &str| {
+        let (now, peak) = rss();
+        eprintln!(
+            "  [{name} n={n}] {what} (rss {} MiB, peak {} MiB)",
+            now >> 20,
+            peak >> 20
+        );
+    };
 
     // Durable phase.
     let sys = systems::open(name, dir, true);
@@ -197,7 +205,9 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
         merged as f64 / t.elapsed().as_secs_f64(),
     );
     drop(w);
+    log("closing");
     drop(sys);
+    log("closed");
     let (_, hwm) = rss();
     m.insert(
         "peak_rss_mb".into(),
