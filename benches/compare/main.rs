@@ -194,7 +194,9 @@ fn main() {
         text += &report::growth(&runs);
     }
     print!("{text}");
-    let stem = if a.quick {
+    // A run of some systems only (a diagnostic) must not replace a full result.
+    let partial = a.systems.len() < systems::ALL.len();
+    let stem = if a.quick || partial {
         "quick".to_string()
     } else if runs.len() > 1 {
         "sweep".to_string()
