@@ -23,6 +23,21 @@ fn attrs(pairs: &[(String, String)]) -> Attributes {
     pairs.iter().cloned().collect()
 }
 
+/// Attributes, each within the per-entry limits, whose JSON encoding is
+/// exactly `bytes` long.
+fn attrs_with_json_bytes(bytes: usize) -> Attributes {
+    let mut a: Attributes = (0..33)
+        .map(|i| (format!("k{i:02}"), "v".repeat(680)))
+        .collect();
+    let len = serde_json::to_string(&a).unwrap().len();
+    assert!(len <= bytes);
+    let last = a.get_mut("k32").unwrap();
+    last.push_str(&"v".repeat(bytes - len));
+    assert!(last.len() <= MAX_ATTRIBUTE_VALUE_BYTES);
+    assert_eq!(serde_json::to_string(&a).unwrap().len(), bytes);
+    a
+}
+
 #[track_caller]
 fn assert_invalid<T: std::fmt::Debug>(r: Result<T>, want_field: &str) {
     match r {
@@ -117,6 +132,15 @@ fn every_limit_is_a_typed_error_and_nothing_is_stored() {
                 )])),
             ),
             "attributes.model",
+        ),
+        (
+            register(
+                "new",
+                None,
+                T,
+                Some(attrs_with_json_bytes(MAX_ATTRIBUTES_JSON_BYTES + 1)),
+            ),
+            "attributes",
         ),
         (
             Op::Touch {
@@ -243,16 +267,31 @@ fn every_limit_is_a_typed_error_and_nothing_is_stored() {
             0,
             Some(
                 (0..MAX_ATTRIBUTES)
-                    .map(|i| (format!("{i:0>150}"), "v".repeat(MAX_ATTRIBUTE_VALUE_BYTES)))
+                    .map(|i| (format!("k{i}"), "v".into()))
                     .collect(),
             ),
+        ),
+        register(
+            "x",
+            None,
+            T,
+            Some(attrs(&[(
+                "n".repeat(MAX_ATTRIBUTE_NAME_BYTES),
+                "v".repeat(MAX_ATTRIBUTE_VALUE_BYTES),
+            )])),
+        ),
+        register(
+            "w",
+            None,
+            T,
+            Some(attrs_with_json_bytes(MAX_ATTRIBUTES_JSON_BYTES)),
         ),
     ];
     for op in at_limit {
         reg.apply(op.clone())
             .unwrap_or_else(|e| panic!("{e} for an op at the limit"));
     }
-    assert_eq!(reg.stats().devices, 5);
+    assert_eq!(reg.stats().devices, 7);
     let report = reg.check().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     let dump = reg.dump();

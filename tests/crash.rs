@@ -957,3 +957,42 @@ fn segment_filled_exactly_then_rolled() {
     assert_eq!(reg.dump(), want.dump(), "after a reopen");
     assert_clean(&reg, "after a reopen");
 }
+
+/// BUG (found by `crash_kill_recover`, with the segment bug patched out): a
+/// SIGKILL while sled 0.34.7 writes a snapshot leaves an empty
+/// `store/snap.<lsn>.generating` file. sled takes it for the newest snapshot
+/// and refuses to open ("Read corrupted data at file offset None", as
+/// `Error::Store`), so the registry cannot be opened at all after that
+/// crash. (sled issues #1527 and #1533; deleting the leftover `.generating`
+/// file, which is by definition an unfinished snapshot, makes it open.)
+/// This test recreates the file the kill leaves behind.
+#[test]
+#[ignore = "BUG: an unfinished sled snapshot left by a kill makes the registry unopenable (see the doc comment)"]
+fn unfinished_sled_snapshot_does_not_block_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let ops = tail_ops();
+    {
+        let reg = Registry::open_with(tail_config(&db)).unwrap();
+        for op in &ops {
+            reg.apply(op.clone()).unwrap();
+        }
+        reg.checkpoint().unwrap();
+    }
+    let store = db.join("store");
+    let newest = std::fs::read_dir(&store)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let hex = name.strip_prefix("snap.")?;
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .max()
+        .unwrap_or(0);
+    let leftover = store.join(format!("snap.{:016X}.generating", newest + 100));
+    std::fs::File::create(&leftover).unwrap();
+    let reg = Registry::open_with(tail_config(&db))
+        .unwrap_or_else(|e| panic!("open with an unfinished sled snapshot present: {e:?}"));
+    assert_eq!(reg.dump(), model_of(&ops).dump());
+    assert_clean(&reg, "after the unfinished snapshot");
+}
