@@ -465,6 +465,11 @@ impl Registry {
         }
     }
 
+    /// The default sink before its first export: it has nothing yet.
+    fn default_sink_unborn(&self, sink: &str) -> bool {
+        sink == crate::feed::DEFAULT_SINK && !self.inner.state.read().feed.sinks.contains_key(sink)
+    }
+
     fn require_sink(&self, sink: &str) -> Result<()> {
         validate_sink(sink)?;
         if self.inner.state.read().feed.sinks.contains_key(sink) {
@@ -492,6 +497,9 @@ impl Registry {
     /// assert!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().is_none());
     /// ```
     pub fn export(&self, sink: &str, max_ops: u32, max_bytes: u32) -> Result<Option<Arc<Batch>>> {
+        if self.default_sink_unborn(sink) {
+            self.add_sink(sink)?;
+        }
         self.require_sink(sink)?;
         if let Some(b) = self
             .inner
@@ -543,12 +551,18 @@ impl Registry {
 
     /// The sink's dead letters, oldest first.
     pub fn dead_letters(&self, sink: &str) -> Result<Vec<DeadLetter>> {
+        if self.default_sink_unborn(sink) {
+            return Ok(Vec::new());
+        }
         self.require_sink(sink)?;
         Ok(self.inner.state.read().feed.dead_letters(sink))
     }
 
     /// Puts every dead letter back into the feed; returns how many.
     pub fn requeue(&self, sink: &str) -> Result<u64> {
+        if self.default_sink_unborn(sink) {
+            return Ok(0);
+        }
         self.require_sink(sink)?;
         match self.submit_one(Entry::Requeue(sink.to_owned()))? {
             Applied::Count(n) => Ok(n),

@@ -21,7 +21,8 @@ use serde::Serialize;
 pub(crate) use export::{AckResult, Truth};
 pub(crate) use persist::load_feed;
 
-/// The sink every database has.
+/// The default sink. It is created by its first `export`, with a snapshot
+/// of every identified device: until a database syncs, its feed costs nothing.
 pub const DEFAULT_SINK: &str = "customerio";
 /// Most sinks one database may have.
 pub const MAX_SINKS: usize = 16;
@@ -190,13 +191,6 @@ pub fn validate_sink(name: &str) -> crate::Result<()> {
 }
 
 impl Feed {
-    /// A feed with only the default sink (a new database).
-    pub(crate) fn with_default_sink() -> Feed {
-        let mut f = Feed::default();
-        f.add_sink(DEFAULT_SINK, std::iter::empty());
-        f
-    }
-
     /// Marks an item changed in one sink; a new item starts with `base_if_new`.
     fn mark(&mut self, sink_name: &str, key: ItemKey, base_if_new: bool) {
         let Some(sink) = self.sinks.get_mut(sink_name) else {
@@ -358,9 +352,6 @@ impl Feed {
                     ));
                 }
             }
-        }
-        if !self.sinks.contains_key(DEFAULT_SINK) {
-            problems.push(format!("the default sink {DEFAULT_SINK} is missing"));
         }
         problems
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Sink, DEFAULT_SINK};
+use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Sink};
 use crate::codec::{bincode_opts, describe_key, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::store::{KvStore, Write};
@@ -290,16 +290,5 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
         sink.known.insert(person);
         Ok(())
     })?;
-    if !feed.sinks.contains_key(DEFAULT_SINK) {
-        // Only a database whose first checkpoint has not happened yet lacks it.
-        feed.sinks.insert(
-            DEFAULT_SINK.to_owned(),
-            Sink {
-                next_batch: 1,
-                ..Sink::default()
-            },
-        );
-        feed.meta_dirty.insert(DEFAULT_SINK.to_owned());
-    }
     Ok(feed)
 }

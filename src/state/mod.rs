@@ -81,7 +81,7 @@ impl State {
             per_platform: [0; 2],
             cap,
             dirty: HashSet::new(),
-            feed: Feed::with_default_sink(),
+            feed: Feed::default(),
         }
     }
 
