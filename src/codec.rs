@@ -118,6 +118,14 @@ pub fn encode_attributes(attributes: &Attributes) -> Vec<u8> {
     bincode_opts().serialize(&pairs).unwrap_or_default()
 }
 
+/// Decodes an attribute blob that was checked when it entered memory.
+pub(crate) fn decode_attributes_trusted(blob: &[u8]) -> Attributes {
+    bincode_opts()
+        .deserialize::<Vec<(String, String)>>(blob)
+        .map(|pairs| pairs.into_iter().collect())
+        .unwrap_or_default()
+}
+
 /// Decodes an attribute blob, checking order and limits.
 pub fn decode_attributes(location: &str, blob: &[u8]) -> Result<Attributes> {
     let pairs: Vec<(String, String)> = bincode_opts()

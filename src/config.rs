@@ -40,7 +40,7 @@ pub struct Config {
 
 impl Config {
     /// Defaults: immediate durability, the stored per-person cap (20 for a
-    /// new database), 64 MiB log segments.
+    /// new database), 16 MiB log segments.
     ///
     /// ```
     /// let c = devreg::Config::new("/tmp/x").max_devices_per_person(5);

@@ -25,7 +25,7 @@ pub const MAX_OPS_PER_BATCH: usize = 100_000;
 /// Largest encoded size of one log record body, in bytes.
 pub const MAX_LOG_RECORD_BYTES: usize = 16 << 20;
 /// Default size of one preallocated log segment, in bytes.
-pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 << 20;
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 16 << 20;
 /// Default number of log segments before writers wait for a checkpoint.
 pub const DEFAULT_MAX_LOG_SEGMENTS: u32 = 4;
 /// Most operations one write group (one fsync) collects from concurrent callers.

@@ -19,16 +19,13 @@
 //! - `log_damage_before_tail_is_corrupt`: any damaged byte in an earlier
 //!   record must fail the open with `Error::Corrupt`.
 //!
-//! Known library bugs, each with a failing test marked `#[ignore = "BUG: ..."]`
-//! until the fix lands (run them with `--ignored`):
-//! - a log record ending exactly at a segment's end makes the writer put the
-//!   next records at offset 0 of the same file: acknowledged writes are lost
-//!   on a crash (`segment_filled_exactly_then_killed`), the writer thread
-//!   panics later (`segment_filled_exactly_then_rolled`), and the random
-//!   crash test fails now and then (`crash_kill_recover`, ignored for that
-//!   reason only; it passes with the bug fixed);
-//! - a damaged length field before the tail is taken for a torn tail
-//!   (`log_damaged_length_before_tail_is_corrupt`).
+//! Regression tests for library bugs this file found (all fixed):
+//! - a log record ending exactly at a segment's end made the writer put the
+//!   next records at offset 0 of the same file (`segment_filled_exactly_*`);
+//! - a damaged length field before the tail was taken for a torn tail
+//!   (`log_damaged_length_before_tail_is_corrupt`);
+//! - an unfinished sled snapshot left by a kill blocked the open
+//!   (`unfinished_sled_snapshot_does_not_block_open`).
 
 mod common;
 
@@ -499,7 +496,6 @@ fn crash_loop(kills: u64) {
 }
 
 #[test]
-#[ignore = "BUG: fails now and then because of segment_filled_exactly_then_killed; un-ignore with the fix"]
 fn crash_kill_recover() {
     let kills = std::env::var("DEVREG_CRASH_KILLS")
         .ok()
@@ -788,7 +784,6 @@ fn log_damage_before_tail_is_corrupt() {
 /// LSN, so a scan of the rest of the segment for any valid record at its
 /// own position would tell damage from a torn tail.
 #[test]
-#[ignore = "BUG: a damaged length field before the log's tail silently drops every later record (see the doc comment)"]
 fn log_damaged_length_before_tail_is_corrupt() {
     let (bad, tried) = damage_before_tail(|i| i < 4);
     assert!(
@@ -892,7 +887,6 @@ fn fill_child() {
 /// segment's start. Recovery reads the next segment's file, which does not
 /// have them: every write acknowledged after that point is lost on a crash.
 #[test]
-#[ignore = "BUG: writes after a log record that ends exactly at a segment end are lost on a crash (see the doc comment)"]
 fn segment_filled_exactly_then_killed() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
@@ -938,7 +932,6 @@ fn segment_filled_exactly_then_killed() {
 /// log rolls. The writer's end position then moves backwards (to the start
 /// of the segment it already used), and later writes fail or go missing.
 #[test]
-#[ignore = "BUG: writes after a log record that ends exactly at a segment end (see segment_filled_exactly_then_killed)"]
 fn segment_filled_exactly_then_rolled() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
@@ -967,7 +960,6 @@ fn segment_filled_exactly_then_rolled() {
 /// file, which is by definition an unfinished snapshot, makes it open.)
 /// This test recreates the file the kill leaves behind.
 #[test]
-#[ignore = "BUG: an unfinished sled snapshot left by a kill makes the registry unopenable (see the doc comment)"]
 fn unfinished_sled_snapshot_does_not_block_open() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");

@@ -61,6 +61,9 @@ pub(crate) struct State {
     pub(crate) dirty: HashSet<Box<[u8]>>,
     /// The change feed, changed by the same operations.
     pub(crate) feed: Feed,
+    /// While loading at open, last-seen entries are collected here and the
+    /// index is built once, sorted (much cheaper than one insert each).
+    loading: Option<Vec<(Platform, u64, u32)>>,
 }
 
 impl State {
@@ -82,6 +85,7 @@ impl State {
             cap,
             dirty: HashSet::new(),
             feed: Feed::default(),
+            loading: None,
         }
     }
 
@@ -264,15 +268,50 @@ impl State {
             let t: &[u8] = slots[x as usize].as_ref().map_or(&[], |s| &s.token);
             hasher.hash_one(t)
         });
-        self.by_seen.insert((platform, last_seen_ms, id));
+        match &mut self.loading {
+            Some(seen) => seen.push((platform, last_seen_ms, id)),
+            None => {
+                self.by_seen.insert((platform, last_seen_ms, id));
+            }
+        }
         self.hour_add(last_seen_ms, platform, 1);
         self.live += 1;
         self.per_platform[platform.index()] += 1;
         if person != NO_PERSON {
             self.identified += 1;
-            self.person_list_insert(person, id);
+            if self.loading.is_some() {
+                if let Some(Some(p)) = self.persons.get_mut(person as usize) {
+                    p.devices.push(id);
+                }
+            } else {
+                self.person_list_insert(person, id);
+            }
         }
         id
+    }
+
+    /// Starts a bulk load: indexes are finished by `finish_load`.
+    pub(crate) fn begin_load(&mut self) {
+        self.loading = Some(Vec::new());
+    }
+
+    /// Builds the last-seen index and orders person lists after a bulk load.
+    pub(crate) fn finish_load(&mut self) {
+        if let Some(mut seen) = self.loading.take() {
+            // collect() of a sorted run builds the tree in bulk.
+            seen.extend(std::mem::take(&mut self.by_seen));
+            self.by_seen = seen.into_iter().collect();
+        }
+        for pid in 0..self.persons.len() {
+            let mut devices = match self.persons.get_mut(pid) {
+                Some(Some(p)) => std::mem::take(&mut p.devices),
+                _ => continue,
+            };
+            devices.sort_by(|&a, &b| self.recency_cmp(a, b));
+            if let Some(Some(p)) = self.persons.get_mut(pid) {
+                p.devices = devices;
+            }
+        }
     }
 
     /// Deletes a device and returns its slot.

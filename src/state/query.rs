@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{Slot, State, HOUR_MS, NO_PERSON};
-use crate::codec::{cmp_packed, decode_attributes, pack_token, unpack_token};
+use crate::codec::{cmp_packed, pack_token, unpack_token};
 use crate::model::{Device, Platform};
 
 /// Registry counters.
@@ -54,7 +54,7 @@ impl State {
             person: self.person_name(s.person).map(|p| p.to_string()),
             last_seen_ms: s.last_seen_ms,
             // Blobs are checked when they enter the pool.
-            attributes: decode_attributes("memory", &s.attrs).unwrap_or_default(),
+            attributes: crate::codec::decode_attributes_trusted(&s.attrs),
         }
     }
 
@@ -225,7 +225,7 @@ impl crate::feed::Truth for State {
 
 impl State {
     fn add_device_json(&self, person: &str, s: &Slot) -> String {
-        let attrs = decode_attributes("memory", &s.attrs).unwrap_or_default();
+        let attrs = crate::codec::decode_attributes_trusted(&s.attrs);
         let token = unpack_token(&s.token).unwrap_or_default();
         crate::customerio::add_device(person, &token, s.platform, s.last_seen_ms, &attrs)
     }

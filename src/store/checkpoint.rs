@@ -141,9 +141,11 @@ pub(crate) fn load_state(store: &dyn KvStore, cap: u32, segment_bytes: u64) -> R
         ));
     }
     let mut state = State::new(stored_cap);
+    state.begin_load();
     store.scan_prefix(&[DEVICE_PREFIX], &mut |key, value| {
         load_one(&mut state, key, value)
     })?;
+    state.finish_load();
     state.dirty.clear();
     state.feed = crate::feed::load_feed(store)?;
     Ok(Loaded {

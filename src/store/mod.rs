@@ -37,6 +37,7 @@ pub(crate) struct SledStore {
 
 impl SledStore {
     pub(crate) fn open(path: &Path) -> Result<SledStore> {
+        remove_unfinished_snapshots(path)?;
         let db = sled::Config::new()
             .path(path)
             // Measured: 8 MiB segments cut sled's disk use by 40 to 68%.
@@ -51,6 +52,24 @@ impl SledStore {
             path: path.to_owned(),
         })
     }
+}
+
+/// A kill while sled 0.34.7 writes a snapshot leaves `snap.<lsn>.generating`,
+/// and sled then refuses to open (sled issues #1527, #1533). The file is by
+/// definition unfinished (sled renames it when complete), so it is dropped.
+fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(path) else {
+        return Ok(());
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(ent.path())
+                .map_err(|e| Error::io(format!("removing unfinished sled snapshot {name}"), e))?;
+        }
+    }
+    Ok(())
 }
 
 fn sync_tree(path: &Path) -> Result<()> {

@@ -209,13 +209,13 @@ impl Model {
     pub fn most_recent(&self, person: &str, platform: Option<Platform>) -> Option<Device> {
         self.devices_of(person)
             .into_iter()
-            .find(|d| platform.map_or(true, |p| d.platform == p))
+            .find(|d| platform.is_none_or(|p| d.platform == p))
     }
 
     pub fn active_since(&self, since_ms: u64, platform: Option<Platform>) -> u64 {
         self.devices
             .values()
-            .filter(|d| d.last_seen_ms >= since_ms && platform.map_or(true, |p| d.platform == p))
+            .filter(|d| d.last_seen_ms >= since_ms && platform.is_none_or(|p| d.platform == p))
             .count() as u64
     }
 
