@@ -9,6 +9,7 @@ mod demo;
 mod feed;
 mod import;
 mod output;
+mod sync;
 mod workload;
 
 use std::io::Write;
@@ -136,6 +137,10 @@ enum Command {
     },
     /// Print every sink's position as a JSON array.
     Sinks,
+    /// Send the sink's feed to Customer.io (credentials from CUSTOMERIO_SITE_ID
+    /// and CUSTOMERIO_API_KEY); --once drains and exits, otherwise follows
+    /// new changes until SIGINT/SIGTERM.
+    Sync(sync::SyncArgs),
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
@@ -177,6 +182,7 @@ fn run(cli: &Cli) -> CmdResult {
     let durability = durability(cli.durability);
     match &cli.command {
         Command::Demo => demo::run(cli.max_devices_per_person),
+        Command::Sync(args) => sync::run(&cli.db, cli.max_devices_per_person, durability, args),
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
             let input = import::open_input(file)?;
@@ -265,7 +271,9 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             }
             out.json(&sinks)?;
         }
-        Command::Import { .. } | Command::Demo => unreachable!("dispatched in run()"),
+        Command::Import { .. } | Command::Demo | Command::Sync(_) => {
+            unreachable!("dispatched in run()")
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
