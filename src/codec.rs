@@ -193,11 +193,19 @@ pub fn decode_record<'a>(location: &str, bytes: &'a [u8]) -> Result<RecordRef<'a
         .allow_trailing_bytes()
         .deserialize(rest)
         .map_err(|e| Error::corrupt(location, format!("record head: {e}")))?;
-    let head_len = bincode_opts()
-        .serialized_size(&head)
-        .map_err(|e| Error::corrupt(location, e.to_string()))? as usize;
+    // bincode accepts over-long varints; only the canonical encoding says
+    // where the head ends, so anything else is damage.
+    let canonical = bincode_opts()
+        .serialize(&head)
+        .map_err(|e| Error::corrupt(location, e.to_string()))?;
+    if !rest.starts_with(&canonical) {
+        return Err(Error::corrupt(
+            location,
+            "record head is not canonically encoded",
+        ));
+    }
     rest = rest
-        .get(head_len..)
+        .get(canonical.len()..)
         .ok_or_else(|| Error::corrupt(location, "record truncated"))?;
     let platform = Platform::from_index(head.platform)
         .ok_or_else(|| Error::corrupt(location, format!("platform byte {}", head.platform)))?;
@@ -249,6 +257,8 @@ mod tests {
                 );
             }
         }
+        // Over-long varints are damage, not another spelling.
+        assert!(decode_record("k", &[1, 0, 0xfb, 5, 0, 0, 0, 0]).is_err());
         // A raw encoding of a packable token is not canonical.
         assert_eq!(unpack_token(b"\0ab"), None);
         assert_eq!(unpack_token(b""), None);

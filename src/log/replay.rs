@@ -111,6 +111,26 @@ fn valid_record_after(file: &File, segment_bytes: u64, seq: u64, from: u64) -> b
     false
 }
 
+/// The log must not continue in a later segment. If one starts with a valid
+/// record, the store is older than the log (sled recovered to an earlier
+/// state after damage) or a segment went missing: replaying from here would
+/// silently roll the registry back, so the open fails instead.
+fn no_log_beyond(dir: &Path, segment_bytes: u64, end_lsn: u64) -> Result<()> {
+    let end_seq = end_lsn / segment_bytes;
+    for seq in super::segments::list_segments(dir)? {
+        if seq > end_seq && valid_record_at(dir, segment_bytes, seq * segment_bytes)? {
+            return Err(Error::corrupt(
+                format!("log segment {}", segment_path(dir, seq).display()),
+                format!(
+                    "the log continues here but recovery ended at position {end_lsn}: \
+                     the store is older than the log, or a segment is missing"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn valid_record_at(dir: &Path, segment_bytes: u64, lsn: u64) -> Result<bool> {
     let Some(f) = open_existing(dir, lsn / segment_bytes)? else {
         return Ok(false);
@@ -142,11 +162,12 @@ pub(crate) fn replay(
             match open_existing(dir, seq)? {
                 Some(f) => current = Some((seq, f)),
                 None => {
+                    no_log_beyond(dir, segment_bytes, lsn)?;
                     return Ok(ReplayEnd {
                         end_lsn: lsn,
                         records,
                         cut_tail: false,
-                    })
+                    });
                 }
             }
         }
@@ -182,6 +203,7 @@ pub(crate) fn replay(
                         "damaged record before the end of the log",
                     ));
                 }
+                no_log_beyond(dir, segment_bytes, lsn)?;
                 // A torn tail is cut only if it is not all zeros (never written).
                 let cut_tail = plausible_len.is_some();
                 return Ok(ReplayEnd {
