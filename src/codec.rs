@@ -126,7 +126,7 @@ pub(crate) fn decode_attributes_trusted(blob: &[u8]) -> Attributes {
         .unwrap_or_default()
 }
 
-/// Decodes an attribute blob, checking order and limits.
+/// Decodes an attribute blob, checking for duplicate names and the limits.
 pub fn decode_attributes(location: &str, blob: &[u8]) -> Result<Attributes> {
     let pairs: Vec<(String, String)> = bincode_opts()
         .deserialize(blob)
