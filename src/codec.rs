@@ -91,6 +91,20 @@ pub fn unpack_token(packed: &[u8]) -> Option<String> {
     }
 }
 
+/// Whether `packed` is a canonical packed token (what `unpack_token` accepts),
+/// without building the text.
+pub fn is_packed_token(packed: &[u8]) -> bool {
+    match packed.split_first() {
+        Some((&TAG_HEX, body)) => !body.is_empty(),
+        Some((&TAG_RAW, body)) => {
+            !body.is_empty()
+                && body.iter().all(|b| (0x21..=0x7e).contains(b))
+                && (body.len() % 2 == 1 || !body.iter().all(|&c| is_lower_hex(c)))
+        }
+        _ => false,
+    }
+}
+
 /// Orders packed tokens as their texts would order.
 pub fn cmp_packed(a: &[u8], b: &[u8]) -> Ordering {
     match (a.first(), b.first()) {
@@ -195,17 +209,26 @@ pub fn decode_record<'a>(location: &str, bytes: &'a [u8]) -> Result<RecordRef<'a
         .map_err(|e| Error::corrupt(location, format!("record head: {e}")))?;
     // bincode accepts over-long varints; only the canonical encoding says
     // where the head ends, so anything else is damage.
-    let canonical = bincode_opts()
-        .serialize(&head)
-        .map_err(|e| Error::corrupt(location, e.to_string()))?;
-    if !rest.starts_with(&canonical) {
+    // A head is at most ~170 bytes: encode it on the stack (open decodes
+    // every record, so no allocation here).
+    let mut buf = [0u8; 256];
+    let left = {
+        let mut w: &mut [u8] = &mut buf;
+        bincode_opts()
+            .serialize_into(&mut w, &head)
+            .map_err(|e| Error::corrupt(location, e.to_string()))?;
+        w.len()
+    };
+    let len = buf.len() - left;
+    let canonical = buf.get(..len).unwrap_or_default();
+    if !rest.starts_with(canonical) {
         return Err(Error::corrupt(
             location,
             "record head is not canonically encoded",
         ));
     }
     rest = rest
-        .get(canonical.len()..)
+        .get(len..)
         .ok_or_else(|| Error::corrupt(location, "record truncated"))?;
     let platform = Platform::from_index(head.platform)
         .ok_or_else(|| Error::corrupt(location, format!("platform byte {}", head.platform)))?;
@@ -263,6 +286,12 @@ mod tests {
         assert_eq!(unpack_token(b"\0ab"), None);
         assert_eq!(unpack_token(b""), None);
         assert_eq!(unpack_token(b"\x01"), None);
+        for p in [&b"\0ab"[..], b"", b"\x01", b"\x02ab", b"\0a b"] {
+            assert_eq!(is_packed_token(p), unpack_token(p).is_some(), "{p:?}");
+        }
+        for t in toks {
+            assert!(is_packed_token(&pack_token(t)));
+        }
     }
 
     #[test]

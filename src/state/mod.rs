@@ -269,12 +269,13 @@ impl State {
             hasher.hash_one(t)
         });
         match &mut self.loading {
+            // Index and hour counters are built in bulk by finish_load.
             Some(seen) => seen.push((platform, last_seen_ms, id)),
             None => {
                 self.by_seen.insert((platform, last_seen_ms, id));
+                self.hour_add(last_seen_ms, platform, 1);
             }
         }
-        self.hour_add(last_seen_ms, platform, 1);
         self.live += 1;
         self.per_platform[platform.index()] += 1;
         if person != NO_PERSON {
@@ -298,6 +299,10 @@ impl State {
     /// Builds the last-seen index and orders person lists after a bulk load.
     pub(crate) fn finish_load(&mut self) {
         if let Some(mut seen) = self.loading.take() {
+            for &(platform, ms, _) in &seen {
+                // Consecutive devices share hours often; still one lookup each.
+                self.hour_counts.entry(ms / HOUR_MS).or_insert([0, 0])[platform.index()] += 1;
+            }
             // collect() of a sorted run builds the tree in bulk.
             seen.extend(std::mem::take(&mut self.by_seen));
             self.by_seen = seen.into_iter().collect();

@@ -157,21 +157,23 @@ pub(crate) fn load_state(store: &dyn KvStore, cap: u32, segment_bytes: u64) -> R
 
 fn load_one(state: &mut State, key: &[u8], value: &[u8]) -> Result<()> {
     let packed = key.get(1..).unwrap_or_default();
-    if unpack_token(packed).is_none() {
+    if !is_packed_token(packed) {
         return Err(Error::corrupt(
             describe_key(key),
             "key is not a valid packed token",
         ));
     }
-    let location = describe_key(key);
-    let r = decode_record(&location, value)?;
+    // Open decodes every record: name the key only when something is wrong.
+    let r = decode_record("", value).map_err(|_| {
+        decode_record(&describe_key(key), value)
+            .err()
+            .unwrap_or_else(|| Error::corrupt(describe_key(key), "undecodable record"))
+    })?;
     // Each distinct attribute blob is verified once.
     if !state.attrs_interned(r.attributes_blob) {
-        decode_attributes(&location, r.attributes_blob)?;
+        decode_attributes(&describe_key(key), r.attributes_blob)?;
     }
-    if state.lookup(packed).is_some() {
-        return Err(Error::corrupt(location, "duplicate token"));
-    }
+    // sled keys are unique and packing is canonical: no duplicate tokens.
     state.load_device(
         packed,
         r.platform,

@@ -51,7 +51,9 @@ impl SledStore {
             db,
             path: path.to_owned(),
         };
-        store.sync()?;
+        // Files from before (sled creates them 0644) become owner-only now;
+        // new ones at every checkpoint.
+        restrict_tree(path)?;
         Ok(store)
     }
 }
@@ -69,6 +71,25 @@ fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
         if name.starts_with("snap.") && name.ends_with(".generating") {
             std::fs::remove_file(ent.path())
                 .map_err(|e| Error::io(format!("removing unfinished sled snapshot {name}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn restrict_tree(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let private = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private))
+            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
+    }
+    if meta.is_dir() {
+        let rd = std::fs::read_dir(path)
+            .map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
+        for ent in rd.flatten() {
+            restrict_tree(&ent.path())?;
         }
     }
     Ok(())
