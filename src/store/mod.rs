@@ -43,7 +43,7 @@ impl SledStore {
             // Measured: 8 MiB segments cut sled's disk use by 40 to 68%.
             .segment_size(8 << 20)
             // sled only takes checkpoints; devreg's own state serves reads.
-            .cache_capacity(32 << 20)
+            .cache_capacity(8 << 20)
             .flush_every_ms(None)
             .open()
             .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
