@@ -36,6 +36,9 @@ pub struct Config {
     pub max_log_segments: u32,
     /// Longest time between checkpoints while there are changes.
     pub checkpoint_interval_ms: u64,
+    /// How long ownership history is kept (by commit time); older entries
+    /// are dropped as their token changes and at checkpoints.
+    pub history_retention_ms: u64,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
             log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
             max_log_segments: DEFAULT_MAX_LOG_SEGMENTS,
             checkpoint_interval_ms: 30_000,
+            history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
         }
     }
 
@@ -88,7 +92,16 @@ impl Config {
         self
     }
 
+    /// Sets how long ownership history is kept.
+    pub fn history_retention_ms(mut self, ms: u64) -> Config {
+        self.history_retention_ms = ms;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.history_retention_ms == 0 {
+            return Err(Error::invalid("history_retention_ms", "must be at least 1"));
+        }
         if let Some(cap) = self.max_devices_per_person {
             if !(1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(&cap) {
                 return Err(Error::invalid(

@@ -5,6 +5,7 @@
 //! 2 usage error (clap) or an import with rejected lines.
 
 mod demo;
+mod history;
 mod import;
 mod output;
 mod workload;
@@ -86,7 +87,13 @@ enum Command {
         platform: Option<Platform>,
     },
     /// Print the registry's counters.
-    Stats,
+    Stats {
+        /// Instead: token changes per day and platform (see `history`).
+        #[arg(long)]
+        daily: bool,
+    },
+    #[command(flatten)]
+    History(history::HistoryCmd),
     /// Verify indexes, counters, the cap and the store; exit 1 on any problem.
     Check,
     /// Run a realistic workload on a temporary database and report.
@@ -188,7 +195,9 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             let count = reg.active_since(*since_ms, *platform);
             out.json(&serde_json::json!({ "count": count }))?;
         }
-        Command::Stats => out.json(&reg.stats())?,
+        Command::Stats { daily: false } => out.json(&reg.stats())?,
+        Command::Stats { daily: true } => history::daily(reg, &mut out)?,
+        Command::History(cmd) => history::run(reg, cmd, &mut out)?,
         Command::Check => {
             let report = reg.check()?;
             out.json(&report)?;
