@@ -22,7 +22,9 @@ use crate::log::{replay, LogWriter};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
-use crate::writer::{decode_entries, run_checkpointer, FailFlag, Msg, WriterCtx};
+use crate::writer::{
+    commit, decode_entries, run_checkpointer, FailFlag, Msg, WriteQueue, WriterCtx,
+};
 
 /// What `check` found. Empty `problems` means every index, counter, the cap
 /// and the store (against a replay of the log) agree.
@@ -45,6 +47,8 @@ struct Inner {
     path: PathBuf,
     state: Arc<RwLock<State>>,
     tx: Mutex<Option<Sender<Msg>>>,
+    ctx: Arc<Mutex<WriterCtx>>,
+    queue: WriteQueue,
     failed: Arc<FailFlag>,
     store: Arc<dyn KvStore>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -249,15 +253,19 @@ impl Registry {
             last_sync_at: Instant::now(),
             last_clock_ms,
         };
+        let ctx = Arc::new(Mutex::new(ctx));
+        let ctx_for_thread = ctx.clone();
         let writer_thread = std::thread::Builder::new()
             .name("devreg-writer".into())
-            .spawn(move || ctx.run(rx))
+            .spawn(move || WriterCtx::run(ctx_for_thread, rx))
             .map_err(|e| Error::io("starting the writer thread", e))?;
         let reg = Registry {
             inner: Arc::new(Inner {
                 path: config.path.clone(),
                 state,
                 tx: Mutex::new(Some(tx)),
+                ctx,
+                queue: WriteQueue::new(),
                 failed,
                 store,
                 // The writer must stop (and hand over its last checkpoint) first.
@@ -284,9 +292,7 @@ impl Registry {
         if let Some(why) = self.inner.failed.get() {
             return Err(Error::Failed(why));
         }
-        let (reply, rx) = bounded(1);
-        self.send(Msg::Write { entries, reply })?;
-        rx.recv().map_err(|_| Error::Closed)?
+        commit(&self.inner.ctx, &self.inner.queue, entries)
     }
 
     /// Applies one operation atomically and durably (as configured).

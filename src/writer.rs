@@ -1,6 +1,7 @@
-//! The single writer thread (group commit) and the checkpointer thread.
+//! The write path (leader-based group commit), the background writer thread
+//! and the checkpointer thread.
 //!
-//! The writer takes every request queued at the moment it becomes free,
+//! The leader takes every request queued at the moment it gets the lock,
 //! applies them in order to the in-memory state under one short write lock,
 //! appends one log record per request, and acknowledges all of them after
 //! one write (and, for `Immediate`, one fdatasync). Reads never wait for the
@@ -24,16 +25,64 @@ use crate::store::{KvStore, Snapshot};
 pub(crate) type Reply<T> = Sender<Result<T>>;
 
 pub(crate) enum Msg {
-    Write {
-        entries: Vec<Entry>,
-        reply: Reply<Vec<Applied>>,
-    },
     /// Take a checkpoint now and wait for it.
     Checkpoint { reply: Reply<()> },
     /// Run `f` on the writer thread with no write or checkpoint in progress.
     Exclusive {
         f: Box<dyn FnOnce(&mut WriterCtx) + Send>,
     },
+}
+
+/// One caller's write, queued for the next leader.
+pub(crate) type Request = (Vec<Entry>, Reply<Vec<Applied>>);
+
+/// Writes waiting for a leader.
+pub(crate) struct WriteQueue {
+    tx: Sender<Request>,
+    rx: Receiver<Request>,
+}
+
+impl WriteQueue {
+    pub(crate) fn new() -> WriteQueue {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        WriteQueue { tx, rx }
+    }
+}
+
+/// Commits `entries` with group commit and no thread hand-off: the caller
+/// queues its request, then takes the writer lock; whoever holds it (the
+/// leader) commits every queued request as one group, so callers that arrive
+/// during a leader's fsync share the next one. When the lock is ours, our
+/// request was committed by an earlier leader or is in the queue for us.
+pub(crate) fn commit(
+    ctx: &Mutex<WriterCtx>,
+    queue: &WriteQueue,
+    entries: Vec<Entry>,
+) -> Result<Vec<Applied>> {
+    let (reply, done) = crossbeam_channel::bounded(1);
+    queue.tx.send((entries, reply)).map_err(|_| Error::Closed)?;
+    {
+        let mut c = ctx.lock();
+        loop {
+            let mut group = Vec::new();
+            let mut ops = 0;
+            while ops < crate::limits::MAX_GROUP_OPS {
+                match queue.rx.try_recv() {
+                    Ok(req) => {
+                        ops += req.0.len();
+                        group.push(req);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if group.is_empty() {
+                break;
+            }
+            c.write_group(group);
+        }
+        c.periodic();
+    }
+    done.recv().map_err(|_| Error::Closed)?
 }
 
 /// Shared "the store failed" flag: once set, every write is refused.
@@ -121,59 +170,38 @@ impl WriterCtx {
         self.failed.get().map(Error::Failed)
     }
 
-    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
-        let tick = Duration::from_millis(
-            self.config
-                .eventual_sync_interval_ms
-                .clamp(5, 1000)
-                .min(self.config.checkpoint_interval_ms.max(5)),
-        );
-        let mut deferred: Option<Msg> = None;
+    /// The background duties: timers, forced checkpoints, exclusive work
+    /// (the integrity check) and the final checkpoint at close. Writes do not
+    /// pass through here: callers commit them as leaders (see `commit`).
+    pub(crate) fn run(ctx: Arc<Mutex<WriterCtx>>, rx: Receiver<Msg>) {
+        let tick = {
+            let c = ctx.lock();
+            Duration::from_millis(
+                c.config
+                    .eventual_sync_interval_ms
+                    .clamp(5, 1000)
+                    .min(c.config.checkpoint_interval_ms.max(5)),
+            )
+        };
         loop {
-            let first = match deferred.take() {
-                Some(m) => m,
-                None => match rx.recv_timeout(tick) {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.periodic();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-            };
-            match first {
-                Msg::Write { entries, reply } => {
-                    let mut group = vec![(entries, reply)];
-                    let mut ops = group[0].0.len();
-                    while ops < crate::limits::MAX_GROUP_OPS {
-                        match rx.try_recv() {
-                            Ok(Msg::Write { entries, reply }) => {
-                                ops += entries.len();
-                                group.push((entries, reply));
-                            }
-                            Ok(other) => {
-                                deferred = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.write_group(group);
-                }
-                Msg::Checkpoint { reply } => {
-                    let r = self.checkpoint_now(Some(reply.clone()));
-                    if let Err(e) = r {
+            match rx.recv_timeout(tick) {
+                Ok(Msg::Checkpoint { reply }) => {
+                    let mut c = ctx.lock();
+                    if let Err(e) = c.checkpoint_now(Some(reply.clone())) {
                         let _ = reply.send(Err(e));
                     }
                 }
-                Msg::Exclusive { f } => {
-                    self.wait_checkpoint_idle();
-                    f(&mut self);
+                Ok(Msg::Exclusive { f }) => {
+                    let mut c = ctx.lock();
+                    c.wait_checkpoint_idle();
+                    f(&mut c);
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.periodic();
+            ctx.lock().periodic();
         }
-        self.shutdown();
+        ctx.lock().shutdown();
     }
 
     fn write_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Applied>>)>) {
@@ -339,7 +367,7 @@ impl WriterCtx {
         self.start_checkpoint(done)
     }
 
-    fn shutdown(mut self) {
+    fn shutdown(&mut self) {
         if self.refuse().is_none() {
             let r = self.log.sync().and_then(|()| self.start_checkpoint(None));
             if let Err(e) = r {

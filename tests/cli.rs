@@ -207,7 +207,8 @@ fn query_commands_print_json() {
 
     let stats = json_out(&devreg(&db, &["stats"]));
     let want = json!({"devices": 3, "identified": 2, "anonymous": 1, "ios": 1,
-                      "android": 2, "persons": 1, "max_devices_per_person": 20});
+                      "android": 2, "persons": 1, "max_devices_per_person": 20,
+                      "sinks": []});
     assert_eq!(stats, want);
 
     let check = devreg(&db, &["check"]);
@@ -323,7 +324,8 @@ fn cap_flag_evicts_oldest_and_is_kept_without_the_flag() {
         (Some(3), Some(3))
     );
 
-    // Above the default of 20: a plain read must not lower the cap and evict.
+    // Above the default of 20: opening without the flag keeps the stored cap
+    // (the library's `None`), so plain reads and writes never lower it and evict.
     let db = import_with_cap(dir.path(), 30, "50");
     let stats = json_out(&devreg(&db, &["stats"]));
     assert_eq!(
@@ -333,6 +335,20 @@ fn cap_flag_evicts_oldest_and_is_kept_without_the_flag() {
         ),
         (Some(50), Some(30))
     );
+    let o = import_text(
+        &db,
+        dir.path(),
+        register("t99", "ios", Some("ann"), 99).as_bytes(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json_out(&devreg(&db, &["person", "ann"]))
+            .as_array()
+            .map(Vec::len),
+        Some(31)
+    );
+    let stats = json_out(&devreg(&db, &["stats"]));
+    assert_eq!(stats["max_devices_per_person"], 50);
 }
 
 #[test]
@@ -394,5 +410,361 @@ fn demo_runs_clean() {
         .output()
         .expect("run demo");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("check: clean"));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("check: clean"), "{text}");
+    assert!(text.contains("drained "), "{text}");
+    assert!(text.contains(r#""pending":0"#), "{text}");
+}
+
+// ---- The sync feed: export, ack, nack, dead letters, requeue, sinks ----
+
+const FIRST: &str = "customerio-000000000001";
+
+fn add_device(person: &str, token: &str, platform: &str, last_used: u64, attrs: Value) -> Value {
+    json!({"type": "person", "identifiers": {"id": person}, "action": "add_device",
+           "device": {"token": token, "platform": platform, "last_used": last_used,
+                      "attributes": attrs}})
+}
+
+/// Runs `export` and returns its raw stdout line (empty when drained).
+fn export_line(db: &Path, args: &[&str]) -> String {
+    let mut all = vec!["export"];
+    all.extend_from_slice(args);
+    let o = devreg(db, &all);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    stdout(&o)
+}
+
+/// The operations of an exported batch, checked against the documented shape.
+fn batch_ops(line: &str) -> (String, Vec<Value>) {
+    assert!(
+        line.ends_with('\n') && line.trim_end().lines().count() == 1,
+        "{line:?}"
+    );
+    let v = json_from(line);
+    let obj = v.as_object().expect("an object");
+    assert_eq!(obj.len(), 2, "{v}");
+    let id = obj["batch_id"].as_str().expect("batch_id is a string");
+    let body = obj["body"].as_object().expect("body is an object");
+    assert_eq!(body.len(), 1, "{v}");
+    (
+        id.to_string(),
+        body["batch"].as_array().expect("batch").clone(),
+    )
+}
+
+fn ack(db: &Path, sink: &str, id: &str) -> Output {
+    devreg(db, &["ack", "--sink", sink, id])
+}
+
+fn sinks(db: &Path) -> Vec<Value> {
+    json_out(&devreg(db, &["sinks"]))
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+#[test]
+fn export_prints_a_customerio_batch_and_repeats_it_until_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+
+    // The default sink is born at its first export.
+    let o = devreg(&db, &["sinks"]);
+    assert_eq!(json_out(&o), json!([]));
+    assert!(stderr(&o).contains("first export"), "{}", stderr(&o));
+    let o = devreg(&db, &["export"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("snapshot"), "{}", stderr(&o));
+    let line = stdout(&o);
+    // Field order is part of the contract: the body is what is POSTed.
+    let start = r#"{"batch_id":"customerio-000000000001","body":{"batch":[{"type":"person","identifiers":{"id":"ann"},"action":"add_device","device":{"token":"aa01","platform":"ios","last_used":1,"attributes":{"app_version":"1.2"}}},"#;
+    assert!(line.starts_with(start), "{line}");
+    let (id, ops) = batch_ops(&line);
+    assert_eq!(id, FIRST);
+    // Only identified devices; last_used in whole seconds; string attributes.
+    assert_eq!(
+        ops,
+        vec![
+            add_device("ann", "aa01", "ios", 1, json!({"app_version": "1.2"})),
+            add_device("ann", "cc03", "android", 3, json!({})),
+        ]
+    );
+
+    // Exported again before the ack: the identical line.
+    assert_eq!(export_line(&db, &[]), line);
+    assert_eq!(
+        sinks(&db),
+        vec![
+            json!({"name": "customerio", "pending": 2, "in_flight": FIRST,
+                    "batches_exported": 1, "dead_letters": 0})
+        ]
+    );
+
+    let o = ack(&db, "customerio", FIRST);
+    assert_eq!(
+        json_out(&o),
+        json!({"acked": FIRST, "failed": 0, "already_acked": false})
+    );
+    assert_eq!(export_line(&db, &[]), "", "drained: nothing printed");
+    assert_eq!(
+        sinks(&db),
+        vec![
+            json!({"name": "customerio", "pending": 0, "in_flight": null,
+                    "batches_exported": 1, "dead_letters": 0})
+        ]
+    );
+    // Acknowledging again is a no-op.
+    let o = ack(&db, "customerio", FIRST);
+    assert_eq!(json_out(&o)["already_acked"], true);
+    assert_eq!(devreg(&db, &["check"]).status.code(), Some(0));
+}
+
+#[test]
+fn deletes_moves_and_merges_have_the_customerio_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    let drain = |db: &Path| -> Vec<Value> {
+        let mut all = Vec::new();
+        loop {
+            let line = export_line(db, &["--max-ops", "1000"]);
+            if line.is_empty() {
+                return all;
+            }
+            let (id, ops) = batch_ops(&line);
+            assert!(ack(db, "customerio", &id).status.success());
+            all.extend(ops);
+        }
+    };
+    assert_eq!(drain(&db).len(), 2);
+
+    let lines = [
+        register("b1", "android", Some("bob"), 5000),
+        r#"{"op":"logout","token":"cc03","policy":"keep"}"#.into(),
+        register("aa01", "ios", Some("bob"), 6000), // moves from ann to bob
+    ];
+    let o = import_text(&db, dir.path(), lines.join("\n").as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let del = |p: &str, t: &str| {
+        json!({"type": "person", "identifiers": {"id": p}, "action": "delete_device",
+               "device": {"token": t}})
+    };
+    let ops = drain(&db);
+    assert!(ops.contains(&del("ann", "cc03")), "{ops:?}");
+    let (d, a) = (
+        ops.iter().position(|o| *o == del("ann", "aa01")),
+        ops.iter()
+            .position(|o| o["action"] == "add_device" && o["device"]["token"] == "aa01"),
+    );
+    assert!(
+        d.is_some() && a.is_some() && d < a,
+        "delete before add: {ops:?}"
+    );
+    assert_eq!(
+        ops[a.unwrap()],
+        add_device("bob", "aa01", "ios", 6, json!({"app_version": "1.2"}))
+    );
+
+    register_and_merge(&db, dir.path());
+    let ops = drain(&db);
+    let merge = json!({"type": "person", "action": "merge",
+                       "primary": {"id": "cy"}, "secondary": {"id": "bob"}});
+    assert!(ops.contains(&merge), "{ops:?}");
+    for op in &ops {
+        let action = op["action"].as_str().unwrap_or_default();
+        assert!(
+            ["add_device", "delete_device", "merge"].contains(&action),
+            "{op}"
+        );
+    }
+    assert_eq!(devreg(&db, &["check"]).status.code(), Some(0));
+}
+
+/// Gives cy a device, delivers it, then merges bob into cy.
+fn register_and_merge(db: &Path, dir: &Path) {
+    let o = import_text(db, dir, register("c1", "ios", Some("cy"), 7000).as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = import_text(
+        db,
+        dir,
+        br#"{"op":"merge","primary":"cy","secondary":"bob"}"#,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn ack_of_an_unknown_batch_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    let fails = |id: &str, sink: &str| {
+        let o = ack(&db, sink, id);
+        assert_eq!(o.status.code(), Some(1), "{id}");
+        assert!(stdout(&o).is_empty());
+        assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+        stderr(&o)
+    };
+    // Before the first export nothing can be acknowledged.
+    fails(FIRST, "customerio");
+    let (id, ops) = batch_ops(&export_line(&db, &[]));
+    assert_eq!((id.as_str(), ops.len()), (FIRST, 2));
+    for id in [
+        "customerio-000000000002",
+        "customerio-000000000099",
+        "nope",
+        "",
+    ] {
+        fails(id, "customerio");
+    }
+    assert!(fails(FIRST, "nosuchsink").contains("nosuchsink"));
+    // Still in flight: the same batch is exported again, then acknowledged.
+    assert_eq!(batch_ops(&export_line(&db, &[])).0, FIRST);
+    assert!(ack(&db, "customerio", FIRST).status.success());
+}
+
+#[test]
+fn nack_dead_letters_and_requeue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    let (id, ops) = batch_ops(&export_line(&db, &[]));
+
+    // Malformed values are usage errors that name the value.
+    for bad in ["x", "one:reason", "1", "-1:r", "99999999999:r", "1:"] {
+        let flag = format!("--failed={bad}");
+        let o = devreg(&db, &["nack", &id, &flag]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains(bad), "{bad}: {}", stderr(&o));
+    }
+    let o = devreg(&db, &["nack", &id]);
+    assert_eq!(o.status.code(), Some(2), "--failed is required");
+    // An index outside the batch is an error; nothing is acknowledged.
+    let o = devreg(&db, &["nack", &id, "--failed", "2:too far"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("index 2"), "{}", stderr(&o));
+    assert_eq!(sinks(&db)[0]["in_flight"], id.as_str());
+
+    let o = devreg(
+        &db,
+        &["nack", &id, "--failed", "1:Invalid token: too short"],
+    );
+    assert_eq!(
+        json_out(&o),
+        json!({"acked": id, "failed": 1, "already_acked": false})
+    );
+    let dead = json_out(&devreg(&db, &["dead-letters"]));
+    assert_eq!(
+        dead,
+        json!([{"batch_id": id, "index": 1, "reason": "Invalid token: too short",
+                "operation": ops[1]}])
+    );
+    let info = &sinks(&db)[0];
+    assert_eq!(
+        (&info["pending"], &info["dead_letters"]),
+        (&json!(0), &json!(1))
+    );
+    assert_eq!(export_line(&db, &[]), "", "the rest counts as delivered");
+
+    assert_eq!(json_out(&devreg(&db, &["requeue"])), json!({"requeued": 1}));
+    assert_eq!(json_out(&devreg(&db, &["dead-letters"])), json!([]));
+    assert_eq!(sinks(&db)[0]["pending"], 1);
+    let (id2, ops2) = batch_ops(&export_line(&db, &[]));
+    assert_eq!(id2, "customerio-000000000002");
+    assert_eq!(ops2, vec![ops[1].clone()]);
+
+    // The requeued operation delivered: nothing is left to requeue.
+    let o = ack(&db, "customerio", &id2);
+    assert!(o.status.success());
+    assert_eq!(json_out(&devreg(&db, &["requeue"])), json!({"requeued": 0}));
+    assert_eq!(devreg(&db, &["check"]).status.code(), Some(0));
+}
+
+#[test]
+fn nack_takes_several_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    let (id, _) = batch_ops(&export_line(&db, &[]));
+    let o = devreg(&db, &["nack", &id, "--failed", "0:a", "0:b"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("index 0 twice"), "{}", stderr(&o));
+    let o = devreg(&db, &["nack", &id, "--failed", "0:a", "--failed", "1:b"]);
+    assert_eq!(json_out(&o)["failed"], 2);
+    let dead = json_out(&devreg(&db, &["dead-letters", "--sink", "customerio"]));
+    let reasons: Vec<_> = dead
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["index"].clone(), d["reason"].clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![(json!(0), json!("a")), (json!(1), json!("b"))]
+    );
+    assert_eq!(sinks(&db)[0]["dead_letters"], 2);
+}
+
+#[test]
+fn a_new_sink_starts_with_a_snapshot_of_identified_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    // Drain the default sink first: the new sink must not depend on it.
+    let (id, _) = batch_ops(&export_line(&db, &[]));
+    assert!(ack(&db, "customerio", &id).status.success());
+
+    let o = devreg(&db, &["export", "--sink", "warehouse", "--max-ops", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("created sink \"warehouse\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("snapshot"), "{}", stderr(&o));
+    let (wid, ops) = batch_ops(&stdout(&o));
+    assert_eq!(wid, "warehouse-000000000001");
+    assert_eq!(
+        ops,
+        vec![add_device(
+            "ann",
+            "aa01",
+            "ios",
+            1,
+            json!({"app_version": "1.2"})
+        )]
+    );
+    assert_eq!(
+        sinks(&db),
+        vec![
+            json!({"name": "customerio", "pending": 0, "in_flight": null,
+                   "batches_exported": 1, "dead_letters": 0}),
+            json!({"name": "warehouse", "pending": 2, "in_flight": wid,
+                   "batches_exported": 1, "dead_letters": 0}),
+        ]
+    );
+    // The second export does not create it again (no note).
+    let o = devreg(&db, &["export", "--sink", "warehouse"]);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    assert!(ack(&db, "warehouse", &wid).status.success());
+    let (_, ops) = batch_ops(&export_line(&db, &["--sink", "warehouse"]));
+    assert_eq!(
+        ops,
+        vec![add_device("ann", "cc03", "android", 3, json!({}))]
+    );
+    let stats = json_out(&devreg(&db, &["stats"]));
+    assert_eq!(stats["sinks"].as_array().map(Vec::len), Some(2));
+
+    // Bad names are refused; only export creates sinks.
+    let o = devreg(&db, &["export", "--sink", "Bad Name"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("error: invalid sink"),
+        "{}",
+        stderr(&o)
+    );
+    for cmd in ["dead-letters", "requeue"] {
+        let o = devreg(&db, &[cmd, "--sink", "other"]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        assert!(stderr(&o).contains("no sink named"), "{}", stderr(&o));
+    }
+    let o = devreg(&db, &["export", "--max-ops", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("max_ops"), "{}", stderr(&o));
+    assert_eq!(devreg(&db, &["check"]).status.code(), Some(0));
 }

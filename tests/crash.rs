@@ -264,7 +264,7 @@ fn parse_child_output(out: &str) -> (bool, Vec<Write_>) {
             opened = true;
         } else if let Some(json) = rest.strip_prefix("B ") {
             assert!(
-                writes.last().map_or(true, |w| w.ack.is_some()),
+                writes.last().is_none_or(|w| w.ack.is_some()),
                 "a write began before the previous one was acknowledged"
             );
             writes.push(Write_ {

@@ -66,3 +66,27 @@ fn lower_cap_at_open_evicts_oldest() {
     assert_eq!(reg.stats().devices, 3);
     assert_eq!(reg.stats().max_devices_per_person, 3);
 }
+
+#[test]
+fn database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let reg = Registry::open(&db).unwrap();
+    reg.apply(reg_op("aa", Some("p"), 1)).unwrap();
+    reg.checkpoint().unwrap();
+    fn walk(p: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+        let m = std::fs::metadata(p).unwrap();
+        out.push((p.to_owned(), m.permissions().mode() & 0o777));
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), out);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(&db, &mut all);
+    for (p, mode) in all {
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
+    }
+}

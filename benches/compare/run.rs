@@ -205,6 +205,10 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
         merged as f64 / t.elapsed().as_secs_f64(),
     );
     drop(w);
+    if let Some((ops, secs)) = sys.export_drain(phase) {
+        log("export drain");
+        m.insert("export_ops_min".into(), ops as f64 / secs * 60.0);
+    }
     log("closing");
     drop(sys);
     log("closed");

@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 
+mod worker;
+pub use worker::*;
+
 use crate::model::{Attributes, Platform};
 
 /// Customer.io's limit on one `/api/v2/batch` request body, in bytes (it must be under this).

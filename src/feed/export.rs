@@ -38,11 +38,14 @@ pub(crate) enum AckResult {
     Unknown(String),
 }
 
-struct Building {
+struct Building<'k> {
     ops: Vec<BatchOp>,
     body_bytes: usize,
     deleted_tokens: HashSet<Box<[u8]>>,
-    present: HashSet<Arc<str>>,
+    /// Persons Customer.io holds before this batch (not copied: an overlay
+    /// of `added` and `merged_away` records what the batch changes).
+    known: &'k HashSet<Arc<str>>,
+    added: HashSet<Arc<str>>,
     /// Persons named by device operations in this batch.
     touched: HashSet<Arc<str>>,
     /// Secondaries merged away in this batch.
@@ -69,7 +72,8 @@ impl Feed {
             ops: Vec::new(),
             body_bytes: EMPTY_BODY_BYTES,
             deleted_tokens: HashSet::new(),
-            present: sink.known.clone(),
+            known: &sink.known,
+            added: HashSet::new(),
             touched: HashSet::new(),
             merged_away: HashSet::new(),
         };
@@ -101,11 +105,12 @@ impl Feed {
                                 b.touched.insert(person.clone());
                             }
                             (Effect::Added(p), _) => {
-                                b.present.insert(p.clone());
+                                b.added.insert(p.clone());
+                                b.merged_away.remove(p);
                                 b.touched.insert(p.clone());
                             }
                             (Effect::Merged(s), Some((ItemKey::Merge { primary, .. }, _))) => {
-                                b.present.remove(s);
+                                b.added.remove(s);
                                 b.merged_away.insert(s.clone());
                                 b.touched.insert(primary.clone());
                             }
@@ -119,7 +124,8 @@ impl Feed {
                 }
             }
         }
-        let changed = !dropped.is_empty() || !rejected.is_empty() || !b.ops.is_empty();
+        let ops = b.ops;
+        let changed = !dropped.is_empty() || !rejected.is_empty() || !ops.is_empty();
         for key in dropped {
             self.forget(sink_name, &key);
         }
@@ -127,13 +133,13 @@ impl Feed {
             self.forget(sink_name, &key);
             self.dead_letter(sink_name, 0, 0, key, base, op, reason);
         }
-        if b.ops.is_empty() {
+        if ops.is_empty() {
             return (None, changed);
         }
         let Some(sink) = self.sinks.get_mut(sink_name) else {
             return (None, changed);
         };
-        let batch = Arc::new(Batch::new(sink_name, sink.next_batch, b.ops));
+        let batch = Arc::new(Batch::new(sink_name, sink.next_batch, ops));
         debug_assert!(batch.body().len() <= max_bytes);
         sink.next_batch += 1;
         sink.in_flight = Some(batch.clone());
@@ -169,12 +175,19 @@ impl Feed {
         };
         // One dead letter per item: a newer failure replaces an older one.
         sink.dead.retain(|_, d| d.item != item);
+        // Letters of one operation (a merge's failed add and the merges that
+        // needed it) share (batch, index); `sub` keeps them apart.
         let slot = if number == 0 {
-            // Rejected at export: number them after the last batch.
-            let last = sink.dead.range((0, 0)..(1, 0)).next_back();
-            (0, last.map_or(0, |(&(_, i), _)| i + 1))
+            // Rejected at export: number them after the last one.
+            let last = sink.dead.range((0, 0, 0)..(1, 0, 0)).next_back();
+            (0, last.map_or(0, |(&(_, i, _), _)| i + 1), 0)
         } else {
-            (number, index)
+            let sub = sink
+                .dead
+                .range((number, index, 0)..=(number, index, u32::MAX))
+                .next_back()
+                .map_or(0, |(&(_, _, s), _)| s + 1);
+            (number, index, sub)
         };
         sink.dead.insert(
             slot,
@@ -308,12 +321,14 @@ impl Feed {
         let Some(sink) = self.sinks.get(sink_name) else {
             return;
         };
-        let merges: Vec<ItemKey> = sink
+        let mut merges: Vec<ItemKey> = sink
             .items
             .keys()
             .filter(|k| matches!(k, ItemKey::Merge { primary: p, .. } if p == primary))
             .cloned()
             .collect();
+        // Hash order is not replayed identically: go by key.
+        merges.sort();
         for key in merges {
             self.forget(sink_name, &key);
             let (p, s) = match &key {
@@ -321,11 +336,10 @@ impl Feed {
                 ItemKey::Device { .. } => continue,
             };
             let why = format!("primary {p:?} could not be created: {reason}");
-            // Keyed after the add's own letter so both stay listed.
             self.dead_letter(
                 sink_name,
                 number,
-                index + 1_000_000,
+                index,
                 key,
                 false,
                 customerio::merge(&p, &s),
@@ -438,7 +452,15 @@ fn op_token(json: &str) -> Option<String> {
     v.get("device")?.get("token")?.as_str().map(str::to_owned)
 }
 
-fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building) -> Plan {
+impl Building<'_> {
+    /// Whether Customer.io holds `person` once the batch so far is applied.
+    fn present(&self, person: &Arc<str>) -> bool {
+        self.added.contains(person)
+            || (self.known.contains(person) && !self.merged_away.contains(person))
+    }
+}
+
+fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building<'_>) -> Plan {
     match key {
         ItemKey::Device { person, token } => {
             // Customer.io deleted a merged-away person with its devices; the
@@ -479,7 +501,7 @@ fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building) ->
         }
         ItemKey::Merge { primary, secondary } => {
             // Customer.io has nothing to merge from a secondary it never saw.
-            if !b.present.contains(secondary) {
+            if !b.present(secondary) {
                 return Plan::Drop;
             }
             // A resent batch must not touch the secondary after merging it
@@ -487,7 +509,7 @@ fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building) ->
             if b.touched.contains(secondary) {
                 return Plan::Stop;
             }
-            if !b.present.contains(primary) {
+            if !b.present(primary) {
                 // Customer.io's merge silently fails without the primary:
                 // create it with its newest device, and merge only once that
                 // add is delivered (the merge stays pending until then).

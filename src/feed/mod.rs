@@ -161,7 +161,8 @@ pub(crate) struct Sink {
     pub(crate) next_batch: u64,
     /// Persons known to exist on the Customer.io side.
     pub(crate) known: HashSet<Arc<str>>,
-    pub(crate) dead: BTreeMap<(u64, u32), DeadLetter>,
+    /// Keyed (batch number, index in the batch, sub) in failure order.
+    pub(crate) dead: BTreeMap<(u64, u32, u32), DeadLetter>,
 }
 
 #[derive(Default)]

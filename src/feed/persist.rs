@@ -41,6 +41,7 @@ struct OpRec {
 struct DeadRec {
     number: u64,
     index: u32,
+    sub: u32,
     batch_id: String,
     reason: String,
     operation: String,
@@ -181,9 +182,10 @@ impl Feed {
                 dead: s
                     .dead
                     .iter()
-                    .map(|(&(number, index), d)| DeadRec {
+                    .map(|(&(number, index, sub), d)| DeadRec {
                         number,
                         index,
+                        sub,
                         batch_id: d.batch_id.clone(),
                         reason: d.reason.clone(),
                         operation: d.operation.clone(),
@@ -233,7 +235,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
         let mut dead = BTreeMap::new();
         for d in meta.dead {
             dead.insert(
-                (d.number, d.index),
+                (d.number, d.index, d.sub),
                 DeadLetter {
                     batch_id: d.batch_id,
                     index: d.index,

@@ -354,17 +354,20 @@ impl State {
     }
 
     fn prune(&mut self, before_ms: u64) -> Outcome {
-        let mut victims = Vec::new();
+        let mut victims: Vec<(u64, Box<[u8]>)> = Vec::new();
         for p in Platform::ALL {
             victims.extend(
                 self.by_seen
                     .range((p, 0, 0)..(p, before_ms, 0))
-                    .map(|&(_, _, id)| id),
+                    .filter_map(|&(_, ms, id)| self.slot(id).map(|s| (ms, s.token.clone()))),
             );
         }
+        // Slot ids differ between a run and its replay: delete (and feed)
+        // in an order that depends on the data alone.
+        victims.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| cmp_packed(&a.1, &b.1)));
         let mut n = 0;
-        for id in victims {
-            if let Some(token) = self.slot(id).map(|s| s.token.clone()) {
+        for (_, token) in victims {
+            if let Some(id) = self.lookup(&token) {
                 if matches!(self.delete(id, &token), Outcome::Applied { .. }) {
                     n += 1;
                 }
@@ -375,15 +378,18 @@ impl State {
 
     fn set_cap(&mut self, cap: u32) -> Outcome {
         self.cap = cap;
-        let over: Vec<u32> = self
+        let mut over: Vec<(std::sync::Arc<str>, u32)> = self
             .persons
             .iter()
             .enumerate()
             .filter_map(|(pid, p)| match p {
-                Some(p) if p.devices.len() > cap as usize => Some(pid as u32),
+                Some(p) if p.devices.len() > cap as usize => Some((p.name.clone(), pid as u32)),
                 _ => None,
             })
             .collect();
+        // Person ids differ between a run and its replay: go by name.
+        over.sort();
+        let over: Vec<u32> = over.into_iter().map(|(_, pid)| pid).collect();
         let mut evicted = 0;
         for pid in over {
             evicted += self.enforce_cap(pid, None);

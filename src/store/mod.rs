@@ -47,10 +47,12 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
-        Ok(SledStore {
+        let store = SledStore {
             db,
             path: path.to_owned(),
-        })
+        };
+        store.sync()?;
+        Ok(store)
     }
 }
 
@@ -72,9 +74,18 @@ fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// fsyncs every file and directory under `path`, and makes sled's files
+/// readable by their owner only (sled creates them 0644; tokens let anyone
+/// push to a device).
 fn sync_tree(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let ctx = |p: &Path| format!("syncing {}", p.display());
     let meta = std::fs::metadata(path).map_err(|e| Error::io(ctx(path), e))?;
+    let private = if meta.is_dir() { 0o700 } else { 0o600 };
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private))
+            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
+    }
     if meta.is_dir() {
         let rd = std::fs::read_dir(path).map_err(|e| Error::io(ctx(path), e))?;
         for ent in rd {

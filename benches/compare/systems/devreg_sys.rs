@@ -76,4 +76,24 @@ impl System for DevregSys {
     fn disk_bytes(&self) -> u64 {
         self.reg.disk_bytes()
     }
+
+    fn export_drain(&self, phase: std::time::Duration) -> Option<(u64, f64)> {
+        let sink = devreg::DEFAULT_SINK;
+        // The first export adds the sink with a snapshot; keep that out of the timing.
+        self.reg.add_sink(sink).expect("devreg add_sink");
+        let t = std::time::Instant::now();
+        let mut ops = 0u64;
+        while t.elapsed() < phase {
+            let Some(b) = self
+                .reg
+                .export(sink, devreg::DEFAULT_MAX_OPS, 499_999)
+                .expect("devreg export")
+            else {
+                break;
+            };
+            ops += b.len() as u64;
+            self.reg.ack(sink, b.id()).expect("devreg ack");
+        }
+        Some((ops, t.elapsed().as_secs_f64()))
+    }
 }

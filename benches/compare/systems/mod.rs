@@ -38,6 +38,11 @@ pub trait System: Sync {
     /// sled), so `disk_bytes` measures the data and not a pending buffer.
     fn settle(&self) {}
     fn disk_bytes(&self) -> u64;
+    /// Drains the change feed for at most `phase`: (operations, seconds).
+    /// Only devreg has a feed.
+    fn export_drain(&self, _phase: std::time::Duration) -> Option<(u64, f64)> {
+        None
+    }
 }
 
 /// Opens system `name` in `dir`; `durable` selects fsync-per-acknowledgement.

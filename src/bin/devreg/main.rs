@@ -1,13 +1,16 @@
-//! The `devreg` command: import events, query the registry, run a demo.
+//! The `devreg` command: import events, query the registry, read the
+//! Customer.io sync feed, run a demo.
 //!
 //! Output contract: results are JSON on stdout, diagnostics on stderr.
 //! Exit codes: 0 success, 1 error or "not found" or a failed check,
 //! 2 usage error (clap) or an import with rejected lines.
 
 mod demo;
+mod feed;
 mod history;
 mod import;
 mod output;
+mod sync;
 mod workload;
 
 use std::io::Write;
@@ -86,7 +89,7 @@ enum Command {
         #[arg(long, value_parser = parse_platform)]
         platform: Option<Platform>,
     },
-    /// Print the registry's counters.
+    /// Print the registry's counters and every sink's feed position.
     Stats {
         /// Instead: token changes per day and platform (see `history`).
         #[arg(long)]
@@ -98,6 +101,53 @@ enum Command {
     Check,
     /// Run a realistic workload on a temporary database and report.
     Demo,
+    /// Print the sink's next Customer.io batch as one JSON line
+    /// ({"batch_id":..,"body":{"batch":[..]}}), or nothing when nothing is
+    /// pending. Until it is acknowledged, the same batch is printed again.
+    /// An unknown sink is created, starting with every identified device.
+    Export {
+        #[command(flatten)]
+        sink: feed::SinkArg,
+        /// Most operations in the batch (1 to 1000).
+        #[arg(long, value_name = "N", default_value_t = devreg::DEFAULT_MAX_OPS)]
+        max_ops: u32,
+    },
+    /// Mark an exported batch delivered (Customer.io answered 200).
+    Ack {
+        #[command(flatten)]
+        sink: feed::SinkArg,
+        /// The batch id printed by `export`.
+        batch_id: String,
+    },
+    /// Mark an exported batch delivered except some operations (Customer.io
+    /// answered 207): those go to the sink's dead letters with their reasons.
+    Nack {
+        #[command(flatten)]
+        sink: feed::SinkArg,
+        /// The batch id printed by `export`.
+        batch_id: String,
+        /// A failed operation: its index in the batch, a colon, and
+        /// Customer.io's reason (e.g. `3:invalid token`). Repeatable.
+        #[arg(long, value_name = "INDEX:REASON", num_args = 1.., required = true,
+              value_parser = feed::parse_failed)]
+        failed: Vec<(u32, String)>,
+    },
+    /// Print the sink's dead letters as a JSON array, oldest first.
+    DeadLetters {
+        #[command(flatten)]
+        sink: feed::SinkArg,
+    },
+    /// Put the sink's dead letters back into its feed.
+    Requeue {
+        #[command(flatten)]
+        sink: feed::SinkArg,
+    },
+    /// Print every sink's position as a JSON array.
+    Sinks,
+    /// Send the sink's feed to Customer.io (credentials from CUSTOMERIO_SITE_ID
+    /// and CUSTOMERIO_API_KEY); --once drains and exits, otherwise follows
+    /// new changes until SIGINT/SIGTERM.
+    Sync(sync::SyncArgs),
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
@@ -139,6 +189,7 @@ fn run(cli: &Cli) -> CmdResult {
     let durability = durability(cli.durability);
     match &cli.command {
         Command::Demo => demo::run(cli.max_devices_per_person),
+        Command::Sync(args) => sync::run(&cli.db, cli.max_devices_per_person, durability, args),
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
             let input = import::open_input(file)?;
@@ -152,16 +203,12 @@ fn run(cli: &Cli) -> CmdResult {
     }
 }
 
-/// Opens the registry. Without `--max-devices-per-person`, the database's
-/// stored cap is reused: opening with a different cap rewrites it, and a
-/// lower cap evicts devices, which a read-only command must never do.
+/// Opens the registry. Without `--max-devices-per-person` the database's
+/// stored cap is kept (the library's default), so a read-only command never
+/// rewrites the cap or evicts devices.
 fn open(cli: &Cli, durability: Durability) -> Result<Registry, CliError> {
-    let cap = match cli.max_devices_per_person {
-        Some(n) => Some(n),
-        None => output::stored_cap(&cli.db)?,
-    };
     let mut config = Config::new(&cli.db).durability(durability);
-    if let Some(cap) = cap {
+    if let Some(cap) = cli.max_devices_per_person {
         config = config.max_devices_per_person(cap);
     }
     Registry::open_with(config).map_err(|e| CliError(format!("opening {}: {e}", cli.db.display())))
@@ -195,7 +242,10 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             let count = reg.active_since(*since_ms, *platform);
             out.json(&serde_json::json!({ "count": count }))?;
         }
-        Command::Stats { daily: false } => out.json(&reg.stats())?,
+        Command::Stats { daily: false } => out.json(&feed::StatsJson {
+            stats: reg.stats(),
+            sinks: reg.sinks(),
+        })?,
         Command::Stats { daily: true } => history::daily(reg, &mut out)?,
         Command::History(cmd) => history::run(reg, cmd, &mut out)?,
         Command::Check => {
@@ -207,7 +257,32 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Import { .. } | Command::Demo => unreachable!("dispatched in run()"),
+        Command::Export { sink, max_ops } => feed::export(reg, &mut out, &sink.sink, *max_ops)?,
+        Command::Ack { sink, batch_id } => feed::ack(reg, &mut out, &sink.sink, batch_id, &[])?,
+        Command::Nack {
+            sink,
+            batch_id,
+            failed,
+        } => feed::ack(reg, &mut out, &sink.sink, batch_id, failed)?,
+        Command::DeadLetters { sink } => feed::dead_letters(reg, &mut out, &sink.sink)?,
+        Command::Requeue { sink } => {
+            let n = reg.requeue(&sink.sink)?;
+            out.json(&serde_json::json!({ "requeued": n }))?;
+        }
+        Command::Sinks => {
+            let sinks = reg.sinks();
+            if !sinks.iter().any(|s| s.name == devreg::DEFAULT_SINK) {
+                eprintln!(
+                    "note: the default sink {:?} does not exist yet; its first export \
+                     creates it with a snapshot of every identified device",
+                    devreg::DEFAULT_SINK
+                );
+            }
+            out.json(&sinks)?;
+        }
+        Command::Import { .. } | Command::Demo | Command::Sync(_) => {
+            unreachable!("dispatched in run()")
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

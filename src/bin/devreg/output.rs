@@ -1,8 +1,7 @@
-//! JSON output helpers and the stored-cap peek.
+//! JSON output helpers.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, StdoutLock, Write};
-use std::path::Path;
 
 use devreg::Device;
 use serde::Serialize;
@@ -71,33 +70,4 @@ fn check_pipe(r: io::Result<()>) -> Result<(), CliError> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => Err(CliError(format!("writing to stdout: {e}"))),
     }
-}
-
-/// The per-person cap stored in an existing database, or `None` for a new one.
-///
-/// Workaround: `Config` always carries a cap (default 20) and opening with a
-/// different one rewrites the stored cap, evicting devices when it is lower.
-/// The library has no "keep the stored cap" option, so the CLI reads the
-/// checkpointed metadata key before opening. A cap change still sitting in
-/// the log after a crash is not seen here; the checkpoint written on every
-/// clean close makes that rare.
-pub fn stored_cap(db: &Path) -> Result<Option<u32>, CliError> {
-    const META_CAP: &[u8] = b"Mmax_devices_per_person";
-    let store = db.join("store");
-    if !store.join("conf").exists() {
-        return Ok(None);
-    }
-    let tree = sled::Config::new()
-        .path(&store)
-        // Must match the library's setting, which sled checks on open.
-        .segment_size(8 << 20)
-        .cache_capacity(1 << 20)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| CliError(format!("opening {}: {e}", store.display())))?;
-    let value = tree
-        .get(META_CAP)
-        .map_err(|e| CliError(format!("reading {}: {e}", store.display())))?;
-    drop(tree);
-    Ok(value.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok().map(u32::from_be_bytes)))
 }

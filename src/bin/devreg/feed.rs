@@ -1,0 +1,128 @@
+//! The sync-feed commands: export, ack, nack, dead-letters (and the JSON
+//! forms they print).
+//!
+//! Batch bodies and dead-letter operations are JSON text built by the
+//! library with a fixed field order; they are embedded verbatim, never
+//! parsed and re-serialized, so what is printed is byte for byte what is
+//! sent to Customer.io.
+
+use clap::Args;
+use devreg::{Registry, SinkInfo, Stats, DEFAULT_SINK};
+use serde::Serialize;
+
+use crate::output::Out;
+use crate::CliError;
+
+/// `--sink S`, shared by the feed commands.
+#[derive(Args, Debug)]
+pub struct SinkArg {
+    /// The sink (a-z, 0-9, '_' and '-'; at most 64 characters). A sink
+    /// exists from its first export, which starts it with a snapshot of
+    /// every identified device.
+    #[arg(long, value_name = "S", default_value = DEFAULT_SINK)]
+    pub sink: String,
+}
+
+/// `stats`: the registry's counters plus every sink's position.
+#[derive(Serialize)]
+pub struct StatsJson {
+    #[serde(flatten)]
+    pub stats: Stats,
+    pub sinks: Vec<SinkInfo>,
+}
+
+/// The largest body `export` asks for: under Customer.io's limit.
+const MAX_BODY_BYTES: u32 = (devreg::customerio::MAX_BATCH_BODY_BYTES - 1) as u32;
+
+/// Parses `INDEX:REASON` (the reason may itself contain colons).
+pub fn parse_failed(s: &str) -> Result<(u32, String), String> {
+    let bad = || format!("{s:?} is not INDEX:REASON (e.g. 3:invalid token)");
+    let (index, reason) = s.split_once(':').ok_or_else(bad)?;
+    let index = index.trim().parse::<u32>().map_err(|_| bad())?;
+    if reason.trim().is_empty() {
+        return Err(format!("{s:?} has no reason after the colon"));
+    }
+    Ok((index, reason.to_string()))
+}
+
+/// A JSON string literal.
+fn string(s: &str) -> Result<String, CliError> {
+    serde_json::to_string(s).map_err(|e| CliError(format!("encoding {s:?}: {e}")))
+}
+
+/// `{"batch_id":ID,"body":BODY}` with the body embedded verbatim.
+pub fn batch_line(id: &str, body: &str) -> Result<String, CliError> {
+    Ok(format!("{{\"batch_id\":{},\"body\":{body}}}", string(id)?))
+}
+
+/// Prints the sink's next batch, creating the sink first if it is new.
+pub fn export(reg: &Registry, out: &mut Out, sink: &str, max_ops: u32) -> Result<(), CliError> {
+    devreg::validate_sink(sink)?;
+    if !reg.sinks().iter().any(|s| s.name == sink) && reg.add_sink(sink)? {
+        let pending = reg
+            .sinks()
+            .iter()
+            .find(|s| s.name == sink)
+            .map_or(0, |s| s.pending);
+        eprintln!(
+            "note: created sink {sink:?}; it starts with a snapshot of every identified \
+             device ({pending} pending)"
+        );
+    }
+    if let Some(batch) = reg.export(sink, max_ops, MAX_BODY_BYTES)? {
+        out.line(&batch_line(batch.id(), batch.body())?)?;
+    }
+    Ok(())
+}
+
+/// `ack` (no failures) or `nack`: prints
+/// `{"acked":ID,"failed":N,"already_acked":BOOL}`. Acknowledging a batch
+/// again changes nothing (its failures, if any, were recorded the first time).
+pub fn ack(
+    reg: &Registry,
+    out: &mut Out,
+    sink: &str,
+    batch_id: &str,
+    failed: &[(u32, String)],
+) -> Result<(), CliError> {
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((i, _)) = failed.iter().find(|(i, _)| !seen.insert(*i)) {
+        return Err(CliError(format!("--failed lists index {i} twice")));
+    }
+    // One process holds the database: the in-flight batch cannot change
+    // between this look and the ack.
+    let in_flight = reg
+        .sinks()
+        .into_iter()
+        .find(|s| s.name == sink)
+        .and_then(|s| s.in_flight);
+    reg.nack(sink, batch_id, failed)?;
+    let already = in_flight.as_deref() != Some(batch_id);
+    if already {
+        eprintln!("note: batch {batch_id} was already acknowledged; nothing changed");
+    }
+    out.line(&format!(
+        "{{\"acked\":{},\"failed\":{},\"already_acked\":{already}}}",
+        string(batch_id)?,
+        if already { 0 } else { failed.len() }
+    ))
+}
+
+/// Prints the dead letters as one JSON array; each operation is raw JSON.
+pub fn dead_letters(reg: &Registry, out: &mut Out, sink: &str) -> Result<(), CliError> {
+    let mut line = String::from("[");
+    for (i, d) in reg.dead_letters(sink)?.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str(&format!(
+            "{{\"batch_id\":{},\"index\":{},\"reason\":{},\"operation\":{}}}",
+            string(&d.batch_id)?,
+            d.index,
+            string(&d.reason)?,
+            d.operation
+        ));
+    }
+    line.push(']');
+    out.line(&line)
+}

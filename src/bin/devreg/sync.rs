@@ -1,0 +1,180 @@
+//! `devreg sync`: drain a sink's feed into Customer.io's Track API.
+//!
+//! Credentials come from `CUSTOMERIO_SITE_ID` and `CUSTOMERIO_API_KEY` in
+//! the environment only: never from argv (other users can read it), and
+//! they are never printed. Progress goes to stderr: an updating line on a
+//! terminal, otherwise one JSON object per line.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use devreg::customerio::{Credentials, Region, SyncConfig, SyncControl, SyncStats, SyncWorker};
+use devreg::{Config, Durability, Registry, DEFAULT_SINK};
+
+/// `devreg sync` options.
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// The sink to drain (created with a snapshot of every identified device if missing).
+    #[arg(long, value_name = "S", default_value = DEFAULT_SINK)]
+    sink: String,
+    /// Customer.io region: us (track.customer.io) or eu (track-eu.customer.io).
+    #[arg(long, value_enum, conflicts_with = "endpoint")]
+    region: Option<RegionArg>,
+    /// Any base URL instead of a region (https, or http to a loopback host).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Drain what is pending, then exit (otherwise follow new changes until SIGINT/SIGTERM).
+    #[arg(long)]
+    once: bool,
+    /// Most operations per batch (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = devreg::DEFAULT_MAX_OPS)]
+    max_ops: u32,
+    /// Most requests per second, retries included.
+    #[arg(long, value_name = "R", default_value_t = devreg::customerio::DEFAULT_MAX_RPS)]
+    max_rps: f64,
+    /// Whole-request timeout, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// First retry waits up to this long (exponential backoff, full jitter), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    backoff_base_ms: u64,
+    /// Longest backoff, in milliseconds (a longer Retry-After is still honoured).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    backoff_cap_ms: u64,
+    /// Progress output on stderr: a progress line (terminal) or JSON lines.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    progress: ProgressArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RegionArg {
+    Us,
+    Eu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProgressArg {
+    /// A progress line if stderr is a terminal, JSON lines otherwise.
+    Auto,
+    /// An updating progress line.
+    Bar,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Runs `devreg sync`. The registry is opened only once the credentials
+/// and options are known to be usable.
+pub fn run(
+    db: &std::path::Path,
+    cap: Option<u32>,
+    durability: Durability,
+    args: &SyncArgs,
+) -> crate::CmdResult {
+    let credentials = Credentials::from_env().map_err(|e| crate::CliError(e.to_string()))?;
+    let mut config = SyncConfig::new(credentials)
+        .sink(args.sink.clone())
+        .max_ops(args.max_ops)
+        .max_rps(args.max_rps)
+        .timeout(Duration::from_millis(args.timeout_ms))
+        .backoff(
+            Duration::from_millis(args.backoff_base_ms),
+            Duration::from_millis(args.backoff_cap_ms),
+        );
+    config = match (&args.endpoint, args.region) {
+        (Some(url), _) => config.endpoint(url.clone()),
+        (None, Some(RegionArg::Eu)) => config.region(Region::Eu),
+        (None, _) => config.region(Region::Us),
+    };
+    config.validate()?;
+    let mut reg_config = Config::new(db).durability(durability);
+    if let Some(cap) = cap {
+        reg_config = reg_config.max_devices_per_person(cap);
+    }
+    let reg = Registry::open_with(reg_config)
+        .map_err(|e| crate::CliError(format!("opening {}: {e}", db.display())))?;
+    let mut worker = SyncWorker::new(reg, config)?;
+    let control = worker.control();
+    {
+        let control = control.clone();
+        ctrlc::set_handler(move || control.stop())
+            .map_err(|e| crate::CliError(format!("installing the signal handler: {e}")))?;
+    }
+    let bar = match args.progress {
+        ProgressArg::Bar => true,
+        ProgressArg::Json => false,
+        ProgressArg::Auto => std::io::stderr().is_terminal(),
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = {
+        let (control, done) = (control.clone(), done.clone());
+        std::thread::spawn(move || report(&control, &done, bar))
+    };
+    let result = if args.once {
+        worker.run_once()
+    } else {
+        worker.run()
+    };
+    done.store(true, Ordering::SeqCst);
+    let _ = reporter.join();
+    let stats = worker.stats();
+    if bar {
+        eprintln!("sync: {}", summary(&stats));
+    } else {
+        log_line(&stats, if result.is_ok() { "done" } else { "failed" });
+    }
+    drop(worker);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary(s: &SyncStats) -> String {
+    format!(
+        "{} batches, {} ops sent, {} retries, {} dead letters, lag {}, {:.0} ops/s",
+        s.batches, s.operations, s.retries, s.dead_letters, s.lag, s.rate
+    )
+}
+
+/// A structured progress line: one JSON object on stderr.
+fn log_line(s: &SyncStats, event: &str) {
+    let line = serde_json::json!({
+        "event": event,
+        "batches": s.batches,
+        "ops": s.operations,
+        "requests": s.requests,
+        "retries": s.retries,
+        "dead_letters": s.dead_letters,
+        "ignored_indices": s.ignored_indices,
+        "lag": s.lag,
+        "rate": (s.rate * 10.0).round() / 10.0,
+        "elapsed_ms": s.elapsed_ms,
+        "last_retry": s.last_retry,
+    });
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+fn report(control: &SyncControl, done: &AtomicBool, bar: bool) {
+    if bar {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        while !done.load(Ordering::SeqCst) {
+            pb.set_message(summary(&control.stats()));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pb.finish_and_clear();
+        return;
+    }
+    let mut last = Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= Duration::from_secs(1) {
+            log_line(&control.stats(), "progress");
+            last = Instant::now();
+        }
+    }
+}

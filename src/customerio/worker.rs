@@ -1,0 +1,1101 @@
+//! The sync worker: drains a sink's feed into Customer.io's Track API
+//! (`POST {endpoint}/api/v2/batch`), surviving every failure the API can
+//! return. See docs/sync-worker.md for the retry and acknowledgement rules.
+//!
+//! The rules, in short:
+//! - 200: the batch is acknowledged (`Registry::ack`), only once the whole
+//!   response has been read.
+//! - 207: the batch is acknowledged with the failed operations (by
+//!   `batch_index`) moved to the dead letters (`Registry::nack`). A 207 body
+//!   that cannot be parsed is treated like a 400 (see [`SyncWorker`]).
+//! - 400 (and 413): the whole batch is rejected: every operation is
+//!   dead-lettered with the response text as its reason, and the worker goes on.
+//! - 401/403: the worker stops with a credentials error; nothing is acknowledged.
+//! - 408, 429, 5xx, timeouts, refused or dropped connections, truncated
+//!   responses: the same batch (the same bytes: `export` returns the
+//!   identical batch until it is acknowledged) is sent again after an
+//!   exponential backoff with full jitter, at least `Retry-After` seconds.
+//! - Anything else (3xx, 404, other statuses): the worker stops with an
+//!   error and nothing is acknowledged: a wrong endpoint must not turn the
+//!   whole feed into dead letters.
+//!
+//! Request bodies are sent uncompressed: Customer.io does not document
+//! accepting `Content-Encoding: gzip` on the Track API, so devreg does not
+//! gzip them (bodies are under 500,000 bytes anyway).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::feed::{validate_sink, Batch, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT};
+use crate::registry::Registry;
+
+/// Customer.io's Track API host for US workspaces.
+pub const US_ENDPOINT: &str = "https://track.customer.io";
+/// Customer.io's Track API host for EU workspaces.
+pub const EU_ENDPOINT: &str = "https://track-eu.customer.io";
+/// The path of the batch endpoint, appended to the endpoint base URL.
+pub const BATCH_PATH: &str = "/api/v2/batch";
+/// Default request-rate limit (Customer.io's documented fair-use rate).
+pub const DEFAULT_MAX_RPS: f64 = 100.0;
+
+/// Longest dead-letter reason the worker builds, in bytes (the registry keeps up to 4096).
+const MAX_REASON: usize = 1024;
+/// Most bytes read from a 200/207 response body.
+const MAX_RESPONSE_BYTES: u64 = 4 << 20;
+/// Most bytes read from an error response body (its text becomes a reason).
+const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
+/// The body bound devreg exports: under Customer.io's 500,000.
+const MAX_BODY_BYTES: u32 = (super::MAX_BATCH_BODY_BYTES - 1) as u32;
+/// The limiter spaces request starts by this much more than `1/max_rps`,
+/// so that network jitter cannot make the server see more than `max_rps`
+/// requests in any second.
+const RATE_MARGIN: f64 = 1.02;
+
+/// A Customer.io data center.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    /// `https://track.customer.io`
+    Us,
+    /// `https://track-eu.customer.io`
+    Eu,
+}
+
+impl Region {
+    /// The Track API base URL of this region.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Region::Us => US_ENDPOINT,
+            Region::Eu => EU_ENDPOINT,
+        }
+    }
+}
+
+impl FromStr for Region {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Region> {
+        match s.to_ascii_lowercase().as_str() {
+            "us" => Ok(Region::Us),
+            "eu" => Ok(Region::Eu),
+            _ => Err(Error::invalid("region", format!("{s:?} is not us or eu"))),
+        }
+    }
+}
+
+/// Track API credentials: the site id and the Track API key, sent as HTTP
+/// Basic auth. Its `Debug` output never shows the key.
+#[derive(Clone)]
+pub struct Credentials {
+    site_id: String,
+    api_key: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("site_id", &self.site_id)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The environment variable holding the site id.
+pub const ENV_SITE_ID: &str = "CUSTOMERIO_SITE_ID";
+/// The environment variable holding the Track API key.
+pub const ENV_API_KEY: &str = "CUSTOMERIO_API_KEY";
+
+impl Credentials {
+    /// Checks and wraps a site id and API key.
+    ///
+    /// ```
+    /// let c = devreg::customerio::Credentials::new("site", "s3cret").unwrap();
+    /// assert!(!format!("{c:?}").contains("s3cret"));
+    /// assert!(devreg::customerio::Credentials::new("a:b", "k").is_err());
+    /// ```
+    pub fn new(site_id: impl Into<String>, api_key: impl Into<String>) -> Result<Credentials> {
+        let (site_id, api_key) = (site_id.into(), api_key.into());
+        let check = |field: &str, v: &str| {
+            if v.is_empty() {
+                return Err(Error::invalid(field, "is empty"));
+            }
+            if v.len() > 1024 || v.chars().any(|c| c.is_control()) {
+                return Err(Error::invalid(
+                    field,
+                    "is over 1024 bytes or holds control characters",
+                ));
+            }
+            Ok(())
+        };
+        check("site_id", &site_id)?;
+        check("api_key", &api_key)?;
+        if site_id.contains(':') {
+            // HTTP Basic splits user and password at the first colon.
+            return Err(Error::invalid("site_id", "contains ':'"));
+        }
+        Ok(Credentials { site_id, api_key })
+    }
+
+    /// Reads `CUSTOMERIO_SITE_ID` and `CUSTOMERIO_API_KEY` from the environment.
+    pub fn from_env() -> Result<Credentials> {
+        let var = |name: &str| {
+            match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+            Ok(_) => Err(Error::invalid(name, "is empty")),
+            Err(std::env::VarError::NotPresent) => Err(Error::invalid(
+                name,
+                "is not set (the Customer.io credentials come from CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY)",
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(Error::invalid(name, "is not valid UTF-8"))
+            }
+        }
+        };
+        Credentials::new(var(ENV_SITE_ID)?, var(ENV_API_KEY)?)
+    }
+
+    /// The site id (not secret).
+    pub fn site_id(&self) -> &str {
+        &self.site_id
+    }
+
+    fn authorization(&self) -> String {
+        let raw = format!("{}:{}", self.site_id, self.api_key);
+        format!("Basic {}", base64(raw.as_bytes()))
+    }
+}
+
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// How a [`SyncWorker`] talks to Customer.io.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Base URL, e.g. `https://track.customer.io`; the worker posts to
+    /// `{endpoint}/api/v2/batch`. Plain `http://` is accepted for loopback
+    /// hosts only (the credentials must not cross a network in clear text).
+    pub endpoint: String,
+    /// The feed sink to drain (created with a snapshot if missing).
+    pub sink: String,
+    /// Most operations per batch (1 to 1000; Customer.io recommends 100).
+    pub max_ops: u32,
+    /// Most requests started in any second (retries included).
+    pub max_rps: f64,
+    /// Whole-request timeout (connect, send, response and body).
+    pub timeout: Duration,
+    /// First retry waits up to this long (full jitter).
+    pub backoff_base: Duration,
+    /// Retries never wait longer than this (unless `Retry-After` asks for more).
+    pub backoff_cap: Duration,
+    /// The longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
+    /// Attempts per batch before the worker gives up with an error;
+    /// `None` retries until stopped.
+    pub max_attempts: Option<u32>,
+    /// In follow mode, how often to look for new changes once drained.
+    pub poll_interval: Duration,
+    credentials: Credentials,
+}
+
+impl SyncConfig {
+    /// Defaults: the US region, the default sink, 100 operations per batch,
+    /// 100 requests per second, a 30 s timeout, backoff 500 ms to 30 s.
+    pub fn new(credentials: Credentials) -> SyncConfig {
+        SyncConfig {
+            endpoint: US_ENDPOINT.to_owned(),
+            sink: DEFAULT_SINK.to_owned(),
+            max_ops: DEFAULT_MAX_OPS,
+            max_rps: DEFAULT_MAX_RPS,
+            timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(600),
+            max_attempts: None,
+            poll_interval: Duration::from_millis(500),
+            credentials,
+        }
+    }
+
+    /// Uses a region's host.
+    pub fn region(mut self, region: Region) -> Self {
+        self.endpoint = region.endpoint().to_owned();
+        self
+    }
+
+    /// Uses any base URL (e.g. a local emulator).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = url.into();
+        self
+    }
+
+    /// Drains this sink.
+    pub fn sink(mut self, sink: impl Into<String>) -> Self {
+        self.sink = sink.into();
+        self
+    }
+
+    /// Most operations per batch.
+    pub fn max_ops(mut self, n: u32) -> Self {
+        self.max_ops = n;
+        self
+    }
+
+    /// Most requests per second.
+    pub fn max_rps(mut self, r: f64) -> Self {
+        self.max_rps = r;
+        self
+    }
+
+    /// Whole-request timeout.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Backoff base and cap.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// Attempts per batch before giving up (`None`: until stopped).
+    pub fn max_attempts(mut self, n: Option<u32>) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Follow mode's polling interval.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// The credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The full batch URL.
+    pub fn batch_url(&self) -> String {
+        format!("{}{}", self.endpoint.trim_end_matches('/'), BATCH_PATH)
+    }
+
+    fn loopback(&self) -> bool {
+        let rest = self
+            .endpoint
+            .split_once("://")
+            .map_or("", |(_, r)| r)
+            .to_ascii_lowercase();
+        let host = rest.split('/').next().unwrap_or("");
+        let host = if host.starts_with('[') {
+            host.split(']')
+                .next()
+                .map_or("", |h| h.trim_start_matches('['))
+        } else {
+            host.split(':').next().unwrap_or("")
+        };
+        host == "localhost" || host == "::1" || host.starts_with("127.")
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        validate_sink(&self.sink)?;
+        let e = self.endpoint.to_ascii_lowercase();
+        if !(e.starts_with("https://") || e.starts_with("http://")) || e.len() < 9 {
+            return Err(Error::invalid(
+                "endpoint",
+                format!("{:?} is not an http(s) URL", self.endpoint),
+            ));
+        }
+        if e.starts_with("http://") && !self.loopback() {
+            return Err(Error::invalid(
+                "endpoint",
+                "plain http is only allowed to loopback hosts (the API key would travel in clear text)",
+            ));
+        }
+        if !(1..=MAX_OPS_LIMIT).contains(&self.max_ops) {
+            return Err(Error::invalid(
+                "max_ops",
+                format!("{} is outside 1..={MAX_OPS_LIMIT}", self.max_ops),
+            ));
+        }
+        if !(self.max_rps.is_finite() && self.max_rps >= 0.001 && self.max_rps <= 10_000.0) {
+            return Err(Error::invalid(
+                "max_rps",
+                format!("{} is outside 0.001..=10000", self.max_rps),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::invalid("timeout", "is zero"));
+        }
+        if self.backoff_cap < self.backoff_base {
+            return Err(Error::invalid(
+                "backoff",
+                "the cap is shorter than the base",
+            ));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(Error::invalid("max_attempts", "is zero"));
+        }
+        Ok(())
+    }
+}
+
+/// What a worker has done so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SyncStats {
+    /// HTTP requests started (retries included).
+    pub requests: u64,
+    /// Batches settled: acknowledged after a 200 or 207, or dead-lettered after a 400.
+    pub batches: u64,
+    /// Operations in those batches.
+    pub operations: u64,
+    /// Requests that were retried (429, 5xx, timeouts, dropped connections).
+    pub retries: u64,
+    /// Operations this worker moved to the dead letters.
+    pub dead_letters: u64,
+    /// `batch_index` values of 207 answers that were outside the batch (ignored).
+    pub ignored_indices: u64,
+    /// Items still pending in the sink (at the last look).
+    pub lag: u64,
+    /// Operations settled per second since the worker started.
+    pub rate: f64,
+    /// Requests started per second since the worker started.
+    pub request_rate: f64,
+    /// Milliseconds since the worker started.
+    pub elapsed_ms: u64,
+    /// Why the last retry happened.
+    pub last_retry: Option<String>,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    stats: Mutex<SyncStats>,
+    sleep_lock: Mutex<()>,
+    wake: Condvar,
+    started: Instant,
+}
+
+impl Shared {
+    /// Sleeps until `deadline` or a stop; true if stopped.
+    fn sleep_until(&self, deadline: Instant) -> bool {
+        let mut guard = self.sleep_lock.lock();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.wake.wait_until(&mut guard, deadline);
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _guard = self.sleep_lock.lock();
+        self.wake.notify_all();
+    }
+
+    fn stats(&self) -> SyncStats {
+        let mut s = self.stats.lock().clone();
+        let secs = self.started.elapsed().as_secs_f64();
+        s.elapsed_ms = self.started.elapsed().as_millis() as u64;
+        if secs > 0.0 {
+            s.rate = s.operations as f64 / secs;
+            s.request_rate = s.requests as f64 / secs;
+        }
+        s
+    }
+}
+
+/// A handle to watch or stop a worker from another thread (e.g. a signal
+/// handler). Cheap to clone.
+#[derive(Clone)]
+pub struct SyncControl {
+    shared: Arc<Shared>,
+}
+
+impl SyncControl {
+    /// Asks the worker to stop: an in-flight request is finished (its
+    /// answer acknowledged as usual), a backoff or rate wait is cut short,
+    /// and no new request starts.
+    pub fn stop(&self) {
+        self.shared.stop();
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// The worker's counters now.
+    pub fn stats(&self) -> SyncStats {
+        self.shared.stats()
+    }
+}
+
+/// The answer to one request, classified.
+enum Answer {
+    /// 200, body fully read.
+    Delivered,
+    /// 207, body fully read.
+    Partial(String),
+    /// 400 or 413: the whole batch is rejected.
+    Rejected(String),
+    /// 401/403.
+    Credentials(u16, String),
+    /// Try the same batch again, waiting at least `retry_after`.
+    Retry {
+        why: String,
+        retry_after: Option<Duration>,
+    },
+    /// Stop the worker: configuration or protocol problem.
+    Fatal(String),
+}
+
+/// Drains a sink's feed into Customer.io. Create it on a [`Registry`]
+/// clone, then either call [`run_once`](SyncWorker::run_once) (drain what is
+/// pending, return), [`run`](SyncWorker::run) (follow new changes until
+/// stopped) or [`start`](SyncWorker::start) (follow on a background thread).
+///
+/// ```no_run
+/// use devreg::customerio::{Credentials, Region, SyncConfig, SyncWorker};
+/// let reg = devreg::Registry::open("/tmp/devreg-example").unwrap();
+/// let config = SyncConfig::new(Credentials::from_env().unwrap()).region(Region::Eu);
+/// let handle = SyncWorker::new(reg.clone(), config).unwrap().start().unwrap();
+/// // ... the service runs; later:
+/// let stats = handle.shutdown().unwrap();
+/// println!("{} batches sent", stats.batches);
+/// ```
+///
+/// A 207 body that cannot be parsed is treated like a 400, not retried:
+/// Customer.io has answered, and re-sending would most likely get the same
+/// answer forever. Every operation of the batch is dead-lettered with the
+/// reason `unparseable 207 body: ...`, where it is listed and can be requeued.
+pub struct SyncWorker {
+    reg: Registry,
+    config: SyncConfig,
+    url: String,
+    auth: String,
+    agent: ureq::Agent,
+    shared: Arc<Shared>,
+    next_start: Option<Instant>,
+    interval: Duration,
+    rng: u64,
+}
+
+impl fmt::Debug for SyncWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncWorker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncWorker {
+    /// Checks the configuration and builds the HTTP client. Sends nothing yet.
+    pub fn new(reg: Registry, config: SyncConfig) -> Result<SyncWorker> {
+        config.validate()?;
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(config.timeout))
+            .timeout_connect(Some(config.timeout.min(Duration::from_secs(10))))
+            .max_redirects(0)
+            .user_agent(concat!("devreg/", env!("CARGO_PKG_VERSION")));
+        if config.loopback() {
+            // Never route loopback traffic through an environment proxy.
+            builder = builder.proxy(None);
+        }
+        let agent: ureq::Agent = builder.build().into();
+        let interval = Duration::from_secs_f64(RATE_MARGIN / config.max_rps);
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Ok(SyncWorker {
+            reg,
+            url: config.batch_url(),
+            auth: config.credentials.authorization(),
+            config,
+            agent,
+            shared: Arc::new(Shared {
+                stop: AtomicBool::new(false),
+                stats: Mutex::new(SyncStats::default()),
+                sleep_lock: Mutex::new(()),
+                wake: Condvar::new(),
+                started: Instant::now(),
+            }),
+            next_start: None,
+            interval,
+            rng: seed | 1,
+        })
+    }
+
+    /// A handle to stop the worker or read its counters from elsewhere.
+    pub fn control(&self) -> SyncControl {
+        SyncControl {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> SyncStats {
+        self.shared.stats()
+    }
+
+    /// Sends what is pending until the sink is drained (or a stop is asked
+    /// for), then returns the counters. Errors: a credentials rejection
+    /// (401/403, an `Error::Io` of kind `PermissionDenied`), an unexpected
+    /// answer, running out of `max_attempts`, or a registry error.
+    pub fn run_once(&mut self) -> Result<SyncStats> {
+        loop {
+            if self.stopped() {
+                break;
+            }
+            if !self.has_work()? {
+                break;
+            }
+            let Some(batch) =
+                self.reg
+                    .export(&self.config.sink, self.config.max_ops, MAX_BODY_BYTES)?
+            else {
+                break;
+            };
+            if !self.deliver(&batch)? {
+                break;
+            }
+        }
+        self.refresh_lag();
+        Ok(self.stats())
+    }
+
+    /// Follows the feed: drains it, then looks for new changes every
+    /// `poll_interval`, until [`SyncControl::stop`] is called or an error stops it.
+    pub fn run(&mut self) -> Result<SyncStats> {
+        loop {
+            self.run_once()?;
+            let next = Instant::now() + self.config.poll_interval;
+            if self.shared.sleep_until(next) {
+                return Ok(self.stats());
+            }
+        }
+    }
+
+    /// Runs [`run`](SyncWorker::run) on a background thread.
+    pub fn start(mut self) -> Result<WorkerHandle> {
+        let control = self.control();
+        let thread = std::thread::Builder::new()
+            .name("devreg-sync".into())
+            .spawn(move || self.run())
+            .map_err(|e| Error::io("starting the sync worker thread", e))?;
+        Ok(WorkerHandle {
+            control,
+            thread: Some(thread),
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut SyncStats)) {
+        f(&mut self.shared.stats.lock());
+    }
+
+    fn refresh_lag(&self) {
+        let lag = self
+            .reg
+            .sinks()
+            .into_iter()
+            .find(|s| s.name == self.config.sink)
+            .map_or(0, |s| s.pending);
+        self.bump(|s| s.lag = lag);
+    }
+
+    /// Whether an export may return a batch; creates a missing sink. Reading
+    /// the sink's info first keeps an idle worker from writing to the log.
+    fn has_work(&self) -> Result<bool> {
+        let info = self
+            .reg
+            .sinks()
+            .into_iter()
+            .find(|s| s.name == self.config.sink);
+        match info {
+            Some(s) => {
+                self.bump(|st| st.lag = s.pending);
+                Ok(s.pending > 0 || s.in_flight.is_some())
+            }
+            None => {
+                self.reg.add_sink(&self.config.sink)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Waits for the rate limiter; true if stopped meanwhile.
+    fn wait_turn(&mut self) -> bool {
+        if let Some(next) = self.next_start {
+            if self.shared.sleep_until(next) {
+                return true;
+            }
+        }
+        self.next_start = Some(Instant::now() + self.interval);
+        false
+    }
+
+    fn random(&mut self) -> u64 {
+        // SplitMix64.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(attempt-1))].
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let base = self.config.backoff_base.as_secs_f64();
+        let ceiling = (base * 2f64.powi(attempt.saturating_sub(1).min(60) as i32))
+            .min(self.config.backoff_cap.as_secs_f64());
+        let unit = (self.random() >> 11) as f64 / (1u64 << 53) as f64;
+        Duration::from_secs_f64((ceiling * unit).max(0.0))
+    }
+
+    /// Sends one batch until it is settled. Ok(false): stopped before that.
+    fn deliver(&mut self, batch: &Batch) -> Result<bool> {
+        let mut attempt = 0u32;
+        loop {
+            if self.stopped() || self.wait_turn() {
+                return Ok(false);
+            }
+            self.bump(|s| s.requests += 1);
+            // From here on the request is finished even if a stop is asked
+            // for: its answer is acknowledged like any other.
+            match self.post(batch.body()) {
+                Answer::Delivered => {
+                    self.reg.ack(&self.config.sink, batch.id())?;
+                    self.settled(batch, 0);
+                    return Ok(true);
+                }
+                Answer::Partial(body) => {
+                    let failed = match parse_partial_failure(&body) {
+                        Ok(list) => {
+                            let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
+                            let mut ignored = 0u64;
+                            for (i, reason) in list {
+                                if (i as usize) >= batch.len() {
+                                    // Not an operation of this batch: nothing to dead-letter.
+                                    ignored += 1;
+                                    continue;
+                                }
+                                by_index
+                                    .entry(i)
+                                    .and_modify(|r| {
+                                        if r.len() < MAX_REASON {
+                                            r.push_str("; ");
+                                            r.push_str(&reason);
+                                            truncate(r, MAX_REASON);
+                                        }
+                                    })
+                                    .or_insert(reason);
+                            }
+                            self.bump(|s| s.ignored_indices += ignored);
+                            by_index.into_iter().collect::<Vec<_>>()
+                        }
+                        // Treated like a 400: see the type's documentation.
+                        Err(e) => all_failed(batch, &format!("unparseable 207 body: {e}")),
+                    };
+                    self.reg.nack(&self.config.sink, batch.id(), &failed)?;
+                    self.settled(batch, failed.len() as u64);
+                    return Ok(true);
+                }
+                Answer::Rejected(reason) => {
+                    let failed = all_failed(batch, &reason);
+                    self.reg.nack(&self.config.sink, batch.id(), &failed)?;
+                    self.settled(batch, failed.len() as u64);
+                    return Ok(true);
+                }
+                Answer::Credentials(status, text) => {
+                    return Err(Error::io(
+                        format!(
+                            "sending batch {} to {}: Customer.io rejected the credentials (HTTP {status}: {}); \
+                             check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY and the region; nothing was acknowledged",
+                            batch.id(),
+                            self.url,
+                            one_line(&text, 200)
+                        ),
+                        io::Error::new(io::ErrorKind::PermissionDenied, "credentials rejected"),
+                    ));
+                }
+                Answer::Fatal(why) => {
+                    return Err(Error::io(
+                        format!(
+                            "sending batch {} to {}: {why}; nothing was acknowledged",
+                            batch.id(),
+                            self.url
+                        ),
+                        io::Error::other("unexpected answer from Customer.io"),
+                    ));
+                }
+                Answer::Retry { why, retry_after } => {
+                    attempt += 1;
+                    self.bump(|s| {
+                        s.retries += 1;
+                        s.last_retry = Some(why.clone());
+                    });
+                    if self.config.max_attempts.is_some_and(|m| attempt >= m) {
+                        return Err(Error::io(
+                            format!(
+                                "sending batch {} to {}: gave up after {attempt} attempts; last: {why}",
+                                batch.id(),
+                                self.url
+                            ),
+                            io::Error::new(io::ErrorKind::TimedOut, "retries exhausted"),
+                        ));
+                    }
+                    let mut wait = self.backoff(attempt);
+                    if let Some(ra) = retry_after {
+                        wait = wait.max(ra.min(self.config.max_retry_after));
+                    }
+                    if self.shared.sleep_until(Instant::now() + wait) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
+    fn settled(&self, batch: &Batch, dead: u64) {
+        self.bump(|s| {
+            s.batches += 1;
+            s.operations += batch.len() as u64;
+            s.dead_letters += dead;
+        });
+        self.refresh_lag();
+    }
+
+    /// One POST, its answer classified. Never panics.
+    fn post(&self, body: &str) -> Answer {
+        let sent = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .header("Authorization", &self.auth)
+            .send(body.as_bytes());
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(e) => return classify_error(e),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| one_line(s, 200));
+        let mut read = |limit: u64| resp.body_mut().with_config().limit(limit).read_to_string();
+        match status {
+            200 | 207 => match read(MAX_RESPONSE_BYTES) {
+                // Acknowledged only once the whole answer has been read: a
+                // connection dropped mid-response leaves the batch to be re-sent.
+                Ok(text) if status == 200 => {
+                    let _ = text;
+                    Answer::Delivered
+                }
+                Ok(text) => Answer::Partial(text),
+                Err(e) => Answer::Retry {
+                    why: format!("HTTP {status} response could not be read: {e}"),
+                    retry_after: None,
+                },
+            },
+            400 | 413 => {
+                let text = read(MAX_ERROR_BODY_BYTES)
+                    .unwrap_or_else(|e| format!("(response body unreadable: {e})"));
+                let mut reason = format!("HTTP {status}: {}", one_line(&text, MAX_REASON));
+                truncate(&mut reason, MAX_REASON);
+                Answer::Rejected(reason)
+            }
+            401 | 403 => Answer::Credentials(status, read(4096).unwrap_or_default()),
+            408 | 429 | 500..=599 => {
+                // Read (and drop) the body so the connection can be reused.
+                let text = read(MAX_ERROR_BODY_BYTES).unwrap_or_default();
+                Answer::Retry {
+                    why: format!("HTTP {status}: {}", one_line(&text, 200)),
+                    retry_after,
+                }
+            }
+            300..=399 => Answer::Fatal(format!(
+                "redirected (HTTP {status}) to {}: the endpoint or region is wrong (an EU workspace needs the eu region)",
+                location.unwrap_or_else(|| "an unnamed location".into())
+            )),
+            _ => {
+                let text = read(4096).unwrap_or_default();
+                Answer::Fatal(format!(
+                    "unexpected HTTP {status}: {}",
+                    one_line(&text, 200)
+                ))
+            }
+        }
+    }
+}
+
+fn classify_error(e: ureq::Error) -> Answer {
+    match e {
+        ureq::Error::BadUri(_)
+        | ureq::Error::Http(_)
+        | ureq::Error::InvalidProxyUrl
+        | ureq::Error::RequireHttpsOnly(_) => Answer::Fatal(format!("request not sendable: {e}")),
+        other => Answer::Retry {
+            why: match &other {
+                ureq::Error::Timeout(t) => format!("timed out ({t})"),
+                _ => format!("request failed: {other}"),
+            },
+            retry_after: None,
+        },
+    }
+}
+
+fn all_failed(batch: &Batch, reason: &str) -> Vec<(u32, String)> {
+    let mut reason = reason.to_owned();
+    truncate(&mut reason, MAX_REASON);
+    (0..batch.len() as u32)
+        .map(|i| (i, reason.clone()))
+        .collect()
+}
+
+/// The text on one line, at most `max` bytes.
+fn one_line(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned();
+    truncate(&mut out, max);
+    out
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while end > 0 && !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// Parses a 207 body, `{"errors":[{"batch_index":N,"reason":..,"field":..,"message":..}]}`,
+/// into `(batch_index, reason)` pairs in the order given. `reason`,
+/// `field` and `message` are optional and folded into one reason string.
+/// Indices are not checked against any batch (the caller ignores those
+/// outside it); an index above `u32::MAX` becomes `u32::MAX`. A body that
+/// is not JSON, lacks the `errors` array, or has an entry without a
+/// non-negative integer `batch_index` is an `Error::Invalid`. Never panics.
+///
+/// ```
+/// let body = r#"{"errors":[{"batch_index":1,"reason":"invalid","field":"device.token","message":"too long"}]}"#;
+/// let failed = devreg::customerio::parse_partial_failure(body).unwrap();
+/// assert_eq!(failed, vec![(1, "invalid (field device.token): too long".to_string())]);
+/// assert!(devreg::customerio::parse_partial_failure("{").is_err());
+/// ```
+pub fn parse_partial_failure(body: &str) -> Result<Vec<(u32, String)>> {
+    let bad = |why: String| Error::invalid("207 response body", why);
+    let v: Value = serde_json::from_str(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let errors = v
+        .get("errors")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no \"errors\" array".into()))?;
+    let mut out = Vec::with_capacity(errors.len());
+    for (n, entry) in errors.iter().enumerate() {
+        let obj = entry
+            .as_object()
+            .ok_or_else(|| bad(format!("errors[{n}] is not an object")))?;
+        let index = obj
+            .get("batch_index")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| {
+                bad(format!(
+                    "errors[{n}] has no non-negative integer batch_index"
+                ))
+            })?;
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let text = |key: &str| -> Option<String> {
+            match obj.get(key)? {
+                Value::Null => None,
+                Value::String(s) if s.trim().is_empty() => None,
+                Value::String(s) => Some(one_line(s, MAX_REASON)),
+                other => Some(one_line(&other.to_string(), MAX_REASON)),
+            }
+        };
+        let mut reason = text("reason").unwrap_or_else(|| "rejected".to_owned());
+        if let Some(field) = text("field") {
+            reason.push_str(&format!(" (field {field})"));
+        }
+        if let Some(message) = text("message") {
+            reason.push_str(": ");
+            reason.push_str(&message);
+        }
+        truncate(&mut reason, MAX_REASON);
+        out.push((index, reason));
+    }
+    Ok(out)
+}
+
+/// A worker running on a background thread; see [`SyncWorker::start`].
+/// Dropping it stops the worker and waits for it.
+pub struct WorkerHandle {
+    control: SyncControl,
+    thread: Option<JoinHandle<Result<SyncStats>>>,
+}
+
+impl WorkerHandle {
+    /// The worker's counters now.
+    pub fn stats(&self) -> SyncStats {
+        self.control.stats()
+    }
+
+    /// A control to stop the worker from elsewhere.
+    pub fn control(&self) -> SyncControl {
+        self.control.clone()
+    }
+
+    /// Whether the worker has stopped (asked to, or by an error).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the worker and waits for it: the in-flight request is finished
+    /// (at most the request timeout) and its answer acknowledged, or it is
+    /// abandoned unacknowledged (then the next run re-sends the identical
+    /// batch). Returns the final counters, or the error that stopped it.
+    pub fn shutdown(mut self) -> Result<SyncStats> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<SyncStats> {
+        self.control.stop();
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(Error::io(
+                    "running the sync worker",
+                    io::Error::other("the worker thread panicked"),
+                ))
+            }),
+            None => Ok(self.control.stats()),
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn partial_failure_bodies() {
+        assert_eq!(
+            parse_partial_failure(r#"{"errors":[]}"#).ok(),
+            Some(Vec::new())
+        );
+        let got = parse_partial_failure(
+            r#"{"errors":[{"batch_index":0},{"batch_index":99999999999,"reason":"x","message":7}]}"#,
+        )
+        .ok();
+        assert_eq!(
+            got,
+            Some(vec![
+                (0, "rejected".to_string()),
+                (u32::MAX, "x: 7".to_string())
+            ])
+        );
+        for bad in [
+            "",
+            "null",
+            "[]",
+            r#"{"errors":{}}"#,
+            r#"{"errors":[1]}"#,
+            r#"{"errors":[{"batch_index":-1}]}"#,
+            r#"{"errors":[{"batch_index":1.5}]}"#,
+            r#"{"errors":[{"reason":"no index"}]}"#,
+            &"[".repeat(10_000),
+        ] {
+            assert!(parse_partial_failure(bad).is_err(), "{bad:.40}");
+        }
+    }
+
+    #[test]
+    fn config_checks() {
+        let c = || SyncConfig::new(Credentials::new("s", "k").unwrap_or_else(|_| unreachable!()));
+        assert!(c().validate().is_ok());
+        assert!(c().region(Region::Eu).validate().is_ok());
+        assert_eq!(
+            c().region(Region::Eu).batch_url(),
+            "https://track-eu.customer.io/api/v2/batch"
+        );
+        assert!(c().endpoint("http://127.0.0.1:9/").validate().is_ok());
+        assert!(c().endpoint("http://[::1]:9").validate().is_ok());
+        assert!(c().endpoint("http://example.com").validate().is_err());
+        assert!(c().endpoint("ftp://x").validate().is_err());
+        assert!(c().max_rps(0.0).validate().is_err());
+        assert!(c().max_ops(0).validate().is_err());
+        assert!("EU".parse::<Region>().is_ok() && "mars".parse::<Region>().is_err());
+    }
+}

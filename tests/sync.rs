@@ -1,0 +1,1136 @@
+//! The sync worker end to end, against a Customer.io emulator on 127.0.0.1
+//! that the tests start themselves: Basic auth, the request and operation
+//! size limits, a model of Customer.io (per person a set of devices;
+//! `add_device` upserts, `delete_device` removes, `merge` drops the
+//! secondary and is an error without the primary; tokens never move by
+//! themselves), and faults injected on a schedule. Every loop is bounded in
+//! count and time, and only loopback is ever contacted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devreg::customerio::{Credentials, SyncConfig, SyncWorker};
+use devreg::*;
+use serde_json::Value;
+
+const SITE: &str = "site-4242";
+const KEY: &str = "k3y-Very-Secret-9f";
+
+// ---------------------------------------------------------------- emulator
+
+#[derive(Clone, Debug)]
+enum Fault {
+    /// 207: the first and last operations fail, plus one index outside the batch.
+    Partial,
+    /// 207 with a body that is not the documented shape.
+    Malformed207,
+    /// 400: the whole batch is rejected.
+    BadRequest,
+    /// 401.
+    Unauthorized,
+    /// 429 with `Retry-After: N`.
+    TooMany(u64),
+    /// 500, 503.
+    Server(u16),
+    /// Applies the batch, answers 200 after this delay (past the client
+    /// timeout when long; `Slow(0)` is a plain 200).
+    Slow(Duration),
+    /// Applies the batch, closes the connection without answering.
+    DropBeforeResponse,
+    /// Applies the batch, sends part of a 200 and closes.
+    DropMidResponse,
+}
+
+type Devices = BTreeMap<String, (String, u64, Value)>;
+type Pairs = BTreeMap<(String, String), (String, u64, Value)>;
+
+#[derive(Default)]
+struct EmuState {
+    persons: BTreeMap<String, Devices>,
+    schedule: Vec<Fault>,
+    /// Delay before every answer (the kill test).
+    slow_all: Option<Duration>,
+    /// Request start times, one per batch request (any answer).
+    starts: Vec<Instant>,
+    statuses: Vec<u16>,
+    violations: Vec<String>,
+    notes: Vec<String>,
+    last_applied: Option<String>,
+    /// Batches applied again right after themselves (a re-send).
+    reapplied: usize,
+    auth_failures: usize,
+}
+
+enum Reply {
+    Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+        delay: Option<Duration>,
+    },
+    DropBefore,
+    DropMid,
+}
+
+fn base64(input: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in input.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for (i, s) in [18, 12, 6, 0].into_iter().enumerate() {
+            out.push(if i <= c.len() {
+                A[((n >> s) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+impl EmuState {
+    fn apply_op(&mut self, op: &Value) -> Result<(), String> {
+        let s = |v: &Value| v.as_str().map(str::to_owned).ok_or(format!("bad op {op}"));
+        match op["action"].as_str() {
+            Some("add_device") => {
+                let d = &op["device"];
+                if !d["last_used"].is_u64() {
+                    return Err(format!("last_used is not an integer: {op}"));
+                }
+                if !d["attributes"]
+                    .as_object()
+                    .is_some_and(|a| a.values().all(Value::is_string))
+                {
+                    return Err(format!("attribute values must be strings: {op}"));
+                }
+                let platform = s(&d["platform"])?;
+                if platform != "ios" && platform != "android" {
+                    return Err(format!("platform {platform}"));
+                }
+                let id = s(&op["identifiers"]["id"])?;
+                if id.is_empty() {
+                    return Err(format!("empty person id: {op}"));
+                }
+                self.persons.entry(id).or_default().insert(
+                    s(&d["token"])?,
+                    (
+                        platform,
+                        d["last_used"].as_u64().unwrap_or(0),
+                        d["attributes"].clone(),
+                    ),
+                );
+            }
+            Some("delete_device") => {
+                let id = s(&op["identifiers"]["id"])?;
+                let token = s(&op["device"]["token"])?;
+                match self.persons.get_mut(&id) {
+                    Some(p) => {
+                        p.remove(&token);
+                    }
+                    None => self
+                        .notes
+                        .push(format!("delete_device for unknown person {id}")),
+                }
+            }
+            Some("merge") => {
+                let primary = s(&op["primary"]["id"])?;
+                let secondary = s(&op["secondary"]["id"])?;
+                if !self.persons.contains_key(&primary) {
+                    return Err(format!("merge into missing primary {primary}: {op}"));
+                }
+                // Customer.io deletes the secondary with its devices.
+                self.persons.remove(&secondary);
+            }
+            _ => return Err(format!("unknown action: {op}")),
+        }
+        Ok(())
+    }
+
+    /// Applies a batch's operations except `skip`; returns the indices that failed.
+    fn apply(&mut self, body: &str, ops: &[Value], skip: &BTreeSet<usize>) -> Vec<usize> {
+        let again = self.last_applied.as_deref() == Some(body);
+        let before = again.then(|| self.persons.clone());
+        let mut failed = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
+            if let Err(e) = self.apply_op(op) {
+                failed.push(i);
+                if skip.is_empty() {
+                    self.violations.push(e);
+                }
+            }
+        }
+        if let Some(before) = before {
+            self.reapplied += 1;
+            if before != self.persons {
+                self.violations
+                    .push(format!("a re-sent batch changed the result: {body:.200}"));
+            }
+        }
+        self.last_applied = Some(body.to_owned());
+        failed
+    }
+
+    fn handle(
+        &mut self,
+        line: &str,
+        headers: &BTreeMap<String, String>,
+        body: &[u8],
+        start: Instant,
+    ) -> Reply {
+        let answer = |status: u16, body: &str| Reply::Answer {
+            status,
+            headers: Vec::new(),
+            body: body.to_owned(),
+            delay: None,
+        };
+        if line != "POST /api/v2/batch HTTP/1.1" {
+            self.violations
+                .push(format!("unexpected request line {line:?}"));
+            return answer(404, "{}");
+        }
+        self.starts.push(start);
+        let want = format!("Basic {}", base64(format!("{SITE}:{KEY}").as_bytes()));
+        if headers.get("authorization") != Some(&want) {
+            self.auth_failures += 1;
+            self.statuses.push(401);
+            return answer(401, r#"{"meta":{"error":"Unauthorized request"}}"#);
+        }
+        if headers.get("content-type").map(String::as_str) != Some("application/json") {
+            self.violations
+                .push(format!("content-type {:?}", headers.get("content-type")));
+        }
+        if headers.contains_key("content-encoding") {
+            self.violations.push("compressed body".into());
+        }
+        if body.len() >= 500_000 {
+            self.violations
+                .push(format!("request of {} bytes", body.len()));
+            self.statuses.push(400);
+            return answer(400, r#"{"meta":{"errors":["request too large"]}}"#);
+        }
+        let text = String::from_utf8_lossy(body).into_owned();
+        let ops = match serde_json::from_str::<Value>(&text) {
+            Ok(v) => v["batch"].as_array().cloned().unwrap_or_default(),
+            Err(e) => {
+                self.violations.push(format!("body is not JSON: {e}"));
+                Vec::new()
+            }
+        };
+        if ops.is_empty() {
+            self.violations.push("empty batch".into());
+        }
+        if let Some(op) = ops.iter().find(|o| o.to_string().len() > 32_768) {
+            self.violations
+                .push(format!("operation of {} bytes", op.to_string().len()));
+        }
+        let n = self.starts.len() - 1;
+        let mut fault = self.schedule.get(n).cloned();
+        // Customer.io rejects an operation every time or never: a batch it
+        // already applied in full (its answer was lost) is not rejected now.
+        if self.last_applied.as_deref() == Some(text.as_str())
+            && matches!(
+                fault,
+                Some(Fault::Partial | Fault::Malformed207 | Fault::BadRequest)
+            )
+        {
+            fault = None;
+        }
+        let reply = match fault {
+            None => {
+                self.apply(&text, &ops, &BTreeSet::new());
+                answer(200, "{}")
+            }
+            Some(Fault::Partial) => {
+                let skip: BTreeSet<usize> = [0, ops.len().saturating_sub(1)].into_iter().collect();
+                let mut failed: BTreeSet<usize> = skip.clone();
+                // A merge whose primary was just rejected fails too.
+                failed.extend(self.apply(&text, &ops, &skip));
+                let mut errors: Vec<Value> = failed
+                    .iter()
+                    .map(|&i| {
+                        serde_json::json!({"batch_index": i, "reason": "invalid", "field": "device.token",
+                            "message": format!("emulator rejects op {i}")})
+                    })
+                    .collect();
+                errors.push(
+                    serde_json::json!({"batch_index": ops.len() + 3, "reason": "out of range"}),
+                );
+                Reply::Answer {
+                    status: 207,
+                    headers: Vec::new(),
+                    body: serde_json::json!({ "errors": errors }).to_string(),
+                    delay: None,
+                }
+            }
+            Some(Fault::Malformed207) => answer(207, r#"{"errors":[{"batch_index":"zero"}"#),
+            Some(Fault::BadRequest) => answer(
+                400,
+                r#"{"meta":{"errors":["emulator says: malformed batch"]}}"#,
+            ),
+            Some(Fault::Unauthorized) => answer(401, r#"{"meta":{"error":"Unauthorized"}}"#),
+            Some(Fault::TooMany(secs)) => Reply::Answer {
+                status: 429,
+                headers: vec![("Retry-After".into(), secs.to_string())],
+                body: "rate limited".into(),
+                delay: None,
+            },
+            Some(Fault::Server(code)) => answer(code, "server error"),
+            Some(Fault::Slow(d)) => {
+                self.apply(&text, &ops, &BTreeSet::new());
+                Reply::Answer {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: "{}".into(),
+                    delay: (!d.is_zero()).then_some(d),
+                }
+            }
+            Some(Fault::DropBeforeResponse) => {
+                self.apply(&text, &ops, &BTreeSet::new());
+                Reply::DropBefore
+            }
+            Some(Fault::DropMidResponse) => {
+                self.apply(&text, &ops, &BTreeSet::new());
+                Reply::DropMid
+            }
+        };
+        self.statuses.push(match &reply {
+            Reply::Answer { status, .. } => *status,
+            _ => 0,
+        });
+        match (reply, self.slow_all) {
+            (
+                Reply::Answer {
+                    status,
+                    headers,
+                    body,
+                    delay: None,
+                },
+                Some(d),
+            ) => Reply::Answer {
+                status,
+                headers,
+                body,
+                delay: Some(d),
+            },
+            (r, _) => r,
+        }
+    }
+
+    fn pairs(&self) -> Pairs {
+        let mut out = BTreeMap::new();
+        for (p, devs) in &self.persons {
+            for (t, d) in devs {
+                out.insert((p.clone(), t.clone()), d.clone());
+            }
+        }
+        out
+    }
+}
+
+struct Emu {
+    port: u16,
+    state: Arc<Mutex<EmuState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Emu {
+    fn start(schedule: Vec<Fault>) -> Emu {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(EmuState {
+            schedule,
+            ..EmuState::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(180);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let (state, stop) = (state.clone(), stop.clone());
+                            std::thread::spawn(move || serve(s, &state, &stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        Emu {
+            port,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut EmuState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One connection: HTTP/1.1 requests with Content-Length bodies, kept alive.
+fn serve(stream: TcpStream, state: &Mutex<EmuState>, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut out = match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    for _ in 0..10_000 {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let start = Instant::now();
+        let mut headers = BTreeMap::new();
+        for _ in 0..100 {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if len > 2_000_000 {
+            return;
+        }
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = state
+            .lock()
+            .unwrap()
+            .handle(line.trim_end(), &headers, &body, start);
+        match reply {
+            Reply::DropBefore => return,
+            Reply::DropMid => {
+                let _ = out.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"resu",
+                );
+                let _ = out.flush();
+                return;
+            }
+            Reply::Answer {
+                status,
+                headers,
+                body,
+                delay,
+            } => {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                let mut resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    resp.push_str(&format!("{k}: {v}\r\n"));
+                }
+                resp.push_str("\r\n");
+                resp.push_str(&body);
+                if out.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn open(path: &Path) -> Registry {
+    Registry::open_with(
+        Config::new(path)
+            .max_devices_per_person(4)
+            .durability(Durability::Eventual),
+    )
+    .unwrap()
+}
+
+fn creds() -> Credentials {
+    Credentials::new(SITE, KEY).unwrap()
+}
+
+fn config(emu: &Emu) -> SyncConfig {
+    SyncConfig::new(creds())
+        .endpoint(emu.url())
+        .max_ops(5)
+        .max_rps(20.0)
+        .timeout(Duration::from_millis(400))
+        .backoff(Duration::from_millis(5), Duration::from_millis(60))
+        .poll_interval(Duration::from_millis(20))
+        .max_attempts(Some(50))
+}
+
+/// Random register/move/logout/merge/rotate/remove operations.
+fn workload(reg: &Registry, rng: &mut Rng, n: usize, clock: &mut u64) {
+    let token = |rng: &mut Rng| format!("tok{:02}", rng.below(60));
+    let person = |rng: &mut Rng| format!("person-{}", rng.below(16));
+    for _ in 0..n {
+        *clock += 1 + rng.below(3000);
+        let _ = match rng.below(16) {
+            0..=8 => {
+                let attributes = match rng.below(4) {
+                    0 => None,
+                    1 => Some(
+                        (0..12)
+                            .map(|i| (format!("attr_{i}"), "x".repeat(1000)))
+                            .collect::<Attributes>(),
+                    ),
+                    _ => Some(
+                        [("app_version".to_string(), format!("1.{}", rng.below(5)))]
+                            .into_iter()
+                            .collect(),
+                    ),
+                };
+                reg.register(Register {
+                    token: token(rng),
+                    platform: if rng.below(2) == 0 {
+                        Platform::Ios
+                    } else {
+                        Platform::Android
+                    },
+                    person: (rng.below(6) != 0).then(|| person(rng)),
+                    seen_ms: *clock,
+                    attributes,
+                })
+            }
+            9 => reg.logout(
+                &token(rng),
+                if rng.below(2) == 0 {
+                    LogoutPolicy::Keep
+                } else {
+                    LogoutPolicy::Remove
+                },
+            ),
+            10 => {
+                let (a, b) = (person(rng), person(rng));
+                if a == b {
+                    continue;
+                }
+                reg.merge(&a, &b)
+            }
+            11 => reg.rotate(&token(rng), &token(rng), *clock),
+            12 => reg.remove(&token(rng)),
+            13 | 14 => reg.touch(&token(rng), *clock),
+            _ => reg.invalidate(&token(rng), clock.saturating_sub(5000)),
+        };
+    }
+}
+
+/// Asserts the emulator holds exactly devreg's identified devices, apart
+/// from the pairs (and, for merges, the persons) of dead-lettered operations.
+fn assert_converged(reg: &Registry, emu: &Emu) {
+    let dead = reg.dead_letters(DEFAULT_SINK).unwrap();
+    let (mut pairs, mut persons) = (BTreeSet::new(), BTreeSet::new());
+    for d in &dead {
+        let op: Value = serde_json::from_str(&d.operation).unwrap();
+        match op["action"].as_str() {
+            Some("merge") => {
+                persons.insert(op["primary"]["id"].as_str().unwrap().to_owned());
+                persons.insert(op["secondary"]["id"].as_str().unwrap().to_owned());
+            }
+            _ => {
+                pairs.insert((
+                    op["identifiers"]["id"].as_str().unwrap().to_owned(),
+                    op["device"]["token"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    let excluded = |k: &(String, String)| pairs.contains(k) || persons.contains(&k.0);
+    let mut want = BTreeMap::new();
+    for d in reg.dump() {
+        if let Some(p) = d.person {
+            let attrs: serde_json::Map<String, Value> = d
+                .attributes
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            want.insert(
+                (p, d.token),
+                (
+                    d.platform.as_str().to_owned(),
+                    d.last_seen_ms / 1000,
+                    Value::Object(attrs),
+                ),
+            );
+        }
+    }
+    let have = emu.with(|s| s.pairs());
+    let keys: BTreeSet<_> = want.keys().chain(have.keys()).cloned().collect();
+    let mut diffs = Vec::new();
+    for k in keys.iter().filter(|k| !excluded(k)) {
+        if want.get(k) != have.get(k) {
+            diffs.push(format!(
+                "{k:?}: devreg {:?}, Customer.io {:?}",
+                want.get(k).map(|w| (&w.0, w.1)),
+                have.get(k).map(|h| (&h.0, h.1))
+            ));
+        }
+    }
+    let listed: Vec<String> = dead
+        .iter()
+        .map(|d| {
+            format!(
+                "{} #{}: {} ({:.120})",
+                d.batch_id, d.index, d.reason, d.operation
+            )
+        })
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "Customer.io differs from devreg on {} pairs:\n{}\ndead letters ({}):\n{}",
+        diffs.len(),
+        diffs.join("\n"),
+        listed.len(),
+        listed.join("\n")
+    );
+    let violations = emu.with(|s| s.violations.clone());
+    assert!(
+        violations.is_empty(),
+        "emulator violations: {violations:#?}\ndead letters:\n{}",
+        listed.join("\n")
+    );
+}
+
+/// No window of one second saw more than `max` request starts; returns
+/// the most any second saw.
+fn assert_rate(emu: &Emu, max: usize) -> usize {
+    let starts = emu.with(|s| s.starts.clone());
+    let mut busiest = 0;
+    for (i, &t) in starts.iter().enumerate() {
+        let n = starts[i..]
+            .iter()
+            .take_while(|&&u| u.duration_since(t) < Duration::from_secs(1))
+            .count();
+        assert!(
+            n <= max,
+            "{n} requests in the second after request {i} (limit {max})"
+        );
+        busiest = busiest.max(n);
+    }
+    busiest
+}
+
+fn wait_drained(reg: &Registry, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = reg.sinks();
+        let info = s.iter().find(|s| s.name == DEFAULT_SINK);
+        if info.is_some_and(|i| i.pending == 0 && i.in_flight.is_none()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "feed did not drain: {s:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn random_workload_converges_through_every_fault() {
+    let schedule: Vec<Option<Fault>> = vec![
+        None,
+        Some(Fault::Partial),
+        None,
+        Some(Fault::Server(500)),
+        Some(Fault::DropMidResponse),
+        None,
+        Some(Fault::TooMany(1)),
+        None,
+        Some(Fault::Server(503)),
+        Some(Fault::Slow(Duration::from_millis(900))),
+        None,
+        Some(Fault::BadRequest),
+        Some(Fault::DropBeforeResponse),
+        None,
+        Some(Fault::Partial),
+        Some(Fault::Malformed207),
+        None,
+        Some(Fault::Server(503)),
+        Some(Fault::Server(500)),
+        Some(Fault::DropMidResponse),
+        None,
+        Some(Fault::Slow(Duration::from_millis(700))),
+        Some(Fault::Partial),
+        Some(Fault::TooMany(0)),
+    ];
+    // Faults stop after the schedule: the feed then drains.
+    let faults: Vec<Fault> = schedule
+        .iter()
+        .chain(schedule.iter())
+        .map(|f| f.clone().unwrap_or(Fault::Slow(Duration::ZERO)))
+        .collect();
+    let emu = Emu::start(faults);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    // SYNC_SEED=N reruns with another workload.
+    let seed = std::env::var("SYNC_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_0001);
+    let mut rng = Rng(seed);
+    let mut clock = 1_700_000_000_000;
+    workload(&reg, &mut rng, 150, &mut clock);
+    let started = Instant::now();
+    let handle = SyncWorker::new(reg.clone(), config(&emu).max_ops(2))
+        .unwrap()
+        .start()
+        .unwrap();
+    // More changes while the worker runs.
+    for _ in 0..15 {
+        workload(&reg, &mut rng, 10, &mut clock);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    wait_drained(&reg, 45);
+    let stats = handle.shutdown().unwrap();
+    eprintln!("stats {stats:?} in {:?}", started.elapsed());
+    assert!(stats.batches > 10 && stats.retries >= 8, "{stats:?}");
+    assert!(
+        stats.dead_letters > 0 && stats.ignored_indices > 0,
+        "{stats:?}"
+    );
+    assert_converged(&reg, &emu);
+    assert_rate(&emu, 20);
+    let (reapplied, statuses) = emu.with(|s| (s.reapplied, s.statuses.clone()));
+    assert!(
+        reapplied >= 3,
+        "lost answers must cause re-sends: {reapplied}"
+    );
+    for code in [200, 207, 400, 429, 500, 503] {
+        assert!(statuses.contains(&code), "no {code} in {statuses:?}");
+    }
+    // The 429 with Retry-After: 1 was honoured.
+    let starts = emu.with(|s| s.starts.clone());
+    let i = statuses.iter().position(|&c| c == 429).unwrap();
+    assert!(starts[i + 1].duration_since(starts[i]) >= Duration::from_millis(990));
+    // A drained worker sends nothing more.
+    let before = emu.with(|s| s.starts.len());
+    let again = SyncWorker::new(reg.clone(), config(&emu))
+        .unwrap()
+        .run_once()
+        .unwrap();
+    assert_eq!((again.requests, emu.with(|s| s.starts.len())), (0, before));
+    let report = reg.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+#[test]
+fn max_rps_holds_when_requests_are_fast() {
+    let emu = Emu::start(Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    for i in 0..50 {
+        reg.register(Register {
+            token: format!("t{i:03}"),
+            platform: Platform::Ios,
+            person: Some(format!("p{i}")),
+            seen_ms: 9_000,
+            attributes: None,
+        })
+        .unwrap();
+    }
+    let t = Instant::now();
+    let s = SyncWorker::new(reg.clone(), config(&emu).max_ops(1))
+        .unwrap()
+        .run_once()
+        .unwrap();
+    assert_eq!((s.requests, s.batches, s.operations), (50, 50, 50));
+    // 50 requests at 20 per second take at least 49 intervals.
+    assert!(
+        t.elapsed() >= Duration::from_millis(2450),
+        "{:?}",
+        t.elapsed()
+    );
+    let busiest = assert_rate(&emu, 20);
+    assert!(busiest >= 18, "the limiter was not binding: {busiest}");
+    assert_converged(&reg, &emu);
+}
+
+#[test]
+fn partial_bad_request_and_malformed_answers_become_dead_letters() {
+    let emu = Emu::start(vec![Fault::Partial, Fault::BadRequest, Fault::Malformed207]);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let reg_dev = |t: &str, p: &str| {
+        reg.register(Register {
+            token: t.into(),
+            platform: Platform::Ios,
+            person: Some(p.into()),
+            seen_ms: 1_000_000,
+            attributes: None,
+        })
+        .unwrap();
+    };
+    let run = || {
+        SyncWorker::new(reg.clone(), config(&emu).max_ops(100))
+            .unwrap()
+            .run_once()
+            .unwrap()
+    };
+    for t in ["a1", "a2", "a3"] {
+        reg_dev(t, "ann");
+    }
+    let s = run();
+    assert_eq!(
+        (s.batches, s.dead_letters, s.ignored_indices),
+        (1, 2, 1),
+        "{s:?}"
+    );
+    let dead = reg.dead_letters(DEFAULT_SINK).unwrap();
+    assert_eq!(dead.iter().map(|d| d.index).collect::<Vec<_>>(), vec![0, 2]);
+    assert!(
+        dead[0]
+            .reason
+            .contains("invalid (field device.token): emulator rejects op 0"),
+        "{dead:?}"
+    );
+
+    reg_dev("b1", "bob");
+    reg_dev("b2", "bob");
+    let s = run();
+    assert_eq!((s.batches, s.dead_letters), (1, 2), "{s:?}");
+    let dead = reg.dead_letters(DEFAULT_SINK).unwrap();
+    assert_eq!(dead.len(), 4);
+    assert!(
+        dead[2..].iter().all(|d| d.reason.starts_with("HTTP 400: ")
+            && d.reason.contains("emulator says: malformed batch")),
+        "{dead:?}"
+    );
+
+    reg_dev("c1", "cy");
+    let s = run();
+    assert_eq!((s.batches, s.dead_letters), (1, 1), "{s:?}");
+    let dead = reg.dead_letters(DEFAULT_SINK).unwrap();
+    assert!(
+        dead[4].reason.starts_with("unparseable 207 body: "),
+        "{dead:?}"
+    );
+    // Never looped: one request per batch.
+    assert_eq!(emu.with(|s| s.starts.len()), 3);
+    // Requeued, they are delivered.
+    assert_eq!(reg.requeue(DEFAULT_SINK).unwrap(), 5);
+    run();
+    assert!(reg.dead_letters(DEFAULT_SINK).unwrap().is_empty());
+    assert_converged(&reg, &emu);
+    assert_eq!(emu.with(|s| s.pairs().len()), 6);
+}
+
+#[test]
+fn rejected_credentials_stop_the_worker_and_nothing_is_acknowledged() {
+    let emu = Emu::start(vec![Fault::Unauthorized]);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let mut rng = Rng(7);
+    let mut clock = 1_700_000_000_000;
+    workload(&reg, &mut rng, 40, &mut clock);
+    let check = |err: Error| {
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+            "{err:?}"
+        );
+        assert!(
+            msg.contains("credentials") && msg.contains("HTTP 401"),
+            "{msg}"
+        );
+        assert!(!msg.contains(KEY) && !format!("{err:?}").contains(KEY));
+    };
+    // A scheduled 401 with the right key, then a wrong key.
+    let err = SyncWorker::new(reg.clone(), config(&emu))
+        .unwrap()
+        .run_once()
+        .unwrap_err();
+    check(err);
+    let wrong = SyncConfig::new(Credentials::new(SITE, "not-the-key").unwrap())
+        .endpoint(emu.url())
+        .timeout(Duration::from_secs(2));
+    assert!(!format!("{wrong:?}").contains("not-the-key"));
+    let handle = SyncWorker::new(reg.clone(), wrong)
+        .unwrap()
+        .start()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !handle.is_finished() {
+        assert!(Instant::now() < deadline, "the worker did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check(handle.shutdown().unwrap_err());
+    // Two requests, no retry, nothing acknowledged or dead-lettered.
+    assert_eq!(emu.with(|s| (s.starts.len(), s.auth_failures)), (2, 1));
+    let info = reg
+        .sinks()
+        .into_iter()
+        .find(|s| s.name == DEFAULT_SINK)
+        .unwrap();
+    assert_eq!(info.batches_exported, 1, "{info:?}");
+    assert!(
+        info.in_flight.is_some() && info.pending > 0 && info.dead_letters == 0,
+        "{info:?}"
+    );
+    assert!(emu.with(|s| s.persons.is_empty()));
+}
+
+#[test]
+fn shutdown_mid_request_keeps_the_acknowledgement() {
+    let emu = Emu::start(vec![Fault::Slow(Duration::from_millis(300))]);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let mut rng = Rng(11);
+    let mut clock = 1_700_000_000_000;
+    workload(&reg, &mut rng, 60, &mut clock);
+    let handle = SyncWorker::new(reg.clone(), config(&emu).timeout(Duration::from_secs(2)))
+        .unwrap()
+        .start()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while emu.with(|s| s.starts.is_empty()) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The first request is in flight (its answer is 300 ms away).
+    let stats = handle.shutdown().unwrap();
+    assert_eq!((stats.requests, stats.batches), (1, 1), "{stats:?}");
+    let info = reg
+        .sinks()
+        .into_iter()
+        .find(|s| s.name == DEFAULT_SINK)
+        .unwrap();
+    assert!(
+        info.in_flight.is_none(),
+        "the answered batch was acknowledged: {info:?}"
+    );
+    // A later worker drains the rest.
+    let s = SyncWorker::new(reg.clone(), config(&emu))
+        .unwrap()
+        .run_once()
+        .unwrap();
+    assert!(s.batches > 0);
+    assert_converged(&reg, &emu);
+}
+
+// ---------------------------------------------------------------- the CLI
+
+fn cli(db: &Path, emu: &Emu, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_devreg"));
+    c.arg("--db")
+        .arg(db)
+        .args([
+            "sync",
+            "--endpoint",
+            &emu.url(),
+            "--max-ops",
+            "2",
+            "--max-rps",
+            "50",
+        ])
+        .args([
+            "--timeout-ms",
+            "5000",
+            "--backoff-base-ms",
+            "5",
+            "--backoff-cap-ms",
+            "50",
+        ])
+        .args(extra)
+        .env("CUSTOMERIO_SITE_ID", SITE)
+        .env("CUSTOMERIO_API_KEY", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
+}
+
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("devreg sync did not exit within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigkill_mid_sync_then_restart_converges() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let reg = open(&db);
+        let mut rng = Rng(99);
+        let mut clock = 1_700_000_000_000;
+        workload(&reg, &mut rng, 120, &mut clock);
+    }
+    let emu = Emu::start(Vec::new());
+    emu.with(|s| s.slow_all = Some(Duration::from_millis(150)));
+    let log = dir.path().join("stderr-1");
+    let mut child = cli(&db, &emu, &["--once", "--progress", "json"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while emu.with(|s| s.starts.len()) < 6 {
+        assert!(Instant::now() < deadline, "no requests from devreg sync");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "devreg sync exited early ({st:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Request 6 has been applied; its answer is 150 ms away.
+    std::thread::sleep(Duration::from_millis(40));
+    child.kill().unwrap(); // SIGKILL
+    let st = child.wait().unwrap();
+    assert_eq!(st.signal(), Some(9));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!stderr.contains(KEY));
+    emu.with(|s| s.slow_all = None);
+    let log2 = dir.path().join("stderr-2");
+    let mut child = cli(&db, &emu, &["--once", "--progress", "json"])
+        .stderr(std::fs::File::create(&log2).unwrap())
+        .spawn()
+        .unwrap();
+    let st = wait_exit(&mut child, 40);
+    let stderr = std::fs::read_to_string(&log2).unwrap();
+    assert!(st.success(), "{stderr}");
+    assert!(!stderr.contains(KEY));
+    let last: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    for k in ["batches", "ops", "retries", "dead_letters", "lag", "rate"] {
+        assert!(last.get(k).is_some(), "{k} missing from {last}");
+    }
+    assert_eq!(last["event"], "done");
+    assert_eq!(last["lag"], 0);
+    assert!(
+        emu.with(|s| s.reapplied) >= 1,
+        "the killed request was re-sent"
+    );
+    let reg = open(&db);
+    wait_drained(&reg, 1);
+    assert_converged(&reg, &emu);
+    assert_rate(&emu, 50);
+}
+
+#[test]
+fn cli_follows_until_sigterm_and_needs_env_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let reg = open(&db);
+        for i in 0..5 {
+            reg.register(Register {
+                token: format!("t{i}"),
+                platform: Platform::Android,
+                person: Some(format!("p{i}")),
+                seen_ms: 5_000,
+                attributes: None,
+            })
+            .unwrap();
+        }
+    }
+    let emu = Emu::start(Vec::new());
+    // Missing credentials: a clear error, exit 1, nothing sent.
+    let out = cli(&db, &emu, &["--once"])
+        .env_remove("CUSTOMERIO_API_KEY")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CUSTOMERIO_API_KEY") && err.contains("not set"),
+        "{err}"
+    );
+    assert_eq!(emu.with(|s| s.starts.len()), 0);
+    // Follow mode: drains, keeps running, stops cleanly on SIGTERM.
+    let mut child = cli(&db, &emu, &["--progress", "json"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while emu.with(|s| s.pairs().len()) < 5 {
+        assert!(Instant::now() < deadline, "devreg sync did not deliver");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "follow mode exited by itself"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let st = wait_exit(&mut child, 20);
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    let reg = open(&db);
+    wait_drained(&reg, 1);
+    assert_converged(&reg, &emu);
+}
