@@ -243,6 +243,9 @@ pub(crate) struct History {
     dirty_days: HashSet<(u32, Platform)>,
 }
 
+/// A device's (owner, platform) now, `None` if it does not exist.
+pub(crate) type DeviceStatus<'a> = dyn Fn(&[u8]) -> Option<(Option<Arc<str>>, Platform)> + 'a;
+
 /// The device's state as of one change: (present, owner, platform).
 type Status<'a> = (bool, Option<&'a str>, Platform);
 
@@ -469,10 +472,7 @@ impl History {
 
     /// Internal consistency, and agreement with the devices: `status(token)`
     /// says whether the token exists now, its owner and platform.
-    pub(crate) fn check(
-        &self,
-        status: &dyn Fn(&[u8]) -> Option<(Option<Arc<str>>, Platform)>,
-    ) -> Vec<String> {
+    pub(crate) fn check(&self, status: &DeviceStatus<'_>) -> Vec<String> {
         let mut problems = Vec::new();
         let mut total = 0;
         for (token, list) in &self.tokens {
