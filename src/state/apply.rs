@@ -14,9 +14,6 @@ use crate::model::{LogoutPolicy, Op, Outcome, Platform, Register};
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Entry {
     Op(Op),
-    /// Commit time (Unix ms) of the entries that follow in the record; the
-    /// writer puts one first in every record, so history times replay exactly.
-    Clock(u64),
     /// The per-person cap changed (at open); persons over it are trimmed.
     SetCap(u32),
     /// A new sink, starting with every identified device.
@@ -35,6 +32,10 @@ pub(crate) enum Entry {
     },
     /// Dead letters go back into the feed.
     Requeue(String),
+    /// Commit time (Unix ms) of the entries that follow in the record; the
+    /// writer puts one first in every record, so history times replay exactly.
+    /// Last variant, so older logs keep their entry tags.
+    Clock(u64),
 }
 
 /// What applying an entry returned.
