@@ -36,6 +36,12 @@ pub struct Config {
     pub max_log_segments: u32,
     /// Longest time between checkpoints while there are changes.
     pub checkpoint_interval_ms: u64,
+    /// Log bytes written since the last checkpoint that start the next one
+    /// (`None`: half a log segment). Smaller means smaller sled batches.
+    pub checkpoint_log_bytes: Option<u64>,
+    /// How long ownership history is kept (by commit time); older entries
+    /// are dropped as their token changes and at checkpoints.
+    pub history_retention_ms: u64,
 }
 
 impl Config {
@@ -55,6 +61,8 @@ impl Config {
             log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
             max_log_segments: DEFAULT_MAX_LOG_SEGMENTS,
             checkpoint_interval_ms: 30_000,
+            checkpoint_log_bytes: None,
+            history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
         }
     }
 
@@ -82,13 +90,28 @@ impl Config {
         self
     }
 
+    /// Sets how many bytes of log start a checkpoint.
+    pub fn checkpoint_log_bytes(mut self, bytes: u64) -> Config {
+        self.checkpoint_log_bytes = Some(bytes);
+        self
+    }
+
     /// Sets the longest time between checkpoints.
     pub fn checkpoint_interval_ms(mut self, ms: u64) -> Config {
         self.checkpoint_interval_ms = ms;
         self
     }
 
+    /// Sets how long ownership history is kept.
+    pub fn history_retention_ms(mut self, ms: u64) -> Config {
+        self.history_retention_ms = ms;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.history_retention_ms == 0 {
+            return Err(Error::invalid("history_retention_ms", "must be at least 1"));
+        }
         if let Some(cap) = self.max_devices_per_person {
             if !(1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(&cap) {
                 return Err(Error::invalid(

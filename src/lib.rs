@@ -27,6 +27,7 @@ mod config;
 pub mod customerio;
 mod error;
 mod feed;
+mod history;
 pub mod limits;
 mod log;
 mod model;
@@ -40,6 +41,10 @@ pub use error::{Error, Result};
 pub use feed::{
     validate_sink, Batch, DeadLetter, SinkInfo, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT,
     MAX_SINKS,
+};
+pub use history::{
+    ChangesPage, DailyStats, DayCounts, HistoryCursor, HistoryEntry, HistoryOp,
+    DEFAULT_HISTORY_RETENTION_MS, MAX_HISTORY_PER_TOKEN,
 };
 pub use model::{
     validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,

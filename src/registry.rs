@@ -11,10 +11,12 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
+use crate::codec::pack_token;
 use crate::config::Config;
 use crate::customerio;
 use crate::error::{Error, Result};
 use crate::feed::{validate_sink, Batch, DeadLetter, SinkInfo, MAX_OPS_LIMIT};
+use crate::history::{ChangesPage, DailyStats, HistoryCursor, HistoryEntry};
 use crate::log::segments::{list_segments, SegmentPool};
 use crate::log::{replay, LogWriter};
 use crate::model::*;
@@ -103,8 +105,9 @@ fn recover(
     log_dir: &Path,
     cap: u32,
     segment_bytes: u64,
+    history_retention_ms: u64,
 ) -> Result<(State, u64, u64, u64)> {
-    let loaded = load_state(store, cap, segment_bytes)?;
+    let loaded = load_state(store, cap, segment_bytes, history_retention_ms)?;
     let mut state = loaded.state;
     let end = replay(
         log_dir,
@@ -130,6 +133,7 @@ fn recover(
 fn validate_entry(e: &Entry) -> Result<()> {
     match e {
         Entry::Op(op) => op.validate(),
+        Entry::Clock(ms) => crate::model::validate_time("clock", *ms),
         Entry::SetCap(c) => Config::new("").max_devices_per_person(*c).validate(),
         Entry::AddSink(s) | Entry::Requeue(s) => validate_sink(s),
         Entry::Export {
@@ -203,8 +207,10 @@ impl Registry {
                 .max_devices_per_person
                 .unwrap_or(crate::limits::DEFAULT_MAX_DEVICES_PER_PERSON),
             config.log_segment_bytes,
+            config.history_retention_ms,
         )?;
         let stored_cap = state.cap;
+        let last_clock_ms = state.now_ms;
         let ckpt_seq = ckpt_lsn / segment_bytes;
         let free: Vec<u64> = list_segments(&log_dir)?
             .into_iter()
@@ -245,6 +251,7 @@ impl Registry {
             last_checkpoint_lsn: ckpt_lsn,
             last_checkpoint_at: Instant::now(),
             last_sync_at: Instant::now(),
+            last_clock_ms,
         };
         let ctx = Arc::new(Mutex::new(ctx));
         let ctx_for_thread = ctx.clone();
@@ -584,6 +591,52 @@ impl Registry {
         self.inner.state.read().feed.infos()
     }
 
+    /// The token's ownership history, newest first (at most
+    /// [`MAX_HISTORY_PER_TOKEN`](crate::MAX_HISTORY_PER_TOKEN) entries, none
+    /// older than the retention).
+    pub fn history(&self, token: &str) -> Vec<HistoryEntry> {
+        self.inner.state.read().history.of(&pack_token(token))
+    }
+
+    /// Who owned the token at `time_ms`, by **commit time**: the owner after
+    /// the last change committed at or before `time_ms`. `None` when it had
+    /// no owner, did not exist, or `time_ms` is before the oldest entry kept.
+    pub fn owner_at(&self, token: &str, time_ms: u64) -> Option<String> {
+        self.inner
+            .state
+            .read()
+            .history
+            .owner_at(&pack_token(token), time_ms)
+            .map(|p| p.to_string())
+    }
+
+    /// Changes of every token committed at or after `since_ms`, in
+    /// `(commit_ms, seq)` order, at most `limit`, resuming after `cursor`
+    /// (the page's `cursor` from the previous call).
+    pub fn changes_since(
+        &self,
+        since_ms: u64,
+        cursor: Option<HistoryCursor>,
+        limit: usize,
+    ) -> ChangesPage {
+        self.inner
+            .state
+            .read()
+            .history
+            .changes_since(since_ms, cursor, limit.max(1))
+    }
+
+    /// (entries, encoded bytes) of the history, for measurements.
+    #[doc(hidden)]
+    pub fn history_footprint(&self) -> (u64, u64) {
+        self.inner.state.read().history.footprint()
+    }
+
+    /// Token-change counters per (UTC day of the commit, platform), oldest day first.
+    pub fn daily_stats(&self) -> Vec<DailyStats> {
+        self.inner.state.read().history.daily()
+    }
+
     /// Writes a checkpoint to the store now and waits for it.
     pub fn checkpoint(&self) -> Result<()> {
         let (reply, rx) = bounded(1);
@@ -638,6 +691,7 @@ fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckReport> {
         &path.join("log"),
         live.cap,
         ctx.config.log_segment_bytes,
+        ctx.config.history_retention_ms,
     )?;
     problems.extend(
         disk.check_indexes()
@@ -647,6 +701,10 @@ fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckReport> {
     problems.extend(live.feed.check());
     if !live.feed.same_as(&disk.feed) {
         problems.push("feed in store+log differs from the feed in memory".into());
+    }
+    problems.extend(live.history_problems());
+    if !live.history.same_as(&disk.history) {
+        problems.push("history in store+log differs from the history in memory".into());
     }
     if disk.cap != live.cap {
         problems.push(format!(

@@ -119,6 +119,15 @@ pub(crate) struct WriterCtx {
     pub(crate) last_checkpoint_lsn: u64,
     pub(crate) last_checkpoint_at: Instant,
     pub(crate) last_sync_at: Instant,
+    /// The last commit time stamped (`Entry::Clock`); never goes backwards.
+    pub(crate) last_clock_ms: u64,
+}
+
+/// Wall-clock Unix milliseconds.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
@@ -202,9 +211,16 @@ impl WriterCtx {
             }
             return;
         }
+        // Every record starts with the group's commit time, so replay
+        // stamps history entries with the same times.
+        let now = wall_ms()
+            .min(crate::limits::MAX_TIMESTAMP_MS)
+            .max(self.last_clock_ms);
+        self.last_clock_ms = now;
         // Encode first: it needs no state, and sizes decide segment rolls.
         let mut work = Vec::with_capacity(group.len());
-        for (entries, reply) in group {
+        for (mut entries, reply) in group {
+            entries.insert(0, Entry::Clock(now));
             match encode_entries(&entries) {
                 Ok(body) if body.len() <= self.log.max_body() => work.push((entries, body, reply)),
                 Ok(body) => {
@@ -245,12 +261,14 @@ impl WriterCtx {
             let mut st = self.state.write();
             for (entries, body, reply) in work {
                 let mut changed = false;
+                // The clock's own result is not the caller's.
                 let outcomes: Vec<Applied> = entries
                     .iter()
-                    .map(|e| {
+                    .enumerate()
+                    .filter_map(|(i, e)| {
                         let (a, c) = st.apply(e);
                         changed |= c;
-                        a
+                        (i > 0).then_some(a)
                     })
                     .collect();
                 results.push((entries.len() as u32, body, changed, outcomes, reply));
@@ -280,7 +298,11 @@ impl WriterCtx {
             let _ = reply.send(Ok(outcomes));
         }
         let since = self.log.end_lsn() - self.last_checkpoint_lsn;
-        if since >= self.config.log_segment_bytes / 2 && !self.ckpt_busy.load(Ordering::Acquire) {
+        let trigger = self
+            .config
+            .checkpoint_log_bytes
+            .unwrap_or(self.config.log_segment_bytes / 2);
+        if since >= trigger && !self.ckpt_busy.load(Ordering::Acquire) {
             if let Err(e) = self.start_checkpoint(None) {
                 self.fail(&e);
             }

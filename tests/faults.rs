@@ -42,8 +42,11 @@ fn config(db: &Path) -> Config {
         .durability(Durability::Eventual)
         .max_devices_per_person(CAP)
         .log_segment_bytes(SEGMENT)
-        .max_log_segments(8)
+        .max_log_segments(32)
         .checkpoint_interval_ms(3_600_000)
+        // The operations "only the log holds" must stay there: no checkpoint
+        // by log size either (it would recycle the segments holding them).
+        .checkpoint_log_bytes(1 << 30)
 }
 
 fn token(i: u64) -> String {

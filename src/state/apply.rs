@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{State, NO_PERSON};
 use crate::codec::{cmp_packed, encode_attributes, pack_token};
 use crate::feed::{AckResult, Batch};
+use crate::history::Cause;
 use crate::model::{LogoutPolicy, Op, Outcome, Platform, Register};
 
 /// What the log records: a user operation or an internal one.
@@ -31,6 +32,10 @@ pub(crate) enum Entry {
     },
     /// Dead letters go back into the feed.
     Requeue(String),
+    /// Commit time (Unix ms) of the entries that follow in the record; the
+    /// writer puts one first in every record, so history times replay exactly.
+    /// Last variant, so older logs keep their entry tags.
+    Clock(u64),
 }
 
 /// What applying an entry returned.
@@ -53,8 +58,14 @@ impl State {
                 let changed = matches!(o, Outcome::Applied { devices, evicted } if devices > 0 || evicted > 0);
                 (Applied::Op(o), changed)
             }
+            Entry::Clock(ms) => {
+                self.now_ms = self.now_ms.max(*ms);
+                (Applied::Count(0), false)
+            }
             Entry::SetCap(cap) => {
+                self.cause = Cause::EvictByCap;
                 let o = self.set_cap(*cap);
+                self.cause = Cause::None;
                 (Applied::Op(o), true)
             }
             Entry::AddSink(name) => {
@@ -119,7 +130,20 @@ impl State {
     }
 
     fn apply_op(&mut self, op: &Op) -> Outcome {
-        match op {
+        // What `note` records in the history (rotate sets its own, with the tokens).
+        self.cause = match op {
+            Op::Register(r) => Cause::Register { seen_ms: r.seen_ms },
+            Op::Touch { .. } => Cause::Touch,
+            Op::Rotate { .. } => Cause::None,
+            Op::Logout { policy, .. } => Cause::Logout(*policy),
+            Op::Merge { .. } => Cause::Merge,
+            Op::Remove { .. } => Cause::Remove,
+            Op::Invalidate { provider_ms, .. } => Cause::Invalidate {
+                provider_ms: *provider_ms,
+            },
+            Op::Prune { .. } => Cause::Prune,
+        };
+        let outcome = match op {
             Op::Register(r) => self.register(r),
             Op::Touch { token, seen_ms } => self.touch(token, *seen_ms),
             Op::Rotate {
@@ -132,19 +156,32 @@ impl State {
             Op::Remove { token } => self.remove_token(token),
             Op::Invalidate { token, provider_ms } => self.invalidate(token, *provider_ms),
             Op::Prune { before_ms } => self.prune(*before_ms),
-        }
+        };
+        self.cause = Cause::None;
+        outcome
     }
 
-    /// Records a change for the checkpointer and, if an owner is involved, the feed.
+    /// Records a change for the checkpointer, the history (as caused by
+    /// `self.cause`) and, if an owner is involved, the feed.
     fn note(
         &mut self,
         token: &[u8],
         before: Option<Arc<str>>,
         after: Option<Arc<str>>,
         exists: bool,
+        platform: Platform,
     ) {
         self.dirty.insert(Box::from(token));
         let after = if exists { after } else { None };
+        self.history.record(
+            self.now_ms,
+            &self.cause,
+            token,
+            before.as_ref(),
+            after.as_ref(),
+            exists,
+            platform,
+        );
         self.feed.on_device(token, before.as_ref(), after.as_ref());
     }
 
@@ -176,7 +213,7 @@ impl State {
         let owner = self.slot(id).map_or(NO_PERSON, |s| s.person);
         if changed {
             let after = self.person_name(owner);
-            self.note(&packed, before, after, true);
+            self.note(&packed, before, after, true, r.platform);
         }
         let evicted = if owner != NO_PERSON {
             self.enforce_cap(owner, Some(id))
@@ -200,7 +237,8 @@ impl State {
         let changed = self.set_last_seen(id, old.max(seen_ms));
         if changed {
             let name = self.person_name(owner);
-            self.note(&packed, name.clone(), name, true);
+            let platform = self.slot(id).map_or(Platform::Ios, |s| s.platform);
+            self.note(&packed, name.clone(), name, true, platform);
         }
         Outcome::applied(u32::from(changed))
     }
@@ -210,6 +248,11 @@ impl State {
         let new_packed = pack_token(new_token);
         let Some(old_id) = self.lookup(&old_packed) else {
             return Outcome::NotFound;
+        };
+        self.cause = Cause::Rotate {
+            old: old_packed.clone(),
+            new: new_packed.clone(),
+            seen_ms,
         };
         let mut devices = 1;
         if let Some(new_id) = self.lookup(&new_packed) {
@@ -222,7 +265,7 @@ impl State {
         let Some(slot) = self.remove_device(old_id) else {
             return Outcome::NotFound;
         };
-        self.note(&old_packed, owner_name.clone(), None, false);
+        self.note(&old_packed, owner_name.clone(), None, false, slot.platform);
         let owner = match &owner_name {
             Some(name) => self.intern_person(name),
             None => NO_PERSON,
@@ -231,7 +274,7 @@ impl State {
         let (platform, attrs) = (slot.platform, slot.attrs.clone());
         self.insert_device(new_packed.clone(), platform, owner, seen, attrs);
         self.drop_slot(slot);
-        self.note(&new_packed, None, owner_name, true);
+        self.note(&new_packed, None, owner_name, true, platform);
         Outcome::applied(devices)
     }
 
@@ -245,7 +288,8 @@ impl State {
             LogoutPolicy::Keep => {
                 let changed = self.set_person(id, NO_PERSON);
                 if changed {
-                    self.note(&packed, owner_name, None, true);
+                    let platform = self.slot(id).map_or(Platform::Ios, |s| s.platform);
+                    self.note(&packed, owner_name, None, true, platform);
                 }
                 Outcome::applied(u32::from(changed))
             }
@@ -267,13 +311,20 @@ impl State {
             self.set_person(id, prim);
         }
         let prim_name = self.person_name(prim);
-        let tokens: Vec<Box<[u8]>> = ids
+        let moved: Vec<(Box<[u8]>, Platform)> = ids
             .iter()
-            .filter_map(|&id| self.slot(id).map(|s| s.token.clone()))
+            .filter_map(|&id| self.slot(id).map(|s| (s.token.clone(), s.platform)))
             .collect();
-        for t in &tokens {
+        for (t, platform) in &moved {
             self.dirty.insert(t.clone());
+            if sec_name != prim_name {
+                let (before, after) = (sec_name.as_ref(), prim_name.as_ref());
+                let (now, cause) = (self.now_ms, &self.cause);
+                self.history
+                    .record(now, cause, t, before, after, true, *platform);
+            }
         }
+        let tokens: Vec<Box<[u8]>> = moved.into_iter().map(|(t, _)| t).collect();
         if let (Some(p), Some(s)) = (&prim_name, &sec_name) {
             self.feed.on_merge(p, s, &tokens);
         }
@@ -355,14 +406,22 @@ impl State {
         let Some(slot) = self.remove_device(id) else {
             return Outcome::NotFound;
         };
+        let platform = slot.platform;
         self.drop_slot(slot);
-        self.note(packed, owner_name, None, false);
+        self.note(packed, owner_name, None, false, platform);
         Outcome::applied(1)
     }
 
     /// Evicts the person's oldest devices, `(last_seen_ms, token)` ascending,
     /// until the cap holds; never evicts `protect`.
     fn enforce_cap(&mut self, pid: u32, protect: Option<u32>) -> u32 {
+        let cause = std::mem::replace(&mut self.cause, Cause::EvictByCap);
+        let evicted = self.evict_over_cap(pid, protect);
+        self.cause = cause;
+        evicted
+    }
+
+    fn evict_over_cap(&mut self, pid: u32, protect: Option<u32>) -> u32 {
         let mut evicted = 0;
         while let Some(p) = self.person(pid) {
             if p.devices.len() <= self.cap as usize {

@@ -116,3 +116,16 @@ impl State {
         problems
     }
 }
+
+impl State {
+    /// The history's own invariants, and that each token's newest entry
+    /// agrees with the device (exists, owner, platform).
+    pub(crate) fn history_problems(&self) -> Vec<String> {
+        let status = |token: &[u8]| {
+            self.lookup(token)
+                .and_then(|id| self.slot(id))
+                .map(|s| (self.person_name(s.person), s.platform))
+        };
+        self.history.check(&status)
+    }
+}

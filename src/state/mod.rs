@@ -16,6 +16,7 @@ use hashbrown::{DefaultHashBuilder, HashSet, HashTable};
 
 use crate::codec::cmp_packed;
 use crate::feed::Feed;
+use crate::history::{Cause, History, DEFAULT_HISTORY_RETENTION_MS};
 use crate::model::Platform;
 
 pub(crate) use apply::{Applied, Entry};
@@ -61,6 +62,12 @@ pub(crate) struct State {
     pub(crate) dirty: HashSet<Box<[u8]>>,
     /// The change feed, changed by the same operations.
     pub(crate) feed: Feed,
+    /// Ownership history and daily counters, changed by the same operations.
+    pub(crate) history: History,
+    /// Commit time of the entries being applied (the last `Entry::Clock`).
+    pub(crate) now_ms: u64,
+    /// The operation being applied, for the history (`Cause::None` between operations).
+    pub(crate) cause: Cause,
     /// While loading at open, last-seen entries are collected here and the
     /// index is built once, sorted (much cheaper than one insert each).
     loading: Option<Vec<(Platform, u64, u32)>>,
@@ -85,6 +92,9 @@ impl State {
             cap,
             dirty: HashSet::new(),
             feed: Feed::default(),
+            history: History::new(DEFAULT_HISTORY_RETENTION_MS),
+            now_ms: 0,
+            cause: Cause::None,
             loading: None,
         }
     }

@@ -40,6 +40,8 @@ impl Snapshot {
         }
         writes.extend(extra);
         writes.extend(state.feed.take_writes());
+        let now = state.now_ms;
+        writes.extend(state.history.take_writes(now));
         writes.push((
             META_CHECKPOINT_LSN.to_vec(),
             Some(lsn.to_be_bytes().to_vec()),
@@ -83,7 +85,12 @@ pub(crate) struct Loaded {
 
 /// Loads every device from the store into a fresh state. A new store is
 /// initialised with `cap` and `segment_bytes`.
-pub(crate) fn load_state(store: &dyn KvStore, cap: u32, segment_bytes: u64) -> Result<Loaded> {
+pub(crate) fn load_state(
+    store: &dyn KvStore,
+    cap: u32,
+    segment_bytes: u64,
+    history_retention_ms: u64,
+) -> Result<Loaded> {
     let Some(format) = store.get(META_FORMAT)? else {
         let mut any = false;
         store.scan_prefix(&[DEVICE_PREFIX], &mut |_, _| {
@@ -112,8 +119,10 @@ pub(crate) fn load_state(store: &dyn KvStore, cap: u32, segment_bytes: u64) -> R
             ),
         ])?;
         store.sync()?;
+        let mut state = State::new(cap);
+        state.history.retention_ms = history_retention_ms;
         return Ok(Loaded {
-            state: State::new(cap),
+            state,
             checkpoint_lsn: 0,
             segment_bytes,
         });
@@ -148,6 +157,9 @@ pub(crate) fn load_state(store: &dyn KvStore, cap: u32, segment_bytes: u64) -> R
     state.finish_load();
     state.dirty.clear();
     state.feed = crate::feed::load_feed(store)?;
+    let (history, now_ms) = crate::history::load_history(store, history_retention_ms)?;
+    state.history = history;
+    state.now_ms = now_ms;
     Ok(Loaded {
         state,
         checkpoint_lsn,

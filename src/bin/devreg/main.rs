@@ -7,6 +7,7 @@
 
 mod demo;
 mod feed;
+mod history;
 mod import;
 mod output;
 mod sync;
@@ -89,7 +90,13 @@ enum Command {
         platform: Option<Platform>,
     },
     /// Print the registry's counters and every sink's feed position.
-    Stats,
+    Stats {
+        /// Instead: token changes per day and platform (see `history`).
+        #[arg(long)]
+        daily: bool,
+    },
+    #[command(flatten)]
+    History(history::HistoryCmd),
     /// Verify indexes, counters, the cap and the store; exit 1 on any problem.
     Check,
     /// Run a realistic workload on a temporary database and report.
@@ -235,10 +242,12 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             let count = reg.active_since(*since_ms, *platform);
             out.json(&serde_json::json!({ "count": count }))?;
         }
-        Command::Stats => out.json(&feed::StatsJson {
+        Command::Stats { daily: false } => out.json(&feed::StatsJson {
             stats: reg.stats(),
             sinks: reg.sinks(),
         })?,
+        Command::Stats { daily: true } => history::daily(reg, &mut out)?,
+        Command::History(cmd) => history::run(reg, cmd, &mut out)?,
         Command::Check => {
             let report = reg.check()?;
             out.json(&report)?;
