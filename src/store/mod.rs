@@ -38,15 +38,32 @@ pub(crate) struct SledStore {
 impl SledStore {
     pub(crate) fn open(path: &Path) -> Result<SledStore> {
         remove_unfinished_snapshots(path)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             // Measured: 8 MiB segments cut sled's disk use by 40 to 68%.
             .segment_size(8 << 20)
             // sled only takes checkpoints; devreg's own state serves reads.
             .cache_capacity(8 << 20)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| Error::store(format!("opening {}", path.display()), e))?;
+            .flush_every_ms(None);
+        // sled's I/O threads may hold its file lock for a moment after the
+        // previous handle in this process was dropped (seen in the crash
+        // tests): retry briefly before calling the database locked.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                // sled reports it as ErrorKind::Other with this text.
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && started.elapsed() < std::time::Duration::from_secs(2) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => {
+                    break other
+                        .map_err(|e| Error::store(format!("opening {}", path.display()), e))?
+                }
+            }
+        };
         let store = SledStore {
             db,
             path: path.to_owned(),
