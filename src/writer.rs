@@ -61,28 +61,49 @@ pub(crate) fn commit(
 ) -> Result<Vec<Applied>> {
     let (reply, done) = crossbeam_channel::bounded(1);
     queue.tx.send((entries, reply)).map_err(|_| Error::Closed)?;
-    {
-        let mut c = ctx.lock();
-        loop {
-            let mut group = Vec::new();
-            let mut ops = 0;
-            while ops < crate::limits::MAX_GROUP_OPS {
-                match queue.rx.try_recv() {
-                    Ok(req) => {
-                        ops += req.0.len();
-                        group.push(req);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if group.is_empty() {
-                break;
-            }
-            c.write_group(group);
+    loop {
+        // Done by an earlier leader?
+        match done.try_recv() {
+            Ok(r) => return r,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(Error::Closed),
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
         }
-        c.periodic();
+        if let Some(mut c) = ctx.try_lock() {
+            lead(&mut c, queue);
+            continue;
+        }
+        // Another caller leads (likely in its fsync) and takes our request
+        // with its next group; waiting on the lock instead would make every
+        // caller queue behind each fsync in turn. A request queued just as a
+        // leader finished is picked up by the next poll.
+        match done.recv_timeout(std::time::Duration::from_micros(100)) {
+            Ok(r) => return r,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
     }
-    done.recv().map_err(|_| Error::Closed)?
+}
+
+/// Commits every queued request, a group at a time, until the queue is empty.
+fn lead(c: &mut WriterCtx, queue: &WriteQueue) {
+    loop {
+        let mut group = Vec::new();
+        let mut ops = 0;
+        while ops < crate::limits::MAX_GROUP_OPS {
+            match queue.rx.try_recv() {
+                Ok(req) => {
+                    ops += req.0.len();
+                    group.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        if group.is_empty() {
+            break;
+        }
+        c.write_group(group);
+    }
+    c.periodic();
 }
 
 /// Shared "the store failed" flag: once set, every write is refused.
