@@ -28,6 +28,7 @@ pub mod customerio;
 mod error;
 mod feed;
 mod history;
+pub mod import;
 pub mod limits;
 mod log;
 mod model;

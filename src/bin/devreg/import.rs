@@ -1,14 +1,13 @@
 //! `devreg import`: JSON lines in, atomic batches out.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal};
 use std::process::ExitCode;
 
+use devreg::import::parse_line;
 use devreg::limits::MAX_IMPORT_LINE_BYTES;
-use devreg::{LogoutPolicy, Op, Outcome, Platform, Register, Registry};
+use devreg::{Op, Outcome, Registry};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 
 use crate::output::Out;
 use crate::{CliError, CmdResult};
@@ -16,143 +15,6 @@ use crate::{CliError, CmdResult};
 /// Valid ops per `apply_batch`: big enough to amortise the log write,
 /// small enough that one batch's memory stays modest.
 const BATCH_OPS: usize = 10_000;
-
-/// One import line as written. The library's `Op` is shaped for bincode, so
-/// the JSON form is parsed here and then converted.
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum Event {
-    Register {
-        token: String,
-        platform: String,
-        #[serde(default)]
-        person: Option<String>,
-        seen_ms: u64,
-        #[serde(default)]
-        attributes: Option<BTreeMap<String, serde_json::Value>>,
-    },
-    Touch {
-        token: String,
-        seen_ms: u64,
-    },
-    Rotate {
-        old_token: String,
-        new_token: String,
-        seen_ms: u64,
-    },
-    Logout {
-        token: String,
-        policy: String,
-    },
-    Merge {
-        primary: String,
-        secondary: String,
-    },
-    Remove {
-        token: String,
-    },
-    Invalidate {
-        token: String,
-        provider_ms: u64,
-    },
-    Prune {
-        before_ms: u64,
-    },
-}
-
-impl Event {
-    fn into_op(self) -> Result<Op, String> {
-        Ok(match self {
-            Event::Register {
-                token,
-                platform,
-                person,
-                seen_ms,
-                attributes,
-            } => Op::Register(Register {
-                token,
-                platform: platform.parse::<Platform>().map_err(|e| e.to_string())?,
-                person,
-                seen_ms,
-                attributes: attributes.map(string_attributes).transpose()?,
-            }),
-            Event::Touch { token, seen_ms } => Op::Touch { token, seen_ms },
-            Event::Rotate {
-                old_token,
-                new_token,
-                seen_ms,
-            } => Op::Rotate {
-                old_token,
-                new_token,
-                seen_ms,
-            },
-            Event::Logout { token, policy } => Op::Logout {
-                token,
-                policy: policy.parse::<LogoutPolicy>().map_err(|e| e.to_string())?,
-            },
-            Event::Merge { primary, secondary } => Op::Merge { primary, secondary },
-            Event::Remove { token } => Op::Remove { token },
-            Event::Invalidate { token, provider_ms } => Op::Invalidate { token, provider_ms },
-            Event::Prune { before_ms } => Op::Prune { before_ms },
-        })
-    }
-}
-
-/// Customer.io device attributes are strings; a number or bool would be
-/// silently stringified by a laxer importer, so it is refused instead.
-fn string_attributes(
-    raw: BTreeMap<String, serde_json::Value>,
-) -> Result<BTreeMap<String, String>, String> {
-    raw.into_iter()
-        .map(|(name, value)| match value {
-            serde_json::Value::String(s) => Ok((name, s)),
-            other => Err(format!(
-                "invalid attributes.{name}: must be a JSON string, got {}",
-                json_kind(&other)
-            )),
-        })
-        .collect()
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-/// Parses and validates one line (without its newline).
-fn parse_line(bytes: &[u8]) -> Result<Op, String> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
-    let event: Event = serde_json::from_str(text).map_err(|e| json_reason(&e))?;
-    let op = event.into_op()?;
-    op.validate().map_err(|e| e.to_string())?;
-    Ok(op)
-}
-
-/// serde_json says "at line 1 column N"; every line is its own document, so
-/// only the column means anything to the reader.
-fn json_reason(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let msg = match text.rfind(" at line ") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    let kind = match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "bad JSON",
-        _ => "bad event",
-    };
-    // Tagged enums are parsed from a buffer, so some errors carry no column.
-    match e.column() {
-        0 => format!("{kind}: {msg}"),
-        col => format!("{kind}: {msg} (column {col})"),
-    }
-}
 
 /// The import's source, opened before the database.
 pub struct Input {
