@@ -290,6 +290,9 @@ fn durable_registers(out: &mut Out, path: &Path, cap: Option<u32>) -> Result<(),
 fn drained_export(out: &mut Out, reg: &Registry) -> Result<(), CliError> {
     let sink = devreg::DEFAULT_SINK;
     let max_bytes = (devreg::customerio::MAX_BATCH_BODY_BYTES - 1) as u32;
+    // The sink starts with a snapshot of every identified device when it is
+    // added (its first export would add it): add it first to report that.
+    reg.add_sink(sink)?;
     let pending = reg
         .sinks()
         .iter()
