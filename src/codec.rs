@@ -247,6 +247,34 @@ pub fn decode_record<'a>(location: &str, bytes: &'a [u8]) -> Result<RecordRef<'a
     })
 }
 
+/// Encodes a value stored in sled: the format version byte, then bincode.
+pub(crate) fn encode_versioned<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    // Serializing into a Vec cannot fail.
+    let _ = bincode_opts().serialize_into(&mut out, v);
+    out
+}
+
+/// Decodes what `encode_versioned` wrote; errors name the key.
+pub(crate) fn decode_versioned<T: for<'de> Deserialize<'de>>(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T> {
+    let (&v, body) = bytes
+        .split_first()
+        .ok_or_else(|| Error::corrupt(describe_key(key), "empty value"))?;
+    if v != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            location: describe_key(key),
+            found: u32::from(v),
+            supported: u32::from(FORMAT_VERSION),
+        });
+    }
+    bincode_opts()
+        .deserialize(body)
+        .map_err(|e| Error::corrupt(describe_key(key), e.to_string()))
+}
+
 /// Renders a key for error messages: the prefix letter and the token if it is one.
 pub fn describe_key(key: &[u8]) -> String {
     match key.split_first() {

@@ -9,11 +9,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Sink};
-use crate::codec::{bincode_opts, describe_key, FORMAT_VERSION};
+use crate::codec::{decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
 use crate::store::{KvStore, Write};
 
@@ -97,29 +96,6 @@ impl Interner {
     }
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    // Serializing into a Vec cannot fail.
-    let _ = bincode_opts().serialize_into(&mut out, v);
-    out
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    let (&v, body) = bytes
-        .split_first()
-        .ok_or_else(|| Error::corrupt(describe_key(key), "empty value"))?;
-    if v != FORMAT_VERSION {
-        return Err(Error::UnsupportedFormat {
-            location: describe_key(key),
-            found: u32::from(v),
-            supported: u32::from(FORMAT_VERSION),
-        });
-    }
-    bincode_opts()
-        .deserialize(body)
-        .map_err(|e| Error::corrupt(describe_key(key), e.to_string()))
-}
-
 pub(crate) fn item_key(sink: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(10 + sink.len());
     k.push(b'F');
@@ -130,7 +106,7 @@ pub(crate) fn item_key(sink: &str, seq: u64) -> Vec<u8> {
 }
 
 pub(crate) fn item_value(key: &ItemKey, base: bool) -> Vec<u8> {
-    encode(&(rec(key), base))
+    encode_versioned(&(rec(key), base))
 }
 
 pub(crate) fn known_key(sink: &str, person: &str) -> Vec<u8> {
@@ -194,7 +170,7 @@ impl Feed {
                     })
                     .collect(),
             };
-            writes.push((meta_key(&name), Some(encode(&meta))));
+            writes.push((meta_key(&name), Some(encode_versioned(&meta))));
         }
         writes
     }
@@ -216,7 +192,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
         let name = std::str::from_utf8(key.get(1..).unwrap_or_default())
             .map_err(|_| Error::corrupt(describe_key(key), "sink name is not UTF-8"))?
             .to_owned();
-        let meta: SinkMeta = decode(key, value)?;
+        let meta: SinkMeta = decode_versioned(key, value)?;
         let in_flight = meta.in_flight.map(|(number, ops)| {
             let ops = ops
                 .into_iter()
@@ -264,7 +240,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
         let seq = <[u8; 8]>::try_from(seq)
             .map(u64::from_be_bytes)
             .map_err(|_| Error::corrupt(describe_key(key), "malformed feed key"))?;
-        let (r, base): (ItemRec, bool) = decode(key, value)?;
+        let (r, base): (ItemRec, bool) = decode_versioned(key, value)?;
         let item = names.key(r);
         let sink = feed.sinks.get_mut(&name).ok_or_else(|| {
             Error::corrupt(describe_key(key), format!("entry of unknown sink {name:?}"))

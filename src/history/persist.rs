@@ -13,7 +13,7 @@ use bincode::Options;
 use serde::{Deserialize, Serialize};
 
 use super::{DayCounts, History, HistoryOp, Rec};
-use crate::codec::{bincode_opts, describe_key, unpack_token, FORMAT_VERSION};
+use crate::codec::{bincode_opts, decode_versioned, describe_key, encode_versioned, unpack_token};
 use crate::error::{Error, Result};
 use crate::model::Platform;
 use crate::store::{KvStore, Write};
@@ -32,29 +32,6 @@ struct RecOut {
     after: Option<String>,
     present: bool,
     platform: u8,
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    // Serializing into a Vec cannot fail.
-    let _ = bincode_opts().serialize_into(&mut out, v);
-    out
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    let (&v, body) = bytes
-        .split_first()
-        .ok_or_else(|| Error::corrupt(describe_key(key), "empty value"))?;
-    if v != FORMAT_VERSION {
-        return Err(Error::UnsupportedFormat {
-            location: describe_key(key),
-            found: u32::from(v),
-            supported: u32::from(FORMAT_VERSION),
-        });
-    }
-    bincode_opts()
-        .deserialize(body)
-        .map_err(|e| Error::corrupt(describe_key(key), e.to_string()))
 }
 
 fn token_key(token: &[u8]) -> Vec<u8> {
@@ -102,12 +79,12 @@ impl History {
         for token in std::mem::take(&mut self.dirty_tokens) {
             let value = self.tokens.get(&token).filter(|l| !l.is_empty()).map(|l| {
                 let v: Vec<RecOut> = l.iter().map(out).collect();
-                encode(&v)
+                encode_versioned(&v)
             });
             writes.push((token_key(&token), value));
         }
         for (day, platform) in std::mem::take(&mut self.dirty_days) {
-            let value = self.daily.get(&(day, platform)).map(encode);
+            let value = self.daily.get(&(day, platform)).map(encode_versioned);
             writes.push((day_key(day, platform), value));
         }
         let mut meta = self.next_seq.to_be_bytes().to_vec();
@@ -145,7 +122,7 @@ pub(crate) fn load_history(store: &dyn KvStore, retention_ms: u64) -> Result<(Hi
         if unpack_token(token).is_none() {
             return Err(bad("key is not a valid packed token"));
         }
-        let recs: Vec<RecOut> = decode(key, value)?;
+        let recs: Vec<RecOut> = decode_versioned(key, value)?;
         let token: Arc<[u8]> = Arc::from(token);
         let mut list = std::collections::VecDeque::with_capacity(recs.len());
         for (i, r) in recs.into_iter().enumerate() {
@@ -192,7 +169,7 @@ pub(crate) fn load_history(store: &dyn KvStore, retention_ms: u64) -> Result<(Hi
             ),
             _ => return Err(bad()),
         };
-        let counts: DayCounts = decode(key, value)?;
+        let counts: DayCounts = decode_versioned(key, value)?;
         h.daily.insert((day, platform), counts);
         Ok(())
     })?;
