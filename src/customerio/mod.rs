@@ -4,7 +4,11 @@
 
 use serde::Serialize;
 
+mod config;
+mod response;
 mod worker;
+pub use config::*;
+pub use response::parse_partial_failure;
 pub use worker::*;
 
 use crate::model::{Attributes, Platform};

@@ -1,0 +1,338 @@
+//! Sync worker configuration: endpoint, region, credentials, limits.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::feed::{validate_sink, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT};
+
+/// Customer.io's Track API host for US workspaces.
+pub const US_ENDPOINT: &str = "https://track.customer.io";
+/// Customer.io's Track API host for EU workspaces.
+pub const EU_ENDPOINT: &str = "https://track-eu.customer.io";
+/// The path of the batch endpoint, appended to the endpoint base URL.
+pub const BATCH_PATH: &str = "/api/v2/batch";
+/// Default request-rate limit (Customer.io's documented fair-use rate).
+pub const DEFAULT_MAX_RPS: f64 = 100.0;
+
+/// Longest dead-letter reason the worker builds, in bytes (the registry keeps up to 4096).
+pub(crate) const MAX_REASON: usize = 1024;
+/// Most bytes read from a 200/207 response body.
+pub(crate) const MAX_RESPONSE_BYTES: u64 = 4 << 20;
+/// Most bytes read from an error response body (its text becomes a reason).
+pub(crate) const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
+/// The body bound devreg exports: under Customer.io's 500,000.
+pub(crate) const MAX_BODY_BYTES: u32 = (super::MAX_BATCH_BODY_BYTES - 1) as u32;
+/// The limiter spaces request starts by this much more than `1/max_rps`,
+/// so that network jitter cannot make the server see more than `max_rps`
+/// requests in any second.
+pub(crate) const RATE_MARGIN: f64 = 1.02;
+
+/// A Customer.io data center.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    /// `https://track.customer.io`
+    Us,
+    /// `https://track-eu.customer.io`
+    Eu,
+}
+
+impl Region {
+    /// The Track API base URL of this region.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Region::Us => US_ENDPOINT,
+            Region::Eu => EU_ENDPOINT,
+        }
+    }
+}
+
+impl FromStr for Region {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Region> {
+        match s.to_ascii_lowercase().as_str() {
+            "us" => Ok(Region::Us),
+            "eu" => Ok(Region::Eu),
+            _ => Err(Error::invalid("region", format!("{s:?} is not us or eu"))),
+        }
+    }
+}
+
+/// Track API credentials: the site id and the Track API key, sent as HTTP
+/// Basic auth. Its `Debug` output never shows the key.
+#[derive(Clone)]
+pub struct Credentials {
+    site_id: String,
+    api_key: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("site_id", &self.site_id)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The environment variable holding the site id.
+pub const ENV_SITE_ID: &str = "CUSTOMERIO_SITE_ID";
+/// The environment variable holding the Track API key.
+pub const ENV_API_KEY: &str = "CUSTOMERIO_API_KEY";
+
+impl Credentials {
+    /// Checks and wraps a site id and API key.
+    ///
+    /// ```
+    /// let c = devreg::customerio::Credentials::new("site", "s3cret").unwrap();
+    /// assert!(!format!("{c:?}").contains("s3cret"));
+    /// assert!(devreg::customerio::Credentials::new("a:b", "k").is_err());
+    /// ```
+    pub fn new(site_id: impl Into<String>, api_key: impl Into<String>) -> Result<Credentials> {
+        let (site_id, api_key) = (site_id.into(), api_key.into());
+        let check = |field: &str, v: &str| {
+            if v.is_empty() {
+                return Err(Error::invalid(field, "is empty"));
+            }
+            if v.len() > 1024 || v.chars().any(|c| c.is_control()) {
+                return Err(Error::invalid(
+                    field,
+                    "is over 1024 bytes or holds control characters",
+                ));
+            }
+            Ok(())
+        };
+        check("site_id", &site_id)?;
+        check("api_key", &api_key)?;
+        if site_id.contains(':') {
+            // HTTP Basic splits user and password at the first colon.
+            return Err(Error::invalid("site_id", "contains ':'"));
+        }
+        Ok(Credentials { site_id, api_key })
+    }
+
+    /// Reads `CUSTOMERIO_SITE_ID` and `CUSTOMERIO_API_KEY` from the environment.
+    pub fn from_env() -> Result<Credentials> {
+        let var = |name: &str| {
+            match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+            Ok(_) => Err(Error::invalid(name, "is empty")),
+            Err(std::env::VarError::NotPresent) => Err(Error::invalid(
+                name,
+                "is not set (the Customer.io credentials come from CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY)",
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(Error::invalid(name, "is not valid UTF-8"))
+            }
+        }
+        };
+        Credentials::new(var(ENV_SITE_ID)?, var(ENV_API_KEY)?)
+    }
+
+    /// The site id (not secret).
+    pub fn site_id(&self) -> &str {
+        &self.site_id
+    }
+
+    pub(crate) fn authorization(&self) -> String {
+        let raw = format!("{}:{}", self.site_id, self.api_key);
+        format!("Basic {}", base64(raw.as_bytes()))
+    }
+}
+
+pub(crate) fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// How a [`SyncWorker`] talks to Customer.io.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Base URL, e.g. `https://track.customer.io`; the worker posts to
+    /// `{endpoint}/api/v2/batch`. Plain `http://` is accepted for loopback
+    /// hosts only (the credentials must not cross a network in clear text).
+    pub endpoint: String,
+    /// The feed sink to drain (created with a snapshot if missing).
+    pub sink: String,
+    /// Most operations per batch (1 to 1000; Customer.io recommends 100).
+    pub max_ops: u32,
+    /// Most requests started in any second (retries included).
+    pub max_rps: f64,
+    /// Whole-request timeout (connect, send, response and body).
+    pub timeout: Duration,
+    /// First retry waits up to this long (full jitter).
+    pub backoff_base: Duration,
+    /// Retries never wait longer than this (unless `Retry-After` asks for more).
+    pub backoff_cap: Duration,
+    /// The longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
+    /// Attempts per batch before the worker gives up with an error;
+    /// `None` retries until stopped.
+    pub max_attempts: Option<u32>,
+    /// In follow mode, how often to look for new changes once drained.
+    pub poll_interval: Duration,
+    pub(crate) credentials: Credentials,
+}
+
+impl SyncConfig {
+    /// Defaults: the US region, the default sink, 100 operations per batch,
+    /// 100 requests per second, a 30 s timeout, backoff 500 ms to 30 s.
+    pub fn new(credentials: Credentials) -> SyncConfig {
+        SyncConfig {
+            endpoint: US_ENDPOINT.to_owned(),
+            sink: DEFAULT_SINK.to_owned(),
+            max_ops: DEFAULT_MAX_OPS,
+            max_rps: DEFAULT_MAX_RPS,
+            timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(600),
+            max_attempts: None,
+            poll_interval: Duration::from_millis(500),
+            credentials,
+        }
+    }
+
+    /// Uses a region's host.
+    pub fn region(mut self, region: Region) -> Self {
+        self.endpoint = region.endpoint().to_owned();
+        self
+    }
+
+    /// Uses any base URL (e.g. a local emulator).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = url.into();
+        self
+    }
+
+    /// Drains this sink.
+    pub fn sink(mut self, sink: impl Into<String>) -> Self {
+        self.sink = sink.into();
+        self
+    }
+
+    /// Most operations per batch.
+    pub fn max_ops(mut self, n: u32) -> Self {
+        self.max_ops = n;
+        self
+    }
+
+    /// Most requests per second.
+    pub fn max_rps(mut self, r: f64) -> Self {
+        self.max_rps = r;
+        self
+    }
+
+    /// Whole-request timeout.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Backoff base and cap.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// Attempts per batch before giving up (`None`: until stopped).
+    pub fn max_attempts(mut self, n: Option<u32>) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Follow mode's polling interval.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// The credentials.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The full batch URL.
+    pub fn batch_url(&self) -> String {
+        format!("{}{}", self.endpoint.trim_end_matches('/'), BATCH_PATH)
+    }
+
+    pub(crate) fn loopback(&self) -> bool {
+        let rest = self
+            .endpoint
+            .split_once("://")
+            .map_or("", |(_, r)| r)
+            .to_ascii_lowercase();
+        let host = rest.split('/').next().unwrap_or("");
+        let host = if host.starts_with('[') {
+            host.split(']')
+                .next()
+                .map_or("", |h| h.trim_start_matches('['))
+        } else {
+            host.split(':').next().unwrap_or("")
+        };
+        host == "localhost" || host == "::1" || host.starts_with("127.")
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        validate_sink(&self.sink)?;
+        let e = self.endpoint.to_ascii_lowercase();
+        if !(e.starts_with("https://") || e.starts_with("http://")) || e.len() < 9 {
+            return Err(Error::invalid(
+                "endpoint",
+                format!("{:?} is not an http(s) URL", self.endpoint),
+            ));
+        }
+        if e.starts_with("http://") && !self.loopback() {
+            return Err(Error::invalid(
+                "endpoint",
+                "plain http is only allowed to loopback hosts (the API key would travel in clear text)",
+            ));
+        }
+        if !(1..=MAX_OPS_LIMIT).contains(&self.max_ops) {
+            return Err(Error::invalid(
+                "max_ops",
+                format!("{} is outside 1..={MAX_OPS_LIMIT}", self.max_ops),
+            ));
+        }
+        if !(self.max_rps.is_finite() && self.max_rps >= 0.001 && self.max_rps <= 10_000.0) {
+            return Err(Error::invalid(
+                "max_rps",
+                format!("{} is outside 0.001..=10000", self.max_rps),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::invalid("timeout", "is zero"));
+        }
+        if self.backoff_cap < self.backoff_base {
+            return Err(Error::invalid(
+                "backoff",
+                "the cap is shorter than the base",
+            ));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(Error::invalid("max_attempts", "is zero"));
+        }
+        Ok(())
+    }
+}
