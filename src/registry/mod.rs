@@ -1,5 +1,11 @@
 //! The registry handle: opening, recovery, operations and queries.
 
+mod check;
+mod feed;
+
+use check::check_on_writer;
+pub use check::CheckReport;
+
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -9,13 +15,12 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
 
 use crate::codec::pack_token;
 use crate::config::Config;
 use crate::customerio;
 use crate::error::{Error, Result};
-use crate::feed::{validate_sink, Batch, DeadLetter, SinkInfo, MAX_OPS_LIMIT};
+use crate::feed::{validate_sink, MAX_OPS_LIMIT};
 use crate::history::{ChangesPage, DailyStats, HistoryCursor, HistoryEntry};
 use crate::log::segments::{list_segments, SegmentPool};
 use crate::log::{replay, LogWriter};
@@ -25,23 +30,6 @@ use crate::store::{load_state, KvStore, SledStore};
 use crate::writer::{
     commit, decode_entries, run_checkpointer, FailFlag, Msg, WriteQueue, WriterCtx,
 };
-
-/// What `check` found. Empty `problems` means every index, counter, the cap
-/// and the store (against a replay of the log) agree.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct CheckReport {
-    /// Devices checked.
-    pub devices: u64,
-    /// Each inconsistency, in words.
-    pub problems: Vec<String>,
-}
-
-impl CheckReport {
-    /// True when nothing is wrong.
-    pub fn is_clean(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
 
 struct Inner {
     path: PathBuf,
@@ -458,139 +446,6 @@ impl Registry {
         self.inner.state.read().dump()
     }
 
-    /// Adds a sink whose feed starts with a snapshot of every identified
-    /// device. Returns false if it already exists.
-    pub fn add_sink(&self, sink: &str) -> Result<bool> {
-        match self.submit_one(Entry::AddSink(sink.to_owned()))? {
-            Applied::Count(n) => {
-                if n == 0 && !self.inner.state.read().feed.sinks.contains_key(sink) {
-                    return Err(Error::invalid(
-                        "sink",
-                        format!("at most {} sinks", crate::feed::MAX_SINKS),
-                    ));
-                }
-                Ok(n > 0)
-            }
-            other => Err(Error::corrupt(
-                "writer",
-                format!("unexpected result {other:?}"),
-            )),
-        }
-    }
-
-    /// The default sink before its first export: it has nothing yet.
-    fn default_sink_unborn(&self, sink: &str) -> bool {
-        sink == crate::feed::DEFAULT_SINK && !self.inner.state.read().feed.sinks.contains_key(sink)
-    }
-
-    fn require_sink(&self, sink: &str) -> Result<()> {
-        validate_sink(sink)?;
-        if self.inner.state.read().feed.sinks.contains_key(sink) {
-            Ok(())
-        } else {
-            Err(Error::invalid("sink", format!("no sink named {sink:?}")))
-        }
-    }
-
-    /// The next batch for `sink`: at most `max_ops` operations and a body
-    /// of at most `max_bytes` (under Customer.io's 500,000). Until it is
-    /// acknowledged, every export returns the identical batch, also after a
-    /// crash. `None` when nothing is pending.
-    ///
-    /// ```
-    /// use devreg::{Registry, Register, Platform, DEFAULT_SINK};
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let reg = Registry::open(dir.path().join("db")).unwrap();
-    /// reg.register(Register { token: "ab".into(), platform: Platform::Ios,
-    ///     person: Some("p1".into()), seen_ms: 5_000, attributes: None }).unwrap();
-    /// let batch = reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap();
-    /// assert!(batch.body().contains(r#""action":"add_device""#));
-    /// assert_eq!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap().id(), batch.id());
-    /// reg.ack(DEFAULT_SINK, batch.id()).unwrap();
-    /// assert!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().is_none());
-    /// ```
-    pub fn export(&self, sink: &str, max_ops: u32, max_bytes: u32) -> Result<Option<Arc<Batch>>> {
-        if self.default_sink_unborn(sink) {
-            self.add_sink(sink)?;
-        }
-        self.require_sink(sink)?;
-        if let Some(b) = self
-            .inner
-            .state
-            .read()
-            .feed
-            .sinks
-            .get(sink)
-            .and_then(|s| s.in_flight.clone())
-        {
-            return Ok(Some(b));
-        }
-        match self.submit_one(Entry::Export {
-            sink: sink.to_owned(),
-            max_ops,
-            max_bytes,
-        })? {
-            Applied::Batch(b) => Ok(b),
-            other => Err(Error::corrupt(
-                "writer",
-                format!("unexpected result {other:?}"),
-            )),
-        }
-    }
-
-    /// Marks batch `batch_id` delivered. Acknowledging it again is a no-op;
-    /// an id never exported is an error.
-    pub fn ack(&self, sink: &str, batch_id: &str) -> Result<()> {
-        self.nack(sink, batch_id, &[])
-    }
-
-    /// Customer.io accepted the batch except the operations at these indices
-    /// (its 207 answer): they go to the dead letters with their reasons.
-    pub fn nack(&self, sink: &str, batch_id: &str, failed: &[(u32, String)]) -> Result<()> {
-        self.require_sink(sink)?;
-        match self.submit_one(Entry::Ack {
-            sink: sink.to_owned(),
-            batch_id: batch_id.to_owned(),
-            failed: failed.to_vec(),
-        })? {
-            Applied::Count(_) => Ok(()),
-            Applied::Rejected(field, why) => Err(Error::invalid(field, why)),
-            other => Err(Error::corrupt(
-                "writer",
-                format!("unexpected result {other:?}"),
-            )),
-        }
-    }
-
-    /// The sink's dead letters, oldest first.
-    pub fn dead_letters(&self, sink: &str) -> Result<Vec<DeadLetter>> {
-        if self.default_sink_unborn(sink) {
-            return Ok(Vec::new());
-        }
-        self.require_sink(sink)?;
-        Ok(self.inner.state.read().feed.dead_letters(sink))
-    }
-
-    /// Puts every dead letter back into the feed; returns how many.
-    pub fn requeue(&self, sink: &str) -> Result<u64> {
-        if self.default_sink_unborn(sink) {
-            return Ok(0);
-        }
-        self.require_sink(sink)?;
-        match self.submit_one(Entry::Requeue(sink.to_owned()))? {
-            Applied::Count(n) => Ok(n),
-            other => Err(Error::corrupt(
-                "writer",
-                format!("unexpected result {other:?}"),
-            )),
-        }
-    }
-
-    /// Every sink's position.
-    pub fn sinks(&self) -> Vec<SinkInfo> {
-        self.inner.state.read().feed.infos()
-    }
-
     /// The token's ownership history, newest first (at most
     /// [`MAX_HISTORY_PER_TOKEN`](crate::MAX_HISTORY_PER_TOKEN) entries, none
     /// older than the retention).
@@ -680,81 +535,6 @@ fn outcome(a: Applied) -> Result<Outcome> {
             format!("unexpected result {other:?}"),
         )),
     }
-}
-
-fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckReport> {
-    ctx.log.write_out()?;
-    let live = ctx.state.read();
-    let mut problems = live.check_indexes();
-    let (disk, ..) = recover(
-        &*ctx.store,
-        &path.join("log"),
-        live.cap,
-        ctx.config.log_segment_bytes,
-        ctx.config.history_retention_ms,
-    )?;
-    problems.extend(
-        disk.check_indexes()
-            .into_iter()
-            .map(|p| format!("store+log: {p}")),
-    );
-    problems.extend(live.feed.check());
-    if !live.feed.same_as(&disk.feed) {
-        problems.push("feed in store+log differs from the feed in memory".into());
-    }
-    problems.extend(live.history_problems());
-    if !live.history.same_as(&disk.history) {
-        problems.push("history in store+log differs from the history in memory".into());
-    }
-    if disk.cap != live.cap {
-        problems.push(format!(
-            "store+log cap {} differs from memory cap {}",
-            disk.cap, live.cap
-        ));
-    }
-    let (a, b) = (live.dump(), disk.dump());
-    if a != b {
-        let mut diffs = 0;
-        let mut ai = a.iter().peekable();
-        let mut bi = b.iter().peekable();
-        while diffs < 20 {
-            match (ai.peek(), bi.peek()) {
-                (None, None) => break,
-                (Some(x), Some(y)) if x.token == y.token => {
-                    if x != y {
-                        problems.push(format!(
-                            "device {:?}: memory {x:?}, store+log {y:?}",
-                            x.token
-                        ));
-                        diffs += 1;
-                    }
-                    ai.next();
-                    bi.next();
-                }
-                (Some(x), y) if y.is_none_or(|y| x.token < y.token) => {
-                    problems.push(format!(
-                        "device {:?} is in memory but not in store+log",
-                        x.token
-                    ));
-                    diffs += 1;
-                    ai.next();
-                }
-                (_, Some(y)) => {
-                    problems.push(format!(
-                        "device {:?} is in store+log but not in memory",
-                        y.token
-                    ));
-                    diffs += 1;
-                    bi.next();
-                }
-                (Some(_), None) => break,
-            }
-        }
-    }
-    Ok(CheckReport {
-        devices: live.len(),
-        problems,
-    })
 }
 
 /// Iterator over active devices; see [`Registry::active_devices`].

@@ -1,0 +1,143 @@
+//! The change-feed half of the registry's API: sinks, export, ack, nack,
+//! dead letters.
+
+use std::sync::Arc;
+
+use super::{Applied, Entry, Registry};
+use crate::error::{Error, Result};
+use crate::feed::{validate_sink, Batch, DeadLetter, SinkInfo};
+
+impl Registry {
+    /// Adds a sink whose feed starts with a snapshot of every identified
+    /// device. Returns false if it already exists.
+    pub fn add_sink(&self, sink: &str) -> Result<bool> {
+        match self.submit_one(Entry::AddSink(sink.to_owned()))? {
+            Applied::Count(n) => {
+                if n == 0 && !self.inner.state.read().feed.sinks.contains_key(sink) {
+                    return Err(Error::invalid(
+                        "sink",
+                        format!("at most {} sinks", crate::feed::MAX_SINKS),
+                    ));
+                }
+                Ok(n > 0)
+            }
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    /// The default sink before its first export: it has nothing yet.
+    fn default_sink_unborn(&self, sink: &str) -> bool {
+        sink == crate::feed::DEFAULT_SINK && !self.inner.state.read().feed.sinks.contains_key(sink)
+    }
+
+    fn require_sink(&self, sink: &str) -> Result<()> {
+        validate_sink(sink)?;
+        if self.inner.state.read().feed.sinks.contains_key(sink) {
+            Ok(())
+        } else {
+            Err(Error::invalid("sink", format!("no sink named {sink:?}")))
+        }
+    }
+
+    /// The next batch for `sink`: at most `max_ops` operations and a body
+    /// of at most `max_bytes` (under Customer.io's 500,000). Until it is
+    /// acknowledged, every export returns the identical batch, also after a
+    /// crash. `None` when nothing is pending.
+    ///
+    /// ```
+    /// use devreg::{Registry, Register, Platform, DEFAULT_SINK};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let reg = Registry::open(dir.path().join("db")).unwrap();
+    /// reg.register(Register { token: "ab".into(), platform: Platform::Ios,
+    ///     person: Some("p1".into()), seen_ms: 5_000, attributes: None }).unwrap();
+    /// let batch = reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap();
+    /// assert!(batch.body().contains(r#""action":"add_device""#));
+    /// assert_eq!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap().id(), batch.id());
+    /// reg.ack(DEFAULT_SINK, batch.id()).unwrap();
+    /// assert!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().is_none());
+    /// ```
+    pub fn export(&self, sink: &str, max_ops: u32, max_bytes: u32) -> Result<Option<Arc<Batch>>> {
+        if self.default_sink_unborn(sink) {
+            self.add_sink(sink)?;
+        }
+        self.require_sink(sink)?;
+        if let Some(b) = self
+            .inner
+            .state
+            .read()
+            .feed
+            .sinks
+            .get(sink)
+            .and_then(|s| s.in_flight.clone())
+        {
+            return Ok(Some(b));
+        }
+        match self.submit_one(Entry::Export {
+            sink: sink.to_owned(),
+            max_ops,
+            max_bytes,
+        })? {
+            Applied::Batch(b) => Ok(b),
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    /// Marks batch `batch_id` delivered. Acknowledging it again is a no-op;
+    /// an id never exported is an error.
+    pub fn ack(&self, sink: &str, batch_id: &str) -> Result<()> {
+        self.nack(sink, batch_id, &[])
+    }
+
+    /// Customer.io accepted the batch except the operations at these indices
+    /// (its 207 answer): they go to the dead letters with their reasons.
+    pub fn nack(&self, sink: &str, batch_id: &str, failed: &[(u32, String)]) -> Result<()> {
+        self.require_sink(sink)?;
+        match self.submit_one(Entry::Ack {
+            sink: sink.to_owned(),
+            batch_id: batch_id.to_owned(),
+            failed: failed.to_vec(),
+        })? {
+            Applied::Count(_) => Ok(()),
+            Applied::Rejected(field, why) => Err(Error::invalid(field, why)),
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    /// The sink's dead letters, oldest first.
+    pub fn dead_letters(&self, sink: &str) -> Result<Vec<DeadLetter>> {
+        if self.default_sink_unborn(sink) {
+            return Ok(Vec::new());
+        }
+        self.require_sink(sink)?;
+        Ok(self.inner.state.read().feed.dead_letters(sink))
+    }
+
+    /// Puts every dead letter back into the feed; returns how many.
+    pub fn requeue(&self, sink: &str) -> Result<u64> {
+        if self.default_sink_unborn(sink) {
+            return Ok(0);
+        }
+        self.require_sink(sink)?;
+        match self.submit_one(Entry::Requeue(sink.to_owned()))? {
+            Applied::Count(n) => Ok(n),
+            other => Err(Error::corrupt(
+                "writer",
+                format!("unexpected result {other:?}"),
+            )),
+        }
+    }
+
+    /// Every sink's position.
+    pub fn sinks(&self) -> Vec<SinkInfo> {
+        self.inner.state.read().feed.infos()
+    }
+}
