@@ -68,31 +68,25 @@ pub fn pack_token(token: &str) -> Box<[u8]> {
 /// Unpacks a packed token back to its text; `None` if the bytes are not a packed token.
 pub fn unpack_token(packed: &[u8]) -> Option<String> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    if !is_packed_token(packed) {
+        return None;
+    }
     let (&tag, body) = packed.split_first()?;
-    match tag {
-        TAG_HEX if !body.is_empty() => {
-            let mut s = String::with_capacity(body.len() * 2);
-            for &byte in body {
-                s.push(char::from(HEX[usize::from(byte >> 4)]));
-                s.push(char::from(HEX[usize::from(byte & 0xf)]));
-            }
-            Some(s)
+    if tag == TAG_HEX {
+        let mut s = String::with_capacity(body.len() * 2);
+        for &byte in body {
+            s.push(char::from(HEX[usize::from(byte >> 4)]));
+            s.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
-        TAG_RAW if !body.is_empty() && body.iter().all(|b| (0x21..=0x7e).contains(b)) => {
-            // A raw body must not be one pack_token would have packed.
-            let canonical_raw = body.len() % 2 == 1 || !body.iter().all(|&c| is_lower_hex(c));
-            if canonical_raw {
-                std::str::from_utf8(body).ok().map(str::to_owned)
-            } else {
-                None
-            }
-        }
-        _ => None,
+        Some(s)
+    } else {
+        std::str::from_utf8(body).ok().map(str::to_owned)
     }
 }
 
 /// Whether `packed` is a canonical packed token (what `unpack_token` accepts),
-/// without building the text.
+/// without building the text. A raw body must not be one `pack_token`
+/// would have packed.
 pub fn is_packed_token(packed: &[u8]) -> bool {
     match packed.split_first() {
         Some((&TAG_HEX, body)) => !body.is_empty(),

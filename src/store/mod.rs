@@ -70,7 +70,7 @@ impl SledStore {
         };
         // Files from before (sled creates them 0644) become owner-only now;
         // new ones at every checkpoint.
-        restrict_tree(path)?;
+        visit_tree(path, false)?;
         Ok(store)
     }
 }
@@ -93,31 +93,13 @@ fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn restrict_tree(path: &Path) -> Result<()> {
+/// Walks every file and directory under `path`, making it readable by its
+/// owner only (sled creates files 0644; tokens let anyone push to a device)
+/// and, with `sync`, fsyncing it (sled's own flush uses `sync_file_range`,
+/// which does not survive power loss).
+fn visit_tree(path: &Path, sync: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let private = if meta.is_dir() { 0o700 } else { 0o600 };
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(private))
-            .map_err(|e| Error::io(format!("restricting {}", path.display()), e))?;
-    }
-    if meta.is_dir() {
-        let rd = std::fs::read_dir(path)
-            .map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
-        for ent in rd.flatten() {
-            restrict_tree(&ent.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// fsyncs every file and directory under `path`, and makes sled's files
-/// readable by their owner only (sled creates them 0644; tokens let anyone
-/// push to a device).
-fn sync_tree(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let ctx = |p: &Path| format!("syncing {}", p.display());
+    let ctx = |p: &Path| format!("walking {}", p.display());
     let meta = std::fs::metadata(path).map_err(|e| Error::io(ctx(path), e))?;
     let private = if meta.is_dir() { 0o700 } else { 0o600 };
     if meta.permissions().mode() & 0o077 != 0 {
@@ -128,12 +110,15 @@ fn sync_tree(path: &Path) -> Result<()> {
         let rd = std::fs::read_dir(path).map_err(|e| Error::io(ctx(path), e))?;
         for ent in rd {
             let ent = ent.map_err(|e| Error::io(ctx(path), e))?;
-            sync_tree(&ent.path())?;
+            visit_tree(&ent.path(), sync)?;
         }
     }
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(ctx(path), e))
+    if sync {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+    }
+    Ok(())
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -180,7 +165,7 @@ impl KvStore for SledStore {
     fn sync(&self) -> Result<()> {
         self.db.flush().map_err(|e| Error::store("flushing", e))?;
         // sled's flush uses sync_file_range, which does not survive power loss.
-        sync_tree(&self.path)
+        visit_tree(&self.path, true)
     }
 
     fn disk_bytes(&self) -> u64 {
