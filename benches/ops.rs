@@ -60,7 +60,11 @@ fn register_op(token: String, person: Option<String>, seen_ms: u64, i: u64) -> O
 /// Device `i` of the pre-populated set: owned by person i % PERSONS, half of
 /// them seen in the last 30 days.
 fn seed_op(i: u64) -> Op {
-    let age = if i % 2 == 0 { i % 30 } else { 31 + i % 300 };
+    let age = if i.is_multiple_of(2) {
+        i % 30
+    } else {
+        31 + i % 300
+    };
     register_op(
         token(i),
         Some(format!("person-{}", i % PERSONS)),

@@ -50,7 +50,7 @@ fn nibble(b: u8) -> u8 {
 /// Packs a token: lowercase hex of even length becomes raw bytes (half the size).
 pub fn pack_token(token: &str) -> Box<[u8]> {
     let b = token.as_bytes();
-    if !b.is_empty() && b.len() % 2 == 0 && b.iter().all(|&c| is_lower_hex(c)) {
+    if !b.is_empty() && b.len().is_multiple_of(2) && b.iter().all(|&c| is_lower_hex(c)) {
         let mut out = Vec::with_capacity(1 + b.len() / 2);
         out.push(TAG_HEX);
         for pair in b.chunks_exact(2) {
@@ -242,11 +242,16 @@ pub fn decode_record<'a>(location: &str, bytes: &'a [u8]) -> Result<RecordRef<'a
 }
 
 /// Encodes a value stored in sled: the format version byte, then bincode.
-pub(crate) fn encode_versioned<T: Serialize>(v: &T) -> Vec<u8> {
+///
+/// Fails when the value is over the codec's size limit: a caller must never
+/// store a short value in its place (reliability finding 1: a dropped error
+/// once checkpointed a lone version byte and the database never opened again).
+pub(crate) fn encode_versioned<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     let mut out = vec![FORMAT_VERSION];
-    // Serializing into a Vec cannot fail.
-    let _ = bincode_opts().serialize_into(&mut out, v);
-    out
+    bincode_opts()
+        .serialize_into(&mut out, v)
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decodes what `encode_versioned` wrote; errors name the key.

@@ -42,6 +42,9 @@ pub struct Config {
     /// How long ownership history is kept (by commit time); older entries
     /// are dropped as their token changes and at checkpoints.
     pub history_retention_ms: u64,
+    /// Test-only I/O fault injection (`FaultPlan`); not a stable API.
+    #[doc(hidden)]
+    pub faults: Option<std::sync::Arc<crate::fault::FaultPlan>>,
 }
 
 impl Config {
@@ -63,6 +66,7 @@ impl Config {
             checkpoint_interval_ms: 30_000,
             checkpoint_log_bytes: None,
             history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
+            faults: None,
         }
     }
 
@@ -105,6 +109,13 @@ impl Config {
     /// Sets how long ownership history is kept.
     pub fn history_retention_ms(mut self, ms: u64) -> Config {
         self.history_retention_ms = ms;
+        self
+    }
+
+    /// Test-only: every I/O call of the registry asks `plan` first.
+    #[doc(hidden)]
+    pub fn fault_plan(mut self, plan: std::sync::Arc<crate::fault::FaultPlan>) -> Config {
+        self.faults = Some(plan);
         self
     }
 

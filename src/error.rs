@@ -5,8 +5,10 @@ use std::io;
 /// The result type of every fallible devreg call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in devreg.
+/// Everything that can go wrong in devreg. New kinds may be added: match
+/// with a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An input broke a rule; `field` names the input, `reason` the rule.
     #[error("invalid {field}: {reason}")]
@@ -53,9 +55,19 @@ pub enum Error {
         /// sled's message.
         detail: String,
     },
+    /// A value could not be encoded for the store (over the codec's size
+    /// limit); the checkpoint that needed it wrote nothing.
+    #[error("cannot encode a stored value: {0}")]
+    Encode(String),
     /// An earlier write failed; the registry refuses writes until it is reopened.
     #[error("registry stopped after a failed write and refuses writes until reopened: {0}")]
     Failed(String),
+    /// Another process (or another open handle) holds the database.
+    #[error("database {} is in use by another process (its lock file is taken)", path.display())]
+    Locked {
+        /// The database directory.
+        path: std::path::PathBuf,
+    },
     /// The registry was closed.
     #[error("registry is closed")]
     Closed,

@@ -26,6 +26,7 @@ mod codec;
 mod config;
 pub mod customerio;
 mod error;
+mod fault;
 mod feed;
 mod history;
 pub mod import;
@@ -39,9 +40,11 @@ mod writer;
 
 pub use config::{Config, Durability};
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use fault::{FaultPlan, IoOp};
 pub use feed::{
-    validate_sink, Batch, DeadLetter, SinkInfo, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT,
-    MAX_SINKS,
+    validate_sink, Batch, DeadLetter, SinkInfo, DEFAULT_MAX_OPS, DEFAULT_SINK,
+    MAX_DEAD_LETTERS_PER_SINK, MAX_OPS_LIMIT, MAX_SINKS,
 };
 pub use history::{
     ChangesPage, DailyStats, DayCounts, HistoryCursor, HistoryEntry, HistoryOp,

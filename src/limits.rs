@@ -30,5 +30,9 @@ pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 16 << 20;
 pub const DEFAULT_MAX_LOG_SEGMENTS: u32 = 4;
 /// Most operations one write group (one fsync) collects from concurrent callers.
 pub const MAX_GROUP_OPS: usize = 200_000;
+/// Most encoded bytes of operations one import batch collects (it is also
+/// bounded by the registry's `max_batch_bytes`): lines that average 23 KB
+/// of attributes must not make a 10,000-line batch outgrow a log record.
+pub const MAX_IMPORT_BATCH_BYTES: usize = 4 << 20;
 /// Longest import line, in bytes.
 pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;

@@ -315,6 +315,18 @@ pub fn validate_attributes(attributes: &Attributes) -> Result<()> {
 }
 
 impl Op {
+    /// Bytes this operation takes in a log record, to bound batches by
+    /// size as well as by count (see [`Registry::max_batch_bytes`](crate::Registry::max_batch_bytes)).
+    pub fn encoded_len(&self) -> usize {
+        use bincode::Options;
+        // One byte of entry tag, then the operation.
+        crate::codec::bincode_opts()
+            .serialized_size(self)
+            .map_or(usize::MAX, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX).saturating_add(1)
+            })
+    }
+
     /// Checks every field of the operation against devreg's limits.
     ///
     /// ```

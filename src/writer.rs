@@ -57,15 +57,18 @@ impl WriteQueue {
 pub(crate) fn commit(
     ctx: &Mutex<WriterCtx>,
     queue: &WriteQueue,
+    failed: &FailFlag,
     entries: Vec<Entry>,
 ) -> Result<Vec<Applied>> {
     let (reply, done) = crossbeam_channel::bounded(1);
     queue.tx.send((entries, reply)).map_err(|_| Error::Closed)?;
+    // A reply dropped unanswered: the leader panicked (and failed stop).
+    let dropped = || Err(failed.get().map_or(Error::Closed, Error::Failed));
     loop {
         // Done by an earlier leader?
         match done.try_recv() {
             Ok(r) => return r,
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(Error::Closed),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return dropped(),
             Err(crossbeam_channel::TryRecvError::Empty) => {}
         }
         if let Some(mut c) = ctx.try_lock() {
@@ -78,7 +81,7 @@ pub(crate) fn commit(
         // leader finished is picked up by the next poll.
         match done.recv_timeout(std::time::Duration::from_micros(100)) {
             Ok(r) => return r,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Closed),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return dropped(),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
         }
     }
@@ -101,7 +104,16 @@ fn lead(c: &mut WriterCtx, queue: &WriteQueue) {
         if group.is_empty() {
             break;
         }
-        c.write_group(group);
+        // A panic here would leave the state half-applied with the flag
+        // unset: catch it and fail stop (finding 14). The group's replies
+        // are dropped with it; `commit` turns that into the failure.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.write_group(group)));
+        if r.is_err() {
+            c.fail(&Error::Failed(
+                "the writer panicked while applying a group".into(),
+            ));
+            return;
+        }
     }
     c.periodic();
 }
@@ -137,11 +149,65 @@ pub(crate) struct WriterCtx {
     pub(crate) config: Config,
     pub(crate) ckpt_tx: Option<Sender<CheckpointJob>>,
     pub(crate) ckpt_busy: Arc<AtomicBool>,
+    /// Writes of a checkpoint that failed or was dropped; the next snapshot
+    /// starts with them (none is taken after a failure, but the dirty set a
+    /// snapshot drained is never simply forgotten).
+    pub(crate) ckpt_carry: Arc<Mutex<Vec<crate::store::Write>>>,
     pub(crate) last_checkpoint_lsn: u64,
     pub(crate) last_checkpoint_at: Instant,
     pub(crate) last_sync_at: Instant,
     /// The last commit time stamped (`Entry::Clock`); never goes backwards.
     pub(crate) last_clock_ms: u64,
+    /// Set by `shutdown`: every later write is refused with `Closed`.
+    pub(crate) closed: bool,
+}
+
+/// One request on its way through a group: its entries (the commit time
+/// first), its encoded record body, and where to answer.
+pub(crate) struct Work {
+    entries: Vec<Entry>,
+    body: Vec<u8>,
+    reply: Reply<Vec<Applied>>,
+}
+
+/// A request's outcomes and where to send them.
+type Done = (Vec<Applied>, Reply<Vec<Applied>>);
+
+/// Answers every reply with `e`.
+fn reply_all(replies: impl Iterator<Item = Reply<Vec<Applied>>>, e: &Error) {
+    for reply in replies {
+        let _ = reply.send(Err(clone_refusal(e)));
+    }
+}
+
+/// The error a refused or failed write gets: `Closed` stays `Closed`; any
+/// other becomes `Failed` with its text once (not "stopped: stopped: ...").
+fn clone_refusal(e: &Error) -> Error {
+    match e {
+        Error::Closed => Error::Closed,
+        Error::Failed(why) => Error::Failed(why.clone()),
+        other => Error::Failed(other.to_string()),
+    }
+}
+
+/// Applies one request's entries; the outcomes (the commit time's own
+/// excluded) and whether anything changed.
+fn apply_request(
+    st: &mut State,
+    entries: &[Entry],
+    faults: &crate::fault::Faults,
+) -> (Vec<Applied>, bool) {
+    let mut changed = false;
+    let mut outcomes = Vec::with_capacity(entries.len().saturating_sub(1));
+    for (i, e) in entries.iter().enumerate() {
+        let (a, c) = st.apply(e);
+        changed |= c;
+        if i > 0 {
+            outcomes.push(a);
+            crate::fault::maybe_panic(faults);
+        }
+    }
+    (outcomes, changed)
 }
 
 /// Wall-clock Unix milliseconds.
@@ -225,25 +291,66 @@ impl WriterCtx {
         ctx.lock().shutdown();
     }
 
+    /// Commits one group. In `Immediate` mode the records are written and
+    /// fdatasynced before the state changes, so a reader never sees a write
+    /// that a crash can take back (finding 16); in `Eventual` mode the state
+    /// changes first and only records that changed something are logged.
     fn write_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Applied>>)>) {
-        if let Some(e) = self.refuse() {
+        let refusal = if self.closed {
+            Some(Error::Closed)
+        } else {
+            self.refuse()
+        };
+        if let Some(e) = refusal {
             for (_, reply) in group {
-                let _ = reply.send(Err(Error::Failed(e.to_string())));
+                let _ = reply.send(Err(clone_refusal(&e)));
             }
             return;
         }
+        let work = self.encode_group(group);
+        if let Err(e) = self.make_room(&work) {
+            return reply_all(work.into_iter().map(|w| w.reply), &e);
+        }
+        let results = match self.config.durability {
+            Durability::Immediate => self.log_then_apply(work),
+            Durability::Eventual => self.apply_then_log(work),
+        };
+        let Ok(results) = results else {
+            return;
+        };
+        for (outcomes, reply) in results {
+            let _ = reply.send(Ok(outcomes));
+        }
+        let since = self.log.end_lsn() - self.last_checkpoint_lsn;
+        let trigger = self
+            .config
+            .checkpoint_log_bytes
+            .unwrap_or(self.config.log_segment_bytes / 2);
+        if since >= trigger && !self.ckpt_busy.load(Ordering::Acquire) {
+            if let Err(e) = self.start_checkpoint(None) {
+                self.fail(&e);
+            }
+        }
+    }
+
+    /// Stamps each request with the commit time and encodes its record;
+    /// requests that cannot be logged are answered here.
+    fn encode_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Applied>>)>) -> Vec<Work> {
         // Every record starts with the group's commit time, so replay
         // stamps history entries with the same times.
         let now = wall_ms()
             .min(crate::limits::MAX_TIMESTAMP_MS)
             .max(self.last_clock_ms);
         self.last_clock_ms = now;
-        // Encode first: it needs no state, and sizes decide segment rolls.
         let mut work = Vec::with_capacity(group.len());
         for (mut entries, reply) in group {
             entries.insert(0, Entry::Clock(now));
             match encode_entries(&entries) {
-                Ok(body) if body.len() <= self.log.max_body() => work.push((entries, body, reply)),
+                Ok(body) if body.len() <= self.log.max_body() => work.push(Work {
+                    entries,
+                    body,
+                    reply,
+                }),
                 Ok(body) => {
                     let _ = reply.send(Err(Error::invalid(
                         "batch",
@@ -259,79 +366,94 @@ impl WriterCtx {
                 }
             }
         }
-        let rolls = self.log.rolls_needed(work.iter().map(|w| w.1.len()));
+        work
+    }
+
+    /// Waits until the log may start every segment the group needs
+    /// (backpressure); fails if the registry failed meanwhile, so a waiting
+    /// write is never acknowledged after a failure nor starts a segment
+    /// beyond the maximum (finding 15).
+    fn make_room(&mut self, work: &[Work]) -> Result<()> {
+        let rolls = self.log.rolls_needed(work.iter().map(|w| w.body.len()));
         for n in 1..=rolls {
             let seq = self.log.seq_after(n);
-            if !self.log.pool().has_room_for(seq) {
-                // Backpressure: the log is full until a checkpoint releases segments.
-                if let Err(e) = self.checkpoint_now(None) {
-                    let e = self.fail(&e);
-                    for (_, _, reply) in work {
-                        let _ = reply.send(Err(Error::Failed(e.to_string())));
-                    }
-                    return;
-                }
-                let failed = self.failed.clone();
-                self.log
-                    .pool()
-                    .wait_for_room(seq, &move || failed.get().is_some());
+            if self.log.pool().has_room_for(seq) {
+                continue;
+            }
+            if let Err(e) = self.checkpoint_now(None) {
+                return Err(self.fail(&e));
+            }
+            let failed = self.failed.clone();
+            self.log
+                .pool()
+                .wait_for_room(seq, &move || failed.get().is_some());
+            if let Some(e) = self.refuse() {
+                return Err(e);
+            }
+            debug_assert!(self.log.pool().has_room_for(seq));
+        }
+        Ok(())
+    }
+
+    /// `Immediate`: every record is written and synced, then applied.
+    fn log_then_apply(&mut self, work: Vec<Work>) -> Result<Vec<Done>> {
+        let mut io = Ok(());
+        for w in &work {
+            if let Err(e) = self.log.append(w.entries.len() as u32, &w.body) {
+                io = Err(e);
+                break;
             }
         }
-        let mut results = Vec::with_capacity(work.len());
+        if let Err(e) = io.and_then(|()| self.log.sync()) {
+            let e = self.fail(&e);
+            reply_all(work.into_iter().map(|w| w.reply), &e);
+            return Err(e);
+        }
+        let mut st = self.state.write();
+        Ok(work
+            .into_iter()
+            .map(|w| {
+                (
+                    apply_request(&mut st, &w.entries, &self.config.faults).0,
+                    w.reply,
+                )
+            })
+            .collect())
+    }
+
+    /// `Eventual`: applied first, then the records that changed something
+    /// are written to the OS (fdatasynced by the timer).
+    fn apply_then_log(&mut self, work: Vec<Work>) -> Result<Vec<Done>> {
+        let mut applied = Vec::with_capacity(work.len());
         {
             let mut st = self.state.write();
-            for (entries, body, reply) in work {
-                let mut changed = false;
-                // The clock's own result is not the caller's.
-                let outcomes: Vec<Applied> = entries
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, e)| {
-                        let (a, c) = st.apply(e);
-                        changed |= c;
-                        (i > 0).then_some(a)
-                    })
-                    .collect();
-                results.push((entries.len() as u32, body, changed, outcomes, reply));
+            for w in work {
+                let (outcomes, changed) = apply_request(&mut st, &w.entries, &self.config.faults);
+                applied.push((w, outcomes, changed));
             }
         }
         let mut io = Ok(());
-        for (count, body, changed, _, _) in &results {
+        for (w, _, changed) in &applied {
             if *changed {
-                if let Err(e) = self.log.append(*count, body) {
+                if let Err(e) = self.log.append(w.entries.len() as u32, &w.body) {
                     io = Err(e);
                     break;
                 }
             }
         }
-        let io = io.and_then(|()| match self.config.durability {
-            Durability::Immediate => self.log.sync(),
-            Durability::Eventual => self.log.write_out(),
-        });
-        if let Err(e) = io {
+        if let Err(e) = io.and_then(|()| self.log.write_out()) {
             let e = self.fail(&e);
-            for (.., reply) in results {
-                let _ = reply.send(Err(Error::Failed(e.to_string())));
-            }
-            return;
+            reply_all(applied.into_iter().map(|(w, ..)| w.reply), &e);
+            return Err(e);
         }
-        for (_, _, _, outcomes, reply) in results {
-            let _ = reply.send(Ok(outcomes));
-        }
-        let since = self.log.end_lsn() - self.last_checkpoint_lsn;
-        let trigger = self
-            .config
-            .checkpoint_log_bytes
-            .unwrap_or(self.config.log_segment_bytes / 2);
-        if since >= trigger && !self.ckpt_busy.load(Ordering::Acquire) {
-            if let Err(e) = self.start_checkpoint(None) {
-                self.fail(&e);
-            }
-        }
+        Ok(applied
+            .into_iter()
+            .map(|(w, outcomes, _)| (outcomes, w.reply))
+            .collect())
     }
 
     fn periodic(&mut self) {
-        if self.refuse().is_some() {
+        if self.closed || self.refuse().is_some() {
             return;
         }
         let now = Instant::now();
@@ -366,11 +488,27 @@ impl WriterCtx {
     }
 
     /// Hands a snapshot of the state at the log's end to the checkpointer.
+    ///
+    /// Waits for the checkpoint in flight first and only then checks the
+    /// failure flag: a checkpoint that failed while we waited left the store
+    /// behind the log, and a new snapshot on top of it (Linux reports a
+    /// failed fsync once; the next one succeeds) would free log segments
+    /// whose records the store never got (reliability finding 4).
     fn start_checkpoint(&mut self, done: Option<Reply<()>>) -> Result<()> {
         self.wait_checkpoint_idle();
-        self.log.write_out()?;
+        if let Some(e) = self.refuse() {
+            return Err(e);
+        }
+        if let Err(e) = self.log.write_out() {
+            return Err(self.fail(&e));
+        }
         let lsn = self.log.end_lsn();
-        let snapshot = Snapshot::take(&mut self.state.write(), lsn, Vec::new());
+        let carry = std::mem::take(&mut *self.ckpt_carry.lock());
+        let snapshot = match Snapshot::take(&mut self.state.write(), lsn, carry) {
+            Ok(s) => s,
+            // Nothing is written; the drained changes are in the log only.
+            Err(e) => return Err(self.fail(&e)),
+        };
         self.ckpt_busy.store(true, Ordering::Release);
         let job = CheckpointJob { snapshot, done };
         match &self.ckpt_tx {
@@ -386,13 +524,12 @@ impl WriterCtx {
     }
 
     fn checkpoint_now(&mut self, done: Option<Reply<()>>) -> Result<()> {
-        if let Some(e) = self.refuse() {
-            return Err(e);
-        }
         self.start_checkpoint(done)
     }
 
     fn shutdown(&mut self) {
+        // Wait before looking at the flag (see `start_checkpoint`).
+        self.wait_checkpoint_idle();
         if self.refuse().is_none() {
             let r = self.log.sync().and_then(|()| self.start_checkpoint(None));
             if let Err(e) = r {
@@ -401,24 +538,36 @@ impl WriterCtx {
             self.wait_checkpoint_idle();
         }
         self.ckpt_tx = None;
+        self.closed = true;
     }
 }
 
+/// What the checkpointer thread shares with the writer.
+pub(crate) struct CheckpointerCtx {
+    pub(crate) store: Arc<dyn KvStore>,
+    pub(crate) pool: Arc<crate::log::segments::SegmentPool>,
+    pub(crate) failed: Arc<FailFlag>,
+    pub(crate) busy: Arc<AtomicBool>,
+    pub(crate) carry: Arc<Mutex<Vec<crate::store::Write>>>,
+}
+
 /// The checkpointer: writes snapshots to the store and releases log segments.
-pub(crate) fn run_checkpointer(
-    rx: Receiver<CheckpointJob>,
-    store: Arc<dyn KvStore>,
-    pool: Arc<crate::log::segments::SegmentPool>,
-    failed: Arc<FailFlag>,
-    busy: Arc<AtomicBool>,
-) {
+/// Once the registry has failed it writes nothing more: a job that arrives
+/// then is dropped (its writes kept in `carry`) and answered with the failure.
+pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx) {
     for job in rx {
-        let r = job.snapshot.write(&*store);
+        let r = match ctx.failed.get() {
+            Some(why) => Err(Error::Failed(why)),
+            None => job.snapshot.write(&*ctx.store),
+        };
         match &r {
-            Ok(lsn) => pool.checkpointed(*lsn),
-            Err(e) => failed.set(e),
+            Ok(lsn) => ctx.pool.checkpointed(*lsn),
+            Err(e) => {
+                ctx.failed.set(e);
+                *ctx.carry.lock() = job.snapshot.writes;
+            }
         }
-        busy.store(false, Ordering::Release);
+        ctx.busy.store(false, Ordering::Release);
         if let Some(done) = job.done {
             let _ = done.send(r.map(|_| ()));
         }

@@ -29,7 +29,7 @@ fn config(db: &std::path::Path) -> Config {
 }
 
 fn token(i: u64) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("{:064x}", i * 0x1_0000_0001)
     } else {
         format!("fcm-{i}:APA91b")

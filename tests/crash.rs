@@ -20,8 +20,8 @@
 //!   the kill with the identical body, that an acknowledged batch never comes
 //!   back, and that a batch id always carries the same body.
 //! - `log_tail_cut_at_every_offset`: the log's last record is zeroed, filled
-//!   with 0xFF, or the file truncated, from every byte offset inside it;
-//!   recovery must cut exactly that record.
+//!   with 0xFF from every byte offset inside it: recovery must cut exactly
+//!   that record; the file truncated there must fail the open as Corrupt.
 //! - `log_damage_before_tail_is_corrupt`: any damaged byte in an earlier
 //!   record must fail the open with `Error::Corrupt`.
 //!
@@ -104,7 +104,7 @@ impl Workload {
 
     fn token(&mut self) -> String {
         let i = self.rng.below(700);
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             format!(
                 "{:064x}",
                 i.wrapping_mul(0x9E37_79B9_7F4A_7C15) as u128 * 7919
@@ -859,6 +859,18 @@ fn log_tail_cut_at_every_offset() {
                 }
             };
             let want = if changed { &cut } else { &full };
+            if matches!(mode, Cut::Truncate) {
+                // Segments are created full length: a short file is damage,
+                // never a torn write (reliability finding 7).
+                match Registry::open_with(tail_config(&case)) {
+                    Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("truncated")),
+                    Err(e) => panic!("{ctx}: unexpected error {e}"),
+                    Ok(_) => panic!("{ctx}: a truncated segment opened"),
+                }
+                opens += 1;
+                std::fs::remove_dir_all(&case).unwrap();
+                continue;
+            }
             let reg = Registry::open_with(tail_config(&case))
                 .unwrap_or_else(|e| panic!("{ctx}: open failed: {e}"));
             opens += 1;

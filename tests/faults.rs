@@ -50,7 +50,7 @@ fn config(db: &Path) -> Config {
 }
 
 fn token(i: u64) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("{:064x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     } else {
         format!("fcm{i}:APA91b-{}", i * 7)
@@ -62,14 +62,14 @@ fn register(i: u64, seen: u64) -> Op {
     attrs.insert("app_version".into(), format!("1.{}", i % 7));
     Op::Register(Register {
         token: token(i),
-        platform: if i % 3 == 0 {
+        platform: if i.is_multiple_of(3) {
             Platform::Ios
         } else {
             Platform::Android
         },
-        person: (i % 4 != 0).then(|| format!("person-{}", i % 900)),
+        person: (!i.is_multiple_of(4)).then(|| format!("person-{}", i % 900)),
         seen_ms: seen,
-        attributes: (i % 5 == 0).then_some(attrs),
+        attributes: i.is_multiple_of(5).then_some(attrs),
     })
 }
 
@@ -334,6 +334,8 @@ fn error_kind(e: &Error) -> &'static str {
         Error::Store { .. } => "Store",
         Error::Failed(_) => "Failed",
         Error::Closed => "Closed",
+        Error::Encode(_) => "Encode",
+        _ => "other",
     }
 }
 

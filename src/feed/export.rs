@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use hashbrown::HashSet;
 
-use super::{batch_id, persist, Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey};
+use super::{batch_id, persist, Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, Pending};
 use crate::codec::unpack_token;
 use crate::customerio::{self, body_growth, EMPTY_BODY_BYTES, MAX_OPERATION_BYTES};
 
@@ -155,7 +155,7 @@ impl Feed {
         if let Some(st) = sink.items.remove(key) {
             sink.pending.remove(&st.seq);
             self.dirty
-                .insert(persist::item_key(sink_name, st.seq), None);
+                .insert(persist::item_key(sink_name, st.seq), Pending::Gone);
         }
     }
 
@@ -174,21 +174,11 @@ impl Feed {
             return;
         };
         // One dead letter per item: a newer failure replaces an older one.
-        sink.dead.retain(|_, d| d.item != item);
+        sink.dead.remove_item(&item);
         // Letters of one operation (a merge's failed add and the merges that
-        // needed it) share (batch, index); `sub` keeps them apart.
-        let slot = if number == 0 {
-            // Rejected at export: number them after the last one.
-            let last = sink.dead.range((0, 0, 0)..(1, 0, 0)).next_back();
-            (0, last.map_or(0, |(&(_, i, _), _)| i + 1), 0)
-        } else {
-            let sub = sink
-                .dead
-                .range((number, index, 0)..=(number, index, u32::MAX))
-                .next_back()
-                .map_or(0, |(&(_, _, s), _)| s + 1);
-            (number, index, sub)
-        };
+        // needed it) share (batch, index); `sub` keeps them apart. Batch 0
+        // holds rejections at export, numbered after the last one.
+        let slot = sink.dead.next_slot(number, index);
         sink.dead.insert(
             slot,
             DeadLetter {
@@ -356,26 +346,26 @@ impl Feed {
             Effect::Added(p) => {
                 if sink.known.insert(p.clone()) {
                     self.dirty
-                        .insert(persist::known_key(sink_name, p), Some(Vec::new()));
+                        .insert(persist::known_key(sink_name, p), Pending::Known);
                 }
             }
             Effect::Merged(s) => {
                 if sink.known.remove(s) {
-                    self.dirty.insert(persist::known_key(sink_name, s), None);
+                    self.dirty
+                        .insert(persist::known_key(sink_name, s), Pending::Gone);
                 }
                 // The merge deleted the secondary's devices on Customer.io.
-                for d in sink.dead.values_mut() {
-                    if matches!(&d.item, ItemKey::Device { person, .. } if person == s) {
-                        d.base = false;
-                    }
-                }
+                sink.dead.set_base_where(
+                    |item| matches!(item, ItemKey::Device { person, .. } if person == s),
+                    false,
+                );
                 self.meta_dirty.insert(sink_name.to_owned());
                 for (key, st) in sink.items.iter_mut() {
                     if matches!(key, ItemKey::Device { person, .. } if person == s) && st.base {
                         st.base = false;
                         self.dirty.insert(
                             persist::item_key(sink_name, st.seq),
-                            Some(persist::item_value(key, false)),
+                            Pending::Item(key.clone(), false),
                         );
                     }
                 }
@@ -393,11 +383,10 @@ impl Feed {
             st.base = base;
             self.dirty.insert(
                 persist::item_key(sink_name, st.seq),
-                Some(persist::item_value(key, base)),
+                Pending::Item(key.clone(), base),
             );
         }
-        for d in sink.dead.values_mut().filter(|d| &d.item == key) {
-            d.base = base;
+        if sink.dead.set_base_where(|item| item == key, base) {
             self.meta_dirty.insert(sink_name.to_owned());
         }
     }
@@ -409,9 +398,7 @@ impl Feed {
             return;
         };
         // The pair was delivered since any earlier failure: that letter is moot.
-        let before = sink.dead.len();
-        sink.dead.retain(|_, d| &d.item != key);
-        if sink.dead.len() != before {
+        if sink.dead.remove_item(key) {
             self.meta_dirty.insert(sink_name.to_owned());
         }
         match self.sinks.get(sink_name).and_then(|s| s.items.get(key)) {
@@ -427,9 +414,9 @@ impl Feed {
         let Some(sink) = self.sinks.get_mut(sink_name) else {
             return 0;
         };
-        let dead = std::mem::take(&mut sink.dead);
+        let dead = sink.dead.take_all();
         let n = dead.len();
-        for d in dead.into_values() {
+        for d in dead {
             // A pending item keeps its base; a new one starts from the dead letter's.
             self.mark(sink_name, d.item, d.base);
         }

@@ -9,6 +9,7 @@
 //! (new owner). The feed lives in the in-memory state, changes with it in the
 //! same atomic write, and is checkpointed with it.
 
+mod dead;
 mod export;
 mod persist;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use hashbrown::{HashMap, HashSet};
 use serde::Serialize;
 
+pub use dead::MAX_DEAD_LETTERS_PER_SINK;
 pub(crate) use export::{AckResult, Truth};
 pub(crate) use persist::load_feed;
 
@@ -149,6 +151,11 @@ pub struct SinkInfo {
     pub batches_exported: u64,
     /// Operations in the dead-letter list.
     pub dead_letters: u64,
+    /// Dead letters discarded because the list was full
+    /// (`MAX_DEAD_LETTERS_PER_SINK`, oldest first); printed only when not 0,
+    /// so the `sinks` output keeps its shape.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dead_letters_discarded: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -162,16 +169,31 @@ pub(crate) struct Sink {
     /// Persons known to exist on the Customer.io side.
     pub(crate) known: HashSet<Arc<str>>,
     /// Keyed (batch number, index in the batch, sub) in failure order.
-    pub(crate) dead: BTreeMap<(u64, u32, u32), DeadLetter>,
+    pub(crate) dead: dead::DeadLetters,
+}
+
+/// What a changed feed key holds now.
+#[derive(Clone, Debug)]
+pub(crate) enum Pending {
+    /// A pending item and its base.
+    Item(ItemKey, bool),
+    /// A known person (empty value).
+    Known,
+    /// Deleted.
+    Gone,
 }
 
 #[derive(Default)]
 pub(crate) struct Feed {
     pub(crate) sinks: BTreeMap<String, Sink>,
-    /// Store writes since the last checkpoint (`None` deletes).
-    pub(crate) dirty: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Store keys changed since the last checkpoint, encoded at the checkpoint.
+    pub(crate) dirty: HashMap<Vec<u8>, Pending>,
     /// Sinks whose metadata record must be rewritten at the next checkpoint.
     pub(crate) meta_dirty: BTreeSet<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Checks a sink name: 1..=64 of `[a-z0-9_-]`.
@@ -203,21 +225,16 @@ impl Feed {
             Some(st) => {
                 sink.pending.remove(&st.seq);
                 self.dirty
-                    .insert(persist::item_key(sink_name, st.seq), None);
+                    .insert(persist::item_key(sink_name, st.seq), Pending::Gone);
                 st.seq = seq;
                 st.base
             }
             None => {
                 // A new change supersedes the pair's dead letter (it will send
                 // the current truth); what Customer.io holds is the letter's base.
-                let dead = sink
-                    .dead
-                    .iter()
-                    .find(|(_, d)| d.item == key)
-                    .map(|(&k, d)| (k, d.base));
-                let base = match dead {
+                let base = match sink.dead.find(&key) {
                     Some((slot, base)) => {
-                        sink.dead.remove(&slot);
+                        sink.dead.remove(slot);
                         base
                     }
                     None => base_if_new,
@@ -228,7 +245,7 @@ impl Feed {
         };
         self.dirty.insert(
             persist::item_key(sink_name, seq),
-            Some(persist::item_value(&key, base)),
+            Pending::Item(key.clone(), base),
         );
         sink.pending.insert(seq, key);
         self.meta_dirty.insert(sink_name.to_owned());
@@ -311,6 +328,7 @@ impl Feed {
                 in_flight: s.in_flight.as_ref().map(|b| b.id.clone()),
                 batches_exported: s.next_batch.saturating_sub(1),
                 dead_letters: s.dead.len() as u64,
+                dead_letters_discarded: s.dead.discarded,
             })
             .collect()
     }

@@ -4,14 +4,20 @@
 //! b'S' sink                      -> sink metadata (version byte 1 + bincode SinkMeta)
 //! b'F' sink 0x00 seq(u64 BE)     -> pending item (version byte 1 + bincode ItemRec, base)
 //! b'K' sink 0x00 person          -> empty: the person exists on the Customer.io side
+//! b'X' sink 0x00 number(u64 BE) index(u32 BE) sub(u32 BE)
+//!                                -> dead letter (version byte 1 + bincode DeadVal)
 //! ```
+//!
+//! Sink metadata is bounded: its in-flight batch is at most one batch, and
+//! dead letters have a key each (format history: until 2026-11 they were a
+//! `Vec` inside the metadata, which is still read and rewritten as keys).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Sink};
+use super::dead::Slot;
+use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Pending, Sink};
 use crate::codec::{decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
 use crate::store::{KvStore, Write};
@@ -48,12 +54,53 @@ struct DeadRec {
     base: bool,
 }
 
+/// A dead letter's value; its slot is in the key.
+#[derive(Serialize, Deserialize)]
+struct DeadVal {
+    batch_id: String,
+    reason: String,
+    operation: String,
+    item: ItemRec,
+    base: bool,
+}
+
+/// Sink metadata as written before dead letters had keys of their own.
+#[derive(Serialize, Deserialize)]
+struct SinkMetaV1 {
+    next_seq: u64,
+    next_batch: u64,
+    in_flight: Option<(u64, Vec<OpRec>)>,
+    dead: Vec<DeadRec>,
+}
+
+/// Sink metadata. `legacy_dead` is always written empty; it keeps the
+/// layout a superset of `SinkMetaV1` so one decoder path reads both.
 #[derive(Serialize, Deserialize)]
 struct SinkMeta {
     next_seq: u64,
     next_batch: u64,
     in_flight: Option<(u64, Vec<OpRec>)>,
-    dead: Vec<DeadRec>,
+    legacy_dead: Vec<DeadRec>,
+    dead_discarded: u64,
+}
+
+/// Decodes sink metadata in the current layout or the one before it.
+fn decode_meta(key: &[u8], value: &[u8]) -> Result<SinkMeta> {
+    match decode_versioned::<SinkMeta>(key, value) {
+        Ok(m) => Ok(m),
+        Err(Error::Corrupt { .. }) => {
+            // bincode rejects trailing bytes, so only a V1 value decodes here.
+            let m: SinkMetaV1 = decode_versioned(key, value)?;
+            Ok(SinkMeta {
+                next_seq: m.next_seq,
+                next_batch: m.next_batch,
+                in_flight: m.in_flight,
+                legacy_dead: m.dead,
+                dead_discarded: 0,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn rec(key: &ItemKey) -> ItemRec {
@@ -105,8 +152,30 @@ pub(crate) fn item_key(sink: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-pub(crate) fn item_value(key: &ItemKey, base: bool) -> Vec<u8> {
+fn item_value(key: &ItemKey, base: bool) -> Result<Vec<u8>> {
     encode_versioned(&(rec(key), base))
+}
+
+pub(crate) fn dead_key(sink: &str, slot: Slot) -> Vec<u8> {
+    let (number, index, sub) = slot;
+    let mut k = Vec::with_capacity(18 + sink.len());
+    k.push(b'X');
+    k.extend_from_slice(sink.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&number.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k.extend_from_slice(&sub.to_be_bytes());
+    k
+}
+
+fn dead_value(d: &DeadLetter) -> Result<Vec<u8>> {
+    encode_versioned(&DeadVal {
+        batch_id: d.batch_id.clone(),
+        reason: d.reason.clone(),
+        operation: d.operation.clone(),
+        item: rec(&d.item),
+        base: d.base,
+    })
 }
 
 pub(crate) fn known_key(sink: &str, person: &str) -> Vec<u8> {
@@ -134,45 +203,51 @@ fn effect_rec(e: &Effect) -> EffectRec {
 
 impl Feed {
     /// Drains the feed's changes since the last checkpoint into store writes.
-    pub(crate) fn take_writes(&mut self) -> Vec<Write> {
-        let mut writes: Vec<Write> = self.dirty.drain().collect();
+    /// An encode error fails the checkpoint: nothing may be written short.
+    pub(crate) fn take_writes(&mut self) -> Result<Vec<Write>> {
+        let mut writes = Vec::with_capacity(self.dirty.len() + self.meta_dirty.len());
+        for (key, p) in self.dirty.drain() {
+            let value = match p {
+                Pending::Item(item, base) => Some(item_value(&item, base)?),
+                Pending::Known => Some(Vec::new()),
+                Pending::Gone => None,
+            };
+            writes.push((key, value));
+        }
+        for (name, s) in self.sinks.iter_mut() {
+            for (slot, letter) in s.dead.take_dirty() {
+                let value = letter.map(dead_value).transpose()?;
+                writes.push((dead_key(name, slot), value));
+            }
+        }
         for name in std::mem::take(&mut self.meta_dirty) {
             let Some(s) = self.sinks.get(&name) else {
                 continue;
             };
-            let meta = SinkMeta {
-                next_seq: s.next_seq,
-                next_batch: s.next_batch,
-                in_flight: s.in_flight.as_ref().map(|b| {
-                    let ops = b
-                        .ops
-                        .iter()
-                        .map(|o| OpRec {
-                            item: o.item.as_ref().map(|(k, seq)| (rec(k), *seq)),
-                            effect: effect_rec(&o.effect),
-                            json: o.json.clone(),
-                        })
-                        .collect();
-                    (b.number, ops)
-                }),
-                dead: s
-                    .dead
-                    .iter()
-                    .map(|(&(number, index, sub), d)| DeadRec {
-                        number,
-                        index,
-                        sub,
-                        batch_id: d.batch_id.clone(),
-                        reason: d.reason.clone(),
-                        operation: d.operation.clone(),
-                        item: rec(&d.item),
-                        base: d.base,
-                    })
-                    .collect(),
-            };
-            writes.push((meta_key(&name), Some(encode_versioned(&meta))));
+            writes.push((meta_key(&name), Some(encode_versioned(&sink_meta(s))?)));
         }
-        writes
+        Ok(writes)
+    }
+}
+
+fn sink_meta(s: &Sink) -> SinkMeta {
+    SinkMeta {
+        next_seq: s.next_seq,
+        next_batch: s.next_batch,
+        in_flight: s.in_flight.as_ref().map(|b| {
+            let ops = b
+                .ops
+                .iter()
+                .map(|o| OpRec {
+                    item: o.item.as_ref().map(|(k, seq)| (rec(k), *seq)),
+                    effect: effect_rec(&o.effect),
+                    json: o.json.clone(),
+                })
+                .collect();
+            (b.number, ops)
+        }),
+        legacy_dead: Vec::new(),
+        dead_discarded: s.dead.discarded,
     }
 }
 
@@ -181,6 +256,34 @@ fn split_sink_key(key: &[u8]) -> Option<(String, &[u8])> {
     let zero = body.iter().position(|&b| b == 0)?;
     let name = std::str::from_utf8(body.get(..zero)?).ok()?.to_owned();
     Some((name, body.get(zero + 1..)?))
+}
+
+fn load_dead(feed: &mut Feed, names: &mut Interner, key: &[u8], value: &[u8]) -> Result<()> {
+    let bad = || Error::corrupt(describe_key(key), "malformed dead-letter key");
+    let (name, rest) = split_sink_key(key).ok_or_else(bad)?;
+    let slot = <[u8; 16]>::try_from(rest).map_err(|_| bad())?;
+    let (number, tail) = slot.split_at(8);
+    let (index, sub) = tail.split_at(4);
+    let number = u64::from_be_bytes(number.try_into().map_err(|_| bad())?);
+    let index = u32::from_be_bytes(index.try_into().map_err(|_| bad())?);
+    let sub = u32::from_be_bytes(sub.try_into().map_err(|_| bad())?);
+    let v: DeadVal = decode_versioned(key, value)?;
+    let sink = feed.sinks.get_mut(&name).ok_or_else(|| {
+        Error::corrupt(
+            describe_key(key),
+            format!("dead letter of unknown sink {name:?}"),
+        )
+    })?;
+    let letter = DeadLetter {
+        batch_id: v.batch_id,
+        index,
+        reason: v.reason,
+        operation: v.operation,
+        item: names.key(v.item),
+        base: v.base,
+    };
+    sink.dead.load((number, index, sub), letter);
+    Ok(())
 }
 
 /// Loads every sink from the store. A database without the default sink
@@ -192,7 +295,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
         let name = std::str::from_utf8(key.get(1..).unwrap_or_default())
             .map_err(|_| Error::corrupt(describe_key(key), "sink name is not UTF-8"))?
             .to_owned();
-        let meta: SinkMeta = decode_versioned(key, value)?;
+        let meta = decode_meta(key, value)?;
         let in_flight = meta.in_flight.map(|(number, ops)| {
             let ops = ops
                 .into_iter()
@@ -208,19 +311,25 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
                 .collect();
             Arc::new(Batch::new(&name, number, ops))
         });
-        let mut dead = BTreeMap::new();
-        for d in meta.dead {
-            dead.insert(
-                (d.number, d.index, d.sub),
-                DeadLetter {
-                    batch_id: d.batch_id,
-                    index: d.index,
-                    reason: d.reason,
-                    operation: d.operation,
-                    item: names.key(d.item),
-                    base: d.base,
-                },
-            );
+        let mut dead = super::dead::DeadLetters::default();
+        dead.discarded = meta.dead_discarded;
+        let legacy = !meta.legacy_dead.is_empty();
+        for d in meta.legacy_dead {
+            let letter = DeadLetter {
+                batch_id: d.batch_id,
+                index: d.index,
+                reason: d.reason,
+                operation: d.operation,
+                item: names.key(d.item),
+                base: d.base,
+            };
+            dead.load((d.number, d.index, d.sub), letter);
+        }
+        if legacy {
+            // Rewritten as one key each (and dropped from the metadata) at
+            // the next checkpoint.
+            dead.mark_all_dirty();
+            feed.meta_dirty.insert(name.clone());
         }
         feed.sinks.insert(
             name,
@@ -254,6 +363,9 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
         }
         sink.pending.insert(seq, item);
         Ok(())
+    })?;
+    store.scan_prefix(b"X", &mut |key, value| {
+        load_dead(&mut feed, &mut names, key, value)
     })?;
     store.scan_prefix(b"K", &mut |key, _| {
         let (name, person) = split_sink_key(key)

@@ -73,24 +73,29 @@ pub(crate) fn encoded_len(r: &Rec) -> usize {
 impl History {
     /// Drops expired entries, then drains the changes since the last
     /// checkpoint into store writes.
-    pub(crate) fn take_writes(&mut self, now_ms: u64) -> Vec<Write> {
+    pub(crate) fn take_writes(&mut self, now_ms: u64) -> Result<Vec<Write>> {
         self.sweep(now_ms);
         let mut writes = Vec::with_capacity(self.dirty_tokens.len() + self.dirty_days.len() + 1);
         for token in std::mem::take(&mut self.dirty_tokens) {
-            let value = self.tokens.get(&token).filter(|l| !l.is_empty()).map(|l| {
-                let v: Vec<RecOut> = l.iter().map(out).collect();
-                encode_versioned(&v)
-            });
+            let value = match self.tokens.get(&token).filter(|l| !l.is_empty()) {
+                Some(l) => Some(encode_versioned(
+                    &l.iter().map(out).collect::<Vec<RecOut>>(),
+                )?),
+                None => None,
+            };
             writes.push((token_key(&token), value));
         }
         for (day, platform) in std::mem::take(&mut self.dirty_days) {
-            let value = self.daily.get(&(day, platform)).map(encode_versioned);
+            let value = match self.daily.get(&(day, platform)) {
+                Some(v) => Some(encode_versioned(v)?),
+                None => None,
+            };
             writes.push((day_key(day, platform), value));
         }
         let mut meta = self.next_seq.to_be_bytes().to_vec();
         meta.extend_from_slice(&now_ms.to_be_bytes());
         writes.push((META_HISTORY.to_vec(), Some(meta)));
-        writes
+        Ok(writes)
     }
 }
 

@@ -13,8 +13,25 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fault::{check, IoOp};
 use record::{HEADER_BYTES, KIND_ENTRIES, KIND_PAD};
 pub(crate) use replay::replay;
+
+/// Creates the first segment of a new database's log (if absent) and makes
+/// its directory entry durable. Runs before the store records that the
+/// database exists, so an existing store always has a log to continue.
+pub(crate) fn create_first_segment(
+    dir: &std::path::Path,
+    segment_bytes: u64,
+    faults: &crate::fault::Faults,
+) -> Result<()> {
+    let path = segments::segment_path(dir, 0);
+    if !path.exists() {
+        segments::create_preallocated(&path, segment_bytes, faults)?;
+        segments::sync_dir(dir, faults)?;
+    }
+    Ok(())
+}
 use segments::SegmentPool;
 
 /// The append side of the log; owned by the writer thread.
@@ -122,8 +139,8 @@ impl LogWriter {
             return Ok(());
         }
         let off = self.buf_lsn - self.seq * self.segment_bytes;
-        self.file
-            .write_all_at(&self.buf, off)
+        check(&self.pool.faults, IoOp::Pwrite)
+            .and_then(|()| self.file.write_all_at(&self.buf, off))
             .map_err(|e| Error::io(format!("writing log segment {}", self.seq), e))?;
         self.buf.clear();
         self.buf_lsn = self.end_lsn;
@@ -136,8 +153,8 @@ impl LogWriter {
         if self.synced_lsn == self.end_lsn {
             return Ok(());
         }
-        self.file
-            .sync_data()
+        check(&self.pool.faults, IoOp::Fdatasync)
+            .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
         self.synced_lsn = self.end_lsn;
         Ok(())
@@ -156,8 +173,8 @@ impl LogWriter {
         self.write_out()?;
         // The pad must be durable before anything lands in the next segment,
         // or recovery would see a hole before valid records.
-        self.file
-            .sync_data()
+        check(&self.pool.faults, IoOp::Fdatasync)
+            .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
         let next = self.seq + 1;
         self.file = self.pool.take(next)?;

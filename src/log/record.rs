@@ -74,6 +74,19 @@ pub(crate) fn checksum(covered: &[u8]) -> u32 {
     crc32fast::hash(covered)
 }
 
+/// Whether the checksum of `header_bytes` and `body` holds, whatever the
+/// version and kind say.
+pub(crate) fn checksum_matches(header_bytes: &[u8; HEADER_BYTES], body: &[u8]) -> bool {
+    let h = Header::parse(header_bytes);
+    if body.len() != h.len as usize {
+        return false;
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header_bytes.get(8..).unwrap_or_default());
+    hasher.update(body);
+    hasher.finalize() == h.crc
+}
+
 /// Verifies a record read at `expected_lsn`: `header_bytes` then `body`.
 pub(crate) fn verify(header_bytes: &[u8; HEADER_BYTES], body: &[u8], expected_lsn: u64) -> bool {
     let h = Header::parse(header_bytes);

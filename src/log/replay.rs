@@ -11,6 +11,7 @@ use std::path::Path;
 use super::record::{self, Header, HEADER_BYTES, KIND_PAD};
 use super::segments::segment_path;
 use crate::error::{Error, Result};
+use crate::fault::{check, Faults, IoOp};
 
 /// Where the replay stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,46 +29,90 @@ enum Read {
     Invalid { plausible_len: Option<u32> },
 }
 
-fn read_at(file: &File, segment_bytes: u64, lsn: u64) -> Read {
-    let off = lsn % segment_bytes;
-    let mut hb = [0u8; HEADER_BYTES];
-    if file.read_exact_at(&mut hb, off).is_err() {
-        return Read::Invalid {
-            plausible_len: None,
-        };
-    }
-    let h = Header::parse(&hb);
-    let fits = off + (HEADER_BYTES as u64) + u64::from(h.len) <= segment_bytes;
-    if !fits || h.lsn != lsn {
-        return Read::Invalid {
-            plausible_len: if fits && h.len > 0 { Some(h.len) } else { None },
-        };
-    }
-    let mut body = vec![0u8; h.len as usize];
-    if file
-        .read_exact_at(&mut body, off + HEADER_BYTES as u64)
-        .is_err()
-    {
-        return Read::Invalid {
-            plausible_len: None,
-        };
-    }
-    if record::verify(&hb, &body, lsn) {
-        Read::Record {
-            kind: h.kind,
-            count: h.count,
-            body,
-        }
-    } else {
-        Read::Invalid {
-            plausible_len: Some(h.len),
-        }
+/// Reads exactly `buf.len()` bytes at `off`. `Ok(false)`: the file ends
+/// first (a short read at the real end of the data). Any other error is an
+/// error: one EIO must never pass for the end of the log (finding 2).
+fn read_full(file: &File, faults: &Faults, buf: &mut [u8], off: u64) -> std::io::Result<bool> {
+    check(faults, IoOp::Pread)?;
+    match file.read_exact_at(buf, off) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
-fn open_existing(dir: &Path, seq: u64) -> Result<Option<File>> {
+/// Where a read happened, for errors.
+struct At<'a> {
+    dir: &'a Path,
+    seq: u64,
+    off: u64,
+}
+
+impl At<'_> {
+    fn location(&self) -> String {
+        format!(
+            "log segment {} at offset {}",
+            segment_path(self.dir, self.seq).display(),
+            self.off
+        )
+    }
+}
+
+fn read_at(file: &File, segment_bytes: u64, lsn: u64, dir: &Path, faults: &Faults) -> Result<Read> {
+    let at = At {
+        dir,
+        seq: lsn / segment_bytes,
+        off: lsn % segment_bytes,
+    };
+    let io_err = |e| Error::io(format!("reading {}", at.location()), e);
+    let mut hb = [0u8; HEADER_BYTES];
+    if !read_full(file, faults, &mut hb, at.off).map_err(io_err)? {
+        return Ok(Read::Invalid {
+            plausible_len: None,
+        });
+    }
+    let h = Header::parse(&hb);
+    let fits = at.off + (HEADER_BYTES as u64) + u64::from(h.len) <= segment_bytes;
+    if !fits || h.lsn != lsn {
+        return Ok(Read::Invalid {
+            plausible_len: if fits && h.len > 0 { Some(h.len) } else { None },
+        });
+    }
+    let mut body = vec![0u8; h.len as usize];
+    if !read_full(file, faults, &mut body, at.off + HEADER_BYTES as u64).map_err(io_err)? {
+        return Ok(Read::Invalid {
+            plausible_len: None,
+        });
+    }
+    if record::verify(&hb, &body, lsn) {
+        return Ok(Read::Record {
+            kind: h.kind,
+            count: h.count,
+            body,
+        });
+    }
+    // A record whose checksum holds at its own position but whose version or
+    // kind this build does not know was written by a newer devreg: cutting
+    // it as a torn tail would destroy it (finding 8).
+    if record::checksum_matches(&hb, &body) {
+        return Err(Error::UnsupportedFormat {
+            location: at.location(),
+            found: u32::from(if h.version != record::LOG_VERSION {
+                h.version
+            } else {
+                h.kind
+            }),
+            supported: u32::from(record::LOG_VERSION),
+        });
+    }
+    Ok(Read::Invalid {
+        plausible_len: Some(h.len),
+    })
+}
+
+fn open_existing(dir: &Path, seq: u64, faults: &Faults) -> Result<Option<File>> {
     let path = segment_path(dir, seq);
-    match File::open(&path) {
+    match check(faults, IoOp::Open).and_then(|()| File::open(&path)) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
@@ -77,16 +122,26 @@ fn open_existing(dir: &Path, seq: u64) -> Result<Option<File>> {
 /// Whether any valid record sits in segment `seq` after offset `from`: a
 /// record carries its own LSN, so one found at its own position proves the
 /// damage before it is not a torn tail.
-fn valid_record_after(file: &File, segment_bytes: u64, seq: u64, from: u64) -> bool {
+fn valid_record_after(
+    file: &File,
+    segment_bytes: u64,
+    seq: u64,
+    from: u64,
+    faults: &Faults,
+) -> std::io::Result<bool> {
     let mut rest = Vec::new();
     let len = segment_bytes.saturating_sub(from);
     rest.resize(len as usize, 0);
     let mut got = 0usize;
-    // A short read (a truncated file) just scans what is there.
-    while got < rest.len() {
-        match file.read_at(&mut rest[got..], from + got as u64) {
-            Ok(0) | Err(_) => break,
+    // A short read (a truncated file) just scans what is there; an error is
+    // an error.
+    while let Some(buf) = rest.get_mut(got..).filter(|b| !b.is_empty()) {
+        check(faults, IoOp::Pread)?;
+        match file.read_at(buf, from + got as u64) {
+            Ok(0) => break,
             Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     rest.truncate(got);
@@ -102,23 +157,23 @@ fn valid_record_after(file: &File, segment_bytes: u64, seq: u64, from: u64) -> b
             let end = p + HEADER_BYTES + h.len as usize;
             if let Some(body) = rest.get(p + HEADER_BYTES..end) {
                 if record::verify(&hb, body, base + p as u64) {
-                    return true;
+                    return Ok(true);
                 }
             }
         }
         p += 1;
     }
-    false
+    Ok(false)
 }
 
 /// The log must not continue in a later segment. If one starts with a valid
 /// record, the store is older than the log (sled recovered to an earlier
 /// state after damage) or a segment went missing: replaying from here would
 /// silently roll the registry back, so the open fails instead.
-fn no_log_beyond(dir: &Path, segment_bytes: u64, end_lsn: u64) -> Result<()> {
+fn no_log_beyond(dir: &Path, segment_bytes: u64, end_lsn: u64, faults: &Faults) -> Result<()> {
     let end_seq = end_lsn / segment_bytes;
     for seq in super::segments::list_segments(dir)? {
-        if seq > end_seq && valid_record_at(dir, segment_bytes, seq * segment_bytes)? {
+        if seq > end_seq && valid_record_at(dir, segment_bytes, seq * segment_bytes, faults)? {
             return Err(Error::corrupt(
                 format!("log segment {}", segment_path(dir, seq).display()),
                 format!(
@@ -131,14 +186,52 @@ fn no_log_beyond(dir: &Path, segment_bytes: u64, end_lsn: u64) -> Result<()> {
     Ok(())
 }
 
-fn valid_record_at(dir: &Path, segment_bytes: u64, lsn: u64) -> Result<bool> {
-    let Some(f) = open_existing(dir, lsn / segment_bytes)? else {
+fn valid_record_at(dir: &Path, segment_bytes: u64, lsn: u64, faults: &Faults) -> Result<bool> {
+    let Some(f) = open_existing(dir, lsn / segment_bytes, faults)? else {
         return Ok(false);
     };
     Ok(matches!(
-        read_at(&f, segment_bytes, lsn),
+        read_at(&f, segment_bytes, lsn, dir, faults)?,
         Read::Record { .. }
     ))
+}
+
+/// Segment `seq` is absent where the log continues at `lsn`. That is the
+/// log's end only where the writer cannot have started the segment yet: at
+/// a segment's first byte, when the segment before it is still there. The
+/// pool hands out the segment freed last (the one before) when it starts
+/// the next, so a started segment `seq` leaves no `seq - 1` behind; and a
+/// new database creates segment 0 before its store says it exists. Inside
+/// a segment, or with neither file there, writes since the checkpoint would
+/// vanish silently: that is corruption (finding 7).
+fn missing_segment_is_end(dir: &Path, segment_bytes: u64, lsn: u64) -> Result<()> {
+    let seq = lsn / segment_bytes;
+    let at_start = lsn.is_multiple_of(segment_bytes);
+    let previous_there = seq > 0 && segment_path(dir, seq - 1).exists();
+    if at_start && previous_there {
+        return Ok(());
+    }
+    Err(Error::corrupt(
+        format!("log segment {}", segment_path(dir, seq).display()),
+        format!("missing, but the log continues at position {lsn}"),
+    ))
+}
+
+/// A segment is created full length (zeros, then renamed into place), so a
+/// shorter file was damaged; the records that were in it are gone.
+fn check_length(file: &File, dir: &Path, seq: u64, segment_bytes: u64) -> Result<()> {
+    let path = segment_path(dir, seq);
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading the size of {}", path.display()), e))?
+        .len();
+    if len < segment_bytes {
+        return Err(Error::corrupt(
+            format!("log segment {}", path.display()),
+            format!("{len} bytes, expected {segment_bytes}: the file was truncated"),
+        ));
+    }
+    Ok(())
 }
 
 /// Replays records from `start_lsn`, calling `apply(lsn, count, body)` for each.
@@ -146,6 +239,7 @@ pub(crate) fn replay(
     dir: &Path,
     segment_bytes: u64,
     start_lsn: u64,
+    faults: &Faults,
     mut apply: impl FnMut(u64, u32, &[u8]) -> Result<()>,
 ) -> Result<ReplayEnd> {
     let mut lsn = start_lsn;
@@ -159,10 +253,14 @@ pub(crate) fn replay(
             continue;
         }
         if current.as_ref().map(|(s, _)| *s) != Some(seq) {
-            match open_existing(dir, seq)? {
-                Some(f) => current = Some((seq, f)),
+            match open_existing(dir, seq, faults)? {
+                Some(f) => {
+                    check_length(&f, dir, seq, segment_bytes)?;
+                    current = Some((seq, f));
+                }
                 None => {
-                    no_log_beyond(dir, segment_bytes, lsn)?;
+                    missing_segment_is_end(dir, segment_bytes, lsn)?;
+                    no_log_beyond(dir, segment_bytes, lsn, faults)?;
                     return Ok(ReplayEnd {
                         end_lsn: lsn,
                         records,
@@ -174,7 +272,7 @@ pub(crate) fn replay(
         let Some((_, file)) = current.as_ref() else {
             continue;
         };
-        match read_at(file, segment_bytes, lsn) {
+        match read_at(file, segment_bytes, lsn, dir, faults)? {
             Read::Record { kind, .. } if kind == KIND_PAD => {
                 lsn = (seq + 1) * segment_bytes;
             }
@@ -184,34 +282,60 @@ pub(crate) fn replay(
                 lsn += (HEADER_BYTES + body.len()) as u64;
             }
             Read::Invalid { plausible_len } => {
-                // Is anything valid after this record? Then it is not the tail.
-                let after_this = plausible_len
-                    .map(|len| lsn + (HEADER_BYTES as u64) + u64::from(len))
-                    .filter(|&next| next / segment_bytes == seq);
-                let later_valid =
-                    match after_this {
-                        Some(next) => valid_record_at(dir, segment_bytes, next)?,
-                        None => false,
-                    } || valid_record_at(dir, segment_bytes, (seq + 1) * segment_bytes)?
-                        || valid_record_after(file, segment_bytes, seq, off + 1);
-                if later_valid {
-                    return Err(Error::corrupt(
-                        format!(
-                            "log segment {} at offset {off}",
-                            segment_path(dir, seq).display()
-                        ),
-                        "damaged record before the end of the log",
-                    ));
-                }
-                no_log_beyond(dir, segment_bytes, lsn)?;
-                // A torn tail is cut only if it is not all zeros (never written).
-                let cut_tail = plausible_len.is_some();
-                return Ok(ReplayEnd {
-                    end_lsn: lsn,
+                return end_at_invalid(
+                    file,
+                    dir,
+                    segment_bytes,
+                    lsn,
+                    plausible_len,
                     records,
-                    cut_tail,
-                });
+                    faults,
+                );
             }
         }
     }
+}
+
+/// The first invalid record: the log's end if nothing valid follows it (a
+/// torn tail, cut off), corruption before the tail otherwise.
+fn end_at_invalid(
+    file: &File,
+    dir: &Path,
+    segment_bytes: u64,
+    lsn: u64,
+    plausible_len: Option<u32>,
+    records: u64,
+    faults: &Faults,
+) -> Result<ReplayEnd> {
+    let seq = lsn / segment_bytes;
+    let off = lsn % segment_bytes;
+    let after_this = plausible_len
+        .map(|len| lsn + (HEADER_BYTES as u64) + u64::from(len))
+        .filter(|&next| next / segment_bytes == seq);
+    let later_valid = match after_this {
+        Some(next) => valid_record_at(dir, segment_bytes, next, faults)?,
+        None => false,
+    } || valid_record_at(dir, segment_bytes, (seq + 1) * segment_bytes, faults)?
+        || valid_record_after(file, segment_bytes, seq, off + 1, faults).map_err(|e| {
+            Error::io(
+                format!("reading log segment {}", segment_path(dir, seq).display()),
+                e,
+            )
+        })?;
+    if later_valid {
+        return Err(Error::corrupt(
+            format!(
+                "log segment {} at offset {off}",
+                segment_path(dir, seq).display()
+            ),
+            "damaged record before the end of the log",
+        ));
+    }
+    no_log_beyond(dir, segment_bytes, lsn, faults)?;
+    // A torn tail is cut only if it is not all zeros (never written).
+    Ok(ReplayEnd {
+        end_lsn: lsn,
+        records,
+        cut_tail: plausible_len.is_some(),
+    })
 }

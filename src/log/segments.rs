@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
+use crate::fault::{check, Faults, IoOp};
 
 pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
@@ -36,39 +37,53 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+/// fsyncs a directory, so the entries created or renamed in it survive power loss.
+pub(crate) fn sync_dir(dir: &Path, faults: &Faults) -> Result<()> {
+    check(faults, IoOp::Open)
+        .and_then(|()| File::open(dir))
+        .and_then(|d| check(faults, IoOp::Fsync).and_then(|()| d.sync_all()))
         .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
 }
 
 /// Creates a segment filled with zeros, so later fdatasyncs write no metadata.
-pub(crate) fn create_preallocated(path: &Path, bytes: u64) -> Result<File> {
+///
+/// The zeros go to `<name>.tmp`, which is renamed into place once full and
+/// fsynced: a segment file is never shorter than a segment, so recovery can
+/// take a short one for damage (the caller fsyncs the directory).
+pub(crate) fn create_preallocated(path: &Path, bytes: u64, faults: &Faults) -> Result<File> {
     let ctx = || format!("preallocating log segment {}", path.display());
+    let tmp = path.with_extension("wal.tmp");
+    check(faults, IoOp::Open).map_err(|e| Error::io(ctx(), e))?;
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(false)
+        .truncate(true)
         .mode(0o600)
-        .open(path)
+        .open(&tmp)
         .map_err(|e| Error::io(ctx(), e))?;
     let zeros = vec![0u8; 1 << 20];
     let mut left = bytes;
     while left > 0 {
         let n = left.min(zeros.len() as u64) as usize;
-        f.write_all(&zeros[..n]).map_err(|e| Error::io(ctx(), e))?;
+        let chunk = zeros.get(..n).unwrap_or_default();
+        check(faults, IoOp::Write)
+            .and_then(|()| f.write_all(chunk))
+            .map_err(|e| Error::io(ctx(), e))?;
         left -= n as u64;
     }
-    f.sync_all().map_err(|e| Error::io(ctx(), e))?;
+    check(faults, IoOp::Fsync)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(ctx(), e))?;
+    check(faults, IoOp::Rename)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| Error::io(ctx(), e))?;
     Ok(f)
 }
 
-pub(crate) fn open_segment(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
+pub(crate) fn open_segment(path: &Path, faults: &Faults) -> Result<File> {
+    check(faults, IoOp::Open)
+        .and_then(|()| OpenOptions::new().read(true).write(true).open(path))
         .map_err(|e| Error::io(format!("opening log segment {}", path.display()), e))
 }
 
@@ -87,6 +102,7 @@ pub(crate) struct SegmentPool {
     max_segments: u64,
     state: Mutex<PoolState>,
     freed: Condvar,
+    pub(crate) faults: Faults,
 }
 
 impl SegmentPool {
@@ -96,6 +112,7 @@ impl SegmentPool {
         max_segments: u64,
         checkpoint_seq: u64,
         free: Vec<u64>,
+        faults: Faults,
     ) -> SegmentPool {
         SegmentPool {
             dir,
@@ -106,6 +123,7 @@ impl SegmentPool {
                 free,
             }),
             freed: Condvar::new(),
+            faults,
         }
     }
 
@@ -128,24 +146,29 @@ impl SegmentPool {
     pub(crate) fn take(&self, seq: u64) -> Result<File> {
         let path = segment_path(&self.dir, seq);
         if path.exists() {
-            return open_segment(&path);
+            // Created before, maybe by a run whose directory fsync failed:
+            // make its entry durable before records go into it (finding 12).
+            sync_dir(&self.dir, &self.faults)?;
+            return open_segment(&path, &self.faults);
         }
         let recycled = self.state.lock().free.pop();
         match recycled {
             Some(old) => {
                 let old_path = segment_path(&self.dir, old);
-                fs::rename(&old_path, &path).map_err(|e| {
-                    Error::io(
-                        format!("recycling {} as {}", old_path.display(), path.display()),
-                        e,
-                    )
-                })?;
-                sync_dir(&self.dir)?;
-                open_segment(&path)
+                check(&self.faults, IoOp::Rename)
+                    .and_then(|()| fs::rename(&old_path, &path))
+                    .map_err(|e| {
+                        Error::io(
+                            format!("recycling {} as {}", old_path.display(), path.display()),
+                            e,
+                        )
+                    })?;
+                sync_dir(&self.dir, &self.faults)?;
+                open_segment(&path, &self.faults)
             }
             None => {
-                let f = create_preallocated(&path, self.segment_bytes)?;
-                sync_dir(&self.dir)?;
+                let f = create_preallocated(&path, self.segment_bytes, &self.faults)?;
+                sync_dir(&self.dir, &self.faults)?;
                 Ok(f)
             }
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::recover;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::writer::WriterCtx;
 
 /// What `check` found. Empty `problems` means every index, counter, the cap
@@ -27,6 +27,11 @@ impl CheckReport {
 }
 
 pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckReport> {
+    // After a failed write the log buffer holds records whose callers were
+    // told they failed: writing it out now could bring them back (finding 5).
+    if let Some(why) = ctx.failed.get() {
+        return Err(Error::Failed(why));
+    }
     ctx.log.write_out()?;
     let live = ctx.state.read();
     let mut problems = live.check_indexes();
@@ -36,6 +41,7 @@ pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckR
         live.cap,
         ctx.config.log_segment_bytes,
         ctx.config.history_retention_ms,
+        &ctx.config.faults,
     )?;
     problems.extend(
         disk.check_indexes()

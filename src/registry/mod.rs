@@ -6,7 +6,7 @@ mod feed;
 use check::check_on_writer;
 pub use check::CheckReport;
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -20,19 +20,24 @@ use crate::codec::pack_token;
 use crate::config::Config;
 use crate::customerio;
 use crate::error::{Error, Result};
+use crate::fault::Faults;
 use crate::feed::{validate_sink, MAX_OPS_LIMIT};
 use crate::history::{ChangesPage, DailyStats, HistoryCursor, HistoryEntry};
-use crate::log::segments::{list_segments, SegmentPool};
+use crate::log::segments::{list_segments, sync_dir, SegmentPool};
 use crate::log::{replay, LogWriter};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
 use crate::writer::{
-    commit, decode_entries, run_checkpointer, FailFlag, Msg, WriteQueue, WriterCtx,
+    commit, decode_entries, run_checkpointer, CheckpointerCtx, FailFlag, Msg, WriteQueue, WriterCtx,
 };
 
 struct Inner {
     path: PathBuf,
+    /// The database's flock, held while the registry is open.
+    _lock: std::fs::File,
+    /// Largest sum of `Op::encoded_len` one `apply_batch` may carry.
+    max_batch_bytes: usize,
     state: Arc<RwLock<State>>,
     tx: Mutex<Option<Sender<Msg>>>,
     ctx: Arc<Mutex<WriterCtx>>,
@@ -42,13 +47,32 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Inner {
+    /// Stops the writer (its final sync and checkpoint) and the
+    /// checkpointer; the first error that stopped the registry, if any.
+    fn shut_down(&self) -> Result<()> {
         // Closing the channel makes the writer checkpoint and stop.
         self.tx.lock().take();
+        let mut panicked = false;
         for t in self.threads.lock().drain(..) {
-            let _ = t.join();
+            panicked |= t.join().is_err();
         }
+        if let Some(why) = self.failed.get() {
+            return Err(Error::Failed(why));
+        }
+        if panicked {
+            return Err(Error::Failed(
+                "a devreg thread panicked while closing".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Errors here have nowhere to go: `Registry::close` reports them.
+        let _ = self.shut_down();
     }
 }
 
@@ -75,16 +99,89 @@ pub struct Registry {
     inner: Arc<Inner>,
 }
 
-fn create_private_dir(path: &Path) -> Result<()> {
-    if !path.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+/// Makes `path` ready to hold a database, changing nothing before it is
+/// sure the path is one: an absent path is created (mode 0700, its parent
+/// fsynced so the new entry survives power loss); an existing one must be a
+/// directory that is empty or holds a devreg database (`store/`). Only then
+/// is it made owner-only (finding 9: a shared 1777 directory lost its
+/// sticky bit, a regular file became 0700).
+fn prepare_db_dir(path: &Path, faults: &Faults) -> Result<()> {
+    let refuse = |why: &str| Error::invalid("path", format!("{}: {why}", path.display()));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return create_dir_synced(path, faults)
+        }
+        Err(e) => return Err(Error::io(format!("inspecting {}", path.display()), e)),
+        Ok(m) if !m.is_dir() => return Err(refuse("is not a directory")),
+        Ok(_) => {}
+    }
+    let mut entries =
+        std::fs::read_dir(path).map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
+    let empty = entries.next().is_none();
+    if !empty && !path.join("store").is_dir() {
+        return Err(refuse(
+            "is neither a devreg database (no store/ inside) nor an empty directory",
+        ));
+    }
+    restrict(path)
+}
+
+/// Creates a directory (and missing parents) owner-only, fsyncing each new
+/// one and the directory that holds it (finding 12).
+fn create_dir_synced(path: &Path, faults: &Faults) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            create_dir_synced(parent, faults)?;
+        }
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(parent, faults)?;
+    sync_dir(path, faults)
+}
+
+/// Makes an existing directory owner-only if it is not already.
+fn restrict(path: &Path) -> Result<()> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?
+        .permissions()
+        .mode();
+    if mode & 0o7077 == 0 {
+        return Ok(());
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("restricting {}", path.display()), e))
+}
+
+/// Takes the database's lock file (`<db>/lock`, an exclusive flock held
+/// for the registry's life) before anything under the database is touched,
+/// so a second process neither deletes the first one's unfinished sled
+/// snapshot nor gets sled's raw lock text.
+fn lock_db(path: &Path) -> Result<std::fs::File> {
+    let lock_path = path.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("locking {}", lock_path.display()), e))
+        }
+    }
 }
 
 /// Rebuilds the state from the store and the log, as an open does.
@@ -94,6 +191,7 @@ fn recover(
     cap: u32,
     segment_bytes: u64,
     history_retention_ms: u64,
+    faults: &crate::fault::Faults,
 ) -> Result<(State, u64, u64, u64)> {
     let loaded = load_state(store, cap, segment_bytes, history_retention_ms)?;
     let mut state = loaded.state;
@@ -101,6 +199,7 @@ fn recover(
         log_dir,
         loaded.segment_bytes,
         loaded.checkpoint_lsn,
+        faults,
         |lsn, count, body| {
             let location = format!("log record at position {lsn}");
             for entry in decode_entries(&location, count, body)? {
@@ -184,10 +283,21 @@ impl Registry {
     /// Opens (or creates) a registry: loads the store, replays the log.
     pub fn open_with(config: Config) -> Result<Registry> {
         config.validate()?;
-        create_private_dir(&config.path)?;
-        let store: Arc<dyn KvStore> = Arc::new(SledStore::open(&config.path.join("store"))?);
+        prepare_db_dir(&config.path, &config.faults)?;
+        let lock = lock_db(&config.path)?;
+        let store: Arc<dyn KvStore> = Arc::new(SledStore::open(
+            &config.path.join("store"),
+            config.faults.clone(),
+        )?);
         let log_dir = config.path.join("log");
-        create_private_dir(&log_dir)?;
+        if !log_dir.is_dir() {
+            create_dir_synced(&log_dir, &config.faults)?;
+        }
+        // sled created store/ without an fsync of the directory holding it.
+        sync_dir(&config.path, &config.faults)?;
+        if store.get(crate::codec::META_FORMAT)?.is_none() {
+            crate::log::create_first_segment(&log_dir, config.log_segment_bytes, &config.faults)?;
+        }
         let (state, ckpt_lsn, segment_bytes, end_lsn) = recover(
             &*store,
             &log_dir,
@@ -196,6 +306,7 @@ impl Registry {
                 .unwrap_or(crate::limits::DEFAULT_MAX_DEVICES_PER_PERSON),
             config.log_segment_bytes,
             config.history_retention_ms,
+            &config.faults,
         )?;
         let stored_cap = state.cap;
         let last_clock_ms = state.now_ms;
@@ -210,8 +321,11 @@ impl Registry {
             u64::from(config.max_log_segments),
             ckpt_seq,
             free,
+            config.faults.clone(),
         ));
         let log = LogWriter::open(segment_bytes, end_lsn, pool.clone())?;
+        // The record also carries the commit time (an entry of at most 11 bytes).
+        let max_batch_bytes = log.max_body().saturating_sub(16);
         let mut config = config;
         config.log_segment_bytes = segment_bytes;
         let state = Arc::new(RwLock::new(state));
@@ -219,12 +333,18 @@ impl Registry {
         let busy = Arc::new(AtomicBool::new(false));
         let (ckpt_tx, ckpt_rx) = bounded(1);
         let (tx, rx) = unbounded();
+        let carry = Arc::new(Mutex::new(Vec::new()));
         let ckpt_thread = {
-            let (store, pool, failed, busy) =
-                (store.clone(), pool.clone(), failed.clone(), busy.clone());
+            let cctx = CheckpointerCtx {
+                store: store.clone(),
+                pool: pool.clone(),
+                failed: failed.clone(),
+                busy: busy.clone(),
+                carry: carry.clone(),
+            };
             std::thread::Builder::new()
                 .name("devreg-checkpoint".into())
-                .spawn(move || run_checkpointer(ckpt_rx, store, pool, failed, busy))
+                .spawn(move || run_checkpointer(ckpt_rx, cctx))
                 .map_err(|e| Error::io("starting the checkpointer thread", e))?
         };
         let cap = config.max_devices_per_person.unwrap_or(stored_cap);
@@ -236,10 +356,12 @@ impl Registry {
             config: config.clone(),
             ckpt_tx: Some(ckpt_tx),
             ckpt_busy: busy,
+            ckpt_carry: carry,
             last_checkpoint_lsn: ckpt_lsn,
             last_checkpoint_at: Instant::now(),
             last_sync_at: Instant::now(),
             last_clock_ms,
+            closed: false,
         };
         let ctx = Arc::new(Mutex::new(ctx));
         let ctx_for_thread = ctx.clone();
@@ -250,6 +372,8 @@ impl Registry {
         let reg = Registry {
             inner: Arc::new(Inner {
                 path: config.path.clone(),
+                _lock: lock,
+                max_batch_bytes,
                 state,
                 tx: Mutex::new(Some(tx)),
                 ctx,
@@ -271,6 +395,13 @@ impl Registry {
         &self.inner.path
     }
 
+    /// The most bytes of operations (the sum of [`Op::encoded_len`]) one
+    /// [`apply_batch`](Registry::apply_batch) can hold: one log record, so
+    /// a little less than a log segment.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.inner.max_batch_bytes
+    }
+
     fn send(&self, msg: Msg) -> Result<()> {
         let tx = self.inner.tx.lock().clone().ok_or(Error::Closed)?;
         tx.send(msg).map_err(|_| Error::Closed)
@@ -280,7 +411,12 @@ impl Registry {
         if let Some(why) = self.inner.failed.get() {
             return Err(Error::Failed(why));
         }
-        commit(&self.inner.ctx, &self.inner.queue, entries)
+        commit(
+            &self.inner.ctx,
+            &self.inner.queue,
+            &self.inner.failed,
+            entries,
+        )
     }
 
     /// Applies one operation atomically and durably (as configured).
@@ -497,6 +633,15 @@ impl Registry {
         let (reply, rx) = bounded(1);
         self.send(Msg::Checkpoint { reply })?;
         rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Closes the database for every clone of this handle: the final log
+    /// sync and checkpoint run now, and their failure is returned instead
+    /// of being lost in a drop. Later calls on any clone fail with
+    /// [`Error::Closed`]. A caller that reports success (like `devreg
+    /// import`) should close first.
+    pub fn close(self) -> Result<()> {
+        self.inner.shut_down()
     }
 
     /// Bytes the database takes on disk (store and log).

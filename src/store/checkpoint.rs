@@ -18,9 +18,13 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Drains the state's dirty set; the state must be at log position `lsn`.
-    pub(crate) fn take(state: &mut State, lsn: u64, extra: Vec<Write>) -> Snapshot {
+    /// `extra` goes first (a failed checkpoint's writes, which later ones
+    /// override). An encode error fails the whole snapshot: the caller must
+    /// fail stop, as the changes it drained are then only in the log.
+    pub(crate) fn take(state: &mut State, lsn: u64, extra: Vec<Write>) -> Result<Snapshot> {
         let dirty = std::mem::take(&mut state.dirty);
         let mut writes = Vec::with_capacity(dirty.len() + extra.len() + 2);
+        writes.extend(extra);
         for token in dirty {
             let key = device_key(&token);
             let value = state.lookup(&token).and_then(|id| state.slot(id)).map(|s| {
@@ -38,21 +42,20 @@ impl Snapshot {
             });
             writes.push((key, value));
         }
-        writes.extend(extra);
-        writes.extend(state.feed.take_writes());
+        writes.extend(state.feed.take_writes()?);
         let now = state.now_ms;
-        writes.extend(state.history.take_writes(now));
+        writes.extend(state.history.take_writes(now)?);
         writes.push((
             META_CHECKPOINT_LSN.to_vec(),
             Some(lsn.to_be_bytes().to_vec()),
         ));
         writes.push((META_CAP.to_vec(), Some(state.cap.to_be_bytes().to_vec())));
-        Snapshot { lsn, writes }
+        Ok(Snapshot { lsn, writes })
     }
 
     /// Writes the snapshot atomically and makes it durable.
-    pub(crate) fn write(self, store: &dyn KvStore) -> Result<u64> {
-        store.apply(self.writes)?;
+    pub(crate) fn write(&self, store: &dyn KvStore) -> Result<u64> {
+        store.apply(&self.writes)?;
         store.sync()?;
         Ok(self.lsn)
     }
@@ -103,7 +106,7 @@ pub(crate) fn load_state(
                 "device records exist but the format version key is missing",
             ));
         }
-        store.apply(vec![
+        store.apply(&[
             (
                 META_FORMAT.to_vec(),
                 Some(u32::from(FORMAT_VERSION).to_be_bytes().to_vec()),

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fault::{check, Faults, IoOp};
 
 pub(crate) use checkpoint::{load_state, Snapshot};
 
@@ -20,7 +21,7 @@ pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
 pub(crate) trait KvStore: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Applies every write or none.
-    fn apply(&self, writes: Vec<Write>) -> Result<()>;
+    fn apply(&self, writes: &[Write]) -> Result<()>;
     /// Calls `f` for each entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()>;
     /// Makes every applied batch durable against power loss.
@@ -33,10 +34,11 @@ pub(crate) trait KvStore: Send + Sync {
 pub(crate) struct SledStore {
     db: sled::Db,
     path: PathBuf,
+    faults: Faults,
 }
 
 impl SledStore {
-    pub(crate) fn open(path: &Path) -> Result<SledStore> {
+    pub(crate) fn open(path: &Path, faults: Faults) -> Result<SledStore> {
         remove_unfinished_snapshots(path)?;
         let config = sled::Config::new()
             .path(path)
@@ -67,10 +69,11 @@ impl SledStore {
         let store = SledStore {
             db,
             path: path.to_owned(),
+            faults,
         };
         // Files from before (sled creates them 0644) become owner-only now;
         // new ones at every checkpoint.
-        visit_tree(path, false)?;
+        visit_tree(path, false, &store.faults)?;
         Ok(store)
     }
 }
@@ -97,7 +100,7 @@ fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
 /// owner only (sled creates files 0644; tokens let anyone push to a device)
 /// and, with `sync`, fsyncing it (sled's own flush uses `sync_file_range`,
 /// which does not survive power loss).
-fn visit_tree(path: &Path, sync: bool) -> Result<()> {
+fn visit_tree(path: &Path, sync: bool, faults: &Faults) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let ctx = |p: &Path| format!("walking {}", p.display());
     let meta = std::fs::metadata(path).map_err(|e| Error::io(ctx(path), e))?;
@@ -110,12 +113,13 @@ fn visit_tree(path: &Path, sync: bool) -> Result<()> {
         let rd = std::fs::read_dir(path).map_err(|e| Error::io(ctx(path), e))?;
         for ent in rd {
             let ent = ent.map_err(|e| Error::io(ctx(path), e))?;
-            visit_tree(&ent.path(), sync)?;
+            visit_tree(&ent.path(), sync, faults)?;
         }
     }
     if sync {
-        File::open(path)
-            .and_then(|f| f.sync_all())
+        check(faults, IoOp::Open)
+            .and_then(|()| File::open(path))
+            .and_then(|f| check(faults, IoOp::Fsync).and_then(|()| f.sync_all()))
             .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
     }
     Ok(())
@@ -135,26 +139,30 @@ fn dir_bytes(path: &Path) -> u64 {
 
 impl KvStore for SledStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("reading the store", e))?;
         self.db
             .get(key)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| Error::store("reading", e))
     }
 
-    fn apply(&self, writes: Vec<Write>) -> Result<()> {
+    fn apply(&self, writes: &[Write]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for (k, v) in writes {
             match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+                Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                None => batch.remove(k.as_slice()),
             }
         }
+        check(&self.faults, IoOp::StoreWrite)
+            .map_err(|e| Error::io("applying a checkpoint batch", e))?;
         self.db
             .apply_batch(batch)
             .map_err(|e| Error::store("applying a checkpoint batch", e))
     }
 
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
+        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("scanning the store", e))?;
         for item in self.db.scan_prefix(prefix) {
             let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
             f(&k, &v)?;
@@ -163,9 +171,10 @@ impl KvStore for SledStore {
     }
 
     fn sync(&self) -> Result<()> {
+        check(&self.faults, IoOp::StoreWrite).map_err(|e| Error::io("flushing the store", e))?;
         self.db.flush().map_err(|e| Error::store("flushing", e))?;
         // sled's flush uses sync_file_range, which does not survive power loss.
-        visit_tree(&self.path, true)
+        visit_tree(&self.path, true, &self.faults)
     }
 
     fn disk_bytes(&self) -> u64 {

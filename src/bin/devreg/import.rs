@@ -5,7 +5,7 @@ use std::io::{self, BufRead, BufReader, IsTerminal};
 use std::process::ExitCode;
 
 use devreg::import::parse_line;
-use devreg::limits::MAX_IMPORT_LINE_BYTES;
+use devreg::limits::{MAX_IMPORT_BATCH_BYTES, MAX_IMPORT_LINE_BYTES};
 use devreg::{Op, Outcome, Registry};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -90,6 +90,43 @@ struct Counts {
     imported: u64,
     skipped: u64,
     rejected: u64,
+    /// The last input line whose batch is committed (0: none yet).
+    committed_line: u64,
+}
+
+/// Valid operations waiting for one `apply_batch`, bounded by count and by
+/// encoded bytes (finding 3: a count alone let 10,000 large lines outgrow a
+/// log record and fail the whole import).
+struct Pending {
+    ops: Vec<Op>,
+    bytes: usize,
+    max_bytes: usize,
+    /// The input line of the last op.
+    last_line: u64,
+}
+
+impl Pending {
+    fn new(reg: &Registry) -> Pending {
+        Pending {
+            ops: Vec::with_capacity(BATCH_OPS),
+            bytes: 0,
+            max_bytes: reg.max_batch_bytes().min(MAX_IMPORT_BATCH_BYTES),
+            last_line: 0,
+        }
+    }
+
+    /// Whether `op` must start a new batch.
+    fn full_for(&self, op: &Op) -> bool {
+        !self.ops.is_empty()
+            && (self.ops.len() >= BATCH_OPS
+                || self.bytes.saturating_add(op.encoded_len()) > self.max_bytes)
+    }
+
+    fn push(&mut self, op: Op, line: u64) {
+        self.bytes = self.bytes.saturating_add(op.encoded_len());
+        self.ops.push(op);
+        self.last_line = line;
+    }
 }
 
 /// Reports rejections without tearing the progress bar.
@@ -135,13 +172,30 @@ impl Progress {
     }
 }
 
-fn apply(reg: &Registry, batch: &mut Vec<Op>, counts: &mut Counts) -> Result<(), CliError> {
-    if batch.is_empty() {
+/// On a failure: what is committed is every line up to the last good batch.
+fn report_partial(counts: &Counts) {
+    eprintln!(
+        "imported {}, skipped {}, rejected {}; last line committed: {}",
+        counts.imported, counts.skipped, counts.rejected, counts.committed_line
+    );
+}
+
+fn apply(reg: &Registry, batch: &mut Pending, counts: &mut Counts) -> Result<(), CliError> {
+    if batch.ops.is_empty() {
         return Ok(());
     }
+    let first_line = counts.committed_line + 1;
+    let last_line = batch.last_line;
+    batch.bytes = 0;
     let outcomes = reg
-        .apply_batch(std::mem::take(batch))
-        .map_err(|e| CliError(format!("applying a batch: {e}")))?;
+        .apply_batch(std::mem::take(&mut batch.ops))
+        .map_err(|e| {
+            report_partial(counts);
+            CliError(format!(
+                "applying the batch of lines {first_line}..={last_line}: {e}"
+            ))
+        })?;
+    counts.committed_line = last_line;
     for o in outcomes {
         match o {
             Outcome::Applied { .. } => counts.imported += 1,
@@ -152,16 +206,18 @@ fn apply(reg: &Registry, batch: &mut Vec<Op>, counts: &mut Counts) -> Result<(),
 }
 
 /// Applies every valid line in file order; exit 2 if any line was rejected.
-pub fn run(reg: &Registry, mut input: Input) -> CmdResult {
+pub fn run(reg: Registry, mut input: Input) -> CmdResult {
     let progress = Progress::new(input.len);
     let mut counts = Counts::default();
-    let mut batch = Vec::with_capacity(BATCH_OPS);
+    let mut batch = Pending::new(&reg);
     let mut buf = Vec::new();
     let (mut line_no, mut pos) = (0u64, 0u64);
     let reader: &mut dyn BufRead = &mut input.reader;
     loop {
-        let line = read_line(reader, &mut buf)
-            .map_err(|e| CliError(format!("reading line {}: {e}", line_no + 1)))?;
+        let line = read_line(reader, &mut buf).map_err(|e| {
+            report_partial(&counts);
+            CliError(format!("reading line {}: {e}", line_no + 1))
+        })?;
         line_no += 1;
         let verdict = match line {
             Line::Eof => break,
@@ -180,23 +236,34 @@ pub fn run(reg: &Registry, mut input: Input) -> CmdResult {
             }
         };
         match verdict {
-            Ok(op) => batch.push(op),
+            Ok(op) => {
+                if batch.full_for(&op) {
+                    apply(&reg, &mut batch, &mut counts)?;
+                    progress.set(pos);
+                }
+                batch.push(op, line_no);
+            }
             Err(reason) => {
                 counts.rejected += 1;
                 progress.warn(&format!("line {line_no}: {reason}"));
             }
         }
-        if batch.len() >= BATCH_OPS {
-            apply(reg, &mut batch, &mut counts)?;
-            progress.set(pos);
-        }
     }
-    apply(reg, &mut batch, &mut counts)?;
+    apply(&reg, &mut batch, &mut counts)?;
     progress.finish();
+    // Close before reporting: in eventual mode the final sync is what makes
+    // the import durable, and its failure must not follow a success line.
+    if let Err(e) = reg.close() {
+        report_partial(&counts);
+        return Err(CliError(format!(
+            "closing the database (lines after the last durable sync may be lost): {e}"
+        )));
+    }
     let Counts {
         imported,
         skipped,
         rejected,
+        ..
     } = counts;
     eprintln!("imported {imported}, skipped {skipped}, rejected {rejected}");
     let mut out = Out::stdout();

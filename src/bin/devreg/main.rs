@@ -194,11 +194,15 @@ fn run(cli: &Cli) -> CmdResult {
             // Open the input first: a mistyped path must not create a database.
             let input = import::open_input(file)?;
             let reg = open(cli, durability)?;
-            import::run(&reg, input)
+            import::run(reg, input)
         }
         cmd => {
             let reg = open(cli, durability)?;
-            query(&reg, cmd)
+            let code = query(&reg, cmd)?;
+            // The final sync and checkpoint can fail: never exit 0 then.
+            reg.close()
+                .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))?;
+            Ok(code)
         }
     }
 }
