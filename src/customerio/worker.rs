@@ -197,13 +197,15 @@ impl SyncWorker {
     /// Checks the configuration and builds the HTTP client. Sends nothing yet.
     pub fn new(reg: Registry, config: SyncConfig) -> Result<SyncWorker> {
         config.validate()?;
+        // Parsed once: the URL requested is the URL that was checked.
+        let endpoint = Endpoint::parse(&config.endpoint)?;
         let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(config.timeout))
             .timeout_connect(Some(config.timeout.min(Duration::from_secs(10))))
             .max_redirects(0)
             .user_agent(concat!("devreg/", env!("CARGO_PKG_VERSION")));
-        if config.loopback() {
+        if endpoint.is_loopback() {
             // Never route loopback traffic through an environment proxy.
             builder = builder.proxy(None);
         }
@@ -214,7 +216,7 @@ impl SyncWorker {
             .finish();
         Ok(SyncWorker {
             reg,
-            url: config.batch_url(),
+            url: endpoint.batch_url(),
             auth: config.credentials.authorization(),
             config,
             agent,
@@ -677,8 +679,8 @@ mod tests {
         assert!(c().validate().is_ok());
         assert!(c().region(Region::Eu).validate().is_ok());
         assert_eq!(
-            c().region(Region::Eu).batch_url(),
-            "https://track-eu.customer.io/api/v2/batch"
+            c().region(Region::Eu).batch_url().ok().as_deref(),
+            Some("https://track-eu.customer.io/api/v2/batch")
         );
         assert!(c().endpoint("http://127.0.0.1:9/").validate().is_ok());
         assert!(c().endpoint("http://[::1]:9").validate().is_ok());
