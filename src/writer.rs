@@ -114,7 +114,7 @@ impl FailFlag {
     pub(crate) fn set(&self, why: &Error) {
         let mut g = self.0.lock();
         if g.is_none() {
-            *g = Some(why.to_string());
+            *g = Some(why.fail_reason());
         }
     }
 
@@ -184,7 +184,7 @@ pub(crate) fn decode_entries(location: &str, count: u32, body: &[u8]) -> Result<
 impl WriterCtx {
     fn fail(&self, e: &Error) -> Error {
         self.failed.set(e);
-        Error::Failed(e.to_string())
+        Error::failed_from(e)
     }
 
     fn refuse(&self) -> Option<Error> {
@@ -228,7 +228,7 @@ impl WriterCtx {
     fn write_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Applied>>)>) {
         if let Some(e) = self.refuse() {
             for (_, reply) in group {
-                let _ = reply.send(Err(Error::Failed(e.to_string())));
+                let _ = reply.send(Err(Error::failed_from(&e)));
             }
             return;
         }
@@ -267,7 +267,7 @@ impl WriterCtx {
                 if let Err(e) = self.checkpoint_now(None) {
                     let e = self.fail(&e);
                     for (_, _, reply) in work {
-                        let _ = reply.send(Err(Error::Failed(e.to_string())));
+                        let _ = reply.send(Err(Error::failed_from(&e)));
                     }
                     return;
                 }
@@ -311,7 +311,7 @@ impl WriterCtx {
         if let Err(e) = io {
             let e = self.fail(&e);
             for (.., reply) in results {
-                let _ = reply.send(Err(Error::Failed(e.to_string())));
+                let _ = reply.send(Err(Error::failed_from(&e)));
             }
             return;
         }
