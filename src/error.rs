@@ -101,4 +101,41 @@ impl Error {
             detail: e.to_string(),
         }
     }
+
+    /// Why writes stop after this error: its message, or the reason inside
+    /// it if it already is [`Error::Failed`] (whose message would otherwise
+    /// be wrapped in "registry stopped ..." twice).
+    pub(crate) fn fail_reason(&self) -> String {
+        match self {
+            Error::Failed(why) => why.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The fail-stop error caused by `cause`; a cause that already is
+    /// [`Error::Failed`] is copied, not wrapped again.
+    pub(crate) fn failed_from(cause: &Error) -> Self {
+        Error::Failed(cause.fail_reason())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_error_says_registry_stopped_once() {
+        let disk = Error::io(
+            "writing log segment 3",
+            io::Error::new(io::ErrorKind::StorageFull, "no space left on device"),
+        );
+        let first = Error::failed_from(&disk);
+        let again = Error::failed_from(&first);
+        let want = "registry stopped after a failed write and refuses writes until reopened: \
+                    I/O error while writing log segment 3: no space left on device";
+        assert_eq!(first.to_string(), want);
+        assert_eq!(again.to_string(), want);
+        assert_eq!(Error::failed_from(&again).to_string(), want);
+        assert_eq!(again.fail_reason(), disk.to_string());
+    }
 }

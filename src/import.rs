@@ -7,10 +7,14 @@
 //! assert_eq!(op, devreg::Op::Touch { token: "ab12".into(), seen_ms: 5 });
 //! let e = devreg::import::parse_line(br#"{"op":"fly"}"#).unwrap_err();
 //! assert!(e.starts_with("bad event: unknown variant"), "{e}");
+//! let e = devreg::import::parse_line(br#"{"op":"remove","token":"a","token":"b"}"#).unwrap_err();
+//! assert_eq!(e, r#"duplicate key "token""#);
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::{BTreeMap, Entry};
+use std::fmt;
 
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::model::{LogoutPolicy, Op, Platform, Register};
@@ -26,7 +30,7 @@ enum Event {
         #[serde(default)]
         person: Option<String>,
         seen_ms: u64,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "unique_attributes")]
         attributes: Option<BTreeMap<String, serde_json::Value>>,
     },
     Touch {
@@ -96,6 +100,56 @@ impl Event {
     }
 }
 
+/// `attributes`, refusing a name given twice. A JSON object may repeat a
+/// key and serde's maps silently keep the last value; an import line that
+/// says two things about one attribute is more likely a bug upstream than
+/// a wish for the second. (Repeated event fields are refused by serde's
+/// derive, see [`json_reason`].)
+fn unique_attributes<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, serde_json::Value>>, D::Error> {
+    Ok(Option::<UniqueKeys>::deserialize(d)?.map(|m| m.0))
+}
+
+struct UniqueKeys(BTreeMap<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of attribute names and values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(name) = map.next_key::<String>()? {
+            match out.entry(name) {
+                Entry::Vacant(slot) => {
+                    slot.insert(map.next_value()?);
+                }
+                Entry::Occupied(slot) => {
+                    return Err(de::Error::custom(format_args!(
+                        "{DUPLICATE_KEY}{:?} in attributes",
+                        slot.key()
+                    )));
+                }
+            }
+        }
+        Ok(UniqueKeys(out))
+    }
+}
+
+/// How import errors about a repeated key start.
+const DUPLICATE_KEY: &str = "duplicate key ";
+
 /// Customer.io device attributes are strings; a number or bool would be
 /// silently stringified by a laxer importer, so it is refused instead.
 fn string_attributes(
@@ -135,20 +189,30 @@ pub fn parse_line(bytes: &[u8]) -> Result<Op, String> {
 }
 
 /// serde_json says "at line 1 column N"; every line is its own document, so
-/// only the column means anything to the reader.
+/// only the column means anything to the reader. A repeated key reads
+/// `duplicate key "token"` (serde's derive says "duplicate field `token`").
 fn json_reason(e: &serde_json::Error) -> String {
     let text = e.to_string();
     let msg = match text.rfind(" at line ") {
         Some(i) => &text[..i],
         None => &text,
     };
-    let kind = match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "bad JSON",
-        _ => "bad event",
+    let repeated = msg
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    let (kind, msg) = match repeated {
+        Some(field) => ("", format!("{DUPLICATE_KEY}{field:?}")),
+        None if msg.starts_with(DUPLICATE_KEY) => ("", msg.to_owned()),
+        None => match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ("bad JSON: ", msg.to_owned())
+            }
+            _ => ("bad event: ", msg.to_owned()),
+        },
     };
     // Tagged enums are parsed from a buffer, so some errors carry no column.
     match e.column() {
-        0 => format!("{kind}: {msg}"),
-        col => format!("{kind}: {msg} (column {col})"),
+        0 => format!("{kind}{msg}"),
+        col => format!("{kind}{msg} (column {col})"),
     }
 }

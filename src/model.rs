@@ -381,9 +381,47 @@ impl Op {
     }
 }
 
+/// How many leading characters of a token reports show (see [`token_label`]).
+pub(crate) const TOKEN_LABEL_CHARS: usize = 8;
+
+/// A token as reports show it: its first characters, "…" and its length,
+/// e.g. `f4c2a9b1…(64 bytes)`. A push token lets anyone who holds it message
+/// the device, and `check` reports get pasted into tickets and logs.
+pub(crate) fn token_label(token: &str) -> String {
+    let head = token
+        .char_indices()
+        .nth(TOKEN_LABEL_CHARS)
+        .and_then(|(end, _)| token.get(..end))
+        .unwrap_or(token);
+    format!("{head}…({} bytes)", token.len())
+}
+
+/// [`token_label`] for stored token bytes that do not decode: the first
+/// bytes in hex.
+pub(crate) fn token_bytes_label(bytes: &[u8]) -> String {
+    let head: String = bytes
+        .iter()
+        .take(TOKEN_LABEL_CHARS / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("0x{head}…({} bytes)", bytes.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_labels_hide_all_but_the_first_characters() {
+        let apns = "f4c2a9b1".to_string() + &"7".repeat(56);
+        assert_eq!(token_label(&apns), "f4c2a9b1…(64 bytes)");
+        assert_eq!(token_label("short"), "short…(5 bytes)");
+        assert_eq!(token_label(""), "…(0 bytes)");
+        assert_eq!(
+            token_bytes_label(&[0xde, 0xad, 0xbe, 0xef, 1, 2]),
+            "0xdeadbeef…(6 bytes)"
+        );
+    }
 
     #[test]
     fn limits_are_enforced_with_field_names() {

@@ -126,7 +126,7 @@ impl FailFlag {
     pub(crate) fn set(&self, why: &Error) {
         let mut g = self.0.lock();
         if g.is_none() {
-            *g = Some(why.to_string());
+            *g = Some(why.fail_reason());
         }
     }
 
@@ -185,8 +185,7 @@ fn reply_all(replies: impl Iterator<Item = Reply<Vec<Applied>>>, e: &Error) {
 fn clone_refusal(e: &Error) -> Error {
     match e {
         Error::Closed => Error::Closed,
-        Error::Failed(why) => Error::Failed(why.clone()),
-        other => Error::Failed(other.to_string()),
+        other => Error::failed_from(other),
     }
 }
 
@@ -250,7 +249,7 @@ pub(crate) fn decode_entries(location: &str, count: u32, body: &[u8]) -> Result<
 impl WriterCtx {
     fn fail(&self, e: &Error) -> Error {
         self.failed.set(e);
-        Error::Failed(e.to_string())
+        Error::failed_from(e)
     }
 
     fn refuse(&self) -> Option<Error> {

@@ -323,6 +323,34 @@ fn bad_config_is_a_typed_error() {
     );
 }
 
+#[test]
+fn an_import_line_with_a_repeated_key_is_refused_naming_the_key() {
+    use devreg::import::parse_line;
+    let refused = |line: &str| parse_line(line.as_bytes()).unwrap_err();
+    assert_eq!(
+        refused(r#"{"op":"remove","token":"a","token":"b"}"#),
+        r#"duplicate key "token""#
+    );
+    let register = |attributes: &str| {
+        format!(
+            r#"{{"op":"register","token":"t","platform":"ios","seen_ms":5,"attributes":{attributes}}}"#
+        )
+    };
+    // Before: the last "os" won silently and the line was imported.
+    assert_eq!(
+        refused(&register(r#"{"os":"17","os":"18"}"#)),
+        r#"duplicate key "os" in attributes"#
+    );
+    // Names that differ only in case are different names.
+    let op = parse_line(register(r#"{"os":"17","OS":"18","app":"2"}"#).as_bytes()).unwrap();
+    let Op::Register(r) = op else {
+        panic!("{op:?}")
+    };
+    let attrs = r.attributes.unwrap();
+    assert_eq!((attrs["os"].as_str(), attrs["OS"].as_str()), ("17", "18"));
+    assert_eq!(parse_line(register("null").as_bytes()).map(|_| ()), Ok(()));
+}
+
 // ------------------------------------------------------- damaged storage --
 
 fn sled_open(db: &Path) -> sled::Db {

@@ -103,6 +103,37 @@ fn cli_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             s(r#"{"op":"remove","token":"a","force":true}"#),
             "unknown field `force`",
         ),
+        // Repeated keys: JSON parsers keep the last one silently; import refuses.
+        (
+            "repeated field",
+            s(r#"{"op":"remove","token":"a","token":"b"}"#),
+            r#"duplicate key "token""#,
+        ),
+        (
+            "repeated field, spelled with an escape",
+            s(r#"{"op":"remove","token":"a","tok\u0065n":"b"}"#),
+            r#"duplicate key "token""#,
+        ),
+        (
+            "repeated op",
+            s(r#"{"op":"touch","token":"a","seen_ms":5,"op":"remove"}"#),
+            r#"duplicate key "op""#,
+        ),
+        (
+            "repeated person",
+            reg_line("a", r#","person":"ann","person":"bob""#).into_bytes(),
+            r#"duplicate key "person""#,
+        ),
+        (
+            "repeated attribute",
+            reg_line("a", r#","attributes":{"os":"17","app":"2","os":"18"}"#).into_bytes(),
+            r#"duplicate key "os" in attributes"#,
+        ),
+        (
+            "repeated attribute, spelled with an escape",
+            reg_line("a", r#","attributes":{"os":"17","\u006fs":"18"}"#).into_bytes(),
+            r#"duplicate key "os" in attributes"#,
+        ),
         // Types.
         (
             "token a number",

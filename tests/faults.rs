@@ -19,7 +19,8 @@
 //! - `full_disk_fails_stop_and_keeps_acknowledged_writes`: devreg on an 8 MiB
 //!   tmpfs (needs root and `mount`; otherwise skipped with the reason
 //!   printed): writes until one fails, which must be a typed error (never a
-//!   panic); later writes must be refused (`Error::Failed`, fail-stop);
+//!   panic); later writes must be refused (`Error::Failed`, fail-stop,
+//!   saying "registry stopped" once, not once per layer);
 //!   after the space returns (remount bigger) the database opens, `check()`
 //!   is clean and every acknowledged write is there.
 
@@ -540,6 +541,14 @@ impl Drop for Mount {
     }
 }
 
+/// A fail-stop message names the stop once, not once per layer it passed.
+fn assert_says_stopped_once(message: &str) {
+    assert!(
+        message.matches("registry stopped").count() <= 1,
+        "the stop is repeated: {message}"
+    );
+}
+
 fn big_register(i: u64) -> Op {
     let attrs: Attributes = (0..4)
         .map(|k| (format!("a{k}"), format!("{i}-{}", "v".repeat(900))))
@@ -601,11 +610,12 @@ fn full_disk_fails_stop_and_keeps_acknowledged_writes() {
         }
         let first = first_error.clone().expect("the 8 MiB filesystem filled up");
         println!("full disk: {acked} writes acknowledged, then: {first}");
+        assert_says_stopped_once(&first);
         // Fail-stop: every later write is refused, reads still work.
         for j in 0..3 {
             let r = catch_unwind(AssertUnwindSafe(|| reg.apply(big_register(1_000_000 + j))));
             match r {
-                Ok(Err(Error::Failed(_))) => {}
+                Ok(Err(e @ Error::Failed(_))) => assert_says_stopped_once(&e.to_string()),
                 other => panic!("a write after the failure must be refused: {other:?}"),
             }
         }

@@ -3,8 +3,10 @@
 //! size limits, a model of Customer.io (per person a set of devices;
 //! `add_device` upserts, `delete_device` removes, `merge` drops the
 //! secondary and is an error without the primary; tokens never move by
-//! themselves), and faults injected on a schedule. Every loop is bounded in
-//! count and time, and only loopback is ever contacted.
+//! themselves), and faults injected on a schedule; plus TLS failures (an
+//! untrusted certificate, a server that does not speak TLS) that must stop
+//! the worker rather than be retried. Every loop is bounded in count and
+//! time, and only loopback is ever contacted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devreg::customerio::{Credentials, SyncConfig, SyncWorker};
+use devreg::customerio::{Credentials, SyncConfig, SyncStats, SyncWorker};
 use devreg::*;
 use serde_json::Value;
 
@@ -1133,4 +1135,224 @@ fn cli_follows_until_sigterm_and_needs_env_credentials() {
     let reg = open(&db);
     wait_drained(&reg, 1);
     assert_converged(&reg, &emu);
+}
+
+// ---------------------------------------------------------------- TLS failures
+
+/// A loopback listener that hands each connection to `serve`; counts them.
+struct Listener {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(serve: impl Fn(TcpStream) + Send + 'static) -> Listener {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            s.set_nonblocking(false).unwrap();
+                            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            serve(s);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        Listener {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TLS server for `localhost` whose certificate is self-signed (made
+/// fresh by rcgen): no client trusts it.
+fn self_signed_tls() -> impl Fn(TcpStream) + Send + 'static {
+    use rustls::pki_types::PrivateKeyDer;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![made.cert.der().clone()], key)
+        .unwrap();
+    let config = Arc::new(config);
+    move |mut tcp| {
+        let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+        // Ends with the client's alert: it does not trust the certificate.
+        let _ = conn.complete_io(&mut tcp);
+    }
+}
+
+/// A plain-HTTP server on the https port: its answer is not TLS.
+fn not_tls(mut tcp: TcpStream) {
+    let mut hello = [0u8; 512];
+    let _ = tcp.read(&mut hello);
+    let _ = tcp.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+}
+
+fn registry_with_changes(db: &Path) -> Registry {
+    let reg = open(db);
+    for i in 0..3 {
+        reg.register(Register {
+            token: format!("tls-token-{i}"),
+            platform: Platform::Ios,
+            person: Some(format!("p{i}")),
+            seen_ms: 5_000,
+            attributes: None,
+        })
+        .unwrap();
+    }
+    reg
+}
+
+/// `run_once` with the default unlimited attempts; fails the test if it has
+/// not returned within `secs` (then it is stopped).
+fn run_once_within(reg: &Registry, config: SyncConfig, secs: u64) -> Result<SyncStats, Error> {
+    let mut worker = SyncWorker::new(reg.clone(), config).unwrap();
+    let control = worker.control();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = tx.send(worker.run_once());
+    });
+    let got = rx.recv_timeout(Duration::from_secs(secs));
+    if got.is_err() {
+        control.stop();
+    }
+    thread.join().unwrap();
+    got.unwrap_or_else(|_| {
+        panic!(
+            "run_once did not return within {secs} s: {:?}",
+            control.stats()
+        )
+    })
+}
+
+fn assert_nothing_acknowledged(reg: &Registry) {
+    let info = reg
+        .sinks()
+        .into_iter()
+        .find(|s| s.name == DEFAULT_SINK)
+        .unwrap();
+    assert!(
+        info.in_flight.is_some() && info.pending > 0 && info.dead_letters == 0,
+        "{info:?}"
+    );
+}
+
+#[test]
+fn an_untrusted_certificate_stops_the_worker_instead_of_retrying() {
+    let server = Listener::start(self_signed_tls());
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry_with_changes(&dir.path().join("db"));
+    let config = SyncConfig::new(creds())
+        .endpoint(server.url())
+        .timeout(Duration::from_secs(3))
+        .backoff(Duration::from_millis(5), Duration::from_millis(50));
+    assert_eq!(config.max_attempts, None, "retries forever unless fatal");
+    let started = Instant::now();
+    let err = run_once_within(&reg, config, 10).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidData),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("TLS certificate") && msg.contains("could not be verified"),
+        "{msg}"
+    );
+    assert!(msg.contains(&server.url()), "names the endpoint: {msg}");
+    assert!(!msg.contains(KEY), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(server.accepted(), 1, "one handshake, no retry");
+    assert_nothing_acknowledged(&reg);
+}
+
+#[test]
+fn a_server_that_does_not_speak_tls_stops_the_worker() {
+    let server = Listener::start(not_tls);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry_with_changes(&dir.path().join("db"));
+    let config = SyncConfig::new(creds())
+        .endpoint(server.url())
+        .timeout(Duration::from_secs(3))
+        .backoff(Duration::from_millis(5), Duration::from_millis(50));
+    let err = run_once_within(&reg, config, 10).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("TLS handshake") && msg.contains(&server.url()),
+        "{msg}"
+    );
+    assert_eq!(server.accepted(), 1, "one attempt, no retry");
+    assert_nothing_acknowledged(&reg);
+}
+
+#[test]
+fn cli_sync_once_exits_on_an_untrusted_certificate() {
+    let server = Listener::start(self_signed_tls());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    drop(registry_with_changes(&db));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .arg("--db")
+        .arg(&db)
+        .args(["sync", "--once", "--endpoint", &server.url()])
+        .args(["--backoff-base-ms", "5", "--backoff-cap-ms", "50"])
+        .args(["--progress", "json"])
+        .env("CUSTOMERIO_SITE_ID", SITE)
+        .env("CUSTOMERIO_API_KEY", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, 10);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TLS certificate") && stderr.contains("could not be verified"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&server.url()), "{stderr}");
+    assert_eq!(server.accepted(), 1);
 }

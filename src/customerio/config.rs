@@ -4,6 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use url::{Host, Url};
+
 use crate::error::{Error, Result};
 use crate::feed::{validate_sink, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT};
 
@@ -271,44 +273,23 @@ impl SyncConfig {
         &self.credentials
     }
 
-    /// The full batch URL.
-    pub fn batch_url(&self) -> String {
-        format!("{}{}", self.endpoint.trim_end_matches('/'), BATCH_PATH)
-    }
-
-    pub(crate) fn loopback(&self) -> bool {
-        let rest = self
-            .endpoint
-            .split_once("://")
-            .map_or("", |(_, r)| r)
-            .to_ascii_lowercase();
-        let host = rest.split('/').next().unwrap_or("");
-        let host = if host.starts_with('[') {
-            host.split(']')
-                .next()
-                .map_or("", |h| h.trim_start_matches('['))
-        } else {
-            host.split(':').next().unwrap_or("")
-        };
-        host == "localhost" || host == "::1" || host.starts_with("127.")
+    /// The full batch URL, built from the parsed endpoint (the URL that
+    /// [`validate`](SyncConfig::validate) checked is the URL requested).
+    ///
+    /// ```
+    /// use devreg::customerio::{Credentials, SyncConfig};
+    /// let c = SyncConfig::new(Credentials::new("s", "k").unwrap());
+    /// assert_eq!(c.endpoint("HTTP://LocalHost:8080/").batch_url().unwrap(),
+    ///     "http://localhost:8080/api/v2/batch");
+    /// ```
+    pub fn batch_url(&self) -> Result<String> {
+        Ok(Endpoint::parse(&self.endpoint)?.batch_url())
     }
 
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         validate_sink(&self.sink)?;
-        let e = self.endpoint.to_ascii_lowercase();
-        if !(e.starts_with("https://") || e.starts_with("http://")) || e.len() < 9 {
-            return Err(Error::invalid(
-                "endpoint",
-                format!("{:?} is not an http(s) URL", self.endpoint),
-            ));
-        }
-        if e.starts_with("http://") && !self.loopback() {
-            return Err(Error::invalid(
-                "endpoint",
-                "plain http is only allowed to loopback hosts (the API key would travel in clear text)",
-            ));
-        }
+        Endpoint::parse(&self.endpoint)?;
         if !(1..=MAX_OPS_LIMIT).contains(&self.max_ops) {
             return Err(Error::invalid(
                 "max_ops",
@@ -334,5 +315,181 @@ impl SyncConfig {
             return Err(Error::invalid("max_attempts", "is zero"));
         }
         Ok(())
+    }
+}
+
+/// A checked endpoint: parsed once by the WHATWG URL parser (the `url`
+/// crate), so the host that is checked is the host that is contacted.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    url: Url,
+}
+
+impl Endpoint {
+    /// Parses and checks an endpoint: `https`, or plain `http` to a loopback
+    /// address (127.0.0.0/8, `::1`) or exactly `localhost`; no user name or
+    /// password (the credentials are sent as a header, and only by
+    /// [`Credentials`]), no query, no fragment.
+    pub(crate) fn parse(raw: &str) -> Result<Endpoint> {
+        let bad = |reason: String| Error::invalid("endpoint", reason);
+        if raw.contains('@') {
+            // Not echoed: the text before an '@' may be a password.
+            return Err(bad(
+                "must not contain '@' (a user name or password in the URL is refused: \
+                 the credentials come from CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY)"
+                    .into(),
+            ));
+        }
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad(format!(
+                "{raw:?} contains whitespace or control characters"
+            )));
+        }
+        let url = Url::parse(raw).map_err(|e| bad(format!("{raw:?} is not a URL: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad("must not contain a user name or password".into()));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad(format!("{raw:?} must not have a query or a fragment")));
+        }
+        let endpoint = Endpoint { url };
+        match endpoint.url.scheme() {
+            "https" => Ok(endpoint),
+            "http" if endpoint.is_loopback() => Ok(endpoint),
+            "http" => Err(bad(format!(
+                "{raw:?}: plain http is only allowed to a loopback address (127.0.0.0/8, ::1) \
+                 or localhost (the API key would travel in clear text)"
+            ))),
+            other => Err(bad(format!(
+                "{raw:?} is not an http(s) URL (scheme {other:?})"
+            ))),
+        }
+    }
+
+    /// Whether the host is a loopback IP address or exactly `localhost`
+    /// (the parser has already lowercased names and decoded IP addresses).
+    pub(crate) fn is_loopback(&self) -> bool {
+        match self.url.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(Host::Domain(name)) => name == "localhost",
+            None => false,
+        }
+    }
+
+    /// `{endpoint}/api/v2/batch`, serialised from the parsed URL.
+    pub(crate) fn batch_url(&self) -> String {
+        let mut url = self.url.clone();
+        let path = format!("{}{BATCH_PATH}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: &str) -> SyncConfig {
+        let creds = Credentials::new("s", "k").unwrap_or_else(|_| unreachable!());
+        SyncConfig::new(creds).endpoint(endpoint)
+    }
+
+    /// The reason an endpoint is refused, or `None` if it is accepted;
+    /// every refusal must be an `Invalid` error naming the endpoint field.
+    fn refusal(endpoint: &str) -> Option<String> {
+        match config(endpoint).validate() {
+            Ok(()) => None,
+            Err(Error::Invalid { field, reason }) if field == "endpoint" => Some(reason),
+            Err(other) => panic!("{endpoint}: not an endpoint error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_http_goes_only_to_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:9/",
+            "http://127.255.0.3",
+            "http://[::1]:80",
+            "http://localhost:1",
+            "http://LOCALHOST:1/prefix/",
+            "https://track.customer.io",
+            "https://track-eu.customer.io/",
+            "https://127.0.0.1:8443",
+        ] {
+            assert_eq!(refusal(ok), None, "{ok}");
+        }
+        for bad in [
+            // Finding 10: the hand-written parser took these hosts for loopback.
+            "http://127.0.0.1@192.0.2.2:18081",
+            "http://127.0.0.1.attacker.example",
+            "http://localhost.evil.com",
+            "http://localhost@evil.com",
+            "http://[::1]@evil.com",
+            "http://evil.com#@127.0.0.1",
+            "http://evil.com\\@127.0.0.1",
+            "http://example.com",
+            "http://192.0.2.2",
+            "http://[::2]",
+            "http://[::ffff:127.0.0.1]",
+            "http://0.0.0.0:80",
+            "http://localhost.:1",
+            "https://user:pw@track.customer.io",
+            "https://user@track.customer.io",
+            "https://:pw@track.customer.io",
+            "http://@localhost:1",
+            "https://track.customer.io?x=1",
+            "https://track.customer.io/#frag",
+            "http://localhost:1?",
+            "ftp://localhost",
+            "file:///etc/passwd",
+            "localhost:8080",
+            "https://",
+            "https://track.customer.io /",
+            "http://local\thost:1",
+            "",
+        ] {
+            assert!(refusal(bad).is_some(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn refusals_say_why_and_never_echo_a_password() {
+        let why = refusal("https://user:hunter2@track.customer.io").unwrap_or_default();
+        assert!(why.contains("user name or password"), "{why}");
+        assert!(!why.contains("hunter2"), "{why}");
+        let why = refusal("http://127.0.0.1.attacker.example").unwrap_or_default();
+        assert!(
+            why.contains("plain http") && why.contains("loopback"),
+            "{why}"
+        );
+        let e = config("http://127.0.0.1@192.0.2.2:18081").validate();
+        assert!(
+            e.is_err_and(|e| e.to_string().starts_with("invalid endpoint: ")),
+            "the Display names the field"
+        );
+    }
+
+    #[test]
+    fn the_batch_url_is_built_from_the_parsed_endpoint() {
+        let url = |e: &str| config(e).batch_url().ok();
+        assert_eq!(
+            url("https://track.customer.io").as_deref(),
+            Some("https://track.customer.io/api/v2/batch")
+        );
+        assert_eq!(
+            url("HTTP://LocalHost:8080/base/").as_deref(),
+            Some("http://localhost:8080/base/api/v2/batch")
+        );
+        // IPv4 in other notations is decoded, checked and sent as decoded.
+        assert_eq!(
+            url("http://0x7f.1:9").as_deref(),
+            Some("http://127.0.0.1:9/api/v2/batch")
+        );
+        assert_eq!(url("http://127.0.0.1@192.0.2.2:18081"), None);
+        let loopback = |e: &str| Endpoint::parse(e).is_ok_and(|e| e.is_loopback());
+        assert!(loopback("http://[::1]:80") && loopback("https://localhost"));
+        assert!(!loopback("https://track.customer.io"));
     }
 }

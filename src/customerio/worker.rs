@@ -18,6 +18,9 @@
 //! - Anything else (3xx, 404, other statuses): the worker stops with an
 //!   error and nothing is acknowledged: a wrong endpoint must not turn the
 //!   whole feed into dead letters.
+//! - A TLS certificate that does not verify, or a server that does not
+//!   speak compatible TLS: the worker stops with an error (a retry would
+//!   fail the same way forever); nothing is acknowledged.
 //!
 //! Request bodies are sent uncompressed: Customer.io does not document
 //! accepting `Content-Encoding: gzip` on the Track API, so devreg does not
@@ -143,15 +146,23 @@ enum Answer {
     Partial(String),
     /// 400 or 413: the whole batch is rejected.
     Rejected(String),
-    /// 401/403.
-    Credentials(u16, String),
     /// Try the same batch again, waiting at least `retry_after`.
     Retry {
         why: String,
         retry_after: Option<Duration>,
     },
-    /// Stop the worker: configuration or protocol problem.
+    /// Stop the worker; nothing is acknowledged.
+    Stop(Stop),
+}
+
+/// Why the worker stops.
+enum Stop {
+    /// 401/403.
+    Credentials(u16, String),
+    /// Configuration or protocol problem.
     Fatal(String),
+    /// TLS failed in a way a retry cannot fix.
+    Tls(String),
 }
 
 /// Drains a sink's feed into Customer.io. Create it on a [`Registry`]
@@ -197,13 +208,15 @@ impl SyncWorker {
     /// Checks the configuration and builds the HTTP client. Sends nothing yet.
     pub fn new(reg: Registry, config: SyncConfig) -> Result<SyncWorker> {
         config.validate()?;
+        // Parsed once: the URL requested is the URL that was checked.
+        let endpoint = Endpoint::parse(&config.endpoint)?;
         let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(config.timeout))
             .timeout_connect(Some(config.timeout.min(Duration::from_secs(10))))
             .max_redirects(0)
             .user_agent(concat!("devreg/", env!("CARGO_PKG_VERSION")));
-        if config.loopback() {
+        if endpoint.is_loopback() {
             // Never route loopback traffic through an environment proxy.
             builder = builder.proxy(None);
         }
@@ -214,7 +227,7 @@ impl SyncWorker {
             .finish();
         Ok(SyncWorker {
             reg,
-            url: config.batch_url(),
+            url: endpoint.batch_url(),
             auth: config.credentials.authorization(),
             config,
             agent,
@@ -378,33 +391,7 @@ impl SyncWorker {
                     return Ok(true);
                 }
                 Answer::Partial(body) => {
-                    let failed = match parse_partial_failure(&body) {
-                        Ok(list) => {
-                            let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
-                            let mut ignored = 0u64;
-                            for (i, reason) in list {
-                                if (i as usize) >= batch.len() {
-                                    // Not an operation of this batch: nothing to dead-letter.
-                                    ignored += 1;
-                                    continue;
-                                }
-                                by_index
-                                    .entry(i)
-                                    .and_modify(|r| {
-                                        if r.len() < MAX_REASON {
-                                            r.push_str("; ");
-                                            r.push_str(&reason);
-                                            truncate(r, MAX_REASON);
-                                        }
-                                    })
-                                    .or_insert(reason);
-                            }
-                            self.bump(|s| s.ignored_indices += ignored);
-                            by_index.into_iter().collect::<Vec<_>>()
-                        }
-                        // Treated like a 400: see the type's documentation.
-                        Err(e) => all_failed(batch, &format!("unparseable 207 body: {e}")),
-                    };
+                    let failed = self.partial_failures(batch, &body);
                     self.reg.nack(&self.config.sink, batch.id(), &failed)?;
                     self.settled(batch, failed.len() as u64);
                     return Ok(true);
@@ -415,28 +402,7 @@ impl SyncWorker {
                     self.settled(batch, failed.len() as u64);
                     return Ok(true);
                 }
-                Answer::Credentials(status, text) => {
-                    return Err(Error::io(
-                        format!(
-                            "sending batch {} to {}: Customer.io rejected the credentials (HTTP {status}: {}); \
-                             check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY and the region; nothing was acknowledged",
-                            batch.id(),
-                            self.url,
-                            one_line(&text, 200)
-                        ),
-                        io::Error::new(io::ErrorKind::PermissionDenied, "credentials rejected"),
-                    ));
-                }
-                Answer::Fatal(why) => {
-                    return Err(Error::io(
-                        format!(
-                            "sending batch {} to {}: {why}; nothing was acknowledged",
-                            batch.id(),
-                            self.url
-                        ),
-                        io::Error::other("unexpected answer from Customer.io"),
-                    ));
-                }
+                Answer::Stop(why) => return Err(self.stop_error(batch, why)),
                 Answer::Retry { why, retry_after } => {
                     attempt += 1;
                     self.bump(|s| {
@@ -465,6 +431,59 @@ impl SyncWorker {
         }
     }
 
+    /// The operations a 207 answer failed, reasons joined per index.
+    fn partial_failures(&self, batch: &Batch, body: &str) -> Vec<(u32, String)> {
+        let list = match parse_partial_failure(body) {
+            Ok(list) => list,
+            // Treated like a 400: see the type's documentation.
+            Err(e) => return all_failed(batch, &format!("unparseable 207 body: {e}")),
+        };
+        let mut by_index: BTreeMap<u32, String> = BTreeMap::new();
+        let mut ignored = 0u64;
+        for (i, reason) in list {
+            if (i as usize) >= batch.len() {
+                // Not an operation of this batch: nothing to dead-letter.
+                ignored += 1;
+                continue;
+            }
+            by_index
+                .entry(i)
+                .and_modify(|r| {
+                    if r.len() < MAX_REASON {
+                        r.push_str("; ");
+                        r.push_str(&reason);
+                        truncate(r, MAX_REASON);
+                    }
+                })
+                .or_insert(reason);
+        }
+        self.bump(|s| s.ignored_indices += ignored);
+        by_index.into_iter().collect()
+    }
+
+    /// The error that stops the worker.
+    fn stop_error(&self, batch: &Batch, stop: Stop) -> Error {
+        let (id, url) = (batch.id(), &self.url);
+        match stop {
+            Stop::Credentials(status, text) => Error::io(
+                format!(
+                    "sending batch {id} to {url}: Customer.io rejected the credentials (HTTP {status}: {}); \
+                     check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY and the region; nothing was acknowledged",
+                    one_line(&text, 200)
+                ),
+                io::Error::new(io::ErrorKind::PermissionDenied, "credentials rejected"),
+            ),
+            Stop::Tls(why) => Error::io(
+                format!("sending batch {id} to {url}: {why}; nothing was acknowledged"),
+                io::Error::new(io::ErrorKind::InvalidData, "TLS failure"),
+            ),
+            Stop::Fatal(why) => Error::io(
+                format!("sending batch {id} to {url}: {why}; nothing was acknowledged"),
+                io::Error::other("unexpected answer from Customer.io"),
+            ),
+        }
+    }
+
     fn settled(&self, batch: &Batch, dead: u64) {
         self.bump(|s| {
             s.batches += 1;
@@ -485,7 +504,7 @@ impl SyncWorker {
             .send(body.as_bytes());
         let mut resp = match sent {
             Ok(r) => r,
-            Err(e) => return classify_error(e),
+            Err(e) => return classify_error(e, &self.config.endpoint),
         };
         let status = resp.status().as_u16();
         let retry_after = resp
@@ -521,7 +540,7 @@ impl SyncWorker {
                 truncate(&mut reason, MAX_REASON);
                 Answer::Rejected(reason)
             }
-            401 | 403 => Answer::Credentials(status, read(4096).unwrap_or_default()),
+            401 | 403 => Answer::Stop(Stop::Credentials(status, read(4096).unwrap_or_default())),
             408 | 429 | 500..=599 => {
                 // Read (and drop) the body so the connection can be reused.
                 let text = read(MAX_ERROR_BODY_BYTES).unwrap_or_default();
@@ -530,27 +549,34 @@ impl SyncWorker {
                     retry_after,
                 }
             }
-            300..=399 => Answer::Fatal(format!(
+            300..=399 => Answer::Stop(Stop::Fatal(format!(
                 "redirected (HTTP {status}) to {}: the endpoint or region is wrong (an EU workspace needs the eu region)",
                 location.unwrap_or_else(|| "an unnamed location".into())
-            )),
+            ))),
             _ => {
                 let text = read(4096).unwrap_or_default();
-                Answer::Fatal(format!(
+                Answer::Stop(Stop::Fatal(format!(
                     "unexpected HTTP {status}: {}",
                     one_line(&text, 200)
-                ))
+                )))
             }
         }
     }
 }
 
-fn classify_error(e: ureq::Error) -> Answer {
+/// A request that got no answer: configuration faults and TLS failures that
+/// a retry cannot fix stop the worker; network trouble is retried.
+fn classify_error(e: ureq::Error, endpoint: &str) -> Answer {
+    if let Some(why) = tls_failure(&e, endpoint) {
+        return Answer::Stop(Stop::Tls(why));
+    }
     match e {
         ureq::Error::BadUri(_)
         | ureq::Error::Http(_)
         | ureq::Error::InvalidProxyUrl
-        | ureq::Error::RequireHttpsOnly(_) => Answer::Fatal(format!("request not sendable: {e}")),
+        | ureq::Error::RequireHttpsOnly(_) => {
+            Answer::Stop(Stop::Fatal(format!("request not sendable: {e}")))
+        }
         other => Answer::Retry {
             why: match &other {
                 ureq::Error::Timeout(t) => format!("timed out ({t})"),
@@ -559,6 +585,50 @@ fn classify_error(e: ureq::Error) -> Answer {
             retry_after: None,
         },
     }
+}
+
+/// Why a TLS failure is final, or `None` if it may be transient. A
+/// certificate that does not verify (unknown issuer, expired, wrong name)
+/// and a server that does not speak compatible TLS fail the same way on
+/// every attempt: retrying them would loop forever (`sync --once` would
+/// never exit) and hide a misconfiguration or an interception.
+fn tls_failure(e: &ureq::Error, endpoint: &str) -> Option<String> {
+    use rustls::{AlertDescription as Alert, Error as Tls};
+    let tls = match e {
+        ureq::Error::Rustls(tls) => tls,
+        ureq::Error::Tls(why) => return Some(format!("TLS setup for {endpoint} failed: {why}")),
+        // rustls reports handshake failures through the socket's io::Error.
+        ureq::Error::Io(io) => rustls_cause(io)?,
+        _ => return None,
+    };
+    match tls {
+        Tls::InvalidCertificate(_)
+        | Tls::NoCertificatesPresented
+        | Tls::UnsupportedNameType
+        | Tls::InvalidCertRevocationList(_) => Some(format!(
+            "the TLS certificate of {endpoint} could not be verified ({tls}); \
+             not retried: check the endpoint, and the network for TLS interception"
+        )),
+        Tls::InvalidMessage(_)
+        | Tls::PeerIncompatible(_)
+        | Tls::AlertReceived(Alert::HandshakeFailure | Alert::ProtocolVersion) => Some(format!(
+            "the TLS handshake with {endpoint} failed ({tls}); \
+             not retried: the endpoint does not speak compatible TLS"
+        )),
+        _ => None,
+    }
+}
+
+/// The rustls error inside an I/O error, if one is there.
+fn rustls_cause(io: &io::Error) -> Option<&rustls::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(io.get_ref()?);
+    while let Some(err) = cause {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cause = err.source();
+    }
+    None
 }
 
 fn all_failed(batch: &Batch, reason: &str) -> Vec<(u32, String)> {
@@ -677,8 +747,8 @@ mod tests {
         assert!(c().validate().is_ok());
         assert!(c().region(Region::Eu).validate().is_ok());
         assert_eq!(
-            c().region(Region::Eu).batch_url(),
-            "https://track-eu.customer.io/api/v2/batch"
+            c().region(Region::Eu).batch_url().ok().as_deref(),
+            Some("https://track-eu.customer.io/api/v2/batch")
         );
         assert!(c().endpoint("http://127.0.0.1:9/").validate().is_ok());
         assert!(c().endpoint("http://[::1]:9").validate().is_ok());

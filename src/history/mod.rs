@@ -21,7 +21,7 @@ use hashbrown::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::codec::unpack_token;
-use crate::model::{LogoutPolicy, Platform};
+use crate::model::{token_bytes_label, token_label, LogoutPolicy, Platform};
 
 pub(crate) use persist::load_history;
 
@@ -476,31 +476,29 @@ impl History {
         let mut problems = Vec::new();
         let mut total = 0;
         for (token, list) in &self.tokens {
-            let name = unpack_token(token).unwrap_or_default();
+            let name =
+                unpack_token(token).map_or_else(|| token_bytes_label(token), |t| token_label(&t));
             total += list.len();
             if list.is_empty() {
-                problems.push(format!("history of {name:?} is empty but kept"));
+                problems.push(format!("history of {name} is empty but kept"));
             }
             if list.len() > MAX_HISTORY_PER_TOKEN {
-                problems.push(format!("history of {name:?} has {} entries", list.len()));
+                problems.push(format!("history of {name} has {} entries", list.len()));
             }
             if list
                 .iter()
                 .zip(list.iter().skip(1))
                 .any(|(a, b)| (a.commit_ms, a.seq) >= (b.commit_ms, b.seq))
             {
-                problems.push(format!("history of {name:?} is out of order"));
+                problems.push(format!("history of {name} is out of order"));
             }
             for r in list {
                 if self.by_commit.get(&(r.commit_ms, r.seq)) != Some(token) {
-                    problems.push(format!(
-                        "history entry {} of {name:?} is not indexed",
-                        r.seq
-                    ));
+                    problems.push(format!("history entry {} of {name} is not indexed", r.seq));
                 }
                 if r.seq >= self.next_seq {
                     problems.push(format!(
-                        "history entry {} of {name:?} is past the next seq",
+                        "history entry {} of {name} is past the next seq",
                         r.seq
                     ));
                 }
@@ -513,7 +511,7 @@ impl History {
                     .then_some((last.after.as_deref(), last.platform));
                 if want != have {
                     problems.push(format!(
-                        "history of {name:?} ends with {have:?}, the device is {want:?}"
+                        "history of {name} ends with {have:?}, the device is {want:?}"
                     ));
                 }
             }
@@ -553,6 +551,24 @@ mod tests {
 
     fn p(s: &str) -> Option<Arc<str>> {
         Some(Arc::from(s))
+    }
+
+    #[test]
+    fn check_messages_abbreviate_tokens() {
+        let token = "f4c2a9b1".to_string() + &"7".repeat(56);
+        let mut h = History::new(1000);
+        let owner = p("ann");
+        let reg = Cause::Register { seen_ms: 1 };
+        let packed = crate::codec::pack_token(&token);
+        h.record(1, &reg, &packed, None, owner.as_ref(), true, Platform::Ios);
+        // The history says the device is there; the status says it is gone.
+        let problems = h.check(&|_| None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("history of f4c2a9b1…(64 bytes) ends with"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains(&token), "{problems:?}");
     }
 
     #[test]

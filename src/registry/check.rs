@@ -1,5 +1,6 @@
 //! `check`: indexes and counters against the records, and the store plus a
-//! replay of the log against the memory state.
+//! replay of the log against the memory state. Reports abbreviate tokens
+//! (`token_label`): they get pasted into tickets and logs.
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use serde::Serialize;
 
 use super::recover;
 use crate::error::{Error, Result};
+use crate::model::{token_label, Device};
 use crate::writer::WriterCtx;
 
 /// What `check` found. Empty `problems` means every index, counter, the cap
@@ -62,47 +64,97 @@ pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckR
             disk.cap, live.cap
         ));
     }
-    let (a, b) = (live.dump(), disk.dump());
-    if a != b {
-        let mut diffs = 0;
-        let mut ai = a.iter().peekable();
-        let mut bi = b.iter().peekable();
-        while diffs < 20 {
-            match (ai.peek(), bi.peek()) {
-                (None, None) => break,
-                (Some(x), Some(y)) if x.token == y.token => {
-                    if x != y {
-                        problems.push(format!(
-                            "device {:?}: memory {x:?}, store+log {y:?}",
-                            x.token
-                        ));
-                        diffs += 1;
-                    }
-                    ai.next();
-                    bi.next();
-                }
-                (Some(x), y) if y.is_none_or(|y| x.token < y.token) => {
-                    problems.push(format!(
-                        "device {:?} is in memory but not in store+log",
-                        x.token
-                    ));
-                    diffs += 1;
-                    ai.next();
-                }
-                (_, Some(y)) => {
-                    problems.push(format!(
-                        "device {:?} is in store+log but not in memory",
-                        y.token
-                    ));
-                    diffs += 1;
-                    bi.next();
-                }
-                (Some(_), None) => break,
-            }
-        }
-    }
+    problems.extend(device_differences(&live.dump(), &disk.dump()));
     Ok(CheckReport {
         devices: live.len(),
         problems,
     })
+}
+
+/// Most device differences one report lists.
+const MAX_LISTED_DIFFERENCES: usize = 20;
+
+/// The devices that differ between memory (`a`) and store+log (`b`), both
+/// sorted by token; tokens abbreviated, values not shown.
+fn device_differences(a: &[Device], b: &[Device]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (mut ai, mut bi) = (a.iter().peekable(), b.iter().peekable());
+    while problems.len() < MAX_LISTED_DIFFERENCES {
+        match (ai.peek(), bi.peek()) {
+            (None, None) => break,
+            (Some(x), Some(y)) if x.token == y.token => {
+                if x != y {
+                    problems.push(format!(
+                        "device {}: memory and store+log differ in {}",
+                        token_label(&x.token),
+                        differing_fields(x, y)
+                    ));
+                }
+                ai.next();
+                bi.next();
+            }
+            (Some(x), y) if y.is_none_or(|y| x.token < y.token) => {
+                problems.push(format!(
+                    "device {} is in memory but not in store+log",
+                    token_label(&x.token)
+                ));
+                ai.next();
+            }
+            (_, Some(y)) => {
+                problems.push(format!(
+                    "device {} is in store+log but not in memory",
+                    token_label(&y.token)
+                ));
+                bi.next();
+            }
+            (Some(_), None) => break,
+        }
+    }
+    problems
+}
+
+fn differing_fields(x: &Device, y: &Device) -> String {
+    let fields = [
+        ("platform", x.platform != y.platform),
+        ("person", x.person != y.person),
+        ("last_seen_ms", x.last_seen_ms != y.last_seen_ms),
+        ("attributes", x.attributes != y.attributes),
+    ];
+    let names: Vec<&str> = fields.iter().filter(|f| f.1).map(|f| f.0).collect();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Platform;
+
+    fn device(token: &str, last_seen_ms: u64) -> Device {
+        Device {
+            token: token.into(),
+            platform: Platform::Android,
+            person: Some("ann".into()),
+            last_seen_ms,
+            attributes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn differences_abbreviate_tokens() {
+        let long = |c: char| format!("fcm{c}:APA91b-{}", "x".repeat(140));
+        let (t1, t2, t3) = (long('1'), long('2'), long('3'));
+        let memory = [device(&t1, 5), device(&t2, 5)];
+        let stored = [device(&t1, 6), device(&t3, 5)];
+        let got = device_differences(&memory, &stored);
+        assert_eq!(
+            got,
+            [
+                "device fcm1:APA…(152 bytes): memory and store+log differ in last_seen_ms",
+                "device fcm2:APA…(152 bytes) is in memory but not in store+log",
+                "device fcm3:APA…(152 bytes) is in store+log but not in memory",
+            ]
+        );
+        assert!(got.iter().all(|p| !p.contains("xxxxxxxx")), "{got:?}");
+        assert!(device_differences(&memory, &memory).is_empty());
+    }
 }

@@ -1,10 +1,11 @@
 //! The integrity checker: recomputes every index from the slots and reports
-//! each disagreement in words.
+//! each disagreement in words (tokens abbreviated, see `token_label`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{State, HOUR_MS, NO_PERSON};
 use crate::codec::{decode_attributes, unpack_token};
+use crate::model::{token_bytes_label, token_label};
 
 impl State {
     /// Verifies every index and counter against the device slots.
@@ -18,7 +19,10 @@ impl State {
         let mut person_members: BTreeMap<u32, usize> = BTreeMap::new();
         for (id, s) in self.live_slots() {
             let name = unpack_token(&s.token);
-            let label = name.clone().unwrap_or_else(|| format!("{:02x?}", s.token));
+            let label = match &name {
+                Some(token) => token_label(token),
+                None => token_bytes_label(&s.token),
+            };
             if name.is_none() {
                 problems.push(format!(
                     "device {label}: token bytes are not a packed token"
@@ -127,5 +131,38 @@ impl State {
                 .map(|s| (self.person_name(s.person), s.platform))
         };
         self.history.check(&status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Entry;
+    use super::*;
+    use crate::model::{Op, Platform, Register};
+
+    #[test]
+    fn problems_abbreviate_tokens() {
+        let token = "f4c2a9b1".to_string() + &"7".repeat(56);
+        let mut st = State::new(5);
+        st.apply(&Entry::Op(Op::Register(Register {
+            token: token.clone(),
+            platform: Platform::Ios,
+            person: Some("ann".into()),
+            seen_ms: 5_000,
+            attributes: None,
+        })));
+        assert_eq!(st.check_indexes(), Vec::<String>::new());
+        // Damage: the person's device list loses the device.
+        for p in st.persons.iter_mut().flatten() {
+            p.devices.clear();
+        }
+        let problems = st.check_indexes();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("device f4c2a9b1…(64 bytes): missing from")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().all(|p| !p.contains(&token)), "{problems:?}");
     }
 }
