@@ -100,6 +100,13 @@ impl Config {
         self
     }
 
+    /// Sets how long a written record may wait for its fdatasync in
+    /// `Eventual` mode.
+    pub fn eventual_sync_interval_ms(mut self, ms: u64) -> Config {
+        self.eventual_sync_interval_ms = ms;
+        self
+    }
+
     /// Sets the longest time between checkpoints.
     pub fn checkpoint_interval_ms(mut self, ms: u64) -> Config {
         self.checkpoint_interval_ms = ms;

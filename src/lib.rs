@@ -50,6 +50,7 @@ pub use history::{
     ChangesPage, DailyStats, DayCounts, HistoryCursor, HistoryEntry, HistoryOp,
     DEFAULT_HISTORY_RETENTION_MS, MAX_HISTORY_PER_TOKEN,
 };
+pub use log::RepairReport;
 pub use model::{
     validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,
     LogoutPolicy, Op, Outcome, Platform, Register,

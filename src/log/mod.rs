@@ -15,7 +15,45 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::fault::{check, IoOp};
 use record::{HEADER_BYTES, KIND_ENTRIES, KIND_PAD};
-pub(crate) use replay::replay;
+pub use replay::RepairReport;
+pub(crate) use replay::{repair, replay};
+
+/// Makes the recovered log durable before anything is appended to it, so a
+/// record appended at `end_lsn` may carry the "everything before me is
+/// durable" sync mark: fdatasyncs every segment from the checkpoint's to
+/// the end's (a crashed process's records may still be in the page cache
+/// only). With `stale`, first zeroes the end's segment from `end_lsn` on:
+/// records of a torn write lie there, and must never be replayed after
+/// records written later.
+pub(crate) fn settle_recovered(
+    dir: &std::path::Path,
+    segment_bytes: u64,
+    checkpoint_lsn: u64,
+    end_lsn: u64,
+    stale: bool,
+    faults: &crate::fault::Faults,
+) -> Result<()> {
+    let end_seq = end_lsn / segment_bytes;
+    for seq in checkpoint_lsn / segment_bytes..=end_seq {
+        let path = segments::segment_path(dir, seq);
+        if !path.exists() {
+            continue;
+        }
+        let file = segments::open_segment(&path, faults)?;
+        let ctx = || format!("settling recovered log segment {}", path.display());
+        if stale && seq == end_seq {
+            let from = end_lsn % segment_bytes;
+            let zeros = vec![0u8; (segment_bytes - from) as usize];
+            check(faults, IoOp::Pwrite)
+                .and_then(|()| file.write_all_at(&zeros, from))
+                .map_err(|e| Error::io(ctx(), e))?;
+        }
+        check(faults, IoOp::Fdatasync)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io(ctx(), e))?;
+    }
+    Ok(())
+}
 
 /// Creates the first segment of a new database's log (if absent) and makes
 /// its directory entry durable. Runs before the store records that the
@@ -127,7 +165,8 @@ impl LogWriter {
             self.roll()?;
         }
         let lsn = self.end_lsn;
-        record::encode(&mut self.buf, lsn, KIND_ENTRIES, count, body);
+        let mark = self.mark();
+        record::encode(&mut self.buf, lsn, KIND_ENTRIES, mark, count, body);
         self.end_lsn += need;
         Ok(lsn)
     }
@@ -160,6 +199,15 @@ impl LogWriter {
         Ok(())
     }
 
+    /// The sync mark of a record starting at the end now (see `record`).
+    fn mark(&self) -> u8 {
+        if self.synced_lsn == self.end_lsn {
+            record::MARK_AT_SYNCED
+        } else {
+            record::MARK_AFTER_UNSYNCED
+        }
+    }
+
     pub(crate) fn needs_sync(&self) -> bool {
         self.synced_lsn != self.end_lsn || !self.buf.is_empty()
     }
@@ -168,7 +216,8 @@ impl LogWriter {
     fn roll(&mut self) -> Result<()> {
         let used = self.end_lsn - self.seq * self.segment_bytes;
         if self.segment_bytes - used >= HEADER_BYTES as u64 {
-            record::encode(&mut self.buf, self.end_lsn, KIND_PAD, 0, &[]);
+            let mark = self.mark();
+            record::encode(&mut self.buf, self.end_lsn, KIND_PAD, mark, 0, &[]);
         }
         self.write_out()?;
         // The pad must be durable before anything lands in the next segment,

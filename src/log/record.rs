@@ -7,7 +7,11 @@
 //! 8       8     LSN: the record's own log position, u64 little-endian
 //! 16      1     log format version (1)
 //! 17      1     kind: 1 = entries, 2 = pad (rest of the segment is unused)
-//! 18      2     reserved, zero
+//! 18      1     sync mark: 2 = the record starts where the log was durable
+//!               (everything before it was fdatasynced before it was
+//!               written), 1 = unsynced records precede it, 0 = written
+//!               before marks existed (treated like 2)
+//! 19      1     reserved, zero
 //! 20      4     entry count, u32 little-endian
 //! 24      len   body: the entries, bincode (varint) one after another
 //! ```
@@ -16,6 +20,10 @@ pub(crate) const HEADER_BYTES: usize = 24;
 pub(crate) const LOG_VERSION: u8 = 1;
 pub(crate) const KIND_ENTRIES: u8 = 1;
 pub(crate) const KIND_PAD: u8 = 2;
+/// Sync mark: unsynced records precede this one.
+pub(crate) const MARK_AFTER_UNSYNCED: u8 = 1;
+/// Sync mark: everything before this record was durable when it was written.
+pub(crate) const MARK_AT_SYNCED: u8 = 2;
 
 /// A parsed header whose checksum has not been verified yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +33,7 @@ pub(crate) struct Header {
     pub(crate) lsn: u64,
     pub(crate) version: u8,
     pub(crate) kind: u8,
+    pub(crate) mark: u8,
     pub(crate) count: u32,
 }
 
@@ -52,18 +61,27 @@ impl Header {
             lsn: le_u64(b, 8),
             version: b[16],
             kind: b[17],
+            mark: b[18],
             count: le_u32(b, 20),
         }
     }
 }
 
+impl Header {
+    /// Whether this record proves that damage before it is not a torn
+    /// write: it was written only after everything before it was durable.
+    pub(crate) fn proves_durable_before(&self) -> bool {
+        self.mark != MARK_AFTER_UNSYNCED
+    }
+}
+
 /// Appends one record (header and body) to `out`.
-pub(crate) fn encode(out: &mut Vec<u8>, lsn: u64, kind: u8, count: u32, body: &[u8]) {
+pub(crate) fn encode(out: &mut Vec<u8>, lsn: u64, kind: u8, mark: u8, count: u32, body: &[u8]) {
     let start = out.len();
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&lsn.to_le_bytes());
-    out.extend_from_slice(&[LOG_VERSION, kind, 0, 0]);
+    out.extend_from_slice(&[LOG_VERSION, kind, mark, 0]);
     out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(body);
     let crc = checksum(&out[start + 8..]);

@@ -22,11 +22,23 @@ pub(crate) struct ReplayEnd {
     pub(crate) records: u64,
     /// Whether a damaged record at the tail was cut off.
     pub(crate) cut_tail: bool,
+    /// Valid records of the torn write lie after the end in its segment:
+    /// they must be cleared before the log continues, or a later recovery
+    /// could replay them after newer records.
+    pub(crate) stale_after_end: bool,
 }
 
 enum Read {
-    Record { kind: u8, count: u32, body: Vec<u8> },
-    Invalid { plausible_len: Option<u32> },
+    Record {
+        kind: u8,
+        count: u32,
+        body: Vec<u8>,
+        /// See `Header::proves_durable_before`.
+        proof: bool,
+    },
+    Invalid {
+        plausible_len: Option<u32>,
+    },
 }
 
 /// Reads exactly `buf.len()` bytes at `off`. `Ok(false)`: the file ends
@@ -89,6 +101,7 @@ fn read_at(file: &File, segment_bytes: u64, lsn: u64, dir: &Path, faults: &Fault
             kind: h.kind,
             count: h.count,
             body,
+            proof: h.proves_durable_before(),
         });
     }
     // A record whose checksum holds at its own position but whose version or
@@ -119,16 +132,29 @@ fn open_existing(dir: &Path, seq: u64, faults: &Faults) -> Result<Option<File>> 
     }
 }
 
-/// Whether any valid record sits in segment `seq` after offset `from`: a
-/// record carries its own LSN, so one found at its own position proves the
-/// damage before it is not a torn tail.
-fn valid_record_after(
+/// What valid records sit after a damaged one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum After {
+    /// None.
+    Nothing,
+    /// Only records written after unsynced data (the damaged one may be
+    /// part of the same torn write): stale once the tail is cut.
+    Unsynced,
+    /// A record written when everything before it was durable: the damage
+    /// before it is not a torn write.
+    Proof,
+}
+
+/// The valid records in segment `seq` after offset `from`. A record carries
+/// its own LSN, so one found at its own position was written there; its
+/// sync mark says whether the damage before it can be a torn write.
+fn valid_records_after(
     file: &File,
     segment_bytes: u64,
     seq: u64,
     from: u64,
     faults: &Faults,
-) -> std::io::Result<bool> {
+) -> std::io::Result<After> {
     let mut rest = Vec::new();
     let len = segment_bytes.saturating_sub(from);
     rest.resize(len as usize, 0);
@@ -146,6 +172,7 @@ fn valid_record_after(
     }
     rest.truncate(got);
     let base = seq * segment_bytes + from;
+    let mut found = After::Nothing;
     let mut p = 0usize;
     while p + HEADER_BYTES <= rest.len() {
         let mut lsn = [0u8; 8];
@@ -157,13 +184,16 @@ fn valid_record_after(
             let end = p + HEADER_BYTES + h.len as usize;
             if let Some(body) = rest.get(p + HEADER_BYTES..end) {
                 if record::verify(&hb, body, base + p as u64) {
-                    return Ok(true);
+                    if h.proves_durable_before() {
+                        return Ok(After::Proof);
+                    }
+                    found = After::Unsynced;
                 }
             }
         }
         p += 1;
     }
-    Ok(false)
+    Ok(found)
 }
 
 /// The log must not continue in a later segment. If one starts with a valid
@@ -173,7 +203,9 @@ fn valid_record_after(
 fn no_log_beyond(dir: &Path, segment_bytes: u64, end_lsn: u64, faults: &Faults) -> Result<()> {
     let end_seq = end_lsn / segment_bytes;
     for seq in super::segments::list_segments(dir)? {
-        if seq > end_seq && valid_record_at(dir, segment_bytes, seq * segment_bytes, faults)? {
+        if seq > end_seq
+            && valid_record_at(dir, segment_bytes, seq * segment_bytes, faults)? != After::Nothing
+        {
             return Err(Error::corrupt(
                 format!("log segment {}", segment_path(dir, seq).display()),
                 format!(
@@ -186,14 +218,15 @@ fn no_log_beyond(dir: &Path, segment_bytes: u64, end_lsn: u64, faults: &Faults) 
     Ok(())
 }
 
-fn valid_record_at(dir: &Path, segment_bytes: u64, lsn: u64, faults: &Faults) -> Result<bool> {
+fn valid_record_at(dir: &Path, segment_bytes: u64, lsn: u64, faults: &Faults) -> Result<After> {
     let Some(f) = open_existing(dir, lsn / segment_bytes, faults)? else {
-        return Ok(false);
+        return Ok(After::Nothing);
     };
-    Ok(matches!(
-        read_at(&f, segment_bytes, lsn, dir, faults)?,
-        Read::Record { .. }
-    ))
+    Ok(match read_at(&f, segment_bytes, lsn, dir, faults)? {
+        Read::Record { proof: true, .. } => After::Proof,
+        Read::Record { proof: false, .. } => After::Unsynced,
+        Read::Invalid { .. } => After::Nothing,
+    })
 }
 
 /// Segment `seq` is absent where the log continues at `lsn`. That is the
@@ -265,6 +298,7 @@ pub(crate) fn replay(
                         end_lsn: lsn,
                         records,
                         cut_tail: false,
+                        stale_after_end: false,
                     });
                 }
             }
@@ -296,8 +330,11 @@ pub(crate) fn replay(
     }
 }
 
-/// The first invalid record: the log's end if nothing valid follows it (a
-/// torn tail, cut off), corruption before the tail otherwise.
+/// The first invalid record: the log's end unless a record after it proves
+/// it was durable (a torn write is cut off; records of the same unsynced
+/// write after it are reported as stale, for the writer to clear), and
+/// corruption before the tail otherwise (finding 11: a power cut can keep a
+/// later page of one write and lose an earlier one).
 fn end_at_invalid(
     file: &File,
     dir: &Path,
@@ -309,20 +346,23 @@ fn end_at_invalid(
 ) -> Result<ReplayEnd> {
     let seq = lsn / segment_bytes;
     let off = lsn % segment_bytes;
-    let after_this = plausible_len
+    let after_this = match plausible_len
         .map(|len| lsn + (HEADER_BYTES as u64) + u64::from(len))
-        .filter(|&next| next / segment_bytes == seq);
-    let later_valid = match after_this {
+        .filter(|&next| next / segment_bytes == seq)
+    {
         Some(next) => valid_record_at(dir, segment_bytes, next, faults)?,
-        None => false,
-    } || valid_record_at(dir, segment_bytes, (seq + 1) * segment_bytes, faults)?
-        || valid_record_after(file, segment_bytes, seq, off + 1, faults).map_err(|e| {
+        None => After::Nothing,
+    };
+    let next_segment = valid_record_at(dir, segment_bytes, (seq + 1) * segment_bytes, faults)?;
+    let in_segment =
+        valid_records_after(file, segment_bytes, seq, off + 1, faults).map_err(|e| {
             Error::io(
                 format!("reading log segment {}", segment_path(dir, seq).display()),
                 e,
             )
         })?;
-    if later_valid {
+    let after = after_this.max(next_segment).max(in_segment);
+    if after == After::Proof {
         return Err(Error::corrupt(
             format!(
                 "log segment {} at offset {off}",
@@ -336,6 +376,129 @@ fn end_at_invalid(
     Ok(ReplayEnd {
         end_lsn: lsn,
         records,
-        cut_tail: plausible_len.is_some(),
+        cut_tail: plausible_len.is_some() || after == After::Unsynced,
+        stale_after_end: after == After::Unsynced,
     })
+}
+
+/// What `repair` cut from the log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RepairReport {
+    /// The log position where the log now ends, if anything was cut.
+    pub cut_at_lsn: Option<u64>,
+    /// The segment file and offset of the first damaged record.
+    pub damaged: Option<String>,
+    /// Valid records after the damage that were dropped with it.
+    pub records_dropped: u64,
+    /// Later segment files removed (they continued the dropped log).
+    pub segments_removed: Vec<String>,
+}
+
+/// The position of the first record from `start_lsn` on that is not valid
+/// (or `None` when the log ends cleanly before any damage).
+fn first_invalid(
+    dir: &Path,
+    segment_bytes: u64,
+    start_lsn: u64,
+    faults: &Faults,
+) -> Result<Option<u64>> {
+    let mut lsn = start_lsn;
+    loop {
+        let seq = lsn / segment_bytes;
+        if segment_bytes - lsn % segment_bytes < HEADER_BYTES as u64 {
+            lsn = (seq + 1) * segment_bytes;
+            continue;
+        }
+        let Some(file) = open_existing(dir, seq, faults)? else {
+            return Ok(None);
+        };
+        loop {
+            match read_at(&file, segment_bytes, lsn, dir, faults)? {
+                Read::Record { kind, .. } if kind == KIND_PAD => break,
+                Read::Record { body, .. } => lsn += (HEADER_BYTES + body.len()) as u64,
+                Read::Invalid { .. } => return Ok(Some(lsn)),
+            }
+            if segment_bytes - lsn % segment_bytes < HEADER_BYTES as u64 {
+                break;
+            }
+        }
+        lsn = (seq + 1) * segment_bytes;
+    }
+}
+
+/// Counts the valid records at their own positions in `bytes`, which start
+/// at log position `base`.
+fn count_valid(bytes: &[u8], base: u64) -> u64 {
+    let mut n = 0;
+    let mut p = 0usize;
+    while let Some(hs) = bytes.get(p..p + HEADER_BYTES) {
+        let mut hb = [0u8; HEADER_BYTES];
+        hb.copy_from_slice(hs);
+        let h = Header::parse(&hb);
+        let body = bytes.get(p + HEADER_BYTES..p + HEADER_BYTES + h.len as usize);
+        match body {
+            Some(body) if h.lsn == base + p as u64 && record::verify(&hb, body, h.lsn) => {
+                n += 1;
+                p += HEADER_BYTES + body.len();
+            }
+            _ => p += 1,
+        }
+    }
+    n
+}
+
+/// Cuts the log at its first damaged record (`devreg repair`): zeroes the
+/// rest of that segment, removes later segments, and reports what was
+/// dropped. For damage *before* the durable end, which the open refuses
+/// with `Corrupt`: the records after it are lost, by the operator's choice.
+pub(crate) fn repair(
+    dir: &Path,
+    segment_bytes: u64,
+    start_lsn: u64,
+    faults: &Faults,
+) -> Result<RepairReport> {
+    let mut report = RepairReport {
+        cut_at_lsn: None,
+        damaged: None,
+        records_dropped: 0,
+        segments_removed: Vec::new(),
+    };
+    // A log that recovers (a torn tail at most) needs no repair.
+    match replay(dir, segment_bytes, start_lsn, faults, |_, _, _| Ok(())) {
+        Ok(_) => return Ok(report),
+        Err(Error::Corrupt { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let Some(cut) = first_invalid(dir, segment_bytes, start_lsn, faults)? else {
+        return Ok(report);
+    };
+    let seq = cut / segment_bytes;
+    let off = cut % segment_bytes;
+    let path = segment_path(dir, seq);
+    let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
+    let mut rest = vec![0u8; (segment_bytes - off) as usize];
+    let file = super::segments::open_segment(&path, faults)?;
+    let got = read_full(&file, faults, &mut rest, off)
+        .map_err(|e| Error::io(ctx("reading", &path), e))?;
+    report.records_dropped += if got { count_valid(&rest, cut) } else { 0 };
+    rest.fill(0);
+    check(faults, IoOp::Pwrite)
+        .and_then(|()| file.write_all_at(&rest, off))
+        .and_then(|()| check(faults, IoOp::Fdatasync))
+        .and_then(|()| file.sync_data())
+        .map_err(|e| Error::io(ctx("cutting", &path), e))?;
+    for later in super::segments::list_segments(dir)? {
+        if later <= seq {
+            continue;
+        }
+        let p = segment_path(dir, later);
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(ctx("reading", &p), e))?;
+        report.records_dropped += count_valid(&bytes, later * segment_bytes);
+        std::fs::remove_file(&p).map_err(|e| Error::io(ctx("removing", &p), e))?;
+        report.segments_removed.push(p.display().to_string());
+    }
+    super::segments::sync_dir(dir, faults)?;
+    report.cut_at_lsn = Some(cut);
+    report.damaged = Some(format!("{} at offset {off}", path.display()));
+    Ok(report)
 }

@@ -24,7 +24,7 @@ use crate::fault::Faults;
 use crate::feed::{validate_sink, MAX_OPS_LIMIT};
 use crate::history::{ChangesPage, DailyStats, HistoryCursor, HistoryEntry};
 use crate::log::segments::{list_segments, sync_dir, SegmentPool};
-use crate::log::{replay, LogWriter};
+use crate::log::{replay, LogWriter, RepairReport};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
@@ -192,7 +192,7 @@ fn recover(
     segment_bytes: u64,
     history_retention_ms: u64,
     faults: &crate::fault::Faults,
-) -> Result<(State, u64, u64, u64)> {
+) -> Result<(State, u64, u64, u64, bool)> {
     let loaded = load_state(store, cap, segment_bytes, history_retention_ms)?;
     let mut state = loaded.state;
     let end = replay(
@@ -214,6 +214,7 @@ fn recover(
         loaded.checkpoint_lsn,
         loaded.segment_bytes,
         end.end_lsn,
+        end.stale_after_end,
     ))
 }
 
@@ -298,7 +299,7 @@ impl Registry {
         if store.get(crate::codec::META_FORMAT)?.is_none() {
             crate::log::create_first_segment(&log_dir, config.log_segment_bytes, &config.faults)?;
         }
-        let (state, ckpt_lsn, segment_bytes, end_lsn) = recover(
+        let (state, ckpt_lsn, segment_bytes, end_lsn, stale) = recover(
             &*store,
             &log_dir,
             config
@@ -306,6 +307,14 @@ impl Registry {
                 .unwrap_or(crate::limits::DEFAULT_MAX_DEVICES_PER_PERSON),
             config.log_segment_bytes,
             config.history_retention_ms,
+            &config.faults,
+        )?;
+        crate::log::settle_recovered(
+            &log_dir,
+            segment_bytes,
+            ckpt_lsn,
+            end_lsn,
+            stale,
             &config.faults,
         )?;
         let stored_cap = state.cap;
@@ -388,6 +397,29 @@ impl Registry {
             reg.submit_one(Entry::SetCap(cap))?;
         }
         Ok(reg)
+    }
+
+    /// Cuts the log of the (closed) database at `path` at its first damaged
+    /// record, for damage that makes the open fail with `Corrupt` ("damaged
+    /// record before the end of the log"): the rest of that segment is
+    /// zeroed and later segments are removed. The writes after the damage
+    /// are lost; the report says how many records were dropped. A log with
+    /// no damage is left as it is. `devreg repair` prints the report.
+    pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
+        let path = path.as_ref();
+        if !path.join("store").is_dir() {
+            return Err(Error::invalid(
+                "path",
+                format!(
+                    "{}: is not a devreg database (no store/ inside)",
+                    path.display()
+                ),
+            ));
+        }
+        let _lock = lock_db(path)?;
+        let store = SledStore::open(&path.join("store"), None)?;
+        let (lsn, segment_bytes) = crate::store::log_position(&store)?;
+        crate::log::repair(&path.join("log"), segment_bytes, lsn, &None)
     }
 
     /// The database directory.

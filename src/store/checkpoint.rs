@@ -79,6 +79,24 @@ fn be_u32(location: &[u8], v: &[u8]) -> Result<u32> {
     })
 }
 
+/// The checkpoint's log position and the log's segment size, as stored.
+pub(crate) fn log_position(store: &dyn KvStore) -> Result<(u64, u64)> {
+    let get = |k: &[u8]| -> Result<Vec<u8>> {
+        store
+            .get(k)?
+            .ok_or_else(|| Error::corrupt(describe_key(k), "missing"))
+    };
+    let lsn = be_u64(META_CHECKPOINT_LSN, &get(META_CHECKPOINT_LSN)?)?;
+    let segment_bytes = be_u64(META_SEGMENT_BYTES, &get(META_SEGMENT_BYTES)?)?;
+    if segment_bytes < 4096 {
+        return Err(Error::corrupt(
+            "metadata key Mlog_segment_bytes",
+            format!("{segment_bytes} is too small"),
+        ));
+    }
+    Ok((lsn, segment_bytes))
+}
+
 /// What the store said at open.
 pub(crate) struct Loaded {
     pub(crate) state: State,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 
-pub(crate) use checkpoint::{load_state, Snapshot};
+pub(crate) use checkpoint::{load_state, log_position, Snapshot};
 
 /// Visits one key and value of a scan.
 pub(crate) type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;

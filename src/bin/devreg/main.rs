@@ -101,6 +101,10 @@ enum Command {
     Check,
     /// Run a realistic workload on a temporary database and report.
     Demo,
+    /// Cut the log at its first damaged record, for a database whose open
+    /// fails with "damaged record before the end of the log". The writes
+    /// after the damage are lost; prints what was cut as JSON.
+    Repair,
     /// Print the sink's next Customer.io batch as one JSON line
     /// ({"batch_id":..,"body":{"batch":[..]}}), or nothing when nothing is
     /// pending. Until it is acknowledged, the same batch is printed again.
@@ -189,6 +193,22 @@ fn run(cli: &Cli) -> CmdResult {
     let durability = durability(cli.durability);
     match &cli.command {
         Command::Demo => demo::run(cli.max_devices_per_person),
+        Command::Repair => {
+            let report = Registry::repair(&cli.db)
+                .map_err(|e| CliError(format!("repairing {}: {e}", cli.db.display())))?;
+            match report.cut_at_lsn {
+                Some(_) => eprintln!(
+                    "cut the log at {}; dropped {} record(s) after it",
+                    report.damaged.as_deref().unwrap_or("?"),
+                    report.records_dropped
+                ),
+                None => eprintln!("the log has no damaged record; nothing was changed"),
+            }
+            let mut out = Out::stdout();
+            out.json(&report)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sync(args) => sync::run(&cli.db, cli.max_devices_per_person, durability, args),
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
@@ -284,7 +304,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             }
             out.json(&sinks)?;
         }
-        Command::Import { .. } | Command::Demo | Command::Sync(_) => {
+        Command::Import { .. } | Command::Demo | Command::Sync(_) | Command::Repair => {
             unreachable!("dispatched in run()")
         }
     }
