@@ -22,7 +22,7 @@ use crate::customerio;
 use crate::error::{Error, Result};
 use crate::feed::{validate_sink, MAX_OPS_LIMIT};
 use crate::history::{ChangesPage, DailyStats, HistoryCursor, HistoryEntry};
-use crate::log::segments::{list_segments, SegmentPool};
+use crate::log::segments::{list_segments, sync_dir, SegmentPool};
 use crate::log::{replay, LogWriter};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
@@ -75,13 +75,30 @@ pub struct Registry {
     inner: Arc<Inner>,
 }
 
+/// Creates `path` (and its missing parents) if needed, owner-only. A new
+/// directory's entry is durable only once its parent directory is fsynced,
+/// so each parent of a directory created here is synced (the power-loss
+/// test found that without it a power cut lost a new database whole).
 fn create_private_dir(path: &Path) -> Result<()> {
     if !path.exists() {
+        // The missing directories, deepest first.
+        let mut missing = Vec::new();
+        let mut dir = Some(path);
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            missing.push(d);
+            dir = d.parent();
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(path)
             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+        for d in missing.iter().rev() {
+            match d.parent() {
+                Some(p) if !p.as_os_str().is_empty() => sync_dir(p)?,
+                _ => sync_dir(Path::new("."))?,
+            }
+        }
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::io(format!("restricting {}", path.display()), e))
@@ -188,6 +205,9 @@ impl Registry {
         let store: Arc<dyn KvStore> = Arc::new(SledStore::open(&config.path.join("store"))?);
         let log_dir = config.path.join("log");
         create_private_dir(&log_dir)?;
+        // sled creates `store/` itself: make its entry durable too (this
+        // also covers databases created before `create_private_dir` synced).
+        sync_dir(&config.path)?;
         let (state, ckpt_lsn, segment_bytes, end_lsn) = recover(
             &*store,
             &log_dir,
