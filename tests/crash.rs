@@ -37,17 +37,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::workload::*;
 use common::{assert_clean, copy_dir, Model, Rng};
 use devreg::*;
 
 const CRASH_ENV: &str = "DEVREG_CRASH_CHILD";
 const TAIL_ENV: &str = "DEVREG_TAIL_CHILD";
-const CAP: u32 = 4;
-const HOUR: u64 = 3_600_000;
-const H0: u64 = 472_222 * HOUR;
 const SEGMENT: u64 = 64 << 10;
 
 fn crash_config(db: &Path, eventual: bool) -> Config {
@@ -61,157 +58,6 @@ fn crash_config(db: &Path, eventual: bool) -> Config {
         .log_segment_bytes(SEGMENT)
         .max_log_segments(3)
         .checkpoint_interval_ms(2)
-}
-
-/// Starts this test binary running only the child test `name`.
-fn spawn_child(name: &str, envs: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        name,
-        "--nocapture",
-        "--ignored",
-        "--test-threads=1",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawning the child test process")
-}
-
-/// Marks the child's own lines (libtest prints around them).
-const MARK: &str = "@@";
-
-// ---------------------------------------------------------------- workload --
-
-/// Deterministic operations from a seed; `run` moves the clock forward so
-/// later runs prune what earlier ones wrote.
-struct Workload {
-    rng: Rng,
-    clock: u64,
-}
-
-impl Workload {
-    fn new(seed: u64, run: u64) -> Workload {
-        Workload {
-            rng: Rng::new(seed),
-            clock: H0 + run * 20 * HOUR,
-        }
-    }
-
-    fn token(&mut self) -> String {
-        let i = self.rng.below(700);
-        if i.is_multiple_of(3) {
-            format!(
-                "{:064x}",
-                i.wrapping_mul(0x9E37_79B9_7F4A_7C15) as u128 * 7919
-            )
-        } else {
-            format!("f{i}:APA91b-{}_x", i * 31)
-        }
-    }
-
-    fn person(&mut self) -> String {
-        format!("person-{}", self.rng.below(70))
-    }
-
-    fn seen(&mut self) -> u64 {
-        self.clock += self.rng.below(60_000);
-        // Events arrive out of order.
-        self.clock - self.rng.below(600_000)
-    }
-
-    fn one(&mut self) -> Op {
-        let roll = self.rng.below(1000);
-        match roll {
-            0..=419 => {
-                let person = if self.rng.chance(6, 10) {
-                    Some(self.person())
-                } else {
-                    None
-                };
-                let attributes = if self.rng.chance(1, 4) {
-                    let mut a = Attributes::new();
-                    a.insert("app_version".into(), format!("1.{}", self.rng.below(5)));
-                    if self.rng.chance(1, 2) {
-                        a.insert("locale".into(), "en-US".into());
-                    }
-                    Some(a)
-                } else {
-                    None
-                };
-                Op::Register(Register {
-                    token: self.token(),
-                    platform: if self.rng.chance(1, 2) {
-                        Platform::Ios
-                    } else {
-                        Platform::Android
-                    },
-                    person,
-                    seen_ms: self.seen(),
-                    attributes,
-                })
-            }
-            420..=559 => Op::Touch {
-                token: self.token(),
-                seen_ms: self.seen(),
-            },
-            560..=659 => {
-                let old_token = self.token();
-                let mut new_token = self.token();
-                if new_token == old_token {
-                    new_token.push('r');
-                }
-                Op::Rotate {
-                    old_token,
-                    new_token,
-                    seen_ms: self.seen(),
-                }
-            }
-            660..=739 => Op::Logout {
-                token: self.token(),
-                policy: if self.rng.chance(1, 2) {
-                    LogoutPolicy::Keep
-                } else {
-                    LogoutPolicy::Remove
-                },
-            },
-            740..=809 => {
-                let primary = self.person();
-                let mut secondary = self.person();
-                if secondary == primary {
-                    secondary.push('x');
-                }
-                Op::Merge { primary, secondary }
-            }
-            810..=869 => Op::Remove {
-                token: self.token(),
-            },
-            870..=994 => {
-                let provider_ms = self.seen() - self.rng.below(1_200_000);
-                Op::Invalidate {
-                    token: self.token(),
-                    provider_ms,
-                }
-            }
-            _ => Op::Prune {
-                before_ms: self.clock - 8 * HOUR,
-            },
-        }
-    }
-
-    /// The next write: one operation, or now and then a batch of 10..=50.
-    fn next_write(&mut self) -> Vec<Op> {
-        if self.rng.chance(1, 18) {
-            let n = 10 + self.rng.below(41);
-            (0..n).map(|_| self.one()).collect()
-        } else {
-            vec![self.one()]
-        }
-    }
 }
 
 // ------------------------------------------------------------ crash child --
@@ -229,245 +75,7 @@ fn crash_child() {
         var("DEVREG_CRASH_EVENTUAL") == 1,
     );
     let reg = Registry::open_with(crash_config(Path::new(&db), eventual)).unwrap();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "\n{MARK}O").unwrap();
-    out.flush().unwrap();
-    let mut work = Workload::new(seed, run);
-    loop {
-        if work.rng.chance(1, 12) {
-            feed_step(&reg, &mut work.rng, &mut out);
-            continue;
-        }
-        let ops = work.next_write();
-        writeln!(out, "{MARK}B {}", serde_json::to_string(&ops).unwrap()).unwrap();
-        out.flush().unwrap();
-        let outcomes = if ops.len() == 1 {
-            vec![reg.apply(ops[0].clone()).unwrap()]
-        } else {
-            reg.apply_batch(ops).unwrap()
-        };
-        writeln!(out, "{MARK}A {}", serde_json::to_string(&outcomes).unwrap()).unwrap();
-        out.flush().unwrap();
-    }
-}
-
-/// A hash of a batch body, the same in every process (SipHash with fixed keys).
-fn body_hash(body: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new();
-    body.hash(&mut h);
-    h.finish()
-}
-
-/// The child's feed step: export the next batch of the default sink (printing
-/// `E <id> <body hash>` once it is returned, `E -` if nothing is pending) and,
-/// two times in three, acknowledge it (`k <id>` before, `K <id>` after).
-fn feed_step(reg: &Registry, rng: &mut Rng, out: &mut impl Write) {
-    writeln!(out, "{MARK}e").unwrap();
-    out.flush().unwrap();
-    let max_ops = 1 + rng.below(60) as u32;
-    match reg.export(DEFAULT_SINK, max_ops, 499_999).unwrap() {
-        None => writeln!(out, "{MARK}E -").unwrap(),
-        Some(b) => {
-            writeln!(out, "{MARK}E {} {:016x}", b.id(), body_hash(b.body())).unwrap();
-            out.flush().unwrap();
-            if rng.chance(2, 3) {
-                writeln!(out, "{MARK}k {}", b.id()).unwrap();
-                out.flush().unwrap();
-                reg.ack(DEFAULT_SINK, b.id()).unwrap();
-                writeln!(out, "{MARK}K {}", b.id()).unwrap();
-            }
-        }
-    }
-    out.flush().unwrap();
-}
-
-/// What the child's feed steps reported, in order.
-#[derive(Debug, PartialEq, Eq)]
-enum FeedEvent {
-    /// An export returned this batch (id, body hash).
-    Exported(String, String),
-    /// An ack of this batch began.
-    AckBegun(String),
-    /// An ack of this batch returned.
-    Acked(String),
-}
-
-fn parse_feed_events(out: &str) -> Vec<FeedEvent> {
-    let complete = match out.rfind('\n') {
-        Some(i) => &out[..i],
-        None => "",
-    };
-    let mut events = Vec::new();
-    for line in complete.lines() {
-        let Some(rest) = line.find(MARK).map(|i| &line[i + MARK.len()..]) else {
-            continue;
-        };
-        let mut words = rest.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some("E"), Some(id), Some(hash)) => {
-                events.push(FeedEvent::Exported(id.into(), hash.into()))
-            }
-            (Some("k"), Some(id), None) => events.push(FeedEvent::AckBegun(id.into())),
-            (Some("K"), Some(id), None) => events.push(FeedEvent::Acked(id.into())),
-            _ => {}
-        }
-    }
-    events
-}
-
-/// The feed across runs: every batch body ever exported, and acked ids.
-#[derive(Default)]
-struct FeedLedger {
-    bodies: std::collections::HashMap<String, String>,
-    acked: std::collections::HashSet<String>,
-}
-
-impl FeedLedger {
-    /// Checks one run's feed events and the recovered registry's in-flight
-    /// batch: an exported batch that was not acknowledged is exported again,
-    /// identical, after the crash; an acknowledged one never comes back; a
-    /// batch id always carries the same body.
-    fn verify(&mut self, ctx: &str, events: &[FeedEvent], reg: &Registry, tally: &mut Tally) {
-        let mut last_export: Option<&str> = None;
-        let mut ack_begun: Option<&str> = None;
-        for e in events {
-            match e {
-                FeedEvent::Exported(id, hash) => {
-                    tally.exports += 1;
-                    if let Some(old) = self.bodies.insert(id.clone(), hash.clone()) {
-                        assert_eq!(
-                            &old, hash,
-                            "{ctx}: batch {id} was exported with another body"
-                        );
-                    }
-                    assert!(
-                        !self.acked.contains(id),
-                        "{ctx}: acknowledged batch {id} was exported again"
-                    );
-                    last_export = Some(id);
-                    ack_begun = None;
-                }
-                FeedEvent::AckBegun(id) => ack_begun = Some(id),
-                FeedEvent::Acked(id) => {
-                    tally.acks += 1;
-                    self.acked.insert(id.clone());
-                    ack_begun = None;
-                }
-            }
-        }
-        let info = reg
-            .sinks()
-            .into_iter()
-            .find(|s| s.name == DEFAULT_SINK)
-            .expect("the default sink");
-        if let Some(id) = &info.in_flight {
-            assert!(
-                !self.acked.contains(id),
-                "{ctx}: acknowledged batch {id} is in flight again after the crash"
-            );
-            // A read: export returns the in-flight batch without a write.
-            let b = reg.export(DEFAULT_SINK, 1, 499_999).unwrap().unwrap();
-            assert_eq!(b.id(), id);
-            let hash = format!("{:016x}", body_hash(b.body()));
-            if let Some(known) = self.bodies.get(id) {
-                assert_eq!(known, &hash, "{ctx}: batch {id} changed across the crash");
-                tally.batches_reexported_identical += 1;
-            }
-        }
-        if let Some(id) = last_export {
-            if !self.acked.contains(id) && ack_begun != Some(id) {
-                assert_eq!(
-                    info.in_flight.as_deref(),
-                    Some(id),
-                    "{ctx}: exported batch {id} (not acknowledged) is not in flight after the crash"
-                );
-            }
-        }
-    }
-}
-
-/// One write the child began: its operations and, if acknowledged, the
-/// outcomes it reported (JSON).
-struct Write_ {
-    ops: Vec<Op>,
-    ack: Option<String>,
-}
-
-fn parse_child_output(out: &str) -> (bool, Vec<Write_>) {
-    let mut opened = false;
-    let mut writes: Vec<Write_> = Vec::new();
-    // A last line without its newline may be cut short: ignore it.
-    let complete = match out.rfind('\n') {
-        Some(i) => &out[..i],
-        None => "",
-    };
-    for line in complete.lines() {
-        let Some(rest) = line.find(MARK).map(|i| &line[i + MARK.len()..]) else {
-            continue;
-        };
-        if rest == "O" {
-            opened = true;
-        } else if let Some(json) = rest.strip_prefix("B ") {
-            assert!(
-                writes.last().is_none_or(|w| w.ack.is_some()),
-                "a write began before the previous one was acknowledged"
-            );
-            writes.push(Write_ {
-                ops: serde_json::from_str(json).expect("child printed valid ops"),
-                ack: None,
-            });
-        } else if let Some(json) = rest.strip_prefix("A ") {
-            let w = writes.last_mut().expect("an ack follows a begin");
-            assert!(w.ack.is_none());
-            w.ack = Some(json.to_string());
-        }
-    }
-    (opened, writes)
-}
-
-fn describe_diff(got: &[Device], want: &[Device]) -> String {
-    let got: std::collections::BTreeMap<_, _> = got.iter().map(|d| (&d.token, d)).collect();
-    let want: std::collections::BTreeMap<_, _> = want.iter().map(|d| (&d.token, d)).collect();
-    let mut out = Vec::new();
-    for (t, w) in &want {
-        match got.get(t) {
-            None => out.push(format!("missing {w:?}")),
-            Some(g) if g != w => out.push(format!("differs: got {g:?}, want {w:?}")),
-            _ => {}
-        }
-    }
-    for (t, g) in &got {
-        if !want.contains_key(t) {
-            out.push(format!("unexpected {g:?}"));
-        }
-    }
-    out.truncate(12);
-    out.join("\n")
-}
-
-/// A directory removed at the end unless the test failed, so the files
-/// that made it fail can be examined.
-struct KeepOnPanic(PathBuf);
-
-impl KeepOnPanic {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for KeepOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "kept the failing databases in {} (raw-crash: the state as the child left it)",
-                self.0.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    run_workload(&reg, seed, run, 0);
 }
 
 #[derive(Default, Debug)]
@@ -479,9 +87,6 @@ struct Tally {
     in_flight_lost: u64,
     killed_before_open: u64,
     eventual_runs: u64,
-    exports: u64,
-    acks: u64,
-    batches_reexported_identical: u64,
 }
 
 fn crash_loop(kills: u64) {
@@ -549,28 +154,10 @@ fn crash_loop(kills: u64) {
         let (opened, writes) = parse_child_output(&out);
         tally.killed_before_open += u64::from(!opened);
 
-        // The model after every acknowledged write, checking each outcome.
-        let mut acked = model.clone();
-        let mut in_flight = None;
-        for (i, w) in writes.iter().enumerate() {
-            match &w.ack {
-                Some(ack) => {
-                    let outcomes: Vec<Outcome> = w.ops.iter().map(|op| acked.apply(op)).collect();
-                    assert_eq!(
-                        &serde_json::to_string(&outcomes).unwrap(),
-                        ack,
-                        "run {run} (seed {seed}): outcome of write {i} {:?}",
-                        w.ops
-                    );
-                    tally.acked_writes += 1;
-                    tally.acked_ops += w.ops.len() as u64;
-                }
-                None => {
-                    assert_eq!(i + 1, writes.len(), "only the last write can be in flight");
-                    in_flight = Some(&w.ops);
-                }
-            }
-        }
+        let ctx = format!("run {run} (seed {seed})");
+        let acked = acked_prefix(&ctx, &model, &writes);
+        tally.acked_writes += acked.writes;
+        tally.acked_ops += acked.ops;
 
         // Keep the raw crash state until this run is verified (kept on failure).
         let raw = dir.path().join("raw-crash");
@@ -585,42 +172,21 @@ fn crash_loop(kills: u64) {
             db.clone()
         };
         let reg = Registry::open_with(crash_config(&verify_dir, false))
-            .unwrap_or_else(|e| panic!("run {run} (seed {seed}): reopen after SIGKILL: {e}"));
-        assert_clean(&reg, &format!("run {run} (seed {seed}) after SIGKILL"));
-        let got = reg.dump();
-        if got == acked.dump() {
-            if in_flight.is_some() {
-                tally.in_flight_lost += 1;
-            }
-            model = acked;
-        } else {
-            let with_in_flight = in_flight.map(|ops| {
-                let mut m = acked.clone();
-                for op in ops {
-                    m.apply(op);
-                }
-                m
-            });
-            match with_in_flight {
-                Some(m) if got == m.dump() => {
-                    tally.in_flight_applied += 1;
-                    model = m;
-                }
-                _ => panic!(
-                    "run {run} (seed {seed}): recovered registry is neither the acknowledged \
-                     prefix ({} writes) nor that plus the write in flight {in_flight:?}; \
-                     against the acknowledged prefix:\n{}",
-                    writes.iter().filter(|w| w.ack.is_some()).count(),
-                    describe_diff(&got, &acked.dump())
-                ),
-            }
+            .unwrap_or_else(|e| panic!("{ctx}: reopen after SIGKILL: {e}"));
+        assert_clean(&reg, &format!("{ctx} after SIGKILL"));
+        let (next, in_flight) =
+            match_recovered(&reg.dump(), &acked).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        model = next;
+        match in_flight {
+            InFlight::Applied => tally.in_flight_applied += 1,
+            InFlight::Lost => tally.in_flight_lost += 1,
+            InFlight::None => {}
         }
         assert_eq!(reg.stats(), model.stats(), "run {run}: stats");
         ledger.verify(
             &format!("run {run} (seed {seed})"),
             &parse_feed_events(&out),
             &reg,
-            &mut tally,
         );
         drop(reg);
         if verify_dir != db {
@@ -645,9 +211,9 @@ fn crash_loop(kills: u64) {
         tally.killed_before_open,
         tally.eventual_runs,
         model.devices.len(),
-        tally.exports,
-        tally.acks,
-        tally.batches_reexported_identical
+        ledger.exports,
+        ledger.acks,
+        ledger.reexported_identical
     );
     assert_eq!(tally.kills, kills);
     assert!(

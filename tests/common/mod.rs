@@ -3,6 +3,8 @@
 //! the crash test; plus small helpers (a seeded RNG, directory copies).
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

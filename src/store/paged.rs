@@ -1,0 +1,363 @@
+//! Pages: many logical records to one sled value, written copy-on-write in
+//! bounded chunks and made current by one small commit.
+//!
+//! sled 0.34's memory and time grow per key (the scale issue measured 5.8
+//! GiB of peak RSS for 10^6 keys of 143 bytes, and 152 MiB for the same
+//! bytes as 15,625 values). So the per-record keyspaces (`'D'` devices,
+//! `'H'` history, `'Y'` daily counters, `'F'` feed items, `'K'` known
+//! persons, `'X'` dead letters) are hashed into a fixed number of pages
+//! each, and only the metadata (`'M'`, `'S'`) keeps a key per record.
+//!
+//! ```text
+//! physical key   b'P' prefix page(u32 BE) generation(u64 BE)
+//! page value     PAGE_VERSION(1) count(varint), then per record, by key:
+//!                key length(varint) key(with its prefix byte)
+//!                value length(varint) value
+//! Mpage_gen      the committed generation (u64 BE)
+//! ```
+//!
+//! A checkpoint (`apply`) works at generation `G = committed + 1`: for each
+//! page it changes, it reads the page's current version (the highest
+//! generation at most `committed`), applies the changes and writes the
+//! result under `G`, in sled batches of at most `CHECKPOINT_CHUNK_BYTES`.
+//! Then it flushes sled (the chunks are durable first) and writes one
+//! commit batch: the metadata writes, `Mpage_gen = G`, and the deletion of
+//! every version it superseded. Recovery reads, for each page, the highest
+//! generation at most `Mpage_gen`: a crash before the commit leaves only
+//! versions above it, which are ignored and deleted by the next commit
+//! (never picked up later: a commit deletes every version above the old
+//! generation that it did not write itself). So a checkpoint of any size
+//! is atomic at recovery, and its memory is one chunk plus its change list.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{KvStore, Visit, Write};
+use crate::error::{Error, Result};
+
+/// Version byte of a page value.
+const PAGE_VERSION: u8 = 1;
+/// Prefix byte of physical page keys.
+const PAGE_PREFIX: u8 = b'P';
+/// The committed generation.
+pub(crate) const META_PAGE_GEN: &[u8] = b"Mpage_gen";
+/// Most bytes of pages one sled batch of a checkpoint carries.
+pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;
+
+/// The paged keyspaces and their page counts (as powers of two). Chosen by
+/// measurement (DESIGN.md, pages): about 16k values for the big keyspaces
+/// keeps sled's per-key cost small up to 10^7 devices, while a changed
+/// record rewrites one page of (devices / 16k) records.
+const PAGED: [(u8, u32); 6] = [
+    (b'D', 14),
+    (b'H', 14),
+    (b'F', 12),
+    (b'K', 12),
+    (b'X', 8),
+    (b'Y', 4),
+];
+
+fn page_bits(prefix: u8) -> Option<u32> {
+    PAGED.iter().find(|(p, _)| *p == prefix).map(|(_, b)| *b)
+}
+
+/// The page of a logical key of a paged keyspace.
+fn page_of(key: &[u8], bits: u32) -> u32 {
+    crc32fast::hash(key) >> (32 - bits)
+}
+
+fn page_key(prefix: u8, page: u32, gen: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(14);
+    k.push(PAGE_PREFIX);
+    k.push(prefix);
+    k.extend_from_slice(&page.to_be_bytes());
+    k.extend_from_slice(&gen.to_be_bytes());
+    k
+}
+
+/// Splits a physical key into (prefix, page, generation).
+fn parse_page_key(k: &[u8]) -> Option<(u8, u32, u64)> {
+    match k {
+        [PAGE_PREFIX, prefix, p @ ..] if p.len() == 12 => {
+            let (page, gen) = p.split_at(4);
+            Some((
+                *prefix,
+                u32::from_be_bytes(page.try_into().ok()?),
+                u64::from_be_bytes(gen.try_into().ok()?),
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Encodes a page's records (sorted by key).
+fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
+    let bytes: usize = records.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(bytes + 8);
+    out.push(PAGE_VERSION);
+    put_varint(&mut out, records.len() as u64);
+    for (k, v) in records {
+        put_varint(&mut out, k.len() as u64);
+        out.extend_from_slice(k);
+        put_varint(&mut out, v.len() as u64);
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// Calls `f` for each record of a page value; errors name the page.
+fn decode_page(
+    location: &dyn Fn() -> String,
+    page: &[u8],
+    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let bad = |why: &str| Error::corrupt(location(), why.to_owned());
+    match page.first() {
+        Some(&PAGE_VERSION) => {}
+        Some(&v) => {
+            return Err(Error::UnsupportedFormat {
+                location: location(),
+                found: u32::from(v),
+                supported: u32::from(PAGE_VERSION),
+            })
+        }
+        None => return Err(bad("empty page")),
+    }
+    let mut at = 1usize;
+    let count = get_varint(page, &mut at).ok_or_else(|| bad("bad record count"))?;
+    for _ in 0..count {
+        let mut field = || -> Option<&[u8]> {
+            let len = usize::try_from(get_varint(page, &mut at)?).ok()?;
+            let s = page.get(at..at.checked_add(len)?)?;
+            at += len;
+            Some(s)
+        };
+        let key = field().ok_or_else(|| bad("record key runs past the page"))?;
+        let value = field().ok_or_else(|| bad("record value runs past the page"))?;
+        f(key, value)?;
+    }
+    if at != page.len() {
+        return Err(bad("bytes after the last record"));
+    }
+    Ok(())
+}
+
+/// Logical records over a raw ordered store: pages for the per-record
+/// keyspaces, plain keys for the rest.
+pub(crate) struct PagedStore<S> {
+    raw: S,
+    committed: AtomicU64,
+    /// Versions above the committed generation seen by reads: left by a
+    /// checkpoint that crashed before its commit; the next commit deletes them.
+    orphans: Mutex<Vec<Vec<u8>>>,
+}
+
+impl<S: KvStore> PagedStore<S> {
+    /// Wraps `raw`, reading the committed generation from it.
+    pub(crate) fn open(raw: S) -> Result<PagedStore<S>> {
+        let committed = match raw.get(META_PAGE_GEN)? {
+            None => 0,
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::corrupt("metadata key Mpage_gen", "expected 8 bytes"))?,
+        };
+        Ok(PagedStore {
+            raw,
+            committed: AtomicU64::new(committed),
+            orphans: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Visits every current page of `prefix` (the highest version at most
+    /// the committed generation), noting the versions above it.
+    fn scan_pages(&self, prefix: u8, f: &mut dyn FnMut(u32, &[u8]) -> Result<()>) -> Result<()> {
+        let committed = self.committed();
+        let mut best: Option<(u32, Vec<u8>)> = None;
+        let mut orphans = Vec::new();
+        self.raw.scan_prefix(&[PAGE_PREFIX, prefix], &mut |k, v| {
+            let (_, page, gen) = parse_page_key(k)
+                .ok_or_else(|| Error::corrupt(format!("page key {k:02x?}"), "malformed"))?;
+            if gen > committed {
+                orphans.push(k.to_vec());
+                return Ok(());
+            }
+            if let Some((p, value)) = best.take() {
+                if p != page {
+                    f(p, &value)?;
+                }
+            }
+            // Versions of a page come in generation order: the last wins.
+            best = Some((page, v.to_vec()));
+            Ok(())
+        })?;
+        if let Some((p, value)) = best {
+            f(p, &value)?;
+        }
+        self.orphans.lock().extend(orphans);
+        Ok(())
+    }
+
+    /// The current version of one page: its generation and records.
+    fn read_page(&self, prefix: u8, page: u32) -> Result<(Option<u64>, BTreeMap<Vec<u8>, Vec<u8>>)> {
+        let committed = self.committed();
+        let mut found: Option<(u64, Vec<u8>)> = None;
+        let mut head = vec![PAGE_PREFIX, prefix];
+        head.extend_from_slice(&page.to_be_bytes());
+        let mut orphans = Vec::new();
+        self.raw.scan_prefix(&head, &mut |k, v| {
+            match parse_page_key(k) {
+                Some((_, _, gen)) if gen <= committed => found = Some((gen, v.to_vec())),
+                Some(_) => orphans.push(k.to_vec()),
+                None => {}
+            }
+            Ok(())
+        })?;
+        self.orphans.lock().extend(orphans);
+        let mut records = BTreeMap::new();
+        let Some((gen, value)) = found else {
+            return Ok((None, records));
+        };
+        let location = || format!("page {} {page} generation {gen}", char::from(prefix));
+        decode_page(&location, &value, &mut |k, v| {
+            records.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })?;
+        Ok((Some(gen), records))
+    }
+
+    /// Writes the changed pages under generation `gen` in bounded chunks;
+    /// returns the superseded versions and the keys written.
+    fn write_pages(
+        &self,
+        gen: u64,
+        changes: BTreeMap<(u8, u32), Vec<&Write>>,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+        let (mut superseded, mut written) = (Vec::new(), Vec::new());
+        let (mut chunk, mut chunk_bytes) = (Vec::new(), 0usize);
+        for ((prefix, page), list) in changes {
+            let (old, mut records) = self.read_page(prefix, page)?;
+            for (k, v) in list {
+                match v {
+                    Some(v) => records.insert(k.clone(), v.clone()),
+                    None => records.remove(k),
+                };
+            }
+            if let Some(g) = old {
+                superseded.push(page_key(prefix, page, g));
+            }
+            if !records.is_empty() {
+                let key = page_key(prefix, page, gen);
+                let value = encode_page(&records);
+                chunk_bytes += value.len();
+                written.push(key.clone());
+                chunk.push((key, Some(value)));
+            }
+            if chunk_bytes >= CHECKPOINT_CHUNK_BYTES {
+                self.raw.apply(&std::mem::take(&mut chunk))?;
+                chunk_bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            self.raw.apply(&chunk)?;
+        }
+        Ok((superseded, written))
+    }
+}
+
+impl<S: KvStore> KvStore for PagedStore<S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some((&prefix, _)) = key.split_first() else {
+            return self.raw.get(key);
+        };
+        let Some(bits) = page_bits(prefix) else {
+            return self.raw.get(key);
+        };
+        let (_, mut records) = self.read_page(prefix, page_of(key, bits))?;
+        Ok(records.remove(key))
+    }
+
+    /// Atomic at recovery (see the module doc), in bounded memory per chunk.
+    fn apply(&self, writes: &[Write]) -> Result<()> {
+        let gen = self.committed() + 1;
+        let mut changes: BTreeMap<(u8, u32), Vec<&Write>> = BTreeMap::new();
+        let mut commit: Vec<Write> = Vec::new();
+        for w in writes {
+            match w.0.first().and_then(|&p| Some((p, page_bits(p)?))) {
+                Some((prefix, bits)) => changes
+                    .entry((prefix, page_of(&w.0, bits)))
+                    .or_default()
+                    .push(w),
+                None => commit.push(w.clone()),
+            }
+        }
+        if changes.is_empty() {
+            // Metadata only: one batch, no generation needed.
+            return self.raw.apply(&commit);
+        }
+        let (superseded, written) = self.write_pages(gen, changes)?;
+        // The pages are durable before the commit that makes them current.
+        self.raw.sync()?;
+        let written: hashbrown::HashSet<Vec<u8>> = written.into_iter().collect();
+        let orphans = std::mem::take(&mut *self.orphans.lock());
+        for k in superseded.into_iter().chain(orphans) {
+            if !written.contains(&k) {
+                commit.push((k, None));
+            }
+        }
+        commit.push((META_PAGE_GEN.to_vec(), Some(gen.to_be_bytes().to_vec())));
+        self.raw.apply(&commit)?;
+        self.committed.store(gen, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
+        let Some(bits_prefix) = prefix.first().copied().filter(|&p| page_bits(p).is_some()) else {
+            return self.raw.scan_prefix(prefix, f);
+        };
+        // Records of one page come in key order; pages in page order.
+        self.scan_pages(bits_prefix, &mut |page, value| {
+            let location = || format!("page {} {page}", char::from(bits_prefix));
+            decode_page(&location, value, &mut |k, v| {
+                if k.starts_with(prefix) {
+                    f(k, v)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.raw.sync()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.raw.disk_bytes()
+    }
+}
