@@ -6,9 +6,10 @@
 #          (tests/powerloss.rs, `cargo test --features powerloss`). As root
 #          the test mounts with mount(2) directly; fusermount3 is the
 #          fallback fuser uses when that fails. The test needs /dev/fuse.
+#   strace: the I/O fault sweep injects errors into sled's own syscalls.
 set -euo pipefail
 
-packages=(fuse3)
+packages=(fuse3 strace)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
