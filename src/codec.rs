@@ -14,6 +14,11 @@ use crate::model::{Attributes, Platform};
 /// Version byte that starts every device record and the format stored in metadata.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// The store's layout version, in `Mformat`: 1 was a key per record; 2
+/// keeps the per-record keyspaces in pages (`store::paged`). Values keep
+/// their own version byte (`FORMAT_VERSION`).
+pub const STORE_FORMAT: u32 = 2;
+
 /// Key prefix of device records.
 pub const DEVICE_PREFIX: u8 = b'D';
 

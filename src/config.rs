@@ -42,6 +42,10 @@ pub struct Config {
     /// How long ownership history is kept (by commit time); older entries
     /// are dropped as their token changes and at checkpoints.
     pub history_retention_ms: u64,
+    /// Most bytes of pages one sled batch of a checkpoint carries (default
+    /// `limits::CHECKPOINT_CHUNK_BYTES`); a checkpoint of any size is
+    /// written in chunks of this size and committed at the end.
+    pub checkpoint_chunk_bytes: usize,
     /// Test-only I/O fault injection (`FaultPlan`); not a stable API.
     #[doc(hidden)]
     pub faults: Option<std::sync::Arc<crate::fault::FaultPlan>>,
@@ -66,6 +70,7 @@ impl Config {
             checkpoint_interval_ms: 30_000,
             checkpoint_log_bytes: None,
             history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
+            checkpoint_chunk_bytes: CHECKPOINT_CHUNK_BYTES,
             faults: None,
         }
     }
@@ -116,6 +121,12 @@ impl Config {
     /// Sets how long ownership history is kept.
     pub fn history_retention_ms(mut self, ms: u64) -> Config {
         self.history_retention_ms = ms;
+        self
+    }
+
+    /// Sets the most bytes of pages per checkpoint batch (at least 1).
+    pub fn checkpoint_chunk_bytes(mut self, bytes: usize) -> Config {
+        self.checkpoint_chunk_bytes = bytes;
         self
     }
 

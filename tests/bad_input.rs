@@ -353,14 +353,6 @@ fn an_import_line_with_a_repeated_key_is_refused_naming_the_key() {
 
 // ------------------------------------------------------- damaged storage --
 
-fn sled_open(db: &Path) -> sled::Db {
-    // The registry opens its store with 8 MiB segments; sled insists on the same.
-    sled::Config::new()
-        .path(db.join("store"))
-        .segment_size(8 << 20)
-        .open()
-        .expect("opening the registry's sled store directly")
-}
 
 fn device_key(token: &str) -> Vec<u8> {
     let mut k = vec![b'D'];
@@ -368,15 +360,11 @@ fn device_key(token: &str) -> Vec<u8> {
     k
 }
 
-/// Sets (or with `None` removes) one key in the closed registry's store.
+/// Sets (or with `None` removes) one record in the closed registry's store
+/// (inside its page, for the paged keyspaces); returns the old value.
 fn poke(db: &Path, key: &[u8], value: Option<&[u8]>) -> Option<Vec<u8>> {
-    let store = sled_open(db);
-    let old = store.get(key).unwrap().map(|v| v.to_vec());
-    match value {
-        Some(v) => store.insert(key, v).unwrap(),
-        None => store.remove(key).unwrap(),
-    };
-    store.flush().unwrap();
+    let old = devreg::internals::peek_record(db, key).unwrap();
+    devreg::internals::poke_record(db, key, value).unwrap();
     old
 }
 
@@ -402,11 +390,9 @@ fn corrupt_device_records_are_typed_errors_naming_the_token() {
     let dump = populated(&db);
     for token in [HEX, FCM] {
         let key = device_key(token);
-        let original = sled_open(&db)
-            .get(&key)
+        let original = devreg::internals::peek_record(&db, &key)
             .unwrap()
-            .expect("the device is in the store after a clean close")
-            .to_vec();
+            .expect("the device is in the store after a clean close");
         assert_eq!(original[0], 1, "records start with format version 1");
         let mut truncated = original.clone();
         truncated.pop();
@@ -466,10 +452,10 @@ fn unknown_format_version_is_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let dump = populated(&db);
-    let original = poke(&db, b"Mformat", Some(&2u32.to_be_bytes())).expect("Mformat is set");
-    assert_eq!(original, 1u32.to_be_bytes());
+    let original = poke(&db, b"Mformat", Some(&3u32.to_be_bytes())).expect("Mformat is set");
+    assert_eq!(original, 2u32.to_be_bytes());
     match Registry::open(&db) {
-        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 2),
+        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 3),
         other => panic!("expected UnsupportedFormat, got {:?}", other.map(|_| ())),
     }
     poke(&db, b"Mformat", Some(&u32::MAX.to_be_bytes()));

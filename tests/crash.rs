@@ -58,6 +58,9 @@ fn crash_config(db: &Path, eventual: bool) -> Config {
         .log_segment_bytes(SEGMENT)
         .max_log_segments(3)
         .checkpoint_interval_ms(2)
+        // Every checkpoint is written in several chunks before its commit,
+        // so kills land between chunks too.
+        .checkpoint_chunk_bytes(2048)
 }
 
 // ------------------------------------------------------------ crash child --

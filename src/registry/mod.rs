@@ -27,7 +27,7 @@ use crate::log::segments::{list_segments, sync_dir, SegmentPool};
 use crate::log::{replay, LogWriter, RepairReport};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
-use crate::store::{load_state, KvStore, SledStore};
+use crate::store::{load_state, KvStore, PagedStore, SledStore};
 use crate::writer::{
     commit, decode_entries, run_checkpointer, CheckpointerCtx, FailFlag, Msg, WriteQueue, WriterCtx,
 };
@@ -286,10 +286,10 @@ impl Registry {
         config.validate()?;
         prepare_db_dir(&config.path, &config.faults)?;
         let lock = lock_db(&config.path)?;
-        let store: Arc<dyn KvStore> = Arc::new(SledStore::open(
-            &config.path.join("store"),
-            config.faults.clone(),
-        )?);
+        let raw = SledStore::open(&config.path.join("store"), config.faults.clone())?;
+        let paged = PagedStore::open(raw, config.checkpoint_chunk_bytes)?;
+        paged.convert_legacy()?;
+        let store: Arc<dyn KvStore> = Arc::new(paged);
         let log_dir = config.path.join("log");
         if !log_dir.is_dir() {
             create_dir_synced(&log_dir, &config.faults)?;

@@ -127,7 +127,7 @@ pub(crate) fn load_state(
         store.apply(&[
             (
                 META_FORMAT.to_vec(),
-                Some(u32::from(FORMAT_VERSION).to_be_bytes().to_vec()),
+                Some(STORE_FORMAT.to_be_bytes().to_vec()),
             ),
             (META_CAP.to_vec(), Some(cap.to_be_bytes().to_vec())),
             (
@@ -149,11 +149,14 @@ pub(crate) fn load_state(
         });
     };
     let version = be_u32(META_FORMAT, &format)?;
-    if version != u32::from(FORMAT_VERSION) {
+    // Format 1 was converted to pages before the load (`convert_legacy`).
+    if version != STORE_FORMAT {
         return Err(Error::UnsupportedFormat {
-            location: "metadata key Mformat".into(),
+            location: "metadata key Mformat (the database was written by a newer devreg: \
+                       open it with that version)"
+                .into(),
             found: version,
-            supported: u32::from(FORMAT_VERSION),
+            supported: STORE_FORMAT,
         });
     }
     let get = |k: &[u8]| -> Result<Vec<u8>> {

@@ -2,6 +2,7 @@
 //! batch, prefix scan, durable flush), implemented on sled 0.34.7.
 
 mod checkpoint;
+mod paged;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 
 pub(crate) use checkpoint::{load_state, log_position, Snapshot};
+pub(crate) use paged::PagedStore;
 
 /// Visits one key and value of a scan.
 pub(crate) type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
@@ -78,6 +80,45 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// The first entries whose key starts with `prefix`, up to about
+    /// `max_bytes` of keys and values (at least one if any).
+    pub(crate) fn scan_chunk(
+        &self,
+        prefix: &[u8],
+        max_bytes: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("scanning the store", e))?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.db.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
+            bytes += k.len() + v.len();
+            out.push((k.to_vec(), v.to_vec()));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Test support (`devreg::internals`): reads one logical record (a device
+/// record, a history value, a metadata key...) of the closed database at
+/// `db`, wherever the layout keeps it.
+pub fn peek_record(db: &Path, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20)?;
+    store.get(key)
+}
+
+/// Test support (`devreg::internals`): sets (or with `None` removes) one
+/// logical record of the closed database at `db`, as a checkpoint would.
+pub fn poke_record(db: &Path, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20)?;
+    store.apply(&[(key.to_vec(), value.map(<[u8]>::to_vec))])?;
+    store.sync()
+}
+
 /// A kill while sled 0.34.7 writes a snapshot leaves `snap.<lsn>.generating`,
 /// and sled then refuses to open (sled issues #1527, #1533). The file is by
 /// definition unfinished (sled renames it when complete), so it is dropped.
@@ -113,7 +154,12 @@ fn visit_tree(path: &Path, sync: bool, faults: &Faults) -> Result<()> {
         let rd = std::fs::read_dir(path).map_err(|e| Error::io(ctx(path), e))?;
         for ent in rd {
             let ent = ent.map_err(|e| Error::io(ctx(path), e))?;
-            visit_tree(&ent.path(), sync, faults)?;
+            match visit_tree(&ent.path(), sync, faults) {
+                // sled removes blob files of rewritten values in the
+                // background: one gone since the listing needs no sync.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
         }
     }
     if sync {

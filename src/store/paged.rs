@@ -25,16 +25,20 @@
 //! every version it superseded. Recovery reads, for each page, the highest
 //! generation at most `Mpage_gen`: a crash before the commit leaves only
 //! versions above it, which are ignored and deleted by the next commit
-//! (never picked up later: a commit deletes every version above the old
-//! generation that it did not write itself). So a checkpoint of any size
-//! is atomic at recovery, and its memory is one chunk plus its change list.
+//! (never picked up later: the first chunk of an attempt records its
+//! generation in `Mpage_attempt`, and an open that finds it above the
+//! committed one lists every version above the committed generation; the
+//! next commit deletes each one it did not rewrite itself). So a
+//! checkpoint of any size is atomic at recovery, and its memory is one
+//! chunk plus its change list.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use super::{KvStore, Visit, Write};
+use super::{KvStore, SledStore, Visit, Write};
+use crate::codec::{META_FORMAT, STORE_FORMAT};
 use crate::error::{Error, Result};
 
 /// Version byte of a page value.
@@ -43,8 +47,10 @@ const PAGE_VERSION: u8 = 1;
 const PAGE_PREFIX: u8 = b'P';
 /// The committed generation.
 pub(crate) const META_PAGE_GEN: &[u8] = b"Mpage_gen";
-/// Most bytes of pages one sled batch of a checkpoint carries.
-pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;
+/// The generation a checkpoint started writing (in its first chunk). Above
+/// the committed one at open: a checkpoint died before its commit, and its
+/// versions are found and queued for deletion before anything else.
+const META_PAGE_ATTEMPT: &[u8] = b"Mpage_attempt";
 
 /// The paged keyspaces and their page counts (as powers of two). Chosen by
 /// measurement (DESIGN.md, pages): about 16k values for the big keyspaces
@@ -113,6 +119,13 @@ fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
+/// A page's records, by key.
+type Records = BTreeMap<Vec<u8>, Vec<u8>>;
+/// Visits one record of a page.
+type RecordVisit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
+/// Page versions a checkpoint superseded, and the ones it wrote.
+type Written = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// Encodes a page's records (sorted by key).
 fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
     let bytes: usize = records.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
@@ -132,7 +145,7 @@ fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
 fn decode_page(
     location: &dyn Fn() -> String,
     page: &[u8],
-    f: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>,
+    f: RecordVisit<'_>,
 ) -> Result<()> {
     let bad = |why: &str| Error::corrupt(location(), why.to_owned());
     match page.first() {
@@ -165,30 +178,61 @@ fn decode_page(
     Ok(())
 }
 
-/// Logical records over a raw ordered store: pages for the per-record
-/// keyspaces, plain keys for the rest.
-pub(crate) struct PagedStore<S> {
-    raw: S,
+/// Most bytes of legacy records one conversion step moves into pages.
+const LEGACY_CHUNK_BYTES: usize = 1 << 20;
+
+/// Logical records over sled: pages for the per-record keyspaces, plain
+/// keys for the rest.
+pub(crate) struct PagedStore {
+    raw: SledStore,
+    /// Most bytes of pages per sled batch (`Config::checkpoint_chunk_bytes`).
+    chunk_bytes: usize,
     committed: AtomicU64,
     /// Versions above the committed generation seen by reads: left by a
     /// checkpoint that crashed before its commit; the next commit deletes them.
     orphans: Mutex<Vec<Vec<u8>>>,
 }
 
-impl<S: KvStore> PagedStore<S> {
+impl PagedStore {
     /// Wraps `raw`, reading the committed generation from it.
-    pub(crate) fn open(raw: S) -> Result<PagedStore<S>> {
+    pub(crate) fn open(raw: SledStore, chunk_bytes: usize) -> Result<PagedStore> {
         let committed = match raw.get(META_PAGE_GEN)? {
             None => 0,
             Some(v) => <[u8; 8]>::try_from(v.as_slice())
                 .map(u64::from_be_bytes)
                 .map_err(|_| Error::corrupt("metadata key Mpage_gen", "expected 8 bytes"))?,
         };
-        Ok(PagedStore {
+        let attempt = match raw.get(META_PAGE_ATTEMPT)? {
+            None => 0,
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::corrupt("metadata key Mpage_attempt", "expected 8 bytes"))?,
+        };
+        let store = PagedStore {
             raw,
+            chunk_bytes: chunk_bytes.max(1),
             committed: AtomicU64::new(committed),
             orphans: Mutex::new(Vec::new()),
-        })
+        };
+        if attempt > committed {
+            store.list_orphans()?;
+        }
+        Ok(store)
+    }
+
+    /// Queues every page version above the committed generation for
+    /// deletion by the next commit (after a checkpoint died uncommitted).
+    fn list_orphans(&self) -> Result<()> {
+        let committed = self.committed();
+        let mut orphans = Vec::new();
+        self.raw.scan_prefix(&[PAGE_PREFIX], &mut |k, _| {
+            if parse_page_key(k).is_some_and(|(_, _, gen)| gen > committed) {
+                orphans.push(k.to_vec());
+            }
+            Ok(())
+        })?;
+        self.orphans.lock().extend(orphans);
+        Ok(())
     }
 
     fn committed(&self) -> u64 {
@@ -225,7 +269,11 @@ impl<S: KvStore> PagedStore<S> {
     }
 
     /// The current version of one page: its generation and records.
-    fn read_page(&self, prefix: u8, page: u32) -> Result<(Option<u64>, BTreeMap<Vec<u8>, Vec<u8>>)> {
+    fn read_page(
+        &self,
+        prefix: u8,
+        page: u32,
+    ) -> Result<(Option<u64>, Records)> {
         let committed = self.committed();
         let mut found: Option<(u64, Vec<u8>)> = None;
         let mut head = vec![PAGE_PREFIX, prefix];
@@ -258,7 +306,7 @@ impl<S: KvStore> PagedStore<S> {
         &self,
         gen: u64,
         changes: BTreeMap<(u8, u32), Vec<&Write>>,
-    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    ) -> Result<Written> {
         let (mut superseded, mut written) = (Vec::new(), Vec::new());
         let (mut chunk, mut chunk_bytes) = (Vec::new(), 0usize);
         for ((prefix, page), list) in changes {
@@ -273,13 +321,18 @@ impl<S: KvStore> PagedStore<S> {
                 superseded.push(page_key(prefix, page, g));
             }
             if !records.is_empty() {
+                if written.is_empty() {
+                    // In the attempt's first chunk (see META_PAGE_ATTEMPT).
+                    let attempt = gen.to_be_bytes().to_vec();
+                    chunk.push((META_PAGE_ATTEMPT.to_vec(), Some(attempt)));
+                }
                 let key = page_key(prefix, page, gen);
                 let value = encode_page(&records);
                 chunk_bytes += value.len();
                 written.push(key.clone());
                 chunk.push((key, Some(value)));
             }
-            if chunk_bytes >= CHECKPOINT_CHUNK_BYTES {
+            if chunk_bytes >= self.chunk_bytes {
                 self.raw.apply(&std::mem::take(&mut chunk))?;
                 chunk_bytes = 0;
             }
@@ -291,23 +344,13 @@ impl<S: KvStore> PagedStore<S> {
     }
 }
 
-impl<S: KvStore> KvStore for PagedStore<S> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some((&prefix, _)) = key.split_first() else {
-            return self.raw.get(key);
-        };
-        let Some(bits) = page_bits(prefix) else {
-            return self.raw.get(key);
-        };
-        let (_, mut records) = self.read_page(prefix, page_of(key, bits))?;
-        Ok(records.remove(key))
-    }
-
-    /// Atomic at recovery (see the module doc), in bounded memory per chunk.
-    fn apply(&self, writes: &[Write]) -> Result<()> {
+impl PagedStore {
+    /// `apply`, whose commit also deletes `raw_deletes` (legacy keys moved
+    /// into pages by the same commit).
+    fn apply_with(&self, writes: &[Write], raw_deletes: Vec<Vec<u8>>) -> Result<()> {
         let gen = self.committed() + 1;
         let mut changes: BTreeMap<(u8, u32), Vec<&Write>> = BTreeMap::new();
-        let mut commit: Vec<Write> = Vec::new();
+        let mut commit: Vec<Write> = raw_deletes.into_iter().map(|k| (k, None)).collect();
         for w in writes {
             match w.0.first().and_then(|&p| Some((p, page_bits(p)?))) {
                 Some((prefix, bits)) => changes
@@ -337,6 +380,50 @@ impl<S: KvStore> KvStore for PagedStore<S> {
         Ok(())
     }
 
+    /// Moves every record of the key-per-record layout (store format 1)
+    /// into pages, a bounded step at a time: each step's commit writes its
+    /// pages and deletes the keys it moved, so a crash in the middle leaves
+    /// every record in exactly one place and the next open goes on. The
+    /// format key becomes 2 at the end. Returns whether anything was converted.
+    pub(crate) fn convert_legacy(&self) -> Result<bool> {
+        if self.raw.get(META_FORMAT)? != Some(1u32.to_be_bytes().to_vec()) {
+            return Ok(false);
+        }
+        for (prefix, _) in PAGED {
+            loop {
+                let chunk = self.raw.scan_chunk(&[prefix], LEGACY_CHUNK_BYTES)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let deletes = chunk.iter().map(|(k, _)| k.clone()).collect();
+                let writes: Vec<Write> = chunk.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                self.apply_with(&writes, deletes)?;
+            }
+        }
+        let format = STORE_FORMAT.to_be_bytes().to_vec();
+        self.raw.apply(&[(META_FORMAT.to_vec(), Some(format))])?;
+        self.raw.sync()?;
+        Ok(true)
+    }
+}
+
+impl KvStore for PagedStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some((&prefix, _)) = key.split_first() else {
+            return self.raw.get(key);
+        };
+        let Some(bits) = page_bits(prefix) else {
+            return self.raw.get(key);
+        };
+        let (_, mut records) = self.read_page(prefix, page_of(key, bits))?;
+        Ok(records.remove(key))
+    }
+
+    /// Atomic at recovery (see the module doc), in bounded memory per chunk.
+    fn apply(&self, writes: &[Write]) -> Result<()> {
+        self.apply_with(writes, Vec::new())
+    }
+
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
         let Some(bits_prefix) = prefix.first().copied().filter(|&p| page_bits(p).is_some()) else {
             return self.raw.scan_prefix(prefix, f);
@@ -359,5 +446,118 @@ impl<S: KvStore> KvStore for PagedStore<S> {
 
     fn disk_bytes(&self) -> u64 {
         self.raw.disk_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path, chunk: usize) -> PagedStore {
+        PagedStore::open(SledStore::open(dir, None).unwrap(), chunk).unwrap()
+    }
+
+    fn all(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        s.scan_prefix(&[prefix], &mut |k, v| {
+            out.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    fn put(i: u32, v: &str) -> Write {
+        (format!("D{i:05}").into_bytes(), Some(v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn pages_round_trip_and_reject_damage() {
+        let mut recs = BTreeMap::new();
+        recs.insert(b"Dab".to_vec(), vec![1u8; 300]);
+        recs.insert(b"Dcd".to_vec(), Vec::new());
+        let page = encode_page(&recs);
+        let mut back = BTreeMap::new();
+        decode_page(&|| "p".into(), &page, &mut |k, v| {
+            back.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, recs);
+        for cut in 0..page.len() {
+            let r = decode_page(&|| "p".into(), &page[..cut], &mut |_, _| Ok(()));
+            assert!(r.is_err(), "a page cut at {cut} decoded");
+        }
+    }
+
+    /// A checkpoint that dies after some chunks and before its commit
+    /// leaves nothing visible, and its versions are never picked up later
+    /// (even by a commit of the same generation that does not touch them).
+    #[test]
+    fn an_uncommitted_generation_is_invisible_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 64);
+        let first: Vec<Write> = (0..200).map(|i| put(i, "a")).collect();
+        s.apply(&first).unwrap();
+        assert_eq!(s.committed(), 1);
+        // Generation 2's chunks are written, then the "crash".
+        let second: Vec<Write> = (0..200).map(|i| put(i, "b")).collect();
+        let mut changes: BTreeMap<(u8, u32), Vec<&Write>> = BTreeMap::new();
+        for w in &second {
+            changes
+                .entry((b'D', page_of(&w.0, 14)))
+                .or_default()
+                .push(w);
+        }
+        s.write_pages(2, changes).unwrap();
+        drop(s);
+        // The next checkpoint (generation 2 again, before any read) touches
+        // one record only.
+        let s = open(dir.path(), 64);
+        s.apply(&[put(7, "c")]).unwrap();
+        s.apply(&[put(8, "d")]).unwrap();
+        drop(s);
+        let s = open(dir.path(), 64);
+        let seen = all(&s, b'D');
+        assert_eq!(seen.len(), 200);
+        drop(s);
+        let s = open(dir.path(), 64);
+        let seen = all(&s, b'D');
+        let changed: Vec<_> = seen.iter().filter(|(_, v)| v.as_slice() != b"a").collect();
+        assert_eq!(changed.len(), 2, "stale generation-2 pages came back");
+        assert_eq!(seen.get(&b"D00007"[..]).map(Vec::as_slice), Some(&b"c"[..]));
+        assert_eq!(seen.get(&b"D00008"[..]).map(Vec::as_slice), Some(&b"d"[..]));
+        // One version per page is left.
+        let mut versions = 0;
+        s.raw
+            .scan_prefix(&[PAGE_PREFIX], &mut |_, _| {
+                versions += 1;
+                Ok(())
+            })
+            .unwrap();
+        let pages: std::collections::BTreeSet<u32> = (0..200u32)
+            .map(|i| page_of(format!("D{i:05}").as_bytes(), 14))
+            .collect();
+        assert_eq!(versions, pages.len());
+    }
+
+    #[test]
+    fn deletes_empty_pages_and_keeps_metadata_unpaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        s.apply(&[put(1, "x"), (b"Mthing".to_vec(), Some(vec![9]))])
+            .unwrap();
+        assert_eq!(s.get(b"D00001").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(s.raw.get(b"Mthing").unwrap(), Some(vec![9]));
+        s.apply(&[(b"D00001".to_vec(), None)]).unwrap();
+        assert_eq!(s.get(b"D00001").unwrap(), None);
+        let mut left = 0;
+        s.raw
+            .scan_prefix(&[PAGE_PREFIX], &mut |_, _| {
+                left += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(left, 0, "an emptied page is removed");
     }
 }

@@ -1,0 +1,103 @@
+//! A database written by an older devreg opens with this one: the fixture
+//! in `tests/fixtures/v1/` is store format 1 (a sled key per record), made
+//! by the build before pages (commit f16c22f) from `events.jsonl`, with one
+//! nacked batch (two dead letters) and one batch in flight. The open
+//! converts it to pages (format 2); every query answers as the old build's
+//! did (`dump.jsonl`, `dead.json`, `hist3.json`, `sinks.json`, `stats.json`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+fn unpack(into: &Path) -> PathBuf {
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(fixture().join("v1-db.tar.gz"))
+        .arg("-C")
+        .arg(into)
+        .status()
+        .expect("tar runs");
+    assert!(status.success());
+    into.join("db")
+}
+
+fn devreg(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "devreg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn expected(name: &str) -> String {
+    std::fs::read_to_string(fixture().join(name)).unwrap()
+}
+
+#[test]
+fn a_format_1_database_opens_converted_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = unpack(dir.path());
+    let token3 = format!("{:064x}", 3);
+    // Twice: the first open converts, the second reads the pages.
+    for round in 0..2 {
+        assert_eq!(
+            devreg(&db, &["dump"]),
+            expected("dump.jsonl"),
+            "round {round}"
+        );
+        assert_eq!(devreg(&db, &["dead-letters"]), expected("dead.json"));
+        assert_eq!(devreg(&db, &["history", &token3]), expected("hist3.json"));
+        assert_eq!(devreg(&db, &["sinks"]), expected("sinks.json"));
+        assert_eq!(devreg(&db, &["stats"]), expected("stats.json"));
+        let check = devreg(&db, &["check"]);
+        assert!(check.contains(r#""problems":[]"#), "{check}");
+    }
+    // The in-flight batch is the same one, and the feed goes on.
+    let reg = devreg::Registry::open(&db).unwrap();
+    let b = reg
+        .export(devreg::DEFAULT_SINK, 20, 499_999)
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.id(), "customerio-000000000002");
+    reg.ack(devreg::DEFAULT_SINK, b.id()).unwrap();
+    assert_eq!(reg.sinks()[0].pending, 190 - 20);
+    assert_eq!(reg.dump().len(), 300);
+}
+
+#[test]
+fn a_newer_format_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    devreg::Registry::open(&db).unwrap().close().unwrap();
+    // Pretend a future build wrote it: Mformat 3.
+    {
+        let sled = sled::Config::new()
+            .path(db.join("store"))
+            .segment_size(8 << 20)
+            .open()
+            .unwrap();
+        sled.insert("Mformat", &3u32.to_be_bytes()).unwrap();
+        sled.flush().unwrap();
+    }
+    match devreg::Registry::open(&db) {
+        Err(e @ devreg::Error::UnsupportedFormat { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("version 3, this build reads version 2"),
+                "{msg}"
+            );
+            assert!(msg.contains("newer devreg"), "{msg}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
