@@ -46,6 +46,11 @@ pub struct Config {
     /// `limits::CHECKPOINT_CHUNK_BYTES`); a checkpoint of any size is
     /// written in chunks of this size and committed at the end.
     pub checkpoint_chunk_bytes: usize,
+    /// Bytes of changed records a checkpoint may append as delta pages
+    /// before one merges them all into the pages (default
+    /// `limits::DEFAULT_PAGE_DELTA_BYTES`; 0 merges at every checkpoint).
+    /// Deltas are also held in memory.
+    pub page_delta_bytes: usize,
     /// Test-only I/O fault injection (`FaultPlan`); not a stable API.
     #[doc(hidden)]
     pub faults: Option<std::sync::Arc<crate::fault::FaultPlan>>,
@@ -71,6 +76,7 @@ impl Config {
             checkpoint_log_bytes: None,
             history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
             checkpoint_chunk_bytes: CHECKPOINT_CHUNK_BYTES,
+            page_delta_bytes: DEFAULT_PAGE_DELTA_BYTES,
             faults: None,
         }
     }
@@ -127,6 +133,12 @@ impl Config {
     /// Sets the most bytes of pages per checkpoint batch (at least 1).
     pub fn checkpoint_chunk_bytes(mut self, bytes: usize) -> Config {
         self.checkpoint_chunk_bytes = bytes;
+        self
+    }
+
+    /// Sets the bound on delta pages before a merge (0: merge every time).
+    pub fn page_delta_bytes(mut self, bytes: usize) -> Config {
+        self.page_delta_bytes = bytes;
         self
     }
 

@@ -36,6 +36,9 @@ pub const MAX_GROUP_OPS: usize = 200_000;
 pub const MAX_IMPORT_BATCH_BYTES: usize = 4 << 20;
 /// Longest import line, in bytes.
 pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;
+/// Default bound on the changed records kept as delta pages (in sled and in
+/// memory) before a checkpoint merges them into their pages.
+pub const DEFAULT_PAGE_DELTA_BYTES: usize = 32 << 20;
 /// Most bytes of pages one sled batch of a checkpoint carries: sled's memory
 /// grows with a batch, so a checkpoint of any size is written in chunks.
 pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;

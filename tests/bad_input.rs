@@ -353,7 +353,6 @@ fn an_import_line_with_a_repeated_key_is_refused_naming_the_key() {
 
 // ------------------------------------------------------- damaged storage --
 
-
 fn device_key(token: &str) -> Vec<u8> {
     let mut k = vec![b'D'];
     k.extend_from_slice(&pack_token(token));

@@ -61,6 +61,8 @@ fn crash_config(db: &Path, eventual: bool) -> Config {
         // Every checkpoint is written in several chunks before its commit,
         // so kills land between chunks too.
         .checkpoint_chunk_bytes(2048)
+        // Deltas pile up and merge into pages every few checkpoints.
+        .page_delta_bytes(16 << 10)
 }
 
 // ------------------------------------------------------------ crash child --

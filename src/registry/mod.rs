@@ -287,7 +287,7 @@ impl Registry {
         prepare_db_dir(&config.path, &config.faults)?;
         let lock = lock_db(&config.path)?;
         let raw = SledStore::open(&config.path.join("store"), config.faults.clone())?;
-        let paged = PagedStore::open(raw, config.checkpoint_chunk_bytes)?;
+        let paged = PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)?;
         paged.convert_legacy()?;
         let store: Arc<dyn KvStore> = Arc::new(paged);
         let log_dir = config.path.join("log");

@@ -2,6 +2,7 @@
 //! batch, prefix scan, durable flush), implemented on sled 0.34.7.
 
 mod checkpoint;
+mod delta;
 mod paged;
 
 use std::fs::File;
@@ -107,14 +108,14 @@ impl SledStore {
 /// record, a history value, a metadata key...) of the closed database at
 /// `db`, wherever the layout keeps it.
 pub fn peek_record(db: &Path, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20)?;
+    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20, 0)?;
     store.get(key)
 }
 
 /// Test support (`devreg::internals`): sets (or with `None` removes) one
 /// logical record of the closed database at `db`, as a checkpoint would.
 pub fn poke_record(db: &Path, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20)?;
+    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20, 0)?;
     store.apply(&[(key.to_vec(), value.map(<[u8]>::to_vec))])?;
     store.sync()
 }

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::delta::{delta_gen, delta_key, encode_chunks, Deltas, DELTA_PREFIX};
 use super::{KvStore, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
 use crate::error::{Error, Result};
@@ -98,7 +99,7 @@ fn parse_page_key(k: &[u8]) -> Option<(u8, u32, u64)> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -106,7 +107,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*at)?;
@@ -142,11 +143,7 @@ fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
 }
 
 /// Calls `f` for each record of a page value; errors name the page.
-fn decode_page(
-    location: &dyn Fn() -> String,
-    page: &[u8],
-    f: RecordVisit<'_>,
-) -> Result<()> {
+fn decode_page(location: &dyn Fn() -> String, page: &[u8], f: RecordVisit<'_>) -> Result<()> {
     let bad = |why: &str| Error::corrupt(location(), why.to_owned());
     match page.first() {
         Some(&PAGE_VERSION) => {}
@@ -187,6 +184,10 @@ pub(crate) struct PagedStore {
     raw: SledStore,
     /// Most bytes of pages per sled batch (`Config::checkpoint_chunk_bytes`).
     chunk_bytes: usize,
+    /// Most bytes of delta records before a merge (`Config::page_delta_bytes`).
+    delta_bytes: usize,
+    /// The current delta records (`delta.rs`).
+    deltas: Mutex<Deltas>,
     committed: AtomicU64,
     /// Versions above the committed generation seen by reads: left by a
     /// checkpoint that crashed before its commit; the next commit deletes them.
@@ -195,7 +196,11 @@ pub(crate) struct PagedStore {
 
 impl PagedStore {
     /// Wraps `raw`, reading the committed generation from it.
-    pub(crate) fn open(raw: SledStore, chunk_bytes: usize) -> Result<PagedStore> {
+    pub(crate) fn open(
+        raw: SledStore,
+        chunk_bytes: usize,
+        delta_bytes: usize,
+    ) -> Result<PagedStore> {
         let committed = match raw.get(META_PAGE_GEN)? {
             None => 0,
             Some(v) => <[u8; 8]>::try_from(v.as_slice())
@@ -211,13 +216,34 @@ impl PagedStore {
         let store = PagedStore {
             raw,
             chunk_bytes: chunk_bytes.max(1),
+            delta_bytes,
+            deltas: Mutex::new(Deltas::default()),
             committed: AtomicU64::new(committed),
             orphans: Mutex::new(Vec::new()),
         };
         if attempt > committed {
             store.list_orphans()?;
         }
+        store.load_deltas()?;
         Ok(store)
+    }
+
+    /// Reads the committed delta chunks into memory, in generation order;
+    /// chunks above the committed generation are orphans.
+    fn load_deltas(&self) -> Result<()> {
+        let committed = self.committed();
+        let mut deltas = self.deltas.lock();
+        let mut orphans = Vec::new();
+        self.raw.scan_prefix(&[DELTA_PREFIX], &mut |k, v| {
+            match delta_gen(k) {
+                Some(gen) if gen <= committed => deltas.load(k, v)?,
+                Some(_) => orphans.push(k.to_vec()),
+                None => return Err(Error::corrupt(format!("delta key {k:02x?}"), "malformed")),
+            }
+            Ok(())
+        })?;
+        self.orphans.lock().extend(orphans);
+        Ok(())
     }
 
     /// Queues every page version above the committed generation for
@@ -269,11 +295,7 @@ impl PagedStore {
     }
 
     /// The current version of one page: its generation and records.
-    fn read_page(
-        &self,
-        prefix: u8,
-        page: u32,
-    ) -> Result<(Option<u64>, Records)> {
+    fn read_page(&self, prefix: u8, page: u32) -> Result<(Option<u64>, Records)> {
         let committed = self.committed();
         let mut found: Option<(u64, Vec<u8>)> = None;
         let mut head = vec![PAGE_PREFIX, prefix];
@@ -302,11 +324,7 @@ impl PagedStore {
 
     /// Writes the changed pages under generation `gen` in bounded chunks;
     /// returns the superseded versions and the keys written.
-    fn write_pages(
-        &self,
-        gen: u64,
-        changes: BTreeMap<(u8, u32), Vec<&Write>>,
-    ) -> Result<Written> {
+    fn write_pages(&self, gen: u64, changes: BTreeMap<(u8, u32), Vec<&Write>>) -> Result<Written> {
         let (mut superseded, mut written) = (Vec::new(), Vec::new());
         let (mut chunk, mut chunk_bytes) = (Vec::new(), 0usize);
         for ((prefix, page), list) in changes {
@@ -346,30 +364,38 @@ impl PagedStore {
 
 impl PagedStore {
     /// `apply`, whose commit also deletes `raw_deletes` (legacy keys moved
-    /// into pages by the same commit).
+    /// into pages by the same commit). Changes go to delta chunks while the
+    /// deltas stay under their bound, else every delta is merged into pages.
     fn apply_with(&self, writes: &[Write], raw_deletes: Vec<Vec<u8>>) -> Result<()> {
         let gen = self.committed() + 1;
-        let mut changes: BTreeMap<(u8, u32), Vec<&Write>> = BTreeMap::new();
-        let mut commit: Vec<Write> = raw_deletes.into_iter().map(|k| (k, None)).collect();
+        let mut paged: Vec<&Write> = Vec::new();
+        let mut commit: Vec<Write> = raw_deletes.iter().map(|k| (k.clone(), None)).collect();
         for w in writes {
-            match w.0.first().and_then(|&p| Some((p, page_bits(p)?))) {
-                Some((prefix, bits)) => changes
-                    .entry((prefix, page_of(&w.0, bits)))
-                    .or_default()
-                    .push(w),
-                None => commit.push(w.clone()),
+            match w.0.first().is_some_and(|&p| page_bits(p).is_some()) {
+                true => paged.push(w),
+                false => commit.push(w.clone()),
             }
         }
-        if changes.is_empty() {
+        if paged.is_empty() {
             // Metadata only: one batch, no generation needed.
             return self.raw.apply(&commit);
         }
-        let (superseded, written) = self.write_pages(gen, changes)?;
-        // The pages are durable before the commit that makes them current.
+        let mut deltas = self.deltas.lock();
+        let new_bytes: usize = paged
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let merge = !raw_deletes.is_empty() || deltas.bytes + new_bytes > self.delta_bytes;
+        let written = if merge {
+            self.write_merge(gen, &paged, &mut deltas, &mut commit)?
+        } else {
+            self.write_delta(gen, &paged)?
+        };
+        // What was written is durable before the commit that makes it current.
         self.raw.sync()?;
         let written: hashbrown::HashSet<Vec<u8>> = written.into_iter().collect();
         let orphans = std::mem::take(&mut *self.orphans.lock());
-        for k in superseded.into_iter().chain(orphans) {
+        for k in orphans {
             if !written.contains(&k) {
                 commit.push((k, None));
             }
@@ -377,7 +403,67 @@ impl PagedStore {
         commit.push((META_PAGE_GEN.to_vec(), Some(gen.to_be_bytes().to_vec())));
         self.raw.apply(&commit)?;
         self.committed.store(gen, Ordering::SeqCst);
+        if merge {
+            // The deltas are in the pages now.
+            *deltas = Deltas::default();
+        } else {
+            deltas.chunks.extend(written);
+            for (k, v) in &paged {
+                deltas.record(k, v.as_deref());
+            }
+        }
         Ok(())
+    }
+
+    /// Writes the changed records as delta chunks of generation `gen` (the
+    /// first also records the attempt); returns their keys.
+    fn write_delta(&self, gen: u64, paged: &[&Write]) -> Result<Vec<Vec<u8>>> {
+        let records: Vec<(&[u8], Option<&[u8]>)> = paged
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
+        let mut keys = Vec::new();
+        for (i, chunk) in encode_chunks(&records, self.chunk_bytes)
+            .into_iter()
+            .enumerate()
+        {
+            let key = delta_key(gen, u32::try_from(i).unwrap_or(u32::MAX));
+            let mut batch = vec![(key.clone(), Some(chunk))];
+            if i == 0 {
+                batch.push((META_PAGE_ATTEMPT.to_vec(), Some(gen.to_be_bytes().to_vec())));
+            }
+            self.raw.apply(&batch)?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// Merges every delta and `paged` into the pages under `gen`; the
+    /// commit deletes the superseded page versions and every delta chunk.
+    /// Takes the delta records out of `deltas` (after a failure the
+    /// registry stops and the next open reloads them from sled).
+    fn write_merge(
+        &self,
+        gen: u64,
+        paged: &[&Write],
+        deltas: &mut Deltas,
+        commit: &mut Vec<Write>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let old: Vec<Write> = std::mem::take(&mut deltas.map).into_iter().collect();
+        let mut changes: BTreeMap<(u8, u32), Vec<&Write>> = BTreeMap::new();
+        for w in old.iter().chain(paged.iter().copied()) {
+            if let Some(bits) = w.0.first().and_then(|&p| page_bits(p)) {
+                let prefix = w.0.first().copied().unwrap_or_default();
+                changes
+                    .entry((prefix, page_of(&w.0, bits)))
+                    .or_default()
+                    .push(w);
+            }
+        }
+        let (superseded, written) = self.write_pages(gen, changes)?;
+        commit.extend(superseded.into_iter().map(|k| (k, None)));
+        commit.extend(deltas.chunks.iter().map(|k| (k.clone(), None)));
+        Ok(written)
     }
 
     /// Moves every record of the key-per-record layout (store format 1)
@@ -415,6 +501,9 @@ impl KvStore for PagedStore {
         let Some(bits) = page_bits(prefix) else {
             return self.raw.get(key);
         };
+        if let Some(v) = self.deltas.lock().map.get(key) {
+            return Ok(v.clone());
+        }
         let (_, mut records) = self.read_page(prefix, page_of(key, bits))?;
         Ok(records.remove(key))
     }
@@ -425,19 +514,39 @@ impl KvStore for PagedStore {
     }
 
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
-        let Some(bits_prefix) = prefix.first().copied().filter(|&p| page_bits(p).is_some()) else {
+        let Some(first) = prefix.first().copied().filter(|&p| page_bits(p).is_some()) else {
             return self.raw.scan_prefix(prefix, f);
         };
-        // Records of one page come in key order; pages in page order.
-        self.scan_pages(bits_prefix, &mut |page, value| {
-            let location = || format!("page {} {page}", char::from(bits_prefix));
+        let deltas = self.deltas.lock();
+        let mut overlaid = hashbrown::HashSet::new();
+        // Records of one page come in key order; pages in page order. A
+        // record with a delta is visited with the delta's value (or not at
+        // all when the delta deleted it).
+        self.scan_pages(first, &mut |page, value| {
+            let location = || format!("page {} {page}", char::from(first));
             decode_page(&location, value, &mut |k, v| {
-                if k.starts_with(prefix) {
-                    f(k, v)?;
+                if !k.starts_with(prefix) {
+                    return Ok(());
                 }
-                Ok(())
+                match deltas.map.get(k) {
+                    None => f(k, v),
+                    Some(d) => {
+                        overlaid.insert(k.to_vec());
+                        d.as_deref().map_or(Ok(()), |d| f(k, d))
+                    }
+                }
             })
-        })
+        })?;
+        // Records that exist only in the deltas.
+        for (k, v) in deltas.map.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if let (Some(v), false) = (v, overlaid.contains(k)) {
+                f(k, v)?;
+            }
+        }
+        Ok(())
     }
 
     fn sync(&self) -> Result<()> {
@@ -454,7 +563,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, chunk: usize) -> PagedStore {
-        PagedStore::open(SledStore::open(dir, None).unwrap(), chunk).unwrap()
+        PagedStore::open(SledStore::open(dir, None).unwrap(), chunk, 0).unwrap()
     }
 
     fn all(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -559,5 +668,66 @@ mod tests {
             })
             .unwrap();
         assert_eq!(left, 0, "an emptied page is removed");
+    }
+
+    /// Pages plus deltas read back exactly what was written, across merges,
+    /// reopens and a checkpoint that died before its commit.
+    #[test]
+    fn deltas_and_merges_match_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = |delta: usize| {
+            PagedStore::open(SledStore::open(dir.path(), None).unwrap(), 256, delta).unwrap()
+        };
+        let mut s = reopen(2_000);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..120 {
+            let mut batch = Vec::new();
+            for _ in 0..1 + rnd(40) {
+                let key =
+                    format!("{}{:04}", ["D", "H", "F"][rnd(3) as usize], rnd(300)).into_bytes();
+                let value = (rnd(5) > 0).then(|| vec![b'v'; rnd(60) as usize]);
+                batch.push((key, value));
+            }
+            if round % 17 == 5 {
+                // A checkpoint that dies after its chunks: nothing changes.
+                let paged: Vec<&Write> = batch.iter().collect();
+                s.write_delta(s.committed() + 1, &paged).unwrap();
+                drop(s);
+                s = reopen(2_000);
+                continue;
+            }
+            s.apply(&batch).unwrap();
+            for (k, v) in batch {
+                match v {
+                    Some(v) => model.insert(k, v),
+                    None => model.remove(&k),
+                };
+            }
+            if round % 11 == 0 {
+                drop(s);
+                s = reopen(2_000);
+            }
+            let mut seen = BTreeMap::new();
+            for p in [b'D', b'H', b'F'] {
+                s.scan_prefix(&[p], &mut |k, v| {
+                    assert!(
+                        seen.insert(k.to_vec(), v.to_vec()).is_none(),
+                        "visited twice"
+                    );
+                    Ok(())
+                })
+                .unwrap();
+            }
+            assert_eq!(seen, model, "round {round}");
+            let probe = format!("D{:04}", rnd(300)).into_bytes();
+            assert_eq!(s.get(&probe).unwrap(), model.get(&probe).cloned());
+        }
     }
 }
