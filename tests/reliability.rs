@@ -73,6 +73,15 @@ fn many_large_dead_letters_survive_reopen() {
 
 const EIO: i32 = 5;
 
+/// An `Eventual` registry whose I/O asks a fresh fault plan.
+fn open_eventual_with_plan(path: &std::path::Path) -> (Registry, std::sync::Arc<FaultPlan>) {
+    let plan = FaultPlan::new();
+    let config = Config::new(path)
+        .durability(Durability::Eventual)
+        .fault_plan(plan.clone());
+    (Registry::open_with(config).unwrap(), plan)
+}
+
 fn reg_op(i: usize) -> Op {
     Op::Register(Register {
         token: format!("tok{i:05}"),
@@ -176,13 +185,7 @@ fn no_checkpoint_after_a_failed_one() {
 fn check_after_fail_stop_does_no_io() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let plan = FaultPlan::new();
-    let reg = Registry::open_with(
-        Config::new(&path)
-            .durability(Durability::Eventual)
-            .fault_plan(plan.clone()),
-    )
-    .unwrap();
+    let (reg, plan) = open_eventual_with_plan(&path);
     reg.apply(reg_op(0)).unwrap();
     plan.arm(&[IoOp::Pwrite], 1, EIO, false);
     assert!(reg.apply(reg_op(1)).is_err(), "the write fails");
@@ -314,13 +317,7 @@ fn import_of_large_lines_is_batched_by_bytes() {
 fn close_reports_a_failed_final_sync() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let plan = FaultPlan::new();
-    let reg = Registry::open_with(
-        Config::new(&path)
-            .durability(Durability::Eventual)
-            .fault_plan(plan.clone()),
-    )
-    .unwrap();
+    let (reg, plan) = open_eventual_with_plan(&path);
     reg.apply(reg_op(0)).unwrap();
     plan.arm(&[IoOp::Fdatasync], 1, EIO, false);
     let other = reg.clone();

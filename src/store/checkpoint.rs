@@ -159,20 +159,11 @@ pub(crate) fn load_state(
             supported: STORE_FORMAT,
         });
     }
-    let get = |k: &[u8]| -> Result<Vec<u8>> {
-        store
-            .get(k)?
-            .ok_or_else(|| Error::corrupt(describe_key(k), "missing"))
-    };
-    let stored_cap = be_u32(META_CAP, &get(META_CAP)?)?;
-    let checkpoint_lsn = be_u64(META_CHECKPOINT_LSN, &get(META_CHECKPOINT_LSN)?)?;
-    let segment_bytes = be_u64(META_SEGMENT_BYTES, &get(META_SEGMENT_BYTES)?)?;
-    if segment_bytes < 4096 {
-        return Err(Error::corrupt(
-            "metadata key Mlog_segment_bytes",
-            format!("{segment_bytes} is too small"),
-        ));
-    }
+    let cap = store
+        .get(META_CAP)?
+        .ok_or_else(|| Error::corrupt(describe_key(META_CAP), "missing"))?;
+    let stored_cap = be_u32(META_CAP, &cap)?;
+    let (checkpoint_lsn, segment_bytes) = log_position(store)?;
     let mut state = State::new(stored_cap);
     state.begin_load();
     store.scan_prefix(&[DEVICE_PREFIX], &mut |key, value| {
