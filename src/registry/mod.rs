@@ -159,6 +159,9 @@ fn restrict(path: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("restricting {}", path.display()), e))
 }
 
+/// How long an open retries a lock held by someone else before `Locked`.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Takes the database's lock file (`<db>/lock`, an exclusive flock held
 /// for the registry's life) before anything under the database is touched,
 /// so a second process neither deletes the first one's unfinished sled
@@ -173,13 +176,23 @@ fn lock_db(path: &Path) -> Result<std::fs::File> {
         .mode(0o600)
         .open(&lock_path)
         .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: path.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::io(format!("locking {}", lock_path.display()), e))
+    // A process forked by another thread of ours shares the lock until its
+    // exec closes the descriptor: a lock held only that long is retried.
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_RETRY => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: path.to_owned(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", lock_path.display()), e))
+            }
         }
     }
 }
