@@ -18,6 +18,8 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 /// The kinds of I/O call a plan can fail.
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +61,10 @@ impl IoOp {
         IoOp::StoreWrite,
         IoOp::StoreRead,
     ];
+
+    fn from_bits(bits: u32) -> Option<IoOp> {
+        IoOp::ALL.into_iter().find(|op| *op as u32 == bits)
+    }
 }
 
 /// A countdown that fails the N-th watched I/O call.
@@ -77,6 +83,10 @@ pub struct FaultPlan {
     panic_in_apply: AtomicBool,
     calls: AtomicU64,
     fired: AtomicU64,
+    /// The kind of the first failure injected since `arm` (0: none).
+    first_fired: AtomicU32,
+    /// With `record_kinds`, the kind of every watched call, in order.
+    kinds: Mutex<Option<Vec<IoOp>>>,
 }
 
 impl FaultPlan {
@@ -94,7 +104,28 @@ impl FaultPlan {
         self.sticky.store(sticky, Ordering::SeqCst);
         self.calls.store(0, Ordering::SeqCst);
         self.fired.store(0, Ordering::SeqCst);
+        self.first_fired.store(0, Ordering::SeqCst);
+        if let Some(kinds) = self.kinds.lock().as_mut() {
+            kinds.clear();
+        }
         self.target.store(nth, Ordering::SeqCst);
+    }
+
+    /// From now on (and across `arm`), remembers the kind of every watched
+    /// call: the sweep's count run learns which kind the N-th call is.
+    pub fn record_kinds(&self) {
+        *self.kinds.lock() = Some(Vec::new());
+    }
+
+    /// The kinds of the watched calls since `arm`, in order (empty unless
+    /// `record_kinds` was called).
+    pub fn recorded_kinds(&self) -> Vec<IoOp> {
+        self.kinds.lock().clone().unwrap_or_default()
+    }
+
+    /// The kind of the first call failed since `arm`, if any.
+    pub fn first_fired(&self) -> Option<IoOp> {
+        IoOp::from_bits(self.first_fired.load(Ordering::SeqCst))
     }
 
     /// Sleeps this long before each injected failure.
@@ -128,6 +159,9 @@ impl FaultPlan {
             return Ok(());
         }
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(kinds) = self.kinds.lock().as_mut() {
+            kinds.push(op);
+        }
         let target = self.target.load(Ordering::SeqCst);
         let hit =
             target != 0 && (n == target || (n > target && self.sticky.load(Ordering::SeqCst)));
@@ -135,6 +169,9 @@ impl FaultPlan {
             return Ok(());
         }
         self.fired.fetch_add(1, Ordering::SeqCst);
+        let _ = self
+            .first_fired
+            .compare_exchange(0, op as u32, Ordering::SeqCst, Ordering::SeqCst);
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(std::time::Duration::from_millis(delay));
@@ -179,9 +216,14 @@ mod tests {
         assert_eq!(p.check(IoOp::Pwrite).unwrap_err().raw_os_error(), Some(5));
         assert!(p.check(IoOp::Pwrite).is_ok());
         assert_eq!((p.calls(), p.fired()), (3, 1));
+        assert_eq!(p.first_fired(), Some(IoOp::Pwrite));
+        p.record_kinds();
         p.arm(&[IoOp::Pwrite, IoOp::Fsync], 1, 28, true);
+        assert_eq!(p.first_fired(), None);
         assert!(p.check(IoOp::Fsync).is_err());
         assert!(p.check(IoOp::Pwrite).is_err());
         assert_eq!((p.calls(), p.fired()), (2, 2));
+        assert_eq!(p.first_fired(), Some(IoOp::Fsync));
+        assert_eq!(p.recorded_kinds(), [IoOp::Fsync, IoOp::Pwrite]);
     }
 }

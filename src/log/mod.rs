@@ -70,6 +70,33 @@ pub(crate) fn create_first_segment(
     }
     Ok(())
 }
+
+/// Whether the log holds no record: no segment file at all, or only
+/// segment 0 with zeros where its first record would be (a new database
+/// creates segment 0 before its store records that the database exists).
+/// A store without metadata is a new database only if this holds (fault
+/// sweep finding, see `Registry::open_with`).
+pub(crate) fn is_empty(dir: &std::path::Path, faults: &crate::fault::Faults) -> Result<bool> {
+    match segments::list_segments(dir)?.as_slice() {
+        [] => Ok(true),
+        [0] => {
+            let path = segments::segment_path(dir, 0);
+            let ctx = || format!("reading {}", path.display());
+            let file = check(faults, IoOp::Open)
+                .and_then(|()| File::open(&path))
+                .map_err(|e| Error::io(ctx(), e))?;
+            let mut head = [0u8; HEADER_BYTES];
+            match check(faults, IoOp::Pread).and_then(|()| file.read_exact_at(&mut head, 0)) {
+                Ok(()) => Ok(head.iter().all(|&b| b == 0)),
+                // Shorter than a header: not a segment a new database made.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+                Err(e) => Err(Error::io(ctx(), e)),
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
 use segments::SegmentPool;
 
 /// The append side of the log; owned by the writer thread.

@@ -310,6 +310,23 @@ impl Registry {
         // sled created store/ without an fsync of the directory holding it.
         sync_dir(&config.path, &config.faults)?;
         if store.get(crate::codec::META_FORMAT)?.is_none() {
+            // Fault sweep finding (strace on sled's files): after one EIO on
+            // a read during its recovery, sled 0.34.7 zeroes the segment it
+            // could not read and opens empty. devreg took that for a new
+            // database and wrote fresh metadata into the store (checkpoint
+            // position 0, the configured segment size): a database made with
+            // another segment size then failed every open with a misleading
+            // "the file was truncated". A store without metadata is new only
+            // if the log holds no record; otherwise the store was lost:
+            // refuse, with a typed error, and write nothing.
+            if !crate::log::is_empty(&log_dir, &config.faults)? {
+                return Err(Error::corrupt(
+                    format!("store {}", config.path.join("store").display()),
+                    "it has no metadata but the log holds records: the store was lost or \
+                     damaged (sled empties a segment it cannot read); not taking the \
+                     database for a new one",
+                ));
+            }
             crate::log::create_first_segment(&log_dir, config.log_segment_bytes, &config.faults)?;
         }
         let (state, ckpt_lsn, segment_bytes, end_lsn, stale) = recover(
