@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::error::Result;
 
 pub(crate) use checkpoint::{load_state, log_position, Snapshot};
+pub use kv::sled_drop_panics;
 pub(crate) use kv::{KvStore, SledStore, Visit, Write};
 pub(crate) use paged::PagedStore;
 
