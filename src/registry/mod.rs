@@ -706,6 +706,14 @@ impl Registry {
         self.inner.shut_down()
     }
 
+    /// Bytes of keys and values the checkpoints handed to the store since
+    /// this open (pages, delta pages and metadata; sled's own overhead not
+    /// counted): divided by the devices changed, the write amplification
+    /// of checkpoints.
+    pub fn store_bytes_written(&self) -> u64 {
+        self.inner.store.bytes_written()
+    }
+
     /// Bytes the database takes on disk (store and log).
     pub fn disk_bytes(&self) -> u64 {
         let log: u64 = std::fs::read_dir(self.inner.path.join("log"))

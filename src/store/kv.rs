@@ -27,6 +27,8 @@ pub(crate) trait KvStore: Send + Sync {
     fn sync(&self) -> Result<()>;
     /// Bytes the store's files take on disk.
     fn disk_bytes(&self) -> u64;
+    /// Bytes of keys and values handed to `apply` since the store was opened.
+    fn bytes_written(&self) -> u64;
 }
 
 /// sled, with a real fsync after its flush.
@@ -35,6 +37,7 @@ pub(crate) struct SledStore {
     db: Option<sled::Db>,
     path: PathBuf,
     faults: Faults,
+    written: std::sync::atomic::AtomicU64,
 }
 
 /// sled 0.34.7 unwraps the fsync of its log when the last handle drops
@@ -98,6 +101,7 @@ impl SledStore {
             db: Some(db),
             path: path.to_owned(),
             faults,
+            written: std::sync::atomic::AtomicU64::new(0),
         };
         // Files from before (sled creates them 0644) become owner-only now;
         // new ones at every checkpoint.
@@ -203,6 +207,12 @@ impl KvStore for SledStore {
     }
 
     fn apply(&self, writes: &[Write]) -> Result<()> {
+        let bytes: usize = writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.written
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         let mut batch = sled::Batch::default();
         for (k, v) in writes {
             match v {
@@ -237,5 +247,9 @@ impl KvStore for SledStore {
 
     fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.path)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -556,6 +556,10 @@ impl KvStore for PagedStore {
     fn disk_bytes(&self) -> u64 {
         self.raw.disk_bytes()
     }
+
+    fn bytes_written(&self) -> u64 {
+        self.raw.bytes_written()
+    }
 }
 
 #[cfg(test)]
