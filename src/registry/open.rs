@@ -1,0 +1,190 @@
+//! Opening a database: the path checks, the lock, the store (converted to
+//! pages if it is older) and the log, before recovery replays it.
+
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fault::Faults;
+use crate::log::segments::{list_segments, sync_dir, SegmentPool};
+use crate::log::LogWriter;
+use crate::store::{KvStore, PagedStore, SledStore};
+use crate::writer::{run_checkpointer, CheckpointJob, CheckpointerCtx};
+
+/// Checks the path, takes the lock, opens (and if need be converts) the
+/// store, and makes sure a new database has its first log segment.
+pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<(File, Arc<dyn KvStore>)> {
+    prepare_db_dir(&config.path, &config.faults)?;
+    let lock = lock_db(&config.path)?;
+    let raw = SledStore::open(&config.path.join("store"), config.faults.clone())?;
+    let paged = PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)?;
+    paged.convert_legacy()?;
+    let store: Arc<dyn KvStore> = Arc::new(paged);
+    if !log_dir.is_dir() {
+        create_dir_synced(log_dir, &config.faults)?;
+    }
+    // sled created store/ without an fsync of the directory holding it.
+    sync_dir(&config.path, &config.faults)?;
+    if store.get(crate::codec::META_FORMAT)?.is_none() {
+        // Fault sweep finding (strace on sled's files): after one EIO on
+        // a read during its recovery, sled 0.34.7 zeroes the segment it
+        // could not read and opens empty. devreg took that for a new
+        // database and wrote fresh metadata into the store (checkpoint
+        // position 0, the configured segment size): a database made with
+        // another segment size then failed every open with a misleading
+        // "the file was truncated". A store without metadata is new only
+        // if the log holds no record; otherwise the store was lost:
+        // refuse, with a typed error, and write nothing.
+        if !crate::log::is_empty(log_dir, &config.faults)? {
+            return Err(Error::corrupt(
+                format!("store {}", config.path.join("store").display()),
+                "it has no metadata but the log holds records: the store was lost or \
+                 damaged (sled empties a segment it cannot read); not taking the \
+                 database for a new one",
+            ));
+        }
+        crate::log::create_first_segment(log_dir, config.log_segment_bytes, &config.faults)?;
+    }
+    Ok((lock, store))
+}
+
+/// The segment pool (segments below the checkpoint are free) and the log
+/// writer, continuing at `end_lsn`.
+pub(super) fn open_log(
+    config: &Config,
+    log_dir: &Path,
+    segment_bytes: u64,
+    ckpt_lsn: u64,
+    end_lsn: u64,
+) -> Result<(Arc<SegmentPool>, LogWriter)> {
+    let ckpt_seq = ckpt_lsn / segment_bytes;
+    let free: Vec<u64> = list_segments(log_dir)?
+        .into_iter()
+        .filter(|&s| s < ckpt_seq)
+        .collect();
+    let pool = Arc::new(SegmentPool::new(
+        log_dir.to_owned(),
+        segment_bytes,
+        u64::from(config.max_log_segments),
+        ckpt_seq,
+        free,
+        config.faults.clone(),
+    ));
+    let log = LogWriter::open(segment_bytes, end_lsn, pool.clone())?;
+    Ok((pool, log))
+}
+
+/// Starts the checkpointer thread.
+pub(super) fn spawn_checkpointer(
+    ctx: CheckpointerCtx,
+    rx: Receiver<CheckpointJob>,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("devreg-checkpoint".into())
+        .spawn(move || run_checkpointer(rx, ctx))
+        .map_err(|e| Error::io("starting the checkpointer thread", e))
+}
+
+/// Makes `path` ready to hold a database, changing nothing before it is
+/// sure the path is one: an absent path is created (mode 0700, its parent
+/// fsynced so the new entry survives power loss); an existing one must be a
+/// directory that is empty or holds a devreg database (`store/`). Only then
+/// is it made owner-only (finding 9: a shared 1777 directory lost its
+/// sticky bit, a regular file became 0700).
+fn prepare_db_dir(path: &Path, faults: &Faults) -> Result<()> {
+    let refuse = |why: &str| Error::invalid("path", format!("{}: {why}", path.display()));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return create_dir_synced(path, faults)
+        }
+        Err(e) => return Err(Error::io(format!("inspecting {}", path.display()), e)),
+        Ok(m) if !m.is_dir() => return Err(refuse("is not a directory")),
+        Ok(_) => {}
+    }
+    let mut entries =
+        std::fs::read_dir(path).map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
+    let empty = entries.next().is_none();
+    if !empty && !path.join("store").is_dir() {
+        return Err(refuse(
+            "is neither a devreg database (no store/ inside) nor an empty directory",
+        ));
+    }
+    restrict(path)
+}
+
+/// Creates a directory (and missing parents) owner-only, fsyncing each new
+/// one and the directory that holds it (finding 12).
+fn create_dir_synced(path: &Path, faults: &Faults) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            create_dir_synced(parent, faults)?;
+        }
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sync_dir(parent, faults)?;
+    sync_dir(path, faults)
+}
+
+/// Makes an existing directory owner-only if it is not already.
+fn restrict(path: &Path) -> Result<()> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?
+        .permissions()
+        .mode();
+    if mode & 0o7077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("restricting {}", path.display()), e))
+}
+
+/// How long an open retries a lock held by someone else before `Locked`.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes the database's lock file (`<db>/lock`, an exclusive flock held
+/// for the registry's life) before anything under the database is touched,
+/// so a second process neither deletes the first one's unfinished sled
+/// snapshot nor gets sled's raw lock text.
+pub(super) fn lock_db(path: &Path) -> Result<std::fs::File> {
+    let lock_path = path.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+    // A process forked by another thread of ours shares the lock until its
+    // exec closes the descriptor: a lock held only that long is retried.
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_RETRY => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: path.to_owned(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("locking {}", lock_path.display()), e))
+            }
+        }
+    }
+}
