@@ -20,6 +20,11 @@
 //! assert_eq!(reg.active_since(15, None), 1);
 //! ```
 #![forbid(unsafe_code)]
+// Library code returns typed errors; tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![warn(missing_docs)]
 
 mod codec;

@@ -273,7 +273,7 @@ impl WriterCtx {
             match rx.recv_timeout(tick) {
                 Ok(Msg::Checkpoint { reply }) => {
                     let mut c = ctx.lock();
-                    if let Err(e) = c.checkpoint_now(Some(reply.clone())) {
+                    if let Err(e) = c.start_checkpoint(Some(reply.clone())) {
                         let _ = reply.send(Err(e));
                     }
                 }
@@ -379,7 +379,7 @@ impl WriterCtx {
             if self.log.pool().has_room_for(seq) {
                 continue;
             }
-            if let Err(e) = self.checkpoint_now(None) {
+            if let Err(e) = self.start_checkpoint(None) {
                 return Err(self.fail(&e));
             }
             let failed = self.failed.clone();
@@ -520,10 +520,6 @@ impl WriterCtx {
         self.last_checkpoint_lsn = lsn;
         self.last_checkpoint_at = Instant::now();
         Ok(())
-    }
-
-    fn checkpoint_now(&mut self, done: Option<Reply<()>>) -> Result<()> {
-        self.start_checkpoint(done)
     }
 
     fn shutdown(&mut self) {

@@ -243,17 +243,7 @@ fn record_from_a_newer_version_is_unsupported_not_cut() {
         db_with_log_only(&path, 3);
         let seg = only_segment(&path);
         let mut bytes = std::fs::read(&seg).unwrap();
-        // The last record: walk the chain of lengths.
-        let mut off = 0usize;
-        let mut last = 0usize;
-        loop {
-            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-            if len == 0 {
-                break;
-            }
-            last = off;
-            off += 24 + len;
-        }
+        let (last, _) = *record_spans(&bytes).last().unwrap();
         bytes[last + at] = value;
         let len = u32::from_le_bytes(bytes[last..last + 4].try_into().unwrap()) as usize;
         let crc = crc32fast::hash(&bytes[last + 8..last + 24 + len]);

@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use super::paged::{get_field, open_block, put_varint};
 use crate::error::{Error, Result};
 
 /// Prefix byte of delta chunk keys.
@@ -101,15 +102,15 @@ pub(crate) fn encode_chunks(
 
 fn encode_chunk(records: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {
     let mut out = vec![DELTA_VERSION];
-    super::paged::put_varint(&mut out, records.len() as u64);
+    put_varint(&mut out, records.len() as u64);
     for (k, v) in records {
-        super::paged::put_varint(&mut out, k.len() as u64);
+        put_varint(&mut out, k.len() as u64);
         out.extend_from_slice(k);
         match v {
             None => out.push(0),
             Some(v) => {
                 out.push(1);
-                super::paged::put_varint(&mut out, v.len() as u64);
+                put_varint(&mut out, v.len() as u64);
                 out.extend_from_slice(v);
             }
         }
@@ -121,32 +122,16 @@ type DeltaVisit<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>;
 
 fn decode_chunk(location: &dyn Fn() -> String, b: &[u8], f: DeltaVisit<'_>) -> Result<()> {
     let bad = |why: &str| Error::corrupt(location(), why.to_owned());
-    match b.first() {
-        Some(&DELTA_VERSION) => {}
-        Some(&v) => {
-            return Err(Error::UnsupportedFormat {
-                location: location(),
-                found: u32::from(v),
-                supported: u32::from(DELTA_VERSION),
-            })
-        }
-        None => return Err(bad("empty delta chunk")),
-    }
-    let mut at = 1usize;
-    let count = super::paged::get_varint(b, &mut at).ok_or_else(|| bad("bad record count"))?;
-    let bytes = |at: &mut usize| -> Option<&[u8]> {
-        let len = usize::try_from(super::paged::get_varint(b, at)?).ok()?;
-        let s = b.get(*at..at.checked_add(len)?)?;
-        *at += len;
-        Some(s)
-    };
+    let (count, mut at) = open_block(location, b, DELTA_VERSION, "delta chunk")?;
     for _ in 0..count {
-        let key = bytes(&mut at).ok_or_else(|| bad("record key runs past the chunk"))?;
+        let key = get_field(b, &mut at).ok_or_else(|| bad("record key runs past the chunk"))?;
         let kind = *b.get(at).ok_or_else(|| bad("record kind missing"))?;
         at += 1;
         let value = match kind {
             0 => None,
-            1 => Some(bytes(&mut at).ok_or_else(|| bad("record value runs past the chunk"))?),
+            1 => {
+                Some(get_field(b, &mut at).ok_or_else(|| bad("record value runs past the chunk"))?)
+            }
             _ => return Err(bad("unknown record kind")),
         };
         f(key, value)?;

@@ -142,31 +142,47 @@ fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
     out
 }
 
-/// Calls `f` for each record of a page value; errors name the page.
-fn decode_page(location: &dyn Fn() -> String, page: &[u8], f: RecordVisit<'_>) -> Result<()> {
-    let bad = |why: &str| Error::corrupt(location(), why.to_owned());
-    match page.first() {
-        Some(&PAGE_VERSION) => {}
+/// Reads a LEB128 length, then that many bytes.
+pub(crate) fn get_field<'a>(b: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::try_from(get_varint(b, at)?).ok()?;
+    let s = b.get(*at..at.checked_add(len)?)?;
+    *at += len;
+    Some(s)
+}
+
+/// Checks the version byte of a page or delta chunk (`what`) and reads its
+/// record count: (count, position of the first record).
+pub(crate) fn open_block(
+    location: &dyn Fn() -> String,
+    b: &[u8],
+    version: u8,
+    what: &str,
+) -> Result<(u64, usize)> {
+    match b.first() {
+        Some(&v) if v == version => {}
         Some(&v) => {
             return Err(Error::UnsupportedFormat {
                 location: location(),
                 found: u32::from(v),
-                supported: u32::from(PAGE_VERSION),
+                supported: u32::from(version),
             })
         }
-        None => return Err(bad("empty page")),
+        None => return Err(Error::corrupt(location(), format!("empty {what}"))),
     }
     let mut at = 1usize;
-    let count = get_varint(page, &mut at).ok_or_else(|| bad("bad record count"))?;
+    let count =
+        get_varint(b, &mut at).ok_or_else(|| Error::corrupt(location(), "bad record count"))?;
+    Ok((count, at))
+}
+
+/// Calls `f` for each record of a page value; errors name the page.
+fn decode_page(location: &dyn Fn() -> String, page: &[u8], f: RecordVisit<'_>) -> Result<()> {
+    let bad = |why: &str| Error::corrupt(location(), why.to_owned());
+    let (count, mut at) = open_block(location, page, PAGE_VERSION, "page")?;
     for _ in 0..count {
-        let mut field = || -> Option<&[u8]> {
-            let len = usize::try_from(get_varint(page, &mut at)?).ok()?;
-            let s = page.get(at..at.checked_add(len)?)?;
-            at += len;
-            Some(s)
-        };
-        let key = field().ok_or_else(|| bad("record key runs past the page"))?;
-        let value = field().ok_or_else(|| bad("record value runs past the page"))?;
+        let key = get_field(page, &mut at).ok_or_else(|| bad("record key runs past the page"))?;
+        let value =
+            get_field(page, &mut at).ok_or_else(|| bad("record value runs past the page"))?;
         f(key, value)?;
     }
     if at != page.len() {
