@@ -243,8 +243,9 @@ pub fn open_devreg(dir: &Path) -> Metrics {
     m
 }
 
-/// Opens the sled tree devreg checkpointed into and reads every device key:
-/// the floor for devreg's open.
+/// Opens the sled tree devreg checkpointed into and reads every key (its
+/// device, history and feed pages, delta pages and metadata: what devreg's
+/// open reads): the floor for devreg's open.
 pub fn scan_sled(dir: &Path) -> Metrics {
     let t = Instant::now();
     let db = sled::Config::new()
@@ -254,7 +255,7 @@ pub fn scan_sled(dir: &Path) -> Metrics {
         .expect("opening devreg's sled store");
     let mut keys = 0u64;
     let mut bytes = 0u64;
-    for kv in db.scan_prefix([b'D']) {
+    for kv in db.iter() {
         let (k, v) = kv.expect("scanning sled");
         keys += 1;
         bytes += (k.len() + v.len()) as u64;
