@@ -1,18 +1,25 @@
 //! Ownership history and daily token-change counters.
 //!
 //! Derived state, like the feed: changed by the same deterministic apply as
-//! the devices (so a change and its history entry are in one log record),
-//! checkpointed through dirty keys, loaded at open. Times are commit times
-//! stamped into the log by the writer (`Entry::Clock`), never read from the
-//! clock during apply, so a replay rebuilds exactly the same history.
+//! the devices (so a change and its history entry are in one log record).
+//! Times are commit times stamped into the log by the writer
+//! (`Entry::Clock`), never read from the clock during apply, so a replay
+//! rebuilds exactly the same history.
 //!
-//! Bounds: at most [`MAX_HISTORY_PER_TOKEN`] entries per token (oldest
-//! dropped), and no entry older than `now - retention` survives the next
-//! change of its token or the next checkpoint.
+//! On demand (the scale issue): memory holds only the entries the store
+//! does not have yet (`pending`, then `flushing` while their checkpoint is
+//! written) and the daily counters. A checkpoint appends each token's new
+//! entries to its `'H'` record; the queries join the stored entries with
+//! the ones in memory (`view.rs`).
+//!
+//! Bounds: at most [`MAX_HISTORY_PER_TOKEN`] entries per token (the store's
+//! merge keeps the newest), and no entry committed before `now - retention`
+//! is returned (`now` is the last commit time).
 
 mod persist;
+mod view;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -20,10 +27,10 @@ use std::sync::Arc;
 use hashbrown::{HashMap, HashSet};
 use serde::Serialize;
 
-use crate::codec::unpack_token;
-use crate::model::{token_bytes_label, token_label, LogoutPolicy, Platform};
+use crate::model::{LogoutPolicy, Platform};
 
-pub(crate) use persist::load_history;
+pub(crate) use persist::{decode_list, encoded_len, history_key, load_history, merge_encoded};
+pub(crate) use view::{check_list, entries, join, owner_at, Changes};
 
 /// Most history entries kept per token; older ones are dropped.
 pub const MAX_HISTORY_PER_TOKEN: usize = 64;
@@ -230,24 +237,25 @@ pub struct DailyStats {
     pub counts: DayCounts,
 }
 
-/// The history of every token and the daily counters.
+/// The history kept in memory: only what the store does not have yet, and
+/// the daily counters. Every older entry is read from the store on demand
+/// (`view.rs`); nothing is loaded at open but the counters.
 #[derive(Default)]
 pub(crate) struct History {
-    tokens: HashMap<Arc<[u8]>, VecDeque<Rec>>,
-    /// (commit_ms, seq) -> token, for `changes_since` and the retention sweep.
-    by_commit: BTreeMap<(u64, u64), Arc<[u8]>>,
+    /// Entries recorded since the last snapshot, per token, oldest first
+    /// (at most [`MAX_HISTORY_PER_TOKEN`] each).
+    pending: HashMap<Arc<[u8]>, Vec<Rec>>,
+    /// The entries of the last snapshot: kept readable until the next
+    /// snapshot, which starts only after that checkpoint is in the store.
+    flushing: HashMap<Arc<[u8]>, Vec<Rec>>,
     daily: BTreeMap<(u32, Platform), DayCounts>,
     pub(crate) next_seq: u64,
     pub(crate) retention_ms: u64,
-    dirty_tokens: HashSet<Arc<[u8]>>,
     dirty_days: HashSet<(u32, Platform)>,
 }
 
 /// A device's (owner, platform) now, `None` if it does not exist.
 pub(crate) type DeviceStatus<'a> = dyn Fn(&[u8]) -> Option<(Option<Arc<str>>, Platform)> + 'a;
-
-/// The device's state as of one change: (present, owner, platform).
-type Status<'a> = (bool, Option<&'a str>, Platform);
 
 impl History {
     pub(crate) fn new(retention_ms: u64) -> History {
@@ -257,21 +265,14 @@ impl History {
         }
     }
 
-    fn key(&self, token: &[u8]) -> Arc<[u8]> {
-        match self.tokens.get_key_value(token) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(token),
-        }
-    }
-
-    fn last_status(&self, token: &[u8]) -> Option<Status<'_>> {
-        self.tokens
-            .get(token)
-            .and_then(|d| d.back())
-            .map(|r| (r.present, r.after.as_deref(), r.platform))
+    /// The oldest commit time kept when the newest commit is `now_ms`.
+    pub(crate) fn cutoff(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.retention_ms)
     }
 
     /// Records one device change caused by `cause`, at commit time `now_ms`.
+    /// A register that changes neither owner nor platform is a refresh: the
+    /// caller passes `Cause::Touch` for it (nothing is recorded).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &mut self,
@@ -286,10 +287,6 @@ impl History {
         let (op, event_ms, link): (HistoryOp, Option<u64>, Option<&[u8]>) = match cause {
             Cause::None | Cause::Touch => return,
             Cause::Register { seen_ms } => {
-                // A refresh (same owner, same platform) is not an ownership change.
-                if self.last_status(token) == Some((present, after.map(|a| &**a), platform)) {
-                    return;
-                }
                 let moved = before.is_some() && before != after;
                 let op = if moved {
                     HistoryOp::Move
@@ -320,26 +317,22 @@ impl History {
             commit_ms: now_ms,
             event_ms,
             op,
-            link: link.map(|l| self.key(l)),
+            link: link.map(Arc::from),
             before: before.cloned(),
             after: after.cloned(),
             present,
             platform,
         };
         self.count(now_ms, platform, op);
-        let key = self.key(token);
-        self.by_commit.insert((now_ms, seq), key.clone());
-        let list = self.tokens.entry(key.clone()).or_default();
-        list.push_back(rec);
-        let cutoff = now_ms.saturating_sub(self.retention_ms);
-        while list.len() > MAX_HISTORY_PER_TOKEN
-            || list.front().is_some_and(|r| r.commit_ms < cutoff)
-        {
-            if let Some(r) = list.pop_front() {
-                self.by_commit.remove(&(r.commit_ms, r.seq));
-            }
+        let list = match self.pending.get_mut(token) {
+            Some(list) => list,
+            None => self.pending.entry(Arc::from(token)).or_default(),
+        };
+        list.push(rec);
+        if list.len() > MAX_HISTORY_PER_TOKEN {
+            let extra = list.len() - MAX_HISTORY_PER_TOKEN;
+            list.drain(..extra);
         }
-        self.dirty_tokens.insert(key);
     }
 
     fn count(&mut self, now_ms: u64, platform: Platform, op: HistoryOp) {
@@ -359,91 +352,33 @@ impl History {
         self.dirty_days.insert((day, platform));
     }
 
-    /// Drops every entry older than `now_ms - retention` (at checkpoints).
-    pub(crate) fn sweep(&mut self, now_ms: u64) {
-        let cutoff = now_ms.saturating_sub(self.retention_ms);
-        while let Some(entry) = self.by_commit.first_entry() {
-            if entry.key().0 >= cutoff {
-                break;
-            }
-            let token = entry.remove();
-            if let Some(list) = self.tokens.get_mut(&token) {
-                while list.front().is_some_and(|r| r.commit_ms < cutoff) {
-                    list.pop_front();
-                }
-                if list.is_empty() {
-                    self.tokens.remove(&token);
-                }
-            }
-            self.dirty_tokens.insert(token);
-        }
+    /// The token's entries held in memory (not yet known to be in the
+    /// store), oldest first.
+    pub(crate) fn in_memory(&self, token: &[u8]) -> Vec<Rec> {
+        let mut out: Vec<Rec> = self.flushing.get(token).cloned().unwrap_or_default();
+        out.extend(self.pending.get(token).into_iter().flatten().cloned());
+        out
     }
 
-    fn entry(&self, token: &[u8], r: &Rec) -> HistoryEntry {
-        let text = |t: &[u8]| unpack_token(t).unwrap_or_default();
-        HistoryEntry {
-            token: text(token),
-            seq: r.seq,
-            commit_ms: r.commit_ms,
-            event_ms: r.event_ms,
-            op: r.op,
-            linked_token: r.link.as_deref().map(text),
-            owner_before: r.before.as_deref().map(str::to_owned),
-            owner_after: r.after.as_deref().map(str::to_owned),
-            present: r.present,
-            platform: r.platform,
+    /// Every token's entries held in memory, oldest first.
+    pub(crate) fn all_in_memory(&self) -> HashMap<Arc<[u8]>, Vec<Rec>> {
+        let mut out: HashMap<Arc<[u8]>, Vec<Rec>> = self.flushing.clone();
+        for (token, list) in &self.pending {
+            out.entry(token.clone())
+                .or_default()
+                .extend(list.iter().cloned());
         }
+        out
     }
 
-    /// The token's history, newest first.
-    pub(crate) fn of(&self, token: &[u8]) -> Vec<HistoryEntry> {
-        self.tokens
-            .get(token)
-            .map(|l| l.iter().rev().map(|r| self.entry(token, r)).collect())
-            .unwrap_or_default()
-    }
-
-    /// Who owned the token at commit time `t`: the owner after the last
-    /// change committed at or before `t`. `None` when it had no owner, did
-    /// not exist, or `t` is before the oldest entry kept.
-    pub(crate) fn owner_at(&self, token: &[u8], t: u64) -> Option<Arc<str>> {
-        let list = self.tokens.get(token)?;
-        let n = list.partition_point(|r| r.commit_ms <= t);
-        let r = list.get(n.checked_sub(1)?)?;
-        r.after.clone()
-    }
-
-    /// Changes committed at or after `since_ms` (and after `cursor`), oldest first.
-    pub(crate) fn changes_since(
-        &self,
-        since_ms: u64,
-        cursor: Option<HistoryCursor>,
-        limit: usize,
-    ) -> ChangesPage {
-        let start = match cursor {
-            Some(c) if (c.commit_ms, c.seq) >= (since_ms, 0) => {
-                std::ops::Bound::Excluded((c.commit_ms, c.seq))
-            }
-            _ => std::ops::Bound::Included((since_ms, 0)),
-        };
-        let mut it = self.by_commit.range((start, std::ops::Bound::Unbounded));
-        let mut changes = Vec::new();
-        let mut last = cursor;
-        for (&(commit_ms, seq), token) in it.by_ref().take(limit) {
-            let Some(r) = self.tokens.get(token).and_then(|l| {
-                let i = l.binary_search_by_key(&seq, |r| r.seq).ok()?;
-                l.get(i)
-            }) else {
-                continue;
-            };
-            changes.push(self.entry(token, r));
-            last = Some(HistoryCursor { commit_ms, seq });
-        }
-        ChangesPage {
-            changes,
-            cursor: last,
-            more: it.next().is_some(),
-        }
+    /// Entries held in memory.
+    #[cfg(test)]
+    pub(crate) fn memory_entries(&self) -> usize {
+        self.pending
+            .values()
+            .chain(self.flushing.values())
+            .map(Vec::len)
+            .sum()
     }
 
     /// Every day's counters, oldest day first.
@@ -459,75 +394,10 @@ impl History {
             .collect()
     }
 
-    /// Entries kept in total, and their encoded size in the store.
-    pub(crate) fn footprint(&self) -> (u64, u64) {
-        let bytes: usize = self
-            .tokens
-            .values()
-            .flatten()
-            .map(persist::encoded_len)
-            .sum();
-        (self.by_commit.len() as u64, bytes as u64)
-    }
-
-    /// Internal consistency, and agreement with the devices: `status(token)`
-    /// says whether the token exists now, its owner and platform.
-    pub(crate) fn check(&self, status: &DeviceStatus<'_>) -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut total = 0;
-        for (token, list) in &self.tokens {
-            let name =
-                unpack_token(token).map_or_else(|| token_bytes_label(token), |t| token_label(&t));
-            total += list.len();
-            if list.is_empty() {
-                problems.push(format!("history of {name} is empty but kept"));
-            }
-            if list.len() > MAX_HISTORY_PER_TOKEN {
-                problems.push(format!("history of {name} has {} entries", list.len()));
-            }
-            if list
-                .iter()
-                .zip(list.iter().skip(1))
-                .any(|(a, b)| (a.commit_ms, a.seq) >= (b.commit_ms, b.seq))
-            {
-                problems.push(format!("history of {name} is out of order"));
-            }
-            for r in list {
-                if self.by_commit.get(&(r.commit_ms, r.seq)) != Some(token) {
-                    problems.push(format!("history entry {} of {name} is not indexed", r.seq));
-                }
-                if r.seq >= self.next_seq {
-                    problems.push(format!(
-                        "history entry {} of {name} is past the next seq",
-                        r.seq
-                    ));
-                }
-            }
-            if let Some(last) = list.back() {
-                let now = status(token);
-                let want = now.as_ref().map(|(p, pl)| (p.as_deref(), *pl));
-                let have = last
-                    .present
-                    .then_some((last.after.as_deref(), last.platform));
-                if want != have {
-                    problems.push(format!(
-                        "history of {name} ends with {have:?}, the device is {want:?}"
-                    ));
-                }
-            }
-        }
-        if total != self.by_commit.len() {
-            problems.push(format!(
-                "history holds {total} entries, its commit index {}",
-                self.by_commit.len()
-            ));
-        }
-        problems
-    }
-
-    /// Same entries, counters and sequence (for `check`).
-    pub(crate) fn same_as(&self, other: &History) -> bool {
-        self.tokens == other.tokens && self.daily == other.daily && self.next_seq == other.next_seq
+    /// Same counters and sequence (for `check`; the entries are compared
+    /// token by token through `view`).
+    pub(crate) fn same_counters(&self, other: &History) -> bool {
+        self.daily == other.daily && self.next_seq == other.next_seq
     }
 }
 
@@ -553,6 +423,10 @@ mod tests {
         Some(Arc::from(s))
     }
 
+    fn joined(h: &History, token: &[u8], now_ms: u64) -> Vec<Rec> {
+        join(Vec::new(), h.in_memory(token), h.cutoff(now_ms))
+    }
+
     #[test]
     fn check_messages_abbreviate_tokens() {
         let token = "f4c2a9b1".to_string() + &"7".repeat(56);
@@ -562,7 +436,8 @@ mod tests {
         let packed = crate::codec::pack_token(&token);
         h.record(1, &reg, &packed, None, owner.as_ref(), true, Platform::Ios);
         // The history says the device is there; the status says it is gone.
-        let problems = h.check(&|_| None);
+        let list = joined(&h, &packed, 1);
+        let problems = check_list(&packed, &list, h.next_seq, &|_| None);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].starts_with("history of f4c2a9b1…(64 bytes) ends with"),
@@ -595,10 +470,11 @@ mod tests {
                 Platform::Ios,
             );
         }
-        assert_eq!(h.of(b"t").len(), MAX_HISTORY_PER_TOKEN);
-        assert_eq!(h.footprint().0, MAX_HISTORY_PER_TOKEN as u64);
-        assert_eq!(h.of(b"t")[0].seq, 199);
-        // Age: an entry at 5000 drops everything before 4000.
+        assert_eq!(h.memory_entries(), MAX_HISTORY_PER_TOKEN);
+        let list = joined(&h, b"t", 199);
+        assert_eq!(list.len(), MAX_HISTORY_PER_TOKEN);
+        assert_eq!(entries(b"t", &list)[0].seq, 199);
+        // Age: at 5000 everything before 4000 is gone.
         h.record(
             5000,
             &Cause::Remove,
@@ -608,12 +484,53 @@ mod tests {
             false,
             Platform::Ios,
         );
-        assert_eq!(h.of(b"t").len(), 1);
+        assert_eq!(joined(&h, b"t", 5000).len(), 1);
         h.record(5000, &Cause::Remove, b"u", None, None, false, Platform::Ios);
-        h.sweep(6500);
-        assert!(h.of(b"t").is_empty() && h.of(b"u").is_empty());
-        assert_eq!(h.footprint().0, 0);
-        assert_eq!(h.owner_at(b"t", 100), None);
+        assert!(joined(&h, b"t", 6500).is_empty() && joined(&h, b"u", 6500).is_empty());
+        assert_eq!(owner_at(&joined(&h, b"t", 6500), 100), None);
+    }
+
+    /// The store's merge and the readers' join agree, and both are
+    /// idempotent (a record appended twice is kept once).
+    #[test]
+    fn store_merge_keeps_the_newest_once() {
+        let mut h = History::new(u64::MAX);
+        let reg = Cause::Register { seen_ms: 1 };
+        let mut stored: Option<Vec<u8>> = None;
+        for round in 0..5u64 {
+            for i in 0..30u64 {
+                let who = p(if i % 2 == 0 { "a" } else { "b" });
+                h.record(
+                    round * 100 + i,
+                    &reg,
+                    b"t",
+                    None,
+                    who.as_ref(),
+                    true,
+                    Platform::Ios,
+                );
+            }
+            let writes = h.take_writes(round * 100 + 99).unwrap();
+            let (_, appended) = writes
+                .iter()
+                .find(|(k, _)| k == &history_key(b"t"))
+                .unwrap();
+            let appended = appended.as_deref().unwrap();
+            let once = merge_encoded(b"Ht", stored.as_deref(), appended).unwrap();
+            let twice = merge_encoded(b"Ht", Some(&once), appended).unwrap();
+            assert_eq!(once, twice, "round {round}");
+            stored = Some(once);
+        }
+        let list = decode_list(b"Ht", stored.as_deref().unwrap()).unwrap();
+        assert_eq!(list.len(), MAX_HISTORY_PER_TOKEN);
+        assert_eq!(list.last().unwrap().seq, 149);
+        assert_eq!(
+            list.first().unwrap().seq,
+            150 - MAX_HISTORY_PER_TOKEN as u64
+        );
+        // The last snapshot's entries are still in memory; the join counts them once.
+        let view = join(list.clone(), h.in_memory(b"t"), 0);
+        assert_eq!(view, list);
     }
 
     #[test]
@@ -648,19 +565,24 @@ mod tests {
             Platform::Ios,
         );
         h.record(30, &r(5), b"t", None, p("c").as_ref(), true, Platform::Ios);
-        assert_eq!(h.owner_at(b"t", 9), None);
-        assert_eq!(h.owner_at(b"t", 10).as_deref(), Some("a"));
-        assert_eq!(h.owner_at(b"t", 19).as_deref(), Some("a"));
-        assert_eq!(h.owner_at(b"t", 20), None);
-        assert_eq!(h.owner_at(b"t", 30).as_deref(), Some("c"));
-        let ops: Vec<HistoryOp> = h.of(b"t").iter().map(|e| e.op).collect();
+        let list = joined(&h, b"t", 30);
+        assert_eq!(owner_at(&list, 9), None);
+        assert_eq!(owner_at(&list, 10).as_deref(), Some("a"));
+        assert_eq!(owner_at(&list, 19).as_deref(), Some("a"));
+        assert_eq!(owner_at(&list, 20), None);
+        assert_eq!(owner_at(&list, 30).as_deref(), Some("c"));
+        let ops: Vec<HistoryOp> = entries(b"t", &list).iter().map(|e| e.op).collect();
         use HistoryOp::*;
         assert_eq!(ops, [Register, LogoutKeep, Move, Register]);
         // Paging by (commit, seq).
-        let page = h.changes_since(20, None, 1);
+        let mut c = Changes::new(20, None, 1);
+        c.offer(b"t", &list);
+        let page = c.finish(None);
         assert_eq!(page.changes[0].seq, 1);
         assert!(page.more);
-        let page = h.changes_since(20, page.cursor, 10);
+        let mut c = Changes::new(20, page.cursor, 10);
+        c.offer(b"t", &list);
+        let page = c.finish(page.cursor);
         assert_eq!(
             page.changes.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [2, 3]

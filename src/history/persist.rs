@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::{DayCounts, History, HistoryOp, Rec};
-use crate::codec::{bincode_opts, decode_versioned, describe_key, encode_versioned, unpack_token};
+use super::{DayCounts, History, HistoryOp, Rec, MAX_HISTORY_PER_TOKEN};
+use crate::codec::{bincode_opts, decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
 use crate::model::Platform;
 use crate::store::{KvStore, Write};
@@ -21,7 +21,7 @@ use crate::store::{KvStore, Write};
 /// Metadata key: the history's next sequence number and the last commit time.
 pub(crate) const META_HISTORY: &[u8] = b"Mhistory";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct RecOut {
     seq: u64,
     commit_ms: u64,
@@ -63,28 +63,19 @@ fn out(r: &Rec) -> RecOut {
     }
 }
 
-/// Encoded size of one entry (for the measurements).
-pub(crate) fn encoded_len(r: &Rec) -> usize {
-    bincode_opts()
-        .serialized_size(&out(r))
-        .map_or(0, |n| n as usize)
-}
-
 impl History {
-    /// Drops expired entries, then drains the changes since the last
-    /// checkpoint into store writes.
+    /// Drains the entries recorded since the last snapshot into store
+    /// writes. A write to an `'H'` key **appends** its entries to the
+    /// stored ones (the store joins them with `merge_encoded`); the drained
+    /// entries stay readable in `flushing` until the next snapshot.
     pub(crate) fn take_writes(&mut self, now_ms: u64) -> Result<Vec<Write>> {
-        self.sweep(now_ms);
-        let mut writes = Vec::with_capacity(self.dirty_tokens.len() + self.dirty_days.len() + 1);
-        for token in std::mem::take(&mut self.dirty_tokens) {
-            let value = match self.tokens.get(&token).filter(|l| !l.is_empty()) {
-                Some(l) => Some(encode_versioned(
-                    &l.iter().map(out).collect::<Vec<RecOut>>(),
-                )?),
-                None => None,
-            };
-            writes.push((token_key(&token), value));
+        let pending = std::mem::take(&mut self.pending);
+        let mut writes = Vec::with_capacity(pending.len() + self.dirty_days.len() + 1);
+        for (token, list) in &pending {
+            let value = encode_versioned(&list.iter().map(out).collect::<Vec<RecOut>>())?;
+            writes.push((token_key(token), Some(value)));
         }
+        self.flushing = pending;
         for (day, platform) in std::mem::take(&mut self.dirty_days) {
             let value = match self.daily.get(&(day, platform)) {
                 Some(v) => Some(encode_versioned(v)?),
@@ -99,7 +90,65 @@ impl History {
     }
 }
 
-/// Loads the history and the last commit time from the store.
+/// The store key of a token's history.
+pub(crate) fn history_key(token: &[u8]) -> Vec<u8> {
+    token_key(token)
+}
+
+/// Decodes a token's stored entries (`key` names it in errors).
+pub(crate) fn decode_list(key: &[u8], value: &[u8]) -> Result<Vec<Rec>> {
+    let bad = |why: &str| Error::corrupt(describe_key(key), why.to_owned());
+    let recs: Vec<RecOut> = decode_versioned(key, value)?;
+    let mut list = Vec::with_capacity(recs.len());
+    for r in recs {
+        let op = HistoryOp::from_code(r.op).ok_or_else(|| bad("unknown operation"))?;
+        let platform = Platform::from_index(r.platform).ok_or_else(|| bad("bad platform"))?;
+        list.push(Rec {
+            seq: r.seq,
+            commit_ms: r.commit_ms,
+            event_ms: r.event_ms,
+            op,
+            link: r.link.map(Arc::from),
+            before: r.before.map(Arc::from),
+            after: r.after.map(Arc::from),
+            present: r.present,
+            platform,
+        });
+    }
+    Ok(list)
+}
+
+/// The store's merge of an `'H'` record: the `appended` entries after the
+/// `old` ones, by seq, each seq once, the newest [`MAX_HISTORY_PER_TOKEN`]
+/// kept. Expired entries are dropped by the readers (`view::join`).
+pub(crate) fn merge_encoded(key: &[u8], old: Option<&[u8]>, appended: &[u8]) -> Result<Vec<u8>> {
+    let mut list: Vec<RecOut> = match old {
+        Some(old) => decode_versioned(key, old)?,
+        None => Vec::new(),
+    };
+    list.extend(decode_versioned::<Vec<RecOut>>(key, appended)?);
+    list.sort_by_key(|r| r.seq);
+    list.dedup_by_key(|r| r.seq);
+    if list.len() > MAX_HISTORY_PER_TOKEN {
+        let extra = list.len() - MAX_HISTORY_PER_TOKEN;
+        list.drain(..extra);
+    }
+    encode_versioned(&list)
+}
+
+/// Encoded size of a token's stored entries (for the measurements).
+pub(crate) fn encoded_len(list: &[Rec]) -> usize {
+    list.iter()
+        .map(|r| {
+            bincode_opts()
+                .serialized_size(&out(r))
+                .map_or(0, |n| n as usize)
+        })
+        .sum()
+}
+
+/// Loads the history's counters, its next seq and the last commit time.
+/// The entries stay in the store (read on demand).
 pub(crate) fn load_history(store: &dyn KvStore, retention_ms: u64) -> Result<(History, u64)> {
     let mut h = History::new(retention_ms);
     let mut now_ms = 0;
@@ -110,60 +159,6 @@ pub(crate) fn load_history(store: &dyn KvStore, retention_ms: u64) -> Result<(Hi
             .ok_or_else(|| Error::corrupt(describe_key(META_HISTORY), "expected 16 bytes"))?;
         h.next_seq = u64::from_be_bytes(a.try_into().unwrap_or_default());
         now_ms = u64::from_be_bytes(b.try_into().unwrap_or_default());
-    }
-    let mut names: hashbrown::HashSet<Arc<str>> = hashbrown::HashSet::new();
-    let mut name = |s: String| -> Arc<str> {
-        if let Some(a) = names.get(s.as_str()) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        names.insert(a.clone());
-        a
-    };
-    let mut links: Vec<(Arc<[u8]>, usize, Vec<u8>)> = Vec::new();
-    store.scan_prefix(b"H", &mut |key, value| {
-        let token = key.get(1..).unwrap_or_default();
-        let bad = |why: &str| Error::corrupt(describe_key(key), why.to_owned());
-        if unpack_token(token).is_none() {
-            return Err(bad("key is not a valid packed token"));
-        }
-        let recs: Vec<RecOut> = decode_versioned(key, value)?;
-        let token: Arc<[u8]> = Arc::from(token);
-        let mut list = std::collections::VecDeque::with_capacity(recs.len());
-        for (i, r) in recs.into_iter().enumerate() {
-            let op = HistoryOp::from_code(r.op).ok_or_else(|| bad("unknown operation"))?;
-            let platform = Platform::from_index(r.platform).ok_or_else(|| bad("bad platform"))?;
-            if r.seq >= h.next_seq {
-                return Err(bad("sequence number past Mhistory"));
-            }
-            if let Some(l) = r.link {
-                links.push((token.clone(), i, l));
-            }
-            h.by_commit.insert((r.commit_ms, r.seq), token.clone());
-            list.push_back(Rec {
-                seq: r.seq,
-                commit_ms: r.commit_ms,
-                event_ms: r.event_ms,
-                op,
-                link: None,
-                before: r.before.map(&mut name),
-                after: r.after.map(&mut name),
-                present: r.present,
-                platform,
-            });
-        }
-        if list.is_empty() || list.len() > super::MAX_HISTORY_PER_TOKEN {
-            return Err(bad("history length out of bounds"));
-        }
-        h.tokens.insert(token, list);
-        Ok(())
-    })?;
-    // Links share the linked token's key when it has a history.
-    for (token, i, link) in links {
-        let shared = h.key(&link);
-        if let Some(r) = h.tokens.get_mut(&token).and_then(|l| l.get_mut(i)) {
-            r.link = Some(shared);
-        }
     }
     store.scan_prefix(b"Y", &mut |key, value| {
         let bad = || Error::corrupt(describe_key(key), "malformed counter key");

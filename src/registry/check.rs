@@ -54,10 +54,7 @@ pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckR
     if !live.feed.same_as(&disk.feed) {
         problems.push("feed in store+log differs from the feed in memory".into());
     }
-    problems.extend(live.history_problems());
-    if !live.history.same_as(&disk.history) {
-        problems.push("history in store+log differs from the history in memory".into());
-    }
+    problems.extend(super::history::history_problems(&*ctx.store, &live, &disk)?);
     if disk.cap != live.cap {
         problems.push(format!(
             "store+log cap {} differs from memory cap {}",

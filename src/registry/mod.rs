@@ -2,6 +2,7 @@
 
 mod check;
 mod feed;
+mod history;
 mod open;
 
 use check::check_on_writer;
@@ -16,12 +17,10 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use crate::codec::pack_token;
 use crate::config::Config;
 use crate::customerio;
 use crate::error::{Error, Result};
 use crate::feed::{validate_sink, MAX_OPS_LIMIT};
-use crate::history::{ChangesPage, DailyStats, HistoryCursor, HistoryEntry};
 use crate::log::{replay, RepairReport};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
@@ -497,52 +496,6 @@ impl Registry {
     /// Every device, ordered by token.
     pub fn dump(&self) -> Vec<Device> {
         self.inner.state.read().dump()
-    }
-
-    /// The token's ownership history, newest first (at most
-    /// [`MAX_HISTORY_PER_TOKEN`](crate::MAX_HISTORY_PER_TOKEN) entries, none
-    /// older than the retention).
-    pub fn history(&self, token: &str) -> Vec<HistoryEntry> {
-        self.inner.state.read().history.of(&pack_token(token))
-    }
-
-    /// Who owned the token at `time_ms`, by **commit time**: the owner after
-    /// the last change committed at or before `time_ms`. `None` when it had
-    /// no owner, did not exist, or `time_ms` is before the oldest entry kept.
-    pub fn owner_at(&self, token: &str, time_ms: u64) -> Option<String> {
-        self.inner
-            .state
-            .read()
-            .history
-            .owner_at(&pack_token(token), time_ms)
-            .map(|p| p.to_string())
-    }
-
-    /// Changes of every token committed at or after `since_ms`, in
-    /// `(commit_ms, seq)` order, at most `limit`, resuming after `cursor`
-    /// (the page's `cursor` from the previous call).
-    pub fn changes_since(
-        &self,
-        since_ms: u64,
-        cursor: Option<HistoryCursor>,
-        limit: usize,
-    ) -> ChangesPage {
-        self.inner
-            .state
-            .read()
-            .history
-            .changes_since(since_ms, cursor, limit.max(1))
-    }
-
-    /// (entries, encoded bytes) of the history, for measurements.
-    #[doc(hidden)]
-    pub fn history_footprint(&self) -> (u64, u64) {
-        self.inner.state.read().history.footprint()
-    }
-
-    /// Token-change counters per (UTC day of the commit, platform), oldest day first.
-    pub fn daily_stats(&self) -> Vec<DailyStats> {
-        self.inner.state.read().history.daily()
     }
 
     /// Writes a checkpoint to the store now and waits for it.

@@ -189,10 +189,12 @@ impl State {
         let packed = pack_token(&r.token);
         let person = r.person.as_ref().map(|p| self.intern_person(p));
         let blob = r.attributes.as_ref().map(encode_attributes);
+        let mut old_platform = None;
         let (id, before, changed) = match self.lookup(&packed) {
             Some(id) => {
                 let before = self.slot(id).and_then(|s| self.person_name(s.person));
                 let old_seen = self.slot(id).map_or(0, |s| s.last_seen_ms);
+                old_platform = self.slot(id).map(|s| s.platform);
                 let mut changed = self.set_platform(id, r.platform);
                 changed |= self.set_last_seen(id, old_seen.max(r.seen_ms));
                 if let Some(b) = &blob {
@@ -213,6 +215,11 @@ impl State {
         let owner = self.slot(id).map_or(NO_PERSON, |s| s.person);
         if changed {
             let after = self.person_name(owner);
+            // A refresh (the device existed, same owner, same platform) is
+            // not an ownership change: the history records nothing.
+            if old_platform == Some(r.platform) && before == after {
+                self.cause = Cause::Touch;
+            }
             self.note(&packed, before, after, true, r.platform);
         }
         let evicted = if owner != NO_PERSON {

@@ -122,15 +122,15 @@ impl State {
 }
 
 impl State {
-    /// The history's own invariants, and that each token's newest entry
-    /// agrees with the device (exists, owner, platform).
-    pub(crate) fn history_problems(&self) -> Vec<String> {
-        let status = |token: &[u8]| {
-            self.lookup(token)
-                .and_then(|id| self.slot(id))
-                .map(|s| (self.person_name(s.person), s.platform))
-        };
-        self.history.check(&status)
+    /// The device's (owner, platform), `None` when it does not exist (what
+    /// the history's newest entry of the token must say).
+    pub(crate) fn device_status(
+        &self,
+        token: &[u8],
+    ) -> Option<(Option<std::sync::Arc<str>>, crate::model::Platform)> {
+        self.lookup(token)
+            .and_then(|id| self.slot(id))
+            .map(|s| (self.person_name(s.person), s.platform))
     }
 }
 

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use super::paged::{get_field, open_block, put_varint};
+use super::paged::{combine, get_field, is_append, open_block, put_varint};
 use crate::error::{Error, Result};
 
 /// Prefix byte of delta chunk keys.
@@ -58,19 +58,22 @@ pub(crate) struct Deltas {
 }
 
 impl Deltas {
-    /// Records a change (a later one of the same key wins).
-    pub(crate) fn record(&mut self, key: &[u8], value: Option<&[u8]>) {
+    /// Records a change: a later one of the same key wins, except in an
+    /// append keyspace (`paged::is_append`), where it joins the earlier one.
+    pub(crate) fn record(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         self.bytes += key.len() + value.map_or(0, <[u8]>::len);
-        self.map.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        let value = match (value, self.map.get(key)) {
+            (Some(v), Some(Some(old))) if is_append(key) => Some(combine(key, Some(old), v)?),
+            (v, _) => v.map(<[u8]>::to_vec),
+        };
+        self.map.insert(key.to_vec(), value);
+        Ok(())
     }
 
     /// Loads one chunk read from sled.
     pub(crate) fn load(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let location = || format!("delta chunk {key:02x?}");
-        decode_chunk(&location, value, &mut |k, v| {
-            self.record(k, v);
-            Ok(())
-        })?;
+        decode_chunk(&location, value, &mut |k, v| self.record(k, v))?;
         self.chunks.push(key.to_vec());
         Ok(())
     }

@@ -66,6 +66,26 @@ const PAGED: [(u8, u32); 6] = [
     (b'Y', 4),
 ];
 
+/// The append keyspace: a write to one of its records adds entries to the
+/// stored ones (`combine`) instead of replacing them. The history's `'H'`
+/// records are written this way, so a checkpoint carries only each token's
+/// new entries and never reads the old ones (history on demand).
+const APPEND_PREFIX: u8 = b'H';
+
+/// Whether a logical key is in the append keyspace.
+pub(crate) fn is_append(key: &[u8]) -> bool {
+    key.first() == Some(&APPEND_PREFIX)
+}
+
+/// The record after writing `new` over `old`: `new` itself, or in the
+/// append keyspace the two joined by the history's merge.
+pub(crate) fn combine(key: &[u8], old: Option<&[u8]>, new: &[u8]) -> Result<Vec<u8>> {
+    match (is_append(key), old) {
+        (true, Some(old)) => crate::history::merge_encoded(key, Some(old), new),
+        _ => Ok(new.to_vec()),
+    }
+}
+
 fn page_bits(prefix: u8) -> Option<u32> {
     PAGED.iter().find(|(p, _)| *p == prefix).map(|(_, b)| *b)
 }
@@ -347,7 +367,10 @@ impl PagedStore {
             let (old, mut records) = self.read_page(prefix, page)?;
             for (k, v) in list {
                 match v {
-                    Some(v) => records.insert(k.clone(), v.clone()),
+                    Some(v) => {
+                        let value = combine(k, records.get(k).map(Vec::as_slice), v)?;
+                        records.insert(k.clone(), value)
+                    }
                     None => records.remove(k),
                 };
             }
@@ -387,6 +410,14 @@ impl PagedStore {
         let mut paged: Vec<&Write> = Vec::new();
         let mut commit: Vec<Write> = raw_deletes.iter().map(|k| (k.clone(), None)).collect();
         for w in writes {
+            if is_append(&w.0) && w.1.is_none() {
+                // A deletion there would have to cancel the appends before
+                // it; nothing deletes history records (the merge trims them).
+                return Err(Error::Encode(format!(
+                    "{}: a record of the append keyspace cannot be deleted",
+                    crate::codec::describe_key(&w.0)
+                )));
+            }
             match w.0.first().is_some_and(|&p| page_bits(p).is_some()) {
                 true => paged.push(w),
                 false => commit.push(w.clone()),
@@ -425,7 +456,7 @@ impl PagedStore {
         } else {
             deltas.chunks.extend(written);
             for (k, v) in &paged {
-                deltas.record(k, v.as_deref());
+                deltas.record(k, v.as_deref())?;
             }
         }
         Ok(())
@@ -517,11 +548,18 @@ impl KvStore for PagedStore {
         let Some(bits) = page_bits(prefix) else {
             return self.raw.get(key);
         };
-        if let Some(v) = self.deltas.lock().map.get(key) {
-            return Ok(v.clone());
+        let delta = self.deltas.lock().map.get(key).cloned();
+        match delta {
+            Some(Some(d)) if is_append(key) => {
+                let (_, records) = self.read_page(prefix, page_of(key, bits))?;
+                combine(key, records.get(key).map(Vec::as_slice), &d).map(Some)
+            }
+            Some(d) => Ok(d),
+            None => {
+                let (_, mut records) = self.read_page(prefix, page_of(key, bits))?;
+                Ok(records.remove(key))
+            }
         }
-        let (_, mut records) = self.read_page(prefix, page_of(key, bits))?;
-        Ok(records.remove(key))
     }
 
     /// Atomic at recovery (see the module doc), in bounded memory per chunk.
@@ -546,6 +584,10 @@ impl KvStore for PagedStore {
                 }
                 match deltas.map.get(k) {
                     None => f(k, v),
+                    Some(Some(d)) if is_append(k) => {
+                        overlaid.insert(k.to_vec());
+                        f(k, &combine(k, Some(v), d)?)
+                    }
                     Some(d) => {
                         overlaid.insert(k.to_vec());
                         d.as_deref().map_or(Ok(()), |d| f(k, d))
@@ -711,7 +753,7 @@ mod tests {
             let mut batch = Vec::new();
             for _ in 0..1 + rnd(40) {
                 let key =
-                    format!("{}{:04}", ["D", "H", "F"][rnd(3) as usize], rnd(300)).into_bytes();
+                    format!("{}{:04}", ["D", "K", "F"][rnd(3) as usize], rnd(300)).into_bytes();
                 let value = (rnd(5) > 0).then(|| vec![b'v'; rnd(60) as usize]);
                 batch.push((key, value));
             }
@@ -735,7 +777,7 @@ mod tests {
                 s = reopen(2_000);
             }
             let mut seen = BTreeMap::new();
-            for p in [b'D', b'H', b'F'] {
+            for p in [b'D', b'K', b'F'] {
                 s.scan_prefix(&[p], &mut |k, v| {
                     assert!(
                         seen.insert(k.to_vec(), v.to_vec()).is_none(),
@@ -749,5 +791,77 @@ mod tests {
             let probe = format!("D{:04}", rnd(300)).into_bytes();
             assert_eq!(s.get(&probe).unwrap(), model.get(&probe).cloned());
         }
+    }
+
+    /// History records are appended to, through deltas, merges and
+    /// reopens: each read returns every entry once, the newest 64.
+    #[test]
+    fn history_records_append_across_deltas_merges_and_reopens() {
+        use crate::history::{decode_list, Cause, History, MAX_HISTORY_PER_TOKEN};
+        use crate::model::Platform;
+        let dir = tempfile::tempdir().unwrap();
+        let reopen =
+            || PagedStore::open(SledStore::open(dir.path(), None).unwrap(), 512, 4_000).unwrap();
+        let mut s = reopen();
+        let mut h = History::new(u64::MAX);
+        let mut model: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+        let owners: [Option<std::sync::Arc<str>>; 2] = [Some("a".into()), Some("b".into())];
+        for round in 0..80u64 {
+            for i in 0..1 + round % 9 {
+                let token = format!("t{}", (round * 7 + i) % 13).into_bytes();
+                let seq = h.next_seq;
+                let (before, after) = (&owners[(i % 2) as usize], &owners[1 - (i % 2) as usize]);
+                let cause = Cause::Register { seen_ms: 1 };
+                let now = round * 100 + i;
+                h.record(
+                    now,
+                    &cause,
+                    &token,
+                    before.as_ref(),
+                    after.as_ref(),
+                    true,
+                    Platform::Ios,
+                );
+                let mut key = vec![b'H'];
+                key.extend_from_slice(&token);
+                let list = model.entry(key).or_default();
+                list.push(seq);
+                if list.len() > MAX_HISTORY_PER_TOKEN {
+                    list.remove(0);
+                }
+            }
+            s.apply(&h.take_writes(round * 100 + 99).unwrap()).unwrap();
+            if round % 9 == 4 {
+                drop(s);
+                s = reopen();
+            }
+            let seqs = |v: &[u8]| -> Vec<u64> {
+                decode_list(b"H", v)
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.seq)
+                    .collect()
+            };
+            for (key, want) in &model {
+                let got = s.get(key).unwrap().map(|v| seqs(&v));
+                assert_eq!(got.as_ref(), Some(want), "round {round} get");
+            }
+            let mut scanned = BTreeMap::new();
+            s.scan_prefix(b"H", &mut |k, v| {
+                scanned.insert(k.to_vec(), seqs(v));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(scanned, model, "round {round} scan");
+        }
+        // Deleting a history record is refused (it could not cancel the
+        // appends before it), and nothing is written.
+        let key = model.keys().next().unwrap().clone();
+        let before = s.get(&key).unwrap();
+        assert!(matches!(
+            s.apply(&[(key.clone(), None)]),
+            Err(Error::Encode(_))
+        ));
+        assert_eq!(s.get(&key).unwrap(), before);
     }
 }

@@ -44,17 +44,17 @@ fn parse_cursor(s: &str) -> Result<HistoryCursor, String> {
 /// Runs one history subcommand, printing JSON.
 pub fn run(reg: &Registry, cmd: &HistoryCmd, out: &mut Out) -> Result<(), CliError> {
     match cmd {
-        HistoryCmd::History { token } => out.json(&reg.history(token)),
+        HistoryCmd::History { token } => out.json(&reg.history(token)?),
         HistoryCmd::OwnerAt { token, at_ms } => out.json(&serde_json::json!({
             "token": token,
             "at_ms": at_ms,
-            "owner": reg.owner_at(token, *at_ms),
+            "owner": reg.owner_at(token, *at_ms)?,
         })),
         HistoryCmd::Changes {
             since_ms,
             cursor,
             limit,
-        } => out.json(&reg.changes_since(*since_ms, *cursor, (*limit).max(1))),
+        } => out.json(&reg.changes_since(*since_ms, *cursor, (*limit).max(1))?),
     }
 }
 
