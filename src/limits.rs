@@ -36,9 +36,18 @@ pub const MAX_GROUP_OPS: usize = 200_000;
 pub const MAX_IMPORT_BATCH_BYTES: usize = 4 << 20;
 /// Longest import line, in bytes.
 pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;
+/// Default memory budget (`Config::memory_budget_bytes`): sled's cache,
+/// the delta pages and the checkpoint chunks are cut from it.
+pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 1 << 30;
+/// Smallest accepted memory budget.
+pub const MIN_MEMORY_BUDGET_BYTES: u64 = 64 << 20;
 /// Default bound on the changed records kept as delta pages (in sled and in
-/// memory) before a checkpoint merges them into their pages.
-pub const DEFAULT_PAGE_DELTA_BYTES: usize = 32 << 20;
+/// memory) before a checkpoint merges them into their pages: 1/16 of the
+/// default budget.
+pub const DEFAULT_PAGE_DELTA_BYTES: usize = (DEFAULT_MEMORY_BUDGET_BYTES / 16) as usize;
+/// sled's cache size in a store opened for one short job (`repair`, the
+/// test helpers), outside any registry's budget.
+pub const TOOL_SLED_CACHE_BYTES: u64 = 64 << 20;
 /// Most bytes of pages one sled batch of a checkpoint carries: sled's memory
 /// grows with a batch, so a checkpoint of any size is written in chunks.
 pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;

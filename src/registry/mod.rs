@@ -301,7 +301,11 @@ impl Registry {
             ));
         }
         let _lock = lock_db(path)?;
-        let store = SledStore::open(&path.join("store"), None)?;
+        let store = SledStore::open(
+            &path.join("store"),
+            None,
+            crate::limits::TOOL_SLED_CACHE_BYTES,
+        )?;
         let (lsn, segment_bytes) = crate::store::log_position(&store)?;
         crate::log::repair(&path.join("log"), segment_bytes, lsn, &None)
     }

@@ -22,7 +22,11 @@ use crate::writer::{run_checkpointer, CheckpointJob, CheckpointerCtx};
 pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<(File, Arc<dyn KvStore>)> {
     prepare_db_dir(&config.path, &config.faults)?;
     let lock = lock_db(&config.path)?;
-    let raw = SledStore::open(&config.path.join("store"), config.faults.clone())?;
+    let raw = SledStore::open(
+        &config.path.join("store"),
+        config.faults.clone(),
+        config.sled_cache_bytes,
+    )?;
     let paged = PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)?;
     paged.convert_legacy()?;
     let store: Arc<dyn KvStore> = Arc::new(paged);

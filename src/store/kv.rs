@@ -69,14 +69,14 @@ impl SledStore {
         self.db.as_ref().ok_or(Error::Closed)
     }
 
-    pub(crate) fn open(path: &Path, faults: Faults) -> Result<SledStore> {
+    pub(crate) fn open(path: &Path, faults: Faults, cache_bytes: u64) -> Result<SledStore> {
         remove_unfinished_snapshots(path)?;
         let config = sled::Config::new()
             .path(path)
             // Measured: 8 MiB segments cut sled's disk use by 40 to 68%.
             .segment_size(8 << 20)
-            // sled only takes checkpoints; devreg's own state serves reads.
-            .cache_capacity(8 << 20)
+            // Config::sled_cache_bytes says why this is not small.
+            .cache_capacity(cache_bytes)
             .flush_every_ms(None);
         // sled's I/O threads may hold its file lock for a moment after the
         // previous handle in this process was dropped (seen in the crash

@@ -23,14 +23,30 @@ pub(crate) use paged::PagedStore;
 /// record, a history value, a metadata key...) of the closed database at
 /// `db`, wherever the layout keeps it.
 pub fn peek_record(db: &Path, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20, 0)?;
+    let store = PagedStore::open(
+        SledStore::open(
+            &db.join("store"),
+            None,
+            crate::limits::TOOL_SLED_CACHE_BYTES,
+        )?,
+        1 << 20,
+        0,
+    )?;
     store.get(key)
 }
 
 /// Test support (`devreg::internals`): sets (or with `None` removes) one
 /// logical record of the closed database at `db`, as a checkpoint would.
 pub fn poke_record(db: &Path, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-    let store = PagedStore::open(SledStore::open(&db.join("store"), None)?, 1 << 20, 0)?;
+    let store = PagedStore::open(
+        SledStore::open(
+            &db.join("store"),
+            None,
+            crate::limits::TOOL_SLED_CACHE_BYTES,
+        )?,
+        1 << 20,
+        0,
+    )?;
     store.apply(&[(key.to_vec(), value.map(<[u8]>::to_vec))])?;
     store.sync()
 }

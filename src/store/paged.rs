@@ -625,7 +625,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, chunk: usize) -> PagedStore {
-        PagedStore::open(SledStore::open(dir, None).unwrap(), chunk, 0).unwrap()
+        PagedStore::open(SledStore::open(dir, None, 8 << 20).unwrap(), chunk, 0).unwrap()
     }
 
     fn all(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -738,7 +738,12 @@ mod tests {
     fn deltas_and_merges_match_a_model() {
         let dir = tempfile::tempdir().unwrap();
         let reopen = |delta: usize| {
-            PagedStore::open(SledStore::open(dir.path(), None).unwrap(), 256, delta).unwrap()
+            PagedStore::open(
+                SledStore::open(dir.path(), None, 8 << 20).unwrap(),
+                256,
+                delta,
+            )
+            .unwrap()
         };
         let mut s = reopen(2_000);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -800,8 +805,14 @@ mod tests {
         use crate::history::{decode_list, Cause, History, MAX_HISTORY_PER_TOKEN};
         use crate::model::Platform;
         let dir = tempfile::tempdir().unwrap();
-        let reopen =
-            || PagedStore::open(SledStore::open(dir.path(), None).unwrap(), 512, 4_000).unwrap();
+        let reopen = || {
+            PagedStore::open(
+                SledStore::open(dir.path(), None, 8 << 20).unwrap(),
+                512,
+                4_000,
+            )
+            .unwrap()
+        };
         let mut s = reopen();
         let mut h = History::new(u64::MAX);
         let mut model: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
