@@ -90,3 +90,22 @@ fn database_files_are_private() {
         assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", p.display());
     }
 }
+
+/// The memory budget is cut up as documented, and a budget under the
+/// minimum is refused before anything is created.
+#[test]
+fn memory_budget_sets_the_store_limits_and_is_validated() {
+    let c = Config::new("/nonexistent").memory_budget_bytes(512 << 20);
+    assert_eq!(c.sled_cache_bytes, 256 << 20);
+    assert_eq!(c.page_delta_bytes, 32 << 20);
+    assert_eq!(c.checkpoint_chunk_bytes, 2 << 20);
+    let big = Config::new("/nonexistent").memory_budget_bytes(64 << 30);
+    assert_eq!(big.checkpoint_chunk_bytes, devreg::limits::CHECKPOINT_CHUNK_BYTES);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let err = Registry::open_with(Config::new(&db).memory_budget_bytes(1 << 20))
+        .err()
+        .expect("a 1 MiB budget opened");
+    assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
+    assert!(!db.exists(), "a refused open created {}", db.display());
+}

@@ -326,7 +326,12 @@ impl History {
         self.count(now_ms, platform, op);
         let list = match self.pending.get_mut(token) {
             Some(list) => list,
-            None => self.pending.entry(Arc::from(token)).or_default(),
+            // Most tokens get one entry between snapshots: a default Vec
+            // would reserve four (352 bytes) on the first push.
+            None => self
+                .pending
+                .entry(Arc::from(token))
+                .or_insert_with(|| Vec::with_capacity(1)),
         };
         list.push(rec);
         if list.len() > MAX_HISTORY_PER_TOKEN {

@@ -43,6 +43,12 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = DurabilityArg::Immediate)]
     durability: DurabilityArg,
 
+    /// Memory for the store besides the devices (sled's cache, delta pages,
+    /// checkpoint chunks), in MiB; at least 64. The default, 1024, suits
+    /// 10^7 devices.
+    #[arg(long, value_name = "MIB")]
+    memory_budget_mib: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -234,6 +240,9 @@ fn open(cli: &Cli, durability: Durability) -> Result<Registry, CliError> {
     let mut config = Config::new(&cli.db).durability(durability);
     if let Some(cap) = cli.max_devices_per_person {
         config = config.max_devices_per_person(cap);
+    }
+    if let Some(mib) = cli.memory_budget_mib {
+        config = config.memory_budget_bytes(mib.saturating_mul(1 << 20));
     }
     Registry::open_with(config).map_err(|e| CliError(format!("opening {}: {e}", cli.db.display())))
 }
