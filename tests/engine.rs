@@ -100,7 +100,10 @@ fn memory_budget_sets_the_store_limits_and_is_validated() {
     assert_eq!(c.page_delta_bytes, 32 << 20);
     assert_eq!(c.checkpoint_chunk_bytes, 2 << 20);
     let big = Config::new("/nonexistent").memory_budget_bytes(64 << 30);
-    assert_eq!(big.checkpoint_chunk_bytes, devreg::limits::CHECKPOINT_CHUNK_BYTES);
+    assert_eq!(
+        big.checkpoint_chunk_bytes,
+        devreg::limits::CHECKPOINT_CHUNK_BYTES
+    );
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let err = Registry::open_with(Config::new(&db).memory_budget_bytes(1 << 20))

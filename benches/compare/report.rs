@@ -221,7 +221,8 @@ pub fn table(r: &SizeRun) -> String {
     );
     let _ = writeln!(
         s,
-        "30-day active devices counted: {}",
+        "30-day active devices counted (same data in every system, expected {}): {}",
+        opt(get(r, "devreg", "active30_expected")),
         names
             .iter()
             .map(|n| format!("{n}={}", opt(get(r, n, "active30_count"))))
