@@ -15,9 +15,11 @@ use crate::model::{Attributes, Platform};
 pub const FORMAT_VERSION: u8 = 1;
 
 /// The store's layout version, in `Mformat`: 1 was a key per record; 2
-/// keeps the per-record keyspaces in pages (`store::paged`). Values keep
-/// their own version byte (`FORMAT_VERSION`).
-pub const STORE_FORMAT: u32 = 2;
+/// keeps the per-record keyspaces in pages (`store::paged`); 3 deletes
+/// superseded pages and merged delta chunks after the commit, marking the
+/// merge with `Mdelta_merged`. Values keep their own version byte
+/// (`FORMAT_VERSION`).
+pub const STORE_FORMAT: u32 = 3;
 
 /// Key prefix of device records.
 pub const DEVICE_PREFIX: u8 = b'D';

@@ -692,11 +692,11 @@ fn library_rejects_every_bad_input_with_a_typed_error() {
             .segment_size(8 << 20)
             .open()
             .unwrap();
-        store.insert(b"Mformat", &3u32.to_be_bytes()).unwrap();
+        store.insert(b"Mformat", &4u32.to_be_bytes()).unwrap();
         store.flush().unwrap();
     }
     wrong.extend(expect(
-        "database of format version 3",
+        "database of format version 4",
         Registry::open(&db).map(|_| ()),
         &Want::Unsupported,
     ));

@@ -2,7 +2,7 @@
 //! in `tests/fixtures/v1/` is store format 1 (a sled key per record), made
 //! by the build before pages (commit f16c22f) from `events.jsonl`, with one
 //! nacked batch (two dead letters) and one batch in flight. The open
-//! converts it to pages (format 2); every query answers as the old build's
+//! converts it to pages (format 3); every query answers as the old build's
 //! did (`dump.jsonl`, `dead.json`, `hist3.json`, `sinks.json`, `stats.json`).
 
 use std::path::{Path, PathBuf};
@@ -79,21 +79,21 @@ fn a_newer_format_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     devreg::Registry::open(&db).unwrap().close().unwrap();
-    // Pretend a future build wrote it: Mformat 3.
+    // Pretend a future build wrote it: Mformat 4.
     {
         let sled = sled::Config::new()
             .path(db.join("store"))
             .segment_size(8 << 20)
             .open()
             .unwrap();
-        sled.insert("Mformat", &3u32.to_be_bytes()).unwrap();
+        sled.insert("Mformat", &4u32.to_be_bytes()).unwrap();
         sled.flush().unwrap();
     }
     match devreg::Registry::open(&db) {
         Err(e @ devreg::Error::UnsupportedFormat { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("version 3, this build reads version 2"),
+                msg.contains("version 4, this build reads version 3"),
                 "{msg}"
             );
             assert!(msg.contains("newer devreg"), "{msg}");
