@@ -66,6 +66,8 @@ pub use state::{Cursor, Page, Stats};
 #[doc(hidden)]
 pub mod internals {
     //! Exposed for fuzzing and fault-injection tests only; not a stable API.
-    pub use crate::codec::{decode_attributes, decode_record, pack_token, unpack_token};
+    pub use crate::codec::{
+        decode_attributes, decode_record, pack_token, unpack_token, STORE_FORMAT,
+    };
     pub use crate::store::{peek_record, poke_record, sled_drop_panics};
 }
