@@ -56,6 +56,10 @@ pub struct Config {
     /// every checkpoint merge, and the garbage of those page-ins peaked at
     /// 2.4 GB of RSS during an import; 512 MiB halved both the peak and the time.
     pub sled_cache_bytes: u64,
+    /// Test-only: devices loaded at open from which the store is reopened
+    /// (default `limits::REOPEN_STORE_AFTER_DEVICES`).
+    #[doc(hidden)]
+    pub reopen_store_after_devices: u64,
     /// The budget last given to `memory_budget_bytes` (checked at open).
     memory_budget: u64,
     /// Test-only I/O fault injection (`FaultPlan`); not a stable API.
@@ -86,6 +90,7 @@ impl Config {
             page_delta_bytes: DEFAULT_PAGE_DELTA_BYTES,
             sled_cache_bytes: DEFAULT_MEMORY_BUDGET_BYTES / 2,
             memory_budget: DEFAULT_MEMORY_BUDGET_BYTES,
+            reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
             faults: None,
         }
         .memory_budget_bytes(DEFAULT_MEMORY_BUDGET_BYTES)

@@ -112,3 +112,39 @@ fn memory_budget_sets_the_store_limits_and_is_validated() {
     assert!(err.to_string().contains("memory_budget_bytes"), "{err}");
     assert!(!db.exists(), "a refused open created {}", db.display());
 }
+
+/// The store is closed and opened again after a large load (to free what
+/// the load left in sled's cache); the registry then works as usual.
+#[test]
+fn a_store_reopened_after_the_load_serves_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let config = || {
+        let mut c = Config::new(&db);
+        c.reopen_store_after_devices = 0;
+        c
+    };
+    let token = |i: u32| format!("{i:064x}");
+    let reg = Registry::open_with(config()).unwrap();
+    for i in 0..50u32 {
+        reg.apply(Op::Register(Register {
+            token: token(i),
+            platform: Platform::Ios,
+            person: Some(format!("p{}", i % 7)),
+            seen_ms: 1_700_000_000_000 + u64::from(i),
+            attributes: None,
+        }))
+        .unwrap();
+    }
+    reg.close().unwrap();
+    let reg = Registry::open_with(config()).unwrap();
+    assert_eq!(reg.stats().devices, 50);
+    assert_eq!(reg.history(&token(3)).unwrap().len(), 1);
+    reg.apply(Op::Remove { token: token(3) }).unwrap();
+    reg.checkpoint().unwrap();
+    assert!(reg.check().unwrap().is_clean());
+    reg.close().unwrap();
+    let reg = Registry::open_with(config()).unwrap();
+    assert_eq!(reg.stats().devices, 49);
+    assert_eq!(reg.history(&token(3)).unwrap().len(), 2);
+}

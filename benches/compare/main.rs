@@ -81,10 +81,17 @@ fn parse_args() -> Args {
     a
 }
 
+/// glibc malloc settings of every child process: allocations of 64 KiB and
+/// more from mmap, as `devreg` sets with mallopt.
+pub const CHILD_GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=65536";
+
 /// Runs this binary as a child and parses the `RESULT {json}` line it prints.
 fn child(kind: &str, system: &str, dir: &Path, n: usize, phase: Duration) -> Metrics {
     let exe = std::env::current_exe().expect("finding the bench binary");
     let out = Command::new(exe)
+        // The allocator setting the devreg command makes for itself
+        // (DESIGN.md section 6), given to every system alike.
+        .env("GLIBC_TUNABLES", CHILD_GLIBC_TUNABLES)
         .args(["--child", kind, "--system", system, "--n", &n.to_string()])
         .args(["--phase-ms", &phase.as_millis().to_string()])
         .arg("--dir")

@@ -179,6 +179,11 @@ pub fn table(r: &SizeRun) -> String {
     let mut s = String::new();
     let names: Vec<&str> = r.systems.iter().map(|(n, _)| n.as_str()).collect();
     let _ = writeln!(s, "## n = {} devices\n", r.n);
+    let _ = writeln!(
+        s,
+        "Every system ran in its own process with GLIBC_TUNABLES={}.\n",
+        crate::CHILD_GLIBC_TUNABLES
+    );
     let _ = write!(s, "| metric | unit |");
     for n in &names {
         let _ = write!(s, " {n} |");

@@ -216,6 +216,10 @@ impl Registry {
             stale,
             &config.faults,
         )?;
+        let store = match state.len() >= config.reopen_store_after_devices {
+            true => open::reopen_store(&config, store)?,
+            false => store,
+        };
         let stored_cap = state.cap;
         let last_clock_ms = state.now_ms;
         let (pool, log) = open::open_log(&config, &log_dir, segment_bytes, ckpt_lsn, end_lsn)?;

@@ -17,17 +17,34 @@ use crate::log::LogWriter;
 use crate::store::{KvStore, PagedStore, SledStore};
 use crate::writer::{run_checkpointer, CheckpointJob, CheckpointerCtx};
 
-/// Checks the path, takes the lock, opens (and if need be converts) the
-/// store, and makes sure a new database has its first log segment.
-pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<(File, Arc<dyn KvStore>)> {
-    prepare_db_dir(&config.path, &config.faults)?;
-    let lock = lock_db(&config.path)?;
+fn open_paged(config: &Config) -> Result<PagedStore> {
     let raw = SledStore::open(
         &config.path.join("store"),
         config.faults.clone(),
         config.sled_cache_bytes,
     )?;
-    let paged = PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)?;
+    PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)
+}
+
+/// Closes the store after the load and opens it again, to drop what the
+/// load made sled keep. sled 0.34's LRU registers a node when it pages it
+/// in and evicts only when 64 such accesses of one of its 256 shards have
+/// queued, so a store of fewer than about 16k nodes stays resident whole
+/// after one scan, whatever the cache capacity: at 10^7 devices, about 1 GB
+/// of page nodes after the open (DESIGN.md section 6). Only after a large
+/// load (`Config::reopen_store_after_devices`). `store` must be the only
+/// handle.
+pub(super) fn reopen_store(config: &Config, store: Arc<dyn KvStore>) -> Result<Arc<dyn KvStore>> {
+    drop(store);
+    Ok(Arc::new(open_paged(config)?))
+}
+
+/// Checks the path, takes the lock, opens (and if need be converts) the
+/// store, and makes sure a new database has its first log segment.
+pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<(File, Arc<dyn KvStore>)> {
+    prepare_db_dir(&config.path, &config.faults)?;
+    let lock = lock_db(&config.path)?;
+    let paged = open_paged(config)?;
     paged.convert_legacy()?;
     let store: Arc<dyn KvStore> = Arc::new(paged);
     if !log_dir.is_dir() {

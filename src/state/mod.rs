@@ -26,6 +26,9 @@ pub use query::{Cursor, Page, Stats};
 pub(crate) const NO_PERSON: u32 = u32::MAX;
 
 const HOUR_MS: u64 = 3_600_000;
+/// Largest load-size hint honoured (a damaged hint must not reserve
+/// terabytes): 2^28 devices or people.
+const MAX_LOAD_HINT: usize = 1 << 28;
 
 pub(crate) struct Slot {
     pub(crate) token: Box<[u8]>,
@@ -127,14 +130,23 @@ impl State {
     }
 
     pub(crate) fn person_id(&self, name: &str) -> Option<u32> {
-        let h = self.hash_bytes(name.as_bytes());
+        self.person_id_hashed(name, self.hash_bytes(name.as_bytes()))
+    }
+
+    fn person_id_hashed(&self, name: &str, h: u64) -> Option<u32> {
         self.by_person
             .find(h, |&pid| self.person(pid).is_some_and(|p| &*p.name == name))
             .copied()
     }
 
+    /// Number of people (for the load-size hint).
+    pub(crate) fn person_count(&self) -> usize {
+        self.by_person.len()
+    }
+
     fn intern_person(&mut self, name: &str) -> u32 {
-        if let Some(pid) = self.person_id(name) {
+        let h = self.hash_bytes(name.as_bytes());
+        if let Some(pid) = self.person_id_hashed(name, h) {
             return pid;
         }
         let slot = PersonSlot {
@@ -151,7 +163,6 @@ impl State {
                 (self.persons.len() - 1) as u32
             }
         };
-        let h = self.hash_bytes(name.as_bytes());
         let persons = &self.persons;
         let hasher = &self.hasher;
         self.by_person.insert_unique(h, pid, |&p| {
@@ -302,8 +313,30 @@ impl State {
     }
 
     /// Starts a bulk load: indexes are finished by `finish_load`.
-    pub(crate) fn begin_load(&mut self) {
-        self.loading = Some(Vec::new());
+    /// Starts a bulk load of about `devices` devices of `persons` people
+    /// (the hint the last checkpoint stored; 0 when unknown): reserving
+    /// the tables up front spares the rehash of every token at each growth.
+    pub(crate) fn begin_load(&mut self, devices: usize, persons: usize) {
+        let (devices, persons) = (devices.min(MAX_LOAD_HINT), persons.min(MAX_LOAD_HINT));
+        self.loading = Some(Vec::with_capacity(devices));
+        self.slots.reserve(devices);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_token.reserve(devices, |&x| {
+            let t: &[u8] = slots
+                .get(x as usize)
+                .and_then(Option::as_ref)
+                .map_or(&[], |s| &s.token);
+            hasher.hash_one(t)
+        });
+        self.persons.reserve(persons);
+        let (people, hasher) = (&self.persons, &self.hasher);
+        self.by_person.reserve(persons, |&p| {
+            let n = people
+                .get(p as usize)
+                .and_then(Option::as_ref)
+                .map_or("", |s| &*s.name);
+            hasher.hash_one(n.as_bytes())
+        });
     }
 
     /// Builds the last-seen index and orders person lists after a bulk load.

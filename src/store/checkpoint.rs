@@ -50,6 +50,9 @@ impl Snapshot {
             Some(lsn.to_be_bytes().to_vec()),
         ));
         writes.push((META_CAP.to_vec(), Some(state.cap.to_be_bytes().to_vec())));
+        let mut hint = state.len().to_be_bytes().to_vec();
+        hint.extend_from_slice(&(state.person_count() as u64).to_be_bytes());
+        writes.push((META_LOAD_HINT.to_vec(), Some(hint)));
         Ok(Snapshot { lsn, writes })
     }
 
@@ -77,6 +80,24 @@ fn be_u32(location: &[u8], v: &[u8]) -> Result<u32> {
             format!("{} bytes, expected 4", v.len()),
         )
     })
+}
+
+/// Metadata key: devices and people at the last checkpoint (u64 BE each),
+/// only a hint for sizing the tables at open.
+pub(crate) const META_LOAD_HINT: &[u8] = b"Mload_hint";
+
+/// (devices, people) from `Mload_hint`; (0, 0) when absent or malformed
+/// (it only sizes tables, so damage there costs time, not correctness).
+fn load_hint(store: &dyn KvStore) -> Result<(usize, usize)> {
+    let Some(v) = store.get(META_LOAD_HINT)? else {
+        return Ok((0, 0));
+    };
+    let field = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, |b| usize::try_from(u64::from_be_bytes(b)).unwrap_or(0))
+    };
+    Ok((field(0..8), field(8..16)))
 }
 
 /// The checkpoint's log position and the log's segment size, as stored.
@@ -165,7 +186,8 @@ pub(crate) fn load_state(
     let stored_cap = be_u32(META_CAP, &cap)?;
     let (checkpoint_lsn, segment_bytes) = log_position(store)?;
     let mut state = State::new(stored_cap);
-    state.begin_load();
+    let (devices, persons) = load_hint(store)?;
+    state.begin_load(devices, persons);
     store.scan_prefix(&[DEVICE_PREFIX], &mut |key, value| {
         load_one(&mut state, key, value)
     })?;

@@ -171,6 +171,12 @@ fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
     out
 }
 
+/// Whether a page value holds no record (the version written when a
+/// checkpoint empties a page; see `write_pages`).
+fn is_empty_page(value: &[u8]) -> bool {
+    value == [PAGE_VERSION, 0]
+}
+
 /// Reads a LEB128 length, then that many bytes.
 pub(crate) fn get_field<'a>(b: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
     let len = usize::try_from(get_varint(b, at)?).ok()?;
@@ -328,8 +334,20 @@ impl PagedStore {
     /// the committed generation), noting the versions above it.
     fn scan_pages(&self, prefix: u8, f: &mut dyn FnMut(u32, &[u8]) -> Result<()>) -> Result<()> {
         let committed = self.committed();
-        let mut best: Option<(u32, Vec<u8>, Vec<u8>)> = None;
+        // The newest version so far of the page being read, and whether
+        // it has versions below it.
+        let mut best: Option<(u32, Vec<u8>, Vec<u8>, bool)> = None;
         let (mut orphans, mut garbage) = (Vec::new(), Vec::new());
+        let mut finish = |best: Option<(u32, Vec<u8>, Vec<u8>, bool)>,
+                          garbage: &mut Vec<Vec<u8>>|
+         -> Result<()> {
+            match best {
+                Some((_, key, value, false)) if is_empty_page(&value) => garbage.push(key),
+                Some((p, _, value, _)) => f(p, &value)?,
+                None => {}
+            }
+            Ok(())
+        };
         self.raw.scan_prefix(&[PAGE_PREFIX, prefix], &mut |k, v| {
             let (_, page, gen) = parse_page_key(k)
                 .ok_or_else(|| Error::corrupt(format!("page key {k:02x?}"), "malformed"))?;
@@ -337,20 +355,20 @@ impl PagedStore {
                 orphans.push(k.to_vec());
                 return Ok(());
             }
-            if let Some((p, key, value)) = best.take() {
-                match p == page {
-                    // Versions of a page come in generation order: the
-                    // last wins, and the ones below it are unreachable.
-                    true => garbage.push(key),
-                    false => f(p, &value)?,
+            let mut below = false;
+            match best.take() {
+                // Versions of a page come in generation order: the last
+                // wins, and the ones below it are unreachable.
+                Some((p, key, _, _)) if p == page => {
+                    garbage.push(key);
+                    below = true;
                 }
+                other => finish(other, &mut garbage)?,
             }
-            best = Some((page, k.to_vec(), v.to_vec()));
+            best = Some((page, k.to_vec(), v.to_vec(), below));
             Ok(())
         })?;
-        if let Some((p, _, value)) = best {
-            f(p, &value)?;
-        }
+        finish(best, &mut garbage)?;
         self.orphans.lock().extend(orphans);
         self.garbage.lock().extend(garbage);
         Ok(())
@@ -363,11 +381,13 @@ impl PagedStore {
         let mut head = vec![PAGE_PREFIX, prefix];
         head.extend_from_slice(&page.to_be_bytes());
         let (mut orphans, mut garbage) = (Vec::new(), Vec::new());
+        let mut below = false;
         self.raw.scan_prefix(&head, &mut |k, v| {
             match parse_page_key(k) {
                 Some((_, _, gen)) if gen <= committed => {
                     if let Some((lower, _)) = found.replace((gen, v.to_vec())) {
                         garbage.push(page_key(prefix, page, lower));
+                        below = true;
                     }
                 }
                 Some(_) => orphans.push(k.to_vec()),
@@ -375,6 +395,13 @@ impl PagedStore {
             }
             Ok(())
         })?;
+        // An empty version with nothing below it can go: deleting it
+        // cannot expose an older one (see `write_pages`).
+        if let Some((gen, value)) = &found {
+            if !below && is_empty_page(value) {
+                garbage.push(page_key(prefix, page, *gen));
+            }
+        }
         self.orphans.lock().extend(orphans);
         self.garbage.lock().extend(garbage);
         let mut records = BTreeMap::new();
@@ -408,7 +435,10 @@ impl PagedStore {
             if let Some(g) = old {
                 superseded.push(page_key(prefix, page, g));
             }
-            if !records.is_empty() {
+            // An emptied page gets an empty version: the superseded one is
+            // deleted only after the commit, and until then it must not be
+            // the page's newest (a crash would bring its records back).
+            if !records.is_empty() || old.is_some() {
                 if written.is_empty() {
                     // In the attempt's first chunk (see META_PAGE_ATTEMPT).
                     let attempt = gen.to_be_bytes().to_vec();
@@ -456,7 +486,8 @@ impl PagedStore {
         }
         if paged.is_empty() {
             // Metadata only: one batch, no generation needed.
-            return self.raw.apply(&commit);
+            self.raw.apply(&commit)?;
+            return self.collect_garbage();
         }
         let mut deltas = self.deltas.lock();
         let new_bytes: usize = paged
@@ -775,14 +806,50 @@ mod tests {
         assert_eq!(s.raw.get(b"Mthing").unwrap(), Some(vec![9]));
         s.apply(&[(b"D00001".to_vec(), None)]).unwrap();
         assert_eq!(s.get(b"D00001").unwrap(), None);
-        let mut left = 0;
+        let versions = |s: &PagedStore| {
+            let mut n = 0;
+            s.raw
+                .scan_prefix(&[PAGE_PREFIX], &mut |_, _| {
+                    n += 1;
+                    Ok(())
+                })
+                .unwrap();
+            n
+        };
+        // The emptied page has an empty version; the next read finds it
+        // alone and the next commit deletes it.
+        assert_eq!(versions(&s), 1);
+        assert!(all(&s, b'D').is_empty());
+        s.apply(&[(b"Mthing".to_vec(), Some(vec![8]))]).unwrap();
+        assert_eq!(versions(&s), 0, "an emptied page is removed");
+    }
+
+    /// Regression (crash test, format 3): a checkpoint that emptied a page
+    /// wrote no version of it, and its old version was deleted only after
+    /// the commit; a crash in between made the old version the newest
+    /// again, and deleted feed items came back (a "duplicate feed item" at
+    /// the next open).
+    #[test]
+    fn an_emptied_page_stays_empty_when_its_old_version_outlives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        s.apply(&[put(1, "x"), put(2, "y")]).unwrap();
+        let mut old = Vec::new();
         s.raw
-            .scan_prefix(&[PAGE_PREFIX], &mut |_, _| {
-                left += 1;
+            .scan_prefix(&[PAGE_PREFIX], &mut |k, v| {
+                old.push((k.to_vec(), Some(v.to_vec())));
                 Ok(())
             })
             .unwrap();
-        assert_eq!(left, 0, "an emptied page is removed");
+        // Empty every page the records were in.
+        s.apply(&[(b"D00001".to_vec(), None), (b"D00002".to_vec(), None)])
+            .unwrap();
+        // The crash: the deletions of the superseded versions never ran.
+        s.raw.apply(&old).unwrap();
+        drop(s);
+        let s = open(dir.path(), 1 << 20);
+        assert!(all(&s, b'D').is_empty(), "deleted records came back");
+        assert_eq!(s.get(b"D00001").unwrap(), None);
     }
 
     /// Pages plus deltas read back exactly what was written, across merges,

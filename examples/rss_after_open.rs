@@ -1,0 +1,46 @@
+//! Resident memory after an open (the scale issue's "RAM after open"):
+//! opens DB with a memory budget in MiB and prints the open time, the
+//! devices and the RSS per device (VmRSS of this process after the open).
+//!
+//! ```sh
+//! GLIBC_TUNABLES=glibc.malloc.mmap_threshold=65536 \
+//!     cargo run --release --example rss_after_open -- DB [BUDGET_MIB]
+//! ```
+//!
+//! The tunable is what the `devreg` command sets for itself (DESIGN.md
+//! section 6): without it, glibc keeps the nodes sled freed after the load
+//! in its heap, and the RSS stays about 110 B per device higher at 10^7.
+
+use std::error::Error;
+
+fn vm_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let mut args = std::env::args().skip(1);
+    let db = args.next().ok_or("usage: rss_after_open DB [BUDGET_MIB]")?;
+    let mut config = devreg::Config::new(&db);
+    if let Some(mib) = args.next() {
+        config = config.memory_budget_bytes(mib.parse::<u64>()? << 20);
+    }
+    let before = vm_rss_bytes();
+    let t = std::time::Instant::now();
+    let reg = devreg::Registry::open_with(config)?;
+    let open_ms = t.elapsed().as_millis();
+    let devices = reg.stats().devices;
+    let rss = vm_rss_bytes().saturating_sub(before);
+    println!(
+        "{{\"devices\":{devices},\"open_ms\":{open_ms},\"rss_bytes\":{rss},\"rss_b_per_device\":{:.1}}}",
+        rss as f64 / devices.max(1) as f64
+    );
+    Ok(())
+}
