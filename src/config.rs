@@ -51,10 +51,8 @@ pub struct Config {
     /// `limits::DEFAULT_PAGE_DELTA_BYTES`; 0 merges at every checkpoint).
     /// Deltas are also held in memory.
     pub page_delta_bytes: usize,
-    /// sled's cache capacity (default half the memory budget). Measured at
-    /// 10^6 devices: an 8 MiB cache made sled page nodes out and back in on
-    /// every checkpoint merge, and the garbage of those page-ins peaked at
-    /// 2.4 GB of RSS during an import; 512 MiB halved both the peak and the time.
+    /// sled's cache capacity (default half the memory budget). sled evicts
+    /// late whatever it is set to (DESIGN.md section 6).
     pub sled_cache_bytes: u64,
     /// Test-only: devices loaded at open from which the store is reopened
     /// (default `limits::REOPEN_STORE_AFTER_DEVICES`).
@@ -100,8 +98,8 @@ impl Config {
     /// and cuts it up: half for sled's cache, 1/16 for delta pages (held
     /// in memory too), 1/256 (at most `CHECKPOINT_CHUNK_BYTES`) per
     /// checkpoint chunk. The rest is headroom for sled's own buffers and a
-    /// checkpoint's change list. The default, 1 GiB, is sized for 10^7
-    /// devices on a 24 GiB machine (DESIGN.md, memory). At least 64 MiB.
+    /// checkpoint's change list. The default, 256 MiB, was chosen by
+    /// measurement at 10^6 and 10^7 devices (DESIGN.md section 13). At least 64 MiB.
     ///
     /// ```
     /// let c = devreg::Config::new("/tmp/x").memory_budget_bytes(256 << 20);

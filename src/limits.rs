@@ -38,7 +38,7 @@ pub const MAX_IMPORT_BATCH_BYTES: usize = 4 << 20;
 pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;
 /// Default memory budget (`Config::memory_budget_bytes`): sled's cache,
 /// the delta pages and the checkpoint chunks are cut from it.
-pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 1 << 30;
+pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 256 << 20;
 /// Smallest accepted memory budget.
 pub const MIN_MEMORY_BUDGET_BYTES: u64 = 64 << 20;
 /// Default bound on the changed records kept as delta pages (in sled and in

@@ -44,7 +44,7 @@ struct Cli {
     durability: DurabilityArg,
 
     /// Memory for the store besides the devices (sled's cache, delta pages,
-    /// checkpoint chunks), in MiB; at least 64. The default, 1024, suits
+    /// checkpoint chunks), in MiB; at least 64. The default, 256, suits
     /// 10^7 devices.
     #[arg(long, value_name = "MIB")]
     memory_budget_mib: Option<u64>,
