@@ -145,7 +145,11 @@ impl State {
     }
 
     fn intern_person(&mut self, name: &str) -> u32 {
-        let h = self.hash_bytes(name.as_bytes());
+        self.intern_person_hashed(name, self.hash_bytes(name.as_bytes()))
+    }
+
+    /// `intern_person` with the name's hash already computed (by `hasher`).
+    fn intern_person_hashed(&mut self, name: &str, h: u64) -> u32 {
         if let Some(pid) = self.person_id_hashed(name, h) {
             return pid;
         }
@@ -264,8 +268,26 @@ impl State {
         last_seen_ms: u64,
         attrs: Arc<[u8]>,
     ) -> u32 {
-        debug_assert!(self.lookup(&token).is_none(), "insert of an existing token");
         let h = self.hash_bytes(&token);
+        self.insert_device_hashed(token, h, platform, person, last_seen_ms, attrs)
+    }
+
+    /// `insert_device` with the token's hash already computed (by `hasher`).
+    fn insert_device_hashed(
+        &mut self,
+        token: Box<[u8]>,
+        h: u64,
+        platform: Platform,
+        person: u32,
+        last_seen_ms: u64,
+        attrs: Arc<[u8]>,
+    ) -> u32 {
+        debug_assert!(self.lookup(&token).is_none(), "insert of an existing token");
+        debug_assert_eq!(
+            h,
+            self.hash_bytes(&token),
+            "a token hashed with another hasher"
+        );
         let slot = Slot {
             token,
             attrs,
@@ -465,21 +487,33 @@ impl State {
     }
 }
 
+/// A device read from the store at open, its token and person hashed by
+/// the state's `hasher` (on the thread that scans the store).
+pub(crate) struct LoadedDevice<'a> {
+    pub(crate) packed: &'a [u8],
+    pub(crate) token_hash: u64,
+    pub(crate) platform: Platform,
+    /// The person's name and its hash.
+    pub(crate) person: Option<(&'a str, u64)>,
+    pub(crate) last_seen_ms: u64,
+    pub(crate) attrs_blob: &'a [u8],
+}
+
 impl State {
+    /// The hasher of the state's tables: a clone hashes the same, so the
+    /// loading thread can hash tokens and names ahead of the inserts.
+    pub(crate) fn hasher(&self) -> &DefaultHashBuilder {
+        &self.hasher
+    }
+
     /// Inserts a device read from the store at open.
-    pub(crate) fn load_device(
-        &mut self,
-        packed: &[u8],
-        platform: Platform,
-        person: Option<&str>,
-        last_seen_ms: u64,
-        attrs_blob: &[u8],
-    ) {
-        let attrs = self.intern_attrs(attrs_blob);
-        let pid = match person {
-            Some(p) => self.intern_person(p),
+    pub(crate) fn load_device(&mut self, d: &LoadedDevice<'_>) {
+        let attrs = self.intern_attrs(d.attrs_blob);
+        let pid = match d.person {
+            Some((name, h)) => self.intern_person_hashed(name, h),
             None => NO_PERSON,
         };
-        self.insert_device(Box::from(packed), platform, pid, last_seen_ms, attrs);
+        let token = Box::from(d.packed);
+        self.insert_device_hashed(token, d.token_hash, d.platform, pid, d.last_seen_ms, attrs);
     }
 }

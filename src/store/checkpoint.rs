@@ -188,9 +188,7 @@ pub(crate) fn load_state(
     let mut state = State::new(stored_cap);
     let (devices, persons) = load_hint(store)?;
     state.begin_load(devices, persons);
-    store.scan_prefix(&[DEVICE_PREFIX], &mut |key, value| {
-        load_one(&mut state, key, value)
-    })?;
+    super::load::load_devices(store, &mut state)?;
     state.finish_load();
     state.dirty.clear();
     state.feed = crate::feed::load_feed(store)?;
@@ -202,33 +200,4 @@ pub(crate) fn load_state(
         checkpoint_lsn,
         segment_bytes,
     })
-}
-
-fn load_one(state: &mut State, key: &[u8], value: &[u8]) -> Result<()> {
-    let packed = key.get(1..).unwrap_or_default();
-    if !is_packed_token(packed) {
-        return Err(Error::corrupt(
-            describe_key(key),
-            "key is not a valid packed token",
-        ));
-    }
-    // Open decodes every record: name the key only when something is wrong.
-    let r = decode_record("", value).map_err(|_| {
-        decode_record(&describe_key(key), value)
-            .err()
-            .unwrap_or_else(|| Error::corrupt(describe_key(key), "undecodable record"))
-    })?;
-    // Each distinct attribute blob is verified once.
-    if !state.attrs_interned(r.attributes_blob) {
-        decode_attributes(&describe_key(key), r.attributes_blob)?;
-    }
-    // sled keys are unique and packing is canonical: no duplicate tokens.
-    state.load_device(
-        packed,
-        r.platform,
-        r.person,
-        r.last_seen_ms,
-        r.attributes_blob,
-    );
-    Ok(())
 }

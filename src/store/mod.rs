@@ -1,6 +1,7 @@
 //! The durable store, in three layers read top to bottom:
 //! - `checkpoint`: what a checkpoint writes (the net changes since the last
-//!   one, with the log position) and how the state is loaded at open;
+//!   one, with the log position) and how the state is loaded at open
+//!   (`load`: the devices, scanned and decoded on a second thread);
 //! - `paged` and `delta`: the layout, logical records kept as pages and
 //!   delta pages in few store values (DESIGN.md 4.3);
 //! - `kv`: the ordered key-value interface (`KvStore`) and sled behind it.
@@ -8,6 +9,7 @@
 mod checkpoint;
 mod delta;
 mod kv;
+mod load;
 mod paged;
 
 use std::path::Path;
