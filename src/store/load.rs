@@ -144,9 +144,12 @@ pub(crate) fn load_devices(store: &dyn KvStore, state: &mut State) -> Result<()>
             .map_err(|e| Error::io("starting the loading thread", e))?;
         // On an insert error, `rx` is dropped here and the scanner stops.
         let inserted = insert_all(state, rx);
-        let scanned = scanner
-            .join()
-            .unwrap_or_else(|_| Err(Error::corrupt("store", "the loading thread panicked")));
+        let scanned = scanner.join().unwrap_or_else(|_| {
+            Err(Error::corrupt(
+                "the devices of the store",
+                "the thread scanning them panicked (a bug in devreg, not damage)",
+            ))
+        });
         match (inserted, scanned) {
             (Err(e), _) => Err(e),
             (Ok(()), r) => r,
