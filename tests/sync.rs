@@ -1356,3 +1356,65 @@ fn cli_sync_once_exits_on_an_untrusted_certificate() {
     assert!(stderr.contains(&server.url()), "{stderr}");
     assert_eq!(server.accepted(), 1);
 }
+
+/// `sync --once` against an endpoint that refuses connections gives up:
+/// after `--max-attempts` on a batch, or at `--deadline-s`, it exits 75
+/// (EX_TEMPFAIL) with the last error, and nothing pending is lost. A cron
+/// job no longer hangs. Follow mode does not take these options.
+#[test]
+fn sync_once_gives_up_against_an_unreachable_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let pending = {
+        let reg = open(&db);
+        let mut clock = 1_700_000_000_000;
+        workload(&reg, &mut Rng(5), 40, &mut clock);
+        reg.export(DEFAULT_SINK, 1, 499_999).unwrap();
+        reg.sinks()[0].pending
+    };
+    // A port nobody listens on: connections are refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let sync = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_devreg"))
+            .arg("--db")
+            .arg(&db)
+            .args(["sync", "--endpoint", &endpoint, "--progress", "json"])
+            .args(["--backoff-base-ms", "1", "--backoff-cap-ms", "20"])
+            .args(extra)
+            .env("CUSTOMERIO_SITE_ID", SITE)
+            .env("CUSTOMERIO_API_KEY", KEY)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = sync(&["--once", "--max-attempts", "3"]);
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains("gave up after 3 attempts"), "{err}");
+    let started = Instant::now();
+    let (code, err) = sync(&["--once", "--max-attempts", "100000", "--deadline-s", "1"]);
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains("--deadline-s 1"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // Without --max-attempts, --once still ends (default 8 attempts).
+    let (code, err) = sync(&["--once"]);
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains("gave up after 8 attempts"), "{err}");
+    // Follow mode refuses the options (a usage error).
+    let (code, _) = sync(&["--max-attempts", "3"]);
+    assert_eq!(code, Some(2));
+    let reg = open(&db);
+    assert_eq!(reg.sinks()[0].pending, pending, "items were lost");
+}

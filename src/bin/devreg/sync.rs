@@ -30,6 +30,14 @@ pub struct SyncArgs {
     /// Drain what is pending, then exit (otherwise follow new changes until SIGINT/SIGTERM).
     #[arg(long)]
     once: bool,
+    /// With --once: give up on a batch after this many failed attempts
+    /// (default 8) and exit 75 (EX_TEMPFAIL) with the last error.
+    #[arg(long, value_name = "N", requires = "once")]
+    max_attempts: Option<u32>,
+    /// With --once: give up when the sink is not drained after this many
+    /// seconds, and exit 75 (EX_TEMPFAIL).
+    #[arg(long, value_name = "S", requires = "once")]
+    deadline_s: Option<u64>,
     /// Most operations per batch (1 to 1000).
     #[arg(long, value_name = "N", default_value_t = devreg::DEFAULT_MAX_OPS)]
     max_ops: u32,
@@ -84,6 +92,10 @@ pub fn run(
             Duration::from_millis(args.backoff_base_ms),
             Duration::from_millis(args.backoff_cap_ms),
         );
+    if args.once {
+        // A cron job must end: follow mode keeps retrying, --once gives up.
+        config = config.max_attempts(Some(args.max_attempts.unwrap_or(DEFAULT_ONCE_MAX_ATTEMPTS)));
+    }
     config = match (&args.endpoint, args.region) {
         (Some(url), _) => config.endpoint(url.clone()),
         (None, Some(RegionArg::Eu)) => config.region(Region::Eu),
@@ -113,10 +125,10 @@ pub fn run(
         let (control, done) = (control.clone(), done.clone());
         std::thread::spawn(move || report(&control, &done, bar))
     };
-    let result = if args.once {
-        worker.run_once()
-    } else {
-        worker.run()
+    let (result, deadline_passed) = match (args.once, args.deadline_s) {
+        (true, Some(secs)) => run_once_until(&mut worker, &control, Duration::from_secs(secs)),
+        (true, None) => (worker.run_once(), false),
+        (false, _) => (worker.run(), false),
     };
     done.store(true, Ordering::SeqCst);
     let _ = reporter.join();
@@ -127,8 +139,65 @@ pub fn run(
         log_line(&stats, if result.is_ok() { "done" } else { "failed" });
     }
     drop(worker);
-    result?;
-    Ok(ExitCode::SUCCESS)
+    if deadline_passed {
+        let last = stats.last_retry.as_deref().unwrap_or("none");
+        eprintln!(
+            "error: gave up: the sink was not drained within --deadline-s {}; last retried error: {last}",
+            args.deadline_s.unwrap_or_default()
+        );
+        return Ok(ExitCode::from(EX_TEMPFAIL));
+    }
+    match result {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if gave_up(&e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EX_TEMPFAIL))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Exit code of a `--once` run that gave up (sysexits.h `EX_TEMPFAIL`):
+/// the endpoint failed for now, try again later.
+const EX_TEMPFAIL: u8 = 75;
+/// Attempts at one batch before `--once` gives up, unless `--max-attempts`.
+const DEFAULT_ONCE_MAX_ATTEMPTS: u32 = 8;
+
+/// Whether the worker stopped because a batch ran out of attempts.
+fn gave_up(e: &devreg::Error) -> bool {
+    matches!(e, devreg::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// `run_once`, stopped once `deadline` has passed; also says whether it
+/// was (the stop is asked for only while the run is still going).
+fn run_once_until(
+    worker: &mut SyncWorker,
+    control: &SyncControl,
+    deadline: Duration,
+) -> (devreg::Result<SyncStats>, bool) {
+    let gate = Arc::new(parking_lot::Mutex::new((false, false)));
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    let timer = {
+        let (gate, control) = (gate.clone(), control.clone());
+        std::thread::spawn(move || {
+            if done_rx.recv_timeout(deadline).is_err() {
+                let mut g = gate.lock();
+                if !g.0 {
+                    g.1 = true;
+                    control.stop();
+                }
+            }
+        })
+    };
+    let result = worker.run_once();
+    let passed = {
+        let mut g = gate.lock();
+        g.0 = true;
+        g.1
+    };
+    let _ = done_tx.send(());
+    let _ = timer.join();
+    (result, passed)
 }
 
 fn summary(s: &SyncStats) -> String {
