@@ -42,13 +42,14 @@ pub struct Config {
     /// How long ownership history is kept (by commit time); older entries
     /// are dropped as their token changes and at checkpoints.
     pub history_retention_ms: u64,
-    /// Most bytes of pages one sled batch of a checkpoint carries (default
+    /// Most bytes of pages one sled batch of a checkpoint carries (set by
+    /// `memory_budget_bytes`: 1/256 of the budget, at most
     /// `limits::CHECKPOINT_CHUNK_BYTES`); a checkpoint of any size is
     /// written in chunks of this size and committed at the end.
     pub checkpoint_chunk_bytes: usize,
     /// Bytes of changed records a checkpoint may append as delta pages
-    /// before one merges them all into the pages (default
-    /// `limits::DEFAULT_PAGE_DELTA_BYTES`; 0 merges at every checkpoint).
+    /// before one merges them all into the pages (set by
+    /// `memory_budget_bytes`: 1/16 of the budget; 0 merges at every checkpoint).
     /// Deltas are also held in memory.
     pub page_delta_bytes: usize,
     /// sled's cache capacity (default half the memory budget). sled evicts
@@ -84,10 +85,11 @@ impl Config {
             checkpoint_interval_ms: 30_000,
             checkpoint_log_bytes: None,
             history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
-            checkpoint_chunk_bytes: CHECKPOINT_CHUNK_BYTES,
-            page_delta_bytes: DEFAULT_PAGE_DELTA_BYTES,
-            sled_cache_bytes: DEFAULT_MEMORY_BUDGET_BYTES / 2,
-            memory_budget: DEFAULT_MEMORY_BUDGET_BYTES,
+            // Set from the budget just below.
+            checkpoint_chunk_bytes: 0,
+            page_delta_bytes: 0,
+            sled_cache_bytes: 0,
+            memory_budget: 0,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
             faults: None,
         }

@@ -41,10 +41,6 @@ pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 256 << 20;
 /// Smallest accepted memory budget.
 pub const MIN_MEMORY_BUDGET_BYTES: u64 = 64 << 20;
-/// Default bound on the changed records kept as delta pages (in sled and in
-/// memory) before a checkpoint merges them into their pages: 1/16 of the
-/// default budget.
-pub const DEFAULT_PAGE_DELTA_BYTES: usize = (DEFAULT_MEMORY_BUDGET_BYTES / 16) as usize;
 /// Devices loaded at open from which the store is closed and opened again
 /// before use (`registry::open::reopen_store`): it frees the page nodes the
 /// load left resident in sled (about 110 B per device at 10^7), at the cost

@@ -8,10 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn fixture() -> PathBuf {
-    fixture_of("v1")
-}
-
 fn fixture_of(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -49,8 +45,36 @@ fn devreg(db: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn expected(name: &str) -> String {
-    std::fs::read_to_string(fixture().join(name)).unwrap()
+/// Twice (the first open converts or relabels, the second reads what it
+/// wrote): every answer is the old build's, from `version`'s fixture, and
+/// `check` is clean. `histories` are (token, answer file) pairs.
+fn answers_as_before(db: &Path, version: &str, histories: &[(String, &str)]) {
+    let want = |name: &str| std::fs::read_to_string(fixture_of(version).join(name)).unwrap();
+    for round in 0..2 {
+        assert_eq!(devreg(db, &["dump"]), want("dump.jsonl"), "round {round}");
+        assert_eq!(devreg(db, &["dead-letters"]), want("dead.json"));
+        for (token, file) in histories {
+            assert_eq!(devreg(db, &["history", token]), want(file), "{token}");
+        }
+        assert_eq!(devreg(db, &["sinks"]), want("sinks.json"));
+        assert_eq!(devreg(db, &["stats"]), want("stats.json"));
+        let check = devreg(db, &["check"]);
+        assert!(check.contains(r#""problems":[]"#), "{check}");
+    }
+}
+
+/// The batch in flight is the same one after the open, and acknowledging
+/// it leaves `pending` items.
+fn in_flight_batch_goes_on(db: &Path, pending: u64) -> devreg::Registry {
+    let reg = devreg::Registry::open(db).unwrap();
+    let b = reg
+        .export(devreg::DEFAULT_SINK, 20, 499_999)
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.id(), "customerio-000000000002");
+    reg.ack(devreg::DEFAULT_SINK, b.id()).unwrap();
+    assert_eq!(reg.sinks()[0].pending, pending);
+    reg
 }
 
 /// Store format 2 (pages, with `'H'` deltas holding whole lists, merged
@@ -64,31 +88,18 @@ fn expected(name: &str) -> String {
 fn a_format_2_database_opens_and_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let db = unpack_version(dir.path(), "v2");
-    let want = |name: &str| std::fs::read_to_string(fixture_of("v2").join(name)).unwrap();
     let (token4, token5) = (format!("{:064x}", 4), format!("{:064x}", 5));
-    for round in 0..2 {
-        assert_eq!(devreg(&db, &["dump"]), want("dump.jsonl"), "round {round}");
-        assert_eq!(devreg(&db, &["dead-letters"]), want("dead.json"));
-        assert_eq!(devreg(&db, &["history", &token4]), want("hist4.json"));
-        assert_eq!(devreg(&db, &["history", &token5]), want("hist5.json"));
-        assert_eq!(devreg(&db, &["sinks"]), want("sinks.json"));
-        assert_eq!(devreg(&db, &["stats"]), want("stats.json"));
-        let check = devreg(&db, &["check"]);
-        assert!(check.contains(r#""problems":[]"#), "{check}");
-    }
+    answers_as_before(
+        &db,
+        "v2",
+        &[(token4.clone(), "hist4.json"), (token5, "hist5.json")],
+    );
     let format = devreg::internals::peek_record(&db, b"Mformat").unwrap();
     assert_eq!(
         format,
         Some(devreg::internals::STORE_FORMAT.to_be_bytes().to_vec())
     );
-    let reg = devreg::Registry::open(&db).unwrap();
-    let b = reg
-        .export(devreg::DEFAULT_SINK, 20, 499_999)
-        .unwrap()
-        .unwrap();
-    assert_eq!(b.id(), "customerio-000000000002");
-    reg.ack(devreg::DEFAULT_SINK, b.id()).unwrap();
-    assert_eq!(reg.sinks()[0].pending, 149 - 20);
+    let reg = in_flight_batch_goes_on(&db, 149 - 20);
     // A new move appends to the history read from the old deltas.
     let mv = devreg::Op::Register(devreg::Register {
         token: token4.clone(),
@@ -117,29 +128,9 @@ fn a_format_1_database_opens_converted_and_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let db = unpack(dir.path());
     let token3 = format!("{:064x}", 3);
-    // Twice: the first open converts, the second reads the pages.
-    for round in 0..2 {
-        assert_eq!(
-            devreg(&db, &["dump"]),
-            expected("dump.jsonl"),
-            "round {round}"
-        );
-        assert_eq!(devreg(&db, &["dead-letters"]), expected("dead.json"));
-        assert_eq!(devreg(&db, &["history", &token3]), expected("hist3.json"));
-        assert_eq!(devreg(&db, &["sinks"]), expected("sinks.json"));
-        assert_eq!(devreg(&db, &["stats"]), expected("stats.json"));
-        let check = devreg(&db, &["check"]);
-        assert!(check.contains(r#""problems":[]"#), "{check}");
-    }
+    answers_as_before(&db, "v1", &[(token3, "hist3.json")]);
     // The in-flight batch is the same one, and the feed goes on.
-    let reg = devreg::Registry::open(&db).unwrap();
-    let b = reg
-        .export(devreg::DEFAULT_SINK, 20, 499_999)
-        .unwrap()
-        .unwrap();
-    assert_eq!(b.id(), "customerio-000000000002");
-    reg.ack(devreg::DEFAULT_SINK, b.id()).unwrap();
-    assert_eq!(reg.sinks()[0].pending, 190 - 20);
+    let reg = in_flight_batch_goes_on(&db, 190 - 20);
     assert_eq!(reg.dump().len(), 300);
 }
 

@@ -582,12 +582,12 @@ mod tests {
         // Paging by (commit, seq).
         let mut c = Changes::new(20, None, 1);
         c.offer(b"t", &list);
-        let page = c.finish(None);
+        let page = c.finish();
         assert_eq!(page.changes[0].seq, 1);
         assert!(page.more);
         let mut c = Changes::new(20, page.cursor, 10);
         c.offer(b"t", &list);
-        let page = c.finish(page.cursor);
+        let page = c.finish();
         assert_eq!(
             page.changes.iter().map(|e| e.seq).collect::<Vec<_>>(),
             [2, 3]

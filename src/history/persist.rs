@@ -34,7 +34,8 @@ struct RecOut {
     platform: u8,
 }
 
-fn token_key(token: &[u8]) -> Vec<u8> {
+/// The store key of a token's history.
+pub(crate) fn history_key(token: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + token.len());
     k.push(b'H');
     k.extend_from_slice(token);
@@ -73,7 +74,7 @@ impl History {
         let mut writes = Vec::with_capacity(pending.len() + self.dirty_days.len() + 1);
         for (token, list) in &pending {
             let value = encode_versioned(&list.iter().map(out).collect::<Vec<RecOut>>())?;
-            writes.push((token_key(token), Some(value)));
+            writes.push((history_key(token), Some(value)));
         }
         self.flushing = pending;
         for (day, platform) in std::mem::take(&mut self.dirty_days) {
@@ -88,11 +89,6 @@ impl History {
         writes.push((META_HISTORY.to_vec(), Some(meta)));
         Ok(writes)
     }
-}
-
-/// The store key of a token's history.
-pub(crate) fn history_key(token: &[u8]) -> Vec<u8> {
-    token_key(token)
 }
 
 /// Decodes a token's stored entries (`key` names it in errors).

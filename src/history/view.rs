@@ -59,6 +59,8 @@ pub(crate) fn owner_at(list: &[Rec], t: u64) -> Option<Arc<str>> {
 pub(crate) struct Changes {
     /// Entries must come after this (commit_ms, seq) ...
     after: Option<(u64, u64)>,
+    /// The cursor given, returned again when the page is empty.
+    cursor: Option<HistoryCursor>,
     /// ... and at or after this one.
     from: (u64, u64),
     limit: usize,
@@ -72,6 +74,7 @@ impl Changes {
             after: cursor
                 .map(|c| (c.commit_ms, c.seq))
                 .filter(|&c| c >= (since_ms, 0)),
+            cursor,
             from: (since_ms, 0),
             limit: limit.max(1),
             found: BTreeMap::new(),
@@ -96,7 +99,7 @@ impl Changes {
         }
     }
 
-    pub(crate) fn finish(mut self, cursor: Option<HistoryCursor>) -> ChangesPage {
+    pub(crate) fn finish(mut self) -> ChangesPage {
         let more = self.found.len() > self.limit;
         if more {
             self.found.pop_last();
@@ -108,7 +111,7 @@ impl Changes {
             .map(|&(commit_ms, seq)| HistoryCursor { commit_ms, seq });
         ChangesPage {
             changes: self.found.into_values().collect(),
-            cursor: last.or(cursor),
+            cursor: last.or(self.cursor),
             more,
         }
     }

@@ -96,7 +96,7 @@ impl Registry {
         each_list(&*self.inner.store, &mut memory, &mut |token, s, m| {
             page.offer(token, &join(s, m, cutoff));
         })?;
-        Ok(page.finish(cursor))
+        Ok(page.finish())
     }
 
     /// (entries, encoded bytes) of the history, for measurements.
