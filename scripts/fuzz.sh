@@ -17,7 +17,7 @@ set -euo pipefail
 SECONDS_PER_TARGET="${1:-30}"
 CARGO_FUZZ_VERSION="0.13.2"
 SANITIZER="${FUZZ_SANITIZER:-none}"
-ALL_TARGETS="record_decode key_decode import_line ops_vs_model log_replay"
+ALL_TARGETS="record_decode key_decode import_line page_frame ops_vs_model log_replay"
 TARGETS="${FUZZ_TARGETS:-$ALL_TARGETS}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"

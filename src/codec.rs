@@ -17,9 +17,9 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The store's layout version, in `Mformat`: 1 was a key per record; 2
 /// keeps the per-record keyspaces in pages (`store::paged`); 3 deletes
 /// superseded pages and merged delta chunks after the commit, marking the
-/// merge with `Mdelta_merged`. Values keep their own version byte
-/// (`FORMAT_VERSION`).
-pub const STORE_FORMAT: u32 = 3;
+/// merge with `Mdelta_merged`; 4 may keep a page or delta chunk compressed
+/// (`store::frame`). Values keep their own version byte (`FORMAT_VERSION`).
+pub const STORE_FORMAT: u32 = 4;
 
 /// Key prefix of device records.
 pub const DEVICE_PREFIX: u8 = b'D';

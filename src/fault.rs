@@ -45,11 +45,13 @@ pub enum IoOp {
     StoreWrite = 1 << 8,
     /// A read from the store (open, scans).
     StoreRead = 1 << 9,
+    /// Deleting a file (a log segment no longer needed as a spare).
+    Unlink = 1 << 10,
 }
 
 impl IoOp {
     /// Every kind.
-    pub const ALL: [IoOp; 10] = [
+    pub const ALL: [IoOp; 11] = [
         IoOp::Write,
         IoOp::Pwrite,
         IoOp::Fdatasync,
@@ -60,6 +62,7 @@ impl IoOp {
         IoOp::Ftruncate,
         IoOp::StoreWrite,
         IoOp::StoreRead,
+        IoOp::Unlink,
     ];
 
     fn from_bits(bits: u32) -> Option<IoOp> {

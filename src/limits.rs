@@ -28,6 +28,9 @@ pub const MAX_LOG_RECORD_BYTES: usize = 16 << 20;
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 16 << 20;
 /// Default number of log segments before writers wait for a checkpoint.
 pub const DEFAULT_MAX_LOG_SEGMENTS: u32 = 4;
+/// Log segments a checkpoint has released that are kept for reuse (renamed
+/// instead of preallocated); the rest are deleted.
+pub const SPARE_LOG_SEGMENTS: usize = 1;
 /// Most operations one write group (one fsync) collects from concurrent callers.
 pub const MAX_GROUP_OPS: usize = 200_000;
 /// Most encoded bytes of operations one import batch collects (it is also

@@ -8,6 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+mod common;
+
 use devreg::limits::*;
 use devreg::*;
 
@@ -687,16 +689,12 @@ fn library_rejects_every_bad_input_with_a_typed_error() {
 
     // A database of a future format version.
     {
-        let store = sled::Config::new()
-            .path(db.join("store"))
-            .segment_size(8 << 20)
-            .open()
-            .unwrap();
-        store.insert(b"Mformat", &4u32.to_be_bytes()).unwrap();
+        let store = common::open_raw_store(&db);
+        store.insert(b"Mformat", &5u32.to_be_bytes()).unwrap();
         store.flush().unwrap();
     }
     wrong.extend(expect(
-        "database of format version 4",
+        "database of format version 5",
         Registry::open(&db).map(|_| ()),
         &Want::Unsupported,
     ));

@@ -2,11 +2,18 @@
 //! in `tests/fixtures/v1/` is store format 1 (a sled key per record), made
 //! by the build before pages (commit f16c22f) from `events.jsonl`, with one
 //! nacked batch (two dead letters) and one batch in flight. The open
-//! converts it to pages (format 3); every query answers as the old build's
+//! converts it to pages (format 4); every query answers as the old build's
 //! did (`dump.jsonl`, `dead.json`, `hist3.json`, `sinks.json`, `stats.json`).
+//! The fixtures in `tests/fixtures/v2/` (store format 2, made by commit
+//! 6f199df) and `tests/fixtures/v3/` (store format 3, made by commit
+//! 7dbb89f, the last build before compressed pages) hold the same events
+//! and feed state; their open relabels them format 4 and every query
+//! answers as the build that made them did.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 fn fixture_of(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -123,6 +130,95 @@ fn a_format_2_database_opens_and_answers_the_same() {
     );
 }
 
+/// Store format 3 (pages and delta chunks in plain, uncompressed frames,
+/// `Mdelta_merged` naming the last merged generation), made by the last
+/// format-3 build (commit 7dbb89f): `events1.jsonl` imported by a program
+/// built against that commit with `page_delta_bytes` 0, so its checkpoint
+/// merged everything into pages (generation 1, `Mdelta_merged` 1); then,
+/// by that build's `devreg` with its default bound, `events2.jsonl`
+/// imported, `export --max-ops 20`, `nack customerio-000000000001 --failed
+/// "2:invalid token" "5:bad device"` and `export --max-ops 20` again, each
+/// checkpoint appending delta chunks (generations 2 to 4) over the pages.
+/// The answer files were recorded by that `devreg` before the database was
+/// packed; they are v2's except the history's commit times. A moved
+/// token's history is in a merged page (its register) and a delta (its
+/// move); the new build's write and its merge (whose pages may be LZ4
+/// frames) go on top of both.
+#[test]
+fn a_format_3_database_opens_relabelled_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = unpack_version(dir.path(), "v3");
+    let peek = |key: &[u8]| devreg::internals::peek_record(&db, key).unwrap();
+    // What the fixture is (these peeks only read).
+    assert_eq!(peek(b"Mformat"), Some(3u32.to_be_bytes().to_vec()));
+    assert_eq!(peek(b"Mdelta_merged"), Some(1u64.to_be_bytes().to_vec()));
+    let (token4, token5) = (format!("{:064x}", 4), format!("{:064x}", 5));
+    answers_as_before(
+        &db,
+        "v3",
+        &[(token4.clone(), "hist4.json"), (token5, "hist5.json")],
+    );
+    assert_eq!(
+        peek(b"Mformat"),
+        Some(devreg::internals::STORE_FORMAT.to_be_bytes().to_vec())
+    );
+    let reg = in_flight_batch_goes_on(&db, 149 - 20);
+    reg.close().unwrap();
+    // A write, then a checkpoint that merges every delta (the old plain
+    // ones with the new) into pages.
+    let reg = devreg::Registry::open_with(devreg::Config::new(&db).page_delta_bytes(0)).unwrap();
+    let new_token = format!("{:064x}", 0xfeed);
+    for (token, person, seen_ms) in [
+        (&new_token, "n1", 1_700_009_000_000),
+        (&token4, "z9", 1_700_009_000_001),
+    ] {
+        reg.apply(devreg::Op::Register(devreg::Register {
+            token: token.clone(),
+            platform: devreg::Platform::Ios,
+            person: Some(person.into()),
+            seen_ms,
+            attributes: None,
+        }))
+        .unwrap();
+    }
+    reg.checkpoint().unwrap();
+    reg.close().unwrap();
+    // Reopened, it answers with the write.
+    let reg = devreg::Registry::open(&db).unwrap();
+    let dump = reg.dump();
+    assert_eq!(dump.len(), 200);
+    let new = reg.device(&new_token).expect("the new device");
+    assert_eq!(new.person.as_deref(), Some("n1"));
+    assert_eq!(
+        dump.iter().filter(|d| d.token == new_token).count(),
+        1,
+        "the new device is in the dump"
+    );
+    let h = reg.history(&token4).unwrap();
+    let ops: Vec<_> = h.iter().map(|e| (e.op, e.owner_after.clone())).collect();
+    use devreg::HistoryOp::{Move, Register};
+    assert_eq!(
+        ops,
+        [
+            (Move, Some("z9".to_string())),
+            (Move, Some("q4".to_string())),
+            (Register, Some("p4".to_string()))
+        ]
+    );
+    assert!(
+        reg.sinks()[0].pending > 149 - 20,
+        "the writes are in the feed"
+    );
+    let check = reg.check().unwrap();
+    assert!(check.is_clean(), "{:?}", check.problems);
+    reg.close().unwrap();
+    let dump = devreg(&db, &["dump"]);
+    assert!(
+        dump.contains(&new_token),
+        "the CLI's dump shows the new device"
+    );
+}
+
 #[test]
 fn a_format_1_database_opens_converted_and_answers_the_same() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,21 +235,17 @@ fn a_newer_format_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     devreg::Registry::open(&db).unwrap().close().unwrap();
-    // Pretend a future build wrote it: Mformat 4.
+    // Pretend a future build wrote it: Mformat 5.
     {
-        let sled = sled::Config::new()
-            .path(db.join("store"))
-            .segment_size(8 << 20)
-            .open()
-            .unwrap();
-        sled.insert("Mformat", &4u32.to_be_bytes()).unwrap();
+        let sled = common::open_raw_store(&db);
+        sled.insert("Mformat", &5u32.to_be_bytes()).unwrap();
         sled.flush().unwrap();
     }
     match devreg::Registry::open(&db) {
         Err(e @ devreg::Error::UnsupportedFormat { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("version 4, this build reads version 3"),
+                msg.contains("version 5, this build reads version 4"),
                 "{msg}"
             );
             assert!(msg.contains("newer devreg"), "{msg}");

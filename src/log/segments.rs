@@ -9,6 +9,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
+use crate::limits::SPARE_LOG_SEGMENTS;
 
 pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
@@ -174,7 +175,10 @@ impl SegmentPool {
         }
     }
 
-    /// A checkpoint now covers everything before `lsn`: release older segments.
+    /// A checkpoint now covers everything before `lsn`: release older
+    /// segments. At most `SPARE_LOG_SEGMENTS` of them are kept for reuse;
+    /// the others are deleted, so an idle database holds one or two
+    /// segments on disk, not `max_segments`.
     pub(crate) fn checkpointed(&self, lsn: u64) {
         let seq = lsn / self.segment_bytes;
         let mut st = self.state.lock();
@@ -184,7 +188,43 @@ impl SegmentPool {
             }
         }
         st.checkpoint_seq = st.checkpoint_seq.max(seq);
+        // Keep the newest spares (the free list is in sequence order).
+        let extra = st.free.len().saturating_sub(SPARE_LOG_SEGMENTS);
+        let doomed: Vec<u64> = st.free.drain(..extra).collect();
         drop(st);
         self.freed.notify_all();
+        for old in doomed {
+            // Covered by a checkpoint: a failed or undone deletion (the
+            // directory is not synced) leaves a spare that the next open
+            // lists as free, never a segment that recovery reads.
+            let _ = check(&self.faults, IoOp::Unlink)
+                .and_then(|()| fs::remove_file(segment_path(&self.dir, old)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_keeps_one_spare_segment_and_deletes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::default();
+        for seq in 0..4 {
+            create_preallocated(&segment_path(dir.path(), seq), 4096, &faults).unwrap();
+        }
+        let pool = SegmentPool::new(dir.path().to_owned(), 4096, 8, 0, Vec::new(), faults);
+        // Segments 0..3 are covered; 3 is the live one.
+        pool.checkpointed(3 * 4096 + 10);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![2, 3]);
+        // The spare is the one reused next.
+        drop(pool.take(4).unwrap());
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![3, 4]);
+        // With no spare, a new segment is preallocated.
+        drop(pool.take(5).unwrap());
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![3, 4, 5]);
+        pool.checkpointed(5 * 4096);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![4, 5]);
     }
 }

@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 
+use super::frame;
 use super::paged::{combine, get_field, is_append, open_block, put_varint};
 use crate::error::{Error, Result};
 
@@ -97,7 +98,9 @@ pub(crate) fn encode_chunks(
             bytes += next;
             end += 1;
         }
-        out.push(encode_chunk(records.get(start..end).unwrap_or_default()));
+        out.push(frame::seal(encode_chunk(
+            records.get(start..end).unwrap_or_default(),
+        )));
         start = end;
     }
     out
@@ -123,8 +126,10 @@ fn encode_chunk(records: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {
 
 type DeltaVisit<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>;
 
-fn decode_chunk(location: &dyn Fn() -> String, b: &[u8], f: DeltaVisit<'_>) -> Result<()> {
+fn decode_chunk(location: &dyn Fn() -> String, value: &[u8], f: DeltaVisit<'_>) -> Result<()> {
     let bad = |why: &str| Error::corrupt(location(), why.to_owned());
+    let b = frame::open(location, value)?;
+    let b: &[u8] = &b;
     let (count, mut at) = open_block(location, b, DELTA_VERSION, "delta chunk")?;
     for _ in 0..count {
         let key = get_field(b, &mut at).ok_or_else(|| bad("record key runs past the chunk"))?;

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod delta;
+mod frame;
 mod kv;
 mod load;
 mod paged;
@@ -46,4 +47,17 @@ pub fn poke_record(db: &Path, key: &[u8], value: Option<&[u8]>) -> Result<()> {
     let store = open_closed(db)?;
     store.apply(&[(key.to_vec(), value.map(<[u8]>::to_vec))])?;
     store.sync()
+}
+
+/// Test support (`devreg::internals`, the `page_frame` fuzz target): the
+/// records of one page's sled value, in stored order; errors as an open
+/// would report them.
+pub fn page_records(value: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    paged::page_records(value)
+}
+
+/// Test support (`devreg::internals`): the sled value a checkpoint writes
+/// for a page holding `records` (by key, the last of equal keys kept).
+pub fn page_value(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    paged::page_value(records)
 }

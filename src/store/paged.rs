@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use super::delta::{delta_gen, delta_key, encode_chunks, Deltas, DELTA_PREFIX};
-use super::{KvStore, SledStore, Visit, Write};
+use super::{frame, KvStore, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
 use crate::error::{Error, Result};
 
@@ -156,7 +156,7 @@ type RecordVisit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 /// Page versions a checkpoint superseded, and the ones it wrote.
 type Written = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 
-/// Encodes a page's records (sorted by key).
+/// Encodes a page's records (sorted by key), in a frame (`frame.rs`).
 fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
     let bytes: usize = records.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(bytes + 8);
@@ -168,7 +168,7 @@ fn encode_page(records: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8> {
         put_varint(&mut out, v.len() as u64);
         out.extend_from_slice(v);
     }
-    out
+    frame::seal(out)
 }
 
 /// Whether a page value holds no record (the version written when a
@@ -211,8 +211,10 @@ pub(crate) fn open_block(
 }
 
 /// Calls `f` for each record of a page value; errors name the page.
-fn decode_page(location: &dyn Fn() -> String, page: &[u8], f: RecordVisit<'_>) -> Result<()> {
+fn decode_page(location: &dyn Fn() -> String, value: &[u8], f: RecordVisit<'_>) -> Result<()> {
     let bad = |why: &str| Error::corrupt(location(), why.to_owned());
+    let page = frame::open(location, value)?;
+    let page: &[u8] = &page;
     let (count, mut at) = open_block(location, page, PAGE_VERSION, "page")?;
     for _ in 0..count {
         let key = get_field(page, &mut at).ok_or_else(|| bad("record key runs past the page"))?;
@@ -224,6 +226,21 @@ fn decode_page(location: &dyn Fn() -> String, page: &[u8], f: RecordVisit<'_>) -
         return Err(bad("bytes after the last record"));
     }
     Ok(())
+}
+
+/// The records of one page value, in stored order (`store::page_records`).
+pub(crate) fn page_records(value: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    decode_page(&|| "page".to_owned(), value, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The value of a page holding `records` (`store::page_value`).
+pub(crate) fn page_value(records: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    encode_page(&records.iter().cloned().collect())
 }
 
 /// Most bytes of legacy records one conversion step moves into pages.
@@ -589,15 +606,18 @@ impl PagedStore {
     /// into pages, a bounded step at a time: each step's commit writes its
     /// pages and deletes the keys it moved, so a crash in the middle leaves
     /// every record in exactly one place and the next open goes on. The
-    /// format key becomes 2 at the end. Returns whether anything was converted.
+    /// format key becomes the current one at the end. Formats 2 and 3 are
+    /// relabelled. Returns whether anything was converted.
     pub(crate) fn convert_legacy(&self) -> Result<bool> {
         let format = self.raw.get(META_FORMAT)?;
-        if format == Some(2u32.to_be_bytes().to_vec()) {
+        let relabel = [2u32, 3].map(|f| Some(f.to_be_bytes().to_vec()));
+        if relabel.contains(&format) {
             // Format 2 is format 3 without `Mdelta_merged` (absent reads as
             // 0: every delta chunk is current, as format 2 deleted merged
-            // ones in the commit). Marked 3 before this build writes
-            // anything a format-2 build would misread (merged chunks
-            // waiting for their deletion).
+            // ones in the commit), and format 3 is format 4 whose blocks
+            // are all plain frames. Marked 4 before this build writes
+            // anything an older build would misread (merged chunks waiting
+            // for their deletion, compressed frames).
             let format = STORE_FORMAT.to_be_bytes().to_vec();
             self.raw.apply(&[(META_FORMAT.to_vec(), Some(format))])?;
             self.raw.sync()?;
