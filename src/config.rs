@@ -24,10 +24,21 @@ pub struct Config {
     pub path: PathBuf,
     /// When writes are acknowledged.
     pub durability: Durability,
-    /// Most devices one person may own; older ones are evicted. `None` keeps
-    /// the database's stored cap (20 for a new database); a different value
-    /// is stored, and lowering it evicts at open.
+    /// Most devices one person may own; older ones are evicted. A stored
+    /// setting: given to a new database it is its initial cap (`None`: 20);
+    /// given to an existing database whose stored cap differs, the open
+    /// fails (`Error::Invalid` naming it): only
+    /// [`Registry::set_max_devices_per_person`](crate::Registry::set_max_devices_per_person)
+    /// changes it. Ignored by a read-only open.
     pub max_devices_per_person: Option<u32>,
+    /// Open without writing anything (`Registry::open_read_only`): no file
+    /// is created or changed by devreg (its store's own housekeeping
+    /// aside, see DESIGN.md 4.4), every write fails with `Error::ReadOnly`,
+    /// and a missing database is `Error::NoDatabase`.
+    pub read_only: bool,
+    /// Create the database when the path is absent or an empty directory
+    /// (the default); when false, a missing database is `Error::NoDatabase`.
+    pub create_if_missing: bool,
     /// In `Eventual` mode, the longest a written record waits for an fdatasync.
     pub eventual_sync_interval_ms: u64,
     /// Size of each preallocated log segment; fixed when the database is created.
@@ -79,6 +90,8 @@ impl Config {
             path: path.as_ref().to_owned(),
             durability: Durability::Immediate,
             max_devices_per_person: None,
+            read_only: false,
+            create_if_missing: true,
             eventual_sync_interval_ms: 1000,
             log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
             max_log_segments: DEFAULT_MAX_LOG_SEGMENTS,
@@ -127,6 +140,18 @@ impl Config {
     /// Sets the per-person device cap.
     pub fn max_devices_per_person(mut self, n: u32) -> Config {
         self.max_devices_per_person = Some(n);
+        self
+    }
+
+    /// Opens read-only (see the field).
+    pub fn read_only(mut self, yes: bool) -> Config {
+        self.read_only = yes;
+        self
+    }
+
+    /// Whether a missing database is created (see the field).
+    pub fn create_if_missing(mut self, yes: bool) -> Config {
+        self.create_if_missing = yes;
         self
     }
 

@@ -71,6 +71,21 @@ pub enum Error {
     /// The registry was closed.
     #[error("registry is closed")]
     Closed,
+    /// There is no database at the path, and the open was not to create
+    /// one (read-only, or `create_if_missing(false)`); nothing was created.
+    #[error("no devreg database at {}: {why}", path.display())]
+    NoDatabase {
+        /// The path that was given.
+        path: std::path::PathBuf,
+        /// What was found there instead.
+        why: String,
+    },
+    /// The registry was opened read-only and refuses writes.
+    #[error("database {} is open read-only: writes are refused", path.display())]
+    ReadOnly {
+        /// The database directory.
+        path: std::path::PathBuf,
+    },
 }
 
 impl Error {

@@ -29,6 +29,8 @@ enum Event {
         platform: String,
         #[serde(default)]
         person: Option<String>,
+        // `dump` prints `last_seen_ms`: a dump line is an import line.
+        #[serde(alias = "last_seen_ms")]
         seen_ms: u64,
         #[serde(default, deserialize_with = "unique_attributes")]
         attributes: Option<BTreeMap<String, serde_json::Value>>,

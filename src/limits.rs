@@ -56,3 +56,15 @@ pub const TOOL_SLED_CACHE_BYTES: u64 = 64 << 20;
 /// Most bytes of pages one sled batch of a checkpoint carries: sled's memory
 /// grows with a batch, so a checkpoint of any size is written in chunks.
 pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;
+
+/// Largest block (page or delta chunk) a compressed frame may hold; a
+/// larger one is stored plain, so a damaged frame length never makes a read
+/// allocate more (`store/frame.rs`).
+pub const MAX_FRAME_RAW_BYTES: usize = 1 << 30;
+
+/// sled's cache while a closing store is opened once more so that sled
+/// writes its snapshot then, not at the next (maybe read-only) open.
+pub const SETTLE_SLED_CACHE_BYTES: u64 = 8 << 20;
+
+/// Longest a close waits for that open (a thread; see `store/kv.rs`).
+pub const SETTLE_TIMEOUT_MS: u64 = 5_000;

@@ -249,6 +249,7 @@ pub(crate) fn decode_entries(location: &str, count: u32, body: &[u8]) -> Result<
 impl WriterCtx {
     fn fail(&self, e: &Error) -> Error {
         self.failed.set(e);
+        self.store.mark_troubled();
         Error::failed_from(e)
     }
 
@@ -452,7 +453,7 @@ impl WriterCtx {
     }
 
     fn periodic(&mut self) {
-        if self.closed || self.refuse().is_some() {
+        if self.closed || self.config.read_only || self.refuse().is_some() {
             return;
         }
         let now = Instant::now();
@@ -525,7 +526,7 @@ impl WriterCtx {
     fn shutdown(&mut self) {
         // Wait before looking at the flag (see `start_checkpoint`).
         self.wait_checkpoint_idle();
-        if self.refuse().is_none() {
+        if self.refuse().is_none() && !self.config.read_only {
             let r = self.log.sync().and_then(|()| self.start_checkpoint(None));
             if let Err(e) = r {
                 self.fail(&e);
@@ -559,6 +560,7 @@ pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx
             Ok(lsn) => ctx.pool.checkpointed(*lsn),
             Err(e) => {
                 ctx.failed.set(e);
+                ctx.store.mark_troubled();
                 *ctx.carry.lock() = job.snapshot.writes;
             }
         }

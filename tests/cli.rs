@@ -159,8 +159,10 @@ fn every_op_kind_imports() {
     assert_eq!(
         devices,
         vec![
-            json!({"token":"a1","platform":"ios","person":null,"last_seen_ms":250,"attributes":{}}),
-            json!({"token":"a3","platform":"ios","person":"ann","last_seen_ms":260,"attributes":{}}),
+            json!({"op":"register","token":"a1","platform":"ios","person":null,
+                   "last_seen_ms":250,"attributes":{}}),
+            json!({"op":"register","token":"a3","platform":"ios","person":"ann",
+                   "last_seen_ms":260,"attributes":{}}),
         ]
     );
 }
@@ -767,4 +769,203 @@ fn a_new_sink_starts_with_a_snapshot_of_identified_devices() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("max_ops"), "{}", stderr(&o));
     assert_eq!(devreg(&db, &["check"]).status.code(), Some(0));
+}
+
+// ---- Safe use: reads never write, stored settings change on request ----
+
+/// Every file under `dir` with its bytes and mode, by path.
+fn files_of(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p.clone());
+                out.insert(p, (Vec::new(), meta.permissions().mode()));
+            } else {
+                out.insert(
+                    p.clone(),
+                    (std::fs::read(&p).unwrap(), meta.permissions().mode()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Every read command, with the cap flag that once evicted devices.
+const READS: &[&[&str]] = &[
+    &["dump"],
+    &["get", "aa01"],
+    &["get", "nosuch"],
+    &["person", "ann"],
+    &["most-recent", "ann"],
+    &["active", "--since-ms", "0"],
+    &["stats"],
+    &["stats", "--daily"],
+    &["check"],
+    &["history", "aa01"],
+    &["owner-at", "aa01", "--at-ms", "1500"],
+    &["changes", "--since-ms", "0"],
+    &["dead-letters"],
+    &["sinks"],
+    &["config", "show"],
+];
+
+#[test]
+fn a_read_command_leaves_every_file_of_the_database_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    // A feed position and a dead letter, so that every file kind exists.
+    let line = export_line(&db, &[]);
+    let (id, _) = batch_ops(&line);
+    let o = devreg(&db, &["nack", &id, "--failed", "0:bad"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = files_of(&db);
+    let devices = dump(&db).len();
+    for args in READS {
+        let mut with_cap = vec!["--max-devices-per-person", "1"];
+        with_cap.extend_from_slice(args);
+        for a in [args.to_vec(), with_cap] {
+            let o = devreg(&db, &a);
+            assert!(o.status.code() != Some(2), "{a:?}: {}", stderr(&o));
+            assert!(files_of(&db) == before, "devreg {a:?} changed a file");
+        }
+    }
+    // ann still has both devices: the cap of 1 was not applied.
+    assert_eq!(dump(&db).len(), devices);
+    assert_eq!(
+        json_out(&devreg(&db, &["config", "show"])),
+        json!({"max_devices_per_person": 20})
+    );
+}
+
+#[test]
+fn a_read_command_on_a_missing_database_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no").join("such");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for args in READS {
+        for db in [&missing, &empty] {
+            let o = devreg(db, args);
+            assert_eq!(o.status.code(), Some(1), "{args:?} on {}", db.display());
+            let err = stderr(&o);
+            assert!(
+                err.starts_with(&format!("error: no devreg database at {}", db.display())),
+                "{args:?}: {err}"
+            );
+            assert!(stdout(&o).is_empty());
+        }
+        assert!(
+            !dir.path().join("no").exists(),
+            "{args:?} created a directory"
+        );
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{args:?}");
+    }
+    // A write command still creates one where the path is absent.
+    std::fs::create_dir_all(&missing).unwrap();
+    let db = fixture(&missing);
+    assert_eq!(dump(&db).len(), 3);
+}
+
+#[test]
+fn the_cap_is_set_when_created_and_changed_only_by_config_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = import_with_cap(dir.path(), 6, "5");
+    assert_eq!(dump(&db).len(), 5);
+    // A write command with a different cap: refused, pointing to config set.
+    let more = register("t99", "ios", Some("ann"), 99);
+    let file = dir.path().join("more.jsonl");
+    std::fs::write(&file, &more).unwrap();
+    let o = devreg(
+        &db,
+        &[
+            "--max-devices-per-person",
+            "2",
+            "import",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("config set max-devices-per-person 2"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(dump(&db).len(), 5, "nothing imported, nothing evicted");
+    // The same cap is fine.
+    let o = devreg(
+        &db,
+        &[
+            "--max-devices-per-person",
+            "5",
+            "import",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // config set without --yes reports and changes nothing.
+    let before = files_of(&db);
+    let o = devreg(&db, &["config", "set", "max-devices-per-person", "2"]);
+    assert_eq!(
+        json_out(&o),
+        json!({"setting": "max-devices-per-person", "stored": 5, "requested": 2,
+               "would_evict": 3, "applied": false})
+    );
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+    assert_eq!(dump(&db).len(), 5);
+    assert_eq!(
+        json_out(&devreg(&db, &["config", "show"]))["max_devices_per_person"],
+        5
+    );
+    assert_eq!(before.len(), files_of(&db).len());
+    // With --yes it evicts what it said, oldest first.
+    let o = devreg(
+        &db,
+        &["config", "set", "max-devices-per-person", "2", "--yes"],
+    );
+    assert_eq!(
+        json_out(&o),
+        json!({"setting": "max-devices-per-person", "stored": 5, "requested": 2,
+               "would_evict": 3, "applied": true, "evicted": 3})
+    );
+    let ann = json_out(&devreg(&db, &["person", "ann"]));
+    let tokens: Vec<_> = ann
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["token"])
+        .collect();
+    assert_eq!(tokens, vec!["t99", "t05"]);
+    assert_eq!(
+        json_out(&devreg(&db, &["config", "show"]))["max_devices_per_person"],
+        2
+    );
+}
+
+#[test]
+fn a_dump_imports_into_a_new_database_as_the_same_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    // Attributes, an anonymous device, a person with two devices.
+    let o = devreg(&db, &["dump"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for line in text.lines() {
+        let v = json_from(line);
+        assert_eq!(v["op"], "register", "{line}");
+    }
+    let copy = dir.path().join("copy");
+    let o = devreg_with_stdin(&copy, &["import", "-"], Some(text.as_bytes()));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        json_from(&stdout(&o)),
+        json!({"imported": 3, "skipped": 0, "rejected": 0})
+    );
+    assert_eq!(stdout(&devreg(&copy, &["dump"])), text);
+    assert_eq!(dump(&copy)[0]["attributes"], json!({"app_version": "1.2"}));
 }

@@ -2,6 +2,8 @@
 
 use devreg::*;
 
+mod common;
+
 fn reg_op(token: &str, person: Option<&str>, seen_ms: u64) -> Op {
     Op::Register(Register {
         token: token.into(),
@@ -47,7 +49,7 @@ fn survives_reopen_across_many_segments_and_checkpoints() {
 }
 
 #[test]
-fn lower_cap_at_open_evicts_oldest() {
+fn a_lowered_cap_evicts_oldest_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     {
@@ -57,7 +59,8 @@ fn lower_cap_at_open_evicts_oldest() {
                 .unwrap();
         }
     }
-    let reg = Registry::open_with(Config::new(&db).max_devices_per_person(3)).unwrap();
+    let reg = Registry::open(&db).unwrap();
+    reg.set_max_devices_per_person(3).unwrap();
     let toks: Vec<String> = reg.devices_of("ann").into_iter().map(|d| d.token).collect();
     assert_eq!(toks, ["t9", "t8", "t7"]);
     assert!(reg.check().unwrap().is_clean());
@@ -147,4 +150,112 @@ fn a_store_reopened_after_the_load_serves_reads_and_writes() {
     let reg = Registry::open_with(config()).unwrap();
     assert_eq!(reg.stats().devices, 49);
     assert_eq!(reg.history(&token(3)).unwrap().len(), 2);
+}
+
+/// Every file under `dir` with its bytes, by path (`log/` or everything).
+fn file_bytes(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_read_only_open_creates_nothing_replays_the_log_in_memory_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    match Registry::open_read_only(&db) {
+        Err(Error::NoDatabase { path, .. }) => assert_eq!(path, db),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let not_created = Registry::open_with(Config::new(&db).create_if_missing(false));
+    assert!(matches!(not_created, Err(Error::NoDatabase { .. })));
+    assert!(!db.exists(), "nothing was created");
+
+    // A database whose last write is in the log only (no checkpoint since):
+    // a copy of it taken while it is open, as a crash would leave it.
+    let img = dir.path().join("img");
+    {
+        let reg = Registry::open_with(Config::new(&db).checkpoint_interval_ms(3_600_000)).unwrap();
+        reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+        reg.checkpoint().unwrap();
+        reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
+        common::copy_dir(&db, &img);
+        reg.close().unwrap();
+    }
+    let log_before = file_bytes(&img.join("log"));
+    {
+        let ro = Registry::open_read_only(&img).unwrap();
+        assert!(ro.is_read_only());
+        assert_eq!(
+            ro.devices_of("ann").len(),
+            2,
+            "the logged write is replayed"
+        );
+        assert!(ro.check().unwrap().is_clean());
+        let refused = |r: Result<()>| matches!(r, Err(Error::ReadOnly { .. }));
+        assert!(refused(ro.apply(reg_op("cc", None, 3)).map(|_| ())));
+        assert!(refused(ro.checkpoint()));
+        assert!(refused(ro.set_max_devices_per_person(1).map(|_| ())));
+        assert!(refused(ro.export(DEFAULT_SINK, 10, 499_999).map(|_| ())));
+        ro.close().unwrap();
+    }
+    // The log was neither settled (its tail zeroed) nor checkpointed away.
+    assert!(
+        file_bytes(&img.join("log")) == log_before,
+        "a read-only open changed the log"
+    );
+    let again = Registry::open_read_only(&img).unwrap();
+    assert_eq!(again.devices_of("ann").len(), 2);
+}
+
+#[test]
+fn a_stored_cap_changes_only_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let reg = Registry::open_with(Config::new(&db).max_devices_per_person(4)).unwrap();
+        for i in 0..6u64 {
+            reg.apply(reg_op(&format!("t{i}"), Some("ann"), i)).unwrap();
+        }
+        reg.apply(reg_op("u0", Some("bob"), 10)).unwrap();
+        reg.close().unwrap();
+    }
+    // Opening with another cap is refused before anything is written.
+    match Registry::open_with(Config::new(&db).max_devices_per_person(1)) {
+        Err(Error::Invalid { field, reason }) => {
+            assert_eq!(field, "max_devices_per_person");
+            assert!(reason.contains("stored cap of 4"), "{reason}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let reg = Registry::open_with(Config::new(&db).max_devices_per_person(4)).unwrap();
+    assert_eq!(reg.dump().len(), 5);
+    assert_eq!(reg.cap_evictions(2), 2);
+    assert_eq!(reg.cap_evictions(4), 0);
+    assert_eq!(reg.dump().len(), 5, "counting evicts nothing");
+    let out = reg.set_max_devices_per_person(2).unwrap();
+    assert_eq!(
+        out,
+        Outcome::Applied {
+            devices: 2,
+            evicted: 2
+        }
+    );
+    assert_eq!(reg.stats().max_devices_per_person, 2);
+    reg.close().unwrap();
+    // Stored: reopened without a cap it is 2, and the evictions stayed.
+    let reg = Registry::open(&db).unwrap();
+    assert_eq!(reg.stats().max_devices_per_person, 2);
+    let tokens: Vec<String> = reg.devices_of("ann").into_iter().map(|d| d.token).collect();
+    assert_eq!(tokens, ["t5", "t4"]);
 }

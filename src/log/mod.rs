@@ -132,6 +132,29 @@ impl LogWriter {
         })
     }
 
+    /// A writer that never writes, for a read-only registry (whose writes
+    /// are refused before they reach the log): it holds the log directory
+    /// open instead of a segment, so opening creates and renames nothing.
+    pub(crate) fn inert(
+        segment_bytes: u64,
+        end_lsn: u64,
+        pool: Arc<SegmentPool>,
+        dir: &std::path::Path,
+    ) -> Result<LogWriter> {
+        let file = std::fs::File::open(dir)
+            .map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
+        Ok(LogWriter {
+            segment_bytes,
+            file,
+            seq: end_lsn / segment_bytes,
+            end_lsn,
+            pool,
+            buf: Vec::new(),
+            buf_lsn: end_lsn,
+            synced_lsn: end_lsn,
+        })
+    }
+
     pub(crate) fn end_lsn(&self) -> u64 {
         self.end_lsn
     }

@@ -31,8 +31,8 @@ use crate::writer::{
 
 struct Inner {
     path: PathBuf,
-    /// The database's flock, held while the registry is open.
-    _lock: std::fs::File,
+    /// Opened read-only: every write is refused before it reaches the writer.
+    read_only: bool,
     /// Largest sum of `Op::encoded_len` one `apply_batch` may carry.
     max_batch_bytes: usize,
     state: Arc<RwLock<State>>,
@@ -42,6 +42,9 @@ struct Inner {
     failed: Arc<FailFlag>,
     store: Arc<dyn KvStore>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The database's flock, held while the registry is open. Last, so it
+    /// is released after every field above (the store among them) drops.
+    _lock: std::fs::File,
 }
 
 impl Inner {
@@ -130,6 +133,23 @@ fn recover(
     ))
 }
 
+/// A cap given to an open must be the stored one (a new database stored
+/// it already): a stored setting changes only through
+/// `set_max_devices_per_person`. A read-only open ignores it.
+fn check_stored_cap(config: &Config, stored: u32) -> Result<()> {
+    match config.max_devices_per_person {
+        Some(cap) if cap != stored && !config.read_only => Err(Error::invalid(
+            "max_devices_per_person",
+            format!(
+                "{cap} differs from the database's stored cap of {stored}; a stored setting \
+                 changes only on request: Registry::set_max_devices_per_person (devreg config \
+                 set max-devices-per-person {cap})"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn validate_entry(e: &Entry) -> Result<()> {
     match e {
         Entry::Op(op) => op.validate(),
@@ -193,6 +213,14 @@ impl Registry {
         Registry::open_with(Config::new(path))
     }
 
+    /// Opens the registry at `path` read-only: nothing is created or
+    /// written, a missing database is [`Error::NoDatabase`], and every
+    /// write fails with [`Error::ReadOnly`]. The log's records after the
+    /// last checkpoint are replayed in memory only.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Registry> {
+        Registry::open_with(Config::new(path).read_only(true))
+    }
+
     /// Opens (or creates) a registry: loads the store, replays the log.
     pub fn open_with(config: Config) -> Result<Registry> {
         config.validate()?;
@@ -208,19 +236,21 @@ impl Registry {
             config.history_retention_ms,
             &config.faults,
         )?;
-        crate::log::settle_recovered(
-            &log_dir,
-            segment_bytes,
-            ckpt_lsn,
-            end_lsn,
-            stale,
-            &config.faults,
-        )?;
+        check_stored_cap(&config, state.cap)?;
+        if !config.read_only {
+            crate::log::settle_recovered(
+                &log_dir,
+                segment_bytes,
+                ckpt_lsn,
+                end_lsn,
+                stale,
+                &config.faults,
+            )?;
+        }
         let store = match state.len() >= config.reopen_store_after_devices {
             true => open::reopen_store(&config, store)?,
             false => store,
         };
-        let stored_cap = state.cap;
         let last_clock_ms = state.now_ms;
         let (pool, log) = open::open_log(&config, &log_dir, segment_bytes, ckpt_lsn, end_lsn)?;
         // The record also carries the commit time (an entry of at most 11 bytes).
@@ -243,7 +273,6 @@ impl Registry {
             },
             ckpt_rx,
         )?;
-        let cap = config.max_devices_per_person.unwrap_or(stored_cap);
         let ctx = WriterCtx {
             state: state.clone(),
             log,
@@ -268,6 +297,7 @@ impl Registry {
         let reg = Registry {
             inner: Arc::new(Inner {
                 path: config.path.clone(),
+                read_only: config.read_only,
                 _lock: lock,
                 max_batch_bytes,
                 state,
@@ -280,10 +310,26 @@ impl Registry {
                 threads: Mutex::new(vec![writer_thread, ckpt_thread]),
             }),
         };
-        if stored_cap != cap {
-            reg.submit_one(Entry::SetCap(cap))?;
-        }
         Ok(reg)
+    }
+
+    /// Sets the per-person device cap stored in the database, evicting each
+    /// person's least recently seen devices beyond it; the outcome counts
+    /// them. [`cap_evictions`](Registry::cap_evictions) tells how many
+    /// first. (`devreg config set max-devices-per-person N --yes`.)
+    pub fn set_max_devices_per_person(&self, cap: u32) -> Result<Outcome> {
+        self.submit_one(Entry::SetCap(cap)).and_then(outcome)
+    }
+
+    /// How many devices [`set_max_devices_per_person`](Registry::set_max_devices_per_person)
+    /// with `cap` would evict now. Changes nothing.
+    pub fn cap_evictions(&self, cap: u32) -> u64 {
+        self.inner.state.read().evictions_at_cap(cap)
+    }
+
+    /// Whether this handle was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 
     /// Cuts the log of the (closed) database at `path` at its first damaged
@@ -304,11 +350,12 @@ impl Registry {
                 ),
             ));
         }
-        let _lock = lock_db(path)?;
+        let _lock = lock_db(path, true)?;
         let store = SledStore::open(
             &path.join("store"),
             None,
             crate::limits::TOOL_SLED_CACHE_BYTES,
+            true,
         )?;
         let (lsn, segment_bytes) = crate::store::log_position(&store)?;
         crate::log::repair(&path.join("log"), segment_bytes, lsn, &None)
@@ -332,6 +379,7 @@ impl Registry {
     }
 
     fn submit(&self, entries: Vec<Entry>) -> Result<Vec<Applied>> {
+        self.refuse_if_read_only()?;
         if let Some(why) = self.inner.failed.get() {
             return Err(Error::Failed(why));
         }
@@ -506,8 +554,18 @@ impl Registry {
         self.inner.state.read().dump()
     }
 
+    fn refuse_if_read_only(&self) -> Result<()> {
+        match self.inner.read_only {
+            true => Err(Error::ReadOnly {
+                path: self.inner.path.clone(),
+            }),
+            false => Ok(()),
+        }
+    }
+
     /// Writes a checkpoint to the store now and waits for it.
     pub fn checkpoint(&self) -> Result<()> {
+        self.refuse_if_read_only()?;
         let (reply, rx) = bounded(1);
         self.send(Msg::Checkpoint { reply })?;
         rx.recv().map_err(|_| Error::Closed)?

@@ -22,6 +22,7 @@ fn open_paged(config: &Config) -> Result<PagedStore> {
         &config.path.join("store"),
         config.faults.clone(),
         config.sled_cache_bytes,
+        !config.read_only,
     )?;
     PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)
 }
@@ -39,11 +40,22 @@ pub(super) fn reopen_store(config: &Config, store: Arc<dyn KvStore>) -> Result<A
     Ok(Arc::new(open_paged(config)?))
 }
 
+/// What `open_store` opened: the lock and the store.
+pub(super) type Opened = (File, Arc<dyn KvStore>);
+
 /// Checks the path, takes the lock, opens (and if need be converts) the
-/// store, and makes sure a new database has its first log segment.
-pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<(File, Arc<dyn KvStore>)> {
+/// store, and makes sure a new database has its first log segment. A
+/// read-only open (or one that may not create) first requires a database
+/// at the path; a read-only one then writes nothing.
+pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<Opened> {
+    if config.read_only || !config.create_if_missing {
+        require_database(&config.path)?;
+    }
+    if config.read_only {
+        return open_store_read_only(config, log_dir);
+    }
     prepare_db_dir(&config.path, &config.faults)?;
-    let lock = lock_db(&config.path)?;
+    let lock = lock_db(&config.path, true)?;
     let paged = open_paged(config)?;
     paged.convert_legacy()?;
     let store: Arc<dyn KvStore> = Arc::new(paged);
@@ -63,14 +75,61 @@ pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<(File, Arc<d
         // if the log holds no record; otherwise the store was lost:
         // refuse, with a typed error, and write nothing.
         if !crate::log::is_empty(log_dir, &config.faults)? {
-            return Err(Error::corrupt(
-                format!("store {}", config.path.join("store").display()),
-                "it has no metadata but the log holds records: the store was lost or \
-                 damaged (sled empties a segment it cannot read); not taking the \
-                 database for a new one",
-            ));
+            return Err(lost_store(config));
         }
         crate::log::create_first_segment(log_dir, config.log_segment_bytes, &config.faults)?;
+    }
+    Ok((lock, store))
+}
+
+/// A store without metadata beside a log that holds records.
+fn lost_store(config: &Config) -> Error {
+    Error::corrupt(
+        format!("store {}", config.path.join("store").display()),
+        "it has no metadata but the log holds records: the store was lost or damaged \
+         (sled empties a segment it cannot read); not taking the database for a new one",
+    )
+}
+
+/// Fails with `NoDatabase` unless `path` holds a devreg database (a
+/// `store/` directory inside it). Reads only.
+fn require_database(path: &Path) -> Result<()> {
+    let missing = |why: &str| Error::NoDatabase {
+        path: path.to_owned(),
+        why: why.to_owned(),
+    };
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing("nothing is there")),
+        Err(e) => Err(Error::io(format!("inspecting {}", path.display()), e)),
+        Ok(m) if !m.is_dir() => Err(missing("it is not a directory")),
+        Ok(_) if !path.join("store").is_dir() => Err(missing(
+            "the directory holds no store/ (not a devreg database)",
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// The read-only open: the lock (never created), the store as it is (no
+/// conversion, no relabelling), and a log that must already exist.
+fn open_store_read_only(config: &Config, log_dir: &Path) -> Result<Opened> {
+    let lock = lock_db(&config.path, false)?;
+    let store: Arc<dyn KvStore> = Arc::new(open_paged(config)?);
+    let has_log = log_dir.is_dir();
+    if store.get(crate::codec::META_FORMAT)?.is_none() {
+        // As a write open would: records in the log mean the store was lost.
+        if has_log && !crate::log::is_empty(log_dir, &config.faults)? {
+            return Err(lost_store(config));
+        }
+        return Err(Error::NoDatabase {
+            path: config.path.clone(),
+            why: "its store holds no database yet (a write command creates one)".into(),
+        });
+    }
+    if !has_log {
+        return Err(Error::corrupt(
+            format!("log {}", log_dir.display()),
+            "missing, while the store holds a database",
+        ));
     }
     Ok((lock, store))
 }
@@ -97,7 +156,10 @@ pub(super) fn open_log(
         free,
         config.faults.clone(),
     ));
-    let log = LogWriter::open(segment_bytes, end_lsn, pool.clone())?;
+    let log = match config.read_only {
+        true => LogWriter::inert(segment_bytes, end_lsn, pool.clone(), log_dir)?,
+        false => LogWriter::open(segment_bytes, end_lsn, pool.clone())?,
+    };
     Ok((pool, log))
 }
 
@@ -179,16 +241,24 @@ const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// for the registry's life) before anything under the database is touched,
 /// so a second process neither deletes the first one's unfinished sled
 /// snapshot nor gets sled's raw lock text.
-pub(super) fn lock_db(path: &Path) -> Result<std::fs::File> {
+pub(super) fn lock_db(path: &Path, create: bool) -> Result<std::fs::File> {
     let lock_path = path.join("lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
-        .create(true)
+        .write(create)
+        .create(create)
         .truncate(false)
         .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?;
+        .open(&lock_path);
+    let file = match file {
+        // A database from before the lock file: a read-only open creates
+        // none and holds the directory instead (a writer would create it).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+            return std::fs::File::open(path)
+                .map_err(|e| Error::io(format!("opening {}", path.display()), e));
+        }
+        other => other.map_err(|e| Error::io(format!("opening {}", lock_path.display()), e))?,
+    };
     // A process forked by another thread of ours shares the lock until its
     // exec closes the descriptor: a lock held only that long is retried.
     let started = std::time::Instant::now();

@@ -170,6 +170,16 @@ impl State {
         }
     }
 
+    /// How many devices a cap of `cap` would evict: every person's devices
+    /// beyond it (what `set_cap` removes).
+    pub(crate) fn evictions_at_cap(&self, cap: u32) -> u64 {
+        self.persons
+            .iter()
+            .flatten()
+            .map(|p| p.devices.len().saturating_sub(cap as usize) as u64)
+            .sum()
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         Stats {
             devices: self.live,

@@ -170,8 +170,19 @@ pub(crate) fn load_state(
         });
     };
     let version = be_u32(META_FORMAT, &format)?;
-    // Format 1 was converted to pages before the load (`convert_legacy`).
-    if version != STORE_FORMAT {
+    // Format 1 was converted to pages before the load (`convert_legacy`),
+    // except by a read-only open, which converts nothing: formats 2 and 3
+    // read as they are (DESIGN.md 4.3, format history), format 1 does not.
+    if version == 1 {
+        return Err(Error::UnsupportedFormat {
+            location: "metadata key Mformat (format 1, a key per record, is converted to \
+                       pages by the first open that may write: open it once without read-only)"
+                .into(),
+            found: version,
+            supported: STORE_FORMAT,
+        });
+    }
+    if !(2..=STORE_FORMAT).contains(&version) {
         return Err(Error::UnsupportedFormat {
             location: "metadata key Mformat (the database was written by a newer devreg: \
                        open it with that version)"

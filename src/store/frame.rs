@@ -16,13 +16,13 @@ use std::borrow::Cow;
 
 use super::paged::{get_varint, put_varint};
 use crate::error::{Error, Result};
+use crate::limits::MAX_FRAME_RAW_BYTES;
 
 /// First byte of a compressed frame. Never a block version (those are small).
 pub(crate) const FRAME_LZ4: u8 = 0xF4;
 
-/// Largest block a compressed frame may hold. A larger one is stored plain,
-/// so a damaged length can never make `open` allocate more than this.
-pub(crate) const MAX_FRAME_RAW_BYTES: usize = 1 << 30;
+/// Blocks shorter than this are never worth a frame header.
+const MIN_BLOCK_TO_COMPRESS: usize = 16;
 
 /// The sled value of `block`: compressed when that makes it smaller.
 pub(crate) fn seal(block: Vec<u8>) -> Vec<u8> {
@@ -31,7 +31,7 @@ pub(crate) fn seal(block: Vec<u8>) -> Vec<u8> {
         Some(&FRAME_LZ4),
         "a block never starts like a frame"
     );
-    if block.len() < 16 || block.len() > MAX_FRAME_RAW_BYTES {
+    if block.len() < MIN_BLOCK_TO_COMPRESS || block.len() > MAX_FRAME_RAW_BYTES {
         return block;
     }
     let packed = lz4_flex::block::compress(&block);

@@ -29,6 +29,9 @@ pub(crate) trait KvStore: Send + Sync {
     fn disk_bytes(&self) -> u64;
     /// Bytes of keys and values handed to `apply` since the store was opened.
     fn bytes_written(&self) -> u64;
+    /// The registry stopped after a failed write: do no more than needed
+    /// when closing (no settling, see `Drop for SledStore`).
+    fn mark_troubled(&self);
 }
 
 /// sled, with a real fsync after its flush.
@@ -38,6 +41,8 @@ pub(crate) struct SledStore {
     path: PathBuf,
     faults: Faults,
     written: std::sync::atomic::AtomicU64,
+    /// A write (batch or flush) failed: no settling at close.
+    troubled: std::sync::atomic::AtomicBool,
 }
 
 /// sled 0.34.7 unwraps the fsync of its log when the last handle drops
@@ -46,14 +51,53 @@ pub(crate) struct SledStore {
 /// then devreg's final checkpoint has flushed and fsynced every file, or
 /// `Registry::close` has already returned its error; the panic is contained
 /// here and counted (`devreg::internals::sled_drop_panics`).
+///
+/// A store that was written to is then opened and closed once more: sled
+/// 0.34.7 writes its snapshot (and zeroes the unused end of its segment)
+/// when it *opens* a log that grew since the last snapshot, so without
+/// this the first read-only open after a write session would change
+/// sled's files. After it, an open that writes nothing leaves every file
+/// as it was (tests/cli.rs). Not after a failed write, and on a thread
+/// that is waited for at most `SETTLE_TIMEOUT_MS`: the fault sweep found
+/// sled 0.34.7 waiting forever inside an open whose writes fail (ENOSPC).
+/// A failure or timeout only leaves that work to the next open.
 impl Drop for SledStore {
     fn drop(&mut self) {
-        if let Some(db) = self.db.take() {
-            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
-            if dropped.is_err() {
+        let Some(db) = self.db.take() else {
+            return;
+        };
+        let settle = self.written.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && !self.troubled.load(std::sync::atomic::Ordering::SeqCst);
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
+        if dropped.is_err() {
+            SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        } else if settle {
+            settle_sled(&self.path);
+        }
+    }
+}
+
+/// Opens and closes sled at `path` on its own thread, waiting for it at
+/// most `SETTLE_TIMEOUT_MS` (see `Drop for SledStore`).
+fn settle_sled(path: &Path) {
+    let path = path.to_owned();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("devreg-settle".into())
+        .spawn(move || {
+            let r = std::panic::catch_unwind(|| {
+                if let Ok(db) = open_sled(&path, crate::limits::SETTLE_SLED_CACHE_BYTES) {
+                    drop(db);
+                }
+            });
+            if r.is_err() {
                 SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-        }
+            let _ = done_tx.send(());
+        });
+    if spawned.is_ok() {
+        let wait = std::time::Duration::from_millis(crate::limits::SETTLE_TIMEOUT_MS);
+        let _ = done_rx.recv_timeout(wait);
     }
 }
 
@@ -69,43 +113,31 @@ impl SledStore {
         self.db.as_ref().ok_or(Error::Closed)
     }
 
-    pub(crate) fn open(path: &Path, faults: Faults, cache_bytes: u64) -> Result<SledStore> {
-        remove_unfinished_snapshots(path)?;
-        let config = sled::Config::new()
-            .path(path)
-            // Measured: 8 MiB segments cut sled's disk use by 40 to 68%.
-            .segment_size(8 << 20)
-            // Config::sled_cache_bytes says why this is not small.
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None);
-        // sled's I/O threads may hold its file lock for a moment after the
-        // previous handle in this process was dropped (seen in the crash
-        // tests): retry briefly before calling the database locked.
-        let started = std::time::Instant::now();
-        let db = loop {
-            match config.open() {
-                // sled reports it as ErrorKind::Other with this text.
-                Err(sled::Error::Io(e))
-                    if e.to_string().starts_with("could not acquire lock")
-                        && started.elapsed() < std::time::Duration::from_secs(2) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                other => {
-                    break other
-                        .map_err(|e| Error::store(format!("opening {}", path.display()), e))?
-                }
-            }
-        };
+    /// Opens sled at `path`. A read-only open (`writable` false) neither
+    /// removes an unfinished snapshot nor restricts file modes: it changes
+    /// nothing of devreg's doing (sled's own recovery aside; see `Drop`).
+    pub(crate) fn open(
+        path: &Path,
+        faults: Faults,
+        cache_bytes: u64,
+        writable: bool,
+    ) -> Result<SledStore> {
+        if writable {
+            remove_unfinished_snapshots(path)?;
+        }
+        let db = open_sled(path, cache_bytes)?;
         let store = SledStore {
             db: Some(db),
             path: path.to_owned(),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
+            troubled: std::sync::atomic::AtomicBool::new(false),
         };
-        // Files from before (sled creates them 0644) become owner-only now;
-        // new ones at every checkpoint.
-        visit_tree(path, false, &store.faults)?;
+        if writable {
+            // Files from before (sled creates them 0644) become owner-only
+            // now; new ones at every checkpoint.
+            visit_tree(path, false, &store.faults)?;
+        }
         Ok(store)
     }
 }
@@ -130,6 +162,34 @@ impl SledStore {
             }
         }
         Ok(out)
+    }
+}
+
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(path)
+        // Measured: 8 MiB segments cut sled's disk use by 40 to 68%.
+        .segment_size(8 << 20)
+        // Config::sled_cache_bytes says why this is not small.
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None);
+    // sled's I/O threads may hold its file lock for a moment after the
+    // previous handle in this process was dropped (seen in the crash
+    // tests): retry briefly before calling the database locked.
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            // sled reports it as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && started.elapsed() < std::time::Duration::from_secs(2) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => {
+                return other.map_err(|e| Error::store(format!("opening {}", path.display()), e))
+            }
+        }
     }
 }
 
@@ -207,6 +267,49 @@ impl KvStore for SledStore {
     }
 
     fn apply(&self, writes: &[Write]) -> Result<()> {
+        let r = self.apply_batch(writes);
+        self.note(r)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
+        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("scanning the store", e))?;
+        for item in self.db()?.scan_prefix(prefix) {
+            let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let r = self.flush_and_fsync();
+        self.note(r)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.path)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn mark_troubled(&self) {
+        self.troubled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl SledStore {
+    /// Passes `r` on, remembering a failed write: a store that failed one
+    /// is not opened again at close (see `Drop`).
+    fn note(&self, r: Result<()>) -> Result<()> {
+        if r.is_err() {
+            self.mark_troubled();
+        }
+        r
+    }
+
+    fn apply_batch(&self, writes: &[Write]) -> Result<()> {
         let bytes: usize = writes
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
@@ -227,29 +330,12 @@ impl KvStore for SledStore {
             .map_err(|e| Error::store("applying a checkpoint batch", e))
     }
 
-    fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
-        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("scanning the store", e))?;
-        for item in self.db()?.scan_prefix(prefix) {
-            let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
-            f(&k, &v)?;
-        }
-        Ok(())
-    }
-
-    fn sync(&self) -> Result<()> {
+    fn flush_and_fsync(&self) -> Result<()> {
         check(&self.faults, IoOp::StoreWrite).map_err(|e| Error::io("flushing the store", e))?;
         self.db()?
             .flush()
             .map_err(|e| Error::store("flushing", e))?;
         // sled's flush uses sync_file_range, which does not survive power loss.
         visit_tree(&self.path, true, &self.faults)
-    }
-
-    fn disk_bytes(&self) -> u64 {
-        dir_bytes(&self.path)
-    }
-
-    fn bytes_written(&self) -> u64 {
-        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

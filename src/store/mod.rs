@@ -24,11 +24,12 @@ pub(crate) use paged::PagedStore;
 
 /// The store of the closed database at `db`, for one short job (1 MiB
 /// chunks, every change merged at once, a small sled cache).
-fn open_closed(db: &Path) -> Result<PagedStore> {
+fn open_closed(db: &Path, writable: bool) -> Result<PagedStore> {
     let raw = SledStore::open(
         &db.join("store"),
         None,
         crate::limits::TOOL_SLED_CACHE_BYTES,
+        writable,
     )?;
     PagedStore::open(raw, 1 << 20, 0)
 }
@@ -37,14 +38,14 @@ fn open_closed(db: &Path) -> Result<PagedStore> {
 /// record, a history value, a metadata key...) of the closed database at
 /// `db`, wherever the layout keeps it.
 pub fn peek_record(db: &Path, key: &[u8]) -> Result<Option<Vec<u8>>> {
-    let store = open_closed(db)?;
+    let store = open_closed(db, false)?;
     store.get(key)
 }
 
 /// Test support (`devreg::internals`): sets (or with `None` removes) one
 /// logical record of the closed database at `db`, as a checkpoint would.
 pub fn poke_record(db: &Path, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-    let store = open_closed(db)?;
+    let store = open_closed(db, true)?;
     store.apply(&[(key.to_vec(), value.map(<[u8]>::to_vec))])?;
     store.sync()
 }

@@ -722,6 +722,10 @@ impl KvStore for PagedStore {
     fn bytes_written(&self) -> u64 {
         self.raw.bytes_written()
     }
+
+    fn mark_troubled(&self) {
+        self.raw.mark_troubled();
+    }
 }
 
 #[cfg(test)]
@@ -729,7 +733,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, chunk: usize) -> PagedStore {
-        PagedStore::open(SledStore::open(dir, None, 8 << 20).unwrap(), chunk, 0).unwrap()
+        PagedStore::open(SledStore::open(dir, None, 8 << 20, true).unwrap(), chunk, 0).unwrap()
     }
 
     fn all(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -879,7 +883,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reopen = |delta: usize| {
             PagedStore::open(
-                SledStore::open(dir.path(), None, 8 << 20).unwrap(),
+                SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
                 256,
                 delta,
             )
@@ -947,7 +951,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reopen = || {
             PagedStore::open(
-                SledStore::open(dir.path(), None, 8 << 20).unwrap(),
+                SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
                 512,
                 4_000,
             )
@@ -1024,7 +1028,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reopen = || {
             PagedStore::open(
-                SledStore::open(dir.path(), None, 8 << 20).unwrap(),
+                SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
                 256,
                 300,
             )

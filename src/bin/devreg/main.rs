@@ -29,12 +29,15 @@ use output::{device_json, Out};
     about = "An embedded, crash-safe registry of mobile push devices"
 )]
 struct Cli {
-    /// The database directory (created if missing).
+    /// The database directory. Write commands create it where the path is
+    /// absent or an empty directory; read commands never create anything.
     #[arg(long, default_value = "./devreg-data")]
     db: PathBuf,
 
-    /// Most devices one person may own; older ones are evicted.
-    /// Without it, the cap stored in the database is kept.
+    /// Most devices one person may own (older ones are evicted): the
+    /// initial setting of a database that a write command creates. For an
+    /// existing database it must equal the stored setting (change that
+    /// with `config set`); read commands ignore it.
     #[arg(long, value_name = "N")]
     max_devices_per_person: Option<u32>,
 
@@ -67,6 +70,8 @@ enum Command {
         file: String,
     },
     /// Print every device as one JSON object per line, ordered by token.
+    /// Each line is an `import` line (`"op":"register"`, every field), so
+    /// `devreg dump | devreg --db NEW import -` copies the devices.
     Dump,
     /// Print one device.
     Get {
@@ -154,10 +159,39 @@ enum Command {
     },
     /// Print every sink's position as a JSON array.
     Sinks,
+    /// Show or change the settings stored in the database.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Send the sink's feed to Customer.io (credentials from CUSTOMERIO_SITE_ID
     /// and CUSTOMERIO_API_KEY); --once drains and exits, otherwise follows
     /// new changes until SIGINT/SIGTERM.
     Sync(sync::SyncArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Print the stored settings as JSON.
+    Show,
+    /// Change a stored setting. Without --yes, prints what it would do
+    /// (how many devices a lower cap evicts) and changes nothing.
+    Set {
+        #[command(subcommand)]
+        setting: Setting,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Setting {
+    /// The most devices one person may own; lowering it evicts each
+    /// person's least recently seen devices beyond it (and sends their
+    /// deletions to Customer.io).
+    MaxDevicesPerPerson {
+        /// The new cap (1 to 10000).
+        n: u32,
+        /// Apply it (otherwise only report).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
@@ -221,6 +255,16 @@ fn durability(d: DurabilityArg) -> Durability {
 
 fn run(cli: &Cli) -> CmdResult {
     let durability = durability(cli.durability);
+    // Checked for every command, read commands (which ignore it) included,
+    // so that a mistyped value is never silently dropped.
+    if let Some(cap) = cli.max_devices_per_person {
+        let limit = devreg::limits::MAX_DEVICES_PER_PERSON_LIMIT;
+        if !(1..=limit).contains(&cap) {
+            return Err(CliError(format!(
+                "invalid max_devices_per_person: {cap} is outside 1..={limit}"
+            )));
+        }
+    }
     match &cli.command {
         Command::Demo => demo::run(cli.max_devices_per_person),
         Command::Repair => {
@@ -246,8 +290,18 @@ fn run(cli: &Cli) -> CmdResult {
             let reg = open(cli, durability)?;
             import::run(reg, input)
         }
+        Command::Config(ConfigCmd::Set { setting }) => {
+            let reg = open_with(cli, durability, None)?;
+            let code = set_setting(&reg, setting)?;
+            reg.close()
+                .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))?;
+            Ok(code)
+        }
         cmd => {
-            let reg = open(cli, durability)?;
+            let reg = match is_write(cmd) {
+                true => open(cli, durability)?,
+                false => open_read_only(cli)?,
+            };
             let code = query(&reg, cmd)?;
             // The final sync and checkpoint can fail: never exit 0 then.
             reg.close()
@@ -257,18 +311,79 @@ fn run(cli: &Cli) -> CmdResult {
     }
 }
 
-/// Opens the registry. Without `--max-devices-per-person` the database's
-/// stored cap is kept (the library's default), so a read-only command never
-/// rewrites the cap or evicts devices.
+/// The commands (besides import, sync, repair and `config set`, which run
+/// on their own) that write: the feed's position and dead letters.
+fn is_write(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Export { .. }
+            | Command::Ack { .. }
+            | Command::Nack { .. }
+            | Command::Requeue { .. }
+    )
+}
+
+/// Opens the registry for a write command: created if missing, with
+/// `--max-devices-per-person` as a new database's cap (and an error for an
+/// existing one whose stored cap differs: see `config set`).
 fn open(cli: &Cli, durability: Durability) -> Result<Registry, CliError> {
+    open_with(cli, durability, cli.max_devices_per_person)
+}
+
+fn open_with(cli: &Cli, durability: Durability, cap: Option<u32>) -> Result<Registry, CliError> {
     let mut config = Config::new(&cli.db).durability(durability);
-    if let Some(cap) = cli.max_devices_per_person {
+    if let Some(cap) = cap {
         config = config.max_devices_per_person(cap);
     }
+    open_config(cli, config)
+}
+
+/// Opens the registry for a read command: read-only, never created, no
+/// setting applied; a missing database is an error naming the path.
+fn open_read_only(cli: &Cli) -> Result<Registry, CliError> {
+    open_config(cli, Config::new(&cli.db).read_only(true))
+}
+
+fn open_config(cli: &Cli, mut config: Config) -> Result<Registry, CliError> {
     if let Some(mib) = cli.memory_budget_mib {
         config = config.memory_budget_bytes(mib.saturating_mul(1 << 20));
     }
-    Registry::open_with(config).map_err(|e| CliError(format!("opening {}: {e}", cli.db.display())))
+    Registry::open_with(config).map_err(|e| match e {
+        // It names the path already.
+        devreg::Error::NoDatabase { .. } => CliError(e.to_string()),
+        e => CliError(format!("opening {}: {e}", cli.db.display())),
+    })
+}
+
+/// `config set`: reports, and with `--yes` applies.
+fn set_setting(reg: &Registry, setting: &Setting) -> CmdResult {
+    let Setting::MaxDevicesPerPerson { n, yes } = *setting;
+    let stored = reg.stats().max_devices_per_person;
+    let would_evict = reg.cap_evictions(n);
+    let mut report = serde_json::json!({
+        "setting": "max-devices-per-person",
+        "stored": stored,
+        "requested": n,
+        "would_evict": would_evict,
+        "applied": false,
+    });
+    if yes {
+        let outcome = reg.set_max_devices_per_person(n)?;
+        let evicted = match outcome {
+            devreg::Outcome::Applied { evicted, .. } => evicted,
+            _ => 0,
+        };
+        report["applied"] = true.into();
+        report["evicted"] = evicted.into();
+    } else if n != stored {
+        eprintln!(
+            "nothing changed: run again with --yes to set it ({would_evict} device(s) evicted)"
+        );
+    }
+    let mut out = Out::stdout();
+    out.json(&report)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn query(reg: &Registry, cmd: &Command) -> CmdResult {
@@ -276,7 +391,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
     match cmd {
         Command::Dump => {
             for d in reg.dump() {
-                out.json(&device_json(&d))?;
+                out.json(&output::dump_line(&d))?;
             }
         }
         Command::Get { token } => match reg.device(token) {
@@ -337,9 +452,14 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             }
             out.json(&sinks)?;
         }
-        Command::Import { .. } | Command::Demo | Command::Sync(_) | Command::Repair => {
-            unreachable!("dispatched in run()")
-        }
+        Command::Config(ConfigCmd::Show) => out.json(&serde_json::json!({
+            "max_devices_per_person": reg.stats().max_devices_per_person,
+        }))?,
+        Command::Import { .. }
+        | Command::Demo
+        | Command::Sync(_)
+        | Command::Repair
+        | Command::Config(ConfigCmd::Set { .. }) => unreachable!("dispatched in run()"),
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -30,6 +30,24 @@ pub fn device_json(d: &Device) -> DeviceJson<'_> {
     }
 }
 
+/// A `dump` line: the device as an import line (`"op":"register"`, which
+/// takes `last_seen_ms` for `seen_ms`), so `devreg dump | devreg --db NEW
+/// import -` recreates the devices.
+#[derive(Serialize)]
+pub struct DumpLine<'a> {
+    op: &'static str,
+    #[serde(flatten)]
+    device: DeviceJson<'a>,
+}
+
+/// The `dump` form of a device.
+pub fn dump_line(d: &Device) -> DumpLine<'_> {
+    DumpLine {
+        op: "register",
+        device: device_json(d),
+    }
+}
+
 /// Buffered stdout that turns a closed pipe (`devreg dump | head`) into a
 /// quiet, successful exit instead of a panic or an error message.
 pub struct Out {
