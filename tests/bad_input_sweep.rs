@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-mod common;
+#[path = "support/raw_store.rs"]
+mod raw_store;
 
 use devreg::limits::*;
 use devreg::*;
@@ -689,7 +690,7 @@ fn library_rejects_every_bad_input_with_a_typed_error() {
 
     // A database of a future format version.
     {
-        let store = common::open_raw_store(&db);
+        let store = raw_store::open_raw_store(&db);
         store.insert(b"Mformat", &5u32.to_be_bytes()).unwrap();
         store.flush().unwrap();
     }

@@ -13,7 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
+#[path = "support/raw_store.rs"]
+mod raw_store;
 
 fn fixture_of(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -270,7 +271,7 @@ fn a_newer_format_is_refused_with_what_to_do() {
     devreg::Registry::open(&db).unwrap().close().unwrap();
     // Pretend a future build wrote it: Mformat 5.
     {
-        let sled = common::open_raw_store(&db);
+        let sled = raw_store::open_raw_store(&db);
         sled.insert("Mformat", &5u32.to_be_bytes()).unwrap();
         sled.flush().unwrap();
     }
