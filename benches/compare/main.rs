@@ -2,19 +2,33 @@
 //! in-memory maps, measured in one run on the same machine.
 //!
 //! ```text
-//! cargo bench --bench compare -- [--quick] [--n N] [--sweep] [--huge] [--phase-ms MS]
+//! cargo bench --bench compare -- [--quick] [--n N] [--sweep] [--huge] [--sizes N,N,..]
+//!                                [--rounds R] [--phase-ms MS] [--systems a,b,..]
+//! cargo bench --bench compare -- --diff A.json B.json
 //! ```
 //!
-//! The parent process re-executes this binary once per system (`--child run`)
-//! so that each system's peak RSS is its own, then once more to time devreg's
-//! open and a plain scan of its sled tree in fresh processes. It prints a
-//! table and one `ratio <metric> devreg/sqlite=.. devreg/sled=.. devreg/memory=..`
-//! line per metric (above 1 = devreg better), and writes JSON (and, for the
-//! sweep, an SVG plot) under `bench-results/`.
+//! The parent process measures each size in R interleaved rounds (default
+//! 5, `--quick` 1; `rounds.rs`): in each it re-executes this binary once per
+//! system (`--child run`, so that each system's peak RSS is its own), in an
+//! order rotated every round, then once more to time devreg's open and a
+//! plain scan of its sled tree in fresh processes. It prints a table of
+//! medians with their min–max over the rounds, one `ratio <metric>
+//! devreg/sqlite=.. devreg/sled=.. devreg/memory=..` line per metric (ratio
+//! of the medians, then the min–max of the ratio within each round; above
+//! 1 = devreg better) and the targets, judged "met", "MISSED" or "within
+//! noise" (`stats.rs`; a quick run judges nothing). Every results file
+//! starts with the machine, load, commit and date (`env.rs`). It writes
+//! JSON, text and (for several sizes) an SVG plot under `bench-results/`,
+//! and for a full run a copy in `bench-results/history/`; `--diff` compares
+//! two such JSON files (`history.rs`).
 
+mod env;
+mod history;
 mod plot;
 mod report;
+mod rounds;
 mod run;
+mod stats;
 mod systems;
 mod workload;
 
@@ -24,13 +38,21 @@ use std::time::{Duration, Instant};
 
 use run::Metrics;
 
+const USAGE: &str = "compare [--quick] [--n N] [--sweep] [--huge] [--sizes N,N,...] \
+                     [--rounds R] [--phase-ms MS] [--systems devreg,sled,sqlite,memory] \
+                     | --diff A.json B.json";
+
+#[derive(Default)]
 struct Args {
     quick: bool,
     sweep: bool,
     huge: bool,
     n: Option<usize>,
+    sizes: Option<Vec<usize>>,
+    rounds: Option<usize>,
     phase_ms: Option<u64>,
     systems: Vec<String>,
+    diff: Option<(PathBuf, PathBuf)>,
     child: Option<String>,
     system: Option<String>,
     dir: Option<PathBuf>,
@@ -38,20 +60,10 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut a = Args {
-        quick: false,
-        sweep: false,
-        huge: false,
-        n: None,
-        phase_ms: None,
         systems: systems::ALL.iter().map(|s| s.to_string()).collect(),
-        child: None,
-        system: None,
-        dir: None,
+        ..Args::default()
     };
     let mut it = std::env::args().skip(1);
-    let value = |it: &mut dyn Iterator<Item = String>, flag: &str| {
-        it.next().unwrap_or_else(|| panic!("{flag} needs a value"))
-    };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             // cargo bench passes --bench to harness = false targets.
@@ -59,34 +71,56 @@ fn parse_args() -> Args {
             "--quick" => a.quick = true,
             "--sweep" => a.sweep = true,
             "--huge" => a.huge = true,
-            "--n" => a.n = Some(value(&mut it, "--n").parse().expect("--n takes a number")),
-            "--phase-ms" => {
-                a.phase_ms = Some(value(&mut it, "--phase-ms").parse().expect("a number"))
+            "--diff" => {
+                let mut file = || PathBuf::from(it.next().expect("--diff needs two JSON files"));
+                a.diff = Some((file(), file()));
             }
-            "--systems" => {
-                a.systems = value(&mut it, "--systems")
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect()
+            flag @ ("--n" | "--sizes" | "--rounds" | "--phase-ms" | "--systems" | "--child"
+            | "--system" | "--dir") => {
+                let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+                set_value(&mut a, flag, v);
             }
-            "--child" => a.child = Some(value(&mut it, "--child")),
-            "--system" => a.system = Some(value(&mut it, "--system")),
-            "--dir" => a.dir = Some(value(&mut it, "--dir").into()),
-            other => panic!(
-                "unknown argument {other:?}; usage: compare [--quick] [--n N] [--sweep] [--huge] \
-                 [--phase-ms MS] [--systems devreg,sled,sqlite,memory]"
-            ),
+            other => panic!("unknown argument {other:?}; usage: {USAGE}"),
         }
     }
     a
+}
+
+fn set_value(a: &mut Args, flag: &str, v: String) {
+    let num = |v: &str| -> usize {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{flag} takes a number (comma-separated for --sizes)"))
+    };
+    match flag {
+        "--n" => a.n = Some(num(&v)),
+        "--sizes" => a.sizes = Some(v.split(',').map(num).collect()),
+        "--rounds" => {
+            let r = num(&v);
+            assert!(r >= 1, "--rounds needs at least 1");
+            a.rounds = Some(r);
+        }
+        "--phase-ms" => a.phase_ms = Some(num(&v) as u64),
+        "--systems" => a.systems = v.split(',').map(str::to_owned).collect(),
+        "--child" => a.child = Some(v),
+        "--system" => a.system = Some(v),
+        "--dir" => a.dir = Some(v.into()),
+        other => unreachable!("{other} takes no value"),
+    }
 }
 
 /// glibc malloc settings of every child process: allocations of 64 KiB and
 /// more from mmap, as `devreg` sets with mallopt.
 pub const CHILD_GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=65536";
 
-/// Runs this binary as a child and parses the `RESULT {json}` line it prints.
-fn child(kind: &str, system: &str, dir: &Path, n: usize, phase: Duration) -> Metrics {
+/// Runs this binary as a child and parses the `RESULT {json}` line it
+/// prints; or says why it gave no result (killed for memory at 10^7, say).
+fn try_child(
+    kind: &str,
+    system: &str,
+    dir: &Path,
+    n: usize,
+    phase: Duration,
+) -> Result<Metrics, String> {
     let exe = std::env::current_exe().expect("finding the bench binary");
     let out = Command::new(exe)
         // The allocator setting the devreg command makes for itself
@@ -103,8 +137,8 @@ fn child(kind: &str, system: &str, dir: &Path, n: usize, phase: Duration) -> Met
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("child {kind} {system} failed ({}): {stdout}", out.status));
-    serde_json::from_str(line).expect("child result is JSON")
+        .ok_or_else(|| format!("child {kind} {system} at n = {n} failed ({})", out.status))?;
+    serde_json::from_str(line).map_err(|e| format!("child {kind} {system}: result: {e}"))
 }
 
 fn child_main(a: &Args) {
@@ -128,59 +162,21 @@ fn child_main(a: &Args) {
     );
 }
 
-/// Everything measured at one size.
-pub struct SizeRun {
-    pub n: usize,
-    pub floor: Metrics,
-    pub systems: Vec<(String, Metrics)>,
-    pub open: Metrics,
-    pub scan: Metrics,
-}
-
-fn measure(n: usize, phase: Duration, systems: &[String]) -> SizeRun {
-    // Same filesystem as the project (one disk on this machine).
-    let tmp = tempfile::Builder::new()
-        .prefix("devreg-compare-")
-        .tempdir()
-        .expect("creating a temporary directory");
-    eprintln!("== n = {n}, {} ms per timed phase", phase.as_millis());
-    let floor = run::fsync_floor(tmp.path(), phase);
-    let mut out = Vec::new();
-    for s in systems {
-        let t = Instant::now();
-        let m = child("run", s, &tmp.path().join(s), n, phase);
-        eprintln!("  {s}: {:.1} s", t.elapsed().as_secs_f64());
-        out.push((s.clone(), m));
-    }
-    let (open, scan) = if systems.iter().any(|s| s == "devreg") {
-        let db = tmp.path().join("devreg");
-        (
-            child("open-devreg", "devreg", &db, n, phase),
-            child("scan-sled", "devreg", &db.join("store"), n, phase),
-        )
-    } else {
-        (Metrics::new(), Metrics::new())
-    };
-    SizeRun {
-        n,
-        floor,
-        systems: out,
-        open,
-        scan,
-    }
-}
-
 fn main() {
     let a = parse_args();
     if a.child.is_some() {
         child_main(&a);
-        return;
+    } else if let Some((x, y)) = &a.diff {
+        history::diff(x, y);
+    } else {
+        bench(&a);
     }
-    let started = Instant::now();
-    let phase = Duration::from_millis(a.phase_ms.unwrap_or(if a.quick { 300 } else { 2000 }));
-    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
-    std::fs::create_dir_all(&out_dir).expect("creating bench-results/");
-    let sizes: Vec<usize> = if a.sweep && !a.quick {
+}
+
+fn sizes(a: &Args) -> Vec<usize> {
+    if let Some(sizes) = a.sizes.clone() {
+        sizes
+    } else if a.sweep && !a.quick {
         let mut s = vec![10_000, 100_000, 1_000_000];
         if a.huge {
             s.push(10_000_000);
@@ -188,19 +184,34 @@ fn main() {
         s
     } else {
         vec![a.n.unwrap_or(if a.quick { 20_000 } else { 200_000 })]
-    };
-    let runs: Vec<SizeRun> = sizes
-        .iter()
-        .map(|&n| measure(n, phase, &a.systems))
+    }
+}
+
+fn bench(a: &Args) {
+    let started = Instant::now();
+    let phase = Duration::from_millis(a.phase_ms.unwrap_or(if a.quick { 300 } else { 2000 }));
+    let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 5 });
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out_dir = repo.join("bench-results");
+    std::fs::create_dir_all(&out_dir).expect("creating bench-results/");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
         .collect();
+    let cmd = format!("cargo bench --bench compare -- {}", args.join(" "));
+    let mut machine = env::Env::start(&cmd, repo, &std::env::temp_dir());
+    let runs: Vec<rounds::SizeRun> = sizes(a)
+        .into_iter()
+        .map(|n| rounds::measure(n, phase, &a.systems, rounds))
+        .collect();
+    machine.finish(started.elapsed());
     let mut text = String::new();
     for r in &runs {
-        text += &report::table(r);
+        text += &report::table(r, a.quick);
     }
     if runs.len() > 1 {
         text += &report::growth(&runs);
     }
-    print!("{text}");
     // A run of some systems only (a diagnostic) must not replace a full result.
     let partial = a.systems.len() < systems::ALL.len();
     let stem = if a.quick || partial {
@@ -210,21 +221,18 @@ fn main() {
     } else {
         format!("results-n{}", runs[0].n)
     };
-    let cmd = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect::<Vec<_>>()
-        .join(" ");
-    let header = format!(
-        "command: cargo bench --bench compare -- {cmd}\nwall time: {:.0} s\n\n",
-        started.elapsed().as_secs_f64()
-    );
-    let json = report::json(&runs, &cmd);
-    std::fs::write(out_dir.join(format!("{stem}.json")), json).expect("writing results JSON");
-    std::fs::write(out_dir.join(format!("{stem}.txt")), header + &text)
-        .expect("writing the results table");
+    let header = format!("command: {cmd}\n{}\n", machine.text());
+    let json = report::json(&runs, &machine, a.quick);
+    let text = header + &text;
+    print!("{text}");
+    std::fs::write(out_dir.join(format!("{stem}.json")), &json).expect("writing results JSON");
+    std::fs::write(out_dir.join(format!("{stem}.txt")), &text).expect("writing the results table");
     if runs.len() > 1 {
         plot::sweep(&runs, &out_dir.join(format!("{stem}.svg")));
+    }
+    if stem != "quick" {
+        let path = history::write(&out_dir, &machine, &stem, &json, &text);
+        eprintln!("wrote {}", path.display());
     }
     eprintln!(
         "wrote bench-results/{stem}.* in {:.0} s",

@@ -139,8 +139,8 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
     m.insert("reopen_ms".into(), t.elapsed().as_secs_f64() * 1e3);
     for d in devs.iter_mut() {
         d.seen_ms += DAY_MS / 2;
-        d.attrs.insert("app_version".into(), "4.3.0".into());
     }
+    workload::set_attribute(&mut devs, "app_version", "4.3.0");
     log("bulk update");
     m.insert("update_ops_s".into(), bulk(&*sys, &devs));
     sys.settle();

@@ -1,6 +1,9 @@
 //! The synthetic data set every system is measured on, generated
 //! deterministically so that every child process builds the same devices.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use devreg::{Attributes, Device, Platform};
 
 /// "Now" for every workload: a fixed instant, so runs are repeatable.
@@ -37,7 +40,9 @@ pub struct Dev {
     pub platform: Platform,
     pub person: Option<String>,
     pub seen_ms: u64,
-    pub attrs: Attributes,
+    /// Shared between devices with the same attributes (there are a few
+    /// thousand combinations), so that 10^7 devices fit in a child process.
+    pub attrs: Arc<Attributes>,
 }
 
 impl Dev {
@@ -47,7 +52,7 @@ impl Dev {
             platform: self.platform,
             person: self.person.clone(),
             last_seen_ms: seen_ms,
-            attributes: self.attrs.clone(),
+            attributes: (*self.attrs).clone(),
         }
     }
 }
@@ -116,6 +121,7 @@ pub fn attributes(r: &mut Rng, platform: Platform) -> Attributes {
 pub fn generate(n: usize, seed: u64) -> Vec<Dev> {
     let persons = persons_for(n);
     let mut r = Rng::new(seed);
+    let mut interned: HashMap<Attributes, Arc<Attributes>> = HashMap::new();
     (0..n as u64)
         .map(|i| {
             let platform = if r.below(10) < 6 {
@@ -130,12 +136,17 @@ pub fn generate(n: usize, seed: u64) -> Vec<Dev> {
                 31 + r.below(334)
             };
             let seen_ms = NOW_MS - age_days * DAY_MS - r.below(DAY_MS);
+            let attrs = attributes(&mut r, platform);
+            let attrs = interned
+                .entry(attrs)
+                .or_insert_with_key(|a| Arc::new(a.clone()))
+                .clone();
             Dev {
                 token: token(seed, i),
                 platform,
                 person,
                 seen_ms,
-                attrs: attributes(&mut r, platform),
+                attrs,
             }
         })
         .collect()
@@ -146,4 +157,18 @@ pub fn generate(n: usize, seed: u64) -> Vec<Dev> {
 pub fn merge_pair(k: u64, n: usize) -> Option<(String, String)> {
     let persons = persons_for(n);
     (2 * k + 1 < persons).then(|| (person_name(2 * k), person_name(2 * k + 1)))
+}
+
+/// Sets attribute `name` to `value` on every device, keeping them shared.
+pub fn set_attribute(devs: &mut [Dev], name: &str, value: &str) {
+    let mut updated: HashMap<usize, Arc<Attributes>> = HashMap::new();
+    for d in devs {
+        let old = Arc::as_ptr(&d.attrs) as usize;
+        let new = updated.entry(old).or_insert_with(|| {
+            let mut a = (*d.attrs).clone();
+            a.insert(name.into(), value.into());
+            Arc::new(a)
+        });
+        d.attrs = new.clone();
+    }
 }

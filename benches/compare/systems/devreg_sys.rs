@@ -29,7 +29,7 @@ fn register_op(d: &Dev, seen_ms: u64) -> Op {
         platform: d.platform,
         person: d.person.clone(),
         seen_ms,
-        attributes: Some(d.attrs.clone()),
+        attributes: Some((*d.attrs).clone()),
     })
 }
 
