@@ -881,15 +881,18 @@ fn the_cap_is_set_when_created_and_changed_only_by_config_set() {
     let more = register("t99", "ios", Some("ann"), 99);
     let file = dir.path().join("more.jsonl");
     std::fs::write(&file, &more).unwrap();
-    let o = devreg(
-        &db,
-        &[
-            "--max-devices-per-person",
-            "2",
-            "import",
-            file.to_str().unwrap(),
-        ],
-    );
+    let import_with_cap_flag = |cap: &str| {
+        devreg(
+            &db,
+            &[
+                "--max-devices-per-person",
+                cap,
+                "import",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = import_with_cap_flag("2");
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("config set max-devices-per-person 2"),
@@ -898,15 +901,7 @@ fn the_cap_is_set_when_created_and_changed_only_by_config_set() {
     );
     assert_eq!(dump(&db).len(), 5, "nothing imported, nothing evicted");
     // The same cap is fine.
-    let o = devreg(
-        &db,
-        &[
-            "--max-devices-per-person",
-            "5",
-            "import",
-            file.to_str().unwrap(),
-        ],
-    );
+    let o = import_with_cap_flag("5");
     assert!(o.status.success(), "{}", stderr(&o));
     // config set without --yes reports and changes nothing.
     let before = files_of(&db);

@@ -151,17 +151,7 @@ fn a_format_2_database_opens_and_answers_the_same() {
     });
     reg.apply(mv).unwrap();
     reg.checkpoint().unwrap();
-    let h = reg.history(&token4).unwrap();
-    let ops: Vec<_> = h.iter().map(|e| (e.op, e.owner_after.clone())).collect();
-    use devreg::HistoryOp::{Move, Register};
-    assert_eq!(
-        ops,
-        [
-            (Move, Some("z9".to_string())),
-            (Move, Some("q4".to_string())),
-            (Register, Some("p4".to_string()))
-        ]
-    );
+    assert_token4_moved_to_z9(&reg, &token4);
 }
 
 /// Store format 3 (pages and delta chunks in plain, uncompressed frames,
@@ -228,17 +218,7 @@ fn a_format_3_database_opens_relabelled_and_answers_the_same() {
         1,
         "the new device is in the dump"
     );
-    let h = reg.history(&token4).unwrap();
-    let ops: Vec<_> = h.iter().map(|e| (e.op, e.owner_after.clone())).collect();
-    use devreg::HistoryOp::{Move, Register};
-    assert_eq!(
-        ops,
-        [
-            (Move, Some("z9".to_string())),
-            (Move, Some("q4".to_string())),
-            (Register, Some("p4".to_string()))
-        ]
-    );
+    assert_token4_moved_to_z9(&reg, &token4);
     assert!(
         reg.sinks()[0].pending > 149 - 20,
         "the writes are in the feed"
@@ -286,4 +266,20 @@ fn a_newer_format_is_refused_with_what_to_do() {
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
+}
+
+/// Token 4's history after the test's move: registered to p4 by the
+/// fixture, moved to q4 by the fixture, moved to z9 by this build.
+fn assert_token4_moved_to_z9(reg: &devreg::Registry, token4: &str) {
+    use devreg::HistoryOp::{Move, Register};
+    let h = reg.history(token4).unwrap();
+    let ops: Vec<_> = h.iter().map(|e| (e.op, e.owner_after.clone())).collect();
+    assert_eq!(
+        ops,
+        [
+            (Move, Some("z9".to_string())),
+            (Move, Some("q4".to_string())),
+            (Register, Some("p4".to_string()))
+        ]
+    );
 }
