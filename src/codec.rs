@@ -18,8 +18,10 @@ pub const FORMAT_VERSION: u8 = 1;
 /// keeps the per-record keyspaces in pages (`store::paged`); 3 deletes
 /// superseded pages and merged delta chunks after the commit, marking the
 /// merge with `Mdelta_merged`; 4 may keep a page or delta chunk compressed
-/// (`store::frame`). Values keep their own version byte (`FORMAT_VERSION`).
-pub const STORE_FORMAT: u32 = 4;
+/// (`store::frame`); 5 may hold a sink's backfill in its metadata and
+/// backfill adds in its batch in flight (`feed::backfill`). Values keep
+/// their own version byte (`FORMAT_VERSION`).
+pub const STORE_FORMAT: u32 = 5;
 
 /// Key prefix of device records.
 pub const DEVICE_PREFIX: u8 = b'D';

@@ -68,3 +68,8 @@ pub const SETTLE_SLED_CACHE_BYTES: u64 = 8 << 20;
 
 /// Longest a close waits for that open (a thread; see `store/kv.rs`).
 pub const SETTLE_TIMEOUT_MS: u64 = 5_000;
+
+/// Positions (devices) a new sink's backfill takes from one scan of the
+/// state (`feed/backfill.rs`): a window of this many costs about 100 B each
+/// while the backfill runs, and a backfill of N devices scans N / this times.
+pub const BACKFILL_WINDOW_TOKENS: usize = 1 << 18;

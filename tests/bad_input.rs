@@ -451,10 +451,10 @@ fn unknown_format_version_is_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let dump = populated(&db);
-    let original = poke(&db, b"Mformat", Some(&5u32.to_be_bytes())).expect("Mformat is set");
-    assert_eq!(original, 4u32.to_be_bytes());
+    let original = poke(&db, b"Mformat", Some(&6u32.to_be_bytes())).expect("Mformat is set");
+    assert_eq!(original, devreg::internals::STORE_FORMAT.to_be_bytes());
     match Registry::open(&db) {
-        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 5),
+        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 6),
         other => panic!("expected UnsupportedFormat, got {:?}", other.map(|_| ())),
     }
     poke(&db, b"Mformat", Some(&u32::MAX.to_be_bytes()));

@@ -2,13 +2,15 @@
 //! in `tests/fixtures/v1/` is store format 1 (a sled key per record), made
 //! by the build before pages (commit f16c22f) from `events.jsonl`, with one
 //! nacked batch (two dead letters) and one batch in flight. The open
-//! converts it to pages (format 4); every query answers as the old build's
+//! converts it to pages (format 5); every query answers as the old build's
 //! did (`dump.jsonl`, `dead.json`, `hist3.json`, `sinks.json`, `stats.json`).
 //! The fixtures in `tests/fixtures/v2/` (store format 2, made by commit
 //! 6f199df) and `tests/fixtures/v3/` (store format 3, made by commit
-//! 7dbb89f, the last build before compressed pages) hold the same events
-//! and feed state; their open relabels them format 4 and every query
-//! answers as the build that made them did.
+//! 7dbb89f, the last build before compressed pages) and
+//! `tests/fixtures/v4/` (store format 4, made by commit 3cef5fa, the last
+//! build whose new sink stored its snapshot as an item per device) hold the
+//! same events and feed state; their open relabels them format 5 and every
+//! query answers as the build that made them did.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -114,7 +116,9 @@ fn in_flight_batch_goes_on(db: &Path, pending: u64) -> devreg::Registry {
         .unwrap();
     assert_eq!(b.id(), "customerio-000000000002");
     reg.ack(devreg::DEFAULT_SINK, b.id()).unwrap();
-    assert_eq!(reg.sinks()[0].pending, pending);
+    let sinks = reg.sinks();
+    let default = sinks.iter().find(|s| s.name == devreg::DEFAULT_SINK);
+    assert_eq!(default.map(|s| s.pending), Some(pending));
     reg
 }
 
@@ -249,17 +253,17 @@ fn a_newer_format_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     devreg::Registry::open(&db).unwrap().close().unwrap();
-    // Pretend a future build wrote it: Mformat 5.
+    // Pretend a future build wrote it: Mformat 6.
     {
         let sled = raw_store::open_raw_store(&db);
-        sled.insert("Mformat", &5u32.to_be_bytes()).unwrap();
+        sled.insert("Mformat", &6u32.to_be_bytes()).unwrap();
         sled.flush().unwrap();
     }
     match devreg::Registry::open(&db) {
         Err(e @ devreg::Error::UnsupportedFormat { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("version 5, this build reads version 4"),
+                msg.contains("version 6, this build reads version 5"),
                 "{msg}"
             );
             assert!(msg.contains("newer devreg"), "{msg}");
@@ -282,4 +286,57 @@ fn assert_token4_moved_to_z9(reg: &devreg::Registry, token4: &str) {
             (Register, Some("p4".to_string()))
         ]
     );
+}
+
+/// Store format 4 (pages in LZ4 frames; a new sink's snapshot an item per
+/// device), made by the last format-4 build (commit 3cef5fa) with its
+/// `devreg`: `events1.jsonl` and `events2.jsonl` (v3's) imported, `export
+/// --max-ops 20`, `nack customerio-000000000001 --failed "2:invalid token"
+/// "5:bad device"`, `export --max-ops 20`, then `export --sink audit
+/// --max-ops 30`, which created sink `audit` with its snapshot as 169
+/// items and left its first batch in flight (`audit-inflight.json`). The
+/// open relabels it format 5; the old snapshot's items go on as they were,
+/// and a sink added now sends its snapshot by a backfill.
+#[test]
+fn a_format_4_database_opens_relabelled_and_its_item_snapshot_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = unpack_version(dir.path(), "v4");
+    let peek = |key: &[u8]| devreg::internals::peek_record(&db, key).unwrap();
+    assert_eq!(peek(b"Mformat"), Some(4u32.to_be_bytes().to_vec()));
+    assert_eq!(
+        devreg::internals::count_records(&db, b"F").unwrap(),
+        149 + 169
+    );
+    let (token4, token5) = (format!("{:064x}", 4), format!("{:064x}", 5));
+    answers_as_before(&db, "v4", &[(token4, "hist4.json"), (token5, "hist5.json")]);
+    let reg = in_flight_batch_goes_on(&db, 149 - 20);
+    let b = reg.export("audit", 30, 499_999).unwrap().unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_of("v4").join("audit-inflight.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(b.id(), recorded["batch_id"]);
+    let body: serde_json::Value = serde_json::from_str(b.body()).unwrap();
+    assert_eq!(
+        body, recorded["body"],
+        "the batch in flight is the old build's"
+    );
+    reg.ack("audit", b.id()).unwrap();
+    let drain = |sink: &str| {
+        let mut ops = 0;
+        while let Some(b) = reg.export(sink, 50, 499_999).unwrap() {
+            ops += b.len();
+            reg.ack(sink, b.id()).unwrap();
+        }
+        ops
+    };
+    assert_eq!(drain("audit"), 169 - 30, "the old snapshot's items go on");
+    assert!(reg.add_sink("later").unwrap());
+    assert_eq!(
+        drain("later"),
+        169,
+        "a new sink's backfill sends every pair"
+    );
+    let check = reg.check().unwrap();
+    assert!(check.is_clean(), "{:?}", check.problems);
 }

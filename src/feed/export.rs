@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hashbrown::HashSet;
 
+use super::backfill::Step;
 use super::{batch_id, persist, Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, Pending};
 use crate::codec::unpack_token;
 use crate::customerio::{self, body_growth, EMPTY_BODY_BYTES, MAX_OPERATION_BYTES};
@@ -15,6 +16,12 @@ pub(crate) trait Truth {
     fn owned(&self, person: &str, token: &[u8]) -> Option<String>;
     /// The person's most recently seen device: its token and `add_device`.
     fn newest(&self, person: &str) -> Option<(Box<[u8]>, String)>;
+    /// Calls `f` with every device's packed token (for the backfill).
+    fn each_token(&self, f: &mut dyn FnMut(&[u8]));
+    /// Number of devices.
+    fn device_count(&self) -> u64;
+    /// The person owning `token` now, if any.
+    fn owner(&self, token: &[u8]) -> Option<Arc<str>>;
 }
 
 /// What building a batch decided for one pending item.
@@ -68,6 +75,17 @@ impl Feed {
         if let Some(b) = &sink.in_flight {
             return (Some(b.clone()), false);
         }
+        let mut changed = false;
+        if sink.backfill.is_some() {
+            match self.export_backfill(sink_name, truth, max_ops, max_bytes) {
+                (Some(batch), _) => return (Some(batch), true),
+                (None, Some(progress)) => return (None, progress),
+                (None, None) => changed = true,
+            }
+        }
+        let Some(sink) = self.sinks.get(sink_name) else {
+            return (None, changed);
+        };
         let mut b = Building {
             ops: Vec::new(),
             body_bytes: EMPTY_BODY_BYTES,
@@ -125,7 +143,7 @@ impl Feed {
             }
         }
         let ops = b.ops;
-        let changed = !dropped.is_empty() || !rejected.is_empty() || !ops.is_empty();
+        let changed = changed || !dropped.is_empty() || !rejected.is_empty() || !ops.is_empty();
         for key in dropped {
             self.forget(sink_name, &key);
         }
@@ -145,6 +163,63 @@ impl Feed {
         sink.in_flight = Some(batch.clone());
         self.meta_dirty.insert(sink_name.to_owned());
         (Some(batch), true)
+    }
+
+    /// The backfill's part of an export: `(Some(batch), _)` to send;
+    /// `(None, Some(changed))` when nothing can be sent now; `(None, None)`
+    /// when the backfill is over (and removed) and regular items go on.
+    fn export_backfill(
+        &mut self,
+        sink_name: &str,
+        truth: &dyn Truth,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> (Option<Arc<Batch>>, Option<bool>) {
+        let mut changed = false;
+        loop {
+            let (step, rejected) = self.plan_backfill(sink_name, truth, max_ops, max_bytes);
+            for r in rejected {
+                changed = true;
+                let reason = r.reason;
+                self.dead_letter(sink_name, 0, 0, r.item, false, r.operation, reason);
+            }
+            let Some(sink) = self.sinks.get_mut(sink_name) else {
+                return (None, Some(changed));
+            };
+            let Some(bf) = sink.backfill.as_mut() else {
+                return (None, None);
+            };
+            match step {
+                Step::Done => {
+                    sink.backfill = None;
+                    self.meta_dirty.insert(sink_name.to_owned());
+                    return (None, None);
+                }
+                Step::Stalled(end) => {
+                    if let Some(end) = end {
+                        bf.acked = Some(end);
+                        changed = true;
+                        self.meta_dirty.insert(sink_name.to_owned());
+                    }
+                    return (None, Some(changed));
+                }
+                // Only skipped or rejected devices: move on past them.
+                Step::Batch(ops, end) if ops.is_empty() => {
+                    bf.acked = Some(end);
+                    changed = true;
+                    self.meta_dirty.insert(sink_name.to_owned());
+                }
+                Step::Batch(ops, end) => {
+                    bf.in_flight_end = Some(end);
+                    let batch = Arc::new(Batch::new(sink_name, sink.next_batch, ops));
+                    debug_assert!(batch.body().len() <= max_bytes);
+                    sink.next_batch += 1;
+                    sink.in_flight = Some(batch.clone());
+                    self.meta_dirty.insert(sink_name.to_owned());
+                    return (Some(batch), Some(true));
+                }
+            }
+        }
     }
 
     /// Removes an item from a sink's pending set.
@@ -242,6 +317,15 @@ impl Feed {
                 (Some((key, seq)), _) => {
                     self.settle(sink_name, key, *seq, matches!(op.effect, Effect::Added(_)))
                 }
+                // A backfill add: a pending item for the pair (it changed
+                // while the batch was in flight) now has Customer.io's copy.
+                (None, Effect::Backfilled(p)) => {
+                    if let Some(t) = op_token(&op.json) {
+                        let key = super::device_item(p, &crate::codec::pack_token(&t));
+                        self.set_base(sink_name, &key, true);
+                        self.drop_dead_letter(sink_name, &key);
+                    }
+                }
                 // A merge's prerequisite add: Customer.io now holds that pair.
                 (None, Effect::Added(p)) => {
                     if let Some(t) = op_token(&op.json) {
@@ -254,6 +338,17 @@ impl Feed {
         }
         if let Some(sink) = self.sinks.get_mut(sink_name) {
             sink.in_flight = None;
+            if let Some(bf) = sink.backfill.as_mut() {
+                if let Some(end) = bf.in_flight_end.take() {
+                    let sent = batch
+                        .ops
+                        .iter()
+                        .filter(|o| matches!(o.effect, Effect::Backfilled(_)))
+                        .count();
+                    bf.remaining = bf.remaining.saturating_sub(sent as u64);
+                    bf.acked = Some(end);
+                }
+            }
         }
         self.meta_dirty.insert(sink_name.to_owned());
         AckResult::Delivered(merged)
@@ -274,6 +369,9 @@ impl Feed {
             Some((key, seq)) => (key.clone(), Some(*seq)),
             // A prerequisite add for a merge: its pair is the one to resend.
             None => match (&op.effect, op_token(&op.json)) {
+                (Effect::Backfilled(p), Some(t)) => {
+                    (super::device_item(p, &crate::codec::pack_token(&t)), None)
+                }
                 (Effect::Added(p), Some(t)) => {
                     self.fail_merges_into(sink_name, number, index, p, reason);
                     (super::device_item(p, &crate::codec::pack_token(&t)), None)
@@ -343,7 +441,7 @@ impl Feed {
             return;
         };
         match effect {
-            Effect::Added(p) => {
+            Effect::Added(p) | Effect::Backfilled(p) => {
                 if sink.known.insert(p.clone()) {
                     self.dirty
                         .insert(persist::known_key(sink_name, p), Pending::Known);
@@ -388,6 +486,15 @@ impl Feed {
         }
         if sink.dead.set_base_where(|item| item == key, base) {
             self.meta_dirty.insert(sink_name.to_owned());
+        }
+    }
+
+    /// The pair was delivered since any earlier failure: that letter is moot.
+    fn drop_dead_letter(&mut self, sink_name: &str, key: &ItemKey) {
+        if let Some(sink) = self.sinks.get_mut(sink_name) {
+            if sink.dead.remove_item(key) {
+                self.meta_dirty.insert(sink_name.to_owned());
+            }
         }
     }
 

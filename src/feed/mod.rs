@@ -9,6 +9,7 @@
 //! (new owner). The feed lives in the in-memory state, changes with it in the
 //! same atomic write, and is checkpointed with it.
 
+mod backfill;
 mod dead;
 mod export;
 mod persist;
@@ -60,6 +61,8 @@ pub(crate) enum Effect {
     Added(Arc<str>),
     Deleted,
     Merged(Arc<str>),
+    /// A backfill add (`backfill.rs`): the pair is not a pending item.
+    Backfilled(Arc<str>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +173,8 @@ pub(crate) struct Sink {
     pub(crate) known: HashSet<Arc<str>>,
     /// Keyed (batch number, index in the batch, sub) in failure order.
     pub(crate) dead: dead::DeadLetters,
+    /// The snapshot still owed to a new sink (`backfill.rs`).
+    pub(crate) backfill: Option<backfill::Backfill>,
 }
 
 /// What a changed feed key holds now.
@@ -255,6 +260,15 @@ impl Feed {
         self.sinks.keys().cloned().collect()
     }
 
+    /// Whether Customer.io may hold a pair on `token` that has no pending
+    /// item: yes, unless the sink's backfill has not delivered it yet.
+    fn may_hold(&self, sink_name: &str, token: &[u8]) -> bool {
+        self.sinks
+            .get(sink_name)
+            .and_then(|s| s.backfill.as_ref())
+            .is_none_or(|bf| bf.passed(token))
+    }
+
     /// A device changed owner or content.
     pub(crate) fn on_device(
         &mut self,
@@ -263,8 +277,12 @@ impl Feed {
         after: Option<&Arc<str>>,
     ) {
         for sink in self.sink_names() {
+            if let Some(bf) = self.sinks.get_mut(&sink).and_then(|s| s.backfill.as_mut()) {
+                bf.saw(token);
+            }
             if let Some(b) = before {
-                self.mark(&sink, device_item(b, token), true);
+                let base = self.may_hold(&sink, token);
+                self.mark(&sink, device_item(b, token), base);
             }
             if let Some(a) = after {
                 if before != Some(a) {
@@ -283,7 +301,8 @@ impl Feed {
     ) {
         for sink in self.sink_names() {
             for t in tokens {
-                self.mark(&sink, device_item(secondary, t), true);
+                let base = self.may_hold(&sink, t);
+                self.mark(&sink, device_item(secondary, t), base);
             }
             let merge = ItemKey::Merge {
                 primary: primary.clone(),
@@ -296,12 +315,9 @@ impl Feed {
         }
     }
 
-    /// Adds a sink whose feed starts with every identified device.
-    pub(crate) fn add_sink(
-        &mut self,
-        name: &str,
-        identified: impl Iterator<Item = (Arc<str>, Box<[u8]>)>,
-    ) -> bool {
+    /// Adds a sink that owes Customer.io every identified device (there
+    /// are `identified` now), sent by its backfill.
+    pub(crate) fn add_sink(&mut self, name: &str, identified: u64) -> bool {
         if self.sinks.contains_key(name) || self.sinks.len() >= MAX_SINKS {
             return false;
         }
@@ -309,13 +325,11 @@ impl Feed {
             name.to_owned(),
             Sink {
                 next_batch: 1,
+                backfill: (identified > 0).then(|| backfill::Backfill::new(identified)),
                 ..Sink::default()
             },
         );
         self.meta_dirty.insert(name.to_owned());
-        for (person, token) in identified {
-            self.mark(name, ItemKey::Device { person, token }, false);
-        }
         true
     }
 
@@ -324,7 +338,7 @@ impl Feed {
             .iter()
             .map(|(name, s)| SinkInfo {
                 name: name.clone(),
-                pending: s.pending.len() as u64,
+                pending: s.pending.len() as u64 + s.backfill.as_ref().map_or(0, |b| b.remaining),
                 in_flight: s.in_flight.as_ref().map(|b| b.id.clone()),
                 batches_exported: s.next_batch.saturating_sub(1),
                 dead_letters: s.dead.len() as u64,
@@ -356,6 +370,18 @@ impl Feed {
                         s.next_seq
                     ));
                 }
+            }
+            let backfill_end = s.backfill.as_ref().and_then(|b| b.in_flight_end.as_ref());
+            let backfill_ops = s.in_flight.as_ref().is_some_and(|b| {
+                b.ops
+                    .iter()
+                    .any(|o| matches!(o.effect, Effect::Backfilled(_)))
+            });
+            if backfill_ops != backfill_end.is_some() {
+                problems.push(format!(
+                    "sink {name}: backfill adds in flight: {backfill_ops}, a backfill end: {}",
+                    backfill_end.is_some()
+                ));
             }
             if let Some(b) = &s.in_flight {
                 if b.number >= s.next_batch || b.ops.is_empty() {

@@ -8,7 +8,7 @@
 //!                                -> dead letter (version byte 1 + bincode DeadVal)
 //! ```
 //!
-//! Sink metadata is bounded: its in-flight batch is at most one batch, and
+//! Sink metadata (layout 3, store format 5, adds the backfill cursor) is bounded: its in-flight batch is at most one batch, and
 //! dead letters have a key each (format history: until 2026-11 they were a
 //! `Vec` inside the metadata, which is still read and rewritten as keys).
 
@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::backfill::Backfill;
 use super::dead::Slot;
 use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Pending, Sink};
 use crate::codec::{decode_versioned, describe_key, encode_versioned};
@@ -28,11 +29,14 @@ enum ItemRec {
     Merge { primary: String, secondary: String },
 }
 
+/// Append-only: a variant's position is its tag on disk.
 #[derive(Serialize, Deserialize)]
 enum EffectRec {
     Added(String),
     Deleted,
     Merged(String),
+    /// Store format 5.
+    Backfilled(String),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,6 +77,24 @@ struct SinkMetaV1 {
     dead: Vec<DeadRec>,
 }
 
+/// Sink metadata until store format 4: `SinkMeta` without the backfill.
+#[derive(Serialize, Deserialize)]
+struct SinkMetaV2 {
+    next_seq: u64,
+    next_batch: u64,
+    in_flight: Option<(u64, Vec<OpRec>)>,
+    legacy_dead: Vec<DeadRec>,
+    dead_discarded: u64,
+}
+
+/// A sink's backfill (`backfill.rs`); positions as (hash, packed token).
+#[derive(Serialize, Deserialize)]
+struct BackfillRec {
+    acked: Option<(u32, Vec<u8>)>,
+    in_flight_end: Option<(u32, Vec<u8>)>,
+    remaining: u64,
+}
+
 /// Sink metadata. `legacy_dead` is always written empty; it keeps the
 /// layout a superset of `SinkMetaV1` so one decoder path reads both.
 #[derive(Serialize, Deserialize)]
@@ -82,14 +104,29 @@ struct SinkMeta {
     in_flight: Option<(u64, Vec<OpRec>)>,
     legacy_dead: Vec<DeadRec>,
     dead_discarded: u64,
+    /// Store format 5 (the layout is `SinkMetaV2` plus this field).
+    backfill: Option<BackfillRec>,
 }
 
-/// Decodes sink metadata in the current layout or the one before it.
+/// Decodes sink metadata in the current layout or the two before it.
+/// bincode rejects trailing bytes and a value cut short, so each layout
+/// decodes only as itself.
 fn decode_meta(key: &[u8], value: &[u8]) -> Result<SinkMeta> {
     match decode_versioned::<SinkMeta>(key, value) {
-        Ok(m) => Ok(m),
+        Ok(m) => return Ok(m),
+        Err(Error::Corrupt { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    match decode_versioned::<SinkMetaV2>(key, value) {
+        Ok(m) => Ok(SinkMeta {
+            next_seq: m.next_seq,
+            next_batch: m.next_batch,
+            in_flight: m.in_flight,
+            legacy_dead: m.legacy_dead,
+            dead_discarded: m.dead_discarded,
+            backfill: None,
+        }),
         Err(Error::Corrupt { .. }) => {
-            // bincode rejects trailing bytes, so only a V1 value decodes here.
             let m: SinkMetaV1 = decode_versioned(key, value)?;
             Ok(SinkMeta {
                 next_seq: m.next_seq,
@@ -97,10 +134,28 @@ fn decode_meta(key: &[u8], value: &[u8]) -> Result<SinkMeta> {
                 in_flight: m.in_flight,
                 legacy_dead: m.dead,
                 dead_discarded: 0,
+                backfill: None,
             })
         }
         Err(e) => Err(e),
     }
+}
+
+fn backfill_rec(b: &Backfill) -> BackfillRec {
+    let pos = |p: &Option<super::backfill::Position>| p.as_ref().map(|(h, t)| (*h, t.to_vec()));
+    BackfillRec {
+        acked: pos(&b.acked),
+        in_flight_end: pos(&b.in_flight_end),
+        remaining: b.remaining,
+    }
+}
+
+fn load_backfill(r: BackfillRec) -> Backfill {
+    let pos = |p: Option<(u32, Vec<u8>)>| p.map(|(h, t)| (h, t.into_boxed_slice()));
+    let mut b = Backfill::new(r.remaining);
+    b.acked = pos(r.acked);
+    b.in_flight_end = pos(r.in_flight_end);
+    b
 }
 
 fn rec(key: &ItemKey) -> ItemRec {
@@ -198,6 +253,7 @@ fn effect_rec(e: &Effect) -> EffectRec {
         Effect::Added(p) => EffectRec::Added(p.to_string()),
         Effect::Deleted => EffectRec::Deleted,
         Effect::Merged(s) => EffectRec::Merged(s.to_string()),
+        Effect::Backfilled(p) => EffectRec::Backfilled(p.to_string()),
     }
 }
 
@@ -248,6 +304,7 @@ fn sink_meta(s: &Sink) -> SinkMeta {
         }),
         legacy_dead: Vec::new(),
         dead_discarded: s.dead.discarded,
+        backfill: s.backfill.as_ref().map(backfill_rec),
     }
 }
 
@@ -305,6 +362,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
                         EffectRec::Added(p) => Effect::Added(names.get(p)),
                         EffectRec::Deleted => Effect::Deleted,
                         EffectRec::Merged(s) => Effect::Merged(names.get(s)),
+                        EffectRec::Backfilled(p) => Effect::Backfilled(names.get(p)),
                     },
                     json: o.json,
                 })
@@ -338,6 +396,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
                 next_batch: meta.next_batch,
                 in_flight,
                 dead,
+                backfill: meta.backfill.map(load_backfill),
                 ..Sink::default()
             },
         );

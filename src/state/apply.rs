@@ -69,8 +69,7 @@ impl State {
                 (Applied::Op(o), true)
             }
             Entry::AddSink(name) => {
-                let identified: Vec<(Arc<str>, Box<[u8]>)> = self.identified_pairs();
-                let added = self.feed.add_sink(name, identified.into_iter());
+                let added = self.feed.add_sink(name, self.identified);
                 (Applied::Count(u64::from(added)), added)
             }
             Entry::Export {
@@ -117,16 +116,6 @@ impl State {
                 (Applied::Count(n as u64), n > 0)
             }
         }
-    }
-
-    /// (owner, packed token) of every identified device, in token order.
-    fn identified_pairs(&self) -> Vec<(Arc<str>, Box<[u8]>)> {
-        let mut v: Vec<(Arc<str>, Box<[u8]>)> = self
-            .live_slots()
-            .filter_map(|(_, s)| self.owner_of(s).map(|p| (p, s.token.clone())))
-            .collect();
-        v.sort_by(|a, b| cmp_packed(&a.1, &b.1));
-        v
     }
 
     fn apply_op(&mut self, op: &Op) -> Outcome {

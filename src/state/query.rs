@@ -231,6 +231,21 @@ impl crate::feed::Truth for State {
         let s = p.devices.first().and_then(|&id| self.slot(id))?;
         Some((s.token.clone(), self.add_device_json(person, s)))
     }
+
+    fn each_token(&self, f: &mut dyn FnMut(&[u8])) {
+        for (_, s) in self.live_slots() {
+            f(&s.token);
+        }
+    }
+
+    fn device_count(&self) -> u64 {
+        self.live
+    }
+
+    fn owner(&self, token: &[u8]) -> Option<std::sync::Arc<str>> {
+        let s = self.lookup(token).and_then(|id| self.slot(id))?;
+        self.owner_of(s)
+    }
 }
 
 impl State {

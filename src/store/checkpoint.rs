@@ -171,7 +171,7 @@ pub(crate) fn load_state(
     };
     let version = be_u32(META_FORMAT, &format)?;
     // Format 1 was converted to pages before the load (`convert_legacy`),
-    // except by a read-only open, which converts nothing: formats 2 and 3
+    // except by a read-only open, which converts nothing: formats 2 to 4
     // read as they are (DESIGN.md 4.3, format history), format 1 does not.
     if version == 1 {
         return Err(Error::UnsupportedFormat {

@@ -42,6 +42,18 @@ pub fn peek_record(db: &Path, key: &[u8]) -> Result<Option<Vec<u8>>> {
     store.get(key)
 }
 
+/// Test support (`devreg::internals`): how many logical records under
+/// `prefix` the closed database at `db` holds.
+pub fn count_records(db: &Path, prefix: &[u8]) -> Result<u64> {
+    let store = open_closed(db, false)?;
+    let mut n = 0u64;
+    store.scan_prefix(prefix, &mut |_, _| {
+        n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
 /// Test support (`devreg::internals`): sets (or with `None` removes) one
 /// logical record of the closed database at `db`, as a checkpoint would.
 pub fn poke_record(db: &Path, key: &[u8], value: Option<&[u8]>) -> Result<()> {
