@@ -14,8 +14,8 @@
 //! medians at least 1% apart (values that barely vary, such as bytes on
 //! disk, have no spread to speak of). A file from before rounds (or of one
 //! round) has no spread: any change of 1% or more counts. With few rounds
-//! the ranges are narrow and more values "move": compare runs of 5 rounds
-//! with the same phase length.
+//! the ranges are narrow and more values "move": compare runs of as many
+//! rounds (default 7) with the same phase length.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
