@@ -80,6 +80,15 @@ pub enum Error {
         /// What was found there instead.
         why: String,
     },
+    /// A backup's destination cannot take the copy (something other than an
+    /// empty directory is there, say); nothing was written to it.
+    #[error("backup destination {}: {why}", path.display())]
+    BackupDestination {
+        /// The path that was given (or the staging directory in its way).
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
+        why: String,
+    },
     /// The registry was opened read-only and refuses writes.
     #[error("database {} is open read-only: writes are refused", path.display())]
     ReadOnly {

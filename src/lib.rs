@@ -60,7 +60,7 @@ pub use model::{
     validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,
     LogoutPolicy, Op, Outcome, Platform, Register,
 };
-pub use registry::{ActiveIter, CheckReport, Registry};
+pub use registry::{ActiveIter, BackupReport, CheckReport, Registry};
 pub use state::{Cursor, Page, Stats};
 
 #[doc(hidden)]

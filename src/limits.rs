@@ -57,6 +57,12 @@ pub const TOOL_SLED_CACHE_BYTES: u64 = 64 << 20;
 /// grows with a batch, so a checkpoint of any size is written in chunks.
 pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;
 
+/// Most bytes of store entries one sled batch of a backup carries (what a
+/// backup holds in memory besides sled's caches; `Registry::backup`).
+pub const BACKUP_CHUNK_BYTES: usize = 4 << 20;
+/// The buffer a backup copies log segments through, in bytes.
+pub const BACKUP_COPY_BUFFER_BYTES: usize = 1 << 20;
+
 /// Largest block (page or delta chunk) a compressed frame may hold; a
 /// larger one is stored plain, so a damaged frame length never makes a read
 /// allocate more (`store/frame.rs`).

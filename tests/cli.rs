@@ -964,3 +964,88 @@ fn a_dump_imports_into_a_new_database_as_the_same_devices() {
     assert_eq!(stdout(&devreg(&copy, &["dump"])), text);
     assert_eq!(dump(&copy)[0]["attributes"], json!({"app_version": "1.2"}));
 }
+
+// ---- Backup ----
+
+#[test]
+fn a_backup_answers_every_read_as_the_original_and_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    // A dead letter, then more changes pending in the feed.
+    let (id, _) = batch_ops(&export_line(&db, &[]));
+    let o = devreg(&db, &["nack", &id, "--failed", "0:bad"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let more = [
+        register("dd04", "ios", Some("bob"), 4000),
+        register("aa01", "ios", Some("bob"), 5000),
+    ];
+    let o = import_text(&db, dir.path(), more.join("\n").as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(sinks(&db)[0]["pending"].as_u64().unwrap() > 0);
+
+    let copy = dir.path().join("copy");
+    let before = files_of(&db);
+    let o = devreg(&db, &["backup", copy.to_str().unwrap()]);
+    let report = json_out(&o);
+    assert_eq!(report["devices"], 4);
+    assert_eq!(report["dest"], copy.to_str().unwrap());
+    assert!(
+        files_of(&db) == before,
+        "backup changed the source database"
+    );
+    let reads: &[&[&str]] = &[
+        &["dump"],
+        &["history", "aa01"],
+        &["owner-at", "aa01", "--at-ms", "99999999999999"],
+        &["changes", "--since-ms", "0"],
+        &["sinks"],
+        &["dead-letters"],
+        &["config", "show"],
+        &["stats"],
+        &["stats", "--daily"],
+        &["person", "bob"],
+    ];
+    for args in reads {
+        let (a, b) = (devreg(&db, args), devreg(&copy, args));
+        assert!(a.status.success(), "{args:?}: {}", stderr(&a));
+        assert_eq!(
+            (stdout(&a), a.status.code()),
+            (stdout(&b), b.status.code()),
+            "{args:?}"
+        );
+    }
+    assert_eq!(devreg(&copy, &["check"]).status.code(), Some(0));
+    // The next export is the same batch in both.
+    assert_eq!(export_line(&copy, &[]), export_line(&db, &[]));
+}
+
+#[test]
+fn backup_refuses_a_destination_that_is_not_new_or_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    let dest = dir.path().join("taken");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("notes.txt"), b"keep me").unwrap();
+    let o = devreg(&db, &["backup", dest.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty());
+    assert_eq!(
+        stderr(&o).trim(),
+        format!(
+            "error: backup destination {}: is a directory that is not empty",
+            dest.display()
+        )
+    );
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
+    // A missing database: the usual error, and no copy made.
+    let missing = dir.path().join("nosuch");
+    let fresh = dir.path().join("fresh");
+    let o = devreg(&missing, &["backup", fresh.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("error: no devreg database at"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!fresh.exists() && !missing.exists());
+}
