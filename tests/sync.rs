@@ -1418,3 +1418,55 @@ fn sync_once_gives_up_against_an_unreachable_endpoint() {
     let reg = open(&db);
     assert_eq!(reg.sinks()[0].pending, pending, "items were lost");
 }
+
+/// The worker's `lag` stays current while the endpoint is down: a new
+/// sink's snapshot counts at once (it read 0 through an outage while 250
+/// items were pending), and changes made during the outage are counted
+/// while the worker retries.
+#[test]
+fn lag_stays_current_while_the_endpoint_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let add = |from: u64, to: u64| {
+        for i in from..to {
+            reg.register(Register {
+                token: format!("{i:064x}"),
+                platform: Platform::Ios,
+                person: Some(format!("p{i}")),
+                seen_ms: 1_700_000_000_000 + i,
+                attributes: None,
+            })
+            .unwrap();
+        }
+    };
+    add(0, 250);
+    // A port nobody listens on: connections are refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = SyncConfig::new(creds())
+        .endpoint(format!("http://127.0.0.1:{port}"))
+        .backoff(Duration::from_millis(1), Duration::from_millis(10))
+        .max_attempts(None);
+    let handle = SyncWorker::new(reg.clone(), config)
+        .unwrap()
+        .start()
+        .unwrap();
+    let wait_for_retries = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while handle.stats().retries < n {
+            assert!(Instant::now() < deadline, "{:?}", handle.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        handle.stats()
+    };
+    let s = wait_for_retries(2);
+    assert_eq!((s.lag, s.batches), (250, 0), "{s:?}");
+    add(250, 260);
+    let s = wait_for_retries(s.retries + 2);
+    assert_eq!(s.lag, 260, "{s:?}");
+    assert_eq!(reg.sinks()[0].pending, 260);
+    handle.shutdown().unwrap();
+}

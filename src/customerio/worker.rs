@@ -339,7 +339,11 @@ impl SyncWorker {
                 Ok(s.pending > 0 || s.in_flight.is_some())
             }
             None => {
+                // A new sink starts with a snapshot: count it now, not
+                // after the first batch is settled (the lag read 0 through
+                // a whole outage while its 250 items were pending).
                 self.reg.add_sink(&self.config.sink)?;
+                self.refresh_lag();
                 Ok(true)
             }
         }
@@ -409,6 +413,8 @@ impl SyncWorker {
                         s.retries += 1;
                         s.last_retry = Some(why.clone());
                     });
+                    // Changes keep arriving while the endpoint is down.
+                    self.refresh_lag();
                     if self.config.max_attempts.is_some_and(|m| attempt >= m) {
                         return Err(Error::io(
                             format!(
