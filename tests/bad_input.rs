@@ -55,7 +55,7 @@ const T: u64 = 1_700_000_000_000;
 fn every_limit_is_a_typed_error_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let reg = Registry::open(dir.path().join("db")).unwrap();
-    reg.apply(register("good", Some("ann"), T, None)).unwrap();
+    let _ = reg.apply(register("good", Some("ann"), T, None)).unwrap();
     let before = reg.dump();
 
     // (operation, the field its error must name)
@@ -288,7 +288,8 @@ fn every_limit_is_a_typed_error_and_nothing_is_stored() {
         ),
     ];
     for op in at_limit {
-        reg.apply(op.clone())
+        let _ = reg
+            .apply(op.clone())
             .unwrap_or_else(|e| panic!("{e} for an op at the limit"));
     }
     assert_eq!(reg.stats().devices, 7);
@@ -374,9 +375,9 @@ fn populated(db: &Path) -> Vec<Device> {
     let reg = Registry::open(db).unwrap();
     let mut a = Attributes::new();
     a.insert("app_version".into(), "3.1".into());
-    reg.apply(register(HEX, Some("ann"), T, Some(a))).unwrap();
-    reg.apply(register(FCM, Some("bob"), T + 1, None)).unwrap();
-    reg.apply(register("plain", None, T + 2, None)).unwrap();
+    let _ = reg.apply(register(HEX, Some("ann"), T, Some(a))).unwrap();
+    let _ = reg.apply(register(FCM, Some("bob"), T + 1, None)).unwrap();
+    let _ = reg.apply(register("plain", None, T + 2, None)).unwrap();
     let dump = reg.dump();
     drop(reg); // closes with a checkpoint: the records are in sled
     dump

@@ -29,10 +29,11 @@ fn survives_reopen_across_many_segments_and_checkpoints() {
         let reg = Registry::open_with(small(&db)).unwrap();
         for i in 0..3000u64 {
             let person = format!("p{}", i % 97);
-            reg.apply(reg_op(&format!("{i:064x}"), Some(&person), i))
+            let _ = reg
+                .apply(reg_op(&format!("{i:064x}"), Some(&person), i))
                 .unwrap();
             if i % 7 == 0 {
-                reg.touch(&format!("{:064x}", i / 2), 5000 + i).unwrap();
+                let _ = reg.touch(&format!("{:064x}", i / 2), 5000 + i).unwrap();
             }
         }
         let report = reg.check().unwrap();
@@ -55,12 +56,13 @@ fn a_lowered_cap_evicts_oldest_and_survives_reopen() {
     {
         let reg = Registry::open(&db).unwrap();
         for i in 0..10u64 {
-            reg.apply(reg_op(&format!("t{i}"), Some("ann"), 100 + i))
+            let _ = reg
+                .apply(reg_op(&format!("t{i}"), Some("ann"), 100 + i))
                 .unwrap();
         }
     }
     let reg = Registry::open(&db).unwrap();
-    reg.set_max_devices_per_person(3).unwrap();
+    let _ = reg.set_max_devices_per_person(3).unwrap();
     let toks: Vec<String> = reg.devices_of("ann").into_iter().map(|d| d.token).collect();
     assert_eq!(toks, ["t9", "t8", "t7"]);
     assert!(reg.check().unwrap().is_clean());
@@ -76,7 +78,7 @@ fn database_files_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let reg = Registry::open(&db).unwrap();
-    reg.apply(reg_op("aa", Some("p"), 1)).unwrap();
+    let _ = reg.apply(reg_op("aa", Some("p"), 1)).unwrap();
     reg.checkpoint().unwrap();
     fn walk(p: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
         let m = std::fs::metadata(p).unwrap();
@@ -130,20 +132,21 @@ fn a_store_reopened_after_the_load_serves_reads_and_writes() {
     let token = |i: u32| format!("{i:064x}");
     let reg = Registry::open_with(config()).unwrap();
     for i in 0..50u32 {
-        reg.apply(Op::Register(Register {
-            token: token(i),
-            platform: Platform::Ios,
-            person: Some(format!("p{}", i % 7)),
-            seen_ms: 1_700_000_000_000 + u64::from(i),
-            attributes: None,
-        }))
-        .unwrap();
+        let _ = reg
+            .apply(Op::Register(Register {
+                token: token(i),
+                platform: Platform::Ios,
+                person: Some(format!("p{}", i % 7)),
+                seen_ms: 1_700_000_000_000 + u64::from(i),
+                attributes: None,
+            }))
+            .unwrap();
     }
     reg.close().unwrap();
     let reg = Registry::open_with(config()).unwrap();
     assert_eq!(reg.stats().devices, 50);
     assert_eq!(reg.history(&token(3)).unwrap().len(), 1);
-    reg.apply(Op::Remove { token: token(3) }).unwrap();
+    let _ = reg.apply(Op::Remove { token: token(3) }).unwrap();
     reg.checkpoint().unwrap();
     assert!(reg.check().unwrap().is_clean());
     reg.close().unwrap();
@@ -186,9 +189,9 @@ fn a_read_only_open_creates_nothing_replays_the_log_in_memory_and_refuses_writes
     let img = dir.path().join("img");
     {
         let reg = Registry::open_with(Config::new(&db).checkpoint_interval_ms(3_600_000)).unwrap();
-        reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+        let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
         reg.checkpoint().unwrap();
-        reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
+        let _ = reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
         common::copy_dir(&db, &img);
         reg.close().unwrap();
     }
@@ -225,9 +228,9 @@ fn a_stored_cap_changes_only_on_request() {
     {
         let reg = Registry::open_with(Config::new(&db).max_devices_per_person(4)).unwrap();
         for i in 0..6u64 {
-            reg.apply(reg_op(&format!("t{i}"), Some("ann"), i)).unwrap();
+            let _ = reg.apply(reg_op(&format!("t{i}"), Some("ann"), i)).unwrap();
         }
-        reg.apply(reg_op("u0", Some("bob"), 10)).unwrap();
+        let _ = reg.apply(reg_op("u0", Some("bob"), 10)).unwrap();
         reg.close().unwrap();
     }
     // Opening with another cap is refused before anything is written.
@@ -303,17 +306,20 @@ fn backup_source(db: &std::path::Path) -> Registry {
     )
     .unwrap();
     for i in 0..40u64 {
-        reg.apply(reg_attr(
-            &format!("{i:064x}"),
-            &format!("p{}", i % 6),
-            1000 + i,
-        ))
-        .unwrap();
+        let _ = reg
+            .apply(reg_attr(
+                &format!("{i:064x}"),
+                &format!("p{}", i % 6),
+                1000 + i,
+            ))
+            .unwrap();
     }
-    reg.apply(reg_attr(&format!("{:064x}", 3), "p5", 2000))
+    let _ = reg
+        .apply(reg_attr(&format!("{:064x}", 3), "p5", 2000))
         .unwrap();
-    reg.rotate(&format!("{:064x}", 4), "rotated", 2001).unwrap();
-    reg.logout(&format!("{:064x}", 5), LogoutPolicy::Keep)
+    let _ = reg.rotate(&format!("{:064x}", 4), "rotated", 2001).unwrap();
+    let _ = reg
+        .logout(&format!("{:064x}", 5), LogoutPolicy::Keep)
         .unwrap();
     let batch = reg.export(DEFAULT_SINK, 10, 499_999).unwrap().unwrap();
     reg.nack(DEFAULT_SINK, batch.id(), &[(2, "invalid token".into())])
@@ -321,7 +327,7 @@ fn backup_source(db: &std::path::Path) -> Registry {
     reg.export(DEFAULT_SINK, 5, 499_999).unwrap().unwrap();
     reg.add_sink("audit").unwrap();
     reg.checkpoint().unwrap();
-    reg.apply(reg_attr("logged-only", "p1", 3000)).unwrap();
+    let _ = reg.apply(reg_attr("logged-only", "p1", 3000)).unwrap();
     reg
 }
 
@@ -361,7 +367,7 @@ fn a_backup_copies_devices_history_feeds_and_settings() {
         assert_eq!((a.id(), a.body()), (b.id(), b.body()), "{sink}");
     }
     // The two databases are independent.
-    reg.apply(reg_attr("only-in-original", "p2", 4000)).unwrap();
+    let _ = reg.apply(reg_attr("only-in-original", "p2", 4000)).unwrap();
     assert!(rw.device("only-in-original").is_none());
 }
 
@@ -377,7 +383,7 @@ fn a_backup_taken_while_another_thread_writes_is_a_prefix_of_its_writes() {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 400 {
                 let op = reg_attr(&format!("{n:064x}"), &format!("p{n}"), 1 + n);
-                reg.apply(op).unwrap();
+                let _ = reg.apply(op).unwrap();
                 n += 1;
             }
             n
@@ -416,7 +422,7 @@ fn a_backup_destination_must_be_new_or_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let reg = Registry::open(&db).unwrap();
-    reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+    let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
     let full = dir.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("keep.txt"), b"mine").unwrap();
@@ -470,9 +476,9 @@ fn a_read_only_registry_backs_up_its_log_tail_and_changes_nothing() {
     let img = dir.path().join("img");
     {
         let reg = Registry::open_with(Config::new(&db).checkpoint_interval_ms(3_600_000)).unwrap();
-        reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+        let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
         reg.checkpoint().unwrap();
-        reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
+        let _ = reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
         // As a crash would leave it: the second write in the log only.
         common::copy_dir(&db, &img);
         reg.close().unwrap();

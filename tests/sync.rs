@@ -783,14 +783,15 @@ fn max_rps_holds_when_requests_are_fast() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(&dir.path().join("db"));
     for i in 0..50 {
-        reg.register(Register {
-            token: format!("t{i:03}"),
-            platform: Platform::Ios,
-            person: Some(format!("p{i}")),
-            seen_ms: 9_000,
-            attributes: None,
-        })
-        .unwrap();
+        let _ = reg
+            .register(Register {
+                token: format!("t{i:03}"),
+                platform: Platform::Ios,
+                person: Some(format!("p{i}")),
+                seen_ms: 9_000,
+                attributes: None,
+            })
+            .unwrap();
     }
     let t = Instant::now();
     let s = SyncWorker::new(reg.clone(), config(&emu).max_ops(1))
@@ -815,14 +816,15 @@ fn partial_bad_request_and_malformed_answers_become_dead_letters() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(&dir.path().join("db"));
     let reg_dev = |t: &str, p: &str| {
-        reg.register(Register {
-            token: t.into(),
-            platform: Platform::Ios,
-            person: Some(p.into()),
-            seen_ms: 1_000_000,
-            attributes: None,
-        })
-        .unwrap();
+        let _ = reg
+            .register(Register {
+                token: t.into(),
+                platform: Platform::Ios,
+                person: Some(p.into()),
+                seen_ms: 1_000_000,
+                attributes: None,
+            })
+            .unwrap();
     };
     let run = || {
         SyncWorker::new(reg.clone(), config(&emu).max_ops(100))
@@ -1086,14 +1088,15 @@ fn cli_follows_until_sigterm_and_needs_env_credentials() {
     {
         let reg = open(&db);
         for i in 0..5 {
-            reg.register(Register {
-                token: format!("t{i}"),
-                platform: Platform::Android,
-                person: Some(format!("p{i}")),
-                seen_ms: 5_000,
-                attributes: None,
-            })
-            .unwrap();
+            let _ = reg
+                .register(Register {
+                    token: format!("t{i}"),
+                    platform: Platform::Android,
+                    person: Some(format!("p{i}")),
+                    seen_ms: 5_000,
+                    attributes: None,
+                })
+                .unwrap();
         }
     }
     let emu = Emu::start(Vec::new());
@@ -1228,14 +1231,15 @@ fn not_tls(mut tcp: TcpStream) {
 fn registry_with_changes(db: &Path) -> Registry {
     let reg = open(db);
     for i in 0..3 {
-        reg.register(Register {
-            token: format!("tls-token-{i}"),
-            platform: Platform::Ios,
-            person: Some(format!("p{i}")),
-            seen_ms: 5_000,
-            attributes: None,
-        })
-        .unwrap();
+        let _ = reg
+            .register(Register {
+                token: format!("tls-token-{i}"),
+                platform: Platform::Ios,
+                person: Some(format!("p{i}")),
+                seen_ms: 5_000,
+                attributes: None,
+            })
+            .unwrap();
     }
     reg
 }
@@ -1429,14 +1433,15 @@ fn lag_stays_current_while_the_endpoint_is_down() {
     let reg = open(&dir.path().join("db"));
     let add = |from: u64, to: u64| {
         for i in from..to {
-            reg.register(Register {
-                token: format!("{i:064x}"),
-                platform: Platform::Ios,
-                person: Some(format!("p{i}")),
-                seen_ms: 1_700_000_000_000 + i,
-                attributes: None,
-            })
-            .unwrap();
+            let _ = reg
+                .register(Register {
+                    token: format!("{i:064x}"),
+                    platform: Platform::Ios,
+                    person: Some(format!("p{i}")),
+                    seen_ms: 1_700_000_000_000 + i,
+                    attributes: None,
+                })
+                .unwrap();
         }
     };
     add(0, 250);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use devreg::import::parse_line;
 use devreg::limits::{MAX_IMPORT_BATCH_BYTES, MAX_IMPORT_LINE_BYTES};
-use devreg::{Op, Outcome, Registry};
+use devreg::{Op, Registry};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::output::Out;
@@ -197,9 +197,10 @@ fn apply(reg: &Registry, batch: &mut Pending, counts: &mut Counts) -> Result<(),
         })?;
     counts.committed_line = last_line;
     for o in outcomes {
-        match o {
-            Outcome::Applied { .. } => counts.imported += 1,
-            Outcome::NotFound | Outcome::Skipped => counts.skipped += 1,
+        match o.is_applied() {
+            true => counts.imported += 1,
+            // NotFound, Skipped (and any kind added later): nothing applied.
+            false => counts.skipped += 1,
         }
     }
     Ok(())
