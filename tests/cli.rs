@@ -229,13 +229,20 @@ fn missing_things_and_bad_arguments_fail() {
     let o = devreg(&db, &["get", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).is_empty());
-    assert!(stderr(&o).starts_with("not found: "), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "error: not found: no device with token \"nope\"\n",
+        "the same prefix as every error"
+    );
 
     let o = devreg(&db, &["most-recent", "ann", "--platform", "android"]);
     assert!(o.status.success());
     let o = devreg(&db, &["most-recent", "zed"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not found: "));
+    assert_eq!(
+        stderr(&o),
+        "error: not found: no device for person \"zed\"\n"
+    );
 
     let o = devreg(&db, &["active", "--since-ms", "0", "--platform", "windows"]);
     assert_eq!(o.status.code(), Some(2), "usage error");

@@ -494,9 +494,11 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A lookup that found nothing: exit 1 with `error: not found: ...`, the
+/// same prefix as every other error; stdout stays empty, so scripts can
+/// tell "missing" from a result.
 fn not_found(what: String) -> CmdResult {
-    // stdout stays empty so scripts can tell "missing" from a result.
     let _ = std::io::stdout().flush();
-    eprintln!("not found: {what}");
+    eprintln!("error: not found: {what}");
     Ok(ExitCode::FAILURE)
 }
