@@ -233,7 +233,7 @@ pub fn run(reg: Registry, mut input: Input) -> CmdResult {
                 if buf.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                parse_line(&buf)
+                parse_line(&buf).map_err(|e| e.to_string())
             }
         };
         match verdict {
