@@ -1056,3 +1056,160 @@ fn backup_refuses_a_destination_that_is_not_new_or_empty() {
     );
     assert!(!fresh.exists() && !missing.exists());
 }
+
+// ---- An import that helps ----
+
+#[test]
+fn a_json_array_or_csv_is_one_clear_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let events: Vec<String> = (0..3000)
+        .map(|i| register(&format!("t{i}"), "ios", Some("ann"), 1_700_000_000_000 + i))
+        .collect();
+    let array = format!("[{}]", events.join(",\n"));
+    let csv: String = std::iter::once("token,platform,person,seen_ms\n".to_string())
+        .chain((0..3000).map(|i| format!("t{i},ios,ann,{i}\n")))
+        .collect();
+    for (text, says) in [
+        (array.as_str(), "is a JSON array"),
+        (csv.as_str(), "looks like CSV"),
+        ("\u{feff}\n  [ ]", "is a JSON array"),
+    ] {
+        for stdin in [false, true] {
+            let o = match stdin {
+                false => import_text(&db, dir.path(), text.as_bytes()),
+                true => import_stdin_may_stop_early(&db, text.as_bytes()),
+            };
+            assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+            let err = stderr(&o);
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.starts_with("error: ") && err.contains(says), "{err}");
+            assert!(err.contains("one JSON object per line"), "{err}");
+            assert!(stdout(&o).is_empty());
+            assert!(!db.exists(), "a refused input created the database");
+        }
+    }
+    // The CSV error shows the header it saw.
+    let o = import_text(&db, dir.path(), csv.as_bytes());
+    assert!(stderr(&o).contains("token,platform,person,seen_ms"));
+    // NDJSON whose first line is bad is judged line by line, as before.
+    let text = format!("not json, at all\n{}\n", events[0]);
+    let o = import_text(&db, dir.path(), text.as_bytes());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(json_out_any(&o)["imported"], 1);
+}
+
+/// `import -` fed `text`; devreg may exit before it has read it all.
+fn import_stdin_may_stop_early(db: &Path, text: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .arg("--db")
+        .arg(db)
+        .args(["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    match pipe.write_all(text) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+/// The JSON summary of an import that may have exited 2.
+fn json_out_any(o: &Output) -> Value {
+    json_from(&stdout(o))
+}
+
+#[test]
+fn after_100_rejected_lines_the_rest_are_only_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut text = String::new();
+    for i in 0..250 {
+        text.push_str(&format!("{{\"op\":\"touch\",\"token\":\"t{i}\"}}\n"));
+    }
+    text.push_str(&register("ok", "ios", None, 1_700_000_000_000));
+    let o = import_text(&db, dir.path(), text.as_bytes());
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    let reported: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("line ") && l.contains("bad event"))
+        .collect();
+    assert_eq!(reported.len(), 100, "{err}");
+    assert!(reported[99].starts_with("line 100: "), "{}", reported[99]);
+    assert!(
+        err.contains("line 101: rejected too; more than 100 lines"),
+        "{err}"
+    );
+    assert!(!err.contains("line 102"), "{err}");
+    assert!(err.contains("imported 1, skipped 0, rejected 250"), "{err}");
+    assert!(err.lines().count() <= 103, "{err}");
+    assert_eq!(
+        json_out_any(&o),
+        json!({"imported": 1, "skipped": 0, "rejected": 250})
+    );
+}
+
+#[test]
+fn a_seen_ms_that_looks_like_seconds_gets_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let lines = [
+        register("a1", "ios", Some("ann"), 1_764_000_000_000), // milliseconds
+        register("a2", "ios", Some("ann"), 1_764_000_000),     // line 2: seconds
+        r#"{"op":"touch","token":"a1","seen_ms":1764000100}"#.to_string(), // seconds again
+        register("a3", "ios", None, 5),                        // tiny, not seconds-like
+    ];
+    let o = import_text(&db, dir.path(), lines.join("\n").as_bytes());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with("warning: line 2: seen_ms 1764000000 ")
+            && warnings[0].contains("looks like seconds"),
+        "{}",
+        warnings[0]
+    );
+    // Imported as given: a warning, not a rejection.
+    assert_eq!(dump(&db).len(), 3);
+    assert!(err.contains("imported 4, skipped 0, rejected 0"), "{err}");
+}
+
+#[test]
+fn import_help_shows_the_event_schema() {
+    let o = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .args(["import", "--help"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let help = stdout(&o);
+    for op in [
+        "register",
+        "touch",
+        "rotate",
+        "logout",
+        "merge",
+        "remove",
+        "invalidate",
+        "prune",
+    ] {
+        assert!(help.contains(&format!(r#"{{"op":"{op}""#)), "{op}: {help}");
+    }
+    for field in [
+        "seen_ms",
+        "last_seen_ms",
+        "provider_ms",
+        "before_ms",
+        "policy",
+        "attributes",
+    ] {
+        assert!(help.contains(field), "{field}: {help}");
+    }
+    assert!(help.contains("Unix milliseconds"), "{help}");
+}

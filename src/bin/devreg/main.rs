@@ -65,6 +65,7 @@ enum DurabilityArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Apply JSON events, one per line, from FILE (or `-` for stdin).
+    #[command(long_about = import::LONG_ABOUT)]
     Import {
         /// The file to read, or `-` for standard input.
         file: String,
@@ -298,7 +299,10 @@ fn run(cli: &Cli) -> CmdResult {
         Command::Sync(args) => sync::run(&cli.db, cli.max_devices_per_person, durability, args),
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
-            let input = import::open_input(file)?;
+            let mut input = import::open_input(file)?;
+            // A CSV file or a JSON array is one clear error, before the
+            // database is opened (or created).
+            input.check_shape(file)?;
             let reg = open(cli, durability)?;
             import::run(reg, input)
         }
