@@ -63,6 +63,12 @@ pub use model::{
 pub use registry::{ActiveIter, BackupReport, CheckReport, Registry};
 pub use state::{Cursor, Page, Stats};
 
+/// The README's code blocks, run as doctests (its library example must
+/// stay true); only compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[doc(hidden)]
 pub mod internals {
     //! Exposed for fuzzing and fault-injection tests only; not a stable API.
