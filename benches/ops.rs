@@ -134,7 +134,8 @@ fn writes(c: &mut Criterion, durability: Durability, mode: &str) {
                 iters,
                 &mut fresh,
                 |i| {
-                    reg.apply(register_op(token(i), Some(format!("new-{i}")), NOW_MS, i))
+                    let _ = reg
+                        .apply(register_op(token(i), Some(format!("new-{i}")), NOW_MS, i))
                         .expect("register");
                 },
                 |r| {
@@ -179,7 +180,7 @@ fn writes(c: &mut Criterion, durability: Durability, mode: &str) {
         b.iter(|| {
             next_token += 1;
             let new = token(next_token);
-            reg.rotate(&current, &new, tick()).expect("rotate");
+            let _ = reg.rotate(&current, &new, tick()).expect("rotate");
             current = new;
         })
     });
@@ -192,7 +193,8 @@ fn writes(c: &mut Criterion, durability: Durability, mode: &str) {
                 iters,
                 &mut cursor,
                 |i| {
-                    reg.logout(&token(i % PREPOPULATED), LogoutPolicy::Keep)
+                    let _ = reg
+                        .logout(&token(i % PREPOPULATED), LogoutPolicy::Keep)
                         .expect("logout");
                 },
                 |r| {

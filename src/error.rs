@@ -80,12 +80,80 @@ pub enum Error {
         /// What was found there instead.
         why: String,
     },
+    /// A backup's destination cannot take the copy (something other than an
+    /// empty directory is there, say); nothing was written to it.
+    #[error("backup destination {}: {why}", path.display())]
+    BackupDestination {
+        /// The path that was given (or the staging directory in its way).
+        path: std::path::PathBuf,
+        /// Why it cannot be used.
+        why: String,
+    },
+    /// The sync endpoint rejected the credentials (HTTP 401 or 403); the
+    /// worker stopped and nothing was acknowledged.
+    #[error(
+        "{context}: Customer.io rejected the credentials (HTTP {status}: {body}); check \
+         CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY and the region; nothing was acknowledged"
+    )]
+    Auth {
+        /// What the worker was doing: the batch and the URL.
+        context: String,
+        /// 401 or 403.
+        status: u16,
+        /// The start of the answer's body, on one line.
+        body: String,
+    },
+    /// The sync endpoint answered with a status the worker neither settles
+    /// nor retries (a redirect, 404, ...): the endpoint or the region is
+    /// likely wrong. The worker stopped and nothing was acknowledged.
+    #[error("{context}: unexpected HTTP {status}{}: {body}; nothing was acknowledged", http_hint(*.status))]
+    Http {
+        /// What the worker was doing: the batch and the URL.
+        context: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer's body, on one line; for a redirect,
+        /// where it points.
+        body: String,
+    },
+    /// TLS with the sync endpoint failed in a way a retry cannot fix (a
+    /// certificate that does not verify, a server that does not speak
+    /// compatible TLS). The worker stopped and nothing was acknowledged.
+    #[error("{context}: {detail}; nothing was acknowledged")]
+    Tls {
+        /// What the worker was doing: the batch and the URL.
+        context: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A batch failed its `max_attempts` attempts (timeouts, refused
+    /// connections, 429s, 5xx): try again later. Nothing pending was lost.
+    #[error("{context}: gave up after {attempts} attempts; last: {last}")]
+    GaveUp {
+        /// What the worker was doing: the batch and the URL.
+        context: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Why the last one failed.
+        last: String,
+    },
     /// The registry was opened read-only and refuses writes.
     #[error("database {} is open read-only: writes are refused", path.display())]
     ReadOnly {
         /// The database directory.
         path: std::path::PathBuf,
     },
+}
+
+/// What an unexpected status says about the endpoint.
+fn http_hint(status: u16) -> &'static str {
+    match status {
+        300..=399 => {
+            " (a redirect: the endpoint or region is wrong; an EU workspace needs the eu region)"
+        }
+        404 => " (no Track API there: the endpoint is wrong)",
+        _ => "",
+    }
 }
 
 impl Error {

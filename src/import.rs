@@ -3,12 +3,17 @@
 //! can test the real parser.
 //!
 //! ```
-//! let op = devreg::import::parse_line(br#"{"op":"touch","token":"ab12","seen_ms":5}"#).unwrap();
+//! use devreg::import::{parse_line, LineError};
+//! let op = parse_line(br#"{"op":"touch","token":"ab12","seen_ms":5}"#).unwrap();
 //! assert_eq!(op, devreg::Op::Touch { token: "ab12".into(), seen_ms: 5 });
-//! let e = devreg::import::parse_line(br#"{"op":"fly"}"#).unwrap_err();
-//! assert!(e.starts_with("bad event: unknown variant"), "{e}");
-//! let e = devreg::import::parse_line(br#"{"op":"remove","token":"a","token":"b"}"#).unwrap_err();
-//! assert_eq!(e, r#"duplicate key "token""#);
+//! let e = parse_line(br#"{"op":"fly"}"#).unwrap_err();
+//! assert!(matches!(e, LineError::Event { .. }));
+//! assert!(e.to_string().starts_with("bad event: unknown variant"), "{e}");
+//! let e = parse_line(br#"{"op":"remove","token":"a","token":"b"}"#).unwrap_err();
+//! assert_eq!(e, LineError::DuplicateKey { key: "token".into(), in_attributes: false });
+//! assert_eq!(e.to_string(), r#"duplicate key "token""#);
+//! let e = parse_line(br#"{"op":"touch","token":"a b","seen_ms":5}"#).unwrap_err();
+//! assert!(matches!(&e, LineError::Invalid { field, .. } if field == "token"), "{e}");
 //! ```
 
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -17,7 +22,71 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+use crate::error::Error;
 use crate::model::{LogoutPolicy, Op, Platform, Register};
+
+/// Why an import line was refused. Its text is the reason, in words, for a
+/// `line N: <reason>` report. New kinds may be added: match with a
+/// wildcard arm.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LineError {
+    /// The line is not UTF-8.
+    #[error("not valid UTF-8 (at byte {valid_up_to})")]
+    NotUtf8 {
+        /// Bytes of valid UTF-8 before the first invalid one.
+        valid_up_to: usize,
+    },
+    /// The line is not JSON.
+    #[error("bad JSON: {reason}{}", at_column(*.column))]
+    Json {
+        /// serde_json's reason.
+        reason: String,
+        /// Where on the line, 1-based, when known.
+        column: Option<usize>,
+    },
+    /// The line is JSON but not an event: an unknown `op`, a missing or
+    /// unknown field, a value of the wrong type.
+    #[error("bad event: {reason}{}", at_column(*.column))]
+    Event {
+        /// serde_json's reason.
+        reason: String,
+        /// Where on the line, 1-based, when known.
+        column: Option<usize>,
+    },
+    /// A field, or an attribute name, is given twice.
+    #[error("duplicate key {key:?}{}", if *.in_attributes { " in attributes" } else { "" })]
+    DuplicateKey {
+        /// The repeated name.
+        key: String,
+        /// Whether it is an attribute name (else an event field).
+        in_attributes: bool,
+    },
+    /// A value broke one of devreg's rules (as [`Error::Invalid`]).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The offending field, e.g. `token` or `attributes.app_version`.
+        field: String,
+        /// What rule it broke.
+        reason: String,
+    },
+}
+
+fn at_column(column: Option<usize>) -> String {
+    column.map_or(String::new(), |c| format!(" (column {c})"))
+}
+
+impl From<Error> for LineError {
+    fn from(e: Error) -> LineError {
+        match e {
+            Error::Invalid { field, reason } => LineError::Invalid { field, reason },
+            other => LineError::Invalid {
+                field: "line".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
 
 /// One import line as written. The library's `Op` is shaped for bincode, so
 /// the JSON form is parsed here and then converted.
@@ -65,7 +134,7 @@ enum Event {
 }
 
 impl Event {
-    fn into_op(self) -> Result<Op, String> {
+    fn into_op(self) -> Result<Op, LineError> {
         Ok(match self {
             Event::Register {
                 token,
@@ -75,7 +144,7 @@ impl Event {
                 attributes,
             } => Op::Register(Register {
                 token,
-                platform: platform.parse::<Platform>().map_err(|e| e.to_string())?,
+                platform: platform.parse::<Platform>()?,
                 person,
                 seen_ms,
                 attributes: attributes.map(string_attributes).transpose()?,
@@ -92,7 +161,7 @@ impl Event {
             },
             Event::Logout { token, policy } => Op::Logout {
                 token,
-                policy: policy.parse::<LogoutPolicy>().map_err(|e| e.to_string())?,
+                policy: policy.parse::<LogoutPolicy>()?,
             },
             Event::Merge { primary, secondary } => Op::Merge { primary, secondary },
             Event::Remove { token } => Op::Remove { token },
@@ -138,9 +207,10 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
                     slot.insert(map.next_value()?);
                 }
                 Entry::Occupied(slot) => {
+                    // JSON-quoted, so that `json_reason` can read it back.
+                    let quoted = serde_json::to_string(slot.key()).unwrap_or_default();
                     return Err(de::Error::custom(format_args!(
-                        "{DUPLICATE_KEY}{:?} in attributes",
-                        slot.key()
+                        "{DUPLICATE_KEY}{quoted}{IN_ATTRIBUTES}"
                     )));
                 }
             }
@@ -151,19 +221,21 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
 
 /// How import errors about a repeated key start.
 const DUPLICATE_KEY: &str = "duplicate key ";
+/// How an error about a repeated attribute name ends.
+const IN_ATTRIBUTES: &str = " in attributes";
 
 /// Customer.io device attributes are strings; a number or bool would be
 /// silently stringified by a laxer importer, so it is refused instead.
 fn string_attributes(
     raw: BTreeMap<String, serde_json::Value>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, LineError> {
     raw.into_iter()
         .map(|(name, value)| match value {
             serde_json::Value::String(s) => Ok((name, s)),
-            other => Err(format!(
-                "invalid attributes.{name}: must be a JSON string, got {}",
-                json_kind(&other)
-            )),
+            other => Err(LineError::Invalid {
+                reason: format!("must be a JSON string, got {}", json_kind(&other)),
+                field: format!("attributes.{name}"),
+            }),
         })
         .collect()
 }
@@ -179,42 +251,52 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Parses and validates one line (without its newline). The error is the
-/// reason, in words, for a `line N: <reason>` report.
-pub fn parse_line(bytes: &[u8]) -> Result<Op, String> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+/// Parses and validates one line (without its newline). The error's text
+/// is the reason, in words, for a `line N: <reason>` report.
+pub fn parse_line(bytes: &[u8]) -> Result<Op, LineError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| LineError::NotUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
     let event: Event = serde_json::from_str(text).map_err(|e| json_reason(&e))?;
     let op = event.into_op()?;
-    op.validate().map_err(|e| e.to_string())?;
+    op.validate()?;
     Ok(op)
 }
 
 /// serde_json says "at line 1 column N"; every line is its own document, so
-/// only the column means anything to the reader. A repeated key reads
-/// `duplicate key "token"` (serde's derive says "duplicate field `token`").
-fn json_reason(e: &serde_json::Error) -> String {
+/// only the column means anything to the reader. A repeated key is
+/// `DuplicateKey` (serde's derive says "duplicate field `token`").
+fn json_reason(e: &serde_json::Error) -> LineError {
     let text = e.to_string();
-    let msg = match text.rfind(" at line ") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    let repeated = msg
+    let msg = text
+        .rfind(" at line ")
+        .map_or(text.as_str(), |i| &text[..i]);
+    let repeated_field = msg
         .strip_prefix("duplicate field `")
         .and_then(|rest| rest.strip_suffix('`'));
-    let (kind, msg) = match repeated {
-        Some(field) => ("", format!("{DUPLICATE_KEY}{field:?}")),
-        None if msg.starts_with(DUPLICATE_KEY) => ("", msg.to_owned()),
-        None => match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                ("bad JSON: ", msg.to_owned())
-            }
-            _ => ("bad event: ", msg.to_owned()),
-        },
-    };
+    if let Some(field) = repeated_field {
+        return LineError::DuplicateKey {
+            key: field.to_owned(),
+            in_attributes: false,
+        };
+    }
+    let repeated_name = msg
+        .strip_prefix(DUPLICATE_KEY)
+        .and_then(|rest| rest.strip_suffix(IN_ATTRIBUTES))
+        .and_then(|quoted| serde_json::from_str::<String>(quoted).ok());
+    if let Some(key) = repeated_name {
+        return LineError::DuplicateKey {
+            key,
+            in_attributes: true,
+        };
+    }
+    let reason = msg.to_owned();
     // Tagged enums are parsed from a buffer, so some errors carry no column.
-    match e.column() {
-        0 => format!("{kind}{msg}"),
-        col => format!("{kind}{msg} (column {col})"),
+    let column = Some(e.column()).filter(|&c| c > 0);
+    match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            LineError::Json { reason, column }
+        }
+        _ => LineError::Event { reason, column },
     }
 }

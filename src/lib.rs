@@ -60,8 +60,14 @@ pub use model::{
     validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,
     LogoutPolicy, Op, Outcome, Platform, Register,
 };
-pub use registry::{ActiveIter, CheckReport, Registry};
+pub use registry::{ActiveIter, BackupReport, CheckReport, Registry};
 pub use state::{Cursor, Page, Stats};
+
+/// The README's code blocks, run as doctests (its library example must
+/// stay true); only compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[doc(hidden)]
 pub mod internals {

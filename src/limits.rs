@@ -39,6 +39,14 @@ pub const MAX_GROUP_OPS: usize = 200_000;
 pub const MAX_IMPORT_BATCH_BYTES: usize = 4 << 20;
 /// Longest import line, in bytes.
 pub const MAX_IMPORT_LINE_BYTES: usize = 1 << 20;
+/// Rejected lines `devreg import` reports one by one; after them it only
+/// counts (the summary has the total), so a wrong file is not 200,000
+/// lines of stderr.
+pub const IMPORT_REJECTIONS_SHOWN: u64 = 100;
+/// 2001-01-01T00:00:00Z in Unix milliseconds. A `seen_ms` below it that is
+/// at least this many *seconds* (978,307,200) looks like seconds, and
+/// `devreg import` warns (once).
+pub const SECONDS_LOOKALIKE_BEFORE_MS: u64 = 978_307_200_000;
 /// Default memory budget (`Config::memory_budget_bytes`): sled's cache,
 /// the delta pages and the checkpoint chunks are cut from it.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 256 << 20;
@@ -56,6 +64,12 @@ pub const TOOL_SLED_CACHE_BYTES: u64 = 64 << 20;
 /// Most bytes of pages one sled batch of a checkpoint carries: sled's memory
 /// grows with a batch, so a checkpoint of any size is written in chunks.
 pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;
+
+/// Most bytes of store entries one sled batch of a backup carries (what a
+/// backup holds in memory besides sled's caches; `Registry::backup`).
+pub const BACKUP_CHUNK_BYTES: usize = 4 << 20;
+/// The buffer a backup copies log segments through, in bytes.
+pub const BACKUP_COPY_BUFFER_BYTES: usize = 1 << 20;
 
 /// Largest block (page or delta chunk) a compressed frame may hold; a
 /// larger one is stored plain, so a damaged frame length never makes a read

@@ -187,8 +187,32 @@ pub enum Op {
     },
 }
 
-/// What an operation did.
+/// What an operation did. It says whether anything changed (a token that
+/// is not registered is `NotFound`, not an error), so it is `#[must_use]`:
+/// ignore it with `let _ =` where that is meant. New kinds may be added:
+/// match with a wildcard arm.
+///
+/// ```compile_fail,E0004
+/// // A match without a wildcard arm does not compile.
+/// fn name(o: devreg::Outcome) -> &'static str {
+///     match o {
+///         devreg::Outcome::Applied { .. } => "applied",
+///         devreg::Outcome::NotFound => "not found",
+///         devreg::Outcome::Skipped => "skipped",
+///     }
+/// }
+/// ```
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// // An outcome dropped unlooked-at is a warning (here: an error).
+/// let dir = tempfile::tempdir().unwrap();
+/// let reg = devreg::Registry::open(dir.path().join("db")).unwrap();
+/// reg.remove("nosuch").unwrap();
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[must_use = "an Outcome says whether the operation changed anything (NotFound, Skipped)"]
+#[non_exhaustive]
 pub enum Outcome {
     /// The operation was applied. `devices` counts the devices it wrote or deleted
     /// (0 for an update that changed nothing), `evicted` those the per-person cap removed.
@@ -205,6 +229,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the operation was applied ([`Outcome::Applied`]); every
+    /// other kind changed nothing.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied { .. })
+    }
+
     pub(crate) fn applied(devices: u32) -> Outcome {
         Outcome::Applied {
             devices,

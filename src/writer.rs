@@ -523,6 +523,18 @@ impl WriterCtx {
         Ok(())
     }
 
+    /// Takes a checkpoint and waits for it, on the writer's side (no group
+    /// commits meanwhile): afterwards the store holds everything the log
+    /// does (`Registry::backup`).
+    pub(crate) fn checkpoint_and_wait(&mut self) -> Result<()> {
+        self.start_checkpoint(None)?;
+        self.wait_checkpoint_idle();
+        match self.refuse() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     fn shutdown(&mut self) {
         // Wait before looking at the flag (see `start_checkpoint`).
         self.wait_checkpoint_idle();

@@ -55,7 +55,7 @@ const T: u64 = 1_700_000_000_000;
 fn every_limit_is_a_typed_error_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let reg = Registry::open(dir.path().join("db")).unwrap();
-    reg.apply(register("good", Some("ann"), T, None)).unwrap();
+    let _ = reg.apply(register("good", Some("ann"), T, None)).unwrap();
     let before = reg.dump();
 
     // (operation, the field its error must name)
@@ -288,7 +288,8 @@ fn every_limit_is_a_typed_error_and_nothing_is_stored() {
         ),
     ];
     for op in at_limit {
-        reg.apply(op.clone())
+        let _ = reg
+            .apply(op.clone())
             .unwrap_or_else(|e| panic!("{e} for an op at the limit"));
     }
     assert_eq!(reg.stats().devices, 7);
@@ -325,11 +326,16 @@ fn bad_config_is_a_typed_error() {
 
 #[test]
 fn an_import_line_with_a_repeated_key_is_refused_naming_the_key() {
-    use devreg::import::parse_line;
+    use devreg::import::{parse_line, LineError};
     let refused = |line: &str| parse_line(line.as_bytes()).unwrap_err();
+    let e = refused(r#"{"op":"remove","token":"a","token":"b"}"#);
+    assert_eq!(e.to_string(), r#"duplicate key "token""#);
     assert_eq!(
-        refused(r#"{"op":"remove","token":"a","token":"b"}"#),
-        r#"duplicate key "token""#
+        e,
+        LineError::DuplicateKey {
+            key: "token".into(),
+            in_attributes: false
+        }
     );
     let register = |attributes: &str| {
         format!(
@@ -337,9 +343,23 @@ fn an_import_line_with_a_repeated_key_is_refused_naming_the_key() {
         )
     };
     // Before: the last "os" won silently and the line was imported.
+    let e = refused(&register(r#"{"os":"17","os":"18"}"#));
+    assert_eq!(e.to_string(), r#"duplicate key "os" in attributes"#);
     assert_eq!(
-        refused(&register(r#"{"os":"17","os":"18"}"#)),
-        r#"duplicate key "os" in attributes"#
+        e,
+        LineError::DuplicateKey {
+            key: "os".into(),
+            in_attributes: true
+        }
+    );
+    // A name that needs escaping reads back the same.
+    let e = refused(&register(r#"{"a\"b":"1","a\"b":"2"}"#));
+    assert_eq!(
+        e,
+        LineError::DuplicateKey {
+            key: "a\"b".into(),
+            in_attributes: true
+        }
     );
     // Names that differ only in case are different names.
     let op = parse_line(register(r#"{"os":"17","OS":"18","app":"2"}"#).as_bytes()).unwrap();
@@ -349,6 +369,61 @@ fn an_import_line_with_a_repeated_key_is_refused_naming_the_key() {
     let attrs = r.attributes.unwrap();
     assert_eq!((attrs["os"].as_str(), attrs["OS"].as_str()), ("17", "18"));
     assert_eq!(parse_line(register("null").as_bytes()).map(|_| ()), Ok(()));
+}
+
+/// `parse_line` says what kind of problem a line has, as a type.
+#[test]
+fn import_line_errors_are_typed() {
+    use devreg::import::{parse_line, LineError};
+    let refused = |line: &[u8]| parse_line(line).unwrap_err();
+    assert_eq!(
+        refused(b"{\"op\":\"remove\",\"token\":\"\xff\"}"),
+        LineError::NotUtf8 { valid_up_to: 24 }
+    );
+    let e = refused(b"{not json");
+    assert!(
+        matches!(
+            &e,
+            LineError::Json {
+                column: Some(2),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().starts_with("bad JSON: "), "{e}");
+    for line in [
+        &br#"{"op":"explode","token":"t1"}"#[..],
+        br#"{"op":"touch","token":"t1"}"#,
+        br#"{"op":"touch","token":"t1","seen_ms":"5"}"#,
+        br#"{"op":"touch","token":"t1","seen_ms":5,"x":1}"#,
+    ] {
+        let e = refused(line);
+        assert!(matches!(e, LineError::Event { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("bad event: "), "{e}");
+    }
+    let invalid = |line: &[u8]| match refused(line) {
+        LineError::Invalid { field, .. } => field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        invalid(br#"{"op":"register","token":"a b","platform":"ios","seen_ms":1}"#),
+        "token"
+    );
+    assert_eq!(
+        invalid(br#"{"op":"register","token":"t","platform":"windows","seen_ms":1}"#),
+        "platform"
+    );
+    assert_eq!(
+        invalid(br#"{"op":"logout","token":"t","policy":"maybe"}"#),
+        "policy"
+    );
+    assert_eq!(
+        invalid(
+            br#"{"op":"register","token":"t","platform":"ios","seen_ms":1,"attributes":{"n":5}}"#
+        ),
+        "attributes.n"
+    );
 }
 
 // ------------------------------------------------------- damaged storage --
@@ -374,9 +449,9 @@ fn populated(db: &Path) -> Vec<Device> {
     let reg = Registry::open(db).unwrap();
     let mut a = Attributes::new();
     a.insert("app_version".into(), "3.1".into());
-    reg.apply(register(HEX, Some("ann"), T, Some(a))).unwrap();
-    reg.apply(register(FCM, Some("bob"), T + 1, None)).unwrap();
-    reg.apply(register("plain", None, T + 2, None)).unwrap();
+    let _ = reg.apply(register(HEX, Some("ann"), T, Some(a))).unwrap();
+    let _ = reg.apply(register(FCM, Some("bob"), T + 1, None)).unwrap();
+    let _ = reg.apply(register("plain", None, T + 2, None)).unwrap();
     let dump = reg.dump();
     drop(reg); // closes with a checkpoint: the records are in sled
     dump

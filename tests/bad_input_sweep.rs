@@ -434,7 +434,7 @@ fn library_rejects_every_bad_input_with_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let reg = Registry::open(&db).unwrap();
-    reg.apply(register("good", Some("ann"), T, None)).unwrap();
+    let _ = reg.apply(register("good", Some("ann"), T, None)).unwrap();
     let before = reg.dump();
     let attrs = |n: usize, name: &str, value: usize| -> Option<Attributes> {
         Some(

@@ -229,13 +229,20 @@ fn missing_things_and_bad_arguments_fail() {
     let o = devreg(&db, &["get", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).is_empty());
-    assert!(stderr(&o).starts_with("not found: "), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "error: not found: no device with token \"nope\"\n",
+        "the same prefix as every error"
+    );
 
     let o = devreg(&db, &["most-recent", "ann", "--platform", "android"]);
     assert!(o.status.success());
     let o = devreg(&db, &["most-recent", "zed"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not found: "));
+    assert_eq!(
+        stderr(&o),
+        "error: not found: no device for person \"zed\"\n"
+    );
 
     let o = devreg(&db, &["active", "--since-ms", "0", "--platform", "windows"]);
     assert_eq!(o.status.code(), Some(2), "usage error");
@@ -965,4 +972,246 @@ fn a_dump_imports_into_a_new_database_as_the_same_devices() {
     );
     assert_eq!(stdout(&devreg(&copy, &["dump"])), text);
     assert_eq!(dump(&copy)[0]["attributes"], json!({"app_version": "1.2"}));
+}
+
+// ---- Backup ----
+
+#[test]
+fn a_backup_answers_every_read_as_the_original_and_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    // A dead letter, then more changes pending in the feed.
+    let (id, _) = batch_ops(&export_line(&db, &[]));
+    let o = devreg(&db, &["nack", &id, "--failed", "0:bad"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let more = [
+        register("dd04", "ios", Some("bob"), 4000),
+        register("aa01", "ios", Some("bob"), 5000),
+    ];
+    let o = import_text(&db, dir.path(), more.join("\n").as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(sinks(&db)[0]["pending"].as_u64().unwrap() > 0);
+
+    let copy = dir.path().join("copy");
+    let before = files_of(&db);
+    let o = devreg(&db, &["backup", copy.to_str().unwrap()]);
+    let report = json_out(&o);
+    assert_eq!(report["devices"], 4);
+    assert_eq!(report["dest"], copy.to_str().unwrap());
+    assert!(
+        files_of(&db) == before,
+        "backup changed the source database"
+    );
+    let reads: &[&[&str]] = &[
+        &["dump"],
+        &["history", "aa01"],
+        &["owner-at", "aa01", "--at-ms", "99999999999999"],
+        &["changes", "--since-ms", "0"],
+        &["sinks"],
+        &["dead-letters"],
+        &["config", "show"],
+        &["stats"],
+        &["stats", "--daily"],
+        &["person", "bob"],
+    ];
+    for args in reads {
+        let (a, b) = (devreg(&db, args), devreg(&copy, args));
+        assert!(a.status.success(), "{args:?}: {}", stderr(&a));
+        assert_eq!(
+            (stdout(&a), a.status.code()),
+            (stdout(&b), b.status.code()),
+            "{args:?}"
+        );
+    }
+    assert_eq!(devreg(&copy, &["check"]).status.code(), Some(0));
+    // The next export is the same batch in both.
+    assert_eq!(export_line(&copy, &[]), export_line(&db, &[]));
+}
+
+#[test]
+fn backup_refuses_a_destination_that_is_not_new_or_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    let dest = dir.path().join("taken");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("notes.txt"), b"keep me").unwrap();
+    let o = devreg(&db, &["backup", dest.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty());
+    assert_eq!(
+        stderr(&o).trim(),
+        format!(
+            "error: backup destination {}: is a directory that is not empty",
+            dest.display()
+        )
+    );
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
+    // A missing database: the usual error, and no copy made.
+    let missing = dir.path().join("nosuch");
+    let fresh = dir.path().join("fresh");
+    let o = devreg(&missing, &["backup", fresh.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("error: no devreg database at"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!fresh.exists() && !missing.exists());
+}
+
+// ---- An import that helps ----
+
+#[test]
+fn a_json_array_or_csv_is_one_clear_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let events: Vec<String> = (0..3000)
+        .map(|i| register(&format!("t{i}"), "ios", Some("ann"), 1_700_000_000_000 + i))
+        .collect();
+    let array = format!("[{}]", events.join(",\n"));
+    let csv: String = std::iter::once("token,platform,person,seen_ms\n".to_string())
+        .chain((0..3000).map(|i| format!("t{i},ios,ann,{i}\n")))
+        .collect();
+    for (text, says) in [
+        (array.as_str(), "is a JSON array"),
+        (csv.as_str(), "looks like CSV"),
+        ("\u{feff}\n  [ ]", "is a JSON array"),
+    ] {
+        for stdin in [false, true] {
+            let o = match stdin {
+                false => import_text(&db, dir.path(), text.as_bytes()),
+                true => import_stdin_may_stop_early(&db, text.as_bytes()),
+            };
+            assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+            let err = stderr(&o);
+            assert_eq!(err.lines().count(), 1, "one line: {err}");
+            assert!(err.starts_with("error: ") && err.contains(says), "{err}");
+            assert!(err.contains("one JSON object per line"), "{err}");
+            assert!(stdout(&o).is_empty());
+            assert!(!db.exists(), "a refused input created the database");
+        }
+    }
+    // The CSV error shows the header it saw.
+    let o = import_text(&db, dir.path(), csv.as_bytes());
+    assert!(stderr(&o).contains("token,platform,person,seen_ms"));
+    // NDJSON whose first line is bad is judged line by line, as before.
+    let text = format!("not json, at all\n{}\n", events[0]);
+    let o = import_text(&db, dir.path(), text.as_bytes());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(json_out_any(&o)["imported"], 1);
+}
+
+/// `import -` fed `text`; devreg may exit before it has read it all.
+fn import_stdin_may_stop_early(db: &Path, text: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .arg("--db")
+        .arg(db)
+        .args(["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    match pipe.write_all(text) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+/// The JSON summary of an import that may have exited 2.
+fn json_out_any(o: &Output) -> Value {
+    json_from(&stdout(o))
+}
+
+#[test]
+fn after_100_rejected_lines_the_rest_are_only_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut text = String::new();
+    for i in 0..250 {
+        text.push_str(&format!("{{\"op\":\"touch\",\"token\":\"t{i}\"}}\n"));
+    }
+    text.push_str(&register("ok", "ios", None, 1_700_000_000_000));
+    let o = import_text(&db, dir.path(), text.as_bytes());
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    let reported: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("line ") && l.contains("bad event"))
+        .collect();
+    assert_eq!(reported.len(), 100, "{err}");
+    assert!(reported[99].starts_with("line 100: "), "{}", reported[99]);
+    assert!(
+        err.contains("line 101: rejected too; more than 100 lines"),
+        "{err}"
+    );
+    assert!(!err.contains("line 102"), "{err}");
+    assert!(err.contains("imported 1, skipped 0, rejected 250"), "{err}");
+    assert!(err.lines().count() <= 103, "{err}");
+    assert_eq!(
+        json_out_any(&o),
+        json!({"imported": 1, "skipped": 0, "rejected": 250})
+    );
+}
+
+#[test]
+fn a_seen_ms_that_looks_like_seconds_gets_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let lines = [
+        register("a1", "ios", Some("ann"), 1_764_000_000_000), // milliseconds
+        register("a2", "ios", Some("ann"), 1_764_000_000),     // line 2: seconds
+        r#"{"op":"touch","token":"a1","seen_ms":1764000100}"#.to_string(), // seconds again
+        register("a3", "ios", None, 5),                        // tiny, not seconds-like
+    ];
+    let o = import_text(&db, dir.path(), lines.join("\n").as_bytes());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with("warning: line 2: seen_ms 1764000000 ")
+            && warnings[0].contains("looks like seconds"),
+        "{}",
+        warnings[0]
+    );
+    // Imported as given: a warning, not a rejection.
+    assert_eq!(dump(&db).len(), 3);
+    assert!(err.contains("imported 4, skipped 0, rejected 0"), "{err}");
+}
+
+#[test]
+fn import_help_shows_the_event_schema() {
+    let o = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .args(["import", "--help"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let help = stdout(&o);
+    for op in [
+        "register",
+        "touch",
+        "rotate",
+        "logout",
+        "merge",
+        "remove",
+        "invalidate",
+        "prune",
+    ] {
+        assert!(help.contains(&format!(r#"{{"op":"{op}""#)), "{op}: {help}");
+    }
+    for field in [
+        "seen_ms",
+        "last_seen_ms",
+        "provider_ms",
+        "before_ms",
+        "policy",
+        "attributes",
+    ] {
+        assert!(help.contains(field), "{field}: {help}");
+    }
+    assert!(help.contains("Unix milliseconds"), "{help}");
 }

@@ -153,7 +153,7 @@ fn a_format_2_database_opens_and_answers_the_same() {
         seen_ms: 1_700_009_000_000,
         attributes: None,
     });
-    reg.apply(mv).unwrap();
+    let _ = reg.apply(mv).unwrap();
     reg.checkpoint().unwrap();
     assert_token4_moved_to_z9(&reg, &token4);
 }
@@ -200,14 +200,15 @@ fn a_format_3_database_opens_relabelled_and_answers_the_same() {
         (&new_token, "n1", 1_700_009_000_000),
         (&token4, "z9", 1_700_009_000_001),
     ] {
-        reg.apply(devreg::Op::Register(devreg::Register {
-            token: token.clone(),
-            platform: devreg::Platform::Ios,
-            person: Some(person.into()),
-            seen_ms,
-            attributes: None,
-        }))
-        .unwrap();
+        let _ = reg
+            .apply(devreg::Op::Register(devreg::Register {
+                token: token.clone(),
+                platform: devreg::Platform::Ios,
+                person: Some(person.into()),
+                seen_ms,
+                attributes: None,
+            }))
+            .unwrap();
     }
     reg.checkpoint().unwrap();
     reg.close().unwrap();

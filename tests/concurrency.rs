@@ -159,7 +159,7 @@ fn threads_write_and_read_at_once() {
                     let ops: Vec<Op> = (0..n).map(|_| random_op(&mut rng, &mut clock)).collect();
                     applied += reg.apply_batch(ops).unwrap().len() as u64;
                 } else {
-                    reg.apply(random_op(&mut rng, &mut clock)).unwrap();
+                    let _ = reg.apply(random_op(&mut rng, &mut clock)).unwrap();
                     applied += 1;
                 }
                 if rng.chance(1, 3) {

@@ -311,7 +311,7 @@ fn tail_child() {
     };
     let reg = Registry::open_with(tail_config(Path::new(&db))).unwrap();
     for op in tail_ops() {
-        reg.apply(op).unwrap();
+        let _ = reg.apply(op).unwrap();
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n{MARK}done").unwrap();
@@ -371,7 +371,7 @@ fn records(segment: &[u8]) -> Vec<(usize, usize)> {
 fn model_of(ops: &[Op]) -> Model {
     let mut m = Model::new(CAP);
     for op in ops {
-        m.apply(op);
+        let _ = m.apply(op);
     }
     m
 }
@@ -451,8 +451,8 @@ fn log_tail_cut_at_every_offset() {
                 // The log goes on after the cut: a new write lands and survives.
                 let extra = reg_op("after-cut", Some("dee"), H0 + 50);
                 let mut want = want.clone();
-                want.apply(&extra);
-                reg.apply(extra).unwrap();
+                let _ = want.apply(&extra);
+                let _ = reg.apply(extra).unwrap();
                 drop(reg);
                 let reg = Registry::open_with(tail_config(&case))
                     .unwrap_or_else(|e| panic!("{ctx}: second open failed: {e}"));
@@ -572,7 +572,7 @@ fn fill_segment_exactly(reg: &Registry, db: &Path) -> Vec<Op> {
     let mut ops = Vec::new();
     // Measure the record size of a register with an `len`-byte token.
     ops.push(op(0, 100));
-    reg.apply(ops[0].clone()).unwrap();
+    let _ = reg.apply(ops[0].clone()).unwrap();
     let overhead = segment0_end(db) - 100;
     loop {
         let room = SEGMENT - segment0_end(db);
@@ -583,7 +583,7 @@ fn fill_segment_exactly(reg: &Registry, db: &Path) -> Vec<Op> {
             (room - overhead - 60).min(200)
         };
         let next = op(ops.len(), len as usize);
-        reg.apply(next.clone()).unwrap();
+        let _ = reg.apply(next.clone()).unwrap();
         ops.push(next);
         if last {
             break;
@@ -613,7 +613,7 @@ fn fill_child() {
     let reg = Registry::open_with(fill_config(&db)).unwrap();
     let mut ops = fill_segment_exactly(&reg, &db);
     for op in after_fill_ops(10) {
-        reg.apply(op.clone()).unwrap();
+        let _ = reg.apply(op.clone()).unwrap();
         ops.push(op);
     }
     let mut out = std::io::stdout().lock();
@@ -682,7 +682,8 @@ fn segment_filled_exactly_then_rolled() {
     let reg = Registry::open_with(fill_config(&db)).unwrap();
     let mut ops = fill_segment_exactly(&reg, &db);
     for op in after_fill_ops(3000) {
-        reg.apply(op.clone())
+        let _ = reg
+            .apply(op.clone())
             .unwrap_or_else(|e| panic!("write {} after the exact fill: {e}", ops.len()));
         ops.push(op);
     }
@@ -711,7 +712,7 @@ fn unfinished_sled_snapshot_does_not_block_open() {
     {
         let reg = Registry::open_with(tail_config(&db)).unwrap();
         for op in &ops {
-            reg.apply(op.clone()).unwrap();
+            let _ = reg.apply(op.clone()).unwrap();
         }
         reg.checkpoint().unwrap();
     }

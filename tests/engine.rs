@@ -29,10 +29,11 @@ fn survives_reopen_across_many_segments_and_checkpoints() {
         let reg = Registry::open_with(small(&db)).unwrap();
         for i in 0..3000u64 {
             let person = format!("p{}", i % 97);
-            reg.apply(reg_op(&format!("{i:064x}"), Some(&person), i))
+            let _ = reg
+                .apply(reg_op(&format!("{i:064x}"), Some(&person), i))
                 .unwrap();
             if i % 7 == 0 {
-                reg.touch(&format!("{:064x}", i / 2), 5000 + i).unwrap();
+                let _ = reg.touch(&format!("{:064x}", i / 2), 5000 + i).unwrap();
             }
         }
         let report = reg.check().unwrap();
@@ -55,12 +56,13 @@ fn a_lowered_cap_evicts_oldest_and_survives_reopen() {
     {
         let reg = Registry::open(&db).unwrap();
         for i in 0..10u64 {
-            reg.apply(reg_op(&format!("t{i}"), Some("ann"), 100 + i))
+            let _ = reg
+                .apply(reg_op(&format!("t{i}"), Some("ann"), 100 + i))
                 .unwrap();
         }
     }
     let reg = Registry::open(&db).unwrap();
-    reg.set_max_devices_per_person(3).unwrap();
+    let _ = reg.set_max_devices_per_person(3).unwrap();
     let toks: Vec<String> = reg.devices_of("ann").into_iter().map(|d| d.token).collect();
     assert_eq!(toks, ["t9", "t8", "t7"]);
     assert!(reg.check().unwrap().is_clean());
@@ -76,7 +78,7 @@ fn database_files_are_private() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let reg = Registry::open(&db).unwrap();
-    reg.apply(reg_op("aa", Some("p"), 1)).unwrap();
+    let _ = reg.apply(reg_op("aa", Some("p"), 1)).unwrap();
     reg.checkpoint().unwrap();
     fn walk(p: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
         let m = std::fs::metadata(p).unwrap();
@@ -130,20 +132,21 @@ fn a_store_reopened_after_the_load_serves_reads_and_writes() {
     let token = |i: u32| format!("{i:064x}");
     let reg = Registry::open_with(config()).unwrap();
     for i in 0..50u32 {
-        reg.apply(Op::Register(Register {
-            token: token(i),
-            platform: Platform::Ios,
-            person: Some(format!("p{}", i % 7)),
-            seen_ms: 1_700_000_000_000 + u64::from(i),
-            attributes: None,
-        }))
-        .unwrap();
+        let _ = reg
+            .apply(Op::Register(Register {
+                token: token(i),
+                platform: Platform::Ios,
+                person: Some(format!("p{}", i % 7)),
+                seen_ms: 1_700_000_000_000 + u64::from(i),
+                attributes: None,
+            }))
+            .unwrap();
     }
     reg.close().unwrap();
     let reg = Registry::open_with(config()).unwrap();
     assert_eq!(reg.stats().devices, 50);
     assert_eq!(reg.history(&token(3)).unwrap().len(), 1);
-    reg.apply(Op::Remove { token: token(3) }).unwrap();
+    let _ = reg.apply(Op::Remove { token: token(3) }).unwrap();
     reg.checkpoint().unwrap();
     assert!(reg.check().unwrap().is_clean());
     reg.close().unwrap();
@@ -186,9 +189,9 @@ fn a_read_only_open_creates_nothing_replays_the_log_in_memory_and_refuses_writes
     let img = dir.path().join("img");
     {
         let reg = Registry::open_with(Config::new(&db).checkpoint_interval_ms(3_600_000)).unwrap();
-        reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+        let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
         reg.checkpoint().unwrap();
-        reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
+        let _ = reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
         common::copy_dir(&db, &img);
         reg.close().unwrap();
     }
@@ -225,9 +228,9 @@ fn a_stored_cap_changes_only_on_request() {
     {
         let reg = Registry::open_with(Config::new(&db).max_devices_per_person(4)).unwrap();
         for i in 0..6u64 {
-            reg.apply(reg_op(&format!("t{i}"), Some("ann"), i)).unwrap();
+            let _ = reg.apply(reg_op(&format!("t{i}"), Some("ann"), i)).unwrap();
         }
-        reg.apply(reg_op("u0", Some("bob"), 10)).unwrap();
+        let _ = reg.apply(reg_op("u0", Some("bob"), 10)).unwrap();
         reg.close().unwrap();
     }
     // Opening with another cap is refused before anything is written.
@@ -258,4 +261,245 @@ fn a_stored_cap_changes_only_on_request() {
     assert_eq!(reg.stats().max_devices_per_person, 2);
     let tokens: Vec<String> = reg.devices_of("ann").into_iter().map(|d| d.token).collect();
     assert_eq!(tokens, ["t5", "t4"]);
+}
+
+// ---- Backup ----
+
+/// Every answer of a registry that a backup must reproduce, as text.
+fn answers(reg: &Registry) -> Vec<String> {
+    let mut out = vec![
+        format!("{:?}", reg.dump()),
+        format!("{:?}", reg.stats()),
+        format!("{:?}", reg.sinks()),
+        format!("{:?}", reg.daily_stats()),
+        format!("{:?}", reg.changes_since(0, None, 10_000).unwrap()),
+    ];
+    for d in reg.dump() {
+        out.push(format!("{:?}", reg.history(&d.token).unwrap()));
+    }
+    for s in reg.sinks() {
+        out.push(format!("{:?}", reg.dead_letters(&s.name).unwrap()));
+    }
+    out
+}
+
+fn reg_attr(token: &str, person: &str, seen_ms: u64) -> Op {
+    let mut attributes = std::collections::BTreeMap::new();
+    attributes.insert("app_version".to_string(), format!("1.{seen_ms}"));
+    Op::Register(Register {
+        token: token.into(),
+        platform: Platform::Android,
+        person: Some(person.into()),
+        seen_ms,
+        attributes: Some(attributes),
+    })
+}
+
+/// A database with devices, history (moves, a rotation, a logout), a
+/// stored cap of 5, a sink with an in-flight batch, pending items and a
+/// dead letter, a second sink, and a write in the log only.
+fn backup_source(db: &std::path::Path) -> Registry {
+    let reg = Registry::open_with(
+        small(db)
+            .max_devices_per_person(5)
+            .checkpoint_interval_ms(3_600_000),
+    )
+    .unwrap();
+    for i in 0..40u64 {
+        let _ = reg
+            .apply(reg_attr(
+                &format!("{i:064x}"),
+                &format!("p{}", i % 6),
+                1000 + i,
+            ))
+            .unwrap();
+    }
+    let _ = reg
+        .apply(reg_attr(&format!("{:064x}", 3), "p5", 2000))
+        .unwrap();
+    let _ = reg.rotate(&format!("{:064x}", 4), "rotated", 2001).unwrap();
+    let _ = reg
+        .logout(&format!("{:064x}", 5), LogoutPolicy::Keep)
+        .unwrap();
+    let batch = reg.export(DEFAULT_SINK, 10, 499_999).unwrap().unwrap();
+    reg.nack(DEFAULT_SINK, batch.id(), &[(2, "invalid token".into())])
+        .unwrap();
+    reg.export(DEFAULT_SINK, 5, 499_999).unwrap().unwrap();
+    reg.add_sink("audit").unwrap();
+    reg.checkpoint().unwrap();
+    let _ = reg.apply(reg_attr("logged-only", "p1", 3000)).unwrap();
+    reg
+}
+
+#[test]
+fn a_backup_copies_devices_history_feeds_and_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let copy = dir.path().join("copy");
+    let reg = backup_source(&db);
+    let report = reg.backup(&copy).unwrap();
+    assert_eq!(report.dest, copy);
+    assert_eq!(report.devices, reg.stats().devices);
+    assert!(
+        report.store_keys > 0 && report.log_segments >= 1,
+        "{report:?}"
+    );
+    let want = answers(&reg);
+    let info = reg
+        .sinks()
+        .into_iter()
+        .find(|s| s.name == DEFAULT_SINK)
+        .unwrap();
+    assert!(info.pending > 0 && info.in_flight.is_some() && info.dead_letters == 1);
+    // Opened as it is, read-only and then for writing: the same answers.
+    let ro = Registry::open_read_only(&copy).unwrap();
+    assert_eq!(answers(&ro), want);
+    assert!(ro.check().unwrap().is_clean());
+    ro.close().unwrap();
+    let rw = Registry::open(&copy).unwrap();
+    assert_eq!(answers(&rw), want);
+    assert_eq!(rw.stats().max_devices_per_person, 5);
+    common::assert_clean(&rw, "the backup");
+    // The feeds go on alike: the in-flight batch, then the same next one.
+    for sink in [DEFAULT_SINK, "audit"] {
+        let a = reg.export(sink, 100, 499_999).unwrap().unwrap();
+        let b = rw.export(sink, 100, 499_999).unwrap().unwrap();
+        assert_eq!((a.id(), a.body()), (b.id(), b.body()), "{sink}");
+    }
+    // The two databases are independent.
+    let _ = reg.apply(reg_attr("only-in-original", "p2", 4000)).unwrap();
+    assert!(rw.device("only-in-original").is_none());
+}
+
+#[test]
+fn a_backup_taken_while_another_thread_writes_is_a_prefix_of_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let reg = Registry::open_with(small(&db)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (reg, stop) = (reg.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 400 {
+                let op = reg_attr(&format!("{n:064x}"), &format!("p{n}"), 1 + n);
+                let _ = reg.apply(op).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut copies = Vec::new();
+    for i in 0..3 {
+        while reg.stats().devices < 100 * (i + 1) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let copy = dir.path().join(format!("copy{i}"));
+        reg.backup(&copy).unwrap();
+        copies.push(copy);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    common::assert_clean(&reg, "the original");
+    let mut last = 0;
+    for copy in copies {
+        let c = Registry::open(&copy).unwrap();
+        common::assert_clean(&c, &copy.display().to_string());
+        // One thread wrote token 0, 1, 2, ... in order: a consistent copy
+        // holds exactly the first k of them, each with its own history.
+        let tokens: Vec<String> = c.dump().into_iter().map(|d| d.token).collect();
+        let k = tokens.len() as u64;
+        let want: Vec<String> = (0..k).map(|n| format!("{n:064x}")).collect();
+        assert_eq!(tokens, want, "{}", copy.display());
+        assert!(k >= last && k <= written, "{k} of {written}");
+        assert_eq!(c.history(&format!("{:064x}", k - 1)).unwrap().len(), 1);
+        last = k;
+    }
+}
+
+#[test]
+fn a_backup_destination_must_be_new_or_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let reg = Registry::open(&db).unwrap();
+    let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep.txt"), b"mine").unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"mine").unwrap();
+    let refused = [
+        (full.clone(), "not empty"),
+        (file.clone(), "not a directory"),
+        (db.join("inside"), "inside the database"),
+        (
+            dir.path().join("no").join("parent"),
+            "parent directory does not exist",
+        ),
+    ];
+    for (dest, why_part) in &refused {
+        match reg.backup(dest) {
+            Err(Error::BackupDestination { path, why }) => {
+                assert_eq!(&path, dest);
+                assert!(why.contains(why_part), "{why}");
+                let msg = Error::BackupDestination { path, why }.to_string();
+                assert!(msg.contains(&dest.display().to_string()), "{msg}");
+            }
+            other => panic!("{}: {:?}", dest.display(), other.map(|_| ())),
+        }
+    }
+    assert_eq!(std::fs::read(full.join("keep.txt")).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(&full).unwrap().count(), 1);
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    assert!(!db.join("inside").exists() && !dir.path().join("no").exists());
+    // An empty directory takes the copy; then it is no longer empty.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    reg.backup(&empty).unwrap();
+    assert!(matches!(
+        reg.backup(&empty),
+        Err(Error::BackupDestination { .. })
+    ));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "staging left behind: {names:?}");
+    assert_eq!(Registry::open(&empty).unwrap().dump(), reg.dump());
+}
+
+#[test]
+fn a_read_only_registry_backs_up_its_log_tail_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let img = dir.path().join("img");
+    {
+        let reg = Registry::open_with(Config::new(&db).checkpoint_interval_ms(3_600_000)).unwrap();
+        let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+        reg.checkpoint().unwrap();
+        let _ = reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
+        // As a crash would leave it: the second write in the log only.
+        common::copy_dir(&db, &img);
+        reg.close().unwrap();
+    }
+    // sled settles a crashed store at any open (DESIGN 4.4); devreg's own
+    // files must stay as they were.
+    let before = file_bytes(&img.join("log"));
+    let ro = Registry::open_read_only(&img).unwrap();
+    let copy = dir.path().join("copy");
+    let report = ro.backup(&copy).unwrap();
+    assert_eq!(report.devices, 2);
+    ro.close().unwrap();
+    assert!(
+        file_bytes(&img.join("log")) == before,
+        "a read-only backup changed the log"
+    );
+    let c = Registry::open_read_only(&copy).unwrap();
+    assert_eq!(
+        c.devices_of("ann").len(),
+        2,
+        "the logged write is in the copy"
+    );
+    assert!(c.check().unwrap().is_clean());
 }

@@ -432,9 +432,11 @@ fn seed_with(config: Config) {
     reg.apply_batch(ops).unwrap();
     let b = reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap();
     reg.ack(DEFAULT_SINK, b.id()).unwrap();
-    reg.apply(register(seed_token(15), Some("sp0".into()), T0 + 50, None))
+    let _ = reg
+        .apply(register(seed_token(15), Some("sp0".into()), T0 + 50, None))
         .unwrap();
-    reg.apply(register(seed_token(3), Some("sp1".into()), T0 + 60, None))
+    let _ = reg
+        .apply(register(seed_token(3), Some("sp1".into()), T0 + 60, None))
         .unwrap();
     reg.checkpoint().unwrap();
     reg.close().unwrap();
@@ -457,23 +459,25 @@ fn seed_log_only(db: &Path) {
     let reg = Registry::open_with(log_only_config(db).fault_plan(plan.clone())).unwrap();
     plan.arm(&[IoOp::StoreWrite], 1, EIO, true);
     for i in 0..45 {
-        reg.apply(register(
-            hex_token(0xf, i),
-            Some(format!("fp{}", i % 9)),
-            T0 + i,
-            Some(attrs(i, 6000)),
-        ))
-        .unwrap();
+        let _ = reg
+            .apply(register(
+                hex_token(0xf, i),
+                Some(format!("fp{}", i % 9)),
+                T0 + i,
+                Some(attrs(i, 6000)),
+            ))
+            .unwrap();
     }
     let b = reg.export(DEFAULT_SINK, 20, 499_999).unwrap().unwrap();
     reg.ack(DEFAULT_SINK, b.id()).unwrap();
-    reg.apply(register(
-        hex_token(0xf, 99),
-        Some("fp1".into()),
-        T0 + 99,
-        None,
-    ))
-    .unwrap();
+    let _ = reg
+        .apply(register(
+            hex_token(0xf, 99),
+            Some("fp1".into()),
+            T0 + 99,
+            None,
+        ))
+        .unwrap();
     drop(reg);
     assert!(plan.fired() > 0, "the final checkpoint failed");
 }
@@ -831,7 +835,7 @@ fn model_after(seed: &Model, lanes: &[Lane], prefixes: &[usize]) -> Model {
         for step in &lane[..p] {
             if let Act::Write(ops) = &step.act {
                 for op in ops {
-                    m.apply(op);
+                    let _ = m.apply(op);
                 }
             }
         }
@@ -1633,7 +1637,7 @@ fn prepare_cli(which: Cli, root: &Path) -> CliCase {
             let mut model = Model::new(DEFAULT_MAX_DEVICES);
             let mut devices_after = vec![model.dump()];
             for op in import_ops() {
-                model.apply(&op);
+                let _ = model.apply(&op);
                 devices_after.push(model.dump());
             }
             CliCase {

@@ -159,7 +159,7 @@ fn build_base(devices: u64, log_ops: u64) -> Base {
     let ops: Vec<Op> = (0..devices).map(|i| register(i, T0 + i)).collect();
     for chunk in ops.chunks(500) {
         for op in chunk {
-            model.apply(op);
+            let _ = model.apply(op);
         }
         reg.apply_batch(chunk.to_vec()).unwrap();
     }
@@ -644,7 +644,7 @@ fn full_disk_fails_stop_and_keeps_acknowledged_writes() {
     let got = reg.dump();
     let with_in_flight = in_flight.map(|op| {
         let mut m = model.clone();
-        m.apply(&op);
+        let _ = m.apply(&op);
         m.dump()
     });
     assert!(
@@ -654,7 +654,8 @@ fn full_disk_fails_stop_and_keeps_acknowledged_writes() {
         acked
     );
     // And it takes writes again.
-    reg.apply(big_register(2_000_000))
+    let _ = reg
+        .apply(big_register(2_000_000))
         .expect("a write after recovery");
     drop(reg);
     let reg = Registry::open_with(cfg()).unwrap();

@@ -161,7 +161,7 @@ fn run(steps: Vec<Step>) {
     for step in steps {
         match step {
             Step::Op(op) => {
-                reg.apply(op).unwrap();
+                let _ = reg.apply(op).unwrap();
             }
             Step::Export { ack } => {
                 if let Some(b) = export(&reg) {
@@ -287,10 +287,10 @@ fn move_sends_delete_before_add_and_never_in_one_batch() {
         })
         .unwrap()
     };
-    r("ann", 1000);
+    let _ = r("ann", 1000);
     let b = export(&reg).unwrap();
     reg.ack(DEFAULT_SINK, b.id()).unwrap();
-    r("bob", 2000);
+    let _ = r("bob", 2000);
     let b1 = export(&reg).unwrap();
     assert_eq!(
         b1.body(),
@@ -314,15 +314,16 @@ fn move_sends_delete_before_add_and_never_in_one_batch() {
 fn register_then_remove_before_export_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(&dir.path().join("db"));
-    reg.register(Register {
-        token: "aa".into(),
-        platform: Platform::Android,
-        person: Some("ann".into()),
-        seen_ms: 1,
-        attributes: None,
-    })
-    .unwrap();
-    reg.remove("aa").unwrap();
+    let _ = reg
+        .register(Register {
+            token: "aa".into(),
+            platform: Platform::Android,
+            person: Some("ann".into()),
+            seen_ms: 1,
+            attributes: None,
+        })
+        .unwrap();
+    let _ = reg.remove("aa").unwrap();
     assert!(export(&reg).is_none());
     assert_eq!(reg.sinks()[0].pending, 0);
 }
@@ -341,11 +342,11 @@ fn merge_waits_for_primary_and_readds_devices() {
         })
         .unwrap()
     };
-    r("aa", "sec", 1000);
+    let _ = r("aa", "sec", 1000);
     let b = export(&reg).unwrap();
     reg.ack(DEFAULT_SINK, b.id()).unwrap();
-    r("bb", "prim", 3000);
-    reg.merge("prim", "sec").unwrap();
+    let _ = r("bb", "prim", 3000);
+    let _ = reg.merge("prim", "sec").unwrap();
     let mut cio = Cio::default();
     cio.persons
         .entry("sec".into())
@@ -386,14 +387,15 @@ fn new_sink_starts_with_a_snapshot_and_batches_respect_limits() {
         .map(|i| (format!("{i:0>100}"), "v".repeat(120)))
         .collect();
     for i in 0..40u64 {
-        reg.register(Register {
-            token: format!("{:04096x}", i),
-            platform: Platform::Android,
-            person: Some(format!("person-{i}")),
-            seen_ms: i,
-            attributes: Some(attrs.clone()),
-        })
-        .unwrap();
+        let _ = reg
+            .register(Register {
+                token: format!("{:04096x}", i),
+                platform: Platform::Android,
+                person: Some(format!("person-{i}")),
+                seen_ms: i,
+                attributes: Some(attrs.clone()),
+            })
+            .unwrap();
     }
     assert!(reg.add_sink("audit").unwrap());
     assert!(!reg.add_sink("audit").unwrap());

@@ -302,7 +302,7 @@ fn bounded_per_token_across_reopen() {
     assert_eq!(h[0].owner_after.as_deref(), Some("bob"));
     assert_eq!(h[0].seq, 99);
     // Refreshes (same owner, same platform) are not ownership changes.
-    reg.apply(reg_op("aa", "bob", H0 + 500)).unwrap();
+    let _ = reg.apply(reg_op("aa", "bob", H0 + 500)).unwrap();
     assert_eq!(reg.history("aa").unwrap()[0].seq, 99);
     let (entries, bytes) = reg.history_footprint().unwrap();
     assert_eq!(entries, MAX_HISTORY_PER_TOKEN as u64);
@@ -319,14 +319,14 @@ fn retention_drops_old_entries() {
     let db = dir.path().join("db");
     let config = || Config::new(&db).history_retention_ms(300);
     let reg = Registry::open_with(config()).unwrap();
-    reg.apply(reg_op("aa", "ann", H0)).unwrap();
-    reg.apply(reg_op("bb", "ann", H0)).unwrap();
+    let _ = reg.apply(reg_op("aa", "ann", H0)).unwrap();
+    let _ = reg.apply(reg_op("bb", "ann", H0)).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     // Before any newer commit, both entries are within the retention.
     assert_eq!(reg.history("bb").unwrap().len(), 1);
     // A new commit moves "now": every entry older than the retention is
     // gone from the queries at once, checkpointed or not.
-    reg.apply(reg_op("aa", "bob", H0)).unwrap();
+    let _ = reg.apply(reg_op("aa", "bob", H0)).unwrap();
     assert_eq!(reg.history("aa").unwrap().len(), 1);
     assert!(reg.history("bb").unwrap().is_empty());
     reg.checkpoint().unwrap();

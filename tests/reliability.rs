@@ -99,7 +99,7 @@ fn db_with_log_only(path: &std::path::Path, n: usize) -> Vec<Device> {
     let reg = Registry::open_with(Config::new(path).fault_plan(plan.clone())).unwrap();
     plan.arm(&[IoOp::StoreWrite], 1, EIO, true);
     for i in 0..n {
-        reg.apply(reg_op(i)).unwrap();
+        let _ = reg.apply(reg_op(i)).unwrap();
     }
     let devices = reg.dump();
     drop(reg);
@@ -169,7 +169,7 @@ fn no_checkpoint_after_a_failed_one() {
     // (as a second fsync does on Linux after the first reported an error).
     plan.set_delay_ms(300);
     plan.arm(&[IoOp::StoreWrite], 1, EIO, false);
-    reg.apply(reg_op(1)).unwrap();
+    let _ = reg.apply(reg_op(1)).unwrap();
     let want = reg.dump();
     // Close while that checkpoint is still running.
     drop(reg);
@@ -186,7 +186,7 @@ fn check_after_fail_stop_does_no_io() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let (reg, plan) = open_eventual_with_plan(&path);
-    reg.apply(reg_op(0)).unwrap();
+    let _ = reg.apply(reg_op(0)).unwrap();
     plan.arm(&[IoOp::Pwrite], 1, EIO, false);
     assert!(reg.apply(reg_op(1)).is_err(), "the write fails");
     assert!(matches!(reg.check(), Err(Error::Failed(_))));
@@ -308,7 +308,7 @@ fn close_reports_a_failed_final_sync() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let (reg, plan) = open_eventual_with_plan(&path);
-    reg.apply(reg_op(0)).unwrap();
+    let _ = reg.apply(reg_op(0)).unwrap();
     plan.arm(&[IoOp::Fdatasync], 1, EIO, false);
     let other = reg.clone();
     match reg.close() {
@@ -333,7 +333,7 @@ fn a_panic_in_the_writer_fails_stop() {
     let path = dir.path().join("db");
     let plan = FaultPlan::new();
     let reg = Registry::open_with(Config::new(&path).fault_plan(plan.clone())).unwrap();
-    reg.apply(reg_op(0)).unwrap();
+    let _ = reg.apply(reg_op(0)).unwrap();
     plan.panic_in_apply();
     let batch = vec![reg_op(1), reg_op(2)];
     assert!(matches!(reg.apply_batch(batch), Err(Error::Failed(_))));
@@ -358,7 +358,7 @@ fn immediate_writes_are_invisible_until_durable() {
     let path = dir.path().join("db");
     let plan = FaultPlan::new();
     let reg = Registry::open_with(Config::new(&path).fault_plan(plan.clone())).unwrap();
-    reg.apply(reg_op(0)).unwrap();
+    let _ = reg.apply(reg_op(0)).unwrap();
     // The next fdatasync stalls 300 ms, then fails.
     plan.set_delay_ms(300);
     plan.arm(&[IoOp::Fdatasync], 1, EIO, false);
@@ -518,7 +518,7 @@ fn torn_unsynced_write_is_cut_and_cleared() {
         let reg = Registry::open_with(config(&plan)).unwrap();
         plan.arm(&[IoOp::StoreWrite], 1, EIO, true);
         for i in 0..4 {
-            reg.apply(reg_op(i)).unwrap();
+            let _ = reg.apply(reg_op(i)).unwrap();
         }
     }
     // The power cut lost the page of record 1 but kept records 2 and 3.
@@ -544,7 +544,7 @@ fn torn_unsynced_write_is_cut_and_cleared() {
             seen_ms: T0 + 1,
             attributes: None,
         });
-        reg.apply(op).unwrap();
+        let _ = reg.apply(op).unwrap();
     }
     let after = record_spans(&std::fs::read(&seg).unwrap());
     assert_eq!(after.len(), 2, "the stale records were cleared: {after:?}");

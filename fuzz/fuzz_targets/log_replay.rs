@@ -100,7 +100,7 @@ fn template() -> &'static Template {
         {
             let reg = Registry::open_with(config(&db)).expect("create template");
             for i in 0..12u64 {
-                reg.register(Register {
+                let _ = reg.register(Register {
                     token: format!("tok-{i}"),
                     platform: if i % 2 == 0 {
                         Platform::Ios

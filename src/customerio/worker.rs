@@ -10,13 +10,13 @@
 //!   that cannot be parsed is treated like a 400 (see [`SyncWorker`]).
 //! - 400 (and 413): the whole batch is rejected: every operation is
 //!   dead-lettered with the response text as its reason, and the worker goes on.
-//! - 401/403: the worker stops with a credentials error; nothing is acknowledged.
+//! - 401/403: the worker stops with `Error::Auth`; nothing is acknowledged.
 //! - 408, 429, 5xx, timeouts, refused or dropped connections, truncated
 //!   responses: the same batch (the same bytes: `export` returns the
 //!   identical batch until it is acknowledged) is sent again after an
 //!   exponential backoff with full jitter, at least `Retry-After` seconds.
-//! - Anything else (3xx, 404, other statuses): the worker stops with an
-//!   error and nothing is acknowledged: a wrong endpoint must not turn the
+//! - Anything else (3xx, 404, other statuses): the worker stops with
+//!   `Error::Http { status, body }` and nothing is acknowledged: a wrong endpoint must not turn the
 //!   whole feed into dead letters.
 //! - A TLS certificate that does not verify, or a server that does not
 //!   speak compatible TLS: the worker stops with an error (a retry would
@@ -157,10 +157,13 @@ enum Answer {
 
 /// Why the worker stops.
 enum Stop {
-    /// 401/403.
+    /// 401/403, with the start of the body.
     Credentials(u16, String),
-    /// Configuration or protocol problem.
-    Fatal(String),
+    /// Another status it neither settles nor retries, with the start of
+    /// the body (for a redirect: where it points).
+    Unexpected(u16, String),
+    /// The request cannot be sent as configured.
+    Unsendable(String),
     /// TLS failed in a way a retry cannot fix.
     Tls(String),
 }
@@ -257,9 +260,11 @@ impl SyncWorker {
     }
 
     /// Sends what is pending until the sink is drained (or a stop is asked
-    /// for), then returns the counters. Errors: a credentials rejection
-    /// (401/403, an `Error::Io` of kind `PermissionDenied`), an unexpected
-    /// answer, running out of `max_attempts`, or a registry error.
+    /// for), then returns the counters. Errors: [`Error::Auth`] (401/403),
+    /// [`Error::Http`] (an answer it neither settles nor retries: a
+    /// redirect, 404...), [`Error::Tls`], [`Error::GaveUp`] (a batch ran out
+    /// of `max_attempts`), or a registry error. Nothing is acknowledged for
+    /// the batch that failed.
     pub fn run_once(&mut self) -> Result<SyncStats> {
         loop {
             if self.stopped() {
@@ -339,7 +344,11 @@ impl SyncWorker {
                 Ok(s.pending > 0 || s.in_flight.is_some())
             }
             None => {
+                // A new sink starts with a snapshot: count it now, not
+                // after the first batch is settled (the lag read 0 through
+                // a whole outage while its 250 items were pending).
                 self.reg.add_sink(&self.config.sink)?;
+                self.refresh_lag();
                 Ok(true)
             }
         }
@@ -409,15 +418,14 @@ impl SyncWorker {
                         s.retries += 1;
                         s.last_retry = Some(why.clone());
                     });
+                    // Changes keep arriving while the endpoint is down.
+                    self.refresh_lag();
                     if self.config.max_attempts.is_some_and(|m| attempt >= m) {
-                        return Err(Error::io(
-                            format!(
-                                "sending batch {} to {}: gave up after {attempt} attempts; last: {why}",
-                                batch.id(),
-                                self.url
-                            ),
-                            io::Error::new(io::ErrorKind::TimedOut, "retries exhausted"),
-                        ));
+                        return Err(Error::GaveUp {
+                            context: self.context(batch),
+                            attempts: attempt,
+                            last: why,
+                        });
                     }
                     let mut wait = self.backoff(attempt);
                     if let Some(ra) = retry_after {
@@ -461,25 +469,29 @@ impl SyncWorker {
         by_index.into_iter().collect()
     }
 
+    /// What the worker was doing, for its errors.
+    fn context(&self, batch: &Batch) -> String {
+        format!("sending batch {} to {}", batch.id(), self.url)
+    }
+
     /// The error that stops the worker.
     fn stop_error(&self, batch: &Batch, stop: Stop) -> Error {
-        let (id, url) = (batch.id(), &self.url);
+        let context = self.context(batch);
         match stop {
-            Stop::Credentials(status, text) => Error::io(
-                format!(
-                    "sending batch {id} to {url}: Customer.io rejected the credentials (HTTP {status}: {}); \
-                     check CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY and the region; nothing was acknowledged",
-                    one_line(&text, 200)
-                ),
-                io::Error::new(io::ErrorKind::PermissionDenied, "credentials rejected"),
-            ),
-            Stop::Tls(why) => Error::io(
-                format!("sending batch {id} to {url}: {why}; nothing was acknowledged"),
-                io::Error::new(io::ErrorKind::InvalidData, "TLS failure"),
-            ),
-            Stop::Fatal(why) => Error::io(
-                format!("sending batch {id} to {url}: {why}; nothing was acknowledged"),
-                io::Error::other("unexpected answer from Customer.io"),
+            Stop::Credentials(status, text) => Error::Auth {
+                context,
+                status,
+                body: one_line(&text, 200),
+            },
+            Stop::Unexpected(status, body) => Error::Http {
+                context,
+                status,
+                body,
+            },
+            Stop::Tls(detail) => Error::Tls { context, detail },
+            Stop::Unsendable(why) => Error::invalid(
+                "endpoint",
+                format!("{context}: the request cannot be sent: {why}"),
             ),
         }
     }
@@ -549,16 +561,16 @@ impl SyncWorker {
                     retry_after,
                 }
             }
-            300..=399 => Answer::Stop(Stop::Fatal(format!(
-                "redirected (HTTP {status}) to {}: the endpoint or region is wrong (an EU workspace needs the eu region)",
-                location.unwrap_or_else(|| "an unnamed location".into())
-            ))),
+            300..=399 => Answer::Stop(Stop::Unexpected(
+                status,
+                format!(
+                    "redirected to {}",
+                    location.unwrap_or_else(|| "an unnamed location".into())
+                ),
+            )),
             _ => {
                 let text = read(4096).unwrap_or_default();
-                Answer::Stop(Stop::Fatal(format!(
-                    "unexpected HTTP {status}: {}",
-                    one_line(&text, 200)
-                )))
+                Answer::Stop(Stop::Unexpected(status, one_line(&text, 200)))
             }
         }
     }
@@ -574,9 +586,7 @@ fn classify_error(e: ureq::Error, endpoint: &str) -> Answer {
         ureq::Error::BadUri(_)
         | ureq::Error::Http(_)
         | ureq::Error::InvalidProxyUrl
-        | ureq::Error::RequireHttpsOnly(_) => {
-            Answer::Stop(Stop::Fatal(format!("request not sendable: {e}")))
-        }
+        | ureq::Error::RequireHttpsOnly(_) => Answer::Stop(Stop::Unsendable(e.to_string())),
         other => Answer::Retry {
             why: match &other {
                 ureq::Error::Timeout(t) => format!("timed out ({t})"),

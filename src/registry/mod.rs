@@ -1,10 +1,12 @@
 //! The registry handle: opening, recovery, operations and queries.
 
+mod backup;
 mod check;
 mod feed;
 mod history;
 mod open;
 
+pub use backup::BackupReport;
 use check::check_on_writer;
 pub use check::CheckReport;
 

@@ -439,7 +439,8 @@ impl State {
             let Some(token) = self.slot(victim).map(|s| s.token.clone()) else {
                 break;
             };
-            self.delete(victim, &token);
+            // The victim exists: its deletion is always applied.
+            let _ = self.delete(victim, &token);
             evicted += 1;
         }
         evicted

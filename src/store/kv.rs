@@ -32,6 +32,52 @@ pub(crate) trait KvStore: Send + Sync {
     /// The registry stopped after a failed write: do no more than needed
     /// when closing (no settling, see `Drop for SledStore`).
     fn mark_troubled(&self);
+    /// Calls `f` for every entry as the store keeps it, below any layout
+    /// (for `PagedStore`: pages, delta chunks and metadata), in key order:
+    /// what a backup copies.
+    fn scan_stored(&self, f: Visit<'_>) -> Result<()>;
+}
+
+/// What `copy_store` copied.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Copied {
+    /// Entries (sled keys).
+    pub(crate) keys: u64,
+    /// Bytes of keys and values.
+    pub(crate) bytes: u64,
+}
+
+/// Copies every stored entry of `src` (`KvStore::scan_stored`) into a new
+/// sled store at `dest`, in batches of at most `chunk_bytes` (the memory a
+/// copy holds besides sled's caches), then makes it durable: flushed and
+/// every file and directory fsynced, closed (and settled, see `Drop for
+/// SledStore`), and fsynced once more for what the settling wrote. `dest`
+/// must not exist; the caller fsyncs the directory holding it. The caller
+/// keeps `src` from changing meanwhile.
+pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> Result<Copied> {
+    let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
+    let mut copied = Copied::default();
+    let mut batch: Vec<Write> = Vec::new();
+    let mut batch_bytes = 0usize;
+    src.scan_stored(&mut |k, v| {
+        batch_bytes += k.len() + v.len();
+        copied.keys += 1;
+        copied.bytes += (k.len() + v.len()) as u64;
+        batch.push((k.to_vec(), Some(v.to_vec())));
+        if batch_bytes >= chunk_bytes {
+            out.apply(&batch)?;
+            batch.clear();
+            batch_bytes = 0;
+        }
+        Ok(())
+    })?;
+    if !batch.is_empty() {
+        out.apply(&batch)?;
+    }
+    out.sync()?;
+    drop(out);
+    visit_tree(dest, true, &None)?;
+    Ok(copied)
 }
 
 /// sled, with a real fsync after its flush.
@@ -296,6 +342,10 @@ impl KvStore for SledStore {
     fn mark_troubled(&self) {
         self.troubled
             .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn scan_stored(&self, f: Visit<'_>) -> Result<()> {
+        self.scan_prefix(&[], f)
     }
 }
 

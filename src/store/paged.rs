@@ -727,6 +727,10 @@ impl KvStore for PagedStore {
     fn mark_troubled(&self) {
         self.raw.mark_troubled();
     }
+
+    fn scan_stored(&self, f: Visit<'_>) -> Result<()> {
+        self.raw.scan_stored(f)
+    }
 }
 
 #[cfg(test)]

@@ -250,7 +250,7 @@ fn noise_writer(reg: &Registry, run: u64, t: usize) {
     for i in 0.. {
         writeln!(out, "{MARK}nb {t} {i}").unwrap();
         out.flush().unwrap();
-        reg.apply(noise_op(run, t, i)).unwrap();
+        let _ = reg.apply(noise_op(run, t, i)).unwrap();
         writeln!(out, "{MARK}na {t} {i}").unwrap();
         out.flush().unwrap();
     }
@@ -317,7 +317,7 @@ pub fn check_noise(
     let mut in_flight = Vec::new();
     for (&t, &(n, flying)) in noise {
         for i in 0..n {
-            acked.apply(&noise_op(run, t, i));
+            let _ = acked.apply(&noise_op(run, t, i));
         }
         in_flight.extend(flying.map(|i| noise_op(run, t, i)));
     }
@@ -331,7 +331,7 @@ pub fn check_noise(
     let mut allowed_extra = want.clone();
     for op in &in_flight {
         let mut m = Model::from_devices(acked.cap, want.values().cloned().collect());
-        m.apply(op);
+        let _ = m.apply(op);
         if let Op::Register(r) = op {
             if let Some(d) = m.devices.get(&r.token) {
                 allowed_extra.insert(format!("in flight {}", r.token), d.clone());
@@ -658,7 +658,7 @@ pub fn match_recovered(got: &[Device], acked: &Acked<'_>) -> Result<(Model, InFl
     if let Some(ops) = acked.in_flight {
         let mut m = acked.model.clone();
         for op in ops {
-            m.apply(op);
+            let _ = m.apply(op);
         }
         if got == m.dump() {
             return Ok((m, InFlight::Applied));

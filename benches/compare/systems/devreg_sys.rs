@@ -42,7 +42,8 @@ impl Worker for W<'_> {
     }
 
     fn register(&mut self, d: &Dev, seen_ms: u64) {
-        self.0
+        let _ = self
+            .0
             .apply(register_op(d, seen_ms))
             .expect("devreg register");
     }
@@ -60,7 +61,7 @@ impl Worker for W<'_> {
     }
 
     fn merge(&mut self, primary: &str, secondary: &str) {
-        self.0.merge(primary, secondary).expect("devreg merge");
+        let _ = self.0.merge(primary, secondary).expect("devreg merge");
     }
 }
 

@@ -65,6 +65,7 @@ enum DurabilityArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Apply JSON events, one per line, from FILE (or `-` for stdin).
+    #[command(long_about = import::LONG_ABOUT)]
     Import {
         /// The file to read, or `-` for standard input.
         file: String,
@@ -112,6 +113,17 @@ enum Command {
     Check,
     /// Run a realistic workload on a temporary database and report.
     Demo,
+    /// Copy the whole database (devices, history, feeds, dead letters,
+    /// settings) into DEST, a new path or an empty directory; the copy opens
+    /// as it is (restore: stop the service, then move the copy into place
+    /// or point --db at it). Opens the database read-only, so a service
+    /// must not have it open: in a service, call Registry::backup. Prints
+    /// what was copied as JSON.
+    Backup {
+        /// Where the copy goes: a path that does not exist yet (its parent
+        /// must) or an empty directory.
+        dest: PathBuf,
+    },
     /// Cut the log at its first damaged record, for a database whose open
     /// fails with "damaged record before the end of the log". The writes
     /// after the damage are lost; prints what was cut as JSON.
@@ -283,10 +295,14 @@ fn run(cli: &Cli) -> CmdResult {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup { dest } => backup(cli, dest),
         Command::Sync(args) => sync::run(&cli.db, cli.max_devices_per_person, durability, args),
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
-            let input = import::open_input(file)?;
+            let mut input = import::open_input(file)?;
+            // A CSV file or a JSON array is one clear error, before the
+            // database is opened (or created).
+            input.check_shape(file)?;
             let reg = open(cli, durability)?;
             import::run(reg, input)
         }
@@ -353,6 +369,22 @@ fn open_config(cli: &Cli, mut config: Config) -> Result<Registry, CliError> {
         devreg::Error::NoDatabase { .. } => CliError(e.to_string()),
         e => CliError(format!("opening {}: {e}", cli.db.display())),
     })
+}
+
+/// `backup DEST`: a read-only open of the database, its copy, the report.
+fn backup(cli: &Cli, dest: &std::path::Path) -> CmdResult {
+    let reg = open_read_only(cli)?;
+    let report = reg.backup(dest).map_err(|e| match e {
+        // It names the path already.
+        devreg::Error::BackupDestination { .. } => CliError(e.to_string()),
+        e => CliError(format!("backing up {}: {e}", cli.db.display())),
+    })?;
+    reg.close()
+        .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))?;
+    let mut out = Out::stdout();
+    out.json(&report)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `config set`: reports, and with `--yes` applies.
@@ -459,15 +491,18 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
         | Command::Demo
         | Command::Sync(_)
         | Command::Repair
+        | Command::Backup { .. }
         | Command::Config(ConfigCmd::Set { .. }) => unreachable!("dispatched in run()"),
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// A lookup that found nothing: exit 1 with `error: not found: ...`, the
+/// same prefix as every other error; stdout stays empty, so scripts can
+/// tell "missing" from a result.
 fn not_found(what: String) -> CmdResult {
-    // stdout stays empty so scripts can tell "missing" from a result.
     let _ = std::io::stdout().flush();
-    eprintln!("not found: {what}");
+    eprintln!("error: not found: {what}");
     Ok(ExitCode::FAILURE)
 }

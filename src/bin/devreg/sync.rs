@@ -165,7 +165,7 @@ const DEFAULT_ONCE_MAX_ATTEMPTS: u32 = 8;
 
 /// Whether the worker stopped because a batch ran out of attempts.
 fn gave_up(e: &devreg::Error) -> bool {
-    matches!(e, devreg::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
+    matches!(e, devreg::Error::GaveUp { .. })
 }
 
 /// `run_once`, stopped once `deadline` has passed; also says whether it
