@@ -60,10 +60,10 @@ pub struct Config {
     pub checkpoint_chunk_bytes: usize,
     /// Bytes of changed records a checkpoint may append as delta pages
     /// before one merges them all into the pages (set by
-    /// `memory_budget_bytes`: 1/16 of the budget; 0 merges at every checkpoint).
+    /// `memory_budget_bytes`: 1/4 of the budget; 0 merges at every checkpoint).
     /// Deltas are also held in memory.
     pub page_delta_bytes: usize,
-    /// sled's cache capacity (default half the memory budget). sled evicts
+    /// sled's cache capacity (default 3/8 of the memory budget). sled evicts
     /// late whatever it is set to (DESIGN.md section 6).
     pub sled_cache_bytes: u64,
     /// Test-only: devices loaded at open from which the store is reopened
@@ -110,7 +110,7 @@ impl Config {
     }
 
     /// Sets the memory the store may use besides the devices themselves,
-    /// and cuts it up: half for sled's cache, 1/16 for delta pages (held
+    /// and cuts it up: 3/8 for sled's cache, 1/4 for delta pages (held
     /// in memory too), 1/256 (at most `CHECKPOINT_CHUNK_BYTES`) per
     /// checkpoint chunk. The rest is headroom for sled's own buffers and a
     /// checkpoint's change list. The default, 256 MiB, was chosen by
@@ -118,14 +118,14 @@ impl Config {
     ///
     /// ```
     /// let c = devreg::Config::new("/tmp/x").memory_budget_bytes(256 << 20);
-    /// assert_eq!(c.sled_cache_bytes, 128 << 20);
-    /// assert_eq!(c.page_delta_bytes, 16 << 20);
+    /// assert_eq!(c.sled_cache_bytes, 96 << 20);
+    /// assert_eq!(c.page_delta_bytes, 64 << 20);
     /// assert_eq!(c.checkpoint_chunk_bytes, 1 << 20);
     /// ```
     pub fn memory_budget_bytes(mut self, bytes: u64) -> Config {
         self.memory_budget = bytes;
-        self.sled_cache_bytes = bytes / 2;
-        self.page_delta_bytes = usize::try_from(bytes / 16).unwrap_or(usize::MAX);
+        self.sled_cache_bytes = bytes / 8 * 3;
+        self.page_delta_bytes = usize::try_from(bytes / 4).unwrap_or(usize::MAX);
         self.checkpoint_chunk_bytes = usize::try_from(bytes / 256)
             .map_or(CHECKPOINT_CHUNK_BYTES, |b| b.min(CHECKPOINT_CHUNK_BYTES));
         self

@@ -101,8 +101,8 @@ fn database_files_are_private() {
 #[test]
 fn memory_budget_sets_the_store_limits_and_is_validated() {
     let c = Config::new("/nonexistent").memory_budget_bytes(512 << 20);
-    assert_eq!(c.sled_cache_bytes, 256 << 20);
-    assert_eq!(c.page_delta_bytes, 32 << 20);
+    assert_eq!(c.sled_cache_bytes, 192 << 20);
+    assert_eq!(c.page_delta_bytes, 128 << 20);
     assert_eq!(c.checkpoint_chunk_bytes, 2 << 20);
     let big = Config::new("/nonexistent").memory_budget_bytes(64 << 30);
     assert_eq!(
