@@ -75,6 +75,7 @@ pub mod internals {
     pub use crate::codec::{
         decode_attributes, decode_record, pack_token, unpack_token, STORE_FORMAT,
     };
+    pub use crate::log::entry::{encode_entries as encode_log_entries, Entry as LogEntry};
     pub use crate::store::{
         count_records, page_records, page_value, peek_record, poke_record, sled_drop_panics,
     };

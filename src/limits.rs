@@ -87,3 +87,29 @@ pub const SETTLE_TIMEOUT_MS: u64 = 5_000;
 /// state (`feed/backfill.rs`): a window of this many costs about 100 B each
 /// while the backfill runs, and a backfill of N devices scans N / this times.
 pub const BACKFILL_WINDOW_TOKENS: usize = 1 << 18;
+
+/// Most sinks one database may have.
+pub const MAX_SINKS: usize = 16;
+/// Longest sink name, in bytes (of `a-z 0-9 _ -`).
+pub const MAX_SINK_NAME_BYTES: usize = 64;
+/// Default operations per exported batch.
+pub const DEFAULT_MAX_OPS: u32 = 100;
+/// Most operations per exported batch.
+pub const MAX_OPS_LIMIT: u32 = 1000;
+/// Digits of a batch number in a batch id (`<sink>-<number>`).
+pub const BATCH_NUMBER_DIGITS: usize = 12;
+/// Longest batch id an ack may name, in bytes (a sink name, '-' and the
+/// number fit with room to spare; a longer one is refused, not looked up).
+pub const MAX_BATCH_ID_BYTES: usize = 128;
+/// Longest dead-letter reason kept, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
+/// Most dead letters kept per sink; past it the oldest is discarded (and
+/// counted).
+pub const MAX_DEAD_LETTERS_PER_SINK: usize = 10_000;
+/// Most ownership-history entries kept per token (the newest win).
+pub const MAX_HISTORY_PER_TOKEN: usize = 64;
+/// Customer.io's limit on one `/api/v2/batch` request body, in bytes (it
+/// must be under this).
+pub const MAX_BATCH_BODY_BYTES: usize = 500_000;
+/// Customer.io's limit on one operation inside a batch, in bytes.
+pub const MAX_OPERATION_BYTES: usize = 32_768;

@@ -13,6 +13,9 @@ use crate::limits::*;
 pub type Attributes = BTreeMap<String, String>;
 
 /// The push platform of a device.
+///
+/// Append-only: written to the log (bincode), where a variant's position
+/// is its tag; new variants go last, none is removed or reordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
@@ -96,6 +99,9 @@ pub struct Device {
 }
 
 /// What `logout` does with the device.
+///
+/// Append-only: written to the log (bincode), where a variant's position
+/// is its tag; new variants go last, none is removed or reordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogoutPolicy {
     /// Keep the device, anonymous.
@@ -134,6 +140,9 @@ pub struct Register {
 }
 
 /// One registry operation. Every operation is atomic.
+///
+/// Append-only: written to the log (bincode), where a variant's position
+/// is its tag; new variants go last, none is removed or reordered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Insert or update a device.
@@ -435,6 +444,26 @@ pub(crate) fn token_bytes_label(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("0x{head}…({} bytes)", bytes.len())
+}
+
+/// Checks a sink name: 1 to `MAX_SINK_NAME_BYTES` (64) of `[a-z0-9_-]`.
+pub fn validate_sink(name: &str) -> crate::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= crate::limits::MAX_SINK_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(
+            "sink",
+            format!(
+                "{name:?} is not 1 to {} characters of a-z, 0-9, '_' and '-'",
+                crate::limits::MAX_SINK_NAME_BYTES
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bincode::Options;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use crate::codec::bincode_opts;
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
+use crate::log::entry::{encode_entries, Entry};
 use crate::log::LogWriter;
-use crate::state::{Applied, Entry, State};
+use crate::state::{Applied, State};
 use crate::store::{KvStore, Snapshot};
 
 pub(crate) type Reply<T> = Sender<Result<T>>;
@@ -214,36 +213,6 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
-    for e in entries {
-        bincode_opts()
-            .serialize_into(&mut body, e)
-            .map_err(|e| Error::invalid("batch", format!("cannot encode: {e}")))?;
-    }
-    Ok(body)
-}
-
-/// Decodes a log record body into its entries.
-pub(crate) fn decode_entries(location: &str, count: u32, body: &[u8]) -> Result<Vec<Entry>> {
-    let mut rd = body;
-    let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
-    for i in 0..count {
-        let e: Entry = bincode_opts()
-            .allow_trailing_bytes()
-            .deserialize_from(&mut rd)
-            .map_err(|e| Error::corrupt(location, format!("entry {i}: {e}")))?;
-        out.push(e);
-    }
-    if !rd.is_empty() {
-        return Err(Error::corrupt(
-            location,
-            format!("{} bytes after the last entry", rd.len()),
-        ));
-    }
-    Ok(out)
 }
 
 impl WriterCtx {

@@ -1,5 +1,5 @@
 //! Log recovery (src/log/replay.rs, the entry decoding and validation in
-//! src/registry.rs and src/writer.rs) on hostile log segments.
+//! src/log/entry.rs) on hostile log segments.
 //!
 //! A template database is created once per process: some devices, a feed
 //! batch exported and acknowledged, closed (checkpointed at log position
@@ -15,7 +15,8 @@
 //!   valid record (right LSN, version, kind, CRC), so the fuzzer reaches the
 //!   entry decoder with bodies of its own;
 //! - mode 2: entries generated from the bytes (operations of every kind,
-//!   cap changes, sinks, exports, acks with odd ids, requeues, including
+//!   cap changes, sinks, exports, acks with odd ids, requeues, commit
+//!   times, including
 //!   invalid values), bincode-encoded like devreg's own and framed; now and
 //!   then a record is damaged after framing or a pad record is inserted.
 #![no_main]
@@ -23,41 +24,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use bincode::Options;
-use devreg::limits::MAX_LOG_RECORD_BYTES;
+use devreg::internals::{encode_log_entries, LogEntry as Entry};
 use devreg::*;
 use libfuzzer_sys::fuzz_target;
-use serde::Serialize;
 
 const SEGMENT: u64 = 64 << 10;
 const HEADER: usize = 24;
-
-fn opts() -> impl Options + Copy {
-    bincode::DefaultOptions::new()
-        .with_limit(MAX_LOG_RECORD_BYTES as u64 * 2)
-        .with_varint_encoding()
-        .with_little_endian()
-}
-
-/// Mirror of `Entry` in src/state/apply.rs (bincode encodes variant indices
-/// and fields in order, not names: keep the order in step).
-#[derive(Serialize)]
-enum Entry {
-    Op(Op),
-    SetCap(u32),
-    AddSink(String),
-    Export {
-        sink: String,
-        max_ops: u32,
-        max_bytes: u32,
-    },
-    Ack {
-        sink: String,
-        batch_id: String,
-        failed: Vec<(u32, String)>,
-    },
-    Requeue(String),
-}
 
 struct Template {
     _dir: tempfile::TempDir,
@@ -206,7 +178,7 @@ fn time(b: &mut Bytes<'_>) -> Option<u64> {
 
 fn entry(b: &mut Bytes<'_>) -> Option<Entry> {
     let code = b.byte()?;
-    Some(match code % 16 {
+    Some(match code % 17 {
         0..=3 => {
             let attributes = match b.byte()? % 4 {
                 0 => None,
@@ -301,6 +273,7 @@ fn entry(b: &mut Bytes<'_>) -> Option<Entry> {
                 failed,
             }
         }
+        15 => Entry::Clock(time(b)?),
         _ => Entry::Requeue(b.text(&SINKS)?),
     })
 }
@@ -338,12 +311,8 @@ fn tail(start: usize, data: &[u8]) -> Vec<u8> {
                 if entries.is_empty() {
                     break;
                 }
-                let mut body = Vec::new();
-                for e in &entries {
-                    opts()
-                        .serialize_into(&mut body, e)
-                        .expect("encoding an entry");
-                }
+                // The real entry type and encoder (src/log/entry.rs).
+                let body = encode_log_entries(&entries).expect("encoding entries");
                 let count = entries.len() as u32;
                 let at = lsn(&out);
                 match ctl >> 4 {

@@ -13,10 +13,7 @@ pub use worker::*;
 
 use crate::model::{Attributes, Platform};
 
-/// Customer.io's limit on one `/api/v2/batch` request body, in bytes (it must be under this).
-pub const MAX_BATCH_BODY_BYTES: usize = 500_000;
-/// Customer.io's limit on one operation inside a batch, in bytes.
-pub const MAX_OPERATION_BYTES: usize = 32_768;
+pub use crate::limits::{MAX_BATCH_BODY_BYTES, MAX_OPERATION_BYTES};
 
 #[derive(Serialize)]
 struct Id<'a> {

@@ -15,8 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{DeadLetter, ItemKey};
 
-/// Most dead letters one sink keeps; see the module doc for the policy.
-pub const MAX_DEAD_LETTERS_PER_SINK: usize = 10_000;
+pub use crate::limits::MAX_DEAD_LETTERS_PER_SINK;
 
 /// Where a letter sits: (batch number, index in the batch, sub); batch 0
 /// holds operations rejected at export time.

@@ -286,7 +286,10 @@ impl Feed {
         let number = id
             .strip_prefix(sink_name)
             .and_then(|r| r.strip_prefix('-'))
-            .filter(|n| n.len() == 12 && n.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|n| {
+                n.len() == crate::limits::BATCH_NUMBER_DIGITS
+                    && n.bytes().all(|b| b.is_ascii_digit())
+            })
             .and_then(|n| n.parse::<u64>().ok());
         let Some(number) = number else {
             return AckResult::Unknown(format!("{id:?} is not a batch id of sink {sink_name:?}"));

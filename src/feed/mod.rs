@@ -27,12 +27,8 @@ pub(crate) use persist::load_feed;
 /// The default sink. It is created by its first `export`, with a snapshot
 /// of every identified device: until a database syncs, its feed costs nothing.
 pub const DEFAULT_SINK: &str = "customerio";
-/// Most sinks one database may have.
-pub const MAX_SINKS: usize = 16;
-/// Default operations per exported batch.
-pub const DEFAULT_MAX_OPS: u32 = 100;
-/// Most operations per exported batch.
-pub const MAX_OPS_LIMIT: u32 = 1000;
+pub use crate::limits::{DEFAULT_MAX_OPS, MAX_OPS_LIMIT, MAX_SINKS};
+pub use crate::model::validate_sink;
 
 /// What needs sending for one sink.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,7 +117,10 @@ impl Batch {
 }
 
 pub(crate) fn batch_id(sink: &str, number: u64) -> String {
-    format!("{sink}-{number:012}")
+    format!(
+        "{sink}-{number:0width$}",
+        width = crate::limits::BATCH_NUMBER_DIGITS
+    )
 }
 
 /// An operation Customer.io rejected, kept with its reason.
@@ -199,23 +198,6 @@ pub(crate) struct Feed {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-/// Checks a sink name: 1..=64 of `[a-z0-9_-]`.
-pub fn validate_sink(name: &str) -> crate::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(crate::Error::invalid(
-            "sink",
-            format!("{name:?} is not 1 to 64 characters of a-z, 0-9, '_' and '-'"),
-        ))
-    }
 }
 
 impl Feed {

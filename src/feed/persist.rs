@@ -23,6 +23,7 @@ use crate::codec::{decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
 use crate::store::{KvStore, Write};
 
+/// Append-only: a variant's position is its tag on disk.
 #[derive(Serialize, Deserialize)]
 enum ItemRec {
     Device { person: String, token: Vec<u8> },

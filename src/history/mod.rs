@@ -32,8 +32,7 @@ use crate::model::{LogoutPolicy, Platform};
 pub(crate) use persist::{decode_list, encoded_len, history_key, load_history, merge_encoded};
 pub(crate) use view::{check_list, entries, join, owner_at, Changes};
 
-/// Most history entries kept per token; older ones are dropped.
-pub const MAX_HISTORY_PER_TOKEN: usize = 64;
+pub use crate::limits::MAX_HISTORY_PER_TOKEN;
 /// Default history retention: 90 days.
 pub const DEFAULT_HISTORY_RETENTION_MS: u64 = 90 * DAY_MS;
 const DAY_MS: u64 = 86_400_000;

@@ -4,6 +4,7 @@
 //! A log position (LSN) is a byte offset in an endless log; segment `n`
 //! holds LSNs `n * segment_bytes .. (n + 1) * segment_bytes`.
 
+pub(crate) mod entry;
 pub(crate) mod record;
 mod replay;
 pub(crate) mod segments;

@@ -20,16 +20,13 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::Config;
-use crate::customerio;
 use crate::error::{Error, Result};
-use crate::feed::{validate_sink, MAX_OPS_LIMIT};
+use crate::log::entry::{decode_entries, validate_entry, Entry};
 use crate::log::{replay, RepairReport};
 use crate::model::*;
-use crate::state::{Applied, Cursor, Entry, Page, State, Stats};
+use crate::state::{Applied, Cursor, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
-use crate::writer::{
-    commit, decode_entries, CheckpointerCtx, FailFlag, Msg, WriteQueue, WriterCtx,
-};
+use crate::writer::{commit, CheckpointerCtx, FailFlag, Msg, WriteQueue, WriterCtx};
 
 struct Inner {
     path: PathBuf,
@@ -151,63 +148,6 @@ fn check_stored_cap(config: &Config, stored: u32) -> Result<()> {
         _ => Ok(()),
     }
 }
-
-fn validate_entry(e: &Entry) -> Result<()> {
-    match e {
-        Entry::Op(op) => op.validate(),
-        Entry::Clock(ms) => crate::model::validate_time("clock", *ms),
-        Entry::SetCap(c) => Config::new("").max_devices_per_person(*c).validate(),
-        Entry::AddSink(s) | Entry::Requeue(s) => validate_sink(s),
-        Entry::Export {
-            sink,
-            max_ops,
-            max_bytes,
-        } => {
-            validate_sink(sink)?;
-            if !(1..=MAX_OPS_LIMIT).contains(max_ops) {
-                return Err(Error::invalid(
-                    "max_ops",
-                    format!("{max_ops} is outside 1..={MAX_OPS_LIMIT}"),
-                ));
-            }
-            let min = (customerio::MAX_OPERATION_BYTES + 64) as u32;
-            let max = (customerio::MAX_BATCH_BODY_BYTES - 1) as u32;
-            if !(min..=max).contains(max_bytes) {
-                return Err(Error::invalid(
-                    "max_bytes",
-                    format!("{max_bytes} is outside {min}..={max}"),
-                ));
-            }
-            Ok(())
-        }
-        Entry::Ack {
-            sink,
-            batch_id,
-            failed,
-        } => {
-            validate_sink(sink)?;
-            if batch_id.len() > 128 {
-                return Err(Error::invalid("batch_id", "is longer than 128 bytes"));
-            }
-            if failed.len() > MAX_OPS_LIMIT as usize {
-                return Err(Error::invalid(
-                    "failed",
-                    "lists more indices than a batch holds",
-                ));
-            }
-            if let Some((i, _)) = failed.iter().find(|(_, r)| r.len() > MAX_REASON_BYTES) {
-                return Err(Error::invalid(
-                    format!("failed[{i}]"),
-                    format!("reason is over {MAX_REASON_BYTES} bytes"),
-                ));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Longest dead-letter reason kept, in bytes.
-pub const MAX_REASON_BYTES: usize = 4096;
 
 impl Registry {
     /// Opens (or creates) the registry at `path` with default options.

@@ -4,39 +4,11 @@
 
 use std::sync::Arc;
 
-use super::{State, NO_PERSON};
+use super::{Entry, State, NO_PERSON};
 use crate::codec::{cmp_packed, encode_attributes, pack_token};
 use crate::feed::{AckResult, Batch};
 use crate::history::Cause;
 use crate::model::{LogoutPolicy, Op, Outcome, Platform, Register};
-
-/// What the log records: a user operation or an internal one.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) enum Entry {
-    Op(Op),
-    /// The per-person cap changed (at open); persons over it are trimmed.
-    SetCap(u32),
-    /// A new sink, starting with every identified device.
-    AddSink(String),
-    /// The next batch of a sink was built.
-    Export {
-        sink: String,
-        max_ops: u32,
-        max_bytes: u32,
-    },
-    /// A batch was delivered; `failed` operations go to the dead letters.
-    Ack {
-        sink: String,
-        batch_id: String,
-        failed: Vec<(u32, String)>,
-    },
-    /// Dead letters go back into the feed.
-    Requeue(String),
-    /// Commit time (Unix ms) of the entries that follow in the record; the
-    /// writer puts one first in every record, so history times replay exactly.
-    /// Last variant, so older logs keep their entry tags.
-    Clock(u64),
-}
 
 /// What applying an entry returned.
 #[derive(Debug)]

@@ -19,7 +19,8 @@ use crate::feed::Feed;
 use crate::history::{Cause, History, DEFAULT_HISTORY_RETENTION_MS};
 use crate::model::Platform;
 
-pub(crate) use apply::{Applied, Entry};
+pub(crate) use crate::log::entry::Entry;
+pub(crate) use apply::Applied;
 pub use query::{Cursor, Page, Stats};
 
 /// `Slot::person` value of an anonymous device.

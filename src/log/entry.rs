@@ -1,0 +1,154 @@
+//! The log's entry: what one log record holds (a list of these), its
+//! encoding (bincode with `codec::bincode_opts`) and its validation. Written
+//! by the writer, read back by recovery, applied by the state; the one place
+//! that knows the entry's bytes.
+
+use bincode::Options;
+
+use crate::codec::bincode_opts;
+use crate::error::{Error, Result};
+use crate::limits::{
+    MAX_BATCH_BODY_BYTES, MAX_BATCH_ID_BYTES, MAX_DEVICES_PER_PERSON_LIMIT, MAX_OPERATION_BYTES,
+    MAX_OPS_LIMIT, MAX_REASON_BYTES,
+};
+use crate::model::{validate_sink, Op};
+
+/// What the log records: a user operation or an internal one.
+///
+/// Append-only: bincode writes a variant's position as its tag, so a new
+/// variant goes last and none is ever removed or reordered (the log of an
+/// older build must decode the same).
+/// Public only for the fuzz targets (`devreg::internals::LogEntry`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Entry {
+    /// A user operation.
+    Op(Op),
+    /// The per-person cap changed (at open); persons over it are trimmed.
+    SetCap(u32),
+    /// A new sink, starting with every identified device.
+    AddSink(String),
+    /// The next batch of a sink was built.
+    Export {
+        /// The sink.
+        sink: String,
+        /// Most operations in the batch.
+        max_ops: u32,
+        /// Most bytes of its body.
+        max_bytes: u32,
+    },
+    /// A batch was delivered; `failed` operations go to the dead letters.
+    Ack {
+        /// The sink.
+        sink: String,
+        /// The batch acknowledged.
+        batch_id: String,
+        /// Indices of failed operations, with their reasons.
+        failed: Vec<(u32, String)>,
+    },
+    /// Dead letters go back into the feed.
+    Requeue(String),
+    /// Commit time (Unix ms) of the entries that follow in the record; the
+    /// writer puts one first in every record, so history times replay exactly.
+    /// Last variant, so older logs keep their entry tags.
+    Clock(u64),
+}
+
+/// Encodes entries as one log record body (public only for the fuzz
+/// targets, as `devreg::internals::encode_log_entries`).
+pub fn encode_entries(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    for e in entries {
+        bincode_opts()
+            .serialize_into(&mut body, e)
+            .map_err(|e| Error::invalid("batch", format!("cannot encode: {e}")))?;
+    }
+    Ok(body)
+}
+
+/// Decodes a log record body into its entries.
+pub(crate) fn decode_entries(location: &str, count: u32, body: &[u8]) -> Result<Vec<Entry>> {
+    let mut rd = body;
+    let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
+    for i in 0..count {
+        let e: Entry = bincode_opts()
+            .allow_trailing_bytes()
+            .deserialize_from(&mut rd)
+            .map_err(|e| Error::corrupt(location, format!("entry {i}: {e}")))?;
+        out.push(e);
+    }
+    if !rd.is_empty() {
+        return Err(Error::corrupt(
+            location,
+            format!("{} bytes after the last entry", rd.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Checks an entry read from the log (or about to be written): every
+/// field within its limit, so applying it cannot fail or misbehave.
+pub(crate) fn validate_entry(e: &Entry) -> Result<()> {
+    match e {
+        Entry::Op(op) => op.validate(),
+        Entry::Clock(ms) => crate::model::validate_time("clock", *ms),
+        Entry::SetCap(c) => {
+            if (1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(c) {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    "max_devices_per_person",
+                    format!("{c} is outside 1..={MAX_DEVICES_PER_PERSON_LIMIT}"),
+                ))
+            }
+        }
+        Entry::AddSink(s) | Entry::Requeue(s) => validate_sink(s),
+        Entry::Export {
+            sink,
+            max_ops,
+            max_bytes,
+        } => {
+            validate_sink(sink)?;
+            if !(1..=MAX_OPS_LIMIT).contains(max_ops) {
+                return Err(Error::invalid(
+                    "max_ops",
+                    format!("{max_ops} is outside 1..={MAX_OPS_LIMIT}"),
+                ));
+            }
+            let min = (MAX_OPERATION_BYTES + 64) as u32;
+            let max = (MAX_BATCH_BODY_BYTES - 1) as u32;
+            if !(min..=max).contains(max_bytes) {
+                return Err(Error::invalid(
+                    "max_bytes",
+                    format!("{max_bytes} is outside {min}..={max}"),
+                ));
+            }
+            Ok(())
+        }
+        Entry::Ack {
+            sink,
+            batch_id,
+            failed,
+        } => {
+            validate_sink(sink)?;
+            if batch_id.len() > MAX_BATCH_ID_BYTES {
+                return Err(Error::invalid(
+                    "batch_id",
+                    format!("is longer than {MAX_BATCH_ID_BYTES} bytes"),
+                ));
+            }
+            if failed.len() > MAX_OPS_LIMIT as usize {
+                return Err(Error::invalid(
+                    "failed",
+                    "lists more indices than a batch holds",
+                ));
+            }
+            if let Some((i, _)) = failed.iter().find(|(_, r)| r.len() > MAX_REASON_BYTES) {
+                return Err(Error::invalid(
+                    format!("failed[{i}]"),
+                    format!("reason is over {MAX_REASON_BYTES} bytes"),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
