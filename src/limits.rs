@@ -113,3 +113,9 @@ pub const MAX_HISTORY_PER_TOKEN: usize = 64;
 pub const MAX_BATCH_BODY_BYTES: usize = 500_000;
 /// Customer.io's limit on one operation inside a batch, in bytes.
 pub const MAX_OPERATION_BYTES: usize = 32_768;
+
+/// Bytes of delta records the store may hold in memory per device before a
+/// merge, within a quarter of `Config::page_delta_bytes` and all of it
+/// (`store/paged.rs`): 16 MiB at 10^6 devices, the default 64 MiB from
+/// 4×10^6.
+pub const DELTA_BYTES_PER_DEVICE: u64 = 16;

@@ -14,6 +14,8 @@ pub(crate) const META_SEGMENT_BYTES: &[u8] = b"Mlog_segment_bytes";
 pub(crate) struct Snapshot {
     pub(crate) lsn: u64,
     pub(crate) writes: Vec<Write>,
+    /// Devices in the state when it was taken (sizes the store's deltas).
+    pub(crate) devices: u64,
 }
 
 impl Snapshot {
@@ -53,11 +55,16 @@ impl Snapshot {
         let mut hint = state.len().to_be_bytes().to_vec();
         hint.extend_from_slice(&(state.person_count() as u64).to_be_bytes());
         writes.push((META_LOAD_HINT.to_vec(), Some(hint)));
-        Ok(Snapshot { lsn, writes })
+        Ok(Snapshot {
+            lsn,
+            writes,
+            devices: state.len(),
+        })
     }
 
     /// Writes the snapshot atomically and makes it durable.
     pub(crate) fn write(&self, store: &dyn KvStore) -> Result<u64> {
+        store.plan_for_devices(self.devices);
         store.apply(&self.writes)?;
         store.sync()?;
         Ok(self.lsn)

@@ -32,6 +32,9 @@ pub(crate) trait KvStore: Send + Sync {
     /// The registry stopped after a failed write: do no more than needed
     /// when closing (no settling, see `Drop for SledStore`).
     fn mark_troubled(&self);
+    /// The registry holds `devices` devices now: a layout may size what it
+    /// keeps in memory by it (`PagedStore`: the delta bound). No-op here.
+    fn plan_for_devices(&self, _devices: u64) {}
     /// Calls `f` for every entry as the store keeps it, below any layout
     /// (for `PagedStore`: pages, delta chunks and metadata), in key order:
     /// what a backup copies.

@@ -33,7 +33,7 @@
 //! chunk plus its change list.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -252,8 +252,12 @@ pub(crate) struct PagedStore {
     raw: SledStore,
     /// Most bytes of pages per sled batch (`Config::checkpoint_chunk_bytes`).
     chunk_bytes: usize,
-    /// Most bytes of delta records before a merge (`Config::page_delta_bytes`).
-    delta_bytes: usize,
+    /// Most bytes of delta records before a merge, at most: the bound is
+    /// `DELTA_BYTES_PER_DEVICE` per device, between a quarter of this and
+    /// this (`Config::page_delta_bytes`).
+    delta_max: usize,
+    /// The bound in force (`plan_for_devices`; `delta_max` until then).
+    delta_bound: AtomicUsize,
     /// The current delta records (`delta.rs`).
     deltas: Mutex<Deltas>,
     committed: AtomicU64,
@@ -288,7 +292,8 @@ impl PagedStore {
         let store = PagedStore {
             raw,
             chunk_bytes: chunk_bytes.max(1),
-            delta_bytes,
+            delta_max: delta_bytes,
+            delta_bound: AtomicUsize::new(delta_bytes),
             deltas: Mutex::new(Deltas::default()),
             committed: AtomicU64::new(committed),
             orphans: Mutex::new(Vec::new()),
@@ -511,7 +516,8 @@ impl PagedStore {
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum();
-        let merge = !raw_deletes.is_empty() || deltas.bytes + new_bytes > self.delta_bytes;
+        let bound = self.delta_bound.load(Ordering::SeqCst);
+        let merge = !raw_deletes.is_empty() || deltas.bytes + new_bytes > bound;
         let (superseded, written) = if merge {
             commit.push((META_DELTA_MERGED.to_vec(), Some(gen.to_be_bytes().to_vec())));
             self.write_merge(gen, &paged, &mut deltas)?
@@ -645,6 +651,16 @@ impl PagedStore {
     }
 }
 
+/// The delta bound for a registry of `devices` devices: deltas are held in
+/// memory, so a small registry keeps few (its RAM per device), a large one
+/// up to `max` (fewer merges, each of which rewrites every page it touches).
+fn delta_bound(devices: u64, max: usize) -> usize {
+    let per_device = devices.saturating_mul(crate::limits::DELTA_BYTES_PER_DEVICE);
+    usize::try_from(per_device)
+        .unwrap_or(usize::MAX)
+        .clamp(max / 4, max)
+}
+
 impl KvStore for PagedStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let Some((&prefix, _)) = key.split_first() else {
@@ -722,6 +738,11 @@ impl KvStore for PagedStore {
 
     fn bytes_written(&self) -> u64 {
         self.raw.bytes_written()
+    }
+
+    fn plan_for_devices(&self, devices: u64) {
+        self.delta_bound
+            .store(delta_bound(devices, self.delta_max), Ordering::SeqCst);
     }
 
     fn mark_troubled(&self) {
@@ -1095,5 +1116,35 @@ mod tests {
             "the old page version stayed"
         );
         assert_eq!(s.get(b"D00007").unwrap(), Some(b"d".to_vec()));
+    }
+
+    /// The delta bound follows the registry's size: a quarter of the
+    /// maximum for a small one, `DELTA_BYTES_PER_DEVICE` per device above.
+    #[test]
+    fn the_delta_bound_follows_the_device_count() {
+        assert_eq!(delta_bound(0, 4000), 1000);
+        assert_eq!(delta_bound(100, 4000), 1600);
+        assert_eq!(delta_bound(1_000_000, 4000), 4000);
+        assert_eq!(delta_bound(u64::MAX, 4000), 4000);
+        assert_eq!(delta_bound(1_000_000, 0), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let s = PagedStore::open(
+            SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
+            1 << 20,
+            10_000,
+        )
+        .unwrap();
+        let writes = |round: u32| -> Vec<Write> {
+            (0..10).map(|i| put(i, &format!("{round:0>150}"))).collect()
+        };
+        // 10 records of 156 bytes: 1,560 bytes a round.
+        s.plan_for_devices(200); // bound 3,200: two rounds stay deltas
+        s.apply(&writes(1)).unwrap();
+        s.apply(&writes(2)).unwrap();
+        assert_eq!(s.deltas.lock().bytes, 3120);
+        s.plan_for_devices(10); // bound 2,500 (not 10,000): the next round merges
+        s.apply(&writes(3)).unwrap();
+        assert_eq!(s.deltas.lock().bytes, 0, "merged");
+        assert!(all(&s, b'D').values().all(|v| v.ends_with(b"3")));
     }
 }
