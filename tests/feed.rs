@@ -442,14 +442,15 @@ fn regression_rotate_merge_nacks() {
 }
 
 fn reg_ios(reg: &Registry, token: &str, person: Option<&str>, seen_ms: u64) {
-    reg.register(Register {
-        token: token.into(),
-        platform: Platform::Ios,
-        person: person.map(str::to_owned),
-        seen_ms,
-        attributes: None,
-    })
-    .unwrap();
+    let _ = reg
+        .register(Register {
+            token: token.into(),
+            platform: Platform::Ios,
+            person: person.map(str::to_owned),
+            seen_ms,
+            attributes: None,
+        })
+        .unwrap();
 }
 
 /// Exports, applies and acknowledges until nothing is pending; returns
@@ -543,10 +544,11 @@ fn a_new_sink_sends_every_identified_device_once_across_a_reopen_and_changes() {
     for i in 0..100u32 {
         reg_ios(&reg, &tok(50_000 + i), Some(&format!("new{i}")), 9_000);
         reg_ios(&reg, &tok(i * 7 + 1), Some(&format!("mover{i}")), 9_000);
-        reg.apply(Op::Remove {
-            token: tok(i * 11 + 2),
-        })
-        .unwrap();
+        let _ = reg
+            .apply(Op::Remove {
+                token: tok(i * 11 + 2),
+            })
+            .unwrap();
     }
     sent += drain(&reg, "audit", &mut cio);
     assert_eq!(cio.pairs(), truth(&reg), "Customer.io holds the truth");
