@@ -52,7 +52,7 @@ pub use feed::{
     MAX_DEAD_LETTERS_PER_SINK, MAX_OPS_LIMIT, MAX_SINKS,
 };
 pub use history::{
-    ChangesPage, DailyStats, DayCounts, HistoryCursor, HistoryEntry, HistoryOp,
+    ChangesPage, DailyStats, DayCounts, HistoryCursor, HistoryEntry, HistoryOp, HistoryTime,
     DEFAULT_HISTORY_RETENTION_MS, MAX_HISTORY_PER_TOKEN,
 };
 pub use log::RepairReport;

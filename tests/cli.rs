@@ -818,6 +818,7 @@ const READS: &[&[&str]] = &[
     &["check"],
     &["history", "aa01"],
     &["owner-at", "aa01", "--at-ms", "1500"],
+    &["owner-at", "aa01", "--at-ms", "1500", "--by", "event"],
     &["changes", "--since-ms", "0"],
     &["dead-letters"],
     &["sinks"],
@@ -1214,4 +1215,61 @@ fn import_help_shows_the_event_schema() {
         assert!(help.contains(field), "{field}: {help}");
     }
     assert!(help.contains("Unix milliseconds"), "{help}");
+}
+
+/// `owner-at` of a backfilled import: every line of the import is one
+/// commit, so by commit time nobody owned the token before it; `--by event`
+/// answers from each line's `seen_ms` (a logout, which has no time, counts
+/// just before the token's next change).
+#[test]
+fn owner_at_by_event_answers_for_backfilled_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let lines = [
+        register("a1b2c3", "ios", Some("ann"), 1_700_000_000_000),
+        register("a1b2c3", "ios", Some("bob"), 1_700_000_100_000),
+        json!({"op": "logout", "token": "a1b2c3", "policy": "keep"}).to_string(),
+        register("a1b2c3", "ios", Some("cy"), 1_700_000_200_000),
+    ];
+    let o = import_text(&db, dir.path(), lines.join("\n").as_bytes());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let history = json_out(&devreg(&db, &["history", "a1b2c3"]));
+    let commits: Vec<u64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["commit_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(commits.len(), 4, "{history}");
+    assert!(commits.iter().all(|&c| c == commits[0]), "{history}");
+    let commit = commits[0];
+    let owner_at = |at: u64, by: Option<&str>| {
+        let at = at.to_string();
+        let mut args = vec!["owner-at", "a1b2c3", "--at-ms", &at];
+        args.extend(by.iter().flat_map(|b| ["--by", *b]));
+        let v = json_out(&devreg(&db, &args));
+        assert_eq!(v["at_ms"].as_u64(), at.parse().ok());
+        assert_eq!(v["by"], by.unwrap_or("commit"));
+        v["owner"].as_str().map(str::to_owned)
+    };
+    let cases = [
+        (1_699_999_999_999, None),
+        (1_700_000_050_000, Some("ann")),
+        (1_700_000_150_000, Some("bob")),
+        (1_700_000_199_999, Some("bob")),
+        (1_700_000_250_000, Some("cy")),
+    ];
+    for (at, want) in cases {
+        assert_eq!(owner_at(at, Some("event")).as_deref(), want, "at {at}");
+        // By commit time (the default) the import came later.
+        assert_eq!(owner_at(at, Some("commit")), None, "at {at}");
+        assert_eq!(owner_at(at, None), None, "at {at}");
+    }
+    for by in [None, Some("commit"), Some("event")] {
+        assert_eq!(owner_at(commit, by).as_deref(), Some("cy"), "{by:?}");
+    }
+    let o = devreg(&db, &["owner-at", "a1b2c3", "--at-ms", "1", "--by", "seen"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let help = stdout(&devreg(&db, &["owner-at", "--help"]));
+    assert!(help.contains("--by"), "{help}");
 }

@@ -1393,9 +1393,12 @@ fn run_cmd(mut cmd: std::process::Command, out_dir: &Path) -> Ran {
             break (Some(s), false);
         }
         if Instant::now() > deadline {
-            // The whole group: strace and what it traces.
+            // The whole group: strace and what it traces. `--` before the
+            // negative id: procps-ng's kill (4.0.2) takes `-KILL -PGID`
+            // without it, exits 0 and kills nothing, and then the wait
+            // below blocked for ever on a hung command.
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{}", child.id())])
+                .args(["-s", "KILL", "--", &format!("-{}", child.id())])
                 .status();
             let _ = child.wait();
             break (None, true);

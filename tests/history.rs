@@ -344,3 +344,120 @@ fn retention_drops_old_entries() {
         .sum();
     assert_eq!(regs, 2);
 }
+
+fn logout_keep(token: &str) -> Op {
+    Op::Logout {
+        token: token.into(),
+        policy: LogoutPolicy::Keep,
+    }
+}
+
+/// A backfill: past events imported in one atomic batch share one commit
+/// time, so by commit time nobody owned any token before the import. By
+/// event time the answer follows the events, between them too; a change
+/// without a time of its own (a logout) counts at the commit time, or just
+/// before the token's next change when that one is earlier.
+#[test]
+fn owner_at_by_event_answers_for_a_backfilled_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("db")).unwrap();
+    let before = wall_ms();
+    let outcomes = reg
+        .apply_batch(vec![
+            reg_op("t1", "ann", 1000),
+            reg_op("t1", "bob", 2000), // a move
+            logout_keep("t1"),         // no time: before cy's register
+            reg_op("t1", "cy", 3000),
+            Op::Rotate {
+                old_token: "t1".into(),
+                new_token: "t2".into(),
+                seen_ms: 4000,
+            },
+            Op::Invalidate {
+                token: "t2".into(),
+                provider_ms: 5000,
+            },
+            reg_op("t3", "dan", 1000),
+            logout_keep("t3"), // no time, and nothing after it: at commit time
+        ])
+        .unwrap();
+    assert!(outcomes.iter().all(Outcome::is_applied), "{outcomes:?}");
+    let history = reg.history("t1").unwrap();
+    let commit = history[0].commit_ms;
+    assert!(commit >= before);
+    assert!(history.iter().all(|e| e.commit_ms == commit), "{history:?}");
+    let by = |token: &str, t: u64, by: HistoryTime| reg.owner_at_by(token, t, by).unwrap();
+    let cases: &[(&str, u64, Option<&str>)] = &[
+        ("t1", 999, None),
+        ("t1", 1000, Some("ann")),
+        ("t1", 1999, Some("ann")),
+        ("t1", 2000, Some("bob")),
+        ("t1", 2999, Some("bob")),
+        ("t1", 3000, Some("cy")),
+        ("t1", 3999, Some("cy")),
+        ("t1", 4000, None), // rotated away
+        ("t2", 3999, None),
+        ("t2", 4000, Some("cy")),
+        ("t2", 4999, Some("cy")),
+        ("t2", 5000, None), // invalidated at the provider's time
+        ("t3", 1000, Some("dan")),
+        ("t3", commit - 1, Some("dan")),
+        ("t3", commit, None), // the logout, at its commit time
+    ];
+    for &(token, t, want) in cases {
+        assert_eq!(
+            by(token, t, HistoryTime::Event).as_deref(),
+            want,
+            "{token} at {t} by event"
+        );
+        // By commit time the import happened after all of these (but t3's last).
+        if t < commit {
+            assert_eq!(by(token, t, HistoryTime::Commit), None, "{token} at {t}");
+            assert_eq!(reg.owner_at(token, t).unwrap(), None);
+        }
+    }
+    // After every event, both agree with the devices as they are now.
+    for token in ["t1", "t2", "t3"] {
+        let now = reg.device(token).and_then(|d| d.person);
+        for basis in [HistoryTime::Commit, HistoryTime::Event] {
+            assert_eq!(by(token, commit, basis), now, "{token} by {basis:?}");
+            assert_eq!(by(token, u64::MAX, basis), now, "{token} by {basis:?}");
+        }
+    }
+}
+
+/// The middle logout matters: a device owned again after it is owned now,
+/// by event time as by commit time (placed at its commit time, the logout
+/// would be the newest entry and the answer anonymous).
+#[test]
+fn owner_at_by_event_places_an_untimed_change_before_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("db")).unwrap();
+    let _ = reg
+        .apply_batch(vec![
+            reg_op("aa", "ann", 1000),
+            logout_keep("aa"),
+            reg_op("aa", "bob", 2000),
+        ])
+        .unwrap();
+    let at = |t| reg.owner_at_by("aa", t, HistoryTime::Event).unwrap();
+    assert_eq!(at(1500).as_deref(), Some("ann"));
+    assert_eq!(at(2000).as_deref(), Some("bob"));
+    assert_eq!(at(u64::MAX).as_deref(), Some("bob"));
+    // Across a checkpoint and a reopen (entries read from the store).
+    reg.checkpoint().unwrap();
+    drop(reg);
+    let reg = Registry::open_read_only(dir.path().join("db")).unwrap();
+    assert_eq!(
+        reg.owner_at_by("aa", 1500, HistoryTime::Event)
+            .unwrap()
+            .as_deref(),
+        Some("ann")
+    );
+    assert_eq!(
+        reg.owner_at_by("aa", u64::MAX, HistoryTime::Event)
+            .unwrap()
+            .as_deref(),
+        Some("bob")
+    );
+}

@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::model::{LogoutPolicy, Platform};
 
 pub(crate) use persist::{decode_list, encoded_len, history_key, load_history, merge_encoded};
-pub(crate) use view::{check_list, entries, join, owner_at, Changes};
+pub(crate) use view::{check_list, entries, join, owner_at, owner_at_by_event, Changes};
 
 pub use crate::limits::MAX_HISTORY_PER_TOKEN;
 /// Default history retention: 90 days.
@@ -113,6 +113,23 @@ impl HistoryOp {
     fn from_code(c: u8) -> Option<HistoryOp> {
         HistoryOp::ALL.get(c as usize).copied()
     }
+}
+
+/// Which time `owner_at` orders a token's history by
+/// ([`Registry::owner_at_by`](crate::Registry::owner_at_by)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HistoryTime {
+    /// When devreg committed each change (monotonic; the default). Every
+    /// entry of one import batch shares it.
+    #[default]
+    Commit,
+    /// Each change's own time where it has one (`event_ms`: the `seen_ms`
+    /// of a register or move, of both entries of a rotation, the
+    /// provider's time of an invalidate). An entry without one (logouts,
+    /// merges, removes, prunes, cap evictions) is placed at its commit
+    /// time, or at the next entry's time if that is earlier: it happened
+    /// before the token's next change. For backfilled history.
+    Event,
 }
 
 /// One entry in memory.
@@ -535,6 +552,47 @@ mod tests {
         // The last snapshot's entries are still in memory; the join counts them once.
         let view = join(list.clone(), h.in_memory(b"t"), 0);
         assert_eq!(view, list);
+    }
+
+    #[test]
+    fn owner_at_by_event_orders_by_event_time() {
+        let mut h = History::new(u64::MAX);
+        let r = |s| Cause::Register { seen_ms: s };
+        // Applied in this order: at commit time 10,000 an event of 3000,
+        // then one of 1000 (out of order); at 10,010 a logout (no time).
+        h.record(
+            10_000,
+            &r(3000),
+            b"t",
+            None,
+            p("a").as_ref(),
+            true,
+            Platform::Ios,
+        );
+        let (a, b) = (p("a"), p("b"));
+        h.record(
+            10_000,
+            &r(1000),
+            b"t",
+            a.as_ref(),
+            b.as_ref(),
+            true,
+            Platform::Ios,
+        );
+        let logout = Cause::Logout(LogoutPolicy::Keep);
+        h.record(10_010, &logout, b"t", b.as_ref(), None, true, Platform::Ios);
+        let list = joined(&h, b"t", 10_010);
+        assert_eq!(owner_at_by_event(&list, 999), None);
+        assert_eq!(owner_at_by_event(&list, 1000).as_deref(), Some("b"));
+        assert_eq!(owner_at_by_event(&list, 2999).as_deref(), Some("b"));
+        assert_eq!(owner_at_by_event(&list, 3000).as_deref(), Some("a"));
+        // The logout is the last entry: at its commit time.
+        assert_eq!(owner_at_by_event(&list, 10_009).as_deref(), Some("a"));
+        assert_eq!(owner_at_by_event(&list, 10_010), None);
+        // By commit time only the commits count.
+        assert_eq!(owner_at(&list, 3000), None);
+        assert_eq!(owner_at(&list, 10_000).as_deref(), Some("b"));
+        assert_eq!(owner_at_by_event(&[], 10), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Reading the history: a token's entries in the store joined with the ones
 //! still in memory, then the queries over one token's list (`history`,
-//! `owner_at`), over every token (`changes_since`), and its checks.
+//! `owner_at` by commit or event time), over every token (`changes_since`), and its checks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +52,25 @@ pub(crate) fn entries(token: &[u8], list: &[Rec]) -> Vec<HistoryEntry> {
 pub(crate) fn owner_at(list: &[Rec], t: u64) -> Option<Arc<str>> {
     let n = list.partition_point(|r| r.commit_ms <= t);
     list.get(n.checked_sub(1)?)?.after.clone()
+}
+
+/// Who owned the token at event time `t` by a joined list (oldest first):
+/// the owner after the entry with the latest (time, seq) at or before `t`,
+/// where an entry's time is its `event_ms`, else its commit time but no
+/// later than the next entry's time (a change without a time of its own
+/// happened before the token's next change). Event times need not be in
+/// seq order, so every entry is looked at.
+pub(crate) fn owner_at_by_event(list: &[Rec], t: u64) -> Option<Arc<str>> {
+    let mut next_ms = u64::MAX;
+    let mut best: Option<(u64, u64, &Rec)> = None;
+    for r in list.iter().rev() {
+        let ms = r.event_ms.unwrap_or(r.commit_ms.min(next_ms));
+        next_ms = ms;
+        if ms <= t && best.is_none_or(|(b_ms, b_seq, _)| (ms, r.seq) > (b_ms, b_seq)) {
+            best = Some((ms, r.seq, r));
+        }
+    }
+    best?.2.after.clone()
 }
 
 /// Collects one page of `changes_since` from joined lists offered in any

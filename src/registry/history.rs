@@ -12,8 +12,8 @@ use super::Registry;
 use crate::codec::pack_token;
 use crate::error::Result;
 use crate::history::{
-    check_list, decode_list, encoded_len, entries, history_key, join, owner_at, Changes,
-    ChangesPage, DailyStats, HistoryCursor, HistoryEntry, Rec,
+    check_list, decode_list, encoded_len, entries, history_key, join, owner_at, owner_at_by_event,
+    Changes, ChangesPage, DailyStats, HistoryCursor, HistoryEntry, HistoryTime, Rec,
 };
 use crate::state::State;
 use crate::store::KvStore;
@@ -73,8 +73,42 @@ impl Registry {
     /// the last change committed at or before `time_ms`. `None` when it had
     /// no owner, did not exist, or `time_ms` is before the oldest entry kept.
     pub fn owner_at(&self, token: &str, time_ms: u64) -> Result<Option<String>> {
+        self.owner_at_by(token, time_ms, HistoryTime::Commit)
+    }
+
+    /// Who owned the token at `time_ms`, by commit time
+    /// ([`HistoryTime::Commit`], as [`owner_at`](Registry::owner_at)) or by
+    /// each change's own time ([`HistoryTime::Event`]): for history that
+    /// was imported after the fact, where every entry of an import batch
+    /// shares one commit time. `None` when it had no owner, did not exist,
+    /// or `time_ms` is before every entry kept.
+    ///
+    /// ```
+    /// use devreg::{HistoryTime, Platform, Register, Registry};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let reg = Registry::open(dir.path().join("db")).unwrap();
+    /// let reg_at = |person: &str, seen_ms| devreg::Op::Register(Register {
+    ///     token: "a1b2".into(), platform: Platform::Ios,
+    ///     person: Some(person.into()), seen_ms, attributes: None,
+    /// });
+    /// // A backfill: one atomic batch, so one commit time for both entries.
+    /// let _ = reg.apply_batch(vec![reg_at("ann", 1_000), reg_at("bob", 2_000)]).unwrap();
+    /// assert_eq!(reg.owner_at_by("a1b2", 1_500, HistoryTime::Event).unwrap().as_deref(), Some("ann"));
+    /// assert_eq!(reg.owner_at_by("a1b2", 2_500, HistoryTime::Event).unwrap().as_deref(), Some("bob"));
+    /// assert_eq!(reg.owner_at("a1b2", 1_500).unwrap(), None); // committed later
+    /// ```
+    pub fn owner_at_by(
+        &self,
+        token: &str,
+        time_ms: u64,
+        by: HistoryTime,
+    ) -> Result<Option<String>> {
         let list = self.joined(&pack_token(token))?;
-        Ok(owner_at(&list, time_ms).map(|p| p.to_string()))
+        let owner = match by {
+            HistoryTime::Commit => owner_at(&list, time_ms),
+            HistoryTime::Event => owner_at_by_event(&list, time_ms),
+        };
+        Ok(owner.map(|p| p.to_string()))
     }
 
     /// Changes of every token committed at or after `since_ms`, in

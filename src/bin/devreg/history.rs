@@ -1,7 +1,7 @@
 //! History commands: `history`, `owner-at`, `changes`, and `stats --daily`.
 
-use clap::Subcommand;
-use devreg::{HistoryCursor, Registry};
+use clap::{Subcommand, ValueEnum};
+use devreg::{HistoryCursor, HistoryTime, Registry};
 
 use crate::output::Out;
 use crate::CliError;
@@ -14,13 +14,22 @@ pub enum HistoryCmd {
         /// The push token.
         token: String,
     },
-    /// Print who owned a token at a time (by commit time).
+    /// Print who owned a token at a time (by commit time, or `--by event`).
     OwnerAt {
         /// The push token.
         token: String,
         /// Unix milliseconds.
         #[arg(long)]
         at_ms: u64,
+        /// Which time orders the history: `commit` (when devreg committed
+        /// each change; one import batch shares one) or `event` (each
+        /// change's own time: `seen_ms` of register and rotate,
+        /// `provider_ms` of invalidate; a change without one, such as a
+        /// logout, counts at its commit time or just before the token's
+        /// next change, whichever is earlier). `event` answers for
+        /// backfilled history.
+        #[arg(long, value_enum, default_value_t = By::Commit)]
+        by: By,
     },
     /// Print changes of every token committed at or after a time, oldest
     /// first; pass the printed `cursor` back with `--cursor` to continue.
@@ -37,6 +46,31 @@ pub enum HistoryCmd {
     },
 }
 
+/// `owner-at --by`: the library's [`HistoryTime`].
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    /// Commit time.
+    Commit,
+    /// Event time where the change has one.
+    Event,
+}
+
+impl By {
+    fn time(self) -> HistoryTime {
+        match self {
+            By::Commit => HistoryTime::Commit,
+            By::Event => HistoryTime::Event,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            By::Commit => "commit",
+            By::Event => "event",
+        }
+    }
+}
+
 fn parse_cursor(s: &str) -> Result<HistoryCursor, String> {
     s.parse()
 }
@@ -45,10 +79,11 @@ fn parse_cursor(s: &str) -> Result<HistoryCursor, String> {
 pub fn run(reg: &Registry, cmd: &HistoryCmd, out: &mut Out) -> Result<(), CliError> {
     match cmd {
         HistoryCmd::History { token } => out.json(&reg.history(token)?),
-        HistoryCmd::OwnerAt { token, at_ms } => out.json(&serde_json::json!({
+        HistoryCmd::OwnerAt { token, at_ms, by } => out.json(&serde_json::json!({
             "token": token,
             "at_ms": at_ms,
-            "owner": reg.owner_at(token, *at_ms)?,
+            "by": by.name(),
+            "owner": reg.owner_at_by(token, *at_ms, by.time())?,
         })),
         HistoryCmd::Changes {
             since_ms,
