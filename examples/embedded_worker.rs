@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use devreg::customerio::{Credentials, SyncConfig, SyncWorker};
+use devreg::sync::{Credentials, SyncConfig, SyncWorker};
 use devreg::{Config, LogoutPolicy, Platform, Register, Registry, DEFAULT_SINK};
 use serde_json::Value;
 

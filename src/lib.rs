@@ -35,12 +35,15 @@ mod fault;
 mod feed;
 mod history;
 pub mod import;
+mod kv;
 pub mod limits;
 mod log;
 mod model;
 mod registry;
 mod state;
 mod store;
+#[cfg(feature = "sync")]
+pub mod sync;
 mod writer;
 
 pub use config::{Config, Durability};

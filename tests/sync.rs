@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devreg::customerio::{Credentials, SyncConfig, SyncStats, SyncWorker};
+use devreg::sync::{Credentials, SyncConfig, SyncStats, SyncWorker};
 use devreg::*;
 use serde_json::Value;
 

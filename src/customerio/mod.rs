@@ -1,23 +1,10 @@
 //! Customer.io Track API v2 wire format: the operations devreg sends in
 //! `POST /api/v2/batch` bodies. Field order is fixed so bodies are
-//! byte-for-byte reproducible. With the feature `sync` (default), also the
-//! HTTP worker that delivers them (`SyncWorker`), its configuration and
-//! its reading of Customer.io's answers.
+//! byte-for-byte reproducible. A low layer: the feed and the state build
+//! batches with it. The HTTP worker that delivers them drives a registry,
+//! so it lives above it, in `crate::sync` (feature `sync`).
 
 use serde::Serialize;
-
-#[cfg(feature = "sync")]
-mod config;
-#[cfg(feature = "sync")]
-mod response;
-#[cfg(feature = "sync")]
-mod worker;
-#[cfg(feature = "sync")]
-pub use config::*;
-#[cfg(feature = "sync")]
-pub use response::parse_partial_failure;
-#[cfg(feature = "sync")]
-pub use worker::*;
 
 use crate::model::{Attributes, Platform};
 

@@ -21,7 +21,7 @@ use super::dead::Slot;
 use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Pending, Sink};
 use crate::codec::{decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
-use crate::store::{KvStore, Write};
+use crate::kv::{KvStore, Write};
 
 /// Append-only: a variant's position is its tag on disk.
 #[derive(Serialize, Deserialize)]

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::{DayCounts, History, HistoryOp, Rec, MAX_HISTORY_PER_TOKEN};
 use crate::codec::{bincode_opts, decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
+use crate::kv::{KvStore, Write};
 use crate::model::Platform;
-use crate::store::{KvStore, Write};
 
 /// Metadata key: the history's next sequence number and the last commit time.
 pub(crate) const META_HISTORY: &[u8] = b"Mhistory";

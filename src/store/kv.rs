@@ -1,6 +1,5 @@
-//! The ordered key-value interface devreg's layout is written against
-//! (get, atomic batch, prefix scan, durable flush), and its implementation
-//! on sled 0.34.7. Nothing here knows about devices, pages or checkpoints:
+//! The ordered key-value interface (`crate::kv::KvStore`) implemented on
+//! sled 0.34.7. Nothing here knows about devices, pages or checkpoints:
 //! another ordered transactional store (the etcd issue) implements
 //! `KvStore` and the layers above stay as they are.
 
@@ -9,37 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
-
-/// Visits one key and value of a scan.
-pub(crate) type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
-
-/// One write of an atomic batch: a value to store, or `None` to delete.
-pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
-
-/// What devreg needs from an ordered key-value store.
-pub(crate) trait KvStore: Send + Sync {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Applies every write or none.
-    fn apply(&self, writes: &[Write]) -> Result<()>;
-    /// Calls `f` for each entry whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()>;
-    /// Makes every applied batch durable against power loss.
-    fn sync(&self) -> Result<()>;
-    /// Bytes the store's files take on disk.
-    fn disk_bytes(&self) -> u64;
-    /// Bytes of keys and values handed to `apply` since the store was opened.
-    fn bytes_written(&self) -> u64;
-    /// The registry stopped after a failed write: do no more than needed
-    /// when closing (no settling, see `Drop for SledStore`).
-    fn mark_troubled(&self);
-    /// The registry holds `devices` devices now: a layout may size what it
-    /// keeps in memory by it (`PagedStore`: the delta bound). No-op here.
-    fn plan_for_devices(&self, _devices: u64) {}
-    /// Calls `f` for every entry as the store keeps it, below any layout
-    /// (for `PagedStore`: pages, delta chunks and metadata), in key order:
-    /// what a backup copies.
-    fn scan_stored(&self, f: Visit<'_>) -> Result<()>;
-}
+use crate::kv::{KvStore, Visit, Write};
 
 /// What `copy_store` copied.
 #[derive(Clone, Copy, Debug, Default)]

@@ -17,9 +17,10 @@ use std::path::Path;
 
 use crate::error::Result;
 
+pub(crate) use crate::kv::{KvStore, Visit, Write};
 pub(crate) use checkpoint::{load_state, log_position, Snapshot};
 pub use kv::sled_drop_panics;
-pub(crate) use kv::{copy_store, KvStore, SledStore, Visit, Write};
+pub(crate) use kv::{copy_store, SledStore};
 pub(crate) use paged::PagedStore;
 
 /// The store of the closed database at `db`, for one short job (1 MiB

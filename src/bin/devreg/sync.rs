@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use devreg::customerio::{Credentials, Region, SyncConfig, SyncControl, SyncStats, SyncWorker};
+use devreg::sync::{Credentials, Region, SyncConfig, SyncControl, SyncStats, SyncWorker};
 use devreg::{Config, Durability, Registry, DEFAULT_SINK};
 
 /// `devreg sync` options.
@@ -42,7 +42,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "N", default_value_t = devreg::DEFAULT_MAX_OPS)]
     max_ops: u32,
     /// Most requests per second, retries included.
-    #[arg(long, value_name = "R", default_value_t = devreg::customerio::DEFAULT_MAX_RPS)]
+    #[arg(long, value_name = "R", default_value_t = devreg::sync::DEFAULT_MAX_RPS)]
     max_rps: f64,
     /// Whole-request timeout, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]

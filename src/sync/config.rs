@@ -25,7 +25,7 @@ pub(crate) const MAX_RESPONSE_BYTES: u64 = 4 << 20;
 /// Most bytes read from an error response body (its text becomes a reason).
 pub(crate) const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
 /// The body bound devreg exports: under Customer.io's 500,000.
-pub(crate) const MAX_BODY_BYTES: u32 = (super::MAX_BATCH_BODY_BYTES - 1) as u32;
+pub(crate) const MAX_BODY_BYTES: u32 = (crate::customerio::MAX_BATCH_BODY_BYTES - 1) as u32;
 /// The limiter spaces request starts by this much more than `1/max_rps`,
 /// so that network jitter cannot make the server see more than `max_rps`
 /// requests in any second.

@@ -1,0 +1,14 @@
+//! The sync worker (feature `sync`, on by default): delivers one sink's feed
+//! to Customer.io's `POST /api/v2/batch` over HTTPS (`SyncWorker`), with its
+//! configuration (`SyncConfig`, `Credentials`, `Region`) and its reading of
+//! Customer.io's answers. It sits above the registry, which it drives
+//! (export, ack, nack); the wire format it sends is `crate::customerio`,
+//! below the feed. So the module graph has no cycle.
+
+mod config;
+mod response;
+mod worker;
+
+pub use config::*;
+pub use response::parse_partial_failure;
+pub use worker::*;
