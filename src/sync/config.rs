@@ -88,9 +88,9 @@ impl Credentials {
     /// Checks and wraps a site id and API key.
     ///
     /// ```
-    /// let c = devreg::customerio::Credentials::new("site", "s3cret").unwrap();
+    /// let c = devreg::sync::Credentials::new("site", "s3cret").unwrap();
     /// assert!(!format!("{c:?}").contains("s3cret"));
-    /// assert!(devreg::customerio::Credentials::new("a:b", "k").is_err());
+    /// assert!(devreg::sync::Credentials::new("a:b", "k").is_err());
     /// ```
     pub fn new(site_id: impl Into<String>, api_key: impl Into<String>) -> Result<Credentials> {
         let (site_id, api_key) = (site_id.into(), api_key.into());
@@ -277,7 +277,7 @@ impl SyncConfig {
     /// [`validate`](SyncConfig::validate) checked is the URL requested).
     ///
     /// ```
-    /// use devreg::customerio::{Credentials, SyncConfig};
+    /// use devreg::sync::{Credentials, SyncConfig};
     /// let c = SyncConfig::new(Credentials::new("s", "k").unwrap());
     /// assert_eq!(c.endpoint("HTTP://LocalHost:8080/").batch_url().unwrap(),
     ///     "http://localhost:8080/api/v2/batch");

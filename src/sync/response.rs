@@ -38,9 +38,9 @@ pub(crate) fn truncate(s: &mut String, max: usize) {
 ///
 /// ```
 /// let body = r#"{"errors":[{"batch_index":1,"reason":"invalid","field":"device.token","message":"too long"}]}"#;
-/// let failed = devreg::customerio::parse_partial_failure(body).unwrap();
+/// let failed = devreg::sync::parse_partial_failure(body).unwrap();
 /// assert_eq!(failed, vec![(1, "invalid (field device.token): too long".to_string())]);
-/// assert!(devreg::customerio::parse_partial_failure("{").is_err());
+/// assert!(devreg::sync::parse_partial_failure("{").is_err());
 /// ```
 pub fn parse_partial_failure(body: &str) -> Result<Vec<(u32, String)>> {
     let bad = |why: String| Error::invalid("207 response body", why);

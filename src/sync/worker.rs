@@ -174,7 +174,7 @@ enum Stop {
 /// stopped) or [`start`](SyncWorker::start) (follow on a background thread).
 ///
 /// ```no_run
-/// use devreg::customerio::{Credentials, Region, SyncConfig, SyncWorker};
+/// use devreg::sync::{Credentials, Region, SyncConfig, SyncWorker};
 /// let reg = devreg::Registry::open("/tmp/devreg-example").unwrap();
 /// let config = SyncConfig::new(Credentials::from_env().unwrap()).region(Region::Eu);
 /// let handle = SyncWorker::new(reg.clone(), config).unwrap().start().unwrap();
