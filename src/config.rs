@@ -216,12 +216,7 @@ impl Config {
             return Err(Error::invalid("history_retention_ms", "must be at least 1"));
         }
         if let Some(cap) = self.max_devices_per_person {
-            if !(1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(&cap) {
-                return Err(Error::invalid(
-                    "max_devices_per_person",
-                    format!("{cap} is outside 1..={MAX_DEVICES_PER_PERSON_LIMIT}"),
-                ));
-            }
+            crate::model::validate_cap(cap)?;
         }
         if self.log_segment_bytes < 64 << 10 || self.log_segment_bytes > 1 << 30 {
             return Err(Error::invalid(

@@ -446,6 +446,18 @@ pub(crate) fn token_bytes_label(bytes: &[u8]) -> String {
     format!("0x{head}…({} bytes)", bytes.len())
 }
 
+/// Checks a per-person cap: 1 to `MAX_DEVICES_PER_PERSON_LIMIT`.
+pub(crate) fn validate_cap(cap: u32) -> crate::Result<()> {
+    if (1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(&cap) {
+        Ok(())
+    } else {
+        Err(crate::Error::invalid(
+            "max_devices_per_person",
+            format!("{cap} is outside 1..={MAX_DEVICES_PER_PERSON_LIMIT}"),
+        ))
+    }
+}
+
 /// Checks a sink name: 1 to `MAX_SINK_NAME_BYTES` (64) of `[a-z0-9_-]`.
 pub fn validate_sink(name: &str) -> crate::Result<()> {
     let ok = !name.is_empty()

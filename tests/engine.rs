@@ -184,17 +184,8 @@ fn a_read_only_open_creates_nothing_replays_the_log_in_memory_and_refuses_writes
     assert!(matches!(not_created, Err(Error::NoDatabase { .. })));
     assert!(!db.exists(), "nothing was created");
 
-    // A database whose last write is in the log only (no checkpoint since):
-    // a copy of it taken while it is open, as a crash would leave it.
     let img = dir.path().join("img");
-    {
-        let reg = Registry::open_with(Config::new(&db).checkpoint_interval_ms(3_600_000)).unwrap();
-        let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
-        reg.checkpoint().unwrap();
-        let _ = reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
-        common::copy_dir(&db, &img);
-        reg.close().unwrap();
-    }
+    crashed_image(&db, &img);
     let log_before = file_bytes(&img.join("log"));
     {
         let ro = Registry::open_read_only(&img).unwrap();
@@ -469,20 +460,24 @@ fn a_backup_destination_must_be_new_or_an_empty_directory() {
     assert_eq!(Registry::open(&empty).unwrap().dump(), reg.dump());
 }
 
+/// Makes `img` a copy of the database `db` taken while it was open, as a
+/// crash would leave it: two devices, the second write in the log only (no
+/// checkpoint since).
+fn crashed_image(db: &std::path::Path, img: &std::path::Path) {
+    let reg = Registry::open_with(Config::new(db).checkpoint_interval_ms(3_600_000)).unwrap();
+    let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
+    reg.checkpoint().unwrap();
+    let _ = reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
+    common::copy_dir(db, img);
+    reg.close().unwrap();
+}
+
 #[test]
 fn a_read_only_registry_backs_up_its_log_tail_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let img = dir.path().join("img");
-    {
-        let reg = Registry::open_with(Config::new(&db).checkpoint_interval_ms(3_600_000)).unwrap();
-        let _ = reg.apply(reg_op("aa", Some("ann"), 1)).unwrap();
-        reg.checkpoint().unwrap();
-        let _ = reg.apply(reg_op("bb", Some("ann"), 2)).unwrap();
-        // As a crash would leave it: the second write in the log only.
-        common::copy_dir(&db, &img);
-        reg.close().unwrap();
-    }
+    crashed_image(&db, &img);
     // sled settles a crashed store at any open (DESIGN 4.4); devreg's own
     // files must stay as they were.
     let before = file_bytes(&img.join("log"));

@@ -45,6 +45,17 @@ pub(crate) enum AckResult {
     Unknown(String),
 }
 
+/// What the backfill's part of an export decided.
+enum BackfillExport {
+    /// This batch goes out (it is in flight now).
+    Send(Arc<Batch>),
+    /// Nothing can be sent now; `changed`: the cursor moved or dead letters
+    /// were added (the export is logged).
+    Wait { changed: bool },
+    /// The backfill is over (and removed): regular items go on.
+    Over,
+}
+
 struct Building<'k> {
     ops: Vec<BatchOp>,
     body_bytes: usize,
@@ -78,9 +89,9 @@ impl Feed {
         let mut changed = false;
         if sink.backfill.is_some() {
             match self.export_backfill(sink_name, truth, max_ops, max_bytes) {
-                (Some(batch), _) => return (Some(batch), true),
-                (None, Some(progress)) => return (None, progress),
-                (None, None) => changed = true,
+                BackfillExport::Send(batch) => return (Some(batch), true),
+                BackfillExport::Wait { changed } => return (None, changed),
+                BackfillExport::Over => changed = true,
             }
         }
         let Some(sink) = self.sinks.get(sink_name) else {
@@ -165,16 +176,14 @@ impl Feed {
         (Some(batch), true)
     }
 
-    /// The backfill's part of an export: `(Some(batch), _)` to send;
-    /// `(None, Some(changed))` when nothing can be sent now; `(None, None)`
-    /// when the backfill is over (and removed) and regular items go on.
+    /// The backfill's part of an export (the backfill is active).
     fn export_backfill(
         &mut self,
         sink_name: &str,
         truth: &dyn Truth,
         max_ops: usize,
         max_bytes: usize,
-    ) -> (Option<Arc<Batch>>, Option<bool>) {
+    ) -> BackfillExport {
         let mut changed = false;
         loop {
             let (step, rejected) = self.plan_backfill(sink_name, truth, max_ops, max_bytes);
@@ -184,16 +193,16 @@ impl Feed {
                 self.dead_letter(sink_name, 0, 0, r.item, false, r.operation, reason);
             }
             let Some(sink) = self.sinks.get_mut(sink_name) else {
-                return (None, Some(changed));
+                return BackfillExport::Wait { changed };
             };
             let Some(bf) = sink.backfill.as_mut() else {
-                return (None, None);
+                return BackfillExport::Over;
             };
             match step {
                 Step::Done => {
                     sink.backfill = None;
                     self.meta_dirty.insert(sink_name.to_owned());
-                    return (None, None);
+                    return BackfillExport::Over;
                 }
                 Step::Stalled(end) => {
                     if let Some(end) = end {
@@ -201,7 +210,7 @@ impl Feed {
                         changed = true;
                         self.meta_dirty.insert(sink_name.to_owned());
                     }
-                    return (None, Some(changed));
+                    return BackfillExport::Wait { changed };
                 }
                 // Only skipped or rejected devices: move on past them.
                 Step::Batch(ops, end) if ops.is_empty() => {
@@ -216,7 +225,7 @@ impl Feed {
                     sink.next_batch += 1;
                     sink.in_flight = Some(batch.clone());
                     self.meta_dirty.insert(sink_name.to_owned());
-                    return (Some(batch), Some(true));
+                    return BackfillExport::Send(batch);
                 }
             }
         }

@@ -8,8 +8,7 @@ use bincode::Options;
 use crate::codec::bincode_opts;
 use crate::error::{Error, Result};
 use crate::limits::{
-    MAX_BATCH_BODY_BYTES, MAX_BATCH_ID_BYTES, MAX_DEVICES_PER_PERSON_LIMIT, MAX_OPERATION_BYTES,
-    MAX_OPS_LIMIT, MAX_REASON_BYTES,
+    MAX_BATCH_BODY_BYTES, MAX_BATCH_ID_BYTES, MAX_OPERATION_BYTES, MAX_OPS_LIMIT, MAX_REASON_BYTES,
 };
 use crate::model::{validate_sink, Op};
 
@@ -91,16 +90,7 @@ pub(crate) fn validate_entry(e: &Entry) -> Result<()> {
     match e {
         Entry::Op(op) => op.validate(),
         Entry::Clock(ms) => crate::model::validate_time("clock", *ms),
-        Entry::SetCap(c) => {
-            if (1..=MAX_DEVICES_PER_PERSON_LIMIT).contains(c) {
-                Ok(())
-            } else {
-                Err(Error::invalid(
-                    "max_devices_per_person",
-                    format!("{c} is outside 1..={MAX_DEVICES_PER_PERSON_LIMIT}"),
-                ))
-            }
-        }
+        Entry::SetCap(c) => crate::model::validate_cap(*c),
         Entry::AddSink(s) | Entry::Requeue(s) => validate_sink(s),
         Entry::Export {
             sink,
