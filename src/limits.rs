@@ -83,6 +83,11 @@ pub const SETTLE_SLED_CACHE_BYTES: u64 = 8 << 20;
 /// Longest a close waits for that open (a thread; see `store/kv.rs`).
 pub const SETTLE_TIMEOUT_MS: u64 = 5_000;
 
+/// How often a store's waker looks for a failed write of sled's, in
+/// milliseconds: the longest a flush may wait after sled lost its wake-up
+/// (`store/sled_waker.rs`). One cheap check per poll and open store.
+pub const SLED_ERROR_POLL_MS: u64 = 100;
+
 /// Positions (devices) a new sink's backfill takes from one scan of the
 /// state (`feed/backfill.rs`): a window of this many costs about 100 B each
 /// while the backfill runs, and a backfill of N devices scans N / this times.

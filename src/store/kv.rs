@@ -61,6 +61,9 @@ pub(crate) struct SledStore {
     written: std::sync::atomic::AtomicU64,
     /// A write (batch or flush) failed: no settling at close.
     troubled: std::sync::atomic::AtomicBool,
+    /// Wakes a flush that sled forgot after a failed write; stopped before
+    /// `db` drops (it holds a clone).
+    waker: super::sled_waker::SledWaker,
 }
 
 /// sled 0.34.7 unwraps the fsync of its log when the last handle drops
@@ -81,6 +84,7 @@ pub(crate) struct SledStore {
 /// A failure or timeout only leaves that work to the next open.
 impl Drop for SledStore {
     fn drop(&mut self) {
+        self.waker.stop();
         let Some(db) = self.db.take() else {
             return;
         };
@@ -145,6 +149,7 @@ impl SledStore {
         }
         let db = open_sled(path, cache_bytes)?;
         let store = SledStore {
+            waker: super::sled_waker::SledWaker::start(&db),
             db: Some(db),
             path: path.to_owned(),
             faults,

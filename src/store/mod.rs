@@ -4,7 +4,9 @@
 //!   (`load`: the devices, scanned and decoded on a second thread);
 //! - `paged` and `delta`: the layout, logical records kept as pages and
 //!   delta pages in few store values (DESIGN.md 4.3);
-//! - `kv`: the ordered key-value interface (`KvStore`) and sled behind it.
+//! - `kv`: the ordered key-value interface (`KvStore`) and sled behind it
+//!   (`sled_waker`: wakes what sled 0.34.7 leaves waiting after a failed
+//!   write).
 
 mod checkpoint;
 mod delta;
@@ -12,6 +14,7 @@ mod frame;
 mod kv;
 mod load;
 mod paged;
+mod sled_waker;
 
 use std::path::Path;
 
