@@ -83,6 +83,20 @@ pub const SETTLE_SLED_CACHE_BYTES: u64 = 8 << 20;
 /// Longest a close waits for that open (a thread; see `store/kv.rs`).
 pub const SETTLE_TIMEOUT_MS: u64 = 5_000;
 
+/// Tries of one call of a sync worker to a live server
+/// (`sync/remote.rs`) while the server is unreachable or answers 429/503.
+pub const REMOTE_FEED_ATTEMPTS: u32 = 8;
+
+/// The first wait between those tries, in milliseconds; each doubles it
+/// (8 tries: about 25 s in all).
+pub const REMOTE_FEED_BACKOFF_MS: u64 = 100;
+
+/// Longest one call to a live server may take, in milliseconds.
+pub const REMOTE_FEED_TIMEOUT_MS: u64 = 30_000;
+
+/// Characters of an unexpected HTTP answer kept in its error.
+pub const HTTP_ERROR_BODY_CHARS: usize = 200;
+
 /// How often a store's waker looks for a failed write of sled's, in
 /// milliseconds: the longest a flush may wait after sled lost its wake-up
 /// (`store/sled_waker.rs`). One cheap check per poll and open store.

@@ -331,7 +331,12 @@ impl Endpoint {
     /// password (the credentials are sent as a header, and only by
     /// [`Credentials`]), no query, no fragment.
     pub(crate) fn parse(raw: &str) -> Result<Endpoint> {
-        let bad = |reason: String| Error::invalid("endpoint", reason);
+        Endpoint::parse_as(raw, "endpoint")
+    }
+
+    /// `parse`, with errors naming `field` (e.g. `server`).
+    pub(crate) fn parse_as(raw: &str, field: &str) -> Result<Endpoint> {
+        let bad = |reason: String| Error::invalid(field, reason);
         if raw.contains('@') {
             // Not echoed: the text before an '@' may be a password.
             return Err(bad(
@@ -375,6 +380,15 @@ impl Endpoint {
             Some(Host::Domain(name)) => name == "localhost",
             None => false,
         }
+    }
+
+    /// `{endpoint}{path}`, serialised from the parsed URL (`path` starts
+    /// with '/'; a trailing '/' of the endpoint is not doubled).
+    pub(crate) fn join(&self, path: &str) -> String {
+        let mut url = self.url.clone();
+        let joined = format!("{}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url.into()
     }
 
     /// `{endpoint}/api/v2/batch`, serialised from the parsed URL.

@@ -40,8 +40,8 @@ use serde::Serialize;
 
 use super::config::*;
 use super::response::*;
+use super::source::{Exported as Batch, FeedSource};
 use crate::error::{Error, Result};
-use crate::feed::Batch;
 use crate::registry::Registry;
 
 /// What a worker has done so far.
@@ -188,7 +188,7 @@ enum Stop {
 /// answer forever. Every operation of the batch is dead-lettered with the
 /// reason `unparseable 207 body: ...`, where it is listed and can be requeued.
 pub struct SyncWorker {
-    reg: Registry,
+    source: Box<dyn FeedSource>,
     config: SyncConfig,
     url: String,
     auth: String,
@@ -210,6 +210,12 @@ impl fmt::Debug for SyncWorker {
 impl SyncWorker {
     /// Checks the configuration and builds the HTTP client. Sends nothing yet.
     pub fn new(reg: Registry, config: SyncConfig) -> Result<SyncWorker> {
+        SyncWorker::with_source(Box::new(reg), config)
+    }
+
+    /// The same, taking batches from any [`FeedSource`]: a registry, or a
+    /// live `devreg serve` through [`RemoteFeed`](super::RemoteFeed).
+    pub fn with_source(source: Box<dyn FeedSource>, config: SyncConfig) -> Result<SyncWorker> {
         config.validate()?;
         // Parsed once: the URL requested is the URL that was checked.
         let endpoint = Endpoint::parse(&config.endpoint)?;
@@ -229,7 +235,7 @@ impl SyncWorker {
             .build_hasher()
             .finish();
         Ok(SyncWorker {
-            reg,
+            source,
             url: endpoint.batch_url(),
             auth: config.credentials.authorization(),
             config,
@@ -274,7 +280,7 @@ impl SyncWorker {
                 break;
             }
             let Some(batch) =
-                self.reg
+                self.source
                     .export(&self.config.sink, self.config.max_ops, MAX_BODY_BYTES)?
             else {
                 break;
@@ -320,25 +326,19 @@ impl SyncWorker {
         f(&mut self.shared.stats.lock());
     }
 
+    /// Reads the sink's pending count into `lag`. A source that cannot
+    /// answer now (a server being restarted) leaves the last figure.
     fn refresh_lag(&self) {
-        let lag = self
-            .reg
-            .sinks()
-            .into_iter()
-            .find(|s| s.name == self.config.sink)
-            .map_or(0, |s| s.pending);
-        self.bump(|s| s.lag = lag);
+        if let Ok(info) = self.source.sink(&self.config.sink) {
+            let lag = info.map_or(0, |s| s.pending);
+            self.bump(|s| s.lag = lag);
+        }
     }
 
     /// Whether an export may return a batch; creates a missing sink. Reading
     /// the sink's info first keeps an idle worker from writing to the log.
     fn has_work(&self) -> Result<bool> {
-        let info = self
-            .reg
-            .sinks()
-            .into_iter()
-            .find(|s| s.name == self.config.sink);
-        match info {
+        match self.source.sink(&self.config.sink)? {
             Some(s) => {
                 self.bump(|st| st.lag = s.pending);
                 Ok(s.pending > 0 || s.in_flight.is_some())
@@ -347,7 +347,7 @@ impl SyncWorker {
                 // A new sink starts with a snapshot: count it now, not
                 // after the first batch is settled (the lag read 0 through
                 // a whole outage while its 250 items were pending).
-                self.reg.add_sink(&self.config.sink)?;
+                self.source.add_sink(&self.config.sink)?;
                 self.refresh_lag();
                 Ok(true)
             }
@@ -395,19 +395,19 @@ impl SyncWorker {
             // for: its answer is acknowledged like any other.
             match self.post(batch.body()) {
                 Answer::Delivered => {
-                    self.reg.ack(&self.config.sink, batch.id())?;
+                    self.source.ack(&self.config.sink, batch.id())?;
                     self.settled(batch, 0);
                     return Ok(true);
                 }
                 Answer::Partial(body) => {
                     let failed = self.partial_failures(batch, &body);
-                    self.reg.nack(&self.config.sink, batch.id(), &failed)?;
+                    self.source.nack(&self.config.sink, batch.id(), &failed)?;
                     self.settled(batch, failed.len() as u64);
                     return Ok(true);
                 }
                 Answer::Rejected(reason) => {
                     let failed = all_failed(batch, &reason);
-                    self.reg.nack(&self.config.sink, batch.id(), &failed)?;
+                    self.source.nack(&self.config.sink, batch.id(), &failed)?;
                     self.settled(batch, failed.len() as u64);
                     return Ok(true);
                 }

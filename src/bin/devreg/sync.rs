@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use devreg::sync::{Credentials, Region, SyncConfig, SyncControl, SyncStats, SyncWorker};
+use devreg::sync::{
+    Credentials, FeedSource, Region, RemoteFeed, SyncConfig, SyncControl, SyncStats, SyncWorker,
+};
 use devreg::{Config, Durability, Registry, DEFAULT_SINK};
 
 /// `devreg sync` options.
@@ -53,6 +55,12 @@ pub struct SyncArgs {
     /// Longest backoff, in milliseconds (a longer Retry-After is still honoured).
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     backoff_cap_ms: u64,
+    /// Take the batches from a live `devreg serve` at URL instead of opening
+    /// the database (https, or http to a loopback host; the bearer token
+    /// comes from DEVREG_API_TOKEN). The worker runs in its own process
+    /// under the same rules; an unreachable server is retried for about 25 s.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
     /// Progress output on stderr: a progress line (terminal) or JSON lines.
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     progress: ProgressArg,
@@ -102,13 +110,7 @@ pub fn run(
         (None, _) => config.region(Region::Us),
     };
     config.validate()?;
-    let mut reg_config = Config::new(db).durability(durability);
-    if let Some(cap) = cap {
-        reg_config = reg_config.max_devices_per_person(cap);
-    }
-    let reg = Registry::open_with(reg_config)
-        .map_err(|e| crate::CliError(format!("opening {}: {e}", db.display())))?;
-    let mut worker = SyncWorker::new(reg, config)?;
+    let mut worker = SyncWorker::with_source(source(db, cap, durability, args)?, config)?;
     let control = worker.control();
     {
         let control = control.clone();
@@ -155,6 +157,27 @@ pub fn run(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The feed to drain: a live server (`--server`), or the database, opened
+/// only now that the credentials and options are known to be usable.
+fn source(
+    db: &std::path::Path,
+    cap: Option<u32>,
+    durability: Durability,
+    args: &SyncArgs,
+) -> Result<Box<dyn FeedSource>, crate::CliError> {
+    if let Some(url) = &args.server {
+        let token = std::env::var("DEVREG_API_TOKEN").ok();
+        return Ok(Box::new(RemoteFeed::new(url, token.as_deref())?));
+    }
+    let mut reg_config = Config::new(db).durability(durability);
+    if let Some(cap) = cap {
+        reg_config = reg_config.max_devices_per_person(cap);
+    }
+    let reg = Registry::open_with(reg_config)
+        .map_err(|e| crate::CliError(format!("opening {}: {e}", db.display())))?;
+    Ok(Box::new(reg))
 }
 
 /// Exit code of a `--once` run that gave up (sysexits.h `EX_TEMPFAIL`):
