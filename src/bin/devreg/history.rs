@@ -63,7 +63,7 @@ impl By {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             By::Commit => "commit",
             By::Event => "event",

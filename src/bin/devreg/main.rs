@@ -10,6 +10,7 @@ mod feed;
 mod history;
 mod import;
 mod output;
+mod remote;
 mod sync;
 mod workload;
 
@@ -51,6 +52,15 @@ struct Cli {
     /// 10^7 devices.
     #[arg(long, value_name = "MIB")]
     memory_budget_mib: Option<u64>,
+
+    /// Run the command against a live `devreg serve` at URL instead of
+    /// opening --db (which the server holds locked): every read command
+    /// but check, `stats --daily` and `config show`, and export, ack, nack,
+    /// dead-letters, requeue, sinks and backup. Same output, same exit
+    /// codes; the bearer token comes from DEVREG_API_TOKEN. (`sync` has its
+    /// own --server.)
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -121,8 +131,9 @@ enum Command {
     /// what was copied as JSON.
     Backup {
         /// Where the copy goes: a path that does not exist yet (its parent
-        /// must) or an empty directory.
-        dest: PathBuf,
+        /// must) or an empty directory. Required, except with --server
+        /// (the server writes into its --backup-dir).
+        dest: Option<PathBuf>,
     },
     /// Cut the log at its first damaged record, for a database whose open
     /// fails with "damaged record before the end of the log". The writes
@@ -277,7 +288,16 @@ fn run(cli: &Cli) -> CmdResult {
             )));
         }
     }
+    if let Some(url) = &cli.server {
+        if !matches!(cli.command, Command::Sync(_)) {
+            return remote::run(url, &cli.command);
+        }
+    }
     match &cli.command {
+        Command::Backup { dest: Some(dest) } => backup(cli, dest),
+        Command::Backup { dest: None } => Err(CliError(
+            "backup needs DEST (a new path or an empty directory)".into(),
+        )),
         Command::Demo => demo::run(cli.max_devices_per_person),
         Command::Repair => {
             let report = Registry::repair(&cli.db)
@@ -295,8 +315,13 @@ fn run(cli: &Cli) -> CmdResult {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Backup { dest } => backup(cli, dest),
-        Command::Sync(args) => sync::run(&cli.db, cli.max_devices_per_person, durability, args),
+        Command::Sync(args) => sync::run(
+            &cli.db,
+            cli.max_devices_per_person,
+            durability,
+            args,
+            cli.server.as_deref(),
+        ),
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
             let mut input = import::open_input(file)?;

@@ -89,6 +89,7 @@ pub fn run(
     cap: Option<u32>,
     durability: Durability,
     args: &SyncArgs,
+    server: Option<&str>,
 ) -> crate::CmdResult {
     let credentials = Credentials::from_env().map_err(|e| crate::CliError(e.to_string()))?;
     let mut config = SyncConfig::new(credentials)
@@ -110,7 +111,7 @@ pub fn run(
         (None, _) => config.region(Region::Us),
     };
     config.validate()?;
-    let mut worker = SyncWorker::with_source(source(db, cap, durability, args)?, config)?;
+    let mut worker = SyncWorker::with_source(source(db, cap, durability, args, server)?, config)?;
     let control = worker.control();
     {
         let control = control.clone();
@@ -166,8 +167,10 @@ fn source(
     cap: Option<u32>,
     durability: Durability,
     args: &SyncArgs,
+    server: Option<&str>,
 ) -> Result<Box<dyn FeedSource>, crate::CliError> {
-    if let Some(url) = &args.server {
+    // `devreg --server URL sync` means the same as `devreg sync --server URL`.
+    if let Some(url) = args.server.as_deref().or(server) {
         let token = std::env::var("DEVREG_API_TOKEN").ok();
         return Ok(Box::new(RemoteFeed::new(url, token.as_deref())?));
     }
