@@ -498,3 +498,56 @@ fn a_read_only_registry_backs_up_its_log_tail_and_changes_nothing() {
     );
     assert!(c.check().unwrap().is_clean());
 }
+
+/// `dump_page` walks the devices in dump order in pages of any size, from
+/// any token (present or not), and a device added behind the cursor or
+/// removed ahead of it during the walk is skipped, not repeated.
+#[test]
+fn dump_pages_concatenate_to_the_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open_with(small(&dir.path().join("db")).durability(Durability::Eventual))
+        .unwrap();
+    let ops: Vec<Op> = (0..500u64)
+        .map(|i| {
+            let token = format!("tok{:05}", (i * 7919) % 100_000);
+            let person = (i % 3 != 0).then(|| format!("p{}", i % 40));
+            reg_op(&token, person.as_deref(), i)
+        })
+        .collect();
+    reg.apply_batch(ops).unwrap();
+    let all = reg.dump();
+    assert_eq!(all.len(), 500);
+    for limit in [1usize, 7, 499, 500, 501, 10_000] {
+        let (mut got, mut after): (Vec<Device>, Option<String>) = (Vec::new(), None);
+        loop {
+            let page = reg.dump_page(after.as_deref(), limit);
+            assert!(page.len() <= limit);
+            let Some(last) = page.last() else { break };
+            after = Some(last.token.clone());
+            got.extend(page);
+        }
+        assert_eq!(got, all, "limit {limit}");
+    }
+    // From a token that is not there: the next one in order.
+    let i = all.iter().position(|d| d.token.as_str() > "tok5").unwrap();
+    assert_eq!(reg.dump_page(Some("tok5"), 3), all[i..i + 3].to_vec());
+    assert!(reg.dump_page(Some("zzz"), 3).is_empty());
+    assert!(reg.dump_page(None, 0).is_empty());
+    // Changes during a walk.
+    let first = reg.dump_page(None, 10);
+    let cursor = first.last().unwrap().token.clone();
+    let added = reg.apply(reg_op("tok00000a", None, 1)).unwrap(); // behind the cursor
+    assert!(
+        matches!(added, Outcome::Applied { devices: 1, .. }),
+        "{added:?}"
+    );
+    let ahead = all[20].token.clone();
+    let removed = reg.remove(&ahead).unwrap();
+    assert!(
+        matches!(removed, Outcome::Applied { devices: 1, .. }),
+        "{removed:?}"
+    );
+    let rest = reg.dump_page(Some(&cursor), 10_000);
+    assert!(rest.iter().all(|d| d.token > cursor && d.token != ahead));
+    assert_eq!(first.len() + rest.len(), 499);
+}

@@ -199,6 +199,49 @@ impl State {
         all.into_iter().map(|s| self.to_device(s)).collect()
     }
 
+    /// The first `limit` devices in dump order (by token) after the token
+    /// `after` (packed), in O(limit) memory: one pass over the slots keeps
+    /// the `limit` smallest tokens in a max-heap, O(n log limit) time.
+    pub(crate) fn dump_page(&self, after: Option<&[u8]>, limit: usize) -> Vec<Device> {
+        /// Orders heap entries by packed token.
+        struct ByToken<'a>(&'a Slot);
+        impl PartialEq for ByToken<'_> {
+            fn eq(&self, o: &Self) -> bool {
+                cmp_packed(&self.0.token, &o.0.token).is_eq()
+            }
+        }
+        impl Eq for ByToken<'_> {}
+        impl PartialOrd for ByToken<'_> {
+            fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for ByToken<'_> {
+            fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+                cmp_packed(&self.0.token, &o.0.token)
+            }
+        }
+        let mut heap = std::collections::BinaryHeap::with_capacity(limit.saturating_add(1));
+        for (_, s) in self.live_slots() {
+            if after.is_some_and(|a| cmp_packed(&s.token, a).is_le()) {
+                continue;
+            }
+            if heap.len() < limit {
+                heap.push(ByToken(s));
+            } else if heap
+                .peek()
+                .is_some_and(|top| cmp_packed(&s.token, &top.0.token).is_lt())
+            {
+                heap.pop();
+                heap.push(ByToken(s));
+            }
+        }
+        heap.into_sorted_vec()
+            .into_iter()
+            .map(|b| self.to_device(b.0))
+            .collect()
+    }
+
     /// Packed tokens of every live device (for checks and checkpoints).
     pub(crate) fn live_slots(&self) -> impl Iterator<Item = (u32, &Slot)> {
         self.slots
