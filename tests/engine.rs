@@ -499,11 +499,12 @@ fn a_read_only_registry_backs_up_its_log_tail_and_changes_nothing() {
     assert!(c.check().unwrap().is_clean());
 }
 
-/// `dump_page` walks the devices in dump order in pages of any size, from
+/// `dump_each` walks the dump one device at a time and stops at the first
+/// error; `dump_page` walks the devices in dump order in pages of any size, from
 /// any token (present or not), and a device added behind the cursor or
 /// removed ahead of it during the walk is skipped, not repeated.
 #[test]
-fn dump_pages_concatenate_to_the_dump() {
+fn dump_pages_and_dump_each_walk_the_dump() {
     let dir = tempfile::tempdir().unwrap();
     let reg = Registry::open_with(small(&dir.path().join("db")).durability(Durability::Eventual))
         .unwrap();
@@ -517,6 +518,23 @@ fn dump_pages_concatenate_to_the_dump() {
     reg.apply_batch(ops).unwrap();
     let all = reg.dump();
     assert_eq!(all.len(), 500);
+    let mut each = Vec::new();
+    reg.dump_each(|d| -> Result<(), ()> {
+        each.push(d);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(each, all);
+    // The first error stops the walk and is returned.
+    let mut seen = 0;
+    let stopped = reg.dump_each(|_| {
+        seen += 1;
+        if seen == 3 {
+            return Err("stop");
+        }
+        Ok(())
+    });
+    assert_eq!((stopped, seen), (Err("stop"), 3));
     for limit in [1usize, 7, 499, 500, 501, 10_000] {
         let (mut got, mut after): (Vec<Device>, Option<String>) = (Vec::new(), None);
         loop {

@@ -496,6 +496,18 @@ impl Registry {
         self.inner.state.read().dump()
     }
 
+    /// Calls `f` with every device in dump order (by token), one at a
+    /// time, holding 8 bytes per device instead of every `Device` as
+    /// `dump` does. The state's read lock is held throughout, so writers
+    /// wait until it returns: for a live registry, prefer `dump_page`.
+    /// Stops at `f`'s first error and returns it.
+    pub fn dump_each<E>(
+        &self,
+        f: impl FnMut(Device) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.inner.state.read().dump_each(f)
+    }
+
     /// Up to `limit` devices in dump order (by token), those after the
     /// token `after` (None: from the start): pass the last token returned
     /// to get the next page. Holds O(`limit`) devices, unlike `dump`; each

@@ -194,9 +194,26 @@ impl State {
 
     /// Every device ordered by token.
     pub(crate) fn dump(&self) -> Vec<Device> {
+        let mut all: Vec<Device> = Vec::with_capacity(self.live as usize);
+        let done: std::result::Result<(), std::convert::Infallible> = self.dump_each(|d| {
+            all.push(d);
+            Ok(())
+        });
+        match done {
+            Ok(()) => all,
+        }
+    }
+
+    /// Calls `f` with every device in token order, one at a time: the
+    /// memory is a sorted reference per device (8 bytes), not the devices.
+    /// Stops at `f`'s first error.
+    pub(crate) fn dump_each<E>(
+        &self,
+        mut f: impl FnMut(Device) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         let mut all: Vec<&Slot> = self.slots.iter().flatten().collect();
-        all.sort_by(|a, b| cmp_packed(&a.token, &b.token));
-        all.into_iter().map(|s| self.to_device(s)).collect()
+        all.sort_unstable_by(|a, b| cmp_packed(&a.token, &b.token));
+        all.into_iter().try_for_each(|s| f(self.to_device(s)))
     }
 
     /// The first `limit` devices in dump order (by token) after the token

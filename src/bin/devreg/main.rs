@@ -447,9 +447,8 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
     let mut out = Out::stdout();
     match cmd {
         Command::Dump => {
-            for d in reg.dump() {
-                out.json(&output::dump_line(&d))?;
-            }
+            // One device at a time (a read-only open: no writer waits).
+            reg.dump_each(|d| out.json(&output::dump_line(&d)))?;
         }
         Command::Get { token } => match reg.device(token) {
             Some(d) => out.json(&device_json(&d))?,
