@@ -38,6 +38,7 @@ pub mod import;
 mod kv;
 pub mod limits;
 mod log;
+mod metrics;
 mod model;
 mod registry;
 mod state;
@@ -59,11 +60,12 @@ pub use history::{
     DEFAULT_HISTORY_RETENTION_MS, MAX_HISTORY_PER_TOKEN,
 };
 pub use log::RepairReport;
+pub use metrics::{AtomicHistogram, Histogram, OpCount, OP_KINDS, OP_OUTCOMES};
 pub use model::{
     validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,
     LogoutPolicy, Op, Outcome, Platform, Register,
 };
-pub use registry::{ActiveIter, BackupReport, CheckReport, Registry};
+pub use registry::{ActiveIter, BackupReport, CheckReport, Metrics, Registry};
 pub use state::{Cursor, Page, Stats};
 
 /// The README's code blocks, run as doctests (its library example must

@@ -138,3 +138,23 @@ pub const MAX_OPERATION_BYTES: usize = 32_768;
 /// (`store/paged.rs`): 16 MiB at 10^6 devices, the default 64 MiB from
 /// 4×10^6.
 pub const DELTA_BYTES_PER_DEVICE: u64 = 16;
+
+/// Upper bounds (Prometheus `le`, inclusive) of the histogram of log
+/// records one group commit appends (`Metrics::group_commit_records`):
+/// powers of two up to 131,072 (a group holds at most `MAX_GROUP_OPS`
+/// operations, one record per request); larger go to the `+Inf` bucket.
+pub const GROUP_COMMIT_RECORDS_BUCKETS: [u64; 18] = [
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536, 131_072,
+];
+/// Upper bounds (inclusive) of the histogram of log fdatasync latencies,
+/// in microseconds (`Metrics::log_fsync_us`): powers of two from 16 µs to
+/// 1,048,576 µs (about 1 s).
+pub const LOG_FSYNC_BUCKETS_US: [u64; 17] = [
+    16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536, 131_072, 262_144,
+    524_288, 1_048_576,
+];
+/// Upper bounds (inclusive) of the histogram of checkpoint durations, in
+/// milliseconds (`Metrics::checkpoint_ms`): 1-2-5 steps from 1 ms to 60 s.
+pub const CHECKPOINT_BUCKETS_MS: [u64; 15] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 60_000,
+];

@@ -18,6 +18,7 @@ use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::log::entry::{encode_entries, Entry};
 use crate::log::LogWriter;
+use crate::metrics::Recorder;
 use crate::state::{Applied, State};
 use crate::store::{KvStore, Snapshot};
 
@@ -159,6 +160,8 @@ pub(crate) struct WriterCtx {
     pub(crate) last_clock_ms: u64,
     /// Set by `shutdown`: every later write is refused with `Closed`.
     pub(crate) closed: bool,
+    /// Where group commits are counted.
+    pub(crate) metrics: Arc<Recorder>,
 }
 
 /// One request on its way through a group: its entries (the commit time
@@ -378,6 +381,7 @@ impl WriterCtx {
             reply_all(work.into_iter().map(|w| w.reply), &e);
             return Err(e);
         }
+        self.count_group(work.len());
         let mut st = self.state.write();
         Ok(work
             .into_iter()
@@ -402,12 +406,14 @@ impl WriterCtx {
             }
         }
         let mut io = Ok(());
+        let mut records = 0;
         for (w, _, changed) in &applied {
             if *changed {
                 if let Err(e) = self.log.append(w.entries.len() as u32, &w.body) {
                     io = Err(e);
                     break;
                 }
+                records += 1;
             }
         }
         if let Err(e) = io.and_then(|()| self.log.write_out()) {
@@ -415,10 +421,19 @@ impl WriterCtx {
             reply_all(applied.into_iter().map(|(w, ..)| w.reply), &e);
             return Err(e);
         }
+        self.count_group(records);
         Ok(applied
             .into_iter()
             .map(|(w, outcomes, _)| (outcomes, w.reply))
             .collect())
+    }
+
+    /// Counts a group commit that appended `records` log records (none
+    /// appended: not a commit of the log, not counted).
+    fn count_group(&self, records: usize) {
+        if records > 0 {
+            self.metrics.group_commit(records);
+        }
     }
 
     fn periodic(&mut self) {
@@ -526,6 +541,8 @@ pub(crate) struct CheckpointerCtx {
     pub(crate) failed: Arc<FailFlag>,
     pub(crate) busy: Arc<AtomicBool>,
     pub(crate) carry: Arc<Mutex<Vec<crate::store::Write>>>,
+    /// Where checkpoints and their durations are counted.
+    pub(crate) metrics: Arc<Recorder>,
 }
 
 /// The checkpointer: writes snapshots to the store and releases log segments.
@@ -533,10 +550,13 @@ pub(crate) struct CheckpointerCtx {
 /// then is dropped (its writes kept in `carry`) and answered with the failure.
 pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx) {
     for job in rx {
+        let start = Instant::now();
         let r = match ctx.failed.get() {
             Some(why) => Err(Error::Failed(why)),
             None => job.snapshot.write(&*ctx.store),
         };
+        ctx.metrics
+            .checkpoint(r.as_ref().ok().map(|_| start.elapsed()));
         match &r {
             Ok(lsn) => ctx.pool.checkpointed(*lsn),
             Err(e) => {

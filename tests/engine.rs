@@ -569,3 +569,91 @@ fn dump_pages_and_dump_each_walk_the_dump() {
     assert!(rest.iter().all(|d| d.token > cursor && d.token != ahead));
     assert_eq!(first.len() + rest.len(), 499);
 }
+
+#[test]
+fn metrics_count_operations_group_commits_fsyncs_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let reg = Registry::open_with(Config::new(&db).durability(Durability::Immediate)).unwrap();
+    let m = reg.metrics();
+    assert_eq!(m.ops.iter().map(|c| c.count).sum::<u64>(), 0);
+    assert_eq!((m.group_commits, m.log_fsync_us.count), (0, 0));
+    assert_eq!(m.ops.len(), OP_KINDS.len() * OP_OUTCOMES.len());
+    // 14 requests reach the log, each its own group (one caller).
+    let _ = reg.apply(reg_op("t1", Some("ann"), 100)).unwrap();
+    let _ = reg.apply(reg_op("t2", Some("ann"), 200)).unwrap();
+    let _ = reg.apply(reg_op("t4", Some("bob"), 50)).unwrap();
+    assert!(reg.touch("t1", 300).unwrap().is_applied());
+    assert_eq!(reg.touch("nosuch", 1).unwrap(), Outcome::NotFound);
+    let _ = reg.rotate("t2", "t3", 400).unwrap();
+    assert_eq!(reg.rotate("nosuch", "t9", 1).unwrap(), Outcome::NotFound);
+    let _ = reg.logout("t3", LogoutPolicy::Keep).unwrap();
+    let _ = reg.merge("ann", "bob").unwrap();
+    assert_eq!(reg.invalidate("t1", 10).unwrap(), Outcome::Skipped);
+    assert_eq!(reg.remove("nosuch").unwrap(), Outcome::NotFound);
+    let _ = reg.prune(60).unwrap(); // t4 (seen at 50)
+    let _ = reg
+        .apply_batch(vec![
+            reg_op("t5", None, 500),
+            Op::Touch {
+                token: "nosuch".into(),
+                seen_ms: 1,
+            },
+        ])
+        .unwrap();
+    let _ = reg.remove("t1").unwrap();
+    // Rejected before the log: one register, then a batch of two.
+    assert!(reg.apply(reg_op("", None, 1)).is_err());
+    assert!(reg
+        .apply_batch(vec![reg_op("t6", None, 1), reg_op("", None, 1)])
+        .is_err());
+
+    let m = reg.metrics();
+    let expect = [
+        ("register", "applied", 4),
+        ("register", "rejected", 3),
+        ("touch", "applied", 1),
+        ("touch", "not_found", 2),
+        ("rotate", "applied", 1),
+        ("rotate", "not_found", 1),
+        ("logout", "applied", 1),
+        ("merge", "applied", 1),
+        ("invalidate", "skipped", 1),
+        ("remove", "not_found", 1),
+        ("remove", "applied", 1),
+        ("prune", "applied", 1),
+    ];
+    for (kind, outcome, n) in expect {
+        assert_eq!(m.op_count(kind, outcome), n, "{kind} {outcome}");
+    }
+    let total: u64 = expect.iter().map(|e| e.2).sum();
+    assert_eq!(m.ops.iter().map(|c| c.count).sum::<u64>(), total);
+    // Immediate: every request is logged, one record each; one fsync per group.
+    assert_eq!(m.group_commit_records.sum, 14);
+    assert!(m.group_commits >= 1 && m.group_commits <= 14);
+    assert_eq!(m.group_commits, m.group_commit_records.count);
+    assert!(m.log_fsync_us.count >= m.group_commits);
+    assert_eq!(
+        m.log_fsync_us.cumulative().last(),
+        Some((None, m.log_fsync_us.count))
+    );
+    assert!(m.log_bytes_written > 0 && m.log_disk_bytes > 0);
+    assert_eq!(m.stats, reg.stats());
+    assert_eq!(m.sinks, reg.sinks());
+    assert!(!m.failed);
+
+    // A checkpoint is counted and timed, and hands bytes to the store.
+    let before = m.checkpoints;
+    reg.checkpoint().unwrap();
+    let m = reg.metrics();
+    assert_eq!(m.checkpoints, before + 1);
+    assert_eq!(m.checkpoint_ms.count, m.checkpoints);
+    assert_eq!(m.checkpoint_failures, 0);
+    assert!(m.store_bytes_written > 0);
+
+    // A call on a closed registry is counted as failed.
+    let other = reg.clone();
+    reg.close().unwrap();
+    assert!(other.touch("t5", 1).is_err());
+    assert_eq!(other.metrics().op_count("touch", "failed"), 1);
+}

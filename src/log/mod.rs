@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fault::{check, IoOp};
+use crate::metrics::Recorder;
 use record::{HEADER_BYTES, KIND_ENTRIES, KIND_PAD};
 pub use replay::RepairReport;
 pub(crate) use replay::{repair, replay};
@@ -111,6 +112,8 @@ pub(crate) struct LogWriter {
     /// Start of `buf` in the log.
     buf_lsn: u64,
     synced_lsn: u64,
+    /// Where fdatasync latencies and bytes written are counted.
+    metrics: Arc<Recorder>,
 }
 
 impl LogWriter {
@@ -118,6 +121,7 @@ impl LogWriter {
         segment_bytes: u64,
         end_lsn: u64,
         pool: Arc<SegmentPool>,
+        metrics: Arc<Recorder>,
     ) -> Result<LogWriter> {
         let seq = end_lsn / segment_bytes;
         let file = pool.take(seq)?;
@@ -130,6 +134,7 @@ impl LogWriter {
             buf: Vec::new(),
             buf_lsn: end_lsn,
             synced_lsn: end_lsn,
+            metrics,
         })
     }
 
@@ -141,6 +146,7 @@ impl LogWriter {
         end_lsn: u64,
         pool: Arc<SegmentPool>,
         dir: &std::path::Path,
+        metrics: Arc<Recorder>,
     ) -> Result<LogWriter> {
         let file = std::fs::File::open(dir)
             .map_err(|e| Error::io(format!("opening {}", dir.display()), e))?;
@@ -153,6 +159,7 @@ impl LogWriter {
             buf: Vec::new(),
             buf_lsn: end_lsn,
             synced_lsn: end_lsn,
+            metrics,
         })
     }
 
@@ -232,6 +239,7 @@ impl LogWriter {
         check(&self.pool.faults, IoOp::Pwrite)
             .and_then(|()| self.file.write_all_at(&self.buf, off))
             .map_err(|e| Error::io(format!("writing log segment {}", self.seq), e))?;
+        self.metrics.log_written(self.buf.len());
         self.buf.clear();
         self.buf_lsn = self.end_lsn;
         Ok(())
@@ -243,10 +251,20 @@ impl LogWriter {
         if self.synced_lsn == self.end_lsn {
             return Ok(());
         }
-        check(&self.pool.faults, IoOp::Fdatasync)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
+        self.fdatasync()?;
         self.synced_lsn = self.end_lsn;
+        Ok(())
+    }
+
+    /// fdatasyncs the current segment, timing it (`Metrics::log_fsync_us`).
+    fn fdatasync(&self) -> Result<()> {
+        check(&self.pool.faults, IoOp::Fdatasync)
+            .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
+        let start = std::time::Instant::now();
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
+        self.metrics.log_fsync(start.elapsed());
         Ok(())
     }
 
@@ -273,9 +291,7 @@ impl LogWriter {
         self.write_out()?;
         // The pad must be durable before anything lands in the next segment,
         // or recovery would see a hole before valid records.
-        check(&self.pool.faults, IoOp::Fdatasync)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| Error::io(format!("syncing log segment {}", self.seq), e))?;
+        self.fdatasync()?;
         let next = self.seq + 1;
         self.file = self.pool.take(next)?;
         self.seq = next;

@@ -4,11 +4,13 @@ mod backup;
 mod check;
 mod feed;
 mod history;
+mod metrics;
 mod open;
 
 pub use backup::BackupReport;
 use check::check_on_writer;
 pub use check::CheckReport;
+pub use metrics::Metrics;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -23,6 +25,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log::entry::{decode_entries, validate_entry, Entry};
 use crate::log::{replay, RepairReport};
+use crate::metrics::{kind_index, Recorder};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
@@ -41,6 +44,8 @@ struct Inner {
     failed: Arc<FailFlag>,
     store: Arc<dyn KvStore>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The engine's counters and histograms (`Registry::metrics`).
+    metrics: Arc<Recorder>,
     /// The database's flock, held while the registry is open. Last, so it
     /// is released after every field above (the store among them) drops.
     _lock: std::fs::File,
@@ -194,7 +199,14 @@ impl Registry {
             false => store,
         };
         let last_clock_ms = state.now_ms;
-        let (pool, log) = open::open_log(&config, &log_dir, segment_bytes, ckpt_lsn, end_lsn)?;
+        let metrics = Arc::new(Recorder::new());
+        let (pool, log) = open::open_log(
+            &config,
+            &log_dir,
+            segment_bytes,
+            (ckpt_lsn, end_lsn),
+            metrics.clone(),
+        )?;
         // The record also carries the commit time (an entry of at most 11 bytes).
         let max_batch_bytes = log.max_body().saturating_sub(16);
         let mut config = config;
@@ -212,6 +224,7 @@ impl Registry {
                 failed: failed.clone(),
                 busy: busy.clone(),
                 carry: carry.clone(),
+                metrics: metrics.clone(),
             },
             ckpt_rx,
         )?;
@@ -229,6 +242,7 @@ impl Registry {
             last_sync_at: Instant::now(),
             last_clock_ms,
             closed: false,
+            metrics: metrics.clone(),
         };
         let ctx = Arc::new(Mutex::new(ctx));
         let ctx_for_thread = ctx.clone();
@@ -250,6 +264,7 @@ impl Registry {
                 store,
                 // The writer must stop (and hand over its last checkpoint) first.
                 threads: Mutex::new(vec![writer_thread, ckpt_thread]),
+                metrics,
             }),
         };
         Ok(reg)
@@ -335,8 +350,12 @@ impl Registry {
 
     /// Applies one operation atomically and durably (as configured).
     pub fn apply(&self, op: Op) -> Result<Outcome> {
-        op.validate()?;
-        self.submit_one(Entry::Op(op)).and_then(outcome)
+        let kind = kind_index(&op);
+        let r = op
+            .validate()
+            .and_then(|()| self.submit_one(Entry::Op(op)).and_then(outcome));
+        self.inner.metrics.op(kind, r.as_ref());
+        r
     }
 
     fn submit_one(&self, entry: Entry) -> Result<Applied> {
@@ -348,6 +367,31 @@ impl Registry {
     /// a crash, none. Fails before applying anything if any is invalid; the
     /// error names the operation's index.
     pub fn apply_batch(&self, ops: Vec<Op>) -> Result<Vec<Outcome>> {
+        let kinds: Vec<u8> = ops.iter().map(|op| kind_index(op) as u8).collect();
+        let r = self.apply_batch_uncounted(ops);
+        self.count_batch(&kinds, &r);
+        r
+    }
+
+    /// Counts each operation of a batch by its kind (`kinds`, in order) and
+    /// its outcome; a batch that failed as a whole gives each its error.
+    fn count_batch(&self, kinds: &[u8], r: &Result<Vec<Outcome>>) {
+        let m = &self.inner.metrics;
+        match r {
+            Ok(outcomes) => {
+                for (&k, o) in kinds.iter().zip(outcomes) {
+                    m.op(usize::from(k), Ok(o));
+                }
+            }
+            Err(e) => {
+                for &k in kinds {
+                    m.op(usize::from(k), Err(e));
+                }
+            }
+        }
+    }
+
+    fn apply_batch_uncounted(&self, ops: Vec<Op>) -> Result<Vec<Outcome>> {
         if ops.len() > crate::limits::MAX_OPS_PER_BATCH {
             return Err(Error::invalid(
                 "batch",
@@ -556,15 +600,19 @@ impl Registry {
 
     /// Bytes the database takes on disk (store and log).
     pub fn disk_bytes(&self) -> u64 {
-        let log: u64 = std::fs::read_dir(self.inner.path.join("log"))
+        self.inner.store.disk_bytes() + self.log_disk_bytes()
+    }
+
+    /// Bytes of the files under `log/` (preallocated segments count whole).
+    fn log_disk_bytes(&self) -> u64 {
+        std::fs::read_dir(self.inner.path.join("log"))
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| e.metadata().ok())
                     .map(|m| m.len())
                     .sum()
             })
-            .unwrap_or(0);
-        self.inner.store.disk_bytes() + log
+            .unwrap_or(0)
     }
 
     /// Verifies every index and counter against the records, the cap, and the

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::fault::Faults;
 use crate::log::segments::{list_segments, sync_dir, SegmentPool};
 use crate::log::LogWriter;
+use crate::metrics::Recorder;
 use crate::store::{KvStore, PagedStore, SledStore};
 use crate::writer::{run_checkpointer, CheckpointJob, CheckpointerCtx};
 
@@ -140,8 +141,8 @@ pub(super) fn open_log(
     config: &Config,
     log_dir: &Path,
     segment_bytes: u64,
-    ckpt_lsn: u64,
-    end_lsn: u64,
+    (ckpt_lsn, end_lsn): (u64, u64),
+    metrics: Arc<Recorder>,
 ) -> Result<(Arc<SegmentPool>, LogWriter)> {
     let ckpt_seq = ckpt_lsn / segment_bytes;
     let free: Vec<u64> = list_segments(log_dir)?
@@ -157,8 +158,8 @@ pub(super) fn open_log(
         config.faults.clone(),
     ));
     let log = match config.read_only {
-        true => LogWriter::inert(segment_bytes, end_lsn, pool.clone(), log_dir)?,
-        false => LogWriter::open(segment_bytes, end_lsn, pool.clone())?,
+        true => LogWriter::inert(segment_bytes, end_lsn, pool.clone(), log_dir, metrics)?,
+        false => LogWriter::open(segment_bytes, end_lsn, pool.clone(), metrics)?,
     };
     Ok((pool, log))
 }
