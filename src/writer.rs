@@ -33,8 +33,9 @@ pub(crate) enum Msg {
     },
 }
 
-/// One caller's write, queued for the next leader.
-pub(crate) type Request = (Vec<Entry>, Reply<Vec<Applied>>);
+/// One caller's write, queued for the next leader: its entries, the
+/// durability it asked for (None: the registry's), where to answer.
+pub(crate) type Request = (Vec<Entry>, Option<Durability>, Reply<Vec<Applied>>);
 
 /// Writes waiting for a leader.
 pub(crate) struct WriteQueue {
@@ -59,9 +60,13 @@ pub(crate) fn commit(
     queue: &WriteQueue,
     failed: &FailFlag,
     entries: Vec<Entry>,
+    durability: Option<Durability>,
 ) -> Result<Vec<Applied>> {
     let (reply, done) = crossbeam_channel::bounded(1);
-    queue.tx.send((entries, reply)).map_err(|_| Error::Closed)?;
+    queue
+        .tx
+        .send((entries, durability, reply))
+        .map_err(|_| Error::Closed)?;
     // A reply dropped unanswered: the leader panicked (and failed stop).
     let dropped = || Err(failed.get().map_or(Error::Closed, Error::Failed));
     loop {
@@ -267,23 +272,35 @@ impl WriterCtx {
     /// fdatasynced before the state changes, so a reader never sees a write
     /// that a crash can take back (finding 16); in `Eventual` mode the state
     /// changes first and only records that changed something are logged.
-    fn write_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Applied>>)>) {
+    ///
+    /// A group is `Immediate` if any of its requests asks for it (a request
+    /// without a wish takes the registry's durability): an `Eventual`
+    /// request in such a group is synced too, never the other way round.
+    fn write_group(&mut self, group: Vec<Request>) {
         let refusal = if self.closed {
             Some(Error::Closed)
         } else {
             self.refuse()
         };
         if let Some(e) = refusal {
-            for (_, reply) in group {
+            for (_, _, reply) in group {
                 let _ = reply.send(Err(clone_refusal(&e)));
             }
             return;
         }
+        let configured = self.config.durability;
+        let mode = match group
+            .iter()
+            .any(|r| r.1.unwrap_or(configured) == Durability::Immediate)
+        {
+            true => Durability::Immediate,
+            false => Durability::Eventual,
+        };
         let work = self.encode_group(group);
         if let Err(e) = self.make_room(&work) {
             return reply_all(work.into_iter().map(|w| w.reply), &e);
         }
-        let results = match self.config.durability {
+        let results = match mode {
             Durability::Immediate => self.log_then_apply(work),
             Durability::Eventual => self.apply_then_log(work),
         };
@@ -307,7 +324,7 @@ impl WriterCtx {
 
     /// Stamps each request with the commit time and encodes its record;
     /// requests that cannot be logged are answered here.
-    fn encode_group(&mut self, group: Vec<(Vec<Entry>, Reply<Vec<Applied>>)>) -> Vec<Work> {
+    fn encode_group(&mut self, group: Vec<Request>) -> Vec<Work> {
         // Every record starts with the group's commit time, so replay
         // stamps history entries with the same times.
         let now = wall_ms()
@@ -315,7 +332,7 @@ impl WriterCtx {
             .max(self.last_clock_ms);
         self.last_clock_ms = now;
         let mut work = Vec::with_capacity(group.len());
-        for (mut entries, reply) in group {
+        for (mut entries, _, reply) in group {
             entries.insert(0, Entry::Clock(now));
             match encode_entries(&entries) {
                 Ok(body) if body.len() <= self.log.max_body() => work.push(Work {

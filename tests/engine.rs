@@ -657,3 +657,57 @@ fn metrics_count_operations_group_commits_fsyncs_and_checkpoints() {
     assert!(other.touch("t5", 1).is_err());
     assert_eq!(other.metrics().op_count("touch", "failed"), 1);
 }
+
+/// `apply_batch_with`: a write's own durability. `Immediate` on an
+/// `Eventual` registry returns after an fdatasync of its record; `Eventual`
+/// on an `Immediate` registry returns without one (the timer syncs it
+/// later). Counted by the log's fsync metric, with the timers far off.
+#[test]
+fn a_write_may_ask_for_its_own_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow_timers = |c: Config| {
+        c.eventual_sync_interval_ms(3_600_000)
+            .checkpoint_interval_ms(3_600_000)
+    };
+    let fsyncs = |r: &Registry| r.metrics().log_fsync_us.count;
+    let eventual = Registry::open_with(slow_timers(
+        Config::new(dir.path().join("e")).durability(Durability::Eventual),
+    ))
+    .unwrap();
+    let before = fsyncs(&eventual);
+    eventual
+        .apply_batch(vec![reg_op("t1", Some("ann"), 1)])
+        .unwrap();
+    assert_eq!(
+        fsyncs(&eventual),
+        before,
+        "an eventual write on an eventual registry"
+    );
+    let out = eventual
+        .apply_batch_with(vec![reg_op("t2", Some("ann"), 2)], Durability::Immediate)
+        .unwrap();
+    assert!(out[0].is_applied());
+    assert_eq!(fsyncs(&eventual), before + 1, "an immediate write syncs");
+    let immediate = Registry::open_with(slow_timers(
+        Config::new(dir.path().join("i")).durability(Durability::Immediate),
+    ))
+    .unwrap();
+    let before = fsyncs(&immediate);
+    immediate
+        .apply_batch_with(vec![reg_op("t3", Some("bob"), 3)], Durability::Eventual)
+        .unwrap();
+    assert_eq!(
+        fsyncs(&immediate),
+        before,
+        "an eventual write does not wait for a sync"
+    );
+    assert!(immediate.device("t3").is_some(), "and is visible at once");
+    immediate
+        .apply_batch(vec![reg_op("t4", Some("bob"), 4)])
+        .unwrap();
+    assert_eq!(fsyncs(&immediate), before + 1);
+    // Both survive a reopen (the second write's sync covered the first).
+    immediate.close().unwrap();
+    let again = Registry::open(dir.path().join("i")).unwrap();
+    assert!(again.device("t3").is_some() && again.device("t4").is_some());
+}

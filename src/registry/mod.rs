@@ -21,7 +21,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::log::entry::{decode_entries, validate_entry, Entry};
 use crate::log::{replay, RepairReport};
@@ -336,6 +336,12 @@ impl Registry {
     }
 
     fn submit(&self, entries: Vec<Entry>) -> Result<Vec<Applied>> {
+        self.submit_as(entries, None)
+    }
+
+    /// `submit` with the durability this write asks for (None: the
+    /// registry's).
+    fn submit_as(&self, entries: Vec<Entry>, d: Option<Durability>) -> Result<Vec<Applied>> {
         self.refuse_if_read_only()?;
         if let Some(why) = self.inner.failed.get() {
             return Err(Error::Failed(why));
@@ -345,6 +351,7 @@ impl Registry {
             &self.inner.queue,
             &self.inner.failed,
             entries,
+            d,
         )
     }
 
@@ -368,7 +375,21 @@ impl Registry {
     /// error names the operation's index.
     pub fn apply_batch(&self, ops: Vec<Op>) -> Result<Vec<Outcome>> {
         let kinds: Vec<u8> = ops.iter().map(|op| kind_index(op) as u8).collect();
-        let r = self.apply_batch_uncounted(ops);
+        let r = self.apply_batch_uncounted(ops, None);
+        self.count_batch(&kinds, &r);
+        r
+    }
+
+    /// `apply_batch` with this write's own durability instead of the
+    /// registry's: `Immediate` returns once the batch is fdatasynced, also
+    /// on an `Eventual` registry; `Eventual` returns once it is written to
+    /// the OS, also on an `Immediate` registry (the timer syncs it within
+    /// `eventual_sync_interval_ms`). Writes committed in one group share
+    /// the stronger durability: an `Eventual` write that joins an
+    /// `Immediate` one is synced with it.
+    pub fn apply_batch_with(&self, ops: Vec<Op>, durability: Durability) -> Result<Vec<Outcome>> {
+        let kinds: Vec<u8> = ops.iter().map(|op| kind_index(op) as u8).collect();
+        let r = self.apply_batch_uncounted(ops, Some(durability));
         self.count_batch(&kinds, &r);
         r
     }
@@ -391,7 +412,11 @@ impl Registry {
         }
     }
 
-    fn apply_batch_uncounted(&self, ops: Vec<Op>) -> Result<Vec<Outcome>> {
+    fn apply_batch_uncounted(
+        &self,
+        ops: Vec<Op>,
+        durability: Option<Durability>,
+    ) -> Result<Vec<Outcome>> {
         if ops.len() > crate::limits::MAX_OPS_PER_BATCH {
             return Err(Error::invalid(
                 "batch",
@@ -414,7 +439,7 @@ impl Registry {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.submit(ops.into_iter().map(Entry::Op).collect())?
+        self.submit_as(ops.into_iter().map(Entry::Op).collect(), durability)?
             .into_iter()
             .map(outcome)
             .collect()
