@@ -41,6 +41,8 @@ mod log;
 mod metrics;
 mod model;
 mod registry;
+#[cfg(feature = "server")]
+pub mod server;
 mod state;
 mod store;
 #[cfg(feature = "sync")]

@@ -158,3 +158,27 @@ pub const LOG_FSYNC_BUCKETS_US: [u64; 17] = [
 pub const CHECKPOINT_BUCKETS_MS: [u64; 15] = [
     1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 60_000,
 ];
+
+// `devreg serve` (feature `server`, src/server/).
+/// Default listen address of `devreg serve`.
+pub const DEFAULT_SERVER_LISTEN: &str = "127.0.0.1:7600";
+/// Largest request body the server reads; a larger one is answered 413.
+pub const MAX_SERVER_BODY_BYTES: usize = 4 << 20;
+/// Most events one `POST /v1/events` may hold (one atomic batch).
+pub const MAX_SERVER_EVENTS_PER_REQUEST: usize = 10_000;
+/// Devices or changes per page when the request names no `limit`.
+pub const DEFAULT_SERVER_PAGE_LIMIT: usize = 100;
+/// Most devices or changes one page may ask for (`limit`).
+pub const MAX_SERVER_PAGE_LIMIT: usize = 1000;
+/// Engine calls running or waiting at once; one more is answered 429.
+pub const MAX_SERVER_ENGINE_CALLS: usize = 64;
+/// tokio worker threads: they only parse, route and encode.
+pub const SERVER_WORKER_THREADS: usize = 2;
+/// The `Retry-After` a 429 answer suggests, in seconds.
+pub const SERVER_RETRY_AFTER_SECONDS: u64 = 1;
+/// Longest a TLS handshake may take before its connection is dropped.
+pub const SERVER_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Most TLS handshakes in progress at once; more connections wait.
+pub const MAX_SERVER_PENDING_HANDSHAKES: usize = 256;
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+pub const SERVER_ACCEPT_RETRY_MS: u64 = 50;

@@ -318,6 +318,13 @@ impl Registry {
         crate::log::repair(&path.join("log"), segment_bytes, lsn, &None)
     }
 
+    /// Why the registry stopped taking writes after a failed write
+    /// (`Error::Failed`'s reason), or `None` while it is healthy. A
+    /// service's readiness probe asks this.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failed.get()
+    }
+
     /// The database directory.
     pub fn path(&self) -> &Path {
         &self.inner.path

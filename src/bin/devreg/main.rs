@@ -11,6 +11,8 @@ mod history;
 mod import;
 mod output;
 mod remote;
+#[cfg(feature = "server")]
+mod serve;
 mod sync;
 mod workload;
 
@@ -189,6 +191,10 @@ enum Command {
     /// and CUSTOMERIO_API_KEY); --once drains and exits, otherwise follows
     /// new changes until SIGINT/SIGTERM.
     Sync(sync::SyncArgs),
+    /// Serve the registry over HTTP (JSON; README, "Server") until
+    /// SIGTERM/SIGINT. The bearer token comes from DEVREG_API_TOKEN.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,6 +328,8 @@ fn run(cli: &Cli) -> CmdResult {
             args,
             cli.server.as_deref(),
         ),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve::run(open(cli, durability)?, durability, args),
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
             let mut input = import::open_input(file)?;
@@ -517,6 +525,8 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
         | Command::Repair
         | Command::Backup { .. }
         | Command::Config(ConfigCmd::Set { .. }) => unreachable!("dispatched in run()"),
+        #[cfg(feature = "server")]
+        Command::Serve(_) => unreachable!("dispatched in run()"),
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

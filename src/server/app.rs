@@ -1,0 +1,100 @@
+//! The state every handler shares, the router, and how engine calls leave
+//! the async workers: each runs on tokio's blocking pool, bounded by a
+//! semaphore (one call over the bound is answered 429, not queued).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use super::errors::ApiError;
+use super::metrics::Metrics;
+use super::routes::{devices, events, feed, history, ops};
+use super::{auth, ServerConfig};
+use crate::config::Durability;
+use crate::limits::MAX_SERVER_ENGINE_CALLS;
+use crate::registry::Registry;
+
+/// Shared by every handler (cheap to clone).
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub reg: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub engine_slots: Arc<Semaphore>,
+    pub backup_dir: Option<Arc<PathBuf>>,
+    pub durability: Durability,
+    /// Held across a sink's "is this batch in flight" look and its ack, so
+    /// `already_acked` is true to what the ack did (as in the CLI, where
+    /// one process holds the database).
+    pub feed_lock: Arc<Mutex<()>>,
+    pub token: Option<Arc<[u8]>>,
+}
+
+impl AppState {
+    pub fn new(reg: Arc<Registry>, config: &ServerConfig) -> AppState {
+        AppState {
+            reg,
+            metrics: Arc::new(Metrics::new()),
+            engine_slots: Arc::new(Semaphore::new(MAX_SERVER_ENGINE_CALLS)),
+            backup_dir: config.backup_dir.clone().map(Arc::new),
+            durability: config.durability,
+            feed_lock: Arc::new(Mutex::new(())),
+            token: config.token.as_deref().map(|t| Arc::from(t.as_bytes())),
+        }
+    }
+
+    /// Runs `f` on the blocking pool with the registry; 429 when
+    /// `MAX_SERVER_ENGINE_CALLS` are already running or waiting.
+    pub async fn engine<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+    {
+        let permit = self
+            .engine_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::busy())?;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&state)
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(format!("engine call did not finish: {e}")))?
+    }
+}
+
+/// Every route. `/healthz` and `/readyz` need no token; the rest do.
+pub(crate) fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/events", post(events::post_events))
+        .route("/v1/devices", get(devices::list))
+        .route("/v1/devices/{token}", get(devices::get_device))
+        .route("/v1/people/{id}/devices", get(devices::person_devices))
+        .route("/v1/people/{id}/most-recent", get(devices::most_recent))
+        .route("/v1/active", get(devices::active))
+        .route("/v1/stats", get(devices::stats))
+        .route("/v1/history/{token}", get(history::history))
+        .route("/v1/owner-at/{token}", get(history::owner_at))
+        .route("/v1/changes", get(history::changes))
+        .route("/v1/sinks", get(feed::sinks))
+        .route("/v1/sinks/{sink}/export", post(feed::export))
+        .route("/v1/sinks/{sink}/ack/{batch_id}", post(feed::ack))
+        .route("/v1/sinks/{sink}/nack/{batch_id}", post(feed::nack))
+        .route("/v1/sinks/{sink}/dead-letters", get(feed::dead_letters))
+        .route("/v1/sinks/{sink}/requeue", post(feed::requeue))
+        .route("/v1/backup", post(ops::backup))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token));
+    let open = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz));
+    api.merge(open)
+        .route_layer(from_fn_with_state(state.clone(), super::metrics::track))
+        .fallback(ops::no_route)
+        .with_state(state)
+}

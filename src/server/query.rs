@@ -1,0 +1,78 @@
+//! Query-string parameters, parsed by hand so every bad value is a 400
+//! naming its parameter (axum's own rejection is plain text), and unknown
+//! parameters are refused (a typo is not silently ignored).
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
+
+use super::errors::ApiError;
+use crate::limits::{DEFAULT_SERVER_PAGE_LIMIT, MAX_SERVER_PAGE_LIMIT};
+use crate::model::Platform;
+
+/// What an extractor hands a handler.
+pub(crate) type RawQuery = Result<Query<BTreeMap<String, String>>, QueryRejection>;
+
+/// A request's query parameters.
+pub(crate) struct Params(BTreeMap<String, String>);
+
+impl Params {
+    /// Parses the query; any parameter not in `allowed` is a 400.
+    pub fn new(raw: RawQuery, allowed: &[&str]) -> Result<Params, ApiError> {
+        let Query(map) = raw.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+        if let Some(name) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            let known = allowed.join(", ");
+            return Err(ApiError::invalid(
+                name,
+                format!("is not a parameter here (known: {known})"),
+            ));
+        }
+        Ok(Params(map))
+    }
+
+    /// A parameter's text, if given and not empty.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// An optional unsigned integer.
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.text(name)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| ApiError::invalid(name, format!("{v:?} is not an unsigned integer")))
+            })
+            .transpose()
+    }
+
+    /// A required unsigned integer.
+    pub fn required_u64(&self, name: &str) -> Result<u64, ApiError> {
+        self.u64(name)?
+            .ok_or_else(|| ApiError::invalid(name, "is required"))
+    }
+
+    /// `platform=ios|android`, optional.
+    pub fn platform(&self) -> Result<Option<Platform>, ApiError> {
+        self.text("platform")
+            .map(|v| {
+                v.parse::<Platform>()
+                    .map_err(|e| ApiError::invalid("platform", e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// `limit`: 1 to `MAX_SERVER_PAGE_LIMIT`, `DEFAULT_SERVER_PAGE_LIMIT` if absent.
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        let Some(n) = self.u64("limit")? else {
+            return Ok(DEFAULT_SERVER_PAGE_LIMIT);
+        };
+        match usize::try_from(n) {
+            Ok(n) if (1..=MAX_SERVER_PAGE_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(
+                "limit",
+                format!("{n} is outside 1..={MAX_SERVER_PAGE_LIMIT}"),
+            )),
+        }
+    }
+}

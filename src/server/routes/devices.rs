@@ -1,0 +1,145 @@
+//! Device reads: one device, the dump in pages, a person's devices and
+//! most recent one, the active count, the counters.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::feed::SinkInfo;
+use crate::server::app::AppState;
+use crate::server::errors::ApiError;
+use crate::server::json;
+use crate::server::query::{Params, RawQuery};
+use crate::state::Stats;
+
+/// `GET /v1/devices/{token}`: the device as `devreg get` prints it; 404.
+pub(crate) async fn get_device(
+    State(st): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    st.engine(move |st| match st.reg.device(&token) {
+        Some(d) => Ok(Json(json::device(&d)).into_response()),
+        None => Err(ApiError::not_found(
+            Some("token"),
+            format!("no device with token {token:?}"),
+        )),
+    })
+    .await
+}
+
+/// `GET /v1/devices?cursor=&limit=`: devices in dump order (by token) as
+/// dump lines, `{"devices":[..],"next_cursor":C|null}`. The cursor is
+/// opaque to clients (the hex of the last token returned).
+pub(crate) async fn list(State(st): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
+    let params = Params::new(q, &["cursor", "limit"])?;
+    let limit = params.limit()?;
+    let after = params.text("cursor").map(decode_cursor).transpose()?;
+    st.engine(move |st| {
+        // The registry's token index is a hash table: a page sorts the
+        // dump (O(n log n) per page; see DESIGN.md 18).
+        let all = st.reg.dump();
+        let from = after.map_or(0, |a| all.partition_point(|d| d.token.as_str() <= a.as_str()));
+        let page = &all[from.min(all.len())..(from + limit).min(all.len())];
+        let next = match from + limit < all.len() {
+            true => page.last().map(|d| encode_cursor(&d.token)),
+            false => None,
+        };
+        let devices = page.iter().map(json::dump_line).collect();
+        Ok(Json(DevicesPage {
+            devices,
+            next_cursor: next,
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// A page of `GET /v1/devices`.
+#[derive(Serialize)]
+struct DevicesPage<'a> {
+    devices: Vec<json::DumpLine<'a>>,
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(token: &str) -> String {
+    token.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(c: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::invalid("cursor", "is not a cursor this server gave out");
+    if !c.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes = (0..c.len())
+        .step_by(2)
+        .map(|i| c.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+/// `GET /v1/people/{id}/devices`: most recently seen first, as `devreg person`.
+pub(crate) async fn person_devices(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    st.engine(move |st| {
+        let devices = st.reg.devices_of(&id);
+        let list: Vec<_> = devices.iter().map(json::device).collect();
+        Ok(Json(list).into_response())
+    })
+    .await
+}
+
+/// `GET /v1/people/{id}/most-recent?platform=`: as `devreg most-recent`; 404.
+pub(crate) async fn most_recent(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    let platform = Params::new(q, &["platform"])?.platform()?;
+    st.engine(move |st| match st.reg.most_recent(&id, platform) {
+        Some(d) => Ok(Json(json::device(&d)).into_response()),
+        None => {
+            let on = platform.map_or(String::new(), |p| format!(" on {p}"));
+            Err(ApiError::not_found(
+                Some("id"),
+                format!("no device{on} for person {id:?}"),
+            ))
+        }
+    })
+    .await
+}
+
+/// `GET /v1/active?since_ms=&platform=`: `{"count":N}`.
+pub(crate) async fn active(State(st): State<AppState>, q: RawQuery) -> Result<Response, ApiError> {
+    let params = Params::new(q, &["since_ms", "platform"])?;
+    let since_ms = params.required_u64("since_ms")?;
+    let platform = params.platform()?;
+    st.engine(move |st| {
+        let count = st.reg.active_since(since_ms, platform);
+        Ok(Json(serde_json::json!({ "count": count })).into_response())
+    })
+    .await
+}
+
+/// `devreg stats`: the counters plus every sink's position.
+#[derive(Serialize)]
+struct StatsJson {
+    #[serde(flatten)]
+    stats: Stats,
+    sinks: Vec<SinkInfo>,
+}
+
+/// `GET /v1/stats`: as `devreg stats`.
+pub(crate) async fn stats(State(st): State<AppState>) -> Result<Response, ApiError> {
+    st.engine(|st| {
+        let stats = StatsJson {
+            stats: st.reg.stats(),
+            sinks: st.reg.sinks(),
+        };
+        Ok(Json(stats).into_response())
+    })
+    .await
+}
