@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -34,7 +33,9 @@ impl Server {
     /// for its `listening on URL` line.
     fn start(db: &Path, token: Option<&str>, args: &[&str]) -> Server {
         let mut cmd = devreg();
-        cmd.arg("--db").arg(db).args(["serve", "--listen", "127.0.0.1:0"]);
+        cmd.arg("--db")
+            .arg(db)
+            .args(["serve", "--listen", "127.0.0.1:0"]);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
         cmd.stderr(Stdio::piped()).env_remove("DEVREG_API_TOKEN");
         if let Some(t) = token {
@@ -47,7 +48,10 @@ impl Server {
             .unwrap();
         let Some(url) = line.trim().strip_prefix("listening on ") else {
             let out = child.wait_with_output().unwrap();
-            panic!("no address: {line:?}; stderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "no address: {line:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         Server {
             url: url.to_owned(),
@@ -58,11 +62,20 @@ impl Server {
     /// SIGTERM, then the exit status and stderr.
     fn stop(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
         let status = self.child.wait().unwrap();
         let mut err = String::new();
         use std::io::Read;
-        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
         (status, err)
     }
 }
@@ -118,9 +131,24 @@ impl Client {
         Self::answer(req.send(body))
     }
 
+    /// A POST whose transport may fail (the server is being killed).
+    fn try_post(&self, path: &str, body: &str) -> Option<u16> {
+        let mut req = self.agent.post(format!("{}{path}", self.url));
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut r = req.send(body).ok()?;
+        let status = r.status().as_u16();
+        r.body_mut().read_to_string().ok()?;
+        Some(status)
+    }
+
     fn get_json(&self, path: &str) -> (u16, Value) {
         let (s, b) = self.get(path);
-        (s, serde_json::from_str(&b).unwrap_or_else(|e| panic!("{path}: {e}: {b:?}")))
+        (
+            s,
+            serde_json::from_str(&b).unwrap_or_else(|e| panic!("{path}: {e}: {b:?}")),
+        )
     }
 
     fn post_json(&self, path: &str, body: &str) -> (u16, Value) {
@@ -151,7 +179,11 @@ fn line(op: &Op) -> String {
             "person": r.person, "seen_ms": r.seen_ms,
         }),
         Op::Touch { token, seen_ms } => json!({"op":"touch","token":token,"seen_ms":seen_ms}),
-        Op::Rotate { old_token, new_token, seen_ms } => json!({
+        Op::Rotate {
+            old_token,
+            new_token,
+            seen_ms,
+        } => json!({
             "op":"rotate","old_token":old_token,"new_token":new_token,"seen_ms":seen_ms,
         }),
         Op::Remove { token } => json!({"op":"remove","token":token}),
@@ -163,7 +195,11 @@ fn line(op: &Op) -> String {
 fn register(token: &str, person: &str, seen_ms: u64) -> Op {
     Op::Register(Register {
         token: token.into(),
-        platform: if seen_ms % 2 == 0 { Platform::Ios } else { Platform::Android },
+        platform: if seen_ms % 2 == 0 {
+            Platform::Ios
+        } else {
+            Platform::Android
+        },
         person: Some(person.into()),
         seen_ms,
         attributes: None,
@@ -173,7 +209,11 @@ fn register(token: &str, person: &str, seen_ms: u64) -> Op {
 /// Runs the CLI on DB and parses its stdout as JSON.
 fn cli_json(db: &Path, args: &[&str]) -> Value {
     let out = devreg().arg("--db").arg(db).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -195,7 +235,10 @@ fn every_endpoint_answers_with_its_shape() {
         String::new(),
         line(&register("tok-b", "ann", T0 + 1)),
         r#"{"op":"touch","token":"","seen_ms":5}"#.into(),
-        line(&Op::Touch { token: "missing".into(), seen_ms: T0 }),
+        line(&Op::Touch {
+            token: "missing".into(),
+            seen_ms: T0,
+        }),
     ]
     .join("\n");
     let (s, v) = c.post_json("/v1/events?durability=immediate", &ndjson);
@@ -205,10 +248,19 @@ fn every_endpoint_answers_with_its_shape() {
     assert_eq!(v["rejected"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["rejected"][0]["index"], 3);
     assert_eq!(v["rejected"][0]["field"], "token");
-    assert!(v["rejected"][0]["reason"].as_str().unwrap().contains("invalid token"), "{v}");
+    assert!(
+        v["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid token"),
+        "{v}"
+    );
     let array = format!("[{}]", line(&register("tok-c", "bob", T0 + 2)));
     let (s, v) = c.post_json("/v1/events?durability=eventual", &array);
-    assert_eq!((s, v), (200, json!({"applied":1,"skipped":0,"rejected":[]})));
+    assert_eq!(
+        (s, v),
+        (200, json!({"applied":1,"skipped":0,"rejected":[]}))
+    );
 
     // Device reads.
     let (s, device) = c.get_json("/v1/devices/tok-a");
@@ -222,17 +274,31 @@ fn every_endpoint_answers_with_its_shape() {
     let (s, recent) = c.get_json("/v1/people/ann/most-recent?platform=ios");
     assert_eq!((s, recent["token"].as_str()), (200, Some("tok-a")));
     assert_error(c.get_json("/v1/people/zed/most-recent"), 404, Some("id"));
-    assert_eq!(c.get_json(&format!("/v1/active?since_ms={}", T0 + 1)), (200, json!({"count":2})));
-    assert_eq!(c.get_json("/v1/active?since_ms=0&platform=android"), (200, json!({"count":1})));
+    assert_eq!(
+        c.get_json(&format!("/v1/active?since_ms={}", T0 + 1)),
+        (200, json!({"count":2}))
+    );
+    assert_eq!(
+        c.get_json("/v1/active?since_ms=0&platform=android"),
+        (200, json!({"count":1}))
+    );
 
     // The dump in pages of 2, resumed with the opaque cursor.
     let (s, p1) = c.get_json("/v1/devices?limit=2");
     assert_eq!(s, 200);
     let tokens = |p: &Value| -> Vec<String> {
-        p["devices"].as_array().unwrap().iter().map(|d| d["token"].as_str().unwrap().to_owned()).collect()
+        p["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["token"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(tokens(&p1), ["tok-a", "tok-b"]);
-    assert_eq!(p1["devices"][0]["op"], "register", "a dump line is an import line");
+    assert_eq!(
+        p1["devices"][0]["op"], "register",
+        "a dump line is an import line"
+    );
     let cursor = p1["next_cursor"].as_str().unwrap();
     let (s, p2) = c.get_json(&format!("/v1/devices?limit=2&cursor={cursor}"));
     assert_eq!((s, tokens(&p2)), (200, vec!["tok-c".to_owned()]));
@@ -242,13 +308,20 @@ fn every_endpoint_answers_with_its_shape() {
     let (s, history) = c.get_json("/v1/history/tok-a");
     assert_eq!((s, history[0]["owner_after"].as_str()), (200, Some("ann")));
     let (s, owner) = c.get_json("/v1/owner-at/tok-a?at_ms=99999999999999");
-    assert_eq!((s, owner["owner"].as_str(), owner["by"].as_str()), (200, Some("ann"), Some("commit")));
+    assert_eq!(
+        (s, owner["owner"].as_str(), owner["by"].as_str()),
+        (200, Some("ann"), Some("commit"))
+    );
     let (s, changes) = c.get_json("/v1/changes?since_ms=0&limit=2");
     assert_eq!((s, changes["changes"].as_array().unwrap().len()), (200, 2));
     assert_eq!(changes["more"], true);
     let cursor = changes["cursor"].as_str().unwrap();
     let (s, rest) = c.get_json(&format!("/v1/changes?since_ms=0&cursor={cursor}"));
-    assert_eq!((s, rest["changes"].as_array().unwrap().len()), (200, 1), "{rest}");
+    assert_eq!(
+        (s, rest["changes"].as_array().unwrap().len()),
+        (200, 1),
+        "{rest}"
+    );
 
     feed_endpoints(&c);
     let http = [
@@ -281,9 +354,19 @@ fn feed_endpoints(c: &Client) {
     assert_eq!(s, 200, "{batch}");
     let id = batch["batch_id"].as_str().unwrap().to_owned();
     assert_eq!(batch["body"]["batch"].as_array().unwrap().len(), 2);
-    assert_eq!(c.post_json("/v1/sinks/cio/export?max_ops=2", "").1, batch, "same until acked");
+    assert_eq!(
+        c.post_json("/v1/sinks/cio/export?max_ops=2", "").1,
+        batch,
+        "same until acked"
+    );
     let (s, v) = c.post_json(&format!("/v1/sinks/cio/ack/{id}"), "");
-    assert_eq!((s, v), (200, json!({"acked": id, "failed": 0, "already_acked": false})));
+    assert_eq!(
+        (s, v),
+        (
+            200,
+            json!({"acked": id, "failed": 0, "already_acked": false})
+        )
+    );
     let (s, v) = c.post_json(&format!("/v1/sinks/cio/ack/{id}"), "");
     assert_eq!((s, v["already_acked"].as_bool()), (200, Some(true)));
     let (s, batch) = c.post_json("/v1/sinks/cio/export", "");
@@ -291,18 +374,46 @@ fn feed_endpoints(c: &Client) {
     let id = batch["batch_id"].as_str().unwrap().to_owned();
     let nack = r#"{"failed":[{"index":0,"reason":"invalid token"}]}"#;
     let (s, v) = c.post_json(&format!("/v1/sinks/cio/nack/{id}"), nack);
-    assert_eq!((s, v), (200, json!({"acked": id, "failed": 1, "already_acked": false})));
-    assert_eq!(c.post_json("/v1/sinks/cio/export", ""), (204, Value::Null), "drained");
+    assert_eq!(
+        (s, v),
+        (
+            200,
+            json!({"acked": id, "failed": 1, "already_acked": false})
+        )
+    );
+    assert_eq!(
+        c.post_json("/v1/sinks/cio/export", ""),
+        (204, Value::Null),
+        "drained"
+    );
     let (s, dead) = c.get_json("/v1/sinks/cio/dead-letters");
     assert_eq!((s, dead.as_array().unwrap().len()), (200, 1));
     assert_eq!(dead[0]["reason"], "invalid token");
     assert!(dead[0]["operation"].is_object(), "{dead}");
     let (s, sinks) = c.get_json("/v1/sinks");
-    assert_eq!((s, sinks[0]["name"].as_str(), sinks[0]["dead_letters"].as_u64()), (200, Some("cio"), Some(1)));
-    assert_eq!(c.post_json("/v1/sinks/cio/requeue", ""), (200, json!({"requeued": 1})));
-    assert_eq!(c.post_json("/v1/sinks/cio/export", "").0, 200, "requeued op is pending");
+    assert_eq!(
+        (
+            s,
+            sinks[0]["name"].as_str(),
+            sinks[0]["dead_letters"].as_u64()
+        ),
+        (200, Some("cio"), Some(1))
+    );
+    assert_eq!(
+        c.post_json("/v1/sinks/cio/requeue", ""),
+        (200, json!({"requeued": 1}))
+    );
+    assert_eq!(
+        c.post_json("/v1/sinks/cio/export", "").0,
+        200,
+        "requeued op is pending"
+    );
     assert_error(c.post_json("/v1/sinks/nope/ack/x", ""), 404, Some("sink"));
-    assert_error(c.post_json("/v1/sinks/cio/ack/cio-999999999999", ""), 409, Some("batch_id"));
+    assert_error(
+        c.post_json("/v1/sinks/cio/ack/cio-999999999999", ""),
+        409,
+        Some("batch_id"),
+    );
     assert_error(c.get_json("/v1/sinks/nope/dead-letters"), 404, Some("sink"));
 }
 
@@ -332,4 +443,452 @@ fn ops_endpoints(c: &Client, backups: &Path) {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }
     assert_error(c.get_json("/v1/nothing"), 404, Some("path"));
+}
+
+/// Runs `devreg serve` expecting a refusal: exits non-zero within 10 s
+/// without listening; returns its stderr.
+fn refused(token: Option<&str>, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = devreg();
+    cmd.arg("--db")
+        .arg(dir.path().join("db"))
+        .arg("serve")
+        .args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.env_remove("DEVREG_API_TOKEN");
+    if let Some(t) = token {
+        cmd.env("DEVREG_API_TOKEN", t);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("{args:?} was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{args:?}");
+    assert!(out.stdout.is_empty(), "{args:?} listened");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn authentication_and_start_up_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("db"), Some(TOKEN), &[]);
+    let none = Client::new(&server, None);
+    let wrong = Client::new(&server, Some("test-token-0123456788"));
+    let right = Client::new(&server, Some(TOKEN));
+    assert_error(none.get_json("/v1/stats"), 401, Some("authorization"));
+    assert_error(wrong.get_json("/v1/stats"), 401, Some("authorization"));
+    assert_error(
+        wrong.post_json("/v1/events", ""),
+        401,
+        Some("authorization"),
+    );
+    assert_error(none.get_json("/metrics"), 401, Some("authorization"));
+    assert_eq!(right.get_json("/v1/stats").0, 200);
+    assert_eq!(none.get_json("/healthz").0, 200, "probes need no token");
+    assert_eq!(none.get_json("/readyz").0, 200);
+    drop(server);
+
+    let msg = refused(None, &["--listen", "127.0.0.1:0"]);
+    assert!(
+        msg.contains("invalid DEVREG_API_TOKEN: is not set"),
+        "{msg}"
+    );
+    let msg = refused(None, &["--listen", "0.0.0.0:0", "--no-auth"]);
+    assert!(msg.contains("invalid no_auth"), "{msg}");
+    let msg = refused(Some(TOKEN), &["--listen", "0.0.0.0:0"]);
+    assert!(
+        msg.contains("invalid listen") && msg.contains("--insecure-http"),
+        "{msg}"
+    );
+    let msg = refused(Some(TOKEN), &["--listen", "127.0.0.1:0", "--no-auth"]);
+    assert!(msg.contains("invalid no_auth"), "{msg}");
+    let msg = refused(Some(""), &["--listen", "127.0.0.1:0"]);
+    assert!(msg.contains("DEVREG_API_TOKEN: is empty"), "{msg}");
+
+    // --no-auth on loopback serves without a token.
+    let server = Server::start(&dir.path().join("db"), None, &["--no-auth"]);
+    assert_eq!(Client::new(&server, None).get_json("/v1/stats").0, 200);
+}
+
+#[test]
+fn bad_input_and_limits_name_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("db"), Some(TOKEN), &[]);
+    let c = Client::new(&server, Some(TOKEN));
+    assert_error(
+        c.post_json("/v1/events", r#"[{"op":"touch""#),
+        400,
+        Some("body"),
+    );
+    assert_error(
+        c.post_json("/v1/events?durability=later", ""),
+        400,
+        Some("durability"),
+    );
+    assert_error(
+        c.post_json("/v1/events?durabilty=eventual", ""),
+        400,
+        Some("durabilty"),
+    );
+    for (path, field) in [
+        ("/v1/devices?limit=0", "limit"),
+        ("/v1/devices?limit=1001", "limit"),
+        ("/v1/devices?cursor=zz", "cursor"),
+        ("/v1/active?since_ms=soon", "since_ms"),
+        ("/v1/active", "since_ms"),
+        ("/v1/active?since_ms=0&platform=symbian", "platform"),
+        ("/v1/owner-at/t", "at_ms"),
+        ("/v1/owner-at/t?at_ms=1&by=wall", "by"),
+        ("/v1/changes?since_ms=0&cursor=nope", "cursor"),
+        ("/v1/changes?since_ms=0&limit=100000", "limit"),
+    ] {
+        assert_error(c.get_json(path), 400, Some(field));
+    }
+    assert_error(
+        c.post_json("/v1/sinks/cio/export?max_ops=1001", ""),
+        400,
+        Some("max_ops"),
+    );
+    assert_error(c.post_json("/v1/sinks/No!/export", ""), 400, Some("sink"));
+    assert_eq!(c.post_json("/v1/sinks/cio/export", "").0, 204);
+    assert_error(c.post_json("/v1/sinks/cio/nack/b", "{"), 400, Some("body"));
+    let twice = r#"{"failed":[{"index":1,"reason":"a"},{"index":1,"reason":"b"}]}"#;
+    assert_error(
+        c.post_json("/v1/sinks/cio/nack/b", twice),
+        400,
+        Some("failed"),
+    );
+
+    // The body limit: one byte over is 413, whether declared up front or
+    // found while reading a chunked body; nothing is applied. (Raw
+    // requests: a client that writes the whole body before reading, as
+    // ureq does, sees the connection closed after the early answer.)
+    let limit = devreg::limits::MAX_SERVER_BODY_BYTES;
+    let head = format!("Content-Length: {}\r\n", limit + 1);
+    assert_error(raw_post(&server, &head, b""), 413, Some("body"));
+    let mut big = line(&register("big", "ann", T0)).into_bytes();
+    big.push(b'\n');
+    big.resize(limit + 1, b' ');
+    let mut chunked = format!("{:x}\r\n", big.len()).into_bytes();
+    chunked.extend_from_slice(&big);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_error(
+        raw_post(&server, "Transfer-Encoding: chunked\r\n", &chunked),
+        413,
+        Some("body"),
+    );
+    // The event count limit.
+    let n = devreg::limits::MAX_SERVER_EVENTS_PER_REQUEST + 1;
+    let many = vec![line(&register("many", "ann", T0)); n].join("\n");
+    assert_error(c.post_json("/v1/events", &many), 413, Some("body"));
+    // One event over the line limit is rejected; the others apply.
+    let huge = format!(
+        "{}\n{{\"op\":\"remove\",\"token\":\"{}\"}}",
+        line(&register("ok", "ann", T0)),
+        "x".repeat(devreg::limits::MAX_IMPORT_LINE_BYTES)
+    );
+    let (s, v) = c.post_json("/v1/events", &huge);
+    assert_eq!((s, v["applied"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!(
+        (
+            v["rejected"][0]["index"].as_u64(),
+            v["rejected"][0]["field"].as_str()
+        ),
+        (Some(1), Some("event"))
+    );
+    let (s, page) = c.get_json("/v1/devices");
+    assert_eq!(s, 200);
+    let tokens: Vec<_> = page["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["token"].clone())
+        .collect();
+    assert_eq!(
+        tokens,
+        [json!("ok")],
+        "nothing of the refused requests applied"
+    );
+}
+
+/// Eight clients post disjoint workloads at once; every answer's counts
+/// and the final state agree with one model per client.
+#[test]
+fn concurrent_clients_agree_with_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("db"), Some(TOKEN), &[]);
+    let models: Vec<Model> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let c = Client::new(&server, Some(TOKEN));
+                scope.spawn(move || client_workload(&c, t))
+            })
+            .collect();
+        threads.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let expected: Vec<devreg::Device> = {
+        let mut all: Vec<_> = models
+            .into_iter()
+            .flat_map(|m| m.devices.into_values())
+            .collect();
+        all.sort_by(|a, b| a.token.cmp(&b.token));
+        all
+    };
+    let c = Client::new(&server, Some(TOKEN));
+    let mut got = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, page) = c.get_json(&format!("/v1/devices?limit=1000&cursor={cursor}"));
+        assert_eq!(s, 200);
+        got.extend(page["devices"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    let want: Vec<Value> = expected
+        .iter()
+        .map(|d| {
+            json!({"op":"register","token":d.token,"platform":d.platform.as_str(),
+            "person":d.person,"last_seen_ms":d.last_seen_ms,"attributes":{}})
+        })
+        .collect();
+    assert!(want.len() > 100, "{}", want.len());
+    assert_eq!(got, want);
+    let (status, err) = server.stop();
+    assert!(status.success(), "{err}");
+}
+
+/// One client's requests on its own tokens and persons; returns its model.
+fn client_workload(c: &Client, t: u64) -> Model {
+    let mut rng = common::Rng::new(t + 1);
+    let mut model = Model::new(devreg::limits::DEFAULT_MAX_DEVICES_PER_PERSON);
+    let mut fresh = 1000;
+    for _ in 0..20 {
+        let ops: Vec<Op> = (0..25)
+            .map(|_| {
+                let token = format!("c{t}-{}", rng.below(60));
+                let seen = T0 + rng.below(1_000_000);
+                match rng.below(10) {
+                    0..=5 => register(&token, &format!("p{t}-{}", rng.below(4)), seen),
+                    6 | 7 => Op::Touch {
+                        token,
+                        seen_ms: seen,
+                    },
+                    8 => {
+                        fresh += 1;
+                        Op::Rotate {
+                            old_token: token,
+                            new_token: format!("c{t}-{fresh}"),
+                            seen_ms: seen,
+                        }
+                    }
+                    _ => Op::Remove { token },
+                }
+            })
+            .collect();
+        let applied = ops.iter().filter(|op| model.apply(op).is_applied()).count();
+        let body: Vec<String> = ops.iter().map(line).collect();
+        let (s, v) = c.post_json("/v1/events", &body.join("\n"));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["applied"].as_u64(), Some(applied as u64), "{v}");
+        assert_eq!(
+            v["skipped"].as_u64(),
+            Some((ops.len() - applied) as u64),
+            "{v}"
+        );
+    }
+    model
+}
+
+/// SIGKILL under load: after a restart every request answered 200 with
+/// immediate durability is there.
+#[test]
+fn sigkill_under_load_keeps_every_acknowledged_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut server = Server::start(&db, Some(TOKEN), &[]);
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (c, acked, stop) = (
+                Client::new(&server, Some(TOKEN)),
+                acked.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    let tokens: Vec<String> = (0..10).map(|j| format!("k{t}-{i}-{j}")).collect();
+                    let body: Vec<String> = tokens
+                        .iter()
+                        .map(|tok| line(&register(tok, &format!("p{t}-{i}"), T0 + i)))
+                        .collect();
+                    match c.try_post("/v1/events?durability=immediate", &body.join("\n")) {
+                        Some(200) => acked.lock().unwrap().extend(tokens),
+                        Some(other) => panic!("answered {other}"),
+                        None => return,
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) && i > 10_000 {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < 500 && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 500, "only {} acknowledged", acked.len());
+    drop(server);
+    let server = Server::start(&db, Some(TOKEN), &[]);
+    let c = Client::new(&server, Some(TOKEN));
+    let (s, stats) = c.get_json("/v1/stats");
+    assert_eq!(s, 200);
+    assert!(
+        stats["devices"].as_u64().unwrap() >= acked.len() as u64,
+        "{stats}"
+    );
+    for token in acked.iter().step_by(7).chain(acked.last()) {
+        assert_eq!(
+            c.get(&format!("/v1/devices/{token}")).0,
+            200,
+            "{token} lost"
+        );
+    }
+    drop(server);
+    let reg = Registry::open(&db).unwrap();
+    let missing: Vec<_> = acked.iter().filter(|t| reg.device(t).is_none()).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged but lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    reg.close().unwrap();
+}
+
+/// HTTPS with a self-signed certificate the client trusts.
+#[test]
+fn serves_https_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, pem("CERTIFICATE", made.cert.der())).unwrap();
+    std::fs::write(&key, pem("PRIVATE KEY", &made.key_pair.serialize_der())).unwrap();
+    let args = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let server = Server::start(&dir.path().join("db"), Some(TOKEN), &args);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let root = ureq::tls::Certificate::from_der(made.cert.der()).to_owned();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&[root]))
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let c = Client {
+        agent,
+        url: server.url.clone(),
+        token: Some(TOKEN.into()),
+    };
+    assert_eq!(c.get_json("/v1/stats").0, 200);
+    assert_error(
+        Client { token: None, ..c }.get_json("/v1/stats"),
+        401,
+        Some("authorization"),
+    );
+    // A bad key is refused at start, naming the flag.
+    std::fs::write(&key, "not a key").unwrap();
+    let msg = refused(
+        Some(TOKEN),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(msg.contains("invalid tls_key"), "{msg}");
+}
+
+/// PEM text of DER bytes (rcgen is built without its `pem` feature).
+fn pem(label: &str, der: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            let c = ABC[(n >> (18 - 6 * i)) as usize & 63] as char;
+            b64.push(if i <= chunk.len() { c } else { '=' });
+        }
+    }
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// `POST /v1/events` over a raw connection: the request head with the
+/// extra header lines `head`, then `body`; the answer as status and JSON.
+fn raw_post(server: &Server, head: &str, body: &[u8]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let addr = server.url.strip_prefix("http://").unwrap();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Connection: close\r\n{head}\r\n"
+    );
+    conn.write_all(request.as_bytes()).unwrap();
+    // The server may answer and close before the body is all written.
+    let _ = conn.write_all(body);
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}")),
+    )
 }

@@ -98,3 +98,34 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(ops::no_route)
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    /// Past `MAX_SERVER_ENGINE_CALLS` running calls, one more is 429 at
+    /// once (not queued); with a slot free it runs.
+    #[test]
+    fn engine_calls_over_the_bound_are_answered_429() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path().join("db")).unwrap();
+        let state = AppState::new(Arc::new(reg), &ServerConfig::new());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let all = u32::try_from(MAX_SERVER_ENGINE_CALLS).unwrap();
+        let held = state
+            .engine_slots
+            .clone()
+            .try_acquire_many_owned(all)
+            .unwrap();
+        let busy = rt.block_on(state.engine(|st| Ok(st.reg.stats().devices)));
+        let e = busy.unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::TOO_MANY_REQUESTS, "busy"));
+        drop(held);
+        let ok = rt.block_on(state.engine(|st| Ok(st.reg.stats().devices)));
+        assert_eq!(ok.unwrap(), 0);
+        (*state.reg).clone().close().unwrap();
+    }
+}

@@ -13,7 +13,11 @@ use super::errors::ApiError;
 /// Answers 401 unless the request carries `Authorization: Bearer TOKEN`
 /// with the configured token; passes everything when none is configured
 /// (`--no-auth`, loopback only).
-pub(crate) async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_token(
+    State(st): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(expected) = &st.token {
         let given = req
             .headers()

@@ -108,13 +108,19 @@ pub(crate) async fn run(
                 None => {
                     on_listening(&format!("http://{local}"));
                     let serve = axum::serve(listener, app);
-                    serve.with_graceful_shutdown(shutdown::signal()).into_future().await
+                    serve
+                        .with_graceful_shutdown(shutdown::signal())
+                        .into_future()
+                        .await
                 }
                 Some(acceptor) => {
                     let listener = tls::TlsListener::spawn(listener, acceptor, local);
                     on_listening(&format!("https://{local}"));
                     let serve = axum::serve(listener, app);
-                    serve.with_graceful_shutdown(shutdown::signal()).into_future().await
+                    serve
+                        .with_graceful_shutdown(shutdown::signal())
+                        .into_future()
+                        .await
                 }
             }
         }
@@ -126,7 +132,10 @@ pub(crate) async fn run(
                 .map_err(|e| Error::io(format!("binding socket {}", path.display()), e))?;
             on_listening(&format!("unix:{}", path.display()));
             let serve = axum::serve(listener, app);
-            let r = serve.with_graceful_shutdown(shutdown::signal()).into_future().await;
+            let r = serve
+                .with_graceful_shutdown(shutdown::signal())
+                .into_future()
+                .await;
             let _ = std::fs::remove_file(&path);
             r
         }

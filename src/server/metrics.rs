@@ -112,7 +112,9 @@ impl Metrics {
         for sink in reg.sinks() {
             let labels = SinkLabels { sink: sink.name };
             self.feed_pending.get_or_create(&labels).set(sink.pending);
-            self.dead_letters.get_or_create(&labels).set(sink.dead_letters);
+            self.dead_letters
+                .get_or_create(&labels)
+                .set(sink.dead_letters);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &self.prom)?;

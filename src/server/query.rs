@@ -33,15 +33,19 @@ impl Params {
 
     /// A parameter's text, if given and not empty.
     pub fn text(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// An optional unsigned integer.
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.text(name)
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| ApiError::invalid(name, format!("{v:?} is not an unsigned integer")))
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::invalid(name, format!("{v:?} is not an unsigned integer"))
+                })
             })
             .transpose()
     }

@@ -39,7 +39,9 @@ pub(crate) async fn list(State(st): State<AppState>, q: RawQuery) -> Result<Resp
         // The registry's token index is a hash table: a page sorts the
         // dump (O(n log n) per page; see DESIGN.md 18).
         let all = st.reg.dump();
-        let from = after.map_or(0, |a| all.partition_point(|d| d.token.as_str() <= a.as_str()));
+        let from = after.map_or(0, |a| {
+            all.partition_point(|d| d.token.as_str() <= a.as_str())
+        });
         let page = &all[from.min(all.len())..(from + limit).min(all.len())];
         let next = match from + limit < all.len() {
             true => page.last().map(|d| encode_cursor(&d.token)),

@@ -55,9 +55,7 @@ pub(crate) async fn post_events(
         }
     };
     let bytes = read_body(&headers, body).await?;
-    st.engine(move |st| apply(st, &bytes, want))
-        .await
-        .map(Json)
+    st.engine(move |st| apply(st, &bytes, want)).await.map(Json)
 }
 
 /// The body, at most `MAX_SERVER_BODY_BYTES` (413 beyond, naming `body`).
@@ -141,8 +139,9 @@ fn apply(st: &AppState, body: &[u8], want: Durability) -> Result<EventsAnswer, A
 fn split(body: &[u8]) -> Result<Vec<(usize, &[u8])>, ApiError> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     if start.is_some_and(|i| body[i] == b'[') {
-        let items: Vec<&RawValue> = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid("body", format!("is not a JSON array of events: {e}")))?;
+        let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid("body", format!("is not a JSON array of events: {e}"))
+        })?;
         return Ok(items
             .into_iter()
             .enumerate()

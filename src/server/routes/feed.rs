@@ -56,7 +56,12 @@ pub(crate) async fn export(
     let max_ops = u32::try_from(max_ops)
         .ok()
         .filter(|n| (1..=MAX_OPS_LIMIT).contains(n))
-        .ok_or_else(|| ApiError::invalid("max_ops", format!("{max_ops} is outside 1..={MAX_OPS_LIMIT}")))?;
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "max_ops",
+                format!("{max_ops} is outside 1..={MAX_OPS_LIMIT}"),
+            )
+        })?;
     st.engine(move |st| {
         validate_sink(&sink)?;
         if !st.reg.sinks().iter().any(|s| s.name == sink) {
@@ -104,16 +109,27 @@ pub(crate) async fn nack(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body).await?;
-    let parsed: NackBody = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid("body", format!("is not {{\"failed\":[{{\"index\",\"reason\"}}]}}: {e}")))?;
+    let parsed: NackBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("is not {{\"failed\":[{{\"index\",\"reason\"}}]}}: {e}"),
+        )
+    })?;
     let mut seen = std::collections::BTreeSet::new();
     if let Some(f) = parsed.failed.iter().find(|f| !seen.insert(f.index)) {
-        return Err(ApiError::invalid("failed", format!("lists index {} twice", f.index)));
+        return Err(ApiError::invalid(
+            "failed",
+            format!("lists index {} twice", f.index),
+        ));
     }
     if parsed.failed.is_empty() {
         return Err(ApiError::invalid("failed", "is empty (use ack)"));
     }
-    let failed: Vec<(u32, String)> = parsed.failed.into_iter().map(|f| (f.index, f.reason)).collect();
+    let failed: Vec<(u32, String)> = parsed
+        .failed
+        .into_iter()
+        .map(|f| (f.index, f.reason))
+        .collect();
     st.engine(move |st| acknowledge(st, &sink, &batch_id, &failed))
         .await
 }
@@ -149,7 +165,8 @@ fn acknowledge(
 
 /// `GET /v1/sinks`: every sink's position, as `devreg sinks`.
 pub(crate) async fn sinks(State(st): State<AppState>) -> Result<Response, ApiError> {
-    st.engine(|st| Ok(Json(st.reg.sinks()).into_response())).await
+    st.engine(|st| Ok(Json(st.reg.sinks()).into_response()))
+        .await
 }
 
 /// `GET /v1/sinks/{sink}/dead-letters`: oldest first, as `devreg dead-letters`.
