@@ -195,7 +195,7 @@ fn line(op: &Op) -> String {
 fn register(token: &str, person: &str, seen_ms: u64) -> Op {
     Op::Register(Register {
         token: token.into(),
-        platform: if seen_ms % 2 == 0 {
+        platform: if seen_ms.is_multiple_of(2) {
             Platform::Ios
         } else {
             Platform::Android
