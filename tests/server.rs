@@ -443,6 +443,11 @@ fn ops_endpoints(c: &Client, backups: &Path) {
         assert!(text.contains(needle), "{needle} not in\n{text}");
     }
     assert_error(c.get_json("/v1/nothing"), 404, Some("path"));
+    let (s, v) = c.get_json("/v1/events");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
 }
 
 /// Runs `devreg serve` expecting a refusal: exits non-zero within 10 s
@@ -473,6 +478,10 @@ fn refused(token: Option<&str>, args: &[&str]) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "{args:?}");
     assert!(out.stdout.is_empty(), "{args:?} listened");
+    assert!(
+        !dir.path().join("db").exists(),
+        "{args:?} created the database"
+    );
     String::from_utf8(out.stderr).unwrap()
 }
 

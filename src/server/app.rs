@@ -96,6 +96,7 @@ pub(crate) fn router(state: AppState) -> Router {
     api.merge(open)
         .route_layer(from_fn_with_state(state.clone(), super::metrics::track))
         .fallback(ops::no_route)
+        .method_not_allowed_fallback(ops::wrong_method)
         .with_state(state)
 }
 

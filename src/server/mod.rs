@@ -27,8 +27,10 @@ use crate::error::{Error, Result};
 use crate::limits::{DEFAULT_SERVER_LISTEN, SERVER_WORKER_THREADS};
 use crate::registry::Registry;
 
-/// How [`serve`] listens and whom it lets in.
+/// How [`serve`] listens and whom it lets in. Start from
+/// [`ServerConfig::new`] and set the fields (more may be added).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// `HOST:PORT` (port 0 picks a free one) or the path of a Unix socket
     /// (anything with a `/`, or `unix:PATH`).
@@ -64,6 +66,19 @@ impl ServerConfig {
             backup_dir: None,
             durability: Durability::Immediate,
         }
+    }
+
+    /// The start-up refusals, without binding anything: a bad `listen`,
+    /// no token (unless `no_auth` on a local address), plain HTTP off
+    /// loopback, an unreadable certificate or key. [`serve`] checks the
+    /// same; a caller checks first to refuse before opening the registry.
+    pub fn check(&self) -> Result<()> {
+        let bind = listen::parse(&self.listen)?;
+        listen::check_policy(&bind, self)?;
+        if let Some((cert, key)) = &self.tls {
+            tls::acceptor(cert, key)?;
+        }
+        Ok(())
     }
 }
 

@@ -329,7 +329,10 @@ fn run(cli: &Cli) -> CmdResult {
             cli.server.as_deref(),
         ),
         #[cfg(feature = "server")]
-        Command::Serve(args) => serve::run(open(cli, durability)?, durability, args),
+        Command::Serve(args) => {
+            let config = serve::config(args, durability)?;
+            serve::run(open(cli, durability)?, config)
+        }
         Command::Import { file } => {
             // Open the input first: a mistyped path must not create a database.
             let mut input = import::open_input(file)?;

@@ -39,23 +39,29 @@ pub struct ServeArgs {
     backup_dir: Option<PathBuf>,
 }
 
-/// Serves `reg` until SIGTERM/SIGINT; prints `listening on URL` on stdout
-/// once requests can be made.
-pub fn run(reg: Registry, durability: Durability, args: &ServeArgs) -> CmdResult {
+/// The server's settings from the flags and `DEVREG_API_TOKEN`, checked
+/// (a refusal comes before the database is opened, so nothing is created).
+pub fn config(args: &ServeArgs, durability: Durability) -> Result<ServerConfig, CliError> {
     let token = match std::env::var(TOKEN_ENV) {
         Ok(t) => Some(t),
         Err(std::env::VarError::NotPresent) => None,
         Err(e) => return Err(CliError(format!("{TOKEN_ENV}: {e}"))),
     };
-    let config = ServerConfig {
-        listen: args.listen.clone(),
-        token,
-        no_auth: args.no_auth,
-        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
-        insecure_http: args.insecure_http,
-        backup_dir: args.backup_dir.clone(),
-        durability,
-    };
+    let mut config = ServerConfig::new();
+    config.listen = args.listen.clone();
+    config.token = token;
+    config.no_auth = args.no_auth;
+    config.tls = args.tls_cert.clone().zip(args.tls_key.clone());
+    config.insecure_http = args.insecure_http;
+    config.backup_dir = args.backup_dir.clone();
+    config.durability = durability;
+    config.check()?;
+    Ok(config)
+}
+
+/// Serves `reg` until SIGTERM/SIGINT; prints `listening on URL` on stdout
+/// once requests can be made.
+pub fn run(reg: Registry, config: ServerConfig) -> CmdResult {
     serve(reg, config, |addr| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {addr}");

@@ -75,3 +75,12 @@ pub(crate) async fn no_route() -> Response {
     let answer = ApiError::not_found(Some("path"), "no such endpoint (see README, Server)");
     (StatusCode::NOT_FOUND, answer).into_response()
 }
+
+/// A known path with another method: 405 in the error shape.
+pub(crate) async fn wrong_method() -> Response {
+    let body = serde_json::json!({"error": {
+        "code": "method_not_allowed",
+        "message": "this endpoint does not take this method (see README, Server)",
+    }});
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
