@@ -901,3 +901,200 @@ fn raw_post(server: &Server, head: &str, body: &[u8]) -> (u16, Value) {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text:?}")),
     )
 }
+
+/// `devreg --server URL CMD` against a live server prints, byte for byte,
+/// what `devreg CMD` prints on the same database (src/bin/devreg/remote.rs).
+#[test]
+fn the_cli_with_server_prints_what_the_local_cli_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let server = Server::start(&db, Some(TOKEN), &[]);
+    let c = Client::new(&server, Some(TOKEN));
+    let mut events: Vec<String> = (0..30)
+        .map(|i| {
+            line(&register(
+                &format!("tok-{i:02}"),
+                &format!("p{}", i % 4),
+                T0 + i,
+            ))
+        })
+        .collect();
+    events.push(r#"{"op":"register","token":"tok-x","platform":"ios","seen_ms":1700000000100,"attributes":{"app":"1.2"}}"#.into());
+    assert_eq!(c.post_json("/v1/events", &events.join("\n")).0, 200);
+    let batch = c.post_json("/v1/sinks/cio/export?max_ops=3", "").1;
+    let id = batch["batch_id"].as_str().unwrap();
+    let nack = r#"{"failed":[{"index":1,"reason":"bad: token"}]}"#;
+    assert_eq!(
+        c.post_json(&format!("/v1/sinks/cio/nack/{id}"), nack).0,
+        200
+    );
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["dump"],
+        vec!["get", "tok-x"],
+        vec!["person", "p1"],
+        vec!["most-recent", "p2", "--platform", "ios"],
+        vec!["active", "--since-ms", "1700000000010"],
+        vec!["stats"],
+        vec!["history", "tok-03"],
+        vec!["owner-at", "tok-03", "--at-ms", "99999999999999"],
+        vec!["changes", "--since-ms", "0", "--limit", "5"],
+        vec!["sinks"],
+        vec!["dead-letters", "--sink", "cio"],
+    ];
+    let url = server.url.clone();
+    let run = |remote: bool, args: &[&str]| {
+        let mut cmd = devreg();
+        cmd.arg("--db").arg(&db).env("DEVREG_API_TOKEN", TOKEN);
+        if remote {
+            cmd.args(["--server", &url]);
+        }
+        let out = cmd.args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let remote: Vec<_> = commands.iter().map(|a| run(true, a)).collect();
+    let missing = run(true, &["get", "nope"]);
+    assert_eq!(missing.0, Some(1));
+    assert!(
+        missing
+            .2
+            .contains("error: not found: no device with token \"nope\""),
+        "{}",
+        missing.2
+    );
+    let (status, err) = server.stop();
+    assert!(status.success(), "{err}");
+    for (args, remote) in commands.iter().zip(remote) {
+        let local = run(false, args);
+        assert_eq!(
+            (remote.0, &remote.1),
+            (Some(0), &local.1),
+            "{args:?}: {}",
+            remote.2
+        );
+        assert!(!local.1.is_empty(), "{args:?}");
+    }
+    let local_missing = run(false, &["get", "nope"]);
+    assert_eq!(local_missing.0, Some(1));
+    assert!(local_missing
+        .2
+        .contains("error: not found: no device with token \"nope\""));
+}
+
+/// A stand-in for Customer.io on loopback: answers every request 200 and
+/// keeps the bodies; stops by itself after `STUB_LIFETIME`.
+fn customerio_stub() -> (String, Arc<Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    const STUB_LIFETIME: Duration = Duration::from_secs(60);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < STUB_LIFETIME {
+            let Ok((conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            conn.set_nonblocking(false).unwrap();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut w = conn;
+            loop {
+                let mut len = 0;
+                let mut head = String::new();
+                loop {
+                    let mut l = String::new();
+                    if r.read_line(&mut l).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    head.push_str(&l);
+                    if l == "\r\n" {
+                        break;
+                    }
+                }
+                if head.is_empty() {
+                    break;
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                kept.lock().unwrap().push(String::from_utf8(body).unwrap());
+                w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    .unwrap();
+            }
+        }
+    });
+    (url, bodies)
+}
+
+/// `devreg sync --server URL --once` drains a sink of a live server into
+/// Customer.io (src/sync/remote.rs): every device arrives once, and the
+/// server's feed is acknowledged to the end.
+#[test]
+fn sync_with_server_drains_the_servers_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("db"), Some(TOKEN), &[]);
+    let c = Client::new(&server, Some(TOKEN));
+    let tokens: Vec<String> = (0..25).map(|i| format!("sync-{i:02}")).collect();
+    let events: Vec<String> = tokens
+        .iter()
+        .map(|t| line(&register(t, &format!("p-{t}"), T0)))
+        .collect();
+    assert_eq!(c.post_json("/v1/events", &events.join("\n")).0, 200);
+    let (stub, bodies) = customerio_stub();
+    let out = devreg()
+        .args([
+            "--server",
+            &server.url,
+            "sync",
+            "--once",
+            "--sink",
+            "cio2",
+            "--max-ops",
+            "10",
+        ])
+        .args(["--endpoint", &stub, "--progress", "json"])
+        .env("DEVREG_API_TOKEN", TOKEN)
+        .env("CUSTOMERIO_SITE_ID", "site")
+        .env("CUSTOMERIO_API_KEY", "key")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sent: Vec<String> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            let v: Value = serde_json::from_str(b).unwrap();
+            let ops = v["batch"].as_array().unwrap().clone();
+            ops.into_iter()
+                .map(|op| op["device"]["token"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(sent, tokens, "every device once");
+    let (s, sinks) = c.get_json("/v1/sinks");
+    assert_eq!(s, 200);
+    let cio2 = sinks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cio2")
+        .unwrap();
+    assert_eq!(
+        (cio2["pending"].as_u64(), cio2["in_flight"].is_null()),
+        (Some(0), true),
+        "{cio2}"
+    );
+}

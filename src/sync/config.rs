@@ -383,11 +383,19 @@ impl Endpoint {
     }
 
     /// `{endpoint}{path}`, serialised from the parsed URL (`path` starts
-    /// with '/'; a trailing '/' of the endpoint is not doubled).
+    /// with '/'; a trailing '/' of the endpoint is not doubled). A `?query`
+    /// in `path` becomes the URL's query (`set_path` alone escaped the `?`
+    /// into the path: `devreg sync --server` asked the server for
+    /// `/v1/sinks/S/export%3Fmax_ops=N` and got 404).
     pub(crate) fn join(&self, path: &str) -> String {
         let mut url = self.url.clone();
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
         let joined = format!("{}{path}", url.path().trim_end_matches('/'));
         url.set_path(&joined);
+        url.set_query(query);
         url.into()
     }
 

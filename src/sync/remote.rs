@@ -295,5 +295,10 @@ mod tests {
             f.endpoint.join("/v1/sinks"),
             "http://127.0.0.1:7600/v1/sinks"
         );
+        // Regression: the query stayed in the path, escaped (`%3F`).
+        assert_eq!(
+            f.endpoint.join("/v1/sinks/cio/export?max_ops=10"),
+            "http://127.0.0.1:7600/v1/sinks/cio/export?max_ops=10"
+        );
     }
 }

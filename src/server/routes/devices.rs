@@ -36,21 +36,18 @@ pub(crate) async fn list(State(st): State<AppState>, q: RawQuery) -> Result<Resp
     let limit = params.limit()?;
     let after = params.text("cursor").map(decode_cursor).transpose()?;
     st.engine(move |st| {
-        // The registry's token index is a hash table: a page sorts the
-        // dump (O(n log n) per page; see DESIGN.md 18).
-        let all = st.reg.dump();
-        let from = after.map_or(0, |a| {
-            all.partition_point(|d| d.token.as_str() <= a.as_str())
-        });
-        let page = &all[from.min(all.len())..(from + limit).min(all.len())];
-        let next = match from + limit < all.len() {
+        // One more than asked tells whether a next page exists.
+        let mut page = st.reg.dump_page(after.as_deref(), limit + 1);
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next_cursor = match more {
             true => page.last().map(|d| encode_cursor(&d.token)),
             false => None,
         };
         let devices = page.iter().map(json::dump_line).collect();
         Ok(Json(DevicesPage {
             devices,
-            next_cursor: next,
+            next_cursor,
         })
         .into_response())
     })
