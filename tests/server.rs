@@ -1098,3 +1098,61 @@ fn sync_with_server_drains_the_servers_feed() {
         "{cio2}"
     );
 }
+
+/// A Unix socket: served without a token under `--no-auth`, removed at
+/// shutdown.
+#[test]
+fn serves_a_unix_socket() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("devreg.sock");
+    let mut child = devreg()
+        .arg("--db")
+        .arg(dir.path().join("db"))
+        .args(["serve", "--no-auth", "--listen"])
+        .arg(&sock)
+        .env_remove("DEVREG_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(
+        first.trim(),
+        format!("listening on unix:{}", sock.display())
+    );
+    let request = |text: String| {
+        let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        conn.write_all(text.as_bytes()).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let event = line(&register("u1", "ann", T0));
+    let answer = request(format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{event}",
+        event.len()
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"applied":1,"skipped":0,"rejected":[]}"#),
+        "{answer}"
+    );
+    let answer =
+        request("GET /v1/devices/u1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into());
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(r#""token":"u1""#),
+        "{answer}"
+    );
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "the socket file is removed at shutdown");
+}

@@ -118,10 +118,13 @@ impl Metrics {
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &self.prom)?;
-        // Hook for the engine's own counters (group-commit sizes, fsync
-        // latency, checkpoint durations, log bytes): once the library
-        // exposes them as a struct, register them in `Metrics::new` (or
-        // encode a second registry here) before the EOF line.
+        // HOOK, engine metrics: the engine's own counters (group-commit
+        // sizes, fsync latency, checkpoint durations, log bytes; the
+        // planned `Registry::metrics()` snapshot) are rendered here, before
+        // the EOF line: read the snapshot from `reg`, set gauges/counters
+        // registered in `Metrics::new` (or encode a second registry built
+        // from it). Its operations-by-outcome counters would then cover
+        // every write, where `devreg_operations` counts HTTP events only.
         prometheus_client::encoding::text::encode_eof(&mut out)?;
         Ok(out)
     }
