@@ -433,8 +433,14 @@ fn ops_endpoints(c: &Client, backups: &Path) {
     assert_eq!(s, 200);
     for needle in [
         "devreg_operations_total{kind=\"register\",outcome=\"applied\"} 3",
-        "devreg_operations_total{kind=\"touch\",outcome=\"skipped\"} 1",
-        "devreg_operations_total{kind=\"unknown\",outcome=\"rejected\"} 1",
+        "devreg_operations_total{kind=\"touch\",outcome=\"not_found\"} 1",
+        "devreg_http_events_total{kind=\"register\",outcome=\"applied\"} 3",
+        "devreg_http_events_total{kind=\"touch\",outcome=\"skipped\"} 1",
+        "devreg_http_events_total{kind=\"unknown\",outcome=\"rejected\"} 1",
+        "devreg_group_commit_records_count ",
+        "devreg_log_fsync_seconds_bucket{le=\"+Inf\"} ",
+        "devreg_checkpoint_duration_seconds_count ",
+        "devreg_registry_failed 0",
         "devreg_devices 3",
         "devreg_feed_pending_operations{sink=\"cio\"}",
         "devreg_http_requests_total{route=\"/v1/devices/{token}\",method=\"GET\",status=\"404\"} 1",

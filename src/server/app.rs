@@ -36,8 +36,8 @@ pub(crate) struct AppState {
 impl AppState {
     pub fn new(reg: Arc<Registry>, config: &ServerConfig) -> AppState {
         AppState {
+            metrics: Arc::new(Metrics::new(reg.clone())),
             reg,
-            metrics: Arc::new(Metrics::new()),
             engine_slots: Arc::new(Semaphore::new(MAX_SERVER_ENGINE_CALLS)),
             backup_dir: config.backup_dir.clone().map(Arc::new),
             durability: config.durability,

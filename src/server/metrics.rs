@@ -1,8 +1,10 @@
-//! `GET /metrics`: Prometheus text through prometheus-client. Operations
-//! by kind and outcome, devices, each sink's feed lag and dead letters,
-//! HTTP requests and latency by route.
+//! `GET /metrics`: Prometheus text through prometheus-client. The server's
+//! own: events received by kind and outcome, devices, each sink's feed lag
+//! and dead letters, HTTP requests and latency by route; the engine's
+//! (`engine_metrics`) are collected from `Registry::metrics` at each scrape.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -16,6 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as Prom;
 
 use super::app::AppState;
+use super::engine_metrics::EngineCollector;
 use crate::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,8 +61,11 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The server's metrics, and the engine's read from `reg` at each
+    /// scrape (`engine_metrics`).
+    pub fn new(reg: Arc<Registry>) -> Metrics {
         let mut prom = Prom::with_prefix("devreg");
+        prom.register_collector(Box::new(EngineCollector { reg }));
         let ops = Family::<OpLabels, Counter>::default();
         let requests = Family::<HttpLabels, Counter>::default();
         let latency: Family<RouteLabels, Histogram, fn() -> Histogram> =
@@ -67,8 +73,9 @@ impl Metrics {
         let devices = Gauge::<u64, AtomicU64>::default();
         let feed_pending = Family::<SinkLabels, Gauge<u64, AtomicU64>>::default();
         let dead_letters = Family::<SinkLabels, Gauge<u64, AtomicU64>>::default();
-        let ops_help = "Events applied through POST /v1/events, by kind and outcome";
-        prom.register("operations", ops_help, ops.clone());
+        let ops_help = "Events received by POST /v1/events, by kind and outcome (applied, \
+                        skipped, or rejected before reaching the registry)";
+        prom.register("http_events", ops_help, ops.clone());
         let req_help = "HTTP requests by route, method and status";
         prom.register("http_requests", req_help, requests.clone());
         let lat_help = "HTTP request latency by route, in seconds";
@@ -118,13 +125,6 @@ impl Metrics {
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &self.prom)?;
-        // HOOK, engine metrics: the engine's own counters (group-commit
-        // sizes, fsync latency, checkpoint durations, log bytes; the
-        // planned `Registry::metrics()` snapshot) are rendered here, before
-        // the EOF line: read the snapshot from `reg`, set gauges/counters
-        // registered in `Metrics::new` (or encode a second registry built
-        // from it). Its operations-by-outcome counters would then cover
-        // every write, where `devreg_operations` counts HTTP events only.
         prometheus_client::encoding::text::encode_eof(&mut out)?;
         Ok(out)
     }

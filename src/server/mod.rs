@@ -5,11 +5,12 @@
 //!
 //! Modules: `app` (shared state, router, engine calls), `auth`, `errors`,
 //! `listen` (address rules, TCP, Unix socket), `tls`, `metrics`,
-//! `shutdown`, `query` (query-string parsing), `json` (the CLI's output
+//! `engine_metrics` (the registry's own counters), `shutdown`, `query` (query-string parsing), `json` (the CLI's output
 //! shapes) and `routes/` (one file per group of endpoints).
 
 mod app;
 mod auth;
+mod engine_metrics;
 mod errors;
 mod json;
 mod listen;
