@@ -564,6 +564,8 @@ fn bad_input_and_limits_name_their_field() {
         ("/v1/owner-at/t?at_ms=1&by=wall", "by"),
         ("/v1/changes?since_ms=0&cursor=nope", "cursor"),
         ("/v1/changes?since_ms=0&limit=100000", "limit"),
+        ("/v1/devices/%FF", "path"),
+        ("/v1/history/%C3%28", "path"),
     ] {
         assert_error(c.get_json(path), 400, Some(field));
     }

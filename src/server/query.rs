@@ -1,11 +1,14 @@
-//! Query-string parameters, parsed by hand so every bad value is a 400
-//! naming its parameter (axum's own rejection is plain text), and unknown
-//! parameters are refused (a typo is not silently ignored).
+//! Request parameters: the query string, parsed by hand so every bad value
+//! is a 400 naming its parameter (axum's own rejection is plain text) and
+//! unknown parameters are refused (a typo is not silently ignored); path
+//! segments with the same error shape.
 
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
 
 use super::errors::ApiError;
 use crate::limits::{DEFAULT_SERVER_PAGE_LIMIT, MAX_SERVER_PAGE_LIMIT};
@@ -77,6 +80,26 @@ impl Params {
                 "limit",
                 format!("{n} is outside 1..={MAX_SERVER_PAGE_LIMIT}"),
             )),
+        }
+    }
+}
+
+/// Path segments (`{token}`, `{sink}`, ...) as axum's `Path`, but a bad one
+/// (not UTF-8 after percent-decoding) is a 400 in the error shape naming
+/// `path`, not axum's plain-text rejection.
+pub(crate) struct Segments<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Segments<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(Segments(t)),
+            Err(e) => Err(ApiError::invalid("path", e.body_text())),
         }
     }
 }

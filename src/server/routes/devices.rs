@@ -1,7 +1,7 @@
 //! Device reads: one device, the dump in pages, a person's devices and
 //! most recent one, the active count, the counters.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -10,13 +10,13 @@ use crate::feed::SinkInfo;
 use crate::server::app::AppState;
 use crate::server::errors::ApiError;
 use crate::server::json;
-use crate::server::query::{Params, RawQuery};
+use crate::server::query::{Params, RawQuery, Segments};
 use crate::state::Stats;
 
 /// `GET /v1/devices/{token}`: the device as `devreg get` prints it; 404.
 pub(crate) async fn get_device(
     State(st): State<AppState>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| match st.reg.device(&token) {
         Some(d) => Ok(Json(json::device(&d)).into_response()),
@@ -81,7 +81,7 @@ fn decode_cursor(c: &str) -> Result<String, ApiError> {
 /// `GET /v1/people/{id}/devices`: most recently seen first, as `devreg person`.
 pub(crate) async fn person_devices(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| {
         let devices = st.reg.devices_of(&id);
@@ -94,7 +94,7 @@ pub(crate) async fn person_devices(
 /// `GET /v1/people/{id}/most-recent?platform=`: as `devreg most-recent`; 404.
 pub(crate) async fn most_recent(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     let platform = Params::new(q, &["platform"])?.platform()?;

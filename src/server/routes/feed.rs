@@ -3,7 +3,7 @@
 //! byte for byte what is sent to Customer.io (as `devreg export` prints).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,7 +16,7 @@ use crate::feed::{validate_sink, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT};
 use crate::server::app::AppState;
 use crate::server::errors::ApiError;
 use crate::server::json::string;
-use crate::server::query::{Params, RawQuery};
+use crate::server::query::{Params, RawQuery, Segments};
 
 /// The largest body an export asks for: under Customer.io's limit.
 const MAX_EXPORT_BODY_BYTES: u32 = (MAX_BATCH_BODY_BYTES - 1) as u32;
@@ -48,7 +48,7 @@ fn require_named_sink(st: &AppState, sink: &str) -> Result<(), ApiError> {
 /// until it is acknowledged.
 pub(crate) async fn export(
     State(st): State<AppState>,
-    Path(sink): Path<String>,
+    Segments(sink): Segments<String>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::new(q, &["max_ops"])?;
@@ -82,7 +82,7 @@ pub(crate) async fn export(
 /// `POST /v1/sinks/{sink}/ack/{batch_id}`: `{"acked","failed","already_acked"}`.
 pub(crate) async fn ack(
     State(st): State<AppState>,
-    Path((sink, batch_id)): Path<(String, String)>,
+    Segments((sink, batch_id)): Segments<(String, String)>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| acknowledge(st, &sink, &batch_id, &[]))
         .await
@@ -104,7 +104,7 @@ struct Failed {
 /// `POST /v1/sinks/{sink}/nack/{batch_id}` with `{"failed":[{"index","reason"}]}`.
 pub(crate) async fn nack(
     State(st): State<AppState>,
-    Path((sink, batch_id)): Path<(String, String)>,
+    Segments((sink, batch_id)): Segments<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -172,7 +172,7 @@ pub(crate) async fn sinks(State(st): State<AppState>) -> Result<Response, ApiErr
 /// `GET /v1/sinks/{sink}/dead-letters`: oldest first, as `devreg dead-letters`.
 pub(crate) async fn dead_letters(
     State(st): State<AppState>,
-    Path(sink): Path<String>,
+    Segments(sink): Segments<String>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| {
         require_named_sink(st, &sink)?;
@@ -198,7 +198,7 @@ pub(crate) async fn dead_letters(
 /// `POST /v1/sinks/{sink}/requeue`: `{"requeued":N}`.
 pub(crate) async fn requeue(
     State(st): State<AppState>,
-    Path(sink): Path<String>,
+    Segments(sink): Segments<String>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| {
         require_named_sink(st, &sink)?;

@@ -1,19 +1,19 @@
 //! Ownership history: a token's history, its owner at a time, and the
 //! changes of every token since a time (pages), as the CLI prints them.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::history::{HistoryCursor, HistoryTime};
 use crate::server::app::AppState;
 use crate::server::errors::ApiError;
-use crate::server::query::{Params, RawQuery};
+use crate::server::query::{Params, RawQuery, Segments};
 
 /// `GET /v1/history/{token}`: newest first, as `devreg history`.
 pub(crate) async fn history(
     State(st): State<AppState>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| Ok(Json(st.reg.history(&token)?).into_response()))
         .await
@@ -22,7 +22,7 @@ pub(crate) async fn history(
 /// `GET /v1/owner-at/{token}?at_ms=&by=commit|event`: as `devreg owner-at`.
 pub(crate) async fn owner_at(
     State(st): State<AppState>,
-    Path(token): Path<String>,
+    Segments(token): Segments<String>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::new(q, &["at_ms", "by"])?;
