@@ -1164,3 +1164,69 @@ fn serves_a_unix_socket() {
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists(), "the socket file is removed at shutdown");
 }
+
+/// The log's fdatasyncs so far, from `/metrics`.
+fn fsyncs(c: &Client) -> u64 {
+    let (s, text) = c.get("/metrics");
+    assert_eq!(s, 200);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("devreg_log_fsync_seconds_count "))
+        .unwrap_or_else(|| panic!("no fsync count in\n{text}"));
+    line.trim().parse().unwrap()
+}
+
+/// `?durability=` is the request's own (Registry::apply_batch_with): an
+/// immediate request on an eventual server is fdatasynced before its 200,
+/// an eventual one on an immediate server is not.
+#[test]
+fn a_request_chooses_its_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    // Immediate server, eventual request: answered without an fsync.
+    let server = Server::start(&db, Some(TOKEN), &[]);
+    let c = Client::new(&server, Some(TOKEN));
+    let before = fsyncs(&c);
+    let event = line(&register("e1", "ann", T0));
+    assert_eq!(c.post_json("/v1/events?durability=eventual", &event).0, 200);
+    assert_eq!(fsyncs(&c), before, "an eventual write was synced");
+    assert_eq!(
+        c.post_json("/v1/events", &line(&register("e2", "ann", T0)))
+            .0,
+        200
+    );
+    assert!(fsyncs(&c) > before, "the registry's immediate default");
+    drop(server);
+    // Eventual server (`--durability eventual`), immediate request.
+    let mut cmd = devreg();
+    cmd.arg("--db").arg(&db).args([
+        "--durability",
+        "eventual",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.env("DEVREG_API_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let server = Server {
+        url: first.trim().strip_prefix("listening on ").unwrap().into(),
+        child,
+    };
+    let c = Client::new(&server, Some(TOKEN));
+    let before = fsyncs(&c);
+    let event = line(&register("e3", "ann", T0));
+    assert_eq!(
+        c.post_json("/v1/events?durability=immediate", &event).0,
+        200
+    );
+    assert!(
+        fsyncs(&c) > before,
+        "an immediate write was not synced before its answer"
+    );
+}

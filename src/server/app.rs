@@ -14,7 +14,6 @@ use super::errors::ApiError;
 use super::metrics::Metrics;
 use super::routes::{devices, events, feed, history, ops};
 use super::{auth, ServerConfig};
-use crate::config::Durability;
 use crate::limits::MAX_SERVER_ENGINE_CALLS;
 use crate::registry::Registry;
 
@@ -25,7 +24,6 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub engine_slots: Arc<Semaphore>,
     pub backup_dir: Option<Arc<PathBuf>>,
-    pub durability: Durability,
     /// Held across a sink's "is this batch in flight" look and its ack, so
     /// `already_acked` is true to what the ack did (as in the CLI, where
     /// one process holds the database).
@@ -40,7 +38,6 @@ impl AppState {
             reg,
             engine_slots: Arc::new(Semaphore::new(MAX_SERVER_ENGINE_CALLS)),
             backup_dir: config.backup_dir.clone().map(Arc::new),
-            durability: config.durability,
             feed_lock: Arc::new(Mutex::new(())),
             token: config.token.as_deref().map(|t| Arc::from(t.as_bytes())),
         }

@@ -23,7 +23,6 @@ mod tls;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::limits::{DEFAULT_SERVER_LISTEN, SERVER_WORKER_THREADS};
 use crate::registry::Registry;
@@ -50,9 +49,6 @@ pub struct ServerConfig {
     /// Where `POST /v1/backup` writes (one new subdirectory per backup);
     /// `None` refuses backups.
     pub backup_dir: Option<PathBuf>,
-    /// The durability the registry was opened with: a request asking for
-    /// `immediate` from an `Eventual` registry waits for a checkpoint.
-    pub durability: Durability,
 }
 
 impl ServerConfig {
@@ -65,7 +61,6 @@ impl ServerConfig {
             tls: None,
             insecure_http: false,
             backup_dir: None,
-            durability: Durability::Immediate,
         }
     }
 

@@ -330,7 +330,7 @@ fn run(cli: &Cli) -> CmdResult {
         ),
         #[cfg(feature = "server")]
         Command::Serve(args) => {
-            let config = serve::config(args, durability)?;
+            let config = serve::config(args)?;
             serve::run(open(cli, durability)?, config)
         }
         Command::Import { file } => {

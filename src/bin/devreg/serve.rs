@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use devreg::server::{serve, ServerConfig};
-use devreg::{Durability, Registry};
+use devreg::Registry;
 
 use crate::{CliError, CmdResult};
 
@@ -41,7 +41,7 @@ pub struct ServeArgs {
 
 /// The server's settings from the flags and `DEVREG_API_TOKEN`, checked
 /// (a refusal comes before the database is opened, so nothing is created).
-pub fn config(args: &ServeArgs, durability: Durability) -> Result<ServerConfig, CliError> {
+pub fn config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     let token = match std::env::var(TOKEN_ENV) {
         Ok(t) => Some(t),
         Err(std::env::VarError::NotPresent) => None,
@@ -54,7 +54,6 @@ pub fn config(args: &ServeArgs, durability: Durability) -> Result<ServerConfig, 
     config.tls = args.tls_cert.clone().zip(args.tls_key.clone());
     config.insecure_http = args.insecure_http;
     config.backup_dir = args.backup_dir.clone();
-    config.durability = durability;
     config.check()?;
     Ok(config)
 }

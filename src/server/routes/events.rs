@@ -44,9 +44,9 @@ pub(crate) async fn post_events(
 ) -> Result<Json<EventsAnswer>, ApiError> {
     let params = Params::new(query, &["durability"])?;
     let want = match params.text("durability") {
-        None => st.durability,
-        Some("immediate") => Durability::Immediate,
-        Some("eventual") => Durability::Eventual,
+        None => None,
+        Some("immediate") => Some(Durability::Immediate),
+        Some("eventual") => Some(Durability::Eventual),
         Some(other) => {
             return Err(ApiError::invalid(
                 "durability",
@@ -82,7 +82,7 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
 }
 
 /// Parses, applies the valid events as one batch, counts.
-fn apply(st: &AppState, body: &[u8], want: Durability) -> Result<EventsAnswer, ApiError> {
+fn apply(st: &AppState, body: &[u8], want: Option<Durability>) -> Result<EventsAnswer, ApiError> {
     let events = split(body)?;
     if events.len() > MAX_SERVER_EVENTS_PER_REQUEST {
         return Err(ApiError::too_large(
@@ -115,12 +115,11 @@ fn apply(st: &AppState, body: &[u8], want: Durability) -> Result<EventsAnswer, A
         ));
     }
     let kinds: Vec<&'static str> = ops.iter().map(op_kind).collect();
-    let outcomes = st.reg.apply_batch(ops)?;
-    if want == Durability::Immediate && st.durability == Durability::Eventual {
-        // The registry acknowledges before the fsync: a checkpoint makes
-        // this request's events (and all before them) durable.
-        st.reg.checkpoint()?;
-    }
+    // The request's own durability, else the registry's.
+    let outcomes = match want {
+        Some(d) => st.reg.apply_batch_with(ops, d)?,
+        None => st.reg.apply_batch(ops)?,
+    };
     for (kind, outcome) in kinds.into_iter().zip(outcomes) {
         if outcome.is_applied() {
             answer.applied += 1;
