@@ -1558,3 +1558,124 @@ fn unexpected_answers_and_exhausted_retries_are_typed_errors() {
     }
     assert_eq!(n, 3);
 }
+
+// ------------------------------------------- a worker in its own process
+
+/// `devreg sync --server URL`: a worker in its own process drains a live
+/// `devreg serve` into the emulator, through faults (a partial failure, a
+/// rejected batch, 500, 429, a dropped connection), while changes keep
+/// arriving through the server; a SIGKILL of the worker mid-run loses
+/// nothing. After the server stops, the emulator holds exactly the
+/// registry's devices apart from the dead letters.
+#[cfg(feature = "server")]
+#[test]
+fn a_worker_in_its_own_process_drains_a_live_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut rng = Rng(7);
+    let mut clock = 1_700_000_000_000;
+    {
+        let reg = open(&db);
+        workload(&reg, &mut rng, 150, &mut clock);
+        reg.close().unwrap();
+    }
+    let (mut server, url) = serve_db(&db);
+    let emu = Emu::start(vec![
+        Fault::Partial,
+        Fault::Server(500),
+        Fault::BadRequest,
+        Fault::TooMany(0),
+        Fault::DropBeforeResponse,
+    ]);
+    let worker = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_devreg"));
+        c.args(["sync", "--server", &url, "--endpoint", &emu.url()])
+            .args(["--max-ops", "3", "--max-rps", "100", "--timeout-ms", "2000"])
+            .args(["--backoff-base-ms", "5", "--backoff-cap-ms", "50"])
+            .args(extra)
+            .env("CUSTOMERIO_SITE_ID", SITE)
+            .env("CUSTOMERIO_API_KEY", KEY)
+            .env_remove("DEVREG_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    // A follower, killed once it has sent a few batches.
+    let mut follower = worker(&["--progress", "json"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emu.with(|s| s.starts.len()) < 8 {
+        assert!(Instant::now() < deadline, "no requests from the worker");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    follower.kill().unwrap();
+    let _ = follower.wait();
+    // More changes through the server while no worker runs.
+    let events: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"op\":\"register\",\"token\":\"live{i}\",\"platform\":\"ios\",\
+                 \"person\":\"person-{}\",\"seen_ms\":{}}}\n",
+                i % 5,
+                clock + i
+            )
+        })
+        .collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("{url}/v1/events"))
+        .send(events.as_bytes())
+        .unwrap();
+    let answer = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{answer}");
+    // A worker that drains and exits.
+    let out = worker(&["--once", "--progress", "json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains(KEY));
+    let last: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (&last["event"], &last["lag"]),
+        (&Value::from("done"), &Value::from(0))
+    );
+    let _ = Command::new("kill")
+        .args(["-s", "TERM", &server.id().to_string()])
+        .status();
+    let st = server.wait().unwrap();
+    assert!(st.success(), "devreg serve exited {st:?}");
+    let reg = open(&db);
+    wait_drained(&reg, 1);
+    assert!(reg.device("live29").is_some());
+    assert!(!reg.dead_letters(DEFAULT_SINK).unwrap().is_empty());
+    assert_converged(&reg, &emu);
+}
+
+/// Starts `devreg serve` on `db` (loopback, a free port, no token);
+/// returns it and its URL.
+#[cfg(feature = "server")]
+fn serve_db(db: &Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .arg("--db")
+        .arg(db)
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
+        .env_remove("DEVREG_API_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    (child, url)
+}

@@ -1,0 +1,186 @@
+//! The `devreg` command as a client of a live `devreg serve` (feature
+//! `server`): `devreg --server URL <command>` prints what the same command
+//! prints on the database itself, byte for byte, with the same exit code.
+//! (The sync worker in its own process against a live server is in
+//! tests/sync.rs, beside the Customer.io emulator; the read commands are
+//! also compared in tests/server.rs.)
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn devreg(db: &Path, server: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_devreg"));
+    c.arg("--db").arg(db);
+    if let Some(url) = server {
+        c.args(["--server", url]);
+    }
+    c.args(args)
+        .env_remove("DEVREG_API_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A running `devreg serve` on a free loopback port, stopped with SIGTERM.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(db: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
+            .arg("--db")
+            .arg(db)
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
+            .env_remove("DEVREG_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("devreg serve printed {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    /// SIGTERM, then the exit status (the registry is closed by then).
+    fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "devreg serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        match e.file_type().unwrap().is_dir() {
+            true => copy_dir(&e.path(), &dest),
+            false => drop(std::fs::copy(e.path(), dest).unwrap()),
+        }
+    }
+}
+
+/// A database with devices of several people, a rotation, a logout and a
+/// device without an owner.
+fn fixture(db: &Path, dir: &Path) {
+    let mut lines = String::new();
+    for i in 0..40u64 {
+        let person = match i % 7 {
+            0 => String::new(),
+            p => format!(",\"person\":\"p{p}\""),
+        };
+        let platform = if i % 2 == 0 { "ios" } else { "android" };
+        lines.push_str(&format!(
+            "{{\"op\":\"register\",\"token\":\"tok{i:03}\",\"platform\":\"{platform}\"{person},\"seen_ms\":{}}}\n",
+            1_700_000_000_000 + i * 1000
+        ));
+    }
+    lines.push_str(
+        "{\"op\":\"rotate\",\"old_token\":\"tok001\",\"new_token\":\"tok900\",\"seen_ms\":1700000100000}\n",
+    );
+    lines.push_str("{\"op\":\"logout\",\"token\":\"tok002\",\"policy\":\"keep\"}\n");
+    let file = dir.join("events.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let o = devreg(db, None, &["import", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn every_client_command_prints_what_the_local_command_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    fixture(&db, dir.path());
+    let local = dir.path().join("local");
+    copy_dir(&db, &local);
+    let reads: Vec<Vec<&str>> = vec![
+        vec!["dump"],
+        vec!["get", "tok003"],
+        vec!["get", "no such token"],
+        vec!["person", "p3"],
+        vec!["person", "nobody"],
+        vec!["most-recent", "p3"],
+        vec!["most-recent", "p3", "--platform", "android"],
+        vec!["most-recent", "nobody"],
+        vec!["active", "--since-ms", "1700000020000"],
+        vec!["active", "--since-ms", "0", "--platform", "ios"],
+        vec!["stats"],
+        vec!["history", "tok001"],
+        vec!["owner-at", "tok900", "--at-ms", "1900000000000"],
+        vec![
+            "owner-at",
+            "tok900",
+            "--at-ms",
+            "1700000100000",
+            "--by",
+            "event",
+        ],
+        vec!["changes", "--since-ms", "0", "--limit", "5"],
+        vec!["sinks"],
+        // The feed: the first export creates the sink on both sides.
+        vec!["export", "--max-ops", "3"],
+        vec!["export", "--max-ops", "3"],
+        vec!["ack", "default-000000"],
+        vec!["ack", "default-000000"],
+        vec!["export", "--max-ops", "2"],
+        vec!["nack", "default-000001", "--failed", "1:bad token"],
+        vec!["dead-letters"],
+        vec!["requeue"],
+        vec!["sinks"],
+        vec!["ack", "no-such-batch"],
+    ];
+    let expected: Vec<Output> = reads.iter().map(|a| devreg(&local, None, a)).collect();
+    let server = Server::start(&db);
+    for (args, want) in reads.iter().zip(&expected) {
+        let got = devreg(&db, Some(&server.url), args);
+        let (w, g) = (
+            String::from_utf8_lossy(&want.stdout),
+            String::from_utf8_lossy(&got.stdout),
+        );
+        assert_eq!(g, w, "stdout of {args:?}");
+        assert_eq!(
+            got.status.code(),
+            want.status.code(),
+            "exit of {args:?}: {}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        if want.status.code() == Some(1) {
+            let werr = String::from_utf8_lossy(&want.stderr);
+            let gerr = String::from_utf8_lossy(&got.stderr);
+            let prefix = |s: &str| s.starts_with("error: not found");
+            assert_eq!(prefix(&gerr), prefix(&werr), "{args:?}: {werr} / {gerr}");
+        }
+    }
+    // A command the server does not offer is refused, not run locally.
+    let o = devreg(&db, Some(&server.url), &["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not available with --server"));
+    assert!(server.stop().success());
+}
