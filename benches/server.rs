@@ -157,19 +157,56 @@ fn run_phase(
     dur: Duration,
     op: impl Fn(&ureq::Agent, u64) -> bool + Sync,
 ) -> Phase {
+    timed(name, clients, dur, agent, op)
+}
+
+/// The library's durable registers from `LIBRARY_THREADS` threads.
+fn library_durable(db: &Path, dur: Duration) -> Phase {
+    let reg = Registry::open_with(Config::new(db).durability(Durability::Immediate))
+        .expect("the library registry opens");
+    let phase = timed(
+        "library durable register, 8 threads",
+        LIBRARY_THREADS,
+        dur,
+        || (),
+        |_, i| {
+            let r = Register {
+                token: format!("lib{i}"),
+                platform: Platform::Ios,
+                person: Some(format!("p{}", i % 5_000)),
+                seen_ms: 1 + i,
+                attributes: None,
+            };
+            reg.register(r).is_ok()
+        },
+    );
+    reg.close().expect("the library registry closes");
+    phase
+}
+
+/// `threads` threads, each with its own `init()` state, calling `op` with
+/// distinct numbers until `dur` has passed; every call is timed. A failed
+/// call fails the bench.
+fn timed<S>(
+    name: &'static str,
+    threads: usize,
+    dur: Duration,
+    init: impl Fn() -> S + Sync,
+    op: impl Fn(&S, u64) -> bool + Sync,
+) -> Phase {
     let next = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let started = Instant::now();
     let mut lat_us: Vec<f64> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..clients)
+        let hs: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
-                    let a = agent();
+                    let state = init();
                     let mut lat = Vec::new();
                     while started.elapsed() < dur {
                         let i = next.fetch_add(1, Ordering::Relaxed) * 7_919;
                         let t = Instant::now();
-                        if !op(&a, i) {
+                        if !op(&state, i) {
                             failed.store(true, Ordering::Relaxed);
                         }
                         lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -179,11 +216,11 @@ fn run_phase(
             })
             .collect();
         hs.into_iter()
-            .flat_map(|h| h.join().expect("a client"))
+            .flat_map(|h| h.join().expect("a thread"))
             .collect()
     });
     let secs = started.elapsed().as_secs_f64();
-    assert!(!failed.load(Ordering::Relaxed), "{name}: a request failed");
+    assert!(!failed.load(Ordering::Relaxed), "{name}: a call failed");
     lat_us.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         lat_us
@@ -193,56 +230,6 @@ fn run_phase(
     };
     Phase {
         name,
-        ops: lat_us.len() as u64,
-        secs,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-    }
-}
-
-/// The library's durable registers from `LIBRARY_THREADS` threads.
-fn library_durable(db: &Path, dur: Duration) -> Phase {
-    let reg = Registry::open_with(Config::new(db).durability(Durability::Immediate))
-        .expect("the library registry opens");
-    let next = AtomicU64::new(0);
-    let started = Instant::now();
-    let mut lat_us: Vec<f64> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..LIBRARY_THREADS)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut lat = Vec::new();
-                    while started.elapsed() < dur {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let r = Register {
-                            token: format!("lib{i}"),
-                            platform: Platform::Ios,
-                            person: Some(format!("p{}", i % 5_000)),
-                            seen_ms: 1 + i,
-                            attributes: None,
-                        };
-                        let t = Instant::now();
-                        let _ = reg.register(r).expect("a durable register");
-                        lat.push(t.elapsed().as_secs_f64() * 1e6);
-                    }
-                    lat
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .flat_map(|h| h.join().expect("a writer"))
-            .collect()
-    });
-    let secs = started.elapsed().as_secs_f64();
-    reg.close().expect("the library registry closes");
-    lat_us.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat_us
-            .get(((lat_us.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Phase {
-        name: "library durable register, 8 threads",
         ops: lat_us.len() as u64,
         secs,
         p50_us: pct(0.5),

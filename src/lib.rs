@@ -35,6 +35,7 @@ mod fault;
 mod feed;
 mod history;
 pub mod import;
+pub mod json;
 mod kv;
 pub mod limits;
 mod log;

@@ -5,10 +5,13 @@
 //! tests/sync.rs, beside the Customer.io emulator; the read commands are
 //! also compared in tests/server.rs.)
 
-use std::io::{BufRead, BufReader};
+#[path = "support/server.rs"]
+mod served;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+
+use served::Server;
 
 fn devreg(db: &Path, server: Option<&str>, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_devreg"));
@@ -21,59 +24,6 @@ fn devreg(db: &Path, server: Option<&str>, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-/// A running `devreg serve` on a free loopback port, stopped with SIGTERM.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(db: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
-            .arg("--db")
-            .arg(db)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
-            .env_remove("DEVREG_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("devreg serve printed {line:?}"))
-            .to_owned();
-        Server { child, url }
-    }
-
-    /// SIGTERM, then the exit status (the registry is closed by then).
-    fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-s", "TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "devreg serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -157,7 +107,7 @@ fn every_client_command_prints_what_the_local_command_prints() {
         vec!["ack", "no-such-batch"],
     ];
     let expected: Vec<Output> = reads.iter().map(|a| devreg(&local, None, a)).collect();
-    let server = Server::start(&db);
+    let server = Server::start(&db, None, &["--no-auth"]);
     for (args, want) in reads.iter().zip(&expected) {
         let got = devreg(&db, Some(&server.url), args);
         let (w, g) = (
@@ -182,5 +132,6 @@ fn every_client_command_prints_what_the_local_command_prints() {
     let o = devreg(&db, Some(&server.url), &["check"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not available with --server"));
-    assert!(server.stop().success());
+    let (status, err) = server.stop();
+    assert!(status.success(), "{err}");
 }

@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "server")]
+#[path = "support/server.rs"]
+mod served;
+
 use devreg::sync::{Credentials, SyncConfig, SyncStats, SyncWorker};
 use devreg::*;
 use serde_json::Value;
@@ -1579,7 +1583,8 @@ fn a_worker_in_its_own_process_drains_a_live_server() {
         workload(&reg, &mut rng, 150, &mut clock);
         reg.close().unwrap();
     }
-    let (mut server, url) = serve_db(&db);
+    let server = served::Server::start(&db, None, &["--no-auth"]);
+    let url = server.url.clone();
     let emu = Emu::start(vec![
         Fault::Partial,
         Fault::Server(500),
@@ -1642,40 +1647,11 @@ fn a_worker_in_its_own_process_drains_a_live_server() {
         (&last["event"], &last["lag"]),
         (&Value::from("done"), &Value::from(0))
     );
-    let _ = Command::new("kill")
-        .args(["-s", "TERM", &server.id().to_string()])
-        .status();
-    let st = server.wait().unwrap();
-    assert!(st.success(), "devreg serve exited {st:?}");
+    let (st, err) = server.stop();
+    assert!(st.success(), "devreg serve exited {st:?}: {err}");
     let reg = open(&db);
     wait_drained(&reg, 1);
     assert!(reg.device("live29").is_some());
     assert!(!reg.dead_letters(DEFAULT_SINK).unwrap().is_empty());
     assert_converged(&reg, &emu);
-}
-
-/// Starts `devreg serve` on `db` (loopback, a free port, no token);
-/// returns it and its URL.
-#[cfg(feature = "server")]
-fn serve_db(db: &Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
-        .arg("--db")
-        .arg(db)
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-auth"])
-        .env_remove("DEVREG_API_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    (child, url)
 }

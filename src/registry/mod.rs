@@ -381,10 +381,7 @@ impl Registry {
     /// a crash, none. Fails before applying anything if any is invalid; the
     /// error names the operation's index.
     pub fn apply_batch(&self, ops: Vec<Op>) -> Result<Vec<Outcome>> {
-        let kinds: Vec<u8> = ops.iter().map(|op| kind_index(op) as u8).collect();
-        let r = self.apply_batch_uncounted(ops, None);
-        self.count_batch(&kinds, &r);
-        r
+        self.apply_batch_as(ops, None)
     }
 
     /// `apply_batch` with this write's own durability instead of the
@@ -395,8 +392,13 @@ impl Registry {
     /// the stronger durability: an `Eventual` write that joins an
     /// `Immediate` one is synced with it.
     pub fn apply_batch_with(&self, ops: Vec<Op>, durability: Durability) -> Result<Vec<Outcome>> {
+        self.apply_batch_as(ops, Some(durability))
+    }
+
+    /// Both: counted by kind and outcome (`durability` None: the registry's).
+    fn apply_batch_as(&self, ops: Vec<Op>, durability: Option<Durability>) -> Result<Vec<Outcome>> {
         let kinds: Vec<u8> = ops.iter().map(|op| kind_index(op) as u8).collect();
-        let r = self.apply_batch_uncounted(ops, Some(durability));
+        let r = self.apply_batch_uncounted(ops, durability);
         self.count_batch(&kinds, &r);
         r
     }

@@ -5,14 +5,14 @@
 //!
 //! Modules: `app` (shared state, router, engine calls), `auth`, `errors`,
 //! `listen` (address rules, TCP, Unix socket), `tls`, `metrics`,
-//! `engine_metrics` (the registry's own counters), `shutdown`, `query` (query-string parsing), `json` (the CLI's output
-//! shapes) and `routes/` (one file per group of endpoints).
+//! `engine_metrics` (the registry's own counters), `shutdown`, `query`
+//! (query-string parsing) and `routes/` (one file per group of endpoints).
+//! The answers' shapes are `crate::json`, shared with the CLI.
 
 mod app;
 mod auth;
 mod engine_metrics;
 mod errors;
-mod json;
 mod listen;
 mod metrics;
 mod query;

@@ -13,7 +13,7 @@ mod source;
 mod worker;
 
 pub use config::*;
-pub use remote::RemoteFeed;
+pub use remote::{Answer, RemoteFeed, ServerClient};
 pub use response::parse_partial_failure;
 pub use source::{Exported, FeedSource};
 pub use worker::*;

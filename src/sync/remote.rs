@@ -27,27 +27,38 @@ use crate::error::{Error, Result};
 use crate::feed::SinkInfo;
 use crate::limits::{REMOTE_FEED_ATTEMPTS, REMOTE_FEED_BACKOFF_MS, REMOTE_FEED_TIMEOUT_MS};
 
-/// The feed of a live server.
-pub struct RemoteFeed {
+/// An HTTP client of a live `devreg serve`: the URL checked once, the
+/// bearer token, a keep-alive agent. One request per `send`, no retry;
+/// `RemoteFeed` and `devreg --server` are built on it.
+pub struct ServerClient {
     endpoint: Endpoint,
     /// `Bearer <token>`, or None for a server started with `--no-auth`.
     auth: Option<String>,
     agent: ureq::Agent,
 }
 
-impl std::fmt::Debug for RemoteFeed {
+impl std::fmt::Debug for ServerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
-        f.debug_struct("RemoteFeed")
+        f.debug_struct("ServerClient")
             .field("server", &self.endpoint.join(""))
             .finish_non_exhaustive()
     }
 }
 
-/// One answer: status and body text.
-struct Answer {
-    status: u16,
-    body: String,
+/// One answer of the server: its status and body text.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, as sent.
+    pub body: String,
+}
+
+/// The feed of a live server.
+#[derive(Debug)]
+pub struct RemoteFeed {
+    client: ServerClient,
 }
 
 #[derive(Deserialize)]
@@ -63,11 +74,11 @@ struct BatchBody<'a> {
     batch: Vec<&'a RawValue>,
 }
 
-impl RemoteFeed {
+impl ServerClient {
     /// A client of the server at `server` (https, or http to a loopback
     /// host: the token must not travel in clear text), sending `token` as a
     /// bearer token when given. Sends nothing yet.
-    pub fn new(server: &str, token: Option<&str>) -> Result<RemoteFeed> {
+    pub fn new(server: &str, token: Option<&str>) -> Result<ServerClient> {
         let endpoint = Endpoint::parse_as(server, "server")?;
         let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -77,56 +88,32 @@ impl RemoteFeed {
         if endpoint.is_loopback() {
             builder = builder.proxy(None);
         }
-        Ok(RemoteFeed {
+        Ok(ServerClient {
             endpoint,
             auth: token.map(|t| format!("Bearer {t}")),
             agent: builder.build().into(),
         })
     }
 
-    /// One request, tried again while the server is unreachable or busy.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer> {
+    /// One request: `method` is GET or POST, `path` starts with '/' and may
+    /// carry a query. A transport failure is `Error::Io`; any status is an
+    /// `Answer`.
+    pub fn send(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer> {
         let url = self.endpoint.join(path);
-        let mut wait = Duration::from_millis(REMOTE_FEED_BACKOFF_MS);
-        let mut attempt = 1;
-        loop {
-            let last = attempt >= REMOTE_FEED_ATTEMPTS;
-            match self.send(method, &url, body) {
-                Ok(a) if !last && (a.status == 429 || a.status == 503) => {}
-                Ok(a) => return Ok(a),
-                Err(e) if last => {
-                    return Err(Error::io(
-                        format!("{method} {url}"),
-                        std::io::Error::other(e),
-                    ))
-                }
-                Err(_) => {}
-            }
-            std::thread::sleep(wait);
-            wait = wait.saturating_mul(2);
-            attempt += 1;
-        }
-    }
-
-    fn send(
-        &self,
-        method: &str,
-        url: &str,
-        body: Option<&str>,
-    ) -> std::result::Result<Answer, String> {
+        let failed = |e: String| Error::io(format!("{method} {url}"), std::io::Error::other(e));
         let sent = match method {
-            "GET" => self.with_auth(self.agent.get(url)).call(),
+            "GET" => self.with_auth(self.agent.get(&url)).call(),
             _ => self
-                .with_auth(self.agent.post(url))
+                .with_auth(self.agent.post(&url))
                 .header("Content-Type", "application/json")
                 .send(body.unwrap_or("").as_bytes()),
         };
-        let mut resp = sent.map_err(|e| e.to_string())?;
+        let mut resp = sent.map_err(|e| failed(e.to_string()))?;
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
             .read_to_string()
-            .map_err(|e| format!("reading the answer: {e}"))?;
+            .map_err(|e| failed(format!("reading the answer: {e}")))?;
         Ok(Answer { status, body })
     }
 
@@ -136,14 +123,40 @@ impl RemoteFeed {
             None => req,
         }
     }
+}
 
-    /// The answer if its status is `want`, else `Error::Http`.
-    fn expect(&self, what: &str, a: Answer, want: &[u16]) -> Result<Answer> {
+impl RemoteFeed {
+    /// A feed client of the server at `server`; see [`ServerClient::new`].
+    pub fn new(server: &str, token: Option<&str>) -> Result<RemoteFeed> {
+        Ok(RemoteFeed {
+            client: ServerClient::new(server, token)?,
+        })
+    }
+
+    /// One request, tried again while the server is unreachable or busy.
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer> {
+        let mut wait = Duration::from_millis(REMOTE_FEED_BACKOFF_MS);
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= REMOTE_FEED_ATTEMPTS;
+            match self.client.send(method, path, body) {
+                Ok(a) if !last && (a.status == 429 || a.status == 503) => {}
+                Err(_) if !last => {}
+                done => return done,
+            }
+            std::thread::sleep(wait);
+            wait = wait.saturating_mul(2);
+            attempt += 1;
+        }
+    }
+
+    /// The answer if its status is one of `want`, else `Error::Http`.
+    fn check_status(&self, what: &str, a: Answer, want: &[u16]) -> Result<Answer> {
         if want.contains(&a.status) {
             return Ok(a);
         }
         Err(Error::Http {
-            context: format!("{what} at {}", self.endpoint.join("")),
+            context: format!("{what} at {}", self.client.endpoint.join("")),
             status: a.status,
             body: super::response::one_line(&a.body, crate::limits::HTTP_ERROR_BODY_CHARS),
         })
@@ -204,7 +217,7 @@ fn sink_info(v: &serde_json::Value) -> Option<SinkInfo> {
 impl FeedSource for RemoteFeed {
     fn sink(&self, sink: &str) -> Result<Option<SinkInfo>> {
         let a = self.call("GET", "/v1/sinks", None)?;
-        let a = self.expect("listing the sinks", a, &[200])?;
+        let a = self.check_status("listing the sinks", a, &[200])?;
         let list: Vec<serde_json::Value> = serde_json::from_str(&a.body).map_err(|e| {
             Error::invalid("sinks", format!("the server's answer is not a list: {e}"))
         })?;
@@ -226,7 +239,7 @@ impl FeedSource for RemoteFeed {
         path_safe("sink", sink)?;
         let path = format!("/v1/sinks/{sink}/export?max_ops={max_ops}");
         let a = self.call("POST", &path, None)?;
-        let a = self.expect("exporting a batch", a, &[200, 204])?;
+        let a = self.check_status("exporting a batch", a, &[200, 204])?;
         if a.status == 204 {
             return Ok(None);
         }
@@ -237,7 +250,8 @@ impl FeedSource for RemoteFeed {
         path_safe("sink", sink)?;
         path_safe("batch_id", batch_id)?;
         let a = self.call("POST", &format!("/v1/sinks/{sink}/ack/{batch_id}"), None)?;
-        self.expect("acknowledging a batch", a, &[200]).map(drop)
+        self.check_status("acknowledging a batch", a, &[200])
+            .map(drop)
     }
 
     fn nack(&self, sink: &str, batch_id: &str, failed: &[(u32, String)]) -> Result<()> {
@@ -250,7 +264,7 @@ impl FeedSource for RemoteFeed {
         let body = serde_json::json!({ "failed": failed }).to_string();
         let path = format!("/v1/sinks/{sink}/nack/{batch_id}");
         let a = self.call("POST", &path, Some(&body))?;
-        self.expect("acknowledging a batch with failures", a, &[200])
+        self.check_status("acknowledging a batch with failures", a, &[200])
             .map(drop)
     }
 }
@@ -292,12 +306,12 @@ mod tests {
         let f = RemoteFeed::new("http://127.0.0.1:7600/", Some("s3cret")).unwrap();
         assert!(!format!("{f:?}").contains("s3cret"));
         assert_eq!(
-            f.endpoint.join("/v1/sinks"),
+            f.client.endpoint.join("/v1/sinks"),
             "http://127.0.0.1:7600/v1/sinks"
         );
         // Regression: the query stayed in the path, escaped (`%3F`).
         assert_eq!(
-            f.endpoint.join("/v1/sinks/cio/export?max_ops=10"),
+            f.client.endpoint.join("/v1/sinks/cio/export?max_ops=10"),
             "http://127.0.0.1:7600/v1/sinks/cio/export?max_ops=10"
         );
     }

@@ -7,8 +7,8 @@
 //! sent to Customer.io.
 
 use clap::Args;
-use devreg::{Registry, SinkInfo, Stats, DEFAULT_SINK};
-use serde::Serialize;
+use devreg::json::{ack_line, batch_line, dead_letters_line};
+use devreg::{Registry, DEFAULT_SINK};
 
 use crate::output::Out;
 use crate::CliError;
@@ -23,14 +23,6 @@ pub struct SinkArg {
     pub sink: String,
 }
 
-/// `stats`: the registry's counters plus every sink's position.
-#[derive(Serialize)]
-pub struct StatsJson {
-    #[serde(flatten)]
-    pub stats: Stats,
-    pub sinks: Vec<SinkInfo>,
-}
-
 /// The largest body `export` asks for: under Customer.io's limit.
 const MAX_BODY_BYTES: u32 = (devreg::customerio::MAX_BATCH_BODY_BYTES - 1) as u32;
 
@@ -43,16 +35,6 @@ pub fn parse_failed(s: &str) -> Result<(u32, String), String> {
         return Err(format!("{s:?} has no reason after the colon"));
     }
     Ok((index, reason.to_string()))
-}
-
-/// A JSON string literal.
-fn string(s: &str) -> Result<String, CliError> {
-    serde_json::to_string(s).map_err(|e| CliError(format!("encoding {s:?}: {e}")))
-}
-
-/// `{"batch_id":ID,"body":BODY}` with the body embedded verbatim.
-pub fn batch_line(id: &str, body: &str) -> Result<String, CliError> {
-    Ok(format!("{{\"batch_id\":{},\"body\":{body}}}", string(id)?))
 }
 
 /// Prints the sink's next batch, creating the sink first if it is new.
@@ -70,7 +52,7 @@ pub fn export(reg: &Registry, out: &mut Out, sink: &str, max_ops: u32) -> Result
         );
     }
     if let Some(batch) = reg.export(sink, max_ops, MAX_BODY_BYTES)? {
-        out.line(&batch_line(batch.id(), batch.body())?)?;
+        out.line(&batch_line(batch.id(), batch.body()))?;
     }
     Ok(())
 }
@@ -101,28 +83,10 @@ pub fn ack(
     if already {
         eprintln!("note: batch {batch_id} was already acknowledged; nothing changed");
     }
-    out.line(&format!(
-        "{{\"acked\":{},\"failed\":{},\"already_acked\":{already}}}",
-        string(batch_id)?,
-        if already { 0 } else { failed.len() }
-    ))
+    out.line(&ack_line(batch_id, failed.len(), already))
 }
 
 /// Prints the dead letters as one JSON array; each operation is raw JSON.
 pub fn dead_letters(reg: &Registry, out: &mut Out, sink: &str) -> Result<(), CliError> {
-    let mut line = String::from("[");
-    for (i, d) in reg.dead_letters(sink)?.iter().enumerate() {
-        if i > 0 {
-            line.push(',');
-        }
-        line.push_str(&format!(
-            "{{\"batch_id\":{},\"index\":{},\"reason\":{},\"operation\":{}}}",
-            string(&d.batch_id)?,
-            d.index,
-            string(&d.reason)?,
-            d.operation
-        ));
-    }
-    line.push(']');
-    out.line(&line)
+    out.line(&dead_letters_line(&reg.dead_letters(sink)?))
 }

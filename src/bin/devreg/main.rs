@@ -23,7 +23,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use devreg::{Config, Durability, Platform, Registry};
 
-use output::{device_json, Out};
+use devreg::json::{self, device_json};
+use output::Out;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -459,7 +460,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
     match cmd {
         Command::Dump => {
             // One device at a time (a read-only open: no writer waits).
-            reg.dump_each(|d| out.json(&output::dump_line(&d)))?;
+            reg.dump_each(|d| out.json(&json::dump_line(&d)))?;
         }
         Command::Get { token } => match reg.device(token) {
             Some(d) => out.json(&device_json(&d))?,
@@ -481,7 +482,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             let count = reg.active_since(*since_ms, *platform);
             out.json(&serde_json::json!({ "count": count }))?;
         }
-        Command::Stats { daily: false } => out.json(&feed::StatsJson {
+        Command::Stats { daily: false } => out.json(&json::StatsJson {
             stats: reg.stats(),
             sinks: reg.sinks(),
         })?,

@@ -1,52 +1,10 @@
 //! JSON output helpers.
 
-use std::collections::BTreeMap;
 use std::io::{self, BufWriter, StdoutLock, Write};
 
-use devreg::Device;
 use serde::Serialize;
 
 use crate::CliError;
-
-/// A device as the CLI prints it. `Device`'s own serde form spells the
-/// platform `Ios`/`Android`; the contract wants the lowercase wire name.
-#[derive(Serialize)]
-pub struct DeviceJson<'a> {
-    token: &'a str,
-    platform: &'static str,
-    person: Option<&'a str>,
-    last_seen_ms: u64,
-    attributes: &'a BTreeMap<String, String>,
-}
-
-/// The printable form of a device.
-pub fn device_json(d: &Device) -> DeviceJson<'_> {
-    DeviceJson {
-        token: &d.token,
-        platform: d.platform.as_str(),
-        person: d.person.as_deref(),
-        last_seen_ms: d.last_seen_ms,
-        attributes: &d.attributes,
-    }
-}
-
-/// A `dump` line: the device as an import line (`"op":"register"`, which
-/// takes `last_seen_ms` for `seen_ms`), so `devreg dump | devreg --db NEW
-/// import -` recreates the devices.
-#[derive(Serialize)]
-pub struct DumpLine<'a> {
-    op: &'static str,
-    #[serde(flatten)]
-    device: DeviceJson<'a>,
-}
-
-/// The `dump` form of a device.
-pub fn dump_line(d: &Device) -> DumpLine<'_> {
-    DumpLine {
-        op: "register",
-        device: device_json(d),
-    }
-}
 
 /// Buffered stdout that turns a closed pipe (`devreg dump | head`) into a
 /// quiet, successful exit instead of a panic or an error message.

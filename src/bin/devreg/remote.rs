@@ -8,29 +8,31 @@
 //! allowed to a loopback host (the token must not travel in clear text).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use devreg::sync::{Answer, ServerClient};
+
 use crate::output::Out;
 use crate::{CliError, CmdResult, Command};
 
-/// Longest one request may take.
-const REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// Devices per page of `dump`.
 const DUMP_PAGE_DEVICES: u32 = 1_000;
 
-struct Client {
-    base: String,
-    auth: Option<String>,
-    agent: ureq::Agent,
-}
+/// The server and its token (`devreg::sync::ServerClient`: the URL check
+/// and the HTTP client are the sync worker's).
+struct Client(ServerClient);
 
-/// An answer: status and body text.
-struct Answer {
-    status: u16,
-    body: String,
+impl Client {
+    fn new(url: &str) -> Result<Client, CliError> {
+        let token = std::env::var("DEVREG_API_TOKEN").ok();
+        Ok(Client(ServerClient::new(url, token.as_deref())?))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer, CliError> {
+        Ok(self.0.send(method, path, body)?)
+    }
 }
 
 #[derive(Deserialize)]
@@ -198,66 +200,4 @@ fn seg(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-impl Client {
-    fn new(url: &str) -> Result<Client, CliError> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| CliError(format!("invalid server: {url:?} is not a URL: {e}")))?;
-        let loopback = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        match parsed.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            _ => {
-                return Err(CliError(format!(
-                    "invalid server: {url:?}: https, or plain http to a loopback host \
-                     (the token must not travel in clear text)"
-                )))
-            }
-        }
-        let mut builder = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))
-            .max_redirects(0);
-        if loopback {
-            builder = builder.proxy(None);
-        }
-        Ok(Client {
-            base: url.trim_end_matches('/').to_owned(),
-            auth: std::env::var("DEVREG_API_TOKEN")
-                .ok()
-                .map(|t| format!("Bearer {t}")),
-            agent: builder.build().into(),
-        })
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer, CliError> {
-        let url = format!("{}{path}", self.base);
-        let sent = match method {
-            "GET" => self.auth(self.agent.get(&url)).call(),
-            _ => self
-                .auth(self.agent.post(&url))
-                .header("Content-Type", "application/json")
-                .send(body.unwrap_or("").as_bytes()),
-        };
-        let mut resp = sent.map_err(|e| CliError(format!("{method} {url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| CliError(format!("{method} {url}: reading the answer: {e}")))?;
-        Ok(Answer { status, body })
-    }
-
-    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.auth {
-            Some(a) => req.header("Authorization", a),
-            None => req,
-        }
-    }
 }

@@ -6,12 +6,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use crate::feed::SinkInfo;
+use crate::json::{self, StatsJson};
 use crate::server::app::AppState;
 use crate::server::errors::ApiError;
-use crate::server::json;
 use crate::server::query::{Params, RawQuery, Segments};
-use crate::state::Stats;
 
 /// `GET /v1/devices/{token}`: the device as `devreg get` prints it; 404.
 pub(crate) async fn get_device(
@@ -19,7 +17,7 @@ pub(crate) async fn get_device(
     Segments(token): Segments<String>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| match st.reg.device(&token) {
-        Some(d) => Ok(Json(json::device(&d)).into_response()),
+        Some(d) => Ok(Json(json::device_json(&d)).into_response()),
         None => Err(ApiError::not_found(
             Some("token"),
             format!("no device with token {token:?}"),
@@ -85,7 +83,7 @@ pub(crate) async fn person_devices(
 ) -> Result<Response, ApiError> {
     st.engine(move |st| {
         let devices = st.reg.devices_of(&id);
-        let list: Vec<_> = devices.iter().map(json::device).collect();
+        let list: Vec<_> = devices.iter().map(json::device_json).collect();
         Ok(Json(list).into_response())
     })
     .await
@@ -99,7 +97,7 @@ pub(crate) async fn most_recent(
 ) -> Result<Response, ApiError> {
     let platform = Params::new(q, &["platform"])?.platform()?;
     st.engine(move |st| match st.reg.most_recent(&id, platform) {
-        Some(d) => Ok(Json(json::device(&d)).into_response()),
+        Some(d) => Ok(Json(json::device_json(&d)).into_response()),
         None => {
             let on = platform.map_or(String::new(), |p| format!(" on {p}"));
             Err(ApiError::not_found(
@@ -121,14 +119,6 @@ pub(crate) async fn active(State(st): State<AppState>, q: RawQuery) -> Result<Re
         Ok(Json(serde_json::json!({ "count": count })).into_response())
     })
     .await
-}
-
-/// `devreg stats`: the counters plus every sink's position.
-#[derive(Serialize)]
-struct StatsJson {
-    #[serde(flatten)]
-    stats: Stats,
-    sinks: Vec<SinkInfo>,
 }
 
 /// `GET /v1/stats`: as `devreg stats`.

@@ -13,9 +13,9 @@ use super::events::read_body;
 use super::raw_json;
 use crate::customerio::MAX_BATCH_BODY_BYTES;
 use crate::feed::{validate_sink, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT};
+use crate::json::{ack_line, batch_line, dead_letters_line};
 use crate::server::app::AppState;
 use crate::server::errors::ApiError;
-use crate::server::json::string;
 use crate::server::query::{Params, RawQuery, Segments};
 
 /// The largest body an export asks for: under Customer.io's limit.
@@ -68,11 +68,7 @@ pub(crate) async fn export(
             st.reg.add_sink(&sink)?;
         }
         match st.reg.export(&sink, max_ops, MAX_EXPORT_BODY_BYTES)? {
-            Some(batch) => Ok(raw_json(format!(
-                "{{\"batch_id\":{},\"body\":{}}}",
-                string(batch.id()),
-                batch.body()
-            ))),
+            Some(batch) => Ok(raw_json(batch_line(batch.id(), batch.body()))),
             None => Ok(StatusCode::NO_CONTENT.into_response()),
         }
     })
@@ -156,11 +152,7 @@ fn acknowledge(
         other => other.into(),
     })?;
     let already = in_flight.as_deref() != Some(batch_id);
-    let n = if already { 0 } else { failed.len() };
-    Ok(raw_json(format!(
-        "{{\"acked\":{},\"failed\":{n},\"already_acked\":{already}}}",
-        string(batch_id)
-    )))
+    Ok(raw_json(ack_line(batch_id, failed.len(), already)))
 }
 
 /// `GET /v1/sinks`: every sink's position, as `devreg sinks`.
@@ -176,20 +168,7 @@ pub(crate) async fn dead_letters(
 ) -> Result<Response, ApiError> {
     st.engine(move |st| {
         require_named_sink(st, &sink)?;
-        let mut out = String::from("[");
-        for (i, d) in st.reg.dead_letters(&sink)?.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&format!(
-                "{{\"batch_id\":{},\"index\":{},\"reason\":{},\"operation\":{}}}",
-                string(&d.batch_id),
-                d.index,
-                string(&d.reason),
-                d.operation
-            ));
-        }
-        out.push(']');
+        let out = dead_letters_line(&st.reg.dead_letters(&sink)?);
         Ok(raw_json(out))
     })
     .await
