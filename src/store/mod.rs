@@ -13,6 +13,7 @@ mod delta;
 mod frame;
 mod kv;
 mod load;
+mod page_merge;
 mod paged;
 mod sled_waker;
 

@@ -38,12 +38,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use super::delta::{delta_gen, delta_key, encode_chunks, Deltas, DELTA_PREFIX};
+use super::page_merge;
 use super::{frame, KvStore, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
 use crate::error::{Error, Result};
 
 /// Version byte of a page value.
-const PAGE_VERSION: u8 = 1;
+pub(crate) const PAGE_VERSION: u8 = 1;
 /// Prefix byte of physical page keys.
 const PAGE_PREFIX: u8 = b'P';
 /// The committed generation.
@@ -216,10 +217,17 @@ fn decode_page(location: &dyn Fn() -> String, value: &[u8], f: RecordVisit<'_>) 
     let page = frame::open(location, value)?;
     let page: &[u8] = &page;
     let (count, mut at) = open_block(location, page, PAGE_VERSION, "page")?;
+    let mut last: Option<&[u8]> = None;
     for _ in 0..count {
         let key = get_field(page, &mut at).ok_or_else(|| bad("record key runs past the page"))?;
         let value =
             get_field(page, &mut at).ok_or_else(|| bad("record value runs past the page"))?;
+        // Pages are written in key order, each key once: scans and the
+        // merge join (`page_merge.rs`) rely on it.
+        if last.is_some_and(|l| l >= key) {
+            return Err(bad("records out of key order"));
+        }
+        last = Some(key);
         f(key, value)?;
     }
     if at != page.len() {
@@ -398,6 +406,22 @@ impl PagedStore {
 
     /// The current version of one page: its generation and records.
     fn read_page(&self, prefix: u8, page: u32) -> Result<(Option<u64>, Records)> {
+        let mut records = BTreeMap::new();
+        let Some((gen, value)) = self.current_version(prefix, page)? else {
+            return Ok((None, records));
+        };
+        let location = || format!("page {} {page} generation {gen}", char::from(prefix));
+        decode_page(&location, &value, &mut |k, v| {
+            records.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })?;
+        Ok((Some(gen), records))
+    }
+
+    /// The current version of one page (the highest generation at most the
+    /// committed one) as stored, noting the versions above it (orphans) and
+    /// below it (garbage).
+    fn current_version(&self, prefix: u8, page: u32) -> Result<Option<(u64, Vec<u8>)>> {
         let committed = self.committed();
         let mut found: Option<(u64, Vec<u8>)> = None;
         let mut head = vec![PAGE_PREFIX, prefix];
@@ -426,16 +450,7 @@ impl PagedStore {
         }
         self.orphans.lock().extend(orphans);
         self.garbage.lock().extend(garbage);
-        let mut records = BTreeMap::new();
-        let Some((gen, value)) = found else {
-            return Ok((None, records));
-        };
-        let location = || format!("page {} {page} generation {gen}", char::from(prefix));
-        decode_page(&location, &value, &mut |k, v| {
-            records.insert(k.to_vec(), v.to_vec());
-            Ok(())
-        })?;
-        Ok((Some(gen), records))
+        Ok(found)
     }
 
     /// Writes the changed pages under generation `gen` in bounded chunks;
@@ -443,31 +458,26 @@ impl PagedStore {
     fn write_pages(&self, gen: u64, changes: BTreeMap<(u8, u32), Vec<&Write>>) -> Result<Written> {
         let (mut superseded, mut written) = (Vec::new(), Vec::new());
         let (mut chunk, mut chunk_bytes) = (Vec::new(), 0usize);
-        for ((prefix, page), list) in changes {
-            let (old, mut records) = self.read_page(prefix, page)?;
-            for (k, v) in list {
-                match v {
-                    Some(v) => {
-                        let value = combine(k, records.get(k).map(Vec::as_slice), v)?;
-                        records.insert(k.clone(), value)
-                    }
-                    None => records.remove(k),
-                };
-            }
+        for ((prefix, page), mut list) in changes {
+            let current = self.current_version(prefix, page)?;
+            let old = current.as_ref().map(|(g, _)| *g);
+            let location = || format!("page {} {page} generation {old:?}", char::from(prefix));
+            let stored = current.as_ref().map(|(_, v)| v.as_slice());
+            let (block, count) = page_merge::rewrite(&location, stored, &mut list)?;
             if let Some(g) = old {
                 superseded.push(page_key(prefix, page, g));
             }
             // An emptied page gets an empty version: the superseded one is
             // deleted only after the commit, and until then it must not be
             // the page's newest (a crash would bring its records back).
-            if !records.is_empty() || old.is_some() {
+            if count > 0 || old.is_some() {
                 if written.is_empty() {
                     // In the attempt's first chunk (see META_PAGE_ATTEMPT).
                     let attempt = gen.to_be_bytes().to_vec();
                     chunk.push((META_PAGE_ATTEMPT.to_vec(), Some(attempt)));
                 }
                 let key = page_key(prefix, page, gen);
-                let value = encode_page(&records);
+                let value = frame::seal(block);
                 chunk_bytes += value.len();
                 written.push(key.clone());
                 chunk.push((key, Some(value)));
