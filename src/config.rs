@@ -61,7 +61,10 @@ pub struct Config {
     /// Bytes of changed records a checkpoint may append as delta pages
     /// before one merges them all into the pages (set by
     /// `memory_budget_bytes`: 1/4 of the budget; 0 merges at every checkpoint).
-    /// Deltas are also held in memory.
+    /// The history's deltas are also held in memory, and a scan or merge
+    /// reads the others back from disk in passes of at most this many
+    /// bytes; a large registry may gather more on disk
+    /// (`limits::DELTA_DISK_BYTES_PER_DEVICE`).
     pub page_delta_bytes: usize,
     /// sled's cache capacity (default 3/8 of the memory budget). sled evicts
     /// late whatever it is set to (DESIGN.md section 6).

@@ -134,10 +134,18 @@ pub const MAX_BATCH_BODY_BYTES: usize = 500_000;
 pub const MAX_OPERATION_BYTES: usize = 32_768;
 
 /// Bytes of delta records the store may hold in memory per device before a
-/// merge, within a quarter of `Config::page_delta_bytes` and all of it
-/// (`store/paged.rs`): 16 MiB at 10^6 devices, the default 64 MiB from
-/// 4×10^6.
+/// merge (those of the history, the append keyspace; and the most one pass
+/// of a scan or merge reads back from disk), within a quarter of
+/// `Config::page_delta_bytes` and all of it (`store/paged.rs`): 16 MiB at
+/// 10^6 devices, the default 64 MiB from 4×10^6.
 pub const DELTA_BYTES_PER_DEVICE: u64 = 16;
+
+/// Bytes of delta records, every keyspace, the store may gather on disk per
+/// device before a merge (at least the memory bound above): 320 MB at 10^7
+/// devices. A merge rewrites about every page, so this sets how often the
+/// store is rewritten; the deltas cost this much disk at most, and a scan
+/// at open reads them back in passes of the memory bound.
+pub const DELTA_DISK_BYTES_PER_DEVICE: u64 = 32;
 
 /// Upper bounds (Prometheus `le`, inclusive) of the histogram of log
 /// records one group commit appends (`Metrics::group_commit_records`):

@@ -3,10 +3,13 @@
 //!
 //! A checkpoint of `c` changed records would rewrite up to `c` whole pages
 //! (pages hold tens to hundreds of records). While the deltas stay under
-//! `Config::page_delta_bytes`, a checkpoint writes only its changed records,
-//! in chunks, under its generation; a later checkpoint that would pass the
-//! bound merges every delta into the pages instead (one page rewrite per
-//! page touched since the last merge) and deletes them in its commit.
+//! their bounds, a checkpoint writes only its changed records, in chunks,
+//! under its generation; a later checkpoint that would pass a bound merges
+//! every delta into the pages instead (one page rewrite per page touched
+//! since the last merge), and the chunks are garbage after its commit. The
+//! bounds (`paged.rs`): the history's deltas, held in memory, within
+//! `Config::page_delta_bytes`; all of them, on disk, within
+//! `DELTA_DISK_BYTES_PER_DEVICE` per device, if that is more.
 //!
 //! ```text
 //! sled key    'Q' (1) | generation (u64 BE) | chunk number (u32 BE)
@@ -16,8 +19,9 @@
 //! ```
 //!
 //! Deltas of generations up to the committed one are current, applied in
-//! generation and chunk order over the pages; they are also held in memory
-//! (bounded by the same setting), so reads never search them on disk.
+//! generation and chunk order over the pages. Those of the append keyspace
+//! (history) are also held in memory, so a history read never searches the
+//! chunks; the others are read back from the chunks by a scan or a merge.
 
 use std::collections::BTreeMap;
 
@@ -47,37 +51,65 @@ pub(crate) fn delta_gen(k: &[u8]) -> Option<u64> {
     }
 }
 
-/// The current deltas: the latest value (or deletion) of each logical key
-/// changed since the last merge, and the chunks that hold them.
+/// The current deltas: every record changed since the last merge is in its
+/// chunk on disk; only the append keyspace's (history, which `get` reads
+/// on demand) is also held in memory. The rest is read back from the
+/// chunks when it is needed: by a scan (at open) and by the merge, in
+/// passes over slices of the pages (`paged.rs`), so the deltas a store may
+/// gather before a merge are bounded by disk, not by memory.
 #[derive(Default)]
 pub(crate) struct Deltas {
+    /// The latest value of each append-keyspace key changed since the
+    /// last merge (joined with the earlier ones).
     pub(crate) map: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Bytes of keys and values recorded (what the bound counts).
+    /// Bytes of keys and values recorded, every keyspace (the disk bound).
     pub(crate) bytes: usize,
-    /// sled keys of the chunks, deleted by the next merge.
+    /// Bytes of the append records among them (the memory bound).
+    pub(crate) memory_bytes: usize,
+    /// Bytes of the other records, by keyspace prefix: the bytes a scan
+    /// of that keyspace reads back from the chunks.
+    pub(crate) disk_bytes_by_prefix: BTreeMap<u8, usize>,
+    /// sled keys of the chunks, in the order written, deleted by the next merge.
     pub(crate) chunks: Vec<Vec<u8>>,
 }
 
 impl Deltas {
-    /// Records a change: a later one of the same key wins, except in an
-    /// append keyspace (`paged::is_append`), where it joins the earlier one.
+    /// Records a change: in the append keyspace (`paged::is_append`) it
+    /// joins the earlier one in memory; elsewhere only its size is kept.
     pub(crate) fn record(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        self.bytes += key.len() + value.map_or(0, <[u8]>::len);
+        let size = key.len() + value.map_or(0, <[u8]>::len);
+        self.bytes += size;
+        if !is_append(key) {
+            let prefix = key.first().copied().unwrap_or_default();
+            *self.disk_bytes_by_prefix.entry(prefix).or_default() += size;
+            return Ok(());
+        }
+        self.memory_bytes += size;
         let value = match (value, self.map.get(key)) {
-            (Some(v), Some(Some(old))) if is_append(key) => Some(combine(key, Some(old), v)?),
+            (Some(v), Some(Some(old))) => Some(combine(key, Some(old), v)?),
             (v, _) => v.map(<[u8]>::to_vec),
         };
         self.map.insert(key.to_vec(), value);
         Ok(())
     }
 
+    /// Bytes of the records kept only on disk.
+    pub(crate) fn disk_only_bytes(&self) -> usize {
+        self.disk_bytes_by_prefix.values().sum()
+    }
+
     /// Loads one chunk read from sled.
     pub(crate) fn load(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let location = || format!("delta chunk {key:02x?}");
-        decode_chunk(&location, value, &mut |k, v| self.record(k, v))?;
+        visit_chunk(key, value, &mut |k, v| self.record(k, v))?;
         self.chunks.push(key.to_vec());
         Ok(())
     }
+}
+
+/// Calls `f` for each record of the chunk stored under `key`; errors name it.
+pub(crate) fn visit_chunk(key: &[u8], value: &[u8], f: DeltaVisit<'_>) -> Result<()> {
+    let location = || format!("delta chunk {key:02x?}");
+    decode_chunk(&location, value, f)
 }
 
 /// Encodes records into delta chunks of about `chunk_bytes` each.
@@ -124,7 +156,7 @@ fn encode_chunk(records: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {
     out
 }
 
-type DeltaVisit<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>;
+pub(crate) type DeltaVisit<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>;
 
 fn decode_chunk(location: &dyn Fn() -> String, value: &[u8], f: DeltaVisit<'_>) -> Result<()> {
     let bad = |why: &str| Error::corrupt(location(), why.to_owned());
@@ -166,12 +198,27 @@ mod tests {
         let chunks = encode_chunks(&recs, 150);
         assert_eq!(chunks.len(), 2, "split by size");
         let mut d = Deltas::default();
+        let mut back = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            d.load(&delta_key(3, i as u32), c).unwrap();
+            let key = delta_key(3, i as u32);
+            d.load(&key, c).unwrap();
+            visit_chunk(&key, c, &mut |k, v| {
+                back.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+                Ok(())
+            })
+            .unwrap();
         }
-        assert_eq!(d.map.len(), 4);
-        assert_eq!(d.map.get(&b"Db"[..]), Some(&None));
-        assert_eq!(d.map.get(&b"Dd"[..]), Some(&Some(v.clone())));
+        let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = recs
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(back, want, "every record, in order");
+        // Device records are kept on disk only: counted, not held.
+        assert!(d.map.is_empty());
+        assert_eq!(d.bytes, 2 * 102 + 2 + 2);
+        assert_eq!(d.disk_only_bytes(), d.bytes);
+        assert_eq!(d.memory_bytes, 0);
+        assert_eq!(d.chunks.len(), 2);
         assert_eq!(delta_gen(&delta_key(3, 1)), Some(3));
         let one = chunks.first().unwrap();
         for cut in 0..one.len() {

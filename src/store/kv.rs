@@ -166,6 +166,16 @@ impl SledStore {
 }
 
 impl SledStore {
+    /// Visits the entries with keys in `[from, to)`, in key order.
+    pub(crate) fn scan_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<()> {
+        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("scanning the store", e))?;
+        for item in self.db()?.range(from..to) {
+            let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
     /// The first entries whose key starts with `prefix`, up to about
     /// `max_bytes` of keys and values (at least one if any).
     pub(crate) fn scan_chunk(
