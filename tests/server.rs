@@ -1223,3 +1223,53 @@ fn engine_calls_over_the_bound_are_answered_429() {
     }
     assert!(started.elapsed() >= Duration::from_millis(SLOW_MS));
 }
+
+/// Concurrent acks and nacks of one batch over HTTP: exactly one answers
+/// `already_acked: false` (the registry's writer decides,
+/// `Registry::acknowledge`), the others `true` with `failed: 0`, and only
+/// the delivering nack's failure is a dead letter.
+#[test]
+fn concurrent_acks_of_one_batch_deliver_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("db"), Some(TOKEN), &[]);
+    let c = Client::new(&server, Some(TOKEN));
+    let events: String = (0..4)
+        .map(|i| line(&register(&format!("a{i}"), "ann", T0 + i)) + "\n")
+        .collect();
+    assert_eq!(c.post_json("/v1/events", &events).0, 200);
+    let (s, batch) = c.post_json("/v1/sinks/cio/export", "");
+    assert_eq!(s, 200, "{batch}");
+    let id = batch["batch_id"].as_str().unwrap().to_owned();
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (url, id) = (server.url.clone(), id.clone());
+                scope.spawn(move || {
+                    let c = Client::at(&url, Some(TOKEN));
+                    let (s, v) = match i % 2 {
+                        0 => c.post_json(&format!("/v1/sinks/cio/ack/{id}"), ""),
+                        _ => c.post_json(
+                            &format!("/v1/sinks/cio/nack/{id}"),
+                            r#"{"failed":[{"index":0,"reason":"invalid token"}]}"#,
+                        ),
+                    };
+                    assert_eq!(s, 200, "{v}");
+                    v
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first: Vec<&Value> = answers
+        .iter()
+        .filter(|v| v["already_acked"] == false)
+        .collect();
+    assert_eq!(first.len(), 1, "{answers:?}");
+    for v in answers.iter().filter(|v| v["already_acked"] == true) {
+        assert_eq!(v["failed"], 0, "{v}");
+    }
+    let (s, dead) = c.get_json("/v1/sinks/cio/dead-letters");
+    assert_eq!(s, 200);
+    let want = first[0]["failed"].as_u64().unwrap() as usize;
+    assert_eq!(dead.as_array().unwrap().len(), want, "{dead}");
+}
