@@ -11,7 +11,10 @@
 //!   the library's own durable registers from 8 threads, measured in the
 //!   same run on its own database.
 //!
-//! Every phase reports its rate and p50/p99 latency; the results go to
+//! Every phase reports its rate, p50/p99 latency and the process's CPU
+//! time per operation (clients and server together: they share the
+//! machine); the durable phases also report the registry's group commits
+//! (operations per fdatasync). The results go to
 //! `bench-results/server.{txt,json}` (with `--quick`, `server-quick.*`, and
 //! no verdicts: it only checks that the harness runs).
 
@@ -38,6 +41,11 @@ struct Phase {
     secs: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The whole process's CPU time (user + system) per operation.
+    cpu_us_per_op: f64,
+    /// Group commits in the phase and the records they appended (durable
+    /// phases only).
+    groups: Option<(u64, u64)>,
 }
 
 impl Phase {
@@ -50,7 +58,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let phase = Duration::from_millis(if quick { 300 } else { 3_000 });
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let url = start_server(&dir.path().join("served"));
+    let (url, served) = start_server(&dir.path().join("served"));
     let client = agent();
     seed(&client, &url);
     let mut phases = vec![
@@ -63,12 +71,14 @@ fn main() {
         run_phase("POST /v1/events, eventual", CLIENTS, phase, |a, i| {
             post_event(a, &url, "eventual", i)
         }),
-        run_phase(
-            "POST /v1/events, immediate, 16 clients",
-            DURABLE_CLIENTS,
-            phase,
-            |a, i| post_event(a, &url, "immediate", i),
-        ),
+        with_groups(&served, || {
+            run_phase(
+                "POST /v1/events, immediate, 16 clients",
+                DURABLE_CLIENTS,
+                phase,
+                |a, i| post_event(a, &url, "immediate", i),
+            )
+        }),
     ];
     phases.push(library_durable(&dir.path().join("library"), phase));
     report(&phases, quick);
@@ -85,9 +95,11 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// Starts the server on its own thread; returns its base URL.
-fn start_server(db: &Path) -> String {
+/// Starts the server on its own thread; returns its base URL and a handle
+/// on its registry (for the group-commit counts).
+fn start_server(db: &Path) -> (String, Registry) {
     let reg = Registry::open_with(Config::new(db)).expect("the served registry opens");
+    let handle = reg.clone();
     let mut config = ServerConfig::new();
     config.listen = "127.0.0.1:0".into();
     config.no_auth = true;
@@ -101,8 +113,37 @@ fn start_server(db: &Path) -> String {
             std::process::exit(1);
         }
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the server listens")
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server listens");
+    (url, handle)
+}
+
+/// Runs `phase` and adds the group commits `reg` made meanwhile.
+fn with_groups(reg: &Registry, phase: impl FnOnce() -> Phase) -> Phase {
+    let before = reg.metrics();
+    let mut p = phase();
+    let after = reg.metrics();
+    p.groups = Some((
+        after.group_commits - before.group_commits,
+        after.group_commit_records.sum - before.group_commit_records.sum,
+    ));
+    p
+}
+
+/// The process's user + system CPU time so far, in µs (`/proc/self/stat`,
+/// clock ticks of 10 ms: about 1% of a 3 s phase on 2 cores).
+fn process_cpu_us() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks * 1e6 / 100.0
 }
 
 /// Registers `DEVICES` devices in batches of 1,000 events.
@@ -164,22 +205,24 @@ fn run_phase(
 fn library_durable(db: &Path, dur: Duration) -> Phase {
     let reg = Registry::open_with(Config::new(db).durability(Durability::Immediate))
         .expect("the library registry opens");
-    let phase = timed(
-        "library durable register, 8 threads",
-        LIBRARY_THREADS,
-        dur,
-        || (),
-        |_, i| {
-            let r = Register {
-                token: format!("lib{i}"),
-                platform: Platform::Ios,
-                person: Some(format!("p{}", i % 5_000)),
-                seen_ms: 1 + i,
-                attributes: None,
-            };
-            reg.register(r).is_ok()
-        },
-    );
+    let phase = with_groups(&reg, || {
+        timed(
+            "library durable register, 8 threads",
+            LIBRARY_THREADS,
+            dur,
+            || (),
+            |_, i| {
+                let r = Register {
+                    token: format!("lib{i}"),
+                    platform: Platform::Ios,
+                    person: Some(format!("p{}", i % 5_000)),
+                    seen_ms: 1 + i,
+                    attributes: None,
+                };
+                reg.register(r).is_ok()
+            },
+        )
+    });
     reg.close().expect("the library registry closes");
     phase
 }
@@ -196,6 +239,7 @@ fn timed<S>(
 ) -> Phase {
     let next = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
+    let cpu_before = process_cpu_us();
     let started = Instant::now();
     let mut lat_us: Vec<f64> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
@@ -220,6 +264,7 @@ fn timed<S>(
             .collect()
     });
     let secs = started.elapsed().as_secs_f64();
+    let cpu_us = process_cpu_us() - cpu_before;
     assert!(!failed.load(Ordering::Relaxed), "{name}: a call failed");
     lat_us.sort_by(f64::total_cmp);
     let pct = |p: f64| {
@@ -234,20 +279,29 @@ fn timed<S>(
         secs,
         p50_us: pct(0.5),
         p99_us: pct(0.99),
+        cpu_us_per_op: cpu_us / (lat_us.len().max(1) as f64),
+        groups: None,
     }
 }
 
 fn report(phases: &[Phase], quick: bool) {
-    let mut text =
-        String::from("| phase | ops/s | p50 (us) | p99 (us) | requests |\n|---|---|---|---|---|\n");
+    let mut text = String::from(
+        "| phase | ops/s | p50 (us) | p99 (us) | requests | CPU us/op | ops per fsync |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
     for p in phases {
+        let per_group = match p.groups {
+            Some((g, r)) if g > 0 => format!("{:.1} ({g} groups)", r as f64 / g as f64),
+            _ => "-".into(),
+        };
         text.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {per_group} |\n",
             p.name,
             p.rate(),
             p.p50_us,
             p.p99_us,
-            p.ops
+            p.ops,
+            p.cpu_us_per_op,
         ));
     }
     let rate = |i: usize| phases.get(i).map_or(0.0, Phase::rate);
@@ -280,7 +334,8 @@ fn report(phases: &[Phase], quick: bool) {
         "quick": quick,
         "phases": phases.iter().map(|p| serde_json::json!({
             "name": p.name, "ops": p.ops, "secs": p.secs, "ops_per_s": p.rate(),
-            "p50_us": p.p50_us, "p99_us": p.p99_us,
+            "p50_us": p.p50_us, "p99_us": p.p99_us, "cpu_us_per_op": p.cpu_us_per_op,
+            "group_commits": p.groups.map(|g| g.0), "group_records": p.groups.map(|g| g.1),
         })).collect::<Vec<_>>(),
     });
     let stem = if quick { "server-quick" } else { "server" };

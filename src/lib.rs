@@ -55,7 +55,7 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub use fault::{FaultPlan, IoOp};
 pub use feed::{
-    validate_sink, Batch, DeadLetter, SinkInfo, DEFAULT_MAX_OPS, DEFAULT_SINK,
+    validate_sink, AckOutcome, Batch, DeadLetter, SinkInfo, DEFAULT_MAX_OPS, DEFAULT_SINK,
     MAX_DEAD_LETTERS_PER_SINK, MAX_OPS_LIMIT, MAX_SINKS,
 };
 pub use history::{

@@ -2,7 +2,10 @@
 //! its status and body shape, authentication and the start-up refusals,
 //! bad input and limits, concurrent clients against a model, SIGTERM and
 //! SIGKILL. Each test starts the binary on a free loopback port and talks
-//! to it with ureq.
+//! to it with ureq; the two that need an I/O fault (a failed fsync for
+//! `/readyz`'s 503, a slow one for the 429) run `devreg::server::serve` in
+//! this process on a registry opened with a `FaultPlan`, the library hook
+//! the binary does not expose.
 
 mod common;
 #[path = "support/server.rs"]
@@ -15,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Model;
-use devreg::{Op, Platform, Register, Registry};
+use devreg::{Config, FaultPlan, IoOp, Op, Platform, Register, Registry};
 use serde_json::{json, Value};
 use served::Server;
 
@@ -34,6 +37,11 @@ struct Client {
 
 impl Client {
     fn new(server: &Server, token: Option<&str>) -> Client {
+        Client::at(&server.url, token)
+    }
+
+    /// A client of the server at `url`.
+    fn at(url: &str, token: Option<&str>) -> Client {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -41,7 +49,7 @@ impl Client {
             .into();
         Client {
             agent,
-            url: server.url.clone(),
+            url: url.to_owned(),
             token: token.map(str::to_owned),
         }
     }
@@ -1052,4 +1060,216 @@ fn a_request_chooses_its_durability() {
         fsyncs(&c) > before,
         "an immediate write was not synced before its answer"
     );
+}
+
+const EIO: i32 = 5;
+
+/// Serves `reg` from this process (`devreg::server::serve`, as
+/// `devreg serve` does) on a free loopback port with the bearer token;
+/// returns its URL. The server runs until the test binary exits (`serve`
+/// stops only on a signal, which would stop every such server at once).
+fn serve_in_process(reg: Registry) -> String {
+    let mut config = devreg::server::ServerConfig::new();
+    config.listen = "127.0.0.1:0".into();
+    config.token = Some(TOKEN.into());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let served = devreg::server::serve(reg, config, move |url| {
+            let _ = tx.send(url.to_owned());
+        });
+        eprintln!("in-process server stopped: {served:?}");
+    });
+    rx.recv_timeout(Duration::from_secs(30)).unwrap()
+}
+
+/// A registry on DB whose I/O asks a fresh fault plan (immediate durability).
+fn with_plan(db: &Path) -> (Registry, Arc<FaultPlan>) {
+    let plan = FaultPlan::new();
+    let reg = Registry::open_with(Config::new(db).fault_plan(plan.clone())).unwrap();
+    (reg, plan)
+}
+
+/// Asserts the error shape without a field: `{"error":{"code","message"}}`
+/// and nothing else; returns the message.
+fn assert_bare_error(answer: &(u16, Value), status: u16, code: &str) -> String {
+    let (s, v) = answer;
+    assert_eq!(*s, status, "{v}");
+    let e = v["error"].as_object().unwrap_or_else(|| panic!("{v}"));
+    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message"], "{v}");
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+    assert_eq!(e["code"], code, "{v}");
+    e["message"].as_str().unwrap().to_owned()
+}
+
+/// `/readyz` over real HTTP: 200 while the registry takes writes; after an
+/// fdatasync fails (EIO, the fault plan), the write that hit it is a 503
+/// and so is `/readyz`, in the error shape with the registry's reason,
+/// while `/healthz` still answers 200 (the process lives; it needs a
+/// reopen) and `/metrics` reports `devreg_registry_failed 1`.
+#[test]
+fn readyz_is_503_once_a_write_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, plan) = with_plan(&dir.path().join("db"));
+    let url = serve_in_process(reg);
+    let c = Client::at(&url, Some(TOKEN));
+    assert_eq!(c.get_json("/readyz"), (200, json!({"status":"ready"})));
+    let first = line(&register("r1", "ann", T0));
+    assert_eq!(
+        c.post_json("/v1/events?durability=immediate", &first).0,
+        200
+    );
+
+    plan.arm(&[IoOp::Fdatasync], 1, EIO, false);
+    let second = line(&register("r2", "ann", T0 + 1));
+    let write = c.post_json("/v1/events?durability=immediate", &second);
+    let why = assert_bare_error(&write, 503, "unavailable");
+    assert!(why.contains("stopped"), "{why}");
+    assert_eq!(
+        plan.fired(),
+        1,
+        "the armed fdatasync was the one that failed"
+    );
+
+    let ready = c.get_json("/readyz");
+    let why = assert_bare_error(&ready, 503, "unavailable");
+    assert!(why.starts_with("registry stopped: "), "{why}");
+    assert!(why.contains("Input/output error"), "names the cause: {why}");
+    // Not once per poll: the probe reads the flag, it does not write.
+    assert_eq!(c.get_json("/readyz").0, 503);
+    assert_eq!(c.get_json("/healthz"), (200, json!({"status":"ok"})));
+    // Reads go on; later writes are refused the same way.
+    assert_eq!(c.get_json("/v1/devices/r1").0, 200);
+    assert_eq!(
+        c.get_json("/v1/devices/r2").0,
+        404,
+        "a failed write is not applied"
+    );
+    let third = line(&register("r3", "ann", T0 + 2));
+    assert_bare_error(&c.post_json("/v1/events", &third), 503, "unavailable");
+    let (s, text) = c.get("/metrics");
+    assert_eq!(s, 200);
+    assert!(text.contains("devreg_registry_failed 1"), "{text}");
+}
+
+/// 429 over real HTTP: while one fdatasync takes seconds (a slow disk:
+/// the plan delays the call, then fails it), `MAX_SERVER_ENGINE_CALLS`
+/// immediate writes wait in their engine calls; one more engine call is
+/// answered 429 at once with `Retry-After: 1` and `{"error":{"code":
+/// "busy","message"}}` naming the limit, not queued, while the same call
+/// was served before the slots filled.
+#[test]
+fn engine_calls_over_the_bound_are_answered_429() {
+    const LIMIT: usize = devreg::limits::MAX_SERVER_ENGINE_CALLS;
+    const SLOW_MS: u64 = 8_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, plan) = with_plan(&dir.path().join("db"));
+    let url = serve_in_process(reg);
+    let probe = Client::at(&url, Some(TOKEN));
+    assert_eq!(probe.get_json("/v1/stats").0, 200);
+
+    plan.set_delay_ms(SLOW_MS);
+    plan.arm(&[IoOp::Fdatasync], 1, EIO, false);
+    let started = Instant::now();
+    let writers: Vec<_> = (0..LIMIT)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let c = Client::at(&url, Some(TOKEN));
+                let event = line(&register(&format!("w{i}"), "ann", T0 + i as u64));
+                c.post_json("/v1/events?durability=immediate", &event)
+            })
+        })
+        .collect();
+    // Every writer holds a slot until the slow fsync ends; a read takes
+    // one only for a moment, so it is served until all LIMIT are taken.
+    let busy = loop {
+        assert!(
+            started.elapsed() < Duration::from_millis(SLOW_MS / 2),
+            "no 429 while {LIMIT} writers wait"
+        );
+        let asked = Instant::now();
+        let mut r = probe
+            .agent
+            .get(format!("{url}/v1/stats"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap();
+        let took = asked.elapsed();
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        if status != 200 {
+            break (status, body, retry, took);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (status, body, retry, took) = busy;
+    let why = assert_bare_error(&(status, body), 429, "busy");
+    assert!(why.contains(&format!("limit {LIMIT}")), "{why}");
+    assert_eq!(retry.as_deref(), Some("1"), "Retry-After");
+    assert!(
+        took < Duration::from_secs(2),
+        "answered at once, not queued: {took:?}"
+    );
+    assert_eq!(plan.fired(), 1, "the writers still wait on the slow fsync");
+    // The writers end with the failed fsync: 503, none applied.
+    for w in writers {
+        assert_bare_error(&w.join().unwrap(), 503, "unavailable");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(SLOW_MS));
+}
+
+/// Concurrent acks and nacks of one batch over HTTP: exactly one answers
+/// `already_acked: false` (the registry's writer decides,
+/// `Registry::acknowledge`), the others `true` with `failed: 0`, and only
+/// the delivering nack's failure is a dead letter.
+#[test]
+fn concurrent_acks_of_one_batch_deliver_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("db"), Some(TOKEN), &[]);
+    let c = Client::new(&server, Some(TOKEN));
+    let events: String = (0..4)
+        .map(|i| line(&register(&format!("a{i}"), "ann", T0 + i)) + "\n")
+        .collect();
+    assert_eq!(c.post_json("/v1/events", &events).0, 200);
+    let (s, batch) = c.post_json("/v1/sinks/cio/export", "");
+    assert_eq!(s, 200, "{batch}");
+    let id = batch["batch_id"].as_str().unwrap().to_owned();
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (url, id) = (server.url.clone(), id.clone());
+                scope.spawn(move || {
+                    let c = Client::at(&url, Some(TOKEN));
+                    let (s, v) = match i % 2 {
+                        0 => c.post_json(&format!("/v1/sinks/cio/ack/{id}"), ""),
+                        _ => c.post_json(
+                            &format!("/v1/sinks/cio/nack/{id}"),
+                            r#"{"failed":[{"index":0,"reason":"invalid token"}]}"#,
+                        ),
+                    };
+                    assert_eq!(s, 200, "{v}");
+                    v
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let first: Vec<&Value> = answers
+        .iter()
+        .filter(|v| v["already_acked"] == false)
+        .collect();
+    assert_eq!(first.len(), 1, "{answers:?}");
+    for v in answers.iter().filter(|v| v["already_acked"] == true) {
+        assert_eq!(v["failed"], 0, "{v}");
+    }
+    let (s, dead) = c.get_json("/v1/sinks/cio/dead-letters");
+    assert_eq!(s, 200);
+    let want = first[0]["failed"].as_u64().unwrap() as usize;
+    assert_eq!(dead.as_array().unwrap().len(), want, "{dead}");
 }

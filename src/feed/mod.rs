@@ -140,6 +140,24 @@ pub struct DeadLetter {
     pub(crate) base: bool,
 }
 
+/// What acknowledging a batch did (`Registry::acknowledge`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// It was the sink's batch in flight: delivered now, its failures (if
+    /// any) moved to the dead letters.
+    Delivered,
+    /// It had been acknowledged before: nothing changed (its failures, if
+    /// any, were recorded the first time).
+    AlreadyAcked,
+}
+
+impl AckOutcome {
+    /// The `already_acked` of the CLI's and the server's answer.
+    pub fn already_acked(self) -> bool {
+        self == AckOutcome::AlreadyAcked
+    }
+}
+
 /// A sink's position, for `sinks()`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SinkInfo {

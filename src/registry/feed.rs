@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Applied, Entry, Registry};
 use crate::error::{Error, Result};
-use crate::feed::{validate_sink, Batch, DeadLetter, SinkInfo};
+use crate::feed::{validate_sink, AckOutcome, Batch, DeadLetter, SinkInfo};
 
 impl Registry {
     /// Adds a sink whose feed starts with a snapshot of every identified
@@ -91,19 +91,37 @@ impl Registry {
     /// Marks batch `batch_id` delivered. Acknowledging it again is a no-op;
     /// an id never exported is an error.
     pub fn ack(&self, sink: &str, batch_id: &str) -> Result<()> {
-        self.nack(sink, batch_id, &[])
+        self.acknowledge(sink, batch_id, &[]).map(|_| ())
     }
 
     /// Customer.io accepted the batch except the operations at these indices
     /// (its 207 answer): they go to the dead letters with their reasons.
     pub fn nack(&self, sink: &str, batch_id: &str, failed: &[(u32, String)]) -> Result<()> {
+        self.acknowledge(sink, batch_id, failed).map(|_| ())
+    }
+
+    /// `ack` (no `failed`) or `nack`, telling whether this call delivered
+    /// the batch or it had been acknowledged before (then nothing changes:
+    /// its failures were recorded the first time). The writer decides, so
+    /// of concurrent acknowledgements of one batch exactly one is
+    /// [`AckOutcome::Delivered`]. An unknown sink is `Error::Invalid`
+    /// naming `sink`; an id that is not one of the sink's exported batches,
+    /// or an index outside the batch, names `batch_id`.
+    pub fn acknowledge(
+        &self,
+        sink: &str,
+        batch_id: &str,
+        failed: &[(u32, String)],
+    ) -> Result<AckOutcome> {
         self.require_sink(sink)?;
         match self.submit_one(Entry::Ack {
             sink: sink.to_owned(),
             batch_id: batch_id.to_owned(),
             failed: failed.to_vec(),
         })? {
-            Applied::Count(_) => Ok(()),
+            // `deliver` counts 1 for a delivery, 0 for a batch acked before.
+            Applied::Count(0) => Ok(AckOutcome::AlreadyAcked),
+            Applied::Count(_) => Ok(AckOutcome::Delivered),
             Applied::Rejected(field, why) => Err(Error::invalid(field, why)),
             other => Err(Error::corrupt(
                 "writer",
@@ -139,5 +157,90 @@ impl Registry {
     /// Every sink's position.
     pub fn sinks(&self) -> Vec<SinkInfo> {
         self.inner.state.read().feed.infos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Platform, Register};
+
+    fn registry_with_batch(dir: &std::path::Path) -> (Registry, String) {
+        let reg = Registry::open(dir.join("db")).unwrap();
+        for i in 0..3u64 {
+            let outcome = reg.register(Register {
+                token: format!("tok{i}"),
+                platform: Platform::Ios,
+                person: Some("p1".into()),
+                seen_ms: 5_000 + i,
+                attributes: None,
+            });
+            assert!(outcome.unwrap().is_applied());
+        }
+        reg.add_sink("s").unwrap();
+        let batch = reg.export("s", 100, 499_999).unwrap().unwrap();
+        (reg, batch.id().to_owned())
+    }
+
+    /// The first acknowledgement delivers (failures become dead letters);
+    /// a second, with or without failures, is `AlreadyAcked` and changes
+    /// nothing; ids never exported and unknown sinks are errors naming
+    /// their field.
+    #[test]
+    fn acknowledge_tells_a_delivery_from_a_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reg, id) = registry_with_batch(dir.path());
+        let failed = vec![(0, "bad token".to_owned())];
+        assert_eq!(
+            reg.acknowledge("s", &id, &failed).unwrap(),
+            AckOutcome::Delivered
+        );
+        assert_eq!(reg.dead_letters("s").unwrap().len(), 1);
+        let again = reg.acknowledge("s", &id, &failed).unwrap();
+        assert_eq!(again, AckOutcome::AlreadyAcked);
+        assert!(again.already_acked());
+        assert_eq!(
+            reg.acknowledge("s", &id, &[]).unwrap(),
+            AckOutcome::AlreadyAcked
+        );
+        assert_eq!(
+            reg.dead_letters("s").unwrap().len(),
+            1,
+            "a repeat adds none"
+        );
+        assert_eq!(reg.sinks()[0].in_flight, None);
+
+        let digits = crate::limits::BATCH_NUMBER_DIGITS;
+        let never = format!("s-{:0digits$}", 999);
+        assert_eq!(never.len(), id.len(), "a well-formed id: {id}");
+        match reg.acknowledge("s", &never, &[]) {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "batch_id"),
+            other => panic!("{other:?}"),
+        }
+        match reg.acknowledge("nope", &id, &[]) {
+            Err(Error::Invalid { field, .. }) => assert_eq!(field, "sink"),
+            other => panic!("{other:?}"),
+        }
+        reg.close().unwrap();
+    }
+
+    /// Of concurrent acknowledgements of one batch exactly one delivers
+    /// (what the server needs for `already_acked`, without a lock of its own).
+    #[test]
+    fn concurrent_acknowledgements_deliver_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reg, id) = registry_with_batch(dir.path());
+        let outcomes: Vec<AckOutcome> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| reg.acknowledge("s", &id, &[]).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let delivered = outcomes
+            .iter()
+            .filter(|o| **o == AckOutcome::Delivered)
+            .count();
+        assert_eq!(delivered, 1, "{outcomes:?}");
+        reg.close().unwrap();
     }
 }

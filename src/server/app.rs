@@ -3,7 +3,7 @@
 //! semaphore (one call over the bound is answered 429, not queued).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
@@ -24,10 +24,6 @@ pub(crate) struct AppState {
     pub metrics: Arc<Metrics>,
     pub engine_slots: Arc<Semaphore>,
     pub backup_dir: Option<Arc<PathBuf>>,
-    /// Held across a sink's "is this batch in flight" look and its ack, so
-    /// `already_acked` is true to what the ack did (as in the CLI, where
-    /// one process holds the database).
-    pub feed_lock: Arc<Mutex<()>>,
     pub token: Option<Arc<[u8]>>,
 }
 
@@ -38,7 +34,6 @@ impl AppState {
             reg,
             engine_slots: Arc::new(Semaphore::new(MAX_SERVER_ENGINE_CALLS)),
             backup_dir: config.backup_dir.clone().map(Arc::new),
-            feed_lock: Arc::new(Mutex::new(())),
             token: config.token.as_deref().map(|t| Arc::from(t.as_bytes())),
         }
     }

@@ -71,15 +71,7 @@ pub fn ack(
     if let Some((i, _)) = failed.iter().find(|(i, _)| !seen.insert(*i)) {
         return Err(CliError(format!("--failed lists index {i} twice")));
     }
-    // One process holds the database: the in-flight batch cannot change
-    // between this look and the ack.
-    let in_flight = reg
-        .sinks()
-        .into_iter()
-        .find(|s| s.name == sink)
-        .and_then(|s| s.in_flight);
-    reg.nack(sink, batch_id, failed)?;
-    let already = in_flight.as_deref() != Some(batch_id);
+    let already = reg.acknowledge(sink, batch_id, failed)?.already_acked();
     if already {
         eprintln!("note: batch {batch_id} was already acknowledged; nothing changed");
     }

@@ -137,21 +137,16 @@ fn acknowledge(
     failed: &[(u32, String)],
 ) -> Result<Response, ApiError> {
     require_sink(st, sink)?;
-    // Poisoned only if a holder panicked; the lock guards no data.
-    let _guard = st.feed_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let in_flight = st
+    let outcome = st
         .reg
-        .sinks()
-        .into_iter()
-        .find(|s| s.name == sink)
-        .and_then(|s| s.in_flight);
-    st.reg.nack(sink, batch_id, failed).map_err(|e| match e {
-        crate::Error::Invalid { field, reason } if field == "batch_id" => {
-            ApiError::conflict(Some("batch_id"), format!("invalid batch_id: {reason}"))
-        }
-        other => other.into(),
-    })?;
-    let already = in_flight.as_deref() != Some(batch_id);
+        .acknowledge(sink, batch_id, failed)
+        .map_err(|e| match e {
+            crate::Error::Invalid { field, reason } if field == "batch_id" => {
+                ApiError::conflict(Some("batch_id"), format!("invalid batch_id: {reason}"))
+            }
+            other => other.into(),
+        })?;
+    let already = outcome.already_acked();
     Ok(raw_json(ack_line(batch_id, failed.len(), already)))
 }
 
