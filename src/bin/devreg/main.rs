@@ -9,6 +9,7 @@ mod demo;
 mod feed;
 mod history;
 mod import;
+mod lines;
 mod output;
 mod remote;
 #[cfg(feature = "server")]
