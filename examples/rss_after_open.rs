@@ -7,9 +7,11 @@
 //!     cargo run --release --example rss_after_open -- DB [BUDGET_MIB]
 //! ```
 //!
-//! The tunable is what the `devreg` command sets for itself (DESIGN.md
-//! section 6): without it, glibc keeps the nodes sled freed after the load
-//! in its heap, and the RSS stays about 110 B per device higher at 10^7.
+//! This measures the library on the system allocator, as a service linking
+//! it would run (the `devreg` command uses mimalloc instead, DESIGN.md
+//! section 6). With glibc, the tunable matters: without it glibc keeps the
+//! nodes sled freed after the load in its heap, and the RSS stays about
+//! 110 B per device higher at 10^7.
 
 use std::error::Error;
 

@@ -334,6 +334,8 @@ struct Judged {
     higher: bool,
     /// How its values are written.
     f: fn(f64) -> String,
+    /// False when the target is set for another size (shown, not judged).
+    at_this_size: bool,
 }
 
 impl Judged {
@@ -341,10 +343,14 @@ impl Judged {
         match &self.spread {
             None => "not measured",
             Some(_) if quick => "not judged",
+            Some(_) if !self.at_this_size => "not judged at this size",
             Some(s) => stats::verdict(s, self.threshold, self.higher).as_str(),
         }
     }
 }
+
+/// The smallest registry at which RAM per device is judged.
+const RAM_TARGET_FROM_DEVICES: usize = 1_000_000;
 
 /// Every target of issue 6 with what was measured for it.
 fn judged(r: &SizeRun) -> Vec<Judged> {
@@ -356,14 +362,19 @@ fn judged(r: &SizeRun) -> Vec<Judged> {
             threshold,
             higher: true,
             f: two,
+            at_this_size: true,
         })
         .collect();
+    // The target is set at 10^6 devices: below that, fixed costs (sled's
+    // cache, the log buffer) dominate the per-device figure, which the
+    // footprint rows still show; it is judged only from 10^6.
     out.push(Judged {
-        what: "RAM per device <= 300 B (at 10^6): B/device after open".into(),
+        what: "RAM per device <= 300 B (judged from 10^6): B/device after open".into(),
         spread: r.spread("open", "ram_b_per_dev"),
         threshold: 300.0,
         higher: false,
         f: fmt,
+        at_this_size: r.n >= RAM_TARGET_FROM_DEVICES,
     });
     out.push(Judged {
         what: "export drain >= 1,000,000 ops/min (100 ops per batch, export + ack): ops/min".into(),
@@ -371,6 +382,7 @@ fn judged(r: &SizeRun) -> Vec<Judged> {
         threshold: 1e6,
         higher: true,
         f: fmt,
+        at_this_size: true,
     });
     out
 }
