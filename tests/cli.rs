@@ -411,35 +411,6 @@ fn import_spans_several_batches_in_file_order() {
     assert_eq!(json_out(&devreg(&db, &["stats"]))["devices"], 10);
 }
 
-/// Lines are parsed on their own thread and handed over in chunks of
-/// 1,024: rejections and blank lines on both sides of a chunk's edge keep
-/// their line numbers and their order.
-#[test]
-fn import_names_lines_across_the_parsers_chunks() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    let mut text = String::new();
-    for i in 1..=3_000u64 {
-        match i {
-            1_024 | 1_025 | 2_049 => text.push_str(r#"{"op":"fly"}"#),
-            1_500 => {}
-            _ => text.push_str(&register(&format!("{i:064x}"), "ios", None, i)),
-        }
-        text.push('\n');
-    }
-    let o = import_text(&db, dir.path(), text.as_bytes());
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let err = stderr(&o);
-    let named: Vec<&str> = err
-        .lines()
-        .filter_map(|l| l.strip_prefix("line "))
-        .filter_map(|l| l.split(':').next())
-        .collect();
-    assert_eq!(named, ["1024", "1025", "2049"]);
-    assert_eq!(json_from(&stdout(&o))["imported"], 2_996);
-    assert_eq!(json_out(&devreg(&db, &["stats"]))["devices"], 2_996);
-}
-
 #[test]
 #[ignore = "slow in debug builds; run with --release -- --ignored"]
 fn demo_runs_clean() {

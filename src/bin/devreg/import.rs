@@ -4,13 +4,14 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal};
 use std::process::ExitCode;
 
+use devreg::import::parse_line;
 use devreg::limits::{
-    IMPORT_REJECTIONS_SHOWN, MAX_IMPORT_BATCH_BYTES, SECONDS_LOOKALIKE_BEFORE_MS,
+    IMPORT_REJECTIONS_SHOWN, MAX_IMPORT_BATCH_BYTES, MAX_IMPORT_LINE_BYTES,
+    SECONDS_LOOKALIKE_BEFORE_MS,
 };
 use devreg::{Op, Registry};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::lines;
 use crate::output::Out;
 use crate::{CliError, CmdResult};
 
@@ -46,7 +47,7 @@ const BATCH_OPS: usize = 10_000;
 
 /// The import's source, opened before the database.
 pub struct Input {
-    reader: Box<dyn BufRead + Send>,
+    reader: Box<dyn BufRead>,
     /// Known for files; drives the progress bar's length.
     len: Option<u64>,
 }
@@ -120,6 +121,52 @@ pub fn open_input(path: &str) -> Result<Input, CliError> {
     Ok(Input {
         reader: Box::new(BufReader::with_capacity(1 << 16, file)),
         len,
+    })
+}
+
+enum Line {
+    Eof,
+    /// A line in `buf`; `consumed` counts its bytes including the newline.
+    Ok {
+        consumed: u64,
+    },
+    /// Longer than the limit: skipped to its end without buffering it all.
+    TooLong {
+        len: u64,
+        consumed: u64,
+    },
+}
+
+/// Reads one line into `buf` (newline stripped), never holding more than
+/// `MAX_IMPORT_LINE_BYTES` of it, so a huge line cannot exhaust memory.
+fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<Line> {
+    buf.clear();
+    let (mut len, mut consumed, mut any) = (0u64, 0u64, false);
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        let (part, newline) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        len += part.len() as u64;
+        if len <= MAX_IMPORT_LINE_BYTES as u64 {
+            buf.extend_from_slice(part);
+        }
+        let used = part.len() + usize::from(newline);
+        consumed += used as u64;
+        r.consume(used);
+        if newline {
+            break;
+        }
+    }
+    Ok(match (any, len > MAX_IMPORT_LINE_BYTES as u64) {
+        (false, _) => Line::Eof,
+        (true, false) => Line::Ok { consumed },
+        (true, true) => Line::TooLong { len, consumed },
     })
 }
 
@@ -300,7 +347,7 @@ impl Importer<'_> {
 }
 
 /// Applies every valid line in file order; exit 2 if any line was rejected.
-pub fn run(reg: Registry, input: Input) -> CmdResult {
+pub fn run(reg: Registry, mut input: Input) -> CmdResult {
     let mut imp = Importer {
         reg: &reg,
         progress: Progress::new(input.len),
@@ -308,39 +355,32 @@ pub fn run(reg: Registry, input: Input) -> CmdResult {
         batch: Pending::new(&reg),
         warned_seconds: false,
     };
-    // Lines are read and parsed on a thread of their own (a sixth of the
-    // importing thread's time at 3x10^6 lines), a bounded way ahead.
-    let (lines, parser) = lines::spawn_parser(input.reader)?;
-    let mut failure = None;
-    'lines: for chunk in &lines {
-        for line in chunk {
-            let r = match line {
-                lines::Parsed::Line {
-                    verdict,
-                    line_no,
-                    pos,
-                } => imp.take(verdict, line_no, pos),
-                lines::Parsed::ReadError(why) => {
-                    report_partial(&imp.counts);
-                    Err(CliError(why))
-                }
-            };
-            if let Err(e) = r {
-                failure = Some(e);
-                break 'lines;
+    let mut buf = Vec::new();
+    let (mut line_no, mut pos) = (0u64, 0u64);
+    let reader: &mut dyn BufRead = &mut input.reader;
+    loop {
+        let line = read_line(reader, &mut buf).map_err(|e| {
+            report_partial(&imp.counts);
+            CliError(format!("reading line {}: {e}", line_no + 1))
+        })?;
+        line_no += 1;
+        let verdict = match line {
+            Line::Eof => break,
+            Line::TooLong { len, consumed } => {
+                pos += consumed;
+                Err(format!(
+                    "line is {len} bytes, the limit is {MAX_IMPORT_LINE_BYTES}"
+                ))
             }
-        }
-    }
-    if let Some(e) = failure {
-        // Not joined: the parser may be blocked reading a pipe that stays
-        // open; it stops at its next chunk, or with the process.
-        return Err(e);
-    }
-    // The channel closed: the parser reached the end of the input (or
-    // panicked, which its join says).
-    if parser.join().is_err() {
-        report_partial(&imp.counts);
-        return Err(CliError("the thread reading the input stopped".into()));
+            Line::Ok { consumed } => {
+                pos += consumed;
+                if buf.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                parse_line(&buf).map_err(|e| e.to_string())
+            }
+        };
+        imp.take(verdict, line_no, pos)?;
     }
     let Importer {
         mut counts,

@@ -9,7 +9,6 @@ mod demo;
 mod feed;
 mod history;
 mod import;
-mod lines;
 mod output;
 mod remote;
 #[cfg(feature = "server")]
