@@ -7,7 +7,7 @@
 //! one write (and, for `Immediate`, one fdatasync). Reads never wait for the
 //! fdatasync: the lock is released before the log I/O.
 
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,13 +55,6 @@ impl WriteQueue {
 /// leader) commits every queued request as one group, so callers that arrive
 /// during a leader's fsync share the next one. When the lock is ours, our
 /// request was committed by an earlier leader or is in the queue for us.
-///
-/// A caller that finds the lock taken sleeps until its answer comes: every
-/// holder of the lock looks at the queue after releasing it
-/// ([`drain_after_release`]) and leads what it finds, so a request queued
-/// while the lock was held is never left without a leader. (Waiters used to
-/// poll the lock every 100 µs: with 16 HTTP clients that was about 160,000
-/// wake-ups a second on a 2-core machine; DESIGN.md 18.)
 pub(crate) fn commit(
     ctx: &Mutex<WriterCtx>,
     queue: &WriteQueue,
@@ -74,9 +67,6 @@ pub(crate) fn commit(
         .tx
         .send((entries, durability, reply))
         .map_err(|_| Error::Closed)?;
-    // Pairs with the fence in `drain_after_release`: either that holder
-    // sees our request in the queue, or we see the lock it released.
-    fence(Ordering::SeqCst);
     // A reply dropped unanswered: the leader panicked (and failed stop).
     let dropped = || Err(failed.get().map_or(Error::Closed, Error::Failed));
     loop {
@@ -88,37 +78,16 @@ pub(crate) fn commit(
         }
         if let Some(mut c) = ctx.try_lock() {
             lead(&mut c, queue);
-            drop(c);
-            drain_after_release(ctx, queue);
             continue;
         }
-        // The holder leads our request, now or after it releases the lock.
-        // The timeout is only a safety net; it is not how requests are found.
-        match done.recv_timeout(WAITER_SAFETY_NET) {
+        // Another caller leads (likely in its fsync) and takes our request
+        // with its next group; waiting on the lock instead would make every
+        // caller queue behind each fsync in turn. A request queued just as a
+        // leader finished is picked up by the next poll.
+        match done.recv_timeout(std::time::Duration::from_micros(100)) {
             Ok(r) => return r,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return dropped(),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-        }
-    }
-}
-
-/// How long a waiting writer sleeps before it looks at the lock itself
-/// again (see `commit`: a holder always leads what was queued meanwhile).
-const WAITER_SAFETY_NET: Duration = Duration::from_millis(50);
-
-/// Called by every holder of the writer lock just after releasing it: leads
-/// the requests queued while it held the lock (their callers found it taken
-/// and sleep). If another thread has taken the lock meanwhile, that one does
-/// the same when it releases it.
-pub(crate) fn drain_after_release(ctx: &Mutex<WriterCtx>, queue: &WriteQueue) {
-    loop {
-        fence(Ordering::SeqCst);
-        if queue.rx.is_empty() {
-            return;
-        }
-        match ctx.try_lock() {
-            Some(mut c) => lead(&mut c, queue),
-            None => return,
         }
     }
 }
@@ -268,7 +237,7 @@ impl WriterCtx {
     /// The background duties: timers, forced checkpoints, exclusive work
     /// (the integrity check) and the final checkpoint at close. Writes do not
     /// pass through here: callers commit them as leaders (see `commit`).
-    pub(crate) fn run(ctx: Arc<Mutex<WriterCtx>>, rx: Receiver<Msg>, queue: Arc<WriteQueue>) {
+    pub(crate) fn run(ctx: Arc<Mutex<WriterCtx>>, rx: Receiver<Msg>) {
         let tick = {
             let c = ctx.lock();
             Duration::from_millis(
@@ -278,33 +247,25 @@ impl WriterCtx {
                     .min(c.config.checkpoint_interval_ms.max(5)),
             )
         };
-        // Holds the lock for `f`, then leads what writers queued meanwhile.
-        let with = |f: &mut dyn FnMut(&mut WriterCtx)| {
-            f(&mut ctx.lock());
-            drain_after_release(&ctx, &queue);
-        };
         loop {
             match rx.recv_timeout(tick) {
-                Ok(Msg::Checkpoint { reply }) => with(&mut |c| {
+                Ok(Msg::Checkpoint { reply }) => {
+                    let mut c = ctx.lock();
                     if let Err(e) = c.start_checkpoint(Some(reply.clone())) {
                         let _ = reply.send(Err(e));
                     }
-                }),
+                }
                 Ok(Msg::Exclusive { f }) => {
-                    let mut f = Some(f);
-                    with(&mut |c| {
-                        c.wait_checkpoint_idle();
-                        if let Some(f) = f.take() {
-                            f(c);
-                        }
-                    });
+                    let mut c = ctx.lock();
+                    c.wait_checkpoint_idle();
+                    f(&mut c);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            with(&mut |c| c.periodic());
+            ctx.lock().periodic();
         }
-        with(&mut |c| c.shutdown());
+        ctx.lock().shutdown();
     }
 
     /// Commits one group. In `Immediate` mode the records are written and

@@ -40,7 +40,7 @@ struct Inner {
     state: Arc<RwLock<State>>,
     tx: Mutex<Option<Sender<Msg>>>,
     ctx: Arc<Mutex<WriterCtx>>,
-    queue: Arc<WriteQueue>,
+    queue: WriteQueue,
     failed: Arc<FailFlag>,
     store: Arc<dyn KvStore>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -246,11 +246,9 @@ impl Registry {
         };
         let ctx = Arc::new(Mutex::new(ctx));
         let ctx_for_thread = ctx.clone();
-        let queue = Arc::new(WriteQueue::new());
-        let queue_for_thread = queue.clone();
         let writer_thread = std::thread::Builder::new()
             .name("devreg-writer".into())
-            .spawn(move || WriterCtx::run(ctx_for_thread, rx, queue_for_thread))
+            .spawn(move || WriterCtx::run(ctx_for_thread, rx))
             .map_err(|e| Error::io("starting the writer thread", e))?;
         let reg = Registry {
             inner: Arc::new(Inner {
@@ -261,7 +259,7 @@ impl Registry {
                 state,
                 tx: Mutex::new(Some(tx)),
                 ctx,
-                queue,
+                queue: WriteQueue::new(),
                 failed,
                 store,
                 // The writer must stop (and hand over its last checkpoint) first.
