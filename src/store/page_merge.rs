@@ -17,9 +17,9 @@
 
 use std::borrow::Cow;
 
-use super::paged::{combine, get_field, is_append, open_block, put_varint, PAGE_VERSION};
+use super::paged::{combine, is_append, put_varint, visit_block, PAGE_VERSION};
 use super::{frame, Write};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The block of a page after `changes` over its stored value `stored` (none
 /// for a page never written): returns the unsealed block and its record
@@ -89,21 +89,11 @@ pub(crate) fn rewrite(
 
 /// The records of a page block, borrowed, in stored (key) order.
 fn records_of<'a>(location: &dyn Fn() -> String, b: &'a [u8]) -> Result<Vec<(&'a [u8], &'a [u8])>> {
-    let bad = |why: &str| Error::corrupt(location(), why.to_owned());
-    let (count, mut at) = open_block(location, b, PAGE_VERSION, "page")?;
-    let mut out: Vec<(&[u8], &[u8])> =
-        Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(b.len()));
-    for _ in 0..count {
-        let key = get_field(b, &mut at).ok_or_else(|| bad("record key runs past the page"))?;
-        let value = get_field(b, &mut at).ok_or_else(|| bad("record value runs past the page"))?;
-        if out.last().is_some_and(|(last, _)| *last >= key) {
-            return Err(bad("records out of key order"));
-        }
-        out.push((key, value));
-    }
-    if at != b.len() {
-        return Err(bad("bytes after the last record"));
-    }
+    let mut out = Vec::new();
+    visit_block(location, b, &mut |k, v| {
+        out.push((k, v));
+        Ok(())
+    })?;
     Ok(out)
 }
 

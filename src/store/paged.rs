@@ -245,9 +245,19 @@ pub(crate) fn open_block(
 
 /// Calls `f` for each record of a page value; errors name the page.
 fn decode_page(location: &dyn Fn() -> String, value: &[u8], f: RecordVisit<'_>) -> Result<()> {
-    let bad = |why: &str| Error::corrupt(location(), why.to_owned());
     let page = frame::open(location, value)?;
-    let page: &[u8] = &page;
+    visit_block(location, &page, &mut |k, v| f(k, v))
+}
+
+/// Calls `f` for each record of a page block (unframed), borrowed from it;
+/// a block cut short, with bytes after its last record or with records
+/// out of key order is `Corrupt` naming `location`.
+pub(crate) fn visit_block<'a>(
+    location: &dyn Fn() -> String,
+    page: &'a [u8],
+    f: &mut dyn FnMut(&'a [u8], &'a [u8]) -> Result<()>,
+) -> Result<()> {
+    let bad = |why: &str| Error::corrupt(location(), why.to_owned());
     let (count, mut at) = open_block(location, page, PAGE_VERSION, "page")?;
     let mut last: Option<&[u8]> = None;
     for _ in 0..count {
@@ -937,7 +947,16 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, chunk: usize) -> PagedStore {
-        PagedStore::open(SledStore::open(dir, None, 8 << 20, true).unwrap(), chunk, 0).unwrap()
+        open_with_deltas(dir, chunk, 0)
+    }
+
+    fn open_with_deltas(dir: &std::path::Path, chunk: usize, delta: usize) -> PagedStore {
+        PagedStore::open(
+            SledStore::open(dir, None, 8 << 20, true).unwrap(),
+            chunk,
+            delta,
+        )
+        .unwrap()
     }
 
     fn all(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -1086,12 +1105,7 @@ mod tests {
     fn deltas_and_merges_match_a_model() {
         let dir = tempfile::tempdir().unwrap();
         let reopen = |delta: usize| {
-            let mut s = PagedStore::open(
-                SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
-                256,
-                delta,
-            )
-            .unwrap();
+            let mut s = open_with_deltas(dir.path(), 256, delta);
             // Deltas up to 2,000 bytes read back in up to 8 passes.
             s.pass_bytes = 256;
             s
@@ -1163,14 +1177,7 @@ mod tests {
         use crate::history::{decode_list, Cause, History, MAX_HISTORY_PER_TOKEN};
         use crate::model::Platform;
         let dir = tempfile::tempdir().unwrap();
-        let reopen = || {
-            PagedStore::open(
-                SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
-                512,
-                4_000,
-            )
-            .unwrap()
-        };
+        let reopen = || open_with_deltas(dir.path(), 512, 4_000);
         let mut s = reopen();
         let mut h = History::new(u64::MAX);
         let mut model: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
@@ -1240,14 +1247,7 @@ mod tests {
     #[test]
     fn garbage_left_by_a_crash_is_ignored_then_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let reopen = || {
-            PagedStore::open(
-                SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
-                256,
-                300,
-            )
-            .unwrap()
-        };
+        let reopen = || open_with_deltas(dir.path(), 256, 300);
         let raw_keys = |s: &PagedStore, prefix: u8| {
             let mut keys = Vec::new();
             s.raw
@@ -1313,12 +1313,7 @@ mod tests {
     #[test]
     fn device_deltas_gather_on_disk_beyond_the_memory_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let s = PagedStore::open(
-            SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
-            1 << 20,
-            4_000,
-        )
-        .unwrap();
+        let s = open_with_deltas(dir.path(), 1 << 20, 4_000);
         // Memory bound clamp(100 x 16, 1,000, 4,000) = 1,600; disk bound
         // max(1,600, 100 x 32) = 3,200.
         s.plan_for_devices(100);
@@ -1364,12 +1359,7 @@ mod tests {
         assert_eq!(delta_bound(u64::MAX, 4000), 4000);
         assert_eq!(delta_bound(1_000_000, 0), 0);
         let dir = tempfile::tempdir().unwrap();
-        let s = PagedStore::open(
-            SledStore::open(dir.path(), None, 8 << 20, true).unwrap(),
-            1 << 20,
-            10_000,
-        )
-        .unwrap();
+        let s = open_with_deltas(dir.path(), 1 << 20, 10_000);
         let writes = |round: u32| -> Vec<Write> {
             (0..10).map(|i| put(i, &format!("{round:0>150}"))).collect()
         };
