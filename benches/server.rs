@@ -2,8 +2,9 @@
 //! server against its own floor, in one run (issue 14's targets).
 //!
 //! A server (`devreg::server::serve`, in this process, on a loopback port,
-//! no auth) is measured with keep-alive clients (ureq agents, one per
-//! client thread) in bounded loops, each phase a fixed time:
+//! no auth) is measured with keep-alive clients (one connection per client
+//! thread: the lean client of `server_client/raw.rs`, or ureq agents with
+//! `--client ureq`) in bounded loops, each phase a fixed time:
 //! - `GET /healthz`: the HTTP floor (no engine call);
 //! - `GET /v1/devices/{token}`: target at least 0.7 of the floor's rate;
 //! - a single-event `POST /v1/events?durability=eventual`: at least 0.5;
@@ -23,6 +24,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use devreg::server::{serve, ServerConfig};
+
+#[path = "server_client/raw.rs"]
+mod raw;
 use devreg::{Config, Durability, Platform, Register, Registry};
 
 /// Devices registered before the read phase.
@@ -55,13 +59,71 @@ impl Phase {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let ureq_client = args
+        .windows(2)
+        .any(|w| w[0] == "--client" && w[1] == "ureq");
     let phase = Duration::from_millis(if quick { 300 } else { 3_000 });
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (url, served) = start_server(&dir.path().join("served"));
     let client = agent();
     seed(&client, &url);
-    let mut phases = vec![
+    let mut phases = if ureq_client {
+        ureq_phases(&url, &served, phase)
+    } else {
+        raw_phases(&url, &served, phase)
+    };
+    phases.push(library_durable(&dir.path().join("library"), phase));
+    report(&phases, quick, if ureq_client { "ureq" } else { "raw" });
+    // The server runs until a signal; the results are written.
+    std::process::exit(0);
+}
+
+/// The server's phases with the lean client (the default).
+fn raw_phases(url: &str, served: &Registry, phase: Duration) -> Vec<Phase> {
+    let addr = url.trim_start_matches("http://").to_owned();
+    let connect = || raw::Raw::connect(&addr);
+    let post = |c: &mut raw::Raw, durability: &str, i: u64| {
+        let body = event(&format!("new{i}"), i);
+        c.post(
+            &format!("/v1/events?durability={durability}"),
+            body.as_bytes(),
+        )
+    };
+    vec![
+        timed("GET /healthz (floor)", CLIENTS, phase, connect, |c, _| {
+            c.get("/healthz")
+        }),
+        timed(
+            "GET /v1/devices/{token}",
+            CLIENTS,
+            phase,
+            connect,
+            |c, i| c.get(&format!("/v1/devices/tok{}", i % DEVICES)),
+        ),
+        timed(
+            "POST /v1/events, eventual",
+            CLIENTS,
+            phase,
+            connect,
+            |c, i| post(c, "eventual", i),
+        ),
+        with_groups(served, || {
+            timed(
+                "POST /v1/events, immediate, 16 clients",
+                DURABLE_CLIENTS,
+                phase,
+                connect,
+                |c, i| post(c, "immediate", i),
+            )
+        }),
+    ]
+}
+
+/// The server's phases with ureq agents (`--client ureq`).
+fn ureq_phases(url: &str, served: &Registry, phase: Duration) -> Vec<Phase> {
+    vec![
         run_phase("GET /healthz (floor)", CLIENTS, phase, |a, i| {
             get(a, &format!("{url}/healthz"), i)
         }),
@@ -69,21 +131,17 @@ fn main() {
             get(a, &format!("{url}/v1/devices/tok{}", i % DEVICES), i)
         }),
         run_phase("POST /v1/events, eventual", CLIENTS, phase, |a, i| {
-            post_event(a, &url, "eventual", i)
+            post_event(a, url, "eventual", i)
         }),
-        with_groups(&served, || {
+        with_groups(served, || {
             run_phase(
                 "POST /v1/events, immediate, 16 clients",
                 DURABLE_CLIENTS,
                 phase,
-                |a, i| post_event(a, &url, "immediate", i),
+                |a, i| post_event(a, url, "immediate", i),
             )
         }),
-    ];
-    phases.push(library_durable(&dir.path().join("library"), phase));
-    report(&phases, quick);
-    // The server runs until a signal; the results are written.
-    std::process::exit(0);
+    ]
 }
 
 fn agent() -> ureq::Agent {
@@ -198,7 +256,7 @@ fn run_phase(
     dur: Duration,
     op: impl Fn(&ureq::Agent, u64) -> bool + Sync,
 ) -> Phase {
-    timed(name, clients, dur, agent, op)
+    timed(name, clients, dur, agent, |a, i| op(a, i))
 }
 
 /// The library's durable registers from `LIBRARY_THREADS` threads.
@@ -235,7 +293,7 @@ fn timed<S>(
     threads: usize,
     dur: Duration,
     init: impl Fn() -> S + Sync,
-    op: impl Fn(&S, u64) -> bool + Sync,
+    op: impl Fn(&mut S, u64) -> bool + Sync,
 ) -> Phase {
     let next = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
@@ -245,12 +303,12 @@ fn timed<S>(
         let hs: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
-                    let state = init();
+                    let mut state = init();
                     let mut lat = Vec::new();
                     while started.elapsed() < dur {
                         let i = next.fetch_add(1, Ordering::Relaxed) * 7_919;
                         let t = Instant::now();
-                        if !op(&state, i) {
+                        if !op(&mut state, i) {
                             failed.store(true, Ordering::Relaxed);
                         }
                         lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -284,8 +342,9 @@ fn timed<S>(
     }
 }
 
-fn report(phases: &[Phase], quick: bool) {
-    let mut text = String::from(
+fn report(phases: &[Phase], quick: bool, client: &str) {
+    let mut text = format!("client: {client}\n\n");
+    text.push_str(
         "| phase | ops/s | p50 (us) | p99 (us) | requests | CPU us/op | ops per fsync |\n\
          |---|---|---|---|---|---|---|\n",
     );
@@ -332,6 +391,7 @@ fn report(phases: &[Phase], quick: bool) {
     print!("{text}");
     let json = serde_json::json!({
         "quick": quick,
+        "client": client,
         "phases": phases.iter().map(|p| serde_json::json!({
             "name": p.name, "ops": p.ops, "secs": p.secs, "ops_per_s": p.rate(),
             "p50_us": p.p50_us, "p99_us": p.p99_us, "cpu_us_per_op": p.cpu_us_per_op,

@@ -172,6 +172,10 @@ pub const CHECKPOINT_BUCKETS_MS: [u64; 15] = [
 pub const DEFAULT_SERVER_LISTEN: &str = "127.0.0.1:7600";
 /// Largest request body the server reads; a larger one is answered 413.
 pub const MAX_SERVER_BODY_BYTES: usize = 4 << 20;
+/// Largest `POST /v1/events` body the server parses on its async workers
+/// (about 40 events: tens of microseconds); a larger one is parsed on the
+/// blocking pool.
+pub const SERVER_INLINE_PARSE_BYTES: usize = 16 << 10;
 /// Most events one `POST /v1/events` may hold (one atomic batch).
 pub const MAX_SERVER_EVENTS_PER_REQUEST: usize = 10_000;
 /// Devices or changes per page when the request names no `limit`.

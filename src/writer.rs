@@ -31,22 +31,85 @@ pub(crate) enum Msg {
     Exclusive {
         f: Box<dyn FnOnce(&mut WriterCtx) + Send>,
     },
+    /// Lead the queued writes: one was submitted with no caller waiting
+    /// (`submit_detached`).
+    Lead,
+}
+
+/// Where a write's outcome goes.
+pub(crate) enum WriteReply {
+    /// A caller waiting in `commit`.
+    Wait(Reply<Vec<Applied>>),
+    /// A callback, run once on the thread that committed the write
+    /// (`Registry::apply_batch_then`); dropped uncalled only if that
+    /// thread panicked.
+    Call(Box<dyn FnOnce(Result<Vec<Applied>>) + Send>),
+}
+
+impl WriteReply {
+    /// Hands over the outcome. A callback that panics is the caller's bug,
+    /// not the store's: it is contained, and the writer goes on.
+    pub(crate) fn send(self, r: Result<Vec<Applied>>) {
+        match self {
+            WriteReply::Wait(tx) => {
+                let _ = tx.send(r);
+            }
+            WriteReply::Call(f) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r)));
+            }
+        }
+    }
 }
 
 /// One caller's write, queued for the next leader: its entries, the
 /// durability it asked for (None: the registry's), where to answer.
-pub(crate) type Request = (Vec<Entry>, Option<Durability>, Reply<Vec<Applied>>);
+pub(crate) type Request = (Vec<Entry>, Option<Durability>, WriteReply);
 
 /// Writes waiting for a leader.
+#[derive(Clone)]
 pub(crate) struct WriteQueue {
     tx: Sender<Request>,
     rx: Receiver<Request>,
+    /// Set while a `Msg::Lead` is on its way to the writer thread: detached
+    /// writes arriving meanwhile send no other one.
+    lead_wanted: Arc<AtomicBool>,
 }
 
 impl WriteQueue {
     pub(crate) fn new() -> WriteQueue {
         let (tx, rx) = crossbeam_channel::unbounded();
-        WriteQueue { tx, rx }
+        WriteQueue {
+            tx,
+            rx,
+            lead_wanted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// Queues a write whose outcome goes to `reply` and has the writer thread
+/// (`msgs`) lead it, so no caller thread waits: for async callers, whose
+/// threads must not block. Every request queued before the writer thread
+/// takes a `Lead` is in the groups it leads; `msgs` is held until the
+/// `Lead` is sent, so the writer thread cannot have stopped before it
+/// reads it. A writer thread that is gone answers nothing: then this
+/// thread leads (the writer is closed, so the request is refused).
+pub(crate) fn submit_detached(
+    ctx: &Mutex<WriterCtx>,
+    queue: &WriteQueue,
+    msgs: &Sender<Msg>,
+    request: Request,
+) {
+    if let Err(e) = queue.tx.send(request) {
+        // The queue holds its own receiver: unreachable, but answered.
+        e.into_inner().2.send(Err(Error::Closed));
+        return;
+    }
+    if queue.lead_wanted.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if msgs.send(Msg::Lead).is_err() {
+        queue.lead_wanted.store(false, Ordering::SeqCst);
+        lead(&mut ctx.lock(), queue);
     }
 }
 
@@ -65,7 +128,7 @@ pub(crate) fn commit(
     let (reply, done) = crossbeam_channel::bounded(1);
     queue
         .tx
-        .send((entries, durability, reply))
+        .send((entries, durability, WriteReply::Wait(reply)))
         .map_err(|_| Error::Closed)?;
     // A reply dropped unanswered: the leader panicked (and failed stop).
     let dropped = || Err(failed.get().map_or(Error::Closed, Error::Failed));
@@ -174,16 +237,16 @@ pub(crate) struct WriterCtx {
 pub(crate) struct Work {
     entries: Vec<Entry>,
     body: Vec<u8>,
-    reply: Reply<Vec<Applied>>,
+    reply: WriteReply,
 }
 
 /// A request's outcomes and where to send them.
-type Done = (Vec<Applied>, Reply<Vec<Applied>>);
+type Done = (Vec<Applied>, WriteReply);
 
 /// Answers every reply with `e`.
-fn reply_all(replies: impl Iterator<Item = Reply<Vec<Applied>>>, e: &Error) {
+fn reply_all(replies: impl Iterator<Item = WriteReply>, e: &Error) {
     for reply in replies {
-        let _ = reply.send(Err(clone_refusal(e)));
+        reply.send(Err(clone_refusal(e)));
     }
 }
 
@@ -237,7 +300,7 @@ impl WriterCtx {
     /// The background duties: timers, forced checkpoints, exclusive work
     /// (the integrity check) and the final checkpoint at close. Writes do not
     /// pass through here: callers commit them as leaders (see `commit`).
-    pub(crate) fn run(ctx: Arc<Mutex<WriterCtx>>, rx: Receiver<Msg>) {
+    pub(crate) fn run(ctx: Arc<Mutex<WriterCtx>>, rx: Receiver<Msg>, queue: WriteQueue) {
         let tick = {
             let c = ctx.lock();
             Duration::from_millis(
@@ -259,6 +322,13 @@ impl WriterCtx {
                     let mut c = ctx.lock();
                     c.wait_checkpoint_idle();
                     f(&mut c);
+                }
+                Ok(Msg::Lead) => {
+                    // Cleared before the queue is read: a request queued
+                    // after this sends another `Lead`.
+                    queue.lead_wanted.store(false, Ordering::SeqCst);
+                    lead(&mut ctx.lock(), &queue);
+                    continue;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -284,7 +354,7 @@ impl WriterCtx {
         };
         if let Some(e) = refusal {
             for (_, _, reply) in group {
-                let _ = reply.send(Err(clone_refusal(&e)));
+                reply.send(Err(clone_refusal(&e)));
             }
             return;
         }
@@ -308,7 +378,7 @@ impl WriterCtx {
             return;
         };
         for (outcomes, reply) in results {
-            let _ = reply.send(Ok(outcomes));
+            reply.send(Ok(outcomes));
         }
         let since = self.log.end_lsn() - self.last_checkpoint_lsn;
         let trigger = self
@@ -341,7 +411,7 @@ impl WriterCtx {
                     reply,
                 }),
                 Ok(body) => {
-                    let _ = reply.send(Err(Error::invalid(
+                    reply.send(Err(Error::invalid(
                         "batch",
                         format!(
                             "encodes to {} bytes, over the log record limit of {}",
@@ -351,7 +421,7 @@ impl WriterCtx {
                     )));
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e));
+                    reply.send(Err(e));
                 }
             }
         }

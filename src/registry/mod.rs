@@ -29,7 +29,9 @@ use crate::metrics::{kind_index, Recorder};
 use crate::model::*;
 use crate::state::{Applied, Cursor, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
-use crate::writer::{commit, CheckpointerCtx, FailFlag, Msg, WriteQueue, WriterCtx};
+use crate::writer::{
+    commit, submit_detached, CheckpointerCtx, FailFlag, Msg, WriteQueue, WriteReply, WriterCtx,
+};
 
 struct Inner {
     path: PathBuf,
@@ -246,9 +248,11 @@ impl Registry {
         };
         let ctx = Arc::new(Mutex::new(ctx));
         let ctx_for_thread = ctx.clone();
+        let queue = WriteQueue::new();
+        let queue_for_thread = queue.clone();
         let writer_thread = std::thread::Builder::new()
             .name("devreg-writer".into())
-            .spawn(move || WriterCtx::run(ctx_for_thread, rx))
+            .spawn(move || WriterCtx::run(ctx_for_thread, rx, queue_for_thread))
             .map_err(|e| Error::io("starting the writer thread", e))?;
         let reg = Registry {
             inner: Arc::new(Inner {
@@ -259,7 +263,7 @@ impl Registry {
                 state,
                 tx: Mutex::new(Some(tx)),
                 ctx,
-                queue: WriteQueue::new(),
+                queue,
                 failed,
                 store,
                 // The writer must stop (and hand over its last checkpoint) first.
@@ -399,26 +403,61 @@ impl Registry {
     fn apply_batch_as(&self, ops: Vec<Op>, durability: Option<Durability>) -> Result<Vec<Outcome>> {
         let kinds: Vec<u8> = ops.iter().map(|op| kind_index(op) as u8).collect();
         let r = self.apply_batch_uncounted(ops, durability);
-        self.count_batch(&kinds, &r);
+        count_batch(&self.inner.metrics, &kinds, &r);
         r
     }
 
-    /// Counts each operation of a batch by its kind (`kinds`, in order) and
-    /// its outcome; a batch that failed as a whole gives each its error.
-    fn count_batch(&self, kinds: &[u8], r: &Result<Vec<Outcome>>) {
-        let m = &self.inner.metrics;
-        match r {
-            Ok(outcomes) => {
-                for (&k, o) in kinds.iter().zip(outcomes) {
-                    m.op(usize::from(k), Ok(o));
-                }
-            }
-            Err(e) => {
-                for &k in kinds {
-                    m.op(usize::from(k), Err(e));
-                }
-            }
+    /// [`apply_batch_with`](Registry::apply_batch_with) (`durability`
+    /// None: the registry's) without waiting: the writer thread commits the
+    /// batch, with whatever else is queued, and calls `done` with the same
+    /// outcome `apply_batch_with` would return, once the batch is as durable
+    /// as asked. For async services: `done` completes a future (a oneshot
+    /// channel's send), and no thread waits for the fdatasync meanwhile.
+    /// An invalid batch, or a closed or failed registry, calls `done` at
+    /// once on this thread. `done` runs on the writer thread otherwise: it
+    /// must not block, and every write waits while it runs; a `done` that
+    /// panics is contained.
+    pub fn apply_batch_then(
+        &self,
+        ops: Vec<Op>,
+        durability: Option<Durability>,
+        done: impl FnOnce(Result<Vec<Outcome>>) + Send + 'static,
+    ) {
+        let kinds: Vec<u8> = ops.iter().map(|op| kind_index(op) as u8).collect();
+        let metrics = self.inner.metrics.clone();
+        let finish = move |r: Result<Vec<Outcome>>| {
+            count_batch(&metrics, &kinds, &r);
+            done(r);
+        };
+        let entries = match self.detached_entries(ops) {
+            Ok(Some(entries)) => entries,
+            Ok(None) => return finish(Ok(Vec::new())),
+            Err(e) => return finish(Err(e)),
+        };
+        let msgs = self.inner.tx.lock().clone();
+        let Some(msgs) = msgs else {
+            return finish(Err(Error::Closed));
+        };
+        let reply = WriteReply::Call(Box::new(move |r: Result<Vec<Applied>>| {
+            finish(r.and_then(|a| a.into_iter().map(outcome).collect()));
+        }));
+        submit_detached(
+            &self.inner.ctx,
+            &self.inner.queue,
+            &msgs,
+            (entries, durability, reply),
+        );
+    }
+
+    /// The entries of a batch that `apply_batch_then` may queue (None: an
+    /// empty batch), or why it may not.
+    fn detached_entries(&self, ops: Vec<Op>) -> Result<Option<Vec<Entry>>> {
+        self.refuse_if_read_only()?;
+        if let Some(why) = self.inner.failed.get() {
+            return Err(Error::Failed(why));
         }
+        validate_batch(&ops)?;
+        Ok((!ops.is_empty()).then(|| ops.into_iter().map(Entry::Op).collect()))
     }
 
     fn apply_batch_uncounted(
@@ -426,25 +465,7 @@ impl Registry {
         ops: Vec<Op>,
         durability: Option<Durability>,
     ) -> Result<Vec<Outcome>> {
-        if ops.len() > crate::limits::MAX_OPS_PER_BATCH {
-            return Err(Error::invalid(
-                "batch",
-                format!(
-                    "has {} operations, the limit is {}",
-                    ops.len(),
-                    crate::limits::MAX_OPS_PER_BATCH
-                ),
-            ));
-        }
-        for (i, op) in ops.iter().enumerate() {
-            op.validate().map_err(|e| match e {
-                Error::Invalid { field, reason } => Error::Invalid {
-                    field: format!("batch[{i}].{field}"),
-                    reason,
-                },
-                other => other,
-            })?;
-        }
+        validate_batch(&ops)?;
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -453,7 +474,51 @@ impl Registry {
             .map(outcome)
             .collect()
     }
+}
 
+/// Counts each operation of a batch by its kind (`kinds`, in order) and
+/// its outcome; a batch that failed as a whole gives each its error.
+fn count_batch(m: &Recorder, kinds: &[u8], r: &Result<Vec<Outcome>>) {
+    match r {
+        Ok(outcomes) => {
+            for (&k, o) in kinds.iter().zip(outcomes) {
+                m.op(usize::from(k), Ok(o));
+            }
+        }
+        Err(e) => {
+            for &k in kinds {
+                m.op(usize::from(k), Err(e));
+            }
+        }
+    }
+}
+
+/// Checks a batch's size and every operation; the error names the
+/// operation's index.
+fn validate_batch(ops: &[Op]) -> Result<()> {
+    if ops.len() > crate::limits::MAX_OPS_PER_BATCH {
+        return Err(Error::invalid(
+            "batch",
+            format!(
+                "has {} operations, the limit is {}",
+                ops.len(),
+                crate::limits::MAX_OPS_PER_BATCH
+            ),
+        ));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        op.validate().map_err(|e| match e {
+            Error::Invalid { field, reason } => Error::Invalid {
+                field: format!("batch[{i}].{field}"),
+                reason,
+            },
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+impl Registry {
     /// Registers (upserts) a device; see [`Op::Register`].
     pub fn register(&self, r: Register) -> Result<Outcome> {
         self.apply(Op::Register(r))
@@ -515,6 +580,13 @@ impl Registry {
     /// The device with this token.
     pub fn device(&self, token: &str) -> Option<Device> {
         self.inner.state.read().device(token)
+    }
+
+    /// `device`, if it can be answered without waiting: None when a write
+    /// holds the state at this moment. For async callers, whose threads
+    /// must never block: the answer is an in-memory lookup.
+    pub fn try_device(&self, token: &str) -> Option<Option<Device>> {
+        self.inner.state.try_read().map(|st| st.device(token))
     }
 
     /// A person's devices, most recently seen first (ties by token).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::errors::ApiError;
 use super::metrics::Metrics;
@@ -45,18 +45,31 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
     {
-        let permit = self
-            .engine_slots
+        let permit = self.engine_permit()?;
+        let r = self.blocking(f).await;
+        drop(permit);
+        r?
+    }
+
+    /// One of the `MAX_SERVER_ENGINE_CALLS` slots, held while an engine
+    /// call runs or waits; 429 when none is free.
+    pub fn engine_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.engine_slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| ApiError::busy())?;
+            .map_err(|_| ApiError::busy())
+    }
+
+    /// Runs `f` on the blocking pool (the caller holds a slot).
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&AppState) -> T + Send + 'static,
+    {
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&state)
-        })
-        .await
-        .map_err(|e| ApiError::unavailable(format!("engine call did not finish: {e}")))?
+        tokio::task::spawn_blocking(move || f(&state))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("engine call did not finish: {e}")))
     }
 }
 

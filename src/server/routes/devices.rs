@@ -16,14 +16,20 @@ pub(crate) async fn get_device(
     State(st): State<AppState>,
     Segments(token): Segments<String>,
 ) -> Result<Response, ApiError> {
-    st.engine(move |st| match st.reg.device(&token) {
+    let answer = |found: Option<crate::model::Device>, token: &str| match found {
         Some(d) => Ok(Json(json::device_json(&d)).into_response()),
         None => Err(ApiError::not_found(
             Some("token"),
             format!("no device with token {token:?}"),
         )),
-    })
-    .await
+    };
+    // An in-memory lookup: answered here unless a write holds the state
+    // this moment, and then on the blocking pool (never waiting here).
+    if let Some(found) = st.reg.try_device(&token) {
+        return answer(found, &token);
+    }
+    st.engine(move |st| answer(st.reg.device(&token), &token))
+        .await
 }
 
 /// `GET /v1/devices?cursor=&limit=`: devices in dump order (by token) as

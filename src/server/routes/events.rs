@@ -12,7 +12,10 @@ use serde_json::value::RawValue;
 
 use crate::config::Durability;
 use crate::import::{parse_line, LineError};
-use crate::limits::{MAX_IMPORT_LINE_BYTES, MAX_SERVER_BODY_BYTES, MAX_SERVER_EVENTS_PER_REQUEST};
+use crate::limits::{
+    MAX_IMPORT_LINE_BYTES, MAX_SERVER_BODY_BYTES, MAX_SERVER_EVENTS_PER_REQUEST,
+    SERVER_INLINE_PARSE_BYTES,
+};
 use crate::model::Op;
 use crate::server::app::AppState;
 use crate::server::errors::ApiError;
@@ -55,7 +58,36 @@ pub(crate) async fn post_events(
         }
     };
     let bytes = read_body(&headers, body).await?;
-    st.engine(move |st| apply(st, &bytes, want)).await.map(Json)
+    let permit = st.engine_permit()?;
+    // Parsing is CPU only: a small body is parsed here, a large one on the
+    // blocking pool (it may take milliseconds).
+    let parsed = if bytes.len() <= SERVER_INLINE_PARSE_BYTES {
+        parse(&st, &bytes)
+    } else {
+        st.blocking(move |st| parse(st, &bytes)).await?
+    };
+    let (mut answer, ops) = parsed?;
+    let kinds: Vec<&'static str> = ops.iter().map(op_kind).collect();
+    // No thread waits for the commit: the writer thread answers the
+    // oneshot once the batch is as durable as asked.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    st.reg.apply_batch_then(ops, want, move |r| {
+        let _ = tx.send(r);
+    });
+    let outcomes = rx.await.map_err(|_| {
+        ApiError::unavailable("the write was dropped unanswered (the writer stopped)".to_owned())
+    })??;
+    drop(permit);
+    for (kind, outcome) in kinds.into_iter().zip(outcomes) {
+        if outcome.is_applied() {
+            answer.applied += 1;
+            st.metrics.op(kind, "applied");
+        } else {
+            answer.skipped += 1;
+            st.metrics.op(kind, "skipped");
+        }
+    }
+    Ok(Json(answer))
 }
 
 /// The body, at most `MAX_SERVER_BODY_BYTES` (413 beyond, naming `body`).
@@ -82,7 +114,9 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
 }
 
 /// Parses, applies the valid events as one batch, counts.
-fn apply(st: &AppState, body: &[u8], want: Option<Durability>) -> Result<EventsAnswer, ApiError> {
+/// The body's events as operations, with the rejected ones already in
+/// the answer; a body over a limit is an error naming it.
+fn parse(st: &AppState, body: &[u8]) -> Result<(EventsAnswer, Vec<Op>), ApiError> {
     let events = split(body)?;
     if events.len() > MAX_SERVER_EVENTS_PER_REQUEST {
         return Err(ApiError::too_large(
@@ -114,22 +148,7 @@ fn apply(st: &AppState, body: &[u8], want: Option<Durability>) -> Result<EventsA
             ),
         ));
     }
-    let kinds: Vec<&'static str> = ops.iter().map(op_kind).collect();
-    // The request's own durability, else the registry's.
-    let outcomes = match want {
-        Some(d) => st.reg.apply_batch_with(ops, d)?,
-        None => st.reg.apply_batch(ops)?,
-    };
-    for (kind, outcome) in kinds.into_iter().zip(outcomes) {
-        if outcome.is_applied() {
-            answer.applied += 1;
-            st.metrics.op(kind, "applied");
-        } else {
-            answer.skipped += 1;
-            st.metrics.op(kind, "skipped");
-        }
-    }
-    Ok(answer)
+    Ok((answer, ops))
 }
 
 /// The events with their indices: a JSON array's elements, or NDJSON's
