@@ -41,7 +41,13 @@ impl State {
                 (Applied::Op(o), true)
             }
             Entry::AddSink(name) => {
-                let added = self.feed.add_sink(name, self.identified);
+                let added = self
+                    .feed
+                    .add_sink(name, self.identified, Default::default());
+                (Applied::Count(u64::from(added)), added)
+            }
+            Entry::AddSinkWith { sink, settings } => {
+                let added = self.feed.add_sink(sink, self.identified, *settings);
                 (Applied::Count(u64::from(added)), added)
             }
             Entry::Export {
