@@ -90,7 +90,9 @@ fn dispatch(c: &Client, cmd: &Command, out: &mut Out) -> CmdResult {
             "/v1/changes?since_ms={since_ms}&limit={limit}{}",
             cursor.map_or(String::new(), |c| format!("&cursor={c}"))
         ),
-        Command::Sinks => "/v1/sinks".into(),
+        Command::Sinks {
+            cmd: None | Some(crate::feed::SinksCmd::List),
+        } => "/v1/sinks".into(),
         Command::DeadLetters { sink } => format!("/v1/sinks/{}/dead-letters", seg(&sink.sink)),
         _ => return post(c, cmd, out),
     };
