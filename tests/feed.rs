@@ -202,8 +202,8 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
     assert!(report.is_clean(), "{:?}", report.problems);
     let info = reg.sinks().into_iter().find(|s| s.name == sink).unwrap();
     assert_eq!(info.pending, 0);
-    if settings.is_some() {
-        assert_eq!(info.settings, settings.unwrap());
+    if let Some(settings) = settings {
+        assert_eq!(info.settings, settings);
     }
 }
 
