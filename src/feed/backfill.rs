@@ -204,6 +204,16 @@ pub(crate) struct Rejected {
     pub(crate) reason: String,
 }
 
+/// A backfill add of `device` to `person`, rendered and checked.
+fn render_add(
+    format: &dyn crate::format::SinkFormat,
+    person: &str,
+    device: &crate::format::DeviceView,
+    at: &OpSlot<'_>,
+) -> Result<String, (String, String)> {
+    render_checked(format, &Change::Added { person, device }, at)
+}
+
 impl Feed {
     /// Plans the next backfill batch of `sink_name` (no batch in flight).
     /// Operations too large for Customer.io are returned as rejected.
@@ -251,11 +261,7 @@ impl Feed {
                     batch: number,
                     index: ops.len(),
                 };
-                let change = Change::Added {
-                    person: &person,
-                    device: &device,
-                };
-                match render_checked(&*format, &change, &at) {
+                match render_add(&*format, &person, &device, &at) {
                     Err((operation, reason)) => rejected.push(Rejected {
                         item: key,
                         operation,

@@ -415,6 +415,12 @@ impl Feed {
                         b.id
                     ));
                 }
+                if b.ops.len() > s.settings.renderer().max_operations() {
+                    problems.push(format!(
+                        "sink {name}: in-flight batch {} holds more operations than its format allows",
+                        b.id
+                    ));
+                }
                 if b.body.len() >= crate::customerio::MAX_BATCH_BODY_BYTES {
                     problems.push(format!(
                         "sink {name}: in-flight batch {} is over the body limit",

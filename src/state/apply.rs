@@ -40,16 +40,8 @@ impl State {
                 self.cause = Cause::None;
                 (Applied::Op(o), true)
             }
-            Entry::AddSink(name) => {
-                let added = self
-                    .feed
-                    .add_sink(name, self.identified, Default::default());
-                (Applied::Count(u64::from(added)), added)
-            }
-            Entry::AddSinkWith { sink, settings } => {
-                let added = self.feed.add_sink(sink, self.identified, *settings);
-                (Applied::Count(u64::from(added)), added)
-            }
+            Entry::AddSink(name) => self.add_sink(name, Default::default()),
+            Entry::AddSinkWith { sink, settings } => self.add_sink(sink, *settings),
             Entry::Export {
                 sink,
                 max_ops,
@@ -94,6 +86,11 @@ impl State {
                 (Applied::Count(n as u64), n > 0)
             }
         }
+    }
+
+    fn add_sink(&mut self, name: &str, settings: crate::format::SinkSettings) -> (Applied, bool) {
+        let added = self.feed.add_sink(name, self.identified, settings);
+        (Applied::Count(u64::from(added)), added)
     }
 
     fn apply_op(&mut self, op: &Op) -> Outcome {

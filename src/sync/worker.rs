@@ -527,20 +527,25 @@ impl SyncWorker {
         self.refresh_lag();
     }
 
-    /// One POST, its answer classified. Never panics.
-    fn post(&self, body: &str) -> Answer {
-        let mut request = self
+    /// The batch request with its headers.
+    fn request(&self) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let request = self
             .agent
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
             .header("Authorization", &self.auth);
-        if self.config.format() == FormatKind::Pipelines {
+        match self.config.format() {
             // Strict mode: a call that fails validation is a 400, not a
             // 200 that dropped it (DESIGN.md 19.4).
-            request = request.header("X-Strict-Mode", "1");
+            FormatKind::Pipelines => request.header("X-Strict-Mode", "1"),
+            FormatKind::TrackV2 => request,
         }
-        let sent = request.send(body.as_bytes());
+    }
+
+    /// One POST, its answer classified. Never panics.
+    fn post(&self, body: &str) -> Answer {
+        let sent = self.request().send(body.as_bytes());
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => return classify_error(e, &self.config.endpoint),

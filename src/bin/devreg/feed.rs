@@ -56,6 +56,27 @@ fn parse_identifier(s: &str) -> Result<IdentifierKind, String> {
     s.parse().map_err(|e: devreg::Error| e.to_string())
 }
 
+/// `sinks` / `sinks list` (every sink's position) or `sinks add`.
+pub fn sinks(reg: &Registry, out: &mut Out, cmd: Option<&SinksCmd>) -> Result<(), CliError> {
+    if let Some(SinksCmd::Add {
+        name,
+        format,
+        identifier,
+    }) = cmd
+    {
+        return add_sink(reg, out, name, format, identifier);
+    }
+    let sinks = reg.sinks();
+    if !sinks.iter().any(|s| s.name == DEFAULT_SINK) {
+        eprintln!(
+            "note: the default sink {DEFAULT_SINK:?} does not exist yet; its first export \
+             creates it with a snapshot of every identified device"
+        );
+    }
+    out.json(&sinks)?;
+    Ok(())
+}
+
 /// `sinks add`: creates the sink (or finds it with the same settings) and
 /// prints its position.
 pub fn add_sink(

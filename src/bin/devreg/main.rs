@@ -502,25 +502,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             let n = reg.requeue(&sink.sink)?;
             out.json(&serde_json::json!({ "requeued": n }))?;
         }
-        Command::Sinks {
-            cmd:
-                Some(feed::SinksCmd::Add {
-                    name,
-                    format,
-                    identifier,
-                }),
-        } => feed::add_sink(reg, &mut out, name, format, identifier)?,
-        Command::Sinks { cmd: _ } => {
-            let sinks = reg.sinks();
-            if !sinks.iter().any(|s| s.name == devreg::DEFAULT_SINK) {
-                eprintln!(
-                    "note: the default sink {:?} does not exist yet; its first export \
-                     creates it with a snapshot of every identified device",
-                    devreg::DEFAULT_SINK
-                );
-            }
-            out.json(&sinks)?;
-        }
+        Command::Sinks { cmd } => feed::sinks(reg, &mut out, cmd.as_ref())?,
         Command::Config(ConfigCmd::Show) => out.json(&serde_json::json!({
             "max_devices_per_person": reg.stats().max_devices_per_person,
         }))?,
