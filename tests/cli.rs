@@ -1333,7 +1333,25 @@ fn sinks_add_creates_a_sink_of_a_format_and_identifier_kind() {
         ],
     );
     assert_eq!(json_out(&o)["identifier"], "email");
+    let o = devreg(
+        &db,
+        &[
+            "sinks",
+            "add",
+            "diag",
+            "--format",
+            "pipelines",
+            "--diagnostics",
+        ],
+    );
+    assert_eq!(json_out(&o)["diagnostics"], true);
     let list = sinks(&db);
+    let diag = list.iter().find(|s| s["name"] == "diag").unwrap();
+    assert_eq!(diag["diagnostics"], true);
+    assert!(list
+        .iter()
+        .filter(|s| s["name"] != "diag")
+        .all(|s| s.get("diagnostics").is_none()));
     assert_eq!(
         json_out(&devreg(&db, &["sinks", "list"])),
         Value::Array(list.clone())

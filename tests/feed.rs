@@ -249,6 +249,25 @@ proptest! {
         ).unwrap();
         run_as(steps, "cdp", Some(settings));
     }
+
+    /// Both formats with diagnostic events on: token changes add event
+    /// items (sent once each, Track's never in a merge's batch with its
+    /// secondary), and the devices still converge.
+    #[test]
+    fn feeds_with_diagnostic_events_converge(
+        steps in proptest::collection::vec(step_strategy(), 1..60),
+        pipelines in any::<bool>(),
+    ) {
+        let format = if pipelines {
+            format::FormatKind::Pipelines
+        } else {
+            format::FormatKind::TrackV2
+        };
+        let settings = format::SinkSettings::new(format, format::IdentifierKind::Id)
+            .unwrap()
+            .with_diagnostics(true);
+        run_as(steps, "diag", Some(settings));
+    }
 }
 
 #[test]

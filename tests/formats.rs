@@ -388,6 +388,7 @@ fn sink_settings_are_kept_across_a_reopen_and_never_change() {
             SinkSettings {
                 format: FormatKind::Pipelines,
                 identifier: IdentifierKind::CioId,
+                diagnostics: false,
             },
         )
         .unwrap_err();
@@ -404,4 +405,104 @@ fn sink_settings_are_kept_across_a_reopen_and_never_change() {
         .sinks()
         .iter()
         .any(|s| s.name == "cdp" && s.settings == cdp));
+}
+
+// ------------------------------------------------------ diagnostic events
+
+#[path = "support/cio.rs"]
+mod cio;
+
+/// Exports, applies to the model and acknowledges until nothing is pending.
+fn drain_into(reg: &Registry, sink: &str, model: &mut cio::Cio) -> Vec<Value> {
+    let mut ops = Vec::new();
+    while let Some(b) = reg.export(sink, 100, 499_999).unwrap() {
+        assert!(model.apply_body(b.body(), &[]).is_empty(), "{}", b.body());
+        ops.extend(calls(b.body()));
+        reg.ack(sink, b.id()).unwrap();
+    }
+    ops
+}
+
+/// Token changes go out as events only on sinks that ask for them, once
+/// each, in both formats, after the device moves of the same change; the
+/// pending event survives a reopen.
+#[test]
+fn diagnostic_events_are_off_by_default_and_sent_once_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut reg = open(&path);
+    for format in FormatKind::ALL {
+        let plain = settings(format, IdentifierKind::Id);
+        reg.add_sink_with(&format!("plain-{format}"), plain)
+            .unwrap();
+        reg.add_sink_with(&format!("diag-{format}"), plain.with_diagnostics(true))
+            .unwrap();
+    }
+    let info = reg.sinks();
+    assert!(info
+        .iter()
+        .all(|s| s.diagnostics == s.name.starts_with("diag")));
+    register(&reg, "aa01", "ann", 1_000, &[]);
+    let mut models: std::collections::BTreeMap<String, cio::Cio> = Default::default();
+    for s in reg.sinks() {
+        drain_into(&reg, &s.name, models.entry(s.name.clone()).or_default());
+    }
+    let _ = reg.rotate("aa01", "bb02", 2_000).unwrap();
+    // Pending across a reopen (the event is a stored item).
+    reg.close().unwrap();
+    reg = open(&path);
+    let _ = reg.invalidate("bb02", 3_000).unwrap();
+    for s in reg.sinks() {
+        let model = models.get_mut(&s.name).unwrap();
+        let ops = drain_into(&reg, &s.name, model);
+        let names: Vec<String> = model.events.iter().map(|e| e.1.clone()).collect();
+        if s.name.starts_with("plain") {
+            assert!(names.is_empty(), "{}: {names:?}", s.name);
+            continue;
+        }
+        assert_eq!(
+            names,
+            ["device_token_rotated", "device_token_invalidated"],
+            "{}",
+            s.name
+        );
+        let (person, _, props) = &model.events[0];
+        assert_eq!(person, "ann");
+        assert_eq!(
+            props,
+            &serde_json::json!({"new_token":"bb02","old_token":"aa01","platform":"ios"})
+        );
+        let props = &model.events[1].2;
+        assert_eq!(
+            props,
+            &serde_json::json!({"platform":"ios","provider_ms":"3000","token":"bb02"})
+        );
+        if s.name.ends_with("pipelines") {
+            let event = ops
+                .iter()
+                .find(|c| c["event"] == "device_token_rotated")
+                .unwrap();
+            let mut out = Vec::new();
+            for name in ["batch_track_known_user", "common_fields"] {
+                violations(&schemas()[name], event, name, &mut out);
+            }
+            assert!(out.is_empty(), "{event}: {out:?}");
+            assert_eq!(event["timestamp"], "1970-01-01T00:00:02.000Z");
+        } else {
+            let event = ops.iter().find(|o| o["action"] == "event").unwrap();
+            assert_eq!(event["identifiers"], serde_json::json!({"id": "ann"}));
+            assert_eq!(event["timestamp"], 2);
+            assert!(
+                event["id"].as_str().unwrap().starts_with("00000001YG"),
+                "{event}"
+            );
+        }
+        assert!(
+            model.pairs().is_empty(),
+            "the device went: {:?}",
+            model.pairs()
+        );
+    }
+    let check = reg.check().unwrap();
+    assert!(check.is_clean(), "{:?}", check.problems);
 }

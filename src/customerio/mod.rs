@@ -147,6 +147,40 @@ pub(crate) fn merge_as(key: &'static str, primary: &str, secondary: &str) -> Str
     })
 }
 
+#[derive(Serialize)]
+struct EventOp<'a, A> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    identifiers: Id<'a>,
+    action: &'static str,
+    name: &'a str,
+    id: &'a str,
+    timestamp: u64,
+    attributes: &'a A,
+}
+
+/// `event` `name` for a person (named by identifier `key`), with its ULID
+/// `id` (Customer.io de-duplicates on it), `timestamp` in Unix seconds and
+/// string `attributes`.
+pub(crate) fn event_as<A: Serialize>(
+    key: &'static str,
+    person: &str,
+    name: &str,
+    id: &str,
+    timestamp: u64,
+    attributes: &A,
+) -> String {
+    to_json(&EventOp {
+        kind: "person",
+        identifiers: Id { key, value: person },
+        action: "event",
+        name,
+        id,
+        timestamp,
+        attributes,
+    })
+}
+
 /// Wraps operations into a batch body: `{"batch":[op,...]}`.
 pub fn batch_body<S: AsRef<str>>(ops: &[S]) -> String {
     let len: usize = ops.iter().map(|o| o.as_ref().len() + 1).sum();

@@ -150,6 +150,9 @@ impl Feed {
                                 b.merged_away.remove(p);
                                 b.touched.insert(p.clone());
                             }
+                            (Effect::Noted, Some((ItemKey::Event { person, .. }, _))) => {
+                                b.touched.insert(person.clone());
+                            }
                             (Effect::Merged(s), Some((ItemKey::Merge { primary, .. }, _))) => {
                                 b.added.remove(s);
                                 b.merged_away.insert(s.clone());
@@ -449,7 +452,7 @@ impl Feed {
             self.forget(sink_name, &key);
             let (p, s) = match &key {
                 ItemKey::Merge { primary, secondary } => (primary.clone(), secondary.clone()),
-                ItemKey::Device { .. } => continue,
+                ItemKey::Device { .. } | ItemKey::Event { .. } => continue,
             };
             let why = format!("primary {p:?} could not be created: {reason}");
             self.dead_letter(
@@ -502,7 +505,7 @@ impl Feed {
                     }
                 }
             }
-            Effect::Deleted => {}
+            Effect::Deleted | Effect::Noted => {}
         }
     }
 
@@ -620,6 +623,24 @@ impl Building<'_> {
 fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building<'_>) -> Plan {
     match key {
         ItemKey::Device { person, token } => plan_device(person, token, key, seq, base, truth, b),
+        ItemKey::Event { person, event } => {
+            // Nothing may name a person after its merge in one batch.
+            if b.merged_away.contains(person) {
+                return Plan::Stop;
+            }
+            match b.render(&Change::Event { person, event }) {
+                Ok(json) => Plan::Send(
+                    vec![BatchOp {
+                        item: Some((key.clone(), seq)),
+                        effect: Effect::Noted,
+                        token: None,
+                        json,
+                    }],
+                    false,
+                ),
+                Err((op, reason)) => Plan::Reject(op, reason),
+            }
+        }
         ItemKey::Merge { primary, secondary } => {
             // A format without merges sends a merge as the device moves
             // the feed holds already (deletes from the secondary, adds to

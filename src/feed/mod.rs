@@ -43,6 +43,11 @@ pub(crate) enum ItemKey {
         primary: Arc<str>,
         secondary: Arc<str>,
     },
+    /// A diagnostic event to send once (sinks with `diagnostics`).
+    Event {
+        person: Arc<str>,
+        event: Box<crate::format::TokenEvent>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +66,8 @@ pub(crate) enum Effect {
     Merged(Arc<str>),
     /// A backfill add (`backfill.rs`): the pair is not a pending item.
     Backfilled(Arc<str>),
+    /// A diagnostic event was sent: nothing held changes.
+    Noted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +202,9 @@ pub struct SinkInfo {
     /// `settings.identifier` (`id`, `email`, `cio_id`), printed like `format`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identifier: Option<&'static str>,
+    /// `true` when the sink sends diagnostic events (printed only then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub diagnostics: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -313,6 +323,23 @@ impl Feed {
         }
     }
 
+    /// A diagnostic event about `person`'s token, for the sinks that send them.
+    pub(crate) fn on_token_event(&mut self, person: &Arc<str>, event: crate::format::TokenEvent) {
+        let names: Vec<String> = self
+            .sinks
+            .iter()
+            .filter(|(_, s)| s.settings.diagnostics)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for sink in names {
+            let key = ItemKey::Event {
+                person: person.clone(),
+                event: Box::new(event.clone()),
+            };
+            self.mark(&sink, key, false);
+        }
+    }
+
     /// `secondary`'s devices (`tokens`) moved to `primary`.
     pub(crate) fn on_merge(
         &mut self,
@@ -368,6 +395,7 @@ impl Feed {
                 settings: s.settings,
                 format: (!s.settings.is_default()).then_some(s.settings.format.as_str()),
                 identifier: (!s.settings.is_default()).then_some(s.settings.identifier.as_str()),
+                diagnostics: s.settings.diagnostics,
             })
             .collect()
     }

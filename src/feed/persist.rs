@@ -25,14 +25,30 @@ use super::dead::Slot;
 use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Pending, Sink};
 use crate::codec::{decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
-use crate::format::SinkSettings;
+use crate::format::{EventKind, SinkSettings, TokenEvent};
 use crate::kv::{KvStore, Write};
+use crate::model::Platform;
 
 /// Append-only: a variant's position is its tag on disk.
 #[derive(Serialize, Deserialize)]
 enum ItemRec {
-    Device { person: String, token: Vec<u8> },
-    Merge { primary: String, secondary: String },
+    Device {
+        person: String,
+        token: Vec<u8>,
+    },
+    Merge {
+        primary: String,
+        secondary: String,
+    },
+    /// Store format 6: a diagnostic event.
+    Event {
+        person: String,
+        kind: EventKind,
+        token: String,
+        new_token: Option<String>,
+        platform: Platform,
+        at_ms: u64,
+    },
 }
 
 /// Append-only: a variant's position is its tag on disk.
@@ -43,6 +59,8 @@ enum EffectRec {
     Merged(String),
     /// Store format 5.
     Backfilled(String),
+    /// Store format 6.
+    Noted,
 }
 
 /// An in-flight operation until store format 5 (sink metadata layouts 1
@@ -243,6 +261,14 @@ fn rec(key: &ItemKey) -> ItemRec {
             primary: primary.to_string(),
             secondary: secondary.to_string(),
         },
+        ItemKey::Event { person, event } => ItemRec::Event {
+            person: person.to_string(),
+            kind: event.kind,
+            token: event.token.clone(),
+            new_token: event.new_token.clone(),
+            platform: event.platform,
+            at_ms: event.at_ms,
+        },
     }
 }
 
@@ -268,6 +294,23 @@ impl Interner {
             ItemRec::Merge { primary, secondary } => ItemKey::Merge {
                 primary: self.get(primary),
                 secondary: self.get(secondary),
+            },
+            ItemRec::Event {
+                person,
+                kind,
+                token,
+                new_token,
+                platform,
+                at_ms,
+            } => ItemKey::Event {
+                person: self.get(person),
+                event: Box::new(TokenEvent {
+                    kind,
+                    token,
+                    new_token,
+                    platform,
+                    at_ms,
+                }),
             },
         }
     }
@@ -329,6 +372,7 @@ fn effect_rec(e: &Effect) -> EffectRec {
         Effect::Deleted => EffectRec::Deleted,
         Effect::Merged(s) => EffectRec::Merged(s.to_string()),
         Effect::Backfilled(p) => EffectRec::Backfilled(p.to_string()),
+        Effect::Noted => EffectRec::Noted,
     }
 }
 
@@ -440,6 +484,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
                         EffectRec::Deleted => Effect::Deleted,
                         EffectRec::Merged(s) => Effect::Merged(names.get(s)),
                         EffectRec::Backfilled(p) => Effect::Backfilled(names.get(p)),
+                        EffectRec::Noted => Effect::Noted,
                     },
                     token: o.token.map(Vec::into_boxed_slice),
                     json: o.json,

@@ -13,6 +13,7 @@
 //! ([`SinkSettings`]) in its metadata; a sink of an older database is
 //! `track-v2` with `id`. A low layer: the feed builds batches with it.
 
+mod event;
 mod identifier;
 mod pipelines;
 mod track_v2;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::{Attributes, Platform};
 
+pub use event::{EventKind, TokenEvent};
 pub use identifier::IdentifierKind;
 pub use pipelines::{iso8601_ms, Pipelines, DEVICE_DELETED, DEVICE_UPDATED};
 pub use track_v2::TrackV2;
@@ -83,13 +85,17 @@ impl FromStr for FormatKind {
     }
 }
 
-/// What a sink is: its format and how it names a person.
+/// What a sink is: its format, how it names a person, and whether it
+/// sends diagnostic events.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SinkSettings {
     /// The wire format.
     pub format: FormatKind,
     /// Which Customer.io identifier a person is sent as.
     pub identifier: IdentifierKind,
+    /// Whether a person's token changes (a rotation, an invalidation) are
+    /// also sent as events ([`TokenEvent`]); off by default.
+    pub diagnostics: bool,
 }
 
 impl SinkSettings {
@@ -101,7 +107,11 @@ impl SinkSettings {
     /// assert!(SinkSettings::new(FormatKind::Pipelines, IdentifierKind::CioId).is_err());
     /// ```
     pub fn new(format: FormatKind, identifier: IdentifierKind) -> Result<SinkSettings> {
-        let s = SinkSettings { format, identifier };
+        let s = SinkSettings {
+            format,
+            identifier,
+            diagnostics: false,
+        };
         s.validate()?;
         Ok(s)
     }
@@ -118,8 +128,15 @@ impl SinkSettings {
         Ok(())
     }
 
+    /// The same settings, sending diagnostic events or not.
+    pub fn with_diagnostics(mut self, on: bool) -> SinkSettings {
+        self.diagnostics = on;
+        self
+    }
+
     /// Whether these are the settings of a sink made before formats
-    /// (`track-v2` with `id`); answers leave such settings out.
+    /// (`track-v2` with `id`, no diagnostic events); answers leave such
+    /// settings out.
     pub fn is_default(&self) -> bool {
         *self == SinkSettings::default()
     }
@@ -170,13 +187,22 @@ pub enum Change<'a> {
         /// The person merged away.
         secondary: &'a str,
     },
+    /// A diagnostic event about one of `person`'s tokens.
+    Event {
+        /// The owner.
+        person: &'a str,
+        /// What happened.
+        event: &'a TokenEvent,
+    },
 }
 
 impl Change<'_> {
     /// The persons the operation names, for the identifier check.
     pub fn persons(&self) -> [Option<&str>; 2] {
         match *self {
-            Change::Added { person, .. } | Change::Deleted { person, .. } => [Some(person), None],
+            Change::Added { person, .. }
+            | Change::Deleted { person, .. }
+            | Change::Event { person, .. } => [Some(person), None],
             Change::Merged { primary, secondary } => [Some(primary), Some(secondary)],
         }
     }

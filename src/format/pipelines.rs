@@ -50,6 +50,20 @@ struct Context<'a> {
     device: Device<'a>,
 }
 
+/// A diagnostic event: a custom `track` call without a device context.
+#[derive(Serialize)]
+struct EventCall<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "userId")]
+    user_id: &'a str,
+    event: &'static str,
+    properties: std::collections::BTreeMap<&'static str, String>,
+    timestamp: String,
+    #[serde(rename = "messageId")]
+    message_id: String,
+}
+
 #[derive(Serialize)]
 struct Call<'a> {
     #[serde(rename = "type")]
@@ -111,18 +125,22 @@ impl SinkFormat for Pipelines {
                 timestamp: None,
                 message_id: String::new(),
             },
+            Change::Event { person, event } => {
+                let mut call = EventCall {
+                    kind: "track",
+                    user_id: self.identifier.wire_value(person).unwrap_or(person),
+                    event: event.kind.name(),
+                    properties: event.properties(),
+                    timestamp: iso8601_ms(event.at_ms),
+                    message_id: String::new(),
+                };
+                call.message_id = message_id(&call, at);
+                return serde_json::to_string(&call).unwrap_or_default();
+            }
             // Never rendered: the feed sends a merge as device moves.
             Change::Merged { .. } => return String::new(),
         };
-        // The id covers the call's content, so it changes with it.
-        let content = serde_json::to_string(&call).unwrap_or_default();
-        call.message_id = format!(
-            "devreg-{}-{}-{}-{:08x}",
-            at.sink,
-            at.batch,
-            at.index,
-            crc32fast::hash(content.as_bytes())
-        );
+        call.message_id = message_id(&call, at);
         // Serializing plain structs of strings cannot fail.
         serde_json::to_string(&call).unwrap_or_default()
     }
@@ -138,6 +156,19 @@ impl SinkFormat for Pipelines {
     fn merges(&self) -> bool {
         false
     }
+}
+
+/// `devreg-{sink}-{batch}-{index}-{crc}`, `crc` the CRC-32 of the call as
+/// rendered so far (its `messageId` empty): the id changes with the content.
+fn message_id<T: Serialize>(call: &T, at: &OpSlot<'_>) -> String {
+    let content = serde_json::to_string(call).unwrap_or_default();
+    format!(
+        "devreg-{}-{}-{}-{:08x}",
+        at.sink,
+        at.batch,
+        at.index,
+        crc32fast::hash(content.as_bytes())
+    )
 }
 
 /// Unix milliseconds as ISO-8601 UTC with milliseconds,

@@ -204,6 +204,7 @@ fn sink_info(v: &serde_json::Value) -> Option<SinkInfo> {
     if let Some(i) = text("identifier") {
         settings.identifier = i.parse().ok()?;
     }
+    settings.diagnostics = v.get("diagnostics").and_then(|d| d.as_bool()) == Some(true);
     Some(SinkInfo {
         name: v.get("name")?.as_str()?.to_owned(),
         pending: v.get("pending")?.as_u64()?,
@@ -223,6 +224,7 @@ fn sink_info(v: &serde_json::Value) -> Option<SinkInfo> {
         settings,
         format: (!settings.is_default()).then_some(settings.format.as_str()),
         identifier: (!settings.is_default()).then_some(settings.identifier.as_str()),
+        diagnostics: settings.diagnostics,
     })
 }
 

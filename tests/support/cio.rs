@@ -11,6 +11,9 @@
 //!   it; a call whose `messageId` was applied before is a duplicate and
 //!   changes nothing (Customer.io de-duplicates on it).
 //!
+//! Diagnostic events (Track `event` with a ULID `id`, a Pipelines `track`
+//! call of another event name) are recorded in `events`, once per id.
+//!
 //! A device is (platform, last used in whole seconds, attributes). An
 //! operation Customer.io would refuse is an `Err`; a delete for a person it
 //! never saw is accepted and noted (`notes`): devreg should never send one.
@@ -33,6 +36,10 @@ pub struct Cio {
     pub message_ids: BTreeSet<String>,
     /// Calls ignored as duplicates of an applied `messageId`.
     pub duplicates: usize,
+    /// Diagnostic events received: (person, name, properties).
+    pub events: Vec<(String, String, Value)>,
+    /// Track event ids applied.
+    pub event_ids: BTreeSet<String>,
     pub notes: Vec<String>,
 }
 
@@ -112,6 +119,20 @@ impl Cio {
                 let token = text(&op["device"]["token"], "token", op)?;
                 self.delete(&id, &token);
             }
+            Some("event") => {
+                let id = ident(&op["identifiers"])?;
+                let ulid = text(&op["id"], "id", op)?;
+                if ulid.len() != 26 {
+                    return Err(format!("id is not a ULID: {op}"));
+                }
+                if !op["timestamp"].is_u64() {
+                    return Err(format!("timestamp is not an integer: {op}"));
+                }
+                let name = text(&op["name"], "name", op)?;
+                if self.event_ids.insert(ulid) {
+                    self.events.push((id, name, op["attributes"].clone()));
+                }
+            }
             Some("merge") => {
                 let primary = ident(&op["primary"])?;
                 let secondary = ident(&op["secondary"])?;
@@ -133,17 +154,24 @@ impl Cio {
             return Err(format!("not a track call: {call}"));
         }
         let user = text(&call["userId"], "userId", call)?;
-        let token = text(
-            &call["context"]["device"]["token"],
-            "context.device.token",
-            call,
-        )?;
         let id = text(&call["messageId"], "messageId", call)?;
         let event = text(&call["event"], "event", call)?;
         if self.message_ids.contains(&id) {
             self.duplicates += 1;
             return Ok(());
         }
+        if !event.starts_with("Device ") {
+            let ts = text(&call["timestamp"], "timestamp", call)?;
+            iso_secs(&ts).ok_or(format!("timestamp {ts} is not ISO-8601"))?;
+            self.events.push((user, event, call["properties"].clone()));
+            self.message_ids.insert(id);
+            return Ok(());
+        }
+        let token = text(
+            &call["context"]["device"]["token"],
+            "context.device.token",
+            call,
+        )?;
         match event.as_str() {
             "Device Created or Updated" => {
                 let platform = text(&call["context"]["device"]["type"], "device type", call)?;

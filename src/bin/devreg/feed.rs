@@ -45,6 +45,10 @@ pub enum SinksCmd {
         /// kind is dead-lettered with the reason, not sent.
         #[arg(long, value_name = "KIND", default_value = "id", value_parser = parse_identifier)]
         identifier: IdentifierKind,
+        /// Also send a person's token changes (rotations, invalidations) as
+        /// events: device_token_rotated, device_token_invalidated.
+        #[arg(long)]
+        diagnostics: bool,
     },
 }
 
@@ -62,9 +66,11 @@ pub fn sinks(reg: &Registry, out: &mut Out, cmd: Option<&SinksCmd>) -> Result<()
         name,
         format,
         identifier,
+        diagnostics,
     }) = cmd
     {
-        return add_sink(reg, out, name, format, identifier);
+        let settings = SinkSettings::new(*format, *identifier)?.with_diagnostics(*diagnostics);
+        return add_sink(reg, out, name, settings);
     }
     let sinks = reg.sinks();
     if !sinks.iter().any(|s| s.name == DEFAULT_SINK) {
@@ -83,10 +89,8 @@ pub fn add_sink(
     reg: &Registry,
     out: &mut Out,
     name: &str,
-    format: &FormatKind,
-    identifier: &IdentifierKind,
+    settings: SinkSettings,
 ) -> Result<(), CliError> {
-    let settings = SinkSettings::new(*format, *identifier)?;
     let added = reg.add_sink_with(name, settings)?;
     let info = reg.sinks().into_iter().find(|s| s.name == name);
     if !added {
@@ -95,8 +99,9 @@ pub fn add_sink(
     out.json(&serde_json::json!({
         "sink": name,
         "added": added,
-        "format": format.as_str(),
-        "identifier": identifier.as_str(),
+        "format": settings.format.as_str(),
+        "identifier": settings.identifier.as_str(),
+        "diagnostics": settings.diagnostics,
         "pending": info.map_or(0, |s| s.pending),
     }))?;
     Ok(())
