@@ -506,3 +506,35 @@ fn diagnostic_events_are_off_by_default_and_sent_once_when_asked() {
     let check = reg.check().unwrap();
     assert!(check.is_clean(), "{:?}", check.problems);
 }
+
+/// Export-time dead letters list the same index in memory as after a
+/// reopen (the index of their slot: the rejections numbered 0, 1, ...).
+#[test]
+fn export_rejections_list_the_same_index_before_and_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let reg = open(&path);
+    reg.add_sink_with("mail", settings(FormatKind::TrackV2, IdentifierKind::Email))
+        .unwrap();
+    for i in 0..3 {
+        register(&reg, &format!("t{i}"), &format!("p{i}"), 1_000, &[]);
+    }
+    assert!(drain(&reg, "mail").is_empty());
+    let before: Vec<(String, u32)> = reg
+        .dead_letters("mail")
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.batch_id, d.index))
+        .collect();
+    let want: Vec<(String, u32)> = (0..3).map(|i| ("export".to_string(), i)).collect();
+    assert_eq!(before, want);
+    reg.close().unwrap();
+    let reg = open(&path);
+    let after: Vec<(String, u32)> = reg
+        .dead_letters("mail")
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.batch_id, d.index))
+        .collect();
+    assert_eq!(after, want);
+}

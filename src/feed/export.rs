@@ -286,7 +286,11 @@ impl Feed {
                 } else {
                     batch_id(sink_name, number)
                 },
-                index,
+                // The slot's index, as a load from the store reads it back
+                // (for batch 0 it numbers the rejections: until 2026-12 it
+                // was 0 in memory and the number after a reopen, so a live
+                // server and the CLI listed different indices).
+                index: slot.1,
                 reason,
                 operation,
                 item,

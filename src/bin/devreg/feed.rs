@@ -96,14 +96,8 @@ pub fn add_sink(
     if !added {
         eprintln!("note: sink {name:?} exists already with these settings; nothing changed");
     }
-    out.json(&serde_json::json!({
-        "sink": name,
-        "added": added,
-        "format": settings.format.as_str(),
-        "identifier": settings.identifier.as_str(),
-        "diagnostics": settings.diagnostics,
-        "pending": info.map_or(0, |s| s.pending),
-    }))?;
+    let pending = info.map_or(0, |s| s.pending);
+    out.json(&devreg::json::sink_added(name, added, &settings, pending))?;
     Ok(())
 }
 

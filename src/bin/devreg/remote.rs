@@ -125,6 +125,21 @@ fn post(c: &Client, cmd: &Command, out: &mut Out) -> CmdResult {
             )
         }
         Command::Requeue { sink } => (format!("/v1/sinks/{}/requeue", seg(&sink.sink)), None),
+        Command::Sinks {
+            cmd:
+                Some(crate::feed::SinksCmd::Add {
+                    name,
+                    format,
+                    identifier,
+                    diagnostics,
+                }),
+        } => (
+            format!(
+                "/v1/sinks/{}?format={format}&identifier={identifier}&diagnostics={diagnostics}",
+                seg(name)
+            ),
+            None,
+        ),
         Command::Backup { dest: None } => ("/v1/backup".into(), None),
         Command::Backup { dest: Some(_) } => {
             return Err(CliError(
