@@ -19,9 +19,11 @@ pub const FORMAT_VERSION: u8 = 1;
 /// superseded pages and merged delta chunks after the commit, marking the
 /// merge with `Mdelta_merged`; 4 may keep a page or delta chunk compressed
 /// (`store::frame`); 5 may hold a sink's backfill in its metadata and
-/// backfill adds in its batch in flight (`feed::backfill`). Values keep
+/// backfill adds in its batch in flight (`feed::backfill`); 6 may hold a
+/// sink's format and identifier kind in its metadata (layout 4,
+/// `feed::persist`) and `AddSinkWith` entries in its log. Values keep
 /// their own version byte (`FORMAT_VERSION`).
-pub const STORE_FORMAT: u32 = 5;
+pub const STORE_FORMAT: u32 = 6;
 
 /// Key prefix of device records.
 pub const DEVICE_PREFIX: u8 = b'D';

@@ -66,6 +66,23 @@ fn string(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
+/// The answer to `sinks add`: `{"added","diagnostics","format","identifier","pending","sink"}`.
+pub fn sink_added(
+    sink: &str,
+    added: bool,
+    settings: &crate::format::SinkSettings,
+    pending: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "sink": sink,
+        "added": added,
+        "format": settings.format.as_str(),
+        "identifier": settings.identifier.as_str(),
+        "diagnostics": settings.diagnostics,
+        "pending": pending,
+    })
+}
+
 /// An exported batch: `{"batch_id":ID,"body":BODY}`, the body embedded
 /// verbatim (byte for byte what is sent to Customer.io).
 pub fn batch_line(id: &str, body: &str) -> String {

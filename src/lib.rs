@@ -33,6 +33,7 @@ pub mod customerio;
 mod error;
 mod fault;
 mod feed;
+pub mod format;
 mod history;
 pub mod import;
 pub mod json;

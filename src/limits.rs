@@ -133,6 +133,19 @@ pub const MAX_BATCH_BODY_BYTES: usize = 500_000;
 /// Customer.io's limit on one operation inside a batch, in bytes.
 pub const MAX_OPERATION_BYTES: usize = 32_768;
 
+/// Customer.io Data Pipelines' limit on one call (`track`) inside a
+/// `/v1/batch` request, in bytes ("32KB per call"; the Pipelines OpenAPI
+/// file, `info.description` and `/batch`).
+pub const MAX_PIPELINES_CALL_BYTES: usize = 32_768;
+/// Calls per Pipelines `/v1/batch` request. Customer.io's docs say a
+/// batch's `context` applies to all its calls and cannot differ per call;
+/// a device's token lives in `context.device.token`, so each request
+/// carries one call (DESIGN.md 19.3 gives the sources).
+pub const MAX_PIPELINES_CALLS_PER_REQUEST: usize = 1;
+/// Longest `cio_id` a sink with identifier kind `cio_id` sends, in bytes
+/// (after its optional `cio_` prefix).
+pub const MAX_CIO_ID_BYTES: usize = 64;
+
 /// Bytes of delta records the store may hold in memory per device before a
 /// merge (those of the history, the append keyspace; and the most one pass
 /// of a scan or merge reads back from disk), within a quarter of

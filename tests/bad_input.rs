@@ -526,10 +526,10 @@ fn unknown_format_version_is_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let dump = populated(&db);
-    let original = poke(&db, b"Mformat", Some(&6u32.to_be_bytes())).expect("Mformat is set");
+    let original = poke(&db, b"Mformat", Some(&7u32.to_be_bytes())).expect("Mformat is set");
     assert_eq!(original, devreg::internals::STORE_FORMAT.to_be_bytes());
     match Registry::open(&db) {
-        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 6),
+        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 7),
         other => panic!("expected UnsupportedFormat, got {:?}", other.map(|_| ())),
     }
     poke(&db, b"Mformat", Some(&u32::MAX.to_be_bytes()));

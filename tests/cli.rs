@@ -1273,3 +1273,138 @@ fn owner_at_by_event_answers_for_backfilled_history() {
     let help = stdout(&devreg(&db, &["owner-at", "--help"]));
     assert!(help.contains("--by"), "{help}");
 }
+
+/// `sinks add NAME --format F [--identifier I]` creates a sink with a
+/// snapshot; `sinks` and `sinks list` print the same array (a track-v2 by
+/// id sink keeps the old shape); bad names of a format or kind exit 2
+/// naming the field; a pipelines sink's export prints the same
+/// `{"batch_id","body":{"batch":[...]}}` line, its calls in it; ack,
+/// dead-letters and requeue work on it.
+#[test]
+fn sinks_add_creates_a_sink_of_a_format_and_identifier_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path());
+    let o = devreg(&db, &["sinks", "add", "cdp", "--format", "pipelines"]);
+    let added = json_out(&o);
+    assert_eq!(added["added"], true);
+    assert_eq!(added["format"], "pipelines");
+    assert_eq!(added["identifier"], "id");
+    assert!(added["pending"].as_u64().unwrap() > 0);
+    let o = devreg(&db, &["sinks", "add", "cdp", "--format", "pipelines"]);
+    assert_eq!(json_out(&o)["added"], false);
+    let o = devreg(&db, &["sinks", "add", "cdp", "--format", "track-v2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("never change"), "{}", stderr(&o));
+    let o = devreg(&db, &["sinks", "add", "x", "--format", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(r#"invalid sink.format: "nope" is not one of track-v2, pipelines"#),
+        "{}",
+        stderr(&o)
+    );
+    let o = devreg(
+        &db,
+        &[
+            "sinks",
+            "add",
+            "x",
+            "--format",
+            "track-v2",
+            "--identifier",
+            "phone",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(r#"invalid sink.identifier: "phone" is not one of id, email, cio_id"#),
+        "{}",
+        stderr(&o)
+    );
+    let o = devreg(
+        &db,
+        &[
+            "sinks",
+            "add",
+            "mail",
+            "--format",
+            "track-v2",
+            "--identifier",
+            "email",
+        ],
+    );
+    assert_eq!(json_out(&o)["identifier"], "email");
+    let o = devreg(
+        &db,
+        &[
+            "sinks",
+            "add",
+            "diag",
+            "--format",
+            "pipelines",
+            "--diagnostics",
+        ],
+    );
+    assert_eq!(json_out(&o)["diagnostics"], true);
+    let list = sinks(&db);
+    let diag = list.iter().find(|s| s["name"] == "diag").unwrap();
+    assert_eq!(diag["diagnostics"], true);
+    assert!(list
+        .iter()
+        .filter(|s| s["name"] != "diag")
+        .all(|s| s.get("diagnostics").is_none()));
+    assert_eq!(
+        json_out(&devreg(&db, &["sinks", "list"])),
+        Value::Array(list.clone())
+    );
+    let cdp = list.iter().find(|s| s["name"] == "cdp").unwrap();
+    assert_eq!(
+        (&cdp["format"], &cdp["identifier"]),
+        (&json!("pipelines"), &json!("id"))
+    );
+    // The default sink, born at its first export, keeps the old shape.
+    let _ = json_out(&devreg(&db, &["export"]));
+    let list = sinks(&db);
+    let default = list.iter().find(|s| s["name"] == "customerio").unwrap();
+    assert!(default.get("format").is_none(), "{default}");
+    // Export, ack, dead letters for the pipelines sink.
+    let line = json_out(&devreg(&db, &["export", "--sink", "cdp"]));
+    let id = line["batch_id"].as_str().unwrap().to_owned();
+    assert_eq!(id, "cdp-000000000001");
+    let call = &line["body"]["batch"][0];
+    assert_eq!(call["type"], "track");
+    assert_eq!(call["event"], "Device Created or Updated");
+    assert!(call["context"]["device"]["token"].is_string());
+    let a = json_out(&ack(&db, "cdp", &id));
+    assert_eq!(a["already_acked"], false);
+    let d = json_out(&devreg(&db, &["dead-letters", "--sink", "cdp"]));
+    assert_eq!(d, json!([]));
+    let r = json_out(&devreg(&db, &["requeue", "--sink", "cdp"]));
+    assert_eq!(r["requeued"], 0);
+    // The email sink dead-letters persons that are not email addresses.
+    for _ in 0..10 {
+        let o = devreg(&db, &["export", "--sink", "mail"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        if stdout(&o).trim().is_empty() {
+            break;
+        }
+        let id = json_from(&stdout(&o))["batch_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let _ = json_out(&ack(&db, "mail", &id));
+    }
+    let d = json_out(&devreg(&db, &["dead-letters", "--sink", "mail"]));
+    let reasons: Vec<&str> = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert!(!reasons.is_empty());
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("is not an email address")),
+        "{reasons:?}"
+    );
+}

@@ -254,17 +254,17 @@ fn a_newer_format_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     devreg::Registry::open(&db).unwrap().close().unwrap();
-    // Pretend a future build wrote it: Mformat 6.
+    // Pretend a future build wrote it: Mformat 7.
     {
         let sled = raw_store::open_raw_store(&db);
-        sled.insert("Mformat", &6u32.to_be_bytes()).unwrap();
+        sled.insert("Mformat", &7u32.to_be_bytes()).unwrap();
         sled.flush().unwrap();
     }
     match devreg::Registry::open(&db) {
         Err(e @ devreg::Error::UnsupportedFormat { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("version 6, this build reads version 5"),
+                msg.contains("version 7, this build reads version 6"),
                 "{msg}"
             );
             assert!(msg.contains("newer devreg"), "{msg}");
@@ -338,6 +338,81 @@ fn a_format_4_database_opens_relabelled_and_its_item_snapshot_goes_on() {
         169,
         "a new sink's backfill sends every pair"
     );
+    let check = reg.check().unwrap();
+    assert!(check.is_clean(), "{:?}", check.problems);
+}
+
+/// Store format 5 (sink metadata layout 3: no format or identifier kind;
+/// a backfill add in flight kept without its token), made by the last
+/// format-5 build (commit f2b0041) with its `devreg`: v3's `events1.jsonl`
+/// and `events2.jsonl` imported, `export --max-ops 20`, `nack
+/// customerio-000000000001 --failed "2:invalid token" "5:bad device"`,
+/// `export --max-ops 20`, then `export --sink audit --max-ops 30`, which
+/// left the backfill's first batch in flight (`audit-inflight.json`;
+/// `customerio-inflight.json` is the default sink's). The open relabels it
+/// format 6; both sinks are `track-v2` by `id`, their batches in flight are
+/// the old build's, and a backfill add in flight still settles its pair
+/// when acknowledged (its token is recovered at load).
+#[test]
+fn a_format_5_database_opens_as_track_v2_by_id_and_its_backfill_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = unpack_version(dir.path(), "v5");
+    let peek = |key: &[u8]| devreg::internals::peek_record(&db, key).unwrap();
+    assert_eq!(peek(b"Mformat"), Some(5u32.to_be_bytes().to_vec()));
+    let (token4, token5) = (format!("{:064x}", 4), format!("{:064x}", 5));
+    answers_as_before(&db, "v5", &[(token4, "hist4.json"), (token5, "hist5.json")]);
+    let reg = devreg::Registry::open(&db).unwrap();
+    for s in reg.sinks() {
+        assert_eq!(
+            s.settings,
+            devreg::format::SinkSettings::default(),
+            "{}",
+            s.name
+        );
+    }
+    let recorded = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(fixture_of("v5").join(file)).unwrap())
+            .unwrap()
+    };
+    let c = reg
+        .export(devreg::DEFAULT_SINK, 20, 499_999)
+        .unwrap()
+        .unwrap();
+    let want = recorded("customerio-inflight.json");
+    assert_eq!(c.id(), want["batch_id"]);
+    let body: serde_json::Value = serde_json::from_str(c.body()).unwrap();
+    assert_eq!(body, want["body"]);
+    let b = reg.export("audit", 30, 499_999).unwrap().unwrap();
+    let want = recorded("audit-inflight.json");
+    assert_eq!(b.id(), want["batch_id"]);
+    let body: serde_json::Value = serde_json::from_str(b.body()).unwrap();
+    assert_eq!(body, want["body"], "the batch in flight is the old build's");
+    // A device of the backfill batch in flight moves before the ack: the
+    // ack says Customer.io holds the old pair, so it must be deleted.
+    let first = &body["batch"][0];
+    let (owner, token) = (
+        first["identifiers"]["id"].as_str().unwrap().to_owned(),
+        first["device"]["token"].as_str().unwrap().to_owned(),
+    );
+    let _ = reg
+        .apply(devreg::Op::Register(devreg::Register {
+            token: token.clone(),
+            platform: devreg::Platform::Ios,
+            person: Some("mover".into()),
+            seen_ms: 1_700_009_000_000,
+            attributes: None,
+        }))
+        .unwrap();
+    reg.ack("audit", b.id()).unwrap();
+    let mut ops = Vec::new();
+    while let Some(b) = reg.export("audit", 100, 499_999).unwrap() {
+        ops.extend(b.operations().map(str::to_owned));
+        reg.ack("audit", b.id()).unwrap();
+    }
+    let delete = format!(
+        r#"{{"type":"person","identifiers":{{"id":"{owner}"}},"action":"delete_device","device":{{"token":"{token}"}}}}"#
+    );
+    assert!(ops.contains(&delete), "no {delete} in {} ops", ops.len());
     let check = reg.check().unwrap();
     assert!(check.is_clean(), "{:?}", check.problems);
 }

@@ -8,80 +8,31 @@ use devreg::*;
 use proptest::prelude::*;
 use serde_json::Value;
 
-/// Customer.io as the feed issue describes it: per person a set of devices;
-/// tokens never move by themselves; merge needs the primary.
-#[derive(Default, Debug)]
-struct Cio {
-    persons: BTreeMap<String, BTreeMap<String, (String, u64, Value)>>,
+#[path = "support/cio.rs"]
+mod cio;
+use cio::Cio;
+
+/// Applying an exported batch to the model of Customer.io: every operation
+/// must be accepted, within the size limits, and no delete may name a
+/// person Customer.io never saw (it would create one).
+trait ApplyBatch {
+    fn apply_batch(&mut self, body: &str, skip: &[u32]);
 }
 
-impl Cio {
-    fn apply(&mut self, op: &Value) {
-        let action = op["action"].as_str().unwrap();
-        match action {
-            "add_device" => {
-                let id = op["identifiers"]["id"].as_str().unwrap().to_owned();
-                let d = &op["device"];
-                assert!(
-                    d["last_used"].is_u64(),
-                    "last_used must be an integer: {op}"
-                );
-                for (_, v) in d["attributes"].as_object().unwrap() {
-                    assert!(v.is_string(), "attribute values are strings: {op}");
-                }
-                self.persons.entry(id).or_default().insert(
-                    d["token"].as_str().unwrap().to_owned(),
-                    (
-                        d["platform"].as_str().unwrap().to_owned(),
-                        d["last_used"].as_u64().unwrap(),
-                        d["attributes"].clone(),
-                    ),
-                );
-            }
-            "delete_device" => {
-                let id = op["identifiers"]["id"].as_str().unwrap();
-                let p = self
-                    .persons
-                    .get_mut(id)
-                    .unwrap_or_else(|| panic!("delete_device would create person {id}: {op}"));
-                p.remove(op["device"]["token"].as_str().unwrap());
-            }
-            "merge" => {
-                let primary = op["primary"]["id"].as_str().unwrap();
-                let secondary = op["secondary"]["id"].as_str().unwrap();
-                assert!(
-                    self.persons.contains_key(primary),
-                    "merge into missing primary {primary}"
-                );
-                // A resent merge finds the secondary gone: a no-op.
-                self.persons.remove(secondary);
-            }
-            other => panic!("unexpected action {other}"),
-        }
-    }
-
+impl ApplyBatch for Cio {
     fn apply_batch(&mut self, body: &str, skip: &[u32]) {
         if std::env::var("FEED_DEBUG").is_ok() {
             eprintln!("apply {body} skip {skip:?}");
         }
         assert!(body.len() < 500_000);
         let v: Value = serde_json::from_str(body).unwrap();
-        for (i, op) in v["batch"].as_array().unwrap().iter().enumerate() {
+        for op in v["batch"].as_array().unwrap() {
             assert!(op.to_string().len() <= 32_768);
-            if !skip.contains(&(i as u32)) {
-                self.apply(op);
-            }
         }
-    }
-
-    fn pairs(&self) -> BTreeMap<(String, String), (String, u64, Value)> {
-        let mut out = BTreeMap::new();
-        for (p, devs) in &self.persons {
-            for (t, d) in devs {
-                out.insert((p.clone(), t.clone()), d.clone());
-            }
-        }
-        out
+        let skip: Vec<usize> = skip.iter().map(|&i| i as usize).collect();
+        let failed = self.apply_body(body, &skip);
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(self.notes.is_empty(), "{:?}", self.notes);
     }
 }
 
@@ -153,9 +104,19 @@ fn export(reg: &Registry) -> Option<std::sync::Arc<Batch>> {
 }
 
 fn run(steps: Vec<Step>) {
+    run_as(steps, DEFAULT_SINK, None);
+}
+
+/// Runs `steps` against `sink`; with `settings`, the sink is added with
+/// them first (a Pipelines sink: its calls go to the same model).
+fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let mut reg = open(&path);
+    if let Some(settings) = settings {
+        assert!(reg.add_sink_with(sink, settings).unwrap());
+    }
+    let export = |reg: &Registry| reg.export(sink, 3, 499_999).unwrap();
     let mut cio = Cio::default();
     let mut last: Option<(String, String)> = None;
     for step in steps {
@@ -173,9 +134,9 @@ fn run(steps: Vec<Step>) {
                     last = Some((b.id().to_owned(), b.body().to_owned()));
                     if ack {
                         cio.apply_batch(b.body(), &[]);
-                        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+                        reg.ack(sink, b.id()).unwrap();
                         // Acking again is a no-op.
-                        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+                        reg.ack(sink, b.id()).unwrap();
                     } else {
                         // A sender that died mid-send: Customer.io may have applied it.
                         cio.apply_batch(b.body(), &[]);
@@ -204,18 +165,18 @@ fn run(steps: Vec<Step>) {
                         .collect();
                     let skip: Vec<u32> = failed.iter().map(|f| f.0).collect();
                     cio.apply_batch(b.body(), &skip);
-                    reg.nack(DEFAULT_SINK, b.id(), &failed).unwrap();
-                    assert!(reg.dead_letters(DEFAULT_SINK).unwrap().len() >= failed.len().min(1));
+                    reg.nack(sink, b.id(), &failed).unwrap();
+                    assert!(reg.dead_letters(sink).unwrap().len() >= failed.len().min(1));
                 }
             }
             Step::Requeue => {
-                reg.requeue(DEFAULT_SINK).unwrap();
+                reg.requeue(sink).unwrap();
             }
             Step::Reopen => {
-                let before = reg.export(DEFAULT_SINK, 3, 499_999).unwrap();
+                let before = reg.export(sink, 3, 499_999).unwrap();
                 drop(reg);
                 reg = open(&path);
-                let after = reg.export(DEFAULT_SINK, 3, 499_999).unwrap();
+                let after = reg.export(sink, 3, 499_999).unwrap();
                 assert_eq!(
                     before.map(|b| (b.id().to_owned(), b.body().to_owned())),
                     after.map(|b| (b.id().to_owned(), b.body().to_owned())),
@@ -225,21 +186,25 @@ fn run(steps: Vec<Step>) {
         }
     }
     // Drain: requeue dead letters, then export and ack until nothing is pending.
-    reg.requeue(DEFAULT_SINK).unwrap();
+    reg.requeue(sink).unwrap();
     for _ in 0..1000 {
         let Some(b) = export(&reg) else { break };
         cio.apply_batch(b.body(), &[]);
-        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+        reg.ack(sink, b.id()).unwrap();
     }
     assert!(export(&reg).is_none(), "feed did not drain");
     let want = truth(&reg);
     if cio.pairs() != want {
-        eprintln!("dead: {:?}", reg.dead_letters(DEFAULT_SINK));
+        eprintln!("dead: {:?}", reg.dead_letters(sink));
     }
     assert_eq!(cio.pairs(), want, "Customer.io model differs from devreg");
     let report = reg.check().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
-    assert_eq!(reg.sinks()[0].pending, 0);
+    let info = reg.sinks().into_iter().find(|s| s.name == sink).unwrap();
+    assert_eq!(info.pending, 0);
+    if let Some(settings) = settings {
+        assert_eq!(info.settings, settings);
+    }
 }
 
 /// Every identified pair as Customer.io should hold it.
@@ -270,6 +235,38 @@ proptest! {
     #[test]
     fn feed_converges(steps in proptest::collection::vec(step_strategy(), 1..60)) {
         run(steps);
+    }
+
+    /// The same for a Pipelines sink: its calls (one per request, merges
+    /// sent as device moves) converge on the same model of Customer.io,
+    /// through re-delivery (a re-sent batch repeats its message ids, which
+    /// the model de-duplicates), nacks, requeues and reopens.
+    #[test]
+    fn pipelines_feed_converges(steps in proptest::collection::vec(step_strategy(), 1..60)) {
+        let settings = format::SinkSettings::new(
+            format::FormatKind::Pipelines,
+            format::IdentifierKind::Id,
+        ).unwrap();
+        run_as(steps, "cdp", Some(settings));
+    }
+
+    /// Both formats with diagnostic events on: token changes add event
+    /// items (sent once each, Track's never in a merge's batch with its
+    /// secondary), and the devices still converge.
+    #[test]
+    fn feeds_with_diagnostic_events_converge(
+        steps in proptest::collection::vec(step_strategy(), 1..60),
+        pipelines in any::<bool>(),
+    ) {
+        let format = if pipelines {
+            format::FormatKind::Pipelines
+        } else {
+            format::FormatKind::TrackV2
+        };
+        let settings = format::SinkSettings::new(format, format::IdentifierKind::Id)
+            .unwrap()
+            .with_diagnostics(true);
+        run_as(steps, "diag", Some(settings));
     }
 }
 

@@ -105,6 +105,25 @@ fn every_client_command_prints_what_the_local_command_prints() {
         vec!["requeue"],
         vec!["sinks"],
         vec!["ack", "no-such-batch"],
+        // Sinks of other formats: added, exported, acknowledged alike.
+        vec!["sinks", "add", "cdp", "--format", "pipelines"],
+        vec!["sinks", "add", "cdp", "--format", "pipelines"],
+        vec!["sinks", "add", "cdp", "--format", "track-v2"],
+        vec![
+            "sinks",
+            "add",
+            "mail",
+            "--format",
+            "track-v2",
+            "--identifier",
+            "email",
+            "--diagnostics",
+        ],
+        vec!["export", "--sink", "cdp"],
+        vec!["ack", "--sink", "cdp", "cdp-000000000001"],
+        vec!["export", "--sink", "mail", "--max-ops", "50"],
+        vec!["dead-letters", "--sink", "mail"],
+        vec!["sinks", "list"],
     ];
     let expected: Vec<Output> = reads.iter().map(|a| devreg(&local, None, a)).collect();
     let server = Server::start(&db, None, &["--no-auth"]);

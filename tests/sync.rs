@@ -1,9 +1,11 @@
 //! The sync worker end to end, against a Customer.io emulator on 127.0.0.1
-//! that the tests start themselves: Basic auth, the request and operation
-//! size limits, a model of Customer.io (per person a set of devices;
-//! `add_device` upserts, `delete_device` removes, `merge` drops the
-//! secondary and is an error without the primary; tokens never move by
-//! themselves), and faults injected on a schedule; plus TLS failures (an
+//! that the tests start themselves: Track's `POST /api/v2/batch` and Data
+//! Pipelines' `POST /v1/batch`, each with its Basic auth, the request and
+//! operation size limits, the one test model of Customer.io
+//! (`support/cio.rs`: per person a set of devices; `add_device` and
+//! `Device Created or Updated` upsert, `delete_device` and `Device Deleted`
+//! remove, `merge` drops the secondary and is an error without the primary;
+//! tokens never move by themselves), and faults injected on a schedule; plus TLS failures (an
 //! untrusted certificate, a server that does not speak TLS) that must stop
 //! the worker rather than be retried. Every loop is bounded in count and
 //! time, and only loopback is ever contacted.
@@ -22,12 +24,17 @@ use std::time::{Duration, Instant};
 #[path = "support/server.rs"]
 mod served;
 
+#[path = "support/cio.rs"]
+mod cio;
+
 use devreg::sync::{Credentials, SyncConfig, SyncStats, SyncWorker};
 use devreg::*;
 use serde_json::Value;
 
 const SITE: &str = "site-4242";
 const KEY: &str = "k3y-Very-Secret-9f";
+/// The Data Pipelines source key.
+const CDP_KEY: &str = "cdp-S0urce-K3y";
 
 // ---------------------------------------------------------------- emulator
 
@@ -54,12 +61,11 @@ enum Fault {
     DropMidResponse,
 }
 
-type Devices = BTreeMap<String, (String, u64, Value)>;
-type Pairs = BTreeMap<(String, String), (String, u64, Value)>;
+type Pairs = cio::Pairs;
 
 #[derive(Default)]
 struct EmuState {
-    persons: BTreeMap<String, Devices>,
+    cio: cio::Cio,
     schedule: Vec<Fault>,
     /// Delay before every answer (the kill test).
     slow_all: Option<Duration>,
@@ -67,7 +73,6 @@ struct EmuState {
     starts: Vec<Instant>,
     statuses: Vec<u16>,
     violations: Vec<String>,
-    notes: Vec<String>,
     last_applied: Option<String>,
     /// Batches applied again right after themselves (a re-send).
     reapplied: usize,
@@ -104,73 +109,16 @@ fn base64(input: &[u8]) -> String {
 }
 
 impl EmuState {
-    fn apply_op(&mut self, op: &Value) -> Result<(), String> {
-        let s = |v: &Value| v.as_str().map(str::to_owned).ok_or(format!("bad op {op}"));
-        match op["action"].as_str() {
-            Some("add_device") => {
-                let d = &op["device"];
-                if !d["last_used"].is_u64() {
-                    return Err(format!("last_used is not an integer: {op}"));
-                }
-                if !d["attributes"]
-                    .as_object()
-                    .is_some_and(|a| a.values().all(Value::is_string))
-                {
-                    return Err(format!("attribute values must be strings: {op}"));
-                }
-                let platform = s(&d["platform"])?;
-                if platform != "ios" && platform != "android" {
-                    return Err(format!("platform {platform}"));
-                }
-                let id = s(&op["identifiers"]["id"])?;
-                if id.is_empty() {
-                    return Err(format!("empty person id: {op}"));
-                }
-                self.persons.entry(id).or_default().insert(
-                    s(&d["token"])?,
-                    (
-                        platform,
-                        d["last_used"].as_u64().unwrap_or(0),
-                        d["attributes"].clone(),
-                    ),
-                );
-            }
-            Some("delete_device") => {
-                let id = s(&op["identifiers"]["id"])?;
-                let token = s(&op["device"]["token"])?;
-                match self.persons.get_mut(&id) {
-                    Some(p) => {
-                        p.remove(&token);
-                    }
-                    None => self
-                        .notes
-                        .push(format!("delete_device for unknown person {id}")),
-                }
-            }
-            Some("merge") => {
-                let primary = s(&op["primary"]["id"])?;
-                let secondary = s(&op["secondary"]["id"])?;
-                if !self.persons.contains_key(&primary) {
-                    return Err(format!("merge into missing primary {primary}: {op}"));
-                }
-                // Customer.io deletes the secondary with its devices.
-                self.persons.remove(&secondary);
-            }
-            _ => return Err(format!("unknown action: {op}")),
-        }
-        Ok(())
-    }
-
     /// Applies a batch's operations except `skip`; returns the indices that failed.
     fn apply(&mut self, body: &str, ops: &[Value], skip: &BTreeSet<usize>) -> Vec<usize> {
         let again = self.last_applied.as_deref() == Some(body);
-        let before = again.then(|| self.persons.clone());
+        let before = again.then(|| self.cio.persons.clone());
         let mut failed = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             if skip.contains(&i) {
                 continue;
             }
-            if let Err(e) = self.apply_op(op) {
+            if let Err(e) = self.cio.apply(op) {
                 failed.push(i);
                 if skip.is_empty() {
                     self.violations.push(e);
@@ -179,7 +127,7 @@ impl EmuState {
         }
         if let Some(before) = before {
             self.reapplied += 1;
-            if before != self.persons {
+            if before != self.cio.persons {
                 self.violations
                     .push(format!("a re-sent batch changed the result: {body:.200}"));
             }
@@ -201,13 +149,26 @@ impl EmuState {
             body: body.to_owned(),
             delay: None,
         };
-        if line != "POST /api/v2/batch HTTP/1.1" {
-            self.violations
-                .push(format!("unexpected request line {line:?}"));
-            return answer(404, "{}");
-        }
+        let pipelines = match line {
+            "POST /api/v2/batch HTTP/1.1" => false,
+            "POST /v1/batch HTTP/1.1" => true,
+            _ => {
+                self.violations
+                    .push(format!("unexpected request line {line:?}"));
+                return answer(404, "{}");
+            }
+        };
         self.starts.push(start);
-        let want = format!("Basic {}", base64(format!("{SITE}:{KEY}").as_bytes()));
+        // Pipelines: the source key as the user name, an empty password.
+        let user_pass = match pipelines {
+            false => format!("{SITE}:{KEY}"),
+            true => format!("{CDP_KEY}:"),
+        };
+        let want = format!("Basic {}", base64(user_pass.as_bytes()));
+        if pipelines && headers.get("x-strict-mode").map(String::as_str) != Some("1") {
+            self.violations
+                .push("Pipelines request without strict mode".into());
+        }
         if headers.get("authorization") != Some(&want) {
             self.auth_failures += 1;
             self.statuses.push(401);
@@ -241,6 +202,20 @@ impl EmuState {
             self.violations
                 .push(format!("operation of {} bytes", op.to_string().len()));
         }
+        if pipelines && ops.len() > 1 {
+            // A batch's context is shared by all its calls: a token in
+            // each call's context.device would not survive.
+            self.violations
+                .push(format!("{} calls in one Pipelines request", ops.len()));
+        }
+        if pipelines && ops.iter().any(|o| o.get("action").is_some()) {
+            self.violations
+                .push("a Track operation sent to /v1/batch".into());
+        }
+        if !pipelines && ops.iter().any(|o| o.get("action").is_none()) {
+            self.violations
+                .push("a Pipelines call sent to /api/v2/batch".into());
+        }
         let n = self.starts.len() - 1;
         let mut fault = self.schedule.get(n).cloned();
         // Customer.io rejects an operation every time or never: a batch it
@@ -252,6 +227,14 @@ impl EmuState {
             )
         {
             fault = None;
+        }
+        if pipelines {
+            if let Some(Fault::Partial | Fault::Malformed207 | Fault::BadRequest) = fault {
+                // No 207 in Pipelines: in strict mode a call that fails
+                // validation makes the request a 400, and nothing of it is applied.
+                self.statuses.push(400);
+                return answer(400, r#"{"meta":{"errors":["emulator rejects the call"]}}"#);
+            }
         }
         let reply = match fault {
             None => {
@@ -335,13 +318,7 @@ impl EmuState {
     }
 
     fn pairs(&self) -> Pairs {
-        let mut out = BTreeMap::new();
-        for (p, devs) in &self.persons {
-            for (t, d) in devs {
-                out.insert((p.clone(), t.clone()), d.clone());
-            }
-        }
-        out
+        self.cio.pairs()
     }
 }
 
@@ -586,7 +563,11 @@ fn workload(reg: &Registry, rng: &mut Rng, n: usize, clock: &mut u64) {
 /// Asserts the emulator holds exactly devreg's identified devices, apart
 /// from the pairs (and, for merges, the persons) of dead-lettered operations.
 fn assert_converged(reg: &Registry, emu: &Emu) {
-    let dead = reg.dead_letters(DEFAULT_SINK).unwrap();
+    assert_sink_converged(reg, emu, DEFAULT_SINK);
+}
+
+fn assert_sink_converged(reg: &Registry, emu: &Emu, sink: &str) {
+    let dead = reg.dead_letters(sink).unwrap();
     let (mut pairs, mut persons) = (BTreeSet::new(), BTreeSet::new());
     for d in &dead {
         let op: Value = serde_json::from_str(&d.operation).unwrap();
@@ -594,6 +575,15 @@ fn assert_converged(reg: &Registry, emu: &Emu) {
             Some("merge") => {
                 persons.insert(op["primary"]["id"].as_str().unwrap().to_owned());
                 persons.insert(op["secondary"]["id"].as_str().unwrap().to_owned());
+            }
+            None => {
+                pairs.insert((
+                    op["userId"].as_str().unwrap().to_owned(),
+                    op["context"]["device"]["token"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                ));
             }
             _ => {
                 pairs.insert((
@@ -679,10 +669,14 @@ fn assert_rate(emu: &Emu, max: usize) -> usize {
 }
 
 fn wait_drained(reg: &Registry, secs: u64) {
+    wait_sink_drained(reg, DEFAULT_SINK, secs)
+}
+
+fn wait_sink_drained(reg: &Registry, sink: &str, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let s = reg.sinks();
-        let info = s.iter().find(|s| s.name == DEFAULT_SINK);
+        let info = s.iter().find(|s| s.name == sink);
         if info.is_some_and(|i| i.pending == 0 && i.in_flight.is_none()) {
             return;
         }
@@ -779,6 +773,126 @@ fn random_workload_converges_through_every_fault() {
     assert_eq!((again.requests, emu.with(|s| s.starts.len())), (0, before));
     let report = reg.check().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// The worker of a Pipelines sink: the source key as Basic auth user name,
+/// `/v1/batch`.
+fn pipelines_config(emu: &Emu) -> SyncConfig {
+    SyncConfig::new(Credentials::pipelines(CDP_KEY).unwrap())
+        .endpoint(emu.url())
+        .sink("cdp")
+        .max_ops(5)
+        .max_rps(50.0)
+        .timeout(Duration::from_millis(400))
+        .backoff(Duration::from_millis(5), Duration::from_millis(60))
+        .poll_interval(Duration::from_millis(20))
+        .max_attempts(Some(50))
+}
+
+fn add_pipelines_sink(reg: &Registry) {
+    let settings =
+        format::SinkSettings::new(format::FormatKind::Pipelines, format::IdentifierKind::Id)
+            .unwrap();
+    assert!(reg.add_sink_with("cdp", settings).unwrap());
+}
+
+/// A Pipelines sink through the same faults: one call per request (the
+/// emulator flags more), strict mode, 400 for a call it rejects (no 207 in
+/// Pipelines: the call is dead-lettered), retries on 429/5xx/lost answers
+/// (a re-sent call repeats its message id, de-duplicated by the model).
+#[test]
+fn pipelines_random_workload_converges_through_every_fault() {
+    use Fault::*;
+    let schedule = [
+        None,
+        Some(Partial),
+        Some(Server(500)),
+        Some(DropMidResponse),
+        None,
+        Some(TooMany(0)),
+        Some(Server(503)),
+        Some(Slow(Duration::from_millis(700))),
+        Some(BadRequest),
+        Some(DropBeforeResponse),
+        None,
+        Some(Malformed207),
+    ];
+    let faults: Vec<Fault> = schedule
+        .iter()
+        .chain(schedule.iter())
+        .map(|f| f.clone().unwrap_or(Slow(Duration::ZERO)))
+        .collect();
+    let emu = Emu::start(faults);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let mut rng = Rng(0x5eed_0002);
+    let mut clock = 1_700_000_000_000;
+    workload(&reg, &mut rng, 60, &mut clock);
+    add_pipelines_sink(&reg);
+    let handle = SyncWorker::new(reg.clone(), pipelines_config(&emu))
+        .unwrap()
+        .start()
+        .unwrap();
+    for _ in 0..5 {
+        workload(&reg, &mut rng, 8, &mut clock);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    wait_sink_drained(&reg, "cdp", 60);
+    let stats = handle.shutdown().unwrap();
+    assert!(stats.retries >= 5 && stats.dead_letters >= 3, "{stats:?}");
+    assert_eq!(stats.batches, stats.operations, "one call per request");
+    assert_sink_converged(&reg, &emu, "cdp");
+    let (statuses, duplicates) = emu.with(|s| (s.statuses.clone(), s.cio.duplicates));
+    for code in [200, 400, 429, 500, 503] {
+        assert!(statuses.contains(&code), "no {code} in {statuses:?}");
+    }
+    assert!(!statuses.contains(&207));
+    assert!(duplicates >= 1, "lost answers must cause re-sends");
+    for d in reg.dead_letters("cdp").unwrap() {
+        assert!(d.reason.starts_with("HTTP 400: "), "{}", d.reason);
+    }
+    let report = reg.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// The worker's credentials say which format it sends: a sink of the
+/// other format, or a missing Pipelines sink (an export would create a
+/// track-v2 one), stop it before any request with an error naming the field.
+#[test]
+fn a_worker_refuses_a_sink_of_another_format() {
+    let emu = Emu::start(Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    reg_one(&reg);
+    let field = |r: Result<SyncStats, Error>| match r {
+        Err(Error::Invalid { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    let mut w = SyncWorker::new(reg.clone(), pipelines_config(&emu)).unwrap();
+    assert_eq!(field(w.run_once()), "sink");
+    let mut w = SyncWorker::new(reg.clone(), config(&emu).sink("cdp")).unwrap();
+    add_pipelines_sink(&reg);
+    assert_eq!(field(w.run_once()), "sink.format");
+    assert!(emu.with(|s| s.starts.is_empty()), "nothing was sent");
+    // The right worker drains it.
+    let stats = SyncWorker::new(reg.clone(), pipelines_config(&emu))
+        .unwrap()
+        .run_once()
+        .unwrap();
+    assert_eq!((stats.batches, stats.dead_letters), (1, 0));
+    assert_sink_converged(&reg, &emu, "cdp");
+}
+
+fn reg_one(reg: &Registry) {
+    let _ = reg
+        .register(Register {
+            token: "ab12".into(),
+            platform: Platform::Android,
+            person: Some("p1".into()),
+            seen_ms: 1_700_000_000_000,
+            attributes: None,
+        })
+        .unwrap();
 }
 
 #[test]
@@ -933,7 +1047,7 @@ fn rejected_credentials_stop_the_worker_and_nothing_is_acknowledged() {
         info.in_flight.is_some() && info.pending > 0 && info.dead_letters == 0,
         "{info:?}"
     );
-    assert!(emu.with(|s| s.persons.is_empty()));
+    assert!(emu.with(|s| s.cio.persons.is_empty()));
 }
 
 #[test]
@@ -1654,4 +1768,68 @@ fn a_worker_in_its_own_process_drains_a_live_server() {
     assert!(reg.device("live29").is_some());
     assert!(!reg.dead_letters(DEFAULT_SINK).unwrap().is_empty());
     assert_converged(&reg, &emu);
+}
+
+/// `devreg sync --format pipelines` takes the source key from
+/// CUSTOMERIO_CDP_API_KEY (and needs it), posts to /v1/batch and drains a
+/// Pipelines sink made by `devreg sinks add`.
+#[test]
+fn cli_syncs_a_pipelines_sink_with_the_cdp_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    {
+        let reg = open(&db);
+        for i in 0..4 {
+            reg_ios_cli(&reg, i);
+        }
+    }
+    let add = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .arg("--db")
+        .arg(&db)
+        .args(["sinks", "add", "cdp", "--format", "pipelines"])
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let emu = Emu::start(Vec::new());
+    let args = ["--once", "--sink", "cdp", "--format", "pipelines"];
+    let out = cli(&db, &emu, &args)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CUSTOMERIO_CDP_API_KEY") && err.contains("not set"),
+        "{err}"
+    );
+    let out = cli(&db, &emu, &args)
+        .env("CUSTOMERIO_CDP_API_KEY", CDP_KEY)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(emu.with(|s| s.starts.len()), 4, "one call per request");
+    let reg = open(&db);
+    assert_sink_converged(&reg, &emu, "cdp");
+    assert_eq!(emu.with(|s| s.pairs().len()), 4);
+}
+
+fn reg_ios_cli(reg: &Registry, i: u32) {
+    let _ = reg
+        .register(Register {
+            token: format!("t{i}"),
+            platform: Platform::Ios,
+            person: Some(format!("p{i}")),
+            seen_ms: 5_000,
+            attributes: None,
+        })
+        .unwrap();
 }

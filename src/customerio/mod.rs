@@ -1,18 +1,30 @@
 //! Customer.io Track API v2 wire format: the operations devreg sends in
 //! `POST /api/v2/batch` bodies. Field order is fixed so bodies are
-//! byte-for-byte reproducible. A low layer: the feed and the state build
-//! batches with it. The HTTP worker that delivers them drives a registry,
-//! so it lives above it, in `crate::sync` (feature `sync`).
+//! byte-for-byte reproducible. A low layer: the Track v2 sink format
+//! (`crate::format::TrackV2`) renders with it, and every format frames its
+//! batch with `batch_body`. The HTTP worker that delivers them drives a
+//! registry, so it lives above it, in `crate::sync` (feature `sync`).
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use crate::model::{Attributes, Platform};
 
 pub use crate::limits::{MAX_BATCH_BODY_BYTES, MAX_OPERATION_BYTES};
 
-#[derive(Serialize)]
+/// An identifier object of one key: `{"id":..}`, `{"email":..}` or
+/// `{"cio_id":..}`.
 struct Id<'a> {
-    id: &'a str,
+    key: &'static str,
+    value: &'a str,
+}
+
+impl Serialize for Id<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.key, self.value)?;
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -64,9 +76,21 @@ pub fn add_device(
     last_seen_ms: u64,
     attributes: &Attributes,
 ) -> String {
+    add_device_as("id", person, token, platform, last_seen_ms, attributes)
+}
+
+/// `add_device` naming the person by identifier `key` (`id`, `email`, `cio_id`).
+pub(crate) fn add_device_as(
+    key: &'static str,
+    person: &str,
+    token: &str,
+    platform: Platform,
+    last_seen_ms: u64,
+    attributes: &Attributes,
+) -> String {
     to_json(&DeviceOp {
         kind: "person",
-        identifiers: Id { id: person },
+        identifiers: Id { key, value: person },
         action: "add_device",
         device: AddDevice {
             token,
@@ -84,9 +108,14 @@ pub fn add_device(
 ///     r#"{"type":"person","identifiers":{"id":"42"},"action":"delete_device","device":{"token":"ab12"}}"#);
 /// ```
 pub fn delete_device(person: &str, token: &str) -> String {
+    delete_device_as("id", person, token)
+}
+
+/// `delete_device` naming the person by identifier `key`.
+pub(crate) fn delete_device_as(key: &'static str, person: &str, token: &str) -> String {
     to_json(&DeviceOp {
         kind: "person",
-        identifiers: Id { id: person },
+        identifiers: Id { key, value: person },
         action: "delete_device",
         device: TokenOnly { token },
     })
@@ -99,11 +128,56 @@ pub fn delete_device(person: &str, token: &str) -> String {
 ///     r#"{"type":"person","action":"merge","primary":{"id":"a"},"secondary":{"id":"b"}}"#);
 /// ```
 pub fn merge(primary: &str, secondary: &str) -> String {
+    merge_as("id", primary, secondary)
+}
+
+/// `merge` naming both persons by identifier `key`.
+pub(crate) fn merge_as(key: &'static str, primary: &str, secondary: &str) -> String {
     to_json(&MergeOp {
         kind: "person",
         action: "merge",
-        primary: Id { id: primary },
-        secondary: Id { id: secondary },
+        primary: Id {
+            key,
+            value: primary,
+        },
+        secondary: Id {
+            key,
+            value: secondary,
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct EventOp<'a, A> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    identifiers: Id<'a>,
+    action: &'static str,
+    name: &'a str,
+    id: &'a str,
+    timestamp: u64,
+    attributes: &'a A,
+}
+
+/// `event` `name` for a person (named by identifier `key`), with its ULID
+/// `id` (Customer.io de-duplicates on it), `timestamp` in Unix seconds and
+/// string `attributes`.
+pub(crate) fn event_as<A: Serialize>(
+    key: &'static str,
+    person: &str,
+    name: &str,
+    id: &str,
+    timestamp: u64,
+    attributes: &A,
+) -> String {
+    to_json(&EventOp {
+        kind: "person",
+        identifiers: Id { key, value: person },
+        action: "event",
+        name,
+        id,
+        timestamp,
+        attributes,
     })
 }
 

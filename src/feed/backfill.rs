@@ -24,8 +24,9 @@
 //! (removed tokens stay in it but are no longer owned; tokens added since it
 //! was built are put in by `Feed::on_device`), so a replay rebuilds exactly.
 
+use super::export::render_checked;
 use super::{BatchOp, Effect, Feed, ItemKey, Truth};
-use crate::customerio::{body_growth, EMPTY_BODY_BYTES, MAX_OPERATION_BYTES};
+use crate::format::{body_growth, Change, OpSlot, EMPTY_BODY_BYTES};
 use crate::limits::BACKFILL_WINDOW_TOKENS;
 use std::collections::BTreeSet;
 
@@ -195,11 +196,22 @@ pub(crate) enum Step {
     Done,
 }
 
-/// A backfill add that can never fit Customer.io's limit.
+/// A backfill add that can never be sent (over the format's limit, or a
+/// person that is not a valid value of the sink's identifier kind).
 pub(crate) struct Rejected {
     pub(crate) item: ItemKey,
     pub(crate) operation: String,
     pub(crate) reason: String,
+}
+
+/// A backfill add of `device` to `person`, rendered and checked.
+fn render_add(
+    format: &dyn crate::format::SinkFormat,
+    person: &str,
+    device: &crate::format::DeviceView,
+    at: &OpSlot<'_>,
+) -> Result<String, (String, String)> {
+    render_checked(format, &Change::Added { person, device }, at)
 }
 
 impl Feed {
@@ -216,6 +228,9 @@ impl Feed {
             return (Step::Done, Vec::new());
         };
         let items = &sink.items;
+        let format = sink.settings.renderer();
+        let max_ops = max_ops.min(format.max_operations());
+        let number = sink.next_batch;
         let Some(bf) = sink.backfill.as_mut() else {
             return (Step::Done, Vec::new());
         };
@@ -238,33 +253,36 @@ impl Feed {
                 if items.contains_key(&key) {
                     return None; // its pending item sends the truth
                 }
-                truth.owned(o, &p.1).map(|json| (o.clone(), key, json))
+                truth.owned(o, &p.1).map(|device| (o.clone(), key, device))
             });
-            if let Some((person, key, json)) = add {
-                if json.len() > MAX_OPERATION_BYTES {
-                    let reason = format!(
-                        "operation is {} bytes, over Customer.io's limit of {MAX_OPERATION_BYTES}",
-                        json.len()
-                    );
-                    rejected.push(Rejected {
+            if let Some((person, key, device)) = add {
+                let at = OpSlot {
+                    sink: sink_name,
+                    batch: number,
+                    index: ops.len(),
+                };
+                match render_add(&*format, &person, &device, &at) {
+                    Err((operation, reason)) => rejected.push(Rejected {
                         item: key,
-                        operation: json,
+                        operation,
                         reason,
-                    });
-                } else {
-                    let grow = body_growth(ops.len(), json.len());
-                    if body_bytes + grow > max_bytes {
-                        if ops.is_empty() {
-                            return (Step::Stalled(end), rejected);
+                    }),
+                    Ok(json) => {
+                        let grow = body_growth(ops.len(), json.len());
+                        if body_bytes + grow > max_bytes {
+                            if ops.is_empty() {
+                                return (Step::Stalled(end), rejected);
+                            }
+                            break;
                         }
-                        break;
+                        body_bytes += grow;
+                        ops.push(BatchOp {
+                            item: None,
+                            effect: Effect::Backfilled(person),
+                            token: Some(p.1.clone()),
+                            json,
+                        });
                     }
-                    body_bytes += grow;
-                    ops.push(BatchOp {
-                        item: None,
-                        effect: Effect::Backfilled(person),
-                        json,
-                    });
                 }
             }
             end = Some(p.clone());
@@ -288,11 +306,16 @@ mod tests {
     struct Fake(BTreeMap<Vec<u8>, Option<Arc<str>>>);
 
     impl Truth for Fake {
-        fn owned(&self, person: &str, token: &[u8]) -> Option<String> {
+        fn owned(&self, person: &str, token: &[u8]) -> Option<crate::format::DeviceView> {
             let owner = self.0.get(token)?.as_ref()?;
-            (&**owner == person).then(|| format!("add {person}"))
+            (&**owner == person).then(|| crate::format::DeviceView {
+                token: String::from_utf8_lossy(token).into_owned(),
+                platform: crate::model::Platform::Ios,
+                last_seen_ms: 0,
+                attributes: Default::default(),
+            })
         }
-        fn newest(&self, _: &str) -> Option<(Box<[u8]>, String)> {
+        fn newest(&self, _: &str) -> Option<(Box<[u8]>, crate::format::DeviceView)> {
             None
         }
         fn each_token(&self, f: &mut dyn FnMut(&[u8])) {

@@ -8,14 +8,15 @@ use hashbrown::HashSet;
 use super::backfill::Step;
 use super::{batch_id, persist, Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, Pending};
 use crate::codec::unpack_token;
-use crate::customerio::{self, body_growth, EMPTY_BODY_BYTES, MAX_OPERATION_BYTES};
+use crate::format::{body_growth, Change, DeviceView, OpSlot, SinkFormat, EMPTY_BODY_BYTES};
 
-/// The registry's current truth, as the exporter needs it.
+/// The registry's current truth, as the exporter needs it: typed views of
+/// devices, which the sink's format renders.
 pub(crate) trait Truth {
-    /// `add_device` for the pair if `person` owns `token` now.
-    fn owned(&self, person: &str, token: &[u8]) -> Option<String>;
-    /// The person's most recently seen device: its token and `add_device`.
-    fn newest(&self, person: &str) -> Option<(Box<[u8]>, String)>;
+    /// The device if `person` owns `token` now.
+    fn owned(&self, person: &str, token: &[u8]) -> Option<DeviceView>;
+    /// The person's most recently seen device: its packed token and view.
+    fn newest(&self, person: &str) -> Option<(Box<[u8]>, DeviceView)>;
     /// Calls `f` with every device's packed token (for the backfill).
     fn each_token(&self, f: &mut dyn FnMut(&[u8]));
     /// Number of devices.
@@ -30,7 +31,9 @@ enum Plan {
     Send(Vec<BatchOp>, bool),
     /// Nothing to send (e.g. registered and removed before any export).
     Drop,
-    /// The operation can never fit Customer.io's limit.
+    /// The operation can never be sent (over the format's limit, or a
+    /// person that is not a valid value of the sink's identifier kind):
+    /// the operation as rendered and why.
     Reject(String, String),
     /// Stop the batch here; the item goes in the next one.
     Stop,
@@ -57,6 +60,10 @@ enum BackfillExport {
 }
 
 struct Building<'k> {
+    /// The sink's format, and where its operations go.
+    format: &'k dyn SinkFormat,
+    sink: &'k str,
+    number: u64,
     ops: Vec<BatchOp>,
     body_bytes: usize,
     deleted_tokens: HashSet<Box<[u8]>>,
@@ -97,7 +104,12 @@ impl Feed {
         let Some(sink) = self.sinks.get(sink_name) else {
             return (None, changed);
         };
+        let format = sink.settings.renderer();
+        let max_ops = max_ops.min(format.max_operations());
         let mut b = Building {
+            format: &*format,
+            sink: sink_name,
+            number: sink.next_batch,
             ops: Vec::new(),
             body_bytes: EMPTY_BODY_BYTES,
             deleted_tokens: HashSet::new(),
@@ -137,6 +149,9 @@ impl Feed {
                                 b.added.insert(p.clone());
                                 b.merged_away.remove(p);
                                 b.touched.insert(p.clone());
+                            }
+                            (Effect::Noted, Some((ItemKey::Event { person, .. }, _))) => {
+                                b.touched.insert(person.clone());
                             }
                             (Effect::Merged(s), Some((ItemKey::Merge { primary, .. }, _))) => {
                                 b.added.remove(s);
@@ -271,7 +286,11 @@ impl Feed {
                 } else {
                     batch_id(sink_name, number)
                 },
-                index,
+                // The slot's index, as a load from the store reads it back
+                // (for batch 0 it numbers the rejections: until 2026-12 it
+                // was 0 in memory and the number after a reopen, so a live
+                // server and the CLI listed different indices).
+                index: slot.1,
                 reason,
                 operation,
                 item,
@@ -332,16 +351,16 @@ impl Feed {
                 // A backfill add: a pending item for the pair (it changed
                 // while the batch was in flight) now has Customer.io's copy.
                 (None, Effect::Backfilled(p)) => {
-                    if let Some(t) = op_token(&op.json) {
-                        let key = super::device_item(p, &crate::codec::pack_token(&t));
+                    if let Some(t) = &op.token {
+                        let key = super::device_item(p, t);
                         self.set_base(sink_name, &key, true);
                         self.drop_dead_letter(sink_name, &key);
                     }
                 }
                 // A merge's prerequisite add: Customer.io now holds that pair.
                 (None, Effect::Added(p)) => {
-                    if let Some(t) = op_token(&op.json) {
-                        let key = super::device_item(p, &crate::codec::pack_token(&t));
+                    if let Some(t) = &op.token {
+                        let key = super::device_item(p, t);
                         self.set_base(sink_name, &key, true);
                     }
                 }
@@ -380,13 +399,11 @@ impl Feed {
         let (item, seq) = match &op.item {
             Some((key, seq)) => (key.clone(), Some(*seq)),
             // A prerequisite add for a merge: its pair is the one to resend.
-            None => match (&op.effect, op_token(&op.json)) {
-                (Effect::Backfilled(p), Some(t)) => {
-                    (super::device_item(p, &crate::codec::pack_token(&t)), None)
-                }
+            None => match (&op.effect, &op.token) {
+                (Effect::Backfilled(p), Some(t)) => (super::device_item(p, t), None),
                 (Effect::Added(p), Some(t)) => {
                     self.fail_merges_into(sink_name, number, index, p, reason);
-                    (super::device_item(p, &crate::codec::pack_token(&t)), None)
+                    (super::device_item(p, t), None)
                 }
                 _ => return,
             },
@@ -429,11 +446,17 @@ impl Feed {
             .collect();
         // Hash order is not replayed identically: go by key.
         merges.sort();
+        let format = sink.settings.renderer();
+        let at = OpSlot {
+            sink: sink_name,
+            batch: number,
+            index: index as usize,
+        };
         for key in merges {
             self.forget(sink_name, &key);
             let (p, s) = match &key {
                 ItemKey::Merge { primary, secondary } => (primary.clone(), secondary.clone()),
-                ItemKey::Device { .. } => continue,
+                ItemKey::Device { .. } | ItemKey::Event { .. } => continue,
             };
             let why = format!("primary {p:?} could not be created: {reason}");
             self.dead_letter(
@@ -442,7 +465,13 @@ impl Feed {
                 index,
                 key,
                 false,
-                customerio::merge(&p, &s),
+                format.render(
+                    &Change::Merged {
+                        primary: &p,
+                        secondary: &s,
+                    },
+                    &at,
+                ),
                 why,
             );
         }
@@ -480,7 +509,7 @@ impl Feed {
                     }
                 }
             }
-            Effect::Deleted => {}
+            Effect::Deleted | Effect::Noted => {}
         }
     }
 
@@ -553,11 +582,6 @@ impl Feed {
     }
 }
 
-fn op_token(json: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    v.get("device")?.get("token")?.as_str().map(str::to_owned)
-}
-
 impl Building<'_> {
     /// Whether Customer.io holds `person` once the batch so far is applied.
     fn present(&self, person: &Arc<str>) -> bool {
@@ -566,46 +590,68 @@ impl Building<'_> {
     }
 }
 
+/// Renders `change` as the operation at index `index` of batch `b`, or
+/// says why it can never be sent: (operation, reason).
+pub(crate) fn render_checked(
+    format: &dyn SinkFormat,
+    change: &Change<'_>,
+    at: &OpSlot<'_>,
+) -> Result<String, (String, String)> {
+    let json = format.render(change, at);
+    if let Some(reason) = format.refusal(change) {
+        return Err((json, reason));
+    }
+    let max = format.max_operation_bytes();
+    if json.len() > max {
+        let reason = format!(
+            "operation is {} bytes, over Customer.io's limit of {max} ({} format)",
+            json.len(),
+            format.kind()
+        );
+        return Err((json, reason));
+    }
+    Ok(json)
+}
+
+impl Building<'_> {
+    fn render(&self, change: &Change<'_>) -> Result<String, (String, String)> {
+        let at = OpSlot {
+            sink: self.sink,
+            batch: self.number,
+            index: self.ops.len(),
+        };
+        render_checked(self.format, change, &at)
+    }
+}
+
 fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building<'_>) -> Plan {
     match key {
-        ItemKey::Device { person, token } => {
-            // Customer.io deleted a merged-away person with its devices; the
-            // ack of the merge resets what devreg assumes it holds.
+        ItemKey::Device { person, token } => plan_device(person, token, key, seq, base, truth, b),
+        ItemKey::Event { person, event } => {
+            // Nothing may name a person after its merge in one batch.
             if b.merged_away.contains(person) {
                 return Plan::Stop;
             }
-            let (json, effect) = match truth.owned(person, token) {
-                Some(add) => {
-                    // Never add a token in the batch that deletes it from someone
-                    // else: the delete must be delivered first.
-                    if b.deleted_tokens.contains(token) {
-                        return Plan::Stop;
-                    }
-                    (add, Effect::Added(person.clone()))
-                }
-                None if base => {
-                    let t = unpack_token(token).unwrap_or_default();
-                    (customerio::delete_device(person, &t), Effect::Deleted)
-                }
-                None => return Plan::Drop,
-            };
-            if json.len() > MAX_OPERATION_BYTES {
-                let reason = format!(
-                    "operation is {} bytes, over Customer.io's limit of {MAX_OPERATION_BYTES}",
-                    json.len()
-                );
-                return Plan::Reject(json, reason);
+            match b.render(&Change::Event { person, event }) {
+                Ok(json) => Plan::Send(
+                    vec![BatchOp {
+                        item: Some((key.clone(), seq)),
+                        effect: Effect::Noted,
+                        token: None,
+                        json,
+                    }],
+                    false,
+                ),
+                Err((op, reason)) => Plan::Reject(op, reason),
             }
-            Plan::Send(
-                vec![BatchOp {
-                    item: Some((key.clone(), seq)),
-                    effect,
-                    json,
-                }],
-                false,
-            )
         }
         ItemKey::Merge { primary, secondary } => {
+            // A format without merges sends a merge as the device moves
+            // the feed holds already (deletes from the secondary, adds to
+            // the primary): the merge itself is nothing to send.
+            if !b.format.merges() {
+                return Plan::Drop;
+            }
             // Customer.io has nothing to merge from a secondary it never saw.
             if !b.present(secondary) {
                 return Plan::Drop;
@@ -616,28 +662,101 @@ fn plan(key: &ItemKey, seq: u64, base: bool, truth: &dyn Truth, b: &Building<'_>
                 return Plan::Stop;
             }
             if !b.present(primary) {
-                // Customer.io's merge silently fails without the primary:
-                // create it with its newest device, and merge only once that
-                // add is delivered (the merge stays pending until then).
-                let Some((token, add)) = truth.newest(primary) else {
-                    return Plan::Drop;
-                };
-                if b.deleted_tokens.contains(&token) {
-                    return Plan::Stop;
-                }
-                let op = BatchOp {
-                    item: None,
-                    effect: Effect::Added(primary.clone()),
-                    json: add,
-                };
-                return Plan::Send(vec![op], true);
+                return plan_primary(primary, truth, b);
             }
-            let op = BatchOp {
-                item: Some((key.clone(), seq)),
-                effect: Effect::Merged(secondary.clone()),
-                json: customerio::merge(primary, secondary),
-            };
-            Plan::Send(vec![op], false)
+            let change = Change::Merged { primary, secondary };
+            match b.render(&change) {
+                Ok(json) => Plan::Send(
+                    vec![BatchOp {
+                        item: Some((key.clone(), seq)),
+                        effect: Effect::Merged(secondary.clone()),
+                        token: None,
+                        json,
+                    }],
+                    false,
+                ),
+                Err((op, reason)) => Plan::Reject(op, reason),
+            }
         }
+    }
+}
+
+fn plan_device(
+    person: &Arc<str>,
+    token: &[u8],
+    key: &ItemKey,
+    seq: u64,
+    base: bool,
+    truth: &dyn Truth,
+    b: &Building<'_>,
+) -> Plan {
+    // Customer.io deleted a merged-away person with its devices; the
+    // ack of the merge resets what devreg assumes it holds.
+    if b.merged_away.contains(person) {
+        return Plan::Stop;
+    }
+    let rendered = match truth.owned(person, token) {
+        Some(device) => {
+            // Never add a token in the batch that deletes it from someone
+            // else: the delete must be delivered first.
+            if b.deleted_tokens.contains(token) {
+                return Plan::Stop;
+            }
+            let change = Change::Added {
+                person,
+                device: &device,
+            };
+            (b.render(&change), Effect::Added(person.clone()))
+        }
+        None if base => {
+            let t = unpack_token(token).unwrap_or_default();
+            let change = Change::Deleted { person, token: &t };
+            (b.render(&change), Effect::Deleted)
+        }
+        None => return Plan::Drop,
+    };
+    match rendered {
+        (Ok(json), effect) => Plan::Send(
+            vec![BatchOp {
+                item: Some((key.clone(), seq)),
+                effect,
+                token: None,
+                json,
+            }],
+            false,
+        ),
+        (Err((op, reason)), _) => Plan::Reject(op, reason),
+    }
+}
+
+/// Customer.io's merge silently fails without the primary: create it with
+/// its newest device, and merge only once that add is delivered (the merge
+/// stays pending until then).
+fn plan_primary(primary: &Arc<str>, truth: &dyn Truth, b: &Building<'_>) -> Plan {
+    let Some((token, device)) = truth.newest(primary) else {
+        return Plan::Drop;
+    };
+    if b.deleted_tokens.contains(&token) {
+        return Plan::Stop;
+    }
+    let change = Change::Added {
+        person: primary,
+        device: &device,
+    };
+    match b.render(&change) {
+        Ok(json) => {
+            let op = BatchOp {
+                item: None,
+                effect: Effect::Added(primary.clone()),
+                token: Some(token),
+                json,
+            };
+            Plan::Send(vec![op], true)
+        }
+        // The primary can never be created: neither can the merge.
+        Err((op, reason)) => Plan::Reject(
+            op,
+            format!("primary {primary:?} cannot be created: {reason}"),
+        ),
     }
 }

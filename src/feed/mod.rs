@@ -20,6 +20,8 @@ use std::sync::Arc;
 use hashbrown::{HashMap, HashSet};
 use serde::Serialize;
 
+use crate::format::SinkSettings;
+
 pub use dead::MAX_DEAD_LETTERS_PER_SINK;
 pub(crate) use export::{AckResult, Truth};
 pub(crate) use persist::load_feed;
@@ -41,6 +43,11 @@ pub(crate) enum ItemKey {
         primary: Arc<str>,
         secondary: Arc<str>,
     },
+    /// A diagnostic event to send once (sinks with `diagnostics`).
+    Event {
+        person: Arc<str>,
+        event: Box<crate::format::TokenEvent>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +66,8 @@ pub(crate) enum Effect {
     Merged(Arc<str>),
     /// A backfill add (`backfill.rs`): the pair is not a pending item.
     Backfilled(Arc<str>),
+    /// A diagnostic event was sent: nothing held changes.
+    Noted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,10 +75,16 @@ pub(crate) struct BatchOp {
     /// The item this operation brings up to date, and its seq at export.
     pub(crate) item: Option<(ItemKey, u64)>,
     pub(crate) effect: Effect,
+    /// The packed token of an add without an item (a backfill add, a
+    /// merge's prerequisite add): what its acknowledgement settles. Kept
+    /// beside the operation so nothing reads the rendered operation back.
+    pub(crate) token: Option<Box<[u8]>>,
+    /// The operation as the sink's format rendered it.
     pub(crate) json: String,
 }
 
-/// One export batch: a ready-to-send body for `POST /api/v2/batch`.
+/// One export batch: a ready-to-send body, `{"batch":[...]}`, for the
+/// sink format's batch endpoint (`POST /api/v2/batch` or `/v1/batch`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     id: String,
@@ -81,7 +96,7 @@ pub struct Batch {
 impl Batch {
     pub(crate) fn new(sink: &str, number: u64, ops: Vec<BatchOp>) -> Batch {
         let body =
-            crate::customerio::batch_body(&ops.iter().map(|o| o.json.as_str()).collect::<Vec<_>>());
+            crate::format::batch_body(&ops.iter().map(|o| o.json.as_str()).collect::<Vec<_>>());
         Batch {
             id: batch_id(sink, number),
             body,
@@ -176,6 +191,20 @@ pub struct SinkInfo {
     /// so the `sinks` output keeps its shape.
     #[serde(skip_serializing_if = "is_zero")]
     pub dead_letters_discarded: u64,
+    /// The sink's format and identifier kind.
+    #[serde(skip)]
+    pub settings: SinkSettings,
+    /// `settings.format` (`track-v2`, `pipelines`), printed only when the
+    /// settings are not `track-v2` with `id`, so the `sinks` output of a
+    /// sink made before formats keeps its shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<&'static str>,
+    /// `settings.identifier` (`id`, `email`, `cio_id`), printed like `format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<&'static str>,
+    /// `true` when the sink sends diagnostic events (printed only then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub diagnostics: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -192,6 +221,8 @@ pub(crate) struct Sink {
     pub(crate) dead: dead::DeadLetters,
     /// The snapshot still owed to a new sink (`backfill.rs`).
     pub(crate) backfill: Option<backfill::Backfill>,
+    /// Its format and identifier kind (fixed at creation).
+    pub(crate) settings: SinkSettings,
 }
 
 /// What a changed feed key holds now.
@@ -292,6 +323,23 @@ impl Feed {
         }
     }
 
+    /// A diagnostic event about `person`'s token, for the sinks that send them.
+    pub(crate) fn on_token_event(&mut self, person: &Arc<str>, event: crate::format::TokenEvent) {
+        let names: Vec<String> = self
+            .sinks
+            .iter()
+            .filter(|(_, s)| s.settings.diagnostics)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for sink in names {
+            let key = ItemKey::Event {
+                person: person.clone(),
+                event: Box::new(event.clone()),
+            };
+            self.mark(&sink, key, false);
+        }
+    }
+
     /// `secondary`'s devices (`tokens`) moved to `primary`.
     pub(crate) fn on_merge(
         &mut self,
@@ -315,9 +363,9 @@ impl Feed {
         }
     }
 
-    /// Adds a sink that owes Customer.io every identified device (there
-    /// are `identified` now), sent by its backfill.
-    pub(crate) fn add_sink(&mut self, name: &str, identified: u64) -> bool {
+    /// Adds a sink of `settings` that owes Customer.io every identified
+    /// device (there are `identified` now), sent by its backfill.
+    pub(crate) fn add_sink(&mut self, name: &str, identified: u64, settings: SinkSettings) -> bool {
         if self.sinks.contains_key(name) || self.sinks.len() >= MAX_SINKS {
             return false;
         }
@@ -326,6 +374,7 @@ impl Feed {
             Sink {
                 next_batch: 1,
                 backfill: (identified > 0).then(|| backfill::Backfill::new(identified)),
+                settings,
                 ..Sink::default()
             },
         );
@@ -343,6 +392,10 @@ impl Feed {
                 batches_exported: s.next_batch.saturating_sub(1),
                 dead_letters: s.dead.len() as u64,
                 dead_letters_discarded: s.dead.discarded,
+                settings: s.settings,
+                format: (!s.settings.is_default()).then_some(s.settings.format.as_str()),
+                identifier: (!s.settings.is_default()).then_some(s.settings.identifier.as_str()),
+                diagnostics: s.settings.diagnostics,
             })
             .collect()
     }
@@ -387,6 +440,12 @@ impl Feed {
                 if b.number >= s.next_batch || b.ops.is_empty() {
                     problems.push(format!(
                         "sink {name}: in-flight batch {} is inconsistent",
+                        b.id
+                    ));
+                }
+                if b.ops.len() > s.settings.renderer().max_operations() {
+                    problems.push(format!(
+                        "sink {name}: in-flight batch {} holds more operations than its format allows",
                         b.id
                     ));
                 }

@@ -8,9 +8,13 @@
 //!                                -> dead letter (version byte 1 + bincode DeadVal)
 //! ```
 //!
-//! Sink metadata (layout 3, store format 5, adds the backfill cursor) is bounded: its in-flight batch is at most one batch, and
-//! dead letters have a key each (format history: until 2026-11 they were a
-//! `Vec` inside the metadata, which is still read and rewritten as keys).
+//! Sink metadata (layout 4, store format 6, adds the sink's format and
+//! identifier kind, and the token of an in-flight add without an item;
+//! layout 3, store format 5, added the backfill cursor) is bounded: its
+//! in-flight batch is at most one batch, and dead letters have a key each
+//! (format history: until 2026-11 they were a `Vec` inside the metadata,
+//! which is still read and rewritten as keys). Metadata of layouts 1 to 3
+//! loads as a `track-v2` sink naming persons by `id`.
 
 use std::sync::Arc;
 
@@ -21,13 +25,30 @@ use super::dead::Slot;
 use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Pending, Sink};
 use crate::codec::{decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
+use crate::format::{EventKind, SinkSettings, TokenEvent};
 use crate::kv::{KvStore, Write};
+use crate::model::Platform;
 
 /// Append-only: a variant's position is its tag on disk.
 #[derive(Serialize, Deserialize)]
 enum ItemRec {
-    Device { person: String, token: Vec<u8> },
-    Merge { primary: String, secondary: String },
+    Device {
+        person: String,
+        token: Vec<u8>,
+    },
+    Merge {
+        primary: String,
+        secondary: String,
+    },
+    /// Store format 6: a diagnostic event.
+    Event {
+        person: String,
+        kind: EventKind,
+        token: String,
+        new_token: Option<String>,
+        platform: Platform,
+        at_ms: u64,
+    },
 }
 
 /// Append-only: a variant's position is its tag on disk.
@@ -38,12 +59,26 @@ enum EffectRec {
     Merged(String),
     /// Store format 5.
     Backfilled(String),
+    /// Store format 6.
+    Noted,
 }
 
+/// An in-flight operation until store format 5 (sink metadata layouts 1
+/// to 3).
 #[derive(Serialize, Deserialize)]
 struct OpRec {
     item: Option<(ItemRec, u64)>,
     effect: EffectRec,
+    json: String,
+}
+
+/// An in-flight operation since store format 6: `OpRec` with the packed
+/// token of an add without an item (`BatchOp::token`).
+#[derive(Serialize, Deserialize)]
+struct OpRecV2 {
+    item: Option<(ItemRec, u64)>,
+    effect: EffectRec,
+    token: Option<Vec<u8>>,
     json: String,
 }
 
@@ -96,30 +131,64 @@ struct BackfillRec {
     remaining: u64,
 }
 
-/// Sink metadata. `legacy_dead` is always written empty; it keeps the
-/// layout a superset of `SinkMetaV1` so one decoder path reads both.
+/// Sink metadata of store format 5 (layout 3): `SinkMetaV2` plus the backfill.
 #[derive(Serialize, Deserialize)]
-struct SinkMeta {
+struct SinkMetaV3 {
     next_seq: u64,
     next_batch: u64,
     in_flight: Option<(u64, Vec<OpRec>)>,
     legacy_dead: Vec<DeadRec>,
     dead_discarded: u64,
-    /// Store format 5 (the layout is `SinkMetaV2` plus this field).
     backfill: Option<BackfillRec>,
 }
 
-/// Decodes sink metadata in the current layout or the two before it.
+/// Sink metadata (layout 4, store format 6). `legacy_dead` is always
+/// written empty; it keeps the layout a superset of `SinkMetaV1`.
+#[derive(Serialize, Deserialize)]
+struct SinkMeta {
+    next_seq: u64,
+    next_batch: u64,
+    in_flight: Option<(u64, Vec<OpRecV2>)>,
+    legacy_dead: Vec<DeadRec>,
+    dead_discarded: u64,
+    backfill: Option<BackfillRec>,
+    /// Store format 6: the sink's format and identifier kind.
+    settings: SinkSettings,
+}
+
+/// Decodes sink metadata in the current layout or the three before it.
 /// bincode rejects trailing bytes and a value cut short, so each layout
-/// decodes only as itself.
+/// decodes only as itself (an older layout's in-flight operation, read as
+/// `OpRecV2`, meets its JSON's length where an `Option` tag must be 0 or 1:
+/// every operation is longer than one byte). Older layouts are `track-v2`
+/// sinks naming persons by `id`.
 fn decode_meta(key: &[u8], value: &[u8]) -> Result<SinkMeta> {
     match decode_versioned::<SinkMeta>(key, value) {
         Ok(m) => return Ok(m),
         Err(Error::Corrupt { .. }) => {}
         Err(e) => return Err(e),
     }
+    let old = match decode_versioned::<SinkMetaV3>(key, value) {
+        Ok(m) => m,
+        Err(Error::Corrupt { .. }) => decode_meta_v2_or_v1(key, value)?,
+        Err(e) => return Err(e),
+    };
+    Ok(SinkMeta {
+        next_seq: old.next_seq,
+        next_batch: old.next_batch,
+        in_flight: old
+            .in_flight
+            .map(|(n, ops)| (n, ops.into_iter().map(upgrade_op).collect())),
+        legacy_dead: old.legacy_dead,
+        dead_discarded: old.dead_discarded,
+        backfill: old.backfill,
+        settings: SinkSettings::default(),
+    })
+}
+
+fn decode_meta_v2_or_v1(key: &[u8], value: &[u8]) -> Result<SinkMetaV3> {
     match decode_versioned::<SinkMetaV2>(key, value) {
-        Ok(m) => Ok(SinkMeta {
+        Ok(m) => Ok(SinkMetaV3 {
             next_seq: m.next_seq,
             next_batch: m.next_batch,
             in_flight: m.in_flight,
@@ -129,7 +198,7 @@ fn decode_meta(key: &[u8], value: &[u8]) -> Result<SinkMeta> {
         }),
         Err(Error::Corrupt { .. }) => {
             let m: SinkMetaV1 = decode_versioned(key, value)?;
-            Ok(SinkMeta {
+            Ok(SinkMetaV3 {
                 next_seq: m.next_seq,
                 next_batch: m.next_batch,
                 in_flight: m.in_flight,
@@ -140,6 +209,29 @@ fn decode_meta(key: &[u8], value: &[u8]) -> Result<SinkMeta> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// An in-flight operation of an older layout, which did not keep the token
+/// of an add without an item: the only record of it is the Track v2
+/// operation itself (`"device":{"token":..}`), read once here, at load. A
+/// current batch never needs this: the token is stored beside it.
+fn upgrade_op(o: OpRec) -> OpRecV2 {
+    let token = match (&o.item, &o.effect) {
+        (None, EffectRec::Added(_) | EffectRec::Backfilled(_)) => legacy_token(&o.json),
+        _ => None,
+    };
+    OpRecV2 {
+        item: o.item,
+        effect: o.effect,
+        token,
+        json: o.json,
+    }
+}
+
+fn legacy_token(json: &str) -> Option<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let token = v.get("device")?.get("token")?.as_str()?;
+    Some(crate::codec::pack_token(token).into_vec())
 }
 
 fn backfill_rec(b: &Backfill) -> BackfillRec {
@@ -169,6 +261,14 @@ fn rec(key: &ItemKey) -> ItemRec {
             primary: primary.to_string(),
             secondary: secondary.to_string(),
         },
+        ItemKey::Event { person, event } => ItemRec::Event {
+            person: person.to_string(),
+            kind: event.kind,
+            token: event.token.clone(),
+            new_token: event.new_token.clone(),
+            platform: event.platform,
+            at_ms: event.at_ms,
+        },
     }
 }
 
@@ -194,6 +294,23 @@ impl Interner {
             ItemRec::Merge { primary, secondary } => ItemKey::Merge {
                 primary: self.get(primary),
                 secondary: self.get(secondary),
+            },
+            ItemRec::Event {
+                person,
+                kind,
+                token,
+                new_token,
+                platform,
+                at_ms,
+            } => ItemKey::Event {
+                person: self.get(person),
+                event: Box::new(TokenEvent {
+                    kind,
+                    token,
+                    new_token,
+                    platform,
+                    at_ms,
+                }),
             },
         }
     }
@@ -255,6 +372,7 @@ fn effect_rec(e: &Effect) -> EffectRec {
         Effect::Deleted => EffectRec::Deleted,
         Effect::Merged(s) => EffectRec::Merged(s.to_string()),
         Effect::Backfilled(p) => EffectRec::Backfilled(p.to_string()),
+        Effect::Noted => EffectRec::Noted,
     }
 }
 
@@ -295,9 +413,10 @@ fn sink_meta(s: &Sink) -> SinkMeta {
             let ops = b
                 .ops
                 .iter()
-                .map(|o| OpRec {
+                .map(|o| OpRecV2 {
                     item: o.item.as_ref().map(|(k, seq)| (rec(k), *seq)),
                     effect: effect_rec(&o.effect),
+                    token: o.token.as_ref().map(|t| t.to_vec()),
                     json: o.json.clone(),
                 })
                 .collect();
@@ -306,6 +425,7 @@ fn sink_meta(s: &Sink) -> SinkMeta {
         legacy_dead: Vec::new(),
         dead_discarded: s.dead.discarded,
         backfill: s.backfill.as_ref().map(backfill_rec),
+        settings: s.settings,
     }
 }
 
@@ -364,7 +484,9 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
                         EffectRec::Deleted => Effect::Deleted,
                         EffectRec::Merged(s) => Effect::Merged(names.get(s)),
                         EffectRec::Backfilled(p) => Effect::Backfilled(names.get(p)),
+                        EffectRec::Noted => Effect::Noted,
                     },
+                    token: o.token.map(Vec::into_boxed_slice),
                     json: o.json,
                 })
                 .collect();
@@ -398,6 +520,7 @@ pub(crate) fn load_feed(store: &dyn KvStore) -> Result<Feed> {
                 in_flight,
                 dead,
                 backfill: meta.backfill.map(load_backfill),
+                settings: meta.settings,
                 ..Sink::default()
             },
         );

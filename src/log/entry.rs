@@ -48,8 +48,17 @@ pub enum Entry {
     Requeue(String),
     /// Commit time (Unix ms) of the entries that follow in the record; the
     /// writer puts one first in every record, so history times replay exactly.
-    /// Last variant, so older logs keep their entry tags.
+    /// Older logs keep their entry tags: new variants go after it.
     Clock(u64),
+    /// A new sink of a format and identifier kind, starting with every
+    /// identified device (`AddSink` is one of `track-v2` with `id`).
+    /// Store format 6.
+    AddSinkWith {
+        /// The sink.
+        sink: String,
+        /// Its format and identifier kind.
+        settings: crate::format::SinkSettings,
+    },
 }
 
 /// Encodes entries as one log record body (public only for the fuzz
@@ -92,6 +101,10 @@ pub(crate) fn validate_entry(e: &Entry) -> Result<()> {
         Entry::Clock(ms) => crate::model::validate_time("clock", *ms),
         Entry::SetCap(c) => crate::model::validate_cap(*c),
         Entry::AddSink(s) | Entry::Requeue(s) => validate_sink(s),
+        Entry::AddSinkWith { sink, settings } => {
+            validate_sink(sink)?;
+            settings.validate()
+        }
         Entry::Export {
             sink,
             max_ops,

@@ -6,12 +6,68 @@ use std::sync::Arc;
 use super::{Applied, Entry, Registry};
 use crate::error::{Error, Result};
 use crate::feed::{validate_sink, AckOutcome, Batch, DeadLetter, SinkInfo};
+use crate::format::SinkSettings;
 
 impl Registry {
-    /// Adds a sink whose feed starts with a snapshot of every identified
-    /// device. Returns false if it already exists.
+    /// Adds a `track-v2` sink naming persons by `id` whose feed starts with
+    /// a snapshot of every identified device. Returns false if it already
+    /// exists.
     pub fn add_sink(&self, sink: &str) -> Result<bool> {
-        match self.submit_one(Entry::AddSink(sink.to_owned()))? {
+        self.submit_add_sink(sink, Entry::AddSink(sink.to_owned()))
+    }
+
+    /// Adds a sink of a format and identifier kind whose feed starts with
+    /// a snapshot of every identified device. Returns false if a sink of
+    /// that name exists with the same settings; one with other settings is
+    /// `Error::Invalid` naming `sink` (a sink's settings never change).
+    ///
+    /// ```
+    /// use devreg::format::{FormatKind, IdentifierKind, SinkSettings};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let reg = devreg::Registry::open(dir.path().join("db")).unwrap();
+    /// let cdp = SinkSettings::new(FormatKind::Pipelines, IdentifierKind::Email).unwrap();
+    /// assert!(reg.add_sink_with("cdp", cdp).unwrap());
+    /// assert!(!reg.add_sink_with("cdp", cdp).unwrap());
+    /// assert!(reg.add_sink_with("cdp", SinkSettings::default()).is_err());
+    /// assert_eq!(reg.sinks()[0].settings, cdp);
+    /// ```
+    pub fn add_sink_with(&self, sink: &str, settings: SinkSettings) -> Result<bool> {
+        validate_sink(sink)?;
+        settings.validate()?;
+        let existing = self
+            .inner
+            .state
+            .read()
+            .feed
+            .sinks
+            .get(sink)
+            .map(|s| s.settings);
+        match existing {
+            Some(s) if s == settings => return Ok(false),
+            Some(s) => {
+                return Err(Error::invalid(
+                    "sink",
+                    format!(
+                        "{sink:?} exists as format {} with identifier {} (a sink's settings never change)",
+                        s.format, s.identifier
+                    ),
+                ))
+            }
+            None => {}
+        }
+        let entry = if settings.is_default() {
+            Entry::AddSink(sink.to_owned())
+        } else {
+            Entry::AddSinkWith {
+                sink: sink.to_owned(),
+                settings,
+            }
+        };
+        self.submit_add_sink(sink, entry)
+    }
+
+    fn submit_add_sink(&self, sink: &str, entry: Entry) -> Result<bool> {
+        match self.submit_one(entry)? {
             Applied::Count(n) => {
                 if n == 0 && !self.inner.state.read().feed.sinks.contains_key(sink) {
                     return Err(Error::invalid(

@@ -87,6 +87,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/owner-at/{token}", get(history::owner_at))
         .route("/v1/changes", get(history::changes))
         .route("/v1/sinks", get(feed::sinks))
+        .route("/v1/sinks/{sink}", post(feed::add_sink))
         .route("/v1/sinks/{sink}/export", post(feed::export))
         .route("/v1/sinks/{sink}/ack/{batch_id}", post(feed::ack))
         .route("/v1/sinks/{sink}/nack/{batch_id}", post(feed::nack))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{Entry, State, NO_PERSON};
 use crate::codec::{cmp_packed, encode_attributes, pack_token};
 use crate::feed::{AckResult, Batch};
+use crate::format::{EventKind, TokenEvent};
 use crate::history::Cause;
 use crate::model::{LogoutPolicy, Op, Outcome, Platform, Register};
 
@@ -40,10 +41,8 @@ impl State {
                 self.cause = Cause::None;
                 (Applied::Op(o), true)
             }
-            Entry::AddSink(name) => {
-                let added = self.feed.add_sink(name, self.identified);
-                (Applied::Count(u64::from(added)), added)
-            }
+            Entry::AddSink(name) => self.add_sink(name, Default::default()),
+            Entry::AddSinkWith { sink, settings } => self.add_sink(sink, *settings),
             Entry::Export {
                 sink,
                 max_ops,
@@ -88,6 +87,11 @@ impl State {
                 (Applied::Count(n as u64), n > 0)
             }
         }
+    }
+
+    fn add_sink(&mut self, name: &str, settings: crate::format::SinkSettings) -> (Applied, bool) {
+        let added = self.feed.add_sink(name, self.identified, settings);
+        (Applied::Count(u64::from(added)), added)
     }
 
     fn apply_op(&mut self, op: &Op) -> Outcome {
@@ -242,7 +246,17 @@ impl State {
         let (platform, attrs) = (slot.platform, slot.attrs.clone());
         self.insert_device(new_packed.clone(), platform, owner, seen, attrs);
         self.drop_slot(slot);
-        self.note(&new_packed, None, owner_name, true, platform);
+        self.note(&new_packed, None, owner_name.clone(), true, platform);
+        if let Some(person) = &owner_name {
+            let event = TokenEvent {
+                kind: EventKind::TokenRotated,
+                token: old_token.to_owned(),
+                new_token: Some(new_token.to_owned()),
+                platform,
+                at_ms: seen,
+            };
+            self.feed.on_token_event(person, event);
+        }
         Outcome::applied(devices)
     }
 
@@ -316,10 +330,22 @@ impl State {
         let Some(id) = self.lookup(&packed) else {
             return Outcome::NotFound;
         };
-        match self.slot(id) {
-            Some(s) if s.last_seen_ms <= provider_ms => self.delete(id, &packed),
-            _ => Outcome::Skipped,
+        let (owner, platform) = match self.slot(id) {
+            Some(s) if s.last_seen_ms <= provider_ms => (self.owner_of(s), s.platform),
+            _ => return Outcome::Skipped,
+        };
+        let outcome = self.delete(id, &packed);
+        if let Some(person) = owner {
+            let event = TokenEvent {
+                kind: EventKind::TokenInvalidated,
+                token: token.to_owned(),
+                new_token: None,
+                platform,
+                at_ms: provider_ms,
+            };
+            self.feed.on_token_event(&person, event);
         }
+        outcome
     }
 
     fn prune(&mut self, before_ms: u64) -> Outcome {

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{Slot, State, HOUR_MS, NO_PERSON};
 use crate::codec::{cmp_packed, pack_token, unpack_token};
+use crate::format::DeviceView;
 use crate::model::{Device, Platform};
 
 /// Registry counters.
@@ -277,19 +278,19 @@ impl State {
 }
 
 impl crate::feed::Truth for State {
-    fn owned(&self, person: &str, token: &[u8]) -> Option<String> {
+    fn owned(&self, person: &str, token: &[u8]) -> Option<DeviceView> {
         let s = self.lookup(token).and_then(|id| self.slot(id))?;
         let owner = self.owner_of(s)?;
         if &*owner != person {
             return None;
         }
-        Some(self.add_device_json(&owner, s))
+        Some(device_view(s))
     }
 
-    fn newest(&self, person: &str) -> Option<(Box<[u8]>, String)> {
+    fn newest(&self, person: &str) -> Option<(Box<[u8]>, DeviceView)> {
         let p = self.person_id(person).and_then(|pid| self.person(pid))?;
         let s = p.devices.first().and_then(|&id| self.slot(id))?;
-        Some((s.token.clone(), self.add_device_json(person, s)))
+        Some((s.token.clone(), device_view(s)))
     }
 
     fn each_token(&self, f: &mut dyn FnMut(&[u8])) {
@@ -308,10 +309,13 @@ impl crate::feed::Truth for State {
     }
 }
 
-impl State {
-    fn add_device_json(&self, person: &str, s: &Slot) -> String {
-        let attrs = crate::codec::decode_attributes_trusted(&s.attrs);
-        let token = unpack_token(&s.token).unwrap_or_default();
-        crate::customerio::add_device(person, &token, s.platform, s.last_seen_ms, &attrs)
+/// A device as the feed hands it to a sink format (never as JSON).
+fn device_view(s: &Slot) -> DeviceView {
+    DeviceView {
+        token: unpack_token(&s.token).unwrap_or_default(),
+        platform: s.platform,
+        last_seen_ms: s.last_seen_ms,
+        // Blobs are checked when they enter the pool.
+        attributes: crate::codec::decode_attributes_trusted(&s.attrs),
     }
 }

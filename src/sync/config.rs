@@ -8,6 +8,7 @@ use url::{Host, Url};
 
 use crate::error::{Error, Result};
 use crate::feed::{validate_sink, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT};
+use crate::format::FormatKind;
 
 /// Customer.io's Track API host for US workspaces.
 pub const US_ENDPOINT: &str = "https://track.customer.io";
@@ -15,6 +16,20 @@ pub const US_ENDPOINT: &str = "https://track.customer.io";
 pub const EU_ENDPOINT: &str = "https://track-eu.customer.io";
 /// The path of the batch endpoint, appended to the endpoint base URL.
 pub const BATCH_PATH: &str = "/api/v2/batch";
+/// Customer.io's Data Pipelines host for US workspaces.
+pub const PIPELINES_US_ENDPOINT: &str = "https://cdp.customer.io";
+/// Customer.io's Data Pipelines host for EU workspaces.
+pub const PIPELINES_EU_ENDPOINT: &str = "https://cdp-eu.customer.io";
+/// The path of the Data Pipelines batch endpoint.
+pub const PIPELINES_BATCH_PATH: &str = "/v1/batch";
+
+/// The batch path of a format.
+pub fn batch_path(format: FormatKind) -> &'static str {
+    match format {
+        FormatKind::TrackV2 => BATCH_PATH,
+        FormatKind::Pipelines => PIPELINES_BATCH_PATH,
+    }
+}
 /// Default request-rate limit (Customer.io's documented fair-use rate).
 pub const DEFAULT_MAX_RPS: f64 = 100.0;
 
@@ -43,9 +58,17 @@ pub enum Region {
 impl Region {
     /// The Track API base URL of this region.
     pub fn endpoint(self) -> &'static str {
-        match self {
-            Region::Us => US_ENDPOINT,
-            Region::Eu => EU_ENDPOINT,
+        self.endpoint_for(FormatKind::TrackV2)
+    }
+
+    /// The base URL of this region for a format: Track's `track` hosts or
+    /// Data Pipelines' `cdp` hosts.
+    pub fn endpoint_for(self, format: FormatKind) -> &'static str {
+        match (format, self) {
+            (FormatKind::TrackV2, Region::Us) => US_ENDPOINT,
+            (FormatKind::TrackV2, Region::Eu) => EU_ENDPOINT,
+            (FormatKind::Pipelines, Region::Us) => PIPELINES_US_ENDPOINT,
+            (FormatKind::Pipelines, Region::Eu) => PIPELINES_EU_ENDPOINT,
         }
     }
 }
@@ -62,17 +85,21 @@ impl FromStr for Region {
     }
 }
 
-/// Track API credentials: the site id and the Track API key, sent as HTTP
-/// Basic auth. Its `Debug` output never shows the key.
+/// Customer.io credentials, sent as HTTP Basic auth: for Track, the site
+/// id and the Track API key; for Data Pipelines, the source's API key as
+/// the user name and an empty password. They also say which format the
+/// worker sends. Its `Debug` output never shows the key.
 #[derive(Clone)]
 pub struct Credentials {
     site_id: String,
     api_key: String,
+    format: FormatKind,
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
+            .field("format", &self.format.as_str())
             .field("site_id", &self.site_id)
             .field("api_key", &"<redacted>")
             .finish()
@@ -83,6 +110,34 @@ impl fmt::Debug for Credentials {
 pub const ENV_SITE_ID: &str = "CUSTOMERIO_SITE_ID";
 /// The environment variable holding the Track API key.
 pub const ENV_API_KEY: &str = "CUSTOMERIO_API_KEY";
+/// The environment variable holding the Data Pipelines source API key.
+pub const ENV_CDP_API_KEY: &str = "CUSTOMERIO_CDP_API_KEY";
+
+/// Checks a credential's text: not empty, at most 1024 bytes, no controls.
+fn check_secret(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() {
+        return Err(Error::invalid(field, "is empty"));
+    }
+    if v.len() > 1024 || v.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(
+            field,
+            "is over 1024 bytes or holds control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// An environment variable's trimmed value, or an error naming it.
+fn env_var(name: &str, hint: &str) -> Result<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+        Ok(_) => Err(Error::invalid(name, "is empty")),
+        Err(std::env::VarError::NotPresent) => {
+            Err(Error::invalid(name, format!("is not set ({hint})")))
+        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::invalid(name, "is not valid UTF-8")),
+    }
+}
 
 impl Credentials {
     /// Checks and wraps a site id and API key.
@@ -94,43 +149,64 @@ impl Credentials {
     /// ```
     pub fn new(site_id: impl Into<String>, api_key: impl Into<String>) -> Result<Credentials> {
         let (site_id, api_key) = (site_id.into(), api_key.into());
-        let check = |field: &str, v: &str| {
-            if v.is_empty() {
-                return Err(Error::invalid(field, "is empty"));
-            }
-            if v.len() > 1024 || v.chars().any(|c| c.is_control()) {
-                return Err(Error::invalid(
-                    field,
-                    "is over 1024 bytes or holds control characters",
-                ));
-            }
-            Ok(())
-        };
-        check("site_id", &site_id)?;
-        check("api_key", &api_key)?;
+        check_secret("site_id", &site_id)?;
+        check_secret("api_key", &api_key)?;
         if site_id.contains(':') {
             // HTTP Basic splits user and password at the first colon.
             return Err(Error::invalid("site_id", "contains ':'"));
         }
-        Ok(Credentials { site_id, api_key })
+        Ok(Credentials {
+            site_id,
+            api_key,
+            format: FormatKind::TrackV2,
+        })
+    }
+
+    /// Data Pipelines credentials: the source's API key, sent as the Basic
+    /// auth user name with an empty password.
+    ///
+    /// ```
+    /// let c = devreg::sync::Credentials::pipelines("cdp-k3y").unwrap();
+    /// assert_eq!(c.format(), devreg::format::FormatKind::Pipelines);
+    /// assert!(!format!("{c:?}").contains("cdp-k3y"));
+    /// assert!(devreg::sync::Credentials::pipelines("a:b").is_err());
+    /// ```
+    pub fn pipelines(api_key: impl Into<String>) -> Result<Credentials> {
+        let api_key = api_key.into();
+        check_secret("cdp_api_key", &api_key)?;
+        if api_key.contains(':') {
+            return Err(Error::invalid("cdp_api_key", "contains ':'"));
+        }
+        Ok(Credentials {
+            site_id: String::new(),
+            api_key,
+            format: FormatKind::Pipelines,
+        })
     }
 
     /// Reads `CUSTOMERIO_SITE_ID` and `CUSTOMERIO_API_KEY` from the environment.
     pub fn from_env() -> Result<Credentials> {
-        let var = |name: &str| {
-            match std::env::var(name) {
-            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
-            Ok(_) => Err(Error::invalid(name, "is empty")),
-            Err(std::env::VarError::NotPresent) => Err(Error::invalid(
-                name,
-                "is not set (the Customer.io credentials come from CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY)",
-            )),
-            Err(std::env::VarError::NotUnicode(_)) => {
-                Err(Error::invalid(name, "is not valid UTF-8"))
-            }
+        let hint =
+            "the Customer.io credentials come from CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY";
+        Credentials::new(env_var(ENV_SITE_ID, hint)?, env_var(ENV_API_KEY, hint)?)
+    }
+
+    /// The credentials of `format` from the environment: Track's
+    /// ([`from_env`](Credentials::from_env)), or `CUSTOMERIO_CDP_API_KEY`
+    /// for Data Pipelines.
+    pub fn from_env_for(format: FormatKind) -> Result<Credentials> {
+        match format {
+            FormatKind::TrackV2 => Credentials::from_env(),
+            FormatKind::Pipelines => Credentials::pipelines(env_var(
+                ENV_CDP_API_KEY,
+                "the Data Pipelines source API key comes from CUSTOMERIO_CDP_API_KEY",
+            )?),
         }
-        };
-        Credentials::new(var(ENV_SITE_ID)?, var(ENV_API_KEY)?)
+    }
+
+    /// The format these credentials are for.
+    pub fn format(&self) -> FormatKind {
+        self.format
     }
 
     /// The site id (not secret).
@@ -139,7 +215,10 @@ impl Credentials {
     }
 
     pub(crate) fn authorization(&self) -> String {
-        let raw = format!("{}:{}", self.site_id, self.api_key);
+        let raw = match self.format {
+            FormatKind::TrackV2 => format!("{}:{}", self.site_id, self.api_key),
+            FormatKind::Pipelines => format!("{}:", self.api_key),
+        };
         format!("Basic {}", base64(raw.as_bytes()))
     }
 }
@@ -169,7 +248,8 @@ pub(crate) fn base64(input: &[u8]) -> String {
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
     /// Base URL, e.g. `https://track.customer.io`; the worker posts to
-    /// `{endpoint}/api/v2/batch`. Plain `http://` is accepted for loopback
+    /// `{endpoint}/api/v2/batch` (Data Pipelines: `https://cdp.customer.io`
+    /// and `{endpoint}/v1/batch`). Plain `http://` is accepted for loopback
     /// hosts only (the credentials must not cross a network in clear text).
     pub endpoint: String,
     /// The feed sink to drain (created with a snapshot if missing).
@@ -199,7 +279,7 @@ impl SyncConfig {
     /// 100 requests per second, a 30 s timeout, backoff 500 ms to 30 s.
     pub fn new(credentials: Credentials) -> SyncConfig {
         SyncConfig {
-            endpoint: US_ENDPOINT.to_owned(),
+            endpoint: Region::Us.endpoint_for(credentials.format).to_owned(),
             sink: DEFAULT_SINK.to_owned(),
             max_ops: DEFAULT_MAX_OPS,
             max_rps: DEFAULT_MAX_RPS,
@@ -213,10 +293,16 @@ impl SyncConfig {
         }
     }
 
-    /// Uses a region's host.
+    /// Uses a region's host (for the credentials' format).
     pub fn region(mut self, region: Region) -> Self {
-        self.endpoint = region.endpoint().to_owned();
+        self.endpoint = region.endpoint_for(self.credentials.format).to_owned();
         self
+    }
+
+    /// The format the worker sends, from the credentials; the sink must be
+    /// of this format.
+    pub fn format(&self) -> FormatKind {
+        self.credentials.format
     }
 
     /// Uses any base URL (e.g. a local emulator).
@@ -283,7 +369,7 @@ impl SyncConfig {
     ///     "http://localhost:8080/api/v2/batch");
     /// ```
     pub fn batch_url(&self) -> Result<String> {
-        Ok(Endpoint::parse(&self.endpoint)?.batch_url())
+        Ok(Endpoint::parse(&self.endpoint)?.batch_url(batch_path(self.format())))
     }
 
     /// Checks every field.
@@ -399,10 +485,11 @@ impl Endpoint {
         url.into()
     }
 
-    /// `{endpoint}/api/v2/batch`, serialised from the parsed URL.
-    pub(crate) fn batch_url(&self) -> String {
+    /// `{endpoint}{path}` for a batch path (`/api/v2/batch`, `/v1/batch`),
+    /// serialised from the parsed URL.
+    pub(crate) fn batch_url(&self, batch_path: &str) -> String {
         let mut url = self.url.clone();
-        let path = format!("{}{BATCH_PATH}", url.path().trim_end_matches('/'));
+        let path = format!("{}{batch_path}", url.path().trim_end_matches('/'));
         url.set_path(&path);
         url.into()
     }
@@ -510,6 +597,15 @@ mod tests {
             Some("http://127.0.0.1:9/api/v2/batch")
         );
         assert_eq!(url("http://127.0.0.1@192.0.2.2:18081"), None);
+        let cdp = SyncConfig::new(Credentials::pipelines("k").unwrap_or_else(|_| unreachable!()));
+        assert_eq!(
+            cdp.batch_url().ok().as_deref(),
+            Some("https://cdp.customer.io/v1/batch")
+        );
+        assert_eq!(
+            cdp.region(Region::Eu).batch_url().ok().as_deref(),
+            Some("https://cdp-eu.customer.io/v1/batch")
+        );
         let loopback = |e: &str| Endpoint::parse(e).is_ok_and(|e| e.is_loopback());
         assert!(loopback("http://[::1]:80") && loopback("https://localhost"));
         assert!(!loopback("https://track.customer.io"));

@@ -195,6 +195,16 @@ fn parse_export(answer: &str) -> Result<Exported> {
 }
 
 fn sink_info(v: &serde_json::Value) -> Option<SinkInfo> {
+    // Absent for a track-v2 sink by id; an unknown name is not this sink.
+    let text = |key: &str| v.get(key).and_then(|f| f.as_str());
+    let mut settings = crate::format::SinkSettings::default();
+    if let Some(f) = text("format") {
+        settings.format = f.parse().ok()?;
+    }
+    if let Some(i) = text("identifier") {
+        settings.identifier = i.parse().ok()?;
+    }
+    settings.diagnostics = v.get("diagnostics").and_then(|d| d.as_bool()) == Some(true);
     Some(SinkInfo {
         name: v.get("name")?.as_str()?.to_owned(),
         pending: v.get("pending")?.as_u64()?,
@@ -211,6 +221,10 @@ fn sink_info(v: &serde_json::Value) -> Option<SinkInfo> {
             .get("dead_letters_discarded")
             .and_then(|n| n.as_u64())
             .unwrap_or(0),
+        settings,
+        format: (!settings.is_default()).then_some(settings.format.as_str()),
+        identifier: (!settings.is_default()).then_some(settings.identifier.as_str()),
+        diagnostics: settings.diagnostics,
     })
 }
 

@@ -1,6 +1,11 @@
 //! The sync worker: drains a sink's feed into Customer.io's Track API
-//! (`POST {endpoint}/api/v2/batch`), surviving every failure the API can
-//! return. DESIGN.md section 12 has the retry and acknowledgement rules.
+//! (`POST {endpoint}/api/v2/batch`) or Data Pipelines API (`POST
+//! {endpoint}/v1/batch`, Basic auth with the source key and an empty
+//! password, `X-Strict-Mode: 1`), as the credentials say; the sink must be
+//! of that format. It survives every failure the API can return. DESIGN.md
+//! section 12 has the retry and acknowledgement rules, 19.4 how Pipelines'
+//! answers map to them (no 207: one call per request, so a 400 in strict
+//! mode is that call's failure).
 //!
 //! The rules, in short:
 //! - 200: the batch is acknowledged (`Registry::ack`), only once the whole
@@ -42,6 +47,7 @@ use super::config::*;
 use super::response::*;
 use super::source::{Exported as Batch, FeedSource};
 use crate::error::{Error, Result};
+use crate::format::FormatKind;
 use crate::registry::Registry;
 
 /// What a worker has done so far.
@@ -236,7 +242,7 @@ impl SyncWorker {
             .finish();
         Ok(SyncWorker {
             source,
-            url: endpoint.batch_url(),
+            url: endpoint.batch_url(batch_path(config.format())),
             auth: config.credentials.authorization(),
             config,
             agent,
@@ -338,11 +344,27 @@ impl SyncWorker {
     /// Whether an export may return a batch; creates a missing sink. Reading
     /// the sink's info first keeps an idle worker from writing to the log.
     fn has_work(&self) -> Result<bool> {
+        let format = self.config.format();
         match self.source.sink(&self.config.sink)? {
+            Some(s) if s.settings.format != format => Err(Error::invalid(
+                "sink.format",
+                format!(
+                    "sink {:?} is {}, but the worker's credentials are for {format}",
+                    self.config.sink, s.settings.format
+                ),
+            )),
             Some(s) => {
                 self.bump(|st| st.lag = s.pending);
                 Ok(s.pending > 0 || s.in_flight.is_some())
             }
+            // A missing sink is created as track-v2 by id.
+            None if format != FormatKind::TrackV2 => Err(Error::invalid(
+                "sink",
+                format!(
+                    "no sink named {:?}: create it first with `devreg sinks add {} --format {format}`",
+                    self.config.sink, self.config.sink
+                ),
+            )),
             None => {
                 // A new sink starts with a snapshot: count it now, not
                 // after the first batch is settled (the lag read 0 through
@@ -505,15 +527,25 @@ impl SyncWorker {
         self.refresh_lag();
     }
 
-    /// One POST, its answer classified. Never panics.
-    fn post(&self, body: &str) -> Answer {
-        let sent = self
+    /// The batch request with its headers.
+    fn request(&self) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let request = self
             .agent
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
-            .header("Authorization", &self.auth)
-            .send(body.as_bytes());
+            .header("Authorization", &self.auth);
+        match self.config.format() {
+            // Strict mode: a call that fails validation is a 400, not a
+            // 200 that dropped it (DESIGN.md 19.4).
+            FormatKind::Pipelines => request.header("X-Strict-Mode", "1"),
+            FormatKind::TrackV2 => request,
+        }
+    }
+
+    /// One POST, its answer classified. Never panics.
+    fn post(&self, body: &str) -> Answer {
+        let sent = self.request().send(body.as_bytes());
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => return classify_error(e, &self.config.endpoint),
@@ -531,8 +563,11 @@ impl SyncWorker {
             .and_then(|v| v.to_str().ok())
             .map(|s| one_line(s, 200));
         let mut read = |limit: u64| resp.body_mut().with_config().limit(limit).read_to_string();
+        // Data Pipelines documents no 207: one there is not an answer to
+        // settle (a wrong endpoint?), so it stops the worker.
+        let partial_ok = self.config.format() == FormatKind::TrackV2;
         match status {
-            200 | 207 => match read(MAX_RESPONSE_BYTES) {
+            200 | 207 if status == 200 || partial_ok => match read(MAX_RESPONSE_BYTES) {
                 // Acknowledged only once the whole answer has been read: a
                 // connection dropped mid-response leaves the batch to be re-sent.
                 Ok(text) if status == 200 => {

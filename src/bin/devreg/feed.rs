@@ -6,7 +6,8 @@
 //! parsed and re-serialized, so what is printed is byte for byte what is
 //! sent to Customer.io.
 
-use clap::Args;
+use clap::{Args, Subcommand};
+use devreg::format::{FormatKind, IdentifierKind, SinkSettings};
 use devreg::json::{ack_line, batch_line, dead_letters_line};
 use devreg::{Registry, DEFAULT_SINK};
 
@@ -21,6 +22,83 @@ pub struct SinkArg {
     /// every identified device.
     #[arg(long, value_name = "S", default_value = DEFAULT_SINK)]
     pub sink: String,
+}
+
+/// `sinks` subcommands; `sinks` alone lists.
+#[derive(Subcommand, Debug)]
+pub enum SinksCmd {
+    /// Print every sink's position as a JSON array (what `sinks` prints).
+    List,
+    /// Add a sink of a format and identifier kind, starting with a snapshot
+    /// of every identified device; prints the sink's position. A sink's
+    /// settings never change: adding it again with the same ones changes
+    /// nothing, with others is an error.
+    Add {
+        /// The sink (a-z, 0-9, '_' and '-'; at most 64 characters).
+        name: String,
+        /// track-v2 (Customer.io Track API v2, /api/v2/batch) or pipelines
+        /// (Customer.io Data Pipelines, /v1/batch).
+        #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+        format: FormatKind,
+        /// How a person is sent: id, email or cio_id (pipelines: id or
+        /// email, as userId). A person that is not a valid value of the
+        /// kind is dead-lettered with the reason, not sent.
+        #[arg(long, value_name = "KIND", default_value = "id", value_parser = parse_identifier)]
+        identifier: IdentifierKind,
+        /// Also send a person's token changes (rotations, invalidations) as
+        /// events: device_token_rotated, device_token_invalidated.
+        #[arg(long)]
+        diagnostics: bool,
+    },
+}
+
+fn parse_format(s: &str) -> Result<FormatKind, String> {
+    s.parse().map_err(|e: devreg::Error| e.to_string())
+}
+
+fn parse_identifier(s: &str) -> Result<IdentifierKind, String> {
+    s.parse().map_err(|e: devreg::Error| e.to_string())
+}
+
+/// `sinks` / `sinks list` (every sink's position) or `sinks add`.
+pub fn sinks(reg: &Registry, out: &mut Out, cmd: Option<&SinksCmd>) -> Result<(), CliError> {
+    if let Some(SinksCmd::Add {
+        name,
+        format,
+        identifier,
+        diagnostics,
+    }) = cmd
+    {
+        let settings = SinkSettings::new(*format, *identifier)?.with_diagnostics(*diagnostics);
+        return add_sink(reg, out, name, settings);
+    }
+    let sinks = reg.sinks();
+    if !sinks.iter().any(|s| s.name == DEFAULT_SINK) {
+        eprintln!(
+            "note: the default sink {DEFAULT_SINK:?} does not exist yet; its first export \
+             creates it with a snapshot of every identified device"
+        );
+    }
+    out.json(&sinks)?;
+    Ok(())
+}
+
+/// `sinks add`: creates the sink (or finds it with the same settings) and
+/// prints its position.
+pub fn add_sink(
+    reg: &Registry,
+    out: &mut Out,
+    name: &str,
+    settings: SinkSettings,
+) -> Result<(), CliError> {
+    let added = reg.add_sink_with(name, settings)?;
+    let info = reg.sinks().into_iter().find(|s| s.name == name);
+    if !added {
+        eprintln!("note: sink {name:?} exists already with these settings; nothing changed");
+    }
+    let pending = info.map_or(0, |s| s.pending);
+    out.json(&devreg::json::sink_added(name, added, &settings, pending))?;
+    Ok(())
 }
 
 /// The largest body `export` asks for: under Customer.io's limit.

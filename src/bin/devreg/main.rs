@@ -183,8 +183,12 @@ enum Command {
         #[command(flatten)]
         sink: feed::SinkArg,
     },
-    /// Print every sink's position as a JSON array.
-    Sinks,
+    /// Print every sink's position as a JSON array (`sinks` or `sinks
+    /// list`), or add a sink (`sinks add NAME --format F --identifier I`).
+    Sinks {
+        #[command(subcommand)]
+        cmd: Option<feed::SinksCmd>,
+    },
     /// Show or change the settings stored in the database.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -359,6 +363,9 @@ fn is_write(cmd: &Command) -> bool {
             | Command::Ack { .. }
             | Command::Nack { .. }
             | Command::Requeue { .. }
+            | Command::Sinks {
+                cmd: Some(feed::SinksCmd::Add { .. })
+            }
     )
 }
 
@@ -495,17 +502,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             let n = reg.requeue(&sink.sink)?;
             out.json(&serde_json::json!({ "requeued": n }))?;
         }
-        Command::Sinks => {
-            let sinks = reg.sinks();
-            if !sinks.iter().any(|s| s.name == devreg::DEFAULT_SINK) {
-                eprintln!(
-                    "note: the default sink {:?} does not exist yet; its first export \
-                     creates it with a snapshot of every identified device",
-                    devreg::DEFAULT_SINK
-                );
-            }
-            out.json(&sinks)?;
-        }
+        Command::Sinks { cmd } => feed::sinks(reg, &mut out, cmd.as_ref())?,
         Command::Config(ConfigCmd::Show) => out.json(&serde_json::json!({
             "max_devices_per_person": reg.stats().max_devices_per_person,
         }))?,

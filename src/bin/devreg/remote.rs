@@ -90,7 +90,9 @@ fn dispatch(c: &Client, cmd: &Command, out: &mut Out) -> CmdResult {
             "/v1/changes?since_ms={since_ms}&limit={limit}{}",
             cursor.map_or(String::new(), |c| format!("&cursor={c}"))
         ),
-        Command::Sinks => "/v1/sinks".into(),
+        Command::Sinks {
+            cmd: None | Some(crate::feed::SinksCmd::List),
+        } => "/v1/sinks".into(),
         Command::DeadLetters { sink } => format!("/v1/sinks/{}/dead-letters", seg(&sink.sink)),
         _ => return post(c, cmd, out),
     };
@@ -123,6 +125,21 @@ fn post(c: &Client, cmd: &Command, out: &mut Out) -> CmdResult {
             )
         }
         Command::Requeue { sink } => (format!("/v1/sinks/{}/requeue", seg(&sink.sink)), None),
+        Command::Sinks {
+            cmd:
+                Some(crate::feed::SinksCmd::Add {
+                    name,
+                    format,
+                    identifier,
+                    diagnostics,
+                }),
+        } => (
+            format!(
+                "/v1/sinks/{}?format={format}&identifier={identifier}&diagnostics={diagnostics}",
+                seg(name)
+            ),
+            None,
+        ),
         Command::Backup { dest: None } => ("/v1/backup".into(), None),
         Command::Backup { dest: Some(_) } => {
             return Err(CliError(

@@ -1,7 +1,7 @@
 //! `devreg sync`: drain a sink's feed into Customer.io's Track API.
 //!
-//! Credentials come from `CUSTOMERIO_SITE_ID` and `CUSTOMERIO_API_KEY` in
-//! the environment only: never from argv (other users can read it), and
+//! Credentials come from `CUSTOMERIO_SITE_ID` and `CUSTOMERIO_API_KEY`
+//! (`--format pipelines`: `CUSTOMERIO_CDP_API_KEY`) in the environment only: never from argv (other users can read it), and
 //! they are never printed. Progress goes to stderr: an updating line on a
 //! terminal, otherwise one JSON object per line.
 
@@ -12,10 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use devreg::format::FormatKind;
 use devreg::sync::{
     Credentials, FeedSource, Region, RemoteFeed, SyncConfig, SyncControl, SyncStats, SyncWorker,
 };
 use devreg::{Config, Durability, Registry, DEFAULT_SINK};
+
+fn parse_format(s: &str) -> Result<FormatKind, String> {
+    s.parse().map_err(|e: devreg::Error| e.to_string())
+}
 
 /// `devreg sync` options.
 #[derive(Args, Debug)]
@@ -23,7 +28,13 @@ pub struct SyncArgs {
     /// The sink to drain (created with a snapshot of every identified device if missing).
     #[arg(long, value_name = "S", default_value = DEFAULT_SINK)]
     sink: String,
-    /// Customer.io region: us (track.customer.io) or eu (track-eu.customer.io).
+    /// The sink's format: track-v2 (credentials from CUSTOMERIO_SITE_ID and
+    /// CUSTOMERIO_API_KEY) or pipelines (the source key from
+    /// CUSTOMERIO_CDP_API_KEY). The sink must be of this format.
+    #[arg(long, value_name = "FORMAT", default_value = "track-v2", value_parser = parse_format)]
+    format: FormatKind,
+    /// Customer.io region: us (track.customer.io, or cdp.customer.io for
+    /// pipelines) or eu (track-eu.customer.io, cdp-eu.customer.io).
     #[arg(long, value_enum, conflicts_with = "endpoint")]
     region: Option<RegionArg>,
     /// Any base URL instead of a region (https, or http to a loopback host).
@@ -91,7 +102,8 @@ pub fn run(
     args: &SyncArgs,
     server: Option<&str>,
 ) -> crate::CmdResult {
-    let credentials = Credentials::from_env().map_err(|e| crate::CliError(e.to_string()))?;
+    let credentials =
+        Credentials::from_env_for(args.format).map_err(|e| crate::CliError(e.to_string()))?;
     let mut config = SyncConfig::new(credentials)
         .sink(args.sink.clone())
         .max_ops(args.max_ops)

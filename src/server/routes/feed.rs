@@ -13,7 +13,8 @@ use super::events::read_body;
 use super::raw_json;
 use crate::customerio::MAX_BATCH_BODY_BYTES;
 use crate::feed::{validate_sink, DEFAULT_MAX_OPS, DEFAULT_SINK, MAX_OPS_LIMIT};
-use crate::json::{ack_line, batch_line, dead_letters_line};
+use crate::format::{FormatKind, IdentifierKind, SinkSettings};
+use crate::json::{ack_line, batch_line, dead_letters_line, sink_added};
 use crate::server::app::AppState;
 use crate::server::errors::ApiError;
 use crate::server::query::{Params, RawQuery, Segments};
@@ -154,6 +155,44 @@ fn acknowledge(
 pub(crate) async fn sinks(State(st): State<AppState>) -> Result<Response, ApiError> {
     st.engine(|st| Ok(Json(st.reg.sinks()).into_response()))
         .await
+}
+
+/// `POST /v1/sinks/{sink}?format=&identifier=&diagnostics=`: adds a sink of
+/// a format (required) and identifier kind (default `id`), as `devreg
+/// sinks add`: 200 `{"added","diagnostics","format","identifier","pending","sink"}`;
+/// an existing sink with other settings is a 400 naming `sink`.
+pub(crate) async fn add_sink(
+    State(st): State<AppState>,
+    Segments(sink): Segments<String>,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::new(q, &["format", "identifier", "diagnostics"])?;
+    let format: FormatKind = params
+        .text("format")
+        .ok_or_else(|| ApiError::invalid("sink.format", "is required"))?
+        .parse()?;
+    let identifier: IdentifierKind = params.text("identifier").unwrap_or("id").parse()?;
+    let diagnostics = match params.text("diagnostics") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "diagnostics",
+                format!("{other:?} is not true or false"),
+            ))
+        }
+    };
+    let settings = SinkSettings::new(format, identifier)?.with_diagnostics(diagnostics);
+    st.engine(move |st| {
+        let added = st.reg.add_sink_with(&sink, settings)?;
+        let sinks = st.reg.sinks();
+        let pending = sinks
+            .iter()
+            .find(|s| s.name == sink)
+            .map_or(0, |s| s.pending);
+        Ok(Json(sink_added(&sink, added, &settings, pending)).into_response())
+    })
+    .await
 }
 
 /// `GET /v1/sinks/{sink}/dead-letters`: oldest first, as `devreg dead-letters`.
