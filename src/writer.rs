@@ -174,13 +174,14 @@ fn lead(c: &mut WriterCtx, queue: &WriteQueue) {
         }
         // A panic here would leave the state half-applied with the flag
         // unset: catch it and fail stop (finding 14). The group's replies
-        // are dropped with it; `commit` turns that into the failure.
+        // are dropped with it; `commit` turns that into the failure. The
+        // requests queued behind it are still taken, and refused: no other
+        // leader may come for a detached one.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.write_group(group)));
         if r.is_err() {
             c.fail(&Error::Failed(
                 "the writer panicked while applying a group".into(),
             ));
-            return;
         }
     }
     c.periodic();

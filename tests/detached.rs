@@ -141,3 +141,87 @@ fn a_panicking_callback_does_not_stop_the_registry() {
     assert!(!reg.metrics().failed);
     assert_eq!(reg.stats().devices, 3);
 }
+
+/// Many small detached writes from many threads, none waiting: every one
+/// is answered (a lost `Lead` would leave some queued for ever, and the
+/// wait below would time out).
+#[test]
+fn a_burst_of_detached_writes_loses_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg =
+        Registry::open_with(Config::new(dir.path().join("db")).durability(Durability::Eventual))
+            .unwrap();
+    let (tx, rx) = unbounded();
+    let per_thread = 2_000u64;
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let (reg, tx) = (reg.clone(), tx.clone());
+            s.spawn(move || {
+                for i in 0..per_thread {
+                    let tx = tx.clone();
+                    let op = reg_op(&format!("b-{t}-{i}"), None, i + 1);
+                    reg.apply_batch_then(vec![op], None, move |r| {
+                        tx.send(r.map(|o| o.len())).unwrap();
+                    });
+                }
+            });
+        }
+    });
+    drop(tx);
+    for n in 0..8 * per_thread {
+        let r = rx.recv_timeout(Duration::from_secs(30));
+        assert!(matches!(r, Ok(Ok(1))), "answer {n}: {r:?}");
+    }
+    assert_eq!(reg.stats().devices, 8 * per_thread);
+}
+
+/// A writer that panics in a group fails stop, and every detached request
+/// already queued behind that group is still answered (refused), not left
+/// in the queue for ever: three batches of 100,000 operations are queued
+/// while the writer thread runs an integrity check, so the first group
+/// (at most `MAX_GROUP_OPS`, 200,000 operations) takes two of them and
+/// panics, and the third waits behind it.
+#[test]
+fn requests_queued_behind_a_panicking_group_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let config = Config::new(dir.path().join("db"))
+        .durability(Durability::Eventual)
+        .fault_plan(plan.clone());
+    let reg = Registry::open_with(config).unwrap();
+    // Enough devices for the check to keep the writer thread busy a while.
+    let seed: Vec<Op> = (0..100_000u64)
+        .map(|i| reg_op(&format!("s{i}"), Some(&format!("p{}", i % 5_000)), 1))
+        .collect();
+    reg.apply_batch(seed).unwrap();
+    let checker = {
+        let reg = reg.clone();
+        std::thread::spawn(move || reg.check())
+    };
+    std::thread::sleep(Duration::from_millis(5));
+    plan.panic_in_apply();
+    let (tx, rx) = unbounded();
+    for b in 0..3u64 {
+        let ops = (0..100_000u64)
+            .map(|i| reg_op(&format!("q{b}-{i}"), None, 2))
+            .collect();
+        let tx = tx.clone();
+        reg.apply_batch_then(ops, None, move |r| tx.send((b, r.is_ok())).unwrap());
+    }
+    drop(tx);
+    // The panicking group's callbacks are dropped uncalled; the third
+    // batch is answered with the failure.
+    let mut answers = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => answers.push(a),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                panic!("a queued request was never answered (so far: {answers:?})")
+            }
+        }
+    }
+    assert_eq!(answers, vec![(2, false)]);
+    let _ = checker.join().unwrap();
+    assert!(reg.metrics().failed);
+}
