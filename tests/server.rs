@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Model;
-use devreg::{Config, FaultPlan, IoOp, Op, Platform, Register, Registry};
+use devreg::{Config, FaultPlan, FeedbackOutcome, IoOp, Op, Platform, Register, Registry};
 use serde_json::{json, Value};
 use served::Server;
 
@@ -133,6 +133,14 @@ fn line(op: &Op) -> String {
             "op":"rotate","old_token":old_token,"new_token":new_token,"seen_ms":seen_ms,
         }),
         Op::Remove { token } => json!({"op":"remove","token":token}),
+        Op::Feedback {
+            token,
+            outcome,
+            at_ms,
+            reason,
+        } => json!({
+            "op":"feedback","token":token,"outcome":outcome.as_str(),"at_ms":at_ms,"reason":reason,
+        }),
         other => panic!("no line for {other:?}"),
     }
     .to_string()
@@ -1272,4 +1280,68 @@ fn concurrent_acks_of_one_batch_deliver_once() {
     assert_eq!(s, 200);
     let want = first[0]["failed"].as_u64().unwrap() as usize;
     assert_eq!(dead.as_array().unwrap().len(), want, "{dead}");
+}
+
+/// Delivery feedback over HTTP (issue 15): POST /v1/events takes feedback
+/// lines through the import parser (an unknown token is skipped, a bad
+/// outcome rejected naming `feedback.outcome`), the person's devices carry
+/// `deliverable` and `deliverability`, and `most-recent?deliverable=true`
+/// skips the suppressed device (404 when none is left; a bad flag is 400).
+#[test]
+fn feedback_events_and_the_most_recent_deliverable_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("db")).unwrap();
+    let url = serve_in_process(reg);
+    let c = Client::at(&url, Some(TOKEN));
+    let fb = |token: &str, outcome: FeedbackOutcome, at_ms: u64| {
+        line(&Op::Feedback {
+            token: token.into(),
+            outcome,
+            at_ms,
+            reason: Some("BadDeviceToken".into()),
+        })
+    };
+    let body = [
+        line(&register("old0", "ann", T0 + 1)),
+        line(&register("new0", "ann", T0 + 2)),
+        fb("new0", FeedbackOutcome::HardFailure, T0 + 3),
+        fb("nope", FeedbackOutcome::Delivered, T0),
+        r#"{"op":"feedback","token":"old0","outcome":"lost","at_ms":5}"#.into(),
+    ]
+    .join("\n");
+    let (s, v) = c.post_json("/v1/events?durability=immediate", &body);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["applied"].clone(), v["skipped"].clone()),
+        (json!(3), json!(1)),
+        "{v}"
+    );
+    assert_eq!(v["rejected"][0]["field"], "feedback.outcome", "{v}");
+    let (s, devices) = c.get_json("/v1/people/ann/devices");
+    assert_eq!(s, 200);
+    assert_eq!(devices[0]["token"], "new0");
+    assert_eq!(devices[0]["deliverable"], false);
+    assert_eq!(devices[0]["deliverability"]["last_hard_failure_ms"], T0 + 3);
+    assert_eq!(devices[1]["deliverable"], true);
+    assert_eq!(c.get_json("/v1/people/ann/most-recent").1["token"], "new0");
+    let (s, d) = c.get_json("/v1/people/ann/most-recent?deliverable=true");
+    assert_eq!((s, d["token"].clone()), (200, json!("old0")));
+    assert_eq!(
+        c.get_json("/v1/people/ann/most-recent?platform=ios").1["token"],
+        "new0"
+    );
+    let (s, d) = c.get_json("/v1/people/ann/most-recent?deliverable=true&platform=ios");
+    assert_eq!(s, 404, "{d}");
+    assert!(
+        d["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deliverable"),
+        "{d}"
+    );
+    assert_error(
+        c.get_json("/v1/people/ann/most-recent?deliverable=yes"),
+        400,
+        Some("deliverable"),
+    );
 }
