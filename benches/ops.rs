@@ -11,7 +11,10 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use devreg::{Attributes, Config, Durability, LogoutPolicy, Op, Platform, Register, Registry};
+use devreg::limits::MAX_TIMESTAMP_MS;
+use devreg::{
+    Attributes, Config, Durability, FeedbackOutcome, LogoutPolicy, Op, Platform, Register, Registry,
+};
 
 const PREPOPULATED: u64 = 100_000;
 const PERSONS: u64 = PREPOPULATED / 2;
@@ -263,6 +266,23 @@ fn reads(c: &mut Criterion) {
     });
     g.bench_function("most_recent", |b| {
         b.iter(|| reg.most_recent(&format!("person-{}", next() % PERSONS), None))
+    });
+    // A third of the devices failed for good: the deliverable walk skips
+    // them (each person's most recent device among them, about as often).
+    let failed: Vec<Op> = (0..PREPOPULATED)
+        .filter(|i| i % 3 == 0)
+        .map(|i| Op::Feedback {
+            token: token(i),
+            outcome: FeedbackOutcome::HardFailure,
+            at_ms: MAX_TIMESTAMP_MS,
+            reason: None,
+        })
+        .collect();
+    for chunk in failed.chunks(10_000) {
+        reg.apply_batch(chunk.to_vec()).expect("feedback");
+    }
+    g.bench_function("most_recent_deliverable", |b| {
+        b.iter(|| reg.most_recent_deliverable(&format!("person-{}", next() % PERSONS), None))
     });
     g.bench_function("active_since_30d_count", |b| {
         b.iter(|| reg.active_since(NOW_MS - 30 * DAY_MS, None))

@@ -21,12 +21,26 @@ pub const FORMAT_VERSION: u8 = 1;
 /// (`store::frame`); 5 may hold a sink's backfill in its metadata and
 /// backfill adds in its batch in flight (`feed::backfill`); 6 may hold a
 /// sink's format and identifier kind in its metadata (layout 4,
-/// `feed::persist`) and `AddSinkWith` entries in its log. Values keep
-/// their own version byte (`FORMAT_VERSION`).
-pub const STORE_FORMAT: u32 = 6;
+/// `feed::persist`) and `AddSinkWith` entries in its log; 7 may hold
+/// deliverability records (`'Q'`), `HardFailure` history entries, day
+/// counters with the feedback counts and `Op::Feedback` in its log
+/// (DESIGN.md 20). Values keep their own version byte (`FORMAT_VERSION`).
+pub const STORE_FORMAT: u32 = 7;
 
 /// Key prefix of device records.
 pub const DEVICE_PREFIX: u8 = b'D';
+
+/// Key prefix of deliverability records (`'Q'` packed-token: version byte
+/// 1 + bincode `Deliverability`), one per device that had feedback.
+pub const DELIV_PREFIX: u8 = b'Q';
+
+/// The store key of a device's deliverability record.
+pub(crate) fn deliv_key(packed: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(packed.len() + 1);
+    k.push(DELIV_PREFIX);
+    k.extend_from_slice(packed);
+    k
+}
 
 /// Metadata key: the format version (u32 big-endian).
 pub const META_FORMAT: &[u8] = b"Mformat";
@@ -291,6 +305,10 @@ pub fn describe_key(key: &[u8]) -> String {
         Some((&DEVICE_PREFIX, packed)) => match unpack_token(packed) {
             Some(t) => format!("device record {t:?}"),
             None => format!("device key {packed:02x?}"),
+        },
+        Some((&DELIV_PREFIX, packed)) => match unpack_token(packed) {
+            Some(t) => format!("deliverability record {:?}", crate::model::token_label(&t)),
+            None => format!("deliverability key {packed:02x?}"),
         },
         _ => format!("key {}", String::from_utf8_lossy(key)),
     }

@@ -69,6 +69,11 @@ pub struct Config {
     /// sled's cache capacity (default 3/8 of the memory budget). sled evicts
     /// late whatever it is set to (DESIGN.md section 6).
     pub sled_cache_bytes: u64,
+    /// Consecutive soft failures that suppress a device for
+    /// `most_recent_deliverable` (default
+    /// `limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS`, 3; 1..=1000). A query
+    /// setting: nothing stored depends on it.
+    pub soft_failures_to_suppress: u32,
     /// Test-only: devices loaded at open from which the store is reopened
     /// (default `limits::REOPEN_STORE_AFTER_DEVICES`).
     #[doc(hidden)]
@@ -106,6 +111,7 @@ impl Config {
             page_delta_bytes: 0,
             sled_cache_bytes: 0,
             memory_budget: 0,
+            soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
             faults: None,
         }
@@ -131,6 +137,17 @@ impl Config {
         self.page_delta_bytes = usize::try_from(bytes / 4).unwrap_or(usize::MAX);
         self.checkpoint_chunk_bytes = usize::try_from(bytes / 256)
             .map_or(CHECKPOINT_CHUNK_BYTES, |b| b.min(CHECKPOINT_CHUNK_BYTES));
+        self
+    }
+
+    /// Sets how many consecutive soft failures suppress a device.
+    ///
+    /// ```
+    /// let c = devreg::Config::new("/tmp/x").soft_failures_to_suppress(5);
+    /// assert_eq!(c.soft_failures_to_suppress, 5);
+    /// ```
+    pub fn soft_failures_to_suppress(mut self, n: u32) -> Config {
+        self.soft_failures_to_suppress = n;
         self
     }
 
@@ -233,6 +250,16 @@ impl Config {
                 format!(
                     "{} is under the minimum of {MIN_MEMORY_BUDGET_BYTES}",
                     self.memory_budget
+                ),
+            ));
+        }
+        let max_soft = crate::limits::MAX_SOFT_FAILURES_TO_SUPPRESS;
+        if !(1..=max_soft).contains(&self.soft_failures_to_suppress) {
+            return Err(Error::invalid(
+                "soft_failures_to_suppress",
+                format!(
+                    "{} is outside 1..={max_soft}",
+                    self.soft_failures_to_suppress
                 ),
             ));
         }

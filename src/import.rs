@@ -23,7 +23,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::Error;
-use crate::model::{LogoutPolicy, Op, Platform, Register};
+use crate::model::{FeedbackOutcome, LogoutPolicy, Op, Platform, Register};
 
 /// Why an import line was refused. Its text is the reason, in words, for a
 /// `line N: <reason>` report. New kinds may be added: match with a
@@ -131,6 +131,13 @@ enum Event {
     Prune {
         before_ms: u64,
     },
+    Feedback {
+        token: String,
+        outcome: String,
+        at_ms: u64,
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 impl Event {
@@ -167,6 +174,17 @@ impl Event {
             Event::Remove { token } => Op::Remove { token },
             Event::Invalidate { token, provider_ms } => Op::Invalidate { token, provider_ms },
             Event::Prune { before_ms } => Op::Prune { before_ms },
+            Event::Feedback {
+                token,
+                outcome,
+                at_ms,
+                reason,
+            } => Op::Feedback {
+                token,
+                outcome: outcome.parse::<FeedbackOutcome>()?,
+                at_ms,
+                reason,
+            },
         })
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::feed::{DeadLetter, SinkInfo};
-use crate::model::Device;
+use crate::model::{Deliverability, Device};
 use crate::state::Stats;
 
 /// A device as `devreg get` prints it. `Device`'s own serde form spells the
@@ -31,6 +31,42 @@ pub fn device_json(d: &Device) -> DeviceJson<'_> {
         last_seen_ms: d.last_seen_ms,
         attributes: &d.attributes,
     }
+}
+
+/// A device in `devreg person` (and `GET /v1/people/{id}/devices`): the
+/// device's fields, then whether pushes to it are not suppressed
+/// (`deliverable`) and what delivery feedback said (`deliverability`).
+#[derive(Serialize)]
+pub struct PersonDeviceJson<'a> {
+    #[serde(flatten)]
+    device: DeviceJson<'a>,
+    deliverable: bool,
+    deliverability: &'a Deliverability,
+}
+
+/// The `person` form of a device with its deliverability.
+pub fn person_device(d: &(Device, Deliverability, bool)) -> PersonDeviceJson<'_> {
+    PersonDeviceJson {
+        device: device_json(&d.0),
+        deliverable: !d.2,
+        deliverability: &d.1,
+    }
+}
+
+/// Why `most-recent` found nothing: `no device[ on P][ that is
+/// deliverable] for person "ID"` (the CLI's and the server's words).
+pub fn no_most_recent(
+    person: &str,
+    platform: Option<crate::model::Platform>,
+    deliverable: bool,
+) -> String {
+    let on = platform.map_or(String::new(), |p| format!(" on {p}"));
+    let which = if deliverable {
+        " that is deliverable"
+    } else {
+        ""
+    };
+    format!("no device{on}{which} for person {person:?}")
 }
 
 /// A `dump` line: the device as an import line (`"op":"register"`, which

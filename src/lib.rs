@@ -66,8 +66,8 @@ pub use history::{
 pub use log::RepairReport;
 pub use metrics::{AtomicHistogram, Histogram, OpCount, OP_KINDS, OP_OUTCOMES};
 pub use model::{
-    validate_attributes, validate_person, validate_time, validate_token, Attributes, Device,
-    LogoutPolicy, Op, Outcome, Platform, Register,
+    validate_attributes, validate_person, validate_time, validate_token, Attributes,
+    Deliverability, Device, FeedbackOutcome, LogoutPolicy, Op, Outcome, Platform, Register,
 };
 pub use registry::{ActiveIter, BackupReport, CheckReport, Metrics, Registry};
 pub use state::{Cursor, Page, Stats};

@@ -207,3 +207,25 @@ pub const SERVER_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub const MAX_SERVER_PENDING_HANDSHAKES: usize = 256;
 /// Pause after a failed `accept` (e.g. out of file descriptors).
 pub const SERVER_ACCEPT_RETRY_MS: u64 = 50;
+
+/// Longest `reason` of a delivery feedback, in bytes (logged with the
+/// operation, not kept in memory).
+pub const MAX_FEEDBACK_REASON_BYTES: usize = 1024;
+/// Default number of consecutive soft failures (since the device's last
+/// delivery and since it was last seen) that suppress a device
+/// (`Config::soft_failures_to_suppress`).
+pub const DEFAULT_SOFT_FAILURES_TO_SUPPRESS: u32 = 3;
+/// Largest configurable `soft_failures_to_suppress`.
+pub const MAX_SOFT_FAILURES_TO_SUPPRESS: u32 = 1_000;
+
+/// Oldest (or furthest in the future) `X-CIO-Timestamp` a Customer.io
+/// reporting webhook may carry, in seconds from the server's clock; older
+/// is refused as stale (a replay of a captured request).
+pub const CIO_WEBHOOK_MAX_SKEW_SECS: u64 = 300;
+/// Reporting-webhook event ids remembered to answer a redelivery as a
+/// duplicate (oldest forgotten first; a redelivery older than this many
+/// events is applied again, which feedback tolerates: stale feedback is
+/// `Skipped`).
+pub const CIO_WEBHOOK_SEEN_IDS: usize = 10_000;
+/// Longest reporting-webhook `event_id` kept, in bytes.
+pub const MAX_CIO_EVENT_ID_BYTES: usize = 256;

@@ -18,7 +18,7 @@ use crate::limits::{CHECKPOINT_BUCKETS_MS, GROUP_COMMIT_RECORDS_BUCKETS, LOG_FSY
 use crate::model::{Op, Outcome};
 
 /// The operation kinds counted (`Metrics::ops`' `kind`): one per [`Op`] variant.
-pub const OP_KINDS: [&str; 8] = [
+pub const OP_KINDS: [&str; 9] = [
     "register",
     "touch",
     "rotate",
@@ -27,6 +27,7 @@ pub const OP_KINDS: [&str; 8] = [
     "remove",
     "invalidate",
     "prune",
+    "feedback",
 ];
 
 /// The outcomes counted (`Metrics::ops`' `outcome`): one per [`Outcome`]
@@ -46,6 +47,7 @@ pub(crate) fn kind_index(op: &Op) -> usize {
         Op::Remove { .. } => 5,
         Op::Invalidate { .. } => 6,
         Op::Prune { .. } => 7,
+        Op::Feedback { .. } => 8,
     }
 }
 

@@ -194,6 +194,154 @@ pub enum Op {
         /// The cut-off.
         before_ms: u64,
     },
+    /// What happened to a push sent to the device (DESIGN.md section 20).
+    Feedback {
+        /// The token the push went to.
+        token: String,
+        /// Delivered, failed, or the provider says the token is dead.
+        outcome: FeedbackOutcome,
+        /// When it happened (the provider's or the sender's time), Unix ms.
+        at_ms: u64,
+        /// Why it failed, as the sender reported it (logged only).
+        reason: Option<String>,
+    },
+}
+
+/// The outcome of one push, reported as delivery feedback.
+///
+/// Append-only: written to the log (bincode), where a variant's position
+/// is its tag; new variants go last, none is removed or reordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackOutcome {
+    /// The push reached the device.
+    Delivered,
+    /// The push failed in a way that may pass (throttled, timed out).
+    SoftFailure,
+    /// The push failed in a way that will not pass by retrying.
+    HardFailure,
+    /// The provider says the token is no longer registered: the
+    /// invalidate rule applies (delete iff `last_seen_ms <= at_ms`).
+    Unregistered,
+}
+
+impl FeedbackOutcome {
+    /// Every outcome, in tag order.
+    pub const ALL: [FeedbackOutcome; 4] = [
+        FeedbackOutcome::Delivered,
+        FeedbackOutcome::SoftFailure,
+        FeedbackOutcome::HardFailure,
+        FeedbackOutcome::Unregistered,
+    ];
+
+    /// The wire name: `delivered`, `soft_failure`, `hard_failure`, `unregistered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackOutcome::Delivered => "delivered",
+            FeedbackOutcome::SoftFailure => "soft_failure",
+            FeedbackOutcome::HardFailure => "hard_failure",
+            FeedbackOutcome::Unregistered => "unregistered",
+        }
+    }
+}
+
+impl FromStr for FeedbackOutcome {
+    type Err = Error;
+
+    /// Parses a wire name (exact, lowercase).
+    ///
+    /// ```
+    /// use devreg::FeedbackOutcome;
+    /// assert_eq!("hard_failure".parse::<FeedbackOutcome>().unwrap(), FeedbackOutcome::HardFailure);
+    /// let e = "x".parse::<FeedbackOutcome>().unwrap_err().to_string();
+    /// assert!(e.contains("feedback.outcome"), "{e}");
+    /// ```
+    fn from_str(s: &str) -> Result<Self> {
+        FeedbackOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "feedback.outcome",
+                    format!(
+                        "{s:?} is not one of delivered, soft_failure, hard_failure, unregistered"
+                    ),
+                )
+            })
+    }
+}
+
+impl fmt::Display for FeedbackOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the registry knows about pushes to one device (from delivery
+/// feedback). A device that never had feedback has the default: nothing
+/// known, not suppressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Deliverability {
+    /// Time of the latest `delivered` feedback, Unix ms.
+    pub last_delivered_ms: Option<u64>,
+    /// Consecutive soft failures since the last delivery (and since the
+    /// device was last seen before the first of them).
+    pub soft_failures: u32,
+    /// Time of the latest soft failure, Unix ms.
+    pub last_soft_failure_ms: Option<u64>,
+    /// Time of the latest hard failure, Unix ms.
+    pub last_hard_failure_ms: Option<u64>,
+}
+
+impl Deliverability {
+    /// Whether pushes to a device last seen at `last_seen_ms` are
+    /// suppressed: a hard failure after it was last seen, or at least
+    /// `soft_limit` consecutive soft failures, the latest after it was
+    /// last seen. Seeing the device again lifts both.
+    pub fn suppressed(&self, last_seen_ms: u64, soft_limit: u32) -> bool {
+        let hard = self.last_hard_failure_ms.is_some_and(|h| h > last_seen_ms);
+        let soft = self.soft_failures >= soft_limit
+            && self.last_soft_failure_ms.is_some_and(|s| s > last_seen_ms);
+        hard || soft
+    }
+
+    /// Applies one feedback (not `unregistered`) of time `at_ms` to a device
+    /// last seen at `last_seen_ms`; returns whether anything changed.
+    pub(crate) fn record(
+        &mut self,
+        outcome: FeedbackOutcome,
+        at_ms: u64,
+        last_seen_ms: u64,
+    ) -> bool {
+        let before = *self;
+        match outcome {
+            FeedbackOutcome::Delivered => {
+                self.last_delivered_ms =
+                    Some(self.last_delivered_ms.map_or(at_ms, |d| d.max(at_ms)));
+                if self.last_soft_failure_ms.is_none_or(|s| s <= at_ms) {
+                    self.soft_failures = 0;
+                }
+            }
+            FeedbackOutcome::SoftFailure => {
+                if self.last_delivered_ms.is_some_and(|d| d >= at_ms) {
+                    return false;
+                }
+                // Failures from before the device was last seen do not count.
+                if self.last_soft_failure_ms.is_none_or(|s| s <= last_seen_ms) {
+                    self.soft_failures = 0;
+                }
+                self.soft_failures = self.soft_failures.saturating_add(1);
+                self.last_soft_failure_ms =
+                    Some(self.last_soft_failure_ms.map_or(at_ms, |s| s.max(at_ms)));
+            }
+            FeedbackOutcome::HardFailure => {
+                self.last_hard_failure_ms =
+                    Some(self.last_hard_failure_ms.map_or(at_ms, |h| h.max(at_ms)));
+            }
+            FeedbackOutcome::Unregistered => {}
+        }
+        *self != before
+    }
 }
 
 /// What an operation did. It says whether anything changed (a token that
@@ -416,6 +564,22 @@ impl Op {
                 validate_time("provider_ms", *provider_ms)
             }
             Op::Prune { before_ms } => validate_time("before_ms", *before_ms),
+            Op::Feedback {
+                token,
+                at_ms,
+                reason,
+                ..
+            } => {
+                validate_token("token", token)?;
+                validate_time("at_ms", *at_ms)?;
+                match reason {
+                    Some(r) if r.len() > MAX_FEEDBACK_REASON_BYTES => Err(Error::invalid(
+                        "feedback.reason",
+                        format!("is longer than {MAX_FEEDBACK_REASON_BYTES} bytes"),
+                    )),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }

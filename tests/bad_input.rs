@@ -526,10 +526,10 @@ fn unknown_format_version_is_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let dump = populated(&db);
-    let original = poke(&db, b"Mformat", Some(&7u32.to_be_bytes())).expect("Mformat is set");
+    let original = poke(&db, b"Mformat", Some(&8u32.to_be_bytes())).expect("Mformat is set");
     assert_eq!(original, devreg::internals::STORE_FORMAT.to_be_bytes());
     match Registry::open(&db) {
-        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 7),
+        Err(Error::UnsupportedFormat { found, .. }) => assert_eq!(found, 8),
         other => panic!("expected UnsupportedFormat, got {:?}", other.map(|_| ())),
     }
     poke(&db, b"Mformat", Some(&u32::MAX.to_be_bytes()));
@@ -551,4 +551,45 @@ fn unknown_format_version_is_unsupported() {
         "nothing lost after the version is restored"
     );
     assert!(reg.check().unwrap().is_clean());
+}
+
+/// A feedback import line (issue 15) parses to `Op::Feedback`; a bad
+/// outcome, a long reason, a bad time or token are refused naming the field.
+#[test]
+fn feedback_import_lines_parse_and_bad_ones_name_the_field() {
+    use devreg::import::parse_line;
+    let line = r#"{"op":"feedback","token":"ab12","outcome":"soft_failure","at_ms":5,"reason":"throttled"}"#;
+    assert_eq!(
+        parse_line(line.as_bytes()).unwrap(),
+        Op::Feedback {
+            token: "ab12".into(),
+            outcome: devreg::FeedbackOutcome::SoftFailure,
+            at_ms: 5,
+            reason: Some("throttled".into()),
+        }
+    );
+    let no_reason = r#"{"op":"feedback","token":"ab12","outcome":"delivered","at_ms":5}"#;
+    assert!(matches!(
+        parse_line(no_reason.as_bytes()).unwrap(),
+        Op::Feedback { reason: None, .. }
+    ));
+    let refused = |line: String| parse_line(line.as_bytes()).unwrap_err().to_string();
+    let e = refused(r#"{"op":"feedback","token":"a","outcome":"x","at_ms":5}"#.into());
+    assert_eq!(
+        e,
+        r#"invalid feedback.outcome: "x" is not one of delivered, soft_failure, hard_failure, unregistered"#
+    );
+    let long = "r".repeat(devreg::limits::MAX_FEEDBACK_REASON_BYTES + 1);
+    let e = refused(format!(
+        r#"{{"op":"feedback","token":"a","outcome":"delivered","at_ms":5,"reason":"{long}"}}"#
+    ));
+    assert!(e.contains("feedback.reason"), "{e}");
+    let e = refused(
+        r#"{"op":"feedback","token":"a","outcome":"delivered","at_ms":99999999999999999}"#.into(),
+    );
+    assert!(e.contains("at_ms"), "{e}");
+    let e = refused(r#"{"op":"feedback","token":"a b","outcome":"delivered","at_ms":5}"#.into());
+    assert!(e.contains("token"), "{e}");
+    let e = refused(r#"{"op":"feedback","token":"a","at_ms":5}"#.into());
+    assert!(e.contains("outcome"), "{e}");
 }

@@ -691,11 +691,11 @@ fn library_rejects_every_bad_input_with_a_typed_error() {
     // A database of a future format version.
     {
         let store = raw_store::open_raw_store(&db);
-        store.insert(b"Mformat", &7u32.to_be_bytes()).unwrap();
+        store.insert(b"Mformat", &8u32.to_be_bytes()).unwrap();
         store.flush().unwrap();
     }
     wrong.extend(expect(
-        "database of format version 7",
+        "database of format version 8",
         Registry::open(&db).map(|_| ()),
         &Want::Unsupported,
     ));

@@ -1408,3 +1408,67 @@ fn sinks_add_creates_a_sink_of_a_format_and_identifier_kind() {
         "{reasons:?}"
     );
 }
+
+/// Delivery feedback through the CLI (issue 15): imported like any event
+/// (an unknown token is skipped and counted), `person` adds `deliverable`
+/// and `deliverability` to each device (the device's fields unchanged),
+/// `most-recent --deliverable` skips a suppressed device, and `stats
+/// --daily` counts the feedback.
+#[test]
+fn feedback_imports_and_most_recent_deliverable_skips_a_failed_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let fb = |token: &str, outcome: &str, at: u64| {
+        json!({"op":"feedback","token":token,"outcome":outcome,"at_ms":at,"reason":"r"}).to_string()
+    };
+    let lines = [
+        register("aa01", "ios", Some("ann"), 10),
+        register("aa02", "ios", Some("ann"), 20),
+        fb("aa02", "hard_failure", 30),
+        fb("aa01", "delivered", 40),
+        fb("ffff", "delivered", 40),
+    ];
+    let o = import_text(&db, dir.path(), (lines.join("\n") + "\n").as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_out(&o), json!({"imported":4,"rejected":0,"skipped":1}));
+    let person = json_out(&devreg(&db, &["person", "ann"]));
+    assert_eq!(
+        person[0],
+        json!({"token":"aa02","platform":"ios","person":"ann","last_seen_ms":20,"attributes":{},
+               "deliverable":false,"deliverability":{"last_delivered_ms":null,"soft_failures":0,
+               "last_soft_failure_ms":null,"last_hard_failure_ms":30}})
+    );
+    assert_eq!(person[1]["deliverable"], true);
+    assert_eq!(person[1]["deliverability"]["last_delivered_ms"], 40);
+    assert_eq!(
+        json_out(&devreg(&db, &["most-recent", "ann"]))["token"],
+        "aa02"
+    );
+    let o = devreg(&db, &["most-recent", "ann", "--deliverable"]);
+    assert_eq!(json_out(&o)["token"], "aa01");
+    let o = devreg(
+        &db,
+        &[
+            "most-recent",
+            "ann",
+            "--deliverable",
+            "--platform",
+            "android",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("that is deliverable"), "{}", stderr(&o));
+    let daily = json_out(&devreg(&db, &["stats", "--daily"]));
+    let ios = daily
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["platform"] == "ios")
+        .unwrap();
+    assert_eq!(
+        (ios["deliveries"].clone(), ios["hard_failures"].clone()),
+        (json!(1), json!(1))
+    );
+    let check = json_out(&devreg(&db, &["check"]));
+    assert_eq!(check["problems"], json!([]));
+}

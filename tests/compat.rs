@@ -10,7 +10,10 @@
 //! `tests/fixtures/v4/` (store format 4, made by commit 3cef5fa, the last
 //! build whose new sink stored its snapshot as an item per device) hold the
 //! same events and feed state; their open relabels them format 5 and every
-//! query answers as the build that made them did.
+//! query answers as the build that made them did. The fixture in
+//! `tests/fixtures/v6/` (store format 6, made by commit 8cbb9e9, the last
+//! build without deliverability records) is relabelled 7 and answers the
+//! same; delivery feedback then persists in it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -254,17 +257,17 @@ fn a_newer_format_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     devreg::Registry::open(&db).unwrap().close().unwrap();
-    // Pretend a future build wrote it: Mformat 7.
+    // Pretend a future build wrote it: Mformat 8.
     {
         let sled = raw_store::open_raw_store(&db);
-        sled.insert("Mformat", &7u32.to_be_bytes()).unwrap();
+        sled.insert("Mformat", &8u32.to_be_bytes()).unwrap();
         sled.flush().unwrap();
     }
     match devreg::Registry::open(&db) {
         Err(e @ devreg::Error::UnsupportedFormat { .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("version 7, this build reads version 6"),
+                msg.contains("version 8, this build reads version 7"),
                 "{msg}"
             );
             assert!(msg.contains("newer devreg"), "{msg}");
@@ -413,6 +416,77 @@ fn a_format_5_database_opens_as_track_v2_by_id_and_its_backfill_goes_on() {
         r#"{{"type":"person","identifiers":{{"id":"{owner}"}},"action":"delete_device","device":{{"token":"{token}"}}}}"#
     );
     assert!(ops.contains(&delete), "no {delete} in {} ops", ops.len());
+    let check = reg.check().unwrap();
+    assert!(check.is_clean(), "{:?}", check.problems);
+}
+
+/// Store format 6 (sinks with formats and identifier kinds, diagnostic
+/// events; no deliverability records, day counters without the feedback
+/// counts), made by the last format-6 build (commit 8cbb9e9) with its
+/// `devreg`: `sinks add pipes --format pipelines --identifier id
+/// --diagnostics`, v3's `events1.jsonl` and `events2.jsonl` imported,
+/// `export --max-ops 20`, `nack customerio-000000000001 --failed "2:invalid
+/// token" "5:bad device"`, `export --max-ops 20`, `export --sink pipes
+/// --max-ops 30` (the batches in flight are `customerio-inflight.json` and
+/// `pipes-inflight.json`; `daily.json` is `stats --daily`). The open
+/// relabels it format 7; every answer is the old build's, the old day
+/// counters read with zero feedback counts, and feedback given after the
+/// open survives a reopen.
+#[test]
+fn a_format_6_database_opens_and_keeps_feedback_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = unpack_version(dir.path(), "v6");
+    let peek = |key: &[u8]| devreg::internals::peek_record(&db, key).unwrap();
+    assert_eq!(peek(b"Mformat"), Some(6u32.to_be_bytes().to_vec()));
+    let (token4, token5) = (format!("{:064x}", 4), format!("{:064x}", 5));
+    answers_as_before(
+        &db,
+        "v6",
+        &[(token4.clone(), "hist4.json"), (token5, "hist5.json")],
+    );
+    let recorded = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(fixture_of("v6").join(file)).unwrap())
+            .unwrap()
+    };
+    let daily: serde_json::Value =
+        serde_json::from_str(&devreg(&db, &["stats", "--daily"])).unwrap();
+    let old = recorded("daily.json");
+    let (daily, old) = (daily.as_array().unwrap(), old.as_array().unwrap());
+    assert_eq!(daily.len(), old.len());
+    for (new, old) in daily.iter().zip(old) {
+        for (k, v) in old.as_object().unwrap() {
+            assert_eq!(&new[k], v, "{k}");
+        }
+        for k in ["deliveries", "soft_failures", "hard_failures"] {
+            assert_eq!(new[k], 0, "{k}");
+        }
+    }
+    let reg = devreg::Registry::open(&db).unwrap();
+    for (sink, file) in [
+        ("customerio", "customerio-inflight.json"),
+        ("pipes", "pipes-inflight.json"),
+    ] {
+        let b = reg.export(sink, 20, 499_999).unwrap().unwrap();
+        let want = recorded(file);
+        assert_eq!(b.id(), want["batch_id"]);
+        let body: serde_json::Value = serde_json::from_str(b.body()).unwrap();
+        assert_eq!(
+            body, want["body"],
+            "{sink}: the batch in flight is the old build's"
+        );
+    }
+    assert_eq!(reg.deliverability(&token4).map(|(_, s)| s), Some(false));
+    let hard = devreg::FeedbackOutcome::HardFailure;
+    assert!(reg
+        .feedback(&token4, hard, 32_000_000_000_000, None)
+        .unwrap()
+        .is_applied());
+    reg.close().unwrap();
+    assert_eq!(peek(b"Mformat"), Some(7u32.to_be_bytes().to_vec()));
+    let reg = devreg::Registry::open(&db).unwrap();
+    let (d, suppressed) = reg.deliverability(&token4).unwrap();
+    assert_eq!(d.last_hard_failure_ms, Some(32_000_000_000_000));
+    assert!(suppressed);
     let check = reg.check().unwrap();
     assert!(check.is_clean(), "{:?}", check.problems);
 }

@@ -538,3 +538,37 @@ fn export_rejections_list_the_same_index_before_and_after_a_reopen() {
         .collect();
     assert_eq!(after, want);
 }
+
+/// Delivery feedback `unregistered` (issue 15) is the invalidate rule on
+/// the same path: a sink with diagnostics gets one
+/// `device_token_invalidated` event (at the feedback's time) and the
+/// device's deletion; one seen after the feedback is kept and sends nothing.
+#[test]
+fn unregistered_feedback_sends_the_invalidation_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    let diag = settings(FormatKind::TrackV2, IdentifierKind::Id).with_diagnostics(true);
+    reg.add_sink_with("diag", diag).unwrap();
+    register(&reg, "aa01", "ann", 1_000, &[]);
+    register(&reg, "aa02", "ann", 5_000, &[]);
+    let mut model = cio::Cio::default();
+    drain_into(&reg, "diag", &mut model);
+    let unreg = devreg::FeedbackOutcome::Unregistered;
+    assert_eq!(
+        reg.feedback("aa02", unreg, 4_000, None).unwrap(),
+        Outcome::Skipped
+    );
+    assert!(reg
+        .feedback("aa01", unreg, 3_000, Some("Unregistered"))
+        .unwrap()
+        .is_applied());
+    drain_into(&reg, "diag", &mut model);
+    let names: Vec<&str> = model.events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(names, ["device_token_invalidated"]);
+    assert_eq!(
+        model.events[0].2,
+        serde_json::json!({"platform":"ios","provider_ms":"3000","token":"aa01"})
+    );
+    let devices: Vec<&String> = model.persons["ann"].keys().collect();
+    assert_eq!(devices, ["aa02"], "the device is deleted on the sink too");
+}

@@ -461,3 +461,51 @@ fn owner_at_by_event_places_an_untimed_change_before_the_next_one() {
         Some("bob")
     );
 }
+
+/// Delivery feedback (issue 15) in the history: a hard failure is an entry
+/// (owner unchanged), deliveries and soft failures are only counted, an
+/// `unregistered` that deletes is an invalidation; the counters and the
+/// entry survive a reopen, and stale or unknown feedback counts nothing.
+#[test]
+fn feedback_is_recorded_and_counted_per_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let reg = open(&db);
+    let _ = reg.apply(reg_op("aa", "ann", H0)).unwrap();
+    let _ = reg.apply(reg_op("bb", "ann", H0)).unwrap();
+    let fb = |token: &str, outcome, at_ms| Op::Feedback {
+        token: token.into(),
+        outcome,
+        at_ms,
+        reason: Some("why".into()),
+    };
+    let ops = vec![
+        fb("aa", FeedbackOutcome::Delivered, H0 + 1),
+        fb("aa", FeedbackOutcome::SoftFailure, H0 + 2),
+        fb("aa", FeedbackOutcome::SoftFailure, H0 + 1),
+        fb("aa", FeedbackOutcome::HardFailure, H0 + 3),
+        fb("aa", FeedbackOutcome::HardFailure, H0 + 2),
+        fb("zz", FeedbackOutcome::Delivered, H0),
+        fb("bb", FeedbackOutcome::Unregistered, H0),
+    ];
+    let outcomes = reg.apply_batch(ops).unwrap();
+    assert_eq!(outcomes[2], Outcome::Skipped, "older than the delivery");
+    assert_eq!(outcomes[4], Outcome::Skipped, "older than the hard failure");
+    assert_eq!(outcomes[5], Outcome::NotFound);
+    drop(reg);
+    let reg = open(&db);
+    let h = reg.history("aa").unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].op, HistoryOp::HardFailure);
+    assert_eq!(h[0].owner_before.as_deref(), Some("ann"));
+    assert_eq!(h[0].owner_after.as_deref(), Some("ann"));
+    assert!(h[0].present);
+    assert_eq!(reg.history("bb").unwrap()[0].op, HistoryOp::Invalidate);
+    let day = reg.daily_stats();
+    let sum = |f: fn(&DayCounts) -> u64| day.iter().map(|d| f(&d.counts)).sum::<u64>();
+    assert_eq!(sum(|c| c.deliveries), 1);
+    assert_eq!(sum(|c| c.soft_failures), 1);
+    assert_eq!(sum(|c| c.hard_failures), 1);
+    assert_eq!(sum(|c| c.invalidations), 1);
+    assert_clean(&reg, "after feedback");
+}

@@ -130,6 +130,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => token().prop_map(|token| Op::Remove { token }),
         2 => (token(), time()).prop_map(|(token, provider_ms)| Op::Invalidate { token, provider_ms }),
         1 => time().prop_map(|before_ms| Op::Prune { before_ms }),
+        4 => (token(), 0..4usize, time(), proptest::option::of(Just("throttled".to_string())))
+            .prop_map(|(token, o, at_ms, reason)| Op::Feedback {
+                token, outcome: FeedbackOutcome::ALL[o], at_ms, reason,
+            }),
     ]
 }
 
@@ -182,6 +186,13 @@ fn compare(reg: &Registry, model: &Model, ctx: &str) -> Result<(), TestCaseError
             t,
             ctx
         );
+        prop_assert_eq!(
+            reg.deliverability(&t),
+            model.deliverability(&t),
+            "deliverability({:?}) after {}",
+            t,
+            ctx
+        );
     }
     for p in PERSONS.iter().chain(&["nobody"]) {
         prop_assert_eq!(
@@ -191,11 +202,34 @@ fn compare(reg: &Registry, model: &Model, ctx: &str) -> Result<(), TestCaseError
             p,
             ctx
         );
+        let with: Vec<(Device, Deliverability, bool)> = model
+            .devices_of(p)
+            .into_iter()
+            .map(|d| {
+                let (deliv, suppressed) = model.deliverability(&d.token).unwrap();
+                (d, deliv, suppressed)
+            })
+            .collect();
+        prop_assert_eq!(
+            reg.devices_of_deliverability(p),
+            with,
+            "devices_of_deliverability({:?}) after {}",
+            p,
+            ctx
+        );
         for plat in [None, Some(Platform::Ios), Some(Platform::Android)] {
             prop_assert_eq!(
                 reg.most_recent(p, plat),
                 model.most_recent(p, plat),
                 "most_recent({:?}, {:?}) after {}",
+                p,
+                plat,
+                ctx
+            );
+            prop_assert_eq!(
+                reg.most_recent_deliverable(p, plat),
+                model.most_recent_deliverable(p, plat),
+                "most_recent_deliverable({:?}, {:?}) after {}",
                 p,
                 plat,
                 ctx
@@ -381,4 +415,113 @@ fn fixed_sequence_matches_model() {
         policy: LogoutPolicy::Remove,
     });
     run(steps.into_iter().map(Step::Op).collect()).unwrap();
+}
+
+/// Each deliverability rule once (issue 15), checked against hand-written
+/// answers and the model: the most recent device is skipped after a hard
+/// failure and after three soft failures, a delivery ends a run of soft
+/// failures, seeing the device again lifts both, feedback for an unknown
+/// token is `NotFound`, `unregistered` is the invalidate rule, and the side
+/// table survives a reopen.
+#[test]
+fn deliverability_rules_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let reg = Registry::open_with(config(&db, false, 10)).unwrap();
+    let (old, new) = ("aa01", "aa02");
+    for (tok, seen) in [(old, H0), (new, H0 + 1000)] {
+        let _ = reg
+            .register(Register {
+                token: tok.into(),
+                platform: Platform::Ios,
+                person: Some("ann".into()),
+                seen_ms: seen,
+                attributes: None,
+            })
+            .unwrap();
+    }
+    let most = |reg: &Registry| reg.most_recent_deliverable("ann", None).map(|d| d.token);
+    assert_eq!(most(&reg).as_deref(), Some(new));
+    let hard = FeedbackOutcome::HardFailure;
+    let soft = FeedbackOutcome::SoftFailure;
+    assert!(reg
+        .feedback(new, hard, H0 + 2000, Some("BadDeviceToken"))
+        .unwrap()
+        .is_applied());
+    assert_eq!(
+        most(&reg).as_deref(),
+        Some(old),
+        "a hard failure suppresses"
+    );
+    assert_eq!(
+        reg.most_recent("ann", None).unwrap().token,
+        new,
+        "most_recent ignores it"
+    );
+    assert_eq!(
+        reg.feedback(new, hard, H0 + 1500, None).unwrap(),
+        Outcome::Skipped
+    );
+    let _ = reg.touch(new, H0 + 3000).unwrap();
+    assert_eq!(most(&reg).as_deref(), Some(new), "seeing it again lifts it");
+    for i in 0..2 {
+        let _ = reg.feedback(new, soft, H0 + 4000 + i, None).unwrap();
+    }
+    assert_eq!(most(&reg).as_deref(), Some(new), "two soft failures do not");
+    let _ = reg.feedback(new, soft, H0 + 4002, None).unwrap();
+    assert_eq!(most(&reg).as_deref(), Some(old), "three do");
+    let (d, suppressed) = reg.deliverability(new).unwrap();
+    assert!(suppressed);
+    assert_eq!(
+        (d.soft_failures, d.last_soft_failure_ms),
+        (3, Some(H0 + 4002))
+    );
+    let delivered = FeedbackOutcome::Delivered;
+    assert!(reg
+        .feedback(new, delivered, H0 + 4003, None)
+        .unwrap()
+        .is_applied());
+    assert_eq!(most(&reg).as_deref(), Some(new), "a delivery ends the run");
+    assert_eq!(
+        reg.feedback(new, soft, H0 + 4003, None).unwrap(),
+        Outcome::Skipped
+    );
+    assert_eq!(
+        reg.feedback("ffff", delivered, H0, None).unwrap(),
+        Outcome::NotFound
+    );
+    let unreg = FeedbackOutcome::Unregistered;
+    assert_eq!(
+        reg.feedback(old, unreg, H0 - 1, None).unwrap(),
+        Outcome::Skipped
+    );
+    assert!(reg.feedback(old, hard, H0 + 1, None).unwrap().is_applied());
+    assert!(reg.feedback(old, unreg, H0, None).unwrap().is_applied());
+    assert_eq!(reg.device(old), None, "unregistered at last_seen deletes");
+    assert_eq!(reg.deliverability(old), None);
+    let before = reg.deliverability(new);
+    drop(reg);
+    let reg = Registry::open_with(config(&db, false, 10)).unwrap();
+    assert_eq!(reg.deliverability(new), before, "kept across a reopen");
+    assert_clean(&reg, "the reopen");
+    let ops = [
+        Op::Feedback {
+            token: new.into(),
+            outcome: hard,
+            at_ms: H0 + 9000,
+            reason: None,
+        },
+        Op::Feedback {
+            token: "nosuch".into(),
+            outcome: soft,
+            at_ms: H0,
+            reason: None,
+        },
+    ];
+    let mut model = Model::from_devices(CAP, reg.dump());
+    model.deliv.insert(new.into(), before.unwrap().0);
+    let want: Vec<Outcome> = ops.iter().map(|op| model.apply(op)).collect();
+    assert_eq!(reg.apply_batch(ops.to_vec()).unwrap(), want);
+    assert_eq!(reg.most_recent_deliverable("ann", None), None);
+    assert_eq!(model.most_recent_deliverable("ann", None), None);
 }

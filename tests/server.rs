@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Model;
-use devreg::{Config, FaultPlan, IoOp, Op, Platform, Register, Registry};
+use devreg::{Config, FaultPlan, FeedbackOutcome, IoOp, Op, Platform, Register, Registry};
 use serde_json::{json, Value};
 use served::Server;
 
@@ -133,6 +133,14 @@ fn line(op: &Op) -> String {
             "op":"rotate","old_token":old_token,"new_token":new_token,"seen_ms":seen_ms,
         }),
         Op::Remove { token } => json!({"op":"remove","token":token}),
+        Op::Feedback {
+            token,
+            outcome,
+            at_ms,
+            reason,
+        } => json!({
+            "op":"feedback","token":token,"outcome":outcome.as_str(),"at_ms":at_ms,"reason":reason,
+        }),
         other => panic!("no line for {other:?}"),
     }
     .to_string()
@@ -1272,4 +1280,254 @@ fn concurrent_acks_of_one_batch_deliver_once() {
     assert_eq!(s, 200);
     let want = first[0]["failed"].as_u64().unwrap() as usize;
     assert_eq!(dead.as_array().unwrap().len(), want, "{dead}");
+}
+
+/// Delivery feedback over HTTP (issue 15): POST /v1/events takes feedback
+/// lines through the import parser (an unknown token is skipped, a bad
+/// outcome rejected naming `feedback.outcome`), the person's devices carry
+/// `deliverable` and `deliverability`, and `most-recent?deliverable=true`
+/// skips the suppressed device (404 when none is left; a bad flag is 400).
+#[test]
+fn feedback_events_and_the_most_recent_deliverable_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("db")).unwrap();
+    let url = serve_in_process(reg);
+    let c = Client::at(&url, Some(TOKEN));
+    let fb = |token: &str, outcome: FeedbackOutcome, at_ms: u64| {
+        line(&Op::Feedback {
+            token: token.into(),
+            outcome,
+            at_ms,
+            reason: Some("BadDeviceToken".into()),
+        })
+    };
+    let body = [
+        line(&register("old0", "ann", T0 + 1)),
+        line(&register("new0", "ann", T0 + 2)),
+        fb("new0", FeedbackOutcome::HardFailure, T0 + 3),
+        fb("nope", FeedbackOutcome::Delivered, T0),
+        r#"{"op":"feedback","token":"old0","outcome":"lost","at_ms":5}"#.into(),
+    ]
+    .join("\n");
+    let (s, v) = c.post_json("/v1/events?durability=immediate", &body);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["applied"].clone(), v["skipped"].clone()),
+        (json!(3), json!(1)),
+        "{v}"
+    );
+    assert_eq!(v["rejected"][0]["field"], "feedback.outcome", "{v}");
+    let (s, devices) = c.get_json("/v1/people/ann/devices");
+    assert_eq!(s, 200);
+    assert_eq!(devices[0]["token"], "new0");
+    assert_eq!(devices[0]["deliverable"], false);
+    assert_eq!(devices[0]["deliverability"]["last_hard_failure_ms"], T0 + 3);
+    assert_eq!(devices[1]["deliverable"], true);
+    assert_eq!(c.get_json("/v1/people/ann/most-recent").1["token"], "new0");
+    let (s, d) = c.get_json("/v1/people/ann/most-recent?deliverable=true");
+    assert_eq!((s, d["token"].clone()), (200, json!("old0")));
+    assert_eq!(
+        c.get_json("/v1/people/ann/most-recent?platform=ios").1["token"],
+        "new0"
+    );
+    let (s, d) = c.get_json("/v1/people/ann/most-recent?deliverable=true&platform=ios");
+    assert_eq!(s, 404, "{d}");
+    assert!(
+        d["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deliverable"),
+        "{d}"
+    );
+    assert_error(
+        c.get_json("/v1/people/ann/most-recent?deliverable=yes"),
+        400,
+        Some("deliverable"),
+    );
+}
+
+#[path = "support/cio.rs"]
+mod cio;
+
+/// Posts a reporting-webhook body with the given timestamp and signature.
+fn post_webhook(url: &str, body: &str, ts: &str, sig: Option<&str>) -> (u16, Value) {
+    // No bearer token: the signature authenticates the request.
+    let c = Client::at(url, None);
+    let mut req = c
+        .agent
+        .post(format!("{url}/v1/webhooks/customerio"))
+        .header("Content-Type", "application/json")
+        .header("X-CIO-Timestamp", ts);
+    if let Some(sig) = sig {
+        req = req.header("X-CIO-Signature", sig);
+    }
+    let (status, text) = Client::answer(req.send(body));
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Customer.io reporting webhooks (issue 15): a push event signed as
+/// Customer.io signs it (`v0:<timestamp>:<body>`, hex HMAC-SHA256,
+/// computed here by `support/cio.rs`, not by the server's code) becomes
+/// feedback on the device it names, without the bearer token; a wrong or
+/// missing signature, a body changed after signing and a stale timestamp
+/// are 401 naming the header and change nothing; a redelivery of the same
+/// `event_id` is a duplicate, applied once; an unknown token is counted;
+/// other metrics and channels are ignored; a server without a key is 404.
+#[test]
+fn customerio_webhooks_are_verified_and_become_feedback() {
+    const KEY: &str = "cio-signing-key";
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("db")).unwrap();
+    let _ = reg.apply(register("tok0", "ann", T0)).unwrap();
+    let _ = reg.apply(register("tok1", "ann", T0 - 2)).unwrap();
+    let mut config = devreg::server::ServerConfig::new();
+    config.listen = "127.0.0.1:0".into();
+    config.token = Some(TOKEN.into());
+    config.cio_webhook_key = Some(KEY.into());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = devreg::server::serve(reg, config, move |url| {
+            let _ = tx.send(url.to_owned());
+        });
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let c = Client::at(&url, Some(TOKEN));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ts = now.to_string();
+    let at = T0 / 1000 + 10;
+    let body = cio::push_report(
+        "ev1",
+        "bounced",
+        at,
+        &["tok0", "nope"],
+        Some("BadDeviceToken"),
+    )
+    .to_string();
+    let sig = cio::sign_report(KEY, &ts, body.as_bytes());
+
+    // Refused, nothing applied: no signature, a wrong key, a changed body,
+    // a stale timestamp (signed correctly), a timestamp that is not a number.
+    let (s, v) = post_webhook(&url, &body, &ts, None);
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (401, json!("x-cio-signature")),
+        "{v}"
+    );
+    let wrong = cio::sign_report("other-key", &ts, body.as_bytes());
+    let (s, v) = post_webhook(&url, &body, &ts, Some(&wrong));
+    assert_eq!(s, 401, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{v}"
+    );
+    let changed = body.replace("bounced", "delivered");
+    assert_eq!(post_webhook(&url, &changed, &ts, Some(&sig)).0, 401);
+    let old = (now - devreg::limits::CIO_WEBHOOK_MAX_SKEW_SECS - 5).to_string();
+    let (s, v) = post_webhook(
+        &url,
+        &body,
+        &old,
+        Some(&cio::sign_report(KEY, &old, body.as_bytes())),
+    );
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (401, json!("x-cio-timestamp")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("stale"),
+        "{v}"
+    );
+    assert_eq!(post_webhook(&url, &body, "soon", Some(&sig)).0, 401);
+    let devices = c.get_json("/v1/people/ann/devices").1;
+    assert_eq!(
+        devices[0]["deliverable"], true,
+        "nothing applied yet: {devices}"
+    );
+
+    // Valid: the hard failure suppresses tok0; the unknown token is counted.
+    let (s, v) = post_webhook(&url, &body, &ts, Some(&sig));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"event_id":"ev1","duplicate":false,"ignored":false,"applied":1,"skipped":0,"unknown":1})
+    );
+    let (_, d) = c.get_json("/v1/people/ann/most-recent?deliverable=true");
+    assert_eq!(d["token"], "tok1", "{d}");
+    let devices = c.get_json("/v1/people/ann/devices").1;
+    assert_eq!(
+        devices[0]["deliverability"]["last_hard_failure_ms"],
+        at * 1000
+    );
+
+    // A redelivery (Customer.io retries; re-signed with a new timestamp) is a duplicate.
+    let ts2 = (now + 1).to_string();
+    let (s, v) = post_webhook(
+        &url,
+        &body,
+        &ts2,
+        Some(&cio::sign_report(KEY, &ts2, body.as_bytes())),
+    );
+    assert_eq!(
+        (s, v["duplicate"].clone(), v["applied"].clone()),
+        (200, json!(true), json!(0)),
+        "{v}"
+    );
+
+    // Deliveries and soft failures; opens and other channels are ignored.
+    let post = |event: Value| {
+        let body = event.to_string();
+        post_webhook(
+            &url,
+            &body,
+            &ts,
+            Some(&cio::sign_report(KEY, &ts, body.as_bytes())),
+        )
+    };
+    let (s, v) = post(cio::push_report(
+        "ev2",
+        "delivered",
+        at + 1,
+        &["tok1"],
+        None,
+    ));
+    assert_eq!((s, v["applied"].clone()), (200, json!(1)), "{v}");
+    let (_, v) = post(cio::push_report("ev3", "opened", at + 2, &["tok1"], None));
+    assert_eq!(v["ignored"], true, "{v}");
+    let mut email = cio::push_report("ev4", "bounced", at + 3, &["tok1"], None);
+    email["object_type"] = json!("email");
+    assert_eq!(post(email).1["ignored"], true);
+    let (_, v) = post(cio::push_report(
+        "ev5",
+        "failed",
+        at + 4,
+        &["tok1"],
+        Some("throttled"),
+    ));
+    assert_eq!(v["applied"], 1, "{v}");
+    let devices = c.get_json("/v1/people/ann/devices").1;
+    assert_eq!(
+        devices[1]["deliverability"]["last_delivered_ms"],
+        (at + 1) * 1000
+    );
+    assert_eq!(devices[1]["deliverability"]["soft_failures"], 1);
+
+    // Not JSON (signed) is 400 naming the body.
+    let (s, v) = post_webhook(&url, "{", &ts, Some(&cio::sign_report(KEY, &ts, b"{")));
+    assert_eq!(
+        (s, v["error"]["field"].clone()),
+        (400, json!("body")),
+        "{v}"
+    );
+
+    // A server without a signing key does not take webhooks.
+    let dir2 = tempfile::tempdir().unwrap();
+    let plain = serve_in_process(Registry::open(dir2.path().join("db")).unwrap());
+    assert_eq!(post_webhook(&plain, &body, &ts, Some(&sig)).0, 404);
 }

@@ -61,6 +61,8 @@ pub(crate) enum Cause {
     },
     Prune,
     EvictByCap,
+    /// A `hard_failure` feedback (the device and its owner stay).
+    HardFailure,
 }
 
 /// The kind of change a history entry records.
@@ -89,10 +91,13 @@ pub enum HistoryOp {
     Prune,
     /// Deleted by a remove.
     Remove,
+    /// A push to the device failed for good (`hard_failure` feedback); the
+    /// owner is unchanged (store format 7).
+    HardFailure,
 }
 
 impl HistoryOp {
-    const ALL: [HistoryOp; 11] = [
+    const ALL: [HistoryOp; 12] = [
         HistoryOp::Register,
         HistoryOp::Move,
         HistoryOp::RotateFrom,
@@ -104,6 +109,7 @@ impl HistoryOp {
         HistoryOp::Invalidate,
         HistoryOp::Prune,
         HistoryOp::Remove,
+        HistoryOp::HardFailure,
     ];
 
     fn code(self) -> u8 {
@@ -237,6 +243,39 @@ pub struct DayCounts {
     pub evictions: u64,
     /// Devices deleted by remove or prune.
     pub removals: u64,
+    /// `delivered` feedback applied (store format 7; 0 in older counters).
+    pub deliveries: u64,
+    /// `soft_failure` feedback applied (store format 7).
+    pub soft_failures: u64,
+    /// `hard_failure` feedback applied (store format 7).
+    pub hard_failures: u64,
+}
+
+/// The counters as formats 6 and older stored them (version byte 1).
+#[derive(serde::Deserialize)]
+pub(crate) struct DayCountsV1 {
+    registrations: u64,
+    rotations: u64,
+    moves: u64,
+    logouts: u64,
+    invalidations: u64,
+    evictions: u64,
+    removals: u64,
+}
+
+impl From<DayCountsV1> for DayCounts {
+    fn from(v: DayCountsV1) -> DayCounts {
+        DayCounts {
+            registrations: v.registrations,
+            rotations: v.rotations,
+            moves: v.moves,
+            logouts: v.logouts,
+            invalidations: v.invalidations,
+            evictions: v.evictions,
+            removals: v.removals,
+            ..DayCounts::default()
+        }
+    }
 }
 
 /// The counters of one day and platform, as `daily_stats` returns them.
@@ -325,6 +364,10 @@ impl History {
             Cause::Invalidate { provider_ms } => (HistoryOp::Invalidate, Some(*provider_ms), None),
             Cause::Prune => (HistoryOp::Prune, None, None),
             Cause::EvictByCap => (HistoryOp::EvictByCap, None, None),
+            // No event time: the entry says who owned the device when the
+            // failure was committed, and a provider's time could order it
+            // before an ownership change it came after (owner_at_by_event).
+            Cause::HardFailure => (HistoryOp::HardFailure, None, None),
         };
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -368,8 +411,23 @@ impl History {
             HistoryOp::Invalidate => &mut c.invalidations,
             HistoryOp::EvictByCap => &mut c.evictions,
             HistoryOp::Prune | HistoryOp::Remove => &mut c.removals,
+            HistoryOp::HardFailure => &mut c.hard_failures,
         };
         *field += 1;
+        self.dirty_days.insert((day, platform));
+    }
+
+    /// Counts a `delivered` or `soft_failure` feedback applied at commit
+    /// time `now_ms` (no history entry: one per push would push the
+    /// ownership changes out of a token's bounded list).
+    pub(crate) fn count_feedback(&mut self, now_ms: u64, platform: Platform, delivered: bool) {
+        let day = (now_ms / DAY_MS) as u32;
+        let c = self.daily.entry((day, platform)).or_default();
+        if delivered {
+            c.deliveries += 1;
+        } else {
+            c.soft_failures += 1;
+        }
         self.dirty_days.insert((day, platform));
     }
 

@@ -165,7 +165,13 @@ pub(crate) fn load_history(store: &dyn KvStore, retention_ms: u64) -> Result<(Hi
             ),
             _ => return Err(bad()),
         };
-        let counts: DayCounts = decode_versioned(key, value)?;
+        // Format 7 added the feedback counters: an older value is shorter
+        // (bincode rejects a short value and trailing bytes alike).
+        let counts: DayCounts = decode_versioned(key, value).or_else(|e| {
+            decode_versioned::<super::DayCountsV1>(key, value)
+                .map(DayCounts::from)
+                .map_err(|_| e)
+        })?;
         h.daily.insert((day, platform), counts);
         Ok(())
     })?;

@@ -62,6 +62,9 @@ pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckR
         ));
     }
     problems.extend(device_differences(&live.dump(), &disk.dump()));
+    if live.deliverability_by_token() != disk.deliverability_by_token() {
+        problems.push("deliverability in store+log differs from memory".into());
+    }
     Ok(CheckReport {
         devices: live.len(),
         problems,

@@ -39,6 +39,8 @@ struct Inner {
     read_only: bool,
     /// Largest sum of `Op::encoded_len` one `apply_batch` may carry.
     max_batch_bytes: usize,
+    /// `Config::soft_failures_to_suppress`.
+    soft_limit: u32,
     state: Arc<RwLock<State>>,
     tx: Mutex<Option<Sender<Msg>>>,
     ctx: Arc<Mutex<WriterCtx>>,
@@ -258,6 +260,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 path: config.path.clone(),
                 read_only: config.read_only,
+                soft_limit: config.soft_failures_to_suppress,
                 _lock: lock,
                 max_batch_bytes,
                 state,
@@ -572,6 +575,54 @@ impl Registry {
         })
     }
 
+    /// Records what happened to a push to `token` at `at_ms` (DESIGN.md
+    /// 20): `delivered`, `soft_failure` and `hard_failure` update the
+    /// device's deliverability (`Skipped` when the feedback is older than
+    /// what it already knows); `unregistered` deletes the device if it was
+    /// not seen after `at_ms`, like `invalidate`. `NotFound` for an
+    /// unknown token.
+    pub fn feedback(
+        &self,
+        token: &str,
+        outcome: FeedbackOutcome,
+        at_ms: u64,
+        reason: Option<&str>,
+    ) -> Result<Outcome> {
+        self.apply(Op::Feedback {
+            token: token.into(),
+            outcome,
+            at_ms,
+            reason: reason.map(str::to_owned),
+        })
+    }
+
+    /// A device's deliverability and whether it is suppressed now; `None`
+    /// when the token is not registered.
+    pub fn deliverability(&self, token: &str) -> Option<(Deliverability, bool)> {
+        let (d, seen) = self.inner.state.read().deliverability(token)?;
+        Some((d, d.suppressed(seen, self.inner.soft_limit)))
+    }
+
+    /// A person's most recently seen device (optionally on one platform)
+    /// that is not suppressed by delivery feedback: the `most_recent` walk,
+    /// skipping suppressed devices (O(devices of the person)).
+    pub fn most_recent_deliverable(
+        &self,
+        person: &str,
+        platform: Option<Platform>,
+    ) -> Option<Device> {
+        self.inner
+            .state
+            .read()
+            .most_recent_deliverable(person, platform, self.inner.soft_limit)
+    }
+
+    /// Consecutive soft failures that suppress a device (the open's
+    /// `Config::soft_failures_to_suppress`).
+    pub fn soft_failures_to_suppress(&self) -> u32 {
+        self.inner.soft_limit
+    }
+
     /// Deletes every device last seen before `before_ms`.
     pub fn prune(&self, before_ms: u64) -> Result<Outcome> {
         self.apply(Op::Prune { before_ms })
@@ -592,6 +643,15 @@ impl Registry {
     /// A person's devices, most recently seen first (ties by token).
     pub fn devices_of(&self, person: &str) -> Vec<Device> {
         self.inner.state.read().devices_of(person)
+    }
+
+    /// `devices_of`, each device with its deliverability and whether it is
+    /// suppressed now (`false`: deliverable).
+    pub fn devices_of_deliverability(&self, person: &str) -> Vec<(Device, Deliverability, bool)> {
+        self.inner
+            .state
+            .read()
+            .devices_of_deliverability(person, self.inner.soft_limit)
     }
 
     /// A person's most recently seen device, optionally on one platform.

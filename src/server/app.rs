@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::errors::ApiError;
 use super::metrics::Metrics;
-use super::routes::{devices, events, feed, history, ops};
+use super::routes::{devices, events, feed, history, ops, webhooks};
 use super::{auth, ServerConfig};
 use crate::limits::MAX_SERVER_ENGINE_CALLS;
 use crate::registry::Registry;
@@ -25,6 +25,9 @@ pub(crate) struct AppState {
     pub engine_slots: Arc<Semaphore>,
     pub backup_dir: Option<Arc<PathBuf>>,
     pub token: Option<Arc<[u8]>>,
+    /// Customer.io reporting webhooks: the signing key and the event ids
+    /// applied; `None` when no key is configured (the endpoint is 404).
+    pub cio_webhook: Option<Arc<webhooks::CioWebhook>>,
 }
 
 impl AppState {
@@ -35,6 +38,10 @@ impl AppState {
             engine_slots: Arc::new(Semaphore::new(MAX_SERVER_ENGINE_CALLS)),
             backup_dir: config.backup_dir.clone().map(Arc::new),
             token: config.token.as_deref().map(|t| Arc::from(t.as_bytes())),
+            cio_webhook: config
+                .cio_webhook_key
+                .as_deref()
+                .map(|k| Arc::new(webhooks::CioWebhook::new(k))),
         }
     }
 
@@ -73,7 +80,8 @@ impl AppState {
     }
 }
 
-/// Every route. `/healthz` and `/readyz` need no token; the rest do.
+/// Every route. `/healthz`, `/readyz` and the Customer.io webhook (signed)
+/// need no token; the rest do.
 pub(crate) fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/events", post(events::post_events))
@@ -98,7 +106,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
     let open = Router::new()
         .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz));
+        .route("/readyz", get(ops::readyz))
+        // Authenticated by its signature, not the bearer token.
+        .route("/v1/webhooks/customerio", post(webhooks::customerio));
     api.merge(open)
         .route_layer(from_fn_with_state(state.clone(), super::metrics::track))
         .fallback(ops::no_route)

@@ -58,6 +58,17 @@ impl ApiError {
         )
     }
 
+    /// 401 naming the header that failed authentication (a webhook's
+    /// signature or timestamp).
+    pub fn unauthorized_field(field: &str, message: String) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some(field),
+            message,
+        )
+    }
+
     /// 404: nothing there; `field` names what was looked up.
     pub fn not_found(field: Option<&str>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", field, message.into())

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// Where `POST /v1/backup` writes (one new subdirectory per backup);
     /// `None` refuses backups.
     pub backup_dir: Option<PathBuf>,
+    /// The signing key of Customer.io's reporting webhook
+    /// (`CUSTOMERIO_WEBHOOK_SIGNING_KEY`): `POST /v1/webhooks/customerio`
+    /// accepts events signed with it; `None` answers that endpoint 404.
+    pub cio_webhook_key: Option<String>,
 }
 
 impl ServerConfig {
@@ -61,6 +65,7 @@ impl ServerConfig {
             tls: None,
             insecure_http: false,
             backup_dir: None,
+            cio_webhook_key: None,
         }
     }
 

@@ -59,6 +59,18 @@ impl Params {
             .ok_or_else(|| ApiError::invalid(name, "is required"))
     }
 
+    /// A boolean `name=true|false`, false if absent.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.text(name) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(ApiError::invalid(
+                name,
+                format!("{other:?} is not true or false"),
+            )),
+        }
+    }
+
     /// `platform=ios|android`, optional.
     pub fn platform(&self) -> Result<Option<Platform>, ApiError> {
         self.text("platform")

@@ -9,7 +9,7 @@ use crate::codec::{cmp_packed, encode_attributes, pack_token};
 use crate::feed::{AckResult, Batch};
 use crate::format::{EventKind, TokenEvent};
 use crate::history::Cause;
-use crate::model::{LogoutPolicy, Op, Outcome, Platform, Register};
+use crate::model::{FeedbackOutcome, LogoutPolicy, Op, Outcome, Platform, Register};
 
 /// What applying an entry returned.
 #[derive(Debug)]
@@ -107,6 +107,14 @@ impl State {
                 provider_ms: *provider_ms,
             },
             Op::Prune { .. } => Cause::Prune,
+            Op::Feedback {
+                outcome: FeedbackOutcome::Unregistered,
+                at_ms,
+                ..
+            } => Cause::Invalidate {
+                provider_ms: *at_ms,
+            },
+            Op::Feedback { .. } => Cause::HardFailure,
         };
         let outcome = match op {
             Op::Register(r) => self.register(r),
@@ -121,6 +129,18 @@ impl State {
             Op::Remove { token } => self.remove_token(token),
             Op::Invalidate { token, provider_ms } => self.invalidate(token, *provider_ms),
             Op::Prune { before_ms } => self.prune(*before_ms),
+            Op::Feedback {
+                token,
+                outcome: FeedbackOutcome::Unregistered,
+                at_ms,
+                ..
+            } => self.invalidate(token, *at_ms),
+            Op::Feedback {
+                token,
+                outcome,
+                at_ms,
+                ..
+            } => self.feedback(token, *outcome, *at_ms),
         };
         self.cause = Cause::None;
         outcome
@@ -346,6 +366,48 @@ impl State {
             self.feed.on_token_event(&person, event);
         }
         outcome
+    }
+
+    /// A `delivered`, `soft_failure` or `hard_failure` feedback: updates the
+    /// device's entry in the side table (created on first feedback). A
+    /// change counts as one device written, so the entry is logged; the
+    /// device record, the feed and the owner are untouched.
+    fn feedback(&mut self, token: &str, outcome: FeedbackOutcome, at_ms: u64) -> Outcome {
+        let packed = pack_token(token);
+        let Some(id) = self.lookup(&packed) else {
+            return Outcome::NotFound;
+        };
+        let Some((last_seen, platform, person)) = self
+            .slot(id)
+            .map(|s| (s.last_seen_ms, s.platform, s.person))
+        else {
+            return Outcome::NotFound;
+        };
+        let mut d = self.deliv.get(&id).copied().unwrap_or_default();
+        if !d.record(outcome, at_ms, last_seen) {
+            return Outcome::Skipped;
+        }
+        self.deliv.insert(id, d);
+        self.deliv_dirty.insert(packed.clone());
+        let now = self.now_ms;
+        match outcome {
+            FeedbackOutcome::HardFailure => {
+                let owner = self.person_name(person);
+                self.history.record(
+                    now,
+                    &Cause::HardFailure,
+                    &packed,
+                    owner.as_ref(),
+                    owner.as_ref(),
+                    true,
+                    platform,
+                );
+            }
+            o => self
+                .history
+                .count_feedback(now, platform, o == FeedbackOutcome::Delivered),
+        }
+        Outcome::applied(1)
     }
 
     fn prune(&mut self, before_ms: u64) -> Outcome {

@@ -117,7 +117,50 @@ impl State {
                 self.by_person.len()
             ));
         }
+        problems.extend(self.check_deliverability());
         problems
+    }
+
+    /// Verifies the deliverability side table: every entry belongs to a
+    /// live device, holds something (an empty entry is never made), and
+    /// its soft-failure count has a time; records loaded for absent
+    /// devices are reported.
+    fn check_deliverability(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .deliv_orphans
+            .iter()
+            .map(|k| format!("{k} has no device"))
+            .collect();
+        for (&id, d) in &self.deliv {
+            let Some(s) = self.slot(id) else {
+                problems.push(format!("deliverability entry of free slot {id}"));
+                continue;
+            };
+            let label = unpack_token(&s.token)
+                .map_or_else(|| token_bytes_label(&s.token), |t| token_label(&t));
+            if *d == crate::model::Deliverability::default() {
+                problems.push(format!("device {label}: empty deliverability entry"));
+            }
+            if d.soft_failures > 0 && d.last_soft_failure_ms.is_none() {
+                problems.push(format!(
+                    "device {label}: {} soft failures without a time",
+                    d.soft_failures
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The deliverability side table by packed token, sorted (to compare
+    /// memory with store+log).
+    pub(crate) fn deliverability_by_token(&self) -> Vec<(Box<[u8]>, crate::model::Deliverability)> {
+        let mut out: Vec<_> = self
+            .deliv
+            .iter()
+            .filter_map(|(&id, d)| self.slot(id).map(|s| (s.token.clone(), *d)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 }
 

@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{DefaultHashBuilder, HashSet, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
 
 use crate::codec::cmp_packed;
 use crate::feed::Feed;
 use crate::history::{Cause, History, DEFAULT_HISTORY_RETENTION_MS};
-use crate::model::Platform;
+use crate::model::{Deliverability, Platform};
 
 pub(crate) use crate::log::entry::Entry;
 pub(crate) use apply::Applied;
@@ -64,6 +64,16 @@ pub(crate) struct State {
     pub(crate) cap: u32,
     /// Packed tokens changed since the last checkpoint snapshot.
     pub(crate) dirty: HashSet<Box<[u8]>>,
+    /// Deliverability of the devices that had delivery feedback, by slot
+    /// id: a sparse side table, so a device without feedback costs nothing
+    /// (DESIGN.md 20). An entry's device always exists.
+    pub(crate) deliv: HashMap<u32, Deliverability>,
+    /// Packed tokens whose deliverability changed or went away since the
+    /// last checkpoint snapshot (`'Q'` keys to write or delete).
+    pub(crate) deliv_dirty: HashSet<Box<[u8]>>,
+    /// `'Q'` records found at open for tokens without a device (reported
+    /// by `check`, dropped by the next checkpoint).
+    pub(crate) deliv_orphans: Vec<String>,
     /// The change feed, changed by the same operations.
     pub(crate) feed: Feed,
     /// Ownership history and daily counters, changed by the same operations.
@@ -95,6 +105,9 @@ impl State {
             per_platform: [0; 2],
             cap,
             dirty: HashSet::new(),
+            deliv: HashMap::new(),
+            deliv_dirty: HashSet::new(),
+            deliv_orphans: Vec::new(),
             feed: Feed::default(),
             history: History::new(DEFAULT_HISTORY_RETENTION_MS),
             now_ms: 0,
@@ -388,6 +401,9 @@ impl State {
     /// Deletes a device and returns its slot.
     pub(crate) fn remove_device(&mut self, id: u32) -> Option<Slot> {
         let slot = self.slots.get_mut(id as usize)?.take()?;
+        if self.deliv.remove(&id).is_some() {
+            self.deliv_dirty.insert(slot.token.clone());
+        }
         let h = self.hash_bytes(&slot.token);
         if let Ok(entry) = self.by_token.find_entry(h, |&x| x == id) {
             entry.remove();

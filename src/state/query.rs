@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Slot, State, HOUR_MS, NO_PERSON};
 use crate::codec::{cmp_packed, pack_token, unpack_token};
 use crate::format::DeviceView;
-use crate::model::{Device, Platform};
+use crate::model::{Deliverability, Device, Platform};
 
 /// Registry counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -75,6 +75,27 @@ impl State {
             .collect()
     }
 
+    /// `devices_of` with each device's deliverability and whether it is
+    /// suppressed (with `soft_limit`).
+    pub(crate) fn devices_of_deliverability(
+        &self,
+        person: &str,
+        soft_limit: u32,
+    ) -> Vec<(Device, Deliverability, bool)> {
+        let Some(p) = self.person_id(person).and_then(|pid| self.person(pid)) else {
+            return Vec::new();
+        };
+        p.devices
+            .iter()
+            .filter_map(|&id| self.slot(id).map(|s| (id, s)))
+            .map(|(id, s)| {
+                let d = self.deliv.get(&id).copied().unwrap_or_default();
+                let suppressed = d.suppressed(s.last_seen_ms, soft_limit);
+                (self.to_device(s), d, suppressed)
+            })
+            .collect()
+    }
+
     pub(crate) fn most_recent(&self, person: &str, platform: Option<Platform>) -> Option<Device> {
         let p = self.person_id(person).and_then(|pid| self.person(pid))?;
         p.devices
@@ -82,6 +103,41 @@ impl State {
             .filter_map(|&id| self.slot(id))
             .find(|s| platform.is_none_or(|want| s.platform == want))
             .map(|s| self.to_device(s))
+    }
+
+    /// The person's most recent device (of `platform`) that is not
+    /// suppressed (`Deliverability::suppressed` with `soft_limit`): the
+    /// same walk as `most_recent`, skipping suppressed devices.
+    pub(crate) fn most_recent_deliverable(
+        &self,
+        person: &str,
+        platform: Option<Platform>,
+        soft_limit: u32,
+    ) -> Option<Device> {
+        let p = self.person_id(person).and_then(|pid| self.person(pid))?;
+        p.devices
+            .iter()
+            .filter_map(|&id| self.slot(id).map(|s| (id, s)))
+            .filter(|(_, s)| platform.is_none_or(|want| s.platform == want))
+            .find(|&(id, s)| !self.suppressed(id, s.last_seen_ms, soft_limit))
+            .map(|(_, s)| self.to_device(s))
+    }
+
+    fn suppressed(&self, id: u32, last_seen_ms: u64, soft_limit: u32) -> bool {
+        self.deliv
+            .get(&id)
+            .is_some_and(|d| d.suppressed(last_seen_ms, soft_limit))
+    }
+
+    /// A device's deliverability (the default when it had no feedback);
+    /// `None` when the token is not registered.
+    pub(crate) fn deliverability(&self, token: &str) -> Option<(Deliverability, u64)> {
+        let id = self.lookup(&pack_token(token))?;
+        let s = self.slot(id)?;
+        Some((
+            self.deliv.get(&id).copied().unwrap_or_default(),
+            s.last_seen_ms,
+        ))
     }
 
     fn active_count_one(&self, since_ms: u64, platform: Platform) -> u64 {

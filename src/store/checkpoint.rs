@@ -44,6 +44,7 @@ impl Snapshot {
             });
             writes.push((key, value));
         }
+        writes.extend(deliv_writes(state)?);
         writes.extend(state.feed.take_writes()?);
         let now = state.now_ms;
         writes.extend(state.history.take_writes(now)?);
@@ -69,6 +70,45 @@ impl Snapshot {
         store.sync()?;
         Ok(self.lsn)
     }
+}
+
+/// The `'Q'` writes of the devices whose deliverability changed or went
+/// away (drains `deliv_dirty`; an orphan found at open is deleted).
+fn deliv_writes(state: &mut State) -> Result<Vec<Write>> {
+    let dirty = std::mem::take(&mut state.deliv_dirty);
+    let mut writes = Vec::with_capacity(dirty.len());
+    for token in dirty {
+        let entry = state.lookup(&token).and_then(|id| state.deliv.get(&id));
+        let value = entry.map(encode_versioned).transpose()?;
+        writes.push((deliv_key(&token), value));
+    }
+    state.deliv_orphans.clear();
+    Ok(writes)
+}
+
+/// Loads the `'Q'` records into the side table; one whose device is
+/// absent is kept aside for `check` and deleted by the next checkpoint.
+fn load_deliverability(store: &dyn KvStore, state: &mut State) -> Result<()> {
+    store.scan_prefix(&[DELIV_PREFIX], &mut |key, value| {
+        let packed = key.get(1..).unwrap_or_default();
+        if !is_packed_token(packed) {
+            return Err(Error::corrupt(
+                describe_key(key),
+                "key is not a valid packed token",
+            ));
+        }
+        let d: crate::model::Deliverability = decode_versioned(key, value)?;
+        match state.lookup(packed) {
+            Some(id) => {
+                state.deliv.insert(id, d);
+            }
+            None => {
+                state.deliv_orphans.push(describe_key(key));
+                state.deliv_dirty.insert(Box::from(packed));
+            }
+        }
+        Ok(())
+    })
 }
 
 fn be_u64(location: &[u8], v: &[u8]) -> Result<u64> {
@@ -209,6 +249,7 @@ pub(crate) fn load_state(
     super::load::load_devices(store, &mut state)?;
     state.finish_load();
     state.dirty.clear();
+    load_deliverability(store, &mut state)?;
     state.feed = crate::feed::load_feed(store)?;
     let (history, now_ms) = crate::history::load_history(store, history_retention_ms)?;
     state.history = history;

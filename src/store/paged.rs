@@ -71,11 +71,12 @@ const MAX_DELTA_PASSES: u32 = 64;
 /// measurement (DESIGN.md, pages): about 16k values for the big keyspaces
 /// keeps sled's per-key cost small up to 10^7 devices, while a changed
 /// record rewrites one page of (devices / 16k) records.
-const PAGED: [(u8, u32); 6] = [
+const PAGED: [(u8, u32); 7] = [
     (b'D', 14),
     (b'H', 14),
     (b'F', 12),
     (b'K', 12),
+    (b'Q', 12),
     (b'X', 8),
     (b'Y', 4),
 ];
@@ -788,21 +789,23 @@ impl PagedStore {
     /// into pages, a bounded step at a time: each step's commit writes its
     /// pages and deletes the keys it moved, so a crash in the middle leaves
     /// every record in exactly one place and the next open goes on. The
-    /// format key becomes the current one at the end. Formats 2 to 5 are
+    /// format key becomes the current one at the end. Formats 2 to 6 are
     /// relabelled. Returns whether anything was converted.
     pub(crate) fn convert_legacy(&self) -> Result<bool> {
         let format = self.raw.get(META_FORMAT)?;
-        let relabel = [2u32, 3, 4, 5].map(|f| Some(f.to_be_bytes().to_vec()));
+        let relabel = [2u32, 3, 4, 5, 6].map(|f| Some(f.to_be_bytes().to_vec()));
         if relabel.contains(&format) {
             // Format 2 is format 3 without `Mdelta_merged` (absent reads as
             // 0: every delta chunk is current, as format 2 deleted merged
             // ones in the commit), format 3 is format 4 whose blocks are
             // all plain frames, format 4 is format 5 without a sink
-            // backfill, and format 5 is format 6 whose sinks are all
-            // track-v2 by id (sink metadata layout 3). Marked 6 before this
+            // backfill, format 5 is format 6 whose sinks are all
+            // track-v2 by id (sink metadata layout 3), and format 6 is
+            // format 7 without deliverability records. Marked 7 before this
             // build writes anything an older build would misread (merged
             // chunks waiting for their deletion, compressed frames, a
-            // backfill cursor, sink metadata layout 4).
+            // backfill cursor, sink metadata layout 4, `'Q'` records,
+            // longer day counters).
             let format = STORE_FORMAT.to_be_bytes().to_vec();
             self.raw.apply(&[(META_FORMAT.to_vec(), Some(format))])?;
             self.raw.sync()?;

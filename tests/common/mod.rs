@@ -9,13 +9,18 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use devreg::{Device, LogoutPolicy, Op, Outcome, Platform, Stats};
+use devreg::{Deliverability, Device, FeedbackOutcome, LogoutPolicy, Op, Outcome, Platform, Stats};
 
-/// Every device by token; the per-person cap.
+/// Consecutive soft failures that suppress a device (the default setting).
+pub const SOFT_LIMIT: u32 = 3;
+
+/// Every device by token; the per-person cap; what delivery feedback said
+/// about each device that had some (issue 15).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
     pub devices: BTreeMap<String, Device>,
     pub cap: u32,
+    pub deliv: BTreeMap<String, Deliverability>,
 }
 
 impl Model {
@@ -23,6 +28,7 @@ impl Model {
         Model {
             devices: BTreeMap::new(),
             cap,
+            deliv: BTreeMap::new(),
         }
     }
 
@@ -31,11 +37,107 @@ impl Model {
         Model {
             devices: devices.into_iter().map(|d| (d.token.clone(), d)).collect(),
             cap,
+            deliv: BTreeMap::new(),
         }
     }
 
-    /// Applies one operation with the semantics of issue 3, literally.
+    /// Applies one operation; a deleted device forgets its feedback, and
+    /// a rotation's new token starts with none.
     pub fn apply(&mut self, op: &Op) -> Outcome {
+        if let Op::Rotate {
+            old_token,
+            new_token,
+            ..
+        } = op
+        {
+            if self.devices.contains_key(old_token) {
+                self.deliv.remove(old_token);
+                self.deliv.remove(new_token);
+            }
+        }
+        let outcome = self.apply_op(op);
+        let devices = &self.devices;
+        self.deliv.retain(|t, _| devices.contains_key(t));
+        outcome
+    }
+
+    /// Delivery feedback, from issue 15: `delivered` sets the last delivery
+    /// and ends the run of soft failures before it; a soft failure older
+    /// than the last delivery is ignored, else it extends the run (a run
+    /// whose last failure the device was seen after starts again); a hard
+    /// failure keeps the latest; `unregistered` is invalidate.
+    fn feedback(&mut self, token: &str, outcome: FeedbackOutcome, at: u64) -> Outcome {
+        if outcome == FeedbackOutcome::Unregistered {
+            return self.apply_op(&Op::Invalidate {
+                token: token.into(),
+                provider_ms: at,
+            });
+        }
+        let Some(seen) = self.devices.get(token).map(|d| d.last_seen_ms) else {
+            return Outcome::NotFound;
+        };
+        let old = self.deliv.get(token).copied().unwrap_or_default();
+        let mut d = old;
+        match outcome {
+            FeedbackOutcome::Delivered => {
+                d.last_delivered_ms = Some(d.last_delivered_ms.unwrap_or(0).max(at));
+                if d.last_soft_failure_ms.unwrap_or(0) <= at {
+                    d.soft_failures = 0;
+                }
+            }
+            FeedbackOutcome::SoftFailure => {
+                if d.last_delivered_ms.is_some_and(|x| x >= at) {
+                    return Outcome::Skipped;
+                }
+                let run_goes_on = d.last_soft_failure_ms.is_some_and(|x| x > seen);
+                d.soft_failures = if run_goes_on { d.soft_failures + 1 } else { 1 };
+                d.last_soft_failure_ms = Some(d.last_soft_failure_ms.unwrap_or(0).max(at));
+            }
+            _ => d.last_hard_failure_ms = Some(d.last_hard_failure_ms.unwrap_or(0).max(at)),
+        }
+        if d == old {
+            return Outcome::Skipped;
+        }
+        self.deliv.insert(token.to_owned(), d);
+        Outcome::Applied {
+            devices: 1,
+            evicted: 0,
+        }
+    }
+
+    /// Whether a device is suppressed: a hard failure after it was last
+    /// seen, or `SOFT_LIMIT` soft failures in a row, the last after it was
+    /// last seen.
+    pub fn suppressed(&self, token: &str) -> bool {
+        let (Some(dev), Some(d)) = (self.devices.get(token), self.deliv.get(token)) else {
+            return false;
+        };
+        let seen = dev.last_seen_ms;
+        d.last_hard_failure_ms.is_some_and(|h| h > seen)
+            || (d.soft_failures >= SOFT_LIMIT && d.last_soft_failure_ms.is_some_and(|s| s > seen))
+    }
+
+    /// A device's deliverability and whether it is suppressed.
+    pub fn deliverability(&self, token: &str) -> Option<(Deliverability, bool)> {
+        self.devices.get(token)?;
+        let d = self.deliv.get(token).copied().unwrap_or_default();
+        Some((d, self.suppressed(token)))
+    }
+
+    /// The most recent device of the person (and platform) not suppressed.
+    pub fn most_recent_deliverable(
+        &self,
+        person: &str,
+        platform: Option<Platform>,
+    ) -> Option<Device> {
+        self.devices_of(person)
+            .into_iter()
+            .filter(|d| platform.is_none_or(|p| d.platform == p))
+            .find(|d| !self.suppressed(&d.token))
+    }
+
+    /// Applies one operation with the semantics of issue 3, literally.
+    fn apply_op(&mut self, op: &Op) -> Outcome {
         match op {
             Op::Register(r) => {
                 let changed = match self.devices.get_mut(&r.token) {
@@ -145,6 +247,12 @@ impl Model {
                 Some(d) if d.last_seen_ms <= *provider_ms => self.delete(token),
                 Some(_) => Outcome::Skipped,
             },
+            Op::Feedback {
+                token,
+                outcome,
+                at_ms,
+                ..
+            } => self.feedback(token, *outcome, *at_ms),
             Op::Prune { before_ms } => {
                 let before = self.devices.len();
                 self.devices.retain(|_, d| d.last_seen_ms >= *before_ms);

@@ -145,13 +145,21 @@ impl Workload {
             810..=869 => Op::Remove {
                 token: self.token(),
             },
-            870..=994 => {
+            870..=944 => {
                 let provider_ms = self.seen() - self.rng.below(1_200_000);
                 Op::Invalidate {
                     token: self.token(),
                     provider_ms,
                 }
             }
+            // Delivery feedback (issue 15): logged, checkpointed and
+            // replayed like the rest; `unregistered` may delete.
+            945..=994 => Op::Feedback {
+                token: self.token(),
+                outcome: FeedbackOutcome::ALL[self.rng.below(4) as usize],
+                at_ms: self.seen() - self.rng.below(1_200_000),
+                reason: self.rng.chance(1, 2).then(|| "throttled".to_owned()),
+            },
             _ => Op::Prune {
                 before_ms: self.clock - 8 * HOUR,
             },

@@ -14,6 +14,10 @@
 //! Diagnostic events (Track `event` with a ULID `id`, a Pipelines `track`
 //! call of another event name) are recorded in `events`, once per id.
 //!
+//! It also speaks Customer.io's reporting webhooks for push messages
+//! (`push_report`, `sign_report`): the event a delivery outcome posts, and
+//! its `X-CIO-Signature` (DESIGN.md 20.7), for `tests/server.rs`.
+//!
 //! A device is (platform, last used in whole seconds, attributes). An
 //! operation Customer.io would refuse is an `Err`; a delete for a person it
 //! never saw is accepted and noted (`notes`): devreg should never send one.
@@ -235,4 +239,56 @@ fn iso_secs_reads_what_devreg_writes() {
         let ts = devreg::format::iso8601_ms(ms);
         assert_eq!(iso_secs(&ts), Some(ms / 1000), "{ts}");
     }
+}
+
+/// A reporting-webhook event for a push to `tokens` (the shape Customer.io
+/// posts: `event_id`, `object_type`, `metric`, `timestamp` in Unix
+/// seconds, `data` with the delivery, its recipients' `device_id`s and,
+/// for failures, `failure_message`).
+pub fn push_report(
+    event_id: &str,
+    metric: &str,
+    timestamp_s: u64,
+    tokens: &[&str],
+    failure: Option<&str>,
+) -> Value {
+    let recipients: Vec<Value> = tokens
+        .iter()
+        .map(|t| serde_json::json!({"device_id": t, "device_platform": "ios"}))
+        .collect();
+    let mut data = serde_json::json!({
+        "customer_id": "ann",
+        "identifiers": {"id": "ann"},
+        "delivery_id": format!("delivery-{event_id}"),
+        "campaign_id": 7,
+        "action_id": 11,
+        "recipients": recipients,
+    });
+    if let Some(f) = failure {
+        data["failure_message"] = Value::from(f);
+    }
+    serde_json::json!({
+        "event_id": event_id,
+        "object_type": "push",
+        "metric": metric,
+        "timestamp": timestamp_s,
+        "data": data,
+    })
+}
+
+/// `X-CIO-Signature` for `body` sent at `timestamp` (the `X-CIO-Timestamp`
+/// text): lowercase hex HMAC-SHA256 of `v0:<timestamp>:<body>` with the
+/// webhook's signing key.
+pub fn sign_report(key: &str, timestamp: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(b"v0:");
+    mac.update(timestamp.as_bytes());
+    mac.update(b":");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

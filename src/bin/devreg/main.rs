@@ -104,6 +104,10 @@ enum Command {
         /// Only consider devices on this platform (ios or android).
         #[arg(long, value_parser = parse_platform)]
         platform: Option<Platform>,
+        /// Skip devices suppressed by delivery feedback (a hard failure
+        /// since last seen, or too many soft failures in a row).
+        #[arg(long)]
+        deliverable: bool,
     },
     /// Count the devices seen at or after a time.
     Active {
@@ -460,17 +464,24 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
             None => return not_found(format!("no device with token {token:?}")),
         },
         Command::Person { id } => {
-            let devices = reg.devices_of(id);
-            let list: Vec<_> = devices.iter().map(device_json).collect();
+            let devices = reg.devices_of_deliverability(id);
+            let list: Vec<_> = devices.iter().map(json::person_device).collect();
             out.json(&list)?;
         }
-        Command::MostRecent { id, platform } => match reg.most_recent(id, *platform) {
-            Some(d) => out.json(&device_json(&d))?,
-            None => {
-                let on = platform.map_or(String::new(), |p| format!(" on {p}"));
-                return not_found(format!("no device{on} for person {id:?}"));
+        Command::MostRecent {
+            id,
+            platform,
+            deliverable,
+        } => {
+            let found = match deliverable {
+                true => reg.most_recent_deliverable(id, *platform),
+                false => reg.most_recent(id, *platform),
+            };
+            match found {
+                Some(d) => out.json(&device_json(&d))?,
+                None => return not_found(json::no_most_recent(id, *platform, *deliverable)),
             }
-        },
+        }
         Command::Active { since_ms, platform } => {
             let count = reg.active_since(*since_ms, *platform);
             out.json(&serde_json::json!({ "count": count }))?;

@@ -68,11 +68,22 @@ fn dispatch(c: &Client, cmd: &Command, out: &mut Out) -> CmdResult {
         Command::Dump => return dump(c, out),
         Command::Get { token } => format!("/v1/devices/{}", seg(token)),
         Command::Person { id } => format!("/v1/people/{}/devices", seg(id)),
-        Command::MostRecent { id, platform } => format!(
-            "/v1/people/{}/most-recent{}",
-            seg(id),
-            platform.map_or(String::new(), |p| format!("?platform={p}"))
-        ),
+        Command::MostRecent {
+            id,
+            platform,
+            deliverable,
+        } => {
+            let mut q: Vec<String> = platform.iter().map(|p| format!("platform={p}")).collect();
+            if *deliverable {
+                q.push("deliverable=true".into());
+            }
+            let q = if q.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", q.join("&"))
+            };
+            format!("/v1/people/{}/most-recent{q}", seg(id))
+        }
         Command::Active { since_ms, platform } => format!(
             "/v1/active?since_ms={since_ms}{}",
             platform.map_or(String::new(), |p| format!("&platform={p}"))

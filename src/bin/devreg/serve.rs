@@ -11,6 +11,10 @@ use devreg::Registry;
 
 use crate::{CliError, CmdResult};
 
+/// The environment variable holding the signing key of Customer.io's
+/// reporting webhook (`POST /v1/webhooks/customerio`).
+const CIO_WEBHOOK_KEY_ENV: &str = "CUSTOMERIO_WEBHOOK_SIGNING_KEY";
+
 /// The environment variable holding the bearer token.
 const TOKEN_ENV: &str = "DEVREG_API_TOKEN";
 
@@ -54,6 +58,11 @@ pub fn config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     config.tls = args.tls_cert.clone().zip(args.tls_key.clone());
     config.insecure_http = args.insecure_http;
     config.backup_dir = args.backup_dir.clone();
+    config.cio_webhook_key = match std::env::var(CIO_WEBHOOK_KEY_ENV) {
+        Ok(k) if !k.is_empty() => Some(k),
+        Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        Err(e) => return Err(CliError(format!("{CIO_WEBHOOK_KEY_ENV}: {e}"))),
+    };
     config.check()?;
     Ok(config)
 }

@@ -88,28 +88,34 @@ pub(crate) async fn person_devices(
     Segments(id): Segments<String>,
 ) -> Result<Response, ApiError> {
     st.engine(move |st| {
-        let devices = st.reg.devices_of(&id);
-        let list: Vec<_> = devices.iter().map(json::device_json).collect();
+        let devices = st.reg.devices_of_deliverability(&id);
+        let list: Vec<_> = devices.iter().map(json::person_device).collect();
         Ok(Json(list).into_response())
     })
     .await
 }
 
-/// `GET /v1/people/{id}/most-recent?platform=`: as `devreg most-recent`; 404.
+/// `GET /v1/people/{id}/most-recent?platform=&deliverable=`: as `devreg
+/// most-recent [--deliverable]`; 404.
 pub(crate) async fn most_recent(
     State(st): State<AppState>,
     Segments(id): Segments<String>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
-    let platform = Params::new(q, &["platform"])?.platform()?;
-    st.engine(move |st| match st.reg.most_recent(&id, platform) {
-        Some(d) => Ok(Json(json::device_json(&d)).into_response()),
-        None => {
-            let on = platform.map_or(String::new(), |p| format!(" on {p}"));
-            Err(ApiError::not_found(
+    let params = Params::new(q, &["platform", "deliverable"])?;
+    let platform = params.platform()?;
+    let deliverable = params.flag("deliverable")?;
+    st.engine(move |st| {
+        let found = match deliverable {
+            true => st.reg.most_recent_deliverable(&id, platform),
+            false => st.reg.most_recent(&id, platform),
+        };
+        match found {
+            Some(d) => Ok(Json(json::device_json(&d)).into_response()),
+            None => Err(ApiError::not_found(
                 Some("id"),
-                format!("no device{on} for person {id:?}"),
-            ))
+                json::no_most_recent(&id, platform, deliverable),
+            )),
         }
     })
     .await

@@ -211,5 +211,6 @@ fn op_kind(op: &Op) -> &'static str {
         Op::Remove { .. } => "remove",
         Op::Invalidate { .. } => "invalidate",
         Op::Prune { .. } => "prune",
+        Op::Feedback { .. } => "feedback",
     }
 }

@@ -172,16 +172,7 @@ pub(crate) async fn add_sink(
         .ok_or_else(|| ApiError::invalid("sink.format", "is required"))?
         .parse()?;
     let identifier: IdentifierKind = params.text("identifier").unwrap_or("id").parse()?;
-    let diagnostics = match params.text("diagnostics") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "diagnostics",
-                format!("{other:?} is not true or false"),
-            ))
-        }
-    };
+    let diagnostics = params.flag("diagnostics")?;
     let settings = SinkSettings::new(format, identifier)?.with_diagnostics(diagnostics);
     st.engine(move |st| {
         let added = st.reg.add_sink_with(&sink, settings)?;

@@ -1,11 +1,13 @@
 //! The endpoints, one file per group: events in, device reads, ownership
-//! history, the sync feed, and operations (backup, probes, metrics).
+//! history, the sync feed, operations (backup, probes, metrics), and
+//! Customer.io's reporting webhooks (`webhooks.rs`).
 
 pub(crate) mod devices;
 pub(crate) mod events;
 pub(crate) mod feed;
 pub(crate) mod history;
 pub(crate) mod ops;
+pub(crate) mod webhooks;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
