@@ -229,3 +229,14 @@ pub const CIO_WEBHOOK_MAX_SKEW_SECS: u64 = 300;
 pub const CIO_WEBHOOK_SEEN_IDS: usize = 10_000;
 /// Longest reporting-webhook `event_id` kept, in bytes.
 pub const MAX_CIO_EVENT_ID_BYTES: usize = 256;
+/// Customer.io's documented App API limit: 10 requests per second (the 429
+/// answer of `GET /v1/customers/{id}/attributes` names it). The audit's
+/// rate limiter spaces its requests to stay under it.
+pub const CIO_APP_API_MAX_REQUESTS_PER_SEC: u32 = 10;
+/// Attempts of one App API request the audit makes before it gives up on a
+/// 429 or 5xx answer.
+pub const CIO_APP_API_ATTEMPTS: u32 = 5;
+/// Longest `Retry-After` the audit honours on an App API 429, in seconds.
+pub const CIO_APP_API_MAX_RETRY_AFTER_SECS: u64 = 60;
+/// Timeout of one App API request, in milliseconds.
+pub const CIO_APP_API_TIMEOUT_MS: u64 = 30_000;

@@ -8,6 +8,7 @@
 //! sink's format (`crate::format`), below the feed. So the module graph has
 //! no cycle.
 
+pub mod audit;
 mod config;
 mod remote;
 mod response;
