@@ -642,6 +642,22 @@ pub fn validate_sink(name: &str) -> crate::Result<()> {
     }
 }
 
+/// The civil date `(year, month, day)` of a day number since 1970-01-01
+/// (Howard Hinnant's days-to-civil algorithm, exact for every day devreg
+/// can hold). The history's daily counters and the Pipelines timestamps
+/// both format dates with it.
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + u64::from(month <= 2), month, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,8 +172,7 @@ fn message_id<T: Serialize>(call: &T, at: &OpSlot<'_>) -> String {
 }
 
 /// Unix milliseconds as ISO-8601 UTC with milliseconds,
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (days to civil date: Howard Hinnant's
-/// algorithm, exact for every time devreg accepts).
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (the date from `model::civil_from_days`).
 ///
 /// ```
 /// assert_eq!(devreg::format::iso8601_ms(0), "1970-01-01T00:00:00.000Z");
@@ -183,15 +182,7 @@ pub fn iso8601_ms(ms: u64) -> String {
     let (secs, millis) = (ms / 1000, ms % 1000);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, d) = crate::model::civil_from_days(days);
     format!("{year:04}-{month:02}-{d:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
 }
 

@@ -298,12 +298,7 @@ impl AppApiClient {
             .header("Accept", "application/json")
             .call()
             .map_err(|e| failed(e.to_string()))?;
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::response::retry_after(&resp);
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()

@@ -5,6 +5,16 @@ use serde_json::Value;
 use super::config::MAX_REASON;
 use crate::error::{Error, Result};
 
+/// The `Retry-After` of an answer, in whole seconds (an HTTP date or a
+/// missing header: None).
+pub(crate) fn retry_after<B>(resp: &ureq::http::Response<B>) -> Option<std::time::Duration> {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs)
+}
+
 /// The text on one line, at most `max` bytes.
 pub(crate) fn one_line(s: &str, max: usize) -> String {
     let mut out: String = s

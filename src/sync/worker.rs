@@ -551,12 +551,7 @@ impl SyncWorker {
             Err(e) => return classify_error(e, &self.config.endpoint),
         };
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::response::retry_after(&resp);
         let location = resp
             .headers()
             .get("location")
