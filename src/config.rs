@@ -66,6 +66,12 @@ pub struct Config {
     /// bytes; a large registry may gather more on disk
     /// (`limits::DELTA_DISK_BYTES_PER_DEVICE`).
     pub page_delta_bytes: usize,
+    /// sled's files are compacted (copied into a new store, DESIGN.md 4.6)
+    /// after a checkpoint once they take at least this many bytes and
+    /// `limits::COMPACT_SPACE_FACTOR` times the live bytes of the last
+    /// compaction (default `limits::COMPACT_MIN_STORE_BYTES`, 64 MiB;
+    /// `u64::MAX` never compacts).
+    pub compact_min_store_bytes: u64,
     /// sled's cache capacity (default 3/8 of the memory budget). sled evicts
     /// late whatever it is set to (DESIGN.md section 6).
     pub sled_cache_bytes: u64,
@@ -110,6 +116,7 @@ impl Config {
             checkpoint_chunk_bytes: 0,
             page_delta_bytes: 0,
             sled_cache_bytes: 0,
+            compact_min_store_bytes: crate::limits::COMPACT_MIN_STORE_BYTES,
             memory_budget: 0,
             soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
@@ -221,6 +228,13 @@ impl Config {
     /// Sets the bound on delta pages before a merge (0: merge every time).
     pub fn page_delta_bytes(mut self, bytes: usize) -> Config {
         self.page_delta_bytes = bytes;
+        self
+    }
+
+    /// Sets the size of sled's files from which a checkpoint may be followed
+    /// by a compaction (`u64::MAX`: never).
+    pub fn compact_min_store_bytes(mut self, bytes: u64) -> Config {
+        self.compact_min_store_bytes = bytes;
         self
     }
 

@@ -13,6 +13,31 @@ pub(crate) type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 /// One write of an atomic batch: a value to store, or `None` to delete.
 pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
 
+/// What one compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Bytes of sled's files before.
+    pub before_bytes: u64,
+    /// Bytes of sled's files after.
+    pub after_bytes: u64,
+    /// Bytes of the live keys and values copied.
+    pub live_bytes: u64,
+}
+
+/// What `KvStore::compact_if_worth` did.
+#[derive(Debug)]
+pub(crate) enum CompactOutcome {
+    /// Not worth it (or not a sled store).
+    Skipped,
+    /// Compacted.
+    Done(Compaction),
+    /// Failed before the store was touched: it is as it was, the partial
+    /// copy removed (for example a full disk). Not a registry failure: it
+    /// is counted (`Metrics::compactions_abandoned`) and tried again after
+    /// a later checkpoint.
+    Abandoned,
+}
+
 /// What devreg needs from an ordered key-value store.
 pub(crate) trait KvStore: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -36,4 +61,10 @@ pub(crate) trait KvStore: Send + Sync {
     /// (for `PagedStore`: pages, delta chunks and metadata), in key order:
     /// what a backup copies.
     fn scan_stored(&self, f: Visit<'_>) -> Result<()>;
+    /// Gives the store's garbage back if there is enough of it (sled:
+    /// `store/compact.rs`), with no write in progress. An error leaves the
+    /// store to be finished by the next open: fail stop.
+    fn compact_if_worth(&self) -> Result<CompactOutcome> {
+        Ok(CompactOutcome::Skipped)
+    }
 }

@@ -68,6 +68,23 @@ pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;
 /// Most bytes of store entries one sled batch of a backup carries (what a
 /// backup holds in memory besides sled's caches; `Registry::backup`).
 pub const BACKUP_CHUNK_BYTES: usize = 4 << 20;
+/// Store compaction (`store/compact.rs`): sled's files are copied into a new
+/// store when they take at least this many bytes...
+pub const COMPACT_MIN_STORE_BYTES: u64 = 64 << 20;
+/// ...and at least this many times the live bytes the last compaction
+/// copied (a fresh copy itself takes about twice its live bytes: sled
+/// rewrites a node as it fills, and never cleans without its flusher).
+pub const COMPACT_SPACE_FACTOR: u64 = 3;
+/// ...unless the live bytes are over this: the copy's scan leaves the old
+/// store's nodes resident until the swap (sled's cache, see
+/// `REOPEN_STORE_AFTER_DEVICES`), so very large stores are not compacted
+/// until that peak is measured within the memory targets.
+pub const COMPACT_MAX_LIVE_BYTES: u64 = 512 << 20;
+/// Most bytes of entries one sled batch of a compaction's copy carries:
+/// measured at 2×10^5 devices, batches of about 64 entries (64 KiB) gave
+/// the smallest copy (75 MB for 38 MB of entries, against 100 MB with
+/// 4 MiB batches and 117 MB with one entry per batch).
+pub const COMPACT_CHUNK_BYTES: usize = 64 << 10;
 /// The buffer a backup copies log segments through, in bytes.
 pub const BACKUP_COPY_BUFFER_BYTES: usize = 1 << 20;
 

@@ -165,6 +165,9 @@ pub(crate) struct Recorder {
     log_bytes_written: AtomicU64,
     checkpoint_ms: AtomicHistogram,
     checkpoint_failures: AtomicU64,
+    compactions: AtomicU64,
+    compactions_abandoned: AtomicU64,
+    compaction_freed_bytes: AtomicU64,
 }
 
 impl Recorder {
@@ -176,6 +179,9 @@ impl Recorder {
             log_bytes_written: AtomicU64::new(0),
             checkpoint_ms: AtomicHistogram::new(&CHECKPOINT_BUCKETS_MS),
             checkpoint_failures: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            compactions_abandoned: AtomicU64::new(0),
+            compaction_freed_bytes: AtomicU64::new(0),
         }
     }
 
@@ -247,6 +253,30 @@ impl Recorder {
 
     pub(crate) fn checkpoint_failures(&self) -> u64 {
         self.checkpoint_failures.load(Relaxed)
+    }
+
+    /// A store compaction finished (`Some`), or was abandoned with the
+    /// store left as it was (`None`).
+    pub(crate) fn compaction(&self, done: Option<crate::kv::Compaction>) {
+        match done {
+            Some(c) => {
+                self.compactions.fetch_add(1, Relaxed);
+                let freed = c.before_bytes.saturating_sub(c.after_bytes);
+                self.compaction_freed_bytes.fetch_add(freed, Relaxed);
+            }
+            None => {
+                self.compactions_abandoned.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// (compactions done, abandoned, bytes of disk they gave back).
+    pub(crate) fn compactions(&self) -> (u64, u64, u64) {
+        (
+            self.compactions.load(Relaxed),
+            self.compactions_abandoned.load(Relaxed),
+            self.compaction_freed_bytes.load(Relaxed),
+        )
     }
 }
 

@@ -16,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
+use crate::kv::CompactOutcome;
 use crate::log::entry::{encode_entries, Entry};
 use crate::log::LogWriter;
 use crate::metrics::Recorder;
@@ -633,6 +634,29 @@ pub(crate) struct CheckpointerCtx {
     pub(crate) metrics: Arc<Recorder>,
 }
 
+/// After a checkpoint, before the next: compacts the store when its garbage
+/// is worth it (`store/compact.rs`). A failed compaction that left the
+/// store as it was is counted; one that failed mid-swap fails the registry
+/// (the next open finishes the swap).
+fn compact_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
+    match ctx.store.compact_if_worth() {
+        Ok(CompactOutcome::Skipped) => Ok(()),
+        Ok(CompactOutcome::Done(c)) => {
+            ctx.metrics.compaction(Some(c));
+            Ok(())
+        }
+        Ok(CompactOutcome::Abandoned) => {
+            ctx.metrics.compaction(None);
+            Ok(())
+        }
+        Err(e) => {
+            ctx.failed.set(&e);
+            ctx.store.mark_troubled();
+            Err(e)
+        }
+    }
+}
+
 /// The checkpointer: writes snapshots to the store and releases log segments.
 /// Once the registry has failed it writes nothing more: a job that arrives
 /// then is dropped (its writes kept in `carry`) and answered with the failure.
@@ -645,14 +669,18 @@ pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx
         };
         ctx.metrics
             .checkpoint(r.as_ref().ok().map(|_| start.elapsed()));
-        match &r {
-            Ok(lsn) => ctx.pool.checkpointed(*lsn),
+        let r = match r {
+            Ok(lsn) => {
+                ctx.pool.checkpointed(lsn);
+                compact_after_checkpoint(&ctx).map(|()| lsn)
+            }
             Err(e) => {
-                ctx.failed.set(e);
+                ctx.failed.set(&e);
                 ctx.store.mark_troubled();
                 *ctx.carry.lock() = job.snapshot.writes;
+                Err(e)
             }
-        }
+        };
         ctx.busy.store(false, Ordering::Release);
         if let Some(done) = job.done {
             let _ = done.send(r.map(|_| ()));

@@ -63,6 +63,9 @@ fn crash_config(db: &Path, eventual: bool) -> Config {
         .checkpoint_chunk_bytes(2048)
         // Deltas pile up and merge into pages every few checkpoints.
         .page_delta_bytes(16 << 10)
+        // A checkpoint is followed by a store compaction whenever sled's
+        // files hold 3 times the live bytes: kills land inside them too.
+        .compact_min_store_bytes(0)
 }
 
 // ------------------------------------------------------------ crash child --
@@ -92,6 +95,8 @@ struct Tally {
     in_flight_lost: u64,
     killed_before_open: u64,
     eventual_runs: u64,
+    /// Kills that left `store.compact/` or `store.old/` (a compaction was running).
+    mid_compaction: u64,
 }
 
 fn crash_loop(kills: u64) {
@@ -154,6 +159,8 @@ fn crash_loop(kills: u64) {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         tally.kills += 1;
+        tally.mid_compaction +=
+            u64::from(db.join("store.compact").exists() || db.join("store.old").exists());
         let out = out_reader.join().unwrap();
         let _ = err_reader.join().unwrap();
         let (opened, writes) = parse_child_output(&out);
@@ -205,8 +212,9 @@ fn crash_loop(kills: u64) {
     println!(
         "crash test: {} kills survived in {:.1?} ({} writes / {} ops acknowledged, \
          in-flight write applied {} / lost {}, {} kills before the open finished, \
-         {} runs in Eventual mode, {} devices at the end; feed: {} exports, {} acks, \
-         {} in-flight batches re-exported identical after a kill)",
+         {} runs in Eventual mode, {} kills inside a store compaction, {} devices at the \
+         end; feed: {} exports, {} acks, {} in-flight batches re-exported identical after \
+         a kill)",
         tally.kills,
         started.elapsed(),
         tally.acked_writes,
@@ -215,6 +223,7 @@ fn crash_loop(kills: u64) {
         tally.in_flight_lost,
         tally.killed_before_open,
         tally.eventual_runs,
+        tally.mid_compaction,
         model.devices.len(),
         ledger.exports,
         ledger.acks,

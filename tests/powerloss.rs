@@ -101,6 +101,15 @@ fn config(db: &Path) -> Config {
         .checkpoint_interval_ms(2)
 }
 
+/// The child's config: in one run of three, a checkpoint is followed by a
+/// store compaction whenever sled's files hold 3 times the live bytes, so
+/// cuts land inside compactions (`store.compact/`, the renames of `store/`)
+/// too; the other runs keep the checkpoints' own coverage.
+fn child_config(db: &Path, run: u64) -> Config {
+    let compact_from = if run % 3 == 2 { 0 } else { u64::MAX };
+    config(db).compact_min_store_bytes(compact_from)
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
@@ -118,7 +127,7 @@ fn powerloss_child() {
     // After a cut every call fails with EIO and this panics: the parent
     // ignores how a child ends once the power is off.
     let noise = env_u64("DEVREG_POWERLOSS_CHILD_NOISE").unwrap() as usize;
-    let reg = Registry::open_with(config(Path::new(&db))).unwrap();
+    let reg = Registry::open_with(child_config(Path::new(&db), run)).unwrap();
     run_workload(&reg, seed, run, noise);
 }
 
@@ -279,6 +288,8 @@ struct Tally {
     cut_before_open: u64,
     /// Cuts while sled's files had unsynced changes (inside a checkpoint).
     cut_inside_checkpoint: u64,
+    /// Cuts that left `store.compact/` or `store.old/` (inside a compaction).
+    cut_inside_compaction: u64,
     /// Cuts while log/ had unsynced entries (a segment created or recycled).
     cut_inside_segment_change: u64,
     acked_writes: u64,
@@ -481,7 +492,10 @@ fn powerloss_loop(test: &str, torn: bool, crashes: u64) {
             }
         };
         rig.remount();
-        let reg = match Registry::open_with(config(&rig.db())) {
+        let db = rig.db();
+        tally.cut_inside_compaction +=
+            u64::from(db.join("store.compact").exists() || db.join("store.old").exists());
+        let reg = match Registry::open_with(config(&db)) {
             Ok(reg) => reg,
             Err(e) => match classify_open_error(&e, &cut) {
                 Refused::TornGroup(msg) if torn && known_bug => {
@@ -568,7 +582,7 @@ fn powerloss_loop(test: &str, torn: bool, crashes: u64) {
     println!(
         "{test}: {} power cuts in {:.1?} (aimed by: {:?}; {} before the child's open \
          returned); {} cuts inside a checkpoint (sled's files \
-         unsynced), {} inside a segment creation or recycling (log/ entries unsynced); {} \
+         unsynced), {} inside a store compaction, {} inside a segment creation or recycling (log/ entries unsynced); {} \
          acknowledged writes / {} ops verified (and {} noise writes), in-flight write \
          applied {} / lost {}; \
          dirty pages lost {} / kept {}; feed: {} exports, {} acks, {} in-flight batches \
@@ -579,6 +593,7 @@ fn powerloss_loop(test: &str, torn: bool, crashes: u64) {
         tally.by_plan,
         tally.cut_before_open,
         tally.cut_inside_checkpoint,
+        tally.cut_inside_compaction,
         tally.cut_inside_segment_change,
         tally.acked_writes,
         tally.acked_ops,

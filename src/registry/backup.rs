@@ -173,6 +173,7 @@ fn copy_into(ctx: &WriterCtx, plan: &Plan<'_>) -> Result<BackupReport> {
         &*ctx.store,
         &staging.join("store"),
         crate::limits::BACKUP_CHUNK_BYTES,
+        None,
     )?;
     let (log_segments, log_bytes) = copy_segments(
         &plan.src.join("log"),

@@ -47,6 +47,13 @@ pub struct Metrics {
     /// Bytes of keys and values checkpoints handed to the store (a
     /// counter; [`Registry::store_bytes_written`]).
     pub store_bytes_written: u64,
+    /// Store compactions done (a counter; DESIGN.md 4.6).
+    pub compactions: u64,
+    /// Compactions abandoned with the store left as it was (a counter; a
+    /// full disk, for example).
+    pub compactions_abandoned: u64,
+    /// Bytes of disk compactions gave back (a counter).
+    pub compaction_freed_bytes: u64,
     /// The registry's counts now ([`Registry::stats`]): `devices` and more.
     pub stats: Stats,
     /// Every sink's position ([`Registry::sinks`]): `pending` is its lag
@@ -85,6 +92,7 @@ impl Registry {
         };
         let group_commit_records = m.group_commit_records();
         let checkpoint_ms = m.checkpoint_ms();
+        let (compactions, compactions_abandoned, compaction_freed_bytes) = m.compactions();
         Metrics {
             ops: m.ops(),
             group_commits: group_commit_records.count,
@@ -96,6 +104,9 @@ impl Registry {
             checkpoint_failures: m.checkpoint_failures(),
             checkpoint_ms,
             store_bytes_written: self.store_bytes_written(),
+            compactions,
+            compactions_abandoned,
+            compaction_freed_bytes,
             stats,
             sinks,
             failed: self.inner.failed.get().is_some(),

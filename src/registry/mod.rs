@@ -305,6 +305,7 @@ impl Registry {
     pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
         use open::lock_db;
         let path = path.as_ref();
+        open::finish_interrupted_swap(path, &None)?;
         if !path.join("store").is_dir() {
             return Err(Error::invalid(
                 "path",

@@ -25,6 +25,10 @@ fn open_paged(config: &Config) -> Result<PagedStore> {
         config.sled_cache_bytes,
         !config.read_only,
     )?;
+    raw.set_compact_min_bytes(match config.read_only {
+        true => u64::MAX,
+        false => config.compact_min_store_bytes,
+    });
     PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)
 }
 
@@ -55,8 +59,11 @@ pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<Opened> {
     if config.read_only {
         return open_store_read_only(config, log_dir);
     }
+    finish_interrupted_swap(&config.path, &config.faults)?;
     prepare_db_dir(&config.path, &config.faults)?;
     let lock = lock_db(&config.path, true)?;
+    // A compaction's partial copy or old store left by a crash.
+    crate::store::finish_interrupted_compaction(&config.path.join("store"), &config.faults)?;
     let paged = open_paged(config)?;
     paged.convert_legacy()?;
     let store: Arc<dyn KvStore> = Arc::new(paged);
@@ -92,6 +99,17 @@ fn lost_store(config: &Config) -> Error {
     )
 }
 
+/// A crash between a compaction's two renames leaves no `store/`, only
+/// its complete copy (`store/compact.rs`): under the lock, the copy
+/// becomes `store/` before anything looks for it. Only for a write open.
+pub(super) fn finish_interrupted_swap(path: &Path, faults: &crate::fault::Faults) -> Result<()> {
+    if !crate::store::compaction_interrupted(&path.join("store")) {
+        return Ok(());
+    }
+    let _lock = lock_db(path, true)?;
+    crate::store::finish_interrupted_compaction(&path.join("store"), faults)
+}
+
 /// Fails with `NoDatabase` unless `path` holds a devreg database (a
 /// `store/` directory inside it). Reads only.
 fn require_database(path: &Path) -> Result<()> {
@@ -103,6 +121,10 @@ fn require_database(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing("nothing is there")),
         Err(e) => Err(Error::io(format!("inspecting {}", path.display()), e)),
         Ok(m) if !m.is_dir() => Err(missing("it is not a directory")),
+        Ok(_) if crate::store::compaction_interrupted(&path.join("store")) => Err(missing(
+            "a store compaction was interrupted (store.compact/ without store/): \
+             open it for writing once to finish it",
+        )),
         Ok(_) if !path.join("store").is_dir() => Err(missing(
             "the directory holds no store/ (not a devreg database)",
         )),

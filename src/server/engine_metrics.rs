@@ -94,6 +94,22 @@ impl Collector for EngineCollector {
         counter(&mut e, "checkpoint_failures", help, m.checkpoint_failures)?;
         let help = "Bytes of keys and values checkpoints handed to the store.";
         counter(&mut e, "store_written_bytes", help, m.store_bytes_written)?;
+        let help = "Store compactions done.";
+        counter(&mut e, "store_compactions", help, m.compactions)?;
+        let help = "Store compactions abandoned with the store left as it was.";
+        counter(
+            &mut e,
+            "store_compactions_abandoned",
+            help,
+            m.compactions_abandoned,
+        )?;
+        let help = "Bytes of disk store compactions gave back.";
+        counter(
+            &mut e,
+            "store_compaction_freed_bytes",
+            help,
+            m.compaction_freed_bytes,
+        )?;
         let help = "1 once the registry failed and refuses writes until reopened.";
         gauge(&mut e, "registry_failed", help, u64::from(m.failed))
     }

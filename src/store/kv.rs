@@ -26,12 +26,23 @@ pub(crate) struct Copied {
 /// SledStore`), and fsynced once more for what the settling wrote. `dest`
 /// must not exist; the caller fsyncs the directory holding it. The caller
 /// keeps `src` from changing meanwhile.
-pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> Result<Copied> {
+///
+/// With `live_key`, that entry is not copied: it is written last, holding
+/// the bytes copied (u64 big-endian), and not counted in them.
+pub(crate) fn copy_store(
+    src: &dyn KvStore,
+    dest: &Path,
+    chunk_bytes: usize,
+    live_key: Option<&[u8]>,
+) -> Result<Copied> {
     let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
     let mut copied = Copied::default();
     let mut batch: Vec<Write> = Vec::new();
     let mut batch_bytes = 0usize;
     src.scan_stored(&mut |k, v| {
+        if live_key == Some(k) {
+            return Ok(());
+        }
         batch_bytes += k.len() + v.len();
         copied.keys += 1;
         copied.bytes += (k.len() + v.len()) as u64;
@@ -43,6 +54,9 @@ pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> 
         }
         Ok(())
     })?;
+    if let Some(key) = live_key {
+        batch.push((key.to_vec(), Some(copied.bytes.to_be_bytes().to_vec())));
+    }
     if !batch.is_empty() {
         out.apply(&batch)?;
     }
@@ -54,16 +68,23 @@ pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> 
 
 /// sled, with a real fsync after its flush.
 pub(crate) struct SledStore {
-    /// `None` only while the store is dropped (see `Drop`).
-    db: Option<sled::Db>,
-    path: PathBuf,
-    faults: Faults,
+    /// `None` only while the store is dropped (see `Drop`). Replaced whole
+    /// by a compaction (`store/compact.rs`) under the write lock, so no
+    /// operation is still using the old database when its files go.
+    pub(super) db: parking_lot::RwLock<Option<sled::Db>>,
+    pub(super) path: PathBuf,
+    /// sled's cache capacity, for a reopen after a compaction.
+    pub(super) cache_bytes: u64,
+    /// The smallest files a compaction is worth for (`u64::MAX`, the
+    /// default: never; a registry sets its `Config`'s).
+    pub(super) compact_min_bytes: std::sync::atomic::AtomicU64,
+    pub(super) faults: Faults,
     written: std::sync::atomic::AtomicU64,
     /// A write (batch or flush) failed: no settling at close.
     troubled: std::sync::atomic::AtomicBool,
     /// Wakes a flush that sled forgot after a failed write; stopped before
     /// `db` drops (it holds a clone).
-    waker: super::sled_waker::SledWaker,
+    pub(super) waker: parking_lot::Mutex<super::sled_waker::SledWaker>,
 }
 
 /// sled 0.34.7 unwraps the fsync of its log when the last handle drops
@@ -84,8 +105,8 @@ pub(crate) struct SledStore {
 /// A failure or timeout only leaves that work to the next open.
 impl Drop for SledStore {
     fn drop(&mut self) {
-        self.waker.stop();
-        let Some(db) = self.db.take() else {
+        self.waker.get_mut().stop();
+        let Some(db) = self.db.get_mut().take() else {
             return;
         };
         let settle = self.written.load(std::sync::atomic::Ordering::SeqCst) > 0
@@ -125,14 +146,23 @@ fn settle_sled(path: &Path) {
 
 static SLED_DROP_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Counts one panic of sled closing a database.
+pub(super) fn count_sled_drop_panic() {
+    SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Test support: how many times sled panicked as a store was dropped.
 pub fn sled_drop_panics() -> u64 {
     SLED_DROP_PANICS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl SledStore {
-    fn db(&self) -> Result<&sled::Db> {
-        self.db.as_ref().ok_or(Error::Closed)
+    /// The current database, held until the guard drops: a compaction
+    /// replaces it only when no operation uses it (recursive, so a scan's
+    /// callback may read again while a compaction waits).
+    fn db(&self) -> Result<parking_lot::MappedRwLockReadGuard<'_, sled::Db>> {
+        parking_lot::RwLockReadGuard::try_map(self.db.read_recursive(), Option::as_ref)
+            .map_err(|_| Error::Closed)
     }
 
     /// Opens sled at `path`. A read-only open (`writable` false) neither
@@ -149,9 +179,11 @@ impl SledStore {
         }
         let db = open_sled(path, cache_bytes)?;
         let store = SledStore {
-            waker: super::sled_waker::SledWaker::start(&db),
-            db: Some(db),
+            waker: parking_lot::Mutex::new(super::sled_waker::SledWaker::start(&db)),
+            db: parking_lot::RwLock::new(Some(db)),
             path: path.to_owned(),
+            cache_bytes,
+            compact_min_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
             troubled: std::sync::atomic::AtomicBool::new(false),
@@ -198,7 +230,7 @@ impl SledStore {
     }
 }
 
-fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
+pub(super) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     let config = sled::Config::new()
         .path(path)
         // Measured: 8 MiB segments cut sled's disk use by 40 to 68%.
@@ -248,7 +280,7 @@ fn remove_unfinished_snapshots(path: &Path) -> Result<()> {
 /// owner only (sled creates files 0644; tokens let anyone push to a device)
 /// and, with `sync`, fsyncing it (sled's own flush uses `sync_file_range`,
 /// which does not survive power loss).
-fn visit_tree(path: &Path, sync: bool, faults: &Faults) -> Result<()> {
+pub(super) fn visit_tree(path: &Path, sync: bool, faults: &Faults) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let ctx = |p: &Path| format!("walking {}", p.display());
     let meta = std::fs::metadata(path).map_err(|e| Error::io(ctx(path), e))?;
@@ -278,7 +310,7 @@ fn visit_tree(path: &Path, sync: bool, faults: &Faults) -> Result<()> {
     Ok(())
 }
 
-fn dir_bytes(path: &Path) -> u64 {
+pub(super) fn dir_bytes(path: &Path) -> u64 {
     let Ok(meta) = std::fs::metadata(path) else {
         return 0;
     };
@@ -334,11 +366,30 @@ impl KvStore for SledStore {
     fn scan_stored(&self, f: Visit<'_>) -> Result<()> {
         self.scan_prefix(&[], f)
     }
+
+    fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {
+        if self.troubled.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(crate::kv::CompactOutcome::Skipped);
+        }
+        SledStore::compact_if_worth(self)
+    }
 }
 
 impl SledStore {
     /// Passes `r` on, remembering a failed write: a store that failed one
     /// is not opened again at close (see `Drop`).
+    /// Lets `compact_if_worth` compact from files of `bytes` on.
+    pub(crate) fn set_compact_min_bytes(&self, bytes: u64) {
+        self.compact_min_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A compaction finished its swap: the store at `path` is whole again.
+    pub(super) fn clear_troubled(&self) {
+        self.troubled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn note(&self, r: Result<()>) -> Result<()> {
         if r.is_err() {
             self.mark_troubled();

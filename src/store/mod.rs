@@ -9,6 +9,7 @@
 //!   write).
 
 mod checkpoint;
+mod compact;
 mod delta;
 mod frame;
 mod kv;
@@ -23,6 +24,8 @@ use crate::error::Result;
 
 pub(crate) use crate::kv::{KvStore, Visit, Write};
 pub(crate) use checkpoint::{load_state, log_position, Snapshot};
+pub(crate) use compact::finish_interrupted as finish_interrupted_compaction;
+pub(crate) use compact::interrupted as compaction_interrupted;
 pub use kv::sled_drop_panics;
 pub(crate) use kv::{copy_store, SledStore};
 pub(crate) use paged::PagedStore;
@@ -30,6 +33,12 @@ pub(crate) use paged::PagedStore;
 /// The store of the closed database at `db`, for one short job (1 MiB
 /// chunks, every change merged at once, a small sled cache).
 fn open_closed(db: &Path, writable: bool) -> Result<PagedStore> {
+    if compact::interrupted(&db.join("store")) {
+        return Err(crate::error::Error::NoDatabase {
+            path: db.to_owned(),
+            why: "a store compaction was interrupted: open it for writing once to finish it".into(),
+        });
+    }
     let raw = SledStore::open(
         &db.join("store"),
         None,

@@ -185,6 +185,51 @@ pub(crate) fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
 
 /// A page's records, by key.
 type Records = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Delta records read back from disk for a scan: a key's latest value (a
+/// deletion is `None`), hashed because the scan looks up every record.
+type HashedOverlay = hashbrown::HashMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The delta records a scan lays over the pages: the in-memory map (key
+/// order) or the records read back from disk (hashed).
+#[derive(Clone, Copy)]
+enum Overlay<'a> {
+    Sorted(&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>),
+    Hashed(&'a HashedOverlay),
+}
+
+impl<'a> Overlay<'a> {
+    /// The delta of `key`, with the overlay's own copy of the key.
+    fn get(self, key: &[u8]) -> Option<(&'a [u8], &'a Option<Vec<u8>>)> {
+        let found = match self {
+            Overlay::Sorted(map) => map.get_key_value(key),
+            Overlay::Hashed(map) => map.get_key_value(key),
+        };
+        found.map(|(k, v)| (k.as_slice(), v))
+    }
+
+    /// Every delta of keys under `prefix`, in key order (a scan visits the
+    /// records that exist only in the deltas deterministically).
+    fn in_key_order(self, prefix: &[u8]) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
+        let entry = |(k, v): (&'a Vec<u8>, &'a Option<Vec<u8>>)| (k.as_slice(), v.as_deref());
+        match self {
+            Overlay::Sorted(map) => map
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(entry)
+                .collect(),
+            Overlay::Hashed(map) => {
+                let mut all: Vec<_> = map
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(entry)
+                    .collect();
+                all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                all
+            }
+        }
+    }
+}
 /// Visits one record of a page.
 type RecordVisit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 /// Page versions a checkpoint superseded, and the ones it wrote.
@@ -681,7 +726,7 @@ impl PagedStore {
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
             let on_disk: Vec<Write> = self
-                .disk_overlay(&deltas.chunks, &|k| in_pass(k))?
+                .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, &|k| in_pass(k))?
                 .into_iter()
                 .collect();
             // Older first: a key's delta, then this checkpoint's write.
@@ -717,12 +762,11 @@ impl PagedStore {
     /// The disk-only delta records of `chunks` whose key `want` selects,
     /// each key's latest (a deletion is `None`), read back in the order
     /// the chunks were written.
-    fn disk_overlay(
-        &self,
-        chunks: &[Vec<u8>],
-        want: &dyn Fn(&[u8]) -> bool,
-    ) -> Result<BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
-        let mut out = BTreeMap::new();
+    fn disk_overlay<C>(&self, chunks: &[Vec<u8>], want: &dyn Fn(&[u8]) -> bool) -> Result<C>
+    where
+        C: Default + Extend<(Vec<u8>, Option<Vec<u8>>)>,
+    {
+        let mut out = C::default();
         for key in chunks {
             let value = self.raw.get(key)?.ok_or_else(|| {
                 Error::corrupt(
@@ -732,7 +776,8 @@ impl PagedStore {
             })?;
             visit_chunk(key, &value, &mut |k, v| {
                 if !is_append(k) && want(k) {
-                    out.insert(k.to_vec(), v.map(<[u8]>::to_vec));
+                    // A later record of the same key replaces the earlier.
+                    out.extend(std::iter::once((k.to_vec(), v.map(<[u8]>::to_vec))));
                 }
                 Ok(())
             })?;
@@ -743,15 +788,16 @@ impl PagedStore {
     /// Visits the records of `prefix` in `pages` with the delta records of
     /// those pages (`overlay`) over them: a record with a delta is visited
     /// with the delta's value, or not at all when the delta deleted it.
+    /// Records that exist only in the deltas come last, in key order.
     fn scan_overlaid(
         &self,
         prefix: &[u8],
         pages: std::ops::Range<u32>,
-        overlay: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        overlay: Overlay<'_>,
         f: Visit<'_>,
     ) -> Result<()> {
         let first = prefix.first().copied().unwrap_or_default();
-        let mut overlaid = hashbrown::HashSet::new();
+        let mut overlaid: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
         // Records of one page come in key order; pages in page order.
         self.scan_pages(first, pages, &mut |page, value| {
             let location = || format!("page {} {page}", char::from(first));
@@ -761,23 +807,18 @@ impl PagedStore {
                 }
                 match overlay.get(k) {
                     None => f(k, v),
-                    Some(Some(d)) if is_append(k) => {
-                        overlaid.insert(k.to_vec());
+                    Some((key, Some(d))) if is_append(k) => {
+                        overlaid.insert(key);
                         f(k, &combine(k, Some(v), d)?)
                     }
-                    Some(d) => {
-                        overlaid.insert(k.to_vec());
+                    Some((key, d)) => {
+                        overlaid.insert(key);
                         d.as_deref().map_or(Ok(()), |d| f(k, d))
                     }
                 }
             })
         })?;
-        // Records that exist only in the deltas (the overlay holds only
-        // those of `pages`).
-        for (k, v) in overlay.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
+        for (k, v) in overlay.in_key_order(prefix) {
             if let (Some(v), false) = (v, overlaid.contains(k)) {
                 f(k, v)?;
             }
@@ -870,7 +911,7 @@ impl KvStore for PagedStore {
             match (is_append(key), deltas.disk_bytes_by_prefix.get(&prefix)) {
                 (true, _) => deltas.map.get(key).cloned(),
                 (false, Some(&n)) if n > 0 => self
-                    .disk_overlay(&deltas.chunks, &|k| k == key)?
+                    .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, &|k| k == key)?
                     .remove(key),
                 (false, _) => None,
             }
@@ -899,7 +940,7 @@ impl KvStore for PagedStore {
         };
         let deltas = self.deltas.lock();
         if first == APPEND_PREFIX {
-            return self.scan_overlaid(prefix, 0..1 << bits, &deltas.map, f);
+            return self.scan_overlaid(prefix, 0..1 << bits, Overlay::Sorted(&deltas.map), f);
         }
         let on_disk = deltas
             .disk_bytes_by_prefix
@@ -908,13 +949,14 @@ impl KvStore for PagedStore {
             .unwrap_or(0);
         let passes = self.delta_passes(on_disk);
         for pass in 0..passes {
-            let overlay = match on_disk {
-                0 => BTreeMap::new(),
+            let overlay: HashedOverlay = match on_disk {
+                0 => HashedOverlay::default(),
                 _ => self.disk_overlay(&deltas.chunks, &|k| {
                     k.starts_with(prefix) && key_pass(k, passes) == Some(pass)
                 })?,
             };
-            self.scan_overlaid(prefix, pass_pages(bits, pass, passes), &overlay, f)?;
+            let pages = pass_pages(bits, pass, passes);
+            self.scan_overlaid(prefix, pages, Overlay::Hashed(&overlay), f)?;
         }
         Ok(())
     }
@@ -944,6 +986,12 @@ impl KvStore for PagedStore {
 
     fn scan_stored(&self, f: Visit<'_>) -> Result<()> {
         self.raw.scan_stored(f)
+    }
+
+    fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {
+        // The checkpointer calls this between checkpoints: nothing writes
+        // the pages or deltas meanwhile, and the copy keeps every entry.
+        self.raw.compact_if_worth()
     }
 }
 

@@ -643,7 +643,27 @@ impl State {
                 n.parent = newparent;
             }
         }
+        // A moved node is tagged by where it is now (a store compaction
+        // renames its copy to `store/` and the old store away from it).
+        let tag = self
+            .node(newparent)?
+            .tag
+            .or_else(|| newname.to_str().and_then(|n| self.tag_index(n)));
+        self.retag(ino, tag);
         Ok(())
+    }
+
+    /// Sets the tag of `ino` and of everything under it.
+    fn retag(&mut self, ino: u64, tag: Option<usize>) {
+        let mut todo = vec![ino];
+        while let Some(i) = todo.pop() {
+            if let Some(n) = self.nodes.get_mut(&i) {
+                n.tag = tag;
+                if let Body::Dir(d) = &n.body {
+                    todo.extend(d.cur.values().copied());
+                }
+            }
+        }
     }
 
     fn fsync(&mut self, gen: u64, ino: u64) -> Result<(), Errno> {

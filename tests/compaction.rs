@@ -1,0 +1,234 @@
+//! Store compaction (`src/store/compact.rs`, DESIGN.md 4.6): a checkpoint
+//! followed by a compaction when sled's files hold enough garbage; the swap
+//! of `store.compact/` for `store/` finished by the next open after a crash
+//! at any step; a failure before the swap leaves the store as it was and
+//! the registry running, a failure inside it fails the registry and the
+//! next open finishes it. The SIGKILL crash test and the power-cut test
+//! compact constantly too (their configs set `compact_min_store_bytes`).
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_clean, copy_dir};
+use devreg::*;
+
+const SEED_MS: u64 = 1_700_000_000_000;
+
+fn config(db: &Path, compact_from: u64) -> Config {
+    Config::new(db)
+        .durability(Durability::Eventual)
+        // No log segment is recycled (a rename) while the tests count renames.
+        .log_segment_bytes(64 << 20)
+        .checkpoint_interval_ms(3_600_000)
+        // Every checkpoint merges its deltas into the pages: garbage in sled.
+        .page_delta_bytes(0)
+        .compact_min_store_bytes(compact_from)
+}
+
+fn register(reg: &Registry, i: u32, round: u64) {
+    let _ = reg
+        .apply(Op::Register(Register {
+            token: format!("{i:064x}"),
+            platform: if i.is_multiple_of(3) {
+                Platform::Android
+            } else {
+                Platform::Ios
+            },
+            person: Some(format!("person-{}", i % 997)),
+            seen_ms: SEED_MS + round * 1_000 + u64::from(i),
+            attributes: Some(
+                [("app_version".to_string(), format!("4.{round}.0"))]
+                    .into_iter()
+                    .collect(),
+            ),
+        }))
+        .unwrap();
+}
+
+/// Registers `n` devices, then updates every one `rounds` times, with a
+/// checkpoint (and so a merge) after each pass.
+fn workload(reg: &Registry, n: u32, rounds: u64) {
+    for round in 0..=rounds {
+        for i in 0..n {
+            register(reg, i, round);
+        }
+        reg.checkpoint().unwrap();
+    }
+}
+
+/// Bytes of sled's files (the log is preallocated whole).
+fn store_bytes(db: &Path) -> u64 {
+    std::fs::read_dir(db.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn leftovers(db: &Path) -> Vec<String> {
+    ["store.compact", "store.old"]
+        .into_iter()
+        .filter(|d| db.join(d).exists())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn compaction_keeps_every_entry_and_gives_the_garbage_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, compacted) = (dir.path().join("plain"), dir.path().join("compacted"));
+    let reg = Registry::open_with(config(&plain, u64::MAX)).unwrap();
+    workload(&reg, 20_000, 6);
+    let plain_bytes = store_bytes(&plain);
+    let plain_dump = reg.dump();
+    assert_eq!(reg.metrics().compactions, 0, "u64::MAX never compacts");
+    reg.close().unwrap();
+
+    let reg = Registry::open_with(config(&compacted, 0)).unwrap();
+    workload(&reg, 20_000, 6);
+    let m = reg.metrics();
+    assert!(m.compactions >= 2, "{} compactions", m.compactions);
+    assert_eq!(m.compactions_abandoned, 0);
+    assert!(m.compaction_freed_bytes > 0);
+    let compacted_bytes = store_bytes(&compacted);
+    assert!(
+        compacted_bytes < plain_bytes,
+        "store: compacted {compacted_bytes} bytes, not compacted {plain_bytes}"
+    );
+    let same = reg.dump() == plain_dump;
+    assert!(same, "the same devices with and without compactions");
+    assert_clean(&reg, "after compactions");
+    // Reads and writes go on on the compacted store.
+    register(&reg, 20_001, 9);
+    assert!(reg.device(&format!("{:064x}", 20_001)).is_some());
+    let before_close = reg.dump();
+    reg.close().unwrap();
+    assert!(
+        leftovers(&compacted).is_empty(),
+        "{:?}",
+        leftovers(&compacted)
+    );
+
+    let reg = Registry::open_with(config(&compacted, 0)).unwrap();
+    let same = reg.dump() == before_close;
+    assert!(same, "the same devices after a reopen");
+    assert_clean(&reg, "reopened");
+}
+
+/// A closed database compacted once, with its devices.
+fn compacted_db(db: &Path) -> Vec<Device> {
+    let reg = Registry::open_with(config(db, 0)).unwrap();
+    workload(&reg, 500, 2);
+    assert!(reg.metrics().compactions >= 1);
+    let dump = reg.dump();
+    reg.close().unwrap();
+    dump
+}
+
+#[test]
+fn a_crash_between_the_renames_is_finished_by_the_next_write_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let dump = compacted_db(&db);
+    // The state a crash after step 2 leaves: the complete copy, no store/.
+    copy_dir(&db.join("store"), &db.join("store.compact"));
+    std::fs::rename(db.join("store"), db.join("store.old")).unwrap();
+
+    // A read writes nothing: it cannot finish the swap, and says so.
+    let err = match Registry::open_with(Config::new(&db).read_only(true)) {
+        Ok(_) => panic!("a read-only open of a store mid-swap"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string().contains("compaction was interrupted"),
+        "{err}"
+    );
+    assert!(db.join("store.compact").exists() && !db.join("store").exists());
+
+    let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
+    assert_eq!(reg.dump(), dump);
+    assert_clean(&reg, "after the swap was finished");
+    assert!(leftovers(&db).is_empty(), "{:?}", leftovers(&db));
+}
+
+#[test]
+fn a_partial_copy_or_an_old_store_left_by_a_crash_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let dump = compacted_db(&db);
+    // A crash during step 1: a partial copy beside the intact store.
+    std::fs::create_dir(db.join("store.compact")).unwrap();
+    std::fs::write(db.join("store.compact").join("db"), b"partial").unwrap();
+    // A crash before step 4: the old store beside the new.
+    copy_dir(&db.join("store"), &db.join("store.old"));
+
+    let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
+    assert_eq!(reg.dump(), dump);
+    assert!(leftovers(&db).is_empty(), "{:?}", leftovers(&db));
+    assert_clean(&reg, "after the leftovers went");
+}
+
+#[test]
+fn a_compaction_that_fails_before_the_swap_leaves_the_store_and_the_registry_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let plan = FaultPlan::new();
+    let reg = Registry::open_with(config(&db, 0).fault_plan(plan.clone())).unwrap();
+    // The first rename of the compaction (store/ to store.old/) fails.
+    plan.arm(&[IoOp::Rename], 1, libc_eio(), false);
+    workload(&reg, 500, 2);
+    let m = reg.metrics();
+    assert_eq!(plan.fired(), 1, "the rename was reached");
+    assert!(m.compactions_abandoned >= 1, "{m:?}");
+    assert!(!m.failed, "an abandoned compaction is not a failure");
+    assert!(
+        !db.join("store.compact").exists(),
+        "the partial copy is gone"
+    );
+    // The next checkpoint compacts.
+    register(&reg, 0, 7);
+    reg.checkpoint().unwrap();
+    assert!(reg.metrics().compactions >= 1);
+    let dump = reg.dump();
+    reg.close().unwrap();
+    let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
+    assert_eq!(reg.dump(), dump);
+    assert_clean(&reg, "reopened");
+}
+
+#[test]
+fn a_compaction_that_fails_inside_the_swap_fails_stop_and_the_next_open_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let plan = FaultPlan::new();
+    let reg = Registry::open_with(config(&db, 0).fault_plan(plan.clone())).unwrap();
+    // The second rename (store.compact/ to store/) fails, and every later one.
+    plan.arm(&[IoOp::Rename], 2, libc_eio(), true);
+    for i in 0..500 {
+        register(&reg, i, 0);
+    }
+    let acknowledged = reg.dump();
+    let err = reg.checkpoint().unwrap_err();
+    assert!(err.to_string().contains("renaming"), "{err}");
+    assert!(reg.metrics().failed, "the registry fails stop");
+    let touch = Op::Touch {
+        token: format!("{:064x}", 1),
+        seen_ms: SEED_MS * 2,
+    };
+    assert!(reg.apply(touch).is_err(), "no write after the failure");
+    drop(reg);
+    assert!(!db.join("store").exists() && db.join("store.compact").exists());
+
+    let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
+    assert_eq!(
+        reg.dump(),
+        acknowledged,
+        "every acknowledged write is there"
+    );
+    assert!(leftovers(&db).is_empty(), "{:?}", leftovers(&db));
+    assert_clean(&reg, "after the open finished the swap");
+}
+
+fn libc_eio() -> i32 {
+    5
+}
