@@ -72,6 +72,11 @@ pub struct Config {
     /// compaction (default `limits::COMPACT_MIN_STORE_BYTES`, 64 MiB;
     /// `u64::MAX` never compacts).
     pub compact_min_store_bytes: u64,
+    /// A compaction runs only while the live bytes of the last one are at
+    /// most this (set by `memory_budget_bytes`: 1/4 of the budget). Its
+    /// copy leaves about that many bytes of the old store resident in
+    /// sled's cache until the swap, on top of everything else.
+    pub compact_max_live_bytes: u64,
     /// sled's cache capacity (default 3/8 of the memory budget). sled evicts
     /// late whatever it is set to (DESIGN.md section 6).
     pub sled_cache_bytes: u64,
@@ -117,6 +122,8 @@ impl Config {
             page_delta_bytes: 0,
             sled_cache_bytes: 0,
             compact_min_store_bytes: crate::limits::COMPACT_MIN_STORE_BYTES,
+            // Set from the budget just below.
+            compact_max_live_bytes: 0,
             memory_budget: 0,
             soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
@@ -141,6 +148,7 @@ impl Config {
     pub fn memory_budget_bytes(mut self, bytes: u64) -> Config {
         self.memory_budget = bytes;
         self.sled_cache_bytes = bytes / 8 * 3;
+        self.compact_max_live_bytes = bytes / 4;
         self.page_delta_bytes = usize::try_from(bytes / 4).unwrap_or(usize::MAX);
         self.checkpoint_chunk_bytes = usize::try_from(bytes / 256)
             .map_or(CHECKPOINT_CHUNK_BYTES, |b| b.min(CHECKPOINT_CHUNK_BYTES));

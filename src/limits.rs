@@ -75,11 +75,6 @@ pub const COMPACT_MIN_STORE_BYTES: u64 = 64 << 20;
 /// copied (a fresh copy itself takes about twice its live bytes: sled
 /// rewrites a node as it fills, and never cleans without its flusher).
 pub const COMPACT_SPACE_FACTOR: u64 = 3;
-/// ...unless the live bytes are over this: the copy's scan leaves the old
-/// store's nodes resident until the swap (sled's cache, see
-/// `REOPEN_STORE_AFTER_DEVICES`), so very large stores are not compacted
-/// until that peak is measured within the memory targets.
-pub const COMPACT_MAX_LIVE_BYTES: u64 = 512 << 20;
 /// Most bytes of entries one sled batch of a compaction's copy carries:
 /// measured at 2×10^5 devices, batches of about 64 entries (64 KiB) gave
 /// the smallest copy (75 MB for 38 MB of entries, against 100 MB with

@@ -174,7 +174,9 @@ fn copy_into(ctx: &WriterCtx, plan: &Plan<'_>) -> Result<BackupReport> {
         &staging.join("store"),
         crate::limits::BACKUP_CHUNK_BYTES,
         None,
-    )?;
+        u64::MAX,
+    )?
+    .ok_or_else(|| Error::corrupt("backup", "the copy stopped at its size bound"))?;
     let (log_segments, log_bytes) = copy_segments(
         &plan.src.join("log"),
         &staging.join("log"),

@@ -25,10 +25,11 @@ fn open_paged(config: &Config) -> Result<PagedStore> {
         config.sled_cache_bytes,
         !config.read_only,
     )?;
-    raw.set_compact_min_bytes(match config.read_only {
+    let min_bytes = match config.read_only {
         true => u64::MAX,
         false => config.compact_min_store_bytes,
-    });
+    };
+    raw.set_compact_limits(min_bytes, config.compact_max_live_bytes);
     PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)
 }
 

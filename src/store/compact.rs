@@ -28,7 +28,7 @@ use super::kv::{copy_store, open_sled, SledStore};
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{CompactOutcome, Compaction, KvStore};
-use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_MAX_LIVE_BYTES, COMPACT_SPACE_FACTOR};
+use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR};
 use crate::log::segments::sync_dir;
 
 /// Live bytes (keys and values) the last compaction copied, u64 big-endian:
@@ -41,15 +41,23 @@ pub(crate) const COMPACT_DIR: &str = "store.compact";
 /// Where `store/` goes while the copy takes its place.
 pub(crate) const OLD_DIR: &str = "store.old";
 
+/// When to compact: files of at least `min_bytes` (`u64::MAX`: never;
+/// `Config::compact_min_store_bytes`), whose last compaction's live bytes
+/// were at most `max_live_bytes` (`Config::compact_max_live_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) min_bytes: u64,
+    pub(crate) max_live_bytes: u64,
+}
+
 /// Whether a store of `disk_bytes` on disk whose last compaction found
-/// `live_bytes` (`None`: never compacted) is worth compacting now, from
-/// `min_bytes` on (`u64::MAX`: never; `limits::COMPACT_MIN_STORE_BYTES` by
-/// default).
-pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, min_bytes: u64) -> bool {
+/// `live_bytes` (`None`: never compacted, taken as 0) is worth compacting
+/// now: at least `COMPACT_SPACE_FACTOR` times those live bytes.
+pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, limits: Limits) -> bool {
     let live = live_bytes.unwrap_or(0);
-    min_bytes != u64::MAX
-        && disk_bytes >= min_bytes
-        && live <= COMPACT_MAX_LIVE_BYTES
+    limits.min_bytes != u64::MAX
+        && disk_bytes >= limits.min_bytes
+        && live <= limits.max_live_bytes
         && disk_bytes >= live.saturating_mul(COMPACT_SPACE_FACTOR)
 }
 
@@ -117,14 +125,24 @@ impl SledStore {
     /// caller fails stop (the next open finishes the swap).
     pub(crate) fn compact_if_worth(&self) -> Result<CompactOutcome> {
         let before_bytes = self.disk_bytes();
-        let min_bytes = self.compact_min_bytes.load(Ordering::Relaxed);
-        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, min_bytes) {
+        let limits = Limits {
+            min_bytes: self.compact_min_bytes.load(Ordering::Relaxed),
+            max_live_bytes: self.compact_max_live.load(Ordering::Relaxed),
+        };
+        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, limits) {
             return Ok(CompactOutcome::Skipped);
         }
         let copy = sibling(&self.path, COMPACT_DIR)?;
         let old = sibling(&self.path, OLD_DIR)?;
-        let live_bytes = match self.prepare_copy(&copy, &old) {
-            Ok(live) => live,
+        let live_bytes = match self.prepare_copy(&copy, &old, limits.max_live_bytes) {
+            Ok(Some(live)) => live,
+            Ok(None) => {
+                // Over the bound: a store never compacted (or grown since)
+                // whose live bytes exceed it. Not again in this process.
+                let _ = std::fs::remove_dir_all(&copy);
+                self.compact_too_large.store(true, Ordering::Relaxed);
+                return Ok(CompactOutcome::Skipped);
+            }
             Err(_) => {
                 let _ = std::fs::remove_dir_all(&copy);
                 return Ok(CompactOutcome::Abandoned);
@@ -142,8 +160,9 @@ impl SledStore {
     }
 
     /// Steps 1 and 2 (module doc): the complete copy, then `store/` renamed
-    /// out of the way. Returns the live bytes copied.
-    fn prepare_copy(&self, copy: &Path, old: &Path) -> Result<u64> {
+    /// out of the way. Returns the live bytes copied, or `None` (nothing
+    /// renamed) when they are over `max_live_bytes`.
+    fn prepare_copy(&self, copy: &Path, old: &Path, max_live_bytes: u64) -> Result<Option<u64>> {
         let parent = self.path.parent().unwrap_or(Path::new("."));
         if copy.exists() {
             remove_dir(copy, &self.faults)?;
@@ -151,10 +170,14 @@ impl SledStore {
         if old.exists() {
             remove_dir(old, &self.faults)?;
         }
-        let copied = copy_store(self, copy, COMPACT_CHUNK_BYTES, Some(META_STORE_LIVE_BYTES))?;
+        let live = Some(META_STORE_LIVE_BYTES);
+        let Some(copied) = copy_store(self, copy, COMPACT_CHUNK_BYTES, live, max_live_bytes)?
+        else {
+            return Ok(None);
+        };
         sync_dir(parent, &self.faults)?;
         rename(&self.path, old, &self.faults)?;
-        Ok(copied.bytes)
+        Ok(Some(copied.bytes))
     }
 
     /// Steps 3 and 4: the copy becomes `store/` and the open database.

@@ -28,24 +28,29 @@ pub(crate) struct Copied {
 /// keeps `src` from changing meanwhile.
 ///
 /// With `live_key`, that entry is not copied: it is written last, holding
-/// the bytes copied (u64 big-endian), and not counted in them.
+/// the bytes copied (u64 big-endian), and not counted in them. Once more
+/// than `max_bytes` are copied the copy stops and returns `None` (`dest`
+/// is left for the caller to remove).
 pub(crate) fn copy_store(
     src: &dyn KvStore,
     dest: &Path,
     chunk_bytes: usize,
     live_key: Option<&[u8]>,
-) -> Result<Copied> {
+    max_bytes: u64,
+) -> Result<Option<Copied>> {
     let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
     let mut copied = Copied::default();
     let mut batch: Vec<Write> = Vec::new();
     let mut batch_bytes = 0usize;
+    let mut over = false;
     src.scan_stored(&mut |k, v| {
-        if live_key == Some(k) {
+        if over || live_key == Some(k) {
             return Ok(());
         }
         batch_bytes += k.len() + v.len();
         copied.keys += 1;
         copied.bytes += (k.len() + v.len()) as u64;
+        over = copied.bytes > max_bytes;
         batch.push((k.to_vec(), Some(v.to_vec())));
         if batch_bytes >= chunk_bytes {
             out.apply(&batch)?;
@@ -54,6 +59,10 @@ pub(crate) fn copy_store(
         }
         Ok(())
     })?;
+    if over {
+        out.mark_troubled();
+        return Ok(None);
+    }
     if let Some(key) = live_key {
         batch.push((key.to_vec(), Some(copied.bytes.to_be_bytes().to_vec())));
     }
@@ -63,7 +72,7 @@ pub(crate) fn copy_store(
     out.sync()?;
     drop(out);
     visit_tree(dest, true, &None)?;
-    Ok(copied)
+    Ok(Some(copied))
 }
 
 /// sled, with a real fsync after its flush.
@@ -78,6 +87,11 @@ pub(crate) struct SledStore {
     /// The smallest files a compaction is worth for (`u64::MAX`, the
     /// default: never; a registry sets its `Config`'s).
     pub(super) compact_min_bytes: std::sync::atomic::AtomicU64,
+    /// The most live bytes a compaction copies (`Config::compact_max_live_bytes`).
+    pub(super) compact_max_live: std::sync::atomic::AtomicU64,
+    /// A copy went over `compact_max_live`: no more compactions until the
+    /// store is opened again.
+    pub(super) compact_too_large: std::sync::atomic::AtomicBool,
     pub(super) faults: Faults,
     written: std::sync::atomic::AtomicU64,
     /// A write (batch or flush) failed: no settling at close.
@@ -184,6 +198,8 @@ impl SledStore {
             path: path.to_owned(),
             cache_bytes,
             compact_min_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
+            compact_max_live: std::sync::atomic::AtomicU64::new(0),
+            compact_too_large: std::sync::atomic::AtomicBool::new(false),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
             troubled: std::sync::atomic::AtomicBool::new(false),
@@ -368,7 +384,11 @@ impl KvStore for SledStore {
     }
 
     fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {
-        if self.troubled.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.troubled.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .compact_too_large
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(crate::kv::CompactOutcome::Skipped);
         }
         SledStore::compact_if_worth(self)
@@ -378,10 +398,12 @@ impl KvStore for SledStore {
 impl SledStore {
     /// Passes `r` on, remembering a failed write: a store that failed one
     /// is not opened again at close (see `Drop`).
-    /// Lets `compact_if_worth` compact from files of `bytes` on.
-    pub(crate) fn set_compact_min_bytes(&self, bytes: u64) {
-        self.compact_min_bytes
-            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    /// Lets `compact_if_worth` compact files of `min_bytes` or more whose
+    /// live bytes (at the last compaction) are at most `max_live`.
+    pub(crate) fn set_compact_limits(&self, min_bytes: u64, max_live: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.compact_min_bytes.store(min_bytes, Relaxed);
+        self.compact_max_live.store(max_live, Relaxed);
     }
 
     /// A compaction finished its swap: the store at `path` is whole again.
