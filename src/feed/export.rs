@@ -574,6 +574,29 @@ impl Feed {
         n
     }
 
+    /// The drift audit's repair (DESIGN.md 20.8): marks (`person`,
+    /// `token`) changed in the sink, so its next export sends the pair's
+    /// current truth. When Customer.io `held` the pair, its base becomes
+    /// true: a pair devreg does not hold is then sent as a delete. False
+    /// when there is no such sink.
+    pub(crate) fn remark(
+        &mut self,
+        sink_name: &str,
+        person: &Arc<str>,
+        token: &[u8],
+        held: bool,
+    ) -> bool {
+        if !self.sinks.contains_key(sink_name) {
+            return false;
+        }
+        let key = super::device_item(person, token);
+        self.mark(sink_name, key.clone(), held);
+        if held {
+            self.set_base(sink_name, &key, true);
+        }
+        true
+    }
+
     pub(crate) fn dead_letters(&self, sink_name: &str) -> Vec<DeadLetter> {
         self.sinks
             .get(sink_name)

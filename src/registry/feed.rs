@@ -210,6 +210,61 @@ impl Registry {
         }
     }
 
+    /// The drift audit's repair (DESIGN.md 20.8): puts each (person,
+    /// token) pair back into `sink`'s feed, so the next export sends its
+    /// current truth (a pair Customer.io `held` that devreg does not hold
+    /// goes out as a delete). Logged (`Entry::Remark`), durable as
+    /// configured, and checkpointed like every feed change. Pairs are
+    /// written in atomic chunks of at most `MAX_REMARK_PAIRS` that each fit
+    /// one log record; a crash between chunks leaves a prefix re-marked,
+    /// which is harmless (re-running the repair marks the rest). Returns the
+    /// pairs marked. An unknown sink is `Invalid` naming `sink`; an invalid
+    /// pair names `pairs[i]`.
+    pub fn remark(&self, sink: &str, pairs: &[crate::model::RemarkPair]) -> Result<u64> {
+        self.require_sink(sink)?;
+        for (i, p) in pairs.iter().enumerate() {
+            p.validate()
+                .map_err(|e| Error::invalid(format!("pairs[{i}]"), e.to_string()))?;
+        }
+        let budget = self.max_batch_bytes() / 2;
+        let mut marked = 0;
+        let mut rest = pairs;
+        while !rest.is_empty() {
+            let (mut n, mut bytes) = (0, 0);
+            for p in rest.iter().take(crate::limits::MAX_REMARK_PAIRS) {
+                let len = p.encoded_len();
+                if n > 0 && bytes + len > budget {
+                    break;
+                }
+                bytes += len;
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            let entry = Entry::Remark {
+                sink: sink.to_owned(),
+                pairs: chunk.to_vec(),
+            };
+            marked += match self.submit_one(entry)? {
+                Applied::Count(c) => c,
+                other => {
+                    return Err(Error::corrupt(
+                        "writer",
+                        format!("unexpected result {other:?}"),
+                    ))
+                }
+            };
+            rest = tail;
+        }
+        Ok(marked)
+    }
+
+    /// Up to `n` identified persons for an audit sample: the same ones for
+    /// the same persons, whatever the order they arrived in (the smallest
+    /// CRC-32 of the name first). A read: nothing is written.
+    pub fn sample_persons(&self, n: usize) -> Vec<String> {
+        self.inner.state.read().sample_persons(n)
+    }
+
     /// Every sink's position.
     pub fn sinks(&self) -> Vec<SinkInfo> {
         self.inner.state.read().feed.infos()

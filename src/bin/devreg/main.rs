@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 error or "not found" or a failed check,
 //! 2 usage error (clap) or an import with rejected lines.
 
+mod audit;
 mod demo;
 mod feed;
 mod history;
@@ -200,6 +201,11 @@ enum Command {
     /// and CUSTOMERIO_API_KEY); --once drains and exits, otherwise follows
     /// new changes until SIGINT/SIGTERM.
     Sync(sync::SyncArgs),
+    /// Compare Customer.io's view of persons' devices (the App API, key
+    /// from CUSTOMERIO_APP_API_KEY) with devreg's: the drift as JSON on
+    /// stdout, a summary on stderr; exit 1 when drift is left. --repair
+    /// re-marks the drifted pairs in the sink's feed for the next sync.
+    Audit(audit::AuditArgs),
     /// Serve the registry over HTTP (JSON; README, "Server") until
     /// SIGTERM/SIGINT. The bearer token comes from DEVREG_API_TOKEN.
     #[cfg(feature = "server")]
@@ -315,6 +321,18 @@ fn run(cli: &Cli) -> CmdResult {
             out.json(&report)?;
             out.flush()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(args) => {
+            // Check the key and endpoint before opening anything.
+            audit::client(args)?;
+            let reg = match args.repair {
+                true => open(cli, durability)?,
+                false => open_read_only(cli)?,
+            };
+            let code = audit::run(&reg, args)?;
+            reg.close()
+                .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))?;
+            Ok(code)
         }
         Command::Sync(args) => sync::run(
             &cli.db,
@@ -520,6 +538,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
         Command::Import { .. }
         | Command::Demo
         | Command::Sync(_)
+        | Command::Audit(_)
         | Command::Repair
         | Command::Backup { .. }
         | Command::Config(ConfigCmd::Set { .. }) => unreachable!("dispatched in run()"),
