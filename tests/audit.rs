@@ -434,3 +434,43 @@ fn cli_prints_the_drift_and_exits_by_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("other"));
 }
+
+/// A pair Customer.io holds that is in the sink's batch in flight is
+/// deferred, not re-marked (the audit cannot tell whether it read
+/// Customer.io before or after that batch); the rest is re-marked, and
+/// after the sync the audit is clean.
+#[test]
+fn a_held_pair_in_the_batch_in_flight_is_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    populate(&reg);
+    let emu = Emu::start(Vec::new());
+    sync_once(&reg, &emu);
+    // The device moves from person 6 to 7: the delete from 6 is exported
+    // (in flight, not sent yet), the add to 7 pending.
+    let _ = reg
+        .register(Register {
+            token: token(6, 0),
+            platform: Platform::Ios,
+            person: Some(person(7)),
+            seen_ms: T0 + 3_600_000,
+            attributes: None,
+        })
+        .unwrap();
+    let batch = reg.export(DEFAULT_SINK, 1, 499_999).unwrap().unwrap();
+    assert!(batch.body().contains("delete_device"), "{}", batch.body());
+    let mut report = run_audit(&reg, &emu, Selection::Sample(100));
+    assert_eq!(report.summary.wrong_person, 1, "{report:?}");
+    assert_eq!(report.summary.missing, 1, "{report:?}");
+    assert_eq!(audit::repair(&reg, DEFAULT_SINK, &mut report).unwrap(), 1);
+    assert_eq!((report.repaired, report.deferred), (Some(1), 1));
+    assert!(report.summary_line().contains("1 in the batch in flight"));
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["deferred"], 1);
+    // The batch in flight is unchanged by the repair.
+    let again = reg.export(DEFAULT_SINK, 1, 499_999).unwrap().unwrap();
+    assert_eq!((again.id(), again.body()), (batch.id(), batch.body()));
+    sync_once(&reg, &emu);
+    assert!(run_audit(&reg, &emu, Selection::Sample(100)).is_clean());
+    reg.close().unwrap();
+}

@@ -132,6 +132,9 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
     let export = |reg: &Registry| reg.export(sink, 3, 499_999).unwrap();
     let mut cio = Cio::default();
     let mut last: Option<(String, String)> = None;
+    // Whether a repair deferred a pair (held by Customer.io and in the batch
+    // in flight): then the drain is followed by another audit and repair.
+    let mut deferred = false;
     for step in steps {
         match step {
             Step::Op(op) => {
@@ -195,7 +198,8 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
                 let pairs = audit_pairs(&reg, &cio);
                 if !pairs.is_empty() {
                     let marked = reg.remark(sink, &pairs).unwrap();
-                    assert_eq!(marked, pairs.len() as u64);
+                    assert!(marked <= pairs.len() as u64);
+                    deferred |= marked < pairs.len() as u64;
                 }
             }
             Step::Reopen => {
@@ -213,12 +217,16 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
     }
     // Drain: requeue dead letters, then export and ack until nothing is pending.
     reg.requeue(sink).unwrap();
-    for _ in 0..1000 {
-        let Some(b) = export(&reg) else { break };
-        cio.apply_batch(b.body(), &[]);
-        reg.ack(sink, b.id()).unwrap();
+    drain_all(&reg, &mut cio, &export);
+    if deferred {
+        // The audit again, after the sync: nothing is in flight now, so
+        // every drifted pair is re-marked.
+        let pairs = audit_pairs(&reg, &cio);
+        if !pairs.is_empty() {
+            assert_eq!(reg.remark(sink, &pairs).unwrap(), pairs.len() as u64);
+            drain_all(&reg, &mut cio, &export);
+        }
     }
-    assert!(export(&reg).is_none(), "feed did not drain");
     let want = truth(&reg);
     if cio.pairs() != want {
         eprintln!("dead: {:?}", reg.dead_letters(sink));
@@ -296,6 +304,25 @@ fn audit_pairs(reg: &Registry, cio: &Cio) -> Vec<RemarkPair> {
         }
     }
     out
+}
+
+/// Exports and acknowledges until nothing is pending.
+fn drain_all(
+    reg: &Registry,
+    cio: &mut Cio,
+    export: &dyn Fn(&Registry) -> Option<std::sync::Arc<Batch>>,
+) {
+    for _ in 0..1000 {
+        let Some(b) = export(reg) else { break };
+        cio.apply_batch(b.body(), &[]);
+        reg.ack(sink_of(&b), b.id()).unwrap();
+    }
+    assert!(export(reg).is_none(), "feed did not drain");
+}
+
+/// The sink a batch id names (`<sink>-<number>`).
+fn sink_of(b: &Batch) -> &str {
+    b.id().rsplit_once('-').map_or("", |(s, _)| s)
 }
 
 /// Every identified pair as Customer.io should hold it.

@@ -214,11 +214,14 @@ impl Registry {
     /// token) pair back into `sink`'s feed, so the next export sends its
     /// current truth (a pair Customer.io `held` that devreg does not hold
     /// goes out as a delete). Logged (`Entry::Remark`), durable as
-    /// configured, and checkpointed like every feed change. Pairs are
+    /// configured, and checkpointed like every feed change. A `held` pair
+    /// that is in the sink's batch in flight is not marked (deferred: the
+    /// batch's acknowledgement decides what Customer.io holds; audit again
+    /// after the sync), nor is any pair of a sink that is gone. Pairs are
     /// written in atomic chunks of at most `MAX_REMARK_PAIRS` that each fit
     /// one log record; a crash between chunks leaves a prefix re-marked,
     /// which is harmless (re-running the repair marks the rest). Returns the
-    /// pairs marked. An unknown sink is `Invalid` naming `sink`; an invalid
+    /// pairs marked (the rest were deferred). An unknown sink is `Invalid` naming `sink`; an invalid
     /// pair names `pairs[i]`.
     pub fn remark(&self, sink: &str, pairs: &[crate::model::RemarkPair]) -> Result<u64> {
         self.require_sink(sink)?;

@@ -6,7 +6,8 @@
 //! The App API key comes from `CUSTOMERIO_APP_API_KEY` in the environment
 //! only (never argv) and is never printed. Exit codes: 0 when there is no
 //! drift, or every drifted pair was re-marked by `--repair`; 1 when drift
-//! is left (or on an error).
+//! is left (not repaired, not repairable, or deferred because it is in the
+//! batch in flight) or on an error.
 
 use std::process::ExitCode;
 
@@ -72,7 +73,7 @@ pub fn run(reg: &Registry, args: &AuditArgs) -> crate::CmdResult {
     out.flush()?;
     eprintln!("{}", report.summary_line());
     let left = match report.repaired {
-        Some(_) => report.unrepairable > 0,
+        Some(_) => report.unrepairable > 0 || report.deferred > 0,
         None => !report.is_clean(),
     };
     Ok(match left {
