@@ -27,8 +27,27 @@ const PERSONS: usize = 12;
 /// 2024-01-01T00:00:00Z in ms.
 const T0: u64 = 1_704_067_200_000;
 
+/// Immediate durability; no timed checkpoint (the tests take their own).
 fn open(path: &Path) -> Registry {
-    Registry::open_with(Config::new(path).durability(Durability::Immediate)).unwrap()
+    let config = Config::new(path)
+        .durability(Durability::Immediate)
+        .checkpoint_interval_ms(3_600_000);
+    Registry::open_with(config).unwrap()
+}
+
+/// Copies a database while it is open: what a crash leaves on disk (every
+/// acknowledged `Immediate` write is in the log).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
 }
 
 fn person(i: usize) -> String {
@@ -221,11 +240,32 @@ fn tampering_shows_each_drift_kind_and_repair_survives_reopen_and_fixes_it() {
     assert_eq!(json["persons"].as_array().unwrap().len(), 5);
     assert!(json.get("repaired").is_none());
 
-    // The repair is a logged write; it survives a reopen, then a checkpoint and a reopen.
+    // The repair is a logged write: it survives a crash (the log replayed
+    // over the last checkpoint), a reopen, then a checkpoint and a reopen.
+    reg.checkpoint().unwrap();
     assert_eq!(audit::repair(&reg, DEFAULT_SINK, &mut report).unwrap(), 5);
     assert_eq!(report.repaired, Some(5));
     let pending = reg.sinks()[0].pending;
     assert_eq!(pending, 5);
+    let image = dir.path().join("crashed");
+    copy_dir(&path, &image);
+    {
+        let crashed = open(&image);
+        assert_eq!(
+            crashed.sinks()[0].pending,
+            pending,
+            "re-marks lost by a crash"
+        );
+        assert!(crashed.check().unwrap().is_clean());
+        let a = crashed.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap();
+        let b = reg.export(DEFAULT_SINK, 100, 499_999).unwrap().unwrap();
+        assert_eq!(
+            a.body(),
+            b.body(),
+            "the replayed feed exports the same batch"
+        );
+        crashed.close().unwrap();
+    }
     drop(reg);
     let reg = open(&path);
     assert_eq!(reg.sinks()[0].pending, pending, "re-marks lost by a reopen");
@@ -407,6 +447,20 @@ fn cli_prints_the_drift_and_exits_by_it() {
         sync_once(&reg, &emu);
         reg.close().unwrap();
     }
+    // Nothing to repair: "repaired":0, exit 0, nothing opened for writing.
+    let out = devreg_audit(&db, &emu, &["--repair"], key);
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["repaired"].clone(), v["persons"].clone()),
+        (0.into(), serde_json::json!([]))
+    );
+    // A missing database is an error, never created, even with --repair.
+    let missing = dir.path().join("missing");
+    let out = devreg_audit(&missing, &emu, &["--repair"], key);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no devreg database"));
+    assert!(!missing.exists());
     let out = devreg_audit(&db, &emu, &[], key);
     assert_eq!(
         out.status.code(),

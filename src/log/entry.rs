@@ -183,3 +183,53 @@ fn validate_remark(sink: &str, pairs: &[RemarkPair]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(person: &str, token: &str, held: bool) -> RemarkPair {
+        RemarkPair {
+            person: person.into(),
+            token: token.into(),
+            held,
+        }
+    }
+
+    /// `Entry::Remark` is encoded as DESIGN.md 20.8 documents: variant 8,
+    /// the sink, the pair count, then each pair's person, token and `held`.
+    #[test]
+    fn a_remark_entry_encodes_as_documented_and_is_validated() {
+        let e = Entry::Remark {
+            sink: "s".into(),
+            pairs: vec![pair("ann", "t1", true), pair("bo", "t2", false)],
+        };
+        let body = encode_entries(std::slice::from_ref(&e)).unwrap();
+        let want: Vec<u8> = [
+            &[8u8, 1, b's', 2][..],
+            &[3, b'a', b'n', b'n', 2, b't', b'1', 1],
+            &[2, b'b', b'o', 2, b't', b'2', 0],
+        ]
+        .concat();
+        assert_eq!(body, want);
+        assert_eq!(decode_entries("test", 1, &body).unwrap(), vec![e.clone()]);
+        validate_entry(&e).unwrap();
+
+        let field = |e: Entry| match validate_entry(&e) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let remark = |sink: &str, pairs: Vec<RemarkPair>| Entry::Remark {
+            sink: sink.into(),
+            pairs,
+        };
+        assert_eq!(field(remark("s", vec![])), "pairs");
+        let many = vec![pair("ann", "t", false); MAX_REMARK_PAIRS + 1];
+        assert_eq!(field(remark("s", many)), "pairs");
+        assert_eq!(
+            field(remark("s", vec![pair("ann", "t t", true)])),
+            "pairs[0]"
+        );
+        assert_eq!(field(remark("S!", vec![pair("ann", "t", true)])), "sink");
+    }
+}

@@ -357,4 +357,53 @@ mod tests {
         assert_eq!(delivered, 1, "{outcomes:?}");
         reg.close().unwrap();
     }
+
+    /// A sample is the same for the same persons whatever order they came
+    /// in, at most `n`, identified persons only, sorted by CRC-32 of the name.
+    #[test]
+    fn samples_are_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("person-{i}")).collect();
+        let fill = |path: &std::path::Path, order: &mut dyn Iterator<Item = &String>| {
+            let reg = Registry::open(path).unwrap();
+            for (i, p) in order.enumerate() {
+                let r = reg.register(Register {
+                    token: format!("t-{p}"),
+                    platform: Platform::Ios,
+                    person: Some(p.clone()),
+                    seen_ms: 1_000 + i as u64,
+                    attributes: None,
+                });
+                assert!(r.unwrap().is_applied());
+            }
+            let _ = reg.register(Register {
+                token: "anon".into(),
+                platform: Platform::Android,
+                person: None,
+                seen_ms: 9,
+                attributes: None,
+            });
+            reg
+        };
+        let a = fill(&dir.path().join("a"), &mut names.iter());
+        let b = fill(&dir.path().join("b"), &mut names.iter().rev());
+        let sample = a.sample_persons(7);
+        assert_eq!(sample.len(), 7);
+        assert_eq!(sample, b.sample_persons(7));
+        let crcs: Vec<u32> = sample
+            .iter()
+            .map(|p| crc32fast::hash(p.as_bytes()))
+            .collect();
+        assert!(crcs.windows(2).all(|w| w[0] <= w[1]), "{crcs:?}");
+        let mut all = a.sample_persons(1_000);
+        assert_eq!(all.len(), 40);
+        assert_eq!(all[..7], sample[..]);
+        all.sort();
+        let mut want = names.clone();
+        want.sort();
+        assert_eq!(all, want);
+        assert!(a.sample_persons(0).is_empty());
+        a.close().unwrap();
+        b.close().unwrap();
+    }
 }

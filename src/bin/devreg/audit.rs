@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use devreg::format::IdentifierKind;
-use devreg::sync::audit::{self, AppApiClient, Selection, APP_API_KEY_ENV};
+use devreg::sync::audit::{self, AppApiClient, AuditReport, Selection, APP_API_KEY_ENV};
 use devreg::sync::Region;
 use devreg::{Registry, DEFAULT_SINK};
 
@@ -56,20 +56,42 @@ enum RegionArg {
 /// Default `--sample`.
 const DEFAULT_SAMPLE: usize = 100;
 
-/// Runs `devreg audit` on `reg` (opened for writing with `--repair`,
-/// read-only otherwise; closed by the caller).
-pub fn run(reg: &Registry, args: &AuditArgs) -> crate::CmdResult {
-    let mut client = client(args)?.identifier(identifier(reg, &args.sink)?);
+/// Reads the audit of `args`'s persons from `reg` (a read-only open) and
+/// Customer.io.
+pub fn read(
+    reg: &Registry,
+    client: AppApiClient,
+    args: &AuditArgs,
+) -> Result<AuditReport, CliError> {
+    let mut client = client.identifier(identifier(reg, &args.sink)?);
     let selection = match &args.person {
         Some(p) => Selection::Person(p.clone()),
         None => Selection::Sample(args.sample.unwrap_or(DEFAULT_SAMPLE)),
     };
-    let mut report = audit::audit(reg, &mut client, &selection, &args.sink)?;
-    if args.repair {
-        audit::repair(reg, &args.sink, &mut report)?;
+    Ok(audit::audit(reg, &mut client, &selection, &args.sink)?)
+}
+
+/// `--repair`: re-marks the report's drift in `reg` (opened for writing;
+/// `None` when there is nothing to re-mark, and nothing is opened).
+pub fn repair(
+    reg: Option<&Registry>,
+    args: &AuditArgs,
+    report: &mut AuditReport,
+) -> Result<(), CliError> {
+    match reg {
+        Some(reg) => {
+            audit::repair(reg, &args.sink, report)?;
+        }
+        None => report.repaired = Some(0),
     }
+    Ok(())
+}
+
+/// Prints the report (stdout) and its summary (stderr); the exit code:
+/// 1 when drift is left.
+pub fn print(report: &AuditReport) -> crate::CmdResult {
     let mut out = Out::stdout();
-    out.json(&report)?;
+    out.json(report)?;
     out.flush()?;
     eprintln!("{}", report.summary_line());
     let left = match report.repaired {

@@ -323,16 +323,24 @@ fn run(cli: &Cli) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => {
-            // Check the key and endpoint before opening anything.
-            audit::client(args)?;
-            let reg = match args.repair {
-                true => open(cli, durability)?,
-                false => open_read_only(cli)?,
-            };
-            let code = audit::run(&reg, args)?;
-            reg.close()
-                .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))?;
-            Ok(code)
+            // The key and endpoint are checked before anything is opened;
+            // the audit reads a read-only open (never creating a database);
+            // only a repair with drift to re-mark opens it for writing.
+            let client = audit::client(args)?;
+            let reg = open_read_only(cli)?;
+            let mut report = audit::read(&reg, client, args)?;
+            close(cli, reg)?;
+            if args.repair {
+                let reg = match report.is_clean() {
+                    true => None,
+                    false => Some(open(cli, durability)?),
+                };
+                audit::repair(reg.as_ref(), args, &mut report)?;
+                if let Some(reg) = reg {
+                    close(cli, reg)?;
+                }
+            }
+            audit::print(&report)
         }
         Command::Sync(args) => sync::run(
             &cli.db,
@@ -389,6 +397,12 @@ fn is_write(cmd: &Command) -> bool {
                 cmd: Some(feed::SinksCmd::Add { .. })
             }
     )
+}
+
+/// Closes `reg`: the final sync and checkpoint can fail, never exit 0 then.
+fn close(cli: &Cli, reg: Registry) -> Result<(), CliError> {
+    reg.close()
+        .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))
 }
 
 /// Opens the registry for a write command: created if missing, with
