@@ -1,5 +1,5 @@
 //! The `devreg` command: import events, query the registry, read the
-//! Customer.io sync feed, run a demo.
+//! Customer.io sync feed, sync it, audit Customer.io against it, run a demo.
 //!
 //! Output contract: results are JSON on stdout, diagnostics on stderr.
 //! Exit codes: 0 success, 1 error or "not found" or a failed check,
