@@ -68,6 +68,7 @@ pub use metrics::{AtomicHistogram, Histogram, OpCount, OP_KINDS, OP_OUTCOMES};
 pub use model::{
     validate_attributes, validate_person, validate_time, validate_token, Attributes,
     Deliverability, Device, FeedbackOutcome, LogoutPolicy, Op, Outcome, Platform, Register,
+    RemarkPair,
 };
 pub use registry::{ActiveIter, BackupReport, CheckReport, Metrics, Registry};
 pub use state::{Cursor, Page, Stats};

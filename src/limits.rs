@@ -252,3 +252,10 @@ pub const CIO_APP_API_ATTEMPTS: u32 = 5;
 pub const CIO_APP_API_MAX_RETRY_AFTER_SECS: u64 = 60;
 /// Timeout of one App API request, in milliseconds.
 pub const CIO_APP_API_TIMEOUT_MS: u64 = 30_000;
+/// Most persons one `devreg audit --sample N` reads from the App API (at 10
+/// requests per second, about 17 minutes).
+pub const MAX_AUDIT_SAMPLE: usize = 10_000;
+/// Most (person, token) pairs in one re-mark log entry (`Entry::Remark`,
+/// DESIGN.md 20.8); `Registry::remark` splits a longer list into atomic
+/// writes of at most this many, each also within one log record.
+pub const MAX_REMARK_PAIRS: usize = 1_000;

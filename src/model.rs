@@ -400,6 +400,33 @@ impl Outcome {
     }
 }
 
+/// One (person, token) pair to send to a sink again (`Registry::remark`):
+/// the drift audit found Customer.io's view of it out of step (DESIGN.md
+/// 20.8). The sink's next export sends the pair's current truth.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RemarkPair {
+    /// The person (in the sink's identifier).
+    pub person: String,
+    /// The device token.
+    pub token: String,
+    /// Whether Customer.io holds the token on the person now, as the audit
+    /// read it: then a pair devreg does not hold is sent as a delete.
+    pub held: bool,
+}
+
+impl RemarkPair {
+    /// Checks the person and the token.
+    pub fn validate(&self) -> Result<()> {
+        validate_person("person", &self.person)?;
+        validate_token("token", &self.token)
+    }
+
+    /// Bytes the pair takes in a log record, at most.
+    pub fn encoded_len(&self) -> usize {
+        self.person.len() + self.token.len() + 16
+    }
+}
+
 /// Checks a token: visible ASCII, 1..=4096 bytes.
 pub fn validate_token(field: &str, token: &str) -> Result<()> {
     if token.is_empty() {

@@ -39,11 +39,23 @@ impl ApplyBatch for Cio {
 #[derive(Clone, Debug)]
 enum Step {
     Op(Op),
-    Export { ack: bool },
+    Export {
+        ack: bool,
+    },
     Reexport,
     Nack(Vec<u32>),
     Requeue,
     Reopen,
+    /// Customer.io's state drifts (kind 0: a pair lost, 1: a stale pair
+    /// added, 2: a pair moved to another person, 3: a `last_used` set back
+    /// to 0; `a` and `b` pick the pair and the person), then an audit of
+    /// every person finds the drift and `remark` repairs it (the drain at
+    /// the end must still converge).
+    Drift {
+        kind: u8,
+        a: usize,
+        b: usize,
+    },
 }
 
 const TOKENS: [&str; 6] = ["aa01", "bb02", "cc03", "dd04", "ee05", "f:APA91b-x"];
@@ -85,6 +97,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         1 => proptest::collection::vec(0u32..4, 1..3).prop_map(Step::Nack),
         1 => Just(Step::Requeue),
         1 => Just(Step::Reopen),
+        1 => (0u8..4, 0usize..64, 0usize..64).prop_map(|(kind, a, b)| Step::Drift { kind, a, b }),
     ]
 }
 
@@ -119,6 +132,9 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
     let export = |reg: &Registry| reg.export(sink, 3, 499_999).unwrap();
     let mut cio = Cio::default();
     let mut last: Option<(String, String)> = None;
+    // Whether a repair deferred a pair (held by Customer.io and in the batch
+    // in flight): then the drain is followed by another audit and repair.
+    let mut deferred = false;
     for step in steps {
         match step {
             Step::Op(op) => {
@@ -172,6 +188,20 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
             Step::Requeue => {
                 reg.requeue(sink).unwrap();
             }
+            Step::Drift { kind, a, b } => {
+                // Before its first export the default sink does not exist
+                // (and Customer.io holds nothing of it).
+                if !reg.sinks().iter().any(|s| s.name == sink) {
+                    continue;
+                }
+                drift(&reg, &mut cio, kind, a, b);
+                let pairs = audit_pairs(&reg, &cio);
+                if !pairs.is_empty() {
+                    let marked = reg.remark(sink, &pairs).unwrap();
+                    assert!(marked <= pairs.len() as u64);
+                    deferred |= marked < pairs.len() as u64;
+                }
+            }
             Step::Reopen => {
                 let before = reg.export(sink, 3, 499_999).unwrap();
                 drop(reg);
@@ -187,12 +217,16 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
     }
     // Drain: requeue dead letters, then export and ack until nothing is pending.
     reg.requeue(sink).unwrap();
-    for _ in 0..1000 {
-        let Some(b) = export(&reg) else { break };
-        cio.apply_batch(b.body(), &[]);
-        reg.ack(sink, b.id()).unwrap();
+    drain_all(&reg, &mut cio, &export);
+    if deferred {
+        // The audit again, after the sync: nothing is in flight now, so
+        // every drifted pair is re-marked.
+        let pairs = audit_pairs(&reg, &cio);
+        if !pairs.is_empty() {
+            assert_eq!(reg.remark(sink, &pairs).unwrap(), pairs.len() as u64);
+            drain_all(&reg, &mut cio, &export);
+        }
     }
-    assert!(export(&reg).is_none(), "feed did not drain");
     let want = truth(&reg);
     if cio.pairs() != want {
         eprintln!("dead: {:?}", reg.dead_letters(sink));
@@ -205,6 +239,90 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
     if let Some(settings) = settings {
         assert_eq!(info.settings, settings);
     }
+}
+
+/// Changes the model of Customer.io behind devreg's back (`Step::Drift`).
+/// A pair is never put where devreg holds it now: that is no drift the
+/// audit can see (the views agree), though devreg's feed may not know
+/// Customer.io holds it (a later audit would find it stale).
+fn drift(reg: &Registry, cio: &mut Cio, kind: u8, a: usize, b: usize) {
+    let pairs: Vec<(String, String)> = cio.pairs().into_keys().collect();
+    let picked = (!pairs.is_empty()).then(|| pairs[a % pairs.len()].clone());
+    let other = PERSONS[b % PERSONS.len()].to_string();
+    let devreg_holds = |t: &str| reg.device(t).and_then(|d| d.person) == Some(other.clone());
+    match (kind, picked) {
+        (1, _) if devreg_holds(TOKENS[a % TOKENS.len()]) => {}
+        (2, Some((_, t))) if devreg_holds(&t) => {}
+        (0, Some((p, t))) => {
+            cio.persons.get_mut(&p).unwrap().remove(&t);
+        }
+        (1, _) => {
+            let t = TOKENS[a % TOKENS.len()].to_string();
+            let devices = cio.persons.entry(other).or_default();
+            devices
+                .entry(t)
+                .or_insert(("android".into(), 3, serde_json::json!({})));
+        }
+        (2, Some((p, t))) if !cio.persons.get(&other).is_some_and(|d| d.contains_key(&t)) => {
+            cio.move_device(&p, &t, &other);
+        }
+        (3, Some((p, t))) => {
+            cio.persons.get_mut(&p).unwrap().get_mut(&t).unwrap().1 = 0;
+        }
+        _ => {}
+    }
+}
+
+/// The drift audit by hand over every person: the pairs to re-mark, with
+/// whether Customer.io holds each (what `sync::audit` reports, without
+/// the App API).
+fn audit_pairs(reg: &Registry, cio: &Cio) -> Vec<RemarkPair> {
+    let mut out = Vec::new();
+    for person in PERSONS {
+        let theirs = cio.persons.get(person).cloned().unwrap_or_default();
+        let mine = reg.devices_of(person);
+        for d in &mine {
+            let behind = theirs.get(&d.token).map(|c| c.1 < d.last_seen_ms / 1000);
+            if behind != Some(false) {
+                let held = behind.is_some();
+                out.push(RemarkPair {
+                    person: person.into(),
+                    token: d.token.clone(),
+                    held,
+                });
+            }
+        }
+        for t in theirs
+            .keys()
+            .filter(|t| !mine.iter().any(|d| &d.token == *t))
+        {
+            out.push(RemarkPair {
+                person: person.into(),
+                token: t.clone(),
+                held: true,
+            });
+        }
+    }
+    out
+}
+
+/// Exports and acknowledges until nothing is pending.
+fn drain_all(
+    reg: &Registry,
+    cio: &mut Cio,
+    export: &dyn Fn(&Registry) -> Option<std::sync::Arc<Batch>>,
+) {
+    for _ in 0..1000 {
+        let Some(b) = export(reg) else { break };
+        cio.apply_batch(b.body(), &[]);
+        reg.ack(sink_of(&b), b.id()).unwrap();
+    }
+    assert!(export(reg).is_none(), "feed did not drain");
+}
+
+/// The sink a batch id names (`<sink>-<number>`).
+fn sink_of(b: &Batch) -> &str {
+    b.id().rsplit_once('-').map_or("", |(s, _)| s)
 }
 
 /// Every identified pair as Customer.io should hold it.

@@ -178,7 +178,7 @@ fn time(b: &mut Bytes<'_>) -> Option<u64> {
 
 fn entry(b: &mut Bytes<'_>) -> Option<Entry> {
     let code = b.byte()?;
-    Some(match code % 17 {
+    Some(match code % 18 {
         0..=3 => {
             let attributes = match b.byte()? % 4 {
                 0 => None,
@@ -274,6 +274,22 @@ fn entry(b: &mut Bytes<'_>) -> Option<Entry> {
             }
         }
         15 => Entry::Clock(time(b)?),
+        16 => {
+            // The audit's repair; 0 pairs is refused by validation.
+            let n = b.byte()? % 3;
+            let mut pairs = Vec::new();
+            for _ in 0..n {
+                pairs.push(RemarkPair {
+                    person: b.text(&PERSONS)?,
+                    token: b.text(&TOKENS)?,
+                    held: b.byte()? % 2 == 0,
+                });
+            }
+            Entry::Remark {
+                sink: b.text(&SINKS)?,
+                pairs,
+            }
+        }
         _ => Entry::Requeue(b.text(&SINKS)?),
     })
 }

@@ -574,6 +574,40 @@ impl Feed {
         n
     }
 
+    /// The drift audit's repair (DESIGN.md 20.8): marks (`person`,
+    /// `token`) changed in the sink, so its next export sends the pair's
+    /// current truth. When Customer.io `held` the pair, its base becomes
+    /// true: a pair devreg does not hold is then sent as a delete. False
+    /// when there is no such sink, or when a `held` pair is in the batch in
+    /// flight: the audit may have read Customer.io before or after that
+    /// batch, and its acknowledgement would reset the base anyway (deferred:
+    /// audit again after the sync).
+    pub(crate) fn remark(
+        &mut self,
+        sink_name: &str,
+        person: &Arc<str>,
+        token: &[u8],
+        held: bool,
+    ) -> bool {
+        let Some(sink) = self.sinks.get(sink_name) else {
+            return false;
+        };
+        let key = super::device_item(person, token);
+        let in_flight = sink.in_flight.as_ref().is_some_and(|b| {
+            b.ops
+                .iter()
+                .any(|o| o.item.as_ref().is_some_and(|(k, _)| *k == key))
+        });
+        if held && in_flight {
+            return false;
+        }
+        self.mark(sink_name, key.clone(), held);
+        if held {
+            self.set_base(sink_name, &key, true);
+        }
+        true
+    }
+
     pub(crate) fn dead_letters(&self, sink_name: &str) -> Vec<DeadLetter> {
         self.sinks
             .get(sink_name)

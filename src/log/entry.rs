@@ -9,8 +9,9 @@ use crate::codec::bincode_opts;
 use crate::error::{Error, Result};
 use crate::limits::{
     MAX_BATCH_BODY_BYTES, MAX_BATCH_ID_BYTES, MAX_OPERATION_BYTES, MAX_OPS_LIMIT, MAX_REASON_BYTES,
+    MAX_REMARK_PAIRS,
 };
-use crate::model::{validate_sink, Op};
+use crate::model::{validate_sink, Op, RemarkPair};
 
 /// What the log records: a user operation or an internal one.
 ///
@@ -59,6 +60,15 @@ pub enum Entry {
         /// Its format and identifier kind.
         settings: crate::format::SinkSettings,
     },
+    /// The drift audit's repair: each pair goes back into the sink's feed
+    /// (its current truth is sent again; a pair Customer.io `held` and
+    /// devreg does not is sent as a delete). DESIGN.md 20.8.
+    Remark {
+        /// The sink.
+        sink: String,
+        /// The pairs, at most `MAX_REMARK_PAIRS`.
+        pairs: Vec<crate::model::RemarkPair>,
+    },
 }
 
 /// Encodes entries as one log record body (public only for the fuzz
@@ -105,6 +115,7 @@ pub(crate) fn validate_entry(e: &Entry) -> Result<()> {
             validate_sink(sink)?;
             settings.validate()
         }
+        Entry::Remark { sink, pairs } => validate_remark(sink, pairs),
         Entry::Export {
             sink,
             max_ops,
@@ -153,5 +164,72 @@ pub(crate) fn validate_entry(e: &Entry) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Checks a re-mark entry: a valid sink, 1..=`MAX_REMARK_PAIRS` pairs, each
+/// valid (the error names the pair's index).
+fn validate_remark(sink: &str, pairs: &[RemarkPair]) -> Result<()> {
+    validate_sink(sink)?;
+    if pairs.is_empty() || pairs.len() > MAX_REMARK_PAIRS {
+        return Err(Error::invalid(
+            "pairs",
+            format!("{} pairs is outside 1..={MAX_REMARK_PAIRS}", pairs.len()),
+        ));
+    }
+    for (i, p) in pairs.iter().enumerate() {
+        p.validate()
+            .map_err(|e| Error::invalid(format!("pairs[{i}]"), e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(person: &str, token: &str, held: bool) -> RemarkPair {
+        RemarkPair {
+            person: person.into(),
+            token: token.into(),
+            held,
+        }
+    }
+
+    /// `Entry::Remark` is encoded as DESIGN.md 20.8 documents: variant 8,
+    /// the sink, the pair count, then each pair's person, token and `held`.
+    #[test]
+    fn a_remark_entry_encodes_as_documented_and_is_validated() {
+        let e = Entry::Remark {
+            sink: "s".into(),
+            pairs: vec![pair("ann", "t1", true), pair("bo", "t2", false)],
+        };
+        let body = encode_entries(std::slice::from_ref(&e)).unwrap();
+        let want: Vec<u8> = [
+            &[8u8, 1, b's', 2][..],
+            &[3, b'a', b'n', b'n', 2, b't', b'1', 1],
+            &[2, b'b', b'o', 2, b't', b'2', 0],
+        ]
+        .concat();
+        assert_eq!(body, want);
+        assert_eq!(decode_entries("test", 1, &body).unwrap(), vec![e.clone()]);
+        validate_entry(&e).unwrap();
+
+        let field = |e: Entry| match validate_entry(&e) {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let remark = |sink: &str, pairs: Vec<RemarkPair>| Entry::Remark {
+            sink: sink.into(),
+            pairs,
+        };
+        assert_eq!(field(remark("s", vec![])), "pairs");
+        let many = vec![pair("ann", "t", false); MAX_REMARK_PAIRS + 1];
+        assert_eq!(field(remark("s", many)), "pairs");
+        assert_eq!(
+            field(remark("s", vec![pair("ann", "t t", true)])),
+            "pairs[0]"
+        );
+        assert_eq!(field(remark("S!", vec![pair("ann", "t", true)])), "sink");
     }
 }

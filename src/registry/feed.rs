@@ -210,6 +210,64 @@ impl Registry {
         }
     }
 
+    /// The drift audit's repair (DESIGN.md 20.8): puts each (person,
+    /// token) pair back into `sink`'s feed, so the next export sends its
+    /// current truth (a pair Customer.io `held` that devreg does not hold
+    /// goes out as a delete). Logged (`Entry::Remark`), durable as
+    /// configured, and checkpointed like every feed change. A `held` pair
+    /// that is in the sink's batch in flight is not marked (deferred: the
+    /// batch's acknowledgement decides what Customer.io holds; audit again
+    /// after the sync), nor is any pair of a sink that is gone. Pairs are
+    /// written in atomic chunks of at most `MAX_REMARK_PAIRS` that each fit
+    /// one log record; a crash between chunks leaves a prefix re-marked,
+    /// which is harmless (re-running the repair marks the rest). Returns the
+    /// pairs marked (the rest were deferred). An unknown sink is `Invalid` naming `sink`; an invalid
+    /// pair names `pairs[i]`.
+    pub fn remark(&self, sink: &str, pairs: &[crate::model::RemarkPair]) -> Result<u64> {
+        self.require_sink(sink)?;
+        for (i, p) in pairs.iter().enumerate() {
+            p.validate()
+                .map_err(|e| Error::invalid(format!("pairs[{i}]"), e.to_string()))?;
+        }
+        let budget = self.max_batch_bytes() / 2;
+        let mut marked = 0;
+        let mut rest = pairs;
+        while !rest.is_empty() {
+            let (mut n, mut bytes) = (0, 0);
+            for p in rest.iter().take(crate::limits::MAX_REMARK_PAIRS) {
+                let len = p.encoded_len();
+                if n > 0 && bytes + len > budget {
+                    break;
+                }
+                bytes += len;
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            let entry = Entry::Remark {
+                sink: sink.to_owned(),
+                pairs: chunk.to_vec(),
+            };
+            marked += match self.submit_one(entry)? {
+                Applied::Count(c) => c,
+                other => {
+                    return Err(Error::corrupt(
+                        "writer",
+                        format!("unexpected result {other:?}"),
+                    ))
+                }
+            };
+            rest = tail;
+        }
+        Ok(marked)
+    }
+
+    /// Up to `n` identified persons for an audit sample: the same ones for
+    /// the same persons, whatever the order they arrived in (the smallest
+    /// CRC-32 of the name first). A read: nothing is written.
+    pub fn sample_persons(&self, n: usize) -> Vec<String> {
+        self.inner.state.read().sample_persons(n)
+    }
+
     /// Every sink's position.
     pub fn sinks(&self) -> Vec<SinkInfo> {
         self.inner.state.read().feed.infos()
@@ -298,5 +356,54 @@ mod tests {
             .count();
         assert_eq!(delivered, 1, "{outcomes:?}");
         reg.close().unwrap();
+    }
+
+    /// A sample is the same for the same persons whatever order they came
+    /// in, at most `n`, identified persons only, sorted by CRC-32 of the name.
+    #[test]
+    fn samples_are_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("person-{i}")).collect();
+        let fill = |path: &std::path::Path, order: &mut dyn Iterator<Item = &String>| {
+            let reg = Registry::open(path).unwrap();
+            for (i, p) in order.enumerate() {
+                let r = reg.register(Register {
+                    token: format!("t-{p}"),
+                    platform: Platform::Ios,
+                    person: Some(p.clone()),
+                    seen_ms: 1_000 + i as u64,
+                    attributes: None,
+                });
+                assert!(r.unwrap().is_applied());
+            }
+            let _ = reg.register(Register {
+                token: "anon".into(),
+                platform: Platform::Android,
+                person: None,
+                seen_ms: 9,
+                attributes: None,
+            });
+            reg
+        };
+        let a = fill(&dir.path().join("a"), &mut names.iter());
+        let b = fill(&dir.path().join("b"), &mut names.iter().rev());
+        let sample = a.sample_persons(7);
+        assert_eq!(sample.len(), 7);
+        assert_eq!(sample, b.sample_persons(7));
+        let crcs: Vec<u32> = sample
+            .iter()
+            .map(|p| crc32fast::hash(p.as_bytes()))
+            .collect();
+        assert!(crcs.windows(2).all(|w| w[0] <= w[1]), "{crcs:?}");
+        let mut all = a.sample_persons(1_000);
+        assert_eq!(all.len(), 40);
+        assert_eq!(all[..7], sample[..]);
+        all.sort();
+        let mut want = names.clone();
+        want.sort();
+        assert_eq!(all, want);
+        assert!(a.sample_persons(0).is_empty());
+        a.close().unwrap();
+        b.close().unwrap();
     }
 }

@@ -86,7 +86,27 @@ impl State {
                 let n = self.feed.requeue(sink);
                 (Applied::Count(n as u64), n > 0)
             }
+            Entry::Remark { sink, pairs } => self.remark(sink, pairs),
         }
+    }
+
+    /// Re-marks each pair in `sink`'s feed (a person devreg knows keeps its
+    /// interned name); counts the pairs marked.
+    fn remark(&mut self, sink: &str, pairs: &[crate::model::RemarkPair]) -> (Applied, bool) {
+        let mut n = 0u64;
+        for p in pairs {
+            let person = self
+                .person_id(&p.person)
+                .and_then(|pid| self.person_name(pid))
+                .unwrap_or_else(|| Arc::from(p.person.as_str()));
+            if self
+                .feed
+                .remark(sink, &person, &pack_token(&p.token), p.held)
+            {
+                n += 1;
+            }
+        }
+        (Applied::Count(n), n > 0)
     }
 
     fn add_sink(&mut self, name: &str, settings: crate::format::SinkSettings) -> (Applied, bool) {

@@ -331,6 +331,29 @@ impl State {
             self.person_name(s.person)
         }
     }
+    /// Up to `n` identified persons, the same ones for the same persons
+    /// whatever the order they arrived in: those with the smallest CRC-32
+    /// of their name (ties by name), in that order. One pass, a heap of `n`.
+    pub(crate) fn sample_persons(&self, n: usize) -> Vec<String> {
+        let mut heap: std::collections::BinaryHeap<(u32, &str)> =
+            std::collections::BinaryHeap::with_capacity(n.min(1 << 16) + 1);
+        if n == 0 {
+            return Vec::new();
+        }
+        for p in self.persons.iter().flatten() {
+            let key = (crc32fast::hash(p.name.as_bytes()), &*p.name);
+            if heap.len() < n {
+                heap.push(key);
+            } else if heap.peek().is_some_and(|top| key < *top) {
+                heap.pop();
+                heap.push(key);
+            }
+        }
+        heap.into_sorted_vec()
+            .into_iter()
+            .map(|(_, name)| name.to_owned())
+            .collect()
+    }
 }
 
 impl crate::feed::Truth for State {

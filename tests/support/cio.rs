@@ -18,13 +18,19 @@
 //! (`push_report`, `sign_report`): the event a delivery outcome posts, and
 //! its `X-CIO-Signature` (DESIGN.md 20.7), for `tests/server.rs`.
 //!
+//! And the App API's side of the drift audit (`AppApi`): `GET
+//! /v1/customers/{id}/attributes` answers a person's devices from this
+//! model (`Cio::attributes`), behind a bearer key, a requests-per-second
+//! limit answered with 429 and `Retry-After`, and injectable faults.
+//!
 //! A device is (platform, last used in whole seconds, attributes). An
 //! operation Customer.io would refuse is an `Err`; a delete for a person it
 //! never saw is accepted and noted (`notes`): devreg should never send one.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -291,4 +297,172 @@ pub fn sign_report(key: &str, timestamp: &str, body: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The App API bearer key the emulator accepts.
+pub const APP_API_KEY: &str = "app-K3y-B3arer-77";
+
+impl Cio {
+    /// The App API answer to `GET /v1/customers/{person}/attributes`: the
+    /// profile with its devices (`id` = token, `platform`, `last_used` in
+    /// Unix seconds), or `None` (404) for a person Customer.io never saw.
+    pub fn attributes(&self, person: &str) -> Option<Value> {
+        let devices: Vec<Value> = self
+            .persons
+            .get(person)?
+            .iter()
+            .map(|(token, (platform, last_used, _))| {
+                serde_json::json!({"id": token, "platform": platform, "last_used": last_used})
+            })
+            .collect();
+        Some(serde_json::json!({"customer": {
+            "id": person,
+            "identifiers": {"id": person},
+            "attributes": {"id": person},
+            "devices": devices,
+        }}))
+    }
+
+    /// Test tampering: moves `token` from `from` to `to` (as if Customer.io
+    /// had it on the wrong person); false if `from` did not hold it.
+    pub fn move_device(&mut self, from: &str, token: &str, to: &str) -> bool {
+        let Some(d) = self.persons.get_mut(from).and_then(|p| p.remove(token)) else {
+            return false;
+        };
+        self.persons
+            .entry(to.to_owned())
+            .or_default()
+            .insert(token.to_owned(), d);
+        true
+    }
+}
+
+/// The App API's gate in front of the model: the bearer key, at most
+/// `per_second` admitted requests in any second (more is a 429 with
+/// `Retry-After: 1`, the "10-per-second limit"), and `faults`: statuses
+/// answered instead of the next requests, in order (a 429 with
+/// `Retry-After: 0`, a 5xx without).
+#[derive(Debug)]
+pub struct AppApi {
+    pub key: String,
+    pub per_second: usize,
+    pub faults: VecDeque<u16>,
+    /// Start times of the requests admitted (answered from the model).
+    pub admitted: Vec<Instant>,
+    /// Every request's person and status, in order.
+    pub seen: Vec<(String, u16)>,
+    /// Query strings seen (`id_type=...`).
+    pub queries: Vec<String>,
+}
+
+impl Default for AppApi {
+    fn default() -> AppApi {
+        AppApi {
+            key: APP_API_KEY.to_owned(),
+            per_second: 10,
+            faults: VecDeque::new(),
+            admitted: Vec::new(),
+            seen: Vec::new(),
+            queries: Vec::new(),
+        }
+    }
+}
+
+/// An App API answer: status, extra headers, body.
+pub type AppAnswer = (u16, Vec<(String, String)>, String);
+
+/// Decodes `%XX` escapes of a path segment.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = s
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl AppApi {
+    /// Counts of the statuses answered.
+    pub fn count(&self, status: u16) -> usize {
+        self.seen.iter().filter(|(_, s)| *s == status).count()
+    }
+
+    /// Answers one App API request (`target`: the request line's path and
+    /// query) with (status, extra headers, body); `None` when it is not an
+    /// App API request.
+    pub fn handle(
+        &mut self,
+        cio: &Cio,
+        target: &str,
+        authorization: Option<&str>,
+        now: Instant,
+    ) -> Option<AppAnswer> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let person = path
+            .strip_prefix("/v1/customers/")?
+            .strip_suffix("/attributes")
+            .filter(|p| !p.is_empty() && !p.contains('/'))
+            .map(percent_decode)?;
+        if !query.is_empty() {
+            self.queries.push(query.to_owned());
+        }
+        let answer = self.answer(cio, &person, authorization, now);
+        self.seen.push((person, answer.0));
+        Some(answer)
+    }
+
+    fn answer(
+        &mut self,
+        cio: &Cio,
+        person: &str,
+        authorization: Option<&str>,
+        now: Instant,
+    ) -> AppAnswer {
+        let plain = |status: u16, body: &str| (status, Vec::new(), body.to_owned());
+        if authorization != Some(format!("Bearer {}", self.key).as_str()) {
+            return plain(401, r#"{"meta":{"error":"Unauthorized request"}}"#);
+        }
+        if let Some(status) = self.faults.pop_front() {
+            let headers = match status {
+                429 => vec![("Retry-After".to_owned(), "0".to_owned())],
+                _ => Vec::new(),
+            };
+            return (
+                status,
+                headers,
+                r#"{"meta":{"error":"injected fault"}}"#.to_owned(),
+            );
+        }
+        let second_ago = now.checked_sub(Duration::from_secs(1));
+        let recent = self
+            .admitted
+            .iter()
+            .filter(|t| second_ago.is_none_or(|s| **t > s))
+            .count();
+        if recent >= self.per_second {
+            return (
+                429,
+                vec![("Retry-After".to_owned(), "1".to_owned())],
+                r#"{"meta":{"error":"Your request is over the 10-per-second limit"}}"#.to_owned(),
+            );
+        }
+        self.admitted.push(now);
+        match cio.attributes(person) {
+            Some(v) => plain(200, &v.to_string()),
+            None => plain(404, r#"{"meta":{"error":"Not found"}}"#),
+        }
+    }
 }

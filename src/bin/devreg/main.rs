@@ -1,10 +1,11 @@
 //! The `devreg` command: import events, query the registry, read the
-//! Customer.io sync feed, run a demo.
+//! Customer.io sync feed, sync it, audit Customer.io against it, run a demo.
 //!
 //! Output contract: results are JSON on stdout, diagnostics on stderr.
 //! Exit codes: 0 success, 1 error or "not found" or a failed check,
 //! 2 usage error (clap) or an import with rejected lines.
 
+mod audit;
 mod demo;
 mod feed;
 mod history;
@@ -200,6 +201,11 @@ enum Command {
     /// and CUSTOMERIO_API_KEY); --once drains and exits, otherwise follows
     /// new changes until SIGINT/SIGTERM.
     Sync(sync::SyncArgs),
+    /// Compare Customer.io's view of persons' devices (the App API, key
+    /// from CUSTOMERIO_APP_API_KEY) with devreg's: the drift as JSON on
+    /// stdout, a summary on stderr; exit 1 when drift is left. --repair
+    /// re-marks the drifted pairs in the sink's feed for the next sync.
+    Audit(audit::AuditArgs),
     /// Serve the registry over HTTP (JSON; README, "Server") until
     /// SIGTERM/SIGINT. The bearer token comes from DEVREG_API_TOKEN.
     #[cfg(feature = "server")]
@@ -316,6 +322,26 @@ fn run(cli: &Cli) -> CmdResult {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(args) => {
+            // The key and endpoint are checked before anything is opened;
+            // the audit reads a read-only open (never creating a database);
+            // only a repair with drift to re-mark opens it for writing.
+            let client = audit::client(args)?;
+            let reg = open_read_only(cli)?;
+            let mut report = audit::read(&reg, client, args)?;
+            close(cli, reg)?;
+            if args.repair {
+                let reg = match report.is_clean() {
+                    true => None,
+                    false => Some(open(cli, durability)?),
+                };
+                audit::repair(reg.as_ref(), args, &mut report)?;
+                if let Some(reg) = reg {
+                    close(cli, reg)?;
+                }
+            }
+            audit::print(&report)
+        }
         Command::Sync(args) => sync::run(
             &cli.db,
             cli.max_devices_per_person,
@@ -371,6 +397,12 @@ fn is_write(cmd: &Command) -> bool {
                 cmd: Some(feed::SinksCmd::Add { .. })
             }
     )
+}
+
+/// Closes `reg`: the final sync and checkpoint can fail, never exit 0 then.
+fn close(cli: &Cli, reg: Registry) -> Result<(), CliError> {
+    reg.close()
+        .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))
 }
 
 /// Opens the registry for a write command: created if missing, with
@@ -520,6 +552,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
         Command::Import { .. }
         | Command::Demo
         | Command::Sync(_)
+        | Command::Audit(_)
         | Command::Repair
         | Command::Backup { .. }
         | Command::Config(ConfigCmd::Set { .. }) => unreachable!("dispatched in run()"),

@@ -1,10 +1,14 @@
-//! The drift audit against the sink (issue 15 item 4), first part: reading
-//! Customer.io's view of one person's devices from the App API answer to
-//! `GET /v1/customers/{id}/attributes`, comparing it with devreg's view, and
-//! the rate limiter that keeps the audit under the App API's documented
-//! 10 requests per second, and `AppApiClient`, which fetches that answer
-//! (bearer key, region, 429s waited on). The CLI and `--repair` are not
-//! built yet (DESIGN 20.8).
+//! The drift audit against the sink (issue 15 item 4, DESIGN.md 20.8):
+//! reading Customer.io's view of one person's devices from the App API
+//! answer to `GET /v1/customers/{id}/attributes`, comparing it with
+//! devreg's view, the rate limiter that keeps the audit under the App API's
+//! documented 10 requests per second, and `AppApiClient`, which fetches
+//! that answer (bearer key, region, 429s waited on). `run.rs` walks the
+//! chosen persons and repairs (`audit`, `repair`).
+
+mod run;
+
+pub use run::{audit, repair, AuditReport, CioView, PersonDrift, Selection};
 
 use super::config::{Endpoint, Region};
 use crate::error::{Error, Result};
@@ -222,6 +226,8 @@ pub struct AppApiClient {
     auth: String,
     agent: ureq::Agent,
     limiter: RateLimiter,
+    /// The `id_type` query parameter, when persons are not `id`s.
+    id_type: Option<&'static str>,
 }
 
 impl AppApiClient {
@@ -248,7 +254,18 @@ impl AppApiClient {
             auth: format!("Bearer {}", key.trim()),
             agent: builder.build().into(),
             limiter: RateLimiter::app_api(),
+            id_type: None,
         })
+    }
+
+    /// Names persons by this identifier kind (the sink's): `email` and
+    /// `cio_id` are sent as the `id_type` query parameter.
+    pub fn identifier(mut self, kind: crate::format::IdentifierKind) -> AppApiClient {
+        self.id_type = match kind {
+            crate::format::IdentifierKind::Id => None,
+            other => Some(other.as_str()),
+        };
+        self
     }
 
     /// Customer.io's devices of `person` (`GET
@@ -257,21 +274,27 @@ impl AppApiClient {
     /// and retried up to `CIO_APP_API_ATTEMPTS` times; 404 is an unknown
     /// `person`; 401/403 name the key.
     pub fn devices(&mut self, person: &str) -> Result<Vec<CioDevice>> {
-        let url = self
-            .endpoint
-            .join(&format!("/v1/customers/{}/attributes", encode_path(person)));
+        self.profile(person)?.ok_or_else(|| Error::Invalid {
+            field: "person".into(),
+            reason: format!("Customer.io has no customer {person:?}"),
+        })
+    }
+
+    /// `devices`, with a 404 (no such customer) as `None`.
+    pub fn profile(&mut self, person: &str) -> Result<Option<Vec<CioDevice>>> {
+        let query = self.id_type.map(|t| format!("?id_type={t}"));
+        let url = self.endpoint.join(&format!(
+            "/v1/customers/{}/attributes{}",
+            encode_path(person),
+            query.unwrap_or_default()
+        ));
         let mut backoff = Duration::from_millis(200);
         for attempt in 1..=CIO_APP_API_ATTEMPTS {
             self.limiter.wait();
             let (status, retry_after, body) = self.get(&url)?;
             match status {
-                200 => return parse_attributes(&body),
-                404 => {
-                    return Err(Error::Invalid {
-                        field: "person".into(),
-                        reason: format!("Customer.io has no customer {person:?}"),
-                    })
-                }
+                200 => return parse_attributes(&body).map(Some),
+                404 => return Ok(None),
                 401 | 403 => {
                     return Err(Error::Invalid {
                         field: APP_API_KEY_ENV.into(),
