@@ -457,6 +457,23 @@ impl Endpoint {
         }
     }
 
+    /// The HTTP agent every devreg client of this endpoint uses: statuses
+    /// are answers (not errors), `timeout` for the whole call and at most
+    /// `connect` to connect, no redirects, devreg's user agent, and never an
+    /// environment proxy for a loopback host.
+    pub(crate) fn agent(&self, timeout: Duration, connect: Duration) -> ureq::Agent {
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(connect.min(timeout)))
+            .max_redirects(0)
+            .user_agent(concat!("devreg/", env!("CARGO_PKG_VERSION")));
+        if self.is_loopback() {
+            builder = builder.proxy(None);
+        }
+        builder.build().into()
+    }
+
     /// Whether the host is a loopback IP address or exactly `localhost`
     /// (the parser has already lowercased names and decoded IP addresses).
     pub(crate) fn is_loopback(&self) -> bool {

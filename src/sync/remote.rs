@@ -80,18 +80,12 @@ impl ServerClient {
     /// bearer token when given. Sends nothing yet.
     pub fn new(server: &str, token: Option<&str>) -> Result<ServerClient> {
         let endpoint = Endpoint::parse_as(server, "server")?;
-        let mut builder = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_millis(REMOTE_FEED_TIMEOUT_MS)))
-            .max_redirects(0)
-            .user_agent(concat!("devreg/", env!("CARGO_PKG_VERSION")));
-        if endpoint.is_loopback() {
-            builder = builder.proxy(None);
-        }
+        let timeout = Duration::from_millis(REMOTE_FEED_TIMEOUT_MS);
+        let agent = endpoint.agent(timeout, timeout);
         Ok(ServerClient {
             endpoint,
             auth: token.map(|t| format!("Bearer {t}")),
-            agent: builder.build().into(),
+            agent,
         })
     }
 

@@ -225,17 +225,7 @@ impl SyncWorker {
         config.validate()?;
         // Parsed once: the URL requested is the URL that was checked.
         let endpoint = Endpoint::parse(&config.endpoint)?;
-        let mut builder = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(config.timeout))
-            .timeout_connect(Some(config.timeout.min(Duration::from_secs(10))))
-            .max_redirects(0)
-            .user_agent(concat!("devreg/", env!("CARGO_PKG_VERSION")));
-        if endpoint.is_loopback() {
-            // Never route loopback traffic through an environment proxy.
-            builder = builder.proxy(None);
-        }
-        let agent: ureq::Agent = builder.build().into();
+        let agent = endpoint.agent(config.timeout, Duration::from_secs(10));
         let interval = Duration::from_secs_f64(RATE_MARGIN / config.max_rps);
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()

@@ -241,18 +241,12 @@ impl AppApiClient {
             });
         }
         let endpoint = Endpoint::parse_as(base, "app_api_endpoint")?;
-        let mut builder = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_millis(CIO_APP_API_TIMEOUT_MS)))
-            .max_redirects(0)
-            .user_agent(concat!("devreg/", env!("CARGO_PKG_VERSION")));
-        if endpoint.is_loopback() {
-            builder = builder.proxy(None);
-        }
+        let timeout = Duration::from_millis(CIO_APP_API_TIMEOUT_MS);
+        let agent = endpoint.agent(timeout, timeout);
         Ok(AppApiClient {
             endpoint,
             auth: format!("Bearer {}", key.trim()),
-            agent: builder.build().into(),
+            agent,
             limiter: RateLimiter::app_api(),
             id_type: None,
         })
