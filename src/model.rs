@@ -323,7 +323,13 @@ impl Deliverability {
                 }
             }
             FeedbackOutcome::SoftFailure => {
-                if self.last_delivered_ms.is_some_and(|d| d >= at_ms) {
+                // A delivery since, or a failure at or before the latest one
+                // counted: a replay (a webhook delivered again, perhaps to a
+                // restarted server that forgot its ids) or one out of order,
+                // so every feedback is idempotent on (token, time).
+                if self.last_delivered_ms.is_some_and(|d| d >= at_ms)
+                    || self.last_soft_failure_ms.is_some_and(|s| at_ms <= s)
+                {
                     return false;
                 }
                 // Failures from before the device was last seen do not count.

@@ -492,6 +492,15 @@ fn deliverability_rules_one_by_one() {
     for i in 0..2 {
         let _ = reg.feedback(new, soft, H0 + 4000 + i, None).unwrap();
     }
+    // A replay of either (a webhook delivered again, to a server that
+    // restarted and forgot its delivery ids) counts once.
+    for at in [H0 + 4001, H0 + 4000] {
+        assert_eq!(
+            reg.feedback(new, soft, at, None).unwrap(),
+            Outcome::Skipped,
+            "a soft failure replayed at {at}"
+        );
+    }
     assert_eq!(most(&reg).as_deref(), Some(new), "two soft failures do not");
     let _ = reg.feedback(new, soft, H0 + 4002, None).unwrap();
     assert_eq!(most(&reg).as_deref(), Some(old), "three do");

@@ -86,7 +86,10 @@ impl Model {
                 }
             }
             FeedbackOutcome::SoftFailure => {
-                if d.last_delivered_ms.is_some_and(|x| x >= at) {
+                // A replay (or an older failure) counts once.
+                if d.last_delivered_ms.is_some_and(|x| x >= at)
+                    || d.last_soft_failure_ms.is_some_and(|x| at <= x)
+                {
                     return Outcome::Skipped;
                 }
                 let run_goes_on = d.last_soft_failure_ms.is_some_and(|x| x > seen);
