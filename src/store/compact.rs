@@ -125,6 +125,9 @@ impl SledStore {
     /// caller fails stop (the next open finishes the swap).
     pub(crate) fn compact_if_worth(&self) -> Result<CompactOutcome> {
         let before_bytes = self.disk_bytes();
+        if before_bytes < self.compact_retry_at_bytes.load(Ordering::Relaxed) {
+            return Ok(CompactOutcome::Skipped);
+        }
         let limits = Limits {
             min_bytes: self.compact_min_bytes.load(Ordering::Relaxed),
             max_live_bytes: self.compact_max_live.load(Ordering::Relaxed),
@@ -145,6 +148,10 @@ impl SledStore {
             }
             Err(_) => {
                 let _ = std::fs::remove_dir_all(&copy);
+                // Not again at every checkpoint (a full disk would churn).
+                let retry_at = before_bytes.saturating_add(before_bytes / 2);
+                self.compact_retry_at_bytes
+                    .store(retry_at, Ordering::Relaxed);
                 return Ok(CompactOutcome::Abandoned);
             }
         };

@@ -92,6 +92,10 @@ pub(crate) struct SledStore {
     /// A copy went over `compact_max_live`: no more compactions until the
     /// store is opened again.
     pub(super) compact_too_large: std::sync::atomic::AtomicBool,
+    /// After an abandoned compaction (a full disk, say): no new try until
+    /// sled's files take this many bytes (half as much again), or the
+    /// store is opened again. 0: no such wait.
+    pub(super) compact_retry_at_bytes: std::sync::atomic::AtomicU64,
     pub(super) faults: Faults,
     written: std::sync::atomic::AtomicU64,
     /// A write (batch or flush) failed: no settling at close.
@@ -200,6 +204,7 @@ impl SledStore {
             compact_min_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             compact_max_live: std::sync::atomic::AtomicU64::new(0),
             compact_too_large: std::sync::atomic::AtomicBool::new(false),
+            compact_retry_at_bytes: std::sync::atomic::AtomicU64::new(0),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
             troubled: std::sync::atomic::AtomicBool::new(false),
