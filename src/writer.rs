@@ -158,34 +158,69 @@ pub(crate) fn commit(
 
 /// Commits every queued request, a group at a time, until the queue is empty.
 fn lead(c: &mut WriterCtx, queue: &WriteQueue) {
-    loop {
-        let mut group = Vec::new();
-        let mut ops = 0;
-        while ops < crate::limits::MAX_GROUP_OPS {
-            match queue.rx.try_recv() {
-                Ok(req) => {
-                    ops += req.0.len();
-                    group.push(req);
-                }
-                Err(_) => break,
+    while lead_group(c, queue) {}
+    c.periodic();
+}
+
+/// Commits one group of queued requests; false when the queue was empty.
+fn lead_group(c: &mut WriterCtx, queue: &WriteQueue) -> bool {
+    let mut group = Vec::new();
+    let mut ops = 0;
+    while ops < crate::limits::MAX_GROUP_OPS {
+        match queue.rx.try_recv() {
+            Ok(req) => {
+                ops += req.0.len();
+                group.push(req);
             }
-        }
-        if group.is_empty() {
-            break;
-        }
-        // A panic here would leave the state half-applied with the flag
-        // unset: catch it and fail stop (finding 14). The group's replies
-        // are dropped with it; `commit` turns that into the failure. The
-        // requests queued behind it are still taken, and refused: no other
-        // leader may come for a detached one.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.write_group(group)));
-        if r.is_err() {
-            c.fail(&Error::Failed(
-                "the writer panicked while applying a group".into(),
-            ));
+            Err(_) => break,
         }
     }
-    c.periodic();
+    if group.is_empty() {
+        return false;
+    }
+    // A panic here would leave the state half-applied with the flag
+    // unset: catch it and fail stop (finding 14). The group's replies
+    // are dropped with it; `commit` turns that into the failure. The
+    // requests queued behind it are still taken, and refused: no other
+    // leader may come for a detached one.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.write_group(group)));
+    if r.is_err() {
+        c.fail(&Error::Failed(
+            "the writer panicked while applying a group".into(),
+        ));
+    }
+    true
+}
+
+/// `submit_detached` for an `Eventual` write: when the writer lock is free
+/// this thread leads one group itself (its own request among it, so its
+/// reply runs here, with no hand-off to the writer thread and back), and
+/// leaves the timers and anything queued after that group to the writer
+/// thread. Otherwise, or with more queued, as `submit_detached`.
+pub(crate) fn submit_inline_or_detached(
+    ctx: &Mutex<WriterCtx>,
+    queue: &WriteQueue,
+    msgs: &Sender<Msg>,
+    request: Request,
+) {
+    if let Err(e) = queue.tx.send(request) {
+        e.into_inner().2.send(Err(Error::Closed));
+        return;
+    }
+    if let Some(mut c) = ctx.try_lock() {
+        lead_group(&mut c, queue);
+        drop(c);
+        if queue.rx.is_empty() {
+            return;
+        }
+    }
+    if queue.lead_wanted.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if msgs.send(Msg::Lead).is_err() {
+        queue.lead_wanted.store(false, Ordering::SeqCst);
+        lead(&mut ctx.lock(), queue);
+    }
 }
 
 /// Shared "the store failed" flag: once set, every write is refused.

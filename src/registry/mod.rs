@@ -30,7 +30,8 @@ use crate::model::*;
 use crate::state::{Applied, Cursor, Page, State, Stats};
 use crate::store::{load_state, KvStore, SledStore};
 use crate::writer::{
-    commit, submit_detached, CheckpointerCtx, FailFlag, Msg, WriteQueue, WriteReply, WriterCtx,
+    commit, submit_detached, submit_inline_or_detached, CheckpointerCtx, FailFlag, Msg, WriteQueue,
+    WriteReply, WriterCtx,
 };
 
 struct Inner {
@@ -41,6 +42,8 @@ struct Inner {
     max_batch_bytes: usize,
     /// `Config::soft_failures_to_suppress`.
     soft_limit: u32,
+    /// `Config::durability`: a write's durability when it names none.
+    durability: Durability,
     state: Arc<RwLock<State>>,
     tx: Mutex<Option<Sender<Msg>>>,
     ctx: Arc<Mutex<WriterCtx>>,
@@ -261,6 +264,7 @@ impl Registry {
                 path: config.path.clone(),
                 read_only: config.read_only,
                 soft_limit: config.soft_failures_to_suppress,
+                durability: config.durability,
                 _lock: lock,
                 max_batch_bytes,
                 state,
@@ -418,9 +422,13 @@ impl Registry {
     /// as asked. For async services: `done` completes a future (a oneshot
     /// channel's send), and no thread waits for the fdatasync meanwhile.
     /// An invalid batch, or a closed or failed registry, calls `done` at
-    /// once on this thread. `done` runs on the writer thread otherwise: it
-    /// must not block, and every write waits while it runs; a `done` that
-    /// panics is contained.
+    /// once on this thread. An `Eventual` batch that finds the writer idle
+    /// is committed by this thread itself, with no hand-off (one group: no
+    /// fdatasync unless an `Immediate` write queued meanwhile joins it; the
+    /// timers stay with the writer thread), and `done` runs here before
+    /// this returns. Otherwise `done` runs on the writer thread. Either way
+    /// it must not block, and every write waits while it runs; a `done`
+    /// that panics is contained.
     pub fn apply_batch_then(
         &self,
         ops: Vec<Op>,
@@ -445,12 +453,14 @@ impl Registry {
         let reply = WriteReply::Call(Box::new(move |r: Result<Vec<Applied>>| {
             finish(r.and_then(|a| a.into_iter().map(outcome).collect()));
         }));
-        submit_detached(
-            &self.inner.ctx,
-            &self.inner.queue,
-            &msgs,
-            (entries, durability, reply),
-        );
+        let request = (entries, durability, reply);
+        let (ctx, queue) = (&self.inner.ctx, &self.inner.queue);
+        // An `Eventual` write needs no fdatasync: when the writer lock is
+        // free this thread commits it at once (no hand-off either way).
+        match durability.unwrap_or(self.inner.durability) {
+            Durability::Eventual => submit_inline_or_detached(ctx, queue, &msgs, request),
+            Durability::Immediate => submit_detached(ctx, queue, &msgs, request),
+        }
     }
 
     /// The entries of a batch that `apply_batch_then` may queue (None: an
