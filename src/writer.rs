@@ -100,11 +100,26 @@ pub(crate) fn submit_detached(
     msgs: &Sender<Msg>,
     request: Request,
 ) {
-    if let Err(e) = queue.tx.send(request) {
-        // The queue holds its own receiver: unreachable, but answered.
-        e.into_inner().2.send(Err(Error::Closed));
-        return;
+    if enqueue(queue, request) {
+        want_lead(ctx, queue, msgs);
     }
+}
+
+/// Queues `request`; false (it is answered `Closed`) if it cannot be.
+fn enqueue(queue: &WriteQueue, request: Request) -> bool {
+    match queue.tx.send(request) {
+        Ok(()) => true,
+        Err(e) => {
+            // The queue holds its own receiver: unreachable, but answered.
+            e.into_inner().2.send(Err(Error::Closed));
+            false
+        }
+    }
+}
+
+/// Has the writer thread lead what is queued, unless a `Lead` is already
+/// on its way; a writer thread that is gone leaves it to this thread.
+fn want_lead(ctx: &Mutex<WriterCtx>, queue: &WriteQueue, msgs: &Sender<Msg>) {
     if queue.lead_wanted.swap(true, Ordering::SeqCst) {
         return;
     }
@@ -203,8 +218,7 @@ pub(crate) fn submit_inline_or_detached(
     msgs: &Sender<Msg>,
     request: Request,
 ) {
-    if let Err(e) = queue.tx.send(request) {
-        e.into_inner().2.send(Err(Error::Closed));
+    if !enqueue(queue, request) {
         return;
     }
     if let Some(mut c) = ctx.try_lock() {
@@ -214,13 +228,7 @@ pub(crate) fn submit_inline_or_detached(
             return;
         }
     }
-    if queue.lead_wanted.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    if msgs.send(Msg::Lead).is_err() {
-        queue.lead_wanted.store(false, Ordering::SeqCst);
-        lead(&mut ctx.lock(), queue);
-    }
+    want_lead(ctx, queue, msgs);
 }
 
 /// Shared "the store failed" flag: once set, every write is refused.
