@@ -86,6 +86,7 @@ pub mod internals {
         decode_attributes, decode_record, pack_token, unpack_token, STORE_FORMAT,
     };
     pub use crate::log::entry::{encode_entries as encode_log_entries, Entry as LogEntry};
+    pub use crate::model::civil_from_days;
     pub use crate::store::{
         count_records, page_records, page_value, peek_record, poke_record, sled_drop_panics,
     };

@@ -678,8 +678,9 @@ pub fn validate_sink(name: &str) -> crate::Result<()> {
 /// The civil date `(year, month, day)` of a day number since 1970-01-01
 /// (Howard Hinnant's days-to-civil algorithm, exact for every day devreg
 /// can hold). The history's daily counters and the Pipelines timestamps
-/// both format dates with it.
-pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
+/// both format dates with it (and the comparison harness, through
+/// `internals`).
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;

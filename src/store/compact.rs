@@ -143,7 +143,8 @@ impl SledStore {
                 // Over the bound: a store never compacted (or grown since)
                 // whose live bytes exceed it. Not again in this process.
                 let _ = std::fs::remove_dir_all(&copy);
-                self.compact_too_large.store(true, Ordering::Relaxed);
+                self.compact_retry_at_bytes
+                    .store(u64::MAX, Ordering::Relaxed);
                 return Ok(CompactOutcome::Skipped);
             }
             Err(_) => {

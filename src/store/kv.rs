@@ -43,14 +43,18 @@ pub(crate) fn copy_store(
     let mut batch: Vec<Write> = Vec::new();
     let mut batch_bytes = 0usize;
     let mut over = false;
-    src.scan_stored(&mut |k, v| {
-        if over || live_key == Some(k) {
+    let scanned = src.scan_stored(&mut |k, v| {
+        if live_key == Some(k) {
             return Ok(());
         }
         batch_bytes += k.len() + v.len();
         copied.keys += 1;
         copied.bytes += (k.len() + v.len()) as u64;
-        over = copied.bytes > max_bytes;
+        if copied.bytes > max_bytes {
+            // Stops the scan: the rest is neither read nor made resident.
+            over = true;
+            return Err(Error::invalid("copy", "over its size bound"));
+        }
         batch.push((k.to_vec(), Some(v.to_vec())));
         if batch_bytes >= chunk_bytes {
             out.apply(&batch)?;
@@ -58,11 +62,12 @@ pub(crate) fn copy_store(
             batch_bytes = 0;
         }
         Ok(())
-    })?;
+    });
     if over {
         out.mark_troubled();
         return Ok(None);
     }
+    scanned?;
     if let Some(key) = live_key {
         batch.push((key.to_vec(), Some(copied.bytes.to_be_bytes().to_vec())));
     }
@@ -89,12 +94,10 @@ pub(crate) struct SledStore {
     pub(super) compact_min_bytes: std::sync::atomic::AtomicU64,
     /// The most live bytes a compaction copies (`Config::compact_max_live_bytes`).
     pub(super) compact_max_live: std::sync::atomic::AtomicU64,
-    /// A copy went over `compact_max_live`: no more compactions until the
-    /// store is opened again.
-    pub(super) compact_too_large: std::sync::atomic::AtomicBool,
-    /// After an abandoned compaction (a full disk, say): no new try until
-    /// sled's files take this many bytes (half as much again), or the
-    /// store is opened again. 0: no such wait.
+    /// No new compaction until sled's files take this many bytes (0: no
+    /// such wait), or the store is opened again: half as much again after
+    /// an abandoned one (a full disk, say), `u64::MAX` after a copy went
+    /// over `compact_max_live`.
     pub(super) compact_retry_at_bytes: std::sync::atomic::AtomicU64,
     pub(super) faults: Faults,
     written: std::sync::atomic::AtomicU64,
@@ -203,7 +206,6 @@ impl SledStore {
             cache_bytes,
             compact_min_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             compact_max_live: std::sync::atomic::AtomicU64::new(0),
-            compact_too_large: std::sync::atomic::AtomicBool::new(false),
             compact_retry_at_bytes: std::sync::atomic::AtomicU64::new(0),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
@@ -389,11 +391,7 @@ impl KvStore for SledStore {
     }
 
     fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {
-        if self.troubled.load(std::sync::atomic::Ordering::SeqCst)
-            || self
-                .compact_too_large
-                .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.troubled.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(crate::kv::CompactOutcome::Skipped);
         }
         SledStore::compact_if_worth(self)
