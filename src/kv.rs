@@ -22,6 +22,8 @@ pub struct Compaction {
     pub after_bytes: u64,
     /// Bytes of the live keys and values copied.
     pub live_bytes: u64,
+    /// Passes the copy took (the store was reopened between two).
+    pub passes: u32,
 }
 
 /// What `KvStore::compact_if_worth` did.

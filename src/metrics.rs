@@ -168,6 +168,7 @@ pub(crate) struct Recorder {
     compactions: AtomicU64,
     compactions_abandoned: AtomicU64,
     compaction_freed_bytes: AtomicU64,
+    compaction_passes: AtomicU64,
 }
 
 impl Recorder {
@@ -182,6 +183,7 @@ impl Recorder {
             compactions: AtomicU64::new(0),
             compactions_abandoned: AtomicU64::new(0),
             compaction_freed_bytes: AtomicU64::new(0),
+            compaction_passes: AtomicU64::new(0),
         }
     }
 
@@ -263,6 +265,8 @@ impl Recorder {
                 self.compactions.fetch_add(1, Relaxed);
                 let freed = c.before_bytes.saturating_sub(c.after_bytes);
                 self.compaction_freed_bytes.fetch_add(freed, Relaxed);
+                self.compaction_passes
+                    .fetch_add(u64::from(c.passes), Relaxed);
             }
             None => {
                 self.compactions_abandoned.fetch_add(1, Relaxed);
@@ -270,12 +274,14 @@ impl Recorder {
         }
     }
 
-    /// (compactions done, abandoned, bytes of disk they gave back).
-    pub(crate) fn compactions(&self) -> (u64, u64, u64) {
+    /// (compactions done, abandoned, bytes of disk they gave back, passes
+    /// of the done ones).
+    pub(crate) fn compactions(&self) -> (u64, u64, u64, u64) {
         (
             self.compactions.load(Relaxed),
             self.compactions_abandoned.load(Relaxed),
             self.compaction_freed_bytes.load(Relaxed),
+            self.compaction_passes.load(Relaxed),
         )
     }
 }

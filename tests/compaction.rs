@@ -241,22 +241,68 @@ fn libc_eio() -> i32 {
     5
 }
 
+/// History entries without their commit times (the wall clock's).
+fn timeless(mut h: Vec<HistoryEntry>) -> Vec<HistoryEntry> {
+    for e in &mut h {
+        e.commit_ms = 0;
+    }
+    h
+}
+
 #[test]
-fn a_store_with_more_live_bytes_than_the_bound_is_not_compacted() {
+fn a_store_larger_than_one_pass_is_copied_in_passes_while_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
+    let (plain, db) = (dir.path().join("plain"), dir.path().join("db"));
+    let reg = Registry::open_with(config(&plain, u64::MAX)).unwrap();
+    workload(&reg, 2_000, 3);
+    let plain_dump = reg.dump();
+    let token = format!("{:064x}", 7);
+    let plain_history = timeless(reg.history(&token).unwrap());
+    reg.close().unwrap();
+
     let mut c = config(&db, 0);
-    // The copy stops past 64 KiB (the store holds more): skipped, not
-    // abandoned, and nothing left behind.
-    c.compact_max_live_bytes = 64 << 10;
-    let reg = Registry::open_with(c).unwrap();
-    workload(&reg, 2_000, 2);
+    // Passes of 64 KiB: the store (about a megabyte) takes many, with the
+    // store closed and reopened between two.
+    c.compact_pass_bytes = 64 << 10;
+    let reg = std::sync::Arc::new(Registry::open_with(c).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (reg, stop, token) = (reg.clone(), stop.clone(), token.clone());
+        std::thread::spawn(move || {
+            // History reads the store: through every reopen and swap.
+            // Empty until the token is first registered, then never again.
+            let mut found = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let h = reg.history(&token).unwrap();
+                assert!(found == 0 || !h.is_empty(), "history lost");
+                found += u64::from(!h.is_empty());
+            }
+            found
+        })
+    };
+    workload(&reg, 2_000, 3);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
     let m = reg.metrics();
-    assert_eq!((m.compactions, m.compactions_abandoned), (0, 0), "{m:?}");
+    assert!(m.compactions >= 1, "{m:?}");
+    assert_eq!(m.compactions_abandoned, 0, "{m:?}");
+    assert!(
+        m.compaction_passes >= 4 * m.compactions,
+        "{} passes for {} compactions",
+        m.compaction_passes,
+        m.compactions
+    );
     assert!(leftovers(&db).is_empty(), "{:?}", leftovers(&db));
-    let dump = reg.dump();
+    assert!(
+        reg.dump() == plain_dump,
+        "the same devices as without compaction"
+    );
+    assert_eq!(timeless(reg.history(&token).unwrap()), plain_history);
+    assert_clean(&reg, "after compactions in passes");
+    let reg = std::sync::Arc::into_inner(reg).unwrap();
     reg.close().unwrap();
     let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
-    assert!(reg.dump() == dump, "the same devices after a reopen");
+    assert!(reg.dump() == plain_dump, "the same devices after a reopen");
+    assert_eq!(timeless(reg.history(&token).unwrap()), plain_history);
     assert_clean(&reg, "reopened");
 }

@@ -173,10 +173,7 @@ fn copy_into(ctx: &WriterCtx, plan: &Plan<'_>) -> Result<BackupReport> {
         &*ctx.store,
         &staging.join("store"),
         crate::limits::BACKUP_CHUNK_BYTES,
-        None,
-        u64::MAX,
-    )?
-    .ok_or_else(|| Error::corrupt("backup", "the copy stopped at its size bound"))?;
+    )?;
     let (log_segments, log_bytes) = copy_segments(
         &plan.src.join("log"),
         &staging.join("log"),

@@ -54,6 +54,10 @@ pub struct Metrics {
     pub compactions_abandoned: u64,
     /// Bytes of disk compactions gave back (a counter).
     pub compaction_freed_bytes: u64,
+    /// Passes of the compactions done, each a copy of about
+    /// `Config::compact_pass_bytes` between two reopens of the store (a
+    /// counter).
+    pub compaction_passes: u64,
     /// The registry's counts now ([`Registry::stats`]): `devices` and more.
     pub stats: Stats,
     /// Every sink's position ([`Registry::sinks`]): `pending` is its lag
@@ -92,7 +96,8 @@ impl Registry {
         };
         let group_commit_records = m.group_commit_records();
         let checkpoint_ms = m.checkpoint_ms();
-        let (compactions, compactions_abandoned, compaction_freed_bytes) = m.compactions();
+        let (compactions, compactions_abandoned, compaction_freed_bytes, compaction_passes) =
+            m.compactions();
         Metrics {
             ops: m.ops(),
             group_commits: group_commit_records.count,
@@ -107,6 +112,7 @@ impl Registry {
             compactions,
             compactions_abandoned,
             compaction_freed_bytes,
+            compaction_passes,
             stats,
             sinks,
             failed: self.inner.failed.get().is_some(),

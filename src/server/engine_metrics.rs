@@ -110,6 +110,8 @@ impl Collector for EngineCollector {
             help,
             m.compaction_freed_bytes,
         )?;
+        let help = "Passes of the store compactions done (the store is reopened between two).";
+        counter(&mut e, "store_compaction_passes", help, m.compaction_passes)?;
         let help = "1 once the registry failed and refuses writes until reopened.";
         gauge(&mut e, "registry_failed", help, u64::from(m.failed))
     }

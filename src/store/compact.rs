@@ -8,8 +8,10 @@
 //! beside the store and swaps the two directories (DESIGN.md 4.6).
 //!
 //! The swap, with the directory fsynced after each step:
-//! 1. `store.compact/` is written whole (`copy_store`: every file fsynced,
-//!    sled closed and settled), with `Mstore_live_bytes` set;
+//! 1. `store.compact/` is written whole, in passes of bounded bytes with
+//!    both stores closed and opened again between two (sled keeps what a
+//!    scan read resident until then), with `Mstore_live_bytes` set; every
+//!    file fsynced, sled closed and settled;
 //! 2. `store/` is renamed `store.old/`;
 //! 3. `store.compact/` is renamed `store/`, and the open handle is replaced;
 //! 4. `store.old/` is removed.
@@ -24,11 +26,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::kv::{copy_store, open_sled, SledStore};
+use super::kv::{open_sled, visit_tree, Batch, SledStore};
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{CompactOutcome, Compaction, KvStore};
-use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR};
+use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR, TOOL_SLED_CACHE_BYTES};
+
+/// What a compaction copied.
+#[derive(Clone, Copy, Debug, Default)]
+struct CopyDone {
+    /// Bytes of keys and values (without `Mstore_live_bytes`).
+    bytes: u64,
+    /// Passes, each between two reopens of the store.
+    passes: u32,
+}
 use crate::log::segments::sync_dir;
 
 /// Live bytes (keys and values) the last compaction copied, u64 big-endian:
@@ -41,24 +52,24 @@ pub(crate) const COMPACT_DIR: &str = "store.compact";
 /// Where `store/` goes while the copy takes its place.
 pub(crate) const OLD_DIR: &str = "store.old";
 
-/// When to compact: files of at least `min_bytes` (`u64::MAX`: never;
-/// `Config::compact_min_store_bytes`), whose last compaction's live bytes
-/// were at most `max_live_bytes` (`Config::compact_max_live_bytes`).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
-    pub(crate) min_bytes: u64,
-    pub(crate) max_live_bytes: u64,
-}
-
 /// Whether a store of `disk_bytes` on disk whose last compaction found
 /// `live_bytes` (`None`: never compacted, taken as 0) is worth compacting
-/// now: at least `COMPACT_SPACE_FACTOR` times those live bytes.
-pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, limits: Limits) -> bool {
+/// now: files of at least `min_bytes` (`u64::MAX`: never;
+/// `Config::compact_min_store_bytes`) and at least `COMPACT_SPACE_FACTOR`
+/// times those live bytes.
+pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, min_bytes: u64) -> bool {
     let live = live_bytes.unwrap_or(0);
-    limits.min_bytes != u64::MAX
-        && disk_bytes >= limits.min_bytes
-        && live <= limits.max_live_bytes
+    min_bytes != u64::MAX
+        && disk_bytes >= min_bytes
         && disk_bytes >= live.saturating_mul(COMPACT_SPACE_FACTOR)
+}
+
+/// How a copy failed: before anything of `store/` changed (the compaction
+/// is abandoned), or with the store closed and not opened again (the
+/// registry fails stop).
+enum CopyFailure {
+    Abandon,
+    Fatal(Error),
 }
 
 fn sibling(store: &Path, name: &str) -> Result<PathBuf> {
@@ -128,26 +139,15 @@ impl SledStore {
         if before_bytes < self.compact_retry_at_bytes.load(Ordering::Relaxed) {
             return Ok(CompactOutcome::Skipped);
         }
-        let limits = Limits {
-            min_bytes: self.compact_min_bytes.load(Ordering::Relaxed),
-            max_live_bytes: self.compact_max_live.load(Ordering::Relaxed),
-        };
-        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, limits) {
+        let min_bytes = self.compact_min_bytes.load(Ordering::Relaxed);
+        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, min_bytes) {
             return Ok(CompactOutcome::Skipped);
         }
         let copy = sibling(&self.path, COMPACT_DIR)?;
         let old = sibling(&self.path, OLD_DIR)?;
-        let live_bytes = match self.prepare_copy(&copy, &old, limits.max_live_bytes) {
-            Ok(Some(live)) => live,
-            Ok(None) => {
-                // Over the bound: a store never compacted (or grown since)
-                // whose live bytes exceed it. Not again in this process.
-                let _ = std::fs::remove_dir_all(&copy);
-                self.compact_retry_at_bytes
-                    .store(u64::MAX, Ordering::Relaxed);
-                return Ok(CompactOutcome::Skipped);
-            }
-            Err(_) => {
+        let copied = match self.prepare_copy(&copy, &old) {
+            Ok(copied) => copied,
+            Err(CopyFailure::Abandon) => {
                 let _ = std::fs::remove_dir_all(&copy);
                 // Not again at every checkpoint (a full disk would churn).
                 let retry_at = before_bytes.saturating_add(before_bytes / 2);
@@ -155,6 +155,8 @@ impl SledStore {
                     .store(retry_at, Ordering::Relaxed);
                 return Ok(CompactOutcome::Abandoned);
             }
+            // The store is closed: the next open removes the copy.
+            Err(CopyFailure::Fatal(e)) => return Err(e),
         };
         // From here on a failure leaves the swap to the next open: no
         // settling of `path` at close (it may not exist).
@@ -163,29 +165,110 @@ impl SledStore {
         Ok(CompactOutcome::Done(Compaction {
             before_bytes,
             after_bytes: self.disk_bytes(),
-            live_bytes,
+            live_bytes: copied.bytes,
+            passes: copied.passes,
         }))
     }
 
     /// Steps 1 and 2 (module doc): the complete copy, then `store/` renamed
-    /// out of the way. Returns the live bytes copied, or `None` (nothing
-    /// renamed) when they are over `max_live_bytes`.
-    fn prepare_copy(&self, copy: &Path, old: &Path, max_live_bytes: u64) -> Result<Option<u64>> {
+    /// out of the way.
+    fn prepare_copy(&self, copy: &Path, old: &Path) -> std::result::Result<CopyDone, CopyFailure> {
         let parent = self.path.parent().unwrap_or(Path::new("."));
+        let abandon = |_: Error| CopyFailure::Abandon;
         if copy.exists() {
-            remove_dir(copy, &self.faults)?;
+            remove_dir(copy, &self.faults).map_err(abandon)?;
         }
         if old.exists() {
-            remove_dir(old, &self.faults)?;
+            remove_dir(old, &self.faults).map_err(abandon)?;
         }
-        let live = Some(META_STORE_LIVE_BYTES);
-        let Some(copied) = copy_store(self, copy, COMPACT_CHUNK_BYTES, live, max_live_bytes)?
-        else {
-            return Ok(None);
-        };
-        sync_dir(parent, &self.faults)?;
-        rename(&self.path, old, &self.faults)?;
-        Ok(Some(copied.bytes))
+        let copied = self.copy_in_passes(copy)?;
+        sync_dir(parent, &self.faults).map_err(abandon)?;
+        rename(&self.path, old, &self.faults).map_err(abandon)?;
+        Ok(copied)
+    }
+
+    /// Step 1: copies every entry into a new store at `copy` in passes of
+    /// about `compact_pass_bytes`, closing and reopening both stores
+    /// between two passes (sled keeps what a scan read resident until its
+    /// store is closed), then writes `Mstore_live_bytes` and makes the copy
+    /// durable (flushed, closed and settled, every file and directory
+    /// fsynced).
+    fn copy_in_passes(&self, copy: &Path) -> std::result::Result<CopyDone, CopyFailure> {
+        let abandon = |_: Error| CopyFailure::Abandon;
+        let pass_bytes = self.compact_pass_bytes.load(Ordering::Relaxed).max(1);
+        let mut copied = CopyDone::default();
+        let mut from = Vec::new();
+        loop {
+            let out = SledStore::open(copy, None, TOOL_SLED_CACHE_BYTES, true).map_err(abandon)?;
+            copied.passes += 1;
+            let next = self
+                .copy_pass(&out, &from, pass_bytes, &mut copied)
+                .map_err(abandon)?;
+            let Some(next) = next else {
+                let live = copied.bytes.to_be_bytes();
+                out.apply(&[(META_STORE_LIVE_BYTES.to_vec(), Some(live.to_vec()))])
+                    .and_then(|()| out.sync())
+                    .map_err(abandon)?;
+                drop(out);
+                visit_tree(copy, true, &None).map_err(abandon)?;
+                return Ok(copied);
+            };
+            out.sync().map_err(abandon)?;
+            drop(out);
+            self.reopen_db().map_err(CopyFailure::Fatal)?;
+            from = next;
+        }
+    }
+
+    /// One pass: the entries from `from` on into `out`, until `pass_bytes`
+    /// of them are copied. Returns the key the next pass starts at, or
+    /// `None` when the store is copied whole. `Mstore_live_bytes` is left
+    /// out (the copy writes its own).
+    fn copy_pass(
+        &self,
+        out: &SledStore,
+        from: &[u8],
+        pass_bytes: u64,
+        copied: &mut CopyDone,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut batch = Batch::new(COMPACT_CHUNK_BYTES);
+        let mut this_pass = 0u64;
+        let mut next = None;
+        self.scan_from(from, &mut |k, v| {
+            if this_pass >= pass_bytes {
+                next = Some(k.to_vec());
+                return Ok(false);
+            }
+            if k != META_STORE_LIVE_BYTES {
+                let bytes = (k.len() + v.len()) as u64;
+                this_pass += bytes;
+                copied.bytes += bytes;
+                batch.push(out, k, v)?;
+            }
+            Ok(true)
+        })?;
+        batch.finish(out)?;
+        Ok(next)
+    }
+
+    /// Closes sled and opens it again at `path` (the same files, or the
+    /// copy a swap renamed there), under the write lock: no operation uses
+    /// the old database meanwhile. If the open fails the store stays
+    /// closed (operations fail with `Closed`) and the caller fails stop.
+    fn reopen_db(&self) -> Result<()> {
+        let mut waker = self.waker.lock();
+        waker.stop();
+        let mut slot = self.db.write();
+        if let Some(previous) = slot.take() {
+            // sled may panic closing it (see `Drop for SledStore`): counted.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(previous))).is_err() {
+                super::kv::count_sled_drop_panic();
+            }
+        }
+        let db = open_sled(&self.path, self.cache_bytes)?;
+        *waker = super::sled_waker::SledWaker::start(&db);
+        *slot = Some(db);
+        Ok(())
     }
 
     /// Steps 3 and 4: the copy becomes `store/` and the open database.
@@ -193,18 +276,9 @@ impl SledStore {
         let parent = self.path.parent().unwrap_or(Path::new("."));
         rename(copy, &self.path, &self.faults)?;
         sync_dir(parent, &self.faults)?;
-        let db = open_sled(&self.path, self.cache_bytes)?;
-        let mut waker = self.waker.lock();
-        waker.stop();
-        *waker = super::sled_waker::SledWaker::start(&db);
-        // No operation uses the old database once the write lock is held;
-        // its files are already renamed, so nothing of it is settled. sled
-        // may panic closing it (see `Drop for SledStore`): counted.
-        let previous = self.db.write().replace(db);
-        drop(waker);
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(previous))).is_err() {
-            super::kv::count_sled_drop_panic();
-        }
+        // The old database's files are already renamed: nothing of it is
+        // settled.
+        self.reopen_db()?;
         self.clear_troubled();
         // The swap is complete: a leftover `store.old/` is removed by the
         // next compaction or open.

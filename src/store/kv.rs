@@ -27,58 +27,65 @@ pub(crate) struct Copied {
 /// must not exist; the caller fsyncs the directory holding it. The caller
 /// keeps `src` from changing meanwhile.
 ///
-/// With `live_key`, that entry is not copied: it is written last, holding
-/// the bytes copied (u64 big-endian), and not counted in them. Once more
-/// than `max_bytes` are copied the copy stops and returns `None` (`dest`
-/// is left for the caller to remove).
-pub(crate) fn copy_store(
-    src: &dyn KvStore,
-    dest: &Path,
-    chunk_bytes: usize,
-    live_key: Option<&[u8]>,
-    max_bytes: u64,
-) -> Result<Option<Copied>> {
+/// It reads the whole store in one scan, so sled keeps what it read
+/// resident until `src` is closed: a compaction copies in passes instead
+/// (`store/compact.rs`).
+pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> Result<Copied> {
     let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
     let mut copied = Copied::default();
-    let mut batch: Vec<Write> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut over = false;
-    let scanned = src.scan_stored(&mut |k, v| {
-        if live_key == Some(k) {
-            return Ok(());
-        }
-        batch_bytes += k.len() + v.len();
+    let mut batch = Batch::new(chunk_bytes);
+    src.scan_stored(&mut |k, v| {
         copied.keys += 1;
         copied.bytes += (k.len() + v.len()) as u64;
-        if copied.bytes > max_bytes {
-            // Stops the scan: the rest is neither read nor made resident.
-            over = true;
-            return Err(Error::invalid("copy", "over its size bound"));
-        }
-        batch.push((k.to_vec(), Some(v.to_vec())));
-        if batch_bytes >= chunk_bytes {
-            out.apply(&batch)?;
-            batch.clear();
-            batch_bytes = 0;
-        }
-        Ok(())
-    });
-    if over {
-        out.mark_troubled();
-        return Ok(None);
-    }
-    scanned?;
-    if let Some(key) = live_key {
-        batch.push((key.to_vec(), Some(copied.bytes.to_be_bytes().to_vec())));
-    }
-    if !batch.is_empty() {
-        out.apply(&batch)?;
-    }
+        batch.push(&out, k, v)
+    })?;
+    batch.finish(&out)?;
     out.sync()?;
     drop(out);
     visit_tree(dest, true, &None)?;
-    Ok(Some(copied))
+    Ok(copied)
 }
+
+/// Entries gathered for one sled batch of a copy, written once they reach
+/// `chunk_bytes`.
+pub(super) struct Batch {
+    writes: Vec<Write>,
+    bytes: usize,
+    chunk_bytes: usize,
+}
+
+impl Batch {
+    pub(super) fn new(chunk_bytes: usize) -> Batch {
+        Batch {
+            writes: Vec::new(),
+            bytes: 0,
+            chunk_bytes,
+        }
+    }
+
+    /// Adds one entry, writing the batch into `out` once it is full.
+    pub(super) fn push(&mut self, out: &SledStore, k: &[u8], v: &[u8]) -> Result<()> {
+        self.bytes += k.len() + v.len();
+        self.writes.push((k.to_vec(), Some(v.to_vec())));
+        if self.bytes >= self.chunk_bytes {
+            self.finish(out)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered into `out`.
+    pub(super) fn finish(&mut self, out: &SledStore) -> Result<()> {
+        if !self.writes.is_empty() {
+            out.apply(&self.writes)?;
+        }
+        self.writes.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// A scan's callback that returns whether to go on.
+pub(super) type VisitWhile<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool>;
 
 /// sled, with a real fsync after its flush.
 pub(crate) struct SledStore {
@@ -92,12 +99,12 @@ pub(crate) struct SledStore {
     /// The smallest files a compaction is worth for (`u64::MAX`, the
     /// default: never; a registry sets its `Config`'s).
     pub(super) compact_min_bytes: std::sync::atomic::AtomicU64,
-    /// The most live bytes a compaction copies (`Config::compact_max_live_bytes`).
-    pub(super) compact_max_live: std::sync::atomic::AtomicU64,
+    /// Bytes a compaction copies between two reopens of this store
+    /// (`Config::compact_pass_bytes`).
+    pub(super) compact_pass_bytes: std::sync::atomic::AtomicU64,
     /// No new compaction until sled's files take this many bytes (0: no
     /// such wait), or the store is opened again: half as much again after
-    /// an abandoned one (a full disk, say), `u64::MAX` after a copy went
-    /// over `compact_max_live`.
+    /// an abandoned one (a full disk, say).
     pub(super) compact_retry_at_bytes: std::sync::atomic::AtomicU64,
     pub(super) faults: Faults,
     written: std::sync::atomic::AtomicU64,
@@ -205,7 +212,7 @@ impl SledStore {
             path: path.to_owned(),
             cache_bytes,
             compact_min_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
-            compact_max_live: std::sync::atomic::AtomicU64::new(0),
+            compact_pass_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             compact_retry_at_bytes: std::sync::atomic::AtomicU64::new(0),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
@@ -227,6 +234,20 @@ impl SledStore {
         for item in self.db()?.range(from..to) {
             let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
             f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// Visits the entries with keys from `from` on, in key order, until
+    /// `f` returns false. sled's read guard is held meanwhile: `f` must
+    /// not wait for the write lock (`reopen_db`).
+    pub(super) fn scan_from(&self, from: &[u8], f: VisitWhile<'_>) -> Result<()> {
+        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("scanning the store", e))?;
+        for item in self.db()?.range(from..) {
+            let (k, v) = item.map_err(|e| Error::store("scanning", e))?;
+            if !f(&k, &v)? {
+                break;
+            }
         }
         Ok(())
     }
@@ -401,12 +422,12 @@ impl KvStore for SledStore {
 impl SledStore {
     /// Passes `r` on, remembering a failed write: a store that failed one
     /// is not opened again at close (see `Drop`).
-    /// Lets `compact_if_worth` compact files of `min_bytes` or more whose
-    /// live bytes (at the last compaction) are at most `max_live`.
-    pub(crate) fn set_compact_limits(&self, min_bytes: u64, max_live: u64) {
+    /// Lets `compact_if_worth` compact files of `min_bytes` or more,
+    /// copying `pass_bytes` between two reopens of the store.
+    pub(crate) fn set_compact_limits(&self, min_bytes: u64, pass_bytes: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.compact_min_bytes.store(min_bytes, Relaxed);
-        self.compact_max_live.store(max_live, Relaxed);
+        self.compact_pass_bytes.store(pass_bytes, Relaxed);
     }
 
     /// A compaction finished its swap: the store at `path` is whole again.
