@@ -248,6 +248,13 @@ impl Config {
         self
     }
 
+    /// Sets the bytes a compaction copies between two reopens of the store
+    /// (at least 1; `memory_budget_bytes` sets it too, so call this after).
+    pub fn compact_pass_bytes(mut self, bytes: u64) -> Config {
+        self.compact_pass_bytes = bytes.max(1);
+        self
+    }
+
     /// Test-only: every I/O call of the registry asks `plan` first.
     #[doc(hidden)]
     pub fn fault_plan(mut self, plan: std::sync::Arc<crate::fault::FaultPlan>) -> Config {

@@ -47,11 +47,14 @@ pub enum IoOp {
     StoreRead = 1 << 9,
     /// Deleting a file (a log segment no longer needed as a spare).
     Unlink = 1 << 10,
+    /// Opening the store again while the registry runs (between two passes
+    /// of a compaction, and at its swap).
+    StoreOpen = 1 << 11,
 }
 
 impl IoOp {
     /// Every kind.
-    pub const ALL: [IoOp; 11] = [
+    pub const ALL: [IoOp; 12] = [
         IoOp::Write,
         IoOp::Pwrite,
         IoOp::Fdatasync,
@@ -63,6 +66,7 @@ impl IoOp {
         IoOp::StoreWrite,
         IoOp::StoreRead,
         IoOp::Unlink,
+        IoOp::StoreOpen,
     ];
 
     fn from_bits(bits: u32) -> Option<IoOp> {

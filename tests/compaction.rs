@@ -241,6 +241,42 @@ fn libc_eio() -> i32 {
     5
 }
 
+#[test]
+fn a_store_that_fails_to_open_again_between_two_passes_fails_stop_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let plan = FaultPlan::new();
+    let c = config(&db, 0)
+        .compact_pass_bytes(16 << 10)
+        .fault_plan(plan.clone());
+    let reg = Registry::open_with(c).unwrap();
+    for i in 0..2_000 {
+        register(&reg, i, 0);
+    }
+    let acknowledged = reg.dump();
+    // The store's first reopen, after the first pass, fails.
+    plan.arm(&[IoOp::StoreOpen], 1, libc_eio(), false);
+    let err = reg.checkpoint().unwrap_err();
+    assert_eq!(plan.fired(), 1, "{err}");
+    assert!(err.to_string().contains("again"), "{err}");
+    assert!(reg.metrics().failed, "a closed store fails the registry");
+    let token = format!("{:064x}", 1);
+    assert!(
+        reg.history(&token).is_err(),
+        "the store is closed, not stale"
+    );
+    drop(reg);
+    assert!(db.join("store").exists() && db.join("store.compact").exists());
+
+    let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
+    assert!(
+        reg.dump() == acknowledged,
+        "every acknowledged write is there"
+    );
+    assert!(leftovers(&db).is_empty(), "{:?}", leftovers(&db));
+    assert_clean(&reg, "after the open removed the partial copy");
+}
+
 /// History entries without their commit times (the wall clock's).
 fn timeless(mut h: Vec<HistoryEntry>) -> Vec<HistoryEntry> {
     for e in &mut h {
@@ -260,10 +296,9 @@ fn a_store_larger_than_one_pass_is_copied_in_passes_while_reads_go_on() {
     let plain_history = timeless(reg.history(&token).unwrap());
     reg.close().unwrap();
 
-    let mut c = config(&db, 0);
     // Passes of 64 KiB: the store (about a megabyte) takes many, with the
     // store closed and reopened between two.
-    c.compact_pass_bytes = 64 << 10;
+    let c = config(&db, 0).compact_pass_bytes(64 << 10);
     let reg = std::sync::Arc::new(Registry::open_with(c).unwrap());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {

@@ -64,8 +64,10 @@ fn crash_config(db: &Path, eventual: bool) -> Config {
         // Deltas pile up and merge into pages every few checkpoints.
         .page_delta_bytes(16 << 10)
         // A checkpoint is followed by a store compaction whenever sled's
-        // files hold 3 times the live bytes: kills land inside them too.
+        // files hold 3 times the live bytes: kills land inside them too,
+        // and between their passes (the store closed and opened again).
         .compact_min_store_bytes(0)
+        .compact_pass_bytes(16 << 10)
 }
 
 // ------------------------------------------------------------ crash child --

@@ -104,10 +104,14 @@ fn config(db: &Path) -> Config {
 /// The child's config: in one run of three, a checkpoint is followed by a
 /// store compaction whenever sled's files hold 3 times the live bytes, so
 /// cuts land inside compactions (`store.compact/`, the renames of `store/`)
-/// too; the other runs keep the checkpoints' own coverage.
+/// too, and between their passes; the other runs keep the checkpoints' own
+/// coverage.
 fn child_config(db: &Path, run: u64) -> Config {
     let compact_from = if run % 3 == 2 { 0 } else { u64::MAX };
-    config(db).compact_min_store_bytes(compact_from)
+    // Passes of 16 KiB: cuts land between them too (the store reopened).
+    config(db)
+        .compact_min_store_bytes(compact_from)
+        .compact_pass_bytes(16 << 10)
 }
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -265,6 +265,8 @@ impl SledStore {
                 super::kv::count_sled_drop_panic();
             }
         }
+        check(&self.faults, IoOp::StoreOpen)
+            .map_err(|e| Error::io(format!("opening {} again", self.path.display()), e))?;
         let db = open_sled(&self.path, self.cache_bytes)?;
         *waker = super::sled_waker::SledWaker::start(&db);
         *slot = Some(db);
