@@ -78,6 +78,13 @@ pub struct Config {
     /// scan read resident until its store is closed, so this bounds the
     /// memory a compaction of any size adds (DESIGN.md 4.6).
     pub compact_pass_bytes: u64,
+    /// A compaction runs only while the live bytes of the last one are at
+    /// most this (set by `memory_budget_bytes`: the budget itself). A copy
+    /// that passes it stops there and none is tried again until the next
+    /// open. Above it sled's own costs dominate (DESIGN.md 4.6): each reopen
+    /// between two passes rewrites every free segment of the store, and at
+    /// 10^7 devices a copy hung inside sled.
+    pub compact_max_live_bytes: u64,
     /// sled's cache capacity (default 3/8 of the memory budget). sled evicts
     /// late whatever it is set to (DESIGN.md section 6).
     pub sled_cache_bytes: u64,
@@ -125,6 +132,7 @@ impl Config {
             compact_min_store_bytes: crate::limits::COMPACT_MIN_STORE_BYTES,
             // Set from the budget just below.
             compact_pass_bytes: 0,
+            compact_max_live_bytes: 0,
             memory_budget: 0,
             soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
@@ -136,7 +144,8 @@ impl Config {
     /// Sets the memory the store may use besides the devices themselves,
     /// and cuts it up: 3/8 for sled's cache, 1/4 for delta pages (held
     /// in memory too), 1/256 (at most `CHECKPOINT_CHUNK_BYTES`) per
-    /// checkpoint chunk, 1/8 per pass of a store compaction. The rest is headroom for sled's own buffers and a
+    /// checkpoint chunk, 1/8 per pass of a store compaction (which runs
+    /// while the live bytes fit in the budget). The rest is headroom for sled's own buffers and a
     /// checkpoint's change list. The default, 256 MiB, was chosen by
     /// measurement at 10^6 and 10^7 devices (DESIGN.md section 13). At least 64 MiB.
     ///
@@ -146,11 +155,13 @@ impl Config {
     /// assert_eq!(c.page_delta_bytes, 64 << 20);
     /// assert_eq!(c.checkpoint_chunk_bytes, 1 << 20);
     /// assert_eq!(c.compact_pass_bytes, 32 << 20);
+    /// assert_eq!(c.compact_max_live_bytes, 256 << 20);
     /// ```
     pub fn memory_budget_bytes(mut self, bytes: u64) -> Config {
         self.memory_budget = bytes;
         self.sled_cache_bytes = bytes / 8 * 3;
         self.compact_pass_bytes = bytes / 8;
+        self.compact_max_live_bytes = bytes;
         self.page_delta_bytes = usize::try_from(bytes / 4).unwrap_or(usize::MAX);
         self.checkpoint_chunk_bytes = usize::try_from(bytes / 256)
             .map_or(CHECKPOINT_CHUNK_BYTES, |b| b.min(CHECKPOINT_CHUNK_BYTES));

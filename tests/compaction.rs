@@ -341,3 +341,23 @@ fn a_store_larger_than_one_pass_is_copied_in_passes_while_reads_go_on() {
     assert_eq!(timeless(reg.history(&token).unwrap()), plain_history);
     assert_clean(&reg, "reopened");
 }
+
+#[test]
+fn a_store_with_more_live_bytes_than_the_bound_is_not_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut c = config(&db, 0).compact_pass_bytes(16 << 10);
+    // The copy stops past 64 KiB (the store holds more): skipped, not
+    // abandoned, nothing left behind, and not tried again until reopened.
+    c.compact_max_live_bytes = 64 << 10;
+    let reg = Registry::open_with(c).unwrap();
+    workload(&reg, 2_000, 2);
+    let m = reg.metrics();
+    assert_eq!((m.compactions, m.compactions_abandoned), (0, 0), "{m:?}");
+    assert!(leftovers(&db).is_empty(), "{:?}", leftovers(&db));
+    let dump = reg.dump();
+    reg.close().unwrap();
+    let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
+    assert!(reg.dump() == dump, "the same devices after a reopen");
+    assert_clean(&reg, "reopened");
+}

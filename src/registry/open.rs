@@ -29,7 +29,11 @@ fn open_paged(config: &Config) -> Result<PagedStore> {
         true => u64::MAX,
         false => config.compact_min_store_bytes,
     };
-    raw.set_compact_limits(min_bytes, config.compact_pass_bytes);
+    raw.set_compact_limits(
+        min_bytes,
+        config.compact_max_live_bytes,
+        config.compact_pass_bytes,
+    );
     PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)
 }
 

@@ -56,18 +56,30 @@ pub(crate) const OLD_DIR: &str = "store.old";
 /// `live_bytes` (`None`: never compacted, taken as 0) is worth compacting
 /// now: files of at least `min_bytes` (`u64::MAX`: never;
 /// `Config::compact_min_store_bytes`) and at least `COMPACT_SPACE_FACTOR`
-/// times those live bytes.
-pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, min_bytes: u64) -> bool {
+/// times those live bytes, which are at most `max_live_bytes`
+/// (`Config::compact_max_live_bytes`).
+pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, limits: Limits) -> bool {
     let live = live_bytes.unwrap_or(0);
-    min_bytes != u64::MAX
-        && disk_bytes >= min_bytes
+    limits.min_bytes != u64::MAX
+        && disk_bytes >= limits.min_bytes
+        && live <= limits.max_live_bytes
         && disk_bytes >= live.saturating_mul(COMPACT_SPACE_FACTOR)
 }
 
 /// How a copy failed: before anything of `store/` changed (the compaction
 /// is abandoned), or with the store closed and not opened again (the
 /// registry fails stop).
+/// When to compact (see `worth_compacting`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) min_bytes: u64,
+    pub(crate) max_live_bytes: u64,
+}
+
 enum CopyFailure {
+    /// The live bytes passed `Config::compact_max_live_bytes`: stopped
+    /// there, nothing renamed.
+    Over,
     Abandon,
     Fatal(Error),
 }
@@ -139,14 +151,25 @@ impl SledStore {
         if before_bytes < self.compact_retry_at_bytes.load(Ordering::Relaxed) {
             return Ok(CompactOutcome::Skipped);
         }
-        let min_bytes = self.compact_min_bytes.load(Ordering::Relaxed);
-        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, min_bytes) {
+        let limits = Limits {
+            min_bytes: self.compact_min_bytes.load(Ordering::Relaxed),
+            max_live_bytes: self.compact_max_live.load(Ordering::Relaxed),
+        };
+        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, limits) {
             return Ok(CompactOutcome::Skipped);
         }
         let copy = sibling(&self.path, COMPACT_DIR)?;
         let old = sibling(&self.path, OLD_DIR)?;
         let copied = match self.prepare_copy(&copy, &old) {
             Ok(copied) => copied,
+            Err(CopyFailure::Over) => {
+                // A store never compacted (or grown since) whose live bytes
+                // exceed the bound. Not again in this process.
+                let _ = std::fs::remove_dir_all(&copy);
+                self.compact_retry_at_bytes
+                    .store(u64::MAX, Ordering::Relaxed);
+                return Ok(CompactOutcome::Skipped);
+            }
             Err(CopyFailure::Abandon) => {
                 let _ = std::fs::remove_dir_all(&copy);
                 // Not again at every checkpoint (a full disk would churn).
@@ -196,6 +219,7 @@ impl SledStore {
     fn copy_in_passes(&self, copy: &Path) -> std::result::Result<CopyDone, CopyFailure> {
         let abandon = |_: Error| CopyFailure::Abandon;
         let pass_bytes = self.compact_pass_bytes.load(Ordering::Relaxed).max(1);
+        let max_live = self.compact_max_live.load(Ordering::Relaxed);
         let mut copied = CopyDone::default();
         let mut from = Vec::new();
         loop {
@@ -204,6 +228,10 @@ impl SledStore {
             let next = self
                 .copy_pass(&out, &from, pass_bytes, &mut copied)
                 .map_err(abandon)?;
+            if copied.bytes > max_live {
+                out.mark_troubled();
+                return Err(CopyFailure::Over);
+            }
             let Some(next) = next else {
                 let live = copied.bytes.to_be_bytes();
                 out.apply(&[(META_STORE_LIVE_BYTES.to_vec(), Some(live.to_vec()))])

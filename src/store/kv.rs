@@ -102,9 +102,12 @@ pub(crate) struct SledStore {
     /// Bytes a compaction copies between two reopens of this store
     /// (`Config::compact_pass_bytes`).
     pub(super) compact_pass_bytes: std::sync::atomic::AtomicU64,
+    /// The most live bytes a compaction copies (`Config::compact_max_live_bytes`).
+    pub(super) compact_max_live: std::sync::atomic::AtomicU64,
     /// No new compaction until sled's files take this many bytes (0: no
     /// such wait), or the store is opened again: half as much again after
-    /// an abandoned one (a full disk, say).
+    /// an abandoned one (a full disk, say), `u64::MAX` after a copy went
+    /// over `compact_max_live`.
     pub(super) compact_retry_at_bytes: std::sync::atomic::AtomicU64,
     pub(super) faults: Faults,
     written: std::sync::atomic::AtomicU64,
@@ -213,6 +216,7 @@ impl SledStore {
             cache_bytes,
             compact_min_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             compact_pass_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
+            compact_max_live: std::sync::atomic::AtomicU64::new(0),
             compact_retry_at_bytes: std::sync::atomic::AtomicU64::new(0),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
@@ -422,11 +426,13 @@ impl KvStore for SledStore {
 impl SledStore {
     /// Passes `r` on, remembering a failed write: a store that failed one
     /// is not opened again at close (see `Drop`).
-    /// Lets `compact_if_worth` compact files of `min_bytes` or more,
-    /// copying `pass_bytes` between two reopens of the store.
-    pub(crate) fn set_compact_limits(&self, min_bytes: u64, pass_bytes: u64) {
+    /// Lets `compact_if_worth` compact files of `min_bytes` or more whose
+    /// live bytes are at most `max_live`, copying `pass_bytes` between two
+    /// reopens of the store.
+    pub(crate) fn set_compact_limits(&self, min_bytes: u64, max_live: u64, pass_bytes: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.compact_min_bytes.store(min_bytes, Relaxed);
+        self.compact_max_live.store(max_live, Relaxed);
         self.compact_pass_bytes.store(pass_bytes, Relaxed);
     }
 
