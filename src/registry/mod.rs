@@ -6,6 +6,8 @@ mod feed;
 mod history;
 mod metrics;
 mod open;
+#[cfg(test)]
+mod tests;
 
 pub use backup::BackupReport;
 use check::check_on_writer;

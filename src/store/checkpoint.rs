@@ -250,7 +250,10 @@ pub(crate) fn load_state(
     state.finish_load();
     state.dirty.clear();
     load_deliverability(store, &mut state)?;
-    state.feed = crate::feed::load_feed(store)?;
+    // The feed's person names are the state's where it holds them.
+    let shared = |name: &str| state.person_name(state.person_id(name)?);
+    let feed = crate::feed::load_feed(store, &shared)?;
+    state.feed = feed;
     let (history, now_ms) = crate::history::load_history(store, history_retention_ms)?;
     state.history = history;
     state.now_ms = now_ms;
