@@ -1170,7 +1170,10 @@ fn readyz_is_503_once_a_write_failed() {
 #[test]
 fn engine_calls_over_the_bound_are_answered_429() {
     const LIMIT: usize = devreg::limits::MAX_SERVER_ENGINE_CALLS;
-    const SLOW_MS: u64 = 8_000;
+    // Long enough for 64 client threads to connect on a loaded 2-core
+    // machine (CI once needed more than 4 s, beside a release build); the
+    // 429 must come while the writers still hold their slots.
+    const SLOW_MS: u64 = 15_000;
     let dir = tempfile::tempdir().unwrap();
     let (reg, plan) = with_plan(&dir.path().join("db"));
     let url = serve_in_process(reg);
@@ -1194,7 +1197,7 @@ fn engine_calls_over_the_bound_are_answered_429() {
     // one only for a moment, so it is served until all LIMIT are taken.
     let busy = loop {
         assert!(
-            started.elapsed() < Duration::from_millis(SLOW_MS / 2),
+            started.elapsed() < Duration::from_millis(SLOW_MS - 3_000),
             "no 429 while {LIMIT} writers wait"
         );
         let asked = Instant::now();
