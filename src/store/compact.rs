@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{CompactOutcome, Compaction, KvStore};
 use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR, TOOL_SLED_CACHE_BYTES};
+use crate::log::segments::sync_dir;
 
 /// What a compaction copied.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,7 +41,6 @@ struct CopyDone {
     /// Passes, each between two reopens of the store.
     passes: u32,
 }
-use crate::log::segments::sync_dir;
 
 /// Live bytes (keys and values) the last compaction copied, u64 big-endian:
 /// the measure `worth_compacting` compares the file with. Absent until the
@@ -66,9 +66,6 @@ pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, limits:
         && disk_bytes >= live.saturating_mul(COMPACT_SPACE_FACTOR)
 }
 
-/// How a copy failed: before anything of `store/` changed (the compaction
-/// is abandoned), or with the store closed and not opened again (the
-/// registry fails stop).
 /// When to compact (see `worth_compacting`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
@@ -76,11 +73,17 @@ pub(crate) struct Limits {
     pub(crate) max_live_bytes: u64,
 }
 
+/// How a copy ended short: over the live bound or failed before anything
+/// of `store/` changed (the compaction is skipped or abandoned), or with
+/// the store closed and not opened again (the registry fails stop).
 enum CopyFailure {
-    /// The live bytes passed `Config::compact_max_live_bytes`: stopped
-    /// there, nothing renamed.
+    /// The live bytes passed `Config::compact_max_live_bytes` (checked
+    /// after each pass, so by at most one pass): stopped there, nothing
+    /// renamed.
     Over,
+    /// A failure with the store as it was (a full disk, say).
     Abandon,
+    /// The store failed to open again between two passes.
     Fatal(Error),
 }
 
