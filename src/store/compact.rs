@@ -26,21 +26,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::kv::{open_sled, visit_tree, Batch, SledStore};
+use super::kv::{open_sled, visit_tree, Batch, Copied, SledStore};
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{CompactOutcome, Compaction, KvStore};
 use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR, TOOL_SLED_CACHE_BYTES};
 use crate::log::segments::sync_dir;
-
-/// What a compaction copied.
-#[derive(Clone, Copy, Debug, Default)]
-struct CopyDone {
-    /// Bytes of keys and values (without `Mstore_live_bytes`).
-    bytes: u64,
-    /// Passes, each between two reopens of the store.
-    passes: u32,
-}
 
 /// Live bytes (keys and values) the last compaction copied, u64 big-endian:
 /// the measure `worth_compacting` compares the file with. Absent until the
@@ -198,7 +189,7 @@ impl SledStore {
 
     /// Steps 1 and 2 (module doc): the complete copy, then `store/` renamed
     /// out of the way.
-    fn prepare_copy(&self, copy: &Path, old: &Path) -> std::result::Result<CopyDone, CopyFailure> {
+    fn prepare_copy(&self, copy: &Path, old: &Path) -> std::result::Result<Copied, CopyFailure> {
         let parent = self.path.parent().unwrap_or(Path::new("."));
         let abandon = |_: Error| CopyFailure::Abandon;
         if copy.exists() {
@@ -219,11 +210,11 @@ impl SledStore {
     /// store is closed), then writes `Mstore_live_bytes` and makes the copy
     /// durable (flushed, closed and settled, every file and directory
     /// fsynced).
-    fn copy_in_passes(&self, copy: &Path) -> std::result::Result<CopyDone, CopyFailure> {
+    fn copy_in_passes(&self, copy: &Path) -> std::result::Result<Copied, CopyFailure> {
         let abandon = |_: Error| CopyFailure::Abandon;
         let pass_bytes = self.compact_pass_bytes.load(Ordering::Relaxed).max(1);
         let max_live = self.compact_max_live.load(Ordering::Relaxed);
-        let mut copied = CopyDone::default();
+        let mut copied = Copied::default();
         let mut from = Vec::new();
         loop {
             let out = SledStore::open(copy, None, TOOL_SLED_CACHE_BYTES, true).map_err(abandon)?;
@@ -260,7 +251,7 @@ impl SledStore {
         out: &SledStore,
         from: &[u8],
         pass_bytes: u64,
-        copied: &mut CopyDone,
+        copied: &mut Copied,
     ) -> Result<Option<Vec<u8>>> {
         let mut batch = Batch::new(COMPACT_CHUNK_BYTES);
         let mut this_pass = 0u64;
@@ -274,6 +265,7 @@ impl SledStore {
                 let bytes = (k.len() + v.len()) as u64;
                 this_pass += bytes;
                 copied.bytes += bytes;
+                copied.keys += 1;
                 batch.push(out, k, v)?;
             }
             Ok(true)

@@ -10,13 +10,16 @@ use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{KvStore, Visit, Write};
 
-/// What `copy_store` copied.
+/// What a copy of the store copied (`copy_store`, a compaction's
+/// `copy_in_passes`).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Copied {
     /// Entries (sled keys).
     pub(crate) keys: u64,
-    /// Bytes of keys and values.
+    /// Bytes of keys and values (a compaction's without `Mstore_live_bytes`).
     pub(crate) bytes: u64,
+    /// Passes, each between two reopens of the store (1 for one scan).
+    pub(crate) passes: u32,
 }
 
 /// Copies every stored entry of `src` (`KvStore::scan_stored`) into a new
@@ -32,7 +35,10 @@ pub(crate) struct Copied {
 /// (`store/compact.rs`).
 pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> Result<Copied> {
     let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
-    let mut copied = Copied::default();
+    let mut copied = Copied {
+        passes: 1,
+        ..Copied::default()
+    };
     let mut batch = Batch::new(chunk_bytes);
     src.scan_stored(&mut |k, v| {
         copied.keys += 1;
