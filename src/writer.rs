@@ -620,7 +620,7 @@ impl WriterCtx {
         }
         let lsn = self.log.end_lsn();
         let carry = std::mem::take(&mut *self.ckpt_carry.lock());
-        let snapshot = match Snapshot::take(&mut self.state.write(), lsn, carry) {
+        let snapshot = match Snapshot::take(self.state.write(), lsn, carry) {
             Ok(s) => s,
             // Nothing is written; the drained changes are in the log only.
             Err(e) => return Err(self.fail(&e)),

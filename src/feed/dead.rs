@@ -137,9 +137,21 @@ impl DeadLetters {
     }
 
     /// Drains the changed slots with their letters now (`None`: deleted).
+    #[cfg(test)]
     pub(crate) fn take_dirty(&mut self) -> Vec<(Slot, Option<&DeadLetter>)> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let dirty = self.take_dirty_slots();
         dirty.into_iter().map(|s| (s, self.map.get(&s))).collect()
+    }
+
+    /// Drains the slots changed since the last checkpoint (their letters
+    /// are read later with `letter`, while nothing changes them).
+    pub(crate) fn take_dirty_slots(&mut self) -> BTreeSet<Slot> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The dead letter in `slot`, if any.
+    pub(crate) fn letter(&self, slot: &Slot) -> Option<&DeadLetter> {
+        self.map.get(slot)
     }
 }
 

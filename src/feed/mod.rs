@@ -13,6 +13,7 @@ mod backfill;
 mod dead;
 mod export;
 mod persist;
+pub(crate) use persist::FeedDrain;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -16,6 +16,9 @@
 //! which is still read and rewritten as keys). Metadata of layouts 1 to 3
 //! loads as a `track-v2` sink naming persons by `id`.
 
+use std::collections::BTreeSet;
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -390,12 +393,36 @@ fn effect_rec(e: &Effect) -> EffectRec {
     }
 }
 
+/// The feed's changes since the last checkpoint, drained under the state's
+/// write lock and encoded into store writes under its read lock
+/// ([`Feed::encode_drain`]), so that reads go on while a snapshot encodes.
+pub(crate) struct FeedDrain {
+    items: HashMap<Vec<u8>, Pending>,
+    dead: Vec<(String, BTreeSet<Slot>)>,
+    meta: BTreeSet<String>,
+}
+
 impl Feed {
-    /// Drains the feed's changes since the last checkpoint into store writes.
+    /// Moves out what changed since the last checkpoint (no encoding).
+    pub(crate) fn drain_dirty(&mut self) -> FeedDrain {
+        let items = std::mem::take(&mut self.dirty);
+        let dead = self
+            .sinks
+            .iter_mut()
+            .map(|(name, s)| (name.clone(), s.dead.take_dirty_slots()))
+            .filter(|(_, slots)| !slots.is_empty())
+            .collect();
+        let meta = std::mem::take(&mut self.meta_dirty);
+        FeedDrain { items, dead, meta }
+    }
+
+    /// Encodes a drain into store writes; the feed must not have changed
+    /// since `drain_dirty` (the caller holds the state, at least for reading).
     /// An encode error fails the checkpoint: nothing may be written short.
-    pub(crate) fn take_writes(&mut self) -> Result<Vec<Write>> {
-        let mut writes = Vec::with_capacity(self.dirty.len() + self.meta_dirty.len());
-        for (key, p) in self.dirty.drain() {
+    pub(crate) fn encode_drain(&self, drain: FeedDrain) -> Result<Vec<Write>> {
+        let FeedDrain { items, dead, meta } = drain;
+        let mut writes = Vec::with_capacity(items.len() + meta.len());
+        for (key, p) in items {
             let value = match p {
                 Pending::Item(item, base) => Some(item_value(&item, base)?),
                 Pending::Known => Some(Vec::new()),
@@ -403,13 +430,15 @@ impl Feed {
             };
             writes.push((key, value));
         }
-        for (name, s) in self.sinks.iter_mut() {
-            for (slot, letter) in s.dead.take_dirty() {
+        for (name, slots) in dead {
+            let letters = self.sinks.get(&name).map(|s| &s.dead);
+            for slot in slots {
+                let letter = letters.and_then(|d| d.letter(&slot));
                 let value = letter.map(dead_value).transpose()?;
-                writes.push((dead_key(name, slot), value));
+                writes.push((dead_key(&name, slot), value));
             }
         }
-        for name in std::mem::take(&mut self.meta_dirty) {
+        for name in meta {
             let Some(s) = self.sinks.get(&name) else {
                 continue;
             };

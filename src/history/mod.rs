@@ -17,6 +17,7 @@
 //! is returned (`now` is the last commit time).
 
 mod persist;
+pub(crate) use persist::HistoryDrain;
 mod view;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use hashbrown::{HashMap, HashSet};
+
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
@@ -64,20 +66,47 @@ fn out(r: &Rec) -> RecOut {
     }
 }
 
+/// The history's changes since the last snapshot, drained under the
+/// state's write lock and encoded under its read lock
+/// ([`History::encode_drain`]).
+pub(crate) struct HistoryDrain {
+    days: HashSet<(u32, Platform)>,
+    now_ms: u64,
+    /// The previous snapshot's entries, freed outside the write lock.
+    done: HashMap<Arc<[u8]>, Vec<Rec>>,
+}
+
 impl History {
     /// Drains the entries recorded since the last snapshot into store
-    /// writes. A write to an `'H'` key **appends** its entries to the
-    /// stored ones (the store joins them with `merge_encoded`); the drained
-    /// entries stay readable in `flushing` until the next snapshot.
+    /// writes (`drain_dirty`, then `encode_drain`).
+    #[cfg(test)]
     pub(crate) fn take_writes(&mut self, now_ms: u64) -> Result<Vec<Write>> {
-        let pending = std::mem::take(&mut self.pending);
-        let mut writes = Vec::with_capacity(pending.len() + self.dirty_days.len() + 1);
-        for (token, list) in &pending {
+        let drain = self.drain_dirty(now_ms);
+        self.encode_drain(drain)
+    }
+
+    /// Moves the entries recorded since the last snapshot to `flushing`
+    /// (still readable there until the next snapshot) and takes the
+    /// changed days; nothing is encoded.
+    pub(crate) fn drain_dirty(&mut self, now_ms: u64) -> HistoryDrain {
+        let done = std::mem::replace(&mut self.flushing, std::mem::take(&mut self.pending));
+        let days = std::mem::take(&mut self.dirty_days);
+        HistoryDrain { days, now_ms, done }
+    }
+
+    /// Encodes a drain into store writes; the history must not have changed
+    /// since `drain_dirty`. A write to an `'H'` key **appends** its entries
+    /// to the stored ones (the store joins them with `merge_encoded`).
+    pub(crate) fn encode_drain(&self, drain: HistoryDrain) -> Result<Vec<Write>> {
+        let HistoryDrain { days, now_ms, done } = drain;
+        // Freed here, under the read lock at most: it can be large.
+        drop(done);
+        let mut writes = Vec::with_capacity(self.flushing.len() + days.len() + 1);
+        for (token, list) in &self.flushing {
             let value = encode_versioned(&list.iter().map(out).collect::<Vec<RecOut>>())?;
             writes.push((history_key(token), Some(value)));
         }
-        self.flushing = pending;
-        for (day, platform) in std::mem::take(&mut self.dirty_days) {
+        for (day, platform) in days {
             let value = match self.daily.get(&(day, platform)) {
                 Some(v) => Some(encode_versioned(v)?),
                 None => None,

@@ -2,9 +2,14 @@
 //! one atomic batch together with the log position they reflect; and the
 //! reverse, loading the state from the store at open.
 
+use hashbrown::HashSet;
+use parking_lot::RwLockWriteGuard;
+
 use super::{KvStore, Write};
 use crate::codec::*;
 use crate::error::{Error, Result};
+use crate::feed::FeedDrain;
+use crate::history::HistoryDrain;
 use crate::state::{State, NO_PERSON};
 
 /// Metadata key: the log segment size the LSNs are laid out with (u64 big-endian).
@@ -23,31 +28,74 @@ impl Snapshot {
     /// `extra` goes first (a failed checkpoint's writes, which later ones
     /// override). An encode error fails the whole snapshot: the caller must
     /// fail stop, as the changes it drained are then only in the log.
-    pub(crate) fn take(state: &mut State, lsn: u64, extra: Vec<Write>) -> Result<Snapshot> {
-        let dirty = std::mem::take(&mut state.dirty);
-        let mut writes = Vec::with_capacity(dirty.len() + extra.len() + 2);
-        writes.extend(extra);
-        for token in dirty {
-            let key = device_key(&token);
-            let value = state.lookup(&token).and_then(|id| state.slot(id)).map(|s| {
-                let person = if s.person == NO_PERSON {
-                    None
-                } else {
-                    state.person(s.person).map(|p| p.name.clone())
-                };
-                encode_record(&RecordRef {
-                    platform: s.platform,
-                    last_seen_ms: s.last_seen_ms,
-                    person: person.as_deref(),
-                    attributes_blob: &s.attrs,
-                })
-            });
-            writes.push((key, value));
-        }
-        writes.extend(deliv_writes(state)?);
-        writes.extend(state.feed.take_writes()?);
+    ///
+    /// The write lock is held only to move the changed sets out; it is then
+    /// downgraded (atomically: no write comes between) and the records are
+    /// encoded under the read lock, so reads go on meanwhile. At 10^6
+    /// devices that encoding took about 90 ms with every reader waiting.
+    pub(crate) fn take(
+        mut state: RwLockWriteGuard<'_, State>,
+        lsn: u64,
+        extra: Vec<Write>,
+    ) -> Result<Snapshot> {
+        let drain = Drain::take(&mut state);
+        let state = RwLockWriteGuard::downgrade(state);
+        #[cfg(test)]
+        tests::AFTER_DRAIN.with(|hook| {
+            if let Some(f) = hook.borrow_mut().as_mut() {
+                f();
+            }
+        });
+        drain.encode(&state, lsn, extra)
+    }
+
+    /// Writes the snapshot atomically and makes it durable.
+    pub(crate) fn write(&self, store: &dyn KvStore) -> Result<u64> {
+        store.plan_for_devices(self.devices);
+        store.apply(&self.writes)?;
+        store.sync()?;
+        Ok(self.lsn)
+    }
+}
+
+/// What changed since the last snapshot, moved out of the state under its
+/// write lock (no encoding there).
+struct Drain {
+    devices: HashSet<Box<[u8]>>,
+    deliv: HashSet<Box<[u8]>>,
+    feed: FeedDrain,
+    history: HistoryDrain,
+}
+
+impl Drain {
+    fn take(state: &mut State) -> Drain {
+        // An orphan found at open is deleted by this snapshot: its token is
+        // in `deliv_dirty` already.
+        state.deliv_orphans.clear();
         let now = state.now_ms;
-        writes.extend(state.history.take_writes(now)?);
+        Drain {
+            devices: std::mem::take(&mut state.dirty),
+            deliv: std::mem::take(&mut state.deliv_dirty),
+            feed: state.feed.drain_dirty(),
+            history: state.history.drain_dirty(now),
+        }
+    }
+
+    /// The store writes of the drained changes, read from `state` (which
+    /// has not changed since `take`).
+    fn encode(self, state: &State, lsn: u64, extra: Vec<Write>) -> Result<Snapshot> {
+        let mut writes = Vec::with_capacity(self.devices.len() + extra.len() + 2);
+        writes.extend(extra);
+        for token in self.devices {
+            writes.push((device_key(&token), device_value(state, &token)));
+        }
+        for token in self.deliv {
+            let entry = state.lookup(&token).and_then(|id| state.deliv.get(&id));
+            let value = entry.map(encode_versioned).transpose()?;
+            writes.push((deliv_key(&token), value));
+        }
+        writes.extend(state.feed.encode_drain(self.feed)?);
+        writes.extend(state.history.encode_drain(self.history)?);
         writes.push((
             META_CHECKPOINT_LSN.to_vec(),
             Some(lsn.to_be_bytes().to_vec()),
@@ -62,28 +110,22 @@ impl Snapshot {
             devices: state.len(),
         })
     }
-
-    /// Writes the snapshot atomically and makes it durable.
-    pub(crate) fn write(&self, store: &dyn KvStore) -> Result<u64> {
-        store.plan_for_devices(self.devices);
-        store.apply(&self.writes)?;
-        store.sync()?;
-        Ok(self.lsn)
-    }
 }
 
-/// The `'Q'` writes of the devices whose deliverability changed or went
-/// away (drains `deliv_dirty`; an orphan found at open is deleted).
-fn deliv_writes(state: &mut State) -> Result<Vec<Write>> {
-    let dirty = std::mem::take(&mut state.deliv_dirty);
-    let mut writes = Vec::with_capacity(dirty.len());
-    for token in dirty {
-        let entry = state.lookup(&token).and_then(|id| state.deliv.get(&id));
-        let value = entry.map(encode_versioned).transpose()?;
-        writes.push((deliv_key(&token), value));
-    }
-    state.deliv_orphans.clear();
-    Ok(writes)
+/// The record of the device with packed `token`, or None if it is gone.
+fn device_value(state: &State, token: &[u8]) -> Option<Vec<u8>> {
+    let s = state.lookup(token).and_then(|id| state.slot(id))?;
+    let person = if s.person == NO_PERSON {
+        None
+    } else {
+        state.person(s.person).map(|p| p.name.clone())
+    };
+    Some(encode_record(&RecordRef {
+        platform: s.platform,
+        last_seen_ms: s.last_seen_ms,
+        person: person.as_deref(),
+        attributes_blob: &s.attrs,
+    }))
 }
 
 /// Loads the `'Q'` records into the side table; one whose device is
@@ -262,4 +304,72 @@ pub(crate) fn load_state(
         checkpoint_lsn,
         segment_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use parking_lot::RwLock;
+
+    use super::*;
+    use crate::log::entry::Entry;
+    use crate::model::{Op, Platform, Register};
+
+    thread_local! {
+        /// Called by `Snapshot::take` between draining and encoding.
+        pub(super) static AFTER_DRAIN: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+    }
+
+    fn register(i: u32) -> Entry {
+        Entry::Op(Op::Register(Register {
+            token: format!("{i:064x}"),
+            platform: Platform::Android,
+            person: Some(format!("p{i}")),
+            seen_ms: 5_000 + u64::from(i),
+            attributes: None,
+        }))
+    }
+
+    /// While a snapshot encodes, another thread can read the state but not
+    /// write it: reads are not held up by a checkpoint, and no write comes
+    /// between the drain and the encoding.
+    #[test]
+    fn a_snapshot_encodes_under_the_read_lock_only() {
+        let lock = Arc::new(RwLock::new(State::new(100)));
+        for i in 0..10 {
+            lock.write().apply(&register(i));
+        }
+        let probe = Arc::clone(&lock);
+        let seen: Arc<parking_lot::Mutex<Vec<(bool, bool)>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        AFTER_DRAIN.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move || {
+                let p = Arc::clone(&probe);
+                let tried = std::thread::spawn(move || {
+                    let read = p.try_read().map(|st| st.len());
+                    (read == Some(10), p.try_write().is_some())
+                })
+                .join()
+                .unwrap();
+                record.lock().push(tried);
+            }));
+        });
+        let snapshot = Snapshot::take(lock.write(), 77, Vec::new()).unwrap();
+        AFTER_DRAIN.with(|hook| hook.borrow_mut().take());
+        assert_eq!(
+            *seen.lock(),
+            vec![(true, false)],
+            "(read, write) while encoding"
+        );
+        let devices = snapshot
+            .writes
+            .iter()
+            .filter(|(k, v)| k.first() == Some(&DEVICE_PREFIX) && v.is_some())
+            .count();
+        assert_eq!(devices, 10, "every dirty device is in the snapshot");
+        assert_eq!(snapshot.lsn, 77);
+        assert!(lock.read().dirty.is_empty(), "the dirty set is drained");
+    }
 }
