@@ -17,10 +17,9 @@
 //! loads as a `track-v2` sink naming persons by `id`.
 
 use std::collections::BTreeSet;
-
-use hashbrown::HashMap;
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::backfill::Backfill;

@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use hashbrown::{HashMap, HashSet};
-
 use bincode::Options;
+use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::{DayCounts, History, HistoryOp, Rec, MAX_HISTORY_PER_TOKEN};
