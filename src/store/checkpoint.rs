@@ -10,7 +10,7 @@ use crate::codec::*;
 use crate::error::{Error, Result};
 use crate::feed::FeedDrain;
 use crate::history::HistoryDrain;
-use crate::state::{State, NO_PERSON};
+use crate::state::State;
 
 /// Metadata key: the log segment size the LSNs are laid out with (u64 big-endian).
 pub(crate) const META_SEGMENT_BYTES: &[u8] = b"Mlog_segment_bytes";
@@ -115,11 +115,7 @@ impl Drain {
 /// The record of the device with packed `token`, or None if it is gone.
 fn device_value(state: &State, token: &[u8]) -> Option<Vec<u8>> {
     let s = state.lookup(token).and_then(|id| state.slot(id))?;
-    let person = if s.person == NO_PERSON {
-        None
-    } else {
-        state.person(s.person).map(|p| p.name.clone())
-    };
+    let person = state.person_name(s.person);
     Some(encode_record(&RecordRef {
         platform: s.platform,
         last_seen_ms: s.last_seen_ms,
