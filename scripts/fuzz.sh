@@ -30,7 +30,9 @@ fi
 
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
     echo "fuzz.sh: installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
-    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+    # --debug: cargo-fuzz only drives cargo and libFuzzer, and its
+    # optimized build cost a CI run (a clean machine) minutes.
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --debug
 fi
 
 echo "fuzz.sh: building the targets (sanitizer: $SANITIZER)" >&2

@@ -285,7 +285,7 @@ pub(crate) fn load_state(
     let (devices, persons) = load_hint(store)?;
     state.begin_load(devices, persons);
     super::load::load_devices(store, &mut state)?;
-    state.finish_load();
+    state.finish_load()?;
     state.dirty.clear();
     load_deliverability(store, &mut state)?;
     // The feed's person names are the state's where it holds them.

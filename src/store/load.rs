@@ -1,51 +1,65 @@
 //! Loading the devices at open on both cores: a scanning thread reads the
 //! `'D'` pages (sled, page decoding, delta overlay), checks and decodes each
-//! record and hashes its token and person with the state's hasher; the
-//! opening thread only inserts into the tables (measured at 10^7: the
-//! inserts' random probes are most of the open).
+//! record, hashes its token and person with the state's hasher, allocates
+//! the token and interns the attribute set; the opening thread interns the
+//! people and inserts into the tables (measured at 10^7: the random probes
+//! into tables of millions of entries are most of the open).
 
 use std::hash::BuildHasher;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use hashbrown::DefaultHashBuilder;
+use hashbrown::{DefaultHashBuilder, HashSet};
 
 use super::KvStore;
 use crate::codec::*;
 use crate::error::{Error, Result};
-use crate::model::Platform;
-use crate::state::{LoadedDevice, State};
+use crate::state::{LoadedDevice, State, NO_PERSON};
 
 /// Records per batch handed from the scanning thread to the opening one.
 const LOAD_BATCH_RECORDS: usize = 4096;
 /// Batches in flight between the two (bounds the memory of the pipeline).
 const LOAD_BATCHES_IN_FLIGHT: usize = 4;
 
-/// One decoded record; ranges index the batch's bytes.
+/// One decoded device; its person (`NO_PERSON` until the opening thread
+/// interns it) is named by a range of the batch's `names` and its hash.
 struct Rec {
-    key: Range<usize>,
-    token_hash: u64,
-    platform: Platform,
+    device: LoadedDevice,
     person: Option<(Range<usize>, u64)>,
-    last_seen_ms: u64,
-    attrs: Range<usize>,
 }
 
 #[derive(Default)]
 struct Batch {
-    bytes: Vec<u8>,
+    names: Vec<u8>,
     recs: Vec<Rec>,
 }
 
-impl Batch {
-    fn put(&mut self, b: &[u8]) -> Range<usize> {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(b);
-        start..self.bytes.len()
+/// The scanning thread's share of each record: decoding, hashing, the
+/// token's allocation and the attribute sets, interned into a pool the
+/// state adopts after the load (`State::adopt_attr_pool`). People are
+/// interned by the opening thread: at 10^7 devices, with them here, this
+/// thread did four fifths of the load's work while the other waited
+/// (their names are random probes into a table of millions).
+struct Decoder {
+    hasher: DefaultHashBuilder,
+    attrs: HashSet<Arc<[u8]>>,
+}
+
+impl Decoder {
+    /// The shared blob of `blob`, checked once per distinct blob.
+    fn attrs(&mut self, key: &[u8], blob: &[u8]) -> Result<Arc<[u8]>> {
+        if let Some(a) = self.attrs.get(blob) {
+            return Ok(a.clone());
+        }
+        decode_attributes(&describe_key(key), blob)?;
+        let a: Arc<[u8]> = Arc::from(blob);
+        self.attrs.insert(a.clone());
+        Ok(a)
     }
 
-    /// Checks and decodes one `'D'` record (errors name the key).
-    fn push(&mut self, hasher: &DefaultHashBuilder, key: &[u8], value: &[u8]) -> Result<()> {
+    /// Checks and decodes one `'D'` record into `batch` (errors name the key).
+    fn decode(&mut self, batch: &mut Batch, key: &[u8], value: &[u8]) -> Result<()> {
         let packed = key.get(1..).unwrap_or_default();
         if !is_packed_token(packed) {
             return Err(Error::corrupt(
@@ -59,51 +73,41 @@ impl Batch {
                 .err()
                 .unwrap_or_else(|| Error::corrupt(describe_key(key), "undecodable record"))
         })?;
-        let person = r
-            .person
-            .map(|p| (self.put(p.as_bytes()), hasher.hash_one(p.as_bytes())));
-        let rec = Rec {
-            key: self.put(key),
-            token_hash: hasher.hash_one(packed),
+        let person = r.person.map(|p| {
+            let start = batch.names.len();
+            batch.names.extend_from_slice(p.as_bytes());
+            (start..batch.names.len(), self.hasher.hash_one(p.as_bytes()))
+        });
+        let device = LoadedDevice {
+            token_hash: self.hasher.hash_one(packed),
+            token: Box::from(packed),
             platform: r.platform,
-            person,
+            person: NO_PERSON,
             last_seen_ms: r.last_seen_ms,
-            attrs: self.put(r.attributes_blob),
+            attrs: self.attrs(key, r.attributes_blob)?,
         };
-        self.recs.push(rec);
+        batch.recs.push(Rec { device, person });
         Ok(())
     }
+}
 
-    /// Inserts the batch's devices.
-    fn load_into(&self, state: &mut State) -> Result<()> {
-        let bytes = |r: &Range<usize>| self.bytes.get(r.clone()).unwrap_or_default();
-        for r in &self.recs {
-            let key = bytes(&r.key);
-            let attrs_blob = bytes(&r.attrs);
-            // Each distinct attribute blob is verified once.
-            if !state.attrs_interned(attrs_blob) {
-                decode_attributes(&describe_key(key), attrs_blob)?;
-            }
-            let person = match &r.person {
-                Some((range, h)) => Some((
-                    std::str::from_utf8(bytes(range))
-                        .map_err(|_| Error::corrupt(describe_key(key), "person is not UTF-8"))?,
-                    *h,
-                )),
-                None => None,
-            };
-            // sled keys are unique and packing is canonical: no duplicate tokens.
-            state.load_device(&LoadedDevice {
-                packed: key.get(1..).unwrap_or_default(),
-                token_hash: r.token_hash,
-                platform: r.platform,
-                person,
-                last_seen_ms: r.last_seen_ms,
-                attrs_blob,
-            });
+/// Inserts a batch's devices, interning their people.
+fn load_into(batch: &mut Batch, state: &mut State) -> Result<()> {
+    for mut r in batch.recs.drain(..) {
+        if let Some((range, h)) = r.person {
+            // Decoded from a record, so UTF-8: checked again, not trusted.
+            let name = batch
+                .names
+                .get(range)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| Error::corrupt("a person of the store", "not UTF-8"))?;
+            r.device.person = state.load_person(name, h);
         }
-        Ok(())
+        // sled keys are unique and packing is canonical: no duplicate tokens.
+        state.load_device(r.device);
     }
+    batch.names.clear();
+    Ok(())
 }
 
 /// The scanning thread: decodes every `'D'` record into batches, reusing
@@ -113,13 +117,13 @@ impl Batch {
 /// Stops early (with `Error::Closed`) when the opening thread has gone.
 fn scan(
     store: &dyn KvStore,
-    hasher: &DefaultHashBuilder,
+    decoder: &mut Decoder,
     tx: &Sender<Batch>,
     spent: &Receiver<Batch>,
 ) -> Result<()> {
     let mut batch = Batch::default();
     store.scan_prefix(&[DEVICE_PREFIX], &mut |key, value| {
-        batch.push(hasher, key, value)?;
+        decoder.decode(&mut batch, key, value)?;
         if batch.recs.len() >= LOAD_BATCH_RECORDS {
             let next = spent.try_recv().unwrap_or_default();
             tx.send(std::mem::replace(&mut batch, next))
@@ -137,9 +141,7 @@ fn scan(
 /// each one back emptied (its buffers keep their capacity).
 fn insert_all(state: &mut State, rx: Receiver<Batch>, spent: &Sender<Batch>) -> Result<()> {
     for mut batch in rx {
-        batch.load_into(state)?;
-        batch.bytes.clear();
-        batch.recs.clear();
+        load_into(&mut batch, state)?;
         // Full only when the scanner has enough spare batches: drop it.
         let _ = spent.try_send(batch);
     }
@@ -147,15 +149,21 @@ fn insert_all(state: &mut State, rx: Receiver<Batch>, spent: &Sender<Batch>) -> 
 }
 
 /// Loads every device of the store into `state` (between `begin_load` and
-/// `finish_load`), scanning on a second thread.
+/// `finish_load`, into a state with no devices yet), scanning on a second
+/// thread.
 pub(crate) fn load_devices(store: &dyn KvStore, state: &mut State) -> Result<()> {
-    let hasher = *state.hasher();
+    let mut decoder = Decoder {
+        hasher: *state.hasher(),
+        attrs: HashSet::new(),
+    };
     let (tx, rx) = bounded::<Batch>(LOAD_BATCHES_IN_FLIGHT);
     let (spent_tx, spent_rx) = bounded::<Batch>(LOAD_BATCHES_IN_FLIGHT + 1);
     std::thread::scope(|scope| {
+        let decoder = &mut decoder;
+        // `tx` moves into the thread: the inserts end when it is dropped.
         let scanner = std::thread::Builder::new()
             .name("devreg-load".into())
-            .spawn_scoped(scope, move || scan(store, &hasher, &tx, &spent_rx))
+            .spawn_scoped(scope, move || scan(store, decoder, &tx, &spent_rx))
             .map_err(|e| Error::io("starting the loading thread", e))?;
         // On an insert error, `rx` is dropped here and the scanner stops.
         let inserted = insert_all(state, rx, &spent_tx);
@@ -169,5 +177,6 @@ pub(crate) fn load_devices(store: &dyn KvStore, state: &mut State) -> Result<()>
             (Err(e), _) => Err(e),
             (Ok(()), r) => r,
         }
-    })
+    })?;
+    state.adopt_attr_pool(decoder.attrs)
 }

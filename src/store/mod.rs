@@ -3,7 +3,8 @@
 //!   one, with the log position) and how the state is loaded at open
 //!   (`load`: the devices, scanned and decoded on a second thread);
 //! - `paged` and `delta`: the layout, logical records kept as pages and
-//!   delta pages in few store values (DESIGN.md 4.3);
+//!   delta pages in few store values (DESIGN.md 4.3); `overlay`: the delta
+//!   records a scan reads back from disk, in one arena;
 //! - `kv`: the ordered key-value interface (`KvStore`) and sled behind it
 //!   (`sled_waker`: wakes what sled 0.34.7 leaves waiting after a failed
 //!   write).
@@ -14,6 +15,7 @@ mod delta;
 mod frame;
 mod kv;
 mod load;
+mod overlay;
 mod page_merge;
 mod paged;
 mod sled_waker;

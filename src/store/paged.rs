@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use super::delta::{delta_gen, delta_key, encode_chunks, visit_chunk, Deltas, DELTA_PREFIX};
+use super::overlay::DiskOverlay;
 use super::page_merge;
 use super::{frame, KvStore, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
@@ -186,50 +187,41 @@ pub(crate) fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
 /// A page's records, by key.
 type Records = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// Delta records read back from disk for a scan: a key's latest value (a
-/// deletion is `None`), hashed because the scan looks up every record.
-type HashedOverlay = hashbrown::HashMap<Vec<u8>, Option<Vec<u8>>>;
-
 /// The delta records a scan lays over the pages: the in-memory map (key
 /// order) or the records read back from disk (hashed).
 #[derive(Clone, Copy)]
 enum Overlay<'a> {
     Sorted(&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>),
-    Hashed(&'a HashedOverlay),
+    /// Hashed because the scan looks up every record.
+    Hashed(&'a DiskOverlay),
 }
 
 impl<'a> Overlay<'a> {
     /// The delta of `key`, with the overlay's own copy of the key.
-    fn get(self, key: &[u8]) -> Option<(&'a [u8], &'a Option<Vec<u8>>)> {
-        let found = match self {
-            Overlay::Sorted(map) => map.get_key_value(key),
-            Overlay::Hashed(map) => map.get_key_value(key),
-        };
-        found.map(|(k, v)| (k.as_slice(), v))
+    fn get(self, key: &[u8]) -> Option<(&'a [u8], Option<&'a [u8]>)> {
+        match self {
+            Overlay::Sorted(map) => map
+                .get_key_value(key)
+                .map(|(k, v)| (k.as_slice(), v.as_deref())),
+            Overlay::Hashed(map) => map.get(key),
+        }
     }
 
     /// Every delta of keys under `prefix`, in key order (a scan visits the
     /// records that exist only in the deltas deterministically).
     fn in_key_order(self, prefix: &[u8]) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
-        let entry = |(k, v): (&'a Vec<u8>, &'a Option<Vec<u8>>)| (k.as_slice(), v.as_deref());
         match self {
             Overlay::Sorted(map) => map
                 .range(prefix.to_vec()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
-                .map(entry)
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
                 .collect(),
-            Overlay::Hashed(map) => {
-                let mut all: Vec<_> = map
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(prefix))
-                    .map(entry)
-                    .collect();
-                all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                all
-            }
+            Overlay::Hashed(map) => map.in_key_order(prefix),
         }
     }
 }
+/// Visits one delta record read back from disk (a deletion is `None`).
+type DeltaRecordVisit<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>);
 /// Visits one record of a page.
 type RecordVisit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 /// Page versions a checkpoint superseded, and the ones it wrote.
@@ -767,6 +759,32 @@ impl PagedStore {
         C: Default + Extend<(Vec<u8>, Option<Vec<u8>>)>,
     {
         let mut out = C::default();
+        self.visit_disk_deltas(chunks, want, &mut |k, v| {
+            // A later record of the same key replaces the earlier.
+            out.extend(std::iter::once((k.to_vec(), v.map(<[u8]>::to_vec))));
+        })?;
+        Ok(out)
+    }
+
+    /// `disk_overlay` for a scan, into one arena (`overlay.rs`).
+    fn disk_overlay_hashed(
+        &self,
+        chunks: &[Vec<u8>],
+        want: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<DiskOverlay> {
+        let mut out = DiskOverlay::default();
+        self.visit_disk_deltas(chunks, want, &mut |k, v| out.insert(k, v))?;
+        Ok(out)
+    }
+
+    /// Calls `f` for each disk-only delta record of `chunks` whose key
+    /// `want` selects, in the order the chunks were written.
+    fn visit_disk_deltas(
+        &self,
+        chunks: &[Vec<u8>],
+        want: &dyn Fn(&[u8]) -> bool,
+        f: DeltaRecordVisit<'_>,
+    ) -> Result<()> {
         for key in chunks {
             let value = self.raw.get(key)?.ok_or_else(|| {
                 Error::corrupt(
@@ -776,13 +794,12 @@ impl PagedStore {
             })?;
             visit_chunk(key, &value, &mut |k, v| {
                 if !is_append(k) && want(k) {
-                    // A later record of the same key replaces the earlier.
-                    out.extend(std::iter::once((k.to_vec(), v.map(<[u8]>::to_vec))));
+                    f(k, v);
                 }
                 Ok(())
             })?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Visits the records of `prefix` in `pages` with the delta records of
@@ -813,7 +830,7 @@ impl PagedStore {
                     }
                     Some((key, d)) => {
                         overlaid.insert(key);
-                        d.as_deref().map_or(Ok(()), |d| f(k, d))
+                        d.map_or(Ok(()), |d| f(k, d))
                     }
                 }
             })
@@ -949,9 +966,9 @@ impl KvStore for PagedStore {
             .unwrap_or(0);
         let passes = self.delta_passes(on_disk);
         for pass in 0..passes {
-            let overlay: HashedOverlay = match on_disk {
-                0 => HashedOverlay::default(),
-                _ => self.disk_overlay(&deltas.chunks, &|k| {
+            let overlay = match on_disk {
+                0 => DiskOverlay::default(),
+                _ => self.disk_overlay_hashed(&deltas.chunks, &|k| {
                     k.starts_with(prefix) && key_pass(k, passes) == Some(pass)
                 })?,
             };
