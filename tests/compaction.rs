@@ -360,4 +360,21 @@ fn a_store_with_more_live_bytes_than_the_bound_is_not_compacted() {
     let reg = Registry::open_with(config(&db, u64::MAX)).unwrap();
     assert!(reg.dump() == dump, "the same devices after a reopen");
     assert_clean(&reg, "reopened");
+    drop(reg);
+
+    // Nor in the next process under the same bound: the copy recorded the
+    // bytes it had copied. (Before, every open copied again up to the
+    // bound, and each pass's reopen of the store rewrote its free
+    // segments.) A reopen of the store would fail here.
+    let plan = FaultPlan::new();
+    let mut c = config(&db, 0)
+        .compact_pass_bytes(16 << 10)
+        .fault_plan(plan.clone());
+    c.compact_max_live_bytes = 64 << 10;
+    let reg = Registry::open_with(c).unwrap();
+    plan.arm(&[IoOp::StoreOpen], 1, libc_eio(), false);
+    register(&reg, 1, 9);
+    reg.checkpoint().unwrap();
+    assert_eq!(plan.fired(), 0, "no compaction was tried");
+    assert_clean(&reg, "after a checkpoint");
 }

@@ -69,7 +69,7 @@ struct Building<'k> {
     deleted_tokens: HashSet<Box<[u8]>>,
     /// Persons Customer.io holds before this batch (not copied: an overlay
     /// of `added` and `merged_away` records what the batch changes).
-    known: &'k HashSet<Arc<str>>,
+    known: &'k super::known::Known,
     added: HashSet<Arc<str>>,
     /// Persons named by device operations in this batch.
     touched: HashSet<Arc<str>>,
@@ -483,7 +483,7 @@ impl Feed {
         };
         match effect {
             Effect::Added(p) | Effect::Backfilled(p) => {
-                if sink.known.insert(p.clone()) {
+                if sink.known.insert(p) {
                     self.dirty
                         .insert(persist::known_key(sink_name, p), Pending::Known);
                 }

@@ -12,13 +12,14 @@
 mod backfill;
 mod dead;
 mod export;
+mod known;
 mod persist;
 pub(crate) use persist::FeedDrain;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use serde::Serialize;
 
 use crate::format::SinkSettings;
@@ -217,7 +218,7 @@ pub(crate) struct Sink {
     /// Number of the next batch; batches below it were exported.
     pub(crate) next_batch: u64,
     /// Persons known to exist on the Customer.io side.
-    pub(crate) known: HashSet<Arc<str>>,
+    pub(crate) known: known::Known,
     /// Keyed (batch number, index in the batch, sub) in failure order.
     pub(crate) dead: dead::DeadLetters,
     /// The snapshot still owed to a new sink (`backfill.rs`).

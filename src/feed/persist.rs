@@ -16,7 +16,7 @@
 //! which is still read and rewritten as keys). Metadata of layouts 1 to 3
 //! loads as a `track-v2` sink naming persons by `id`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -277,8 +277,8 @@ fn rec(key: &ItemKey) -> ItemRec {
 /// Turns records back into keys, sharing person strings.
 /// Person names seen while loading, each allocated once: taken from the
 /// state's own names (`shared`) where the person has devices, so a name
-/// the state holds is not held twice (at 10^6 devices, 417k known persons
-/// of the harness's data took 20 B per device more before).
+/// the state holds is not held twice (feed items and dead letters name
+/// persons; known persons are fingerprints, `known.rs`).
 struct Interner<'a> {
     names: hashbrown::HashSet<Arc<str>>,
     shared: SharedNames<'a>,
@@ -506,40 +506,25 @@ fn load_dead(feed: &mut Feed, names: &mut Interner, key: &[u8], value: &[u8]) ->
     Ok(())
 }
 
-/// Loads every sink's known persons (`'K'` records). Each sink's are
-/// gathered first and its set is built at its final size: grown one
-/// insert at a time, it rehashed every name again at each doubling.
-/// (Looking the state's names up on two threads gained nothing at 10^7
-/// devices: the random probes into the people table bound this step.)
-fn load_known(store: &dyn KvStore, feed: &mut Feed, names: &mut Interner) -> Result<()> {
-    let mut known: BTreeMap<String, Vec<Arc<str>>> = BTreeMap::new();
+/// Loads every sink's known persons (`'K'` records). Each sink's set
+/// holds fingerprints of the names (`known.rs`), computed from the
+/// record's bytes alone: no name is allocated or looked up in the state.
+/// (The set grows as it fills: a rehash moves fingerprints without
+/// hashing a name again.)
+fn load_known(store: &dyn KvStore, feed: &mut Feed) -> Result<()> {
     store.scan_prefix(b"K", &mut |key, _| {
         let (name, person) = split_sink_key(key)
             .ok_or_else(|| Error::corrupt(describe_key(key), "malformed known-person key"))?;
         let person = std::str::from_utf8(person)
             .map_err(|_| Error::corrupt(describe_key(key), "person is not UTF-8"))?;
-        if !feed.sinks.contains_key(name) {
-            return Err(Error::corrupt(
-                describe_key(key),
-                format!("entry of unknown sink {name:?}"),
-            ));
-        }
-        // Most known persons own devices: the state's name is shared
-        // without a lookup in (and an entry of) the interner.
-        let person = (names.shared)(person).unwrap_or_else(|| names.get_str(person));
-        match known.get_mut(name) {
-            Some(persons) => persons.push(person),
-            None => drop(known.insert(name.to_owned(), vec![person])),
+        let sink = feed.sinks.get_mut(name).ok_or_else(|| {
+            Error::corrupt(describe_key(key), format!("entry of unknown sink {name:?}"))
+        })?;
+        if !sink.known.insert(person) {
+            return Err(Error::corrupt(describe_key(key), "duplicate known person"));
         }
         Ok(())
-    })?;
-    for (name, persons) in known {
-        if let Some(sink) = feed.sinks.get_mut(&name) {
-            sink.known.reserve(persons.len());
-            sink.known.extend(persons);
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Loads every sink from the store. A database without the default sink
@@ -632,6 +617,6 @@ pub(crate) fn load_feed(store: &dyn KvStore, shared: SharedNames<'_>) -> Result<
     store.scan_prefix(b"X", &mut |key, value| {
         load_dead(&mut feed, &mut names, key, value)
     })?;
-    load_known(store, &mut feed, &mut names)?;
+    load_known(store, &mut feed)?;
     Ok(feed)
 }

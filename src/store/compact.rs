@@ -35,7 +35,8 @@ use crate::log::segments::sync_dir;
 
 /// Live bytes (keys and values) the last compaction copied, u64 big-endian:
 /// the measure `worth_compacting` compares the file with. Absent until the
-/// first compaction.
+/// first compaction; after a copy that passed the live bound, the bytes it
+/// had copied (a lower bound, so none is tried again under that bound).
 pub(crate) const META_STORE_LIVE_BYTES: &[u8] = b"Mstore_live_bytes";
 
 /// The directory a compaction builds its copy in, beside `store/`.
@@ -70,8 +71,9 @@ pub(crate) struct Limits {
 enum CopyFailure {
     /// The live bytes passed `Config::compact_max_live_bytes` (checked
     /// after each pass, so by at most one pass): stopped there, nothing
-    /// renamed.
-    Over,
+    /// renamed. Holds the bytes copied so far: a lower bound of the live
+    /// bytes.
+    Over(u64),
     /// A failure with the store as it was (a full disk, say).
     Abandon,
     /// The store failed to open again between two passes.
@@ -136,10 +138,21 @@ impl SledStore {
             .map(u64::from_be_bytes))
     }
 
+    /// Records that the store holds at least `bytes` of live keys and
+    /// values (`Mstore_live_bytes`), and makes it durable. A failure is
+    /// the store's own (a checkpoint's write would fail alike): the
+    /// caller fails stop.
+    fn record_live_at_least(&self, bytes: u64) -> Result<()> {
+        let v = bytes.to_be_bytes().to_vec();
+        self.apply(&[(META_STORE_LIVE_BYTES.to_vec(), Some(v))])?;
+        self.sync()
+    }
+
     /// Compacts the store if `worth_compacting` says so. The caller writes
     /// nothing to the store meanwhile; reads go on (on the old database
-    /// until the swap). An error is from after `store/` was renamed: the
-    /// caller fails stop (the next open finishes the swap).
+    /// until the swap). An error is from after `store/` was renamed (the
+    /// next open finishes the swap) or a failed write of the live bytes'
+    /// record: the caller fails stop.
     pub(crate) fn compact_if_worth(&self) -> Result<CompactOutcome> {
         let before_bytes = self.disk_bytes();
         if before_bytes < self.compact_retry_at_bytes.load(Ordering::Relaxed) {
@@ -156,12 +169,17 @@ impl SledStore {
         let old = sibling(&self.path, OLD_DIR)?;
         let copied = match self.prepare_copy(&copy, &old) {
             Ok(copied) => copied,
-            Err(CopyFailure::Over) => {
+            Err(CopyFailure::Over(at_least)) => {
                 // A store never compacted (or grown since) whose live bytes
-                // exceed the bound. Not again in this process.
+                // exceed the bound. Not again in this process, nor in the
+                // next: what was copied is recorded as its live bytes (a
+                // lower bound, over the bound). Without the record every
+                // open tried again, and each pass's reopen rewrote the
+                // store's free segments (gigabytes at 10^7 devices).
                 let _ = std::fs::remove_dir_all(&copy);
                 self.compact_retry_at_bytes
                     .store(u64::MAX, Ordering::Relaxed);
+                self.record_live_at_least(at_least)?;
                 return Ok(CompactOutcome::Skipped);
             }
             Err(CopyFailure::Abandon) => {
@@ -224,7 +242,7 @@ impl SledStore {
                 .map_err(abandon)?;
             if copied.bytes > max_live {
                 out.mark_troubled();
-                return Err(CopyFailure::Over);
+                return Err(CopyFailure::Over(copied.bytes));
             }
             let Some(next) = next else {
                 let live = copied.bytes.to_be_bytes();

@@ -69,8 +69,40 @@ pub(crate) struct Deltas {
     /// Bytes of the other records, by keyspace prefix: the bytes a scan
     /// of that keyspace reads back from the chunks.
     pub(crate) disk_bytes_by_prefix: BTreeMap<u8, usize>,
-    /// sled keys of the chunks, in the order written, deleted by the next merge.
-    pub(crate) chunks: Vec<Vec<u8>>,
+    /// The chunks, in the order written, deleted by the next merge.
+    pub(crate) chunks: Vec<Chunk>,
+}
+
+/// One current delta chunk: its sled key and the keyspaces it holds
+/// records of, so a scan or a read of one keyspace reads only the chunks
+/// that hold some of it (at 10^7 devices of the harness's data, a scan of
+/// the 506 bytes of `'Y'` deltas read all 272 chunks; DESIGN.md 13, step 7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub(crate) key: Vec<u8>,
+    pub(crate) prefixes: Prefixes,
+}
+
+/// A set of keyspace prefixes (first key bytes): one bit per byte value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Prefixes([u64; 4]);
+
+impl Prefixes {
+    /// Adds the prefix of `key` (the empty key has none).
+    pub(crate) fn add(&mut self, key: &[u8]) {
+        if let Some(&p) = key.first() {
+            if let Some(word) = self.0.get_mut(usize::from(p >> 6)) {
+                *word |= 1 << (p & 63);
+            }
+        }
+    }
+
+    /// Whether a key of prefix `p` was added.
+    pub(crate) fn has(&self, p: u8) -> bool {
+        self.0
+            .get(usize::from(p >> 6))
+            .is_some_and(|word| word & (1 << (p & 63)) != 0)
+    }
 }
 
 impl Deltas {
@@ -100,8 +132,15 @@ impl Deltas {
 
     /// Loads one chunk read from sled.
     pub(crate) fn load(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        visit_chunk(key, value, &mut |k, v| self.record(k, v))?;
-        self.chunks.push(key.to_vec());
+        let mut prefixes = Prefixes::default();
+        visit_chunk(key, value, &mut |k, v| {
+            prefixes.add(k);
+            self.record(k, v)
+        })?;
+        self.chunks.push(Chunk {
+            key: key.to_vec(),
+            prefixes,
+        });
         Ok(())
     }
 }
@@ -112,27 +151,29 @@ pub(crate) fn visit_chunk(key: &[u8], value: &[u8], f: DeltaVisit<'_>) -> Result
     decode_chunk(&location, value, f)
 }
 
-/// Encodes records into delta chunks of about `chunk_bytes` each.
+/// Encodes records into delta chunks of about `chunk_bytes` each, each
+/// with the prefixes of its records.
 pub(crate) fn encode_chunks(
     records: &[(&[u8], Option<&[u8]>)],
     chunk_bytes: usize,
-) -> Vec<Vec<u8>> {
+) -> Vec<(Vec<u8>, Prefixes)> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < records.len() {
         let mut bytes = 0usize;
         let mut end = start;
+        let mut prefixes = Prefixes::default();
         while let Some((k, v)) = records.get(end) {
             let next = k.len() + v.map_or(0, <[u8]>::len) + 8;
             if end > start && bytes + next > chunk_bytes {
                 break;
             }
+            prefixes.add(k);
             bytes += next;
             end += 1;
         }
-        out.push(frame::seal(encode_chunk(
-            records.get(start..end).unwrap_or_default(),
-        )));
+        let chunk = encode_chunk(records.get(start..end).unwrap_or_default());
+        out.push((frame::seal(chunk), prefixes));
         start = end;
     }
     out
@@ -199,7 +240,8 @@ mod tests {
         assert_eq!(chunks.len(), 2, "split by size");
         let mut d = Deltas::default();
         let mut back = Vec::new();
-        for (i, c) in chunks.iter().enumerate() {
+        for (i, (c, prefixes)) in chunks.iter().enumerate() {
+            assert!(prefixes.has(b'D') && !prefixes.has(b'K'), "chunk {i}");
             let key = delta_key(3, i as u32);
             d.load(&key, c).unwrap();
             visit_chunk(&key, c, &mut |k, v| {
@@ -220,7 +262,7 @@ mod tests {
         assert_eq!(d.memory_bytes, 0);
         assert_eq!(d.chunks.len(), 2);
         assert_eq!(delta_gen(&delta_key(3, 1)), Some(3));
-        let one = chunks.first().unwrap();
+        let (one, _) = chunks.first().unwrap();
         for cut in 0..one.len() {
             let r = Deltas::default().load(b"Q", &one[..cut]);
             assert!(r.is_err(), "a chunk cut at {cut} decoded");

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
-use super::delta::{delta_gen, delta_key, encode_chunks, visit_chunk, Deltas, DELTA_PREFIX};
+use super::delta::{delta_gen, delta_key, encode_chunks, visit_chunk, Chunk, Deltas, DELTA_PREFIX};
 use super::overlay::DiskOverlay;
 use super::page_merge;
 use super::{frame, KvStore, SledStore, Visit, Write};
@@ -630,11 +630,14 @@ impl PagedStore {
         let merge = !raw_deletes.is_empty()
             || deltas.memory_bytes + new_memory > memory_bound
             || deltas.bytes + new_bytes > disk_bound;
-        let (superseded, written) = if merge {
+        let (superseded, written, new_chunks) = if merge {
             commit.push((META_DELTA_MERGED.to_vec(), Some(gen.to_be_bytes().to_vec())));
-            self.write_merge(gen, &paged, &mut deltas)?
+            let (superseded, written) = self.write_merge(gen, &paged, &mut deltas)?;
+            (superseded, written, Vec::new())
         } else {
-            (Vec::new(), self.write_delta(gen, &paged)?)
+            let chunks = self.write_delta(gen, &paged)?;
+            let written = chunks.iter().map(|c| c.key.clone()).collect();
+            (Vec::new(), written, chunks)
         };
         // What was written is durable before the commit that makes it current.
         self.raw.sync()?;
@@ -654,13 +657,15 @@ impl PagedStore {
             // The deltas are in the pages now; their chunks and the
             // superseded page versions are unreachable.
             let chunks = std::mem::take(&mut *deltas).chunks;
-            self.garbage
-                .lock()
-                .extend(superseded.into_iter().chain(chunks));
+            self.garbage.lock().extend(
+                superseded
+                    .into_iter()
+                    .chain(chunks.into_iter().map(|c| c.key)),
+            );
         } else {
             // In the order written: a scan or merge reads them in this
             // order, a later record of a key over an earlier one.
-            deltas.chunks.extend(written);
+            deltas.chunks.extend(new_chunks);
             for (k, v) in &paged {
                 deltas.record(k, v.as_deref())?;
             }
@@ -683,13 +688,13 @@ impl PagedStore {
 
     /// Writes the changed records as delta chunks of generation `gen` (the
     /// first also records the attempt); returns their keys.
-    fn write_delta(&self, gen: u64, paged: &[&Write]) -> Result<Vec<Vec<u8>>> {
+    fn write_delta(&self, gen: u64, paged: &[&Write]) -> Result<Vec<Chunk>> {
         let records: Vec<(&[u8], Option<&[u8]>)> = paged
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_deref()))
             .collect();
-        let mut keys = Vec::new();
-        for (i, chunk) in encode_chunks(&records, self.chunk_bytes)
+        let mut written = Vec::new();
+        for (i, (chunk, prefixes)) in encode_chunks(&records, self.chunk_bytes)
             .into_iter()
             .enumerate()
         {
@@ -699,9 +704,9 @@ impl PagedStore {
                 batch.push((META_PAGE_ATTEMPT.to_vec(), Some(gen.to_be_bytes().to_vec())));
             }
             self.raw.apply(&batch)?;
-            keys.push(key);
+            written.push(Chunk { key, prefixes });
         }
-        Ok(keys)
+        Ok(written)
     }
 
     /// Merges every delta and `paged` into the pages under `gen`; returns
@@ -718,7 +723,7 @@ impl PagedStore {
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
             let on_disk: Vec<Write> = self
-                .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, &|k| in_pass(k))?
+                .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, None, &|k| in_pass(k))?
                 .into_iter()
                 .collect();
             // Older first: a key's delta, then this checkpoint's write.
@@ -751,15 +756,20 @@ impl PagedStore {
             .min(MAX_DELTA_PASSES)
     }
 
-    /// The disk-only delta records of `chunks` whose key `want` selects,
-    /// each key's latest (a deletion is `None`), read back in the order
-    /// the chunks were written.
-    fn disk_overlay<C>(&self, chunks: &[Vec<u8>], want: &dyn Fn(&[u8]) -> bool) -> Result<C>
+    /// The disk-only delta records of `chunks` (those holding records of
+    /// `prefix`, when given) whose key `want` selects, each key's latest (a
+    /// deletion is `None`), read back in the order the chunks were written.
+    fn disk_overlay<C>(
+        &self,
+        chunks: &[Chunk],
+        prefix: Option<u8>,
+        want: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<C>
     where
         C: Default + Extend<(Vec<u8>, Option<Vec<u8>>)>,
     {
         let mut out = C::default();
-        self.visit_disk_deltas(chunks, want, &mut |k, v| {
+        self.visit_disk_deltas(chunks, prefix, want, &mut |k, v| {
             // A later record of the same key replaces the earlier.
             out.extend(std::iter::once((k.to_vec(), v.map(<[u8]>::to_vec))));
         })?;
@@ -769,23 +779,30 @@ impl PagedStore {
     /// `disk_overlay` for a scan, into one arena (`overlay.rs`).
     fn disk_overlay_hashed(
         &self,
-        chunks: &[Vec<u8>],
+        chunks: &[Chunk],
+        prefix: u8,
         want: &dyn Fn(&[u8]) -> bool,
     ) -> Result<DiskOverlay> {
         let mut out = DiskOverlay::default();
-        self.visit_disk_deltas(chunks, want, &mut |k, v| out.insert(k, v))?;
+        self.visit_disk_deltas(chunks, Some(prefix), want, &mut |k, v| out.insert(k, v))?;
         Ok(out)
     }
 
     /// Calls `f` for each disk-only delta record of `chunks` whose key
-    /// `want` selects, in the order the chunks were written.
+    /// `want` selects, in the order the chunks were written. With a
+    /// `prefix`, the chunks that hold no record of it are not read.
     fn visit_disk_deltas(
         &self,
-        chunks: &[Vec<u8>],
+        chunks: &[Chunk],
+        prefix: Option<u8>,
         want: &dyn Fn(&[u8]) -> bool,
         f: DeltaRecordVisit<'_>,
     ) -> Result<()> {
-        for key in chunks {
+        for chunk in chunks {
+            if prefix.is_some_and(|p| !chunk.prefixes.has(p)) {
+                continue;
+            }
+            let key = &chunk.key;
             let value = self.raw.get(key)?.ok_or_else(|| {
                 Error::corrupt(
                     format!("delta chunk {key:02x?}"),
@@ -928,7 +945,7 @@ impl KvStore for PagedStore {
             match (is_append(key), deltas.disk_bytes_by_prefix.get(&prefix)) {
                 (true, _) => deltas.map.get(key).cloned(),
                 (false, Some(&n)) if n > 0 => self
-                    .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, &|k| k == key)?
+                    .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, Some(prefix), &|k| k == key)?
                     .remove(key),
                 (false, _) => None,
             }
@@ -968,7 +985,7 @@ impl KvStore for PagedStore {
         for pass in 0..passes {
             let overlay = match on_disk {
                 0 => DiskOverlay::default(),
-                _ => self.disk_overlay_hashed(&deltas.chunks, &|k| {
+                _ => self.disk_overlay_hashed(&deltas.chunks, first, &|k| {
                     k.starts_with(prefix) && key_pass(k, passes) == Some(pass)
                 })?,
             };
@@ -1417,6 +1434,33 @@ mod tests {
         assert_eq!(s.deltas.lock().bytes, 0, "1,716 > 1,600: merged");
         assert_eq!(all(&s, b'H').len(), 11);
         assert_eq!(all(&s, b'D').len(), 10);
+    }
+
+    /// A scan or read of one keyspace reads only the delta chunks holding
+    /// records of it: with the device chunk gone from sled, the known
+    /// persons' deltas still scan and read, while devices fail as missing.
+    /// (Before chunks carried their prefixes, every scan read every chunk.)
+    #[test]
+    fn a_keyspace_reads_only_the_chunks_that_hold_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_with_deltas(dir.path(), 1 << 20, 1 << 20);
+        s.plan_for_devices(1_000_000);
+        s.apply(&[put(1, "one")]).unwrap();
+        let known: Vec<Write> = (0..3)
+            .map(|i| (format!("Kcio\0p{i}").into_bytes(), Some(Vec::new())))
+            .collect();
+        s.apply(&known).unwrap();
+        let chunks = s.deltas.lock().chunks.clone();
+        assert_eq!(chunks.len(), 2, "one chunk a checkpoint");
+        let (device_chunk, known_chunk) = (&chunks[0], &chunks[1]);
+        assert!(device_chunk.prefixes.has(b'D') && !device_chunk.prefixes.has(b'K'));
+        assert!(known_chunk.prefixes.has(b'K') && !known_chunk.prefixes.has(b'D'));
+        s.raw.apply(&[(device_chunk.key.clone(), None)]).unwrap();
+        assert_eq!(all(&s, b'K').len(), 3, "the known persons' chunk alone");
+        assert!(s.get(b"Kcio\0p1").unwrap().is_some());
+        let err = s.scan_prefix(b"D", &mut |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        assert!(s.get(b"D00001").is_err(), "a device read needs its chunk");
     }
 
     /// The delta bound follows the registry's size: a quarter of the
