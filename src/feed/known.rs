@@ -8,8 +8,11 @@
 //! 10.6 s of a 24 to 30 s open (DESIGN.md 13, step 7). A fingerprint is
 //! computed from the bytes of the record alone.
 //!
-//! The fingerprint is SipHash-1-3 (std's `DefaultHasher`) under two
-//! random keys of this process, concatenated: 128 bits. Two distinct names
+//! The fingerprint is two SipHash-1-3 outputs (std's `DefaultHasher`)
+//! under the keys of two `RandomState`s, concatenated: 128 bits. (std
+//! draws a random key per thread and gives each later `RandomState` of
+//! that thread the same key plus one; SipHash's outputs under two
+//! different keys are independent as far as anyone knows.) Two distinct names
 //! share one with probability 2^-128 per pair (about 2^-84 over 10^7
 //! names), and nobody outside the process knows the keys to aim at one. A
 //! collision would take a person Customer.io never saw for present: a
