@@ -288,11 +288,7 @@ struct Interner<'a> {
 pub(crate) type SharedNames<'a> = &'a dyn Fn(&str) -> Option<Arc<str>>;
 
 impl Interner<'_> {
-    fn get(&mut self, s: String) -> Arc<str> {
-        self.get_str(&s)
-    }
-
-    fn get_str(&mut self, s: &str) -> Arc<str> {
+    fn get(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.names.get(s) {
             return a.clone();
         }
@@ -304,12 +300,12 @@ impl Interner<'_> {
     fn key(&mut self, r: ItemRec) -> ItemKey {
         match r {
             ItemRec::Device { person, token } => ItemKey::Device {
-                person: self.get(person),
+                person: self.get(&person),
                 token: token.into_boxed_slice(),
             },
             ItemRec::Merge { primary, secondary } => ItemKey::Merge {
-                primary: self.get(primary),
-                secondary: self.get(secondary),
+                primary: self.get(&primary),
+                secondary: self.get(&secondary),
             },
             ItemRec::Event {
                 person,
@@ -319,7 +315,7 @@ impl Interner<'_> {
                 platform,
                 at_ms,
             } => ItemKey::Event {
-                person: self.get(person),
+                person: self.get(&person),
                 event: Box::new(TokenEvent {
                     kind,
                     token,
@@ -547,10 +543,10 @@ pub(crate) fn load_feed(store: &dyn KvStore, shared: SharedNames<'_>) -> Result<
                 .map(|o| BatchOp {
                     item: o.item.map(|(k, seq)| (names.key(k), seq)),
                     effect: match o.effect {
-                        EffectRec::Added(p) => Effect::Added(names.get(p)),
+                        EffectRec::Added(p) => Effect::Added(names.get(&p)),
                         EffectRec::Deleted => Effect::Deleted,
-                        EffectRec::Merged(s) => Effect::Merged(names.get(s)),
-                        EffectRec::Backfilled(p) => Effect::Backfilled(names.get(p)),
+                        EffectRec::Merged(s) => Effect::Merged(names.get(&s)),
+                        EffectRec::Backfilled(p) => Effect::Backfilled(names.get(&p)),
                         EffectRec::Noted => Effect::Noted,
                     },
                     token: o.token.map(Vec::into_boxed_slice),

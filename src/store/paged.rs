@@ -635,14 +635,16 @@ impl PagedStore {
             let (superseded, written) = self.write_merge(gen, &paged, &mut deltas)?;
             (superseded, written, Vec::new())
         } else {
-            let chunks = self.write_delta(gen, &paged)?;
-            let written = chunks.iter().map(|c| c.key.clone()).collect();
-            (Vec::new(), written, chunks)
+            (Vec::new(), Vec::new(), self.write_delta(gen, &paged)?)
         };
         // What was written is durable before the commit that makes it current.
         self.raw.sync()?;
         {
-            let rewritten: hashbrown::HashSet<&[u8]> = written.iter().map(Vec::as_slice).collect();
+            let rewritten: hashbrown::HashSet<&[u8]> = written
+                .iter()
+                .map(Vec::as_slice)
+                .chain(new_chunks.iter().map(|c| c.key.as_slice()))
+                .collect();
             let orphans = std::mem::take(&mut *self.orphans.lock());
             for k in orphans {
                 if !rewritten.contains(k.as_slice()) {
