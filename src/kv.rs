@@ -64,11 +64,9 @@ pub(crate) trait KvStore: Send + Sync {
     /// what a backup copies.
     fn scan_stored(&self, f: Visit<'_>) -> Result<()>;
     /// Gives the store's garbage back if there is enough of it (sled:
-    /// `store/compact.rs`), with no write in progress; `backed_up`: writers
-    /// waited for log room since the last checkpoint, so compact only with
-    /// more garbage. An error leaves the store to be finished by the next
-    /// open: fail stop.
-    fn compact_if_worth(&self, _backed_up: bool) -> Result<CompactOutcome> {
+    /// `store/compact.rs`), with no write in progress. An error leaves the
+    /// store to be finished by the next open: fail stop.
+    fn compact_if_worth(&self) -> Result<CompactOutcome> {
         Ok(CompactOutcome::Skipped)
     }
 }

@@ -75,13 +75,6 @@ pub const COMPACT_MIN_STORE_BYTES: u64 = 64 << 20;
 /// copied (a fresh copy itself takes about twice its live bytes: sled
 /// rewrites a node as it fills, and never cleans without its flusher).
 pub const COMPACT_SPACE_FACTOR: u64 = 3;
-/// While writes are backed up behind the checkpoints (a writer waited for
-/// log room since the last checkpoint), both compaction thresholds are
-/// multiplied by this: a compaction then would delay the next checkpoint
-/// while writers wait, so it is left for a quieter checkpoint, up to twice
-/// the space (DESIGN.md 4.6: at 10^6 devices the harness's bulk import
-/// went from 40.4-42.6k to 46.0-48.0k devices/s).
-pub const COMPACT_BACKED_UP_FACTOR: u64 = 2;
 /// Most bytes of entries one sled batch of a compaction's copy carries:
 /// measured at 2×10^5 devices, batches of about 64 entries (64 KiB) gave
 /// the smallest copy (75 MB for 38 MB of entries, against 100 MB with

@@ -484,9 +484,6 @@ impl WriterCtx {
             if self.log.pool().has_room_for(seq) {
                 continue;
             }
-            // The checkpoints are behind: no compaction before the next
-            // one that finds no writer waiting (`compact_after_checkpoint`).
-            self.log.pool().note_full();
             if let Err(e) = self.start_checkpoint(None) {
                 return Err(self.fail(&e));
             }
@@ -681,13 +678,11 @@ pub(crate) struct CheckpointerCtx {
 }
 
 /// After a checkpoint, before the next: compacts the store when its garbage
-/// is worth it (`store/compact.rs`), with twice the garbage when a writer
-/// waited for log room meanwhile (the checkpoints are behind: a compaction
-/// now would stall the writes longer). A failed compaction that left the
+/// is worth it (`store/compact.rs`). A failed compaction that left the
 /// store as it was is counted; one that failed mid-swap fails the registry
 /// (the next open finishes the swap).
 fn compact_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
-    match ctx.store.compact_if_worth(ctx.pool.take_waited()) {
+    match ctx.store.compact_if_worth() {
         Ok(CompactOutcome::Skipped) => Ok(()),
         Ok(CompactOutcome::Done(c)) => {
             ctx.metrics.compaction(Some(c));

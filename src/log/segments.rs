@@ -4,7 +4,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -155,9 +154,6 @@ pub(crate) struct SegmentPool {
     max_segments: u64,
     state: Mutex<PoolState>,
     freed: Condvar,
-    /// Set when a writer found the log full (the checkpoints are the
-    /// bottleneck: it waits for them); read and cleared by `take_waited`.
-    waited: AtomicBool,
     pub(crate) faults: Faults,
 }
 
@@ -179,7 +175,6 @@ impl SegmentPool {
                 free,
             }),
             freed: Condvar::new(),
-            waited: AtomicBool::new(false),
             faults,
         }
     }
@@ -197,18 +192,6 @@ impl SegmentPool {
             self.freed
                 .wait_for(&mut st, std::time::Duration::from_millis(50));
         }
-    }
-
-    /// A writer found no room for its next segment: it waits for the
-    /// checkpoint in flight and then for a new one.
-    pub(crate) fn note_full(&self) {
-        self.waited.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether a writer found the log full since the last call (which
-    /// clears it): writes arrive faster than checkpoints release segments.
-    pub(crate) fn take_waited(&self) -> bool {
-        self.waited.swap(false, Ordering::Relaxed)
     }
 
     /// Provides the file for segment `seq`: a recycled one renamed, or a new one.
@@ -274,24 +257,6 @@ impl SegmentPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_full_log_is_reported_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = SegmentPool::new(
-            dir.path().to_owned(),
-            4096,
-            2,
-            0,
-            Vec::new(),
-            Faults::default(),
-        );
-        assert!(!pool.take_waited());
-        pool.note_full();
-        pool.note_full();
-        assert!(pool.take_waited());
-        assert!(!pool.take_waited(), "the read clears it");
-    }
 
     #[test]
     fn a_checkpoint_keeps_one_spare_segment_and_deletes_the_rest() {

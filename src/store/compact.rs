@@ -30,9 +30,7 @@ use super::kv::{open_sled, visit_tree, Batch, Copied, SledStore};
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{CompactOutcome, Compaction, KvStore};
-use crate::limits::{
-    COMPACT_BACKED_UP_FACTOR, COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR, TOOL_SLED_CACHE_BYTES,
-};
+use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR, TOOL_SLED_CACHE_BYTES};
 use crate::log::segments::sync_dir;
 
 /// Live bytes (keys and values) the last compaction copied, u64 big-endian:
@@ -51,25 +49,13 @@ pub(crate) const OLD_DIR: &str = "store.old";
 /// now: files of at least `min_bytes` (`u64::MAX`: never;
 /// `Config::compact_min_store_bytes`) and at least `COMPACT_SPACE_FACTOR`
 /// times those live bytes, which are at most `max_live_bytes`
-/// (`Config::compact_max_live_bytes`). With `backed_up` (writers waited
-/// for log room), both thresholds are `COMPACT_BACKED_UP_FACTOR` times
-/// higher.
-pub(crate) fn worth_compacting(
-    disk_bytes: u64,
-    live_bytes: Option<u64>,
-    limits: Limits,
-    backed_up: bool,
-) -> bool {
+/// (`Config::compact_max_live_bytes`).
+pub(crate) fn worth_compacting(disk_bytes: u64, live_bytes: Option<u64>, limits: Limits) -> bool {
     let live = live_bytes.unwrap_or(0);
-    let scale = if backed_up {
-        COMPACT_BACKED_UP_FACTOR
-    } else {
-        1
-    };
     limits.min_bytes != u64::MAX
-        && disk_bytes >= limits.min_bytes.saturating_mul(scale)
+        && disk_bytes >= limits.min_bytes
         && live <= limits.max_live_bytes
-        && disk_bytes >= live.saturating_mul(COMPACT_SPACE_FACTOR * scale)
+        && disk_bytes >= live.saturating_mul(COMPACT_SPACE_FACTOR)
 }
 
 /// When to compact (see `worth_compacting`).
@@ -162,13 +148,12 @@ impl SledStore {
         self.sync()
     }
 
-    /// Compacts the store if `worth_compacting` says so (`backed_up`:
-    /// writers waited for log room since the last checkpoint). The caller writes
+    /// Compacts the store if `worth_compacting` says so. The caller writes
     /// nothing to the store meanwhile; reads go on (on the old database
     /// until the swap). An error is from after `store/` was renamed (the
     /// next open finishes the swap) or a failed write of the live bytes'
     /// record: the caller fails stop.
-    pub(crate) fn compact_if_worth(&self, backed_up: bool) -> Result<CompactOutcome> {
+    pub(crate) fn compact_if_worth(&self) -> Result<CompactOutcome> {
         let before_bytes = self.disk_bytes();
         if before_bytes < self.compact_retry_at_bytes.load(Ordering::Relaxed) {
             return Ok(CompactOutcome::Skipped);
@@ -177,7 +162,7 @@ impl SledStore {
             min_bytes: self.compact_min_bytes.load(Ordering::Relaxed),
             max_live_bytes: self.compact_max_live.load(Ordering::Relaxed),
         };
-        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, limits, backed_up) {
+        if !worth_compacting(before_bytes, self.recorded_live_bytes()?, limits) {
             return Ok(CompactOutcome::Skipped);
         }
         let copy = sibling(&self.path, COMPACT_DIR)?;
@@ -344,38 +329,5 @@ impl SledStore {
             sync_dir(parent, &self.faults)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_backed_up_behind_the_checkpoints_double_both_thresholds() {
-        let limits = Limits {
-            min_bytes: 64,
-            max_live_bytes: 1_000,
-        };
-        // Never compacted: the size floor alone decides.
-        assert!(!worth_compacting(63, None, limits, false));
-        assert!(worth_compacting(64, None, limits, false));
-        assert!(!worth_compacting(127, None, limits, true));
-        assert!(worth_compacting(128, None, limits, true));
-        // 100 live bytes at the last compaction: 3 times that when idle,
-        // 6 times while writers wait.
-        assert!(!worth_compacting(299, Some(100), limits, false));
-        assert!(worth_compacting(300, Some(100), limits, false));
-        assert!(!worth_compacting(599, Some(100), limits, true));
-        assert!(worth_compacting(600, Some(100), limits, true));
-        // Over the live bound, or switched off: never.
-        for backed_up in [false, true] {
-            assert!(!worth_compacting(u64::MAX, Some(1_001), limits, backed_up));
-            let off = Limits {
-                min_bytes: u64::MAX,
-                ..limits
-            };
-            assert!(!worth_compacting(u64::MAX, None, off, backed_up));
-        }
     }
 }

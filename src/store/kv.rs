@@ -421,11 +421,11 @@ impl KvStore for SledStore {
         self.scan_prefix(&[], f)
     }
 
-    fn compact_if_worth(&self, backed_up: bool) -> Result<crate::kv::CompactOutcome> {
+    fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {
         if self.troubled.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(crate::kv::CompactOutcome::Skipped);
         }
-        SledStore::compact_if_worth(self, backed_up)
+        SledStore::compact_if_worth(self)
     }
 }
 

@@ -1024,10 +1024,10 @@ impl KvStore for PagedStore {
         self.raw.scan_stored(f)
     }
 
-    fn compact_if_worth(&self, backed_up: bool) -> Result<crate::kv::CompactOutcome> {
+    fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {
         // The checkpointer calls this between checkpoints: nothing writes
         // the pages or deltas meanwhile, and the copy keeps every entry.
-        self.raw.compact_if_worth(backed_up)
+        self.raw.compact_if_worth()
     }
 }
 
