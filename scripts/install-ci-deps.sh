@@ -7,9 +7,14 @@
 #          the test mounts with mount(2) directly; fusermount3 is the
 #          fallback fuser uses when that fails. The test needs /dev/fuse.
 #   strace: the I/O fault sweep injects errors into sled's own syscalls.
+#   etcd-server: the 3-member cluster the etcd backend's tests run against
+#          (tests/etcd.rs, `cargo test --features etcd --test etcd`;
+#          scripts/etcd-cluster.sh starts one by hand).
+#   protobuf-compiler: protoc, which the etcd-client crate's build runs
+#          (feature `etcd`).
 set -euo pipefail
 
-packages=(fuse3 strace)
+packages=(fuse3 strace etcd-server protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -55,6 +55,15 @@ pub enum Error {
         /// sled's message.
         detail: String,
     },
+    /// The etcd cluster refused a request or could not be reached in time
+    /// (feature `etcd`, DESIGN.md 15).
+    #[error("etcd error while {context}: {detail}")]
+    Cluster {
+        /// What devreg was doing.
+        context: String,
+        /// What etcd (or its client) said.
+        detail: String,
+    },
     /// A value could not be encoded for the store (over the codec's size
     /// limit); the checkpoint that needed it wrote nothing.
     #[error("cannot encode a stored value: {0}")]
@@ -168,6 +177,14 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    #[cfg(feature = "etcd")]
+    pub(crate) fn cluster(context: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Cluster {
+            context: context.into(),
+            detail: detail.into(),
         }
     }
 

@@ -70,3 +70,15 @@ pub(crate) trait KvStore: Send + Sync {
         Ok(CompactOutcome::Skipped)
     }
 }
+
+/// What the page layout (`store/paged.rs`) needs from the store below it
+/// beyond `KvStore`: range scans. sled implements it (`store/kv.rs`), and
+/// so does etcd (`etcd/kv.rs`).
+pub(crate) trait RawKv: KvStore {
+    /// Calls `f` for each entry with a key in `[from, to)`, in key order.
+    fn scan_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<()>;
+    /// The first entries whose keys start with `prefix`, in key order,
+    /// until they hold `max_bytes` of keys and values (at least one entry
+    /// if there is any).
+    fn scan_chunk(&self, prefix: &[u8], max_bytes: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}

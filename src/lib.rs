@@ -31,6 +31,8 @@ mod codec;
 mod config;
 pub mod customerio;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod fault;
 mod feed;
 pub mod format;
@@ -90,4 +92,10 @@ pub mod internals {
     pub use crate::store::{
         count_records, page_records, page_value, peek_record, poke_record, sled_drop_panics,
     };
+    /// The etcd backend's store and operation log (feature `etcd`).
+    #[cfg(feature = "etcd")]
+    pub mod etcd {
+        pub use crate::etcd::probe::EtcdProbe;
+        pub use crate::etcd::{OpId, TxnLimits, WatchItem};
+    }
 }

@@ -259,3 +259,38 @@ pub const MAX_AUDIT_SAMPLE: usize = 10_000;
 /// DESIGN.md 20.8); `Registry::remark` splits a longer list into atomic
 /// writes of at most this many, each also within one log record.
 pub const MAX_REMARK_PAIRS: usize = 1_000;
+
+/// Longest one attempt of an etcd request may take before it is retried
+/// or given up (feature `etcd`), in milliseconds.
+pub const ETCD_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Time given to the first attempt of an etcd request, in milliseconds;
+/// doubled for each later one, up to `ETCD_REQUEST_TIMEOUT_MS`. A request
+/// a follower was forwarding when the leader died is never answered (the
+/// follower gives up only after its own timeout, seconds later), so the
+/// first retry must come about when a new leader can be in place.
+pub const ETCD_FIRST_ATTEMPT_TIMEOUT_MS: u64 = 1_000;
+/// Longest a connection attempt to an etcd endpoint may take, in milliseconds.
+pub const ETCD_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// Longest devreg retries one etcd request through a leader election or a
+/// lost member before it reports the error, in milliseconds. etcd elects a
+/// new leader within a few election timeouts (1 s by default).
+pub const ETCD_RETRY_MS: u64 = 20_000;
+/// First pause between two attempts of an etcd request, in milliseconds;
+/// doubled after each, up to `ETCD_RETRY_MAX_PAUSE_MS`.
+pub const ETCD_RETRY_PAUSE_MS: u64 = 25;
+/// Longest pause between two attempts of an etcd request, in milliseconds.
+pub const ETCD_RETRY_MAX_PAUSE_MS: u64 = 500;
+/// Keys one page of an etcd range read returns (a scan reads page by page
+/// at one revision, so its memory is one page).
+pub const ETCD_RANGE_PAGE_KEYS: i64 = 1_000;
+/// etcd's default `--max-txn-ops`: most operations in one transaction. A
+/// cluster started with more is told with `Config` (DESIGN.md 15).
+pub const ETCD_DEFAULT_MAX_TXN_OPS: usize = 128;
+/// etcd's default `--max-request-bytes` (1.5 MiB): the largest request.
+pub const ETCD_DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
+/// Bytes of a transaction's framing beyond its keys and values that devreg
+/// reserves under `--max-request-bytes` (per operation; generous).
+pub const ETCD_TXN_OP_OVERHEAD_BYTES: usize = 32;
+/// Watch responses a node buffers between etcd and the thread applying
+/// them (each holds the events of one etcd revision or more).
+pub const ETCD_WATCH_BUFFER: usize = 1_024;

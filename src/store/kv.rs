@@ -284,6 +284,16 @@ impl SledStore {
     }
 }
 
+impl crate::kv::RawKv for SledStore {
+    fn scan_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<()> {
+        SledStore::scan_range(self, from, to, f)
+    }
+
+    fn scan_chunk(&self, prefix: &[u8], max_bytes: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        SledStore::scan_chunk(self, prefix, max_bytes)
+    }
+}
+
 pub(super) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     let config = sled::Config::new()
         .path(path)

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use crate::error::Result;
 
-pub(crate) use crate::kv::{KvStore, Visit, Write};
+pub(crate) use crate::kv::{KvStore, RawKv, Visit, Write};
 pub(crate) use checkpoint::{load_state, log_position, Snapshot};
 pub(crate) use compact::finish_interrupted as finish_interrupted_compaction;
 pub(crate) use compact::interrupted as compaction_interrupted;

@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use super::delta::{delta_gen, delta_key, encode_chunks, visit_chunk, Chunk, Deltas, DELTA_PREFIX};
 use super::overlay::DiskOverlay;
 use super::page_merge;
-use super::{frame, KvStore, SledStore, Visit, Write};
+use super::{frame, KvStore, RawKv, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
 use crate::error::{Error, Result};
 
@@ -336,8 +336,8 @@ const LEGACY_CHUNK_BYTES: usize = 1 << 20;
 
 /// Logical records over sled: pages for the per-record keyspaces, plain
 /// keys for the rest.
-pub(crate) struct PagedStore {
-    raw: SledStore,
+pub(crate) struct PagedStore<R: RawKv = SledStore> {
+    raw: R,
     /// Most bytes of pages per sled batch (`Config::checkpoint_chunk_bytes`).
     chunk_bytes: usize,
     /// Most bytes of delta records before a merge, at most: the bound is
@@ -367,13 +367,9 @@ pub(crate) struct PagedStore {
     garbage: Mutex<Vec<Vec<u8>>>,
 }
 
-impl PagedStore {
+impl<R: RawKv> PagedStore<R> {
     /// Wraps `raw`, reading the committed generation from it.
-    pub(crate) fn open(
-        raw: SledStore,
-        chunk_bytes: usize,
-        delta_bytes: usize,
-    ) -> Result<PagedStore> {
+    pub(crate) fn open(raw: R, chunk_bytes: usize, delta_bytes: usize) -> Result<PagedStore<R>> {
         let committed = match raw.get(META_PAGE_GEN)? {
             None => 0,
             Some(v) => <[u8; 8]>::try_from(v.as_slice())
@@ -594,7 +590,7 @@ impl PagedStore {
     }
 }
 
-impl PagedStore {
+impl<R: RawKv> PagedStore<R> {
     /// `apply`, whose commit also deletes `raw_deletes` (legacy keys moved
     /// into pages by the same commit). Changes go to delta chunks while the
     /// deltas stay under their bound, else every delta is merged into pages.
@@ -934,7 +930,7 @@ fn delta_disk_bound(devices: u64, memory_bound: usize) -> usize {
         .max(memory_bound)
 }
 
-impl KvStore for PagedStore {
+impl<R: RawKv> KvStore for PagedStore<R> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let Some((&prefix, _)) = key.split_first() else {
             return self.raw.get(key);

@@ -1,0 +1,20 @@
+//! The etcd backend (feature `etcd`, issue 16, DESIGN.md 15): the store
+//! and the operation log of a registry kept in an etcd cluster, so that no
+//! single machine's loss loses or stops it.
+//!
+//! In pipeline order:
+//! - `conn`: a blocking handle on the cluster (etcd-client on a private
+//!   tokio runtime), with timeouts and retries through elections;
+//! - `oplog`: the replicated operation log: appends exactly once, read by
+//!   every node through a watch, in etcd's revision order;
+//! - `kv`: devreg's `KvStore` on etcd keys, one transaction per batch,
+//!   fenced by a lock's key, for the checkpointed state;
+//! - `probe`: the same, public for the tests (`devreg::internals`).
+
+mod conn;
+mod kv;
+mod oplog;
+pub mod probe;
+
+pub use kv::TxnLimits;
+pub use oplog::{OpId, WatchItem};

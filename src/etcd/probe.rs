@@ -1,0 +1,117 @@
+//! Test support (`devreg::internals::etcd`): the etcd backend's key-value
+//! store and operation log, callable from integration tests against a real
+//! cluster. Not a stable API.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::conn::{Conn, Retry};
+use super::kv::{EtcdKv, Fence, TxnLimits};
+use super::oplog::{OpId, OpLog, WatchItem};
+use crate::error::Result;
+use crate::kv::KvStore;
+
+/// One node's view of a registry's keys in an etcd cluster.
+pub struct EtcdProbe {
+    conn: Arc<Conn>,
+    kv: EtcdKv,
+    log: OpLog,
+    limits: TxnLimits,
+}
+
+impl EtcdProbe {
+    /// Connects to `endpoints`, with every key under `prefix`; joins the
+    /// operation log as a new node.
+    pub fn connect(endpoints: &[String], prefix: &str, limits: TxnLimits) -> Result<EtcdProbe> {
+        let conn = Arc::new(Conn::connect(endpoints)?);
+        let store = format!("{prefix}store/");
+        let kv = EtcdKv::new(conn.clone(), store.as_bytes(), limits);
+        let log = OpLog::join(conn.clone(), prefix.as_bytes())?;
+        Ok(EtcdProbe {
+            conn,
+            kv,
+            log,
+            limits,
+        })
+    }
+
+    /// The store, its writes fenced on `key` keeping `create_revision`.
+    pub fn fence(self, key: &[u8], create_revision: i64) -> EtcdProbe {
+        let fence = Fence {
+            key: key.to_vec(),
+            create_revision,
+        };
+        EtcdProbe {
+            kv: self.kv.fenced(fence),
+            ..self
+        }
+    }
+
+    /// The endpoints, comma-separated.
+    pub fn endpoints(&self) -> String {
+        self.conn.describe()
+    }
+
+    /// The create revision of the etcd key `key` (the full key, with
+    /// every prefix); 0 if it does not exist.
+    pub fn create_revision(&self, key: &[u8]) -> Result<i64> {
+        let key = key.to_vec();
+        self.conn.call(
+            "reading a create revision",
+            Retry::Idempotent,
+            move |mut c| {
+                let key = key.clone();
+                async move {
+                    let r = c.get(key, None).await?;
+                    Ok(r.kvs().first().map_or(0, |kv| kv.create_revision()))
+                }
+            },
+        )
+    }
+
+    /// `KvStore::get`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.kv.get(key)
+    }
+
+    /// `KvStore::apply`: every write or none.
+    pub fn apply(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        self.kv.apply(writes)
+    }
+
+    /// `KvStore::scan_prefix`, collected.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.kv.scan_prefix(prefix, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// This node's id in the operation log.
+    pub fn node(&self) -> u64 {
+        self.log.node()
+    }
+
+    /// Appends an operation: its id and revision.
+    pub fn append(&self, body: Vec<u8>) -> Result<(OpId, i64)> {
+        self.log.append(body)
+    }
+
+    /// The last operation's revision.
+    pub fn last_revision(&self) -> Result<i64> {
+        self.log.last_revision()
+    }
+
+    /// Every operation from revision `from` on, in order.
+    pub fn watch(&self, from: i64) -> Receiver<Result<WatchItem>> {
+        self.log.watch(from)
+    }
+
+    /// Deletes the operations at or before `upto`; how many.
+    pub fn trim(&self, upto: i64) -> Result<u64> {
+        self.log.trim(upto, self.limits)
+    }
+}
