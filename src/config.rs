@@ -102,6 +102,23 @@ pub struct Config {
     /// Test-only I/O fault injection (`FaultPlan`); not a stable API.
     #[doc(hidden)]
     pub faults: Option<std::sync::Arc<crate::fault::FaultPlan>>,
+    /// The etcd cluster the registry lives in instead of `path` (feature
+    /// `etcd`, [`Config::etcd`], DESIGN.md 15); `None`: a local database.
+    #[cfg(feature = "etcd")]
+    pub etcd: Option<EtcdTarget>,
+}
+
+/// Where a registry lives in an etcd cluster ([`Config::etcd`]).
+#[cfg(feature = "etcd")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTarget {
+    /// Client URLs of the cluster's members (`http://host:port`).
+    pub endpoints: Vec<String>,
+    /// The prefix of every key of this registry (`devreg/` by default):
+    /// several registries may share a cluster under different prefixes.
+    pub prefix: String,
+    /// The cluster's `--max-txn-ops` and `--max-request-bytes`.
+    pub limits: crate::etcd::TxnLimits,
 }
 
 impl Config {
@@ -137,8 +154,42 @@ impl Config {
             soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
             faults: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
         .memory_budget_bytes(DEFAULT_MEMORY_BUDGET_BYTES)
+    }
+
+    /// A registry kept in the etcd cluster at `endpoints`, every key under
+    /// `prefix` (feature `etcd`, DESIGN.md 15). Every write is committed by
+    /// the cluster's quorum before it is acknowledged (`durability` has
+    /// nothing weaker to offer), and every node opened on the same cluster
+    /// and prefix applies every write, in one order.
+    ///
+    /// ```
+    /// let c = devreg::Config::etcd(vec!["http://127.0.0.1:2379".into()], "pushes/");
+    /// assert_eq!(c.etcd.unwrap().prefix, "pushes/");
+    /// ```
+    #[cfg(feature = "etcd")]
+    pub fn etcd(endpoints: Vec<String>, prefix: &str) -> Config {
+        let mut c = Config::new(format!("etcd:{}", prefix));
+        c.etcd = Some(EtcdTarget {
+            endpoints,
+            prefix: prefix.to_owned(),
+            limits: crate::etcd::TxnLimits::default(),
+        });
+        c
+    }
+
+    /// The cluster's transaction limits, when it was started with more than
+    /// etcd's defaults (`--max-txn-ops`, `--max-request-bytes`); only for a
+    /// [`Config::etcd`] registry.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_limits(mut self, limits: crate::etcd::TxnLimits) -> Config {
+        if let Some(t) = self.etcd.as_mut() {
+            t.limits = limits;
+        }
+        self
     }
 
     /// Sets the memory the store may use besides the devices themselves,

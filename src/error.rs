@@ -55,6 +55,10 @@ pub enum Error {
         /// sled's message.
         detail: String,
     },
+    /// The call is not offered by this kind of registry (for example a
+    /// backup of a registry kept in an etcd cluster).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// The etcd cluster refused a request or could not be reached in time
     /// (feature `etcd`, DESIGN.md 15).
     #[error("etcd error while {context}: {detail}")]

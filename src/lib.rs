@@ -53,8 +53,12 @@ mod store;
 pub mod sync;
 mod writer;
 
+#[cfg(feature = "etcd")]
+pub use config::EtcdTarget;
 pub use config::{Config, Durability};
 pub use error::{Error, Result};
+#[cfg(feature = "etcd")]
+pub use etcd::TxnLimits;
 #[doc(hidden)]
 pub use fault::{FaultPlan, IoOp};
 pub use feed::{

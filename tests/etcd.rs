@@ -150,3 +150,9 @@ fn a_three_member_cluster_elects_a_new_leader_after_the_leader_is_killed() {
 
 #[path = "etcd/store_and_log.rs"]
 mod store_and_log;
+
+// ---------------------------------------------------------------- registries on the cluster
+
+mod common;
+#[path = "etcd/registry.rs"]
+mod registry;

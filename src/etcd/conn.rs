@@ -32,7 +32,9 @@ pub(crate) enum Retry {
 
 /// A connection to one etcd cluster.
 pub(crate) struct Conn {
-    rt: tokio::runtime::Runtime,
+    /// Taken by `drop`, which shuts it down without waiting: a registry may
+    /// be dropped on a tokio worker, where a blocking shutdown panics.
+    rt: Option<tokio::runtime::Runtime>,
     client: Client,
     endpoints: Vec<String>,
 }
@@ -84,7 +86,7 @@ impl Conn {
             )
         })?;
         Ok(Conn {
-            rt,
+            rt: Some(rt),
             client,
             endpoints: endpoints.to_vec(),
         })
@@ -105,7 +107,15 @@ impl Conn {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(fut);
+        if let Some(rt) = &self.rt {
+            rt.spawn(fut);
+        }
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        self.rt
+            .as_ref()
+            .ok_or_else(|| Error::cluster("using the etcd client", "it was shut down"))
     }
 
     /// Runs the request `make` builds, retrying it as `retry` allows; the
@@ -127,7 +137,7 @@ impl Conn {
             attempts += 1;
             let timed = timed(make(self.client.clone()), limit_ms);
             limit_ms = (limit_ms * 2).min(ETCD_REQUEST_TIMEOUT_MS);
-            let e = match wait(&self.rt, timed)? {
+            let e = match wait(self.runtime()?, timed)? {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e.to_string(),
                 Err(elapsed) => elapsed,
@@ -142,6 +152,14 @@ impl Conn {
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(ETCD_RETRY_MAX_PAUSE_MS));
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
         }
     }
 }

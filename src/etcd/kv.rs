@@ -97,6 +97,23 @@ impl EtcdKv {
         k
     }
 
+    /// Writes `writes` in one transaction unless `key` exists; whether it
+    /// wrote. A new store's first metadata: of two nodes opening one empty
+    /// store at once, one initialises it and the other finds it done.
+    pub(crate) fn init_if_absent(&self, key: &[u8], writes: &[Write]) -> Result<bool> {
+        self.check_limits(writes)?;
+        let guard = Compare::create_revision(self.full_key(key), CompareOp::Equal, 0);
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .filter_map(|(k, v)| Some(TxnOp::put(self.full_key(k), v.clone()?, None)))
+            .collect();
+        self.conn
+            .call("initialising the store", Retry::Idempotent, move |mut c| {
+                let txn = Txn::new().when([guard.clone()]).and_then(ops.clone());
+                async move { Ok(c.txn(txn).await?.succeeded()) }
+            })
+    }
+
     /// Refuses a batch the cluster would refuse, before sending it.
     fn check_limits(&self, writes: &[Write]) -> Result<()> {
         let ops = writes.len() + usize::from(self.fence.is_some());

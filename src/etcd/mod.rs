@@ -16,5 +16,8 @@ mod kv;
 mod oplog;
 pub mod probe;
 
+pub(crate) use conn::Conn;
+pub(crate) use kv::EtcdKv;
 pub use kv::TxnLimits;
+pub(crate) use oplog::OpLog;
 pub use oplog::{OpId, WatchItem};

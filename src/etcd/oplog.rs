@@ -118,13 +118,18 @@ impl OpLog {
         self.node
     }
 
-    /// Appends one operation; its id and the revision it was committed at.
-    /// Exactly once, through any number of retries (see the module doc).
-    pub(crate) fn append(&self, body: Vec<u8>) -> Result<(OpId, i64)> {
-        let id = OpId {
+    /// A fresh id for this node's next operation.
+    pub(crate) fn next_id(&self) -> OpId {
+        OpId {
             node: self.node,
             seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
-        };
+        }
+    }
+
+    /// Appends one operation under `id` (from `next_id`); the revision it
+    /// was committed at. Exactly once, through any number of retries (see
+    /// the module doc).
+    pub(crate) fn append(&self, id: OpId, body: Vec<u8>) -> Result<i64> {
         let key = op_key(&self.ops, id);
         let tail = self.tail.clone();
         let context = format!("appending operation {}/{}", id.node, id.seq);
@@ -145,7 +150,7 @@ impl OpLog {
         let revision = revision.ok_or_else(|| {
             Error::cluster(context, "the operation's key was neither created nor found")
         })?;
-        Ok((id, revision))
+        Ok(revision)
     }
 
     /// The revision of the last operation committed in the cluster (0 if

@@ -97,7 +97,8 @@ impl EtcdProbe {
 
     /// Appends an operation: its id and revision.
     pub fn append(&self, body: Vec<u8>) -> Result<(OpId, i64)> {
-        self.log.append(body)
+        let id = self.log.next_id();
+        Ok((id, self.log.append(id, body)?))
     }
 
     /// The last operation's revision.

@@ -9,6 +9,8 @@ use serde::Serialize;
 use super::recover;
 use crate::error::{Error, Result};
 use crate::model::{token_label, Device};
+use crate::state::State;
+use crate::store::KvStore;
 use crate::writer::WriterCtx;
 
 /// What `check` found. Empty `problems` means every index, counter, the cap
@@ -36,7 +38,6 @@ pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckR
     }
     ctx.log.write_out()?;
     let live = ctx.state.read();
-    let mut problems = live.check_indexes();
     let (disk, ..) = recover(
         &*ctx.store,
         &path.join("log"),
@@ -45,6 +46,17 @@ pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckR
         ctx.config.history_retention_ms,
         &ctx.config.faults,
     )?;
+    compare_states(&*ctx.store, &live, &disk)
+}
+
+/// The check's report: the live state's own indexes, and every difference
+/// between it and `disk`, the state rebuilt from the store and the log.
+pub(super) fn compare_states(
+    store: &dyn KvStore,
+    live: &State,
+    disk: &State,
+) -> Result<CheckReport> {
+    let mut problems = live.check_indexes();
     problems.extend(
         disk.check_indexes()
             .into_iter()
@@ -54,7 +66,7 @@ pub(super) fn check_on_writer(ctx: &mut WriterCtx, path: &Path) -> Result<CheckR
     if !live.feed.same_as(&disk.feed) {
         problems.push("feed in store+log differs from the feed in memory".into());
     }
-    problems.extend(super::history::history_problems(&*ctx.store, &live, &disk)?);
+    problems.extend(super::history::history_problems(store, live, disk)?);
     if disk.cap != live.cap {
         problems.push(format!(
             "store+log cap {} differs from memory cap {}",

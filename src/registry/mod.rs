@@ -2,6 +2,10 @@
 
 mod backup;
 mod check;
+#[cfg(feature = "etcd")]
+mod cluster;
+#[cfg(feature = "etcd")]
+mod etcd_open;
 mod feed;
 mod history;
 mod metrics;
@@ -44,28 +48,47 @@ struct Inner {
     max_batch_bytes: usize,
     /// `Config::soft_failures_to_suppress`.
     soft_limit: u32,
+    /// `Config::history_retention_ms`.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    history_retention_ms: u64,
     /// `Config::durability`: a write's durability when it names none.
     durability: Durability,
     state: Arc<RwLock<State>>,
-    tx: Mutex<Option<Sender<Msg>>>,
-    ctx: Arc<Mutex<WriterCtx>>,
-    queue: WriteQueue,
+    engine: Engine,
     failed: Arc<FailFlag>,
     store: Arc<dyn KvStore>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The engine's counters and histograms (`Registry::metrics`).
     metrics: Arc<Recorder>,
-    /// The database's flock, held while the registry is open. Last, so it
-    /// is released after every field above (the store among them) drops.
-    _lock: std::fs::File,
+    /// The database's flock, held while the registry is open (None on
+    /// etcd). Last, so it is released after every field above (the store
+    /// among them) drops.
+    _lock: Option<std::fs::File>,
+}
+
+/// How writes reach the state.
+enum Engine {
+    /// devreg's own write-ahead log and writer (sections 5, 7).
+    Local {
+        tx: Mutex<Option<Sender<Msg>>>,
+        ctx: Arc<Mutex<WriterCtx>>,
+        queue: WriteQueue,
+    },
+    /// An etcd cluster's operation log (section 15).
+    #[cfg(feature = "etcd")]
+    Cluster(Arc<cluster::Node>),
 }
 
 impl Inner {
     /// Stops the writer (its final sync and checkpoint) and the
     /// checkpointer; the first error that stopped the registry, if any.
     fn shut_down(&self) -> Result<()> {
-        // Closing the channel makes the writer checkpoint and stop.
-        self.tx.lock().take();
+        match &self.engine {
+            // Closing the channel makes the writer checkpoint and stop.
+            Engine::Local { tx, .. } => drop(tx.lock().take()),
+            #[cfg(feature = "etcd")]
+            Engine::Cluster(node) => node.stop(),
+        }
         let mut panicked = false;
         for t in self.threads.lock().drain(..) {
             panicked |= t.join().is_err();
@@ -177,9 +200,15 @@ impl Registry {
         Registry::open_with(Config::new(path).read_only(true))
     }
 
-    /// Opens (or creates) a registry: loads the store, replays the log.
+    /// Opens (or creates) a registry: loads the store, replays the log. A
+    /// [`Config::etcd`] registry loads the cluster's checkpoint and applies
+    /// its operation log instead (feature `etcd`, DESIGN.md 15).
     pub fn open_with(config: Config) -> Result<Registry> {
         config.validate()?;
+        #[cfg(feature = "etcd")]
+        if let Some(target) = config.etcd.clone() {
+            return etcd_open::open(config, target);
+        }
         let log_dir = config.path.join("log");
         let (lock, store) = open::open_store(&config, &log_dir)?;
         let (state, ckpt_lsn, segment_bytes, end_lsn, stale) = recover(
@@ -266,13 +295,16 @@ impl Registry {
                 path: config.path.clone(),
                 read_only: config.read_only,
                 soft_limit: config.soft_failures_to_suppress,
+                history_retention_ms: config.history_retention_ms,
                 durability: config.durability,
-                _lock: lock,
+                _lock: Some(lock),
                 max_batch_bytes,
                 state,
-                tx: Mutex::new(Some(tx)),
-                ctx,
-                queue,
+                engine: Engine::Local {
+                    tx: Mutex::new(Some(tx)),
+                    ctx,
+                    queue,
+                },
                 failed,
                 store,
                 // The writer must stop (and hand over its last checkpoint) first.
@@ -352,7 +384,11 @@ impl Registry {
     }
 
     fn send(&self, msg: Msg) -> Result<()> {
-        let tx = self.inner.tx.lock().clone().ok_or(Error::Closed)?;
+        let tx = match &self.inner.engine {
+            Engine::Local { tx, .. } => tx.lock().clone().ok_or(Error::Closed)?,
+            #[cfg(feature = "etcd")]
+            Engine::Cluster(_) => return Err(cluster_unsupported("this call")),
+        };
         tx.send(msg).map_err(|_| Error::Closed)
     }
 
@@ -367,13 +403,11 @@ impl Registry {
         if let Some(why) = self.inner.failed.get() {
             return Err(Error::Failed(why));
         }
-        commit(
-            &self.inner.ctx,
-            &self.inner.queue,
-            &self.inner.failed,
-            entries,
-            d,
-        )
+        match &self.inner.engine {
+            Engine::Local { ctx, queue, .. } => commit(ctx, queue, &self.inner.failed, entries, d),
+            #[cfg(feature = "etcd")]
+            Engine::Cluster(node) => node.commit(entries),
+        }
     }
 
     /// Applies one operation atomically and durably (as configured).
@@ -448,15 +482,19 @@ impl Registry {
             Ok(None) => return finish(Ok(Vec::new())),
             Err(e) => return finish(Err(e)),
         };
-        let msgs = self.inner.tx.lock().clone();
-        let Some(msgs) = msgs else {
-            return finish(Err(Error::Closed));
-        };
         let reply = WriteReply::Call(Box::new(move |r: Result<Vec<Applied>>| {
             finish(r.and_then(|a| a.into_iter().map(outcome).collect()));
         }));
         let request = (entries, durability, reply);
-        let (ctx, queue) = (&self.inner.ctx, &self.inner.queue);
+        let (tx, ctx, queue) = match &self.inner.engine {
+            Engine::Local { tx, ctx, queue } => (tx, ctx, queue),
+            // The node's leader thread commits it and its applier answers.
+            #[cfg(feature = "etcd")]
+            Engine::Cluster(node) => return node.submit(request),
+        };
+        let Some(msgs) = tx.lock().clone() else {
+            return request.2.send(Err(Error::Closed));
+        };
         // An `Eventual` write needs no fdatasync: when the writer lock is
         // free this thread commits it at once (no hand-off either way).
         match durability.unwrap_or(self.inner.durability) {
@@ -752,6 +790,19 @@ impl Registry {
         }
     }
 
+    /// Waits until this registry has applied every write its etcd cluster
+    /// acknowledged before the call (from any node), so that a read after
+    /// it sees them all: a linearizable read (DESIGN.md 15). A local
+    /// registry has nothing to wait for. Fails after 20 s
+    /// (`ETCD_RETRY_MS`) if the cluster or this node cannot get there.
+    pub fn catch_up(&self) -> Result<()> {
+        match &self.inner.engine {
+            Engine::Local { .. } => Ok(()),
+            #[cfg(feature = "etcd")]
+            Engine::Cluster(node) => node.catch_up(),
+        }
+    }
+
     /// Writes a checkpoint to the store now and waits for it.
     pub fn checkpoint(&self) -> Result<()> {
         self.refuse_if_read_only()?;
@@ -797,6 +848,10 @@ impl Registry {
     /// Verifies every index and counter against the records, the cap, and the
     /// store plus a replay of the log against the memory state.
     pub fn check(&self) -> Result<CheckReport> {
+        #[cfg(feature = "etcd")]
+        if let Engine::Cluster(node) = &self.inner.engine {
+            return cluster::check(node, &*self.inner.store, self.inner.history_retention_ms);
+        }
         let (reply, rx) = bounded(1);
         let path = self.inner.path.clone();
         self.send(Msg::Exclusive {
@@ -855,4 +910,12 @@ impl Iterator for ActiveIter {
             self.buf = page.devices.into_iter();
         }
     }
+}
+
+/// The error of a call an etcd registry does not offer (yet).
+#[cfg(feature = "etcd")]
+fn cluster_unsupported(what: &str) -> Error {
+    Error::Unsupported(format!(
+        "{what} on a registry in an etcd cluster (DESIGN.md 15)"
+    ))
 }

@@ -25,6 +25,8 @@ use std::path::Path;
 use crate::error::Result;
 
 pub(crate) use crate::kv::{KvStore, RawKv, Visit, Write};
+#[cfg(feature = "etcd")]
+pub(crate) use checkpoint::META_SEGMENT_BYTES;
 pub(crate) use checkpoint::{load_state, log_position, Snapshot};
 pub(crate) use compact::finish_interrupted as finish_interrupted_compaction;
 pub(crate) use compact::interrupted as compaction_interrupted;

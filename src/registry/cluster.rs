@@ -1,0 +1,425 @@
+//! A registry node on an etcd cluster (feature `etcd`, DESIGN.md 15): its
+//! writes go to the cluster's operation log, and it applies every write of
+//! every node in the log's order.
+//!
+//! Threads:
+//! - the **leader** takes every request queued since its last group, stamps
+//!   them with one commit time, and appends them as one operation (group
+//!   commit: one etcd transaction for the group);
+//! - the **applier** reads the log through a watch and applies each
+//!   operation to the state under the write lock, then answers the requests
+//!   of this node's own operations with the outcomes it computed.
+//!
+//! An operation's body (`encode_group`):
+//!
+//! ```text
+//! b'O' then, per request: entries (u32 BE) body length (u32 BE) body
+//!                         (encode_entries of the request, Entry::Clock first)
+//! ```
+//!
+//! A request whose body does not decode or whose entries do not validate
+//! (a bug of the node that wrote it) is skipped by every node alike, and
+//! its submitter gets the error; the rest of the operation applies.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::CheckReport;
+use crate::error::{Error, Result};
+use crate::etcd::{OpId, OpLog, WatchItem};
+use crate::log::entry::{decode_entries, encode_entries, validate_entry, Entry};
+use crate::state::{Applied, State};
+use crate::store::{load_state, KvStore};
+use crate::writer::{FailFlag, Request, WriteReply};
+
+/// First byte of an operation holding write requests.
+const OP_WRITES: u8 = b'O';
+/// Operations the applier applies under one acquisition of the write lock.
+const APPLY_BATCH_OPS: usize = 256;
+/// How often the leader and the applier look at the stop flag when idle.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// One node's write path and applied position.
+pub(crate) struct Node {
+    log: OpLog,
+    state: Arc<RwLock<State>>,
+    failed: Arc<FailFlag>,
+    queue: Sender<Request>,
+    /// This node's operations in flight: their requests' replies, in order.
+    pending: Mutex<HashMap<u64, Vec<WriteReply>>>,
+    /// The revision of the last operation applied.
+    applied: Mutex<i64>,
+    applied_changed: Condvar,
+    stop: AtomicBool,
+    /// Largest operation body (the cluster's request limit, less framing).
+    max_body: usize,
+    /// The last commit time this node stamped (never goes backwards).
+    last_clock_ms: Mutex<u64>,
+}
+
+impl Node {
+    /// A node on `log`, applying to `state` from `applied` (the revision the
+    /// state reflects); the receiving end of its request queue is for
+    /// `run_leader`.
+    pub(crate) fn new(
+        log: OpLog,
+        state: Arc<RwLock<State>>,
+        failed: Arc<FailFlag>,
+        applied: i64,
+        max_body: usize,
+    ) -> (Arc<Node>, Receiver<Request>) {
+        let (queue, rx) = crossbeam_channel::unbounded();
+        let last_clock_ms = Mutex::new(state.read().now_ms);
+        let node = Node {
+            log,
+            state,
+            failed,
+            queue,
+            pending: Mutex::new(HashMap::new()),
+            applied: Mutex::new(applied),
+            applied_changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            max_body,
+            last_clock_ms,
+        };
+        (Arc::new(node), rx)
+    }
+
+    /// The revision of the last operation this node applied.
+    pub(crate) fn applied(&self) -> i64 {
+        *self.applied.lock()
+    }
+
+    /// Commits `entries` through the cluster and waits for their outcomes.
+    pub(crate) fn commit(&self, entries: Vec<Entry>) -> Result<Vec<Applied>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.submit((entries, None, WriteReply::Wait(tx)));
+        // The leader or the applier always answers or drops the reply.
+        rx.recv()
+            .map_err(|_| self.failed.get().map_or(Error::Closed, Error::Failed))?
+    }
+
+    /// Queues a request for the leader; refused at once when stopped.
+    pub(crate) fn submit(&self, request: Request) {
+        if self.stop.load(Ordering::SeqCst) {
+            return request.2.send(Err(Error::Closed));
+        }
+        if let Err(e) = self.queue.send(request) {
+            e.into_inner().2.send(Err(Error::Closed));
+        }
+    }
+
+    /// Waits until this node has applied revision `target`, for at most
+    /// `limit` (None: as long as it takes while the node is healthy).
+    pub(crate) fn wait_applied(&self, target: i64, limit: Option<Duration>) -> Result<()> {
+        let deadline = limit.map(|l| Instant::now() + l);
+        let mut applied = self.applied.lock();
+        while *applied < target {
+            if let Some(why) = self.failed.get() {
+                return Err(Error::Failed(why));
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            let until = deadline.map_or(Instant::now() + IDLE_POLL, |d| {
+                d.min(Instant::now() + IDLE_POLL)
+            });
+            self.applied_changed.wait_until(&mut applied, until);
+            if deadline.is_some_and(|d| Instant::now() >= d) && *applied < target {
+                return Err(Error::cluster(
+                    format!("waiting to apply revision {target}"),
+                    format!("this node has applied up to revision {} only", *applied),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until this node has applied every operation the cluster
+    /// committed before this call (a linearizable point for reads).
+    pub(crate) fn catch_up(&self) -> Result<()> {
+        let target = self.log.last_revision()?;
+        let limit = Duration::from_millis(crate::limits::ETCD_RETRY_MS);
+        self.wait_applied(target, Some(limit))
+    }
+
+    /// Asks both threads to stop; queued requests are answered `Closed`.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.applied_changed.notify_all();
+    }
+
+    fn fail(&self, e: &Error) {
+        self.failed.set(e);
+        let pending: Vec<_> = self.pending.lock().drain().collect();
+        for (_, replies) in pending {
+            for r in replies {
+                r.send(Err(Error::failed_from(e)));
+            }
+        }
+        self.applied_changed.notify_all();
+    }
+}
+
+/// `check` on a cluster node: the live state against the state rebuilt
+/// from the store and the operation log up to the revision the live state
+/// reflects. Writes wait meanwhile (the live state's read lock is held).
+pub(crate) fn check(node: &Node, store: &dyn KvStore, retention_ms: u64) -> Result<CheckReport> {
+    if let Some(why) = node.failed.get() {
+        return Err(Error::Failed(why));
+    }
+    let live = node.state.read();
+    let upto = node.applied();
+    let loaded = load_state(
+        store,
+        live.cap,
+        crate::limits::DEFAULT_LOG_SEGMENT_BYTES,
+        retention_ms,
+    )?;
+    let mut disk = loaded.state;
+    let from = i64::try_from(loaded.checkpoint_lsn).unwrap_or(i64::MAX);
+    if upto > from {
+        let watch = node.log.watch(from + 1);
+        let limit = Duration::from_millis(crate::limits::ETCD_RETRY_MS);
+        loop {
+            let item = watch.recv_timeout(limit).map_err(|_| {
+                Error::cluster(
+                    "checking",
+                    format!("the operation log did not reach revision {upto}"),
+                )
+            })??;
+            let WatchItem::Op { revision, id, body } = item;
+            if revision > upto {
+                break;
+            }
+            let _ = apply_op(&mut disk, revision, id, &body);
+            if revision == upto {
+                break;
+            }
+        }
+    }
+    super::check::compare_states(store, &live, &disk)
+}
+
+/// The leader thread: commits queued requests a group at a time.
+pub(crate) fn run_leader(node: Arc<Node>, rx: Receiver<Request>) {
+    loop {
+        let first = match rx.recv_timeout(IDLE_POLL) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) if !node.stop.load(Ordering::SeqCst) => continue,
+            Err(_) => break,
+        };
+        let mut group = vec![first];
+        while group.len() < crate::limits::MAX_GROUP_OPS {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        if node.stop.load(Ordering::SeqCst) {
+            group.into_iter().for_each(|r| r.2.send(Err(Error::Closed)));
+            break;
+        }
+        lead_group(&node, group);
+    }
+    while let Ok(r) = rx.try_recv() {
+        r.2.send(Err(Error::Closed));
+    }
+}
+
+/// Appends one group as operations of at most `max_body` bytes each.
+fn lead_group(node: &Node, group: Vec<Request>) {
+    if let Some(why) = node.failed.get() {
+        return group
+            .into_iter()
+            .for_each(|r| r.2.send(Err(Error::Failed(why.clone()))));
+    }
+    let now = {
+        let mut last = node.last_clock_ms.lock();
+        let now = wall_ms()
+            .min(crate::limits::MAX_TIMESTAMP_MS)
+            .max(*last)
+            .max(node.state.read().now_ms);
+        *last = now;
+        now
+    };
+    let mut body = vec![OP_WRITES];
+    let mut replies = Vec::new();
+    for (mut entries, _, reply) in group {
+        entries.insert(0, Entry::Clock(now));
+        let encoded = match encode_entries(&entries) {
+            Ok(b) if b.len() + 9 <= node.max_body => b,
+            Ok(b) => {
+                let why = format!(
+                    "encodes to {} bytes, over the cluster's request limit of {}",
+                    b.len(),
+                    node.max_body
+                );
+                reply.send(Err(Error::invalid("batch", why)));
+                continue;
+            }
+            Err(e) => {
+                reply.send(Err(e));
+                continue;
+            }
+        };
+        if body.len() + encoded.len() + 8 > node.max_body {
+            append_op(
+                node,
+                std::mem::replace(&mut body, vec![OP_WRITES]),
+                std::mem::take(&mut replies),
+            );
+        }
+        body.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        body.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        body.extend_from_slice(&encoded);
+        replies.push(reply);
+    }
+    if !replies.is_empty() {
+        append_op(node, body, replies);
+    }
+}
+
+/// Appends one operation; its requests are answered by the applier once it
+/// applies it, or here if the append failed (then the outcome is unknown:
+/// the cluster may have committed it without answering).
+fn append_op(node: &Node, body: Vec<u8>, replies: Vec<WriteReply>) {
+    let id = node.log.next_id();
+    node.pending.lock().insert(id.seq, replies);
+    if let Err(e) = node.log.append(id, body) {
+        let Some(replies) = node.pending.lock().remove(&id.seq) else {
+            return; // Applied meanwhile: answered by the applier.
+        };
+        let why = format!("{e}; the write may or may not have been applied: read it back");
+        for r in replies {
+            r.send(Err(Error::cluster("committing a write", why.clone())));
+        }
+    }
+}
+
+/// Wall-clock Unix milliseconds.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The applier thread: applies the watched operations in order.
+pub(crate) fn run_applier(node: Arc<Node>, rx: Receiver<Result<WatchItem>>) {
+    loop {
+        let first = match rx.recv_timeout(IDLE_POLL) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) if !node.stop.load(Ordering::SeqCst) => continue,
+            Err(_) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < APPLY_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let mut items = Vec::with_capacity(batch.len());
+        for item in batch {
+            match item {
+                Ok(i) => items.push(i),
+                Err(e) => {
+                    apply_items(&node, items);
+                    return node.fail(&e);
+                }
+            }
+        }
+        apply_items(&node, items);
+    }
+}
+
+/// Applies `items` under one write lock, then answers this node's requests.
+fn apply_items(node: &Node, items: Vec<WatchItem>) {
+    let Some(last) = items.last().map(|WatchItem::Op { revision, .. }| *revision) else {
+        return;
+    };
+    let mut answers = Vec::new();
+    {
+        let mut st = node.state.write();
+        for WatchItem::Op { revision, id, body } in &items {
+            let outcomes = apply_op(&mut st, *revision, *id, body);
+            if id.node == node.log.node() {
+                if let Some(replies) = node.pending.lock().remove(&id.seq) {
+                    answers.push((replies, outcomes));
+                }
+            }
+        }
+        // Under the state's lock: a reader holding it sees the state of
+        // exactly the revision `applied` says (`check`).
+        *node.applied.lock() = last;
+    }
+    node.applied_changed.notify_all();
+    for (replies, outcomes) in answers {
+        let mut outcomes = outcomes.into_iter();
+        for r in replies {
+            r.send(outcomes.next().unwrap_or(Err(Error::Closed)));
+        }
+    }
+}
+
+/// Applies one operation's requests; each request's outcomes or error.
+fn apply_op(st: &mut State, revision: i64, id: OpId, body: &[u8]) -> Vec<Result<Vec<Applied>>> {
+    let location = format!("operation {}/{} at revision {revision}", id.node, id.seq);
+    let Some((&OP_WRITES, mut rest)) = body.split_first() else {
+        return vec![Err(Error::corrupt(location, "not an operation of writes"))];
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let request = format!("{location}, request {}", out.len());
+        let Some((count, len, tail)) = split_request(rest) else {
+            out.push(Err(Error::corrupt(request, "truncated request header")));
+            break;
+        };
+        let Some((encoded, next)) = tail.split_at_checked(len) else {
+            out.push(Err(Error::corrupt(request, "truncated request body")));
+            break;
+        };
+        rest = next;
+        out.push(apply_request(st, &request, count, encoded));
+    }
+    out
+}
+
+/// (entries, body length, the rest) of a request header.
+fn split_request(b: &[u8]) -> Option<(u32, usize, &[u8])> {
+    let count = u32::from_be_bytes(b.get(0..4)?.try_into().ok()?);
+    let len = u32::from_be_bytes(b.get(4..8)?.try_into().ok()?) as usize;
+    Some((count, len, b.get(8..)?))
+}
+
+/// Decodes, validates and applies one request (all of it or, if any entry
+/// is bad, none of it); the outcomes of its entries after the clock.
+fn apply_request(
+    st: &mut State,
+    location: &str,
+    count: u32,
+    encoded: &[u8],
+) -> Result<Vec<Applied>> {
+    let mut entries = decode_entries(location, count, encoded)?;
+    for e in &entries {
+        validate_entry(e).map_err(|e| Error::corrupt(location, e.to_string()))?;
+    }
+    // Nodes' clocks differ: a commit time behind the state's is taken as
+    // the state's, the same on every node (it is the same state).
+    if let Some(Entry::Clock(ms)) = entries.first_mut() {
+        *ms = (*ms).max(st.now_ms);
+    }
+    let mut outcomes = Vec::with_capacity(entries.len().saturating_sub(1));
+    for (i, e) in entries.iter().enumerate() {
+        let (a, _) = st.apply(e);
+        if i > 0 {
+            outcomes.push(a);
+        }
+    }
+    Ok(outcomes)
+}

@@ -1,0 +1,133 @@
+//! Registries on a real 3-member etcd cluster (`Config::etcd`): two nodes
+//! against the one test model, concurrent writers on both nodes, a node
+//! that joins late, and the etcd leader SIGKILLed mid-workload.
+
+use std::time::{Duration, Instant};
+
+use devreg::{Config, Op, Platform, Register, Registry, TxnLimits};
+
+use super::common::workload::Workload;
+use super::common::Model;
+use super::etcd_cluster::EtcdCluster;
+
+/// The cluster's limits (`--max-txn-ops 1024`, `--max-request-bytes 4 MiB`).
+const LIMITS: TxnLimits = TxnLimits {
+    max_ops: 1024,
+    max_request_bytes: 4 << 20,
+};
+
+/// The one model's cap (its default, as a new registry's).
+const CAP: u32 = 20;
+
+fn node(cluster: &EtcdCluster, prefix: &str) -> Registry {
+    let config = Config::etcd(cluster.endpoints(), prefix).etcd_limits(LIMITS);
+    Registry::open_with(config).expect("open a node")
+}
+
+fn register(token: &str, person: &str, seen_ms: u64) -> Op {
+    Op::Register(Register {
+        token: token.into(),
+        platform: Platform::Ios,
+        person: Some(person.into()),
+        seen_ms,
+        attributes: None,
+    })
+}
+
+#[test]
+fn two_nodes_agree_with_the_model_and_a_late_node_catches_up() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b) = (node(&cluster, "m1/"), node(&cluster, "m1/"));
+    let mut model = Model::new(CAP);
+    let mut w = Workload::new(16, 0);
+    for i in 0..400 {
+        let op = w.one();
+        // Either node takes the write; its answer is the model's.
+        let reg = if w.rng.chance(1, 2) { &a } else { &b };
+        let got = reg.apply(op.clone()).expect("apply");
+        assert_eq!(got, model.apply(&op), "op {i}: {op:?}");
+    }
+    for (name, reg) in [("a", &a), ("b", &b)] {
+        reg.catch_up().expect("catch up");
+        assert_eq!(reg.dump(), model.dump(), "node {name}");
+        assert_eq!(reg.stats(), model.stats(), "node {name}");
+        let report = reg.check().expect("check");
+        assert!(report.is_clean(), "node {name}: {:#?}", report.problems);
+    }
+    // A node opened now applies the whole log before its open returns.
+    let c = node(&cluster, "m1/");
+    assert_eq!(c.dump(), model.dump(), "late node");
+    // Another prefix is another registry.
+    assert!(node(&cluster, "m2/").dump().is_empty());
+}
+
+#[test]
+fn concurrent_writers_on_two_nodes_end_in_one_state() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b) = (node(&cluster, "c1/"), node(&cluster, "c1/"));
+    std::thread::scope(|s| {
+        for (t, reg) in [(0u64, &a), (1, &a), (2, &b), (3, &b)] {
+            s.spawn(move || {
+                let mut w = Workload::new(100 + t, 0);
+                for _ in 0..150 {
+                    let _ = reg.apply(w.one()).expect("apply");
+                }
+            });
+        }
+    });
+    a.catch_up().expect("catch up");
+    b.catch_up().expect("catch up");
+    assert_eq!(a.dump(), b.dump());
+    assert!(!a.dump().is_empty());
+    for reg in [&a, &b] {
+        let report = reg.check().expect("check");
+        assert!(report.is_clean(), "{:#?}", report.problems);
+    }
+    // The same operations in etcd's order, replayed by a new node.
+    assert_eq!(node(&cluster, "c1/").dump(), a.dump());
+}
+
+#[test]
+fn writes_ride_out_the_etcd_leader_killed_and_none_is_lost() {
+    let mut cluster = EtcdCluster::start(3);
+    let (a, b) = (node(&cluster, "k1/"), node(&cluster, "k1/"));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acked, killed_at) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let token = format!("tok{i:06}");
+                let outcome = a.apply(register(&token, &format!("p{i}"), 1_000 + i));
+                assert!(outcome.expect("a write rides out the election").is_applied());
+                acked.push((token, Instant::now()));
+                i += 1;
+            }
+            acked
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let leader = cluster.wait_for_leader(Duration::from_secs(10));
+        cluster.kill(leader);
+        let killed_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(4_000));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (writer.join().expect("writer"), killed_at)
+    });
+    let after = acked
+        .iter()
+        .filter(|x| x.1 > killed_at + Duration::from_millis(2_500))
+        .count();
+    assert!(
+        after > 10,
+        "writes resumed after the election: {after} in the last 1.5 s"
+    );
+    // Every acknowledged write is on both nodes, and nothing else is.
+    b.catch_up().expect("catch up");
+    for reg in [&a, &b] {
+        let tokens: Vec<String> = reg.dump().into_iter().map(|d| d.token).collect();
+        let expected: Vec<String> = acked.iter().map(|x| x.0.clone()).collect();
+        assert_eq!(tokens, expected);
+    }
+    let report = b.check().expect("check");
+    assert!(report.is_clean(), "{:#?}", report.problems);
+}
