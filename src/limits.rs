@@ -294,3 +294,7 @@ pub const ETCD_TXN_OP_OVERHEAD_BYTES: usize = 32;
 /// Watch responses a node buffers between etcd and the thread applying
 /// them (each holds the events of one etcd revision or more).
 pub const ETCD_WATCH_BUFFER: usize = 1_024;
+/// Time to live of the etcd lease behind a cluster lock (the checkpoint
+/// lock), in seconds: a holder that dies loses it this long after its last
+/// keep-alive, and another node takes over.
+pub const ETCD_LOCK_TTL_S: u64 = 5;

@@ -56,6 +56,9 @@ pub(crate) struct EtcdKv {
     prefix: Vec<u8>,
     limits: TxnLimits,
     fence: Option<Fence>,
+    /// Reads at this revision (a store another node writes, seen as of one
+    /// of its commits); writes refused.
+    pinned: Option<i64>,
     written: AtomicU64,
 }
 
@@ -80,6 +83,7 @@ impl EtcdKv {
             prefix: prefix.to_vec(),
             limits,
             fence: None,
+            pinned: None,
             written: AtomicU64::new(0),
         }
     }
@@ -87,6 +91,12 @@ impl EtcdKv {
     /// The same keys, every write of which requires `fence` to hold.
     pub(crate) fn fenced(mut self, fence: Fence) -> EtcdKv {
         self.fence = Some(fence);
+        self
+    }
+
+    /// The same keys read as of `revision`, read-only.
+    pub(crate) fn pinned(mut self, revision: i64) -> EtcdKv {
+        self.pinned = Some(revision);
         self
     }
 
@@ -184,7 +194,7 @@ impl EtcdKv {
     /// Visits the keys in `[from, end)` (full keys) in order, at one
     /// revision, until `max_bytes` of keys and values were visited.
     fn scan_full(&self, from: Vec<u8>, end: Vec<u8>, max_bytes: usize, f: Visit<'_>) -> Result<()> {
-        let (mut from, mut revision, mut bytes) = (from, 0, 0usize);
+        let (mut from, mut revision, mut bytes) = (from, self.pinned.unwrap_or(0), 0usize);
         loop {
             let page = self.page(from.clone(), end.clone(), revision)?;
             revision = page.revision;
@@ -234,10 +244,11 @@ impl KvStore for EtcdKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let full = self.full_key(key);
         let context = format!("reading {}", crate::codec::describe_key(key));
+        let options = GetOptions::new().with_revision(self.pinned.unwrap_or(0));
         self.conn.call(&context, Retry::Idempotent, move |mut c| {
-            let full = full.clone();
+            let (full, options) = (full.clone(), options.clone());
             async move {
-                let mut r = c.get(full, None).await?;
+                let mut r = c.get(full, Some(options)).await?;
                 Ok(r.take_kvs()
                     .into_iter()
                     .next()
@@ -249,6 +260,12 @@ impl KvStore for EtcdKv {
     fn apply(&self, writes: &[Write]) -> Result<()> {
         if writes.is_empty() {
             return Ok(());
+        }
+        if let Some(rev) = self.pinned {
+            return Err(Error::cluster(
+                format!("writing a batch of {} keys", writes.len()),
+                format!("this view of the store (at revision {rev}) is read-only"),
+            ));
         }
         self.check_limits(writes)?;
         let ops: Vec<TxnOp> = writes

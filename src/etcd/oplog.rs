@@ -171,6 +171,39 @@ impl OpLog {
         )
     }
 
+    /// The cluster's current revision (a quorum read).
+    pub(crate) fn current_revision(&self) -> Result<i64> {
+        let tail = self.tail.clone();
+        self.conn.call(
+            "reading the current revision",
+            Retry::Idempotent,
+            move |mut c| {
+                let tail = tail.clone();
+                async move {
+                    Ok(c.get(tail, None)
+                        .await?
+                        .header()
+                        .map_or(0, |h| h.revision()))
+                }
+            },
+        )
+    }
+
+    /// Drops etcd's history before `revision` (reads and watches from
+    /// older revisions fail from then on). An already compacted revision
+    /// is not an error.
+    pub(crate) fn compact(&self, revision: i64) -> Result<()> {
+        let r = self.conn.call(
+            "compacting etcd's history",
+            Retry::Idempotent,
+            move |mut c| async move { c.compact(revision, None).await.map(|_| ()) },
+        );
+        match r {
+            Err(e) if e.to_string().contains("compacted") => Ok(()),
+            other => other,
+        }
+    }
+
     /// Watches the log from `from` (inclusive): every operation committed
     /// at that revision or later, in order. A watch that cannot go on (etcd
     /// compacted its history past it, or no member answered for
@@ -185,6 +218,19 @@ impl OpLog {
         };
         self.conn.spawn(pump.run());
         rx
+    }
+
+    /// How many operations the log holds (not yet trimmed).
+    pub(crate) fn count(&self) -> Result<u64> {
+        let (ops, end) = (self.ops.clone(), prefix_end(&self.ops));
+        self.conn
+            .call("counting operations", Retry::Idempotent, move |mut c| {
+                let (ops, end) = (ops.clone(), end.clone());
+                async move {
+                    let o = GetOptions::new().with_range(end).with_count_only();
+                    Ok(u64::try_from(c.get(ops, Some(o)).await?.count()).unwrap_or(0))
+                }
+            })
     }
 
     /// Deletes every operation committed at `upto` or before (a checkpoint

@@ -111,6 +111,11 @@ impl EtcdProbe {
         self.log.watch(from)
     }
 
+    /// Operations in the log (not trimmed yet).
+    pub fn count_ops(&self) -> Result<u64> {
+        self.log.count()
+    }
+
     /// Deletes the operations at or before `upto`; how many.
     pub fn trim(&self, upto: i64) -> Result<u64> {
         self.log.trim(upto, self.limits)

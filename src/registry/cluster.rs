@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use super::cluster_ckpt::{Checkpoints, OP_MARK};
 use super::CheckReport;
 use crate::error::{Error, Result};
 use crate::etcd::{OpId, OpLog, WatchItem};
@@ -60,6 +61,8 @@ pub(crate) struct Node {
     max_body: usize,
     /// The last commit time this node stamped (never goes backwards).
     last_clock_ms: Mutex<u64>,
+    /// Checkpoints of the state to the cluster's store.
+    ckpt: Checkpoints,
 }
 
 impl Node {
@@ -72,6 +75,7 @@ impl Node {
         failed: Arc<FailFlag>,
         applied: i64,
         max_body: usize,
+        ckpt: Checkpoints,
     ) -> (Arc<Node>, Receiver<Request>) {
         let (queue, rx) = crossbeam_channel::unbounded();
         let last_clock_ms = Mutex::new(state.read().now_ms);
@@ -86,6 +90,7 @@ impl Node {
             stop: AtomicBool::new(false),
             max_body,
             last_clock_ms,
+            ckpt,
         };
         (Arc::new(node), rx)
     }
@@ -93,6 +98,27 @@ impl Node {
     /// The revision of the last operation this node applied.
     pub(crate) fn applied(&self) -> i64 {
         *self.applied.lock()
+    }
+
+    /// This node's id in the operation log.
+    pub(crate) fn id(&self) -> u64 {
+        self.log.node()
+    }
+
+    pub(crate) fn log(&self) -> &OpLog {
+        &self.log
+    }
+
+    pub(crate) fn checkpoints(&self) -> &Checkpoints {
+        &self.ckpt
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failed.get()
     }
 
     /// Commits `entries` through the cluster and waits for their outcomes.
@@ -173,6 +199,9 @@ pub(crate) fn check(node: &Node, store: &dyn KvStore, retention_ms: u64) -> Resu
     if let Some(why) = node.failed.get() {
         return Err(Error::Failed(why));
     }
+    // No checkpoint may commit while the store is read (lock order: the
+    // holder's mutex, then the state; a checkpoint takes them so too).
+    let _quiet = node.ckpt.quiesce();
     let live = node.state.read();
     let upto = node.applied();
     let loaded = load_state(
@@ -338,26 +367,38 @@ pub(crate) fn run_applier(node: Arc<Node>, rx: Receiver<Result<WatchItem>>) {
     }
 }
 
-/// Applies `items` under one write lock, then answers this node's requests.
+/// Applies `items` under one write lock (a mark releases it: its snapshot
+/// downgrades it), then answers this node's requests.
 fn apply_items(node: &Node, items: Vec<WatchItem>) {
-    let Some(last) = items.last().map(|WatchItem::Op { revision, .. }| *revision) else {
-        return;
-    };
     let mut answers = Vec::new();
-    {
-        let mut st = node.state.write();
-        for WatchItem::Op { revision, id, body } in &items {
-            let outcomes = apply_op(&mut st, *revision, *id, body);
-            if id.node == node.log.node() {
-                if let Some(replies) = node.pending.lock().remove(&id.seq) {
-                    answers.push((replies, outcomes));
-                }
+    let mut held = Some(node.state.write());
+    let mut failure = None;
+    for WatchItem::Op { revision, id, body } in items {
+        let mut st = held.take().unwrap_or_else(|| node.state.write());
+        let mine = id.node == node.log.node();
+        if body.first() == Some(&OP_MARK) {
+            // Set under the lock, before the snapshot releases it: the
+            // mark changes no device (`check` reads both together).
+            *node.applied.lock() = revision;
+            if let Err(e) = node.ckpt.on_mark(st, revision, mine, &body) {
+                failure = Some(e);
+                break;
+            }
+            continue;
+        }
+        let outcomes = apply_op(&mut st, revision, id, &body);
+        node.ckpt.ops_since_mark.fetch_add(1, Ordering::SeqCst);
+        if mine {
+            if let Some(replies) = node.pending.lock().remove(&id.seq) {
+                answers.push((replies, outcomes));
             }
         }
         // Under the state's lock: a reader holding it sees the state of
         // exactly the revision `applied` says (`check`).
-        *node.applied.lock() = last;
+        *node.applied.lock() = revision;
+        held = Some(st);
     }
+    drop(held);
     node.applied_changed.notify_all();
     for (replies, outcomes) in answers {
         let mut outcomes = outcomes.into_iter();
@@ -365,11 +406,17 @@ fn apply_items(node: &Node, items: Vec<WatchItem>) {
             r.send(outcomes.next().unwrap_or(Err(Error::Closed)));
         }
     }
+    if let Some(e) = failure {
+        node.fail(&e);
+    }
 }
 
 /// Applies one operation's requests; each request's outcomes or error.
 fn apply_op(st: &mut State, revision: i64, id: OpId, body: &[u8]) -> Vec<Result<Vec<Applied>>> {
     let location = format!("operation {}/{} at revision {revision}", id.node, id.seq);
+    if body.first() == Some(&OP_MARK) {
+        return Vec::new(); // A checkpoint mark: no device changes.
+    }
     let Some((&OP_WRITES, mut rest)) = body.split_first() else {
         return vec![Err(Error::corrupt(location, "not an operation of writes"))];
     };

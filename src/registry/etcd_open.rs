@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use std::time::Duration;
+
 use super::cluster::{run_applier, run_leader, Node};
+use super::cluster_ckpt::{run_checkpointer, Checkpoints, StoreSpec};
 use super::{Engine, Inner, Registry};
 use crate::codec::{META_CAP, META_CHECKPOINT_LSN, META_FORMAT, STORE_FORMAT};
 use crate::config::{Config, EtcdTarget};
 use crate::error::{Error, Result};
 use crate::etcd::{Conn, EtcdKv, OpLog};
 use crate::metrics::Recorder;
-use crate::store::{load_state, KvStore, PagedStore};
+use crate::store::{load_state, KvStore};
 use crate::writer::FailFlag;
 
 /// Bytes of an operation request beyond its body (keys, framing; generous).
@@ -28,25 +31,35 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
     }
     let conn = Arc::new(Conn::connect(&target.endpoints)?);
     let prefix = target.prefix.as_bytes();
-    let kv = EtcdKv::new(conn.clone(), &[prefix, b"store/"].concat(), target.limits);
+    let store_prefix = [prefix, b"store/"].concat();
     let cap = config
         .max_devices_per_person
         .unwrap_or(crate::limits::DEFAULT_MAX_DEVICES_PER_PERSON);
-    init_store(&kv, cap, config.log_segment_bytes)?;
-    // Checkpoint chunks must fit in one request of the cluster.
-    let chunk_bytes = config
-        .checkpoint_chunk_bytes
-        .min(target.limits.max_request_bytes / 2);
-    let store = PagedStore::open(kv, chunk_bytes, config.page_delta_bytes)?;
+    let init = EtcdKv::new(conn.clone(), &store_prefix, target.limits);
+    init_store(&init, cap, config.log_segment_bytes)?;
+    let log = OpLog::join(conn.clone(), prefix)?;
+    let spec = StoreSpec {
+        conn,
+        prefix: store_prefix,
+        limits: target.limits,
+        // Checkpoint chunks must fit in one request of the cluster.
+        chunk_bytes: config
+            .checkpoint_chunk_bytes
+            .min(target.limits.max_request_bytes / 2),
+        delta_bytes: config.page_delta_bytes,
+    };
+    // The store as of now: one consistent version, whatever the lock
+    // holder writes meanwhile.
+    let pin = log.current_revision()?;
+    let view = spec.view_at(pin)?;
     let loaded = load_state(
-        &store,
+        &view,
         cap,
         config.log_segment_bytes,
         config.history_retention_ms,
     )?;
     super::check_stored_cap(&config, loaded.state.cap)?;
     let from = i64::try_from(loaded.checkpoint_lsn).unwrap_or(i64::MAX);
-    let log = OpLog::join(conn, prefix)?;
     let target_rev = log.last_revision()?;
     let watch = log.watch(from.saturating_add(1));
     let state = Arc::new(RwLock::new(loaded.state));
@@ -55,7 +68,11 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
         .limits
         .max_request_bytes
         .saturating_sub(OP_REQUEST_OVERHEAD_BYTES);
-    let (node, requests) = Node::new(log, state.clone(), failed.clone(), from, max_body);
+    let interval = Duration::from_millis(config.checkpoint_interval_ms.max(1));
+    let lock_key = [prefix, b"checkpointer"].concat();
+    let ckpt = Checkpoints::new(spec, lock_key, interval, view, pin);
+    let store: Arc<dyn KvStore> = ckpt.view.clone();
+    let (node, requests) = Node::new(log, state.clone(), failed.clone(), from, max_body, ckpt);
     let applier = spawn("devreg-etcd-apply", {
         let node = node.clone();
         move || run_applier(node, watch)
@@ -64,7 +81,10 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
         let node = node.clone();
         move || run_leader(node, requests)
     })?;
-    let store: Arc<dyn KvStore> = Arc::new(store);
+    let checkpointer = spawn("devreg-etcd-ckpt", {
+        let node = node.clone();
+        move || run_checkpointer(node)
+    })?;
     let reg = Registry {
         inner: Arc::new(Inner {
             path: PathBuf::from(format!(
@@ -81,7 +101,7 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
             engine: Engine::Cluster(node.clone()),
             failed,
             store,
-            threads: Mutex::new(vec![leader, applier]),
+            threads: Mutex::new(vec![leader, applier, checkpointer]),
             metrics: Arc::new(Recorder::new()),
             _lock: None,
         }),

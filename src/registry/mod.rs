@@ -5,6 +5,8 @@ mod check;
 #[cfg(feature = "etcd")]
 mod cluster;
 #[cfg(feature = "etcd")]
+mod cluster_ckpt;
+#[cfg(feature = "etcd")]
 mod etcd_open;
 mod feed;
 mod history;
@@ -807,6 +809,13 @@ impl Registry {
     pub fn checkpoint(&self) -> Result<()> {
         self.refuse_if_read_only()?;
         let (reply, rx) = bounded(1);
+        // On etcd: by this node if it holds the checkpoint lock or can
+        // take it, else `Unsupported` naming why (DESIGN.md 15.3).
+        #[cfg(feature = "etcd")]
+        if let Engine::Cluster(node) = &self.inner.engine {
+            node.checkpoints().request(reply);
+            return rx.recv().map_err(|_| Error::Closed)?;
+        }
         self.send(Msg::Checkpoint { reply })?;
         rx.recv().map_err(|_| Error::Closed)?
     }

@@ -99,7 +99,9 @@ fn writes_ride_out_the_etcd_leader_killed_and_none_is_lost() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let token = format!("tok{i:06}");
                 let outcome = a.apply(register(&token, &format!("p{i}"), 1_000 + i));
-                assert!(outcome.expect("a write rides out the election").is_applied());
+                assert!(outcome
+                    .expect("a write rides out the election")
+                    .is_applied());
                 acked.push((token, Instant::now()));
                 i += 1;
             }
@@ -130,4 +132,106 @@ fn writes_ride_out_the_etcd_leader_killed_and_none_is_lost() {
     }
     let report = b.check().expect("check");
     assert!(report.is_clean(), "{:#?}", report.problems);
+}
+
+fn node_with(cluster: &EtcdCluster, prefix: &str, interval_ms: u64) -> Registry {
+    let config = Config::etcd(cluster.endpoints(), prefix)
+        .etcd_limits(LIMITS)
+        .checkpoint_interval_ms(interval_ms);
+    Registry::open_with(config).expect("open a node")
+}
+
+/// Each node's answers to the model's devices, its check, and the history
+/// of a few tokens (read from the store and memory together).
+fn assert_node(name: &str, reg: &Registry, model: &Model, tokens: &[String]) -> Vec<String> {
+    reg.catch_up().expect("catch up");
+    assert_eq!(reg.dump(), model.dump(), "node {name}");
+    let report = reg.check().expect("check");
+    assert!(report.is_clean(), "node {name}: {:#?}", report.problems);
+    tokens
+        .iter()
+        .map(|t| format!("{:?}", reg.history(t).expect("history")))
+        .collect()
+}
+
+#[test]
+fn checkpoints_trim_the_log_and_every_node_reads_the_same_state_and_history() {
+    let cluster = EtcdCluster::start(3);
+    // A long interval: checkpoints only when asked.
+    let (a, b) = (
+        node_with(&cluster, "h1/", 600_000),
+        node_with(&cluster, "h1/", 600_000),
+    );
+    let probe = devreg::internals::etcd::EtcdProbe::connect(&cluster.endpoints(), "h1/", LIMITS)
+        .expect("probe");
+    let mut model = Model::new(CAP);
+    let mut w = Workload::new(7, 0);
+    let mut tokens = Vec::new();
+    for round in 0..3 {
+        for _ in 0..200 {
+            let op = w.one();
+            if let Op::Register(r) = &op {
+                if tokens.len() < 12 {
+                    tokens.push(r.token.clone());
+                }
+            }
+            let reg = if w.rng.chance(1, 2) { &a } else { &b };
+            assert_eq!(reg.apply(op.clone()).expect("apply"), model.apply(&op));
+        }
+        assert!(probe.count_ops().expect("count") >= 200, "round {round}");
+        // The first node to ask takes the lock and keeps it.
+        a.checkpoint().expect("checkpoint");
+        assert_eq!(
+            probe.count_ops().expect("count"),
+            0,
+            "round {round}: trimmed"
+        );
+        let e = b.checkpoint().expect_err("b does not hold the lock");
+        assert!(matches!(e, devreg::Error::Unsupported(_)), "{e}");
+        let histories = assert_node("a", &a, &model, &tokens);
+        assert_eq!(
+            assert_node("b", &b, &model, &tokens),
+            histories,
+            "round {round}"
+        );
+        // A node opened now loads the checkpoint (the log is empty).
+        let c = node_with(&cluster, "h1/", 600_000);
+        assert_eq!(
+            assert_node("c", &c, &model, &tokens),
+            histories,
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn when_the_lock_holder_leaves_another_node_checkpoints_and_nothing_is_lost() {
+    let cluster = EtcdCluster::start(3);
+    let (a, b) = (
+        node_with(&cluster, "h2/", 600_000),
+        node_with(&cluster, "h2/", 600_000),
+    );
+    let mut model = Model::new(CAP);
+    let mut w = Workload::new(8, 0);
+    let mut apply = |reg: &Registry, n: usize| {
+        for _ in 0..n {
+            let op = w.one();
+            assert_eq!(reg.apply(op.clone()).expect("apply"), model.apply(&op));
+        }
+    };
+    apply(&a, 150);
+    a.checkpoint().expect("a checkpoints");
+    apply(&b, 150);
+    // The holder leaves (its lease is revoked); b takes the lock.
+    a.close().expect("close a");
+    apply(&b, 150);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = b.checkpoint() {
+        assert!(Instant::now() < deadline, "b never took the lock: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = node_with(&cluster, "h2/", 600_000);
+    for (name, reg) in [("b", &b), ("c", &c)] {
+        assert_node(name, reg, &model, &[]);
+    }
 }
