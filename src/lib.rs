@@ -77,6 +77,8 @@ pub use model::{
     RemarkPair,
 };
 pub use registry::{ActiveIter, BackupReport, CheckReport, Metrics, Registry};
+#[cfg(feature = "etcd")]
+pub use registry::{ClusterMember, ClusterStatus, SinkExporter};
 pub use state::{Cursor, Page, Stats};
 
 /// The README's code blocks, run as doctests (its library example must

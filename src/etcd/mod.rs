@@ -19,7 +19,7 @@ mod lock;
 mod oplog;
 pub mod probe;
 
-pub(crate) use conn::Conn;
+pub(crate) use conn::{Conn, Retry};
 pub(crate) use kv::EtcdKv;
 pub use kv::TxnLimits;
 pub(crate) use lock::LeaseLock;

@@ -113,6 +113,18 @@ impl OpLog {
         })
     }
 
+    /// Reads the log under `prefix` without joining it (a read-only node:
+    /// id 0, never appends).
+    pub(crate) fn reader(conn: Arc<Conn>, prefix: &[u8]) -> OpLog {
+        OpLog {
+            conn,
+            ops: [prefix, b"ops/"].concat(),
+            tail: [prefix, b"ops-tail"].concat(),
+            node: 0,
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
     /// This node's id.
     pub(crate) fn node(&self) -> u64 {
         self.node

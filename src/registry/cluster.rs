@@ -32,7 +32,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::cluster_ckpt::{Checkpoints, OP_MARK};
 use super::CheckReport;
 use crate::error::{Error, Result};
-use crate::etcd::{OpId, OpLog, WatchItem};
+use crate::etcd::{Conn, LeaseLock, OpId, OpLog, WatchItem};
 use crate::log::entry::{decode_entries, encode_entries, validate_entry, Entry};
 use crate::state::{Applied, State};
 use crate::store::{load_state, KvStore};
@@ -63,6 +63,17 @@ pub(crate) struct Node {
     last_clock_ms: Mutex<u64>,
     /// Checkpoints of the state to the cluster's store.
     ckpt: Checkpoints,
+    /// The sinks this node exports, each under its lease.
+    exporters: Exporters,
+}
+
+/// The exporter leases this node holds: one node at a time exports a sink
+/// (DESIGN.md 15.4).
+pub(crate) struct Exporters {
+    pub(crate) conn: Arc<Conn>,
+    /// `<prefix>exporter/`.
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) held: Mutex<HashMap<String, LeaseLock>>,
 }
 
 impl Node {
@@ -75,7 +86,7 @@ impl Node {
         failed: Arc<FailFlag>,
         applied: i64,
         max_body: usize,
-        ckpt: Checkpoints,
+        (ckpt, exporters): (Checkpoints, Exporters),
     ) -> (Arc<Node>, Receiver<Request>) {
         let (queue, rx) = crossbeam_channel::unbounded();
         let last_clock_ms = Mutex::new(state.read().now_ms);
@@ -91,6 +102,7 @@ impl Node {
             max_body,
             last_clock_ms,
             ckpt,
+            exporters,
         };
         (Arc::new(node), rx)
     }
@@ -111,6 +123,36 @@ impl Node {
 
     pub(crate) fn checkpoints(&self) -> &Checkpoints {
         &self.ckpt
+    }
+
+    /// Makes sure this node holds `sink`'s exporter lease, taking it if no
+    /// node does; an error naming the holder if another node does.
+    pub(crate) fn hold_exporter(&self, sink: &str) -> Result<()> {
+        let mut held = self.exporters.held.lock();
+        if held.get(sink).is_some_and(LeaseLock::held) {
+            return Ok(());
+        }
+        held.remove(sink);
+        let key = [self.exporters.prefix.as_slice(), sink.as_bytes()].concat();
+        let me = self.id().to_string().into_bytes();
+        match LeaseLock::try_take(&self.exporters.conn, &key, me)? {
+            Some(lock) => {
+                held.insert(sink.to_owned(), lock);
+                Ok(())
+            }
+            None => Err(Error::cluster(
+                format!("exporting sink {sink:?}"),
+                format!(
+                    "another node holds the sink's exporter lease (it lapses {} s after that node stops): export from that node",
+                    crate::limits::ETCD_LOCK_TTL_S
+                ),
+            )),
+        }
+    }
+
+    /// The cluster's status as this node sees it.
+    pub(crate) fn status(&self) -> Result<super::cluster_status::ClusterStatus> {
+        super::cluster_status::status(self, &self.exporters.conn, &self.exporters.prefix)
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -178,6 +220,8 @@ impl Node {
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.applied_changed.notify_all();
+        // Another node may take the sinks over at once.
+        self.exporters.held.lock().clear();
     }
 
     fn fail(&self, e: &Error) {

@@ -180,6 +180,11 @@ impl Checkpoints {
         }
     }
 
+    /// Whether this node holds the checkpoint lock.
+    pub(crate) fn is_holder(&self) -> bool {
+        self.holding.load(Ordering::SeqCst)
+    }
+
     /// Holds checkpoints back (the holder's mutex) while the guard lives.
     pub(crate) fn quiesce(&self) -> parking_lot::MutexGuard<'_, Option<Holder>> {
         self.holder.lock()

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use std::time::Duration;
 
-use super::cluster::{run_applier, run_leader, Node};
+use super::cluster::{run_applier, run_leader, Exporters, Node};
 use super::cluster_ckpt::{run_checkpointer, Checkpoints, StoreSpec};
 use super::{Engine, Inner, Registry};
 use crate::codec::{META_CAP, META_CHECKPOINT_LSN, META_FORMAT, STORE_FORMAT};
@@ -26,9 +26,6 @@ use crate::writer::FailFlag;
 const OP_REQUEST_OVERHEAD_BYTES: usize = 4_096;
 
 pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
-    if config.read_only {
-        return Err(super::cluster_unsupported("a read-only open"));
-    }
     let conn = Arc::new(Conn::connect(&target.endpoints)?);
     let prefix = target.prefix.as_bytes();
     let store_prefix = [prefix, b"store/"].concat();
@@ -36,8 +33,28 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
         .max_devices_per_person
         .unwrap_or(crate::limits::DEFAULT_MAX_DEVICES_PER_PERSON);
     let init = EtcdKv::new(conn.clone(), &store_prefix, target.limits);
-    init_store(&init, cap, config.log_segment_bytes)?;
-    let log = OpLog::join(conn.clone(), prefix)?;
+    let path = PathBuf::from(format!(
+        "etcd:{}/{}",
+        target.endpoints.join(","),
+        target.prefix
+    ));
+    // A read-only node writes nothing: it neither creates the registry nor
+    // joins the log; it takes no lock and starts no leader.
+    let log = match config.read_only {
+        false => {
+            init_store(&init, cap, config.log_segment_bytes)?;
+            OpLog::join(conn.clone(), prefix)?
+        }
+        true => {
+            if init.get(META_FORMAT)?.is_none() {
+                return Err(Error::NoDatabase {
+                    path,
+                    why: "no registry under this prefix of the cluster".into(),
+                });
+            }
+            OpLog::reader(conn.clone(), prefix)
+        }
+    };
     let spec = StoreSpec {
         conn,
         prefix: store_prefix,
@@ -70,21 +87,36 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
         .saturating_sub(OP_REQUEST_OVERHEAD_BYTES);
     let interval = Duration::from_millis(config.checkpoint_interval_ms.max(1));
     let lock_key = [prefix, b"checkpointer"].concat();
+    let exporters = Exporters {
+        conn: spec.conn.clone(),
+        prefix: [prefix, b"exporter/"].concat(),
+        held: Mutex::new(Default::default()),
+    };
     let ckpt = Checkpoints::new(spec, lock_key, interval, view, pin);
     let store: Arc<dyn KvStore> = ckpt.view.clone();
-    let (node, requests) = Node::new(log, state.clone(), failed.clone(), from, max_body, ckpt);
+    let (node, requests) = Node::new(
+        log,
+        state.clone(),
+        failed.clone(),
+        from,
+        max_body,
+        (ckpt, exporters),
+    );
     let applier = spawn("devreg-etcd-apply", {
         let node = node.clone();
         move || run_applier(node, watch)
     })?;
-    let leader = spawn("devreg-etcd-lead", {
-        let node = node.clone();
-        move || run_leader(node, requests)
-    })?;
-    let checkpointer = spawn("devreg-etcd-ckpt", {
-        let node = node.clone();
-        move || run_checkpointer(node)
-    })?;
+    let mut threads = vec![applier];
+    if !config.read_only {
+        threads.push(spawn("devreg-etcd-lead", {
+            let node = node.clone();
+            move || run_leader(node, requests)
+        })?);
+        threads.push(spawn("devreg-etcd-ckpt", {
+            let node = node.clone();
+            move || run_checkpointer(node)
+        })?);
+    }
     let reg = Registry {
         inner: Arc::new(Inner {
             path: PathBuf::from(format!(
@@ -101,7 +133,7 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
             engine: Engine::Cluster(node.clone()),
             failed,
             store,
-            threads: Mutex::new(vec![leader, applier, checkpointer]),
+            threads: Mutex::new(threads),
             metrics: Arc::new(Recorder::new()),
             _lock: None,
         }),

@@ -116,6 +116,14 @@ impl Registry {
     /// assert!(reg.export(DEFAULT_SINK, 100, 499_999).unwrap().is_none());
     /// ```
     pub fn export(&self, sink: &str, max_ops: u32, max_bytes: u32) -> Result<Option<Arc<Batch>>> {
+        // On etcd one node at a time exports a sink, under its lease, and
+        // first applies everything before it (the batch in flight).
+        #[cfg(feature = "etcd")]
+        if let super::Engine::Cluster(node) = &self.inner.engine {
+            self.refuse_if_read_only()?;
+            node.hold_exporter(sink)?;
+            node.catch_up()?;
+        }
         if self.default_sink_unborn(sink) {
             self.add_sink(sink)?;
         }

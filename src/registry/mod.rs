@@ -7,6 +7,10 @@ mod cluster;
 #[cfg(feature = "etcd")]
 mod cluster_ckpt;
 #[cfg(feature = "etcd")]
+mod cluster_status;
+#[cfg(feature = "etcd")]
+pub use cluster_status::{ClusterMember, ClusterStatus, SinkExporter};
+#[cfg(feature = "etcd")]
 mod etcd_open;
 mod feed;
 mod history;
@@ -802,6 +806,20 @@ impl Registry {
             Engine::Local { .. } => Ok(()),
             #[cfg(feature = "etcd")]
             Engine::Cluster(node) => node.catch_up(),
+        }
+    }
+
+    /// The etcd cluster's members and leader, this node's place in the
+    /// operation log (its watch lag), the checkpoint lock and each sink's
+    /// exporter (`devreg cluster status`); `Unsupported` on a local
+    /// registry.
+    #[cfg(feature = "etcd")]
+    pub fn cluster_status(&self) -> Result<ClusterStatus> {
+        match &self.inner.engine {
+            Engine::Cluster(node) => node.status(),
+            Engine::Local { .. } => Err(Error::Unsupported(
+                "cluster status of a local registry".into(),
+            )),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use devreg::{Config, Op, Platform, Register, Registry, TxnLimits};
 
-use super::common::workload::Workload;
+use super::common::workload::{spawn_child, Workload, MARK};
 use super::common::Model;
 use super::etcd_cluster::EtcdCluster;
 
@@ -234,4 +234,87 @@ fn when_the_lock_holder_leaves_another_node_checkpoints_and_nothing_is_lost() {
     for (name, reg) in [("b", &b), ("c", &c)] {
         assert_node(name, reg, &model, &[]);
     }
+}
+
+/// The child of the node-loss test: a node that exports the default sink's
+/// next batch, prints it (`@@BATCH <id> <body>`) and waits to be killed.
+#[test]
+#[ignore = "child process of the node-loss test; does nothing unless DEVREG_ETCD_CHILD is set"]
+fn exporting_node_child() {
+    let Ok(endpoints) = std::env::var("DEVREG_ETCD_CHILD") else {
+        return;
+    };
+    let endpoints: Vec<String> = endpoints.split(',').map(str::to_owned).collect();
+    let config = Config::etcd(endpoints, "n1/").etcd_limits(LIMITS);
+    let reg = Registry::open_with(config).expect("child opens");
+    let batch = reg
+        .export(devreg::DEFAULT_SINK, 100, 499_999)
+        .expect("export");
+    let batch = batch.expect("a batch is pending");
+    println!("{}BATCH {} {}", MARK, batch.id(), batch.body());
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn a_killed_node_s_sink_moves_to_another_node_with_its_batch_in_flight() {
+    let cluster = EtcdCluster::start(3);
+    let b = node(&cluster, "n1/");
+    for i in 0..30 {
+        let outcome = b.apply(register(
+            &format!("t{i:03}"),
+            &format!("p{}", i % 7),
+            5_000 + i,
+        ));
+        assert!(outcome.expect("apply").is_applied());
+    }
+    let mut child = spawn_child(
+        "registry::exporting_node_child",
+        &[("DEVREG_ETCD_CHILD", cluster.endpoints().join(","))],
+    );
+    let line = read_marked_line(&mut child);
+    let (id, body) = line
+        .strip_prefix("BATCH ")
+        .and_then(|l| l.split_once(' '))
+        .expect("the child's batch");
+    // While the child lives, it is the sink's exporter.
+    let e = b
+        .export(devreg::DEFAULT_SINK, 100, 499_999)
+        .expect_err("the child exports");
+    assert!(e.to_string().contains("exporter lease"), "{e}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let killed_at = Instant::now();
+    // Its lease lapses; this node takes the sink and the identical batch.
+    let batch = loop {
+        match b.export(devreg::DEFAULT_SINK, 100, 499_999) {
+            Ok(batch) => break batch.expect("the batch in flight"),
+            Err(e) => {
+                assert!(
+                    killed_at.elapsed() < Duration::from_secs(20),
+                    "never took over: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    assert_eq!((batch.id(), batch.body()), (id, body));
+    let status = b.cluster_status().expect("status");
+    assert_eq!(status.exporters.len(), 1);
+    assert!(status.exporters[0].this_node, "{status:?}");
+    b.ack(devreg::DEFAULT_SINK, id).expect("ack");
+}
+
+/// What follows `MARK` on the child's first line holding it.
+fn read_marked_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("read the child");
+        // libtest may print on the same line before it.
+        if let Some(at) = line.find(MARK) {
+            return line[at + MARK.len()..].to_owned();
+        }
+    }
+    let _ = child.kill();
+    panic!("the child ended without its line");
 }

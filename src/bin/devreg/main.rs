@@ -66,8 +66,71 @@ struct Cli {
     #[arg(long, value_name = "URL")]
     server: Option<String>,
 
+    /// The registry lives in this etcd cluster (its members' client URLs,
+    /// comma-separated) instead of --db (feature `etcd`, DESIGN.md 15).
+    /// Every command that opens a registry joins the cluster as a node;
+    /// `repair`, `backup` and `sync` need a local --db.
+    #[cfg(feature = "etcd")]
+    #[arg(
+        long,
+        value_name = "URL[,URL...]",
+        value_delimiter = ',',
+        conflicts_with = "server"
+    )]
+    etcd: Vec<String>,
+
+    /// The prefix of the registry's keys in the etcd cluster.
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_name = "PREFIX", default_value = "devreg/")]
+    etcd_prefix: String,
+
+    /// The cluster's --max-txn-ops (etcd's default: 128).
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_name = "N", default_value_t = devreg::limits::ETCD_DEFAULT_MAX_TXN_OPS)]
+    etcd_max_txn_ops: usize,
+
+    /// The cluster's --max-request-bytes (etcd's default: 1.5 MiB).
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_name = "BYTES", default_value_t = devreg::limits::ETCD_DEFAULT_MAX_REQUEST_BYTES)]
+    etcd_max_request_bytes: usize,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the registry is, for messages: the --db path or the etcd cluster.
+fn place(cli: &Cli) -> String {
+    #[cfg(feature = "etcd")]
+    if !cli.etcd.is_empty() {
+        return format!("etcd {} (prefix {:?})", cli.etcd.join(","), cli.etcd_prefix);
+    }
+    cli.db.display().to_string()
+}
+
+/// The registry's configuration before the command's settings: --db, or
+/// the etcd cluster.
+fn base_config(cli: &Cli) -> Config {
+    #[cfg(feature = "etcd")]
+    if !cli.etcd.is_empty() {
+        let limits = devreg::TxnLimits {
+            max_ops: cli.etcd_max_txn_ops,
+            max_request_bytes: cli.etcd_max_request_bytes,
+        };
+        return Config::etcd(cli.etcd.clone(), &cli.etcd_prefix).etcd_limits(limits);
+    }
+    Config::new(&cli.db)
+}
+
+/// Refuses `what` on a registry in an etcd cluster (it needs a local --db).
+fn local_only(cli: &Cli, what: &str) -> Result<(), CliError> {
+    #[cfg(feature = "etcd")]
+    if !cli.etcd.is_empty() {
+        return Err(CliError(format!(
+            "{what} needs a local --db: it is not offered with --etcd (DESIGN.md 15)"
+        )));
+    }
+    let _ = (cli, what);
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,8 +139,21 @@ enum DurabilityArg {
     Eventual,
 }
 
+/// `devreg cluster ...` (feature `etcd`).
+#[cfg(feature = "etcd")]
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Print the cluster's members and leader, this node's watch lag, the
+    /// checkpoint lock and each sink's exporter, as JSON (needs --etcd).
+    Status,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The etcd cluster a registry lives in (feature `etcd`).
+    #[cfg(feature = "etcd")]
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Apply JSON events, one per line, from FILE (or `-` for stdin).
     #[command(long_about = import::LONG_ABOUT)]
     Import {
@@ -301,6 +377,27 @@ fn run(cli: &Cli) -> CmdResult {
         }
     }
     match &cli.command {
+        Command::Repair => local_only(cli, "repair")?,
+        Command::Backup { .. } => local_only(cli, "backup")?,
+        Command::Sync(_) => local_only(cli, "sync")?,
+        _ => {}
+    }
+    match &cli.command {
+        #[cfg(feature = "etcd")]
+        Command::Cluster(ClusterCmd::Status) => {
+            if cli.etcd.is_empty() {
+                return Err(CliError("cluster status needs --etcd".into()));
+            }
+            let reg = open_read_only(cli)?;
+            let status = reg
+                .cluster_status()
+                .map_err(|e| CliError(format!("reading the status of {}: {e}", place(cli))))?;
+            close(cli, reg)?;
+            let mut out = Out::stdout();
+            out.json(&status)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backup { dest: Some(dest) } => backup(cli, dest),
         Command::Backup { dest: None } => Err(CliError(
             "backup needs DEST (a new path or an empty directory)".into(),
@@ -367,7 +464,7 @@ fn run(cli: &Cli) -> CmdResult {
             let reg = open_with(cli, durability, None)?;
             let code = set_setting(&reg, setting)?;
             reg.close()
-                .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))?;
+                .map_err(|e| CliError(format!("closing {}: {e}", place(cli))))?;
             Ok(code)
         }
         cmd => {
@@ -378,7 +475,7 @@ fn run(cli: &Cli) -> CmdResult {
             let code = query(&reg, cmd)?;
             // The final sync and checkpoint can fail: never exit 0 then.
             reg.close()
-                .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))?;
+                .map_err(|e| CliError(format!("closing {}: {e}", place(cli))))?;
             Ok(code)
         }
     }
@@ -402,7 +499,7 @@ fn is_write(cmd: &Command) -> bool {
 /// Closes `reg`: the final sync and checkpoint can fail, never exit 0 then.
 fn close(cli: &Cli, reg: Registry) -> Result<(), CliError> {
     reg.close()
-        .map_err(|e| CliError(format!("closing {}: {e}", cli.db.display())))
+        .map_err(|e| CliError(format!("closing {}: {e}", place(cli))))
 }
 
 /// Opens the registry for a write command: created if missing, with
@@ -413,7 +510,7 @@ fn open(cli: &Cli, durability: Durability) -> Result<Registry, CliError> {
 }
 
 fn open_with(cli: &Cli, durability: Durability, cap: Option<u32>) -> Result<Registry, CliError> {
-    let mut config = Config::new(&cli.db).durability(durability);
+    let mut config = base_config(cli).durability(durability);
     if let Some(cap) = cap {
         config = config.max_devices_per_person(cap);
     }
@@ -423,7 +520,7 @@ fn open_with(cli: &Cli, durability: Durability, cap: Option<u32>) -> Result<Regi
 /// Opens the registry for a read command: read-only, never created, no
 /// setting applied; a missing database is an error naming the path.
 fn open_read_only(cli: &Cli) -> Result<Registry, CliError> {
-    open_config(cli, Config::new(&cli.db).read_only(true))
+    open_config(cli, base_config(cli).read_only(true))
 }
 
 fn open_config(cli: &Cli, mut config: Config) -> Result<Registry, CliError> {
@@ -433,7 +530,7 @@ fn open_config(cli: &Cli, mut config: Config) -> Result<Registry, CliError> {
     Registry::open_with(config).map_err(|e| match e {
         // It names the path already.
         devreg::Error::NoDatabase { .. } => CliError(e.to_string()),
-        e => CliError(format!("opening {}: {e}", cli.db.display())),
+        e => CliError(format!("opening {}: {e}", place(cli))),
     })
 }
 
@@ -558,6 +655,8 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
         | Command::Config(ConfigCmd::Set { .. }) => unreachable!("dispatched in run()"),
         #[cfg(feature = "server")]
         Command::Serve(_) => unreachable!("dispatched in run()"),
+        #[cfg(feature = "etcd")]
+        Command::Cluster(_) => unreachable!("dispatched in run()"),
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
