@@ -81,4 +81,9 @@ pub(crate) trait RawKv: KvStore {
     /// until they hold `max_bytes` of keys and values (at least one entry
     /// if there is any).
     fn scan_chunk(&self, prefix: &[u8], max_bytes: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Most writes one `apply` may carry (etcd's `--max-txn-ops`, less
+    /// what the store adds); the page layout cuts its chunks to fit.
+    fn max_batch_writes(&self) -> usize {
+        usize::MAX
+    }
 }

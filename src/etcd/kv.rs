@@ -218,6 +218,11 @@ impl EtcdKv {
 }
 
 impl RawKv for EtcdKv {
+    fn max_batch_writes(&self) -> usize {
+        // The fence's compare is an operation too.
+        (self.limits.max_ops - usize::from(self.fence.is_some())).max(1)
+    }
+
     fn scan_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<()> {
         self.scan_full(self.full_key(from), self.full_key(to), usize::MAX, f)
     }

@@ -578,7 +578,8 @@ impl<R: RawKv> PagedStore<R> {
                 written.push(key.clone());
                 chunk.push((key, Some(value)));
             }
-            if chunk_bytes >= self.chunk_bytes {
+            // One page more must still fit in the store's batch.
+            if chunk_bytes >= self.chunk_bytes || chunk.len() + 1 >= self.raw.max_batch_writes() {
                 self.raw.apply(&std::mem::take(&mut chunk))?;
                 chunk_bytes = 0;
             }

@@ -318,3 +318,49 @@ fn read_marked_line(child: &mut std::process::Child) -> String {
     let _ = child.kill();
     panic!("the child ended without its line");
 }
+
+#[test]
+fn a_checkpoint_of_every_page_fits_etcd_s_default_transaction_limit() {
+    let cluster = EtcdCluster::start(3);
+    // etcd's default --max-txn-ops (128), and every checkpoint merged into
+    // the pages (no deltas): thousands of pages in one checkpoint.
+    let limits = TxnLimits {
+        max_ops: 128,
+        ..LIMITS
+    };
+    let config = Config::etcd(cluster.endpoints(), "l1/")
+        .etcd_limits(limits)
+        .checkpoint_interval_ms(600_000)
+        .page_delta_bytes(0);
+    let a = Registry::open_with(config).expect("open");
+    let ops: Vec<Op> = (0..5_000)
+        .map(|i| register(&format!("{i:08x}"), &format!("p{i}"), 9_000 + i))
+        .collect();
+    for batch in ops.chunks(1_000) {
+        a.apply_batch(batch.to_vec()).expect("batch");
+    }
+    a.checkpoint()
+        .expect("a checkpoint within 128 operations a transaction");
+    let b = node(&cluster, "l1/");
+    assert_eq!(b.dump(), a.dump());
+    assert_eq!(b.dump().len(), 5_000);
+}
+
+#[test]
+fn a_member_that_comes_back_catches_up_and_serves_every_write() {
+    let mut cluster = EtcdCluster::start(3);
+    let a = node(&cluster, "r1/");
+    let down = (cluster.wait_for_leader(Duration::from_secs(10)) + 1) % 3;
+    cluster.kill(down);
+    for i in 0..200 {
+        let outcome = a.apply(register(&format!("r{i:04}"), &format!("p{i}"), 7_000 + i));
+        assert!(outcome.expect("a quorum of two commits").is_applied());
+    }
+    a.checkpoint().expect("checkpoint");
+    cluster.restart(down);
+    // A node that talks to that member alone sees every write.
+    let config = Config::etcd(vec![cluster.endpoint(down)], "r1/").etcd_limits(LIMITS);
+    let b = Registry::open_with(config).expect("open through the restarted member");
+    assert_eq!(b.dump(), a.dump());
+    assert_eq!(b.dump().len(), 200);
+}
