@@ -78,7 +78,7 @@ pub use model::{
 };
 pub use registry::{ActiveIter, BackupReport, CheckReport, Metrics, Registry};
 #[cfg(feature = "etcd")]
-pub use registry::{ClusterMember, ClusterStatus, SinkExporter};
+pub use registry::{ClusterMember, ClusterStatus, MigrateReport, SinkExporter};
 pub use state::{Cursor, Page, Stats};
 
 /// The README's code blocks, run as doctests (its library example must

@@ -156,3 +156,6 @@ mod store_and_log;
 mod common;
 #[path = "etcd/registry.rs"]
 mod registry;
+
+#[path = "etcd/migrate.rs"]
+mod migrate;

@@ -40,6 +40,12 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
     ));
     // A read-only node writes nothing: it neither creates the registry nor
     // joins the log; it takes no lock and starts no leader.
+    if init.get(super::etcd_migrate::META_MIGRATING)?.is_some() {
+        return Err(Error::NoDatabase {
+            path,
+            why: "a migration into this prefix did not finish: delete the prefix's keys and migrate again".into(),
+        });
+    }
     let log = match config.read_only {
         false => {
             init_store(&init, cap, config.log_segment_bytes)?;

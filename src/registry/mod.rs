@@ -11,7 +11,11 @@ mod cluster_status;
 #[cfg(feature = "etcd")]
 pub use cluster_status::{ClusterMember, ClusterStatus, SinkExporter};
 #[cfg(feature = "etcd")]
+mod etcd_migrate;
+#[cfg(feature = "etcd")]
 mod etcd_open;
+#[cfg(feature = "etcd")]
+pub use etcd_migrate::MigrateReport;
 mod feed;
 mod history;
 mod metrics;

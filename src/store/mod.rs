@@ -36,7 +36,7 @@ pub(crate) use paged::PagedStore;
 
 /// The store of the closed database at `db`, for one short job (1 MiB
 /// chunks, every change merged at once, a small sled cache).
-fn open_closed(db: &Path, writable: bool) -> Result<PagedStore> {
+pub(crate) fn open_closed(db: &Path, writable: bool) -> Result<PagedStore> {
     if compact::interrupted(&db.join("store")) {
         return Err(crate::error::Error::NoDatabase {
             path: db.to_owned(),

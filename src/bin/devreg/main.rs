@@ -154,6 +154,23 @@ enum Command {
     #[cfg(feature = "etcd")]
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Copy a registry between a local database and the --etcd cluster
+    /// (feature `etcd`): `--from-db PATH` into an empty --etcd-prefix,
+    /// `--to-db PATH` (a new path) out of it. Prints what was copied.
+    #[cfg(feature = "etcd")]
+    Migrate {
+        /// The local database to copy into the cluster.
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with = "to_db",
+            required_unless_present = "to_db"
+        )]
+        from_db: Option<PathBuf>,
+        /// The new local database to copy the cluster's registry into.
+        #[arg(long, value_name = "PATH")]
+        to_db: Option<PathBuf>,
+    },
     /// Apply JSON events, one per line, from FILE (or `-` for stdin).
     #[command(long_about = import::LONG_ABOUT)]
     Import {
@@ -398,6 +415,8 @@ fn run(cli: &Cli) -> CmdResult {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "etcd")]
+        Command::Migrate { from_db, to_db } => migrate(cli, from_db.as_deref(), to_db.as_deref()),
         Command::Backup { dest: Some(dest) } => backup(cli, dest),
         Command::Backup { dest: None } => Err(CliError(
             "backup needs DEST (a new path or an empty directory)".into(),
@@ -534,6 +553,39 @@ fn open_config(cli: &Cli, mut config: Config) -> Result<Registry, CliError> {
     })
 }
 
+/// `migrate --from-db PATH | --to-db PATH` with --etcd.
+#[cfg(feature = "etcd")]
+fn migrate(cli: &Cli, from: Option<&std::path::Path>, to: Option<&std::path::Path>) -> CmdResult {
+    let Some(target) = base_config(cli).etcd else {
+        return Err(CliError("migrate needs --etcd".into()));
+    };
+    let report = match (from, to) {
+        (Some(db), _) => Registry::migrate_to_etcd(db, &target).map_err(|e| {
+            CliError(format!(
+                "migrating {} into {}: {e}",
+                db.display(),
+                place(cli)
+            ))
+        })?,
+        (None, Some(db)) => Registry::migrate_from_etcd(&target, db).map_err(|e| {
+            CliError(format!(
+                "migrating {} into {}: {e}",
+                place(cli),
+                db.display()
+            ))
+        })?,
+        (None, None) => {
+            return Err(CliError(
+                "migrate needs --from-db PATH or --to-db PATH".into(),
+            ))
+        }
+    };
+    let mut out = Out::stdout();
+    out.json(&report)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `backup DEST`: a read-only open of the database, its copy, the report.
 fn backup(cli: &Cli, dest: &std::path::Path) -> CmdResult {
     let reg = open_read_only(cli)?;
@@ -656,7 +708,7 @@ fn query(reg: &Registry, cmd: &Command) -> CmdResult {
         #[cfg(feature = "server")]
         Command::Serve(_) => unreachable!("dispatched in run()"),
         #[cfg(feature = "etcd")]
-        Command::Cluster(_) => unreachable!("dispatched in run()"),
+        Command::Cluster(_) | Command::Migrate { .. } => unreachable!("dispatched in run()"),
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
