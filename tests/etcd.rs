@@ -159,3 +159,6 @@ mod registry;
 
 #[path = "etcd/migrate.rs"]
 mod migrate;
+
+#[path = "etcd/crash.rs"]
+mod crash;

@@ -239,6 +239,21 @@ impl RawKv for EtcdKv {
     }
 }
 
+/// `writes` with only the last write of each key, in the order of those.
+fn last_write_per_key(writes: &[Write]) -> Vec<Write> {
+    let mut last: hashbrown::HashMap<&[u8], usize> =
+        hashbrown::HashMap::with_capacity(writes.len());
+    for (i, (k, _)) in writes.iter().enumerate() {
+        last.insert(k.as_slice(), i);
+    }
+    writes
+        .iter()
+        .enumerate()
+        .filter(|(i, (k, _))| last.get(k.as_slice()) == Some(i))
+        .map(|(_, w)| w.clone())
+        .collect()
+}
+
 struct Page {
     kvs: Vec<(Vec<u8>, Vec<u8>)>,
     more: bool,
@@ -272,6 +287,10 @@ impl KvStore for EtcdKv {
                 format!("this view of the store (at revision {rev}) is read-only"),
             ));
         }
+        // etcd refuses a key twice in one transaction; in a batch the later
+        // write of a key wins (a checkpoint's carry goes first, 8).
+        let writes = last_write_per_key(writes);
+        let writes = writes.as_slice();
         self.check_limits(writes)?;
         let ops: Vec<TxnOp> = writes
             .iter()
@@ -342,6 +361,23 @@ impl KvStore for EtcdKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_keeps_the_last_write_of_each_key() {
+        let w =
+            |k: &str, v: Option<&str>| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
+        let batch = [
+            w("a", Some("1")),
+            w("b", Some("2")),
+            w("a", None),
+            w("c", Some("3")),
+            w("b", Some("4")),
+        ];
+        assert_eq!(
+            last_write_per_key(&batch),
+            vec![w("a", None), w("c", Some("3")), w("b", Some("4"))]
+        );
+    }
 
     #[test]
     fn a_prefix_ends_at_its_successor() {

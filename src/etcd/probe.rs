@@ -70,6 +70,16 @@ impl EtcdProbe {
         )
     }
 
+    /// Deletes the etcd key `key` (the full key): a lock taken away.
+    pub fn delete_key(&self, key: &[u8]) -> Result<()> {
+        let key = key.to_vec();
+        self.conn
+            .call("deleting a key", Retry::Idempotent, move |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await.map(|_| ()) }
+            })
+    }
+
     /// `KvStore::get`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.kv.get(key)
