@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 
 #[path = "support/etcd.rs"]
 mod etcd_cluster;
+
+/// How much longer the randomized tests run: `DEVREG_ETCD_SCALE` (1 by
+/// default; `.ci/run` sets 10 with `DEVREG_CI_LONG=1`).
+fn scale() -> usize {
+    std::env::var("DEVREG_ETCD_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize)
+        .max(1)
+}
 use etcd_cluster::{post_json, EtcdCluster};
 
 use serde_json::{json, Value};

@@ -13,6 +13,7 @@
 //! - `lock`: a lock kept by an etcd lease (the checkpoint lock);
 //! - `probe`: the same, public for the tests (`devreg::internals`).
 
+pub(crate) mod body;
 mod conn;
 mod kv;
 mod lock;

@@ -9,8 +9,9 @@ use crossbeam_channel::Receiver;
 use super::conn::{Conn, Retry};
 use super::kv::{EtcdKv, Fence, TxnLimits};
 use super::oplog::{OpId, OpLog, WatchItem};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::KvStore;
+use crate::log::entry::{decode_entries, Entry};
 
 /// One node's view of a registry's keys in an etcd cluster.
 pub struct EtcdProbe {
@@ -124,6 +125,33 @@ impl EtcdProbe {
     /// Operations in the log (not trimmed yet).
     pub fn count_ops(&self) -> Result<u64> {
         self.log.count()
+    }
+
+    /// Every registry operation (`Op`) the log holds up to revision
+    /// `upto`, in the order every node applies them (other entries, such
+    /// as commit times and feed steps, left out).
+    pub fn ops_in_order(&self, upto: i64) -> Result<Vec<crate::model::Op>> {
+        let watch = self.log.watch(1);
+        let limit = std::time::Duration::from_millis(crate::limits::ETCD_RETRY_MS);
+        let mut ops = Vec::new();
+        let mut at = 0;
+        while at < upto {
+            let item = watch.recv_timeout(limit).map_err(|_| {
+                Error::cluster("reading the log", format!("stopped before revision {upto}"))
+            })??;
+            let WatchItem::Op { revision, body, .. } = item;
+            at = revision;
+            for r in super::body::requests(&body).unwrap_or_default() {
+                let (count, encoded) =
+                    r.map_err(|why| Error::corrupt(format!("revision {revision}"), why))?;
+                for e in decode_entries(&format!("revision {revision}"), count, encoded)? {
+                    if let Entry::Op(op) = e {
+                        ops.push(op);
+                    }
+                }
+            }
+        }
+        Ok(ops)
     }
 
     /// Deletes the operations at or before `upto`; how many.

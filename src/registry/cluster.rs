@@ -29,17 +29,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::cluster_ckpt::{Checkpoints, OP_MARK};
+use super::cluster_ckpt::Checkpoints;
 use super::CheckReport;
 use crate::error::{Error, Result};
-use crate::etcd::{Conn, LeaseLock, OpId, OpLog, WatchItem};
+use crate::etcd::body::OP_MARK;
+use crate::etcd::{body, Conn, LeaseLock, OpId, OpLog, WatchItem};
 use crate::log::entry::{decode_entries, encode_entries, validate_entry, Entry};
 use crate::state::{Applied, State};
 use crate::store::{load_state, KvStore};
 use crate::writer::{FailFlag, Request, WriteReply};
 
-/// First byte of an operation holding write requests.
-const OP_WRITES: u8 = b'O';
 /// Operations the applier applies under one acquisition of the write lock.
 const APPLY_BATCH_OPS: usize = 256;
 /// How often the leader and the applier look at the stop flag when idle.
@@ -321,12 +320,12 @@ fn lead_group(node: &Node, group: Vec<Request>) {
         *last = now;
         now
     };
-    let mut body = vec![OP_WRITES];
+    let mut body = body::new_writes();
     let mut replies = Vec::new();
     for (mut entries, _, reply) in group {
         entries.insert(0, Entry::Clock(now));
         let encoded = match encode_entries(&entries) {
-            Ok(b) if b.len() + 9 <= node.max_body => b,
+            Ok(b) if 1 + body::REQUEST_HEADER_BYTES + b.len() <= node.max_body => b,
             Ok(b) => {
                 let why = format!(
                     "encodes to {} bytes, over the cluster's request limit of {}",
@@ -341,16 +340,14 @@ fn lead_group(node: &Node, group: Vec<Request>) {
                 continue;
             }
         };
-        if body.len() + encoded.len() + 8 > node.max_body {
+        if body.len() + body::REQUEST_HEADER_BYTES + encoded.len() > node.max_body {
             append_op(
                 node,
-                std::mem::replace(&mut body, vec![OP_WRITES]),
+                std::mem::replace(&mut body, body::new_writes()),
                 std::mem::take(&mut replies),
             );
         }
-        body.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-        body.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        body.extend_from_slice(&encoded);
+        body::push_request(&mut body, entries.len() as u32, &encoded);
         replies.push(reply);
     }
     if !replies.is_empty() {
@@ -461,31 +458,18 @@ fn apply_op(st: &mut State, revision: i64, id: OpId, body: &[u8]) -> Vec<Result<
     if body.first() == Some(&OP_MARK) {
         return Vec::new(); // A checkpoint mark: no device changes.
     }
-    let Some((&OP_WRITES, mut rest)) = body.split_first() else {
+    let Some(requests) = body::requests(body) else {
         return vec![Err(Error::corrupt(location, "not an operation of writes"))];
     };
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let request = format!("{location}, request {}", out.len());
-        let Some((count, len, tail)) = split_request(rest) else {
-            out.push(Err(Error::corrupt(request, "truncated request header")));
-            break;
-        };
-        let Some((encoded, next)) = tail.split_at_checked(len) else {
-            out.push(Err(Error::corrupt(request, "truncated request body")));
-            break;
-        };
-        rest = next;
-        out.push(apply_request(st, &request, count, encoded));
-    }
-    out
-}
-
-/// (entries, body length, the rest) of a request header.
-fn split_request(b: &[u8]) -> Option<(u32, usize, &[u8])> {
-    let count = u32::from_be_bytes(b.get(0..4)?.try_into().ok()?);
-    let len = u32::from_be_bytes(b.get(4..8)?.try_into().ok()?) as usize;
-    Some((count, len, b.get(8..)?))
+    requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let request = format!("{location}, request {i}");
+            let (count, encoded) = r.map_err(|why| Error::corrupt(&request, why))?;
+            apply_request(st, &request, count, encoded)
+        })
+        .collect()
 }
 
 /// Decodes, validates and applies one request (all of it or, if any entry

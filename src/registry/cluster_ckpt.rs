@@ -27,14 +27,13 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use super::cluster::Node;
 use crate::codec::META_CHECKPOINT_LSN;
 use crate::error::{Error, Result};
+use crate::etcd::body::OP_MARK;
 use crate::etcd::{Conn, EtcdKv, LeaseLock, TxnLimits};
 use crate::kv::{KvStore, Visit, Write};
 use crate::state::State;
 use crate::store::{PagedStore, Snapshot};
 use crate::writer::Reply;
 
-/// First byte of a checkpoint mark.
-pub(crate) const OP_MARK: u8 = b'C';
 /// How often the checkpointer looks at its lock and its timer.
 const TICK: Duration = Duration::from_millis(100);
 

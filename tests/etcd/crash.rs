@@ -60,7 +60,7 @@ fn a_node_killed_inside_its_checkpoints_loses_nothing() {
     let cluster = EtcdCluster::start(3);
     let b = open(cluster.endpoints(), 600_000);
     let mut acked = BTreeSet::new();
-    for round in 0..3u64 {
+    for round in 0..3 * super::scale() as u64 {
         let spec = format!("{round} {}", cluster.endpoints().join(","));
         let mut child = spawn_child(
             "crash::checkpointing_node_child",
@@ -80,7 +80,7 @@ fn a_node_killed_inside_its_checkpoints_loses_nothing() {
             seen
         });
         // Long enough to open, take the lock and checkpoint a few times.
-        std::thread::sleep(Duration::from_millis(1_500 + 400 * round));
+        std::thread::sleep(Duration::from_millis(1_500 + 400 * (round % 3)));
         let _ = child.kill();
         let _ = child.wait();
         for line in reader.join().expect("reader") {
