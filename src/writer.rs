@@ -325,7 +325,7 @@ fn apply_request(
 }
 
 /// Wall-clock Unix milliseconds.
-fn wall_ms() -> u64 {
+pub(crate) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

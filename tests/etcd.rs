@@ -13,6 +13,35 @@ use std::time::{Duration, Instant};
 #[path = "support/etcd.rs"]
 mod etcd_cluster;
 
+/// Runs `write(0)`, `write(1)`, ... on another thread while the etcd
+/// leader is SIGKILLed 300 ms in, until 4 s after the kill: each answer
+/// with when it came, and when the kill was.
+fn writes_through_a_leader_kill<T: Send>(
+    cluster: &mut EtcdCluster,
+    write: impl Fn(u64) -> T + Sync,
+) -> (Vec<(T, Instant)>, Instant) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut answers = Vec::new();
+            for i in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                answers.push((write(i), Instant::now()));
+            }
+            answers
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let leader = cluster.wait_for_leader(Duration::from_secs(10));
+        cluster.kill(leader);
+        let killed_at = Instant::now();
+        std::thread::sleep(Duration::from_millis(4_000));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (writer.join().expect("writer"), killed_at)
+    })
+}
+
 /// How much longer the randomized tests run: `DEVREG_ETCD_SCALE` (1 by
 /// default; `.ci/run` sets 10 with `DEVREG_CI_LONG=1`).
 fn scale() -> usize {

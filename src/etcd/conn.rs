@@ -137,12 +137,11 @@ impl Conn {
             attempts += 1;
             let timed = timed(make(self.client.clone()), limit_ms);
             limit_ms = (limit_ms * 2).min(ETCD_REQUEST_TIMEOUT_MS);
-            let e = match wait(self.runtime()?, timed)? {
+            let (e, transient) = match wait(self.runtime()?, timed)? {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => e.to_string(),
-                Err(elapsed) => elapsed,
+                Ok(Err(e)) => (e.to_string(), transient_error(&e)),
+                Err(elapsed) => (elapsed, true),
             };
-            let transient = is_transient(&e);
             if retry == Retry::Once || !transient || Instant::now() + pause > deadline {
                 let detail = match transient && retry == Retry::Idempotent {
                     true => format!("{e} (gave up after {attempts} attempts)"),
@@ -188,30 +187,56 @@ where
         .map_err(|_| Error::cluster("waiting for etcd", "the client's task stopped"))
 }
 
-/// Whether an error may go away by itself: no leader (an election), a lost
-/// or unreachable member, a timeout. A refusal (too many operations, too
-/// large a request, the database out of space) is not.
-pub(crate) fn is_transient(e: &str) -> bool {
+/// Whether an error of the client may go away by itself: a lost or
+/// unreachable member, no leader (an election), a timeout. A refusal (too
+/// many operations, too large a request, the database out of space, a
+/// compacted revision) is not.
+fn transient_error(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(s) => match format!("{:?}", s.code()).as_str() {
+            "Unavailable" | "DeadlineExceeded" | "Aborted" | "Cancelled" => {
+                !is_refusal(s.message())
+            }
+            "Unknown" | "Internal" => is_transient(s.message()),
+            _ => false,
+        },
+        other => is_transient(&other.to_string()),
+    }
+}
+
+/// Whether a message names a refusal that no retry changes.
+fn is_refusal(e: &str) -> bool {
     const PERMANENT: [&str; 5] = [
         "too many operations",
         "too large",
         "database space exceeded",
-        "InvalidArgument",
-        "PermissionDenied",
+        "compacted",
+        "permission denied",
     ];
-    const TRANSIENT: [&str; 10] = [
-        "Unavailable",
+    let e = e.to_ascii_lowercase();
+    PERMANENT.iter().any(|p| e.contains(p))
+}
+
+/// Whether a message (of an error without a status code) says the failure
+/// may go away by itself.
+pub(crate) fn is_transient(e: &str) -> bool {
+    const TRANSIENT: [&str; 11] = [
+        "unavailable",
         "no leader",
         "leader changed",
-        "DeadlineExceeded",
-        "no answer within",
-        "transport error",
-        "connection",
+        "deadlineexceeded",
         "timed out",
-        "Cancelled",
+        "transport error",
+        "connect",
+        "connection",
+        "cancelled",
         "broken pipe",
+        "reset",
     ];
-    !PERMANENT.iter().any(|p| e.contains(p)) && TRANSIENT.iter().any(|t| e.contains(t))
+    let lower = e.to_ascii_lowercase();
+    !is_refusal(e) && TRANSIENT.iter().any(|t| lower.contains(t))
 }
 
 #[cfg(test)]
@@ -234,11 +259,16 @@ mod tests {
         assert!(is_transient(
             "status: Unavailable, message: \"etcdserver: no leader\""
         ));
-        assert!(is_transient("no answer within 5000 ms"));
+        assert!(is_transient(
+            "tcp connect error: Connection refused (os error 111)"
+        ));
         assert!(!is_transient(
             "status: InvalidArgument, message: \"etcdserver: too many operations in txn request\""
         ));
         assert!(!is_transient("etcdserver: mvcc: database space exceeded"));
+        assert!(!is_transient(
+            "etcdserver: mvcc: required revision has been compacted"
+        ));
         assert!(!is_transient("some other error"));
     }
 }

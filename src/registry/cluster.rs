@@ -37,7 +37,7 @@ use crate::etcd::{body, Conn, LeaseLock, OpId, OpLog, WatchItem};
 use crate::log::entry::{decode_entries, encode_entries, validate_entry, Entry};
 use crate::state::{Applied, State};
 use crate::store::{load_state, KvStore};
-use crate::writer::{FailFlag, Request, WriteReply};
+use crate::writer::{wall_ms, FailFlag, Request, WriteReply};
 
 /// Operations the applier applies under one acquisition of the write lock.
 const APPLY_BATCH_OPS: usize = 256;
@@ -370,13 +370,6 @@ fn append_op(node: &Node, body: Vec<u8>, replies: Vec<WriteReply>) {
             r.send(Err(Error::cluster("committing a write", why.clone())));
         }
     }
-}
-
-/// Wall-clock Unix milliseconds.
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The applier thread: applies the watched operations in order.

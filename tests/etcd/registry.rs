@@ -119,29 +119,13 @@ fn concurrent_writers_on_two_nodes_agree_with_the_model_in_the_log_s_order() {
 fn writes_ride_out_the_etcd_leader_killed_and_none_is_lost() {
     let mut cluster = EtcdCluster::start(3);
     let (a, b) = (node(&cluster, "k1/"), node(&cluster, "k1/"));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (acked, killed_at) = std::thread::scope(|s| {
-        let writer = s.spawn(|| {
-            let mut acked = Vec::new();
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let token = format!("tok{i:06}");
-                let outcome = a.apply(register(&token, &format!("p{i}"), 1_000 + i));
-                assert!(outcome
-                    .expect("a write rides out the election")
-                    .is_applied());
-                acked.push((token, Instant::now()));
-                i += 1;
-            }
-            acked
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let leader = cluster.wait_for_leader(Duration::from_secs(10));
-        cluster.kill(leader);
-        let killed_at = Instant::now();
-        std::thread::sleep(Duration::from_millis(4_000));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        (writer.join().expect("writer"), killed_at)
+    let (acked, killed_at) = super::writes_through_a_leader_kill(&mut cluster, |i| {
+        let token = format!("tok{i:06}");
+        let outcome = a.apply(register(&token, &format!("p{i}"), 1_000 + i));
+        assert!(outcome
+            .expect("a write rides out the election")
+            .is_applied());
+        token
     });
     let after = acked
         .iter()

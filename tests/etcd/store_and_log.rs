@@ -149,38 +149,21 @@ fn appends_survive_the_leader_killed_mid_workload_exactly_once() {
     let mut cluster = EtcdCluster::start(3);
     let p = probe(&cluster, "t4/");
     let watch = p.watch(1);
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (acked, killed_at) = std::thread::scope(|s| {
-        let writer = s.spawn(|| {
-            let mut acked = Vec::new();
-            let mut i = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let r = p.append(format!("op{i}").into_bytes());
-                let rev = r.expect("an append rides out the election").1;
-                acked.push((i, rev, Instant::now()));
-                i += 1;
-            }
-            acked
-        });
-        std::thread::sleep(Duration::from_millis(300));
-        let leader = cluster.wait_for_leader(Duration::from_secs(10));
-        cluster.kill(leader);
-        let killed_at = Instant::now();
-        std::thread::sleep(Duration::from_millis(4_000));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        (writer.join().expect("writer"), killed_at)
+    let (acked, killed_at) = super::writes_through_a_leader_kill(&mut cluster, |i| {
+        let r = p.append(format!("op{i}").into_bytes());
+        (i, r.expect("an append rides out the election").1)
     });
     let seen = take_ops(&watch, acked.len());
     let bodies: Vec<&[u8]> = seen.iter().map(|x| x.2.as_slice()).collect();
     let expected: Vec<Vec<u8>> = acked
         .iter()
-        .map(|(i, ..)| format!("op{i}").into_bytes())
+        .map(|((i, _), _)| format!("op{i}").into_bytes())
         .collect();
     assert_eq!(
         bodies,
         expected.iter().map(Vec::as_slice).collect::<Vec<_>>()
     );
-    for ((_, rev, _), (seen_rev, ..)) in acked.iter().zip(&seen) {
+    for (((_, rev), _), (seen_rev, ..)) in acked.iter().zip(&seen) {
         assert_eq!(rev, seen_rev);
     }
     // Nothing more than what was acknowledged.
@@ -189,7 +172,7 @@ fn appends_survive_the_leader_killed_mid_workload_exactly_once() {
     // the election takes about as long: by 2.5 s writes flow again.
     let after = acked
         .iter()
-        .filter(|a| a.2 > killed_at + Duration::from_millis(2_500))
+        .filter(|a| a.1 > killed_at + Duration::from_millis(2_500))
         .count();
     assert!(
         after > 10,
