@@ -201,3 +201,12 @@ mod migrate;
 
 #[path = "etcd/crash.rs"]
 mod crash;
+
+// ---------------------------------------------------------------- the sync worker on a node
+
+#[path = "support/cio.rs"]
+mod cio;
+#[path = "support/emu.rs"]
+mod emu;
+#[path = "etcd/sync.rs"]
+mod sync;

@@ -223,6 +223,16 @@ impl Node {
         self.exporters.held.lock().clear();
     }
 
+    /// Answers `Closed` to every request still waiting for its operation:
+    /// called once the node's threads have stopped, so nothing can answer
+    /// them any more (a write racing a close).
+    pub(crate) fn close_pending(&self) {
+        let pending: Vec<_> = self.pending.lock().drain().collect();
+        for r in pending.into_iter().flat_map(|(_, replies)| replies) {
+            r.send(Err(Error::Closed));
+        }
+    }
+
     fn fail(&self, e: &Error) {
         self.failed.set(e);
         let pending: Vec<_> = self.pending.lock().drain().collect();

@@ -103,6 +103,10 @@ impl Inner {
         for t in self.threads.lock().drain(..) {
             panicked |= t.join().is_err();
         }
+        #[cfg(feature = "etcd")]
+        if let Engine::Cluster(node) = &self.engine {
+            node.close_pending();
+        }
         if let Some(why) = self.failed.get() {
             return Err(Error::Failed(why));
         }

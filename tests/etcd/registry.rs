@@ -376,3 +376,28 @@ fn a_member_that_comes_back_catches_up_and_serves_every_write() {
     assert_eq!(b.dump(), a.dump());
     assert_eq!(b.dump().len(), 200);
 }
+
+#[test]
+fn a_write_racing_a_close_is_answered_closed_not_left_waiting() {
+    let cluster = EtcdCluster::start(3);
+    let a = node(&cluster, "z1/");
+    let writer = a.clone();
+    let (done, finished) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut i = 0u64;
+        let last = loop {
+            match writer.apply(register(&format!("z{i}"), &format!("p{i}"), 1 + i)) {
+                Ok(_) => i += 1,
+                Err(e) => break e,
+            }
+        };
+        let _ = done.send((i, last));
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    a.close().expect("close");
+    let (writes, last) = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the writer was answered, not left waiting");
+    assert!(writes > 0);
+    assert!(matches!(last, devreg::Error::Closed), "{last}");
+}

@@ -68,8 +68,9 @@ struct Cli {
 
     /// The registry lives in this etcd cluster (its members' client URLs,
     /// comma-separated) instead of --db (feature `etcd`, DESIGN.md 15).
-    /// Every command that opens a registry joins the cluster as a node;
-    /// `repair`, `backup` and `sync` need a local --db.
+    /// Every command that opens a registry joins the cluster as a node
+    /// (`sync` exports under the sink's lease: one exporter per sink);
+    /// `repair` and `backup` need a local --db.
     #[cfg(feature = "etcd")]
     #[arg(
         long,
@@ -396,7 +397,6 @@ fn run(cli: &Cli) -> CmdResult {
     match &cli.command {
         Command::Repair => local_only(cli, "repair")?,
         Command::Backup { .. } => local_only(cli, "backup")?,
-        Command::Sync(_) => local_only(cli, "sync")?,
         _ => {}
     }
     match &cli.command {
@@ -459,7 +459,7 @@ fn run(cli: &Cli) -> CmdResult {
             audit::print(&report)
         }
         Command::Sync(args) => sync::run(
-            &cli.db,
+            (base_config(cli), place(cli)),
             cli.max_devices_per_person,
             durability,
             args,

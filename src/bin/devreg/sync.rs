@@ -96,7 +96,7 @@ enum ProgressArg {
 /// Runs `devreg sync`. The registry is opened only once the credentials
 /// and options are known to be usable.
 pub fn run(
-    db: &std::path::Path,
+    (base, place): (Config, String),
     cap: Option<u32>,
     durability: Durability,
     args: &SyncArgs,
@@ -123,7 +123,10 @@ pub fn run(
         (None, _) => config.region(Region::Us),
     };
     config.validate()?;
-    let mut worker = SyncWorker::with_source(source(db, cap, durability, args, server)?, config)?;
+    let mut worker = SyncWorker::with_source(
+        source((base, place), cap, durability, args, server)?,
+        config,
+    )?;
     let control = worker.control();
     {
         let control = control.clone();
@@ -175,7 +178,7 @@ pub fn run(
 /// The feed to drain: a live server (`--server`), or the database, opened
 /// only now that the credentials and options are known to be usable.
 fn source(
-    db: &std::path::Path,
+    (base, place): (Config, String),
     cap: Option<u32>,
     durability: Durability,
     args: &SyncArgs,
@@ -186,12 +189,12 @@ fn source(
         let token = std::env::var("DEVREG_API_TOKEN").ok();
         return Ok(Box::new(RemoteFeed::new(url, token.as_deref())?));
     }
-    let mut reg_config = Config::new(db).durability(durability);
+    let mut reg_config = base.durability(durability);
     if let Some(cap) = cap {
         reg_config = reg_config.max_devices_per_person(cap);
     }
     let reg = Registry::open_with(reg_config)
-        .map_err(|e| crate::CliError(format!("opening {}: {e}", db.display())))?;
+        .map_err(|e| crate::CliError(format!("opening {place}: {e}")))?;
     Ok(Box::new(reg))
 }
 
