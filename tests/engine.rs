@@ -754,3 +754,19 @@ fn a_reopen_loads_every_device_across_reused_load_batches() {
             .count()
     );
 }
+
+#[test]
+fn a_store_left_half_created_by_a_cut_is_built_again() {
+    // What a power cut while a new database's store was being created
+    // leaves: `store.new/` with sled's files cut short, no `store/`.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(db.join("store.new")).unwrap();
+    std::fs::write(db.join("store.new").join("conf"), b"").unwrap();
+    let reg = Registry::open(&db).unwrap();
+    assert!(reg.stats().devices == 0);
+    reg.close().unwrap();
+    assert!(!db.join("store.new").exists());
+    assert!(db.join("store").is_dir());
+    assert!(Registry::open(&db).unwrap().check().unwrap().is_clean());
+}

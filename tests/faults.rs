@@ -568,7 +568,11 @@ fn full_disk_fails_stop_and_keeps_acknowledged_writes() {
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
     let m = mnt.to_str().unwrap().to_owned();
-    if let Err(why) = run("mount", &["-t", "tmpfs", "-o", "size=8m", "tmpfs", &m]) {
+    // 16 MiB: a new store is created in `store.new/` and reopened in place,
+    // and that first reopen makes sled 0.34.7 write its first 8 MiB
+    // segment whole (zeros over a free segment, DESIGN.md 4.6); the writes
+    // then fill the rest.
+    if let Err(why) = run("mount", &["-t", "tmpfs", "-o", "size=16m", "tmpfs", &m]) {
         println!("SKIPPED full_disk test: cannot mount a size-limited tmpfs ({why})");
         return;
     }

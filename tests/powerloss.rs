@@ -343,18 +343,25 @@ fn classify_open_error(e: &Error, cut: &CutReport) -> Refused {
 }
 
 fn powerloss_loop(test: &str, torn: bool, crashes: u64) {
+    powerloss_loop_seeded(test, torn, crashes, None)
+}
+
+/// `powerloss_loop` with a fixed seed (`DEVREG_POWERLOSS_SEED` still wins).
+fn powerloss_loop_seeded(test: &str, torn: bool, crashes: u64, fixed: Option<u64>) {
     let Some(mut rig) = Rig::or_skip(test) else {
         return;
     };
     let strict =
         TORN_GROUP_IS_KNOWN_BUG && std::env::var("DEVREG_POWERLOSS_STRICT").is_ok_and(|v| v == "1");
     let known_bug = TORN_GROUP_IS_KNOWN_BUG && !strict;
-    let seed = env_u64("DEVREG_POWERLOSS_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = env_u64("DEVREG_POWERLOSS_SEED")
+        .or(fixed)
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     println!("{test}: seed {seed} (DEVREG_POWERLOSS_SEED={seed} replays the workload and plan)");
     let mut rng = Rng::new(seed);
     let mut model = Model::new(CAP);
@@ -647,6 +654,23 @@ fn powerloss_torn_pages() {
         "powerloss_torn_pages",
         true,
         env_u64("DEVREG_POWERLOSS_CRASHES").unwrap_or(40),
+    );
+}
+
+/// Regression (2026-12-02, found by `powerloss_torn_pages` in CI): with
+/// the store created in place, this seed's first cut landed while a new
+/// database was created, after sled made
+/// its `conf` file and before anything fsynced it. The store was created in
+/// place, so the cut left a `store/` with an empty `conf`, and every later
+/// open failed with sled's "Read corrupted data". The store is now built in
+/// `store.new/` and renamed into place once durable (`registry/open.rs`).
+#[test]
+fn powerloss_cut_while_the_store_is_created() {
+    powerloss_loop_seeded(
+        "powerloss_cut_while_the_store_is_created",
+        true,
+        3,
+        Some(1_796_177_142_623_686_403),
     );
 }
 

@@ -430,7 +430,7 @@ fn new_directories_are_fsynced() {
     // The first fsyncs of a new database are of the directories it creates
     // and of their parents; each one's failure fails the open.
     let mut synced = Vec::new();
-    for nth in 1..=6 {
+    for nth in 1..=4 {
         let path = dir.path().join(format!("b{nth}/db"));
         let plan = FaultPlan::new();
         plan.arm(&[IoOp::Fsync], nth, EIO, false);
@@ -451,10 +451,12 @@ fn new_directories_are_fsynced() {
             other => panic!("fsync {nth}: {:?}", other.map(|_| ())),
         }
     }
-    // parent, b, b, db, db, log
+    // parent, b, b, db; then the new store's files (`store.new/`, before it
+    // is renamed into place), db, db and log (`tests/engine.rs` and
+    // `powerloss_cut_while_the_store_is_created` cover those).
     assert_eq!(
         synced,
-        [Some(0), Some(1), Some(1), Some(2), Some(2), Some(3)],
+        [Some(0), Some(1), Some(1), Some(2)],
         "which directory each fsync was of"
     );
 }

@@ -69,6 +69,7 @@ pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<Opened> {
     let lock = lock_db(&config.path, true)?;
     // A compaction's partial copy or old store left by a crash.
     crate::store::finish_interrupted_compaction(&config.path.join("store"), &config.faults)?;
+    create_store_if_missing(config)?;
     let paged = open_paged(config)?;
     paged.convert_legacy()?;
     let store: Arc<dyn KvStore> = Arc::new(paged);
@@ -93,6 +94,31 @@ pub(super) fn open_store(config: &Config, log_dir: &Path) -> Result<Opened> {
         crate::log::create_first_segment(log_dir, config.log_segment_bytes, &config.faults)?;
     }
     Ok((lock, store))
+}
+
+/// Where a new store is built before it is renamed to `store/`.
+const NEW_STORE_DIR: &str = "store.new";
+
+/// Creates a new database's store in `store.new/`, durably, and renames it
+/// to `store/`: a power cut while sled created its files in place left a
+/// `store/` whose `conf` had never been fsynced, and every later open
+/// failed with sled's "Read corrupted data" (power-loss test finding,
+/// 2026-12-02, `powerloss_cut_while_the_store_is_created`). A `store.new/`
+/// left by a cut is unfinished and removed.
+fn create_store_if_missing(config: &Config) -> Result<()> {
+    let store = config.path.join("store");
+    if store.exists() {
+        return Ok(());
+    }
+    let building = config.path.join(NEW_STORE_DIR);
+    if building.exists() {
+        std::fs::remove_dir_all(&building)
+            .map_err(|e| Error::io(format!("removing {}", building.display()), e))?;
+    }
+    crate::store::create_empty_store(&building, &config.faults)?;
+    std::fs::rename(&building, &store)
+        .map_err(|e| Error::io(format!("renaming {} into place", building.display()), e))?;
+    sync_dir(&config.path, &config.faults)
 }
 
 /// A store without metadata beside a log that holds records.
@@ -218,10 +244,16 @@ fn prepare_db_dir(path: &Path, faults: &Faults) -> Result<()> {
         Ok(m) if !m.is_dir() => return Err(refuse("is not a directory")),
         Ok(_) => {}
     }
-    let mut entries =
+    let entries =
         std::fs::read_dir(path).map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
-    let empty = entries.next().is_none();
-    if !empty && !path.join("store").is_dir() {
+    // Empty, or what a cut while the database was created leaves: the
+    // lock file and an unfinished `store.new/` (`create_store_if_missing`).
+    let mut unfinished = true;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", path.display()), e))?;
+        unfinished &= matches!(entry.file_name().to_str(), Some("lock" | NEW_STORE_DIR));
+    }
+    if !unfinished && !path.join("store").is_dir() {
         return Err(refuse(
             "is neither a devreg database (no store/ inside) nor an empty directory",
         ));

@@ -52,6 +52,24 @@ pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> 
     Ok(copied)
 }
 
+/// Creates an empty sled store at `dest` (which must not exist) and makes
+/// every file and directory of it durable: opened, flushed, closed (and
+/// settled), then fsynced whole. The caller renames it into place and
+/// fsyncs the directory holding it, so that a power cut while sled creates
+/// its files (its `conf` and first segment, written without an fsync)
+/// leaves no store sled cannot open.
+pub(crate) fn create_empty_store(dest: &Path, faults: &Faults) -> Result<()> {
+    let out = SledStore::open(
+        dest,
+        faults.clone(),
+        crate::limits::TOOL_SLED_CACHE_BYTES,
+        true,
+    )?;
+    out.sync()?;
+    drop(out);
+    visit_tree(dest, true, faults)
+}
+
 /// Entries gathered for one sled batch of a copy, written once they reach
 /// `chunk_bytes`.
 pub(super) struct Batch {
