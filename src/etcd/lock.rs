@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use parking_lot::Mutex;
 
 use super::conn::{Conn, Retry};
@@ -36,9 +36,13 @@ impl LeaseLock {
         holder: Vec<u8>,
     ) -> Result<Option<LeaseLock>> {
         let ttl = ETCD_LOCK_TTL_S as i64;
-        let lease = conn.call("granting a lease", Retry::Once, move |mut c| async move {
-            Ok(c.lease_grant(ttl, None).await?.id())
-        })?;
+        // Retried: a grant whose answer was lost leaves a lease that holds
+        // no key and expires after its TTL.
+        let lease = conn.call(
+            "granting a lease",
+            Retry::Idempotent,
+            move |mut c| async move { Ok(c.lease_grant(ttl, None).await?.id()) },
+        )?;
         let taken_at = Instant::now();
         let k = key.to_vec();
         let taken = conn.call("taking a lock", Retry::Idempotent, move |mut c| {
@@ -47,22 +51,19 @@ impl LeaseLock {
                 .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(k.clone(), holder.clone(), Some(put))])
                 .or_else([TxnOp::get(k.clone(), None)]);
-            async move {
-                let r = c.txn(txn).await?;
-                Ok((r.succeeded(), r.header().map_or(0, |h| h.revision())))
-            }
+            async move { Ok(taken_at_revision(&c.txn(txn).await?, lease)) }
         });
-        let (won, revision) = match taken {
+        let revision = match taken {
             Ok(t) => t,
             Err(e) => {
                 revoke(conn, lease);
                 return Err(e);
             }
         };
-        if !won {
+        let Some(revision) = revision else {
             revoke(conn, lease);
             return Ok(None);
-        }
+        };
         let alive_until = Arc::new(Mutex::new(
             taken_at + Duration::from_secs(ETCD_LOCK_TTL_S * 2 / 3),
         ));
@@ -110,6 +111,23 @@ impl Drop for LeaseLock {
                 c.lease_revoke(lease).await.map(|_| ())
             });
     }
+}
+
+/// The create revision of the lock key if this attempt or an earlier one
+/// took it (the key is under our `lease`: a retry after an answer lost with
+/// a killed member finds the key it created), None if another node holds it.
+fn taken_at_revision(r: &etcd_client::TxnResponse, lease: i64) -> Option<i64> {
+    if r.succeeded() {
+        return r.header().map(|h| h.revision());
+    }
+    r.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .filter(|kv| kv.lease() == lease)
+            .map(|kv| kv.create_revision()),
+        _ => None,
+    })
 }
 
 /// Revokes `lease` without waiting (best effort: it expires anyway).

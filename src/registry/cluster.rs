@@ -288,21 +288,30 @@ pub(crate) fn check(node: &Node, store: &dyn KvStore, retention_ms: u64) -> Resu
     super::check::compare_states(store, &live, &disk)
 }
 
+/// Waits for the next item on `rx`, then takes what else is queued, up to
+/// `max` in all; None once the node stops (after an idle poll) or `rx`
+/// is closed.
+fn next_batch<T>(node: &Node, rx: &Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = loop {
+        match rx.recv_timeout(IDLE_POLL) {
+            Ok(item) => break item,
+            Err(RecvTimeoutError::Timeout) if !node.stopping() => continue,
+            Err(_) => return None,
+        }
+    };
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// The leader thread: commits queued requests a group at a time.
 pub(crate) fn run_leader(node: Arc<Node>, rx: Receiver<Request>) {
-    loop {
-        let first = match rx.recv_timeout(IDLE_POLL) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) if !node.stop.load(Ordering::SeqCst) => continue,
-            Err(_) => break,
-        };
-        let mut group = vec![first];
-        while group.len() < crate::limits::MAX_GROUP_OPS {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
+    while let Some(group) = next_batch(&node, &rx, crate::limits::MAX_GROUP_OPS) {
         if node.stop.load(Ordering::SeqCst) {
             group.into_iter().for_each(|r| r.2.send(Err(Error::Closed)));
             break;
@@ -384,19 +393,7 @@ fn append_op(node: &Node, body: Vec<u8>, replies: Vec<WriteReply>) {
 
 /// The applier thread: applies the watched operations in order.
 pub(crate) fn run_applier(node: Arc<Node>, rx: Receiver<Result<WatchItem>>) {
-    loop {
-        let first = match rx.recv_timeout(IDLE_POLL) {
-            Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) if !node.stop.load(Ordering::SeqCst) => continue,
-            Err(_) => return,
-        };
-        let mut batch = vec![first];
-        while batch.len() < APPLY_BATCH_OPS {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&node, &rx, APPLY_BATCH_OPS) {
         let mut items = Vec::with_capacity(batch.len());
         for item in batch {
             match item {

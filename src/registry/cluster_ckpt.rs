@@ -254,9 +254,10 @@ pub(crate) fn run_checkpointer(node: Arc<Node>) {
             continue;
         }
         let try_due = last_try.is_none_or(|t| t.elapsed() >= ck.interval);
+        let mut lock_error = None;
         if request.is_some() || try_due {
             last_try = Some(Instant::now());
-            keep_or_take_lock(&node, ck);
+            lock_error = keep_or_take_lock(&node, ck).err();
         }
         let due =
             ck.ops_since_mark.load(Ordering::SeqCst) > 0 && last_mark.elapsed() >= ck.interval;
@@ -264,7 +265,11 @@ pub(crate) fn run_checkpointer(node: Arc<Node>) {
             continue;
         }
         last_mark = Instant::now();
-        let r = checkpoint_once(&node, ck);
+        // Not "another node holds it" when the cluster could not be asked.
+        let r = match lock_error {
+            Some(e) if !ck.is_holder() => Err(e),
+            _ => checkpoint_once(&node, ck),
+        };
         *ck.last_error.lock() = r.as_ref().err().map(|e| e.to_string());
         if let Some(reply) = request {
             let _ = reply.send(r);
@@ -274,28 +279,26 @@ pub(crate) fn run_checkpointer(node: Arc<Node>) {
     ck.holding.store(false, Ordering::SeqCst);
 }
 
-/// Drops a lock whose lease lapsed; takes the lock if nobody holds it.
-fn keep_or_take_lock(node: &Node, ck: &Checkpoints) {
+/// Drops a lock whose lease lapsed; takes the lock if nobody holds it. An
+/// error: the cluster could not be asked (this node may take it later).
+fn keep_or_take_lock(node: &Node, ck: &Checkpoints) -> Result<()> {
     let mut holder = ck.holder.lock();
     if holder.as_ref().is_some_and(|h| !h.lock.held()) {
         *holder = None;
         ck.holding.store(false, Ordering::SeqCst);
     }
     if holder.is_some() {
-        return;
+        return Ok(());
     }
     let me = node.id().to_string().into_bytes();
-    let Ok(Some(lock)) = LeaseLock::try_take(&ck.spec.conn, &ck.lock_key, me) else {
-        return;
+    let Some(lock) = LeaseLock::try_take(&ck.spec.conn, &ck.lock_key, me)? else {
+        return Ok(());
     };
-    match open_as_holder(node, ck, lock) {
-        Ok(h) => {
-            *ck.view.current.write() = h.store.clone();
-            *holder = Some(h);
-            ck.holding.store(true, Ordering::SeqCst);
-        }
-        Err(e) => *ck.last_error.lock() = Some(e.to_string()),
-    }
+    let h = open_as_holder(node, ck, lock)?;
+    *ck.view.current.write() = h.store.clone();
+    *holder = Some(h);
+    ck.holding.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 /// The store as the holder writes it: current, fenced on `lock`.

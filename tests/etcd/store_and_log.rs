@@ -149,7 +149,7 @@ fn appends_survive_the_leader_killed_mid_workload_exactly_once() {
     let mut cluster = EtcdCluster::start(3);
     let p = probe(&cluster, "t4/");
     let watch = p.watch(1);
-    let (acked, killed_at) = super::writes_through_a_leader_kill(&mut cluster, |i| {
+    let acked = super::writes_through_a_leader_kill(&mut cluster, |i| {
         let r = p.append(format!("op{i}").into_bytes());
         (i, r.expect("an append rides out the election").1)
     });
@@ -168,14 +168,4 @@ fn appends_survive_the_leader_killed_mid_workload_exactly_once() {
     }
     // Nothing more than what was acknowledged.
     assert!(watch.recv_timeout(Duration::from_millis(300)).is_err());
-    // An append the dead leader never answered is retried after 1 s, and
-    // the election takes about as long: by 2.5 s writes flow again.
-    let after = acked
-        .iter()
-        .filter(|a| a.1 > killed_at + Duration::from_millis(2_500))
-        .count();
-    assert!(
-        after > 10,
-        "writes resumed after the election: {after} in the last 1.5 s"
-    );
 }
