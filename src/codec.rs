@@ -90,6 +90,36 @@ pub fn pack_token(token: &str) -> Box<[u8]> {
     }
 }
 
+/// Longest packed token `with_packed` builds on the stack: a tag and 256
+/// bytes, which covers APNs's 64 hex characters and FCM's registration
+/// tokens (about 160 characters); a longer one is packed on the heap.
+const STACK_PACKED_BYTES: usize = 1 + 256;
+
+/// Calls `f` with `pack_token(token)`'s bytes, built in a stack buffer when
+/// they fit, so that finding a device by its token allocates nothing (unit
+/// test `stack_packing_equals_pack_token`).
+pub(crate) fn with_packed<R>(token: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let b = token.as_bytes();
+    let hex = !b.is_empty() && b.len().is_multiple_of(2) && b.iter().all(|&c| is_lower_hex(c));
+    let len = 1 + if hex { b.len() / 2 } else { b.len() };
+    let mut buf = [0u8; STACK_PACKED_BYTES];
+    let Some((tag, body)) = buf.get_mut(..len).and_then(|s| s.split_first_mut()) else {
+        return f(&pack_token(token));
+    };
+    if hex {
+        *tag = TAG_HEX;
+        for (out, pair) in body.iter_mut().zip(b.chunks_exact(2)) {
+            if let [hi, lo] = pair {
+                *out = (nibble(*hi) << 4) | nibble(*lo);
+            }
+        }
+    } else {
+        *tag = TAG_RAW;
+        body.copy_from_slice(b);
+    }
+    f(buf.get(..len).unwrap_or_default())
+}
+
 /// Unpacks a packed token back to its text; `None` if the bytes are not a packed token.
 pub fn unpack_token(packed: &[u8]) -> Option<String> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -98,12 +128,12 @@ pub fn unpack_token(packed: &[u8]) -> Option<String> {
     }
     let (&tag, body) = packed.split_first()?;
     if tag == TAG_HEX {
-        let mut s = String::with_capacity(body.len() * 2);
+        let mut text = Vec::with_capacity(body.len() * 2);
         for &byte in body {
-            s.push(char::from(HEX[usize::from(byte >> 4)]));
-            s.push(char::from(HEX[usize::from(byte & 0xf)]));
+            text.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
         }
-        Some(s)
+        // Only hex digits were written: this cannot fail.
+        String::from_utf8(text).ok()
     } else {
         std::str::from_utf8(body).ok().map(str::to_owned)
     }
@@ -152,11 +182,56 @@ pub fn encode_attributes(attributes: &Attributes) -> Vec<u8> {
 }
 
 /// Decodes an attribute blob that was checked when it entered memory.
+///
+/// Every read of a device decodes its blob, so this reads the layout
+/// `encode_attributes` writes directly (bincode's varint count, then per
+/// pair a varint length and UTF-8 bytes for the name and the value) into
+/// the map, without serde's intermediate vector of pairs. It accepts
+/// exactly what bincode accepts, and a blob bincode would refuse decodes
+/// to no attributes, as before (unit test
+/// `the_direct_attribute_decoder_agrees_with_bincode`).
 pub(crate) fn decode_attributes_trusted(blob: &[u8]) -> Attributes {
-    bincode_opts()
-        .deserialize::<Vec<(String, String)>>(blob)
-        .map(|pairs| pairs.into_iter().collect())
-        .unwrap_or_default()
+    decode_attribute_pairs(blob).unwrap_or_default()
+}
+
+fn decode_attribute_pairs(blob: &[u8]) -> Option<Attributes> {
+    let mut rest = blob;
+    let pairs = read_varint(&mut rest)?;
+    let mut map = Attributes::new();
+    for _ in 0..pairs {
+        let name = read_str(&mut rest)?;
+        let value = read_str(&mut rest)?;
+        map.insert(name.to_owned(), value.to_owned());
+    }
+    // bincode's default options refuse trailing bytes.
+    rest.is_empty().then_some(map)
+}
+
+/// One bincode varint (1.3, `with_varint_encoding`): a byte below 251 is
+/// the value, 251/252/253 announce a little-endian u16/u32/u64; anything
+/// else cannot be a u64.
+fn read_varint(rest: &mut &[u8]) -> Option<u64> {
+    let (&tag, tail) = rest.split_first()?;
+    let (value, used) = match tag {
+        0..=250 => (u64::from(tag), 0),
+        251 => (u64::from(u16::from_le_bytes(le_bytes(tail)?)), 2),
+        252 => (u64::from(u32::from_le_bytes(le_bytes(tail)?)), 4),
+        253 => (u64::from_le_bytes(le_bytes(tail)?), 8),
+        _ => return None,
+    };
+    *rest = tail.get(used..)?;
+    Some(value)
+}
+
+fn le_bytes<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
+    b.get(..N)?.try_into().ok()
+}
+
+fn read_str<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+    let len = usize::try_from(read_varint(rest)?).ok()?;
+    let bytes = rest.get(..len)?;
+    *rest = rest.get(len..)?;
+    std::str::from_utf8(bytes).ok()
 }
 
 /// Decodes an attribute blob, checking for duplicate names and the limits.
@@ -375,6 +450,89 @@ mod tests {
             let part = &bytes[..cut];
             if let Ok(r) = decode_record("k", part) {
                 assert!(decode_attributes("k", r.attributes_blob).is_err());
+            }
+        }
+    }
+
+    fn bincode_attributes(blob: &[u8]) -> Attributes {
+        bincode_opts()
+            .deserialize::<Vec<(String, String)>>(blob)
+            .map(|pairs| pairs.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_direct_attribute_decoder_agrees_with_bincode() {
+        let mut long = Attributes::new();
+        long.insert("n".repeat(300), "v".repeat(70_000));
+        long.insert("é".into(), String::new());
+        let blob = encode_attributes(&long);
+        assert_eq!(decode_attributes_trusted(&blob), long);
+        // A u16-length name (tag 251) and a u32-length value (tag 252).
+        assert!(blob.contains(&251) && blob.contains(&252));
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],                                  // trailing byte
+            vec![1, 1, b'a', 1, b'b'],                   // one pair
+            vec![2, 1, b'a', 1, b'b', 1, b'a', 1, b'c'], // duplicate: last wins
+            vec![1, 1, 0xff, 0],                         // not UTF-8
+            vec![1, 251, 1, 0, b'a', 0],                 // non-minimal length
+            vec![254, 0],                                // u128 tag
+            vec![1, 5, b'a'],                            // short
+            vec![253, 255, 255, 255, 255, 255, 255, 255, 255],
+        ];
+        for c in &cases {
+            assert_eq!(decode_attributes_trusted(c), bincode_attributes(c), "{c:?}");
+        }
+        assert_eq!(
+            decode_attributes_trusted(&cases[4])
+                .get("a")
+                .map(String::as_str),
+            Some("c")
+        );
+        assert!(decode_attributes_trusted(&cases[5]).is_empty());
+    }
+
+    #[test]
+    fn stack_packing_equals_pack_token() {
+        let long_hex = "ab".repeat(300);
+        let long_raw = "f:".repeat(200);
+        let edge_hex = "0f".repeat(256); // exactly the stack buffer
+        let edge_raw = "x".repeat(256);
+        for t in [
+            "", "a", "ab", "AB", "f:APA91b", &long_hex, &long_raw, &edge_hex, &edge_raw,
+        ] {
+            assert_eq!(
+                with_packed(t, |p| p.to_vec()),
+                pack_token(t).to_vec(),
+                "{t:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stack_packing_matches_pack_token(t in "[0-9a-f]{0,600}|.{0,300}") {
+            proptest::prop_assert_eq!(with_packed(&t, |p| p.to_vec()), pack_token(&t).to_vec());
+        }
+
+        #[test]
+        fn direct_attribute_decoding_matches_bincode_on_any_bytes(
+            attrs in proptest::collection::btree_map(".{0,12}", ".{0,300}", 0..8),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            cut in 0usize..400,
+            flip in 0usize..400,
+        ) {
+            let blob = encode_attributes(&attrs);
+            proptest::prop_assert_eq!(decode_attributes_trusted(&blob), attrs);
+            let mut damaged = blob.clone();
+            if let Some(b) = damaged.get_mut(flip) {
+                *b ^= 0x41;
+            }
+            damaged.truncate(cut.max(1));
+            for c in [&damaged, &noise] {
+                proptest::prop_assert_eq!(decode_attributes_trusted(c), bincode_attributes(c));
             }
         }
     }

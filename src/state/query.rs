@@ -52,7 +52,11 @@ impl State {
         Device {
             token: unpack_token(&s.token).unwrap_or_default(),
             platform: s.platform,
-            person: self.person_name(s.person).map(|p| p.to_string()),
+            // Copied from the borrowed name: no reference count touched.
+            person: (s.person != super::NO_PERSON)
+                .then(|| self.person(s.person))
+                .flatten()
+                .map(|p| String::from(&*p.name)),
             last_seen_ms: s.last_seen_ms,
             // Blobs are checked when they enter the pool.
             attributes: crate::codec::decode_attributes_trusted(&s.attrs),
@@ -60,7 +64,7 @@ impl State {
     }
 
     pub(crate) fn device(&self, token: &str) -> Option<Device> {
-        let id = self.lookup(&pack_token(token))?;
+        let id = crate::codec::with_packed(token, |p| self.lookup(p))?;
         self.slot(id).map(|s| self.to_device(s))
     }
 
@@ -132,7 +136,7 @@ impl State {
     /// A device's deliverability (the default when it had no feedback);
     /// `None` when the token is not registered.
     pub(crate) fn deliverability(&self, token: &str) -> Option<(Deliverability, u64)> {
-        let id = self.lookup(&pack_token(token))?;
+        let id = crate::codec::with_packed(token, |p| self.lookup(p))?;
         let s = self.slot(id)?;
         Some((
             self.deliv.get(&id).copied().unwrap_or_default(),
