@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_LOG_SEGMENTS: u32 = 4;
 pub const SPARE_LOG_SEGMENTS: usize = 1;
 /// Most operations one write group (one fsync) collects from concurrent callers.
 pub const MAX_GROUP_OPS: usize = 200_000;
+/// Tries a query makes for the state's read lock, a spin-loop hint apart,
+/// before it parks (`Inner::read_state`): a write holds the lock a few
+/// microseconds, and this spins for about that long.
+pub const READ_SPIN_TRIES: u32 = 256;
 /// Most encoded bytes of operations one import batch collects (it is also
 /// bounded by the registry's `max_batch_bytes`): lines that average 23 KB
 /// of attributes must not make a 10,000-line batch outgrow a log record.
