@@ -75,18 +75,36 @@ fn nibble(b: u8) -> u8 {
 /// Packs a token: lowercase hex of even length becomes raw bytes (half the size).
 pub fn pack_token(token: &str) -> Box<[u8]> {
     let b = token.as_bytes();
-    if !b.is_empty() && b.len().is_multiple_of(2) && b.iter().all(|&c| is_lower_hex(c)) {
-        let mut out = Vec::with_capacity(1 + b.len() / 2);
-        out.push(TAG_HEX);
-        for pair in b.chunks_exact(2) {
-            out.push((nibble(pair[0]) << 4) | nibble(pair[1]));
+    let hex = packs_as_hex(b);
+    let mut out = vec![0u8; packed_len(b, hex)];
+    pack_into(b, hex, &mut out);
+    out.into_boxed_slice()
+}
+
+/// Whether a token's text packs as hex: lowercase hex digits, even length.
+fn packs_as_hex(b: &[u8]) -> bool {
+    !b.is_empty() && b.len().is_multiple_of(2) && b.iter().all(|&c| is_lower_hex(c))
+}
+
+fn packed_len(b: &[u8], hex: bool) -> usize {
+    1 + if hex { b.len() / 2 } else { b.len() }
+}
+
+/// Writes the packed form of `b` into `out`, which is `packed_len` long.
+fn pack_into(b: &[u8], hex: bool, out: &mut [u8]) {
+    let Some((tag, body)) = out.split_first_mut() else {
+        return;
+    };
+    if hex {
+        *tag = TAG_HEX;
+        for (o, pair) in body.iter_mut().zip(b.chunks_exact(2)) {
+            if let [hi, lo] = pair {
+                *o = (nibble(*hi) << 4) | nibble(*lo);
+            }
         }
-        out.into_boxed_slice()
     } else {
-        let mut out = Vec::with_capacity(1 + b.len());
-        out.push(TAG_RAW);
-        out.extend_from_slice(b);
-        out.into_boxed_slice()
+        *tag = TAG_RAW;
+        body.copy_from_slice(b);
     }
 }
 
@@ -100,24 +118,15 @@ const STACK_PACKED_BYTES: usize = 1 + 256;
 /// test `stack_packing_equals_pack_token`).
 pub(crate) fn with_packed<R>(token: &str, f: impl FnOnce(&[u8]) -> R) -> R {
     let b = token.as_bytes();
-    let hex = !b.is_empty() && b.len().is_multiple_of(2) && b.iter().all(|&c| is_lower_hex(c));
-    let len = 1 + if hex { b.len() / 2 } else { b.len() };
+    let hex = packs_as_hex(b);
     let mut buf = [0u8; STACK_PACKED_BYTES];
-    let Some((tag, body)) = buf.get_mut(..len).and_then(|s| s.split_first_mut()) else {
-        return f(&pack_token(token));
-    };
-    if hex {
-        *tag = TAG_HEX;
-        for (out, pair) in body.iter_mut().zip(b.chunks_exact(2)) {
-            if let [hi, lo] = pair {
-                *out = (nibble(*hi) << 4) | nibble(*lo);
-            }
+    match buf.get_mut(..packed_len(b, hex)) {
+        Some(out) => {
+            pack_into(b, hex, out);
+            f(out)
         }
-    } else {
-        *tag = TAG_RAW;
-        body.copy_from_slice(b);
+        None => f(&pack_token(token)),
     }
-    f(buf.get(..len).unwrap_or_default())
 }
 
 /// Unpacks a packed token back to its text; `None` if the bytes are not a packed token.
