@@ -180,20 +180,74 @@ pub fn device_key(packed: &[u8]) -> Vec<u8> {
     k
 }
 
-/// Encodes attributes into the blob stored (and interned) with a device.
-pub fn encode_attributes(attributes: &Attributes) -> Vec<u8> {
-    let pairs: Vec<(&str, &str)> = attributes
+/// The blob of `attributes` in a buffer of its own.
+#[cfg(test)]
+pub(crate) fn encode_attributes(attributes: &Attributes) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_attributes_into(attributes, &mut out);
+    out
+}
+
+/// Encodes attributes into `out` (replacing what it held), as the blob
+/// stored (and interned) with a device.
+///
+/// The layout is bincode's for a sequence of string pairs (a varint count,
+/// then per pair a varint length and the bytes of the name and the value),
+/// written directly, reserving the exact size: every register with
+/// attributes encodes a blob, and serde's path collected a vector of pairs
+/// and grew the output (3 to 5 allocations per device, DESIGN 13 step 10);
+/// a buffer reused across registers allocates only when a blob outgrows it.
+/// Unit test `the_direct_attribute_encoder_agrees_with_bincode` and its
+/// proptest hold it to bincode's bytes.
+pub(crate) fn encode_attributes_into(attributes: &Attributes, out: &mut Vec<u8>) {
+    let strings = attributes
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    // Serializing strings into a Vec cannot fail.
-    bincode_opts().serialize(&pairs).unwrap_or_default()
+        .flat_map(|(k, v)| [k.as_str(), v.as_str()]);
+    let size = varint_len(attributes.len() as u64)
+        + strings
+            .clone()
+            .map(|x| varint_len(x.len() as u64) + x.len())
+            .sum::<usize>();
+    out.clear();
+    out.reserve_exact(size);
+    write_varint(out, attributes.len() as u64);
+    for x in strings {
+        write_varint(out, x.len() as u64);
+        out.extend_from_slice(x.as_bytes());
+    }
+    debug_assert_eq!(out.len(), size);
+}
+
+/// Bytes of one bincode varint (see [`read_varint`]).
+fn varint_len(v: u64) -> usize {
+    match v {
+        0..=250 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Appends one bincode varint (see [`read_varint`]).
+fn write_varint(out: &mut Vec<u8>, v: u64) {
+    if let Ok(b @ 0..=250) = u8::try_from(v) {
+        out.push(b);
+    } else if let Ok(x) = u16::try_from(v) {
+        out.push(251);
+        out.extend_from_slice(&x.to_le_bytes());
+    } else if let Ok(x) = u32::try_from(v) {
+        out.push(252);
+        out.extend_from_slice(&x.to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
 }
 
 /// Decodes an attribute blob that was checked when it entered memory.
 ///
 /// Every read of a device decodes its blob, so this reads the layout
-/// `encode_attributes` writes directly (bincode's varint count, then per
+/// `encode_attributes_into` writes (bincode's varint count, then per
 /// pair a varint length and UTF-8 bytes for the name and the value) into
 /// the map, without serde's intermediate vector of pairs. It accepts
 /// exactly what bincode accepts, and a blob bincode would refuse decodes
@@ -274,7 +328,7 @@ pub struct RecordRef<'a> {
     pub last_seen_ms: u64,
     /// The owner.
     pub person: Option<&'a str>,
-    /// The encoded attributes blob (see [`encode_attributes`]).
+    /// The encoded attributes blob (see [`encode_attributes_into`]).
     pub attributes_blob: &'a [u8],
 }
 
@@ -285,7 +339,10 @@ pub fn encode_record(r: &RecordRef<'_>) -> Vec<u8> {
         last_seen_ms: r.last_seen_ms,
         person: r.person,
     };
-    let mut out = Vec::with_capacity(16 + r.attributes_blob.len());
+    // Version, platform, a varint time (at most 9 bytes), the option tag,
+    // the name's length (at most 9) and bytes, the blob: one allocation.
+    let person_bytes = r.person.map_or(0, |p| 9 + p.len());
+    let mut out = Vec::with_capacity(12 + person_bytes + r.attributes_blob.len());
     out.push(FORMAT_VERSION);
     // Serializing into a Vec cannot fail.
     let _ = bincode_opts().serialize_into(&mut out, &head);
@@ -356,7 +413,17 @@ pub fn decode_record<'a>(location: &str, bytes: &'a [u8]) -> Result<RecordRef<'a
 /// store a short value in its place (reliability finding 1: a dropped error
 /// once checkpointed a lone version byte and the database never opened again).
 pub(crate) fn encode_versioned<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    let mut out = vec![FORMAT_VERSION];
+    encode_versioned_with_capacity(v, 16)
+}
+
+/// [`encode_versioned`] into a buffer of `capacity` bytes at first (a
+/// value that is usually larger than 16 bytes would grow it several times).
+pub(crate) fn encode_versioned_with_capacity<T: Serialize>(
+    v: &T,
+    capacity: usize,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(capacity.max(1));
+    out.push(FORMAT_VERSION);
     bincode_opts()
         .serialize_into(&mut out, v)
         .map_err(|e| Error::Encode(e.to_string()))?;
@@ -503,6 +570,73 @@ mod tests {
         assert!(decode_attributes_trusted(&cases[5]).is_empty());
     }
 
+    /// What serde's path wrote before `encode_attributes_into` wrote directly.
+    fn bincode_encoding(attributes: &Attributes) -> Vec<u8> {
+        let pairs: Vec<(&str, &str)> = attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        bincode_opts().serialize(&pairs).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_direct_attribute_encoder_agrees_with_bincode() {
+        let mut cases = vec![Attributes::new()];
+        for len in [0usize, 1, 250, 251, 0xffff, 0x1_0000, 70_000] {
+            let mut a = Attributes::new();
+            a.insert("k".repeat(len.min(300)), "v".repeat(len));
+            a.insert("é".into(), String::new());
+            cases.push(a);
+        }
+        let mut many = Attributes::new();
+        for i in 0..300 {
+            many.insert(format!("name{i}"), format!("value{i}"));
+        }
+        cases.push(many); // a u16 count (tag 251)
+        for a in &cases {
+            let blob = encode_attributes(a);
+            assert_eq!(blob, bincode_encoding(a), "{} pairs", a.len());
+            assert_eq!(blob.capacity(), blob.len(), "sized exactly");
+        }
+        assert_eq!(varint_len(u64::from(u32::MAX) + 1), 9);
+        let mut big = Vec::new();
+        write_varint(&mut big, u64::from(u32::MAX) + 1);
+        assert_eq!(
+            big,
+            bincode_opts()
+                .serialize(&(u64::from(u32::MAX) + 1))
+                .unwrap_or_default()
+        );
+    }
+
+    #[test]
+    fn a_record_is_encoded_into_one_allocation_of_its_size() {
+        let blob = encode_attributes(&Attributes::from([("a".to_string(), "b".to_string())]));
+        for person in [
+            None,
+            Some("p"),
+            Some("person-00000001"),
+            Some(&*"p".repeat(MAX_PERSON_BYTES)),
+        ] {
+            for last_seen_ms in [0, 250, 251, MAX_TIMESTAMP_MS] {
+                let r = RecordRef {
+                    platform: Platform::Android,
+                    last_seen_ms,
+                    person,
+                    attributes_blob: &blob,
+                };
+                let out = encode_record(&r);
+                assert!(out.capacity() >= out.len());
+                assert!(
+                    out.capacity() <= out.len() + 18,
+                    "{person:?} {last_seen_ms}"
+                );
+                let back = decode_record("k", &out).map(|d| (d.person, d.last_seen_ms));
+                assert_eq!(back.ok(), Some((person, last_seen_ms)));
+            }
+        }
+    }
+
     #[test]
     fn stack_packing_equals_pack_token() {
         let long_hex = "ab".repeat(300);
@@ -534,6 +668,7 @@ mod tests {
             flip in 0usize..400,
         ) {
             let blob = encode_attributes(&attrs);
+            proptest::prop_assert_eq!(&blob, &bincode_encoding(&attrs));
             proptest::prop_assert_eq!(decode_attributes_trusted(&blob), attrs);
             let mut damaged = blob.clone();
             if let Some(b) = damaged.get_mut(flip) {

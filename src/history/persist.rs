@@ -14,7 +14,9 @@ use hashbrown::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::{DayCounts, History, HistoryOp, Rec, MAX_HISTORY_PER_TOKEN};
-use crate::codec::{bincode_opts, decode_versioned, describe_key, encode_versioned};
+use crate::codec::{
+    bincode_opts, decode_versioned, describe_key, encode_versioned, encode_versioned_with_capacity,
+};
 use crate::error::{Error, Result};
 use crate::kv::{KvStore, Write};
 use crate::model::Platform;
@@ -51,19 +53,51 @@ fn day_key(day: u32, platform: Platform) -> Vec<u8> {
     k
 }
 
-fn out(r: &Rec) -> RecOut {
-    RecOut {
+/// `RecOut` borrowed from a [`Rec`], for encoding: the same fields in the
+/// same order with the same serde shapes (`&[u8]` and `Vec<u8>` are both a
+/// sequence of bytes, `&str` and `String` both a string), so bincode writes
+/// the same bytes (unit test `a_borrowed_entry_encodes_as_the_owned_one`)
+/// without copying the names and link of every entry of every checkpoint.
+#[derive(Serialize)]
+struct RecRef<'a> {
+    seq: u64,
+    commit_ms: u64,
+    event_ms: Option<u64>,
+    op: u8,
+    link: Option<&'a [u8]>,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+    present: bool,
+    platform: u8,
+}
+
+fn out(r: &Rec) -> RecRef<'_> {
+    RecRef {
         seq: r.seq,
         commit_ms: r.commit_ms,
         event_ms: r.event_ms,
         op: r.op.code(),
-        link: r.link.as_deref().map(<[u8]>::to_vec),
-        before: r.before.as_deref().map(str::to_owned),
-        after: r.after.as_deref().map(str::to_owned),
+        link: r.link.as_deref(),
+        before: r.before.as_deref(),
+        after: r.after.as_deref(),
         present: r.present,
         platform: r.platform.index() as u8,
     }
 }
+
+/// A token's entries as the stored `Vec<RecOut>`, serialized from the
+/// entries in place.
+struct RecsOut<'a>(&'a [Rec]);
+
+impl Serialize for RecsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(out))
+    }
+}
+
+/// Typical encoded bytes of one entry (two person names of about 16
+/// bytes): the first guess of a token's value size.
+const ENTRY_BYTES_GUESS: usize = 64;
 
 /// The history's changes since the last snapshot, drained under the
 /// state's write lock and encoded under its read lock
@@ -102,7 +136,10 @@ impl History {
         drop(done);
         let mut writes = Vec::with_capacity(self.flushing.len() + days.len() + 1);
         for (token, list) in &self.flushing {
-            let value = encode_versioned(&list.iter().map(out).collect::<Vec<RecOut>>())?;
+            let value = encode_versioned_with_capacity(
+                &RecsOut(list),
+                1 + ENTRY_BYTES_GUESS.saturating_mul(list.len()),
+            )?;
             writes.push((history_key(token), Some(value)));
         }
         for (day, platform) in days {
@@ -204,4 +241,65 @@ pub(crate) fn load_history(store: &dyn KvStore, retention_ms: u64) -> Result<(Hi
         Ok(())
     })?;
     Ok((h, now_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(r: &Rec) -> RecOut {
+        RecOut {
+            seq: r.seq,
+            commit_ms: r.commit_ms,
+            event_ms: r.event_ms,
+            op: r.op.code(),
+            link: r.link.as_deref().map(<[u8]>::to_vec),
+            before: r.before.as_deref().map(str::to_owned),
+            after: r.after.as_deref().map(str::to_owned),
+            present: r.present,
+            platform: r.platform.index() as u8,
+        }
+    }
+
+    #[test]
+    fn a_borrowed_entry_encodes_as_the_owned_one() {
+        let mut list = Vec::new();
+        for (i, op) in [
+            HistoryOp::Register,
+            HistoryOp::RotateTo,
+            HistoryOp::Invalidate,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let i = i as u64;
+            list.push(Rec {
+                seq: 250 + i,
+                commit_ms: u64::MAX - i,
+                event_ms: (i > 0).then_some(1_700_000_000_000 + i),
+                op,
+                link: (i == 1).then(|| Arc::from(vec![0xab; 300])),
+                before: (i != 1).then(|| Arc::from("person-00000001")),
+                after: (i == 0).then(|| Arc::from("é".repeat(200))),
+                present: i != 2,
+                platform: if i == 0 {
+                    Platform::Ios
+                } else {
+                    Platform::Android
+                },
+            });
+        }
+        for n in 0..=list.len() {
+            let part = list.get(..n).unwrap_or_default();
+            let borrowed = encode_versioned_with_capacity(&RecsOut(part), 1);
+            let expected = encode_versioned(&part.iter().map(owned).collect::<Vec<_>>());
+            assert_eq!(borrowed.ok(), expected.ok(), "{n} entries");
+            let sized: usize = part
+                .iter()
+                .filter_map(|r| bincode_opts().serialized_size(&owned(r)).ok())
+                .map(|x| x as usize)
+                .sum();
+            assert_eq!(encoded_len(part), sized);
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Entry, State, NO_PERSON};
-use crate::codec::{cmp_packed, encode_attributes, pack_token};
+use crate::codec::{cmp_packed, encode_attributes_into, pack_token, with_packed};
 use crate::feed::{AckResult, Batch};
 use crate::format::{EventKind, TokenEvent};
 use crate::history::Cause;
@@ -191,18 +191,33 @@ impl State {
     }
 
     fn register(&mut self, r: &Register) -> Outcome {
-        let packed = pack_token(&r.token);
+        // Packed on the stack: a known device needs no copy of its token,
+        // a new one exactly one (the table's).
+        with_packed(&r.token, |packed| self.register_packed(r, packed))
+    }
+
+    fn register_packed(&mut self, r: &Register, packed: &[u8]) -> Outcome {
+        let mut scratch = std::mem::take(&mut self.attr_scratch);
+        let outcome = self.register_with(r, packed, &mut scratch);
+        self.attr_scratch = scratch;
+        outcome
+    }
+
+    fn register_with(&mut self, r: &Register, packed: &[u8], scratch: &mut Vec<u8>) -> Outcome {
         let person = r.person.as_ref().map(|p| self.intern_person(p));
-        let blob = r.attributes.as_ref().map(encode_attributes);
+        let blob = r.attributes.as_ref().map(|a| {
+            encode_attributes_into(a, scratch);
+            &scratch[..]
+        });
         let mut old_platform = None;
-        let (id, before, changed) = match self.lookup(&packed) {
+        let (id, before, changed) = match self.lookup(packed) {
             Some(id) => {
                 let before = self.slot(id).and_then(|s| self.person_name(s.person));
                 let old_seen = self.slot(id).map_or(0, |s| s.last_seen_ms);
                 old_platform = self.slot(id).map(|s| s.platform);
                 let mut changed = self.set_platform(id, r.platform);
                 changed |= self.set_last_seen(id, old_seen.max(r.seen_ms));
-                if let Some(b) = &blob {
+                if let Some(b) = blob {
                     changed |= self.set_attrs(id, b);
                 }
                 if let Some(p) = person {
@@ -211,9 +226,9 @@ impl State {
                 (id, before, changed)
             }
             None => {
-                let attrs = self.intern_attrs(blob.as_deref().unwrap_or(&EMPTY_ATTRS));
+                let attrs = self.intern_attrs(blob.unwrap_or(&EMPTY_ATTRS));
                 let owner = person.unwrap_or(NO_PERSON);
-                let id = self.insert_device(packed.clone(), r.platform, owner, r.seen_ms, attrs);
+                let id = self.insert_device(Box::from(packed), r.platform, owner, r.seen_ms, attrs);
                 (id, None, true)
             }
         };
@@ -225,7 +240,7 @@ impl State {
             if old_platform == Some(r.platform) && before == after {
                 self.cause = Cause::Touch;
             }
-            self.note(&packed, before, after, true, r.platform);
+            self.note(packed, before, after, true, r.platform);
         }
         let evicted = if owner != NO_PERSON {
             self.enforce_cap(owner, Some(id))
@@ -239,8 +254,11 @@ impl State {
     }
 
     fn touch(&mut self, token: &str, seen_ms: u64) -> Outcome {
-        let packed = pack_token(token);
-        let Some(id) = self.lookup(&packed) else {
+        with_packed(token, |packed| self.touch_packed(packed, seen_ms))
+    }
+
+    fn touch_packed(&mut self, packed: &[u8], seen_ms: u64) -> Outcome {
+        let Some(id) = self.lookup(packed) else {
             return Outcome::NotFound;
         };
         let (old, owner) = self
@@ -250,7 +268,7 @@ impl State {
         if changed {
             let name = self.person_name(owner);
             let platform = self.slot(id).map_or(Platform::Ios, |s| s.platform);
-            self.note(&packed, name.clone(), name, true, platform);
+            self.note(packed, name.clone(), name, true, platform);
         }
         Outcome::applied(u32::from(changed))
     }

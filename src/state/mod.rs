@@ -58,6 +58,9 @@ pub(crate) struct State {
     /// Devices per (hour of last_seen_ms, platform).
     hour_counts: BTreeMap<u64, [u32; 2]>,
     attr_pool: HashSet<Arc<[u8]>>,
+    /// A register's attribute blob is encoded here first: most blobs are in
+    /// `attr_pool` already, and a hit then allocates nothing.
+    attr_scratch: Vec<u8>,
     live: u64,
     identified: u64,
     per_platform: [u64; 2],
@@ -100,6 +103,7 @@ impl State {
             by_seen: BTreeSet::new(),
             hour_counts: BTreeMap::new(),
             attr_pool: HashSet::new(),
+            attr_scratch: Vec::new(),
             live: 0,
             identified: 0,
             per_platform: [0; 2],
