@@ -191,14 +191,13 @@ impl State {
     }
 
     fn register(&mut self, r: &Register) -> Outcome {
-        // Packed on the stack: a known device needs no copy of its token,
-        // a new one exactly one (the table's).
-        with_packed(&r.token, |packed| self.register_packed(r, packed))
-    }
-
-    fn register_packed(&mut self, r: &Register, packed: &[u8]) -> Outcome {
+        // The token is packed on the stack (a known device needs no copy of
+        // it, a new one exactly one: the table's), and the attribute blob
+        // encoded into the state's reused buffer.
         let mut scratch = std::mem::take(&mut self.attr_scratch);
-        let outcome = self.register_with(r, packed, &mut scratch);
+        let outcome = with_packed(&r.token, |packed| {
+            self.register_with(r, packed, &mut scratch)
+        });
         self.attr_scratch = scratch;
         outcome
     }
