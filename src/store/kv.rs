@@ -137,6 +137,10 @@ pub(crate) struct SledStore {
     written: std::sync::atomic::AtomicU64,
     /// A write (batch or flush) failed: no settling at close.
     troubled: std::sync::atomic::AtomicBool,
+    /// Settle at close (see `Drop`); false for a store that is opened
+    /// again at once (`close_for_reopen`), whose next open does sled's
+    /// housekeeping anyway.
+    settle_at_close: std::sync::atomic::AtomicBool,
     /// Wakes a flush that sled forgot after a failed write; stopped before
     /// `db` drops (it holds a clone).
     pub(super) waker: parking_lot::Mutex<super::sled_waker::SledWaker>,
@@ -165,7 +169,10 @@ impl Drop for SledStore {
             return;
         };
         let settle = self.written.load(std::sync::atomic::Ordering::SeqCst) > 0
-            && !self.troubled.load(std::sync::atomic::Ordering::SeqCst);
+            && !self.troubled.load(std::sync::atomic::Ordering::SeqCst)
+            && self
+                .settle_at_close
+                .load(std::sync::atomic::Ordering::SeqCst);
         let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
         if dropped.is_err() {
             SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -175,9 +182,17 @@ impl Drop for SledStore {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Settles started by this thread (tests count what a compaction does).
+    pub(super) static SETTLES_STARTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Opens and closes sled at `path` on its own thread, waiting for it at
 /// most `SETTLE_TIMEOUT_MS` (see `Drop for SledStore`).
 fn settle_sled(path: &Path) {
+    #[cfg(test)]
+    SETTLES_STARTED.with(|c| c.set(c.get() + 1));
     let path = path.to_owned();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
@@ -212,6 +227,16 @@ pub fn sled_drop_panics() -> u64 {
 }
 
 impl SledStore {
+    /// Closes the store without settling it (see `Drop`), for a caller
+    /// that opens it again at once: that open does sled's housekeeping, so
+    /// a settle in between would be one more sled open for nothing (each
+    /// rewrites the store's free segments, section 4.6 of DESIGN.md).
+    pub(super) fn close_for_reopen(self) {
+        self.settle_at_close
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        drop(self);
+    }
+
     /// The current database, held until the guard drops: a compaction
     /// replaces it only when no operation uses it (recursive, so a scan's
     /// callback may read again while a compaction waits).
@@ -245,6 +270,7 @@ impl SledStore {
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
             troubled: std::sync::atomic::AtomicBool::new(false),
+            settle_at_close: std::sync::atomic::AtomicBool::new(true),
         };
         if writable {
             // Files from before (sled creates them 0644) become owner-only
