@@ -9,7 +9,8 @@
 //! `ALLOC_SITES=1` also prints where the importing thread's allocations
 //! come from (every 997th, by its devreg source lines); `ALLOC_SITES=others`
 //! the same for the other threads (the checkpointer's; sled's own threads
-//! show no devreg line).
+//! show no devreg line); `ALLOC_SITES=large` every request of 1 KiB or more
+//! on the importing thread (each makes glibc consolidate its fastbins).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -37,6 +38,12 @@ static SAMPLING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// (the checkpointer's, mostly).
 static SAMPLING_OTHERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static SITES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// `ALLOC_SITES=large`: every allocation of the importing thread of
+/// `LARGE_BYTES` or more (the requests that make glibc consolidate its
+/// fastbins), not a sample.
+static SAMPLING_LARGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static MAIN_LARGE: AtomicU64 = AtomicU64::new(0);
+const LARGE_BYTES: usize = 1024;
 
 fn sample() {
     if IN_SAMPLE.try_with(Cell::get).unwrap_or(true) {
@@ -62,6 +69,12 @@ fn count(size: usize) {
     if main {
         let k = MAIN_ALLOCS.fetch_add(1, Ordering::Relaxed);
         MAIN_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        if size >= LARGE_BYTES {
+            MAIN_LARGE.fetch_add(1, Ordering::Relaxed);
+            if SAMPLING_LARGE.load(Ordering::Relaxed) {
+                sample();
+            }
+        }
         if SAMPLING.load(Ordering::Relaxed) && k.is_multiple_of(SAMPLE_EVERY) {
             sample();
         }
@@ -143,6 +156,7 @@ fn main() -> devreg::Result<()> {
     let sites = std::env::var("ALLOC_SITES").ok();
     SAMPLING.store(sites.as_deref() == Some("1"), Ordering::Relaxed);
     SAMPLING_OTHERS.store(sites.as_deref() == Some("others"), Ordering::Relaxed);
+    SAMPLING_LARGE.store(sites.as_deref() == Some("large"), Ordering::Relaxed);
     const BATCH: u64 = 10_000;
     let (mut main, mut other, mut bytes) = (0u64, 0u64, 0u64);
     let t = std::time::Instant::now();
@@ -168,15 +182,18 @@ fn main() -> devreg::Result<()> {
     println!(
         "{n} devices, {mode:?}: {:.0} devices/s; importing thread: {:.2} allocations/device \
          ({:.0} B/device), inside apply_batch incl. its drop of the ops; other threads: {:.2} \
-         allocations/device while importing, {:.2} including the final checkpoint",
+         allocations/device while importing, {:.2} including the final checkpoint; \
+         {} allocations of {LARGE_BYTES} B or more on the importing thread",
         n as f64 / secs,
         main as f64 / n as f64,
         bytes as f64 / n as f64,
         other as f64 / n as f64,
-        other_total as f64 / n as f64
+        other_total as f64 / n as f64,
+        MAIN_LARGE.load(Ordering::Relaxed)
     );
     SAMPLING.store(false, Ordering::Relaxed);
     SAMPLING_OTHERS.store(false, Ordering::Relaxed);
+    SAMPLING_LARGE.store(false, Ordering::Relaxed);
     if let Ok(sites) = SITES.lock() {
         let mut by: BTreeMap<&str, usize> = BTreeMap::new();
         for s in sites.iter() {
