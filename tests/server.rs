@@ -1189,7 +1189,17 @@ fn engine_calls_over_the_bound_are_answered_429() {
             std::thread::spawn(move || {
                 let c = Client::at(&url, Some(TOKEN));
                 let event = line(&register(&format!("w{i}"), "ann", T0 + i as u64));
-                c.post_json("/v1/events?durability=immediate", &event)
+                // A writer that finds the last slot held for a moment by
+                // the probe's read is answered 429 too; it tries again, as
+                // Retry-After asks (else only LIMIT - 1 writers would wait
+                // and the probe would never see 429: a flake under load).
+                loop {
+                    let answer = c.post_json("/v1/events?durability=immediate", &event);
+                    if answer.0 != 429 || started.elapsed() >= Duration::from_millis(SLOW_MS) {
+                        return answer;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             })
         })
         .collect();

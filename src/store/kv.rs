@@ -140,7 +140,7 @@ pub(crate) struct SledStore {
     /// Settle at close (see `Drop`); false for a store that is opened
     /// again at once (`close_for_reopen`), whose next open does sled's
     /// housekeeping anyway.
-    settle_at_close: std::sync::atomic::AtomicBool,
+    settle_at_close: bool,
     /// Wakes a flush that sled forgot after a failed write; stopped before
     /// `db` drops (it holds a clone).
     pub(super) waker: parking_lot::Mutex<super::sled_waker::SledWaker>,
@@ -170,9 +170,7 @@ impl Drop for SledStore {
         };
         let settle = self.written.load(std::sync::atomic::Ordering::SeqCst) > 0
             && !self.troubled.load(std::sync::atomic::Ordering::SeqCst)
-            && self
-                .settle_at_close
-                .load(std::sync::atomic::Ordering::SeqCst);
+            && self.settle_at_close;
         let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
         if dropped.is_err() {
             SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -231,10 +229,8 @@ impl SledStore {
     /// that opens it again at once: that open does sled's housekeeping, so
     /// a settle in between would be one more sled open for nothing (each
     /// rewrites the store's free segments, section 4.6 of DESIGN.md).
-    pub(super) fn close_for_reopen(self) {
-        self.settle_at_close
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        drop(self);
+    pub(super) fn close_for_reopen(mut self) {
+        self.settle_at_close = false;
     }
 
     /// The current database, held until the guard drops: a compaction
@@ -270,7 +266,7 @@ impl SledStore {
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
             troubled: std::sync::atomic::AtomicBool::new(false),
-            settle_at_close: std::sync::atomic::AtomicBool::new(true),
+            settle_at_close: true,
         };
         if writable {
             // Files from before (sled creates them 0644) become owner-only
