@@ -116,7 +116,9 @@ fn set_value(a: &mut Args, flag: &str, v: String) {
 }
 
 /// glibc malloc settings of every child process: allocations of 64 KiB and
-/// more from mmap, as `devreg` sets with mallopt.
+/// more from mmap, as the `devreg` command set with mallopt before it took
+/// mimalloc (DESIGN.md section 6; with mimalloc here the 10^4 rates rise
+/// too, so the growth ratios barely move: section 13, step 11).
 pub const CHILD_GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=65536";
 
 /// Runs this binary as a child and parses the `RESULT {json}` line it
@@ -130,8 +132,7 @@ fn try_child(
 ) -> Result<Metrics, String> {
     let exe = std::env::current_exe().expect("finding the bench binary");
     let out = Command::new(exe)
-        // The allocator setting the devreg command makes for itself
-        // (DESIGN.md section 6), given to every system alike.
+        // The same glibc setting for every system (DESIGN.md section 6).
         .env("GLIBC_TUNABLES", CHILD_GLIBC_TUNABLES)
         .args(["--child", kind, "--system", system, "--n", &n.to_string()])
         .args(["--phase-ms", &phase.as_millis().to_string()])
