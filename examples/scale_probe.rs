@@ -1,0 +1,139 @@
+//! Where a bulk import's time goes as the registry grows: the importing
+//! thread's CPU per device (building the batches included), its time on
+//! the run queue and its wall time inside `apply_batch` (more than its CPU
+//! when it waits for the log to have room, which a checkpoint makes), per
+//! tenth of the import; then every thread's
+//! CPU per device (the checkpointer's, sled's I/O threads'). With
+//! `nockpt` no checkpoint runs while importing (the log holds everything),
+//! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
+//!
+//! ```sh
+//! cargo run --release --example scale_probe -- [N] [nockpt]
+//! ```
+//!
+//! It runs on the system allocator, as a service linking the library
+//! does (the harness's children too, with the same `GLIBC_TUNABLES`).
+//! Linux only (it reads `/proc/thread-self/schedstat`); elsewhere the CPU
+//! columns read 0.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use devreg::{Config, Durability, Op, Platform, Register, Registry};
+
+/// Devices per `apply_batch` (the harness's bulk rows use the same).
+const BATCH: u64 = 10_000;
+/// Threads that used less CPU than this are not listed.
+const LIST_THREADS_FROM_NS: f64 = 50e6;
+
+fn token(i: u64) -> String {
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
+    let mut s = String::with_capacity(64);
+    for _ in 0..4 {
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        s.push_str(&format!("{x:016x}"));
+    }
+    s
+}
+
+fn ops(from: u64, n: u64) -> Vec<Op> {
+    (from..from + n)
+        .map(|i| {
+            let attributes = [
+                ("app_version", "4.2.1"),
+                ("device_os", "17.4"),
+                ("push_enabled", "true"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>();
+            Op::Register(Register {
+                token: token(i),
+                platform: if i % 10 < 6 {
+                    Platform::Ios
+                } else {
+                    Platform::Android
+                },
+                person: (i % 10 != 0).then(|| format!("person-{:08}", i / 2)),
+                seen_ms: 1_750_000_000_000 + i,
+                attributes: Some(attributes),
+            })
+        })
+        .collect()
+}
+
+/// (nanoseconds on the CPU, nanoseconds on the run queue) from a
+/// `schedstat` file.
+fn schedstat(path: &std::path::Path) -> (f64, f64) {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let mut v = s
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(0.0));
+    (v.next().unwrap_or(0.0), v.next().unwrap_or(0.0))
+}
+
+fn main() -> devreg::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let n: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let no_checkpoints = args.next().as_deref() == Some("nockpt");
+    let dir = std::env::temp_dir().join(format!("devreg-scale-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = Config::new(&dir).durability(Durability::Immediate);
+    if no_checkpoints {
+        config = config
+            .checkpoint_log_bytes(u64::MAX / 4)
+            .max_log_segments(u32::MAX / 2)
+            .checkpoint_interval_ms(u64::MAX / 4);
+    }
+    let reg = Registry::open_with(config)?;
+    let me = std::path::Path::new("/proc/thread-self/schedstat");
+    let window = (n / 10).max(BATCH);
+    let (mut i, mut in_apply_s, mut from) = (0u64, 0.0f64, (0.0f64, schedstat(me)));
+    println!("devices    wall in apply_batch  thread CPU  run queue (us/device, this tenth; CPU includes building the batch)");
+    while i < n {
+        let batch = ops(i, BATCH.min(n - i));
+        let t = Instant::now();
+        reg.apply_batch(batch)?;
+        in_apply_s += t.elapsed().as_secs_f64();
+        i += BATCH.min(n - i);
+        if i.is_multiple_of(window) || i >= n {
+            let now = (in_apply_s, schedstat(me));
+            let per = |a: f64, b: f64, unit: f64| (a - b) * unit / window as f64;
+            println!(
+                "{i:>10} {:>10.2} {:>16.2} {:>9.2}",
+                per(now.0, from.0, 1e6),
+                per(now.1 .0, from.1 .0, 1e-3),
+                per(now.1 .1, from.1 .1, 1e-3)
+            );
+            from = now;
+        }
+    }
+    println!("{:.0} devices/s inside apply_batch", n as f64 / in_apply_s);
+    list_threads(n);
+    drop(reg);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Every thread of this process that used the CPU, with its CPU per device.
+fn list_threads(n: u64) {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let (cpu_ns, _) = schedstat(&task.path().join("schedstat"));
+        if cpu_ns >= LIST_THREADS_FROM_NS {
+            println!(
+                "thread {:<16} {:7.2} s of CPU, {:6.2} us/device",
+                name.trim(),
+                cpu_ns / 1e9,
+                cpu_ns / 1e3 / n as f64
+            );
+        }
+    }
+}
