@@ -3,12 +3,13 @@
 //! the run queue and its wall time inside `apply_batch` (more than its CPU
 //! when it waits for the log to have room, which a checkpoint makes), per
 //! tenth of the import; then every thread's
-//! CPU per device (the checkpointer's, sled's I/O threads'). With
+//! CPU per device (the checkpointer's, sled's I/O threads'), with the
+//! checkpoints, page merges and bytes handed to the store. With
 //! `nockpt` no checkpoint runs while importing (the log holds everything),
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
 //!
 //! ```sh
-//! cargo run --release --example scale_probe -- [N] [nockpt]
+//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES]
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
@@ -79,7 +80,13 @@ fn main() -> devreg::Result<()> {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let no_checkpoints = args.next().as_deref() == Some("nockpt");
+    let rest: Vec<String> = args.collect();
+    let no_checkpoints = rest.iter().any(|a| a == "nockpt");
+    // `delta=BYTES` sets `Config::page_delta_bytes` (how much delta the
+    // pages may gather before a merge).
+    let delta_bytes = rest
+        .iter()
+        .find_map(|a| a.strip_prefix("delta=")?.parse::<usize>().ok());
     let dir = std::env::temp_dir().join(format!("devreg-scale-probe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::new(&dir).durability(Durability::Immediate);
@@ -88,6 +95,9 @@ fn main() -> devreg::Result<()> {
             .checkpoint_log_bytes(u64::MAX / 4)
             .max_log_segments(u32::MAX / 2)
             .checkpoint_interval_ms(u64::MAX / 4);
+    }
+    if let Some(bytes) = delta_bytes {
+        config = config.page_delta_bytes(bytes);
     }
     let reg = Registry::open_with(config)?;
     let me = std::path::Path::new("/proc/thread-self/schedstat");
@@ -113,6 +123,16 @@ fn main() -> devreg::Result<()> {
         }
     }
     println!("{:.0} devices/s inside apply_batch", n as f64 / in_apply_s);
+    let m = reg.metrics();
+    println!(
+        "{} checkpoints, {} page merges writing {:.0} B/device of pages, {:.0} B/device \
+         handed to the store in all, {} compactions",
+        m.checkpoints,
+        m.page_merges,
+        m.page_merge_bytes_written as f64 / n as f64,
+        m.store_bytes_written as f64 / n as f64,
+        m.compactions
+    );
     list_threads(n);
     drop(reg);
     let _ = std::fs::remove_dir_all(&dir);

@@ -53,6 +53,12 @@ pub(crate) trait KvStore: Send + Sync {
     fn disk_bytes(&self) -> u64;
     /// Bytes of keys and values handed to `apply` since the store was opened.
     fn bytes_written(&self) -> u64;
+    /// (page merges committed, bytes of page versions they handed to the
+    /// store below) since the store was opened: `PagedStore`'s; (0, 0) for
+    /// a store without pages.
+    fn merges(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// The registry stopped after a failed write: do no more than needed
     /// when closing (no settling, see `Drop for SledStore`).
     fn mark_troubled(&self);

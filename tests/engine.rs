@@ -570,6 +570,51 @@ fn dump_pages_and_dump_each_walk_the_dump() {
     assert_eq!(first.len() + rest.len(), 499);
 }
 
+/// `page_merges` counts the checkpoints that folded deltas into the
+/// pages, and `page_merge_bytes_written` what they wrote: with no room
+/// for deltas every checkpoint that changed a device merges; with room,
+/// none does.
+#[test]
+fn metrics_count_page_merges_and_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let merging = |name: &str, delta_bytes: usize| {
+        let c = Config::new(dir.path().join(name))
+            .checkpoint_interval_ms(3_600_000)
+            .page_delta_bytes(delta_bytes);
+        Registry::open_with(c).unwrap()
+    };
+    let batch = |reg: &Registry, from: u32| {
+        let ops = (from..from + 200)
+            .map(|i| reg_op(&format!("tok-{i:06}"), Some("ann"), u64::from(i) + 1))
+            .collect();
+        reg.apply_batch(ops).unwrap();
+    };
+    let reg = merging("every", 0);
+    let m = reg.metrics();
+    assert_eq!((m.page_merges, m.page_merge_bytes_written), (0, 0));
+    batch(&reg, 0);
+    reg.checkpoint().unwrap();
+    let first = reg.metrics();
+    assert_eq!(first.page_merges, 1, "{first:?}");
+    assert!(first.page_merge_bytes_written > 200 * 8, "{first:?}");
+    assert!(first.page_merge_bytes_written <= first.store_bytes_written);
+    // Nothing changed: only metadata is written, no merge.
+    reg.checkpoint().unwrap();
+    assert_eq!(reg.metrics().page_merges, 1);
+    batch(&reg, 200);
+    reg.checkpoint().unwrap();
+    let second = reg.metrics();
+    assert_eq!(second.page_merges, 2, "{second:?}");
+    assert!(second.page_merge_bytes_written > first.page_merge_bytes_written);
+    drop(reg);
+    let roomy = merging("deltas", 64 << 20);
+    batch(&roomy, 0);
+    roomy.checkpoint().unwrap();
+    let m = roomy.metrics();
+    assert!(m.checkpoints >= 1 && m.store_bytes_written > 0, "{m:?}");
+    assert_eq!((m.page_merges, m.page_merge_bytes_written), (0, 0), "{m:?}");
+}
+
 #[test]
 fn metrics_count_operations_group_commits_fsyncs_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,13 @@ pub struct Metrics {
     /// `Config::compact_pass_bytes` between two reopens of the store (a
     /// counter).
     pub compaction_passes: u64,
+    /// Page merges committed (a counter; DESIGN.md 4.3): each folds the
+    /// delta records into new versions of the pages they touch.
+    pub page_merges: u64,
+    /// Bytes of page versions (keys and values) merges handed to sled (a
+    /// counter; part of `store_bytes_written`): what a merge costs, and
+    /// with `page_merges`, how often the store is rewritten.
+    pub page_merge_bytes_written: u64,
     /// The registry's counts now ([`Registry::stats`]): `devices` and more.
     pub stats: Stats,
     /// Every sink's position ([`Registry::sinks`]): `pending` is its lag
@@ -98,6 +105,7 @@ impl Registry {
         let checkpoint_ms = m.checkpoint_ms();
         let (compactions, compactions_abandoned, compaction_freed_bytes, compaction_passes) =
             m.compactions();
+        let (page_merges, page_merge_bytes_written) = self.inner.store.merges();
         Metrics {
             ops: m.ops(),
             group_commits: group_commit_records.count,
@@ -113,6 +121,8 @@ impl Registry {
             compactions_abandoned,
             compaction_freed_bytes,
             compaction_passes,
+            page_merges,
+            page_merge_bytes_written,
             stats,
             sinks,
             failed: self.inner.failed.get().is_some(),

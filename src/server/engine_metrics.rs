@@ -112,6 +112,15 @@ impl Collector for EngineCollector {
         )?;
         let help = "Passes of the store compactions done (the store is reopened between two).";
         counter(&mut e, "store_compaction_passes", help, m.compaction_passes)?;
+        let help = "Page merges committed (delta records folded into new page versions).";
+        counter(&mut e, "store_page_merges", help, m.page_merges)?;
+        let help = "Bytes of page versions page merges handed to the store.";
+        counter(
+            &mut e,
+            "store_page_merge_written_bytes",
+            help,
+            m.page_merge_bytes_written,
+        )?;
         let help = "1 once the registry failed and refuses writes until reopened.";
         gauge(&mut e, "registry_failed", help, u64::from(m.failed))
     }

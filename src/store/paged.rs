@@ -365,6 +365,11 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     /// merged delta chunks), deleted after the next commit in batches of
     /// `GC_BATCH_KEYS`.
     garbage: Mutex<Vec<Vec<u8>>>,
+    /// Merges committed since the store was opened (`KvStore::merges`).
+    merges: AtomicU64,
+    /// Bytes of page versions (keys and values) merges handed to the
+    /// store below since it was opened, a failed merge's included.
+    merge_bytes: AtomicU64,
 }
 
 impl<R: RawKv> PagedStore<R> {
@@ -393,6 +398,8 @@ impl<R: RawKv> PagedStore<R> {
             committed: AtomicU64::new(committed),
             orphans: Mutex::new(Vec::new()),
             garbage: Mutex::new(Vec::new()),
+            merges: AtomicU64::new(0),
+            merge_bytes: AtomicU64::new(0),
         };
         if attempt > committed {
             store.list_orphans()?;
@@ -575,6 +582,8 @@ impl<R: RawKv> PagedStore<R> {
                 let key = page_key(prefix, page, gen);
                 let value = frame::seal(block);
                 chunk_bytes += value.len();
+                self.merge_bytes
+                    .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
                 written.push(key.clone());
                 chunk.push((key, Some(value)));
             }
@@ -653,6 +662,7 @@ impl<R: RawKv> PagedStore<R> {
         self.raw.apply(&commit)?;
         self.committed.store(gen, Ordering::SeqCst);
         if merge {
+            self.merges.fetch_add(1, Ordering::Relaxed);
             // The deltas are in the pages now; their chunks and the
             // superseded page versions are unreachable.
             let chunks = std::mem::take(&mut *deltas).chunks;
@@ -1004,6 +1014,13 @@ impl<R: RawKv> KvStore for PagedStore<R> {
 
     fn bytes_written(&self) -> u64 {
         self.raw.bytes_written()
+    }
+
+    fn merges(&self) -> (u64, u64) {
+        (
+            self.merges.load(Ordering::Relaxed),
+            self.merge_bytes.load(Ordering::Relaxed),
+        )
     }
 
     fn plan_for_devices(&self, devices: u64) {
