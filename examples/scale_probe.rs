@@ -27,16 +27,9 @@ const BATCH: u64 = 10_000;
 /// Threads that used less CPU than this are not listed.
 const LIST_THREADS_FROM_NS: f64 = 50e6;
 
-fn token(i: u64) -> String {
-    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
-    let mut s = String::with_capacity(64);
-    for _ in 0..4 {
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        s.push_str(&format!("{x:016x}"));
-    }
-    s
-}
+#[path = "support/tokens.rs"]
+mod tokens;
+use tokens::token;
 
 fn ops(from: u64, n: u64) -> Vec<Op> {
     (from..from + n)
