@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use devreg::{Config, Durability, Op, Platform, Register, Registry};
+use devreg::{Config, Durability, Op, Registry};
 
 struct Counting;
 
@@ -103,9 +103,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-#[path = "support/tokens.rs"]
-mod tokens;
-use tokens::token;
+#[path = "support/generator.rs"]
+mod generator;
 
 fn ops(from: u64, n: u64) -> Vec<Op> {
     (from..from + n)
@@ -121,17 +120,7 @@ fn ops(from: u64, n: u64) -> Vec<Op> {
             ] {
                 attributes.insert(k.to_string(), v.to_string());
             }
-            Op::Register(Register {
-                token: token(i),
-                platform: if i % 10 < 6 {
-                    Platform::Ios
-                } else {
-                    Platform::Android
-                },
-                person: (i % 10 != 0).then(|| format!("person-{:08}", i / 2)),
-                seen_ms: 1_750_000_000_000 + i,
-                attributes: Some(attributes),
-            })
+            generator::register(i, attributes)
         })
         .collect()
 }

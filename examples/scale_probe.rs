@@ -20,16 +20,15 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use devreg::{Config, Durability, Op, Platform, Register, Registry};
+use devreg::{Config, Durability, Op, Registry};
 
 /// Devices per `apply_batch` (the harness's bulk rows use the same).
 const BATCH: u64 = 10_000;
 /// Threads that used less CPU than this are not listed.
 const LIST_THREADS_FROM_NS: f64 = 50e6;
 
-#[path = "support/tokens.rs"]
-mod tokens;
-use tokens::token;
+#[path = "support/generator.rs"]
+mod generator;
 
 fn ops(from: u64, n: u64) -> Vec<Op> {
     (from..from + n)
@@ -42,17 +41,7 @@ fn ops(from: u64, n: u64) -> Vec<Op> {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>();
-            Op::Register(Register {
-                token: token(i),
-                platform: if i % 10 < 6 {
-                    Platform::Ios
-                } else {
-                    Platform::Android
-                },
-                person: (i % 10 != 0).then(|| format!("person-{:08}", i / 2)),
-                seen_ms: 1_750_000_000_000 + i,
-                attributes: Some(attributes),
-            })
+            generator::register(i, attributes)
         })
         .collect()
 }
