@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 use devreg::{Attributes, Config, Durability, Op, Platform, Register, Registry};
 
+#[path = "support/threads.rs"]
+mod threads;
+use threads::cpu_by_thread;
+
 const BATCH_DEVICES: u64 = 10_000;
 const T0_MS: u64 = 1_764_000_000_000;
 /// A read this slow is counted (a reader waited for a write).
@@ -45,40 +49,6 @@ fn register(i: u64, seen_ms: u64) -> Register {
         seen_ms,
         attributes: Some(attributes),
     }
-}
-
-/// Per thread name: (CPU s, runqueue wait s, involuntary switches) so far
-/// (Linux; empty elsewhere).
-fn cpu_by_thread() -> std::collections::BTreeMap<String, [f64; 4]> {
-    let mut by = std::collections::BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return by;
-    };
-    for t in tasks.flatten() {
-        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let sched = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
-        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let f: Vec<f64> = sched
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let count = |key: &str| -> f64 {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0.0)
-        };
-        let invol = count("nonvoluntary_ctxt_switches");
-        let vol = count("voluntary_ctxt_switches");
-        let e = by.entry(name.trim().to_string()).or_insert([0.0; 4]);
-        e[0] += f.first().copied().unwrap_or(0.0) / 1e9;
-        e[1] += f.get(1).copied().unwrap_or(0.0) / 1e9;
-        e[2] += invol;
-        e[3] += vol;
-    }
-    by
 }
 
 /// A cheap per-thread pseudo-random sequence (xorshift).

@@ -29,6 +29,8 @@ const LIST_THREADS_FROM_NS: f64 = 50e6;
 
 #[path = "support/generator.rs"]
 mod generator;
+#[path = "support/threads.rs"]
+mod threads;
 
 fn ops(from: u64, n: u64) -> Vec<Op> {
     (from..from + n)
@@ -123,18 +125,11 @@ fn main() -> devreg::Result<()> {
 
 /// Every thread of this process that used the CPU, with its CPU per device.
 fn list_threads(n: u64) {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
-    };
-    for task in tasks.flatten() {
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let (cpu_ns, _) = schedstat(&task.path().join("schedstat"));
-        if cpu_ns >= LIST_THREADS_FROM_NS {
+    for (name, [cpu_s, ..]) in threads::cpu_by_thread() {
+        if cpu_s * 1e9 >= LIST_THREADS_FROM_NS {
             println!(
-                "thread {:<16} {:7.2} s of CPU, {:6.2} us/device",
-                name.trim(),
-                cpu_ns / 1e9,
-                cpu_ns / 1e3 / n as f64
+                "thread {name:<16} {cpu_s:7.2} s of CPU, {:6.2} us/device",
+                cpu_s * 1e6 / n as f64
             );
         }
     }
