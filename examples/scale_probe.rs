@@ -4,7 +4,8 @@
 //! when it waits for the log to have room, which a checkpoint makes), per
 //! tenth of the import; then every thread's
 //! CPU per device (the checkpointer's, sled's I/O threads'), with the
-//! checkpoints, page merges and bytes handed to the store. With
+//! checkpoints, page merges and bytes handed to the store, and after the
+//! close the store's bytes on disk and the page cache the process dirtied. With
 //! `nockpt` no checkpoint runs while importing (the log holds everything),
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
 //!
@@ -46,6 +47,31 @@ fn ops(from: u64, n: u64) -> Vec<Op> {
             generator::register(i, attributes)
         })
         .collect()
+}
+
+/// Bytes of the files under `dir` (not following links).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Bytes of page cache this process dirtied (`write_bytes` of
+/// `/proc/self/io`; 0 where it is missing).
+fn dirtied_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// (nanoseconds on the CPU, nanoseconds on the run queue) from a
@@ -119,6 +145,11 @@ fn main() -> devreg::Result<()> {
     );
     list_threads(n);
     drop(reg);
+    println!(
+        "after close: store {:.0} B/device on disk, the process dirtied {:.0} B/device of page cache",
+        dir_bytes(&dir.join("store")) as f64 / n as f64,
+        dirtied_bytes() as f64 / n as f64
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

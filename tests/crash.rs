@@ -47,6 +47,19 @@ const CRASH_ENV: &str = "DEVREG_CRASH_CHILD";
 const TAIL_ENV: &str = "DEVREG_TAIL_CHILD";
 const SEGMENT: u64 = 64 << 10;
 
+/// Whether a killed child left a page merge cut short: one started
+/// (`Mmerge_attempt`) above the last one committed (`Mdelta_merged`).
+fn merge_cut_short(db: &Path) -> bool {
+    let gen = |key: &[u8]| {
+        devreg::internals::peek_record(db, key)
+            .ok()
+            .flatten()
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    gen(b"Mmerge_attempt") > gen(b"Mdelta_merged")
+}
+
 fn crash_config(db: &Path, eventual: bool) -> Config {
     Config::new(db)
         .durability(if eventual {
@@ -99,6 +112,7 @@ struct Tally {
     eventual_runs: u64,
     /// Kills that left `store.compact/` or `store.old/` (a compaction was running).
     mid_compaction: u64,
+    mid_merge: u64,
 }
 
 fn crash_loop(kills: u64) {
@@ -177,6 +191,9 @@ fn crash_loop(kills: u64) {
         let raw = dir.path().join("raw-crash");
         let _ = std::fs::remove_dir_all(&raw);
         copy_dir(&db, &raw);
+        // Counted on the copy: sled's own recovery may rewrite its files
+        // (not what they hold), and the next child must meet the raw crash.
+        tally.mid_merge += u64::from(merge_cut_short(&raw));
         // Reopen (in place, or a copy so the next child recovers the raw crash).
         let verify_dir = if run % 2 == 1 {
             let copy = dir.path().join(format!("verify-{run}"));
@@ -214,7 +231,8 @@ fn crash_loop(kills: u64) {
     println!(
         "crash test: {} kills survived in {:.1?} ({} writes / {} ops acknowledged, \
          in-flight write applied {} / lost {}, {} kills before the open finished, \
-         {} runs in Eventual mode, {} kills inside a store compaction, {} devices at the \
+         {} runs in Eventual mode, {} kills inside a store compaction, {} inside a page \
+         merge, {} devices at the \
          end; feed: {} exports, {} acks, {} in-flight batches re-exported identical after \
          a kill)",
         tally.kills,
@@ -226,6 +244,7 @@ fn crash_loop(kills: u64) {
         tally.killed_before_open,
         tally.eventual_runs,
         tally.mid_compaction,
+        tally.mid_merge,
         model.devices.len(),
         ledger.exports,
         ledger.acks,

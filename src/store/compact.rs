@@ -1,8 +1,9 @@
 //! Store compaction: sled 0.34.7 reclaims a segment of its file only when
 //! every node in it was rewritten, and cleans partly live segments only on
 //! its flusher thread, which devreg does not run (it fsyncs its own way). A
-//! page merge rewrites every page under a new generation, so the file keeps
-//! the old generation's bytes beside the new: measured at 2×10^5 devices
+//! page merge rewrites every page (before 2026-12-02 under a new
+//! generation, since then in place), so the file keeps the old values'
+//! bytes beside the new: measured at 2×10^5 devices
 //! after the comparison harness's phases, 238 MB of file for 38 MB of live
 //! entries. Compaction copies the live entries into a new sled database
 //! beside the store and swaps the two directories (DESIGN.md 4.6).

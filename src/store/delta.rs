@@ -4,9 +4,10 @@
 //! A checkpoint of `c` changed records would rewrite up to `c` whole pages
 //! (pages hold tens to hundreds of records). While the deltas stay under
 //! their bounds, a checkpoint writes only its changed records, in chunks,
-//! under its generation; a later checkpoint that would pass a bound merges
-//! every delta into the pages instead (one page rewrite per page touched
-//! since the last merge), and the chunks are garbage after its commit. The
+//! under its generation; after the commit of the checkpoint that passes a
+//! bound, every delta is merged into the pages in place (one page rewrite
+//! per page touched since the last merge, `paged/merge.rs`), and the
+//! chunks are garbage after the merge's own commit. The
 //! bounds (`paged.rs`): the history's deltas, held in memory, within
 //! `Config::page_delta_bytes`; all of them, on disk, within
 //! `DELTA_DISK_BYTES_PER_DEVICE` per device, if that is more.

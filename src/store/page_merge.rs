@@ -17,9 +17,13 @@
 
 use std::borrow::Cow;
 
+use super::frame;
 use super::paged::{combine, is_append, put_varint, visit_block, PAGE_VERSION};
-use super::{frame, Write};
 use crate::error::Result;
+
+/// One change a merge folds into a page: a key and its new value (`None`:
+/// deleted; in the append keyspace, entries to join).
+pub(crate) type Change<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// The block of a page after `changes` over its stored value `stored` (none
 /// for a page never written): returns the unsealed block and its record
@@ -28,9 +32,9 @@ use crate::error::Result;
 pub(crate) fn rewrite(
     location: &dyn Fn() -> String,
     stored: Option<&[u8]>,
-    changes: &mut [&Write],
+    changes: &mut [Change<'_>],
 ) -> Result<(Vec<u8>, u64)> {
-    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    changes.sort_by(|a, b| a.0.cmp(b.0));
     let block = match stored {
         Some(v) => frame::open(location, v)?,
         None => Cow::Borrowed(&[PAGE_VERSION, 0][..]),
@@ -38,7 +42,7 @@ pub(crate) fn rewrite(
     let old = records_of(location, &block)?;
     let room: usize = changes
         .iter()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 4)
+        .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len) + 4)
         .sum();
     let mut body = Vec::with_capacity(block.len() + room);
     let mut count = 0u64;
@@ -53,7 +57,7 @@ pub(crate) fn rewrite(
             }
             break;
         };
-        if let Some((k, v)) = next_old.filter(|(k, _)| *k < key.as_slice()) {
+        if let Some((k, v)) = next_old.filter(|(k, _)| *k < key) {
             put_record(&mut body, k, v);
             count += 1;
             i += 1;
@@ -61,17 +65,17 @@ pub(crate) fn rewrite(
         }
         // The changes to `key`, over its stored value if it has one.
         let mut value: Option<Cow<'_, [u8]>> = match next_old {
-            Some((k, v)) if *k == key.as_slice() => {
+            Some((k, v)) if *k == key => {
                 i += 1;
                 Some(Cow::Borrowed(*v))
             }
             _ => None,
         };
-        while let Some((k, v)) = changes.get(j).filter(|(k, _)| k == key) {
+        while let Some(&(k, v)) = changes.get(j).filter(|(k, _)| *k == key) {
             value = match v {
                 None => None,
                 Some(v) if is_append(k) => Some(Cow::Owned(combine(k, value.as_deref(), v)?)),
-                Some(v) => Some(Cow::Borrowed(v.as_slice())),
+                Some(v) => Some(Cow::Borrowed(v)),
             };
             j += 1;
         }
@@ -112,6 +116,7 @@ mod tests {
 
     use super::*;
     use crate::store::paged::{page_records, page_value};
+    use crate::store::Write;
 
     fn location() -> String {
         "page D 0".to_owned()
@@ -148,7 +153,8 @@ mod tests {
             let changes: Vec<Write> =
                 changes.iter().map(|(k, v)| (prefixed(k), v.clone())).collect();
             let stored = page_value(&old);
-            let mut list: Vec<&Write> = changes.iter().collect();
+            let mut list: Vec<Change<'_>> =
+                changes.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
             let (stored, old) = if fresh { (None, Vec::new()) } else { (Some(stored.as_slice()), old) };
             let (block, count) = rewrite(&location, stored, &mut list).unwrap();
             let got = page_records(&frame::seal(block)).unwrap();
@@ -164,8 +170,8 @@ mod tests {
         let mut b = vec![PAGE_VERSION, 2];
         put_record(&mut b, b"Db", b"1");
         put_record(&mut b, b"Da", b"2");
-        let w: Write = (b"Dc".to_vec(), Some(b"3".to_vec()));
-        let err = rewrite(&location, Some(&b), &mut [&w]).unwrap_err();
+        let w: Change<'_> = (b"Dc", Some(b"3"));
+        let err = rewrite(&location, Some(&b), &mut [w]).unwrap_err();
         assert!(err.to_string().contains("out of key order"), "{err}");
         assert!(page_records(&b).is_err(), "reads refuse it too");
     }
