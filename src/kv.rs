@@ -45,6 +45,17 @@ pub(crate) trait KvStore: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Applies every write or none.
     fn apply(&self, writes: &[Write]) -> Result<()>;
+    /// `apply`, leaving work the writes make due to `merge_if_due`, so that
+    /// a checkpointer can free its snapshot's writes and the log in between
+    /// (`PagedStore`: the merge of the deltas into the pages).
+    fn apply_deferred(&self, writes: &[Write]) -> Result<()> {
+        self.apply(writes)
+    }
+    /// Does what `apply_deferred` left, if anything (`PagedStore`: a merge
+    /// in place once the deltas pass a bound). An error: fail stop.
+    fn merge_if_due(&self) -> Result<()> {
+        Ok(())
+    }
     /// Calls `f` for each entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()>;
     /// Makes every applied batch durable against power loss.

@@ -700,11 +700,21 @@ fn compact_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
     }
 }
 
+/// After a checkpoint's commit, with its snapshot freed: merges the store's
+/// deltas into its pages if they passed a bound (`store/paged/merge.rs`).
+/// A failure fails the registry; the store reads the same either way.
+fn merge_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
+    ctx.store.merge_if_due().inspect_err(|e| {
+        ctx.failed.set(e);
+        ctx.store.mark_troubled();
+    })
+}
+
 /// The checkpointer: writes snapshots to the store and releases log segments.
 /// Once the registry has failed it writes nothing more: a job that arrives
 /// then is dropped (its writes kept in `carry`) and answered with the failure.
 pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx) {
-    for job in rx {
+    for mut job in rx {
         let start = Instant::now();
         let r = match ctx.failed.get() {
             Some(why) => Err(Error::Failed(why)),
@@ -714,8 +724,14 @@ pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx
             .checkpoint(r.as_ref().ok().map(|_| start.elapsed()));
         let r = match r {
             Ok(lsn) => {
+                // The log up to `lsn` and the snapshot's writes are free
+                // before a merge (at 10^6 devices the writes held during a
+                // merge raised the harness's peak RSS by 110-270 MB).
                 ctx.pool.checkpointed(lsn);
-                compact_after_checkpoint(&ctx).map(|()| lsn)
+                drop(std::mem::take(&mut job.snapshot.writes));
+                merge_after_checkpoint(&ctx)
+                    .and_then(|()| compact_after_checkpoint(&ctx))
+                    .map(|()| lsn)
             }
             Err(e) => {
                 ctx.failed.set(&e);

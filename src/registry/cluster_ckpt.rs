@@ -348,7 +348,12 @@ fn checkpoint_once(node: &Node, ck: &Checkpoints) -> Result<()> {
             break snap;
         }
     };
-    if let Err(e) = snapshot.write(&*holder.store) {
+    // The merge a checkpoint makes due follows its commit (4.3); a failed
+    // one is left to the next holder, like a failed write.
+    let written = snapshot
+        .write(&*holder.store)
+        .and_then(|_| holder.store.merge_if_due());
+    if let Err(e) = written {
         // Fenced out, or the cluster refused: the carry keeps the changes,
         // and the next holder (maybe this node again) writes them.
         *guard = None;

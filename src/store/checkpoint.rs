@@ -49,10 +49,12 @@ impl Snapshot {
         drain.encode(&state, lsn, extra)
     }
 
-    /// Writes the snapshot atomically and makes it durable.
+    /// Writes the snapshot atomically and makes it durable. A merge the
+    /// writes make due is left to `KvStore::merge_if_due`, which the caller
+    /// runs once it has freed the snapshot (and the log up to `lsn`).
     pub(crate) fn write(&self, store: &dyn KvStore) -> Result<u64> {
         store.plan_for_devices(self.devices);
-        store.apply(&self.writes)?;
+        store.apply_deferred(&self.writes)?;
         store.sync()?;
         Ok(self.lsn)
     }

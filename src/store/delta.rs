@@ -154,11 +154,26 @@ pub(crate) fn visit_chunk(key: &[u8], value: &[u8], f: DeltaVisit<'_>) -> Result
 
 /// Encodes records into delta chunks of about `chunk_bytes` each, each
 /// with the prefixes of its records.
+#[cfg(test)]
 pub(crate) fn encode_chunks(
     records: &[(&[u8], Option<&[u8]>)],
     chunk_bytes: usize,
 ) -> Vec<(Vec<u8>, Prefixes)> {
     let mut out = Vec::new();
+    let _ = for_each_chunk(records, chunk_bytes, &mut |chunk, prefixes| {
+        out.push((chunk, prefixes));
+        Ok(())
+    });
+    out
+}
+
+/// `encode_chunks`, handing each chunk to `f` as soon as it is encoded, so
+/// that a checkpoint holds one encoded chunk at a time, not all of them.
+pub(crate) fn for_each_chunk(
+    records: &[(&[u8], Option<&[u8]>)],
+    chunk_bytes: usize,
+    f: &mut dyn FnMut(Vec<u8>, Prefixes) -> Result<()>,
+) -> Result<()> {
     let mut start = 0;
     while start < records.len() {
         let mut bytes = 0usize;
@@ -174,10 +189,10 @@ pub(crate) fn encode_chunks(
             end += 1;
         }
         let chunk = encode_chunk(records.get(start..end).unwrap_or_default());
-        out.push((frame::seal(chunk), prefixes));
+        f(frame::seal(chunk), prefixes)?;
         start = end;
     }
-    out
+    Ok(())
 }
 
 fn encode_chunk(records: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {

@@ -3,7 +3,8 @@
 //!   one, with the log position) and how the state is loaded at open
 //!   (`load`: the devices, scanned and decoded on a second thread);
 //! - `paged` and `delta`: the layout, logical records kept as pages and
-//!   delta pages in few store values (DESIGN.md 4.3); `overlay`: the delta
+//!   delta pages in few store values (DESIGN.md 4.3), the deltas merged
+//!   into the pages in place (`paged/merge.rs`); `overlay`: the delta
 //!   records a scan reads back from disk, in one arena;
 //! - `kv`: the ordered key-value interface (`KvStore`) and sled behind it
 //!   (`sled_waker`: wakes what sled 0.34.7 leaves waiting after a failed

@@ -37,7 +37,9 @@ use parking_lot::Mutex;
 
 mod merge;
 
-use super::delta::{delta_gen, delta_key, encode_chunks, visit_chunk, Chunk, Deltas, DELTA_PREFIX};
+use super::delta::{
+    delta_gen, delta_key, for_each_chunk, visit_chunk, Chunk, Deltas, DELTA_PREFIX,
+};
 use super::overlay::DiskOverlay;
 use super::{frame, KvStore, RawKv, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
@@ -561,8 +563,8 @@ impl<R: RawKv> PagedStore<R> {
 impl<R: RawKv> PagedStore<R> {
     /// `apply`, whose commit also deletes `raw_deletes` (legacy keys moved
     /// into pages by the same commit). The changes are written as delta
-    /// chunks and committed; when the deltas then pass a bound, every delta
-    /// is merged into the pages in place (`merge.rs`), after that commit.
+    /// chunks and committed; a merge they make due is left to
+    /// `merge_if_due` (`merge.rs`), after that commit.
     fn apply_with(&self, writes: &[Write], raw_deletes: Vec<Vec<u8>>) -> Result<()> {
         let gen = self.committed() + 1;
         let mut paged: Vec<&Write> = Vec::new();
@@ -609,11 +611,6 @@ impl<R: RawKv> PagedStore<R> {
         for (k, v) in &paged {
             deltas.record(k, v.as_deref())?;
         }
-        let over_memory = deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst);
-        let over_disk = deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst);
-        if over_memory || over_disk {
-            self.merge_in_place(gen, &mut deltas)?;
-        }
         drop(deltas);
         self.collect_garbage()
     }
@@ -638,18 +635,17 @@ impl<R: RawKv> PagedStore<R> {
             .map(|(k, v)| (k.as_slice(), v.as_deref()))
             .collect();
         let mut written = Vec::new();
-        for (i, (chunk, prefixes)) in encode_chunks(&records, self.chunk_bytes)
-            .into_iter()
-            .enumerate()
-        {
-            let key = delta_key(gen, u32::try_from(i).unwrap_or(u32::MAX));
+        for_each_chunk(&records, self.chunk_bytes, &mut |chunk, prefixes| {
+            let i = u32::try_from(written.len()).unwrap_or(u32::MAX);
+            let key = delta_key(gen, i);
             let mut batch = vec![(key.clone(), Some(chunk))];
             if i == 0 {
                 batch.push((META_PAGE_ATTEMPT.to_vec(), Some(gen.to_be_bytes().to_vec())));
             }
             self.raw.apply(&batch)?;
             written.push(Chunk { key, prefixes });
-        }
+            Ok(())
+        })?;
         Ok(written)
     }
 
@@ -810,6 +806,7 @@ impl<R: RawKv> PagedStore<R> {
                 let deletes = chunk.iter().map(|(k, _)| k.clone()).collect();
                 let writes: Vec<Write> = chunk.into_iter().map(|(k, v)| (k, Some(v))).collect();
                 self.apply_with(&writes, deletes)?;
+                self.merge_if_due()?;
             }
         }
         let format = STORE_FORMAT.to_be_bytes().to_vec();
@@ -877,7 +874,23 @@ impl<R: RawKv> KvStore for PagedStore<R> {
 
     /// Atomic at recovery (see the module doc), in bounded memory per chunk.
     fn apply(&self, writes: &[Write]) -> Result<()> {
+        self.apply_with(writes, Vec::new())?;
+        self.merge_if_due()
+    }
+
+    fn apply_deferred(&self, writes: &[Write]) -> Result<()> {
         self.apply_with(writes, Vec::new())
+    }
+
+    fn merge_if_due(&self) -> Result<()> {
+        let mut deltas = self.deltas.lock();
+        let over_memory = deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst);
+        let over_disk = deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst);
+        if over_memory || over_disk {
+            self.merge_in_place(self.committed(), &mut deltas)?;
+        }
+        drop(deltas);
+        self.collect_garbage()
     }
 
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
