@@ -994,15 +994,7 @@ mod tests {
         let deltas = s.deltas.lock();
         let on_disk: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             s.disk_overlay(&deltas.chunks, None, &|_| true).unwrap();
-        let mut changes: BTreeMap<(u8, u32), Vec<crate::store::page_merge::Change<'_>>> =
-            BTreeMap::new();
-        for (k, v) in on_disk.iter().chain(&deltas.map) {
-            let page = page_of_key(k).unwrap();
-            changes
-                .entry(page)
-                .or_default()
-                .push((k.as_slice(), v.as_deref()));
-        }
+        let changes = merge::changes_by_page(&on_disk, &deltas.map, &|_| true);
         let half = changes.into_iter().step_by(2).collect();
         s.write_pages_in_place(s.committed(), half).unwrap();
         s.raw.sync().unwrap();

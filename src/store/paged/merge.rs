@@ -35,6 +35,26 @@ use crate::store::{frame, RawKv, Write};
 /// The changes of one merge pass, by page (keyspace prefix, page number).
 type PageChanges<'a> = BTreeMap<(u8, u32), Vec<Change<'a>>>;
 
+/// The delta records `want` selects, by page: those read back from disk
+/// and the in-memory (append keyspace) ones. The disk overlay holds no
+/// append record and the map nothing else, so each key comes once.
+pub(super) fn changes_by_page<'a>(
+    on_disk: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    in_memory: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    want: &dyn Fn(&[u8]) -> bool,
+) -> PageChanges<'a> {
+    let mut changes: PageChanges<'a> = BTreeMap::new();
+    for (k, v) in on_disk.iter().chain(in_memory) {
+        if let (true, Some(page)) = (want(k), page_of_key(k)) {
+            changes
+                .entry(page)
+                .or_default()
+                .push((k.as_slice(), v.as_deref()));
+        }
+    }
+    changes
+}
+
 impl<R: RawKv> PagedStore<R> {
     /// Folds every current delta into the pages, then commits
     /// `Mdelta_merged = gen` (`gen`: the generation just committed) and
@@ -52,17 +72,7 @@ impl<R: RawKv> PagedStore<R> {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
             let on_disk: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
                 self.disk_overlay(&deltas.chunks, None, &|k| in_pass(k))?;
-            // The disk overlay holds no append record and the map nothing
-            // else, so each key comes once.
-            let mut changes: PageChanges<'_> = BTreeMap::new();
-            for (k, v) in on_disk.iter().chain(&deltas.map) {
-                if let (true, Some(page)) = (in_pass(k), page_of_key(k)) {
-                    changes
-                        .entry(page)
-                        .or_default()
-                        .push((k.as_slice(), v.as_deref()));
-                }
-            }
+            let changes = changes_by_page(&on_disk, &deltas.map, &in_pass);
             self.write_pages_in_place(gen, changes)?;
         }
         // The pages are durable before the commit that retires the chunks.
