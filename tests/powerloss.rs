@@ -633,10 +633,22 @@ fn powerloss_loop_seeded(test: &str, torn: bool, crashes: u64, fixed: Option<u64
         );
     }
     assert_eq!(tally.cuts, crashes);
-    assert!(
-        tally.acked_writes > crashes,
-        "{test}: the children acknowledged too little work to mean anything: {tally:?}"
-    );
+    if fixed.is_some() {
+        // A replayed seed is about one cut (a regression), not about volume:
+        // with a few cuts, most before the child's open returns, how much the
+        // children acknowledge is a matter of timing (2 writes in one CI run,
+        // 82-109 ops in others). What it must still reproduce is a cut while
+        // the store was being created, i.e. before the open returned.
+        assert!(
+            tally.cut_before_open >= 1,
+            "{test}: the replayed seed no longer cuts before the child's open returns: {tally:?}"
+        );
+    } else {
+        assert!(
+            tally.acked_writes > crashes,
+            "{test}: the children acknowledged too little work to mean anything: {tally:?}"
+        );
+    }
 }
 
 #[test]
