@@ -677,6 +677,15 @@ pub(crate) struct CheckpointerCtx {
     pub(crate) metrics: Arc<Recorder>,
 }
 
+impl CheckpointerCtx {
+    /// Fails the registry stop on `e`: nothing more is written, and the
+    /// store is marked so that the next open checks it.
+    fn fail_stop(&self, e: &Error) {
+        self.failed.set(e);
+        self.store.mark_troubled();
+    }
+}
+
 /// After a checkpoint, before the next: compacts the store when its garbage
 /// is worth it (`store/compact.rs`). A failed compaction that left the
 /// store as it was is counted; one that failed mid-swap fails the registry
@@ -693,8 +702,7 @@ fn compact_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            ctx.failed.set(&e);
-            ctx.store.mark_troubled();
+            ctx.fail_stop(&e);
             Err(e)
         }
     }
@@ -704,10 +712,7 @@ fn compact_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
 /// deltas into its pages if they passed a bound (`store/paged/merge.rs`).
 /// A failure fails the registry; the store reads the same either way.
 fn merge_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
-    ctx.store.merge_if_due().inspect_err(|e| {
-        ctx.failed.set(e);
-        ctx.store.mark_troubled();
-    })
+    ctx.store.merge_if_due().inspect_err(|e| ctx.fail_stop(e))
 }
 
 /// The checkpointer: writes snapshots to the store and releases log segments.
@@ -734,8 +739,7 @@ pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx
                     .map(|()| lsn)
             }
             Err(e) => {
-                ctx.failed.set(&e);
-                ctx.store.mark_troubled();
+                ctx.fail_stop(&e);
                 *ctx.carry.lock() = job.snapshot.writes;
                 Err(e)
             }
