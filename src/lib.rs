@@ -27,6 +27,7 @@
 )]
 #![warn(missing_docs)]
 
+mod byteset;
 mod codec;
 mod config;
 pub mod customerio;

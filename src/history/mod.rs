@@ -16,6 +16,7 @@
 //! merge keeps the newest), and no entry committed before `now - retention`
 //! is returned (`now` is the last commit time).
 
+mod pending;
 mod persist;
 pub(crate) use persist::HistoryDrain;
 mod view;
@@ -300,10 +301,10 @@ pub struct DailyStats {
 pub(crate) struct History {
     /// Entries recorded since the last snapshot, per token, oldest first
     /// (at most [`MAX_HISTORY_PER_TOKEN`] each).
-    pending: HashMap<Arc<[u8]>, Vec<Rec>>,
+    pending: pending::PendingRecs,
     /// The entries of the last snapshot: kept readable until the next
     /// snapshot, which starts only after that checkpoint is in the store.
-    flushing: HashMap<Arc<[u8]>, Vec<Rec>>,
+    flushing: pending::PendingRecs,
     daily: BTreeMap<(u32, Platform), DayCounts>,
     pub(crate) next_seq: u64,
     pub(crate) retention_ms: u64,
@@ -384,20 +385,7 @@ impl History {
             platform,
         };
         self.count(now_ms, platform, op);
-        let list = match self.pending.get_mut(token) {
-            Some(list) => list,
-            // Most tokens get one entry between snapshots: a default Vec
-            // would reserve four (352 bytes) on the first push.
-            None => self
-                .pending
-                .entry(Arc::from(token))
-                .or_insert_with(|| Vec::with_capacity(1)),
-        };
-        list.push(rec);
-        if list.len() > MAX_HISTORY_PER_TOKEN {
-            let extra = list.len() - MAX_HISTORY_PER_TOKEN;
-            list.drain(..extra);
-        }
+        self.pending.push(token, rec);
     }
 
     fn count(&mut self, now_ms: u64, platform: Platform, op: HistoryOp) {
@@ -435,30 +423,23 @@ impl History {
     /// The token's entries held in memory (not yet known to be in the
     /// store), oldest first.
     pub(crate) fn in_memory(&self, token: &[u8]) -> Vec<Rec> {
-        let mut out: Vec<Rec> = self.flushing.get(token).cloned().unwrap_or_default();
-        out.extend(self.pending.get(token).into_iter().flatten().cloned());
+        let mut out: Vec<Rec> = self.flushing.get(token).to_vec();
+        out.extend_from_slice(self.pending.get(token));
         out
     }
 
     /// Every token's entries held in memory, oldest first.
     pub(crate) fn all_in_memory(&self) -> HashMap<Arc<[u8]>, Vec<Rec>> {
-        let mut out: HashMap<Arc<[u8]>, Vec<Rec>> = self.flushing.clone();
-        for (token, list) in &self.pending {
-            out.entry(token.clone())
-                .or_default()
-                .extend(list.iter().cloned());
-        }
+        let mut out: HashMap<Arc<[u8]>, Vec<Rec>> = HashMap::new();
+        self.flushing.extend_map(&mut out);
+        self.pending.extend_map(&mut out);
         out
     }
 
     /// Entries held in memory.
     #[cfg(test)]
     pub(crate) fn memory_entries(&self) -> usize {
-        self.pending
-            .values()
-            .chain(self.flushing.values())
-            .map(Vec::len)
-            .sum()
+        self.pending.entries() + self.flushing.entries()
     }
 
     /// Every day's counters, oldest day first.

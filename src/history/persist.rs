@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use bincode::Options;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashSet;
 use serde::{Deserialize, Serialize};
 
 use super::{DayCounts, History, HistoryOp, Rec, MAX_HISTORY_PER_TOKEN};
@@ -106,7 +106,7 @@ pub(crate) struct HistoryDrain {
     days: HashSet<(u32, Platform)>,
     now_ms: u64,
     /// The previous snapshot's entries, freed outside the write lock.
-    done: HashMap<Arc<[u8]>, Vec<Rec>>,
+    done: super::pending::PendingRecs,
 }
 
 impl History {
@@ -135,7 +135,7 @@ impl History {
         // Freed here, under the read lock at most: it can be large.
         drop(done);
         let mut writes = Vec::with_capacity(self.flushing.len() + days.len() + 1);
-        for (token, list) in &self.flushing {
+        for (token, list) in self.flushing.iter() {
             let value = encode_versioned_with_capacity(
                 &RecsOut(list),
                 1 + ENTRY_BYTES_GUESS.saturating_mul(list.len()),

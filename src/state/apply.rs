@@ -176,7 +176,7 @@ impl State {
         exists: bool,
         platform: Platform,
     ) {
-        self.dirty.insert(Box::from(token));
+        self.dirty.insert(token);
         let after = if exists { after } else { None };
         self.history.record(
             self.now_ms,
@@ -355,7 +355,7 @@ impl State {
             .filter_map(|&id| self.slot(id).map(|s| (s.token.clone(), s.platform)))
             .collect();
         for (t, platform) in &moved {
-            self.dirty.insert(t.clone());
+            self.dirty.insert(t);
             if sec_name != prim_name {
                 let (before, after) = (sec_name.as_ref(), prim_name.as_ref());
                 let (now, cause) = (self.now_ms, &self.cause);

@@ -66,7 +66,7 @@ pub(crate) struct State {
     per_platform: [u64; 2],
     pub(crate) cap: u32,
     /// Packed tokens changed since the last checkpoint snapshot.
-    pub(crate) dirty: HashSet<Box<[u8]>>,
+    pub(crate) dirty: crate::byteset::ByteSet,
     /// Deliverability of the devices that had delivery feedback, by slot
     /// id: a sparse side table, so a device without feedback costs nothing
     /// (DESIGN.md 20). An entry's device always exists.
@@ -108,7 +108,7 @@ impl State {
             identified: 0,
             per_platform: [0; 2],
             cap,
-            dirty: HashSet::new(),
+            dirty: crate::byteset::ByteSet::default(),
             deliv: HashMap::new(),
             deliv_dirty: HashSet::new(),
             deliv_orphans: Vec::new(),

@@ -63,7 +63,7 @@ impl Snapshot {
 /// What changed since the last snapshot, moved out of the state under its
 /// write lock (no encoding there).
 struct Drain {
-    devices: HashSet<Box<[u8]>>,
+    devices: crate::byteset::ByteSet,
     deliv: HashSet<Box<[u8]>>,
     feed: FeedDrain,
     history: HistoryDrain,
@@ -88,8 +88,8 @@ impl Drain {
     fn encode(self, state: &State, lsn: u64, extra: Vec<Write>) -> Result<Snapshot> {
         let mut writes = Vec::with_capacity(self.devices.len() + extra.len() + 2);
         writes.extend(extra);
-        for token in self.devices {
-            writes.push((device_key(&token), device_value(state, &token)));
+        for token in self.devices.iter() {
+            writes.push((device_key(token), device_value(state, token)));
         }
         for token in self.deliv {
             let entry = state.lookup(&token).and_then(|id| state.deliv.get(&id));

@@ -27,6 +27,7 @@
 use std::collections::BTreeMap;
 
 use super::frame;
+use super::overlay::DiskOverlay;
 use super::paged::{combine, get_field, is_append, open_block, put_varint};
 use crate::error::{Error, Result};
 
@@ -61,8 +62,11 @@ pub(crate) fn delta_gen(k: &[u8]) -> Option<u64> {
 #[derive(Default)]
 pub(crate) struct Deltas {
     /// The latest value of each append-keyspace key changed since the
-    /// last merge (joined with the earlier ones).
-    pub(crate) map: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// last merge (joined with the earlier ones), in one arena: a bulk
+    /// import records one per new device, and a map of owned keys and
+    /// values cost the checkpointer two allocations and a B-tree insert
+    /// each (DESIGN.md 13, step 15).
+    pub(super) map: DiskOverlay,
     /// Bytes of keys and values recorded, every keyspace (the disk bound).
     pub(crate) bytes: usize,
     /// Bytes of the append records among them (the memory bound).
@@ -118,11 +122,14 @@ impl Deltas {
             return Ok(());
         }
         self.memory_bytes += size;
-        let value = match (value, self.map.get(key)) {
-            (Some(v), Some(Some(old))) => Some(combine(key, Some(old), v)?),
-            (v, _) => v.map(<[u8]>::to_vec),
-        };
-        self.map.insert(key.to_vec(), value);
+        match (value, self.map.get(key)) {
+            (Some(v), Some((_, Some(old)))) => {
+                let joined = combine(key, Some(old), v)?;
+                self.map.insert(key, Some(&joined));
+                self.map.compact_if_wasteful();
+            }
+            (v, _) => self.map.insert(key, v),
+        }
         Ok(())
     }
 

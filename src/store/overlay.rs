@@ -1,6 +1,8 @@
-//! The delta records a scan reads back from disk (`paged.rs`), held in one
-//! arena: each wanted record's key and value are appended to a single
-//! buffer and a hash table over it finds a key's latest record.
+//! Delta records held in one arena: each record's key and value are
+//! appended to a single buffer and a hash table over it finds a key's
+//! latest record. Used for the records a scan or a merge reads back from
+//! disk (`paged.rs`, `paged/merge.rs`) and for the append keyspace's
+//! deltas the store holds in memory (`delta.rs`).
 //!
 //! A map of owned keys and values cost two allocations and two frees per
 //! record: at 10^6 devices the open read 417,402 known-person records back
@@ -23,14 +25,20 @@ struct Span {
     value_len: Option<usize>,
 }
 
-/// Delta records read back from disk: each key's latest value (a deletion
-/// is `None`).
+/// Delta records: each key's latest value (a deletion is `None`).
 #[derive(Default)]
 pub(super) struct DiskOverlay {
     arena: Vec<u8>,
     table: HashTable<Span>,
     hasher: DefaultHashBuilder,
+    /// Bytes of the arena that some key's latest record holds; the rest
+    /// is replaced records (`compact_if_wasteful`).
+    live_bytes: usize,
 }
+
+/// An arena is rewritten once its replaced records pass its live ones and
+/// this many bytes: at most about twice the live bytes stay held.
+const OVERLAY_COMPACT_MIN_BYTES: usize = 1 << 20;
 
 impl DiskOverlay {
     fn key_of(&self, s: Span) -> &[u8] {
@@ -52,16 +60,50 @@ impl DiskOverlay {
         };
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(value.unwrap_or_default());
+        self.live_bytes += span_bytes(span);
         let h = self.hasher.hash_one(key);
         let (arena, hasher) = (&self.arena, &self.hasher);
         let key_at = |s: &Span| arena.get(s.at..s.at + s.key_len).unwrap_or_default();
         match self.table.find_mut(h, |s| key_at(s) == key) {
-            Some(old) => *old = span,
+            Some(old) => {
+                self.live_bytes -= span_bytes(*old);
+                *old = span;
+            }
             None => {
                 self.table
                     .insert_unique(h, span, |s| hasher.hash_one(key_at(s)));
             }
         }
+    }
+
+    /// Rewrites the arena with only the latest records when the replaced
+    /// ones take more than the live ones (and `OVERLAY_COMPACT_MIN_BYTES`):
+    /// a key recorded many times (the history of a token changed at every
+    /// checkpoint) then holds one copy, not one per record.
+    pub(super) fn compact_if_wasteful(&mut self) {
+        let waste = self.arena.len().saturating_sub(self.live_bytes);
+        if waste <= self.live_bytes.max(OVERLAY_COMPACT_MIN_BYTES) {
+            return;
+        }
+        let mut fresh = DiskOverlay::default();
+        fresh.arena.reserve(self.live_bytes);
+        for (k, v) in self.iter() {
+            fresh.insert(k, v);
+        }
+        *self = fresh;
+    }
+
+    /// Whether no key is recorded.
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Every key's latest record, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> + '_ {
+        self.table
+            .iter()
+            .map(|&s| (self.key_of(s), self.value_of(s)))
     }
 
     /// The latest record of `key`, with the overlay's own copy of the key.
@@ -88,6 +130,10 @@ impl DiskOverlay {
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
     }
+}
+
+fn span_bytes(s: Span) -> usize {
+    s.key_len + s.value_len.unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -117,6 +163,43 @@ mod tests {
         o.insert(b"Kb", None);
         assert_eq!(o.get(b"Kb"), Some((&b"Kb"[..], None)));
         assert_eq!(o.in_key_order(b"F"), vec![(&b"Fz"[..], Some(&b""[..]))]);
+    }
+
+    /// A key recorded again and again (a token's history joined at every
+    /// checkpoint) holds its latest record only, once the replaced ones
+    /// pass the live ones: the arena stays within about twice the live
+    /// bytes, and every key keeps its latest value.
+    #[test]
+    fn replaced_records_are_dropped_once_they_outweigh_the_live_ones() {
+        let mut o = DiskOverlay::default();
+        let value = vec![7u8; 4096];
+        let mut most = 0;
+        for round in 0..2_000u32 {
+            let v = &value[..(round as usize % 4096) + 1];
+            o.insert(b"Ha", Some(v));
+            o.insert(&round.to_be_bytes(), Some(b"x"));
+            o.compact_if_wasteful();
+            most = most.max(o.arena.len());
+            assert_eq!(o.get(b"Ha"), Some((&b"Ha"[..], Some(v))), "round {round}");
+        }
+        // Without the rewrite the arena would hold every value: about 4 MB.
+        let live = o.live_bytes;
+        assert!(
+            most <= 2 * live.max(OVERLAY_COMPACT_MIN_BYTES) + 4096 + 8,
+            "{most} > 2 x {live}"
+        );
+        assert_eq!(o.len(), 2_001);
+        for round in 0..2_000u32 {
+            assert_eq!(
+                o.get(&round.to_be_bytes()).map(|(_, v)| v),
+                Some(Some(&b"x"[..]))
+            );
+        }
+        let summed: usize = o
+            .iter()
+            .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+            .sum();
+        assert_eq!(summed, live, "live bytes are the latest records' bytes");
     }
 
     /// Enough keys to grow the table many times: every key keeps its

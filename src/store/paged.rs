@@ -192,39 +192,6 @@ pub(crate) fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
 /// A page's records, by key.
 type Records = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// The delta records a scan lays over the pages: the in-memory map (key
-/// order) or the records read back from disk (hashed).
-#[derive(Clone, Copy)]
-enum Overlay<'a> {
-    Sorted(&'a BTreeMap<Vec<u8>, Option<Vec<u8>>>),
-    /// Hashed because the scan looks up every record.
-    Hashed(&'a DiskOverlay),
-}
-
-impl<'a> Overlay<'a> {
-    /// The delta of `key`, with the overlay's own copy of the key.
-    fn get(self, key: &[u8]) -> Option<(&'a [u8], Option<&'a [u8]>)> {
-        match self {
-            Overlay::Sorted(map) => map
-                .get_key_value(key)
-                .map(|(k, v)| (k.as_slice(), v.as_deref())),
-            Overlay::Hashed(map) => map.get(key),
-        }
-    }
-
-    /// Every delta of keys under `prefix`, in key order (a scan visits the
-    /// records that exist only in the deltas deterministically).
-    fn in_key_order(self, prefix: &[u8]) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
-        match self {
-            Overlay::Sorted(map) => map
-                .range(prefix.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                .collect(),
-            Overlay::Hashed(map) => map.in_key_order(prefix),
-        }
-    }
-}
 /// Visits one delta record read back from disk (a deletion is `None`).
 type DeltaRecordVisit<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>);
 /// Visits one record of a page.
@@ -681,15 +648,15 @@ impl<R: RawKv> PagedStore<R> {
         Ok(out)
     }
 
-    /// `disk_overlay` for a scan, into one arena (`overlay.rs`).
-    fn disk_overlay_hashed(
+    /// `disk_overlay` for a scan or a merge, into one arena (`overlay.rs`).
+    pub(super) fn disk_overlay_hashed(
         &self,
         chunks: &[Chunk],
-        prefix: u8,
+        prefix: Option<u8>,
         want: &dyn Fn(&[u8]) -> bool,
     ) -> Result<DiskOverlay> {
         let mut out = DiskOverlay::default();
-        self.visit_disk_deltas(chunks, Some(prefix), want, &mut |k, v| out.insert(k, v))?;
+        self.visit_disk_deltas(chunks, prefix, want, &mut |k, v| out.insert(k, v))?;
         Ok(out)
     }
 
@@ -732,7 +699,7 @@ impl<R: RawKv> PagedStore<R> {
         &self,
         prefix: &[u8],
         pages: std::ops::Range<u32>,
-        overlay: Overlay<'_>,
+        overlay: &DiskOverlay,
         f: Visit<'_>,
     ) -> Result<()> {
         let first = prefix.first().copied().unwrap_or_default();
@@ -852,7 +819,7 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         let delta = {
             let deltas = self.deltas.lock();
             match (is_append(key), deltas.disk_bytes_by_prefix.get(&prefix)) {
-                (true, _) => deltas.map.get(key).cloned(),
+                (true, _) => deltas.map.get(key).map(|(_, v)| v.map(<[u8]>::to_vec)),
                 (false, Some(&n)) if n > 0 => self
                     .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, Some(prefix), &|k| k == key)?
                     .remove(key),
@@ -899,7 +866,7 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         };
         let deltas = self.deltas.lock();
         if first == APPEND_PREFIX {
-            return self.scan_overlaid(prefix, 0..1 << bits, Overlay::Sorted(&deltas.map), f);
+            return self.scan_overlaid(prefix, 0..1 << bits, &deltas.map, f);
         }
         let on_disk = deltas
             .disk_bytes_by_prefix
@@ -910,12 +877,12 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         for pass in 0..passes {
             let overlay = match on_disk {
                 0 => DiskOverlay::default(),
-                _ => self.disk_overlay_hashed(&deltas.chunks, first, &|k| {
+                _ => self.disk_overlay_hashed(&deltas.chunks, Some(first), &|k| {
                     k.starts_with(prefix) && key_pass(k, passes) == Some(pass)
                 })?,
             };
             let pages = pass_pages(bits, pass, passes);
-            self.scan_overlaid(prefix, pages, Overlay::Hashed(&overlay), f)?;
+            self.scan_overlaid(prefix, pages, &overlay, f)?;
         }
         Ok(())
     }
@@ -992,8 +959,9 @@ mod tests {
     /// touch is written in place (durably), and the merge never commits.
     fn merge_cut_short(s: &PagedStore) {
         let deltas = s.deltas.lock();
-        let on_disk: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            s.disk_overlay(&deltas.chunks, None, &|_| true).unwrap();
+        let on_disk = s
+            .disk_overlay_hashed(&deltas.chunks, None, &|_| true)
+            .unwrap();
         let changes = merge::changes_by_page(&on_disk, &deltas.map, &|_| true);
         let half = changes.into_iter().step_by(2).collect();
         s.write_pages_in_place(s.committed(), half).unwrap();

@@ -29,6 +29,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::store::delta::Deltas;
+use crate::store::overlay::DiskOverlay;
 use crate::store::page_merge::{self, Change};
 use crate::store::{frame, RawKv, Write};
 
@@ -39,17 +40,14 @@ type PageChanges<'a> = BTreeMap<(u8, u32), Vec<Change<'a>>>;
 /// and the in-memory (append keyspace) ones. The disk overlay holds no
 /// append record and the map nothing else, so each key comes once.
 pub(super) fn changes_by_page<'a>(
-    on_disk: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    in_memory: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    on_disk: &'a DiskOverlay,
+    in_memory: &'a DiskOverlay,
     want: &dyn Fn(&[u8]) -> bool,
 ) -> PageChanges<'a> {
     let mut changes: PageChanges<'a> = BTreeMap::new();
-    for (k, v) in on_disk.iter().chain(in_memory) {
+    for (k, v) in on_disk.iter().chain(in_memory.iter()) {
         if let (true, Some(page)) = (want(k), page_of_key(k)) {
-            changes
-                .entry(page)
-                .or_default()
-                .push((k.as_slice(), v.as_deref()));
+            changes.entry(page).or_default().push((k, v));
         }
     }
     changes
@@ -70,8 +68,7 @@ impl<R: RawKv> PagedStore<R> {
             .apply(&[(META_MERGE_ATTEMPT.to_vec(), Some(attempt))])?;
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
-            let on_disk: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-                self.disk_overlay(&deltas.chunks, None, &|k| in_pass(k))?;
+            let on_disk = self.disk_overlay_hashed(&deltas.chunks, None, &|k| in_pass(k))?;
             let changes = changes_by_page(&on_disk, &deltas.map, &in_pass);
             self.write_pages_in_place(gen, changes)?;
         }
