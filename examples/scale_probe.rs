@@ -10,7 +10,7 @@
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
 //!
 //! ```sh
-//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES]
+//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [keep]
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
@@ -92,6 +92,8 @@ fn main() -> devreg::Result<()> {
         .unwrap_or(1_000_000);
     let rest: Vec<String> = args.collect();
     let no_checkpoints = rest.iter().any(|a| a == "nockpt");
+    // `keep`: leave the database for a following open to be timed.
+    let keep = rest.iter().any(|a| a == "keep");
     // `delta=BYTES` sets `Config::page_delta_bytes` (how much delta the
     // pages may gather before a merge).
     let delta_bytes = rest
@@ -144,13 +146,20 @@ fn main() -> devreg::Result<()> {
         m.compactions
     );
     list_threads(n);
+    let closing = Instant::now();
     drop(reg);
+    println!("close: {:.1} s", closing.elapsed().as_secs_f64());
     println!(
         "after close: store {:.0} B/device on disk, the process dirtied {:.0} B/device of page cache",
         dir_bytes(&dir.join("store")) as f64 / n as f64,
         dirtied_bytes() as f64 / n as f64
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    match keep {
+        true => println!("kept: {}", dir.display()),
+        false => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
     Ok(())
 }
 
