@@ -154,11 +154,10 @@ fn main() -> devreg::Result<()> {
         dir_bytes(&dir.join("store")) as f64 / n as f64,
         dirtied_bytes() as f64 / n as f64
     );
-    match keep {
-        true => println!("kept: {}", dir.display()),
-        false => {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+    if keep {
+        println!("kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
 }
