@@ -26,7 +26,7 @@ use crate::format::SinkSettings;
 
 pub use dead::MAX_DEAD_LETTERS_PER_SINK;
 pub(crate) use export::{AckResult, Truth};
-pub(crate) use persist::load_feed;
+pub(crate) use persist::{load_feed, load_known, KnownSets};
 
 /// The default sink. It is created by its first `export`, with a snapshot
 /// of every identified device: until a database syncs, its feed costs nothing.

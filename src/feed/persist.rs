@@ -16,7 +16,7 @@
 //! which is still read and rewritten as keys). Metadata of layouts 1 to 3
 //! loads as a `track-v2` sink naming persons by `id`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backfill::Backfill;
 use super::dead::Slot;
+use super::known::Known;
 use super::{Batch, BatchOp, DeadLetter, Effect, Feed, ItemKey, ItemState, Pending, Sink};
 use crate::codec::{decode_versioned, describe_key, encode_versioned};
 use crate::error::{Error, Result};
@@ -502,31 +503,68 @@ fn load_dead(feed: &mut Feed, names: &mut Interner, key: &[u8], value: &[u8]) ->
     Ok(())
 }
 
+/// Every sink's known persons, read by `load_known` and attached to the
+/// loaded sinks by `load_feed`. They need nothing from the state, so an
+/// open reads them on a thread of their own beside the devices
+/// (`store/checkpoint.rs`).
+#[derive(Default)]
+pub(crate) struct KnownSets {
+    /// By sink name: its set, and its first key (the one an error names
+    /// when no such sink is stored).
+    by_sink: BTreeMap<String, (Known, Vec<u8>)>,
+}
+
 /// Loads every sink's known persons (`'K'` records). Each sink's set
 /// holds fingerprints of the names (`known.rs`), computed from the
 /// record's bytes alone: no name is allocated or looked up in the state.
 /// (The set grows as it fills: a rehash moves fingerprints without
 /// hashing a name again.)
-fn load_known(store: &dyn KvStore, feed: &mut Feed) -> Result<()> {
+pub(crate) fn load_known(store: &dyn KvStore) -> Result<KnownSets> {
+    let mut sets = KnownSets::default();
     store.scan_prefix(b"K", &mut |key, _| {
         let (name, person) = split_sink_key(key)
             .ok_or_else(|| Error::corrupt(describe_key(key), "malformed known-person key"))?;
         let person = std::str::from_utf8(person)
             .map_err(|_| Error::corrupt(describe_key(key), "person is not UTF-8"))?;
-        let sink = feed.sinks.get_mut(name).ok_or_else(|| {
-            Error::corrupt(describe_key(key), format!("entry of unknown sink {name:?}"))
-        })?;
-        if !sink.known.insert(person) {
+        let (known, _) = match sets.by_sink.get_mut(name) {
+            Some(set) => set,
+            None => sets
+                .by_sink
+                .entry(name.to_owned())
+                .or_insert_with(|| (Known::default(), key.to_vec())),
+        };
+        if !known.insert(person) {
             return Err(Error::corrupt(describe_key(key), "duplicate known person"));
         }
         Ok(())
-    })
+    })?;
+    Ok(sets)
+}
+
+/// Gives each loaded sink its known persons; a set of a sink the store
+/// does not hold is damage, named by its first key.
+fn attach_known(feed: &mut Feed, known: KnownSets) -> Result<()> {
+    for (name, (set, first_key)) in known.by_sink {
+        let sink = feed.sinks.get_mut(&name).ok_or_else(|| {
+            Error::corrupt(
+                describe_key(&first_key),
+                format!("entry of unknown sink {name:?}"),
+            )
+        })?;
+        sink.known = set;
+    }
+    Ok(())
 }
 
 /// Loads every sink from the store. A database without the default sink
 /// gets one whose feed starts with `identified` (every identified device).
-/// Person names the state holds are shared (`shared`), not copied.
-pub(crate) fn load_feed(store: &dyn KvStore, shared: SharedNames<'_>) -> Result<Feed> {
+/// Person names the state holds are shared (`shared`), not copied; the
+/// known persons come read already (`load_known`).
+pub(crate) fn load_feed(
+    store: &dyn KvStore,
+    shared: SharedNames<'_>,
+    known: KnownSets,
+) -> Result<Feed> {
     let mut feed = Feed::default();
     let mut names = Interner {
         names: hashbrown::HashSet::new(),
@@ -613,6 +651,6 @@ pub(crate) fn load_feed(store: &dyn KvStore, shared: SharedNames<'_>) -> Result<
     store.scan_prefix(b"X", &mut |key, value| {
         load_dead(&mut feed, &mut names, key, value)
     })?;
-    load_known(store, &mut feed)?;
+    attach_known(&mut feed, known)?;
     Ok(feed)
 }

@@ -43,3 +43,61 @@ fn known_persons_are_exactly_the_acknowledged_ones_after_an_open() {
         assert!(!known.contains(other), "{other:?} was never acknowledged");
     }
 }
+
+/// Each sink gets its own known persons back at an open (they are read
+/// beside the devices, then handed to their sinks), and a sink that
+/// acknowledged more persons keeps more.
+#[test]
+fn each_sink_gets_its_own_known_persons_after_an_open() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let reg = Registry::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let register = |reg: &Registry, i: u64| {
+        let op = Op::Register(Register {
+            token: format!("{i:064x}"),
+            platform: Platform::Android,
+            person: Some(format!("person-{}", i % 10)),
+            seen_ms: 1_700_000_000_000 + i,
+            attributes: None,
+        });
+        let _ = reg.apply(op).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let drain = |reg: &Registry, sink: &str| {
+        while let Some(b) = reg
+            .export(sink, 100, 499_999)
+            .unwrap_or_else(|e| panic!("{e}"))
+        {
+            reg.ack(sink, b.id()).unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    for i in 0..7 {
+        register(&reg, i);
+    }
+    drain(&reg, DEFAULT_SINK);
+    for i in 7..10 {
+        register(&reg, i);
+    }
+    reg.add_sink("other").unwrap_or_else(|e| panic!("{e}"));
+    drain(&reg, "other");
+    reg.close().unwrap_or_else(|e| panic!("{e}"));
+
+    let reg = Registry::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let st = reg.inner.state.read();
+    let known = |sink: &str| {
+        &st.feed
+            .sinks
+            .get(sink)
+            .unwrap_or_else(|| panic!("sink {sink}"))
+            .known
+    };
+    assert_eq!(
+        known(DEFAULT_SINK).len(),
+        7,
+        "the default sink acknowledged 7"
+    );
+    assert_eq!(known("other").len(), 10, "the other sink acknowledged 10");
+    for i in 0..10 {
+        let person = format!("person-{i}");
+        assert_eq!(known(DEFAULT_SINK).contains(&person), i < 7, "{person}");
+        assert!(known("other").contains(&person), "{person}");
+    }
+}

@@ -33,7 +33,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 mod merge;
 
@@ -326,7 +326,7 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     /// each over a slice of the pages.
     pass_bytes: usize,
     /// The current delta records (`delta.rs`).
-    deltas: Mutex<Deltas>,
+    deltas: RwLock<Deltas>,
     committed: AtomicU64,
     /// Versions above the committed generation seen by reads: left by a
     /// checkpoint that crashed before its commit; the next commit deletes them.
@@ -364,7 +364,7 @@ impl<R: RawKv> PagedStore<R> {
             delta_bound: AtomicUsize::new(delta_bytes),
             delta_disk_bound: AtomicUsize::new(delta_bytes),
             pass_bytes: delta_bytes.max(MIN_DELTA_PASS_BYTES),
-            deltas: Mutex::new(Deltas::default()),
+            deltas: RwLock::new(Deltas::default()),
             committed: AtomicU64::new(committed),
             orphans: Mutex::new(Vec::new()),
             garbage: Mutex::new(Vec::new()),
@@ -388,7 +388,7 @@ impl<R: RawKv> PagedStore<R> {
                 .map(u64::from_be_bytes)
                 .map_err(|_| Error::corrupt("metadata key Mdelta_merged", "expected 8 bytes"))?,
         };
-        let mut deltas = self.deltas.lock();
+        let mut deltas = self.deltas.write();
         let mut orphans = Vec::new();
         let mut garbage = Vec::new();
         self.raw.scan_prefix(&[DELTA_PREFIX], &mut |k, v| {
@@ -555,7 +555,7 @@ impl<R: RawKv> PagedStore<R> {
             self.raw.apply(&commit)?;
             return self.collect_garbage();
         }
-        let mut deltas = self.deltas.lock();
+        let mut deltas = self.deltas.write();
         let new_chunks = self.write_delta(gen, &paged)?;
         // What was written is durable before the commit that makes it current.
         self.raw.sync()?;
@@ -817,7 +817,7 @@ impl<R: RawKv> KvStore for PagedStore<R> {
             return self.raw.get(key);
         };
         let delta = {
-            let deltas = self.deltas.lock();
+            let deltas = self.deltas.read();
             match (is_append(key), deltas.disk_bytes_by_prefix.get(&prefix)) {
                 (true, _) => deltas.map.get(key).map(|(_, v)| v.map(<[u8]>::to_vec)),
                 (false, Some(&n)) if n > 0 => self
@@ -850,7 +850,7 @@ impl<R: RawKv> KvStore for PagedStore<R> {
     }
 
     fn merge_if_due(&self) -> Result<()> {
-        let mut deltas = self.deltas.lock();
+        let mut deltas = self.deltas.write();
         let over_memory = deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst);
         let over_disk = deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst);
         if over_memory || over_disk {
@@ -864,7 +864,7 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         let Some((first, bits)) = prefix.first().and_then(|&p| Some((p, page_bits(p)?))) else {
             return self.raw.scan_prefix(prefix, f);
         };
-        let deltas = self.deltas.lock();
+        let deltas = self.deltas.read();
         if first == APPEND_PREFIX {
             return self.scan_overlaid(prefix, 0..1 << bits, &deltas.map, f);
         }
@@ -958,7 +958,7 @@ mod tests {
     /// A merge cut short by a crash: every other page the current deltas
     /// touch is written in place (durably), and the merge never commits.
     fn merge_cut_short(s: &PagedStore) {
-        let deltas = s.deltas.lock();
+        let deltas = s.deltas.read();
         let on_disk = s
             .disk_overlay_hashed(&deltas.chunks, None, &|_| true)
             .unwrap();
@@ -1050,6 +1050,61 @@ mod tests {
         assert_eq!(versions, pages.len());
     }
 
+    /// Two reads of the store run side by side (the deltas' lock is
+    /// shared by reads since DESIGN.md 13 step 18: an open reads the
+    /// known persons beside the devices): each scan, inside its first
+    /// record, waits for the other to be inside one too. Under an
+    /// exclusive lock the second scan could not start, and both waits
+    /// time out.
+    #[test]
+    fn two_scans_run_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_with_deltas(dir.path(), 64, 1 << 20);
+        let writes: Vec<Write> = (0..50)
+            .map(|i| put(i, "a"))
+            .chain((0..50).map(|i| (format!("K{i:05}").into_bytes(), Some(b"k".to_vec()))))
+            .collect();
+        s.apply(&writes).unwrap();
+        assert!(
+            !s.deltas.read().chunks.is_empty(),
+            "the records are deltas on disk"
+        );
+        let (d_in, d_seen) = std::sync::mpsc::channel::<()>();
+        let (k_in, k_seen) = std::sync::mpsc::channel::<()>();
+        let wait = std::time::Duration::from_secs(10);
+        let scan = |prefix: u8,
+                    signal: std::sync::mpsc::Sender<()>,
+                    other: std::sync::mpsc::Receiver<()>| {
+            let mut met = None;
+            let mut count = 0;
+            s.scan_prefix(&[prefix], &mut |_, _| {
+                if met.is_none() {
+                    let _ = signal.send(());
+                    met = Some(other.recv_timeout(wait).is_ok());
+                }
+                count += 1;
+                Ok(())
+            })
+            .unwrap();
+            (met, count)
+        };
+        let (d, k) = std::thread::scope(|t| {
+            let d = t.spawn(|| scan(b'D', d_in, k_seen));
+            let k = t.spawn(|| scan(b'K', k_in, d_seen));
+            (d.join().unwrap(), k.join().unwrap())
+        });
+        assert_eq!(
+            d,
+            (Some(true), 50),
+            "the device scan met the other inside it"
+        );
+        assert_eq!(
+            k,
+            (Some(true), 50),
+            "the known-person scan met the other inside it"
+        );
+    }
+
     #[test]
     fn deletes_empty_pages_and_keeps_metadata_unpaged() {
         let dir = tempfile::tempdir().unwrap();
@@ -1111,7 +1166,7 @@ mod tests {
         s.raw.apply(&old).unwrap();
         drop(s);
         let s = open(dir.path(), 1 << 20);
-        assert_eq!(s.deltas.lock().chunks.len(), 1, "the chunk is current");
+        assert_eq!(s.deltas.read().chunks.len(), 1, "the chunk is current");
         assert!(all(&s, b'D').is_empty(), "deleted records came back");
         assert_eq!(s.get(b"D00001").unwrap(), None);
     }
@@ -1144,7 +1199,7 @@ mod tests {
                 let value = (rnd(5) > 0).then(|| vec![b'v'; rnd(60) as usize]);
                 batch.push((key, value));
             }
-            if round % 13 == 7 && !s.deltas.lock().chunks.is_empty() {
+            if round % 13 == 7 && !s.deltas.read().chunks.is_empty() {
                 // A merge that dies before its commit: half its pages
                 // hold the deltas, which a read lays over them again.
                 merge_cut_short(&s);
@@ -1231,7 +1286,7 @@ mod tests {
                 }
             }
             s.apply(&h.take_writes(round * 100 + 99).unwrap()).unwrap();
-            if round % 7 == 3 && !s.deltas.lock().map.is_empty() {
+            if round % 7 == 3 && !s.deltas.read().map.is_empty() {
                 // A merge cut short: the history lists it wrote are joined
                 // with the same entries again, and read the same.
                 merge_cut_short(&s);
@@ -1359,7 +1414,7 @@ mod tests {
         s.apply(&devices(1)).unwrap();
         s.apply(&devices(2)).unwrap();
         {
-            let d = s.deltas.lock();
+            let d = s.deltas.read();
             assert_eq!(d.bytes, 3_120, "past the memory bound, still deltas");
             assert!(d.map.is_empty(), "device deltas are not held in memory");
             assert_eq!(d.memory_bytes, 0);
@@ -1368,7 +1423,7 @@ mod tests {
         assert!(all(&s, b'D').values().all(|v| v.ends_with(b"2")));
         assert_eq!(s.get(b"D00003").unwrap().unwrap().last(), Some(&b'2'));
         s.apply(&devices(3)).unwrap();
-        assert_eq!(s.deltas.lock().bytes, 0, "4,680 > 3,200: merged");
+        assert_eq!(s.deltas.read().bytes, 0, "4,680 > 3,200: merged");
         // History deltas: 156 bytes each, held in memory up to 1,600.
         let history = |from: u32, to: u32| -> Vec<Write> {
             (from..to)
@@ -1376,10 +1431,10 @@ mod tests {
                 .collect()
         };
         s.apply(&history(0, 5)).unwrap();
-        assert_eq!(s.deltas.lock().map.len(), 5, "history deltas in memory");
-        assert_eq!(s.deltas.lock().memory_bytes, 780);
+        assert_eq!(s.deltas.read().map.len(), 5, "history deltas in memory");
+        assert_eq!(s.deltas.read().memory_bytes, 780);
         s.apply(&history(5, 11)).unwrap();
-        assert_eq!(s.deltas.lock().bytes, 0, "1,716 > 1,600: merged");
+        assert_eq!(s.deltas.read().bytes, 0, "1,716 > 1,600: merged");
         assert_eq!(all(&s, b'H').len(), 11);
         assert_eq!(all(&s, b'D').len(), 10);
     }
@@ -1398,7 +1453,7 @@ mod tests {
             .map(|i| (format!("Kcio\0p{i}").into_bytes(), Some(Vec::new())))
             .collect();
         s.apply(&known).unwrap();
-        let chunks = s.deltas.lock().chunks.clone();
+        let chunks = s.deltas.read().chunks.clone();
         assert_eq!(chunks.len(), 2, "one chunk a checkpoint");
         let (device_chunk, known_chunk) = (&chunks[0], &chunks[1]);
         assert!(device_chunk.prefixes.has(b'D') && !device_chunk.prefixes.has(b'K'));
@@ -1429,10 +1484,10 @@ mod tests {
         s.plan_for_devices(200); // bound 3,200: two rounds stay deltas
         s.apply(&writes(1)).unwrap();
         s.apply(&writes(2)).unwrap();
-        assert_eq!(s.deltas.lock().bytes, 3120);
+        assert_eq!(s.deltas.read().bytes, 3120);
         s.plan_for_devices(10); // bound 2,500 (not 10,000): the next round merges
         s.apply(&writes(3)).unwrap();
-        assert_eq!(s.deltas.lock().bytes, 0, "merged");
+        assert_eq!(s.deltas.read().bytes, 0, "merged");
         assert!(all(&s, b'D').values().all(|v| v.ends_with(b"3")));
     }
 }
