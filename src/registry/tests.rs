@@ -3,6 +3,18 @@
 
 use crate::*;
 
+/// Registers device `i` (its token `i` in hex) of `person` on `platform`.
+fn register(reg: &Registry, i: u64, person: String, platform: Platform) {
+    let op = Op::Register(Register {
+        token: format!("{i:064x}"),
+        platform,
+        person: Some(person),
+        seen_ms: 1_700_000_000_000 + i,
+        attributes: None,
+    });
+    let _ = reg.apply(op).unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// The feed's known-person set (fingerprints, `feed/known.rs`) holds
 /// exactly the acknowledged persons after an open, read back from the
 /// `'K'` records.
@@ -11,14 +23,7 @@ fn known_persons_are_exactly_the_acknowledged_ones_after_an_open() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let reg = Registry::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     for i in 0..20u64 {
-        let op = Op::Register(Register {
-            token: format!("{i:064x}"),
-            platform: Platform::Ios,
-            person: Some(format!("person-{}", i % 7)),
-            seen_ms: 1_700_000_000_000 + i,
-            attributes: None,
-        });
-        let _ = reg.apply(op).unwrap_or_else(|e| panic!("{e}"));
+        register(&reg, i, format!("person-{}", i % 7), Platform::Ios);
     }
     let batch = reg.export(DEFAULT_SINK, 100, 499_999);
     let batch = batch.unwrap_or_else(|e| panic!("{e}"));
@@ -51,16 +56,7 @@ fn known_persons_are_exactly_the_acknowledged_ones_after_an_open() {
 fn each_sink_gets_its_own_known_persons_after_an_open() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let reg = Registry::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let register = |reg: &Registry, i: u64| {
-        let op = Op::Register(Register {
-            token: format!("{i:064x}"),
-            platform: Platform::Android,
-            person: Some(format!("person-{}", i % 10)),
-            seen_ms: 1_700_000_000_000 + i,
-            attributes: None,
-        });
-        let _ = reg.apply(op).unwrap_or_else(|e| panic!("{e}"));
-    };
+    let add = |i: u64| register(&reg, i, format!("person-{}", i % 10), Platform::Android);
     let drain = |reg: &Registry, sink: &str| {
         while let Some(b) = reg
             .export(sink, 100, 499_999)
@@ -70,11 +66,11 @@ fn each_sink_gets_its_own_known_persons_after_an_open() {
         }
     };
     for i in 0..7 {
-        register(&reg, i);
+        add(i);
     }
     drain(&reg, DEFAULT_SINK);
     for i in 7..10 {
-        register(&reg, i);
+        add(i);
     }
     reg.add_sink("other").unwrap_or_else(|e| panic!("{e}"));
     drain(&reg, "other");
