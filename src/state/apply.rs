@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Entry, State, NO_PERSON};
+use super::{Entry, SlotToken, State, NO_PERSON};
 use crate::codec::{cmp_packed, encode_attributes_into, pack_token, with_packed};
 use crate::feed::{AckResult, Batch};
 use crate::format::{EventKind, TokenEvent};
@@ -70,7 +70,7 @@ impl State {
                                     p.devices
                                         .iter()
                                         .filter_map(|&id| self.slot(id))
-                                        .map(|s| s.token.clone())
+                                        .map(|s| s.token.to_boxed())
                                         .collect()
                                 })
                                 .unwrap_or_default();
@@ -227,7 +227,8 @@ impl State {
             None => {
                 let attrs = self.intern_attrs(blob.unwrap_or(&EMPTY_ATTRS));
                 let owner = person.unwrap_or(NO_PERSON);
-                let id = self.insert_device(Box::from(packed), r.platform, owner, r.seen_ms, attrs);
+                let id =
+                    self.insert_device(SlotToken::new(packed), r.platform, owner, r.seen_ms, attrs);
                 (id, None, true)
             }
         };
@@ -301,7 +302,7 @@ impl State {
         };
         let seen = slot.last_seen_ms.max(seen_ms);
         let (platform, attrs) = (slot.platform, slot.attrs.clone());
-        self.insert_device(new_packed.clone(), platform, owner, seen, attrs);
+        self.insert_device(SlotToken::new(&new_packed), platform, owner, seen, attrs);
         self.drop_slot(slot);
         self.note(&new_packed, None, owner_name.clone(), true, platform);
         if let Some(person) = &owner_name {
@@ -352,7 +353,7 @@ impl State {
         let prim_name = self.person_name(prim);
         let moved: Vec<(Box<[u8]>, Platform)> = ids
             .iter()
-            .filter_map(|&id| self.slot(id).map(|s| (s.token.clone(), s.platform)))
+            .filter_map(|&id| self.slot(id).map(|s| (s.token.to_boxed(), s.platform)))
             .collect();
         for (t, platform) in &moved {
             self.dirty.insert(t);
@@ -453,7 +454,7 @@ impl State {
             victims.extend(
                 self.by_seen
                     .range((p, 0, 0)..(p, before_ms, 0))
-                    .filter_map(|&(_, ms, id)| self.slot(id).map(|s| (ms, s.token.clone()))),
+                    .filter_map(|&(_, ms, id)| self.slot(id).map(|s| (ms, s.token.to_boxed()))),
             );
         }
         // Slot ids differ between a run and its replay: delete (and feed)
@@ -533,7 +534,7 @@ impl State {
                     _ => a.cmp(&b),
                 });
             let Some(victim) = victim else { break };
-            let Some(token) = self.slot(victim).map(|s| s.token.clone()) else {
+            let Some(token) = self.slot(victim).map(|s| s.token.to_boxed()) else {
                 break;
             };
             // The victim exists: its deletion is always applied.

@@ -157,7 +157,7 @@ impl State {
         let mut out: Vec<_> = self
             .deliv
             .iter()
-            .filter_map(|(&id, d)| self.slot(id).map(|s| (s.token.clone(), *d)))
+            .filter_map(|(&id, d)| self.slot(id).map(|s| (s.token.to_boxed(), *d)))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out

@@ -373,7 +373,7 @@ impl crate::feed::Truth for State {
     fn newest(&self, person: &str) -> Option<(Box<[u8]>, DeviceView)> {
         let p = self.person_id(person).and_then(|pid| self.person(pid))?;
         let s = p.devices.first().and_then(|&id| self.slot(id))?;
-        Some((s.token.clone(), device_view(s)))
+        Some((s.token.to_boxed(), device_view(s)))
     }
 
     fn each_token(&self, f: &mut dyn FnMut(&[u8])) {

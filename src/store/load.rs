@@ -15,7 +15,7 @@ use hashbrown::{DefaultHashBuilder, HashSet};
 use super::KvStore;
 use crate::codec::*;
 use crate::error::{Error, Result};
-use crate::state::{LoadedDevice, State, NO_PERSON};
+use crate::state::{LoadedDevice, SlotToken, State, NO_PERSON};
 
 /// Records per batch handed from the scanning thread to the opening one.
 const LOAD_BATCH_RECORDS: usize = 4096;
@@ -80,7 +80,7 @@ impl Decoder {
         });
         let device = LoadedDevice {
             token_hash: self.hasher.hash_one(packed),
-            token: Box::from(packed),
+            token: SlotToken::new(packed),
             platform: r.platform,
             person: NO_PERSON,
             last_seen_ms: r.last_seen_ms,
