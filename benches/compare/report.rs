@@ -250,6 +250,16 @@ fn main_table(r: &SizeRun) -> String {
     s + "\n"
 }
 
+/// A rate's spread as nanoseconds per operation (the slowest round's is the max).
+fn per_op_ns(rate: Spread) -> Spread {
+    Spread {
+        median: 1e9 / rate.median,
+        min: 1e9 / rate.max,
+        max: 1e9 / rate.min,
+        rounds: rate.rounds,
+    }
+}
+
 fn notes(r: &SizeRun) -> String {
     let c = |g: &str, k: &str| cell(r.spread(g, k), fmt);
     let mut s = String::new();
@@ -274,6 +284,14 @@ fn notes(r: &SizeRun) -> String {
          registers, {} B/device after updates",
         c("devreg", "disk_insert_store_b_per_dev"),
         c("devreg", "disk_update_store_b_per_dev")
+    );
+    let _ = writeln!(
+        s,
+        "the harness's own cost of one point read (picking a random device of the data set \
+         and reading its token, no call into the system): {} ns; the devreg row's whole \
+         operation: {} ns",
+        c("devreg", "harness_pick_ns"),
+        cell(r.spread("devreg", "get_ops_s").map(per_op_ns), fmt)
     );
     let counts: Vec<String> = r
         .names()

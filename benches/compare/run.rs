@@ -103,18 +103,21 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
     let mut m = Metrics::new();
     let nf = n as f64;
     // Progress, with the memory so far (shows which phase sets the peak).
-    let log = |what: &str| {
+    let started = Instant::now();
+    let log = |sys: &dyn systems::System, what: &str| {
         let (now, peak) = rss();
         eprintln!(
-            "  [{name} n={n}] {what} (rss {} MiB, peak {} MiB)",
+            "  [{name} n={n} +{:.0} s] {what} (rss {} MiB, peak {} MiB{})",
+            started.elapsed().as_secs_f64(),
             now >> 20,
-            peak >> 20
+            peak >> 20,
+            sys.background()
         );
     };
 
     // Durable phase.
     let sys = systems::open(name, dir, true);
-    log("bulk import");
+    log(&*sys, "bulk import");
     m.insert("import_ops_s".into(), bulk(&*sys, &devs));
     sys.settle();
     m.insert("disk_insert_b_per_dev".into(), sys.disk_bytes() as f64 / nf);
@@ -127,9 +130,9 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
         let d = &devs[r.below(n as u64) as usize];
         w.register(d, seen_now());
     };
-    log("durable registers, 1 thread");
+    log(&*sys, "durable registers, 1 thread");
     m.insert("durable_1t_ops_s".into(), timed(&*sys, phase, 1, register));
-    log("durable registers, 8 threads");
+    log(&*sys, "durable registers, 8 threads");
     m.insert("durable_8t_ops_s".into(), timed(&*sys, phase, 8, register));
     drop(sys);
 
@@ -141,7 +144,7 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
         d.seen_ms += DAY_MS / 2;
     }
     workload::set_attribute(&mut devs, "app_version", "4.3.0");
-    log("bulk update");
+    log(&*sys, "bulk update");
     m.insert("update_ops_s".into(), bulk(&*sys, &devs));
     sys.settle();
     m.insert("disk_update_b_per_dev".into(), sys.disk_bytes() as f64 / nf);
@@ -162,15 +165,23 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
     let most_recent: Op<'_> = &|w, r| {
         std::hint::black_box(w.most_recent(&workload::person_name(r.below(persons))));
     };
-    log("eventual registers");
+    log(&*sys, "eventual registers");
     m.insert("eventual_1t_ops_s".into(), timed(&*sys, phase, 1, register));
-    log("reads");
+    log(&*sys, "reads");
     m.insert("get_ops_s".into(), timed(&*sys, phase, 1, get));
     m.insert(
         "most_recent_ops_s".into(),
         timed(&*sys, phase, 1, most_recent),
     );
-    log("mixed 90/10, 4 threads");
+    // The harness's own share of a point read: picking a random device of
+    // the data set and reading its token (two random reads of memory at
+    // 10^7, cache hits at 10^4), with no call into the system.
+    let pick: Op<'_> = &|_, r| {
+        let d = &view[r.below(n as u64) as usize];
+        std::hint::black_box(d.token.bytes().fold(0u8, |a, b| a ^ b));
+    };
+    m.insert("harness_pick_ns".into(), 1e9 / timed(&*sys, phase, 1, pick));
+    log(&*sys, "mixed 90/10, 4 threads");
     let mixed: Op<'_> = &|w, r| {
         if r.below(10) == 0 {
             register(w, r)
@@ -179,12 +190,12 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
         }
     };
     m.insert("mixed_4t_ops_s".into(), timed(&*sys, phase, 4, mixed));
-    log("2 readers + 1 writer");
+    log(&*sys, "2 readers + 1 writer");
     let rw = timed_roles(&*sys, phase, &[(2, get), (1, register)]);
     m.insert("rw_reads_s".into(), rw[0]);
     m.insert("rw_writes_s".into(), rw[1]);
 
-    log("merges");
+    log(&*sys, "merges");
     let mut w = sys.worker();
     let t = Instant::now();
     let mut merged = 0u64;
@@ -205,7 +216,7 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
     // a different set. Re-register every device at its own age shifted past
     // all of those times (last_seen never moves back, in every system), then
     // count and time the count: every system counts the same devices.
-    log("30-day count over the same data");
+    log(&*sys, "30-day count over the same data");
     // Shifted in place: a shifted copy doubled the data set at 10^7 (1.9
     // GiB more in this process), which the peak-RSS row then counted as
     // the system's memory. The devices are not used after this phase.
@@ -231,12 +242,18 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
     // Drain completely (bounded): a half-drained sink would leave its pending
     // items in the database that the open measurement loads.
     if let Some((ops, secs)) = sys.export_drain(Duration::from_secs(120)) {
-        log("export drain");
+        log(&*sys, "export drain");
         m.insert("export_ops_min".into(), ops as f64 / secs * 60.0);
     }
-    log("closing");
+    log(&*sys, "closing");
     drop(sys);
-    log("closed");
+    let (now, peak) = rss();
+    eprintln!(
+        "  [{name} n={n} +{:.0} s] closed (rss {} MiB, peak {} MiB)",
+        started.elapsed().as_secs_f64(),
+        now >> 20,
+        peak >> 20
+    );
     let (_, hwm) = rss();
     m.insert(
         "peak_rss_mb".into(),

@@ -78,6 +78,17 @@ impl System for DevregSys {
         self.reg.disk_bytes()
     }
 
+    fn background(&self) -> String {
+        let m = self.reg.metrics();
+        format!(
+            "; so far {} checkpoints, {} page merges, {} compactions, {} MiB to the store",
+            m.checkpoints,
+            m.page_merges,
+            m.compactions,
+            m.store_bytes_written >> 20
+        )
+    }
+
     fn export_drain(&self, phase: std::time::Duration) -> Option<(u64, f64)> {
         let sink = devreg::DEFAULT_SINK;
         // The first export adds the sink with a snapshot; keep that out of the timing.

@@ -43,6 +43,12 @@ pub trait System: Sync {
     fn export_drain(&self, _phase: std::time::Duration) -> Option<(u64, f64)> {
         None
     }
+    /// The system's background work so far, for the progress log (devreg:
+    /// checkpoints, page merges, compactions and bytes written to its
+    /// store), so that a slow phase can be matched with what ran beside it.
+    fn background(&self) -> String {
+        String::new()
+    }
 }
 
 /// Opens system `name` in `dir`; `durable` selects fsync-per-acknowledgement.
