@@ -343,7 +343,7 @@ impl State {
         };
         let ids: Vec<u32> = self
             .person(sec)
-            .map(|p| p.devices.clone())
+            .map(|p| p.devices.to_vec())
             .unwrap_or_default();
         let sec_name = self.person_name(sec);
         let prim = self.intern_person(primary);

@@ -6,6 +6,7 @@
 
 mod apply;
 mod check;
+mod ids;
 mod query;
 mod token;
 
@@ -22,6 +23,7 @@ use crate::model::{Deliverability, Platform};
 
 pub(crate) use crate::log::entry::Entry;
 pub(crate) use apply::Applied;
+pub(crate) use ids::DeviceIds;
 pub use query::{Cursor, Page, Stats};
 pub(crate) use token::SlotToken;
 
@@ -44,7 +46,7 @@ pub(crate) struct Slot {
 pub(crate) struct PersonSlot {
     pub(crate) name: Arc<str>,
     /// Device ids ordered by `last_seen_ms` descending, then token ascending.
-    pub(crate) devices: Vec<u32>,
+    pub(crate) devices: DeviceIds,
 }
 
 pub(crate) struct State {
@@ -175,7 +177,7 @@ impl State {
         }
         let slot = PersonSlot {
             name: Arc::from(name),
-            devices: Vec::new(),
+            devices: DeviceIds::default(),
         };
         let pid = match self.free_persons.pop() {
             Some(pid) => {
