@@ -357,9 +357,6 @@ mod tests {
         }))
     }
 
-    /// While a snapshot encodes, another thread can read the state but not
-    /// write it: reads are not held up by a checkpoint, and no write comes
-    /// between the drain and the encoding.
     /// Known persons of a sink the store does not hold are damage: the
     /// open fails naming the first such record, after reading them beside
     /// the devices.
@@ -383,6 +380,9 @@ mod tests {
         assert!(err.contains(&describe_key(&key("p1"))), "{err}");
     }
 
+    /// While a snapshot encodes, another thread can read the state but not
+    /// write it: reads are not held up by a checkpoint, and no write comes
+    /// between the drain and the encoding.
     #[test]
     fn a_snapshot_encodes_under_the_read_lock_only() {
         let lock = Arc::new(RwLock::new(State::new(100)));
