@@ -514,6 +514,7 @@ impl WriterCtx {
             return Err(e);
         }
         self.count_group(work.len());
+        self.warm(&work);
         let mut st = self.state.write();
         Ok(work
             .into_iter()
@@ -530,6 +531,7 @@ impl WriterCtx {
     /// are written to the OS (fdatasynced by the timer).
     fn apply_then_log(&mut self, work: Vec<Work>) -> Result<Vec<Done>> {
         let mut applied = Vec::with_capacity(work.len());
+        self.warm(&work);
         {
             let mut st = self.state.write();
             for w in work {
@@ -558,6 +560,16 @@ impl WriterCtx {
             .into_iter()
             .map(|(w, outcomes, _)| (outcomes, w.reply))
             .collect())
+    }
+
+    /// Reads what applying `work` will read, under the read lock (readers
+    /// go on meanwhile), so that the write lock that follows is held for
+    /// less time (`State::warm`, DESIGN.md 7).
+    fn warm(&self, work: &[Work]) {
+        let st = self.state.read();
+        for w in work {
+            std::hint::black_box(st.warm(&w.entries));
+        }
     }
 
     /// Counts a group commit that appended `records` log records (none

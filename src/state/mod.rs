@@ -7,14 +7,16 @@
 mod apply;
 mod check;
 mod ids;
+mod index;
 mod query;
 mod token;
+mod warm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet};
 
 use crate::codec::cmp_packed;
 use crate::feed::Feed;
@@ -24,6 +26,7 @@ use crate::model::{Deliverability, Platform};
 pub(crate) use crate::log::entry::Entry;
 pub(crate) use apply::Applied;
 pub(crate) use ids::DeviceIds;
+use index::IdIndex;
 pub use query::{Cursor, Page, Stats};
 pub(crate) use token::SlotToken;
 
@@ -53,10 +56,10 @@ pub(crate) struct State {
     hasher: DefaultHashBuilder,
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
-    by_token: HashTable<u32>,
+    by_token: IdIndex,
     persons: Vec<Option<PersonSlot>>,
     free_persons: Vec<u32>,
-    by_person: HashTable<u32>,
+    by_person: IdIndex,
     /// (platform, last_seen_ms, id) for every device.
     by_seen: BTreeSet<(Platform, u64, u32)>,
     /// Devices per (hour of last_seen_ms, platform).
@@ -100,10 +103,10 @@ impl State {
             hasher: DefaultHashBuilder::default(),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            by_token: HashTable::new(),
+            by_token: IdIndex::default(),
             persons: Vec::new(),
             free_persons: Vec::new(),
-            by_person: HashTable::new(),
+            by_person: IdIndex::default(),
             by_seen: BTreeSet::new(),
             hour_counts: BTreeMap::new(),
             attr_pool: HashSet::new(),
@@ -147,8 +150,7 @@ impl State {
     pub(crate) fn lookup(&self, packed: &[u8]) -> Option<u32> {
         let h = self.hash_bytes(packed);
         self.by_token
-            .find(h, |&id| self.slot(id).is_some_and(|s| &*s.token == packed))
-            .copied()
+            .find(h, |id| self.slot(id).is_some_and(|s| &*s.token == packed))
     }
 
     pub(crate) fn person_id(&self, name: &str) -> Option<u32> {
@@ -157,8 +159,7 @@ impl State {
 
     fn person_id_hashed(&self, name: &str, h: u64) -> Option<u32> {
         self.by_person
-            .find(h, |&pid| self.person(pid).is_some_and(|p| &*p.name == name))
-            .copied()
+            .find(h, |pid| self.person(pid).is_some_and(|p| &*p.name == name))
     }
 
     /// Number of people (for the load-size hint).
@@ -189,12 +190,7 @@ impl State {
                 (self.persons.len() - 1) as u32
             }
         };
-        let persons = &self.persons;
-        let hasher = &self.hasher;
-        self.by_person.insert_unique(h, pid, |&p| {
-            let n = persons[p as usize].as_ref().map_or("", |s| &*s.name);
-            hasher.hash_one(n.as_bytes())
-        });
+        self.by_person.insert_unique(h, pid);
         pid
     }
 
@@ -205,9 +201,7 @@ impl State {
             return;
         }
         let h = self.hash_bytes(p.name.as_bytes());
-        if let Ok(entry) = self.by_person.find_entry(h, |&x| x == pid) {
-            entry.remove();
-        }
+        self.by_person.remove(h, pid);
         self.persons[pid as usize] = None;
         self.free_persons.push(pid);
     }
@@ -327,12 +321,7 @@ impl State {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
-        let hasher = &self.hasher;
-        self.by_token.insert_unique(h, id, |&x| {
-            let t: &[u8] = slots[x as usize].as_ref().map_or(&[], |s| &s.token);
-            hasher.hash_one(t)
-        });
+        self.by_token.insert_unique(h, id);
         match &mut self.loading {
             // Index and hour counters are built in bulk by finish_load.
             Some(seen) => seen.push((platform, last_seen_ms, id)),
@@ -364,23 +353,9 @@ impl State {
         let (devices, persons) = (devices.min(MAX_LOAD_HINT), persons.min(MAX_LOAD_HINT));
         self.loading = Some(Vec::with_capacity(devices));
         self.slots.reserve(devices);
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.by_token.reserve(devices, |&x| {
-            let t: &[u8] = slots
-                .get(x as usize)
-                .and_then(Option::as_ref)
-                .map_or(&[], |s| &s.token);
-            hasher.hash_one(t)
-        });
+        self.by_token.reserve(devices);
         self.persons.reserve(persons);
-        let (people, hasher) = (&self.persons, &self.hasher);
-        self.by_person.reserve(persons, |&p| {
-            let n = people
-                .get(p as usize)
-                .and_then(Option::as_ref)
-                .map_or("", |s| &*s.name);
-            hasher.hash_one(n.as_bytes())
-        });
+        self.by_person.reserve(persons);
     }
 
     /// Builds the last-seen index and orders person lists after a bulk
@@ -436,9 +411,7 @@ impl State {
             self.deliv_dirty.insert(slot.token.to_boxed());
         }
         let h = self.hash_bytes(&slot.token);
-        if let Ok(entry) = self.by_token.find_entry(h, |&x| x == id) {
-            entry.remove();
-        }
+        self.by_token.remove(h, id);
         self.by_seen.remove(&(slot.platform, slot.last_seen_ms, id));
         self.hour_add(slot.last_seen_ms, slot.platform, -1);
         self.live -= 1;

@@ -1,0 +1,96 @@
+//! The writer's read-only pass over a group before it takes the write
+//! lock: it reads what applying the group will read (each token's index
+//! entry and slot, its owner's slot, the owner named by a register, the
+//! device's last-seen index path, the dirty set), so the cache misses of a
+//! large registry are taken while readers still run, and the write lock is
+//! held for the applying alone (DESIGN.md 7).
+//!
+//! It changes nothing: the pass returns a count only so that the reads are
+//! not optimised away.
+
+use super::{Entry, State, NO_PERSON};
+use crate::codec::with_packed;
+use crate::model::Op;
+
+impl State {
+    /// Reads what applying `entries` will read; returns how many devices
+    /// it found (a value for `std::hint::black_box`, not a result).
+    pub(crate) fn warm(&self, entries: &[Entry]) -> usize {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Op(op) => Some(op),
+                _ => None,
+            })
+            .map(|op| self.warm_op(op))
+            .sum()
+    }
+
+    fn warm_op(&self, op: &Op) -> usize {
+        let token = match op {
+            Op::Register(r) => {
+                if let Some(name) = &r.person {
+                    std::hint::black_box(self.person_id(name));
+                }
+                &r.token
+            }
+            Op::Touch { token, .. }
+            | Op::Logout { token, .. }
+            | Op::Remove { token }
+            | Op::Invalidate { token, .. }
+            | Op::Feedback { token, .. } => token,
+            Op::Rotate { old_token, .. } => old_token,
+            Op::Merge { .. } | Op::Prune { .. } => return 0,
+        };
+        with_packed(token, |packed| self.warm_token(packed))
+    }
+
+    fn warm_token(&self, packed: &[u8]) -> usize {
+        std::hint::black_box(self.dirty.find(packed));
+        let Some(s) = self
+            .lookup(packed)
+            .and_then(|id| self.slot(id).map(|s| (id, s)))
+        else {
+            return 0;
+        };
+        let (id, slot) = s;
+        std::hint::black_box(
+            self.by_seen
+                .contains(&(slot.platform, slot.last_seen_ms, id)),
+        );
+        if slot.person != NO_PERSON {
+            std::hint::black_box(self.person(slot.person).map(|p| p.devices.len()));
+        }
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Platform, Register};
+
+    fn register(token: &str, person: Option<&str>) -> Entry {
+        Entry::Op(Op::Register(Register {
+            token: token.into(),
+            platform: Platform::Ios,
+            person: person.map(str::to_owned),
+            seen_ms: 5,
+            attributes: None,
+        }))
+    }
+
+    #[test]
+    fn warming_finds_known_devices_and_changes_nothing() {
+        let mut st = State::new(20);
+        st.apply(&register("aa01", Some("p1")));
+        let known = [register("aa01", Some("p1")), register("aa02", Some("p2"))];
+        let dump = st.dump();
+        let dirty = st.dirty.len();
+        assert_eq!(st.warm(&known), 1);
+        assert_eq!(st.warm(&[Entry::Clock(9)]), 0);
+        assert_eq!(st.dump(), dump);
+        assert_eq!(st.dirty.len(), dirty);
+        assert_eq!(st.len(), 1);
+    }
+}
