@@ -8,6 +8,7 @@ mod apply;
 mod check;
 mod ids;
 mod index;
+mod name;
 mod query;
 mod token;
 mod warm;
@@ -27,6 +28,7 @@ pub(crate) use crate::log::entry::Entry;
 pub(crate) use apply::Applied;
 pub(crate) use ids::DeviceIds;
 use index::IdIndex;
+use name::ShortName;
 pub use query::{Cursor, Page, Stats};
 pub(crate) use token::SlotToken;
 
@@ -50,6 +52,34 @@ pub(crate) struct PersonSlot {
     pub(crate) name: Arc<str>,
     /// Device ids ordered by `last_seen_ms` descending, then token ascending.
     pub(crate) devices: DeviceIds,
+    /// `name` again, inline when short: lookups by name and a device's
+    /// owner read no second allocation (`state/name.rs`).
+    short: ShortName,
+}
+
+// A cache line's worth (DESIGN.md section 6).
+const _: () = assert!(std::mem::size_of::<PersonSlot>() == 64);
+
+impl PersonSlot {
+    fn new(name: &str) -> PersonSlot {
+        PersonSlot {
+            name: Arc::from(name),
+            devices: DeviceIds::default(),
+            short: ShortName::of(name),
+        }
+    }
+
+    /// Whether this person is `name`.
+    pub(crate) fn is(&self, name: &str) -> bool {
+        self.short
+            .matches(name)
+            .unwrap_or_else(|| &*self.name == name)
+    }
+
+    /// The name, from the slot when it is short.
+    pub(crate) fn name_str(&self) -> &str {
+        self.short.as_str().unwrap_or(&self.name)
+    }
 }
 
 pub(crate) struct State {
@@ -159,7 +189,7 @@ impl State {
 
     fn person_id_hashed(&self, name: &str, h: u64) -> Option<u32> {
         self.by_person
-            .find(h, |pid| self.person(pid).is_some_and(|p| &*p.name == name))
+            .find(h, |pid| self.person(pid).is_some_and(|p| p.is(name)))
     }
 
     /// Number of people (for the load-size hint).
@@ -176,10 +206,7 @@ impl State {
         if let Some(pid) = self.person_id_hashed(name, h) {
             return pid;
         }
-        let slot = PersonSlot {
-            name: Arc::from(name),
-            devices: DeviceIds::default(),
-        };
+        let slot = PersonSlot::new(name);
         let pid = match self.free_persons.pop() {
             Some(pid) => {
                 self.persons[pid as usize] = Some(slot);

@@ -56,7 +56,7 @@ impl State {
             person: (s.person != super::NO_PERSON)
                 .then(|| self.person(s.person))
                 .flatten()
-                .map(|p| String::from(&*p.name)),
+                .map(|p| String::from(p.name_str())),
             last_seen_ms: s.last_seen_ms,
             // Blobs are checked when they enter the pool.
             attributes: crate::codec::decode_attributes_trusted(&s.attrs),
