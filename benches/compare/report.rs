@@ -287,9 +287,10 @@ fn notes(r: &SizeRun) -> String {
     );
     let _ = writeln!(
         s,
-        "the harness's own cost of one point read (picking a random device of the data set \
-         and reading its token, no call into the system): {} ns; the devreg row's whole \
-         operation: {} ns",
+        "the harness's own cost of one point read (taking the next key of its read list, \
+         {} tokens drawn at random and laid out in order, and reading it; no call into the \
+         system): {} ns; the devreg row's whole operation: {} ns",
+        crate::workload::READ_KEYS,
         c("devreg", "harness_pick_ns"),
         cell(r.spread("devreg", "get_ops_s").map(per_op_ns), fmt)
     );

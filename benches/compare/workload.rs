@@ -12,11 +12,22 @@ pub const DAY_MS: u64 = 86_400_000;
 
 /// splitmix64: a tiny, good-enough PRNG (no extra dependency for benches).
 #[derive(Clone)]
-pub struct Rng(u64);
+/// A random sequence, and a cursor for walking a `KeyList` in order from
+/// a place that depends on the seed.
+pub struct Rng(u64, u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+        Rng(
+            seed ^ 0x9e37_79b9_7f4a_7c15,
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 16,
+        )
+    }
+
+    /// The next place of a walk over `len` items (len > 0).
+    pub fn walk(&mut self, len: usize) -> usize {
+        self.1 = self.1.wrapping_add(1);
+        (self.1 % len as u64) as usize
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -30,6 +41,44 @@ impl Rng {
     /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant here.
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
+    }
+}
+
+/// Keys a read phase looks up: `READ_KEYS` tokens of devices drawn at
+/// random, copied one after another. A reader walks the list in order, so
+/// choosing its next key costs the harness no random read of memory at any
+/// size, while the system's own reads stay random. (Until 2026-12-04 each
+/// read picked a random device of the data set and read its token: two
+/// random reads of the harness's memory before the system's first, 0.5 µs
+/// or more of a point read at 10^7; `harness_pick_ns` measured them.)
+pub struct KeyList {
+    bytes: String,
+    ends: Vec<usize>,
+}
+
+/// Keys in a `KeyList`: more than one thread reads in a 2 s phase at 10^7.
+pub const READ_KEYS: usize = 1 << 20;
+
+impl KeyList {
+    pub fn draw(devs: &[Dev], count: usize, seed: u64) -> KeyList {
+        let mut r = Rng::new(seed);
+        let mut bytes = String::new();
+        let mut ends = Vec::with_capacity(count);
+        for _ in 0..count {
+            bytes.push_str(&devs[r.below(devs.len() as u64) as usize].token);
+            ends.push(bytes.len());
+        }
+        KeyList { bytes, ends }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Key `i` (i < len).
+    pub fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
     }
 }
 
