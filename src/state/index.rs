@@ -151,7 +151,8 @@ impl IdIndex {
     fn shift_back(&mut self, mut hole: usize) {
         let mask = self.mask();
         let mut j = hole;
-        loop {
+        // A run ends at an empty entry, and the table always has one.
+        for _ in 0..self.entries.len() {
             j = (j + 1) & mask;
             let e = self.entries.get(j).copied().unwrap_or(0);
             if e == 0 {
@@ -189,7 +190,10 @@ impl IdIndex {
         {
             bits += 1;
         }
-        self.rebuild(bits);
+        // At `MAX_BITS` the table only fills further (it cannot be full).
+        if bits != self.bits {
+            self.rebuild(bits);
+        }
     }
 
     /// Moves every entry into a table of `1 << bits` entries.
