@@ -10,10 +10,10 @@ use devreg::{Attributes, Device, Platform};
 pub const NOW_MS: u64 = 1_750_000_000_000;
 pub const DAY_MS: u64 = 86_400_000;
 
-/// splitmix64: a tiny, good-enough PRNG (no extra dependency for benches).
+/// splitmix64: a tiny, good-enough PRNG (no extra dependency for benches),
+/// and a cursor for walking a `KeyList` in order from a place that depends
+/// on the seed.
 #[derive(Clone)]
-/// A random sequence, and a cursor for walking a `KeyList` in order from
-/// a place that depends on the seed.
 pub struct Rng(u64, u64);
 
 impl Rng {
