@@ -514,8 +514,7 @@ impl WriterCtx {
             return Err(e);
         }
         self.count_group(work.len());
-        self.warm(&work);
-        let mut st = self.state.write();
+        let mut st = self.lock_warmed(&work);
         Ok(work
             .into_iter()
             .map(|w| {
@@ -531,9 +530,8 @@ impl WriterCtx {
     /// are written to the OS (fdatasynced by the timer).
     fn apply_then_log(&mut self, work: Vec<Work>) -> Result<Vec<Done>> {
         let mut applied = Vec::with_capacity(work.len());
-        self.warm(&work);
         {
-            let mut st = self.state.write();
+            let mut st = self.lock_warmed(&work);
             for w in work {
                 let (outcomes, changed) = apply_request(&mut st, &w.entries, &self.config.faults);
                 applied.push((w, outcomes, changed));
@@ -562,14 +560,18 @@ impl WriterCtx {
             .collect())
     }
 
-    /// Reads what applying `work` will read, under the read lock (readers
-    /// go on meanwhile), so that the write lock that follows is held for
-    /// less time (`State::warm`, DESIGN.md 7).
-    fn warm(&self, work: &[Work]) {
-        let st = self.state.read();
-        for w in work {
-            std::hint::black_box(st.warm(&w.entries));
+    /// The state's write lock for applying `work`, taken after reading
+    /// what the applying will read under the read lock (readers go on
+    /// meanwhile), so that the write lock is held for less time
+    /// (`State::warm`, DESIGN.md 7).
+    fn lock_warmed(&self, work: &[Work]) -> parking_lot::RwLockWriteGuard<'_, State> {
+        {
+            let st = self.state.read();
+            for w in work {
+                std::hint::black_box(st.warm(&w.entries));
+            }
         }
+        self.state.write()
     }
 
     /// Counts a group commit that appended `records` log records (none

@@ -161,7 +161,7 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
         w.register(d, seen_now());
     };
     let get: Op<'_> = &|w, r| {
-        let key = keys.get(r.walk(keys.len()));
+        let key = keys.next(r);
         assert!(w.get(key).is_some(), "every token is present");
     };
     let most_recent: Op<'_> = &|w, r| {
@@ -180,7 +180,7 @@ pub fn run_system(name: &str, dir: &Path, n: usize, phase: Duration) -> Metrics 
     // every child, so measured (and reported) in devreg's only.
     if name == "devreg" {
         let pick: Op<'_> = &|_, r| {
-            let key = keys.get(r.walk(keys.len()));
+            let key = keys.next(r);
             std::hint::black_box(key.bytes().fold(0u8, |a, b| a ^ b));
         };
         m.insert("harness_pick_ns".into(), 1e9 / timed(&*sys, phase, 1, pick));

@@ -75,6 +75,11 @@ impl KeyList {
         self.ends.len()
     }
 
+    /// The next key of `r`'s walk over the list.
+    pub fn next(&self, r: &mut Rng) -> &str {
+        self.get(r.walk(self.len()))
+    }
+
     /// Key `i` (i < len).
     pub fn get(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };

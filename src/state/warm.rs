@@ -47,13 +47,12 @@ impl State {
 
     fn warm_token(&self, packed: &[u8]) -> usize {
         std::hint::black_box(self.dirty.find(packed));
-        let Some(s) = self
+        let Some((id, slot)) = self
             .lookup(packed)
             .and_then(|id| self.slot(id).map(|s| (id, s)))
         else {
             return 0;
         };
-        let (id, slot) = s;
         std::hint::black_box(
             self.by_seen
                 .contains(&(slot.platform, slot.last_seen_ms, id)),
