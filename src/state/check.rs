@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{State, HOUR_MS, NO_PERSON};
+use super::{ShortName, State, HOUR_MS, NO_PERSON};
 use crate::codec::{decode_attributes, unpack_token};
 use crate::model::{token_bytes_label, token_label};
 
@@ -49,8 +49,16 @@ impl State {
                     Some(p) if !p.devices.contains(&id) => {
                         problems.push(format!("device {label}: missing from {:?}'s list", p.name))
                     }
+                    Some(p) if s.owner != p.short => problems.push(format!(
+                        "device {label}: its copy of the owner's name differs from {:?}",
+                        p.name
+                    )),
                     Some(_) => {}
                 }
+            } else if s.owner != ShortName::NONE {
+                problems.push(format!(
+                    "device {label}: anonymous, but holds an owner's name"
+                ));
             }
         }
         if self.by_token.len() as u64 != live {
@@ -207,5 +215,49 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems.iter().all(|p| !p.contains(&token)), "{problems:?}");
+    }
+
+    fn register(st: &mut State, token: &str, person: Option<&str>) {
+        st.apply(&Entry::Op(Op::Register(Register {
+            token: token.into(),
+            platform: Platform::Android,
+            person: person.map(String::from),
+            seen_ms: 5_000,
+            attributes: None,
+        })));
+    }
+
+    /// A device's copy of its owner's name follows every change of owner,
+    /// a freed person id reused by another name, and names too long to
+    /// copy; the checker reports a copy that differs.
+    #[test]
+    fn a_devices_copy_of_its_owners_name_follows_its_owner() {
+        let long = "l".repeat(super::super::name::SHORT_NAME_BYTES + 1);
+        let mut st = State::new(5);
+        register(&mut st, "aa01", Some("ann"));
+        register(&mut st, "aa01", Some("bob"));
+        // ann's id is free now, and "carol" may take it.
+        register(&mut st, "aa02", Some("carol"));
+        register(&mut st, "aa03", Some(&long));
+        register(&mut st, "aa04", None);
+        assert_eq!(st.check_indexes(), Vec::<String>::new());
+        let owner = |st: &State, t: &str| st.device(t).and_then(|d| d.person);
+        assert_eq!(owner(&st, "aa01").as_deref(), Some("bob"));
+        assert_eq!(owner(&st, "aa02").as_deref(), Some("carol"));
+        assert_eq!(owner(&st, "aa03"), Some(long));
+        assert_eq!(owner(&st, "aa04"), None);
+        // Damage: one device's copy names someone else.
+        for s in st.slots.iter_mut().flatten() {
+            if s.person != NO_PERSON && s.owner.as_str() == Some("carol") {
+                s.owner = ShortName::of("bob");
+            }
+        }
+        let problems = st.check_indexes();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("copy of the owner's name differs from \"carol\"")),
+            "{problems:?}"
+        );
     }
 }

@@ -46,6 +46,11 @@ pub(crate) struct Slot {
     pub(crate) last_seen_ms: u64,
     pub(crate) person: u32,
     pub(crate) platform: Platform,
+    /// The owner's name when it is short, a copy of its person slot's
+    /// (`ShortName::NONE` for an anonymous device): a read of the device
+    /// then makes no random read of the person (DESIGN.md 6). Set with
+    /// `person`, always from the person's own slot.
+    pub(crate) owner: ShortName,
 }
 
 pub(crate) struct PersonSlot {
@@ -171,6 +176,11 @@ impl State {
 
     pub(crate) fn person(&self, pid: u32) -> Option<&PersonSlot> {
         self.persons.get(pid as usize).and_then(Option::as_ref)
+    }
+
+    /// What a device owned by `pid` keeps of its owner's name.
+    fn owner_copy(&self, pid: u32) -> ShortName {
+        self.person(pid).map_or(ShortName::NONE, |p| p.short)
     }
 
     fn hash_bytes(&self, b: &[u8]) -> u64 {
@@ -337,6 +347,7 @@ impl State {
             last_seen_ms,
             person,
             platform,
+            owner: self.owner_copy(person),
         };
         let id = match self.free_slots.pop() {
             Some(id) => {
@@ -502,8 +513,10 @@ impl State {
             self.identified -= 1;
             self.person_list_remove(old, id);
         }
+        let owner = self.owner_copy(person);
         if let Some(s) = self.slot_mut(id) {
             s.person = person;
+            s.owner = owner;
         }
         if person != NO_PERSON {
             self.identified += 1;
@@ -638,11 +651,12 @@ impl State {
 mod tests {
     use super::*;
 
-    /// A slot holds an APNs token inline: 72 bytes, where a boxed token
-    /// cost 48 bytes of slot plus a 48-byte allocation (DESIGN.md 6).
+    /// A slot holds an APNs token and a short owner name inline: 96
+    /// bytes, where a boxed token cost 48 bytes of slot plus a 48-byte
+    /// allocation and the owner's name a read of the person (DESIGN.md 6).
     #[test]
-    fn a_slot_is_72_bytes_with_its_token_inline() {
-        assert_eq!(std::mem::size_of::<Option<Slot>>(), 72);
+    fn a_slot_is_96_bytes_with_its_token_and_owner_inline() {
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 96);
     }
 
     /// The run-length hour counts equal one count per entry, and entries

@@ -16,7 +16,7 @@ const LONG: u8 = u8::MAX;
 
 /// A person's name if it is at most `SHORT_NAME_BYTES` long, or a mark
 /// that it is longer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ShortName {
     /// The name's length, or `LONG`.
     len: u8,
@@ -24,6 +24,13 @@ pub(crate) struct ShortName {
 }
 
 impl ShortName {
+    /// No name (an anonymous device's owner): reads as the empty name,
+    /// which no person has.
+    pub(crate) const NONE: ShortName = ShortName {
+        len: 0,
+        bytes: [0; SHORT_NAME_BYTES],
+    };
+
     pub(crate) fn of(name: &str) -> ShortName {
         let mut bytes = [0; SHORT_NAME_BYTES];
         match bytes.get_mut(..name.len()) {

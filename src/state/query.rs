@@ -52,11 +52,14 @@ impl State {
         Device {
             token: unpack_token(&s.token).unwrap_or_default(),
             platform: s.platform,
-            // Copied from the borrowed name: no reference count touched.
-            person: (s.person != super::NO_PERSON)
-                .then(|| self.person(s.person))
-                .flatten()
-                .map(|p| String::from(p.name_str())),
+            // Copied from the slot's copy, or from the person's name when
+            // it is long: no reference count touched.
+            person: (s.person != NO_PERSON)
+                .then(|| match s.owner.as_str() {
+                    Some(name) => Some(String::from(name)),
+                    None => self.person(s.person).map(|p| String::from(p.name_str())),
+                })
+                .flatten(),
             last_seen_ms: s.last_seen_ms,
             // Blobs are checked when they enter the pool.
             attributes: crate::codec::decode_attributes_trusted(&s.attrs),
