@@ -207,14 +207,15 @@ mod tests {
         for p in st.persons.iter_mut().flatten() {
             p.devices.clear();
         }
-        let problems = st.check_indexes();
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("device f4c2a9b1…(64 bytes): missing from")),
-            "{problems:?}"
-        );
+        let problems = assert_reported(&st, "device f4c2a9b1…(64 bytes): missing from");
         assert!(problems.iter().all(|p| !p.contains(&token)), "{problems:?}");
+    }
+
+    /// The checker's problems, which must include one containing `what`.
+    fn assert_reported(st: &State, what: &str) -> Vec<String> {
+        let problems = st.check_indexes();
+        assert!(problems.iter().any(|p| p.contains(what)), "{problems:?}");
+        problems
     }
 
     fn register(st: &mut State, token: &str, person: Option<&str>) {
@@ -252,12 +253,6 @@ mod tests {
                 s.owner = ShortName::of("bob");
             }
         }
-        let problems = st.check_indexes();
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.contains("copy of the owner's name differs from \"carol\"")),
-            "{problems:?}"
-        );
+        assert_reported(&st, "copy of the owner's name differs from \"carol\"");
     }
 }
