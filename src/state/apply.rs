@@ -476,11 +476,8 @@ impl State {
         let mut over: Vec<(std::sync::Arc<str>, u32)> = self
             .persons
             .iter()
-            .enumerate()
-            .filter_map(|(pid, p)| match p {
-                Some(p) if p.devices.len() > cap as usize => Some((p.name.clone(), pid as u32)),
-                _ => None,
-            })
+            .filter(|(_, p)| p.devices.len() > cap as usize)
+            .map(|(pid, p)| (p.name.clone(), pid))
             .collect();
         // Person ids differ between a run and its replay: go by name.
         over.sort();

@@ -84,10 +84,8 @@ impl State {
             ));
         }
         let mut persons = 0;
-        for (pid, p) in self.persons.iter().enumerate() {
-            let Some(p) = p else { continue };
+        for (pid, p) in self.persons.iter() {
             persons += 1;
-            let pid = pid as u32;
             if p.devices.is_empty() {
                 problems.push(format!("person {:?} has no devices but is kept", p.name));
             }
@@ -204,7 +202,7 @@ mod tests {
         })));
         assert_eq!(st.check_indexes(), Vec::<String>::new());
         // Damage: the person's device list loses the device.
-        for p in st.persons.iter_mut().flatten() {
+        for p in st.persons.iter_mut() {
             p.devices.clear();
         }
         let problems = assert_reported(&st, "device f4c2a9b1…(64 bytes): missing from");
@@ -248,7 +246,7 @@ mod tests {
         assert_eq!(owner(&st, "aa03"), Some(long));
         assert_eq!(owner(&st, "aa04"), None);
         // Damage: one device's copy names someone else.
-        for s in st.slots.iter_mut().flatten() {
+        for s in st.slots.iter_mut() {
             if s.person != NO_PERSON && s.owner.as_str() == Some("carol") {
                 s.owner = ShortName::of("bob");
             }

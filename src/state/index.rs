@@ -199,6 +199,8 @@ impl IdIndex {
     /// Moves every entry into a table of `1 << bits` entries.
     fn rebuild(&mut self, bits: u32) {
         let old = std::mem::replace(&mut self.entries, vec![0; 1usize << bits]);
+        // Before the first write, so the entries fault in as huge pages.
+        super::huge::advise(&self.entries);
         self.bits = bits;
         for e in old.into_iter().filter(|&e| e != 0) {
             self.place(e);

@@ -6,10 +6,12 @@
 
 mod apply;
 mod check;
+mod huge;
 mod ids;
 mod index;
 mod name;
 mod query;
+mod slab;
 mod token;
 mod warm;
 
@@ -30,6 +32,7 @@ pub(crate) use ids::DeviceIds;
 use index::IdIndex;
 use name::ShortName;
 pub use query::{Cursor, Page, Stats};
+use slab::Slab;
 pub(crate) use token::SlotToken;
 
 /// `Slot::person` value of an anonymous device.
@@ -89,10 +92,10 @@ impl PersonSlot {
 
 pub(crate) struct State {
     hasher: DefaultHashBuilder,
-    slots: Vec<Option<Slot>>,
+    slots: Slab<Slot>,
     free_slots: Vec<u32>,
     by_token: IdIndex,
-    persons: Vec<Option<PersonSlot>>,
+    persons: Slab<PersonSlot>,
     free_persons: Vec<u32>,
     by_person: IdIndex,
     /// (platform, last_seen_ms, id) for every device.
@@ -136,10 +139,10 @@ impl State {
     pub(crate) fn new(cap: u32) -> State {
         State {
             hasher: DefaultHashBuilder::default(),
-            slots: Vec::new(),
+            slots: Slab::default(),
             free_slots: Vec::new(),
             by_token: IdIndex::default(),
-            persons: Vec::new(),
+            persons: Slab::default(),
             free_persons: Vec::new(),
             by_person: IdIndex::default(),
             by_seen: BTreeSet::new(),
@@ -167,15 +170,15 @@ impl State {
     }
 
     pub(crate) fn slot(&self, id: u32) -> Option<&Slot> {
-        self.slots.get(id as usize).and_then(Option::as_ref)
+        self.slots.get(id)
     }
 
     fn slot_mut(&mut self, id: u32) -> Option<&mut Slot> {
-        self.slots.get_mut(id as usize).and_then(Option::as_mut)
+        self.slots.get_mut(id)
     }
 
     pub(crate) fn person(&self, pid: u32) -> Option<&PersonSlot> {
-        self.persons.get(pid as usize).and_then(Option::as_ref)
+        self.persons.get(pid)
     }
 
     /// What a device owned by `pid` keeps of its owner's name.
@@ -219,13 +222,10 @@ impl State {
         let slot = PersonSlot::new(name);
         let pid = match self.free_persons.pop() {
             Some(pid) => {
-                self.persons[pid as usize] = Some(slot);
+                self.persons.put(pid, slot);
                 pid
             }
-            None => {
-                self.persons.push(Some(slot));
-                (self.persons.len() - 1) as u32
-            }
+            None => self.persons.push(slot),
         };
         self.by_person.insert_unique(h, pid);
         pid
@@ -239,7 +239,7 @@ impl State {
         }
         let h = self.hash_bytes(p.name.as_bytes());
         self.by_person.remove(h, pid);
-        self.persons[pid as usize] = None;
+        self.persons.take(pid);
         self.free_persons.push(pid);
     }
 
@@ -283,20 +283,20 @@ impl State {
     }
 
     fn person_list_insert(&mut self, pid: u32, id: u32) {
-        let Some(p) = self.persons.get(pid as usize).and_then(Option::as_ref) else {
+        let Some(p) = self.persons.get(pid) else {
             return;
         };
         let pos = p
             .devices
             .binary_search_by(|&x| self.recency_cmp(x, id))
             .unwrap_or_else(|e| e);
-        if let Some(Some(p)) = self.persons.get_mut(pid as usize) {
+        if let Some(p) = self.persons.get_mut(pid) {
             p.devices.insert(pos, id);
         }
     }
 
     fn person_list_remove(&mut self, pid: u32, id: u32) {
-        if let Some(Some(p)) = self.persons.get_mut(pid as usize) {
+        if let Some(p) = self.persons.get_mut(pid) {
             if let Some(pos) = p.devices.iter().position(|&x| x == id) {
                 p.devices.remove(pos);
             }
@@ -351,13 +351,10 @@ impl State {
         };
         let id = match self.free_slots.pop() {
             Some(id) => {
-                self.slots[id as usize] = Some(slot);
+                self.slots.put(id, slot);
                 id
             }
-            None => {
-                self.slots.push(Some(slot));
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push(slot),
         };
         self.by_token.insert_unique(h, id);
         match &mut self.loading {
@@ -373,7 +370,7 @@ impl State {
         if person != NO_PERSON {
             self.identified += 1;
             if self.loading.is_some() {
-                if let Some(Some(p)) = self.persons.get_mut(person as usize) {
+                if let Some(p) = self.persons.get_mut(person) {
                     p.devices.push(id);
                 }
             } else {
@@ -390,9 +387,8 @@ impl State {
     pub(crate) fn begin_load(&mut self, devices: usize, persons: usize) {
         let (devices, persons) = (devices.min(MAX_LOAD_HINT), persons.min(MAX_LOAD_HINT));
         self.loading = Some(Vec::with_capacity(devices));
-        self.slots.reserve(devices);
+        // The slabs need no reserve: their chunks never move.
         self.by_token.reserve(devices);
-        self.persons.reserve(persons);
         self.by_person.reserve(persons);
     }
 
@@ -430,13 +426,13 @@ impl State {
 
     /// Orders every person's device list newest first.
     fn order_person_lists(&mut self) {
-        for pid in 0..self.persons.len() {
+        for pid in 0..self.persons.len() as u32 {
             let mut devices = match self.persons.get_mut(pid) {
-                Some(Some(p)) => std::mem::take(&mut p.devices),
-                _ => continue,
+                Some(p) => std::mem::take(&mut p.devices),
+                None => continue,
             };
             devices.sort_by(|&a, &b| self.recency_cmp(a, b));
-            if let Some(Some(p)) = self.persons.get_mut(pid) {
+            if let Some(p) = self.persons.get_mut(pid) {
                 p.devices = devices;
             }
         }
@@ -444,7 +440,7 @@ impl State {
 
     /// Deletes a device and returns its slot.
     pub(crate) fn remove_device(&mut self, id: u32) -> Option<Slot> {
-        let slot = self.slots.get_mut(id as usize)?.take()?;
+        let slot = self.slots.take(id)?;
         if self.deliv.remove(&id).is_some() {
             self.deliv_dirty.insert(slot.token.to_boxed());
         }

@@ -238,8 +238,7 @@ impl State {
     /// beyond it (what `set_cap` removes).
     pub(crate) fn evictions_at_cap(&self, cap: u32) -> u64 {
         self.persons
-            .iter()
-            .flatten()
+            .values()
             .map(|p| p.devices.len().saturating_sub(cap as usize) as u64)
             .sum()
     }
@@ -275,7 +274,7 @@ impl State {
         &self,
         mut f: impl FnMut(Device) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let mut all: Vec<&Slot> = self.slots.iter().flatten().collect();
+        let mut all: Vec<&Slot> = self.slots.values().collect();
         all.sort_unstable_by(|a, b| cmp_packed(&a.token, &b.token));
         all.into_iter().try_for_each(|s| f(self.to_device(s)))
     }
@@ -325,10 +324,7 @@ impl State {
 
     /// Packed tokens of every live device (for checks and checkpoints).
     pub(crate) fn live_slots(&self) -> impl Iterator<Item = (u32, &Slot)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i as u32, s)))
+        self.slots.iter()
     }
 
     pub(crate) fn owner_of(&self, s: &Slot) -> Option<std::sync::Arc<str>> {
@@ -347,7 +343,7 @@ impl State {
         if n == 0 {
             return Vec::new();
         }
-        for p in self.persons.iter().flatten() {
+        for p in self.persons.values() {
             let key = (crc32fast::hash(p.name.as_bytes()), &*p.name);
             if heap.len() < n {
                 heap.push(key);
