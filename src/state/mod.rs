@@ -222,7 +222,9 @@ impl State {
         let slot = PersonSlot::new(name);
         let pid = match self.free_persons.pop() {
             Some(pid) => {
-                self.persons.put(pid, slot);
+                // A free id was handed out before, so it has a place.
+                let stored = self.persons.put(pid, slot);
+                debug_assert!(stored, "free person id {pid} has no place");
                 pid
             }
             None => self.persons.push(slot),
@@ -351,7 +353,8 @@ impl State {
         };
         let id = match self.free_slots.pop() {
             Some(id) => {
-                self.slots.put(id, slot);
+                let stored = self.slots.put(id, slot);
+                debug_assert!(stored, "free slot id {id} has no place");
                 id
             }
             None => self.slots.push(slot),
