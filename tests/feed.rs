@@ -16,63 +16,59 @@ use cio::Cio;
 /// must be accepted, within the size limits, and no delete may name a
 /// person Customer.io never saw (it would create one).
 trait ApplyBatch {
-    fn apply_batch(&mut self, body: &str, skip: &[u32]);
+    fn apply_batch(&mut self, body: &str);
+    fn apply_nacked(&mut self, body: &str, skip: &[u32]) -> Vec<u32>;
 }
 
 impl ApplyBatch for Cio {
-    fn apply_batch(&mut self, body: &str, skip: &[u32]) {
+    fn apply_batch(&mut self, body: &str) {
+        assert_eq!(self.apply_nacked(body, &[]), Vec::<u32>::new());
+    }
+
+    /// Applies a batch of which Customer.io rejects the operations `skip`,
+    /// and returns every operation it failed, as its answer would list
+    /// them: `skip`, and each merge into a person whose add was rejected
+    /// before it in the batch (that primary then does not exist, so the
+    /// merge fails too). The feed may put a merge right after its
+    /// primary's add (the person is present once the add is applied), and
+    /// a retried add can be rejected again. Any other failure is devreg's.
+    fn apply_nacked(&mut self, body: &str, skip: &[u32]) -> Vec<u32> {
         if std::env::var("FEED_DEBUG").is_ok() {
             eprintln!("apply {body} skip {skip:?}");
         }
         assert!(body.len() < 500_000);
         let v: Value = serde_json::from_str(body).unwrap();
-        for op in v["batch"].as_array().unwrap() {
+        let ops = v["batch"].as_array().unwrap();
+        for op in ops {
             assert!(op.to_string().len() <= 32_768);
         }
-        let skip: Vec<usize> = skip.iter().map(|&i| i as usize).collect();
-        let failed = self.apply_body(body, &skip);
-        assert!(failed.is_empty(), "{failed:?}");
+        let rejected_adds: Vec<(usize, &str)> = skip
+            .iter()
+            .map(|&i| i as usize)
+            .filter_map(|i| ops.get(i).map(|op| (i, op)))
+            .filter(|(_, op)| op["action"] == "add_device")
+            .filter_map(|(i, op)| op["identifiers"]["id"].as_str().map(|p| (i, p)))
+            .collect();
+        let skip_at: Vec<usize> = skip.iter().map(|&i| i as usize).collect();
+        let failed = self.apply_body(body, &skip_at);
+        for (i, why) in &failed {
+            let op = &ops[*i];
+            let primary = op["primary"]["id"].as_str();
+            let cascade = op["action"] == "merge"
+                && rejected_adds
+                    .iter()
+                    .any(|&(at, p)| at < *i && primary == Some(p));
+            assert!(
+                cascade,
+                "operation {i} failed beyond the rejected ones: {why}"
+            );
+        }
         assert!(self.notes.is_empty(), "{:?}", self.notes);
+        let mut all = skip.to_vec();
+        all.extend(failed.iter().map(|f| f.0 as u32));
+        all.sort_unstable();
+        all
     }
-}
-
-/// Applies a batch of which Customer.io rejects the operations `skip`,
-/// and returns every operation it failed, as its answer would list them:
-/// `skip`, and each merge into a person whose add was rejected before it
-/// in the batch (that primary then does not exist, so the merge fails
-/// too). The feed may put a merge right after its primary's add (the
-/// person is present once the add is applied), and a retried add can
-/// be rejected again. Any other failure is devreg's.
-fn apply_nacked(cio: &mut Cio, body: &str, skip: &[u32]) -> Vec<u32> {
-    assert!(body.len() < 500_000);
-    let v: Value = serde_json::from_str(body).unwrap();
-    let ops = v["batch"].as_array().unwrap();
-    let rejected_adds: Vec<(usize, &str)> = skip
-        .iter()
-        .map(|&i| i as usize)
-        .filter_map(|i| ops.get(i).map(|op| (i, op)))
-        .filter(|(_, op)| op["action"] == "add_device")
-        .filter_map(|(i, op)| op["identifiers"]["id"].as_str().map(|p| (i, p)))
-        .collect();
-    let skip_at: Vec<usize> = skip.iter().map(|&i| i as usize).collect();
-    let failed = cio.apply_body(body, &skip_at);
-    for (i, why) in &failed {
-        let op = &ops[*i];
-        let primary = op["primary"]["id"].as_str();
-        let cascade = op["action"] == "merge"
-            && rejected_adds
-                .iter()
-                .any(|&(at, p)| at < *i && primary == Some(p));
-        assert!(
-            cascade,
-            "operation {i} failed beyond the rejected ones: {why}"
-        );
-    }
-    assert!(cio.notes.is_empty(), "{:?}", cio.notes);
-    let mut all = skip.to_vec();
-    all.extend(failed.iter().map(|f| f.0 as u32));
-    all.sort_unstable();
-    all
 }
 
 #[derive(Clone, Debug)]
@@ -188,13 +184,13 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
                     }
                     last = Some((b.id().to_owned(), b.body().to_owned()));
                     if ack {
-                        cio.apply_batch(b.body(), &[]);
+                        cio.apply_batch(b.body());
                         reg.ack(sink, b.id()).unwrap();
                         // Acking again is a no-op.
                         reg.ack(sink, b.id()).unwrap();
                     } else {
                         // A sender that died mid-send: Customer.io may have applied it.
-                        cio.apply_batch(b.body(), &[]);
+                        cio.apply_batch(b.body());
                     }
                 }
             }
@@ -219,7 +215,8 @@ fn run_as(steps: Vec<Step>, sink: &str, settings: Option<format::SinkSettings>) 
                         .map(|&i| (i, "invalid".to_string()))
                         .collect();
                     let skip: Vec<u32> = failed.iter().map(|f| f.0).collect();
-                    let failed: Vec<(u32, String)> = apply_nacked(&mut cio, b.body(), &skip)
+                    let failed: Vec<(u32, String)> = cio
+                        .apply_nacked(b.body(), &skip)
                         .into_iter()
                         .map(|i| (i, "invalid".to_string()))
                         .collect();
@@ -356,7 +353,7 @@ fn drain_all(
 ) {
     for _ in 0..1000 {
         let Some(b) = export(reg) else { break };
-        cio.apply_batch(b.body(), &[]);
+        cio.apply_batch(b.body());
         reg.ack(sink_of(&b), b.id()).unwrap();
     }
     assert!(export(reg).is_none(), "feed did not drain");
@@ -511,7 +508,7 @@ fn merge_waits_for_primary_and_readds_devices() {
         .insert("aa".into(), ("ios".into(), 1, Value::Null));
     let mut actions = Vec::new();
     while let Some(b) = reg.export(DEFAULT_SINK, 100, 499_999).unwrap() {
-        cio.apply_batch(b.body(), &[]);
+        cio.apply_batch(b.body());
         for op in b.operations() {
             let v: Value = serde_json::from_str(op).unwrap();
             actions.push(format!(
@@ -615,7 +612,7 @@ fn reg_ios(reg: &Registry, token: &str, person: Option<&str>, seen_ms: u64) {
 fn drain(reg: &Registry, sink: &str, cio: &mut Cio) -> usize {
     let mut ops = 0;
     while let Some(b) = reg.export(sink, 1000, 499_999).unwrap() {
-        cio.apply_batch(b.body(), &[]);
+        cio.apply_batch(b.body());
         ops += b.len();
         reg.ack(sink, b.id()).unwrap();
     }
@@ -638,7 +635,7 @@ fn a_backfill_add_in_flight_then_a_move_deletes_the_old_pair_after_the_ack() {
         "{}",
         b.body()
     );
-    cio.apply_batch(b.body(), &[]);
+    cio.apply_batch(b.body());
     reg_ios(&reg, "aa01", Some("bob"), 2_000);
     reg.ack(DEFAULT_SINK, b.id()).unwrap();
     drain(&reg, DEFAULT_SINK, &mut cio);
@@ -679,7 +676,7 @@ fn a_new_sink_sends_every_identified_device_once_across_a_reopen_and_changes() {
     let mut sent = 0;
     for _ in 0..4 {
         let b = reg.export("audit", 1000, 499_999).unwrap().unwrap();
-        cio.apply_batch(b.body(), &[]);
+        cio.apply_batch(b.body());
         sent += b.len();
         reg.ack("audit", b.id()).unwrap();
     }
