@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ use crate::kv::CompactOutcome;
 use crate::log::entry::{encode_entries, Entry};
 use crate::log::LogWriter;
 use crate::metrics::Recorder;
-use crate::state::{Applied, State};
+use crate::state::{Applied, State, StateLock, StateWrite};
 use crate::store::{KvStore, Snapshot};
 
 pub(crate) type Reply<T> = Sender<Result<T>>;
@@ -255,7 +255,7 @@ pub(crate) struct CheckpointJob {
 
 /// What the writer thread owns.
 pub(crate) struct WriterCtx {
-    pub(crate) state: Arc<RwLock<State>>,
+    pub(crate) state: Arc<StateLock>,
     pub(crate) log: LogWriter,
     pub(crate) store: Arc<dyn KvStore>,
     pub(crate) failed: Arc<FailFlag>,
@@ -564,7 +564,7 @@ impl WriterCtx {
     /// what the applying will read under the read lock (readers go on
     /// meanwhile), so that the write lock is held for less time
     /// (`State::warm`, DESIGN.md 7).
-    fn lock_warmed(&self, work: &[Work]) -> parking_lot::RwLockWriteGuard<'_, State> {
+    fn lock_warmed(&self, work: &[Work]) -> StateWrite<'_> {
         {
             let st = self.state.read();
             for w in work {

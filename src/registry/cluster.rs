@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex};
 
 use super::cluster_ckpt::Checkpoints;
 use super::CheckReport;
@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::etcd::body::OP_MARK;
 use crate::etcd::{body, Conn, LeaseLock, OpId, OpLog, WatchItem};
 use crate::log::entry::{decode_entries, encode_entries, validate_entry, Entry};
-use crate::state::{Applied, State};
+use crate::state::{Applied, State, StateLock};
 use crate::store::{load_state, KvStore};
 use crate::writer::{wall_ms, FailFlag, Request, WriteReply};
 
@@ -47,7 +47,7 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 /// One node's write path and applied position.
 pub(crate) struct Node {
     log: OpLog,
-    state: Arc<RwLock<State>>,
+    state: Arc<StateLock>,
     failed: Arc<FailFlag>,
     queue: Sender<Request>,
     /// This node's operations in flight: their requests' replies, in order.
@@ -81,7 +81,7 @@ impl Node {
     /// `run_leader`.
     pub(crate) fn new(
         log: OpLog,
-        state: Arc<RwLock<State>>,
+        state: Arc<StateLock>,
         failed: Arc<FailFlag>,
         applied: i64,
         max_body: usize,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock};
 
 use super::cluster::Node;
 use crate::codec::META_CHECKPOINT_LSN;
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::etcd::body::OP_MARK;
 use crate::etcd::{Conn, EtcdKv, LeaseLock, TxnLimits};
 use crate::kv::{KvStore, Visit, Write};
-use crate::state::State;
+use crate::state::StateWrite;
 use crate::store::{PagedStore, Snapshot};
 use crate::writer::Reply;
 
@@ -198,7 +198,7 @@ impl Checkpoints {
     /// releases): the snapshot every node takes there.
     pub(crate) fn on_mark(
         &self,
-        guard: RwLockWriteGuard<'_, State>,
+        guard: StateWrite<'_>,
         revision: i64,
         mine: bool,
         body: &[u8],

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
     let from = i64::try_from(loaded.checkpoint_lsn).unwrap_or(i64::MAX);
     let target_rev = log.last_revision()?;
     let watch = log.watch(from.saturating_add(1));
-    let state = Arc::new(RwLock::new(loaded.state));
+    let state = Arc::new(crate::state::StateLock::new(loaded.state));
     let failed = Arc::new(FailFlag::default());
     let max_body = target
         .limits

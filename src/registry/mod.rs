@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
@@ -43,7 +43,7 @@ use crate::log::entry::{decode_entries, validate_entry, Entry};
 use crate::log::{replay, RepairReport};
 use crate::metrics::{kind_index, Recorder};
 use crate::model::*;
-use crate::state::{Applied, Cursor, Page, State, Stats};
+use crate::state::{Applied, Cursor, Page, State, StateLock, StateRead, Stats};
 use crate::store::{load_state, KvStore, SledStore};
 use crate::writer::{
     commit, submit_detached, submit_inline_or_detached, CheckpointerCtx, FailFlag, Msg, WriteQueue,
@@ -63,7 +63,7 @@ struct Inner {
     history_retention_ms: u64,
     /// `Config::durability`: a write's durability when it names none.
     durability: Durability,
-    state: Arc<RwLock<State>>,
+    state: Arc<StateLock>,
     engine: Engine,
     failed: Arc<FailFlag>,
     store: Arc<dyn KvStore>,
@@ -97,7 +97,7 @@ impl Inner {
     /// writer, which then waits for a core while the readers run (DESIGN.md
     /// 13, step 9: two readers beside one writer at 10^5 devices, the
     /// writer runnable but not running 97% of a 3 s phase, 2.7k writes/s).
-    fn read_state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+    fn read_state(&self) -> StateRead<'_> {
         for _ in 0..crate::limits::READ_SPIN_TRIES {
             if let Some(guard) = self.state.try_read() {
                 return guard;
@@ -280,7 +280,7 @@ impl Registry {
         let max_batch_bytes = log.max_body().saturating_sub(16);
         let mut config = config;
         config.log_segment_bytes = segment_bytes;
-        let state = Arc::new(RwLock::new(state));
+        let state = Arc::new(StateLock::new(state));
         let failed = Arc::new(FailFlag::default());
         let busy = Arc::new(AtomicBool::new(false));
         let (ckpt_tx, ckpt_rx) = bounded(1);

@@ -3,14 +3,13 @@
 //! reverse, loading the state from the store at open.
 
 use hashbrown::HashSet;
-use parking_lot::RwLockWriteGuard;
 
 use super::{KvStore, Write};
 use crate::codec::*;
 use crate::error::{Error, Result};
 use crate::feed::{FeedDrain, KnownSets};
 use crate::history::HistoryDrain;
-use crate::state::State;
+use crate::state::{State, StateLock, StateWrite};
 
 /// Metadata key: the log segment size the LSNs are laid out with (u64 big-endian).
 pub(crate) const META_SEGMENT_BYTES: &[u8] = b"Mlog_segment_bytes";
@@ -33,13 +32,9 @@ impl Snapshot {
     /// downgraded (atomically: no write comes between) and the records are
     /// encoded under the read lock, so reads go on meanwhile. At 10^6
     /// devices that encoding took about 90 ms with every reader waiting.
-    pub(crate) fn take(
-        mut state: RwLockWriteGuard<'_, State>,
-        lsn: u64,
-        extra: Vec<Write>,
-    ) -> Result<Snapshot> {
+    pub(crate) fn take(mut state: StateWrite<'_>, lsn: u64, extra: Vec<Write>) -> Result<Snapshot> {
         let drain = Drain::take(&mut state);
-        let state = RwLockWriteGuard::downgrade(state);
+        let state = StateLock::downgrade(state);
         #[cfg(test)]
         tests::AFTER_DRAIN.with(|hook| {
             if let Some(f) = hook.borrow_mut().as_mut() {
@@ -336,8 +331,6 @@ mod tests {
     use std::cell::RefCell;
     use std::sync::Arc;
 
-    use parking_lot::RwLock;
-
     use super::*;
     use crate::log::entry::Entry;
     use crate::model::{Op, Platform, Register};
@@ -385,7 +378,7 @@ mod tests {
     /// between the drain and the encoding.
     #[test]
     fn a_snapshot_encodes_under_the_read_lock_only() {
-        let lock = Arc::new(RwLock::new(State::new(100)));
+        let lock = Arc::new(StateLock::new(State::new(100)));
         for i in 0..10 {
             lock.write().apply(&register(i));
         }
