@@ -22,18 +22,14 @@ const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
 const CHUNK_MASK: u32 = (1 << CHUNK_SHIFT) - 1;
 
 pub(crate) struct Slab<T> {
-    /// Every chunk but the last holds exactly `CHUNK_LEN` entries.
+    /// Every chunk but the last holds exactly `CHUNK_LEN` entries, so the
+    /// ids handed out are the full chunks' and the last one's entries.
     chunks: Vec<Vec<Option<T>>>,
-    /// Ids handed out (live or free): the next `push` gets this one.
-    len: usize,
 }
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab {
-            chunks: Vec::new(),
-            len: 0,
-        }
+        Slab { chunks: Vec::new() }
     }
 }
 
@@ -42,9 +38,12 @@ fn split(id: u32) -> (usize, usize) {
 }
 
 impl<T> Slab<T> {
-    /// Ids handed out so far, live or free.
+    /// Ids handed out so far, live or free: the next `push` gets this one.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        match self.chunks.split_last() {
+            Some((last, full)) => full.len() * CHUNK_LEN + last.len(),
+            None => 0,
+        }
     }
 
     fn entry(&self, id: u32) -> Option<&Option<T>> {
@@ -87,8 +86,9 @@ impl<T> Slab<T> {
     /// `Vec` this replaced: 2^32 device slots would be 384 GiB of memory,
     /// so no registry reaches the end of the id space.
     pub(crate) fn push(&mut self, v: T) -> u32 {
-        debug_assert!(self.len < u32::MAX as usize, "the u32 id space is spent");
-        let id = self.len as u32;
+        let len = self.len();
+        debug_assert!(len < u32::MAX as usize, "the u32 id space is spent");
+        let id = len as u32;
         if self.chunks.last().is_none_or(|c| c.len() >= CHUNK_LEN) {
             let chunk = self.new_chunk();
             self.chunks.push(chunk);
@@ -102,7 +102,6 @@ impl<T> Slab<T> {
             }
             debug_assert_eq!(split(id).1 + 1, last.len());
         }
-        self.len += 1;
         id
     }
 
