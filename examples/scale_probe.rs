@@ -5,12 +5,14 @@
 //! tenth of the import; then every thread's
 //! CPU per device (the checkpointer's, sled's I/O threads'), with the
 //! checkpoints, page merges and bytes handed to the store, and after the
-//! close the store's bytes on disk and the page cache the process dirtied. With
+//! close the store's bytes on disk and the page cache the process dirtied,
+//! and the peak RSS after the import and after the close (`crash` exits
+//! right after the import instead, leaving the database and its log). With
 //! `nockpt` no checkpoint runs while importing (the log holds everything),
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
 //!
 //! ```sh
-//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [keep]
+//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [segs=N] [keep|crash]
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
@@ -111,6 +113,13 @@ fn main() -> devreg::Result<()> {
     if let Some(bytes) = delta_bytes {
         config = config.page_delta_bytes(bytes);
     }
+    // `segs=N` sets `Config::max_log_segments` (the log's floor, 5.2).
+    if let Some(segs) = rest
+        .iter()
+        .find_map(|a| a.strip_prefix("segs=")?.parse::<u32>().ok())
+    {
+        config = config.max_log_segments(segs);
+    }
     let reg = Registry::open_with(config)?;
     let me = std::path::Path::new("/proc/thread-self/schedstat");
     let window = (n / 10).max(BATCH);
@@ -146,9 +155,20 @@ fn main() -> devreg::Result<()> {
         m.compactions
     );
     list_threads(n);
+    println!("peak RSS after the import: {} MiB", peak_rss_mib());
+    // `crash`: exit without closing, leaving the log a crash would (an
+    // open of the database then replays it).
+    if rest.iter().any(|a| a == "crash") {
+        println!("exiting without close: {}", dir.display());
+        std::process::exit(0);
+    }
     let closing = Instant::now();
     drop(reg);
-    println!("close: {:.1} s", closing.elapsed().as_secs_f64());
+    println!(
+        "close: {:.1} s, peak RSS {} MiB",
+        closing.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
     println!(
         "after close: store {:.0} B/device on disk, the process dirtied {:.0} B/device of page cache",
         dir_bytes(&dir.join("store")) as f64 / n as f64,
@@ -160,6 +180,15 @@ fn main() -> devreg::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+/// This process's peak resident set (`VmHWM`), in MiB (0 where missing).
+fn peak_rss_mib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb >> 10)
 }
 
 /// Every thread of this process that used the CPU, with its CPU per device.

@@ -43,8 +43,15 @@ pub struct Config {
     pub eventual_sync_interval_ms: u64,
     /// Size of each preallocated log segment; fixed when the database is created.
     pub log_segment_bytes: u64,
-    /// Segments the log may use before writers wait for a checkpoint.
+    /// Segments the log may use before writers wait for a checkpoint, in
+    /// a registry of up to about `max_log_segments × log_segment_bytes ÷
+    /// log_bytes_per_device` devices (a larger one may use more).
     pub max_log_segments: u32,
+    /// Log bytes per registered device the log may hold beyond
+    /// `max_log_segments` (0: `max_log_segments` is the bound). A page merge
+    /// of a large store runs for seconds, and the writes made meanwhile go
+    /// into the log (DESIGN.md 5.2).
+    pub log_bytes_per_device: u64,
     /// Longest time between checkpoints while there are changes.
     pub checkpoint_interval_ms: u64,
     /// Log bytes written since the last checkpoint that start the next one
@@ -139,6 +146,7 @@ impl Config {
             eventual_sync_interval_ms: 1000,
             log_segment_bytes: DEFAULT_LOG_SEGMENT_BYTES,
             max_log_segments: DEFAULT_MAX_LOG_SEGMENTS,
+            log_bytes_per_device: crate::limits::DEFAULT_LOG_BYTES_PER_DEVICE,
             checkpoint_interval_ms: 30_000,
             checkpoint_log_bytes: None,
             history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
@@ -266,6 +274,18 @@ impl Config {
         self
     }
 
+    /// Sets the log bytes per registered device the log may hold beyond
+    /// `max_log_segments` (0 turns the per-device bound off).
+    ///
+    /// ```
+    /// let c = devreg::Config::new("/tmp/x").log_bytes_per_device(0);
+    /// assert_eq!(c.log_bytes_per_device, 0);
+    /// ```
+    pub fn log_bytes_per_device(mut self, bytes: u64) -> Config {
+        self.log_bytes_per_device = bytes;
+        self
+    }
+
     /// Sets how many bytes of log start a checkpoint.
     pub fn checkpoint_log_bytes(mut self, bytes: u64) -> Config {
         self.checkpoint_log_bytes = Some(bytes);
@@ -358,6 +378,16 @@ impl Config {
         }
         if self.max_log_segments < 2 {
             return Err(Error::invalid("max_log_segments", "must be at least 2"));
+        }
+        let max_per_device = crate::limits::MAX_LOG_BYTES_PER_DEVICE;
+        if self.log_bytes_per_device > max_per_device {
+            return Err(Error::invalid(
+                "log_bytes_per_device",
+                format!(
+                    "{} is over the maximum of {max_per_device}",
+                    self.log_bytes_per_device
+                ),
+            ));
         }
         Ok(())
     }

@@ -28,6 +28,15 @@ pub const MAX_LOG_RECORD_BYTES: usize = 16 << 20;
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 16 << 20;
 /// Default number of log segments before writers wait for a checkpoint.
 pub const DEFAULT_MAX_LOG_SEGMENTS: u32 = 4;
+/// Default log bytes the log may hold per registered device, beyond
+/// `DEFAULT_MAX_LOG_SEGMENTS` (DESIGN.md 5.2): at 10^7 devices 240 MB,
+/// enough for the writes of a page merge's length.
+pub const DEFAULT_LOG_BYTES_PER_DEVICE: u64 = 24;
+/// The largest `Config::log_bytes_per_device`.
+pub const MAX_LOG_BYTES_PER_DEVICE: u64 = 4096;
+/// Most log bytes the per-device bound may reach (the floor,
+/// `Config::max_log_segments`, may be more).
+pub const MAX_SCALED_LOG_BYTES: u64 = 1 << 30;
 /// Log segments a checkpoint has released that are kept for reuse (renamed
 /// instead of preallocated); the rest are deleted.
 pub const SPARE_LOG_SEGMENTS: usize = 1;

@@ -163,6 +163,8 @@ pub(crate) struct Recorder {
     group_commit_records: AtomicHistogram,
     log_fsync_us: AtomicHistogram,
     log_bytes_written: AtomicU64,
+    /// The log's bound now, in bytes (a gauge the writer sets).
+    log_bound_bytes: AtomicU64,
     checkpoint_ms: AtomicHistogram,
     checkpoint_failures: AtomicU64,
     compactions: AtomicU64,
@@ -178,6 +180,7 @@ impl Recorder {
             group_commit_records: AtomicHistogram::new(&GROUP_COMMIT_RECORDS_BUCKETS),
             log_fsync_us: AtomicHistogram::new(&LOG_FSYNC_BUCKETS_US),
             log_bytes_written: AtomicU64::new(0),
+            log_bound_bytes: AtomicU64::new(0),
             checkpoint_ms: AtomicHistogram::new(&CHECKPOINT_BUCKETS_MS),
             checkpoint_failures: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
@@ -247,6 +250,15 @@ impl Recorder {
 
     pub(crate) fn log_bytes_written(&self) -> u64 {
         self.log_bytes_written.load(Relaxed)
+    }
+
+    /// The log may now hold `bytes` before writers wait.
+    pub(crate) fn set_log_bound(&self, bytes: u64) {
+        self.log_bound_bytes.store(bytes, Relaxed);
+    }
+
+    pub(crate) fn log_bound_bytes(&self) -> u64 {
+        self.log_bound_bytes.load(Relaxed)
     }
 
     pub(crate) fn checkpoint_ms(&self) -> Histogram {

@@ -484,6 +484,12 @@ impl WriterCtx {
             if self.log.pool().has_room_for(seq) {
                 continue;
             }
+            // The bound follows the registry's size; only looked at here,
+            // on the way to waiting.
+            self.rescale_log_bound();
+            if self.log.pool().has_room_for(seq) {
+                continue;
+            }
             if let Err(e) = self.start_checkpoint(None) {
                 return Err(self.fail(&e));
             }
@@ -497,6 +503,23 @@ impl WriterCtx {
             debug_assert!(self.log.pool().has_room_for(seq));
         }
         Ok(())
+    }
+
+    /// Sets the log's bound for the registry's size now
+    /// (`log_bound_segments`, DESIGN.md 5.2).
+    pub(crate) fn rescale_log_bound(&self) {
+        let devices = self.state.read().len();
+        let segment_bytes = self.log.segment_bytes();
+        let bound = crate::log::segments::log_bound_segments(
+            self.config.max_log_segments,
+            segment_bytes,
+            self.config.log_bytes_per_device,
+            devices,
+        );
+        self.log.pool().set_max_segments(bound);
+        let bound = self.log.pool().max_segments();
+        self.metrics
+            .set_log_bound(bound.saturating_mul(segment_bytes));
     }
 
     /// `Immediate`: every record is written and synced, then applied.

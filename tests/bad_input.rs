@@ -322,6 +322,10 @@ fn bad_config_is_a_typed_error() {
         open(Config::new(&db).max_log_segments(1)),
         "max_log_segments",
     );
+    assert_invalid(
+        open(Config::new(&db).log_bytes_per_device(devreg::limits::MAX_LOG_BYTES_PER_DEVICE + 1)),
+        "log_bytes_per_device",
+    );
 }
 
 #[test]

@@ -21,6 +21,62 @@ fn small(path: &std::path::Path) -> Config {
         .checkpoint_interval_ms(20)
 }
 
+/// A large registry's log may hold `log_bytes_per_device` per device
+/// before writers wait for a checkpoint (DESIGN.md 5.2): the bound is
+/// derived from the devices loaded at open, and the writer fills that many
+/// segments without forcing a checkpoint.
+#[test]
+fn the_log_may_hold_more_in_a_larger_registry() {
+    const SEGMENT: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let config = |per_device: u64| {
+        Config::new(&db)
+            .log_segment_bytes(SEGMENT)
+            .max_log_segments(3)
+            .log_bytes_per_device(per_device)
+            // No checkpoint but the ones the log's bound forces.
+            .checkpoint_log_bytes(u64::MAX / 4)
+            .checkpoint_interval_ms(u64::MAX / 4)
+    };
+    let batch = |from: u64| -> Vec<Op> {
+        // 500 registers: a record of about 39 KB, under the segment.
+        (from..from + 500)
+            .map(|i| reg_op(&format!("{i:064x}"), Some(&format!("p{i}")), i))
+            .collect()
+    };
+    {
+        let reg = Registry::open_with(config(64)).unwrap();
+        // Empty: the floor.
+        assert_eq!(reg.metrics().log_bound_bytes, 3 * SEGMENT);
+        for k in 0..20 {
+            reg.apply_batch(batch(k * 500)).unwrap();
+        }
+        reg.close().unwrap();
+    }
+    // 10,000 devices at 64 B: 640,000 B, ten segments of 64 KiB.
+    let reg = Registry::open_with(config(64)).unwrap();
+    assert_eq!(reg.metrics().log_bound_bytes, 10 * SEGMENT);
+    // Rewrites of the same devices (the count stays 10,000) fill six
+    // segments, one record each: more than the floor of three, and none
+    // forced a checkpoint.
+    let mut k = 0;
+    while reg.metrics().log_disk_bytes < 6 * SEGMENT {
+        reg.apply_batch(batch((k % 20) * 500)).unwrap();
+        k += 1;
+    }
+    let m = reg.metrics();
+    assert_eq!(m.checkpoints, 0, "a checkpoint was forced below the bound");
+    assert_eq!(m.log_disk_bytes, 6 * SEGMENT);
+    assert_eq!(reg.stats().devices, 10_000);
+    reg.close().unwrap();
+    // Turned off, the floor is the bound at any size.
+    let reg = Registry::open_with(config(0)).unwrap();
+    assert_eq!(reg.metrics().log_bound_bytes, 3 * SEGMENT);
+    let report = reg.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
 #[test]
 fn survives_reopen_across_many_segments_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();

@@ -171,6 +171,11 @@ impl LogWriter {
         &self.pool
     }
 
+    /// This database's segment size (fixed when it was created).
+    pub(crate) fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
     /// Largest body one record can carry.
     pub(crate) fn max_body(&self) -> usize {
         (self.segment_bytes as usize).saturating_sub(2 * HEADER_BYTES)

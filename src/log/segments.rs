@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -146,12 +147,31 @@ struct PoolState {
     free: Vec<u64>,
 }
 
+/// How many segments the log may hold with `devices` registered
+/// (DESIGN.md 5.2): `floor` (`Config::max_log_segments`), or enough for
+/// `bytes_per_device` of log per device, whichever is more; the scaled part
+/// is at most `MAX_SCALED_LOG_BYTES`. A page merge's length grows with the
+/// store, and a log that fills during one stops the writer until it ends.
+pub(crate) fn log_bound_segments(
+    floor: u32,
+    segment_bytes: u64,
+    bytes_per_device: u64,
+    devices: u64,
+) -> u64 {
+    let scaled_bytes = devices
+        .saturating_mul(bytes_per_device)
+        .min(crate::limits::MAX_SCALED_LOG_BYTES);
+    u64::from(floor).max(scaled_bytes.div_ceil(segment_bytes.max(1)))
+}
+
 /// Tracks which segments the checkpoint has released, and makes the writer
 /// wait when all `max_segments` are in use (backpressure).
 pub(crate) struct SegmentPool {
     dir: PathBuf,
     segment_bytes: u64,
-    max_segments: u64,
+    /// The bound in force, in segments: the writer raises or lowers it as
+    /// the registry grows or shrinks (`log_bound_segments`).
+    max_segments: AtomicU64,
     state: Mutex<PoolState>,
     freed: Condvar,
     pub(crate) faults: Faults,
@@ -169,7 +189,7 @@ impl SegmentPool {
         SegmentPool {
             dir,
             segment_bytes,
-            max_segments,
+            max_segments: AtomicU64::new(max_segments),
             state: Mutex::new(PoolState {
                 checkpoint_seq,
                 free,
@@ -179,16 +199,27 @@ impl SegmentPool {
         }
     }
 
+    /// Sets how many segments may be live (at least 2: the one being
+    /// written and the next).
+    pub(crate) fn set_max_segments(&self, n: u64) {
+        self.max_segments.store(n.max(2), Ordering::Release);
+    }
+
+    /// The bound in force.
+    pub(crate) fn max_segments(&self) -> u64 {
+        self.max_segments.load(Ordering::Acquire)
+    }
+
     /// Whether segment `seq` may be started without exceeding the bound.
     pub(crate) fn has_room_for(&self, seq: u64) -> bool {
         let st = self.state.lock();
-        seq < st.checkpoint_seq + self.max_segments
+        seq < st.checkpoint_seq + self.max_segments()
     }
 
     /// Waits until segment `seq` may be started.
     pub(crate) fn wait_for_room(&self, seq: u64, failed: &dyn Fn() -> bool) {
         let mut st = self.state.lock();
-        while seq >= st.checkpoint_seq + self.max_segments && !failed() {
+        while seq >= st.checkpoint_seq + self.max_segments() && !failed() {
             self.freed
                 .wait_for(&mut st, std::time::Duration::from_millis(50));
         }
@@ -257,6 +288,51 @@ impl SegmentPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_bound_is_the_floor_or_the_per_device_bytes_whichever_is_more() {
+        let mib = 1 << 20;
+        // A small registry: the floor.
+        assert_eq!(log_bound_segments(4, 16 * mib, 24, 0), 4);
+        assert_eq!(log_bound_segments(4, 16 * mib, 24, 1_000_000), 4);
+        // 10^7 devices at 24 B: 240 MB, 15 segments of 16 MiB (rounded up).
+        assert_eq!(log_bound_segments(4, 16 * mib, 24, 10_000_000), 15);
+        // Off: the floor at any size.
+        assert_eq!(log_bound_segments(4, 16 * mib, 0, 10_000_000), 4);
+        // The per-device part stops at MAX_SCALED_LOG_BYTES (64 segments
+        // of 16 MiB); a larger floor still wins.
+        let cap = crate::limits::MAX_SCALED_LOG_BYTES / (16 * mib);
+        assert_eq!(log_bound_segments(4, 16 * mib, 4096, u64::MAX), cap);
+        assert_eq!(log_bound_segments(100, 16 * mib, 4096, u64::MAX), 100);
+    }
+
+    #[test]
+    fn the_pool_waits_at_the_bound_in_force_and_never_below_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = SegmentPool::new(
+            dir.path().to_owned(),
+            4096,
+            3,
+            10,
+            Vec::new(),
+            Faults::default(),
+        );
+        // Segments 10, 11 and 12 may be live; 13 waits.
+        assert!(pool.has_room_for(12));
+        assert!(!pool.has_room_for(13));
+        pool.set_max_segments(6);
+        assert_eq!(pool.max_segments(), 6);
+        assert!(pool.has_room_for(15));
+        assert!(!pool.has_room_for(16));
+        // Lowered again: segments already live stay, new ones wait.
+        pool.set_max_segments(0);
+        assert_eq!(pool.max_segments(), 2);
+        assert!(pool.has_room_for(11));
+        assert!(!pool.has_room_for(12));
+        // A waiter returns once the bound lets it start.
+        pool.set_max_segments(4);
+        pool.wait_for_room(13, &|| false);
+    }
 
     #[test]
     fn a_checkpoint_keeps_one_spare_segment_and_deletes_the_rest() {

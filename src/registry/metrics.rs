@@ -36,6 +36,10 @@ pub struct Metrics {
     /// Bytes the log's files take on disk now (preallocated segments
     /// count whole; a gauge, from one listing of `log/`).
     pub log_disk_bytes: u64,
+    /// Bytes the log may hold before writers wait for a checkpoint (a
+    /// gauge: `Config::max_log_segments`, or more in a large registry,
+    /// `Config::log_bytes_per_device`; 0 on etcd, which has no log).
+    pub log_bound_bytes: u64,
     /// Checkpoints written (a counter; the histogram's `count`).
     pub checkpoints: u64,
     /// Checkpoints that failed, or were refused because the registry had
@@ -113,6 +117,7 @@ impl Registry {
             log_fsync_us: m.log_fsync_us(),
             log_bytes_written: m.log_bytes_written(),
             log_disk_bytes: self.log_disk_bytes(),
+            log_bound_bytes: m.log_bound_bytes(),
             checkpoints: checkpoint_ms.count,
             checkpoint_failures: m.checkpoint_failures(),
             checkpoint_ms,

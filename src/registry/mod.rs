@@ -313,6 +313,8 @@ impl Registry {
             closed: false,
             metrics: metrics.clone(),
         };
+        // The log's bound for the registry as loaded (DESIGN.md 5.2).
+        ctx.rescale_log_bound();
         let ctx = Arc::new(Mutex::new(ctx));
         let ctx_for_thread = ctx.clone();
         let queue = WriteQueue::new();

@@ -82,6 +82,8 @@ impl Collector for EngineCollector {
         counter(&mut e, "log_written_bytes", help, m.log_bytes_written)?;
         let help = "Bytes the log's files take on disk.";
         gauge(&mut e, "log_disk_bytes", help, m.log_disk_bytes)?;
+        let help = "Bytes the log may hold before writers wait for a checkpoint.";
+        gauge(&mut e, "log_bound_bytes", help, m.log_bound_bytes)?;
         let help = "Duration of each checkpoint written, in seconds.";
         histogram(
             &mut e,
