@@ -43,14 +43,15 @@ pub struct Config {
     pub eventual_sync_interval_ms: u64,
     /// Size of each preallocated log segment; fixed when the database is created.
     pub log_segment_bytes: u64,
-    /// Segments the log may use before writers wait for a checkpoint, in
-    /// a registry of up to about `max_log_segments × log_segment_bytes ÷
-    /// log_bytes_per_device` devices (a larger one may use more).
+    /// Segments the log may use before writers wait for a checkpoint
+    /// (with `log_bytes_per_device` set, a large registry may use more).
     pub max_log_segments: u32,
     /// Log bytes per registered device the log may hold beyond
-    /// `max_log_segments` (0: `max_log_segments` is the bound). A page merge
-    /// of a large store runs for seconds, and the writes made meanwhile go
-    /// into the log (DESIGN.md 5.2).
+    /// `max_log_segments` (0, the default: `max_log_segments` is the
+    /// bound). A page merge of a large store runs for seconds, and the
+    /// writes made meanwhile go into the log; a larger log lets a bulk load
+    /// go on through it, for more memory and a longer recovery after a
+    /// crash (DESIGN.md 5.2).
     pub log_bytes_per_device: u64,
     /// Longest time between checkpoints while there are changes.
     pub checkpoint_interval_ms: u64,
@@ -275,11 +276,12 @@ impl Config {
     }
 
     /// Sets the log bytes per registered device the log may hold beyond
-    /// `max_log_segments` (0 turns the per-device bound off).
+    /// `max_log_segments` (0, the default, turns the per-device bound off).
     ///
     /// ```
-    /// let c = devreg::Config::new("/tmp/x").log_bytes_per_device(0);
-    /// assert_eq!(c.log_bytes_per_device, 0);
+    /// // A bulk load of 10^7 devices: up to 240 MB of log.
+    /// let c = devreg::Config::new("/tmp/x").log_bytes_per_device(24);
+    /// assert_eq!(c.log_bytes_per_device, 24);
     /// ```
     pub fn log_bytes_per_device(mut self, bytes: u64) -> Config {
         self.log_bytes_per_device = bytes;

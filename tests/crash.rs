@@ -97,7 +97,14 @@ fn crash_child() {
         var("DEVREG_CRASH_RUN"),
         var("DEVREG_CRASH_EVENTUAL") == 1,
     );
-    let reg = Registry::open_with(crash_config(Path::new(&db), eventual)).unwrap();
+    // Every third run lets the log grow with the registry (DESIGN.md 5.2):
+    // kills then land in a log longer than `max_log_segments`, and the
+    // next open replays it.
+    let mut config = crash_config(Path::new(&db), eventual);
+    if run % 3 == 1 {
+        config = config.log_bytes_per_device(512);
+    }
+    let reg = Registry::open_with(config).unwrap();
     run_workload(&reg, seed, run, 0);
 }
 
