@@ -30,7 +30,7 @@ pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 16 << 20;
 pub const DEFAULT_MAX_LOG_SEGMENTS: u32 = 4;
 /// Default log bytes the log may hold per registered device, beyond
 /// `DEFAULT_MAX_LOG_SEGMENTS`: none (DESIGN.md 5.2). 24 (240 MB at 10^7
-/// devices) made a 10^7 import a quarter to a third faster and its peak
+/// devices) made a 10^7 import 27–50% faster and its peak
 /// RSS 0.5–1.2 GB higher, over the memory target; a bulk load on a host
 /// with room to spare may set it.
 pub const DEFAULT_LOG_BYTES_PER_DEVICE: u64 = 0;
