@@ -382,6 +382,42 @@ fn import_reads_stdin() {
     assert_eq!(dump(&db).len(), 2);
 }
 
+/// `--log-bytes-per-device` reaches the registry's config: a bulk import
+/// may set it, and a value over the limit is refused naming the setting.
+#[test]
+fn import_takes_the_log_bound_per_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let text = [
+        register("b1", "ios", None, 1),
+        register("b2", "android", None, 2),
+    ]
+    .join("\n");
+    let too_many = (devreg::limits::MAX_LOG_BYTES_PER_DEVICE + 1).to_string();
+    let o = devreg_with_stdin(
+        &db,
+        &["--log-bytes-per-device", &too_many, "import", "-"],
+        Some(text.as_bytes()),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("log_bytes_per_device"),
+        "{}",
+        stderr(&o)
+    );
+    let o = devreg_with_stdin(
+        &db,
+        &["--log-bytes-per-device", "24", "import", "-"],
+        Some(text.as_bytes()),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        json_from(&stdout(&o)),
+        json!({"imported": 2, "skipped": 0, "rejected": 0})
+    );
+    assert_eq!(dump(&db).len(), 2);
+}
+
 #[test]
 fn an_empty_file_imports_nothing() {
     let dir = tempfile::tempdir().unwrap();
