@@ -59,7 +59,7 @@ struct Cli {
 
     /// Log bytes per device the log may hold beyond its 4 segments, so that
     /// a bulk `import` into a large registry goes on through page merges
-    /// (24 made a 10^7 import 27% faster and peak 1.2 GB higher, and an
+    /// (24 cut a 10^7 import's time by 27% and raised its peak 1.2 GB, and an
     /// open after a crash replays more; DESIGN.md 5.2). Default 0: off.
     #[arg(long, value_name = "BYTES")]
     log_bytes_per_device: Option<u64>,
