@@ -360,26 +360,33 @@ fn cap_flag_evicts_oldest_and_is_kept_without_the_flag() {
     assert_eq!(stats["max_devices_per_person"], 50);
 }
 
-#[test]
-fn import_reads_stdin() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
+/// `import -` of two registers on stdin with `flags` before the command.
+fn import_two_from_stdin(db: &Path, flags: &[&str]) -> Output {
     let text = [
         register("s1", "ios", None, 1),
         register("s2", "android", None, 2),
     ]
     .join("\n");
-    let o = devreg_with_stdin(
-        &db,
-        &["--durability", "eventual", "import", "-"],
-        Some(text.as_bytes()),
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let args: Vec<&str> = flags.iter().copied().chain(["import", "-"]).collect();
+    devreg_with_stdin(db, &args, Some(text.as_bytes()))
+}
+
+/// The import of `import_two_from_stdin` succeeded, and both are there.
+fn assert_imported_two(db: &Path, o: &Output) {
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
     assert_eq!(
-        json_from(&stdout(&o)),
+        json_from(&stdout(o)),
         json!({"imported": 2, "skipped": 0, "rejected": 0})
     );
-    assert_eq!(dump(&db).len(), 2);
+    assert_eq!(dump(db).len(), 2);
+}
+
+#[test]
+fn import_reads_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let o = import_two_from_stdin(&db, &["--durability", "eventual"]);
+    assert_imported_two(&db, &o);
 }
 
 /// `--log-bytes-per-device` reaches the registry's config: a bulk import
@@ -388,34 +395,16 @@ fn import_reads_stdin() {
 fn import_takes_the_log_bound_per_device() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let text = [
-        register("b1", "ios", None, 1),
-        register("b2", "android", None, 2),
-    ]
-    .join("\n");
     let too_many = (devreg::limits::MAX_LOG_BYTES_PER_DEVICE + 1).to_string();
-    let o = devreg_with_stdin(
-        &db,
-        &["--log-bytes-per-device", &too_many, "import", "-"],
-        Some(text.as_bytes()),
-    );
+    let o = import_two_from_stdin(&db, &["--log-bytes-per-device", &too_many]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("log_bytes_per_device"),
         "{}",
         stderr(&o)
     );
-    let o = devreg_with_stdin(
-        &db,
-        &["--log-bytes-per-device", "24", "import", "-"],
-        Some(text.as_bytes()),
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(
-        json_from(&stdout(&o)),
-        json!({"imported": 2, "skipped": 0, "rejected": 0})
-    );
-    assert_eq!(dump(&db).len(), 2);
+    let o = import_two_from_stdin(&db, &["--log-bytes-per-device", "24"]);
+    assert_imported_two(&db, &o);
 }
 
 #[test]
