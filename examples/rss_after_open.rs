@@ -15,16 +15,11 @@
 
 use std::error::Error;
 
+#[path = "support/status.rs"]
+mod status;
+
 fn vm_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    status::status_kib("VmRSS:") * 1024
 }
 
 fn main() -> Result<(), Box<dyn Error>> {

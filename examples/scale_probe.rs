@@ -12,7 +12,7 @@
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
 //!
 //! ```sh
-//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [segs=N] [keep|crash]
+//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [segs=N] [perdev=BYTES] [keep|crash]
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
@@ -32,6 +32,8 @@ const LIST_THREADS_FROM_NS: f64 = 50e6;
 
 #[path = "support/generator.rs"]
 mod generator;
+#[path = "support/status.rs"]
+mod status;
 #[path = "support/threads.rs"]
 mod threads;
 
@@ -120,6 +122,14 @@ fn main() -> devreg::Result<()> {
     {
         config = config.max_log_segments(segs);
     }
+    // `perdev=BYTES` sets `Config::log_bytes_per_device` (5.2; 0 by
+    // default, DESIGN.md 13 step 24's runs used 24).
+    if let Some(bytes) = rest
+        .iter()
+        .find_map(|a| a.strip_prefix("perdev=")?.parse::<u64>().ok())
+    {
+        config = config.log_bytes_per_device(bytes);
+    }
     let reg = Registry::open_with(config)?;
     let me = std::path::Path::new("/proc/thread-self/schedstat");
     let window = (n / 10).max(BATCH);
@@ -184,11 +194,7 @@ fn main() -> devreg::Result<()> {
 
 /// This process's peak resident set (`VmHWM`), in MiB (0 where missing).
 fn peak_rss_mib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb >> 10)
+    status::status_kib("VmHWM:") >> 10
 }
 
 /// Every thread of this process that used the CPU, with its CPU per device.

@@ -516,8 +516,7 @@ impl WriterCtx {
             self.config.log_bytes_per_device,
             devices,
         );
-        self.log.pool().set_max_segments(bound);
-        let bound = self.log.pool().max_segments();
+        let bound = self.log.pool().set_max_segments(bound);
         self.metrics
             .set_log_bound(bound.saturating_mul(segment_bytes));
     }

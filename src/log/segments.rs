@@ -200,9 +200,11 @@ impl SegmentPool {
     }
 
     /// Sets how many segments may be live (at least 2: the one being
-    /// written and the next).
-    pub(crate) fn set_max_segments(&self, n: u64) {
-        self.max_segments.store(n.max(2), Ordering::Release);
+    /// written and the next); returns the bound set.
+    pub(crate) fn set_max_segments(&self, n: u64) -> u64 {
+        let bound = n.max(2);
+        self.max_segments.store(bound, Ordering::Release);
+        bound
     }
 
     /// The bound in force.
