@@ -82,6 +82,8 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
         config.history_retention_ms,
     )?;
     super::check_stored_cap(&config, loaded.state.cap)?;
+    // As in `Registry::open_with`: the load's transient pages go back.
+    crate::heap::release_free_pages();
     let from = i64::try_from(loaded.checkpoint_lsn).unwrap_or(i64::MAX);
     let target_rev = log.last_revision()?;
     let watch = log.watch(from.saturating_add(1));

@@ -267,6 +267,8 @@ impl Registry {
             true => open::reopen_store(&config, store)?,
             false => store,
         };
+        // The load's transient memory is free now; give its pages back.
+        crate::heap::release_free_pages();
         let last_clock_ms = state.now_ms;
         let metrics = Arc::new(Recorder::new());
         let (pool, log) = open::open_log(

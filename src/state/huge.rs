@@ -9,7 +9,8 @@
 //! whose THP mode is `madvise` (Debian's default and this machine's) give
 //! huge pages only to ranges advised `MADV_HUGEPAGE`, which this does.
 //!
-//! This is devreg's only `unsafe` code. `madvise(MADV_HUGEPAGE)` is an
+//! This is one of devreg's two `unsafe` calls (the other is `heap.rs`'s
+//! `malloc_trim`). `madvise(MADV_HUGEPAGE)` is an
 //! advice on a range of the process's own memory: it changes no byte and
 //! no mapping the program can see, only how the kernel backs the range,
 //! and a range it cannot advise gets an error, which is ignored (the

@@ -41,6 +41,11 @@ impl SlotToken {
         }
     }
 
+    /// Whether `packed` is held inline (no allocation).
+    pub(crate) fn fits_inline(packed: &[u8]) -> bool {
+        packed.len() <= INLINE_TOKEN_BYTES
+    }
+
     /// The packed bytes.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {

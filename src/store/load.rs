@@ -1,9 +1,16 @@
 //! Loading the devices at open on both cores: a scanning thread reads the
 //! `'D'` pages (sled, page decoding, delta overlay), checks and decodes each
-//! record, hashes its token and person with the state's hasher, allocates
-//! the token and interns the attribute set; the opening thread interns the
-//! people and inserts into the tables (measured at 10^7: the random probes
-//! into tables of millions of entries are most of the open).
+//! record, hashes its token and person with the state's hasher and interns
+//! the attribute set; the opening thread interns the people, boxes the
+//! tokens too long for a slot (FCM's) and inserts into the tables (measured
+//! at 10^7: the random probes into tables of millions of entries are most
+//! of the open).
+//!
+//! Nothing the state keeps is allocated on the scanning thread but the
+//! attribute sets (a few): glibc gives that thread its own arena, which the
+//! load's transient memory (decoded pages, sled's reads) fills and frees,
+//! and a box left among the freed chunks keeps their pages resident after
+//! `heap::release_free_pages` (DESIGN.md 6, "The heap after open").
 
 use std::hash::BuildHasher;
 use std::ops::Range;
@@ -27,16 +34,20 @@ const LOAD_BATCHES_IN_FLIGHT: usize = 4;
 struct Rec {
     device: LoadedDevice,
     person: Option<(Range<usize>, u64)>,
+    /// A token too long for the slot, in the batch's `long_tokens`: the
+    /// opening thread allocates its box (see `load_into`).
+    long_token: Option<Range<usize>>,
 }
 
 #[derive(Default)]
 struct Batch {
     names: Vec<u8>,
+    long_tokens: Vec<u8>,
     recs: Vec<Rec>,
 }
 
-/// The scanning thread's share of each record: decoding, hashing, the
-/// token's allocation and the attribute sets, interned into a pool the
+/// The scanning thread's share of each record: decoding, hashing and the
+/// attribute sets, interned into a pool the
 /// state adopts after the load (`State::adopt_attr_pool`). People are
 /// interned by the opening thread: at 10^7 devices, with them here, this
 /// thread did four fifths of the load's work while the other waited
@@ -78,15 +89,26 @@ impl Decoder {
             batch.names.extend_from_slice(p.as_bytes());
             (start..batch.names.len(), self.hasher.hash_one(p.as_bytes()))
         });
+        let (token, long_token) = if SlotToken::fits_inline(packed) {
+            (SlotToken::new(packed), None)
+        } else {
+            let start = batch.long_tokens.len();
+            batch.long_tokens.extend_from_slice(packed);
+            (SlotToken::new(&[]), Some(start..batch.long_tokens.len()))
+        };
         let device = LoadedDevice {
             token_hash: self.hasher.hash_one(packed),
-            token: SlotToken::new(packed),
+            token,
             platform: r.platform,
             person: NO_PERSON,
             last_seen_ms: r.last_seen_ms,
             attrs: self.attrs(key, r.attributes_blob)?,
         };
-        batch.recs.push(Rec { device, person });
+        batch.recs.push(Rec {
+            device,
+            person,
+            long_token,
+        });
         Ok(())
     }
 }
@@ -103,10 +125,18 @@ fn load_into(batch: &mut Batch, state: &mut State) -> Result<()> {
                 .ok_or_else(|| Error::corrupt("a person of the store", "not UTF-8"))?;
             r.device.person = state.load_person(name, h);
         }
+        if let Some(range) = r.long_token {
+            let packed = batch
+                .long_tokens
+                .get(range)
+                .ok_or_else(|| Error::corrupt("a token of the store", "out of its batch"))?;
+            r.device.token = SlotToken::new(packed);
+        }
         // sled keys are unique and packing is canonical: no duplicate tokens.
         state.load_device(r.device);
     }
     batch.names.clear();
+    batch.long_tokens.clear();
     Ok(())
 }
 
@@ -179,4 +209,59 @@ pub(crate) fn load_devices(store: &dyn KvStore, state: &mut State) -> Result<()>
         }
     })?;
     state.adopt_attr_pool(decoder.attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(person: Option<&str>) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        encode_attributes_into(&std::collections::BTreeMap::new(), &mut attrs);
+        encode_record(&RecordRef {
+            platform: crate::model::Platform::Android,
+            last_seen_ms: 7,
+            person,
+            attributes_blob: &attrs,
+        })
+    }
+
+    /// The scanner hands an FCM token over as bytes and leaves its slot
+    /// token empty; the opening thread boxes it and the device reads back
+    /// whole. An APNs token stays inline on the scanner's side (no box).
+    #[test]
+    fn a_long_token_is_boxed_by_the_opening_thread_not_the_scanner() {
+        let fcm = format!("cXk1:APA91b{}", "Q".repeat(140));
+        let apns = "ab".repeat(32);
+        let mut state = State::new(u32::MAX);
+        let mut decoder = Decoder {
+            hasher: *state.hasher(),
+            attrs: HashSet::new(),
+        };
+        let mut batch = Batch::default();
+        for (token, person) in [(&fcm, Some("ann")), (&apns, None)] {
+            let key = device_key(&pack_token(token));
+            decoder.decode(&mut batch, &key, &record(person)).unwrap();
+        }
+        let [long, short] = &batch.recs[..] else {
+            panic!("two records decoded");
+        };
+        assert!(long.device.token.is_empty(), "the scanner boxed the token");
+        let range = long.long_token.clone().unwrap();
+        assert_eq!(&batch.long_tokens[range], &*pack_token(&fcm));
+        assert!(short.long_token.is_none());
+        assert!(short.device.token.is_inline());
+        assert_eq!(&*short.device.token, &*pack_token(&apns));
+
+        state.begin_load(2, 1);
+        load_into(&mut batch, &mut state).unwrap();
+        state.finish_load().unwrap();
+        assert!(batch.long_tokens.is_empty() && batch.recs.is_empty());
+        let d = state.device(&fcm).unwrap();
+        assert_eq!(
+            (d.token.as_str(), d.person.as_deref()),
+            (fcm.as_str(), Some("ann"))
+        );
+        assert_eq!(state.device(&apns).unwrap().last_seen_ms, 7);
+    }
 }
