@@ -93,6 +93,12 @@ pub struct Config {
     /// between two passes rewrites every free segment of the store, and at
     /// 10^7 devices a copy hung inside sled.
     pub compact_max_live_bytes: u64,
+    /// The open's load closes and opens the store each time it has read
+    /// this many bytes of pages (set by `memory_budget_bytes`: twice the
+    /// budget; `u64::MAX`: never): sled keeps the nodes of every page a
+    /// scan read until it is closed, about 1 GB at 10^7 devices, on top of
+    /// the state (DESIGN.md 6, "The open's scan sheds sled's nodes").
+    pub load_shed_bytes: u64,
     /// sled's cache capacity (default 3/8 of the memory budget). sled evicts
     /// late whatever it is set to (DESIGN.md section 6).
     pub sled_cache_bytes: u64,
@@ -159,6 +165,7 @@ impl Config {
             // Set from the budget just below.
             compact_pass_bytes: 0,
             compact_max_live_bytes: 0,
+            load_shed_bytes: 0,
             memory_budget: 0,
             soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
@@ -205,7 +212,8 @@ impl Config {
     /// and cuts it up: 3/8 for sled's cache, 1/4 for delta pages (held
     /// in memory too), 1/256 (at most `CHECKPOINT_CHUNK_BYTES`) per
     /// checkpoint chunk, 1/8 per pass of a store compaction (which runs
-    /// while the live bytes fit in the budget). The rest is headroom for sled's own buffers and a
+    /// while the live bytes fit in the budget); the open's load sheds
+    /// sled's nodes after reading twice the budget. The rest is headroom for sled's own buffers and a
     /// checkpoint's change list. The default, 256 MiB, was chosen by
     /// measurement at 10^6 and 10^7 devices (DESIGN.md section 13). At least 64 MiB.
     ///
@@ -216,12 +224,14 @@ impl Config {
     /// assert_eq!(c.checkpoint_chunk_bytes, 1 << 20);
     /// assert_eq!(c.compact_pass_bytes, 32 << 20);
     /// assert_eq!(c.compact_max_live_bytes, 256 << 20);
+    /// assert_eq!(c.load_shed_bytes, 512 << 20);
     /// ```
     pub fn memory_budget_bytes(mut self, bytes: u64) -> Config {
         self.memory_budget = bytes;
         self.sled_cache_bytes = bytes / 8 * 3;
         self.compact_pass_bytes = bytes / 8;
         self.compact_max_live_bytes = bytes;
+        self.load_shed_bytes = bytes.saturating_mul(2);
         self.page_delta_bytes = usize::try_from(bytes / 4).unwrap_or(usize::MAX);
         self.checkpoint_chunk_bytes = usize::try_from(bytes / 256)
             .map_or(CHECKPOINT_CHUNK_BYTES, |b| b.min(CHECKPOINT_CHUNK_BYTES));
@@ -339,6 +349,14 @@ impl Config {
         self
     }
 
+    /// Sets the bytes of pages the open's load reads between two sheds of
+    /// sled's nodes (`u64::MAX`: never; `memory_budget_bytes` sets it too,
+    /// so call this after).
+    pub fn load_shed_bytes(mut self, bytes: u64) -> Config {
+        self.load_shed_bytes = bytes;
+        self
+    }
+
     /// Test-only: every I/O call of the registry asks `plan` first.
     #[doc(hidden)]
     pub fn fault_plan(mut self, plan: std::sync::Arc<crate::fault::FaultPlan>) -> Config {
@@ -365,6 +383,15 @@ impl Config {
                 format!(
                     "{} is under the minimum of {MIN_MEMORY_BUDGET_BYTES}",
                     self.memory_budget
+                ),
+            ));
+        }
+        if self.load_shed_bytes < MIN_MEMORY_BUDGET_BYTES {
+            return Err(Error::invalid(
+                "load_shed_bytes",
+                format!(
+                    "{} is under the minimum of {MIN_MEMORY_BUDGET_BYTES} (u64::MAX: never)",
+                    self.load_shed_bytes
                 ),
             ));
         }

@@ -58,6 +58,12 @@ pub(crate) trait KvStore: Send + Sync {
     }
     /// Calls `f` for each entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()>;
+    /// `scan_prefix` for a scan of a whole keyspace that keeps nothing it
+    /// read (the open's load): the store may drop what it keeps in memory
+    /// of what was read along the way (`RawKv::shed_cache`).
+    fn scan_prefix_shedding(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
+        self.scan_prefix(prefix, f)
+    }
     /// Makes every applied batch durable against power loss.
     fn sync(&self) -> Result<()>;
     /// Bytes the store's files take on disk.
@@ -102,5 +108,17 @@ pub(crate) trait RawKv: KvStore {
     /// what the store adds); the page layout cuts its chunks to fit.
     fn max_batch_writes(&self) -> usize {
         usize::MAX
+    }
+    /// Bytes a long scan reads before `shed_cache` is worth calling
+    /// (`None`: never; sled: its cache capacity).
+    fn shed_after_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Drops what the store keeps in memory of what was read, if that can
+    /// be done this moment without waiting; true if it was. sled keeps the
+    /// nodes a scan read until it is closed (DESIGN.md 6, "The open's
+    /// scan sheds sled's nodes"). An error: the store is closed (fail stop).
+    fn shed_cache(&self) -> Result<bool> {
+        Ok(false)
     }
 }

@@ -73,6 +73,13 @@ pub const MIN_MEMORY_BUDGET_BYTES: u64 = 64 << 20;
 /// of one more sled open, which also starts a new sled segment on disk (too
 /// much for a small database on a small filesystem).
 pub const REOPEN_STORE_AFTER_DEVICES: u64 = 100_000;
+/// Pages of a keyspace one slice of the open's load scans: sled's read
+/// guard is let go between slices, so the scan can shed sled's nodes
+/// there (`RawKv::shed_cache`). The devices' 2^14 pages make 64 slices.
+pub const LOAD_SCAN_SLICE_PAGES: u32 = 256;
+/// Longest a shed of sled's nodes waits for the store to be free (the other
+/// load's current slice); it is skipped after that.
+pub const SHED_WAIT_MS: u64 = 1_000;
 /// sled's cache size in a store opened for one short job (`repair`, the
 /// test helpers), outside any registry's budget.
 pub const TOOL_SLED_CACHE_BYTES: u64 = 64 << 20;

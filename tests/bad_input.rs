@@ -326,6 +326,7 @@ fn bad_config_is_a_typed_error() {
         open(Config::new(&db).log_bytes_per_device(devreg::limits::MAX_LOG_BYTES_PER_DEVICE + 1)),
         "log_bytes_per_device",
     );
+    assert_invalid(open(Config::new(&db).load_shed_bytes(0)), "load_shed_bytes");
 }
 
 #[test]

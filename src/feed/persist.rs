@@ -518,10 +518,13 @@ pub(crate) struct KnownSets {
 /// holds fingerprints of the names (`known.rs`), computed from the
 /// record's bytes alone: no name is allocated or looked up in the state.
 /// (The set grows as it fills: a rehash moves fingerprints without
-/// hashing a name again.)
+/// hashing a name again.) Open calls it beside the devices' load, and
+/// like it, it lets the store shed what it read (`scan_prefix_shedding`):
+/// a scan that does not would hold sled's lock and keep the other's sheds
+/// from happening.
 pub(crate) fn load_known(store: &dyn KvStore) -> Result<KnownSets> {
     let mut sets = KnownSets::default();
-    store.scan_prefix(b"K", &mut |key, _| {
+    store.scan_prefix_shedding(b"K", &mut |key, _| {
         let (name, person) = split_sink_key(key)
             .ok_or_else(|| Error::corrupt(describe_key(key), "malformed known-person key"))?;
         let person = std::str::from_utf8(person)

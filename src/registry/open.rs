@@ -29,6 +29,7 @@ fn open_paged(config: &Config) -> Result<PagedStore> {
         true => u64::MAX,
         false => config.compact_min_store_bytes,
     };
+    raw.set_shed_after_bytes(config.load_shed_bytes);
     raw.set_compact_limits(
         min_bytes,
         config.compact_max_live_bytes,

@@ -301,8 +301,31 @@ impl SledStore {
     /// closed (operations fail with `Closed`) and the caller fails stop.
     fn reopen_db(&self) -> Result<()> {
         let mut waker = self.waker.lock();
-        waker.stop();
         let mut slot = self.db.write();
+        self.reopen_locked(&mut waker, &mut slot)
+    }
+
+    /// `reopen_db` once nothing uses the database (no scan, read or batch
+    /// holds its lock), waiting at most `SHED_WAIT_MS` for that; false,
+    /// with nothing done, if it is still in use then. The open's loads
+    /// call it between slices of their scans to drop the nodes sled kept
+    /// of the pages read (`RawKv::shed_cache`); a slice of the other
+    /// load's scan is the longest wait.
+    pub(super) fn try_reopen_db(&self) -> Result<bool> {
+        let mut waker = self.waker.lock();
+        let wait = std::time::Duration::from_millis(crate::limits::SHED_WAIT_MS);
+        let Some(mut slot) = self.db.try_write_for(wait) else {
+            return Ok(false);
+        };
+        self.reopen_locked(&mut waker, &mut slot).map(|()| true)
+    }
+
+    fn reopen_locked(
+        &self,
+        waker: &mut super::sled_waker::SledWaker,
+        slot: &mut Option<sled::Db>,
+    ) -> Result<()> {
+        waker.stop();
         if let Some(previous) = slot.take() {
             // sled may panic closing it (see `Drop for SledStore`): counted.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(previous))).is_err() {

@@ -141,6 +141,10 @@ pub(crate) struct SledStore {
     /// again at once (`close_for_reopen`), whose next open does sled's
     /// housekeeping anyway.
     settle_at_close: bool,
+    /// Times `shed_cache` closed and opened sled.
+    sheds: std::sync::atomic::AtomicU64,
+    /// `RawKv::shed_after_bytes` (`u64::MAX`, the default: never).
+    shed_after_bytes: std::sync::atomic::AtomicU64,
     /// Wakes a flush that sled forgot after a failed write; stopped before
     /// `db` drops (it holds a clone).
     pub(super) waker: parking_lot::Mutex<super::sled_waker::SledWaker>,
@@ -267,6 +271,8 @@ impl SledStore {
             written: std::sync::atomic::AtomicU64::new(0),
             troubled: std::sync::atomic::AtomicBool::new(false),
             settle_at_close: true,
+            sheds: std::sync::atomic::AtomicU64::new(0),
+            shed_after_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         if writable {
             // Files from before (sled creates them 0644) become owner-only
@@ -324,6 +330,14 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Times `shed_cache` closed and opened sled since the store opened.
+    #[cfg(test)]
+    pub(crate) fn sheds(&self) -> u64 {
+        self.sheds.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 impl crate::kv::RawKv for SledStore {
     fn scan_range(&self, from: &[u8], to: &[u8], f: Visit<'_>) -> Result<()> {
         SledStore::scan_range(self, from, to, f)
@@ -331,6 +345,32 @@ impl crate::kv::RawKv for SledStore {
 
     fn scan_chunk(&self, prefix: &[u8], max_bytes: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         SledStore::scan_chunk(self, prefix, max_bytes)
+    }
+
+    fn shed_after_bytes(&self) -> Option<u64> {
+        match self
+            .shed_after_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            u64::MAX => None,
+            bytes => Some(bytes),
+        }
+    }
+
+    fn shed_cache(&self) -> Result<bool> {
+        // A store that failed a write is not opened again (its close must
+        // not settle, `Drop`). A read-only one is, as after its load
+        // (`registry::open::reopen_store`): sled's open writes over its
+        // free segments either way (DESIGN.md 4.6), and nothing else.
+        if self.troubled.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let shed = self.try_reopen_db()?;
+        if shed {
+            self.sheds
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(shed)
     }
 }
 
@@ -490,6 +530,13 @@ impl SledStore {
         self.compact_min_bytes.store(min_bytes, Relaxed);
         self.compact_max_live.store(max_live, Relaxed);
         self.compact_pass_bytes.store(pass_bytes, Relaxed);
+    }
+
+    /// Lets a long scan shed sled's nodes each time it read `bytes` of
+    /// pages (`Config::load_shed_bytes`; `u64::MAX`: never).
+    pub(crate) fn set_shed_after_bytes(&self, bytes: u64) {
+        self.shed_after_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A compaction finished its swap: the store at `path` is whole again.

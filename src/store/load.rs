@@ -152,7 +152,7 @@ fn scan(
     spent: &Receiver<Batch>,
 ) -> Result<()> {
     let mut batch = Batch::default();
-    store.scan_prefix(&[DEVICE_PREFIX], &mut |key, value| {
+    store.scan_prefix_shedding(&[DEVICE_PREFIX], &mut |key, value| {
         decoder.decode(&mut batch, key, value)?;
         if batch.recs.len() >= LOAD_BATCH_RECORDS {
             let next = spent.try_recv().unwrap_or_default();

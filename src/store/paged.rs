@@ -144,6 +144,62 @@ fn key_pass(key: &[u8], passes: u32) -> Option<u32> {
     Some(page_pass(page_of(key, bits), bits, passes))
 }
 
+/// A scan of one keyspace's page versions (`PagedStore::scan_pages`): the
+/// current version of each page goes to the visitor once its page ends.
+struct PageScan {
+    committed: u64,
+    /// The newest version so far of the page being read (page, key,
+    /// value), and whether it has versions below it.
+    best: Option<(u32, Vec<u8>, Vec<u8>, bool)>,
+    /// Versions above the committed generation.
+    orphans: Vec<Vec<u8>>,
+    /// Versions below a page's current one, and current empty pages.
+    garbage: Vec<Vec<u8>>,
+}
+
+impl PageScan {
+    /// One stored page version, in key order.
+    fn visit(
+        &mut self,
+        k: &[u8],
+        v: &[u8],
+        f: &mut dyn FnMut(u32, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let (_, page, gen) = parse_page_key(k)
+            .ok_or_else(|| Error::corrupt(format!("page key {k:02x?}"), "malformed"))?;
+        if gen > self.committed {
+            self.orphans.push(k.to_vec());
+            return Ok(());
+        }
+        let mut below = false;
+        match self.best.take() {
+            // Versions of a page come in generation order: the last wins,
+            // and the ones below it are unreachable.
+            Some((p, key, _, _)) if p == page => {
+                self.garbage.push(key);
+                below = true;
+            }
+            other => {
+                self.best = other;
+                self.finish(f)?;
+            }
+        }
+        self.best = Some((page, k.to_vec(), v.to_vec(), below));
+        Ok(())
+    }
+
+    /// Hands the page read last to `f` (or notes it as garbage: an empty
+    /// page with no version below it).
+    fn finish(&mut self, f: &mut dyn FnMut(u32, &[u8]) -> Result<()>) -> Result<()> {
+        match self.best.take() {
+            Some((_, key, value, false)) if is_empty_page(&value) => self.garbage.push(key),
+            Some((p, _, value, _)) => f(p, &value)?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
 fn page_key(prefix: u8, page: u32, gen: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(14);
     k.push(PAGE_PREFIX);
@@ -425,55 +481,48 @@ impl<R: RawKv> PagedStore<R> {
     }
 
     /// Visits every current page of `prefix` (the highest version at most
-    /// the committed generation), noting the versions above it.
+    /// the committed generation), noting the versions above it. With
+    /// `shed`, in slices of `LOAD_SCAN_SLICE_PAGES` pages, shedding the
+    /// raw store's cache between two once at least
+    /// `RawKv::shed_after_bytes` were read since the last shed (the open's
+    /// load: DESIGN.md 6, "The open's scan sheds sled's nodes").
     fn scan_pages(
         &self,
         prefix: u8,
         pages: std::ops::Range<u32>,
+        shed: bool,
         f: &mut dyn FnMut(u32, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let committed = self.committed();
-        // The newest version so far of the page being read, and whether
-        // it has versions below it.
-        let mut best: Option<(u32, Vec<u8>, Vec<u8>, bool)> = None;
-        let (mut orphans, mut garbage) = (Vec::new(), Vec::new());
-        let mut finish = |best: Option<(u32, Vec<u8>, Vec<u8>, bool)>,
-                          garbage: &mut Vec<Vec<u8>>|
-         -> Result<()> {
-            match best {
-                Some((_, key, value, false)) if is_empty_page(&value) => garbage.push(key),
-                Some((p, _, value, _)) => f(p, &value)?,
-                None => {}
-            }
-            Ok(())
+        let mut scan = PageScan {
+            committed: self.committed(),
+            best: None,
+            orphans: Vec::new(),
+            garbage: Vec::new(),
         };
-        let (from, to) = (
-            page_key(prefix, pages.start, 0),
-            page_key(prefix, pages.end, 0),
-        );
-        self.raw.scan_range(&from, &to, &mut |k, v| {
-            let (_, page, gen) = parse_page_key(k)
-                .ok_or_else(|| Error::corrupt(format!("page key {k:02x?}"), "malformed"))?;
-            if gen > committed {
-                orphans.push(k.to_vec());
-                return Ok(());
+        let shed_after = shed.then(|| self.raw.shed_after_bytes()).flatten();
+        // Sliced even where this scan will not shed: between two slices
+        // it holds no lock, so the other load's shed need not wait long.
+        let slice_pages = match shed {
+            true => crate::limits::LOAD_SCAN_SLICE_PAGES,
+            false => u32::MAX,
+        };
+        let (mut start, mut read_bytes) = (pages.start, 0u64);
+        while start < pages.end {
+            let end = start.saturating_add(slice_pages).min(pages.end);
+            let (from, to) = (page_key(prefix, start, 0), page_key(prefix, end, 0));
+            self.raw.scan_range(&from, &to, &mut |k, v| {
+                read_bytes = read_bytes.saturating_add(v.len() as u64);
+                scan.visit(k, v, f)
+            })?;
+            // A slice ends between two pages: its last page is complete.
+            scan.finish(f)?;
+            if shed_after.is_some_and(|limit| read_bytes >= limit) && self.raw.shed_cache()? {
+                read_bytes = 0;
             }
-            let mut below = false;
-            match best.take() {
-                // Versions of a page come in generation order: the last
-                // wins, and the ones below it are unreachable.
-                Some((p, key, _, _)) if p == page => {
-                    garbage.push(key);
-                    below = true;
-                }
-                other => finish(other, &mut garbage)?,
-            }
-            best = Some((page, k.to_vec(), v.to_vec(), below));
-            Ok(())
-        })?;
-        finish(best, &mut garbage)?;
-        self.orphans.lock().extend(orphans);
-        self.garbage.lock().extend(garbage);
+            start = end;
+        }
+        self.orphans.lock().extend(scan.orphans);
+        self.garbage.lock().extend(scan.garbage);
         Ok(())
     }
 
@@ -691,6 +740,35 @@ impl<R: RawKv> PagedStore<R> {
         Ok(())
     }
 
+    /// `KvStore::scan_prefix`, and with `shed` its `scan_prefix_shedding`
+    /// (`scan_pages`).
+    fn scan_keyspace(&self, prefix: &[u8], shed: bool, f: Visit<'_>) -> Result<()> {
+        let Some((first, bits)) = prefix.first().and_then(|&p| Some((p, page_bits(p)?))) else {
+            return self.raw.scan_prefix(prefix, f);
+        };
+        let deltas = self.deltas.read();
+        if first == APPEND_PREFIX {
+            return self.scan_overlaid(prefix, (0..1 << bits, shed), &deltas.map, f);
+        }
+        let on_disk = deltas
+            .disk_bytes_by_prefix
+            .get(&first)
+            .copied()
+            .unwrap_or(0);
+        let passes = self.delta_passes(on_disk);
+        for pass in 0..passes {
+            let overlay = match on_disk {
+                0 => DiskOverlay::default(),
+                _ => self.disk_overlay_hashed(&deltas.chunks, Some(first), &|k| {
+                    k.starts_with(prefix) && key_pass(k, passes) == Some(pass)
+                })?,
+            };
+            let pages = pass_pages(bits, pass, passes);
+            self.scan_overlaid(prefix, (pages, shed), &overlay, f)?;
+        }
+        Ok(())
+    }
+
     /// Visits the records of `prefix` in `pages` with the delta records of
     /// those pages (`overlay`) over them: a record with a delta is visited
     /// with the delta's value, or not at all when the delta deleted it.
@@ -698,14 +776,14 @@ impl<R: RawKv> PagedStore<R> {
     fn scan_overlaid(
         &self,
         prefix: &[u8],
-        pages: std::ops::Range<u32>,
+        (pages, shed): (std::ops::Range<u32>, bool),
         overlay: &DiskOverlay,
         f: Visit<'_>,
     ) -> Result<()> {
         let first = prefix.first().copied().unwrap_or_default();
         let mut overlaid: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
         // Records of one page come in key order; pages in page order.
-        self.scan_pages(first, pages, &mut |page, value| {
+        self.scan_pages(first, pages, shed, &mut |page, value| {
             let location = || format!("page {} {page}", char::from(first));
             decode_page(&location, value, &mut |k, v| {
                 if !k.starts_with(prefix) {
@@ -861,30 +939,11 @@ impl<R: RawKv> KvStore for PagedStore<R> {
     }
 
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
-        let Some((first, bits)) = prefix.first().and_then(|&p| Some((p, page_bits(p)?))) else {
-            return self.raw.scan_prefix(prefix, f);
-        };
-        let deltas = self.deltas.read();
-        if first == APPEND_PREFIX {
-            return self.scan_overlaid(prefix, 0..1 << bits, &deltas.map, f);
-        }
-        let on_disk = deltas
-            .disk_bytes_by_prefix
-            .get(&first)
-            .copied()
-            .unwrap_or(0);
-        let passes = self.delta_passes(on_disk);
-        for pass in 0..passes {
-            let overlay = match on_disk {
-                0 => DiskOverlay::default(),
-                _ => self.disk_overlay_hashed(&deltas.chunks, Some(first), &|k| {
-                    k.starts_with(prefix) && key_pass(k, passes) == Some(pass)
-                })?,
-            };
-            let pages = pass_pages(bits, pass, passes);
-            self.scan_overlaid(prefix, pages, &overlay, f)?;
-        }
-        Ok(())
+        self.scan_keyspace(prefix, false, f)
+    }
+
+    fn scan_prefix_shedding(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
+        self.scan_keyspace(prefix, true, f)
     }
 
     fn sync(&self) -> Result<()> {
@@ -989,6 +1048,102 @@ mod tests {
             let r = decode_page(&|| "p".into(), &page[..cut], &mut |_, _| Ok(()));
             assert!(r.is_err(), "a page cut at {cut} decoded");
         }
+    }
+
+    /// The open's scan sheds sled's nodes along the way: with a cache of
+    /// 1 MiB, a shedding scan of about 6 MiB of pages closes and opens sled
+    /// several times and visits exactly what a plain scan visits (deltas
+    /// on disk included). A shed waits a bounded time: inside another scan
+    /// of the same store it gives up and does nothing.
+    #[test]
+    fn a_shedding_scan_reopens_sled_between_slices_and_sees_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = SledStore::open(dir.path(), None, 1 << 20, true).unwrap();
+        raw.set_shed_after_bytes(1 << 20);
+        let s = PagedStore::open(raw, 4 << 20, 1 << 20).unwrap();
+        // Incompressible values (LZ4 keeps them whole): about 6 MiB of pages.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        for chunk in 0..6u32 {
+            let writes: Vec<Write> = (0..1024u32)
+                .map(|i| {
+                    (
+                        format!("D{:06}", chunk * 1024 + i).into_bytes(),
+                        Some(noise(1024)),
+                    )
+                })
+                .collect();
+            s.apply(&writes).unwrap();
+        }
+        // A change left in the deltas, over a page record.
+        s.apply(&[(b"D000007".to_vec(), Some(b"changed".to_vec()))])
+            .unwrap();
+        let plain = all(&s, b'D');
+        assert_eq!(plain.len(), 6 * 1024);
+        assert_eq!(s.raw.sheds(), 0, "a plain scan never sheds");
+        let mut without = s.raw.shed_after_bytes();
+        s.raw.set_shed_after_bytes(u64::MAX);
+        s.scan_prefix_shedding(b"D", &mut |_, _| Ok(())).unwrap();
+        assert_eq!(s.raw.sheds(), 0, "a store without a bound shed");
+        s.raw.set_shed_after_bytes(without.take().unwrap());
+        let mut shed = BTreeMap::new();
+        s.scan_prefix_shedding(b"D", &mut |k, v| {
+            shed.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(shed, plain);
+        assert_eq!(
+            shed.get(&b"D000007"[..]).map(Vec::as_slice),
+            Some(&b"changed"[..])
+        );
+        let sheds = s.raw.sheds();
+        assert!(
+            (3..=64).contains(&sheds),
+            "{sheds} sheds for 6 MiB read at 1 MiB"
+        );
+        // Inside a scan the store is in use: the shed waits its time and
+        // gives up (here, on the scan's own thread, waiting could never end).
+        let mut tried = false;
+        s.raw
+            .scan_range(&[], &[0xff], &mut |_, _| {
+                if !tried {
+                    assert!(!s.raw.shed_cache()?);
+                    tried = true;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(tried);
+        assert_eq!(s.raw.sheds(), sheds);
+        drop(s);
+        // sled cannot be opened again at a shed: the scan fails with the
+        // error, the store is closed (fail stop), and the next open reads
+        // everything.
+        let plan = crate::fault::FaultPlan::new();
+        let raw = SledStore::open(dir.path(), Some(plan.clone()), 1 << 20, true).unwrap();
+        raw.set_shed_after_bytes(1 << 20);
+        let s = PagedStore::open(raw, 4 << 20, 1 << 20).unwrap();
+        plan.arm(&[crate::fault::IoOp::StoreOpen], 1, libc::EIO, false);
+        let e = s
+            .scan_prefix_shedding(b"D", &mut |_, _| Ok(()))
+            .unwrap_err();
+        assert!(e.to_string().contains("opening"), "{e}");
+        assert!(matches!(
+            s.get(b"D000007"),
+            Err(crate::error::Error::Closed)
+        ));
+        drop(s);
+        assert_eq!(all(&open(dir.path(), 64), b'D'), plain);
     }
 
     /// A checkpoint that dies after some chunks and before its commit
