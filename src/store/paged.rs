@@ -482,15 +482,16 @@ impl<R: RawKv> PagedStore<R> {
 
     /// Visits every current page of `prefix` (the highest version at most
     /// the committed generation), noting the versions above it. With
-    /// `shed`, in slices of `LOAD_SCAN_SLICE_PAGES` pages, shedding the
-    /// raw store's cache between two once at least
+    /// `shed` (the bytes of pages read since the last shed, kept across
+    /// the calls of one scan), in slices of `LOAD_SCAN_SLICE_PAGES` pages,
+    /// shedding the raw store's cache between two once at least
     /// `RawKv::shed_after_bytes` were read since the last shed (the open's
     /// load: DESIGN.md 6, "The open's scan sheds sled's nodes").
     fn scan_pages(
         &self,
         prefix: u8,
         pages: std::ops::Range<u32>,
-        shed: bool,
+        mut shed: Option<&mut u64>,
         f: &mut dyn FnMut(u32, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let mut scan = PageScan {
@@ -499,25 +500,29 @@ impl<R: RawKv> PagedStore<R> {
             orphans: Vec::new(),
             garbage: Vec::new(),
         };
-        let shed_after = shed.then(|| self.raw.shed_after_bytes()).flatten();
+        let shed_after = shed.as_ref().and(self.raw.shed_after_bytes());
         // Sliced even where this scan will not shed: between two slices
         // it holds no lock, so the other load's shed need not wait long.
         let slice_pages = match shed {
-            true => crate::limits::LOAD_SCAN_SLICE_PAGES,
-            false => u32::MAX,
+            Some(_) => crate::limits::LOAD_SCAN_SLICE_PAGES,
+            None => u32::MAX,
         };
-        let (mut start, mut read_bytes) = (pages.start, 0u64);
+        let mut start = pages.start;
         while start < pages.end {
             let end = start.saturating_add(slice_pages).min(pages.end);
             let (from, to) = (page_key(prefix, start, 0), page_key(prefix, end, 0));
+            let mut read_bytes = 0u64;
             self.raw.scan_range(&from, &to, &mut |k, v| {
                 read_bytes = read_bytes.saturating_add(v.len() as u64);
                 scan.visit(k, v, f)
             })?;
             // A slice ends between two pages: its last page is complete.
             scan.finish(f)?;
-            if shed_after.is_some_and(|limit| read_bytes >= limit) && self.raw.shed_cache()? {
-                read_bytes = 0;
+            if let Some(since) = shed.as_deref_mut() {
+                *since = since.saturating_add(read_bytes);
+                if shed_after.is_some_and(|limit| *since >= limit) && self.raw.shed_cache()? {
+                    *since = 0;
+                }
             }
             start = end;
         }
@@ -743,6 +748,9 @@ impl<R: RawKv> PagedStore<R> {
     /// `KvStore::scan_prefix`, and with `shed` its `scan_prefix_shedding`
     /// (`scan_pages`).
     fn scan_keyspace(&self, prefix: &[u8], shed: bool, f: Visit<'_>) -> Result<()> {
+        // Bytes of pages read since the last shed, across the passes.
+        let mut read_since_shed = 0u64;
+        let mut shed = shed.then_some(&mut read_since_shed);
         let Some((first, bits)) = prefix.first().and_then(|&p| Some((p, page_bits(p)?))) else {
             return self.raw.scan_prefix(prefix, f);
         };
@@ -764,7 +772,7 @@ impl<R: RawKv> PagedStore<R> {
                 })?,
             };
             let pages = pass_pages(bits, pass, passes);
-            self.scan_overlaid(prefix, (pages, shed), &overlay, f)?;
+            self.scan_overlaid(prefix, (pages, shed.as_deref_mut()), &overlay, f)?;
         }
         Ok(())
     }
@@ -776,7 +784,7 @@ impl<R: RawKv> PagedStore<R> {
     fn scan_overlaid(
         &self,
         prefix: &[u8],
-        (pages, shed): (std::ops::Range<u32>, bool),
+        (pages, shed): (std::ops::Range<u32>, Option<&mut u64>),
         overlay: &DiskOverlay,
         f: Visit<'_>,
     ) -> Result<()> {
