@@ -1068,7 +1068,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = SledStore::open(dir.path(), None, 1 << 20, true).unwrap();
         raw.set_shed_after_bytes(1 << 20);
-        let s = PagedStore::open(raw, 4 << 20, 1 << 20).unwrap();
+        let mut s = PagedStore::open(raw, 4 << 20, 1 << 20).unwrap();
         // Incompressible values (LZ4 keeps them whole): about 6 MiB of pages.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let mut noise = |n: usize| -> Vec<u8> {
@@ -1119,6 +1119,37 @@ mod tests {
             (3..=64).contains(&sheds),
             "{sheds} sheds for 6 MiB read at 1 MiB"
         );
+        // With many deltas on disk the pages are read in passes (64 here,
+        // each far under the bound): the bytes count across the passes.
+        let again: Vec<Write> = (0..64u32)
+            .map(|i| {
+                (
+                    format!("D{:06}", i * 96).into_bytes(),
+                    Some(b"again".to_vec()),
+                )
+            })
+            .collect();
+        s.apply(&again).unwrap();
+        s.pass_bytes = 1;
+        assert_eq!(
+            s.delta_passes(s.deltas.read().disk_only_bytes()),
+            MAX_DELTA_PASSES
+        );
+        let plain = all(&s, b'D');
+        let mut shed = BTreeMap::new();
+        s.scan_prefix_shedding(b"D", &mut |k, v| {
+            shed.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(shed, plain);
+        assert_eq!(
+            shed.get(&b"D000096"[..]).map(Vec::as_slice),
+            Some(&b"again"[..])
+        );
+        let in_passes = s.raw.sheds() - sheds;
+        assert!(in_passes >= 3, "{in_passes} sheds over 64 passes of 6 MiB");
+        let sheds = s.raw.sheds();
         // Inside a scan the store is in use: the shed waits its time and
         // gives up (here, on the scan's own thread, waiting could never end).
         let mut tried = false;
