@@ -110,12 +110,13 @@ pub(crate) trait RawKv: KvStore {
         usize::MAX
     }
     /// Bytes a long scan reads before `shed_cache` is worth calling
-    /// (`None`: never; sled: its cache capacity).
+    /// (`None`: never; a registry's sled store: `Config::load_shed_bytes`).
     fn shed_after_bytes(&self) -> Option<u64> {
         None
     }
     /// Drops what the store keeps in memory of what was read, if that can
-    /// be done this moment without waiting; true if it was. sled keeps the
+    /// be done within `limits::SHED_WAIT_MS` (nothing else may be using the
+    /// store meanwhile); true if it was. sled keeps the
     /// nodes a scan read until it is closed (DESIGN.md 6, "The open's
     /// scan sheds sled's nodes"). An error: the store is closed (fail stop).
     fn shed_cache(&self) -> Result<bool> {
