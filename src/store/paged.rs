@@ -1022,6 +1022,17 @@ mod tests {
         out
     }
 
+    /// `all`, through the open's shedding scan.
+    fn all_shedding(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        s.scan_prefix_shedding(&[prefix], &mut |k, v| {
+            out.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
     /// A merge cut short by a crash: every other page the current deltas
     /// touch is written in place (durably), and the merge never commits.
     fn merge_cut_short(s: &PagedStore) {
@@ -1103,12 +1114,7 @@ mod tests {
         s.scan_prefix_shedding(b"D", &mut |_, _| Ok(())).unwrap();
         assert_eq!(s.raw.sheds(), 0, "a store without a bound shed");
         s.raw.set_shed_after_bytes(without.take().unwrap());
-        let mut shed = BTreeMap::new();
-        s.scan_prefix_shedding(b"D", &mut |k, v| {
-            shed.insert(k.to_vec(), v.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        let shed = all_shedding(&s, b'D');
         assert_eq!(shed, plain);
         assert_eq!(
             shed.get(&b"D000007"[..]).map(Vec::as_slice),
@@ -1136,12 +1142,7 @@ mod tests {
             MAX_DELTA_PASSES
         );
         let plain = all(&s, b'D');
-        let mut shed = BTreeMap::new();
-        s.scan_prefix_shedding(b"D", &mut |k, v| {
-            shed.insert(k.to_vec(), v.to_vec());
-            Ok(())
-        })
-        .unwrap();
+        let shed = all_shedding(&s, b'D');
         assert_eq!(shed, plain);
         assert_eq!(
             shed.get(&b"D000096"[..]).map(Vec::as_slice),
