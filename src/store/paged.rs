@@ -501,9 +501,11 @@ impl<R: RawKv> PagedStore<R> {
             garbage: Vec::new(),
         };
         let shed_after = shed.as_ref().and(self.raw.shed_after_bytes());
-        // Sliced even where this scan will not shed: between two slices
-        // it holds no lock, so the other load's shed need not wait long.
-        let slice_pages = match shed {
+        // Sliced wherever the store can shed (the other load's scan too,
+        // though it may not reach the bound itself: between two slices it
+        // holds no lock, so a shed need not wait long); whole on a store
+        // that never sheds (etcd), where a slice is one more request.
+        let slice_pages = match shed_after {
             Some(_) => crate::limits::LOAD_SCAN_SLICE_PAGES,
             None => u32::MAX,
         };
