@@ -453,8 +453,8 @@ impl State {
         for p in Platform::ALL {
             victims.extend(
                 self.by_seen
-                    .range((p, 0, 0)..(p, before_ms, 0))
-                    .filter_map(|&(_, ms, id)| self.slot(id).map(|s| (ms, s.token.to_boxed()))),
+                    .between(p, 0, before_ms)
+                    .filter_map(|(ms, id)| self.slot(id).map(|s| (ms, s.token.to_boxed()))),
             );
         }
         // Slot ids differ between a run and its replay: delete (and feed)

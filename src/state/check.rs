@@ -67,7 +67,8 @@ impl State {
                 self.by_token.len()
             ));
         }
-        if seen != self.by_seen {
+        problems.extend(self.by_seen.problems());
+        if !seen.iter().copied().eq(self.by_seen.entries()) {
             problems.push(format!(
                 "last-seen index differs from the devices ({} entries, expected {})",
                 self.by_seen.len(),

@@ -12,11 +12,12 @@ mod index;
 mod lock;
 mod name;
 mod query;
+mod seen;
 mod slab;
 mod token;
 mod warm;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ use index::IdIndex;
 pub(crate) use lock::{StateLock, StateRead, StateWrite};
 use name::ShortName;
 pub use query::{Cursor, Page, Stats};
+use seen::SeenIndex;
 use slab::Slab;
 pub(crate) use token::SlotToken;
 
@@ -100,8 +102,8 @@ pub(crate) struct State {
     persons: Slab<PersonSlot>,
     free_persons: Vec<u32>,
     by_person: IdIndex,
-    /// (platform, last_seen_ms, id) for every device.
-    by_seen: BTreeSet<(Platform, u64, u32)>,
+    /// (platform, last_seen_ms, id) for every device (`seen.rs`).
+    by_seen: SeenIndex,
     /// Devices per (hour of last_seen_ms, platform).
     hour_counts: BTreeMap<u64, [u32; 2]>,
     attr_pool: HashSet<Arc<[u8]>>,
@@ -147,7 +149,7 @@ impl State {
             persons: Slab::default(),
             free_persons: Vec::new(),
             by_person: IdIndex::default(),
-            by_seen: BTreeSet::new(),
+            by_seen: SeenIndex::default(),
             hour_counts: BTreeMap::new(),
             attr_pool: HashSet::new(),
             attr_scratch: Vec::new(),
@@ -366,7 +368,7 @@ impl State {
             // Index and hour counters are built in bulk by finish_load.
             Some(seen) => seen.push((platform, last_seen_ms, id)),
             None => {
-                self.by_seen.insert((platform, last_seen_ms, id));
+                self.by_seen.insert(platform, last_seen_ms, id);
                 self.hour_add(last_seen_ms, platform, 1);
             }
         }
@@ -451,7 +453,7 @@ impl State {
         }
         let h = self.hash_bytes(&slot.token);
         self.by_token.remove(h, id);
-        self.by_seen.remove(&(slot.platform, slot.last_seen_ms, id));
+        self.by_seen.remove(slot.platform, slot.last_seen_ms, id);
         self.hour_add(slot.last_seen_ms, slot.platform, -1);
         self.live -= 1;
         self.per_platform[slot.platform.index()] -= 1;
@@ -473,12 +475,12 @@ impl State {
         if person != NO_PERSON {
             self.person_list_remove(person, id);
         }
-        self.by_seen.remove(&(platform, old, id));
+        self.by_seen.remove(platform, old, id);
         self.hour_add(old, platform, -1);
         if let Some(s) = self.slot_mut(id) {
             s.last_seen_ms = ms;
         }
-        self.by_seen.insert((platform, ms, id));
+        self.by_seen.insert(platform, ms, id);
         self.hour_add(ms, platform, 1);
         if person != NO_PERSON {
             self.person_list_insert(person, id);
@@ -492,13 +494,13 @@ impl State {
         if old == platform {
             return false;
         }
-        self.by_seen.remove(&(old, ms, id));
+        self.by_seen.remove(old, ms, id);
         self.hour_add(ms, old, -1);
         self.per_platform[old.index()] -= 1;
         if let Some(s) = self.slot_mut(id) {
             s.platform = platform;
         }
-        self.by_seen.insert((platform, ms, id));
+        self.by_seen.insert(platform, ms, id);
         self.hour_add(ms, platform, 1);
         self.per_platform[platform.index()] += 1;
         true
@@ -553,13 +555,13 @@ impl State {
 /// entries' counts are added to `hours` (which already counts `earlier`)
 /// by runs of the sorted entries, one map lookup per (platform, hour)
 /// instead of one per device; the sorted run builds the tree in bulk.
-type SeenIndex = (BTreeSet<(Platform, u64, u32)>, BTreeMap<u64, [u32; 2]>);
+type SeenAndHours = (SeenIndex, BTreeMap<u64, [u32; 2]>);
 
 fn seen_index(
     mut loaded: Vec<(Platform, u64, u32)>,
-    earlier: BTreeSet<(Platform, u64, u32)>,
+    earlier: SeenIndex,
     mut hours: BTreeMap<u64, [u32; 2]>,
-) -> SeenIndex {
+) -> SeenAndHours {
     loaded.sort_unstable();
     let mut run: Option<(Platform, u64, u32)> = None;
     for &(platform, ms, _) in &loaded {
@@ -577,10 +579,11 @@ fn seen_index(
         hours.entry(h).or_insert([0, 0])[p.index()] += n;
     }
     if !earlier.is_empty() {
-        loaded.extend(earlier);
+        loaded.extend(earlier.entries());
         loaded.sort_unstable();
     }
-    (loaded.into_iter().collect(), hours)
+    loaded.dedup();
+    (SeenIndex::from_sorted(&loaded), hours)
 }
 
 /// A device read from the store at open, its token hashed by the state's
@@ -676,16 +679,21 @@ mod tests {
             (android, hour(3, 9), 5),
             (ios, hour(2, 59), 6),
         ];
-        let earlier: BTreeSet<_> = [(ios, hour(5, 2), 7)].into_iter().collect();
+        let earlier_entries = [(ios, hour(5, 2), 7)];
+        let earlier = SeenIndex::from_sorted(&earlier_entries);
         let mut earlier_hours: BTreeMap<u64, [u32; 2]> = BTreeMap::new();
         earlier_hours.entry(5).or_insert([0, 0])[ios.index()] += 1;
-        let (by_seen, hours) = seen_index(loaded.clone(), earlier.clone(), earlier_hours);
+        let (by_seen, hours) = seen_index(loaded.clone(), earlier, earlier_hours);
         let mut expected: BTreeMap<u64, [u32; 2]> = BTreeMap::new();
-        for &(p, ms, _) in loaded.iter().chain(&earlier) {
+        for &(p, ms, _) in loaded.iter().chain(&earlier_entries) {
             expected.entry(ms / HOUR_MS).or_insert([0, 0])[p.index()] += 1;
         }
         assert_eq!(hours, expected);
-        assert_eq!(by_seen.len(), loaded.len() + earlier.len());
-        assert!(loaded.iter().chain(&earlier).all(|e| by_seen.contains(e)));
+        assert_eq!(by_seen.len(), loaded.len() + earlier_entries.len());
+        assert!(loaded
+            .iter()
+            .chain(&earlier_entries)
+            .all(|&(p, ms, id)| by_seen.contains(p, ms, id)));
+        assert_eq!(by_seen.problems(), Vec::<String>::new());
     }
 }

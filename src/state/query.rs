@@ -153,7 +153,7 @@ impl State {
         let partial_end = first_full_hour.saturating_mul(HOUR_MS);
         let partial = self
             .by_seen
-            .range((platform, since_ms, 0)..(platform, partial_end, 0))
+            .between(platform, since_ms, partial_end)
             .count() as u64;
         let full: u64 = self
             .hour_counts
@@ -194,10 +194,7 @@ impl State {
             group.sort_by(|a, b| cmp_packed(&a.token, &b.token));
             out.append(group);
         }
-        for &(_, ms, id) in self
-            .by_seen
-            .range((platform, start, 0)..=(platform, u64::MAX, u32::MAX))
-        {
+        for (ms, id) in self.by_seen.since(platform, start) {
             let Some(s) = self.slot(id) else { continue };
             if let Some((a_ms, a_tok)) = &after_packed {
                 if ms == *a_ms && cmp_packed(&s.token, a_tok).is_le() {

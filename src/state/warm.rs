@@ -53,10 +53,7 @@ impl State {
         else {
             return 0;
         };
-        std::hint::black_box(
-            self.by_seen
-                .contains(&(slot.platform, slot.last_seen_ms, id)),
-        );
+        std::hint::black_box(self.by_seen.contains(slot.platform, slot.last_seen_ms, id));
         if slot.person != NO_PERSON {
             std::hint::black_box(self.person(slot.person).map(|p| p.devices.len()));
         }

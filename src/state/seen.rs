@@ -1,0 +1,471 @@
+//! The last-seen index: every device's `(platform, last_seen_ms, id)` in
+//! order, for the 30-day counts, `page` and `prune` (DESIGN.md 6, "The
+//! last-seen index is leaves of sorted entries").
+//!
+//! Per platform, a `BTreeMap` of leaves: each leaf a vector of at most
+//! [`LEAF_CAP`] sorted 12-byte entries, filed under a key that is at most
+//! its first entry and above every entry of the leaf before it. A
+//! `BTreeSet<(Platform, u64, u32)>` held 16 bytes an entry (the tuple is
+//! padded) in nodes that an insert at the end splits at 6 of 11, so a bulk
+//! import left them about half full: at 10^7 devices it held 341 MB
+//! (heaptrack) against about 190 MB after an open, which builds it from a
+//! sorted run. Here an insert past the end of the last leaf starts a new
+//! leaf, so appends (a touch, a register with a recent time) fill leaves
+//! whole; any other insert into a full leaf splits it in half; a removal
+//! that leaves a leaf under half full joins it with the next leaf (or
+//! shares the two out evenly). So every leaf but the last is at least half
+//! full: at most 24 bytes an entry plus a few bytes a leaf, 12 after a load.
+
+use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
+
+use crate::model::Platform;
+
+/// Most entries a leaf holds: 3 KiB of entries, so an insert or removal
+/// in the middle moves at most that many bytes.
+pub(crate) const LEAF_CAP: usize = 256;
+/// Fewest entries a leaf holds unless it is its platform's last.
+const LEAF_MIN: usize = LEAF_CAP / 2;
+
+/// One device: its last-seen time (as two halves, so the entry is 12
+/// bytes with 4-byte alignment) and its slot id, ordered as `(ms, id)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    ms_hi: u32,
+    ms_lo: u32,
+    id: u32,
+}
+
+impl Entry {
+    fn new(ms: u64, id: u32) -> Entry {
+        Entry {
+            ms_hi: (ms >> 32) as u32,
+            ms_lo: ms as u32,
+            id,
+        }
+    }
+
+    fn ms(self) -> u64 {
+        (u64::from(self.ms_hi) << 32) | u64::from(self.ms_lo)
+    }
+}
+
+fn new_leaf() -> Vec<Entry> {
+    Vec::with_capacity(LEAF_CAP)
+}
+
+/// One platform's entries.
+#[derive(Default)]
+struct Leaves {
+    leaves: BTreeMap<Entry, Vec<Entry>>,
+    len: usize,
+}
+
+impl Leaves {
+    /// The key of the leaf that holds or would hold `e`: the last one
+    /// filed at or below it, else the first.
+    fn leaf_key(&self, e: Entry) -> Option<Entry> {
+        self.leaves
+            .range(..=e)
+            .next_back()
+            .or_else(|| self.leaves.iter().next())
+            .map(|(k, _)| *k)
+    }
+
+    fn next_key(&self, key: Entry) -> Option<Entry> {
+        self.leaves
+            .range((Excluded(key), Unbounded))
+            .next()
+            .map(|(k, _)| *k)
+    }
+
+    fn contains(&self, e: Entry) -> bool {
+        self.leaves
+            .range(..=e)
+            .next_back()
+            .is_some_and(|(_, leaf)| leaf.binary_search(&e).is_ok())
+    }
+
+    fn insert(&mut self, e: Entry) -> bool {
+        let Some(key) = self.leaf_key(e) else {
+            let mut leaf = new_leaf();
+            leaf.push(e);
+            self.leaves.insert(e, leaf);
+            self.len += 1;
+            return true;
+        };
+        let Some(leaf) = self.leaves.get_mut(&key) else {
+            return false;
+        };
+        let Err(at) = leaf.binary_search(&e) else {
+            return false;
+        };
+        self.len += 1;
+        if leaf.len() < LEAF_CAP {
+            leaf.insert(at, e);
+        } else {
+            self.split_insert(key, at, e);
+        }
+        if e < key {
+            // A new first entry of the first leaf: file the leaf under it.
+            if let Some(leaf) = self.leaves.remove(&key) {
+                self.leaves.insert(e, leaf);
+            }
+        }
+        true
+    }
+
+    /// Inserts `e` at `at` of the full leaf under `key`: an append to the
+    /// last leaf starts a new leaf, anything else splits the leaf in half.
+    fn split_insert(&mut self, key: Entry, at: usize, e: Entry) {
+        let is_last = self.next_key(key).is_none();
+        let Some(leaf) = self.leaves.get_mut(&key) else {
+            return;
+        };
+        let mut right = new_leaf();
+        if is_last && at == leaf.len() {
+            right.push(e);
+        } else {
+            right.extend(leaf.drain(LEAF_MIN..));
+            match at.checked_sub(LEAF_MIN) {
+                Some(r) if r > 0 => right.insert(r, e),
+                _ => leaf.insert(at, e),
+            }
+        }
+        if let Some(&first) = right.first() {
+            self.leaves.insert(first, right);
+        }
+    }
+
+    fn remove(&mut self, e: Entry) -> bool {
+        let Some((&key, leaf)) = self.leaves.range_mut(..=e).next_back() else {
+            return false;
+        };
+        let Ok(at) = leaf.binary_search(&e) else {
+            return false;
+        };
+        leaf.remove(at);
+        self.len -= 1;
+        let (left, empty) = (leaf.len(), leaf.is_empty());
+        if left >= LEAF_MIN {
+            return true;
+        }
+        match self.next_key(key) {
+            Some(next) => self.join(key, next),
+            // The last leaf may be small, but not empty.
+            None if empty => {
+                self.leaves.remove(&key);
+            }
+            None => {}
+        }
+        true
+    }
+
+    /// Joins the leaf under `key`, under half full, with the next one
+    /// (under `next`): into one if they fit, else shared out evenly.
+    fn join(&mut self, key: Entry, next: Entry) {
+        let (Some(mut leaf), Some(mut right)) =
+            (self.leaves.remove(&key), self.leaves.remove(&next))
+        else {
+            return;
+        };
+        let total = leaf.len() + right.len();
+        if total <= LEAF_CAP {
+            leaf.append(&mut right);
+        } else {
+            let take = total / 2 - leaf.len();
+            leaf.extend(right.drain(..take));
+        }
+        if let Some(&first) = right.first() {
+            self.leaves.insert(first, right);
+        }
+        if !leaf.is_empty() {
+            self.leaves.insert(key, leaf);
+        }
+    }
+
+    /// Entries from `start` on, in order.
+    fn iter_from(&self, start: Entry) -> impl Iterator<Item = Entry> + '_ {
+        let leaves = match self.leaves.range(..=start).next_back() {
+            Some((&k, _)) => self.leaves.range(k..),
+            None => self.leaves.range(..),
+        };
+        leaves.flat_map(move |(_, leaf)| {
+            let from = leaf.partition_point(|x| *x < start);
+            leaf.get(from..).unwrap_or_default().iter().copied()
+        })
+    }
+
+    /// Leaves filled whole from `entries`, sorted and without repeats.
+    fn from_sorted(entries: impl Iterator<Item = Entry>) -> Leaves {
+        let mut out = Leaves::default();
+        let mut leaf = new_leaf();
+        for e in entries {
+            if leaf.len() == LEAF_CAP {
+                out.file(std::mem::replace(&mut leaf, new_leaf()));
+            }
+            leaf.push(e);
+        }
+        out.file(leaf);
+        out
+    }
+
+    fn file(&mut self, leaf: Vec<Entry>) {
+        if let Some(&first) = leaf.first() {
+            self.len += leaf.len();
+            self.leaves.insert(first, leaf);
+        }
+    }
+
+    /// What breaks the invariants in the module doc, if anything.
+    fn problems(&self, platform: Platform) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut before: Option<Entry> = None;
+        let mut count = 0;
+        let last = self.leaves.keys().next_back().copied();
+        for (&key, leaf) in &self.leaves {
+            let (Some(&first), Some(&end)) = (leaf.first(), leaf.last()) else {
+                out.push(format!("{platform:?} leaf at {key:?} is empty"));
+                continue;
+            };
+            let small = leaf.len() < LEAF_MIN && Some(key) != last;
+            let unsorted = leaf.windows(2).any(|w| matches!(w, [a, b] if a >= b));
+            if key > first || before.is_some_and(|b| b >= key) || small || unsorted {
+                out.push(format!(
+                    "{platform:?} leaf at {key:?}: {} entries, first {first:?}, \
+                     previous leaf's last {before:?}",
+                    leaf.len()
+                ));
+            }
+            before = Some(end);
+            count += leaf.len();
+        }
+        if count != self.len {
+            out.push(format!(
+                "{platform:?}: {count} entries, counted {}",
+                self.len
+            ));
+        }
+        out
+    }
+}
+
+/// The index (see the module doc).
+#[derive(Default)]
+pub(crate) struct SeenIndex {
+    ios: Leaves,
+    android: Leaves,
+}
+
+impl SeenIndex {
+    fn of(&self, p: Platform) -> &Leaves {
+        match p {
+            Platform::Ios => &self.ios,
+            Platform::Android => &self.android,
+        }
+    }
+
+    fn of_mut(&mut self, p: Platform) -> &mut Leaves {
+        match p {
+            Platform::Ios => &mut self.ios,
+            Platform::Android => &mut self.android,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ios.len + self.android.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds an entry; false if it was there already.
+    pub(crate) fn insert(&mut self, p: Platform, ms: u64, id: u32) -> bool {
+        self.of_mut(p).insert(Entry::new(ms, id))
+    }
+
+    /// Removes an entry; false if it was not there.
+    pub(crate) fn remove(&mut self, p: Platform, ms: u64, id: u32) -> bool {
+        self.of_mut(p).remove(Entry::new(ms, id))
+    }
+
+    pub(crate) fn contains(&self, p: Platform, ms: u64, id: u32) -> bool {
+        self.of(p).contains(Entry::new(ms, id))
+    }
+
+    /// `(last_seen_ms, id)` of `p`'s devices seen at or after `since_ms`,
+    /// in order.
+    pub(crate) fn since(
+        &self,
+        p: Platform,
+        since_ms: u64,
+    ) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.of(p)
+            .iter_from(Entry::new(since_ms, 0))
+            .map(|e| (e.ms(), e.id))
+    }
+
+    /// `(last_seen_ms, id)` of `p`'s devices seen in `from_ms..to_ms`.
+    pub(crate) fn between(
+        &self,
+        p: Platform,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.since(p, from_ms)
+            .take_while(move |&(ms, _)| ms < to_ms)
+    }
+
+    /// Every entry, in `(platform, ms, id)` order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (Platform, u64, u32)> + '_ {
+        Platform::ALL
+            .into_iter()
+            .flat_map(move |p| self.since(p, 0).map(move |(ms, id)| (p, ms, id)))
+    }
+
+    /// The index of `entries`, sorted and without repeats, in whole leaves.
+    pub(crate) fn from_sorted(entries: &[(Platform, u64, u32)]) -> SeenIndex {
+        let of = |p: Platform| {
+            Leaves::from_sorted(
+                entries
+                    .iter()
+                    .filter(move |e| e.0 == p)
+                    .map(|&(_, ms, id)| Entry::new(ms, id)),
+            )
+        };
+        SeenIndex {
+            ios: of(Platform::Ios),
+            android: of(Platform::Android),
+        }
+    }
+
+    /// What breaks the index's invariants (the integrity checker's).
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut out = self.ios.problems(Platform::Ios);
+        out.extend(self.android.problems(Platform::Android));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    type Model = BTreeSet<(Platform, u64, u32)>;
+
+    fn assert_agrees(ix: &SeenIndex, model: &Model) {
+        assert_eq!(ix.problems(), Vec::<String>::new());
+        assert_eq!(ix.len(), model.len());
+        assert!(ix.entries().eq(model.iter().copied()));
+    }
+
+    fn leaves(ix: &SeenIndex, p: Platform) -> Vec<usize> {
+        ix.of(p).leaves.values().map(Vec::len).collect()
+    }
+
+    /// Appends fill leaves whole, as a load does; inserts in the middle
+    /// split them in half; removals keep every leaf but the last at least
+    /// half full, and an emptied index holds no leaf.
+    #[test]
+    fn appends_fill_leaves_and_removals_keep_them_half_full() {
+        let mut ix = SeenIndex::default();
+        let n = 10 * LEAF_CAP as u64;
+        for ms in 0..n {
+            assert!(ix.insert(Platform::Ios, ms * 2, 7));
+        }
+        assert_eq!(leaves(&ix, Platform::Ios), vec![LEAF_CAP; 10]);
+        assert!(leaves(&ix, Platform::Android).is_empty());
+        assert!(ix.insert(Platform::Ios, 1, 7), "odd times go between");
+        assert_eq!(leaves(&ix, Platform::Ios).len(), 11);
+        assert!(!ix.insert(Platform::Ios, 1, 7), "already there");
+        for ms in (0..n).filter(|ms| ms % 3 != 0) {
+            assert!(ix.remove(Platform::Ios, ms * 2, 7));
+        }
+        assert!(!ix.remove(Platform::Ios, 4, 7), "removed already");
+        let sizes = leaves(&ix, Platform::Ios);
+        let (last, rest) = sizes.split_last().expect("leaves");
+        assert!(
+            *last > 0 && rest.iter().all(|&s| s >= LEAF_MIN),
+            "{sizes:?}"
+        );
+        assert_eq!(ix.problems(), Vec::<String>::new());
+        let left: Vec<_> = ix.entries().collect();
+        for (p, ms, id) in left {
+            assert!(ix.remove(p, ms, id));
+        }
+        assert!(ix.is_empty());
+        assert!(leaves(&ix, Platform::Ios).is_empty());
+    }
+
+    /// Times above 2^32 order by both halves, and ranges stop where asked.
+    #[test]
+    fn ranges_cross_the_halves_of_a_time() {
+        let mut ix = SeenIndex::default();
+        let times = [
+            u64::MAX,
+            1 << 32,
+            (1 << 32) - 1,
+            0,
+            5 << 40,
+            1_700_000_000_000,
+        ];
+        for (id, &ms) in times.iter().enumerate() {
+            ix.insert(Platform::Android, ms, id as u32);
+        }
+        let mut sorted = times.to_vec();
+        sorted.sort_unstable();
+        let got: Vec<u64> = ix.since(Platform::Android, 0).map(|(ms, _)| ms).collect();
+        assert_eq!(got, sorted);
+        let got: Vec<u64> = ix
+            .between(Platform::Android, (1 << 32) - 1, 5 << 40)
+            .map(|(ms, _)| ms)
+            .collect();
+        assert_eq!(got, vec![(1 << 32) - 1, 1 << 32, 1_700_000_000_000]);
+        assert!(ix.contains(Platform::Android, u64::MAX, 0));
+        assert!(!ix.contains(Platform::Ios, u64::MAX, 0));
+    }
+
+    proptest! {
+        /// Any sequence of inserts, appends and removes agrees with a
+        /// `BTreeSet`, in every range, and keeps the leaves' invariants;
+        /// a bulk build of the same entries agrees too.
+        #[test]
+        fn agrees_with_a_btreeset(
+            ops in proptest::collection::vec((0u8..3, any::<bool>(), 0u64..1500, 0u32..3), 0..2500),
+            from in 0u64..1600,
+            len in 0u64..400,
+        ) {
+            let mut ix = SeenIndex::default();
+            let mut model = Model::new();
+            let mut next = [1500u64; 2];
+            for (i, (kind, android, ms, id)) in ops.into_iter().enumerate() {
+                let p = if android { Platform::Android } else { Platform::Ios };
+                match kind {
+                    0 => prop_assert_eq!(ix.insert(p, ms, id), model.insert((p, ms, id))),
+                    1 => {
+                        let slot = &mut next[p.index()];
+                        *slot += 1;
+                        prop_assert_eq!(ix.insert(p, *slot, id), model.insert((p, *slot, id)));
+                    }
+                    _ => prop_assert_eq!(ix.remove(p, ms, id), model.remove(&(p, ms, id))),
+                }
+                if i % 97 == 0 {
+                    prop_assert_eq!(ix.problems(), Vec::<String>::new());
+                }
+            }
+            assert_agrees(&ix, &model);
+            for p in Platform::ALL {
+                let want: Vec<(u64, u32)> = model
+                    .range((p, from, 0)..(p, from + len, 0))
+                    .map(|&(_, ms, id)| (ms, id))
+                    .collect();
+                prop_assert_eq!(ix.between(p, from, from + len).collect::<Vec<_>>(), want);
+            }
+            let all: Vec<_> = model.iter().copied().collect();
+            assert_agrees(&SeenIndex::from_sorted(&all), &model);
+        }
+    }
+}
