@@ -254,4 +254,34 @@ mod tests {
         }
         assert_reported(&st, "copy of the owner's name differs from \"carol\"");
     }
+    /// The checker reports a last-seen entry that is missing, one that
+    /// names a time the device does not have, and an extra one.
+    #[test]
+    fn a_damaged_last_seen_index_is_reported() {
+        let mut st = State::new(5);
+        register(&mut st, "aa01", Some("ann"));
+        register(&mut st, "aa02", None);
+        assert_eq!(st.check_indexes(), Vec::<String>::new());
+        let id = st
+            .lookup(&crate::codec::pack_token("aa01"))
+            .expect("registered");
+        assert!(st.by_seen.remove(Platform::Android, 5_000, id));
+        assert_reported(
+            &st,
+            "last-seen index differs from the devices (1 entries, expected 2)",
+        );
+        assert!(st.by_seen.insert(Platform::Android, 5_001, id));
+        assert_reported(
+            &st,
+            "last-seen index differs from the devices (2 entries, expected 2)",
+        );
+        assert!(st.by_seen.remove(Platform::Android, 5_001, id));
+        assert!(st.by_seen.insert(Platform::Android, 5_000, id));
+        assert_eq!(st.check_indexes(), Vec::<String>::new());
+        assert!(st.by_seen.insert(Platform::Ios, 5_000, id));
+        assert_reported(
+            &st,
+            "last-seen index differs from the devices (3 entries, expected 2)",
+        );
+    }
 }
