@@ -254,6 +254,7 @@ mod tests {
         }
         assert_reported(&st, "copy of the owner's name differs from \"carol\"");
     }
+
     /// The checker reports a last-seen entry that is missing, one that
     /// names a time the device does not have, and an extra one.
     #[test]
