@@ -704,6 +704,8 @@ impl WriterCtx {
 
 /// What the checkpointer thread shares with the writer.
 pub(crate) struct CheckpointerCtx {
+    /// The state, for `History::release_flushing` after a checkpoint.
+    pub(crate) state: Arc<StateLock>,
     pub(crate) store: Arc<dyn KvStore>,
     pub(crate) pool: Arc<crate::log::segments::SegmentPool>,
     pub(crate) failed: Arc<FailFlag>,
@@ -770,6 +772,14 @@ pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx
                 // merge raised the harness's peak RSS by 110-270 MB).
                 ctx.pool.checkpointed(lsn);
                 drop(std::mem::take(&mut job.snapshot.writes));
+                // Its history entries are in the store now; freed outside
+                // the lock, which is held for one `mem::take`.
+                let stored = ctx
+                    .state
+                    .write()
+                    .history
+                    .release_flushing(job.snapshot.history_drain);
+                drop(stored);
                 merge_after_checkpoint(&ctx)
                     .and_then(|()| compact_after_checkpoint(&ctx))
                     .map(|()| lsn)

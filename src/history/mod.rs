@@ -302,9 +302,13 @@ pub(crate) struct History {
     /// Entries recorded since the last snapshot, per token, oldest first
     /// (at most [`MAX_HISTORY_PER_TOKEN`] each).
     pending: pending::PendingRecs,
-    /// The entries of the last snapshot: kept readable until the next
-    /// snapshot, which starts only after that checkpoint is in the store.
+    /// The entries of the last snapshot: kept readable until its
+    /// checkpoint is in the store (`release_flushing`), or the next
+    /// snapshot if that checkpoint failed.
     flushing: pending::PendingRecs,
+    /// Snapshots drained so far (`drain_dirty`): a checkpoint releases
+    /// `flushing` only if its snapshot is still the last one.
+    drains: u64,
     daily: BTreeMap<(u32, Platform), DayCounts>,
     pub(crate) next_seq: u64,
     pub(crate) retention_ms: u64,
@@ -436,6 +440,25 @@ impl History {
         out
     }
 
+    /// The number of the last snapshot drained (its `Snapshot::history_drain`).
+    pub(crate) fn drains(&self) -> u64 {
+        self.drains
+    }
+
+    /// Takes `flushing` out once snapshot number `drain`'s checkpoint is
+    /// in the store, for the caller to free outside the state's lock: a
+    /// reader takes the entries in memory before it reads the store, so
+    /// it finds each one in one place or both. Takes nothing if another
+    /// snapshot came since (its entries are in `flushing` then, not yet
+    /// stored). Without this, a merge's whole run held two snapshots'
+    /// entries: at 10^7 devices about 50 MB more at the import's peak.
+    pub(crate) fn release_flushing(&mut self, drain: u64) -> pending::PendingRecs {
+        match drain == self.drains {
+            true => std::mem::take(&mut self.flushing),
+            false => pending::PendingRecs::default(),
+        }
+    }
+
     /// Entries held in memory.
     #[cfg(test)]
     pub(crate) fn memory_entries(&self) -> usize {
@@ -497,6 +520,30 @@ mod tests {
             "{problems:?}"
         );
         assert!(!problems[0].contains(&token), "{problems:?}");
+    }
+
+    /// `release_flushing` takes the entries of the snapshot it names and
+    /// nothing once another snapshot has come since.
+    #[test]
+    fn release_takes_only_the_last_snapshots_entries() {
+        let mut h = History::new(1000);
+        let reg = Cause::Register { seen_ms: 1 };
+        let owner = p("ann");
+        h.record(1, &reg, b"a", None, owner.as_ref(), true, Platform::Ios);
+        let _ = h.drain_dirty(1);
+        let first = h.drains();
+        h.record(2, &reg, b"b", None, owner.as_ref(), true, Platform::Ios);
+        let _ = h.drain_dirty(2);
+        assert_eq!(h.memory_entries(), 1, "the first drain's entries are freed");
+        assert_eq!(
+            h.release_flushing(first).entries(),
+            0,
+            "another snapshot came since"
+        );
+        assert_eq!(h.in_memory(b"b").len(), 1);
+        assert_eq!(h.release_flushing(h.drains()).entries(), 1);
+        assert_eq!(h.memory_entries(), 0);
+        assert!(h.in_memory(b"b").is_empty());
     }
 
     #[test]

@@ -123,6 +123,7 @@ impl History {
     /// changed days; nothing is encoded.
     pub(crate) fn drain_dirty(&mut self, now_ms: u64) -> HistoryDrain {
         let done = std::mem::replace(&mut self.flushing, std::mem::take(&mut self.pending));
+        self.drains += 1;
         let days = std::mem::take(&mut self.dirty_days);
         HistoryDrain { days, now_ms, done }
     }

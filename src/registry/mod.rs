@@ -290,6 +290,7 @@ impl Registry {
         let carry = Arc::new(Mutex::new(Vec::new()));
         let ckpt_thread = open::spawn_checkpointer(
             CheckpointerCtx {
+                state: state.clone(),
                 store: store.clone(),
                 pool,
                 failed: failed.clone(),

@@ -97,3 +97,28 @@ fn each_sink_gets_its_own_known_persons_after_an_open() {
         assert!(known("other").contains(&person), "{person}");
     }
 }
+
+/// A checkpoint frees the history entries it stored (they were held until
+/// the next snapshot, through the whole merge that may follow), and the
+/// queries still find them, in the store.
+#[test]
+fn a_checkpoint_frees_the_history_entries_it_stored() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let reg = Registry::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let in_memory = |reg: &Registry| reg.inner.state.read().history.memory_entries();
+    let token = format!("{:064x}", 7);
+    register(&reg, 7, "ann".into(), Platform::Ios);
+    assert_eq!(in_memory(&reg), 1);
+    reg.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(in_memory(&reg), 0, "the stored entry is still held");
+    register(&reg, 7, "bob".into(), Platform::Ios);
+    assert_eq!(in_memory(&reg), 1);
+    let owners = |reg: &Registry| -> Vec<Option<String>> {
+        let h = reg.history(&token).unwrap_or_else(|e| panic!("{e}"));
+        h.into_iter().map(|e| e.owner_after).collect()
+    };
+    assert_eq!(owners(&reg), [Some("bob".into()), Some("ann".into())]);
+    reg.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(in_memory(&reg), 0);
+    assert_eq!(owners(&reg), [Some("bob".into()), Some("ann".into())]);
+}

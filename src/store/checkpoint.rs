@@ -20,6 +20,9 @@ pub(crate) struct Snapshot {
     pub(crate) writes: Vec<Write>,
     /// Devices in the state when it was taken (sizes the store's deltas).
     pub(crate) devices: u64,
+    /// Which snapshot of the history this is (`History::drains`): once it
+    /// is in the store, `History::release_flushing` frees its entries.
+    pub(crate) history_drain: u64,
 }
 
 impl Snapshot {
@@ -105,6 +108,7 @@ impl Drain {
             lsn,
             writes,
             devices: state.len(),
+            history_drain: state.history.drains(),
         })
     }
 }
