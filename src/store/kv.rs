@@ -143,6 +143,8 @@ pub(crate) struct SledStore {
     settle_at_close: bool,
     /// Times `shed_cache` closed and opened sled.
     sheds: std::sync::atomic::AtomicU64,
+    /// Keys `touch` read back.
+    touches: std::sync::atomic::AtomicU64,
     /// `RawKv::shed_after_bytes` (`u64::MAX`, the default: never).
     shed_after_bytes: std::sync::atomic::AtomicU64,
     /// Wakes a flush that sled forgot after a failed write; stopped before
@@ -272,6 +274,7 @@ impl SledStore {
             troubled: std::sync::atomic::AtomicBool::new(false),
             settle_at_close: true,
             sheds: std::sync::atomic::AtomicU64::new(0),
+            touches: std::sync::atomic::AtomicU64::new(0),
             shed_after_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
         if writable {
@@ -336,6 +339,12 @@ impl SledStore {
     pub(crate) fn sheds(&self) -> u64 {
         self.sheds.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Keys `touch` read back since the store opened.
+    #[cfg(test)]
+    pub(crate) fn touches(&self) -> u64 {
+        self.touches.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl crate::kv::RawKv for SledStore {
@@ -371,6 +380,19 @@ impl crate::kv::RawKv for SledStore {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(shed)
+    }
+
+    fn touch(&self, keys: &mut dyn Iterator<Item = &[u8]>) -> Result<()> {
+        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("reading the store", e))?;
+        let db = self.db()?;
+        for key in keys {
+            for _ in 0..crate::limits::SLED_LRU_TOUCHES {
+                db.get(key).map_err(|e| Error::store("reading", e))?;
+            }
+            self.touches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 

@@ -737,6 +737,7 @@ impl<R: RawKv> PagedStore<R> {
                     "missing (it is current: at most the committed generation)",
                 )
             })?;
+            self.raw.touch(&mut std::iter::once(key.as_slice()))?;
             visit_chunk(key, &value, &mut |k, v| {
                 if !is_append(k) && want(k) {
                     f(k, v);
@@ -1191,6 +1192,30 @@ mod tests {
     /// A checkpoint that dies after some chunks and before its commit
     /// leaves nothing visible, and its versions are never picked up later
     /// (even by a commit of the same generation that does not touch them).
+    /// A merge reads back each page it wrote and each delta chunk it read
+    /// (`RawKv::touch`, for sled's LRU: DESIGN.md 6); a checkpoint that
+    /// merges nothing reads nothing back.
+    #[test]
+    fn a_merge_reads_back_each_page_it_wrote_and_each_chunk_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_with_deltas(dir.path(), 1 << 20, 1 << 20);
+        let writes: Vec<Write> = (0..200).map(|i| put(i, "a")).collect();
+        s.apply(&writes).unwrap();
+        assert_eq!((s.merges().0, s.raw.touches()), (0, 0), "under the bound");
+        let chunks = s.deltas.read().chunks.len() as u64;
+        assert!(chunks > 0);
+        {
+            let mut deltas = s.deltas.write();
+            s.merge_in_place(s.committed(), &mut deltas).unwrap();
+        }
+        let pages: std::collections::BTreeSet<u32> = (0..200u32)
+            .map(|i| page_of(format!("D{i:05}").as_bytes(), 14))
+            .collect();
+        assert_eq!(s.merges().0, 1);
+        assert_eq!(s.raw.touches(), pages.len() as u64 + chunks);
+        assert_eq!(all(&s, b'D').len(), 200);
+    }
+
     #[test]
     fn an_uncommitted_generation_is_invisible_and_removed() {
         let dir = tempfile::tempdir().unwrap();

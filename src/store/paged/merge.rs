@@ -117,13 +117,19 @@ impl<R: RawKv> PagedStore<R> {
             batch.push((key, Some(value)));
             // One page more must still fit in the store's batch.
             if batch_bytes >= self.chunk_bytes || batch.len() + 1 >= self.raw.max_batch_writes() {
-                self.raw.apply(&std::mem::take(&mut batch))?;
+                self.write_and_touch(&std::mem::take(&mut batch))?;
                 batch_bytes = 0;
             }
         }
         if !batch.is_empty() {
-            self.raw.apply(&batch)?;
+            self.write_and_touch(&batch)?;
         }
         Ok(())
+    }
+
+    /// One batch of merged pages, each then read back (`RawKv::touch`).
+    fn write_and_touch(&self, batch: &[Write]) -> Result<()> {
+        self.raw.apply(batch)?;
+        self.raw.touch(&mut batch.iter().map(|(k, _)| k.as_slice()))
     }
 }
