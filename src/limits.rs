@@ -80,8 +80,8 @@ pub const LOAD_SCAN_SLICE_PAGES: u32 = 256;
 /// Longest a shed of sled's nodes waits for the store to be free (the other
 /// load's current slice); it is skipped after that.
 pub const SHED_WAIT_MS: u64 = 1_000;
-/// Extra reads of each page a merge writes and each delta chunk it reads
-/// back (`RawKv::touch`): sled's LRU processes its accesses only once 64
+/// Extra reads of each page a merge writes and of each delta chunk read
+/// from disk, by a merge or otherwise (`RawKv::touch`): sled's LRU processes its accesses only once 64
 /// have queued in one of its 256 shards, so each extra access of a node
 /// sled holds brings the eviction of older nodes sooner (DESIGN.md 6,
 /// "A merge reads back what it wrote").
