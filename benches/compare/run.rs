@@ -91,7 +91,9 @@ fn bulk(sys: &dyn System, devs: &[Dev]) -> f64 {
     for chunk in devs.chunks(BATCH) {
         w.import(chunk);
     }
-    devs.len() as f64 / t.elapsed().as_secs_f64()
+    let rate = devs.len() as f64 / t.elapsed().as_secs_f64();
+    eprintln!("  bulk of {}: {rate:.0} devices/s", devs.len());
+    rate
 }
 
 /// The full workload against system `name` in `dir`, `n` devices.

@@ -50,6 +50,31 @@ impl Entry {
     }
 }
 
+/// Entries between two of the heads `search` reads first: 192 bytes, three
+/// cache lines.
+const STRIDE: usize = 16;
+
+/// Where `e` is in the sorted `leaf`, as `binary_search` answers. A binary
+/// search of a 3 KiB leaf that is not in the cache makes about seven
+/// dependent misses; this reads every `STRIDE`-th entry first (loads that
+/// do not depend on each other, so the misses overlap), then searches the
+/// one run of `STRIDE` entries that can hold `e` (DESIGN.md 6).
+fn search(leaf: &[Entry], e: Entry) -> Result<usize, usize> {
+    let below = leaf
+        .iter()
+        .step_by(STRIDE)
+        .map(|&head| usize::from(head <= e))
+        .sum::<usize>();
+    let start = below.saturating_sub(1) * STRIDE;
+    let run = leaf
+        .get(start..leaf.len().min(start + STRIDE))
+        .unwrap_or_default();
+    match run.binary_search(&e) {
+        Ok(i) => Ok(start + i),
+        Err(i) => Err(start + i),
+    }
+}
+
 fn new_leaf() -> Vec<Entry> {
     Vec::with_capacity(LEAF_CAP)
 }
@@ -62,16 +87,6 @@ struct Leaves {
 }
 
 impl Leaves {
-    /// The key of the leaf that holds or would hold `e`: the last one
-    /// filed at or below it, else the first.
-    fn leaf_key(&self, e: Entry) -> Option<Entry> {
-        self.leaves
-            .range(..=e)
-            .next_back()
-            .or_else(|| self.leaves.iter().next())
-            .map(|(k, _)| *k)
-    }
-
     fn next_key(&self, key: Entry) -> Option<Entry> {
         self.leaves
             .range((Excluded(key), Unbounded))
@@ -83,21 +98,23 @@ impl Leaves {
         self.leaves
             .range(..=e)
             .next_back()
-            .is_some_and(|(_, leaf)| leaf.binary_search(&e).is_ok())
+            .is_some_and(|(_, leaf)| search(leaf, e).is_ok())
     }
 
     fn insert(&mut self, e: Entry) -> bool {
-        let Some(key) = self.leaf_key(e) else {
+        // One descent: the leaf filed at or below `e`, else the first.
+        let found = match self.leaves.range_mut(..=e).next_back() {
+            Some(hit) => Some(hit),
+            None => self.leaves.iter_mut().next(),
+        };
+        let Some((&key, leaf)) = found else {
             let mut leaf = new_leaf();
             leaf.push(e);
             self.leaves.insert(e, leaf);
             self.len += 1;
             return true;
         };
-        let Some(leaf) = self.leaves.get_mut(&key) else {
-            return false;
-        };
-        let Err(at) = leaf.binary_search(&e) else {
+        let Err(at) = search(leaf, e) else {
             return false;
         };
         self.len += 1;
@@ -141,7 +158,7 @@ impl Leaves {
         let Some((&key, leaf)) = self.leaves.range_mut(..=e).next_back() else {
             return false;
         };
-        let Ok(at) = leaf.binary_search(&e) else {
+        let Ok(at) = search(leaf, e) else {
             return false;
         };
         leaf.remove(at);
@@ -400,6 +417,22 @@ mod tests {
         assert!(leaves(&ix, Platform::Ios).is_empty());
     }
 
+    /// The strided search answers as a binary search does, at every length
+    /// of a leaf and for every probe: below, between and on the entries,
+    /// at the heads of runs and past the end.
+    #[test]
+    fn search_answers_as_binary_search_does() {
+        for len in 0..=LEAF_CAP {
+            let leaf: Vec<Entry> = (0..len as u64).map(|i| Entry::new(i * 2 + 1, 7)).collect();
+            for ms in 0..=(len as u64 * 2 + 2) {
+                for id in [6, 7, 8] {
+                    let e = Entry::new(ms, id);
+                    assert_eq!(search(&leaf, e), leaf.binary_search(&e), "len {len}, {e:?}");
+                }
+            }
+        }
+    }
+
     /// Times above 2^32 order by both halves, and ranges stop where asked.
     #[test]
     fn ranges_cross_the_halves_of_a_time() {
@@ -426,6 +459,55 @@ mod tests {
         assert_eq!(got, vec![(1 << 32) - 1, 1 << 32, 1_700_000_000_000]);
         assert!(ix.contains(Platform::Android, u64::MAX, 0));
         assert!(!ix.contains(Platform::Ios, u64::MAX, 0));
+    }
+
+    /// A timing probe, not run by default (`cargo test --release --lib
+    /// seen_update_probe -- --ignored --nocapture`): 5×10^6 entries of one
+    /// platform over 60 days, then rounds of 10^6 moves of a random entry
+    /// half a day later (the harness's bulk update), each checked; prints
+    /// the best round's time per move (DESIGN.md 13 step 29).
+    #[test]
+    #[ignore]
+    fn seen_update_probe() {
+        let n: u64 = 5_000_000;
+        let day_ms = 86_400_000u64;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut ms: Vec<u64> = (0..n)
+            .map(|_| 1_700_000_000_000 + rnd() % (60 * day_ms))
+            .collect();
+        let mut all: Vec<(Platform, u64, u32)> = ms
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| (Platform::Ios, m, i as u32))
+            .collect();
+        all.sort_unstable();
+        let mut ix = SeenIndex::from_sorted(&all);
+        drop(all);
+        let moves = 1_000_000u64;
+        let mut best_ns = f64::MAX;
+        for _ in 0..6 {
+            let t = std::time::Instant::now();
+            for _ in 0..moves {
+                let id = (rnd() % n) as usize;
+                let old = ms[id];
+                assert!(ix.remove(Platform::Ios, old, id as u32));
+                assert!(ix.insert(Platform::Ios, old + day_ms / 2, id as u32));
+                ms[id] = old + day_ms / 2;
+            }
+            best_ns = best_ns.min(t.elapsed().as_nanos() as f64 / moves as f64);
+        }
+        assert_eq!(ix.len(), n as usize);
+        assert_eq!(ix.problems(), Vec::<String>::new());
+        eprintln!(
+            "{best_ns:.0} ns per move (best of 6 rounds), {} leaves",
+            ix.ios.leaves.len()
+        );
     }
 
     proptest! {
