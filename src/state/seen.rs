@@ -55,8 +55,9 @@ impl Entry {
 const STRIDE: usize = 16;
 
 /// Where `e` is in the sorted `leaf`, as `binary_search` answers. A binary
-/// search of a 3 KiB leaf that is not in the cache makes about seven
-/// dependent misses; this reads every `STRIDE`-th entry first (loads that
+/// search of a 3 KiB leaf makes eight reads, each depending on the last,
+/// and each a cache miss when the leaf is cold; this reads every
+/// `STRIDE`-th entry first (loads that
 /// do not depend on each other, so the misses overlap), then searches the
 /// one run of `STRIDE` entries that can hold `e` (DESIGN.md 6).
 fn search(leaf: &[Entry], e: Entry) -> Result<usize, usize> {
