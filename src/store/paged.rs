@@ -1712,4 +1712,66 @@ mod tests {
         assert_eq!(s.deltas.read().bytes, 0, "merged");
         assert!(all(&s, b'D').values().all(|v| v.ends_with(b"3")));
     }
+    /// A merge of more pages than one group (`merge::MERGE_GROUP_PAGES`),
+    /// each group rewritten on two threads, writes every page as one
+    /// thread would: the records read back equal a model's, before and
+    /// after a reopen, and each merge empties the deltas.
+    #[test]
+    fn a_merge_of_many_groups_on_two_threads_matches_a_model() {
+        let dir = tempfile::tempdir().unwrap();
+        // No deltas kept: every apply merges.
+        let s = open_with_deltas(dir.path(), 1 << 20, 0);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for round in 0..3u32 {
+            // 1,000 keys over 2^14 pages: about 970 pages, 16 groups.
+            let batch: Vec<Write> = (0..1_000u32)
+                .map(|i| put(i * 7 + round, &format!("{round}-{i}")))
+                .collect();
+            s.apply(&batch).unwrap();
+            assert_eq!(s.deltas.read().chunks.len(), 0, "round {round} merged");
+            for (k, v) in batch {
+                model.insert(k, v.unwrap());
+            }
+            assert_eq!(all(&s, b'D'), model, "round {round}");
+        }
+        let (merges, _) = s.merges();
+        assert!(merges >= 3, "{merges} merges");
+        drop(s);
+        let s = open_with_deltas(dir.path(), 1 << 20, 0);
+        assert_eq!(all(&s, b'D'), model, "after a reopen");
+    }
+
+    /// A page that fails to decode in the half of a group the second
+    /// thread rewrites fails the merge with that page named; nothing is
+    /// committed, and the deltas stay current for every other page.
+    #[test]
+    fn damage_met_by_the_second_thread_fails_the_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_with_deltas(dir.path(), 1 << 20, 0);
+        let first: Vec<Write> = (0..100u32).map(|i| put(i, "a")).collect();
+        s.apply(&first).unwrap();
+        // The last page with a change is in the second half of its group.
+        let mut pages: Vec<(u8, u32)> = first.iter().filter_map(|(k, _)| page_of_key(k)).collect();
+        pages.sort_unstable();
+        pages.dedup();
+        let &(prefix, last) = pages.last().unwrap();
+        let key = s.current_version(prefix, last).unwrap().map(|(g, _)| g);
+        let damaged = page_key(prefix, last, key.unwrap());
+        // A compressed frame whose data does not decode.
+        s.raw
+            .apply(&[(damaged, Some(vec![0xF4, 0x20, 0xFF, 0xFF]))])
+            .unwrap();
+        let second: Vec<Write> = (0..100u32).map(|i| put(i, "b")).collect();
+        let err = s.apply(&second).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("page D {last} ")),
+            "{err}"
+        );
+        assert!(!s.deltas.read().chunks.is_empty(), "nothing committed");
+        let other = second
+            .iter()
+            .find(|(k, _)| page_of_key(k) != Some((prefix, last)))
+            .unwrap();
+        assert_eq!(s.get(&other.0).unwrap(), Some(b"b".to_vec()));
+    }
 }
