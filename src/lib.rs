@@ -29,6 +29,7 @@
 )]
 #![warn(missing_docs)]
 
+mod beside;
 mod byteset;
 mod codec;
 mod config;

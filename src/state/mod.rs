@@ -410,25 +410,20 @@ impl State {
         };
         let earlier = std::mem::take(&mut self.by_seen);
         let hours = std::mem::take(&mut self.hour_counts);
-        let built = std::thread::scope(|scope| {
-            let indexing = std::thread::Builder::new()
-                .name("devreg-index".into())
-                .spawn_scoped(scope, move || seen_index(seen, earlier, hours));
-            self.order_person_lists();
-            indexing.map(|h| h.join())
-        });
-        match built {
-            Ok(Ok((by_seen, hours))) => {
-                self.by_seen = by_seen;
-                self.hour_counts = hours;
-                Ok(())
-            }
-            Ok(Err(_)) => Err(crate::error::Error::corrupt(
-                "the last-seen index",
-                "the thread building it panicked (a bug in devreg, not damage)",
-            )),
-            Err(e) => Err(crate::error::Error::io("starting the indexing thread", e)),
-        }
+        let indexing = crate::beside::Helper {
+            thread: "devreg-index",
+            what: "the last-seen index",
+            doing: "building the last-seen index",
+        };
+        let ((), built) = crate::beside::beside(
+            &indexing,
+            move || seen_index(seen, earlier, hours),
+            || self.order_person_lists(),
+        );
+        let (by_seen, hours) = built?;
+        self.by_seen = by_seen;
+        self.hour_counts = hours;
+        Ok(())
     }
 
     /// Orders every person's device list newest first.

@@ -219,24 +219,24 @@ pub(crate) struct Loaded {
 /// peak RSS fell by 170 MB (their delta records are read back and dropped
 /// while the state is still growing, not beside the whole of it).
 fn load_devices_and_known(store: &dyn KvStore, state: &mut State) -> Result<KnownSets> {
-    std::thread::scope(|scope| {
-        let known = std::thread::Builder::new()
-            .name("devreg-known".into())
-            .spawn_scoped(scope, || crate::feed::load_known(store));
-        let devices = super::load::load_devices(store, state).and_then(|()| state.finish_load());
-        let known = match known {
-            Ok(thread) => thread.join().unwrap_or_else(|_| {
-                Err(Error::corrupt(
-                    "the known persons of the store",
-                    "the thread loading them panicked (a bug in devreg, not damage)",
-                ))
-            }),
-            // No thread to be had: read them here, after the devices.
-            Err(_) => crate::feed::load_known(store),
-        };
-        devices?;
-        known
-    })
+    let loading = crate::beside::Helper {
+        thread: "devreg-known",
+        what: "the known persons of the store",
+        doing: "loading the known persons",
+    };
+    let (devices, known) = crate::beside::beside(
+        &loading,
+        || crate::feed::load_known(store),
+        || super::load::load_devices(store, state).and_then(|()| state.finish_load()),
+    );
+    devices?;
+    match known {
+        Ok(known) => known,
+        // No thread to be had (a panic is `Corrupt`): read them here,
+        // after the devices.
+        Err(Error::Io { .. }) => crate::feed::load_known(store),
+        Err(e) => Err(e),
+    }
 }
 
 /// Loads every device from the store into a fresh state. A new store is

@@ -20,6 +20,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use hashbrown::{DefaultHashBuilder, HashSet};
 
 use super::KvStore;
+use crate::beside::{beside, Helper};
 use crate::codec::*;
 use crate::error::{Error, Result};
 use crate::state::{LoadedDevice, SlotToken, State, NO_PERSON};
@@ -188,26 +189,22 @@ pub(crate) fn load_devices(store: &dyn KvStore, state: &mut State) -> Result<()>
     };
     let (tx, rx) = bounded::<Batch>(LOAD_BATCHES_IN_FLIGHT);
     let (spent_tx, spent_rx) = bounded::<Batch>(LOAD_BATCHES_IN_FLIGHT + 1);
-    std::thread::scope(|scope| {
-        let decoder = &mut decoder;
-        // `tx` moves into the thread: the inserts end when it is dropped.
-        let scanner = std::thread::Builder::new()
-            .name("devreg-load".into())
-            .spawn_scoped(scope, move || scan(store, decoder, &tx, &spent_rx))
-            .map_err(|e| Error::io("starting the loading thread", e))?;
-        // On an insert error, `rx` is dropped here and the scanner stops.
-        let inserted = insert_all(state, rx, &spent_tx);
-        let scanned = scanner.join().unwrap_or_else(|_| {
-            Err(Error::corrupt(
-                "the devices of the store",
-                "the thread scanning them panicked (a bug in devreg, not damage)",
-            ))
-        });
-        match (inserted, scanned) {
-            (Err(e), _) => Err(e),
-            (Ok(()), r) => r,
-        }
-    })?;
+    let scanning = Helper {
+        thread: "devreg-load",
+        what: "the devices of the store",
+        doing: "scanning the store's devices",
+    };
+    let decoder_ref = &mut decoder;
+    // `tx` moves into the thread: the inserts end when it is dropped (or
+    // at once, if the thread never started). On an insert error, `rx` is
+    // dropped and the scanner stops.
+    let (inserted, scanned) = beside(
+        &scanning,
+        move || scan(store, decoder_ref, &tx, &spent_rx),
+        || insert_all(state, rx, &spent_tx),
+    );
+    inserted?;
+    scanned??;
     state.adopt_attr_pool(decoder.attrs)
 }
 

@@ -28,6 +28,7 @@ use super::{
     is_empty_page, key_pass, page_key, page_of_key, PagedStore, META_DELTA_MERGED,
     META_MERGE_ATTEMPT,
 };
+use crate::beside::{beside, Helper};
 use crate::error::{Error, Result};
 use crate::store::delta::Deltas;
 use crate::store::overlay::DiskOverlay;
@@ -161,24 +162,19 @@ fn rewrite_group(gen: u64, group: &mut [PageWork<'_>]) -> Result<Vec<Option<Seal
     if first.is_empty() {
         return rewrite_all(gen, second);
     }
-    std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name("devreg-merge".into())
-            .spawn_scoped(scope, move || rewrite_all(gen, second));
-        let mine = rewrite_all(gen, first);
-        let theirs = match helper {
-            Ok(h) => h.join().unwrap_or_else(|_| {
-                Err(Error::corrupt(
-                    "a page merge",
-                    "the thread rewriting pages panicked (a bug in devreg, not damage)",
-                ))
-            }),
-            Err(e) => Err(Error::io("starting a page merge's second thread", e)),
-        };
-        let mut out = mine?;
-        out.extend(theirs?);
-        Ok(out)
-    })
+    let rewriting = Helper {
+        thread: "devreg-merge",
+        what: "a page merge",
+        doing: "rewriting pages",
+    };
+    let (mine, theirs) = beside(
+        &rewriting,
+        move || rewrite_all(gen, second),
+        || rewrite_all(gen, first),
+    );
+    let mut out = mine?;
+    out.extend(theirs??);
+    Ok(out)
 }
 
 /// A merged page: its sled key and sealed value.
