@@ -589,9 +589,7 @@ impl WriterCtx {
     fn lock_warmed(&self, work: &[Work]) -> StateWrite<'_> {
         {
             let st = self.state.read();
-            for w in work {
-                std::hint::black_box(st.warm(&w.entries));
-            }
+            std::hint::black_box(st.warm_ahead(work.iter().map(|w| w.entries.as_slice())));
         }
         self.state.write()
     }

@@ -10,9 +10,29 @@
 
 use super::{Entry, State, NO_PERSON};
 use crate::codec::with_packed;
+use crate::limits::WARM_MAX_OPS;
 use crate::model::Op;
 
 impl State {
+    /// `warm` over the first [`WARM_MAX_OPS`] entries of a write group (its
+    /// requests' entries in order): a larger group holds the write lock
+    /// for milliseconds whatever is read ahead, and what a pass over all
+    /// of it read first was evicted before the apply came back to it
+    /// (DESIGN.md 7). Returns how many devices it found.
+    pub(crate) fn warm_ahead<'a>(&self, group: impl IntoIterator<Item = &'a [Entry]>) -> usize {
+        let mut budget = WARM_MAX_OPS;
+        let mut found = 0;
+        for entries in group {
+            if budget == 0 {
+                break;
+            }
+            let ahead = entries.len().min(budget);
+            found += self.warm(entries.get(..ahead).unwrap_or_default());
+            budget -= ahead;
+        }
+        found
+    }
+
     /// Reads what applying `entries` will read; returns how many devices
     /// it found (a value for `std::hint::black_box`, not a result).
     pub(crate) fn warm(&self, entries: &[Entry]) -> usize {
@@ -88,5 +108,24 @@ mod tests {
         assert_eq!(st.dump(), dump);
         assert_eq!(st.dirty.len(), dirty);
         assert_eq!(st.len(), 1);
+    }
+
+    #[test]
+    fn a_large_group_is_warmed_only_as_far_as_the_bound() {
+        let mut st = State::new(20);
+        let known: Vec<Entry> = (0..WARM_MAX_OPS + 100)
+            .map(|i| register(&format!("{i:08x}"), None))
+            .collect();
+        for e in &known {
+            st.apply(e);
+        }
+        // Split over requests, as a group is; every device is known.
+        let (first, rest) = known.split_at(WARM_MAX_OPS - 10);
+        assert_eq!(st.warm_ahead([first, rest]), WARM_MAX_OPS);
+        assert_eq!(st.warm_ahead([rest]), rest.len().min(WARM_MAX_OPS));
+        assert_eq!(st.warm_ahead([&known[..3], &known[3..5]]), 5);
+        // A group within the bound is read whole, however it is split.
+        assert_eq!(st.warm_ahead([&[][..], &known[..7]]), 7);
+        assert_eq!(st.warm_ahead(std::iter::empty()), 0);
     }
 }
