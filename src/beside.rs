@@ -1,6 +1,7 @@
 //! `beside`: run one piece of work on a scoped second thread while the
 //! caller's thread does another, the pattern of the open's load, the
-//! last-seen index's build and the page merge (DESIGN.md 6 and 4.3).
+//! last-seen index's build, the page merge and a large snapshot's encoding
+//! (DESIGN.md 6, 4.3 and 8).
 //!
 //! The second thread's outcome comes back as a `Result`: a thread that
 //! could not start is `Io`, one that panicked is `Corrupt` (a bug in

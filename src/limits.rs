@@ -56,6 +56,10 @@ pub const READ_SPIN_TRIES: u32 = 256;
 /// was a fifth of the writing thread's CPU, and bounding it lifted that
 /// row from 61k-62k to 69k-80k devices/s (13 step 32).
 pub const WARM_MAX_OPS: usize = 256;
+/// Fewest changed devices a checkpoint's snapshot encodes on two threads
+/// (`store/checkpoint.rs`): below it, starting a thread costs more than
+/// it saves.
+pub const SNAPSHOT_SPLIT_DEVICES: usize = 4096;
 /// Most encoded bytes of operations one import batch collects (it is also
 /// bounded by the registry's `max_batch_bytes`): lines that average 23 KB
 /// of attributes must not make a 10,000-line batch outgrow a log record.
