@@ -16,9 +16,9 @@ use crate::model::Op;
 impl State {
     /// `warm` over the first [`WARM_MAX_OPS`] entries of a write group (its
     /// requests' entries in order): a larger group holds the write lock
-    /// for milliseconds whatever is read ahead, and what a pass over all
-    /// of it read first was evicted before the apply came back to it
-    /// (DESIGN.md 7). Returns how many devices it found.
+    /// for milliseconds whatever is read ahead, and at 10^7 devices a pass
+    /// over all of it cost more than the apply gained from it (DESIGN.md
+    /// 7). Returns how many devices it found.
     pub(crate) fn warm_ahead<'a>(&self, group: impl IntoIterator<Item = &'a [Entry]>) -> usize {
         let mut budget = WARM_MAX_OPS;
         let mut found = 0;
