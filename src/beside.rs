@@ -52,6 +52,22 @@ where
     })
 }
 
+/// `beside`, for work that may just as well run here: when no second
+/// thread can start, `theirs` runs on this thread after `mine` instead of
+/// failing with `Io`. A panic on the second thread is still `Corrupt`.
+/// (The known persons' load and a large snapshot's encoding.)
+pub(crate) fn beside_or_here<M, T, FM, FT>(h: &Helper<'_>, theirs: FT, mine: FM) -> (M, Result<T>)
+where
+    FM: FnOnce() -> M,
+    FT: Fn() -> T + Sync,
+    T: Send,
+{
+    match beside(h, &theirs, mine) {
+        (m, Err(Error::Io { .. })) => (m, Ok(theirs())),
+        done => done,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +110,25 @@ mod tests {
         assert!(matches!(e, Error::Corrupt { .. }), "{text}");
         assert!(text.contains("the test's data"), "{text}");
         assert!(text.contains("testing it panicked"), "{text}");
+    }
+
+    /// The fallback is for a thread that never started: work that ran on
+    /// the second thread runs once, and its panic is not run again here.
+    #[test]
+    fn beside_or_here_runs_their_work_once_and_keeps_a_panic_corrupt() {
+        let ran = AtomicU32::new(0);
+        let (mine, theirs) = beside_or_here(&H, || ran.fetch_add(1, Ordering::SeqCst), || "mine");
+        assert_eq!((mine, theirs.ok()), ("mine", Some(0)));
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        let (_, theirs) = beside_or_here(
+            &H,
+            || -> u32 {
+                ran.fetch_add(1, Ordering::SeqCst);
+                panic!("boom")
+            },
+            || (),
+        );
+        assert!(matches!(theirs, Err(Error::Corrupt { .. })));
+        assert_eq!(ran.load(Ordering::SeqCst), 2, "a panic is not run again");
     }
 }

@@ -134,14 +134,9 @@ fn encode_devices(state: &State, tokens: &crate::byteset::ByteSet) -> Result<Vec
         what: "the checkpoint's snapshot",
         doing: "encoding its second half",
     };
-    let (mut writes, theirs) =
-        crate::beside::beside(&encoding, || encode(half..n), || encode(0..half));
-    match theirs {
-        Ok(rest) => writes.extend(rest),
-        // No thread to be had (a panic is `Corrupt`): encode it here.
-        Err(Error::Io { .. }) => writes.extend(encode(half..n)),
-        Err(e) => return Err(e),
-    }
+    let (mut writes, rest) =
+        crate::beside::beside_or_here(&encoding, || encode(half..n), || encode(0..half));
+    writes.extend(rest?);
     Ok(writes)
 }
 
@@ -256,19 +251,15 @@ fn load_devices_and_known(store: &dyn KvStore, state: &mut State) -> Result<Know
         what: "the known persons of the store",
         doing: "loading the known persons",
     };
-    let (devices, known) = crate::beside::beside(
+    // With no thread to be had, the known persons are read here, after
+    // the devices.
+    let (devices, known) = crate::beside::beside_or_here(
         &loading,
         || crate::feed::load_known(store),
         || super::load::load_devices(store, state).and_then(|()| state.finish_load()),
     );
     devices?;
-    match known {
-        Ok(known) => known,
-        // No thread to be had (a panic is `Corrupt`): read them here,
-        // after the devices.
-        Err(Error::Io { .. }) => crate::feed::load_known(store),
-        Err(e) => Err(e),
-    }
+    known?
 }
 
 /// Loads every device from the store into a fresh state. A new store is
