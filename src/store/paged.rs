@@ -309,8 +309,9 @@ pub(crate) fn open_block(
 
 /// Calls `f` for each record of a page value; errors name the page.
 fn decode_page(location: &dyn Fn() -> String, value: &[u8], f: RecordVisit<'_>) -> Result<()> {
-    let page = frame::open(location, value)?;
-    visit_block(location, &page, &mut |k, v| f(k, v))
+    frame::with_open(location, value, |page| {
+        visit_block(location, page, &mut |k, v| f(k, v))
+    })
 }
 
 /// Calls `f` for each record of a page block (unframed), borrowed from it;

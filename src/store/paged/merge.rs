@@ -32,8 +32,8 @@ use crate::beside::{beside, Helper};
 use crate::error::{Error, Result};
 use crate::store::delta::Deltas;
 use crate::store::overlay::DiskOverlay;
-use crate::store::page_merge::{self, Change};
-use crate::store::{frame, RawKv, Write};
+use crate::store::page_merge::{self, Change, Scratch};
+use crate::store::{RawKv, Write};
 
 /// The changes of one merge pass, by page (keyspace prefix, page number).
 type PageChanges<'a> = BTreeMap<(u8, u32), Vec<Change<'a>>>;
@@ -108,11 +108,15 @@ impl<R: RawKv> PagedStore<R> {
             })
             .collect();
         let (mut batch, mut batch_bytes) = (Vec::<Write>::new(), 0usize);
+        let mut scratch = [Scratch::default(), Scratch::default()];
         for group in pages.chunks_mut(MERGE_GROUP_PAGES) {
             for work in group.iter_mut() {
                 work.current = self.current_version(work.prefix, work.page)?;
             }
-            for (key, value) in rewrite_group(gen, group)?.into_iter().flatten() {
+            for (key, value) in rewrite_group(gen, group, &mut scratch)?
+                .into_iter()
+                .flatten()
+            {
                 batch_bytes += value.len();
                 self.merge_bytes
                     .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
@@ -155,12 +159,18 @@ struct PageWork<'a> {
 /// Each page of `group` rewritten and sealed, in order (`None`: nothing to
 /// write). The second half is done on a second thread: the rewrite and
 /// LZ4 are most of a merge's CPU (DESIGN.md 4.3, 13 step 30). A thread
-/// that cannot start fails the merge, as a failed store write does.
-fn rewrite_group(gen: u64, group: &mut [PageWork<'_>]) -> Result<Vec<Option<Sealed>>> {
+/// that cannot start fails the merge, as a failed store write does. Each
+/// thread keeps its own `scratch` across the groups.
+fn rewrite_group(
+    gen: u64,
+    group: &mut [PageWork<'_>],
+    scratch: &mut [Scratch; 2],
+) -> Result<Vec<Option<Sealed>>> {
     let half = group.len() / 2;
     let (first, second) = group.split_at_mut(half);
+    let [mine, theirs] = scratch;
     if first.is_empty() {
-        return rewrite_all(gen, second);
+        return rewrite_all(gen, second, mine);
     }
     let rewriting = Helper {
         thread: "devreg-merge",
@@ -169,8 +179,8 @@ fn rewrite_group(gen: u64, group: &mut [PageWork<'_>]) -> Result<Vec<Option<Seal
     };
     let (mine, theirs) = beside(
         &rewriting,
-        move || rewrite_all(gen, second),
-        || rewrite_all(gen, first),
+        move || rewrite_all(gen, second, theirs),
+        || rewrite_all(gen, first, mine),
     );
     let mut out = mine?;
     out.extend(theirs??);
@@ -180,20 +190,27 @@ fn rewrite_group(gen: u64, group: &mut [PageWork<'_>]) -> Result<Vec<Option<Seal
 /// A merged page: its sled key and sealed value.
 type Sealed = (Vec<u8>, Vec<u8>);
 
-fn rewrite_all(gen: u64, pages: &mut [PageWork<'_>]) -> Result<Vec<Option<Sealed>>> {
-    pages.iter_mut().map(|w| rewrite_page(gen, w)).collect()
+fn rewrite_all(
+    gen: u64,
+    pages: &mut [PageWork<'_>],
+    scratch: &mut Scratch,
+) -> Result<Vec<Option<Sealed>>> {
+    pages
+        .iter_mut()
+        .map(|w| rewrite_page(gen, w, scratch))
+        .collect()
 }
 
 /// One page joined with its changes (`page_merge::rewrite`), sealed, and
 /// the key it goes under: over its current version, or under `gen` when it
 /// has none or an empty one (`None`: nothing to keep, nothing to write).
-fn rewrite_page(gen: u64, w: &mut PageWork<'_>) -> Result<Option<Sealed>> {
+fn rewrite_page(gen: u64, w: &mut PageWork<'_>, scratch: &mut Scratch) -> Result<Option<Sealed>> {
     let (prefix, page) = (w.prefix, w.page);
     let current = w.current.take();
     let old = current.as_ref().map(|(g, _)| *g);
     let location = || format!("page {} {page} generation {old:?}", char::from(prefix));
     let stored = current.as_ref().map(|(_, v)| v.as_slice());
-    let (block, count) = page_merge::rewrite(&location, stored, &mut w.list)?;
+    let (sealed, count) = page_merge::rewrite(&location, stored, &mut w.list, scratch)?;
     let key = match current {
         Some((g, v)) if !is_empty_page(&v) => page_key(prefix, page, g),
         Some((g, _)) if g >= gen => {
@@ -206,5 +223,5 @@ fn rewrite_page(gen: u64, w: &mut PageWork<'_>) -> Result<Option<Sealed>> {
         _ if count == 0 => return Ok(None),
         _ => page_key(prefix, page, gen),
     };
-    Ok(Some((key, frame::seal(block))))
+    Ok(Some((key, sealed)))
 }
