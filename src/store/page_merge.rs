@@ -70,7 +70,10 @@ pub(crate) fn rewrite(
     let mut header = Vec::with_capacity(HEADER_ROOM);
     header.push(PAGE_VERSION);
     put_varint(&mut header, count);
-    debug_assert!(header.len() <= HEADER_ROOM, "a u64 is at most ten LEB128 bytes");
+    debug_assert!(
+        header.len() <= HEADER_ROOM,
+        "a u64 is at most ten LEB128 bytes"
+    );
     let start = HEADER_ROOM.saturating_sub(header.len());
     if let Some(front) = body.get_mut(start..HEADER_ROOM) {
         front.copy_from_slice(&header);
