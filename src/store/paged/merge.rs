@@ -158,7 +158,8 @@ struct PageWork<'a> {
 
 /// Each page of `group` rewritten and sealed, in order (`None`: nothing to
 /// write). The second half is done on a second thread: the rewrite and
-/// LZ4 are most of a merge's CPU (DESIGN.md 4.3, 13 step 30). A thread
+/// LZ4 were most of a merge's own CPU before its buffers were kept
+/// (DESIGN.md 4.3, 13 steps 30 and 33). A thread
 /// that cannot start fails the merge, as a failed store write does. Each
 /// thread keeps its own `scratch` across the groups.
 fn rewrite_group(
