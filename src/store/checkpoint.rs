@@ -86,7 +86,7 @@ impl Drain {
     fn encode(self, state: &State, lsn: u64, extra: Vec<Write>) -> Result<Snapshot> {
         let mut writes = Vec::with_capacity(self.devices.len() + extra.len() + 2);
         writes.extend(extra);
-        writes.extend(encode_devices(state, &self.devices)?);
+        encode_devices(state, &self.devices, &mut writes)?;
         for token in self.deliv {
             let entry = state.lookup(&token).and_then(|id| state.deliv.get(&id));
             let value = entry.map(encode_versioned).transpose()?;
@@ -111,22 +111,26 @@ impl Drain {
     }
 }
 
-/// The device writes of the changed `tokens`, in their set's order. A
-/// large set is encoded half on a second thread (the state is only read:
-/// the lock is held for reading until both halves are done), as each
-/// record costs its lookups' cache misses at 10^7 devices (13 step 32).
-/// The set's indices are dense, so each half reads its own range of
-/// them and no list of the tokens is built.
-fn encode_devices(state: &State, tokens: &crate::byteset::ByteSet) -> Result<Vec<Write>> {
-    let encode = |range: std::ops::Range<usize>| -> Vec<Write> {
-        range
-            .map(|i| tokens.key(i))
-            .map(|t| (device_key(t), device_value(state, t)))
-            .collect()
+/// Appends the device writes of the changed `tokens` to `out`, in their
+/// set's order. A large set is encoded half on a second thread (the state
+/// is only read: the lock is held for reading until both halves are done),
+/// as each record costs its lookups' cache misses at 10^7 devices (13 step
+/// 32). The set's indices are dense, so each half reads its own range of
+/// them and no list of the tokens is built; the first half goes straight
+/// into `out`.
+fn encode_devices(
+    state: &State,
+    tokens: &crate::byteset::ByteSet,
+    out: &mut Vec<Write>,
+) -> Result<()> {
+    let write = |i: usize| {
+        let t = tokens.key(i);
+        (device_key(t), device_value(state, t))
     };
     let n = tokens.len();
     if n < crate::limits::SNAPSHOT_SPLIT_DEVICES {
-        return Ok(encode(0..n));
+        out.extend((0..n).map(write));
+        return Ok(());
     }
     let half = n / 2;
     let encoding = crate::beside::Helper {
@@ -134,10 +138,13 @@ fn encode_devices(state: &State, tokens: &crate::byteset::ByteSet) -> Result<Vec
         what: "the checkpoint's snapshot",
         doing: "encoding its second half",
     };
-    let (mut writes, rest) =
-        crate::beside::beside_or_here(&encoding, || encode(half..n), || encode(0..half));
-    writes.extend(rest?);
-    Ok(writes)
+    let ((), rest) = crate::beside::beside_or_here(
+        &encoding,
+        || (half..n).map(write).collect::<Vec<Write>>(),
+        || out.extend((0..half).map(write)),
+    );
+    out.extend(rest?);
+    Ok(())
 }
 
 /// The record of the device with packed `token`, or None if it is gone.
@@ -460,7 +467,8 @@ mod tests {
             .iter()
             .map(|t| (device_key(t), device_value(&state, t)))
             .collect();
-        let two = encode_devices(&state, &dirty).unwrap();
+        let mut two = Vec::new();
+        encode_devices(&state, &dirty, &mut two).unwrap();
         assert_eq!(two.len(), one.len());
         assert!(two == one, "the two threads' writes differ from one's");
         assert_eq!(two.iter().filter(|(_, v)| v.is_none()).count(), 1);
@@ -502,7 +510,9 @@ mod tests {
                     .map(|t| (device_key(t), device_value(&state, t)))
                     .collect()
             } else {
-                encode_devices(&state, &dirty).unwrap()
+                let mut w = Vec::new();
+                encode_devices(&state, &dirty, &mut w).unwrap();
+                w
             };
             let ns = t.elapsed().as_nanos() as f64 / dirty.len() as f64;
             let how = if round % 2 == 0 { "one" } else { "two" };

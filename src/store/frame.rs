@@ -58,14 +58,13 @@ fn compress(block: &[u8], buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     // ever did, the plain block is a correct frame.
     let packed_len = lz4_flex::block::compress_into(block, buf.get_mut(..bound)?).ok()?;
     let packed = buf.get(..packed_len)?;
-    let mut header = Vec::with_capacity(11);
-    header.push(FRAME_LZ4);
-    put_varint(&mut header, block.len() as u64);
-    if header.len() + packed.len() >= block.len() {
+    // The header is the marker and at most ten LEB128 bytes of length.
+    let mut out = Vec::with_capacity(11 + packed.len());
+    out.push(FRAME_LZ4);
+    put_varint(&mut out, block.len() as u64);
+    if out.len() + packed.len() >= block.len() {
         return None;
     }
-    let mut out = Vec::with_capacity(header.len() + packed.len());
-    out.extend_from_slice(&header);
     out.extend_from_slice(packed);
     Some(out)
 }
