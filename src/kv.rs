@@ -40,6 +40,10 @@ pub(crate) enum CompactOutcome {
     Abandoned,
 }
 
+/// Work a long store operation lets run between its steps
+/// (`KvStore::merge_if_due_beside`).
+pub(crate) type Between<'a> = &'a mut dyn FnMut() -> Result<()>;
+
 /// What devreg needs from an ordered key-value store.
 pub(crate) trait KvStore: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -54,7 +58,24 @@ pub(crate) trait KvStore: Send + Sync {
     /// Does what `apply_deferred` left, if anything (`PagedStore`: a merge
     /// in place once the deltas pass a bound). An error: fail stop.
     fn merge_if_due(&self) -> Result<()> {
+        self.merge_if_due_beside(&mut || Ok(()))
+    }
+    /// `merge_if_due`, calling `between` from time to time while it works,
+    /// on the same thread, with no lock of the store held: `between` may
+    /// `apply_deferred` (the checkpoints that go on beside a merge), never
+    /// start another merge. An error from `between` stops the merge, which
+    /// returns it (the store reads the same either way).
+    fn merge_if_due_beside(&self, between: Between<'_>) -> Result<()> {
+        let _ = between;
         Ok(())
+    }
+    /// Whether a merge in progress leaves room for another checkpoint
+    /// beside it (`PagedStore`: the deltas held in memory within their
+    /// bound, those on disk within theirs and
+    /// `DELTA_DISK_SLACK_BESIDE_MERGE_PCT` more). Lock-free: the writer
+    /// asks.
+    fn room_beside_merge(&self) -> bool {
+        true
     }
     /// Calls `f` for each entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()>;

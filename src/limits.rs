@@ -216,6 +216,16 @@ pub const DELTA_BYTES_PER_DEVICE: u64 = 16;
 /// at open reads them back in passes of the memory bound.
 pub const DELTA_DISK_BYTES_PER_DEVICE: u64 = 32;
 
+/// How far, in percent of the bound on every delta on disk
+/// (`DELTA_DISK_BYTES_PER_DEVICE`), the checkpoints written beside a page
+/// merge may take the deltas past it before the writer waits for the
+/// merge's end (`store/paged.rs`, DESIGN.md 4.3 "Checkpoints beside a
+/// merge"): it costs disk and the passes of an open's scans after a
+/// crash. The deltas held in memory get none: checkpoints beside a merge
+/// that let them pass their bound raised the peak RSS of a 10^7 import
+/// past its target (13 step 34).
+pub const DELTA_DISK_SLACK_BESIDE_MERGE_PCT: usize = 50;
+
 /// Upper bounds (Prometheus `le`, inclusive) of the histogram of log
 /// records one group commit appends (`Metrics::group_commit_records`):
 /// powers of two up to 131,072 (a group holds at most `MAX_GROUP_OPS`

@@ -167,6 +167,7 @@ pub(crate) struct Recorder {
     log_bound_bytes: AtomicU64,
     checkpoint_ms: AtomicHistogram,
     checkpoint_failures: AtomicU64,
+    checkpoints_beside_merges: AtomicU64,
     compactions: AtomicU64,
     compactions_abandoned: AtomicU64,
     compaction_freed_bytes: AtomicU64,
@@ -183,6 +184,7 @@ impl Recorder {
             log_bound_bytes: AtomicU64::new(0),
             checkpoint_ms: AtomicHistogram::new(&CHECKPOINT_BUCKETS_MS),
             checkpoint_failures: AtomicU64::new(0),
+            checkpoints_beside_merges: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             compactions_abandoned: AtomicU64::new(0),
             compaction_freed_bytes: AtomicU64::new(0),
@@ -267,6 +269,15 @@ impl Recorder {
 
     pub(crate) fn checkpoint_failures(&self) -> u64 {
         self.checkpoint_failures.load(Relaxed)
+    }
+
+    /// A checkpoint is being written between two batches of a page merge.
+    pub(crate) fn checkpoint_beside_merge(&self) {
+        self.checkpoints_beside_merges.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn checkpoints_beside_merges(&self) -> u64 {
+        self.checkpoints_beside_merges.load(Relaxed)
     }
 
     /// A store compaction finished (`Some`), or was abandoned with the

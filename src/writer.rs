@@ -16,12 +16,14 @@ use parking_lot::Mutex;
 
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
-use crate::kv::CompactOutcome;
 use crate::log::entry::{encode_entries, Entry};
 use crate::log::LogWriter;
 use crate::metrics::Recorder;
 use crate::state::{Applied, State, StateLock, StateWrite};
 use crate::store::{KvStore, Snapshot};
+
+mod checkpointer;
+pub(crate) use checkpointer::{run_checkpointer, CheckpointerCtx};
 
 pub(crate) type Reply<T> = Sender<Result<T>>;
 
@@ -261,7 +263,11 @@ pub(crate) struct WriterCtx {
     pub(crate) failed: Arc<FailFlag>,
     pub(crate) config: Config,
     pub(crate) ckpt_tx: Option<Sender<CheckpointJob>>,
+    /// A snapshot was handed to the checkpointer and is not written yet.
     pub(crate) ckpt_busy: Arc<AtomicBool>,
+    /// The checkpointer is merging or compacting after a checkpoint (a
+    /// snapshot handed meanwhile is written between a merge's batches).
+    pub(crate) ckpt_merging: Arc<AtomicBool>,
     /// Writes of a checkpoint that failed or was dropped; the next snapshot
     /// starts with them (none is taken after a failure, but the dirty set a
     /// snapshot drained is never simply forgotten).
@@ -365,7 +371,7 @@ impl WriterCtx {
                 }
                 Ok(Msg::Exclusive { f }) => {
                     let mut c = ctx.lock();
-                    c.wait_checkpoint_idle();
+                    c.wait_checkpointer_idle();
                     f(&mut c);
                 }
                 Ok(Msg::Lead) => {
@@ -430,7 +436,7 @@ impl WriterCtx {
             .config
             .checkpoint_log_bytes
             .unwrap_or(self.config.log_segment_bytes / 2);
-        if since >= trigger && !self.ckpt_busy.load(Ordering::Acquire) {
+        if since >= trigger && self.checkpoint_may_start() {
             if let Err(e) = self.start_checkpoint(None) {
                 self.fail(&e);
             }
@@ -619,7 +625,7 @@ impl WriterCtx {
         }
         let due = now.duration_since(self.last_checkpoint_at)
             >= Duration::from_millis(self.config.checkpoint_interval_ms);
-        if due && !self.ckpt_busy.load(Ordering::Acquire) {
+        if due && self.checkpoint_may_start() {
             let dirty = !self.state.read().dirty.is_empty();
             if dirty {
                 if let Err(e) = self.start_checkpoint(None) {
@@ -631,8 +637,27 @@ impl WriterCtx {
         }
     }
 
+    /// Whether a snapshot may be handed now: the one handed last is
+    /// written, and no merge runs whose deltas have no room for another
+    /// checkpoint beside it (`KvStore::room_beside_merge`, DESIGN.md 4.3).
+    fn checkpoint_may_start(&self) -> bool {
+        !self.ckpt_busy.load(Ordering::Acquire)
+            && (!self.ckpt_merging.load(Ordering::Acquire) || self.store.room_beside_merge())
+    }
+
+    /// Waits until a snapshot may be handed (`checkpoint_may_start`): the
+    /// one handed last is written, and a merge after it may still run.
     fn wait_checkpoint_idle(&self) {
-        while self.ckpt_busy.load(Ordering::Acquire) {
+        while !self.checkpoint_may_start() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until the checkpointer is idle: the snapshot handed last is
+    /// written and no merge or compaction runs (a backup copies the store,
+    /// a shutdown closes it).
+    fn wait_checkpointer_idle(&self) {
+        while self.ckpt_busy.load(Ordering::Acquire) || self.ckpt_merging.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -678,7 +703,7 @@ impl WriterCtx {
     /// does (`Registry::backup`).
     pub(crate) fn checkpoint_and_wait(&mut self) -> Result<()> {
         self.start_checkpoint(None)?;
-        self.wait_checkpoint_idle();
+        self.wait_checkpointer_idle();
         match self.refuse() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -687,110 +712,15 @@ impl WriterCtx {
 
     fn shutdown(&mut self) {
         // Wait before looking at the flag (see `start_checkpoint`).
-        self.wait_checkpoint_idle();
+        self.wait_checkpointer_idle();
         if self.refuse().is_none() && !self.config.read_only {
             let r = self.log.sync().and_then(|()| self.start_checkpoint(None));
             if let Err(e) = r {
                 self.fail(&e);
             }
-            self.wait_checkpoint_idle();
+            self.wait_checkpointer_idle();
         }
         self.ckpt_tx = None;
         self.closed = true;
-    }
-}
-
-/// What the checkpointer thread shares with the writer.
-pub(crate) struct CheckpointerCtx {
-    /// The state, for `History::release_flushing` after a checkpoint.
-    pub(crate) state: Arc<StateLock>,
-    pub(crate) store: Arc<dyn KvStore>,
-    pub(crate) pool: Arc<crate::log::segments::SegmentPool>,
-    pub(crate) failed: Arc<FailFlag>,
-    pub(crate) busy: Arc<AtomicBool>,
-    pub(crate) carry: Arc<Mutex<Vec<crate::store::Write>>>,
-    /// Where checkpoints and their durations are counted.
-    pub(crate) metrics: Arc<Recorder>,
-}
-
-impl CheckpointerCtx {
-    /// Fails the registry stop on `e`: nothing more is written, and the
-    /// store is marked so that the next open checks it.
-    fn fail_stop(&self, e: &Error) {
-        self.failed.set(e);
-        self.store.mark_troubled();
-    }
-}
-
-/// After a checkpoint, before the next: compacts the store when its garbage
-/// is worth it (`store/compact.rs`). A failed compaction that left the
-/// store as it was is counted; one that failed mid-swap fails the registry
-/// (the next open finishes the swap).
-fn compact_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
-    match ctx.store.compact_if_worth() {
-        Ok(CompactOutcome::Skipped) => Ok(()),
-        Ok(CompactOutcome::Done(c)) => {
-            ctx.metrics.compaction(Some(c));
-            Ok(())
-        }
-        Ok(CompactOutcome::Abandoned) => {
-            ctx.metrics.compaction(None);
-            Ok(())
-        }
-        Err(e) => {
-            ctx.fail_stop(&e);
-            Err(e)
-        }
-    }
-}
-
-/// After a checkpoint's commit, with its snapshot freed: merges the store's
-/// deltas into its pages if they passed a bound (`store/paged/merge.rs`).
-/// A failure fails the registry; the store reads the same either way.
-fn merge_after_checkpoint(ctx: &CheckpointerCtx) -> Result<()> {
-    ctx.store.merge_if_due().inspect_err(|e| ctx.fail_stop(e))
-}
-
-/// The checkpointer: writes snapshots to the store and releases log segments.
-/// Once the registry has failed it writes nothing more: a job that arrives
-/// then is dropped (its writes kept in `carry`) and answered with the failure.
-pub(crate) fn run_checkpointer(rx: Receiver<CheckpointJob>, ctx: CheckpointerCtx) {
-    for mut job in rx {
-        let start = Instant::now();
-        let r = match ctx.failed.get() {
-            Some(why) => Err(Error::Failed(why)),
-            None => job.snapshot.write(&*ctx.store),
-        };
-        ctx.metrics
-            .checkpoint(r.as_ref().ok().map(|_| start.elapsed()));
-        let r = match r {
-            Ok(lsn) => {
-                // The log up to `lsn` and the snapshot's writes are free
-                // before a merge (at 10^6 devices the writes held during a
-                // merge raised the harness's peak RSS by 110-270 MB).
-                ctx.pool.checkpointed(lsn);
-                drop(std::mem::take(&mut job.snapshot.writes));
-                // Its history entries are in the store now; freed outside
-                // the lock, which is held for one `mem::take`.
-                let stored = ctx
-                    .state
-                    .write()
-                    .history
-                    .release_flushing(job.snapshot.history_drain);
-                drop(stored);
-                merge_after_checkpoint(&ctx)
-                    .and_then(|()| compact_after_checkpoint(&ctx))
-                    .map(|()| lsn)
-            }
-            Err(e) => {
-                ctx.fail_stop(&e);
-                *ctx.carry.lock() = job.snapshot.writes;
-                Err(e)
-            }
-        };
-        ctx.busy.store(false, Ordering::Release);
-        if let Some(done) = job.done {
-            let _ = done.send(r.map(|_| ()));
-        }
     }
 }

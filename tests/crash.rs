@@ -48,8 +48,10 @@ const TAIL_ENV: &str = "DEVREG_TAIL_CHILD";
 const SEGMENT: u64 = 64 << 10;
 
 /// Whether a killed child left a page merge cut short: one started
-/// (`Mmerge_attempt`) above the last one committed (`Mdelta_merged`).
-fn merge_cut_short(db: &Path) -> bool {
+/// (`Mmerge_attempt`) above the last one committed (`Mdelta_merged`);
+/// and whether checkpoints had committed beside it (`Mpage_gen` above
+/// the merge's generation, DESIGN.md 4.3).
+fn merge_cut_short(db: &Path) -> (bool, bool) {
     let gen = |key: &[u8]| {
         devreg::internals::peek_record(db, key)
             .ok()
@@ -57,7 +59,9 @@ fn merge_cut_short(db: &Path) -> bool {
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map_or(0, u64::from_be_bytes)
     };
-    gen(b"Mmerge_attempt") > gen(b"Mdelta_merged")
+    let attempt = gen(b"Mmerge_attempt");
+    let cut = attempt > gen(b"Mdelta_merged");
+    (cut, cut && gen(b"Mpage_gen") > attempt)
 }
 
 fn crash_config(db: &Path, eventual: bool) -> Config {
@@ -120,6 +124,8 @@ struct Tally {
     /// Kills that left `store.compact/` or `store.old/` (a compaction was running).
     mid_compaction: u64,
     mid_merge: u64,
+    /// Of those, kills after a checkpoint had committed beside the merge.
+    mid_merge_beside: u64,
 }
 
 fn crash_loop(kills: u64) {
@@ -200,7 +206,9 @@ fn crash_loop(kills: u64) {
         copy_dir(&db, &raw);
         // Counted on the copy: sled's own recovery may rewrite its files
         // (not what they hold), and the next child must meet the raw crash.
-        tally.mid_merge += u64::from(merge_cut_short(&raw));
+        let (cut, beside) = merge_cut_short(&raw);
+        tally.mid_merge += u64::from(cut);
+        tally.mid_merge_beside += u64::from(beside);
         // Reopen (in place, or a copy so the next child recovers the raw crash).
         let verify_dir = if run % 2 == 1 {
             let copy = dir.path().join(format!("verify-{run}"));
@@ -239,7 +247,7 @@ fn crash_loop(kills: u64) {
         "crash test: {} kills survived in {:.1?} ({} writes / {} ops acknowledged, \
          in-flight write applied {} / lost {}, {} kills before the open finished, \
          {} runs in Eventual mode, {} kills inside a store compaction, {} inside a page \
-         merge, {} devices at the \
+         merge ({} after a checkpoint beside it), {} devices at the \
          end; feed: {} exports, {} acks, {} in-flight batches re-exported identical after \
          a kill)",
         tally.kills,
@@ -252,6 +260,7 @@ fn crash_loop(kills: u64) {
         tally.eventual_runs,
         tally.mid_compaction,
         tally.mid_merge,
+        tally.mid_merge_beside,
         model.devices.len(),
         ledger.exports,
         ledger.acks,

@@ -396,6 +396,7 @@ fn ops_endpoints(c: &Client, backups: &Path) {
         "devreg_checkpoint_duration_seconds_count ",
         "devreg_store_compactions_total ",
         "devreg_store_page_merges_total ",
+        "devreg_checkpoints_beside_merges_total ",
         "devreg_store_page_merge_written_bytes_total ",
         "devreg_registry_failed 0",
         "devreg_devices 3",

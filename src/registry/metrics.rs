@@ -45,6 +45,10 @@ pub struct Metrics {
     /// Checkpoints that failed, or were refused because the registry had
     /// failed (a counter; the first failure stops the registry's writes).
     pub checkpoint_failures: u64,
+    /// Checkpoints written while a page merge ran, between two of its
+    /// batches of pages (a counter; DESIGN.md 4.3): before, writers
+    /// waited for the merge once the log was full.
+    pub checkpoints_beside_merges: u64,
     /// Duration of each checkpoint written, in ms (store writes, flush
     /// and fsyncs).
     pub checkpoint_ms: Histogram,
@@ -120,6 +124,7 @@ impl Registry {
             log_bound_bytes: m.log_bound_bytes(),
             checkpoints: checkpoint_ms.count,
             checkpoint_failures: m.checkpoint_failures(),
+            checkpoints_beside_merges: m.checkpoints_beside_merges(),
             checkpoint_ms,
             store_bytes_written: self.store_bytes_written(),
             compactions,

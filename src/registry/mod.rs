@@ -285,6 +285,7 @@ impl Registry {
         let state = Arc::new(StateLock::new(state));
         let failed = Arc::new(FailFlag::default());
         let busy = Arc::new(AtomicBool::new(false));
+        let merging = Arc::new(AtomicBool::new(false));
         let (ckpt_tx, ckpt_rx) = bounded(1);
         let (tx, rx) = unbounded();
         let carry = Arc::new(Mutex::new(Vec::new()));
@@ -295,6 +296,7 @@ impl Registry {
                 pool,
                 failed: failed.clone(),
                 busy: busy.clone(),
+                merging: merging.clone(),
                 carry: carry.clone(),
                 metrics: metrics.clone(),
             },
@@ -308,6 +310,7 @@ impl Registry {
             config: config.clone(),
             ckpt_tx: Some(ckpt_tx),
             ckpt_busy: busy,
+            ckpt_merging: merging,
             ckpt_carry: carry,
             last_checkpoint_lsn: ckpt_lsn,
             last_checkpoint_at: Instant::now(),

@@ -94,6 +94,13 @@ impl Collector for EngineCollector {
         )?;
         let help = "Checkpoints that failed.";
         counter(&mut e, "checkpoint_failures", help, m.checkpoint_failures)?;
+        let help = "Checkpoints written beside a page merge, between its batches.";
+        counter(
+            &mut e,
+            "checkpoints_beside_merges",
+            help,
+            m.checkpoints_beside_merges,
+        )?;
         let help = "Bytes of keys and values checkpoints handed to the store.";
         counter(&mut e, "store_written_bytes", help, m.store_bytes_written)?;
         let help = "Store compactions done.";

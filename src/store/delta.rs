@@ -31,6 +31,9 @@ use super::overlay::DiskOverlay;
 use super::paged::{combine, get_field, is_append, open_block, put_varint};
 use crate::error::{Error, Result};
 
+mod frozen;
+pub(crate) use frozen::Frozen;
+
 /// Prefix byte of delta chunk keys.
 pub(crate) const DELTA_PREFIX: u8 = b'Q';
 const DELTA_VERSION: u8 = 1;
@@ -76,6 +79,9 @@ pub(crate) struct Deltas {
     pub(crate) disk_bytes_by_prefix: BTreeMap<u8, usize>,
     /// The chunks, in the order written, deleted by the next merge.
     pub(crate) chunks: Vec<Chunk>,
+    /// While a merge runs: what it folds in (`frozen.rs`). `map` then
+    /// holds only the append records of checkpoints beside it.
+    pub(crate) frozen: Option<Frozen>,
 }
 
 /// One current delta chunk: its sled key and the keyspaces it holds
@@ -134,6 +140,7 @@ impl Deltas {
     }
 
     /// Bytes of the records kept only on disk.
+    #[cfg(test)]
     pub(crate) fn disk_only_bytes(&self) -> usize {
         self.disk_bytes_by_prefix.values().sum()
     }

@@ -93,6 +93,28 @@ impl DiskOverlay {
         *self = fresh;
     }
 
+    /// An empty overlay whose arena holds `bytes` before it grows: a pass
+    /// that knows about how much it reads back sizes it once, instead of
+    /// doubling it (each doubling held the old arena and one twice its
+    /// size at once: 192 MiB for a 64 MiB pass, DESIGN.md 4.3).
+    pub(super) fn with_arena_bytes(bytes: usize) -> DiskOverlay {
+        DiskOverlay {
+            arena: Vec::with_capacity(bytes),
+            ..DiskOverlay::default()
+        }
+    }
+
+    /// Gives back the arena's and the table's room for growth (an overlay
+    /// that will not grow again: a merge's frozen map, whose arena was
+    /// up to twice its bytes after the last doubling).
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.arena.shrink_to_fit();
+        let (arena, hasher) = (&self.arena, &self.hasher);
+        self.table.shrink_to_fit(|s| {
+            hasher.hash_one(arena.get(s.at..s.at + s.key_len).unwrap_or_default())
+        });
+    }
+
     /// Whether no key is recorded.
     #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
@@ -200,6 +222,33 @@ mod tests {
             .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
             .sum();
         assert_eq!(summed, live, "live bytes are the latest records' bytes");
+    }
+
+    /// A pass's arena sized for its share is never reallocated while its
+    /// records fit (one buffer, not an old and a new one at once), grows
+    /// like any other past it, and `shrink_to_fit` keeps every record.
+    #[test]
+    fn a_sized_arena_is_allocated_once_and_shrinks_keeping_every_record() {
+        let mut o = DiskOverlay::with_arena_bytes(10_000);
+        let first = o.arena.as_ptr();
+        for i in 0..1_000u32 {
+            o.insert(&i.to_be_bytes(), Some(&i.to_le_bytes()[..2]));
+        }
+        assert_eq!(o.arena.len(), 6_000);
+        assert_eq!((o.arena.as_ptr(), o.arena.capacity()), (first, 10_000));
+        for i in 1_000..3_000u32 {
+            o.insert(&i.to_be_bytes(), Some(&i.to_le_bytes()[..2]));
+        }
+        assert!(o.arena.capacity() >= 18_000);
+        o.shrink_to_fit();
+        assert_eq!(o.arena.capacity(), 18_000);
+        for i in 0..3_000u32 {
+            let want = i.to_le_bytes();
+            assert_eq!(
+                o.get(&i.to_be_bytes()).map(|(_, v)| v),
+                Some(Some(&want[..2]))
+            );
+        }
     }
 
     /// Enough keys to grow the table many times: every key keeps its

@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+#[cfg(test)]
+mod beside_tests;
 mod merge;
 
 use super::delta::{
@@ -384,6 +386,9 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     pass_bytes: usize,
     /// The current delta records (`delta.rs`).
     deltas: RwLock<Deltas>,
+    /// `deltas`' (bytes, memory bytes), kept beside it for lock-free
+    /// reads (`room_beside_merge`).
+    delta_sizes: (AtomicUsize, AtomicUsize),
     committed: AtomicU64,
     /// Versions above the committed generation seen by reads: left by a
     /// checkpoint that crashed before its commit; the next commit deletes them.
@@ -420,6 +425,7 @@ impl<R: RawKv> PagedStore<R> {
             delta_max: delta_bytes,
             delta_bound: AtomicUsize::new(delta_bytes),
             delta_disk_bound: AtomicUsize::new(delta_bytes),
+            delta_sizes: (AtomicUsize::new(0), AtomicUsize::new(0)),
             pass_bytes: delta_bytes.max(MIN_DELTA_PASS_BYTES),
             deltas: RwLock::new(Deltas::default()),
             committed: AtomicU64::new(committed),
@@ -457,6 +463,7 @@ impl<R: RawKv> PagedStore<R> {
             }
             Ok(())
         })?;
+        self.publish_sizes(&deltas);
         self.orphans.lock().extend(orphans);
         self.garbage.lock().extend(garbage);
         Ok(())
@@ -479,6 +486,14 @@ impl<R: RawKv> PagedStore<R> {
 
     fn committed(&self) -> u64 {
         self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Copies the deltas' sizes where `room_beside_merge` reads them.
+    fn publish_sizes(&self, deltas: &Deltas) {
+        self.delta_sizes.0.store(deltas.bytes, Ordering::SeqCst);
+        self.delta_sizes
+            .1
+            .store(deltas.memory_bytes, Ordering::SeqCst);
     }
 
     /// Visits every current page of `prefix` (the highest version at most
@@ -635,6 +650,7 @@ impl<R: RawKv> PagedStore<R> {
         for (k, v) in &paged {
             deltas.record(k, v.as_deref())?;
         }
+        self.publish_sizes(&deltas);
         drop(deltas);
         self.collect_garbage()
     }
@@ -705,14 +721,41 @@ impl<R: RawKv> PagedStore<R> {
         Ok(out)
     }
 
-    /// `disk_overlay` for a scan or a merge, into one arena (`overlay.rs`).
+    /// `disk_overlay` into one arena (`overlay.rs`), grown as it fills (the
+    /// tests' cut-short merges; a pass sizes it, `disk_overlay_pass`).
+    #[cfg(test)]
     pub(super) fn disk_overlay_hashed(
         &self,
         chunks: &[Chunk],
         prefix: Option<u8>,
         want: &dyn Fn(&[u8]) -> bool,
     ) -> Result<DiskOverlay> {
-        let mut out = DiskOverlay::default();
+        self.disk_overlay_sized(chunks, prefix, want, 0)
+    }
+
+    /// `disk_overlay_hashed` for one of `passes` slices of `bytes` of
+    /// disk-only deltas: its arena sized once for about a slice's share
+    /// (`DiskOverlay::with_arena_bytes`), with a sixteenth more for the
+    /// slices' spread.
+    pub(super) fn disk_overlay_pass(
+        &self,
+        chunks: &[Chunk],
+        prefix: Option<u8>,
+        want: &dyn Fn(&[u8]) -> bool,
+        (bytes, passes): (usize, u32),
+    ) -> Result<DiskOverlay> {
+        let share = bytes / passes.max(1) as usize;
+        self.disk_overlay_sized(chunks, prefix, want, share + share / 16)
+    }
+
+    fn disk_overlay_sized(
+        &self,
+        chunks: &[Chunk],
+        prefix: Option<u8>,
+        want: &dyn Fn(&[u8]) -> bool,
+        arena_bytes: usize,
+    ) -> Result<DiskOverlay> {
+        let mut out = DiskOverlay::with_arena_bytes(arena_bytes);
         self.visit_disk_deltas(chunks, prefix, want, &mut |k, v| out.insert(k, v))?;
         Ok(out)
     }
@@ -760,7 +803,9 @@ impl<R: RawKv> PagedStore<R> {
         };
         let deltas = self.deltas.read();
         if first == APPEND_PREFIX {
-            return self.scan_overlaid(prefix, (0..1 << bits, shed), &deltas.map, f);
+            let joined = deltas.joined_map()?;
+            let map = joined.as_ref().unwrap_or(&deltas.map);
+            return self.scan_overlaid(prefix, (0..1 << bits, shed), map, f);
         }
         let on_disk = deltas
             .disk_bytes_by_prefix
@@ -771,9 +816,12 @@ impl<R: RawKv> PagedStore<R> {
         for pass in 0..passes {
             let overlay = match on_disk {
                 0 => DiskOverlay::default(),
-                _ => self.disk_overlay_hashed(&deltas.chunks, Some(first), &|k| {
-                    k.starts_with(prefix) && key_pass(k, passes) == Some(pass)
-                })?,
+                _ => self.disk_overlay_pass(
+                    &deltas.chunks,
+                    Some(first),
+                    &|k| k.starts_with(prefix) && key_pass(k, passes) == Some(pass),
+                    (on_disk, passes),
+                )?,
             };
             let pages = pass_pages(bits, pass, passes);
             self.scan_overlaid(prefix, (pages, shed.as_deref_mut()), &overlay, f)?;
@@ -909,7 +957,7 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         let delta = {
             let deltas = self.deltas.read();
             match (is_append(key), deltas.disk_bytes_by_prefix.get(&prefix)) {
-                (true, _) => deltas.map.get(key).map(|(_, v)| v.map(<[u8]>::to_vec)),
+                (true, _) => deltas.append_get(key)?,
                 (false, Some(&n)) if n > 0 => self
                     .disk_overlay::<BTreeMap<_, _>>(&deltas.chunks, Some(prefix), &|k| k == key)?
                     .remove(key),
@@ -939,14 +987,29 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         self.apply_with(writes, Vec::new())
     }
 
-    fn merge_if_due(&self) -> Result<()> {
-        let mut deltas = self.deltas.write();
-        let over_memory = deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst);
-        let over_disk = deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst);
-        if over_memory || over_disk {
-            self.merge_in_place(self.committed(), &mut deltas)?;
+    /// A merge runs without the deltas' lock between its steps, so reads
+    /// and the checkpoints `between` applies go on meanwhile (`merge.rs`).
+    /// One already in progress (`between` asked for another) is left to
+    /// finish: merges never overlap.
+    fn room_beside_merge(&self) -> bool {
+        let disk_bound = self.delta_disk_bound.load(Ordering::SeqCst);
+        let disk_room = disk_bound
+            .saturating_add(disk_bound / 100 * crate::limits::DELTA_DISK_SLACK_BESIDE_MERGE_PCT);
+        let (bytes, memory) = &self.delta_sizes;
+        memory.load(Ordering::SeqCst) <= self.delta_bound.load(Ordering::SeqCst)
+            && bytes.load(Ordering::SeqCst) <= disk_room
+    }
+
+    fn merge_if_due_beside(&self, between: crate::kv::Between<'_>) -> Result<()> {
+        let due = {
+            let deltas = self.deltas.read();
+            let over_memory = deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst);
+            let over_disk = deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst);
+            (over_memory || over_disk) && deltas.frozen.is_none()
+        };
+        if due {
+            self.merge_in_place(self.committed(), between)?;
         }
-        drop(deltas);
         self.collect_garbage()
     }
 
@@ -1007,7 +1070,63 @@ mod tests {
         open_with_deltas(dir, chunk, 0)
     }
 
-    fn open_with_deltas(dir: &std::path::Path, chunk: usize, delta: usize) -> PagedStore {
+    /// Records one ownership change of `token` (between owners "a" and
+    /// "b", by the parity of `i`) at `now_ms` in `h`, and its seq in
+    /// `model`, which keeps the newest `MAX_HISTORY_PER_TOKEN` per key.
+    pub(super) fn record_owner_change(
+        h: &mut crate::history::History,
+        model: &mut BTreeMap<Vec<u8>, Vec<u64>>,
+        token: &[u8],
+        i: u64,
+        now_ms: u64,
+    ) {
+        use crate::history::{Cause, MAX_HISTORY_PER_TOKEN};
+        let owners: [Option<std::sync::Arc<str>>; 2] = [Some("a".into()), Some("b".into())];
+        let (before, after) = (&owners[(i % 2) as usize], &owners[1 - (i % 2) as usize]);
+        let seq = h.next_seq;
+        let cause = Cause::Register { seen_ms: 1 };
+        let platform = crate::model::Platform::Ios;
+        h.record(
+            now_ms,
+            &cause,
+            token,
+            before.as_ref(),
+            after.as_ref(),
+            true,
+            platform,
+        );
+        let list = model.entry([b"H", token].concat()).or_default();
+        list.push(seq);
+        if list.len() > MAX_HISTORY_PER_TOKEN {
+            list.remove(0);
+        }
+    }
+
+    /// Every history list of `s`, by `get` and by a scan, as its seqs
+    /// against `model`'s.
+    pub(super) fn check_history(s: &PagedStore, model: &BTreeMap<Vec<u8>, Vec<u64>>, at: &str) {
+        let seqs = |v: &[u8]| -> Vec<u64> {
+            let list = crate::history::decode_list(b"H", v).unwrap();
+            list.iter().map(|r| r.seq).collect()
+        };
+        for (key, want) in model {
+            let got = s.get(key).unwrap().map(|v| seqs(&v));
+            assert_eq!(got.as_ref(), Some(want), "{at}: history get");
+        }
+        let mut scanned = BTreeMap::new();
+        s.scan_prefix(b"H", &mut |k, v| {
+            scanned.insert(k.to_vec(), seqs(v));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(&scanned, model, "{at}: history scan");
+    }
+
+    pub(super) fn open_with_deltas(
+        dir: &std::path::Path,
+        chunk: usize,
+        delta: usize,
+    ) -> PagedStore {
         PagedStore::open(
             SledStore::open(dir, None, 8 << 20, true).unwrap(),
             chunk,
@@ -1046,7 +1165,8 @@ mod tests {
             .unwrap();
         let changes = merge::changes_by_page(&on_disk, &deltas.map, &|_| true);
         let half = changes.into_iter().step_by(2).collect();
-        s.write_pages_in_place(s.committed(), half).unwrap();
+        s.write_pages_in_place(s.committed(), half, &mut || Ok(()))
+            .unwrap();
         s.raw.sync().unwrap();
     }
 
@@ -1205,10 +1325,7 @@ mod tests {
         assert_eq!((s.merges().0, s.raw.touches()), (0, 0), "under the bound");
         let chunks = s.deltas.read().chunks.len() as u64;
         assert!(chunks > 0);
-        {
-            let mut deltas = s.deltas.write();
-            s.merge_in_place(s.committed(), &mut deltas).unwrap();
-        }
+        s.merge_in_place(s.committed(), &mut || Ok(())).unwrap();
         let pages: std::collections::BTreeSet<u32> = (0..200u32)
             .map(|i| page_of(format!("D{i:05}").as_bytes(), 14))
             .collect();
@@ -1476,37 +1593,16 @@ mod tests {
     /// reopens: each read returns every entry once, the newest 64.
     #[test]
     fn history_records_append_across_deltas_merges_and_reopens() {
-        use crate::history::{decode_list, Cause, History, MAX_HISTORY_PER_TOKEN};
-        use crate::model::Platform;
+        use crate::history::History;
         let dir = tempfile::tempdir().unwrap();
         let reopen = || open_with_deltas(dir.path(), 512, 4_000);
         let mut s = reopen();
         let mut h = History::new(u64::MAX);
         let mut model: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
-        let owners: [Option<std::sync::Arc<str>>; 2] = [Some("a".into()), Some("b".into())];
         for round in 0..80u64 {
             for i in 0..1 + round % 9 {
                 let token = format!("t{}", (round * 7 + i) % 13).into_bytes();
-                let seq = h.next_seq;
-                let (before, after) = (&owners[(i % 2) as usize], &owners[1 - (i % 2) as usize]);
-                let cause = Cause::Register { seen_ms: 1 };
-                let now = round * 100 + i;
-                h.record(
-                    now,
-                    &cause,
-                    &token,
-                    before.as_ref(),
-                    after.as_ref(),
-                    true,
-                    Platform::Ios,
-                );
-                let mut key = vec![b'H'];
-                key.extend_from_slice(&token);
-                let list = model.entry(key).or_default();
-                list.push(seq);
-                if list.len() > MAX_HISTORY_PER_TOKEN {
-                    list.remove(0);
-                }
+                record_owner_change(&mut h, &mut model, &token, i, round * 100 + i);
             }
             s.apply(&h.take_writes(round * 100 + 99).unwrap()).unwrap();
             if round % 7 == 3 && !s.deltas.read().map.is_empty() {
@@ -1520,24 +1616,7 @@ mod tests {
                 drop(s);
                 s = reopen();
             }
-            let seqs = |v: &[u8]| -> Vec<u64> {
-                decode_list(b"H", v)
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.seq)
-                    .collect()
-            };
-            for (key, want) in &model {
-                let got = s.get(key).unwrap().map(|v| seqs(&v));
-                assert_eq!(got.as_ref(), Some(want), "round {round} get");
-            }
-            let mut scanned = BTreeMap::new();
-            s.scan_prefix(b"H", &mut |k, v| {
-                scanned.insert(k.to_vec(), seqs(v));
-                Ok(())
-            })
-            .unwrap();
-            assert_eq!(scanned, model, "round {round} scan");
+            check_history(&s, &model, &format!("round {round}"));
         }
         // Deleting a history record is refused (it could not cancel the
         // appends before it), and nothing is written.

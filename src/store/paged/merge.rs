@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::{
     is_empty_page, key_pass, page_key, page_of_key, PagedStore, META_DELTA_MERGED,
@@ -30,7 +31,8 @@ use super::{
 };
 use crate::beside::{beside, Helper};
 use crate::error::{Error, Result};
-use crate::store::delta::Deltas;
+use crate::kv::Between;
+use crate::store::delta::Chunk;
 use crate::store::overlay::DiskOverlay;
 use crate::store::page_merge::{self, Change, Scratch};
 use crate::store::{RawKv, Write};
@@ -60,31 +62,86 @@ impl<R: RawKv> PagedStore<R> {
     /// `Mdelta_merged = gen` (`gen`: the generation just committed) and
     /// queues the chunks as garbage. The disk-only deltas are read back a
     /// slice of the pages at a time (`delta_passes`), so a pass holds at
-    /// most about `pass_bytes` of them. `deltas` is emptied only after the
-    /// commit: after a failure every read still lays the deltas over the
-    /// pages, merged or not.
-    pub(super) fn merge_in_place(&self, gen: u64, deltas: &mut Deltas) -> Result<()> {
-        let passes = self.delta_passes(deltas.disk_only_bytes());
+    /// most about `pass_bytes` of them.
+    ///
+    /// The deltas are frozen first (`Deltas::freeze`) and the lock let go:
+    /// `between` runs after each batch of pages, and the checkpoints it
+    /// applies add chunks above `gen` and append records to a fresh map,
+    /// which this merge neither reads nor retires. Only what was frozen is
+    /// retired at the commit; after a failure it is joined back, so every
+    /// read still lays the deltas over the pages, merged or not.
+    pub(super) fn merge_in_place(&self, gen: u64, between: Between<'_>) -> Result<()> {
+        let (map, chunks, (bytes, passes)) = {
+            let mut deltas = self.deltas.write();
+            if deltas.frozen.is_some() {
+                return Ok(());
+            }
+            let frozen = deltas.freeze()?;
+            let (map, n) = (Arc::clone(&frozen.map), frozen.chunks);
+            let bytes = frozen.disk_only_bytes();
+            let passes = (bytes, self.delta_passes(bytes));
+            (
+                map,
+                deltas.chunks.get(..n).unwrap_or_default().to_vec(),
+                passes,
+            )
+        };
+        let merged = self.merge_frozen(gen, map, &chunks, (bytes, passes), between);
+        let mut deltas = self.deltas.write();
+        match merged {
+            Ok(()) => {
+                self.merges.fetch_add(1, Ordering::Relaxed);
+                let retired = deltas.retire_frozen();
+                self.publish_sizes(&deltas);
+                debug_assert_eq!(retired, chunks, "the merge retires what it froze");
+                self.garbage
+                    .lock()
+                    .extend(retired.into_iter().map(|c| c.key));
+                Ok(())
+            }
+            Err(e) => {
+                deltas.unfreeze()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The frozen deltas written into the pages, then the commit that
+    /// retires them. The history's pages go first, from the frozen map
+    /// alone (the disk overlay holds no append record), and the map is
+    /// let go once they are written (`Deltas::release_frozen_map`), so it
+    /// is not held beside the passes' read-back. The disk-only deltas
+    /// follow in `passes` slices of the pages.
+    fn merge_frozen(
+        &self,
+        gen: u64,
+        map: Arc<DiskOverlay>,
+        chunks: &[Chunk],
+        (bytes, passes): (usize, u32),
+        between: Between<'_>,
+    ) -> Result<()> {
         let attempt = gen.to_be_bytes().to_vec();
         self.raw
             .apply(&[(META_MERGE_ATTEMPT.to_vec(), Some(attempt))])?;
+        let none = DiskOverlay::default();
+        self.write_pages_in_place(gen, changes_by_page(&none, &map, &|_| true), between)?;
+        drop(map);
+        {
+            let mut deltas = self.deltas.write();
+            deltas.release_frozen_map();
+            self.publish_sizes(&deltas);
+        }
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
-            let on_disk = self.disk_overlay_hashed(&deltas.chunks, None, &|k| in_pass(k))?;
-            let changes = changes_by_page(&on_disk, &deltas.map, &in_pass);
-            self.write_pages_in_place(gen, changes)?;
+            let on_disk = self.disk_overlay_pass(chunks, None, &|k| in_pass(k), (bytes, passes))?;
+            let changes = changes_by_page(&on_disk, &none, &in_pass);
+            self.write_pages_in_place(gen, changes, between)?;
         }
         // The pages are durable before the commit that retires the chunks.
         self.raw.sync()?;
         let merged = gen.to_be_bytes().to_vec();
         self.raw
-            .apply(&[(META_DELTA_MERGED.to_vec(), Some(merged))])?;
-        self.merges.fetch_add(1, Ordering::Relaxed);
-        let chunks = std::mem::take(deltas).chunks;
-        self.garbage
-            .lock()
-            .extend(chunks.into_iter().map(|c| c.key));
-        Ok(())
+            .apply(&[(META_DELTA_MERGED.to_vec(), Some(merged))])
     }
 
     /// Writes each page of `changes` joined with its current version, over
@@ -97,7 +154,12 @@ impl<R: RawKv> PagedStore<R> {
     /// group's current versions, two threads rewrite and compress them
     /// (`rewrite_group`), and this thread writes them. Every store call is
     /// made here, in page order, as by one thread.
-    pub(super) fn write_pages_in_place(&self, gen: u64, changes: PageChanges<'_>) -> Result<()> {
+    pub(super) fn write_pages_in_place(
+        &self,
+        gen: u64,
+        changes: PageChanges<'_>,
+        between: Between<'_>,
+    ) -> Result<()> {
         let mut pages: Vec<PageWork<'_>> = changes
             .into_iter()
             .map(|((prefix, page), list)| PageWork {
@@ -126,13 +188,14 @@ impl<R: RawKv> PagedStore<R> {
                 {
                     self.write_and_touch(&std::mem::take(&mut batch))?;
                     batch_bytes = 0;
+                    between()?;
                 }
             }
         }
         if !batch.is_empty() {
             self.write_and_touch(&batch)?;
         }
-        Ok(())
+        between()
     }
 
     /// One batch of merged pages, each then read back (`RawKv::touch`).

@@ -1,0 +1,150 @@
+//! Checkpoints beside a merge (DESIGN.md 4.3): checkpoints applied between
+//! a merge's batches of pages, merges that fail midway, and reopens, all
+//! against a model of every record.
+
+use std::collections::BTreeMap;
+
+use super::tests::{check_history, open_with_deltas, record_owner_change};
+use super::*;
+use crate::history::History;
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// What the store must read as: replaced records by key, history lists
+/// as their seqs (newest `MAX_HISTORY_PER_TOKEN`).
+#[derive(Default)]
+struct Model {
+    records: BTreeMap<Vec<u8>, Vec<u8>>,
+    history: BTreeMap<Vec<u8>, Vec<u64>>,
+    h: Option<History>,
+    now_ms: u64,
+}
+
+impl Model {
+    /// One checkpoint's writes: replaced or deleted `'D'`/`'K'` records and
+    /// a few history entries, recorded in the model.
+    fn batch(&mut self, rng: &mut Rng) -> Vec<Write> {
+        let mut batch = Vec::new();
+        for _ in 0..1 + rng.below(30) {
+            let key = format!("{}{:04}", ["D", "K"][rng.below(2) as usize], rng.below(200));
+            let value = (rng.below(5) > 0).then(|| vec![b'v'; rng.below(60) as usize]);
+            match &value {
+                Some(v) => self.records.insert(key.clone().into_bytes(), v.clone()),
+                None => self.records.remove(key.as_bytes()),
+            };
+            batch.push((key.into_bytes(), value));
+        }
+        let h = self.h.get_or_insert_with(|| History::new(u64::MAX));
+        for i in 0..rng.below(4) {
+            self.now_ms += 1;
+            let token = format!("t{}", rng.below(11)).into_bytes();
+            record_owner_change(h, &mut self.history, &token, i, self.now_ms);
+        }
+        batch.extend(h.take_writes(self.now_ms).unwrap());
+        batch
+    }
+
+    /// Every record and list of `s` against the model, by scans and gets.
+    fn check(&self, s: &PagedStore, rng: &mut Rng, at: &str) {
+        let mut seen = BTreeMap::new();
+        for p in [b'D', b'K'] {
+            s.scan_prefix(&[p], &mut |k, v| {
+                seen.insert(k.to_vec(), v.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        }
+        let differ: Vec<String> = (seen.keys().chain(self.records.keys()))
+            .filter(|k| seen.get(*k) != self.records.get(*k))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert!(differ.is_empty(), "{at}: {differ:?} differ");
+        let probe = format!("D{:04}", rng.below(200)).into_bytes();
+        assert_eq!(
+            s.get(&probe).unwrap(),
+            self.records.get(&probe).cloned(),
+            "{at}"
+        );
+        check_history(s, &self.history, at);
+    }
+}
+
+/// Merges run with checkpoints applied between their batches (each read
+/// checked against the model while the merge is half done), some merges
+/// fail midway on purpose, and the store is reopened now and then: every
+/// read answers as the model, a merge retires exactly what it froze (the
+/// chunks written beside it stay current), and a failed merge leaves
+/// every delta readable and the next merge does the work.
+#[test]
+fn checkpoints_beside_a_merge_match_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let reopen = || {
+        let mut s = open_with_deltas(dir.path(), 256, 2_000);
+        // Deltas read back in several passes, pages written a few at a time.
+        s.pass_bytes = 256;
+        s
+    };
+    let mut s = reopen();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut model = Model::default();
+    let (mut merged_beside, mut failed_midway) = (0, 0);
+    for round in 0..60 {
+        let first = model.batch(&mut rng);
+        s.apply_deferred(&first).unwrap();
+        let merges = s.merges().0;
+        let fail_at = (round % 5 == 2).then(|| 1 + rng.below(6));
+        let (mut calls, mut beside_chunks) = (0u64, 0usize);
+        let r = s.merge_if_due_beside(&mut || {
+            calls += 1;
+            if Some(calls) == fail_at {
+                return Err(Error::Closed);
+            }
+            if rng.below(3) == 0 {
+                let before = s.deltas.read().chunks.len();
+                s.apply_deferred(&model.batch(&mut rng))?;
+                beside_chunks += s.deltas.read().chunks.len() - before;
+                model.check(&s, &mut rng, &format!("round {round}, call {calls}"));
+            }
+            Ok(())
+        });
+        let deltas = s.deltas.read();
+        assert!(deltas.frozen.is_none(), "round {round}: left frozen");
+        match r {
+            Ok(()) if s.merges().0 > merges => {
+                assert_eq!(deltas.chunks.len(), beside_chunks, "round {round}");
+                merged_beside += usize::from(beside_chunks > 0);
+            }
+            Ok(()) => assert_eq!(calls, 0, "round {round}: no merge, no call"),
+            Err(e) => {
+                assert!(matches!(e, Error::Closed), "round {round}: {e}");
+                assert_eq!(
+                    s.merges().0,
+                    merges,
+                    "round {round}: a failed merge counted"
+                );
+                failed_midway += 1;
+            }
+        }
+        drop(deltas);
+        model.check(&s, &mut rng, &format!("round {round}"));
+        if round % 7 == 3 {
+            drop(s);
+            s = reopen();
+            model.check(&s, &mut rng, &format!("round {round}, reopened"));
+        }
+    }
+    assert!(
+        merged_beside >= 5,
+        "{merged_beside} merges with checkpoints beside"
+    );
+    assert!(failed_midway >= 5, "{failed_midway} merges failed midway");
+}
