@@ -164,12 +164,3 @@ fn join_into(map: &mut DiskOverlay, key: &[u8], value: Option<&[u8]>) -> Result<
     map.compact_if_wasteful();
     Ok(())
 }
-
-impl std::fmt::Debug for Frozen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frozen")
-            .field("chunks", &self.chunks)
-            .field("bytes", &self.bytes)
-            .finish_non_exhaustive()
-    }
-}

@@ -131,6 +131,8 @@ impl<R: RawKv> PagedStore<R> {
             deltas.release_frozen_map();
             self.publish_sizes(&deltas);
         }
+        // With no disk-only record there is nothing to read back.
+        let passes = if bytes == 0 { 0 } else { passes };
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
             let on_disk = self.disk_overlay_pass(chunks, None, &|k| in_pass(k), (bytes, passes))?;
