@@ -133,6 +133,10 @@ pub(crate) struct SledStore {
     /// an abandoned one (a full disk, say), `u64::MAX` after a copy went
     /// over `compact_max_live`.
     pub(super) compact_retry_at_bytes: std::sync::atomic::AtomicU64,
+    /// The registry's device count at its last checkpoint
+    /// (`KvStore::plan_for_devices`): a compaction records it beside the
+    /// live bytes, and scales those by the growth since (`compact.rs`).
+    pub(super) devices: std::sync::atomic::AtomicU64,
     pub(super) faults: Faults,
     written: std::sync::atomic::AtomicU64,
     /// A write (batch or flush) failed: no settling at close.
@@ -269,6 +273,7 @@ impl SledStore {
             compact_pass_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
             compact_max_live: std::sync::atomic::AtomicU64::new(0),
             compact_retry_at_bytes: std::sync::atomic::AtomicU64::new(0),
+            devices: std::sync::atomic::AtomicU64::new(0),
             faults,
             written: std::sync::atomic::AtomicU64::new(0),
             troubled: std::sync::atomic::AtomicBool::new(false),
@@ -531,6 +536,11 @@ impl KvStore for SledStore {
 
     fn scan_stored(&self, f: Visit<'_>) -> Result<()> {
         self.scan_prefix(&[], f)
+    }
+
+    fn plan_for_devices(&self, devices: u64) {
+        self.devices
+            .store(devices, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {

@@ -1041,6 +1041,8 @@ impl<R: RawKv> KvStore for PagedStore<R> {
     }
 
     fn plan_for_devices(&self, devices: u64) {
+        // The store below scales the live bytes its compactions recorded.
+        self.raw.plan_for_devices(devices);
         let memory = delta_bound(devices, self.delta_max);
         self.delta_bound.store(memory, Ordering::SeqCst);
         self.delta_disk_bound
