@@ -115,6 +115,14 @@ pub const COMPACT_MIN_STORE_BYTES: u64 = 64 << 20;
 /// copied (a fresh copy itself takes about twice its live bytes: sled
 /// rewrites a node as it fills, and never cleans without its flusher).
 pub const COMPACT_SPACE_FACTOR: u64 = 3;
+/// Most times the live bytes of the last compaction are scaled up by the
+/// registry's growth since (`store/compact.rs`, `scaled_live`): the scale
+/// takes every byte as a device's, and a small registry's bytes are
+/// mostly fixed costs (its pages, its feed), so at 10^4 → 10^6 devices an
+/// unbounded scale would take 100 times bytes that grew perhaps 10 times
+/// and never compact again. Bounded, a growing store is copied at up to
+/// `2 × COMPACT_SPACE_FACTOR` times its last live bytes, not 3.
+pub const COMPACT_LIVE_SCALE_MAX: u64 = 2;
 /// Most bytes of entries one sled batch of a compaction's copy carries:
 /// measured at 2×10^5 devices, batches of about 64 entries (64 KiB) gave
 /// the smallest copy (75 MB for 38 MB of entries, against 100 MB with

@@ -31,7 +31,9 @@ use super::kv::{open_sled, visit_tree, Batch, Copied, SledStore};
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{CompactOutcome, Compaction, KvStore};
-use crate::limits::{COMPACT_CHUNK_BYTES, COMPACT_SPACE_FACTOR, TOOL_SLED_CACHE_BYTES};
+use crate::limits::{
+    COMPACT_CHUNK_BYTES, COMPACT_LIVE_SCALE_MAX, COMPACT_SPACE_FACTOR, TOOL_SLED_CACHE_BYTES,
+};
 use crate::log::segments::sync_dir;
 
 /// Live bytes (keys and values) the last compaction copied, u64 big-endian:
@@ -50,14 +52,16 @@ pub(crate) const META_STORE_LIVE_BYTES: &[u8] = b"Mstore_live_bytes";
 pub(crate) const META_STORE_LIVE_DEVICES: &[u8] = b"Mstore_live_devices";
 
 /// The live bytes now, estimated from `live` bytes recorded at
-/// `devices_then` devices: scaled by the growth to `devices_now`, never
-/// down (a registry that shrank may hold as many bytes of history and
-/// feed), and not at all without a record of the devices then.
+/// `devices_then` devices: scaled by the growth to `devices_now`, at most
+/// `COMPACT_LIVE_SCALE_MAX` times (fixed costs do not grow), never down (a
+/// registry that shrank may hold as many bytes of history and feed), and
+/// not at all without a record of the devices then.
 pub(crate) fn scaled_live(live: u64, devices_then: Option<u64>, devices_now: u64) -> u64 {
     match devices_then {
         Some(then) if devices_now > then => {
             let scaled = u128::from(live) * u128::from(devices_now) / u128::from(then.max(1));
-            u64::try_from(scaled).unwrap_or(u64::MAX)
+            let most = u128::from(live) * u128::from(COMPACT_LIVE_SCALE_MAX);
+            u64::try_from(scaled.min(most)).unwrap_or(u64::MAX)
         }
         _ => live,
     }
@@ -455,11 +459,12 @@ mod tests {
             .collect()
     }
 
-    /// A store that grew with its registry is not copied for its growth
-    /// alone: the live bytes of the last copy are scaled by the device
-    /// count's growth since. Garbage at a steady count is still copied.
+    /// A store that grew with its registry is judged by its live bytes
+    /// scaled by the growth (up to `COMPACT_LIVE_SCALE_MAX`): a copy
+    /// records the device count, and a later count scales what it
+    /// recorded. Garbage at a steady count is still copied.
     #[test]
-    fn a_store_grown_with_its_devices_is_not_compacted_for_its_growth() -> Result<()> {
+    fn a_grown_store_is_judged_by_its_live_bytes_scaled_by_its_growth() -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
         let store = SledStore::open(&dir.path().join("store"), None, TOOL_SLED_CACHE_BYTES, true)?;
         store.set_compact_limits(0, u64::MAX, u64::MAX);
@@ -470,26 +475,20 @@ mod tests {
             panic!("a store never compacted is worth a first copy");
         };
         assert_eq!(store.recorded_u64(META_STORE_LIVE_DEVICES)?, Some(100));
-        // Eight times the entries, eight times the devices: no garbage.
+        let live = first.live_bytes;
+        assert_eq!(store.live_bytes_now()?, Some(live), "no growth yet");
+        store.plan_for_devices(150);
+        assert_eq!(store.live_bytes_now()?, Some(live * 3 / 2), "grown by half");
         store.plan_for_devices(800);
-        for round in 1..8 {
-            store.apply(&entries(round * 512, (round + 1) * 512, 1))?;
-            store.sync()?;
-        }
-        let grown = store.disk_bytes();
-        assert!(
-            grown >= first.live_bytes * COMPACT_SPACE_FACTOR,
-            "{grown} bytes on disk: not enough growth to test anything"
-        );
-        assert!(
-            matches!(store.compact_if_worth()?, CompactOutcome::Skipped),
-            "{grown} bytes on disk for {} live at 100 devices, now 800: copied for growth",
-            first.live_bytes
+        assert_eq!(
+            store.live_bytes_now()?,
+            Some(live * COMPACT_LIVE_SCALE_MAX),
+            "grown eightfold: scaled at most twice"
         );
         // The same entries rewritten again and again at 800 devices: garbage.
         let mut done = None;
         for round in 0..40u8 {
-            store.apply(&entries(0, 8 * 512, round))?;
+            store.apply(&entries(0, 512, round))?;
             store.sync()?;
             if let CompactOutcome::Done(c) = store.compact_if_worth()? {
                 done = Some(c);
@@ -497,19 +496,33 @@ mod tests {
             }
         }
         let done = done.ok_or_else(|| Error::corrupt("test", "garbage never compacted"))?;
-        assert!(done.live_bytes >= 8 * first.live_bytes - 8 * 64);
+        assert!(
+            done.before_bytes >= COMPACT_SPACE_FACTOR * COMPACT_LIVE_SCALE_MAX * live,
+            "copied at {} bytes on disk for {live} live scaled twice",
+            done.before_bytes
+        );
         assert_eq!(store.recorded_u64(META_STORE_LIVE_DEVICES)?, Some(800));
+        assert_eq!(
+            store.live_bytes_now()?,
+            Some(done.live_bytes),
+            "a new record"
+        );
         Ok(())
     }
 
     #[test]
     fn live_bytes_scale_up_with_the_devices_only() {
-        assert_eq!(scaled_live(1000, Some(10), 30), 3000);
+        assert_eq!(scaled_live(1000, Some(10), 15), 1500);
+        assert_eq!(
+            scaled_live(1000, Some(10), 30),
+            1000 * COMPACT_LIVE_SCALE_MAX,
+            "at most COMPACT_LIVE_SCALE_MAX"
+        );
         assert_eq!(scaled_live(1000, Some(10), 5), 1000, "never down");
         assert_eq!(scaled_live(1000, None, 30), 1000, "no record: as recorded");
         assert_eq!(
             scaled_live(1000, Some(0), 3),
-            3000,
+            2000,
             "from an empty registry"
         );
         assert_eq!(scaled_live(u64::MAX, Some(1), 2), u64::MAX, "saturates");
