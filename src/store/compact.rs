@@ -159,15 +159,10 @@ pub(crate) fn interrupted(store: &Path) -> bool {
 }
 
 impl SledStore {
-    /// The live bytes the last compaction recorded, if any.
-    fn recorded_live_bytes(&self) -> Result<Option<u64>> {
-        self.recorded_u64(META_STORE_LIVE_BYTES)
-    }
-
-    /// The live bytes the last compaction recorded, scaled by the device
-    /// count's growth since (`scaled_live`).
+    /// The live bytes the last compaction recorded, if any, scaled by the
+    /// device count's growth since (`scaled_live`).
     fn live_bytes_now(&self) -> Result<Option<u64>> {
-        let Some(live) = self.recorded_live_bytes()? else {
+        let Some(live) = self.recorded_u64(META_STORE_LIVE_BYTES)? else {
             return Ok(None);
         };
         let then = self.recorded_u64(META_STORE_LIVE_DEVICES)?;

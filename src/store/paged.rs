@@ -987,10 +987,6 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         self.apply_with(writes, Vec::new())
     }
 
-    /// A merge runs without the deltas' lock between its steps, so reads
-    /// and the checkpoints `between` applies go on meanwhile (`merge.rs`).
-    /// One already in progress (`between` asked for another) is left to
-    /// finish: merges never overlap.
     fn room_beside_merge(&self) -> bool {
         let disk_bound = self.delta_disk_bound.load(Ordering::SeqCst);
         let disk_room = disk_bound
@@ -1000,12 +996,17 @@ impl<R: RawKv> KvStore for PagedStore<R> {
             && bytes.load(Ordering::SeqCst) <= disk_room
     }
 
+    /// A merge runs without the deltas' lock between its steps, so reads
+    /// and the checkpoints `between` applies go on meanwhile (`merge.rs`).
+    /// One already in progress (`between` asked for another) is left to
+    /// finish: merges never overlap (`merge_in_place` checks, under the
+    /// deltas' lock).
     fn merge_if_due_beside(&self, between: crate::kv::Between<'_>) -> Result<()> {
         let due = {
             let deltas = self.deltas.read();
             let over_memory = deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst);
             let over_disk = deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst);
-            (over_memory || over_disk) && deltas.frozen.is_none()
+            over_memory || over_disk
         };
         if due {
             self.merge_in_place(self.committed(), between)?;
@@ -1165,7 +1166,10 @@ mod tests {
         let on_disk = s
             .disk_overlay_hashed(&deltas.chunks, None, &|_| true)
             .unwrap();
-        let changes = merge::changes_by_page(&on_disk, &deltas.map, &|_| true);
+        let mut changes = merge::changes_by_page(&on_disk, &|_| true);
+        for (page, list) in merge::changes_by_page(&deltas.map, &|_| true) {
+            changes.entry(page).or_default().extend(list);
+        }
         let half = changes.into_iter().step_by(2).collect();
         s.write_pages_in_place(s.committed(), half, &mut || Ok(()))
             .unwrap();

@@ -40,16 +40,15 @@ use crate::store::{RawKv, Write};
 /// The changes of one merge pass, by page (keyspace prefix, page number).
 type PageChanges<'a> = BTreeMap<(u8, u32), Vec<Change<'a>>>;
 
-/// The delta records `want` selects, by page: those read back from disk
-/// and the in-memory (append keyspace) ones. The disk overlay holds no
-/// append record and the map nothing else, so each key comes once.
+/// The delta records of `overlay` that `want` selects, by page: those
+/// read back from disk in a pass, or the frozen append records in memory
+/// (the disk overlay holds no append record and the map nothing else).
 pub(super) fn changes_by_page<'a>(
-    on_disk: &'a DiskOverlay,
-    in_memory: &'a DiskOverlay,
+    overlay: &'a DiskOverlay,
     want: &dyn Fn(&[u8]) -> bool,
 ) -> PageChanges<'a> {
     let mut changes: PageChanges<'a> = BTreeMap::new();
-    for (k, v) in on_disk.iter().chain(in_memory.iter()) {
+    for (k, v) in overlay.iter() {
         if let (true, Some(page)) = (want(k), page_of_key(k)) {
             changes.entry(page).or_default().push((k, v));
         }
@@ -123,8 +122,7 @@ impl<R: RawKv> PagedStore<R> {
         let attempt = gen.to_be_bytes().to_vec();
         self.raw
             .apply(&[(META_MERGE_ATTEMPT.to_vec(), Some(attempt))])?;
-        let none = DiskOverlay::default();
-        self.write_pages_in_place(gen, changes_by_page(&none, &map, &|_| true), between)?;
+        self.write_pages_in_place(gen, changes_by_page(&map, &|_| true), between)?;
         drop(map);
         {
             let mut deltas = self.deltas.write();
@@ -136,7 +134,7 @@ impl<R: RawKv> PagedStore<R> {
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
             let on_disk = self.disk_overlay_pass(chunks, None, &|k| in_pass(k), (bytes, passes))?;
-            let changes = changes_by_page(&on_disk, &none, &in_pass);
+            let changes = changes_by_page(&on_disk, &in_pass);
             self.write_pages_in_place(gen, changes, between)?;
         }
         // The pages are durable before the commit that retires the chunks.
