@@ -23,6 +23,17 @@ pub(crate) fn release_free_pages() {
     trim();
 }
 
+/// Releases the free pages when dropped: the last field of a registry,
+/// so the state, the store and their threads' arenas are freed first.
+#[derive(Debug, Default)]
+pub(crate) struct TrimOnDrop;
+
+impl Drop for TrimOnDrop {
+    fn drop(&mut self) {
+        trim();
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn trim() {

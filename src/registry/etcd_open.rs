@@ -144,6 +144,7 @@ pub(super) fn open(config: Config, target: EtcdTarget) -> Result<Registry> {
             threads: Mutex::new(threads),
             metrics: Arc::new(Recorder::new()),
             _lock: None,
+            _trim: crate::heap::TrimOnDrop,
         }),
     };
     // Every operation committed before the open is applied before it returns.

@@ -74,6 +74,9 @@ struct Inner {
     /// etcd). Last, so it is released after every field above (the store
     /// among them) drops.
     _lock: Option<std::fs::File>,
+    /// Dropped after every field above: gives the freed heap back to the
+    /// kernel once the state, the store and the threads are gone.
+    _trim: crate::heap::TrimOnDrop,
 }
 
 /// How writes reach the state.
@@ -337,6 +340,7 @@ impl Registry {
                 history_retention_ms: config.history_retention_ms,
                 durability: config.durability,
                 _lock: Some(lock),
+                _trim: crate::heap::TrimOnDrop,
                 max_batch_bytes,
                 state,
                 engine: Engine::Local {
