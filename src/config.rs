@@ -58,6 +58,12 @@ pub struct Config {
     /// Log bytes written since the last checkpoint that start the next one
     /// (`None`: half a log segment). Smaller means smaller sled batches.
     pub checkpoint_log_bytes: Option<u64>,
+    /// Changed records held in memory (devices, feed entries, known
+    /// persons, deliverability) that start the next checkpoint whatever
+    /// the log says (`limits::CHECKPOINT_PENDING_RECORDS`, about 1M: a
+    /// sink's first drain marks up to 1,000 known persons per short
+    /// acknowledgement record).
+    pub checkpoint_pending_records: usize,
     /// How long ownership history is kept (by commit time); older entries
     /// are dropped as their token changes and at checkpoints.
     pub history_retention_ms: u64,
@@ -156,6 +162,7 @@ impl Config {
             log_bytes_per_device: crate::limits::DEFAULT_LOG_BYTES_PER_DEVICE,
             checkpoint_interval_ms: 30_000,
             checkpoint_log_bytes: None,
+            checkpoint_pending_records: crate::limits::CHECKPOINT_PENDING_RECORDS,
             history_retention_ms: crate::history::DEFAULT_HISTORY_RETENTION_MS,
             // Set from the budget just below.
             checkpoint_chunk_bytes: 0,
@@ -301,6 +308,13 @@ impl Config {
     /// Sets how many bytes of log start a checkpoint.
     pub fn checkpoint_log_bytes(mut self, bytes: u64) -> Config {
         self.checkpoint_log_bytes = Some(bytes);
+        self
+    }
+
+    /// Sets how many changed records held in memory start a checkpoint
+    /// (at least 1).
+    pub fn checkpoint_pending_records(mut self, records: usize) -> Config {
+        self.checkpoint_pending_records = records.max(1);
         self
     }
 

@@ -101,6 +101,15 @@ pub const SLED_LRU_TOUCHES: usize = 3;
 /// sled's cache size in a store opened for one short job (`repair`, the
 /// test helpers), outside any registry's budget.
 pub const TOOL_SLED_CACHE_BYTES: u64 = 64 << 20;
+/// Most changed records (devices, feed entries, deliverability entries)
+/// the state holds before the writer starts a checkpoint, whatever the log
+/// says: an acknowledgement is a short log record that can mark 1,000
+/// known persons dirty, so a sink's first drain at 10^7 devices held about
+/// 4.5 million of them (about 180 bytes each) until the interval's
+/// checkpoint, and that snapshot's writes beside them (DESIGN.md 8,
+/// "Checkpoint triggers"). A bulk import's checkpoint at 10^7 devices,
+/// set off by the log, holds about 480,000 (a device and its feed item).
+pub const CHECKPOINT_PENDING_RECORDS: usize = 1 << 20;
 /// Most bytes of pages one sled batch of a checkpoint carries: sled's memory
 /// grows with a batch, so a checkpoint of any size is written in chunks.
 pub const CHECKPOINT_CHUNK_BYTES: usize = 4 << 20;

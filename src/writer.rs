@@ -281,6 +281,9 @@ pub(crate) struct WriterCtx {
     pub(crate) closed: bool,
     /// Where group commits are counted.
     pub(crate) metrics: Arc<Recorder>,
+    /// `State::pending_records` after the last group applied: at
+    /// `Config::checkpoint_pending_records` a checkpoint starts (DESIGN.md 8).
+    pub(crate) pending_records: usize,
 }
 
 /// One request on its way through a group: its entries (the commit time
@@ -436,7 +439,8 @@ impl WriterCtx {
             .config
             .checkpoint_log_bytes
             .unwrap_or(self.config.log_segment_bytes / 2);
-        if since >= trigger && self.checkpoint_may_start() {
+        let many = self.pending_records >= self.config.checkpoint_pending_records;
+        if (since >= trigger || many) && self.checkpoint_may_start() {
             if let Err(e) = self.start_checkpoint(None) {
                 self.fail(&e);
             }
@@ -543,7 +547,7 @@ impl WriterCtx {
         }
         self.count_group(work.len());
         let mut st = self.lock_warmed(&work);
-        Ok(work
+        let done = work
             .into_iter()
             .map(|w| {
                 (
@@ -551,7 +555,11 @@ impl WriterCtx {
                     w.reply,
                 )
             })
-            .collect())
+            .collect();
+        let pending = st.pending_records();
+        drop(st);
+        self.pending_records = pending;
+        Ok(done)
     }
 
     /// `Eventual`: applied first, then the records that changed something
@@ -564,6 +572,9 @@ impl WriterCtx {
                 let (outcomes, changed) = apply_request(&mut st, &w.entries, &self.config.faults);
                 applied.push((w, outcomes, changed));
             }
+            let pending = st.pending_records();
+            drop(st);
+            self.pending_records = pending;
         }
         let mut io = Ok(());
         let mut records = 0;
@@ -624,7 +635,8 @@ impl WriterCtx {
             self.last_sync_at = now;
         }
         let due = now.duration_since(self.last_checkpoint_at)
-            >= Duration::from_millis(self.config.checkpoint_interval_ms);
+            >= Duration::from_millis(self.config.checkpoint_interval_ms)
+            || self.pending_records >= self.config.checkpoint_pending_records;
         if due && self.checkpoint_may_start() {
             let dirty = !self.state.read().dirty.is_empty();
             if dirty {

@@ -932,3 +932,67 @@ fn checkpoints_go_on_beside_a_page_merge() {
         assert_eq!(d.last_seen_ms, *want, "tok-{i:06}");
     }
 }
+
+/// Changed records held in memory start a checkpoint, whatever the log
+/// says (`Config::checkpoint_pending_records`, DESIGN.md 8): registers,
+/// and a sink's first drain, whose short acknowledgement records mark a
+/// known person per identified device. Before, a drain of 10^7 devices
+/// held every known person it marked until the interval's checkpoint.
+#[test]
+fn many_changed_records_start_a_checkpoint() {
+    const DEVICES: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |p: &std::path::Path| {
+        Config::new(p)
+            .durability(Durability::Eventual)
+            // Neither the log nor the clock starts one here.
+            .checkpoint_log_bytes(u64::MAX / 4)
+            .checkpoint_interval_ms(u64::MAX / 4)
+            .checkpoint_pending_records(500)
+    };
+    let reg = Registry::open_with(config(dir.path())).unwrap();
+    for start in (0..DEVICES).step_by(100) {
+        let ops = (start..start + 100)
+            .map(|i| {
+                reg_op(
+                    &format!("tok{i:05}"),
+                    Some(&format!("p{i:05}")),
+                    1_000 + i as u64,
+                )
+            })
+            .collect();
+        reg.apply_batch(ops).unwrap();
+    }
+    // Checkpoints are written on their own thread: wait for one.
+    let checkpoints_from = |from: u64| {
+        let t = std::time::Instant::now();
+        while reg.metrics().checkpoints <= from && t.elapsed().as_secs() < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        reg.metrics().checkpoints - from
+    };
+    let after_registers = checkpoints_from(0);
+    assert!(
+        after_registers >= 1,
+        "{DEVICES} registers, a checkpoint every 500 changed records: none"
+    );
+    reg.checkpoint().unwrap();
+    let before_drain = reg.metrics().checkpoints;
+    assert!(reg.add_sink("s").unwrap());
+    let mut drained = 0;
+    while let Some(b) = reg.export("s", 50, 499_999).unwrap() {
+        drained += b.len();
+        reg.ack("s", b.id()).unwrap();
+    }
+    assert!(drained >= DEVICES, "drained {drained} operations");
+    assert!(
+        checkpoints_from(before_drain) >= 1,
+        "{DEVICES} known persons marked, a checkpoint every 500: none"
+    );
+    reg.close().unwrap();
+    let reg = Registry::open_with(config(dir.path())).unwrap();
+    assert_eq!(reg.stats().devices, DEVICES as u64);
+    let sink = reg.sinks().into_iter().find(|s| s.name == "s").unwrap();
+    assert_eq!(sink.pending, 0, "{sink:?}");
+    assert!(reg.check().unwrap().is_clean());
+}

@@ -321,6 +321,7 @@ impl Registry {
             last_clock_ms,
             closed: false,
             metrics: metrics.clone(),
+            pending_records: 0,
         };
         // The log's bound for the registry as loaded (DESIGN.md 5.2).
         ctx.rescale_log_bound();

@@ -173,6 +173,13 @@ impl State {
         self.live
     }
 
+    /// Changed records the next snapshot will write: devices, feed
+    /// entries (items, known persons) and deliverability entries
+    /// (`limits::CHECKPOINT_PENDING_RECORDS`).
+    pub(crate) fn pending_records(&self) -> usize {
+        self.dirty.len() + self.feed.dirty.len() + self.deliv_dirty.len()
+    }
+
     pub(crate) fn slot(&self, id: u32) -> Option<&Slot> {
         self.slots.get(id)
     }
