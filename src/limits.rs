@@ -105,7 +105,7 @@ pub const TOOL_SLED_CACHE_BYTES: u64 = 64 << 20;
 /// the state holds before the writer starts a checkpoint, whatever the log
 /// says: an acknowledgement is a short log record that can mark 1,000
 /// known persons dirty, so a sink's first drain at 10^7 devices held about
-/// 4.5 million of them (about 180 bytes each) until the interval's
+/// 4.5 million of them (about 170 bytes each) until the interval's
 /// checkpoint, and that snapshot's writes beside them (DESIGN.md 8,
 /// "Checkpoint triggers"). A bulk import's checkpoint at 10^7 devices,
 /// set off by the log, holds about 480,000 (a device and its feed item).

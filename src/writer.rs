@@ -638,7 +638,8 @@ impl WriterCtx {
             >= Duration::from_millis(self.config.checkpoint_interval_ms)
             || self.pending_records >= self.config.checkpoint_pending_records;
         if due && self.checkpoint_may_start() {
-            let dirty = !self.state.read().dirty.is_empty();
+            // Feed entries alone (acknowledgements) count too.
+            let dirty = self.pending_records > 0 || !self.state.read().dirty.is_empty();
             if dirty {
                 if let Err(e) = self.start_checkpoint(None) {
                     self.fail(&e);
@@ -696,6 +697,8 @@ impl WriterCtx {
             // Nothing is written; the drained changes are in the log only.
             Err(e) => return Err(self.fail(&e)),
         };
+        // The snapshot drained every changed record.
+        self.pending_records = 0;
         self.ckpt_busy.store(true, Ordering::Release);
         let job = CheckpointJob { snapshot, done };
         match &self.ckpt_tx {
