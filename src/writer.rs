@@ -439,8 +439,7 @@ impl WriterCtx {
             .config
             .checkpoint_log_bytes
             .unwrap_or(self.config.log_segment_bytes / 2);
-        let many = self.pending_records >= self.config.checkpoint_pending_records;
-        if (since >= trigger || many) && self.checkpoint_may_start() {
+        if (since >= trigger || self.many_pending()) && self.checkpoint_may_start() {
             if let Err(e) = self.start_checkpoint(None) {
                 self.fail(&e);
             }
@@ -566,16 +565,14 @@ impl WriterCtx {
     /// are written to the OS (fdatasynced by the timer).
     fn apply_then_log(&mut self, work: Vec<Work>) -> Result<Vec<Done>> {
         let mut applied = Vec::with_capacity(work.len());
-        {
+        self.pending_records = {
             let mut st = self.lock_warmed(&work);
             for w in work {
                 let (outcomes, changed) = apply_request(&mut st, &w.entries, &self.config.faults);
                 applied.push((w, outcomes, changed));
             }
-            let pending = st.pending_records();
-            drop(st);
-            self.pending_records = pending;
-        }
+            st.pending_records()
+        };
         let mut io = Ok(());
         let mut records = 0;
         for (w, _, changed) in &applied {
@@ -636,7 +633,7 @@ impl WriterCtx {
         }
         let due = now.duration_since(self.last_checkpoint_at)
             >= Duration::from_millis(self.config.checkpoint_interval_ms)
-            || self.pending_records >= self.config.checkpoint_pending_records;
+            || self.many_pending();
         if due && self.checkpoint_may_start() {
             // Feed entries alone (acknowledgements) count too.
             let dirty = self.pending_records > 0 || !self.state.read().dirty.is_empty();
@@ -648,6 +645,12 @@ impl WriterCtx {
                 self.last_checkpoint_at = now;
             }
         }
+    }
+
+    /// Whether the state holds enough changed records to start a
+    /// checkpoint whatever the log and the clock say (DESIGN.md 8).
+    fn many_pending(&self) -> bool {
+        self.pending_records >= self.config.checkpoint_pending_records
     }
 
     /// Whether a snapshot may be handed now: the one handed last is
