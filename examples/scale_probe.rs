@@ -12,7 +12,7 @@
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
 //!
 //! ```sh
-//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [segs=N] [perdev=BYTES] [keep|crash]
+//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [segs=N] [perdev=BYTES] [harness] [keep|crash]
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
@@ -37,9 +37,12 @@ mod status;
 #[path = "support/threads.rs"]
 mod threads;
 
-fn ops(from: u64, n: u64) -> Vec<Op> {
+fn ops(from: u64, n: u64, total: u64, harness: bool) -> Vec<Op> {
     (from..from + n)
         .map(|i| {
+            if harness {
+                return generator::register_like_harness(i, total);
+            }
             let attributes = [
                 ("app_version", "4.2.1"),
                 ("device_os", "17.4"),
@@ -96,6 +99,9 @@ fn main() -> devreg::Result<()> {
         .unwrap_or(1_000_000);
     let rest: Vec<String> = args.collect();
     let no_checkpoints = rest.iter().any(|a| a == "nockpt");
+    // `harness`: devices in the comparison harness's shape (random owners
+    // and last-seen times, six attributes) instead of `register`'s.
+    let harness = rest.iter().any(|a| a == "harness");
     // `keep`: leave the database for a following open to be timed.
     let keep = rest.iter().any(|a| a == "keep");
     // `delta=BYTES` sets `Config::page_delta_bytes` (how much delta the
@@ -110,7 +116,8 @@ fn main() -> devreg::Result<()> {
         config = config
             .checkpoint_log_bytes(u64::MAX / 4)
             .max_log_segments(u32::MAX / 2)
-            .checkpoint_interval_ms(u64::MAX / 4);
+            .checkpoint_interval_ms(u64::MAX / 4)
+            .checkpoint_pending_records(usize::MAX / 4);
     }
     if let Some(bytes) = delta_bytes {
         config = config.page_delta_bytes(bytes);
@@ -136,7 +143,7 @@ fn main() -> devreg::Result<()> {
     let (mut i, mut in_apply_s, mut from) = (0u64, 0.0f64, (0.0f64, schedstat(me)));
     println!("devices    wall in apply_batch  thread CPU  run queue (us/device, this tenth; CPU includes building the batch)");
     while i < n {
-        let batch = ops(i, BATCH.min(n - i));
+        let batch = ops(i, BATCH.min(n - i), n, harness);
         let t = Instant::now();
         reg.apply_batch(batch)?;
         in_apply_s += t.elapsed().as_secs_f64();
