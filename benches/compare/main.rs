@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! cargo bench --bench compare -- [--quick] [--n N] [--sweep] [--huge] [--sizes N,N,..]
-//!                                [--rounds R] [--phase-ms MS] [--systems a,b,..]
+//!                                [--rounds R|R1,R2,..] [--phase-ms MS] [--systems a,b,..]
 //! cargo bench --bench compare -- --diff A.json B.json
 //! ```
 //!
 //! The parent process measures each size in R interleaved rounds (default
-//! 7, `--quick` 1; `rounds.rs`): in each it re-executes this binary once per
+//! 7, `--quick` 1; `--rounds R1,R2,..` gives each size of `--sizes` its
+//! own; `rounds.rs`): in each it re-executes this binary once per
 //! system (`--child run`, so that each system's peak RSS is its own), in an
 //! order rotated every round, then once more to time devreg's open and a
 //! plain scan of its sled tree in fresh processes. It prints a table of
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant};
 use run::Metrics;
 
 const USAGE: &str = "compare [--quick] [--n N] [--sweep] [--huge] [--sizes N,N,...] \
-                     [--rounds R] [--phase-ms MS] [--systems devreg,sled,sqlite,memory] \
+                     [--rounds R|R1,R2,..] [--phase-ms MS] [--systems devreg,sled,sqlite,memory] \
                      | --diff A.json B.json";
 
 #[derive(Default)]
@@ -56,7 +57,8 @@ struct Args {
     huge: bool,
     n: Option<usize>,
     sizes: Option<Vec<usize>>,
-    rounds: Option<usize>,
+    /// `--rounds`: one count for every size, or one per size of `--sizes`.
+    rounds: Option<Vec<usize>>,
     phase_ms: Option<u64>,
     systems: Vec<String>,
     diff: Option<(PathBuf, PathBuf)>,
@@ -102,8 +104,8 @@ fn set_value(a: &mut Args, flag: &str, v: String) {
         "--n" => a.n = Some(num(&v)),
         "--sizes" => a.sizes = Some(v.split(',').map(num).collect()),
         "--rounds" => {
-            let r = num(&v);
-            assert!(r >= 1, "--rounds needs at least 1");
+            let r: Vec<usize> = v.split(',').map(num).collect();
+            assert!(r.iter().all(|&r| r >= 1), "--rounds needs at least 1");
             a.rounds = Some(r);
         }
         "--phase-ms" => a.phase_ms = Some(num(&v) as u64),
@@ -195,10 +197,30 @@ fn sizes(a: &Args) -> Vec<usize> {
     }
 }
 
+/// Rounds for each of `sizes` sizes: `--rounds R` for all of them, or
+/// `--rounds R1,R2,..` one per size (a sweep can give its small sizes,
+/// whose rounds take seconds and vary most, more rounds than 10^7's ten
+/// minutes each); else the default.
+fn rounds_per_size(a: &Args, sizes: usize) -> Vec<usize> {
+    match a.rounds.as_deref() {
+        None => vec![if a.quick { 1 } else { DEFAULT_ROUNDS }; sizes],
+        Some(&[r]) => vec![r; sizes],
+        Some(r) => {
+            assert_eq!(
+                r.len(),
+                sizes,
+                "--rounds takes one count, or one per size ({sizes} sizes)"
+            );
+            r.to_vec()
+        }
+    }
+}
+
 fn bench(a: &Args) {
     let started = Instant::now();
     let phase = Duration::from_millis(a.phase_ms.unwrap_or(if a.quick { 300 } else { 2000 }));
-    let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { DEFAULT_ROUNDS });
+    let sizes = sizes(a);
+    let rounds = rounds_per_size(a, sizes.len());
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out_dir = repo.join("bench-results");
     std::fs::create_dir_all(&out_dir).expect("creating bench-results/");
@@ -208,9 +230,10 @@ fn bench(a: &Args) {
         .collect();
     let cmd = format!("cargo bench --bench compare -- {}", args.join(" "));
     let mut machine = env::Env::start(&cmd, repo, &std::env::temp_dir());
-    let runs: Vec<rounds::SizeRun> = sizes(a)
+    let runs: Vec<rounds::SizeRun> = sizes
         .into_iter()
-        .map(|n| rounds::measure(n, phase, &a.systems, rounds))
+        .zip(rounds)
+        .map(|(n, rounds)| rounds::measure(n, phase, &a.systems, rounds))
         .collect();
     machine.finish(started.elapsed());
     let mut text = String::new();

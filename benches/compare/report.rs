@@ -434,9 +434,13 @@ fn targets(r: &SizeRun, quick: bool) -> String {
 pub fn growth(runs: &[SizeRun]) -> String {
     let (first, last) = (&runs[0], &runs[runs.len() - 1]);
     let mut s = format!(
-        "## growth: median throughput at n = {} / at n = {} (target for devreg: >= 0.5)\n\n\
+        "## growth: median throughput at n = {} / at n = {} (target for devreg: >= 0.5; \
+         medians of {} and {} rounds)\n\n\
          | metric |",
-        last.n, first.n
+        last.n,
+        first.n,
+        last.rounds.len(),
+        first.rounds.len()
     );
     let names = first.names();
     for n in &names {
