@@ -113,6 +113,13 @@ pub struct Config {
     /// `limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS`, 3; 1..=1000). A query
     /// setting: nothing stored depends on it.
     pub soft_failures_to_suppress: u32,
+    /// How many steps above the opening thread's nice value the
+    /// checkpointer runs, and every thread it starts (page merges, sled's
+    /// I/O threads, compactions), at most 19: 0..=19, default
+    /// `limits::DEFAULT_BACKGROUND_NICE` (10); 0 leaves them at the
+    /// opener's priority. Linux only (DESIGN.md 7, "Background work
+    /// yields").
+    pub background_nice: i32,
     /// Test-only: devices loaded at open from which the store is reopened
     /// (default `limits::REOPEN_STORE_AFTER_DEVICES`).
     #[doc(hidden)]
@@ -175,6 +182,7 @@ impl Config {
             load_shed_bytes: 0,
             memory_budget: 0,
             soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
+            background_nice: crate::limits::DEFAULT_BACKGROUND_NICE,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
             faults: None,
             #[cfg(feature = "etcd")]
@@ -305,6 +313,19 @@ impl Config {
         self
     }
 
+    /// Sets how many steps above the opening thread's nice value the
+    /// checkpointer and the threads it starts run (0..=19, checked at
+    /// open; 0: the opener's own priority).
+    ///
+    /// ```
+    /// let c = devreg::Config::new("/tmp/x").background_nice(0);
+    /// assert_eq!(c.background_nice, 0);
+    /// ```
+    pub fn background_nice(mut self, nice: i32) -> Config {
+        self.background_nice = nice;
+        self
+    }
+
     /// Sets how many bytes of log start a checkpoint.
     pub fn checkpoint_log_bytes(mut self, bytes: u64) -> Config {
         self.checkpoint_log_bytes = Some(bytes);
@@ -417,6 +438,13 @@ impl Config {
                     "{} is outside 1..={max_soft}",
                     self.soft_failures_to_suppress
                 ),
+            ));
+        }
+        let max_nice = crate::limits::MAX_BACKGROUND_NICE;
+        if !(0..=max_nice).contains(&self.background_nice) {
+            return Err(Error::invalid(
+                "background_nice",
+                format!("{} is outside 0..={max_nice}", self.background_nice),
             ));
         }
         if self.max_log_segments < 2 {

@@ -49,6 +49,7 @@ pub mod limits;
 mod log;
 mod metrics;
 mod model;
+mod nice;
 mod registry;
 #[cfg(feature = "server")]
 pub mod server;

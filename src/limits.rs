@@ -74,6 +74,15 @@ pub const IMPORT_REJECTIONS_SHOWN: u64 = 100;
 /// at least this many *seconds* (978,307,200) looks like seconds, and
 /// `devreg import` warns (once).
 pub const SECONDS_LOOKALIKE_BEFORE_MS: u64 = 978_307_200_000;
+/// How many steps the checkpointer's nice value, and that of the threads
+/// it starts, is above its opener's (`Config::background_nice`): page
+/// merges, checkpoints and compactions yield the CPU to readers and
+/// writers (DESIGN.md 7). At 10 a thread at nice 0 gets about nine tenths
+/// of a core the two share (the kernel's weights, 1024 against 110).
+pub const DEFAULT_BACKGROUND_NICE: i32 = 10;
+/// Most steps `Config::background_nice` takes (Linux's highest nice value:
+/// the lowest priority).
+pub const MAX_BACKGROUND_NICE: i32 = 19;
 /// Default memory budget (`Config::memory_budget_bytes`): sled's cache,
 /// the delta pages and the checkpoint chunks are cut from it.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 256 << 20;

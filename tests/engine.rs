@@ -174,6 +174,70 @@ fn memory_budget_sets_the_store_limits_and_is_validated() {
     assert!(!db.exists(), "a refused open created {}", db.display());
 }
 
+/// Every checkpointer of this process runs `Config::background_nice`
+/// steps (10 by default) above its opener's nice value: merges and
+/// checkpoints yield the CPU to readers and writers. 0 leaves it at the
+/// opener's, and more than 19 steps are refused. (Other tests' registries
+/// run beside this one, all with the default.)
+#[cfg(target_os = "linux")]
+#[test]
+fn the_checkpointer_runs_at_the_background_nice_value() {
+    let this_thread = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let fields = this_thread.rsplit_once(')').unwrap().1;
+    let own: i64 = fields.split_whitespace().nth(16).unwrap().parse().unwrap();
+    let default = (own + i64::from(devreg::limits::DEFAULT_BACKGROUND_NICE)).min(19);
+    // A new checkpointer sets its own value once it runs: wait for it.
+    let settled = |ok: &dyn Fn(&[i64]) -> bool| {
+        let started = std::time::Instant::now();
+        loop {
+            let nices = checkpointer_nices();
+            if ok(&nices) || started.elapsed() > std::time::Duration::from_secs(5) {
+                return nices;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("a")).unwrap();
+    let nices = settled(&|n| !n.is_empty() && n.iter().all(|&n| n == default));
+    assert!(!nices.is_empty(), "no checkpointer thread found");
+    assert!(
+        nices.iter().all(|&n| n == default),
+        "checkpointers at {nices:?}, expected {default}"
+    );
+    drop(reg);
+    let reg = Registry::open_with(Config::new(dir.path().join("b")).background_nice(0)).unwrap();
+    let nices = settled(&|n| n.contains(&own));
+    assert!(
+        nices.contains(&own),
+        "checkpointers at {nices:?}, none at the opener's {own}"
+    );
+    drop(reg);
+    let err = Registry::open_with(Config::new(dir.path().join("c")).background_nice(20))
+        .err()
+        .expect("20 steps opened");
+    assert!(err.to_string().contains("background_nice"), "{err}");
+}
+
+/// The nice values of this process's checkpointer threads (`comm`
+/// `devreg-checkpoi`: Linux cuts names at 15 bytes).
+#[cfg(target_os = "linux")]
+fn checkpointer_nices() -> Vec<i64> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the `(comm)`: state is field 3, nice field 19.
+        let nice = stat
+            .rsplit_once(')')
+            .and_then(|(_, f)| f.split_whitespace().nth(16)?.parse().ok());
+        if let (true, Some(n)) = (comm.trim_end() == "devreg-checkpoi", nice) {
+            out.push(n);
+        }
+    }
+    out
+}
+
 /// The store is closed and opened again after a large load (to free what
 /// the load left in sled's cache); the registry then works as usual.
 #[test]

@@ -304,6 +304,7 @@ impl Registry {
                 metrics: metrics.clone(),
             },
             ckpt_rx,
+            config.background_nice,
         )?;
         let ctx = WriterCtx {
             state: state.clone(),

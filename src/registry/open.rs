@@ -222,10 +222,15 @@ pub(super) fn open_log(
 pub(super) fn spawn_checkpointer(
     ctx: CheckpointerCtx,
     rx: Receiver<CheckpointJob>,
+    nice: i32,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("devreg-checkpoint".into())
-        .spawn(move || run_checkpointer(rx, ctx))
+        .spawn(move || {
+            // Before any work, so every thread it starts inherits it.
+            crate::nice::lower_this_thread(nice);
+            run_checkpointer(rx, ctx)
+        })
         .map_err(|e| Error::io("starting the checkpointer thread", e))
 }
 
