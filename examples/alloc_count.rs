@@ -103,8 +103,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-// `register_like_harness` is `scale_probe`'s alone.
-#[allow(dead_code)]
 #[path = "support/generator.rs"]
 mod generator;
 
