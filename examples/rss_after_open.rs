@@ -4,8 +4,11 @@
 //!
 //! ```sh
 //! GLIBC_TUNABLES=glibc.malloc.mmap_threshold=65536 \
-//!     cargo run --release --example rss_after_open -- DB [BUDGET_MIB]
+//!     cargo run --release --example rss_after_open -- DB [BUDGET_MIB] [nice=STEPS]
 //! ```
+//!
+//! `nice=STEPS` sets `Config::background_nice` (0 keeps the checkpointer at
+//! the opener's priority), to time an open with and without it.
 //!
 //! This measures the library on the system allocator, as a service linking
 //! it would run (the `devreg` command uses mimalloc instead, DESIGN.md
@@ -24,10 +27,15 @@ fn vm_rss_bytes() -> u64 {
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let db = args.next().ok_or("usage: rss_after_open DB [BUDGET_MIB]")?;
+    let db = args
+        .next()
+        .ok_or("usage: rss_after_open DB [BUDGET_MIB] [nice=STEPS]")?;
     let mut config = devreg::Config::new(&db);
-    if let Some(mib) = args.next() {
-        config = config.memory_budget_bytes(mib.parse::<u64>()? << 20);
+    for arg in args {
+        config = match arg.strip_prefix("nice=") {
+            Some(steps) => config.background_nice(steps.parse()?),
+            None => config.memory_budget_bytes(arg.parse::<u64>()? << 20),
+        };
     }
     let before = vm_rss_bytes();
     let t = std::time::Instant::now();

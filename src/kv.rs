@@ -80,8 +80,10 @@ pub(crate) trait KvStore: Send + Sync {
     /// Calls `f` for each entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8], f: Visit<'_>) -> Result<()>;
     /// `scan_prefix` for a scan of a whole keyspace that keeps nothing it
-    /// read (the open's load): the store may drop what it keeps in memory
-    /// of what was read along the way (`RawKv::shed_cache`).
+    /// read and needs no order (the open's load): the store may drop what
+    /// it keeps in memory of what was read along the way
+    /// (`RawKv::shed_cache`), and a paged store visits the records only in
+    /// its deltas last, in the order they were written, not in key order.
     fn scan_prefix_shedding(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
         self.scan_prefix(prefix, f)
     }

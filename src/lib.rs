@@ -50,6 +50,7 @@ mod log;
 mod metrics;
 mod model;
 mod nice;
+mod prefetch;
 mod registry;
 #[cfg(feature = "server")]
 pub mod server;

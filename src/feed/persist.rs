@@ -509,8 +509,9 @@ fn load_dead(feed: &mut Feed, names: &mut Interner, key: &[u8], value: &[u8]) ->
 /// (`store/checkpoint.rs`).
 #[derive(Default)]
 pub(crate) struct KnownSets {
-    /// By sink name: its set, and its first key (the one an error names
-    /// when no such sink is stored).
+    /// By sink name: its set, and its first key in key order (the one an
+    /// error names when no such sink is stored; the scan visits some
+    /// records in the order they were written, `scan_prefix_shedding`).
     by_sink: BTreeMap<String, (Known, Vec<u8>)>,
 }
 
@@ -529,13 +530,16 @@ pub(crate) fn load_known(store: &dyn KvStore) -> Result<KnownSets> {
             .ok_or_else(|| Error::corrupt(describe_key(key), "malformed known-person key"))?;
         let person = std::str::from_utf8(person)
             .map_err(|_| Error::corrupt(describe_key(key), "person is not UTF-8"))?;
-        let (known, _) = match sets.by_sink.get_mut(name) {
+        let (known, first_key) = match sets.by_sink.get_mut(name) {
             Some(set) => set,
             None => sets
                 .by_sink
                 .entry(name.to_owned())
                 .or_insert_with(|| (Known::default(), key.to_vec())),
         };
+        if key < first_key.as_slice() {
+            key.clone_into(first_key);
+        }
         if !known.insert(person) {
             return Err(Error::corrupt(describe_key(key), "duplicate known person"));
         }

@@ -97,6 +97,20 @@ impl IdIndex {
         None
     }
 
+    /// Starts loading the entry where a lookup of `hash` begins
+    /// (`prefetch`: the open's load asks a few records ahead).
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if let Some(e) = self.entries.get(self.home(tag_of(hash))) {
+            crate::prefetch::prefetch(e);
+        }
+    }
+
+    /// The first id whose entry has `hash`'s tag: the record a lookup of
+    /// `hash` will most likely compare (a hint only; `find` decides).
+    pub(crate) fn first_with_tag(&self, hash: u64) -> Option<u32> {
+        self.find(hash, |_| true)
+    }
+
     /// Adds `id` under `hash`; the caller knows no equal key is present.
     /// `id` must be below `u32::MAX`.
     pub(crate) fn insert_unique(&mut self, hash: u64, id: u32) {
@@ -254,6 +268,27 @@ mod tests {
         assert_eq!(ix.find(0xdead_beef_0000_0001, |_| true), None);
         assert_eq!(ix.find(0x1234_5678_0000_0002, |id| id == 4), Some(4));
         assert_eq!(ix.len(), 1);
+    }
+
+    /// The load's read-ahead hint names the id a lookup would compare
+    /// first (the earliest of a tag's entries in probe order), and nothing
+    /// for a tag no entry has; asking ahead changes nothing.
+    #[test]
+    fn the_hint_names_the_first_entry_of_a_tag() {
+        let mut ix = IdIndex::default();
+        assert_eq!(ix.first_with_tag(0xdead_beef_0000_0001), None);
+        ix.prefetch(0xdead_beef_0000_0001);
+        ix.insert_unique(0xdead_beef_0000_0001, 3);
+        ix.insert_unique(0xdead_beef_0000_0002, 5);
+        ix.insert_unique(0x1234_5678_0000_0002, 4);
+        assert_eq!(ix.first_with_tag(0xdead_beef_ffff_ffff), Some(3));
+        assert_eq!(ix.first_with_tag(0x1234_5678_0000_0000), Some(4));
+        assert_eq!(ix.first_with_tag(0x0bad_cafe_0000_0000), None);
+        ix.prefetch(0xdead_beef_0000_0001);
+        assert_eq!(ix.find(0xdead_beef_0000_0002, |id| id == 5), Some(5));
+        assert!(ix.remove(0xdead_beef_0000_0001, 3));
+        assert_eq!(ix.first_with_tag(0xdead_beef_0000_0001), Some(5));
+        assert_eq!(ix.len(), 2);
     }
 
     #[test]

@@ -56,6 +56,14 @@ impl<T> Slab<T> {
         self.chunks.get_mut(c)?.get_mut(i)
     }
 
+    /// Starts loading entry `id`'s cache line (`prefetch`); nothing if
+    /// there is no such entry.
+    pub(crate) fn prefetch(&self, id: u32) {
+        if let Some(e) = self.entry(id) {
+            crate::prefetch::prefetch(e);
+        }
+    }
+
     pub(crate) fn get(&self, id: u32) -> Option<&T> {
         self.entry(id)?.as_ref()
     }

@@ -152,6 +152,26 @@ impl DiskOverlay {
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
     }
+
+    /// Every record of a key under `prefix`, in the order the latest
+    /// records were read in (the chunks' order): for a scan that does not
+    /// need key order (the open's loads). Sorting by place in the arena
+    /// compares integers; sorting by key compared the keys' bytes, spread
+    /// over the arena: 1.2 s of the known persons' load at 10^7 (DESIGN.md
+    /// 6, "The load reads ahead").
+    pub(super) fn in_written_order(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
+        let mut spans: Vec<Span> = self
+            .table
+            .iter()
+            .filter(|&&s| self.key_of(s).starts_with(prefix))
+            .copied()
+            .collect();
+        spans.sort_unstable_by_key(|s| s.at);
+        spans
+            .into_iter()
+            .map(|s| (self.key_of(s), self.value_of(s)))
+            .collect()
+    }
 }
 
 fn span_bytes(s: Span) -> usize {
@@ -161,6 +181,33 @@ fn span_bytes(s: Span) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The open's loads take the records in the order their latest
+    /// versions were read, the same set as in key order.
+    #[test]
+    fn written_order_is_the_order_of_the_latest_records() {
+        let mut o = DiskOverlay::default();
+        o.insert(b"Kc", Some(b"1"));
+        o.insert(b"Ka", None);
+        o.insert(b"Fz", Some(b""));
+        o.insert(b"Kb", Some(b"2"));
+        o.insert(b"Kc", Some(b"3"));
+        let written = o.in_written_order(b"K");
+        assert_eq!(
+            written,
+            vec![
+                (&b"Ka"[..], None),
+                (&b"Kb"[..], Some(&b"2"[..])),
+                (&b"Kc"[..], Some(&b"3"[..])),
+            ]
+        );
+        o.insert(b"Ka", Some(b"4"));
+        let keys: Vec<_> = o.in_written_order(b"K").into_iter().map(|r| r.0).collect();
+        assert_eq!(keys, vec![&b"Kb"[..], &b"Kc"[..], &b"Ka"[..]]);
+        let mut sorted = o.in_written_order(&[]);
+        sorted.sort_unstable();
+        assert_eq!(sorted, o.in_key_order(&[]));
+    }
 
     #[test]
     fn the_latest_record_of_a_key_wins_and_scans_in_key_order() {

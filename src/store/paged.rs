@@ -832,7 +832,9 @@ impl<R: RawKv> PagedStore<R> {
     /// Visits the records of `prefix` in `pages` with the delta records of
     /// those pages (`overlay`) over them: a record with a delta is visited
     /// with the delta's value, or not at all when the delta deleted it.
-    /// Records that exist only in the deltas come last, in key order.
+    /// Records that exist only in the deltas come last, in key order; in a
+    /// shedding scan (the open's loads, which keep no order), in the order
+    /// they were written (`DiskOverlay::in_written_order`).
     fn scan_overlaid(
         &self,
         prefix: &[u8],
@@ -840,6 +842,7 @@ impl<R: RawKv> PagedStore<R> {
         overlay: &DiskOverlay,
         f: Visit<'_>,
     ) -> Result<()> {
+        let key_order = shed.is_none();
         let first = prefix.first().copied().unwrap_or_default();
         let mut overlaid: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
         // Records of one page come in key order; pages in page order.
@@ -862,7 +865,11 @@ impl<R: RawKv> PagedStore<R> {
                 }
             })
         })?;
-        for (k, v) in overlay.in_key_order(prefix) {
+        let only_in_deltas = match key_order {
+            true => overlay.in_key_order(prefix),
+            false => overlay.in_written_order(prefix),
+        };
+        for (k, v) in only_in_deltas {
             if let (Some(v), false) = (v, overlaid.contains(k)) {
                 f(k, v)?;
             }
