@@ -153,9 +153,11 @@ impl DiskOverlay {
         all
     }
 
-    /// Every record of a key under `prefix`, in the order the latest
-    /// records were read in (the chunks' order): for a scan that does not
-    /// need key order (the open's loads). Sorting by place in the arena
+    /// Every record of a key under `prefix`, in the order of their places
+    /// in the arena: the order the latest records were read in (the
+    /// chunks' order) for an overlay never compacted, as a scan's passes
+    /// are (`compact_if_wasteful` serves the history's map only). For a
+    /// scan that does not need key order (the open's loads). Sorting by place in the arena
     /// compares integers; sorting by key compared the keys' bytes, spread
     /// over the arena: 1.2 s of the known persons' load at 10^7 (DESIGN.md
     /// 6, "The load reads ahead").
