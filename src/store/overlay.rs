@@ -141,38 +141,36 @@ impl DiskOverlay {
         self.table.len()
     }
 
+    /// The latest record of every key under `prefix`, in no set order.
+    fn under(&self, prefix: &[u8]) -> Vec<Span> {
+        let under = |s: &&Span| self.key_of(**s).starts_with(prefix);
+        self.table.iter().filter(under).copied().collect()
+    }
+
+    fn records(&self, spans: Vec<Span>) -> Vec<(&[u8], Option<&[u8]>)> {
+        let record = |s: Span| (self.key_of(s), self.value_of(s));
+        spans.into_iter().map(record).collect()
+    }
+
     /// Every record of a key under `prefix`, in key order.
     pub(super) fn in_key_order(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
-        let mut all: Vec<_> = self
-            .table
-            .iter()
-            .map(|&s| (self.key_of(s), self.value_of(s)))
-            .filter(|(k, _)| k.starts_with(prefix))
-            .collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        all
+        let mut spans = self.under(prefix);
+        spans.sort_unstable_by(|a, b| self.key_of(*a).cmp(self.key_of(*b)));
+        self.records(spans)
     }
 
     /// Every record of a key under `prefix`, in the order of their places
     /// in the arena: the order the latest records were read in (the
     /// chunks' order) for an overlay never compacted, as a scan's passes
     /// are (`compact_if_wasteful` serves the history's map only). For a
-    /// scan that does not need key order (the open's loads). Sorting by place in the arena
-    /// compares integers; sorting by key compared the keys' bytes, spread
-    /// over the arena: 1.2 s of the known persons' load at 10^7 (DESIGN.md
-    /// 6, "The load reads ahead").
+    /// scan that does not need key order (the open's loads). Sorting by
+    /// place in the arena compares integers; sorting by key compared the
+    /// keys' bytes, spread over the arena: 1.2 s of the known persons' load
+    /// at 10^7 (DESIGN.md 6, "The load reads ahead").
     pub(super) fn in_written_order(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
-        let mut spans: Vec<Span> = self
-            .table
-            .iter()
-            .filter(|&&s| self.key_of(s).starts_with(prefix))
-            .copied()
-            .collect();
+        let mut spans = self.under(prefix);
         spans.sort_unstable_by_key(|s| s.at);
-        spans
-            .into_iter()
-            .map(|s| (self.key_of(s), self.value_of(s)))
-            .collect()
+        self.records(spans)
     }
 }
 
