@@ -252,6 +252,15 @@ pub const DELTA_DISK_BYTES_PER_DEVICE: u64 = 32;
 /// past its target (13 step 34).
 pub const DELTA_DISK_SLACK_BESIDE_MERGE_PCT: usize = 50;
 
+/// How much of the log's bound (in percent) a writer fills since the last
+/// checkpoint while a page merge leaves no room for a checkpoint beside
+/// it, before it waits for the merge's end (`writer.rs`,
+/// `backlog_beside_merge`): the snapshot after the merge holds every
+/// change since the last one, and one of a full log set the 10^7 import's
+/// peak RSS (DESIGN.md 4.3, "History merges"). At 50% the import took
+/// 176 s against 149 s: the writer idled through most of each merge.
+pub const LOG_BACKLOG_BESIDE_MERGE_PCT: u64 = 75;
+
 /// Upper bounds (Prometheus `le`, inclusive) of the histogram of log
 /// records one group commit appends (`Metrics::group_commit_records`):
 /// powers of two up to 131,072 (a group holds at most `MAX_GROUP_OPS`

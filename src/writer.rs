@@ -439,11 +439,32 @@ impl WriterCtx {
             .config
             .checkpoint_log_bytes
             .unwrap_or(self.config.log_segment_bytes / 2);
-        if (since >= trigger || self.many_pending()) && self.checkpoint_may_start() {
+        let due = since >= trigger || self.many_pending();
+        if (due && self.checkpoint_may_start()) || self.backlog_beside_merge(since) {
             if let Err(e) = self.start_checkpoint(None) {
                 self.fail(&e);
             }
         }
+    }
+
+    /// Whether `since` bytes of log since the last checkpoint are as much
+    /// as a merge that leaves no room beside it may let gather
+    /// (`LOG_BACKLOG_BESIDE_MERGE_PCT` of the log's bound): then the
+    /// writer waits for the merge's end (`start_checkpoint` waits) and
+    /// hands its snapshot, instead of filling the rest of the log. The
+    /// snapshot after the merge holds every change since the last one, and
+    /// at 10^7 devices one of a full log (about 600k writes) set the
+    /// import's peak RSS (DESIGN.md 4.3, "History merges").
+    fn backlog_beside_merge(&self, since: u64) -> bool {
+        if !self.ckpt_merging.load(Ordering::Acquire) || self.store.room_beside_merge() {
+            return false;
+        }
+        let log_bytes = self
+            .log
+            .pool()
+            .max_segments()
+            .saturating_mul(self.log.segment_bytes());
+        since >= log_bytes / 100 * crate::limits::LOG_BACKLOG_BESIDE_MERGE_PCT
     }
 
     /// Stamps each request with the commit time and encodes its record;

@@ -49,9 +49,10 @@ const SEGMENT: u64 = 64 << 10;
 
 /// Whether a killed child left a page merge cut short: one started
 /// (`Mmerge_attempt`) above the last one committed (`Mdelta_merged`);
-/// and whether checkpoints had committed beside it (`Mpage_gen` above
-/// the merge's generation, DESIGN.md 4.3).
-fn merge_cut_short(db: &Path) -> (bool, bool) {
+/// whether checkpoints had committed beside it (`Mpage_gen` above
+/// the merge's generation, DESIGN.md 4.3); and whether it left a history
+/// merge cut short (`Mhist_attempt` above `Mhist_merged`).
+fn merge_cut_short(db: &Path) -> (bool, bool, bool) {
     let gen = |key: &[u8]| {
         devreg::internals::peek_record(db, key)
             .ok()
@@ -61,7 +62,8 @@ fn merge_cut_short(db: &Path) -> (bool, bool) {
     };
     let attempt = gen(b"Mmerge_attempt");
     let cut = attempt > gen(b"Mdelta_merged");
-    (cut, cut && gen(b"Mpage_gen") > attempt)
+    let history_cut = gen(b"Mhist_attempt") > gen(b"Mhist_merged");
+    (cut, cut && gen(b"Mpage_gen") > attempt, history_cut)
 }
 
 fn crash_config(db: &Path, eventual: bool) -> Config {
@@ -139,6 +141,8 @@ struct Tally {
     mid_merge: u64,
     /// Of those, kills after a checkpoint had committed beside the merge.
     mid_merge_beside: u64,
+    /// Kills inside a history merge (DESIGN.md 4.3).
+    mid_history_merge: u64,
 }
 
 fn crash_loop(kills: u64) {
@@ -219,9 +223,10 @@ fn crash_loop(kills: u64) {
         copy_dir(&db, &raw);
         // Counted on the copy: sled's own recovery may rewrite its files
         // (not what they hold), and the next child must meet the raw crash.
-        let (cut, beside) = merge_cut_short(&raw);
+        let (cut, beside, history_cut) = merge_cut_short(&raw);
         tally.mid_merge += u64::from(cut);
         tally.mid_merge_beside += u64::from(beside);
+        tally.mid_history_merge += u64::from(history_cut);
         // Reopen (in place, or a copy so the next child recovers the raw crash).
         let verify_dir = if run % 2 == 1 {
             let copy = dir.path().join(format!("verify-{run}"));
@@ -260,7 +265,7 @@ fn crash_loop(kills: u64) {
         "crash test: {} kills survived in {:.1?} ({} writes / {} ops acknowledged, \
          in-flight write applied {} / lost {}, {} kills before the open finished, \
          {} runs in Eventual mode, {} kills inside a store compaction, {} inside a page \
-         merge ({} after a checkpoint beside it), {} devices at the \
+         merge ({} after a checkpoint beside it), {} inside a history merge, {} devices at the \
          end; feed: {} exports, {} acks, {} in-flight batches re-exported identical after \
          a kill)",
         tally.kills,
@@ -274,6 +279,7 @@ fn crash_loop(kills: u64) {
         tally.mid_compaction,
         tally.mid_merge,
         tally.mid_merge_beside,
+        tally.mid_history_merge,
         model.devices.len(),
         ledger.exports,
         ledger.acks,

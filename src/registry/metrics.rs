@@ -67,7 +67,8 @@ pub struct Metrics {
     /// counter).
     pub compaction_passes: u64,
     /// Page merges committed (a counter; DESIGN.md 4.3): each folds the
-    /// delta records into new versions of the pages they touch.
+    /// delta records (a history merge: the history's records held in
+    /// memory alone) into new versions of the pages they touch.
     pub page_merges: u64,
     /// Bytes of page versions (keys and values) merges handed to sled (a
     /// counter; part of `store_bytes_written`): what a merge costs, and

@@ -4,12 +4,15 @@
 //! A checkpoint of `c` changed records would rewrite up to `c` whole pages
 //! (pages hold tens to hundreds of records). While the deltas stay under
 //! their bounds, a checkpoint writes only its changed records, in chunks,
-//! under its generation; after the commit of the checkpoint that passes a
-//! bound, every delta is merged into the pages in place (one page rewrite
-//! per page touched since the last merge, `paged/merge.rs`), and the
-//! chunks are garbage after the merge's own commit. The
-//! bounds (`paged.rs`): the history's deltas, held in memory, within
-//! `Config::page_delta_bytes`; all of them, on disk, within
+//! under its generation; after the commit of the checkpoint that passes the
+//! disk bound, every delta is merged into the pages in place (one page
+//! rewrite per page touched since the last merge, `paged/merge.rs`), and
+//! the chunks are garbage after the merge's own commit. Past the memory
+//! bound alone, only the history's records held in memory are (a history
+//! merge): the chunks stay current, and the open skips the history
+//! records of those up to `Mhist_merged`. The bounds (`paged.rs`): the
+//! history's deltas, held in memory, within `Config::page_delta_bytes`;
+//! all of them not yet in pages, on disk, within
 //! `DELTA_DISK_BYTES_PER_DEVICE` per device, if that is more.
 //!
 //! ```text
@@ -70,7 +73,9 @@ pub(crate) struct Deltas {
     /// values cost the checkpointer two allocations and a B-tree insert
     /// each (DESIGN.md 13, step 15).
     pub(super) map: DiskOverlay,
-    /// Bytes of keys and values recorded, every keyspace (the disk bound).
+    /// Bytes of keys and values recorded, every keyspace, less the append
+    /// records a history merge has written into the pages (the disk
+    /// bound: the bytes a full merge would fold in).
     pub(crate) bytes: usize,
     /// Bytes of the append records among them (the memory bound).
     pub(crate) memory_bytes: usize,
@@ -92,6 +97,47 @@ pub(crate) struct Deltas {
 pub(crate) struct Chunk {
     pub(crate) key: Vec<u8>,
     pub(crate) prefixes: Prefixes,
+    /// The CRC-32s of its keys, lowest to highest: a pass over a slice of
+    /// the pages reads only the chunks whose span meets it.
+    pub(crate) span: HashSpan,
+}
+
+/// The lowest and highest CRC-32 of a chunk's keys (a key's page is the
+/// top bits of its CRC-32, `paged::page_of`). A checkpoint writes its
+/// records in CRC-32 order (`paged::write_delta`), so each of its chunks
+/// spans a narrow slice of every keyspace's pages, and a merge's or a
+/// scan's pass reads only the chunks of its slice (DESIGN.md 4.3, "Chunks
+/// in hash order"). Kept in memory only: filled when a checkpoint encodes
+/// the chunk and when the open loads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HashSpan {
+    pub(crate) lo: u32,
+    pub(crate) hi: u32,
+}
+
+impl Default for HashSpan {
+    /// The empty span (meets nothing).
+    fn default() -> Self {
+        HashSpan {
+            lo: u32::MAX,
+            hi: 0,
+        }
+    }
+}
+
+impl HashSpan {
+    /// Widens the span to hold `key`.
+    pub(crate) fn add(&mut self, key: &[u8]) {
+        let h = crc32fast::hash(key);
+        self.lo = self.lo.min(h);
+        self.hi = self.hi.max(h);
+    }
+
+    /// Whether a key whose CRC-32 is in `[lo, hi]` (as `lo` and `hi`
+    /// given) may be in the span.
+    pub(crate) fn meets(&self, lo: u32, hi: u32) -> bool {
+        self.lo <= self.hi && self.lo <= hi && lo <= self.hi
+    }
 }
 
 /// A set of keyspace prefixes (first key bytes): one bit per byte value.
@@ -145,16 +191,24 @@ impl Deltas {
         self.disk_bytes_by_prefix.values().sum()
     }
 
-    /// Loads one chunk read from sled.
-    pub(crate) fn load(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+    /// Loads one chunk read from sled. With `append_merged` (a history
+    /// merge has written its append records into the pages, `Mhist_merged`)
+    /// those records are skipped: neither held nor counted.
+    pub(crate) fn load(&mut self, key: &[u8], value: &[u8], append_merged: bool) -> Result<()> {
         let mut prefixes = Prefixes::default();
+        let mut span = HashSpan::default();
         visit_chunk(key, value, &mut |k, v| {
             prefixes.add(k);
+            span.add(k);
+            if append_merged && is_append(k) {
+                return Ok(());
+            }
             self.record(k, v)
         })?;
         self.chunks.push(Chunk {
             key: key.to_vec(),
             prefixes,
+            span,
         });
         Ok(())
     }
@@ -174,7 +228,7 @@ pub(crate) fn encode_chunks(
     chunk_bytes: usize,
 ) -> Vec<(Vec<u8>, Prefixes)> {
     let mut out = Vec::new();
-    let _ = for_each_chunk(records, chunk_bytes, &mut |chunk, prefixes| {
+    let _ = for_each_chunk(records, chunk_bytes, &mut |chunk, prefixes, _| {
         out.push((chunk, prefixes));
         Ok(())
     });
@@ -186,24 +240,26 @@ pub(crate) fn encode_chunks(
 pub(crate) fn for_each_chunk(
     records: &[(&[u8], Option<&[u8]>)],
     chunk_bytes: usize,
-    f: &mut dyn FnMut(Vec<u8>, Prefixes) -> Result<()>,
+    f: &mut dyn FnMut(Vec<u8>, Prefixes, HashSpan) -> Result<()>,
 ) -> Result<()> {
     let mut start = 0;
     while start < records.len() {
         let mut bytes = 0usize;
         let mut end = start;
         let mut prefixes = Prefixes::default();
+        let mut span = HashSpan::default();
         while let Some((k, v)) = records.get(end) {
             let next = k.len() + v.map_or(0, <[u8]>::len) + 8;
             if end > start && bytes + next > chunk_bytes {
                 break;
             }
             prefixes.add(k);
+            span.add(k);
             bytes += next;
             end += 1;
         }
         let chunk = encode_chunk(records.get(start..end).unwrap_or_default());
-        f(frame::seal(chunk), prefixes)?;
+        f(frame::seal(chunk), prefixes, span)?;
         start = end;
     }
     Ok(())
@@ -273,7 +329,7 @@ mod tests {
         for (i, (c, prefixes)) in chunks.iter().enumerate() {
             assert!(prefixes.has(b'D') && !prefixes.has(b'K'), "chunk {i}");
             let key = delta_key(3, i as u32);
-            d.load(&key, c).unwrap();
+            d.load(&key, c, false).unwrap();
             visit_chunk(&key, c, &mut |k, v| {
                 back.push((k.to_vec(), v.map(<[u8]>::to_vec)));
                 Ok(())
@@ -294,7 +350,7 @@ mod tests {
         assert_eq!(delta_gen(&delta_key(3, 1)), Some(3));
         let (one, _) = chunks.first().unwrap();
         for cut in 0..one.len() {
-            let r = Deltas::default().load(b"Q", &one[..cut]);
+            let r = Deltas::default().load(b"Q", &one[..cut], false);
             assert!(r.is_err(), "a chunk cut at {cut} decoded");
         }
     }

@@ -37,7 +37,11 @@ use parking_lot::{Mutex, RwLock};
 
 #[cfg(test)]
 mod beside_tests;
+#[cfg(test)]
+mod history_merge_tests;
 mod merge;
+#[cfg(test)]
+mod span_tests;
 
 use super::delta::{
     delta_gen, delta_key, for_each_chunk, visit_chunk, Chunk, Deltas, DELTA_PREFIX,
@@ -64,6 +68,17 @@ const META_DELTA_MERGED: &[u8] = b"Mdelta_merged";
 /// page): above `Mdelta_merged`, a merge was cut short (harmless: its
 /// chunks are still current, DESIGN.md 4.3). Read only by tests.
 pub(crate) const META_MERGE_ATTEMPT: &[u8] = b"Mmerge_attempt";
+/// The generation of the last history merge (DESIGN.md 4.3, "History
+/// merges"): the append keyspace's records of the current chunks of this
+/// generation or below are in the pages, so the open does not hold them in
+/// memory again. Absent or at most `Mdelta_merged`, it says nothing. A
+/// build that does not know it loads those records again, which joins
+/// them with the pages that hold them already: the same lists.
+const META_HIST_MERGED: &[u8] = b"Mhist_merged";
+/// The generation of the last history merge started: above
+/// `Mhist_merged`, one was cut short (harmless, as a merge's). Read only
+/// by tests.
+pub(crate) const META_HIST_ATTEMPT: &[u8] = b"Mhist_attempt";
 /// Most keys one garbage-collection batch deletes. sled pins one epoch for
 /// a whole batch, so every node it pages in and out meanwhile stays
 /// allocated until the batch ends: deleting the superseded version of
@@ -72,6 +87,13 @@ pub(crate) const META_MERGE_ATTEMPT: &[u8] = b"Mmerge_attempt";
 const GC_BATCH_KEYS: usize = 32;
 /// Least bytes of disk-only deltas one pass of a scan or merge reads back.
 const MIN_DELTA_PASS_BYTES: usize = 1 << 20;
+/// A pass of a scan or merge reads back at most this fraction of the
+/// memory bound (16 MiB of the default 64 MiB). A pass's overlay and the
+/// chunks it reads cost about two and a half times its bytes (+161 MB for
+/// a 64 MB pass in the 10^7 import's last merge): with chunks in hash
+/// order a pass reads only its slice's chunks, so more, smaller passes
+/// cost little more than one reading of them (DESIGN.md 4.3).
+const DELTA_PASS_DIVISOR: usize = 4;
 /// Most passes one scan or merge makes (each reads every current chunk).
 const MAX_DELTA_PASSES: u32 = 64;
 
@@ -138,6 +160,46 @@ fn pass_pages(bits: u32, pass: u32, passes: u32) -> std::ops::Range<u32> {
         u32::try_from(v).unwrap_or(u32::MAX)
     };
     first(pass)..first(pass + 1)
+}
+
+/// Whether `chunk` may hold a key of slice `pass` of `passes` (of the
+/// keyspace `prefix`, when given): whether, in a keyspace it holds, the
+/// hashes of that slice's pages meet its span. A page is the top bits of
+/// a key's CRC-32, so slice `pass` of a keyspace of `bits` is the hashes
+/// from its first page's to its last page's end.
+fn chunk_meets_pass(chunk: &Chunk, prefix: Option<u8>, pass: u32, passes: u32) -> bool {
+    PAGED
+        .iter()
+        .filter(|(p, _)| prefix.is_none_or(|want| want == *p) && chunk.prefixes.has(*p))
+        .any(|&(_, bits)| {
+            let pages = pass_pages(bits, pass, passes);
+            if pages.is_empty() {
+                return false;
+            }
+            let shift = 32 - bits;
+            let lo = u64::from(pages.start) << shift;
+            let hi = (u64::from(pages.end) << shift).saturating_sub(1);
+            let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+            chunk.span.meets(clamp(lo), clamp(hi))
+        })
+}
+
+/// A checkpoint's records in the order of their keys' CRC-32 (stable: two
+/// writes of one key keep their order, the later one winning), so each
+/// chunk holds a narrow slice of the pages (`delta::HashSpan`).
+fn in_hash_order<'a>(paged: &[&'a Write]) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
+    let mut order: Vec<(u32, usize)> = paged
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (crc32fast::hash(k), i))
+        .collect();
+    // The index breaks ties: as stable as a stable sort, without its buffer.
+    order.sort_unstable();
+    order
+        .into_iter()
+        .filter_map(|(_, i)| paged.get(i))
+        .map(|(k, v)| (k.as_slice(), v.as_deref()))
+        .collect()
 }
 
 /// The slice of a logical key's page; `None` outside the paged keyspaces.
@@ -380,9 +442,9 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     /// memory bound, and `DELTA_DISK_BYTES_PER_DEVICE` per device.
     delta_disk_bound: AtomicUsize,
     /// Most bytes of disk-only delta records one pass of a scan or a merge
-    /// reads back into memory: the memory bound in force (at least
-    /// `MIN_DELTA_PASS_BYTES`), at most this; more make several passes,
-    /// each over a slice of the pages.
+    /// reads back into memory: `1 / DELTA_PASS_DIVISOR` of the memory
+    /// bound in force (at least `MIN_DELTA_PASS_BYTES`), at most this;
+    /// more make several passes, each over a slice of the pages.
     pass_bytes: usize,
     /// The current delta records (`delta.rs`).
     deltas: RwLock<Deltas>,
@@ -445,19 +507,15 @@ impl<R: RawKv> PagedStore<R> {
     /// chunks above the committed generation are orphans.
     fn load_deltas(&self) -> Result<()> {
         let committed = self.committed();
-        let merged = match self.raw.get(META_DELTA_MERGED)? {
-            None => 0,
-            Some(v) => <[u8; 8]>::try_from(v.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| Error::corrupt("metadata key Mdelta_merged", "expected 8 bytes"))?,
-        };
+        let merged = self.meta_gen(META_DELTA_MERGED, "Mdelta_merged")?;
+        let history_merged = self.meta_gen(META_HIST_MERGED, "Mhist_merged")?;
         let mut deltas = self.deltas.write();
         let mut orphans = Vec::new();
         let mut garbage = Vec::new();
         self.raw.scan_prefix(&[DELTA_PREFIX], &mut |k, v| {
             match delta_gen(k) {
                 Some(gen) if gen <= merged => garbage.push(k.to_vec()),
-                Some(gen) if gen <= committed => deltas.load(k, v)?,
+                Some(gen) if gen <= committed => deltas.load(k, v, gen <= history_merged)?,
                 Some(_) => orphans.push(k.to_vec()),
                 None => return Err(Error::corrupt(format!("delta key {k:02x?}"), "malformed")),
             }
@@ -467,6 +525,16 @@ impl<R: RawKv> PagedStore<R> {
         self.orphans.lock().extend(orphans);
         self.garbage.lock().extend(garbage);
         Ok(())
+    }
+
+    /// A generation kept in the metadata key `key` (0 when absent).
+    fn meta_gen(&self, key: &[u8], name: &str) -> Result<u64> {
+        match self.raw.get(key)? {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::corrupt(format!("metadata key {name}"), "expected 8 bytes")),
+        }
     }
 
     /// Queues every page version above the committed generation for
@@ -670,12 +738,9 @@ impl<R: RawKv> PagedStore<R> {
     /// Writes the changed records as delta chunks of generation `gen` (the
     /// first also records the attempt); returns their keys.
     fn write_delta(&self, gen: u64, paged: &[&Write]) -> Result<Vec<Chunk>> {
-        let records: Vec<(&[u8], Option<&[u8]>)> = paged
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_deref()))
-            .collect();
+        let records = in_hash_order(paged);
         let mut written = Vec::new();
-        for_each_chunk(&records, self.chunk_bytes, &mut |chunk, prefixes| {
+        for_each_chunk(&records, self.chunk_bytes, &mut |chunk, prefixes, span| {
             let i = u32::try_from(written.len()).unwrap_or(u32::MAX);
             let key = delta_key(gen, i);
             let mut batch = vec![(key.clone(), Some(chunk))];
@@ -683,17 +748,21 @@ impl<R: RawKv> PagedStore<R> {
                 batch.push((META_PAGE_ATTEMPT.to_vec(), Some(gen.to_be_bytes().to_vec())));
             }
             self.raw.apply(&batch)?;
-            written.push(Chunk { key, prefixes });
+            written.push(Chunk {
+                key,
+                prefixes,
+                span,
+            });
             Ok(())
         })?;
         Ok(written)
     }
 
     /// Passes needed to read `bytes` of disk-only deltas back, at most
-    /// the memory bound each (`pass_bytes`; at least 1 pass, at most
-    /// `MAX_DELTA_PASSES`).
+    /// `1 / DELTA_PASS_DIVISOR` of the memory bound each (`pass_bytes`; at
+    /// least 1 pass, at most `MAX_DELTA_PASSES`).
     fn delta_passes(&self, bytes: usize) -> u32 {
-        let bound = self.delta_bound.load(Ordering::SeqCst);
+        let bound = self.delta_bound.load(Ordering::SeqCst) / DELTA_PASS_DIVISOR;
         let per_pass = self.pass_bytes.min(bound.max(MIN_DELTA_PASS_BYTES)).max(1);
         let passes = bytes.div_ceil(per_pass).max(1);
         u32::try_from(passes)
@@ -714,7 +783,7 @@ impl<R: RawKv> PagedStore<R> {
         C: Default + Extend<(Vec<u8>, Option<Vec<u8>>)>,
     {
         let mut out = C::default();
-        self.visit_disk_deltas(chunks, prefix, want, &mut |k, v| {
+        self.visit_disk_deltas(chunks, (prefix, None), want, &mut |k, v| {
             // A later record of the same key replaces the earlier.
             out.extend(std::iter::once((k.to_vec(), v.map(<[u8]>::to_vec))));
         })?;
@@ -730,7 +799,7 @@ impl<R: RawKv> PagedStore<R> {
         prefix: Option<u8>,
         want: &dyn Fn(&[u8]) -> bool,
     ) -> Result<DiskOverlay> {
-        self.disk_overlay_sized(chunks, prefix, want, 0)
+        self.disk_overlay_sized(chunks, (prefix, None), want, 0)
     }
 
     /// `disk_overlay_hashed` for one of `passes` slices of `bytes` of
@@ -740,38 +809,44 @@ impl<R: RawKv> PagedStore<R> {
     pub(super) fn disk_overlay_pass(
         &self,
         chunks: &[Chunk],
-        prefix: Option<u8>,
+        (prefix, pass): (Option<u8>, u32),
         want: &dyn Fn(&[u8]) -> bool,
         (bytes, passes): (usize, u32),
     ) -> Result<DiskOverlay> {
         let share = bytes / passes.max(1) as usize;
-        self.disk_overlay_sized(chunks, prefix, want, share + share / 16)
+        let selection = (prefix, Some((pass, passes)));
+        self.disk_overlay_sized(chunks, selection, want, share + share / 16)
     }
 
     fn disk_overlay_sized(
         &self,
         chunks: &[Chunk],
-        prefix: Option<u8>,
+        selection: (Option<u8>, Option<(u32, u32)>),
         want: &dyn Fn(&[u8]) -> bool,
         arena_bytes: usize,
     ) -> Result<DiskOverlay> {
         let mut out = DiskOverlay::with_arena_bytes(arena_bytes);
-        self.visit_disk_deltas(chunks, prefix, want, &mut |k, v| out.insert(k, v))?;
+        self.visit_disk_deltas(chunks, selection, want, &mut |k, v| out.insert(k, v))?;
         Ok(out)
     }
 
     /// Calls `f` for each disk-only delta record of `chunks` whose key
     /// `want` selects, in the order the chunks were written. With a
-    /// `prefix`, the chunks that hold no record of it are not read.
+    /// `prefix`, the chunks that hold no record of it are not read; with a
+    /// `pass` (`(pass, passes)`, and `want` selecting within it), nor
+    /// those whose keys' hashes miss its slice (`chunk_meets_pass`).
     fn visit_disk_deltas(
         &self,
         chunks: &[Chunk],
-        prefix: Option<u8>,
+        (prefix, pass): (Option<u8>, Option<(u32, u32)>),
         want: &dyn Fn(&[u8]) -> bool,
         f: DeltaRecordVisit<'_>,
     ) -> Result<()> {
         for chunk in chunks {
             if prefix.is_some_and(|p| !chunk.prefixes.has(p)) {
+                continue;
+            }
+            if pass.is_some_and(|(pass, passes)| !chunk_meets_pass(chunk, prefix, pass, passes)) {
                 continue;
             }
             let key = &chunk.key;
@@ -818,7 +893,7 @@ impl<R: RawKv> PagedStore<R> {
                 0 => DiskOverlay::default(),
                 _ => self.disk_overlay_pass(
                     &deltas.chunks,
-                    Some(first),
+                    (Some(first), pass),
                     &|k| k.starts_with(prefix) && key_pass(k, passes) == Some(pass),
                     (on_disk, passes),
                 )?,
@@ -1009,14 +1084,19 @@ impl<R: RawKv> KvStore for PagedStore<R> {
     /// finish: merges never overlap (`merge_in_place` checks, under the
     /// deltas' lock).
     fn merge_if_due_beside(&self, between: crate::kv::Between<'_>) -> Result<()> {
-        let due = {
+        let (over_memory, over_disk) = {
             let deltas = self.deltas.read();
-            let over_memory = deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst);
-            let over_disk = deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst);
-            over_memory || over_disk
+            (
+                deltas.memory_bytes > self.delta_bound.load(Ordering::SeqCst),
+                deltas.bytes > self.delta_disk_bound.load(Ordering::SeqCst),
+            )
         };
-        if due {
+        // The disk bound folds every delta in; the memory bound alone, the
+        // history's only (DESIGN.md 4.3, "History merges").
+        if over_disk {
             self.merge_in_place(self.committed(), between)?;
+        } else if over_memory {
+            self.merge_history_in_place(self.committed(), between)?;
         }
         self.collect_garbage()
     }

@@ -46,6 +46,18 @@ impl Deltas {
     /// took. Merges never overlap (`PagedStore::merge_if_due_beside` skips
     /// while one runs), so a freeze in place is a bug, refused.
     pub(crate) fn freeze(&mut self) -> Result<&Frozen> {
+        self.freeze_with(true)
+    }
+
+    /// `freeze` for a history merge (DESIGN.md 4.3, "History merges"): only
+    /// the append records held in memory, and their bytes. No chunk is
+    /// the merge's (its commit retires none: they still hold the other
+    /// keyspaces' records), and the disk-only counts stay.
+    pub(crate) fn freeze_history(&mut self) -> Result<&Frozen> {
+        self.freeze_with(false)
+    }
+
+    fn freeze_with(&mut self, every: bool) -> Result<&Frozen> {
         if self.frozen.is_some() {
             return Err(Error::corrupt(
                 "page merge",
@@ -54,12 +66,22 @@ impl Deltas {
         }
         let mut map = std::mem::take(&mut self.map);
         map.shrink_to_fit();
-        let frozen = Frozen {
-            map: Arc::new(map),
-            chunks: self.chunks.len(),
-            bytes: self.bytes,
-            memory_bytes: self.memory_bytes,
-            disk_bytes_by_prefix: self.disk_bytes_by_prefix.clone(),
+        let frozen = match every {
+            true => Frozen {
+                map: Arc::new(map),
+                chunks: self.chunks.len(),
+                bytes: self.bytes,
+                memory_bytes: self.memory_bytes,
+                disk_bytes_by_prefix: self.disk_bytes_by_prefix.clone(),
+            },
+            false => Frozen {
+                map: Arc::new(map),
+                chunks: 0,
+                // Every append byte counted is in the map.
+                bytes: self.memory_bytes,
+                memory_bytes: self.memory_bytes,
+                disk_bytes_by_prefix: BTreeMap::new(),
+            },
         };
         Ok(self.frozen.insert(frozen))
     }

@@ -8,10 +8,10 @@ use super::tests::{check_history, open_with_deltas, record_owner_change};
 use super::*;
 use crate::history::History;
 
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -22,7 +22,7 @@ impl Rng {
 /// What the store must read as: replaced records by key, history lists
 /// as their seqs (newest `MAX_HISTORY_PER_TOKEN`).
 #[derive(Default)]
-struct Model {
+pub(super) struct Model {
     records: BTreeMap<Vec<u8>, Vec<u8>>,
     history: BTreeMap<Vec<u8>, Vec<u64>>,
     h: Option<History>,
@@ -32,7 +32,7 @@ struct Model {
 impl Model {
     /// One checkpoint's writes: replaced or deleted `'D'`/`'K'` records and
     /// a few history entries, recorded in the model.
-    fn batch(&mut self, rng: &mut Rng) -> Vec<Write> {
+    pub(super) fn batch(&mut self, rng: &mut Rng) -> Vec<Write> {
         let mut batch = Vec::new();
         for _ in 0..1 + rng.below(30) {
             let key = format!("{}{:04}", ["D", "K"][rng.below(2) as usize], rng.below(200));
@@ -54,7 +54,7 @@ impl Model {
     }
 
     /// Every record and list of `s` against the model, by scans and gets.
-    fn check(&self, s: &PagedStore, rng: &mut Rng, at: &str) {
+    pub(super) fn check(&self, s: &PagedStore, rng: &mut Rng, at: &str) {
         let mut seen = BTreeMap::new();
         for p in [b'D', b'K'] {
             s.scan_prefix(&[p], &mut |k, v| {

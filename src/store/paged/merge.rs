@@ -8,6 +8,9 @@
 //! Once every page is durable, one small commit sets `Mdelta_merged`, and
 //! the chunks are garbage from then on. A group of pages is rewritten and
 //! compressed on two threads; every store call stays on the caller's.
+//! A history merge (past the memory bound alone) writes only the pages of
+//! the history's records held in memory, then `Mhist_merged`; the chunks
+//! stay current.
 //!
 //! Why a crash in the middle loses nothing: until that commit every chunk
 //! is still current, and a read lays it over the page again. For a record
@@ -27,7 +30,7 @@ use std::sync::Arc;
 
 use super::{
     is_empty_page, key_pass, page_key, page_of_key, PagedStore, META_DELTA_MERGED,
-    META_MERGE_ATTEMPT,
+    META_HIST_ATTEMPT, META_HIST_MERGED, META_MERGE_ATTEMPT,
 };
 use crate::beside::{beside, Helper};
 use crate::error::{Error, Result};
@@ -70,12 +73,29 @@ impl<R: RawKv> PagedStore<R> {
     /// retired at the commit; after a failure it is joined back, so every
     /// read still lays the deltas over the pages, merged or not.
     pub(super) fn merge_in_place(&self, gen: u64, between: Between<'_>) -> Result<()> {
+        self.merge_deltas(gen, Fold::Every, between)
+    }
+
+    /// A history merge (DESIGN.md 4.3, "History merges"): the append
+    /// records held in memory written into their pages, then
+    /// `Mhist_merged = gen`. The chunks stay current (they hold the other
+    /// keyspaces' records, and their append records again, which a read
+    /// joins with the pages to the same lists), so nothing is retired but
+    /// the map and its bytes.
+    pub(super) fn merge_history_in_place(&self, gen: u64, between: Between<'_>) -> Result<()> {
+        self.merge_deltas(gen, Fold::History, between)
+    }
+
+    fn merge_deltas(&self, gen: u64, fold: Fold, between: Between<'_>) -> Result<()> {
         let (map, chunks, (bytes, passes)) = {
             let mut deltas = self.deltas.write();
             if deltas.frozen.is_some() {
                 return Ok(());
             }
-            let frozen = deltas.freeze()?;
+            let frozen = match fold {
+                Fold::Every => deltas.freeze()?,
+                Fold::History => deltas.freeze_history()?,
+            };
             let (map, n) = (Arc::clone(&frozen.map), frozen.chunks);
             let bytes = frozen.disk_only_bytes();
             let passes = (bytes, self.delta_passes(bytes));
@@ -85,7 +105,10 @@ impl<R: RawKv> PagedStore<R> {
                 passes,
             )
         };
-        let merged = self.merge_frozen(gen, map, &chunks, (bytes, passes), between);
+        let merged = match fold {
+            Fold::Every => self.merge_frozen(gen, map, &chunks, (bytes, passes), between),
+            Fold::History => self.merge_frozen_history(gen, map, between),
+        };
         let mut deltas = self.deltas.write();
         match merged {
             Ok(()) => {
@@ -133,7 +156,9 @@ impl<R: RawKv> PagedStore<R> {
         let passes = if bytes == 0 { 0 } else { passes };
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
-            let on_disk = self.disk_overlay_pass(chunks, None, &|k| in_pass(k), (bytes, passes))?;
+            let selection = (None, pass);
+            let on_disk =
+                self.disk_overlay_pass(chunks, selection, &|k| in_pass(k), (bytes, passes))?;
             let changes = changes_by_page(&on_disk, &in_pass);
             self.write_pages_in_place(gen, changes, between)?;
         }
@@ -142,6 +167,32 @@ impl<R: RawKv> PagedStore<R> {
         let merged = gen.to_be_bytes().to_vec();
         self.raw
             .apply(&[(META_DELTA_MERGED.to_vec(), Some(merged))])
+    }
+
+    /// The frozen append records written into their pages, durably, then
+    /// `Mhist_merged = gen`: from then on the open skips the append
+    /// records of the chunks up to `gen` (they are in the pages).
+    fn merge_frozen_history(
+        &self,
+        gen: u64,
+        map: Arc<DiskOverlay>,
+        between: Between<'_>,
+    ) -> Result<()> {
+        let attempt = gen.to_be_bytes().to_vec();
+        self.raw
+            .apply(&[(META_HIST_ATTEMPT.to_vec(), Some(attempt))])?;
+        self.write_pages_in_place(gen, changes_by_page(&map, &|_| true), between)?;
+        drop(map);
+        {
+            let mut deltas = self.deltas.write();
+            deltas.release_frozen_map();
+            self.publish_sizes(&deltas);
+        }
+        // The pages are durable before the mark that lets the open skip
+        // their records in the chunks.
+        self.raw.sync()?;
+        let merged = gen.to_be_bytes().to_vec();
+        self.raw.apply(&[(META_HIST_MERGED.to_vec(), Some(merged))])
     }
 
     /// Writes each page of `changes` joined with its current version, over
@@ -203,6 +254,15 @@ impl<R: RawKv> PagedStore<R> {
         self.raw.apply(batch)?;
         self.raw.touch(&mut batch.iter().map(|(k, _)| k.as_slice()))
     }
+}
+
+/// Which deltas a merge folds into the pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fold {
+    /// Every current delta; the chunks are garbage after its commit.
+    Every,
+    /// The append records held in memory only (`merge_history_in_place`).
+    History,
 }
 
 /// Pages of one merge group: read, rewritten and compressed together
