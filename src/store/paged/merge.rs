@@ -142,16 +142,7 @@ impl<R: RawKv> PagedStore<R> {
         (bytes, passes): (usize, u32),
         between: Between<'_>,
     ) -> Result<()> {
-        let attempt = gen.to_be_bytes().to_vec();
-        self.raw
-            .apply(&[(META_MERGE_ATTEMPT.to_vec(), Some(attempt))])?;
-        self.write_pages_in_place(gen, changes_by_page(&map, &|_| true), between)?;
-        drop(map);
-        {
-            let mut deltas = self.deltas.write();
-            deltas.release_frozen_map();
-            self.publish_sizes(&deltas);
-        }
+        self.write_frozen_map(gen, (META_MERGE_ATTEMPT, map), between)?;
         // With no disk-only record there is nothing to read back.
         let passes = if bytes == 0 { 0 } else { passes };
         for pass in 0..passes {
@@ -178,21 +169,32 @@ impl<R: RawKv> PagedStore<R> {
         map: Arc<DiskOverlay>,
         between: Between<'_>,
     ) -> Result<()> {
-        let attempt = gen.to_be_bytes().to_vec();
-        self.raw
-            .apply(&[(META_HIST_ATTEMPT.to_vec(), Some(attempt))])?;
-        self.write_pages_in_place(gen, changes_by_page(&map, &|_| true), between)?;
-        drop(map);
-        {
-            let mut deltas = self.deltas.write();
-            deltas.release_frozen_map();
-            self.publish_sizes(&deltas);
-        }
+        self.write_frozen_map(gen, (META_HIST_ATTEMPT, map), between)?;
         // The pages are durable before the mark that lets the open skip
         // their records in the chunks.
         self.raw.sync()?;
         let merged = gen.to_be_bytes().to_vec();
         self.raw.apply(&[(META_HIST_MERGED.to_vec(), Some(merged))])
+    }
+
+    /// A merge's first steps: its attempt recorded under `attempt_key`
+    /// (for the crash test), then the frozen append records written into
+    /// their pages and the map let go (`Deltas::release_frozen_map`), so it
+    /// is not held beside what follows.
+    fn write_frozen_map(
+        &self,
+        gen: u64,
+        (attempt_key, map): (&[u8], Arc<DiskOverlay>),
+        between: Between<'_>,
+    ) -> Result<()> {
+        let attempt = gen.to_be_bytes().to_vec();
+        self.raw.apply(&[(attempt_key.to_vec(), Some(attempt))])?;
+        self.write_pages_in_place(gen, changes_by_page(&map, &|_| true), between)?;
+        drop(map);
+        let mut deltas = self.deltas.write();
+        deltas.release_frozen_map();
+        self.publish_sizes(&deltas);
+        Ok(())
     }
 
     /// Writes each page of `changes` joined with its current version, over
