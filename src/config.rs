@@ -78,8 +78,15 @@ pub struct Config {
     /// The history's deltas are also held in memory, and a scan or merge
     /// reads the others back from disk in passes of at most this many
     /// bytes; a large registry may gather more on disk
-    /// (`limits::DELTA_DISK_BYTES_PER_DEVICE`).
+    /// (`delta_disk_bytes_per_device`).
     pub page_delta_bytes: usize,
+    /// Bytes of delta records, every keyspace, the store may gather on disk
+    /// per device before a merge folds them all into the pages (default
+    /// `limits::DELTA_DISK_BYTES_PER_DEVICE`, 32; the bound is at least
+    /// `page_delta_bytes`). More means fewer merges (each rewrites about
+    /// every page) for more disk; past `page_delta_bytes` alone, only the
+    /// history's records are merged (DESIGN.md 4.3, "History merges").
+    pub delta_disk_bytes_per_device: u64,
     /// sled's files are compacted (copied into a new store, DESIGN.md 4.6)
     /// after a checkpoint once they take at least this many bytes and
     /// `limits::COMPACT_SPACE_FACTOR` times the live bytes of the last
@@ -174,6 +181,7 @@ impl Config {
             // Set from the budget just below.
             checkpoint_chunk_bytes: 0,
             page_delta_bytes: 0,
+            delta_disk_bytes_per_device: crate::limits::DELTA_DISK_BYTES_PER_DEVICE,
             sled_cache_bytes: 0,
             compact_min_store_bytes: crate::limits::COMPACT_MIN_STORE_BYTES,
             // Set from the budget just below.
@@ -367,6 +375,18 @@ impl Config {
     /// Sets the bound on delta pages before a merge (0: merge every time).
     pub fn page_delta_bytes(mut self, bytes: usize) -> Config {
         self.page_delta_bytes = bytes;
+        self
+    }
+
+    /// Sets the bytes of deltas per device the store may gather on disk
+    /// before a full merge (see the field).
+    ///
+    /// ```
+    /// let c = devreg::Config::new("/tmp/x").delta_disk_bytes_per_device(64);
+    /// assert_eq!(c.delta_disk_bytes_per_device, 64);
+    /// ```
+    pub fn delta_disk_bytes_per_device(mut self, bytes: u64) -> Config {
+        self.delta_disk_bytes_per_device = bytes;
         self
     }
 

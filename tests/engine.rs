@@ -1060,3 +1060,57 @@ fn many_changed_records_start_a_checkpoint() {
     assert_eq!(sink.pending, 0, "{sink:?}");
     assert!(reg.check().unwrap().is_clean());
 }
+
+/// Past the memory bound alone (deltas may gather on disk far longer
+/// than the history's may in memory), a merge folds only the history's
+/// records into their pages (DESIGN.md 4.3, "History merges"):
+/// `Mhist_merged` is written and `Mdelta_merged` is not, and after a
+/// reopen every device and every ownership change reads back.
+#[test]
+fn history_merges_run_through_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let config = || {
+        Config::new(&db)
+            .checkpoint_interval_ms(3_600_000)
+            .page_delta_bytes(16 << 10)
+            .delta_disk_bytes_per_device(1 << 20)
+            .checkpoint_log_bytes(16 << 10)
+    };
+    let reg = Registry::open_with(config()).unwrap();
+    // Every round moves each device to the other of two owners: one
+    // history entry per device a round.
+    for round in 0..12u32 {
+        let ops = (0..500u32)
+            .map(|i| {
+                let owner = format!("p{}-{}", i % 50, round % 2);
+                reg_op(&format!("tok-{i:06}"), Some(&owner), u64::from(round) + 1)
+            })
+            .collect();
+        reg.apply_batch(ops).unwrap();
+        reg.checkpoint().unwrap();
+    }
+    assert!(reg.metrics().page_merges >= 1, "{:?}", reg.metrics());
+    reg.close().unwrap();
+    let gen = |key: &[u8]| {
+        devreg::internals::peek_record(&db, key)
+            .unwrap()
+            .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()))
+    };
+    assert!(gen(b"Mhist_merged") > 0, "a history merge ran");
+    assert_eq!(gen(b"Mdelta_merged"), 0, "no full merge ran");
+    let reg = Registry::open_with(config()).unwrap();
+    assert_eq!(reg.stats().devices, 500);
+    for i in [0u32, 7, 123, 499] {
+        let token = format!("tok-{i:06}");
+        let d = reg.device(&token).unwrap();
+        assert_eq!(d.person.as_deref(), Some(format!("p{}-1", i % 50).as_str()));
+        let owners: Vec<Option<String>> = reg
+            .history(&token)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.owner_after)
+            .collect();
+        assert_eq!(owners.len(), 12, "{token}: {owners:?}");
+    }
+}

@@ -35,7 +35,9 @@ fn open_paged(config: &Config) -> Result<PagedStore> {
         config.compact_max_live_bytes,
         config.compact_pass_bytes,
     );
-    PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)
+    let mut store = PagedStore::open(raw, config.checkpoint_chunk_bytes, config.page_delta_bytes)?;
+    store.set_delta_disk_bytes_per_device(config.delta_disk_bytes_per_device);
+    Ok(store)
 }
 
 /// Closes the store after the load and opens it again, to drop what the

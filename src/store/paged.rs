@@ -94,7 +94,8 @@ const MIN_DELTA_PASS_BYTES: usize = 1 << 20;
 /// order a pass reads only its slice's chunks, so more, smaller passes
 /// cost little more than one reading of them (DESIGN.md 4.3).
 const DELTA_PASS_DIVISOR: usize = 4;
-/// Most passes one scan or merge makes (each reads every current chunk).
+/// Most passes one scan or merge makes (each reads the current chunks that
+/// meet its slice, `chunk_meets_pass`).
 const MAX_DELTA_PASSES: u32 = 64;
 
 /// The paged keyspaces and their page counts (as powers of two). Chosen by
@@ -439,8 +440,11 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     /// keyspace's; `plan_for_devices`; `delta_max` until then).
     delta_bound: AtomicUsize,
     /// The bound in force on every delta record, on disk: at least the
-    /// memory bound, and `DELTA_DISK_BYTES_PER_DEVICE` per device.
+    /// memory bound, and `disk_bytes_per_device` per device.
     delta_disk_bound: AtomicUsize,
+    /// Bytes of deltas per device the disk bound allows
+    /// (`Config::delta_disk_bytes_per_device`).
+    disk_bytes_per_device: u64,
     /// Most bytes of disk-only delta records one pass of a scan or a merge
     /// reads back into memory: `1 / DELTA_PASS_DIVISOR` of the memory
     /// bound in force (at least `MIN_DELTA_PASS_BYTES`), at most this;
@@ -487,6 +491,7 @@ impl<R: RawKv> PagedStore<R> {
             delta_max: delta_bytes,
             delta_bound: AtomicUsize::new(delta_bytes),
             delta_disk_bound: AtomicUsize::new(delta_bytes),
+            disk_bytes_per_device: crate::limits::DELTA_DISK_BYTES_PER_DEVICE,
             delta_sizes: (AtomicUsize::new(0), AtomicUsize::new(0)),
             pass_bytes: delta_bytes.max(MIN_DELTA_PASS_BYTES),
             deltas: RwLock::new(Deltas::default()),
@@ -525,6 +530,12 @@ impl<R: RawKv> PagedStore<R> {
         self.orphans.lock().extend(orphans);
         self.garbage.lock().extend(garbage);
         Ok(())
+    }
+
+    /// Sets the bytes of deltas per device the disk bound allows (from the
+    /// next `plan_for_devices`).
+    pub(crate) fn set_delta_disk_bytes_per_device(&mut self, bytes: u64) {
+        self.disk_bytes_per_device = bytes;
     }
 
     /// A generation kept in the metadata key `key` (0 when absent).
@@ -1014,15 +1025,15 @@ fn delta_bound(devices: u64, max: usize) -> usize {
 }
 
 /// The bound on every delta record, on disk, for `devices` devices: the
-/// memory bound, or `DELTA_DISK_BYTES_PER_DEVICE` per device if more (0
+/// memory bound, or `bytes_per_device` per device (`Config::delta_disk_bytes_per_device`) if more (0
 /// when deltas are off: every checkpoint merges). Merging costs a rewrite
 /// of about every page, so a store that may gather more deltas merges less
 /// often: at 10^7 devices 320 MB of deltas instead of 64 MiB.
-fn delta_disk_bound(devices: u64, memory_bound: usize) -> usize {
+fn delta_disk_bound(devices: u64, memory_bound: usize, bytes_per_device: u64) -> usize {
     if memory_bound == 0 {
         return 0;
     }
-    let per_device = devices.saturating_mul(crate::limits::DELTA_DISK_BYTES_PER_DEVICE);
+    let per_device = devices.saturating_mul(bytes_per_device);
     usize::try_from(per_device)
         .unwrap_or(usize::MAX)
         .max(memory_bound)
@@ -1133,8 +1144,10 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         self.raw.plan_for_devices(devices);
         let memory = delta_bound(devices, self.delta_max);
         self.delta_bound.store(memory, Ordering::SeqCst);
-        self.delta_disk_bound
-            .store(delta_disk_bound(devices, memory), Ordering::SeqCst);
+        self.delta_disk_bound.store(
+            delta_disk_bound(devices, memory, self.disk_bytes_per_device),
+            Ordering::SeqCst,
+        );
     }
 
     fn mark_troubled(&self) {
