@@ -235,11 +235,14 @@ pub const MAX_CIO_ID_BYTES: usize = 64;
 /// 10^6 devices, the default 64 MiB from 4×10^6.
 pub const DELTA_BYTES_PER_DEVICE: u64 = 16;
 
-/// Bytes of delta records, every keyspace, the store may gather on disk per
-/// device before a merge (at least the memory bound above): 320 MB at 10^7
-/// devices. A merge rewrites about every page, so this sets how often the
-/// store is rewritten; the deltas cost this much disk at most, and a scan
-/// at open reads them back in passes of the memory bound.
+/// Default bytes of delta records, every keyspace, the store may gather on
+/// disk per device before a full merge (`Config::delta_disk_bytes_per_device`;
+/// at least the memory bound above): 320 MB at 10^7 devices. A merge
+/// rewrites about every page, so this sets how often the store is
+/// rewritten; the deltas not yet in pages cost this much disk at most (the
+/// history's that a history merge wrote stay in their chunks beside them
+/// until the next full merge), and a scan at open reads them back in
+/// passes of a quarter of the memory bound.
 pub const DELTA_DISK_BYTES_PER_DEVICE: u64 = 32;
 
 /// How far, in percent of the bound on every delta on disk
