@@ -126,7 +126,16 @@ impl Default for HashSpan {
 }
 
 impl HashSpan {
-    /// Widens the span to hold `key`.
+    /// The span of records whose CRC-32s are `sorted`, in ascending order
+    /// (a checkpoint's chunk, `paged::in_hash_order`): its first and last.
+    pub(crate) fn of_sorted(sorted: &[u32]) -> HashSpan {
+        match (sorted.first(), sorted.last()) {
+            (Some(&lo), Some(&hi)) => HashSpan { lo, hi },
+            _ => HashSpan::default(),
+        }
+    }
+
+    /// Widens the span to hold `key` (a chunk read at open, in any order).
     pub(crate) fn add(&mut self, key: &[u8]) {
         let h = crc32fast::hash(key);
         self.lo = self.lo.min(h);
@@ -240,26 +249,24 @@ pub(crate) fn encode_chunks(
 pub(crate) fn for_each_chunk(
     records: &[(&[u8], Option<&[u8]>)],
     chunk_bytes: usize,
-    f: &mut dyn FnMut(Vec<u8>, Prefixes, HashSpan) -> Result<()>,
+    f: &mut dyn FnMut(Vec<u8>, Prefixes, std::ops::Range<usize>) -> Result<()>,
 ) -> Result<()> {
     let mut start = 0;
     while start < records.len() {
         let mut bytes = 0usize;
         let mut end = start;
         let mut prefixes = Prefixes::default();
-        let mut span = HashSpan::default();
         while let Some((k, v)) = records.get(end) {
             let next = k.len() + v.map_or(0, <[u8]>::len) + 8;
             if end > start && bytes + next > chunk_bytes {
                 break;
             }
             prefixes.add(k);
-            span.add(k);
             bytes += next;
             end += 1;
         }
         let chunk = encode_chunk(records.get(start..end).unwrap_or_default());
-        f(frame::seal(chunk), prefixes, span)?;
+        f(frame::seal(chunk), prefixes, start..end)?;
         start = end;
     }
     Ok(())

@@ -44,7 +44,7 @@ mod merge;
 mod span_tests;
 
 use super::delta::{
-    delta_gen, delta_key, for_each_chunk, visit_chunk, Chunk, Deltas, DELTA_PREFIX,
+    delta_gen, delta_key, for_each_chunk, visit_chunk, Chunk, Deltas, HashSpan, DELTA_PREFIX,
 };
 use super::overlay::DiskOverlay;
 use super::{frame, KvStore, RawKv, SledStore, Visit, Write};
@@ -185,10 +185,14 @@ fn chunk_meets_pass(chunk: &Chunk, prefix: Option<u8>, pass: u32, passes: u32) -
         })
 }
 
+/// A record as a chunk holds it: a key and its value (`None`: deleted).
+type Record<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// A checkpoint's records in the order of their keys' CRC-32 (stable: two
 /// writes of one key keep their order, the later one winning), so each
-/// chunk holds a narrow slice of the pages (`delta::HashSpan`).
-fn in_hash_order<'a>(paged: &[&'a Write]) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
+/// chunk holds a narrow slice of the pages (`delta::HashSpan`); and those
+/// CRC-32s, ascending, from which each chunk's span is read.
+fn in_hash_order<'a>(paged: &[&'a Write]) -> (Vec<Record<'a>>, Vec<u32>) {
     let mut order: Vec<(u32, usize)> = paged
         .iter()
         .enumerate()
@@ -196,11 +200,12 @@ fn in_hash_order<'a>(paged: &[&'a Write]) -> Vec<(&'a [u8], Option<&'a [u8]>)> {
         .collect();
     // The index breaks ties: as stable as a stable sort, without its buffer.
     order.sort_unstable();
-    order
-        .into_iter()
-        .filter_map(|(_, i)| paged.get(i))
+    let records = order
+        .iter()
+        .filter_map(|&(_, i)| paged.get(i))
         .map(|(k, v)| (k.as_slice(), v.as_deref()))
-        .collect()
+        .collect();
+    (records, order.into_iter().map(|(h, _)| h).collect())
 }
 
 /// The slice of a logical key's page; `None` outside the paged keyspaces.
@@ -749,9 +754,10 @@ impl<R: RawKv> PagedStore<R> {
     /// Writes the changed records as delta chunks of generation `gen` (the
     /// first also records the attempt); returns their keys.
     fn write_delta(&self, gen: u64, paged: &[&Write]) -> Result<Vec<Chunk>> {
-        let records = in_hash_order(paged);
+        let (records, hashes) = in_hash_order(paged);
         let mut written = Vec::new();
-        for_each_chunk(&records, self.chunk_bytes, &mut |chunk, prefixes, span| {
+        for_each_chunk(&records, self.chunk_bytes, &mut |chunk, prefixes, range| {
+            let span = HashSpan::of_sorted(hashes.get(range).unwrap_or_default());
             let i = u32::try_from(written.len()).unwrap_or(u32::MAX);
             let key = delta_key(gen, i);
             let mut batch = vec![(key.clone(), Some(chunk))];
