@@ -156,6 +156,14 @@ fn main() -> devreg::Result<()> {
     if let Some(bytes) = delta_bytes {
         config = config.page_delta_bytes(bytes);
     }
+    // `disk=BYTES` sets `Config::delta_disk_bytes_per_device` (the disk
+    // bound's bytes per device, 4.3).
+    if let Some(bytes) = rest
+        .iter()
+        .find_map(|a| a.strip_prefix("disk=")?.parse::<u64>().ok())
+    {
+        config = config.delta_disk_bytes_per_device(bytes);
+    }
     // `segs=N` sets `Config::max_log_segments` (the log's floor, 5.2).
     if let Some(segs) = rest
         .iter()

@@ -88,6 +88,10 @@ pub struct FaultPlan {
     delay_ms: AtomicU64,
     /// Panic in the writer after applying an operation (finding 14).
     panic_in_apply: AtomicBool,
+    /// Kinds of call that are slow (a slow disk): each sleeps `slow_us`
+    /// before it runs, failed or not. Independent of `arm`.
+    slow_mask: AtomicU32,
+    slow_us: AtomicU64,
     calls: AtomicU64,
     fired: AtomicU64,
     /// The kind of the first failure injected since `arm` (0: none).
@@ -140,6 +144,17 @@ impl FaultPlan {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// Makes every later call of the kinds `ops` sleep `micros` before it
+    /// runs (none: `ops` empty or `micros` 0), as on a slow disk. Calls
+    /// are slowed whether or not `arm` watches them, and are not counted
+    /// for it. The crash test slows the store's writes so that its kills
+    /// land inside merges that otherwise last well under a millisecond.
+    pub fn slow(&self, ops: &[IoOp], micros: u64) {
+        let mask = ops.iter().fold(0u32, |m, op| m | *op as u32);
+        self.slow_us.store(micros, Ordering::SeqCst);
+        self.slow_mask.store(mask, Ordering::SeqCst);
+    }
+
     /// Makes the writer panic after it applies the next operation.
     pub fn panic_in_apply(&self) {
         self.panic_in_apply.store(true, Ordering::SeqCst);
@@ -162,6 +177,10 @@ impl FaultPlan {
 
     /// Counts a call of kind `op`; fails it if it is the target.
     pub(crate) fn check(&self, op: IoOp) -> io::Result<()> {
+        if self.slow_mask.load(Ordering::SeqCst) & op as u32 != 0 {
+            let micros = self.slow_us.load(Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_micros(micros));
+        }
         if self.mask.load(Ordering::SeqCst) & op as u32 == 0 {
             return Ok(());
         }
@@ -232,5 +251,31 @@ mod tests {
         assert_eq!((p.calls(), p.fired()), (2, 2));
         assert_eq!(p.first_fired(), Some(IoOp::Fsync));
         assert_eq!(p.recorded_kinds(), [IoOp::Fsync, IoOp::Pwrite]);
+    }
+
+    #[test]
+    fn slow_calls_sleep_and_pass_without_being_counted() {
+        let p = FaultPlan::new();
+        p.slow(&[IoOp::StoreWrite], 20_000);
+        let t = std::time::Instant::now();
+        assert!(p.check(IoOp::StoreWrite).is_ok(), "slow, not failed");
+        assert!(t.elapsed() >= std::time::Duration::from_millis(20));
+        let t = std::time::Instant::now();
+        assert!(p.check(IoOp::StoreRead).is_ok());
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(20),
+            "other kinds are not slowed"
+        );
+        assert_eq!((p.calls(), p.fired()), (0, 0), "arm watches nothing");
+        // A slow kind that is also watched still fails at its target.
+        p.arm(&[IoOp::StoreWrite], 1, 5, false);
+        assert_eq!(
+            p.check(IoOp::StoreWrite).unwrap_err().raw_os_error(),
+            Some(5)
+        );
+        p.slow(&[], 0);
+        let t = std::time::Instant::now();
+        assert!(p.check(IoOp::StoreWrite).is_ok());
+        assert!(t.elapsed() < std::time::Duration::from_millis(20));
     }
 }

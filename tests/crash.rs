@@ -51,8 +51,12 @@ const SEGMENT: u64 = 64 << 10;
 /// (`Mmerge_attempt`) above the last one committed (`Mdelta_merged`);
 /// whether checkpoints had committed beside it (`Mpage_gen` above
 /// the merge's generation, DESIGN.md 4.3); and whether it left a history
-/// merge cut short (`Mhist_attempt` above `Mhist_merged`).
-fn merge_cut_short(db: &Path) -> (bool, bool, bool) {
+/// merge cut short (`Mhist_attempt` above `Mhist_merged`). A cut merge
+/// needs nothing done at the open, so its mark stays until the next merge
+/// of its kind commits: only an attempt above the one found after the
+/// run before (`seen`, updated here) is this run's, else one kill would
+/// be counted again at every later kill.
+fn merge_cut_short(db: &Path, seen: &mut (u64, u64)) -> (bool, bool, bool) {
     let gen = |key: &[u8]| {
         devreg::internals::peek_record(db, key)
             .ok()
@@ -61,8 +65,10 @@ fn merge_cut_short(db: &Path) -> (bool, bool, bool) {
             .map_or(0, u64::from_be_bytes)
     };
     let attempt = gen(b"Mmerge_attempt");
-    let cut = attempt > gen(b"Mdelta_merged");
-    let history_cut = gen(b"Mhist_attempt") > gen(b"Mhist_merged");
+    let cut = attempt > gen(b"Mdelta_merged") && attempt > seen.0;
+    let hist_attempt = gen(b"Mhist_attempt");
+    let history_cut = hist_attempt > gen(b"Mhist_merged") && hist_attempt > seen.1;
+    *seen = (attempt, hist_attempt);
     (cut, cut && gen(b"Mpage_gen") > attempt, history_cut)
 }
 
@@ -90,6 +96,9 @@ fn crash_config(db: &Path, eventual: bool) -> Config {
 }
 
 // ------------------------------------------------------------ crash child --
+
+/// How long each store write sleeps in the runs that gather history merges.
+const SLOW_STORE_WRITE_US: u64 = 2_000;
 
 #[test]
 #[ignore = "child process of the crash tests; does nothing unless DEVREG_CRASH_CHILD is set"]
@@ -128,8 +137,14 @@ fn crash_child() {
     // records in memory then fold those alone (DESIGN.md 4.3, "History
     // merges"), and kills land inside them (`Mhist_attempt` above
     // `Mhist_merged`).
+    // Such a merge at this size lasts well under a millisecond, so these
+    // runs also make every store write slow (`FaultPlan::slow`, a slow
+    // disk): the kills then land inside history merges too.
     if run % 5 == 4 {
         config = config.delta_disk_bytes_per_device(1024);
+        let plan = devreg::FaultPlan::new();
+        plan.slow(&[devreg::IoOp::StoreWrite], SLOW_STORE_WRITE_US);
+        config.faults = Some(plan);
     }
     let reg = Registry::open_with(config).unwrap();
     run_workload(&reg, seed, run, 0);
@@ -169,6 +184,7 @@ fn crash_loop(kills: u64) {
     let mut rng = Rng::new(seed);
     let mut model = Model::new(CAP);
     let mut tally = Tally::default();
+    let mut attempts_seen = (0u64, 0u64);
     let mut ledger = FeedLedger::default();
     let started = Instant::now();
     for run in 0..kills {
@@ -231,7 +247,7 @@ fn crash_loop(kills: u64) {
         copy_dir(&db, &raw);
         // Counted on the copy: sled's own recovery may rewrite its files
         // (not what they hold), and the next child must meet the raw crash.
-        let (cut, beside, history_cut) = merge_cut_short(&raw);
+        let (cut, beside, history_cut) = merge_cut_short(&raw, &mut attempts_seen);
         tally.mid_merge += u64::from(cut);
         tally.mid_merge_beside += u64::from(beside);
         tally.mid_history_merge += u64::from(history_cut);
