@@ -55,7 +55,9 @@ const SEGMENT: u64 = 64 << 10;
 /// needs nothing done at the open, so its mark stays until the next merge
 /// of its kind commits: only an attempt above the one found after the
 /// run before (`seen`, updated here) is this run's, else one kill would
-/// be counted again at every later kill.
+/// be counted again at every later kill. A merge cut again under the same
+/// generation (no checkpoint committed between) is not counted again: the
+/// counts are at least what they say.
 fn merge_cut_short(db: &Path, seen: &mut (u64, u64)) -> (bool, bool, bool) {
     let gen = |key: &[u8]| {
         devreg::internals::peek_record(db, key)
