@@ -66,22 +66,22 @@ impl Deltas {
         }
         let mut map = std::mem::take(&mut self.map);
         map.shrink_to_fit();
-        let frozen = match every {
-            true => Frozen {
-                map: Arc::new(map),
-                chunks: self.chunks.len(),
-                bytes: self.bytes,
-                memory_bytes: self.memory_bytes,
-                disk_bytes_by_prefix: self.disk_bytes_by_prefix.clone(),
-            },
-            false => Frozen {
-                map: Arc::new(map),
-                chunks: 0,
-                // Every append byte counted is in the map.
-                bytes: self.memory_bytes,
-                memory_bytes: self.memory_bytes,
-                disk_bytes_by_prefix: BTreeMap::new(),
-            },
+        // A history merge takes no chunk and only the append bytes, which
+        // are all in the map; the disk-only counts stay.
+        let (chunks, bytes, disk_bytes_by_prefix) = match every {
+            true => (
+                self.chunks.len(),
+                self.bytes,
+                self.disk_bytes_by_prefix.clone(),
+            ),
+            false => (0, self.memory_bytes, BTreeMap::new()),
+        };
+        let frozen = Frozen {
+            map: Arc::new(map),
+            chunks,
+            bytes,
+            memory_bytes: self.memory_bytes,
+            disk_bytes_by_prefix,
         };
         Ok(self.frozen.insert(frozen))
     }
