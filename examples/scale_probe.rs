@@ -12,7 +12,7 @@
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
 //!
 //! ```sh
-//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [segs=N] [perdev=BYTES] [harness] [keep|crash]
+//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [disk=BYTES] [chunk=BYTES] [segs=N] [perdev=BYTES] [harness] [keep|crash]
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
@@ -163,6 +163,14 @@ fn main() -> devreg::Result<()> {
         .find_map(|a| a.strip_prefix("disk=")?.parse::<u64>().ok())
     {
         config = config.delta_disk_bytes_per_device(bytes);
+    }
+    // `chunk=BYTES` sets `Config::checkpoint_chunk_bytes` (the raw bytes of
+    // one delta chunk, 4.3).
+    if let Some(bytes) = rest
+        .iter()
+        .find_map(|a| a.strip_prefix("chunk=")?.parse::<usize>().ok())
+    {
+        config = config.checkpoint_chunk_bytes(bytes);
     }
     // `segs=N` sets `Config::max_log_segments` (the log's floor, 5.2).
     if let Some(segs) = rest

@@ -154,9 +154,12 @@ pub const BACKUP_COPY_BUFFER_BYTES: usize = 1 << 20;
 /// allocate more (`store/frame.rs`).
 pub const MAX_FRAME_RAW_BYTES: usize = 1 << 30;
 /// Largest buffer a thread keeps between the frames it decompresses
-/// (`store/frame.rs`): a page at 10^7 devices is 70–120 KB, so pages reuse
-/// one; a 4 MiB delta chunk gets its own and frees it.
-pub const FRAME_BUF_KEEP_BYTES: usize = 256 << 10;
+/// (`store/frame.rs`): a page at 10^7 devices is 70–120 KB and a delta
+/// chunk at most `CHECKPOINT_CHUNK_BYTES` and one record, so both reuse
+/// one. Only the threads that read chunks back (the checkpointer's merges,
+/// the open's scans) ever hold one this large; a reader of pages holds at
+/// most a page's.
+pub const FRAME_BUF_KEEP_BYTES: usize = CHECKPOINT_CHUNK_BYTES + (1 << 20);
 
 /// sled's cache while a closing store is opened once more so that sled
 /// writes its snapshot then, not at the next (maybe read-only) open.

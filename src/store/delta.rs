@@ -251,6 +251,10 @@ pub(crate) fn for_each_chunk(
     chunk_bytes: usize,
     f: &mut dyn FnMut(Vec<u8>, Prefixes, std::ops::Range<usize>) -> Result<()>,
 ) -> Result<()> {
+    // One block and one LZ4 buffer for every chunk of the checkpoint: a
+    // chunk is over glibc's mmap threshold, so a fresh buffer each time
+    // maps and faults in new memory (DESIGN.md 4.3, "Buffers").
+    let (mut block, mut packed) = (Vec::new(), Vec::new());
     let mut start = 0;
     while start < records.len() {
         let mut bytes = 0usize;
@@ -265,37 +269,42 @@ pub(crate) fn for_each_chunk(
             bytes += next;
             end += 1;
         }
-        let chunk = encode_chunk(records.get(start..end).unwrap_or_default());
-        f(frame::seal(chunk), prefixes, start..end)?;
+        encode_chunk(records.get(start..end).unwrap_or_default(), &mut block);
+        f(frame::seal_from(&block, &mut packed), prefixes, start..end)?;
         start = end;
     }
     Ok(())
 }
 
-fn encode_chunk(records: &[(&[u8], Option<&[u8]>)]) -> Vec<u8> {
-    let mut out = vec![DELTA_VERSION];
-    put_varint(&mut out, records.len() as u64);
+/// Encodes `records` as a chunk's block into `out` (cleared first).
+fn encode_chunk(records: &[(&[u8], Option<&[u8]>)], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(DELTA_VERSION);
+    put_varint(out, records.len() as u64);
     for (k, v) in records {
-        put_varint(&mut out, k.len() as u64);
+        put_varint(out, k.len() as u64);
         out.extend_from_slice(k);
         match v {
             None => out.push(0),
             Some(v) => {
                 out.push(1);
-                put_varint(&mut out, v.len() as u64);
+                put_varint(out, v.len() as u64);
                 out.extend_from_slice(v);
             }
         }
     }
-    out
 }
 
 pub(crate) type DeltaVisit<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<()>;
 
 fn decode_chunk(location: &dyn Fn() -> String, value: &[u8], f: DeltaVisit<'_>) -> Result<()> {
+    // Decompressed into the buffer this thread keeps (a merge reads back
+    // hundreds of chunks, each over glibc's mmap threshold).
+    frame::with_open(location, value, |b| decode_block(location, b, f))
+}
+
+fn decode_block(location: &dyn Fn() -> String, b: &[u8], f: DeltaVisit<'_>) -> Result<()> {
     let bad = |why: &str| Error::corrupt(location(), why.to_owned());
-    let b = frame::open(location, value)?;
-    let b: &[u8] = &b;
     let (count, mut at) = open_block(location, b, DELTA_VERSION, "delta chunk")?;
     for _ in 0..count {
         let key = get_field(b, &mut at).ok_or_else(|| bad("record key runs past the chunk"))?;

@@ -12,6 +12,7 @@
 //! (DESIGN.md 4.3 has the measurements: pages shrink to about half, and
 //! decompressing all of them costs little next to decoding them).
 
+#[cfg(test)]
 use std::borrow::Cow;
 use std::cell::RefCell;
 
@@ -69,7 +70,9 @@ fn compress(block: &[u8], buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The block a sled value holds; errors name `location`.
+/// The block a sled value holds; errors name `location`. (The store reads
+/// through `with_open` and `open_in`, into kept buffers.)
+#[cfg(test)]
 pub(crate) fn open<'a>(location: &dyn Fn() -> String, value: &'a [u8]) -> Result<Cow<'a, [u8]>> {
     let mut buf = Vec::new();
     match decompress(location, value, &mut buf)? {

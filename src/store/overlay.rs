@@ -96,12 +96,26 @@ impl DiskOverlay {
     /// An empty overlay whose arena holds `bytes` before it grows: a pass
     /// that knows about how much it reads back sizes it once, instead of
     /// doubling it (each doubling held the old arena and one twice its
-    /// size at once: 192 MiB for a 64 MiB pass, DESIGN.md 4.3).
+    /// size at once: 192 MiB for a 64 MiB pass, DESIGN.md 4.3). The
+    /// passes themselves `reset` one overlay.
+    #[cfg(test)]
     pub(super) fn with_arena_bytes(bytes: usize) -> DiskOverlay {
         DiskOverlay {
             arena: Vec::with_capacity(bytes),
             ..DiskOverlay::default()
         }
+    }
+
+    /// Empties the overlay for the next pass, keeping its arena (grown to
+    /// hold `bytes`) and its table: a merge's or a scan's passes each read
+    /// back about the same bytes, and memory that is kept is not mapped
+    /// and faulted in again (glibc serves these sizes from mmap under the
+    /// harness's threshold; DESIGN.md 4.3, "Buffers").
+    pub(super) fn reset(&mut self, bytes: usize) {
+        self.arena.clear();
+        self.arena.reserve(bytes);
+        self.table.clear();
+        self.live_bytes = 0;
     }
 
     /// Gives back the arena's and the table's room for growth (an overlay
@@ -269,6 +283,40 @@ mod tests {
             .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
             .sum();
         assert_eq!(summed, live, "live bytes are the latest records' bytes");
+    }
+
+    /// `reset` empties the overlay but keeps its arena and table: the
+    /// next pass's records land in the same allocation, and none of the
+    /// records before is found again.
+    #[test]
+    fn a_reset_overlay_keeps_its_memory_and_forgets_its_records() {
+        let mut o = DiskOverlay::default();
+        o.reset(20_000);
+        for i in 0..1_000u32 {
+            o.insert(&i.to_be_bytes(), Some(&i.to_le_bytes()));
+        }
+        let (arena, table) = (o.arena.as_ptr(), o.table.capacity());
+        assert!(table >= 1_000);
+        o.reset(20_000);
+        assert!(o.is_empty());
+        assert_eq!(o.live_bytes, 0);
+        for i in 1_000..1_500u32 {
+            o.insert(&i.to_be_bytes(), None);
+        }
+        assert_eq!(o.arena.as_ptr(), arena, "the arena was kept");
+        assert_eq!(o.table.capacity(), table, "the table was kept");
+        assert_eq!(o.len(), 500);
+        assert_eq!(
+            o.get(&7u32.to_be_bytes()),
+            None,
+            "a record before the reset"
+        );
+        let k = 1_200u32.to_be_bytes();
+        assert_eq!(o.get(&k), Some((&k[..], None)));
+        // Asked for more than it holds, the arena grows to hold it.
+        o.reset(1 << 20);
+        assert!(o.arena.capacity() >= 1 << 20);
+        assert!(o.is_empty());
     }
 
     /// A pass's arena sized for its share is never reallocated while its

@@ -816,35 +816,27 @@ impl<R: RawKv> PagedStore<R> {
         prefix: Option<u8>,
         want: &dyn Fn(&[u8]) -> bool,
     ) -> Result<DiskOverlay> {
-        self.disk_overlay_sized(chunks, (prefix, None), want, 0)
+        let mut out = DiskOverlay::default();
+        self.visit_disk_deltas(chunks, (prefix, None), want, &mut |k, v| out.insert(k, v))?;
+        Ok(out)
     }
 
     /// `disk_overlay_hashed` for one of `passes` slices of `bytes` of
-    /// disk-only deltas: its arena sized once for about a slice's share
-    /// (`DiskOverlay::with_arena_bytes`), with a sixteenth more for the
-    /// slices' spread.
+    /// disk-only deltas, into `out`: emptied (`DiskOverlay::reset`, which
+    /// keeps its memory from the pass before) and its arena grown once to
+    /// about a slice's share, with a sixteenth more for the slices' spread.
     pub(super) fn disk_overlay_pass(
         &self,
+        out: &mut DiskOverlay,
         chunks: &[Chunk],
         (prefix, pass): (Option<u8>, u32),
         want: &dyn Fn(&[u8]) -> bool,
         (bytes, passes): (usize, u32),
-    ) -> Result<DiskOverlay> {
+    ) -> Result<()> {
         let share = bytes / passes.max(1) as usize;
+        out.reset(share + share / 16);
         let selection = (prefix, Some((pass, passes)));
-        self.disk_overlay_sized(chunks, selection, want, share + share / 16)
-    }
-
-    fn disk_overlay_sized(
-        &self,
-        chunks: &[Chunk],
-        selection: (Option<u8>, Option<(u32, u32)>),
-        want: &dyn Fn(&[u8]) -> bool,
-        arena_bytes: usize,
-    ) -> Result<DiskOverlay> {
-        let mut out = DiskOverlay::with_arena_bytes(arena_bytes);
-        self.visit_disk_deltas(chunks, selection, want, &mut |k, v| out.insert(k, v))?;
-        Ok(out)
+        self.visit_disk_deltas(chunks, selection, want, &mut |k, v| out.insert(k, v))
     }
 
     /// Calls `f` for each disk-only delta record of `chunks` whose key
@@ -905,16 +897,18 @@ impl<R: RawKv> PagedStore<R> {
             .copied()
             .unwrap_or(0);
         let passes = self.delta_passes(on_disk);
+        // One overlay for every pass, emptied between them.
+        let mut overlay = DiskOverlay::default();
         for pass in 0..passes {
-            let overlay = match on_disk {
-                0 => DiskOverlay::default(),
-                _ => self.disk_overlay_pass(
+            if on_disk > 0 {
+                self.disk_overlay_pass(
+                    &mut overlay,
                     &deltas.chunks,
                     (Some(first), pass),
                     &|k| k.starts_with(prefix) && key_pass(k, passes) == Some(pass),
                     (on_disk, passes),
-                )?,
-            };
+                )?;
+            }
             let pages = pass_pages(bits, pass, passes);
             self.scan_overlaid(prefix, (pages, shed.as_deref_mut()), &overlay, f)?;
         }

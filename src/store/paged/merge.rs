@@ -145,11 +145,13 @@ impl<R: RawKv> PagedStore<R> {
         self.write_frozen_map(gen, (META_MERGE_ATTEMPT, map), between)?;
         // With no disk-only record there is nothing to read back.
         let passes = if bytes == 0 { 0 } else { passes };
+        // One overlay for every pass, emptied between them.
+        let mut on_disk = DiskOverlay::default();
         for pass in 0..passes {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
             let selection = (None, pass);
-            let on_disk =
-                self.disk_overlay_pass(chunks, selection, &|k| in_pass(k), (bytes, passes))?;
+            let sizes = (bytes, passes);
+            self.disk_overlay_pass(&mut on_disk, chunks, selection, &|k| in_pass(k), sizes)?;
             let changes = changes_by_page(&on_disk, &in_pass);
             self.write_pages_in_place(gen, changes, between)?;
         }
