@@ -245,8 +245,25 @@ pub const DELTA_BYTES_PER_DEVICE: u64 = 16;
 /// rewritten; the deltas not yet in pages cost this much disk at most (the
 /// history's that a history merge wrote stay in their chunks beside them
 /// until the next full merge), and a scan at open reads them back in
-/// passes of a quarter of the memory bound.
+/// passes of a quarter of the memory bound. A growing registry's bound
+/// also has a credit for its new devices (`DELTA_DISK_BYTES_PER_NEW_DEVICE`).
 pub const DELTA_DISK_BYTES_PER_DEVICE: u64 = 32;
+
+/// Bytes of deltas on disk the bound allows for each device added since
+/// the last full merge (`store/paged.rs`, `delta_disk_bound`; DESIGN.md
+/// 4.3, "The growth credit"): a new device's records are inserts, which
+/// cost disk as deltas about as they will in the pages, and every merge
+/// rewrites about every page. 128 is about a new device's disk-only delta
+/// bytes on the comparison harness's data (129 measured at 10^7), so a
+/// bulk import merges for its updates and its growth's excess only.
+pub const DELTA_DISK_BYTES_PER_NEW_DEVICE: u64 = 128;
+
+/// The growth credit is at most this many times the per-device bound
+/// (`DELTA_DISK_BYTES_PER_DEVICE`): the deltas on disk stay within three
+/// times that bound, so an import whose devices carry more than the
+/// credit still merges, and the open's scans read a bounded share of
+/// deltas.
+pub const DELTA_DISK_GROWTH_MAX_FACTOR: u64 = 2;
 
 /// How far, in percent of the bound on every delta on disk
 /// (`DELTA_DISK_BYTES_PER_DEVICE`), the checkpoints written beside a page

@@ -450,6 +450,12 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     /// Bytes of deltas per device the disk bound allows
     /// (`Config::delta_disk_bytes_per_device`).
     disk_bytes_per_device: u64,
+    /// The devices of the last `plan_for_devices` (`u64::MAX` before it).
+    devices: AtomicU64,
+    /// The devices when the last full merge began, or at the first plan
+    /// after the open (`u64::MAX` before it): the devices added since earn
+    /// the disk bound its growth credit (`delta_disk_bound`).
+    devices_at_merge: AtomicU64,
     /// Most bytes of disk-only delta records one pass of a scan or a merge
     /// reads back into memory: `1 / DELTA_PASS_DIVISOR` of the memory
     /// bound in force (at least `MIN_DELTA_PASS_BYTES`), at most this;
@@ -497,6 +503,8 @@ impl<R: RawKv> PagedStore<R> {
             delta_bound: AtomicUsize::new(delta_bytes),
             delta_disk_bound: AtomicUsize::new(delta_bytes),
             disk_bytes_per_device: crate::limits::DELTA_DISK_BYTES_PER_DEVICE,
+            devices: AtomicU64::new(u64::MAX),
+            devices_at_merge: AtomicU64::new(u64::MAX),
             delta_sizes: (AtomicUsize::new(0), AtomicUsize::new(0)),
             pass_bytes: delta_bytes.max(MIN_DELTA_PASS_BYTES),
             deltas: RwLock::new(Deltas::default()),
@@ -832,7 +840,7 @@ impl<R: RawKv> PagedStore<R> {
         (prefix, pass): (Option<u8>, u32),
         want: &dyn Fn(&[u8]) -> bool,
         (bytes, passes): (usize, u32),
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let share = bytes / passes.max(1) as usize;
         out.reset(share + share / 16);
         let selection = (prefix, Some((pass, passes)));
@@ -844,13 +852,15 @@ impl<R: RawKv> PagedStore<R> {
     /// `prefix`, the chunks that hold no record of it are not read; with a
     /// `pass` (`(pass, passes)`, and `want` selecting within it), nor
     /// those whose keys' hashes miss its slice (`chunk_meets_pass`).
+    /// Returns the bytes of chunks read (as stored).
     fn visit_disk_deltas(
         &self,
         chunks: &[Chunk],
         (prefix, pass): (Option<u8>, Option<(u32, u32)>),
         want: &dyn Fn(&[u8]) -> bool,
         f: DeltaRecordVisit<'_>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
+        let mut read_bytes = 0u64;
         for chunk in chunks {
             if prefix.is_some_and(|p| !chunk.prefixes.has(p)) {
                 continue;
@@ -866,6 +876,7 @@ impl<R: RawKv> PagedStore<R> {
                 )
             })?;
             self.raw.touch(&mut std::iter::once(key.as_slice()))?;
+            read_bytes = read_bytes.saturating_add(value.len() as u64);
             visit_chunk(key, &value, &mut |k, v| {
                 if !is_append(k) && want(k) {
                     f(k, v);
@@ -873,7 +884,7 @@ impl<R: RawKv> PagedStore<R> {
                 Ok(())
             })?;
         }
-        Ok(())
+        Ok(read_bytes)
     }
 
     /// `KvStore::scan_prefix`, and with `shed` its `scan_prefix_shedding`
@@ -901,13 +912,18 @@ impl<R: RawKv> PagedStore<R> {
         let mut overlay = DiskOverlay::default();
         for pass in 0..passes {
             if on_disk > 0 {
-                self.disk_overlay_pass(
+                let read = self.disk_overlay_pass(
                     &mut overlay,
                     &deltas.chunks,
                     (Some(first), pass),
                     &|k| k.starts_with(prefix) && key_pass(k, passes) == Some(pass),
                     (on_disk, passes),
                 )?;
+                // The chunks a pass reads fill sled's cache as pages do:
+                // they count toward the open's next shed (DESIGN.md 6).
+                if let Some(since) = shed.as_deref_mut() {
+                    *since = since.saturating_add(read);
+                }
             }
             let pages = pass_pages(bits, pass, passes);
             self.scan_overlaid(prefix, (pages, shed.as_deref_mut()), &overlay, f)?;
@@ -1014,6 +1030,37 @@ impl<R: RawKv> PagedStore<R> {
     }
 }
 
+impl<R: RawKv> PagedStore<R> {
+    /// The bounds in force for `devices` devices (`plan_for_devices`, and
+    /// again after a full merge, which ends the growth credit).
+    fn set_bounds(&self, devices: u64) {
+        let memory = delta_bound(devices, self.delta_max);
+        self.delta_bound.store(memory, Ordering::SeqCst);
+        let at_merge = self.devices_at_merge.load(Ordering::SeqCst);
+        let grown = devices.saturating_sub(at_merge);
+        self.delta_disk_bound.store(
+            delta_disk_bound((devices, grown), memory, self.disk_bytes_per_device),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The devices planned (`None` before the first plan).
+    fn planned_devices(&self) -> Option<u64> {
+        Some(self.devices.load(Ordering::SeqCst)).filter(|&d| d != u64::MAX)
+    }
+
+    /// A full merge that began at `devices` (as planned then) committed:
+    /// what grew before it is in the pages, so the credit starts again.
+    fn full_merge_committed(&self, devices: Option<u64>) {
+        if let Some(at_start) = devices {
+            self.devices_at_merge.store(at_start, Ordering::SeqCst);
+        }
+        if let Some(now) = self.planned_devices() {
+            self.set_bounds(now);
+        }
+    }
+}
+
 /// The delta bound for a registry of `devices` devices: deltas are held in
 /// memory, so a small registry keeps few (its RAM per device), a large one
 /// up to `max` (fewer merges, each of which rewrites every page it touches).
@@ -1029,12 +1076,27 @@ fn delta_bound(devices: u64, max: usize) -> usize {
 /// when deltas are off: every checkpoint merges). Merging costs a rewrite
 /// of about every page, so a store that may gather more deltas merges less
 /// often: at 10^7 devices 320 MB of deltas instead of 64 MiB.
-fn delta_disk_bound(devices: u64, memory_bound: usize, bytes_per_device: u64) -> usize {
+///
+/// Plus a growth credit: `DELTA_DISK_BYTES_PER_NEW_DEVICE` for each of the
+/// `grown` devices added since the last full merge, at most
+/// `DELTA_DISK_GROWTH_MAX_FACTOR` times the per-device bytes. A new
+/// device's delta records are inserts: on disk they cost about what their
+/// page copy will, and merging them sooner only rewrites every page more
+/// often (DESIGN.md 4.3, "The growth credit"). Updates earn none.
+fn delta_disk_bound(
+    (devices, grown): (u64, u64),
+    memory_bound: usize,
+    bytes_per_device: u64,
+) -> usize {
+    use crate::limits::{DELTA_DISK_BYTES_PER_NEW_DEVICE, DELTA_DISK_GROWTH_MAX_FACTOR};
     if memory_bound == 0 {
         return 0;
     }
     let per_device = devices.saturating_mul(bytes_per_device);
-    usize::try_from(per_device)
+    let credit = grown
+        .saturating_mul(DELTA_DISK_BYTES_PER_NEW_DEVICE)
+        .min(per_device.saturating_mul(DELTA_DISK_GROWTH_MAX_FACTOR));
+    usize::try_from(per_device.saturating_add(credit))
         .unwrap_or(usize::MAX)
         .max(memory_bound)
 }
@@ -1142,12 +1204,15 @@ impl<R: RawKv> KvStore for PagedStore<R> {
     fn plan_for_devices(&self, devices: u64) {
         // The store below scales the live bytes its compactions recorded.
         self.raw.plan_for_devices(devices);
-        let memory = delta_bound(devices, self.delta_max);
-        self.delta_bound.store(memory, Ordering::SeqCst);
-        self.delta_disk_bound.store(
-            delta_disk_bound(devices, memory, self.disk_bytes_per_device),
+        self.devices.store(devices, Ordering::SeqCst);
+        // The first plan after the open starts the growth credit at zero.
+        let _first = self.devices_at_merge.compare_exchange(
+            u64::MAX,
+            devices,
+            Ordering::SeqCst,
             Ordering::SeqCst,
         );
+        self.set_bounds(devices);
     }
 
     fn mark_troubled(&self) {
@@ -1898,6 +1963,109 @@ mod tests {
         assert_eq!(s.deltas.read().bytes, 0, "merged");
         assert!(all(&s, b'D').values().all(|v| v.ends_with(b"3")));
     }
+
+    /// The growth credit: `DELTA_DISK_BYTES_PER_NEW_DEVICE` for each device
+    /// added since the last full merge, at most
+    /// `DELTA_DISK_GROWTH_MAX_FACTOR` times the per-device bound; nothing
+    /// without growth, and nothing when deltas are off.
+    #[test]
+    fn the_disk_bound_credits_the_devices_added_since_the_last_full_merge() {
+        use crate::limits::{DELTA_DISK_BYTES_PER_NEW_DEVICE, DELTA_DISK_GROWTH_MAX_FACTOR};
+        let per = DELTA_DISK_BYTES_PER_NEW_DEVICE as usize;
+        assert_eq!(delta_disk_bound((1_000, 0), 10, 32), 32_000);
+        assert_eq!(delta_disk_bound((1_000, 100), 10, 32), 32_000 + 100 * per);
+        let cap = 32_000 * DELTA_DISK_GROWTH_MAX_FACTOR as usize;
+        assert_eq!(delta_disk_bound((1_000, 1_000), 10, 32), 32_000 + cap);
+        assert_eq!(delta_disk_bound((1_000, 100), 1 << 20, 32), 1 << 20);
+        assert_eq!(delta_disk_bound((1_000, 100), 0, 32), 0, "deltas off");
+        assert_eq!(delta_disk_bound((u64::MAX, u64::MAX), 10, 32), usize::MAX);
+
+        // In a store: records of new devices stay deltas past the
+        // per-device bound, a full merge ends the credit, and the same
+        // bytes then merge.
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_with_deltas(dir.path(), 1 << 20, 4_000);
+        let writes = |from: u32, round: u32| -> Vec<Write> {
+            (from..from + 10)
+                .map(|i| put(i, &format!("{round:0>150}")))
+                .collect()
+        };
+        s.plan_for_devices(100); // the first plan: no credit
+        assert_eq!(s.delta_disk_bound.load(Ordering::SeqCst), 3_200);
+        s.plan_for_devices(150); // 4,800 + 50 new devices' credit
+        let bound = 4_800 + 50 * per;
+        assert_eq!(s.delta_disk_bound.load(Ordering::SeqCst), bound);
+        // 10 records of 156 bytes a round: 4 rounds, 6,240 > 4,800 bytes.
+        for round in 0..4 {
+            s.apply(&writes(round * 10, round)).unwrap();
+        }
+        assert_eq!(s.deltas.read().bytes, 6_240, "credited: still deltas");
+        s.merge_in_place(s.committed(), &mut || Ok(())).unwrap();
+        assert_eq!(s.deltas.read().bytes, 0);
+        assert_eq!(
+            s.delta_disk_bound.load(Ordering::SeqCst),
+            4_800,
+            "credit ended"
+        );
+        for round in 0..4 {
+            s.apply(&writes(round * 10, round + 4)).unwrap();
+        }
+        assert!(s.deltas.read().bytes < 6_240, "the same bytes merged");
+        assert_eq!(all(&s, b'D').len(), 40);
+        assert!(all(&s, b'D').values().all(|v| v.ends_with(b"4")
+            || v.ends_with(b"5")
+            || v.ends_with(b"6")
+            || v.ends_with(b"7")));
+    }
+
+    /// The chunks an open's scan reads back count toward its sheds as the
+    /// pages do: a keyspace held all in deltas (no page yet), about 6 MiB
+    /// of them, sheds sled's cache of 1 MiB several times. (Before, only
+    /// pages counted, and such a scan never shed: the open after a 10^7
+    /// import peaked 700 MiB higher, DESIGN.md 13 step 41.)
+    #[test]
+    fn a_shedding_scan_counts_the_chunks_it_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = SledStore::open(dir.path(), None, 1 << 20, true).unwrap();
+        raw.set_shed_after_bytes(1 << 20);
+        let mut s = PagedStore::open(raw, 256 << 10, 1 << 20).unwrap();
+        s.plan_for_devices(1_000_000); // a disk bound of 32 MB: no merge
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        for round in 0..6u32 {
+            let writes: Vec<Write> = (0..1024u32)
+                .map(|i| {
+                    (
+                        format!("D{:06}", round * 1024 + i).into_bytes(),
+                        Some(noise(1024)),
+                    )
+                })
+                .collect();
+            s.apply(&writes).unwrap();
+        }
+        assert_eq!(s.merges().0, 0, "every record is a delta");
+        s.pass_bytes = 1 << 20;
+        let plain = all(&s, b'D');
+        assert_eq!(plain.len(), 6 * 1024);
+        assert_eq!(s.raw.sheds(), 0);
+        let shed = all_shedding(&s, b'D');
+        assert_eq!(shed, plain);
+        let sheds = s.raw.sheds();
+        assert!(
+            (3..=64).contains(&sheds),
+            "{sheds} sheds for 6 MiB of chunks at 1 MiB"
+        );
+    }
+
     /// A merge of more pages than one group (`merge::MERGE_GROUP_PAGES`),
     /// each group rewritten on two threads, writes every page as one
     /// thread would: the records read back equal a model's, before and

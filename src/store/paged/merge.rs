@@ -105,6 +105,7 @@ impl<R: RawKv> PagedStore<R> {
                 passes,
             )
         };
+        let devices = self.planned_devices();
         let merged = match fold {
             Fold::Every => self.merge_frozen(gen, map, &chunks, (bytes, passes), between),
             Fold::History => self.merge_frozen_history(gen, map, between),
@@ -115,6 +116,9 @@ impl<R: RawKv> PagedStore<R> {
                 self.merges.fetch_add(1, Ordering::Relaxed);
                 let retired = deltas.retire_frozen();
                 self.publish_sizes(&deltas);
+                if matches!(fold, Fold::Every) {
+                    self.full_merge_committed(devices);
+                }
                 debug_assert_eq!(retired, chunks, "the merge retires what it froze");
                 self.garbage
                     .lock()
@@ -151,7 +155,8 @@ impl<R: RawKv> PagedStore<R> {
             let in_pass = |k: &[u8]| key_pass(k, passes) == Some(pass);
             let selection = (None, pass);
             let sizes = (bytes, passes);
-            self.disk_overlay_pass(&mut on_disk, chunks, selection, &|k| in_pass(k), sizes)?;
+            let _read =
+                self.disk_overlay_pass(&mut on_disk, chunks, selection, &|k| in_pass(k), sizes)?;
             let changes = changes_by_page(&on_disk, &in_pass);
             self.write_pages_in_place(gen, changes, between)?;
         }
