@@ -1341,6 +1341,28 @@ mod tests {
         s.raw.sync().unwrap();
     }
 
+    /// 1,024 device records of 1 KiB of incompressible bytes (LZ4 keeps
+    /// them whole), keyed `D` and six digits from `round * 1024`; `x` is
+    /// the xorshift state, carried from one round to the next.
+    fn noise_devices(x: &mut u64, round: u32) -> Vec<Write> {
+        (0..1024u32)
+            .map(|i| {
+                let value = (0..1024)
+                    .map(|_| {
+                        *x ^= *x << 13;
+                        *x ^= *x >> 7;
+                        *x ^= *x << 17;
+                        *x as u8
+                    })
+                    .collect();
+                (
+                    format!("D{:06}", round * 1024 + i).into_bytes(),
+                    Some(value),
+                )
+            })
+            .collect()
+    }
+
     fn put(i: u32, v: &str) -> Write {
         (format!("D{i:05}").into_bytes(), Some(v.as_bytes().to_vec()))
     }
@@ -1377,26 +1399,8 @@ mod tests {
         let mut s = PagedStore::open(raw, 4 << 20, 1 << 20).unwrap();
         // Incompressible values (LZ4 keeps them whole): about 6 MiB of pages.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
-        for chunk in 0..6u32 {
-            let writes: Vec<Write> = (0..1024u32)
-                .map(|i| {
-                    (
-                        format!("D{:06}", chunk * 1024 + i).into_bytes(),
-                        Some(noise(1024)),
-                    )
-                })
-                .collect();
-            s.apply(&writes).unwrap();
+        for round in 0..6u32 {
+            s.apply(&noise_devices(&mut x, round)).unwrap();
         }
         // A change left in the deltas, over a page record.
         s.apply(&[(b"D000007".to_vec(), Some(b"changed".to_vec()))])
@@ -2031,26 +2035,8 @@ mod tests {
         let mut s = PagedStore::open(raw, 256 << 10, 1 << 20).unwrap();
         s.plan_for_devices(1_000_000); // a disk bound of 32 MB: no merge
         let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
         for round in 0..6u32 {
-            let writes: Vec<Write> = (0..1024u32)
-                .map(|i| {
-                    (
-                        format!("D{:06}", round * 1024 + i).into_bytes(),
-                        Some(noise(1024)),
-                    )
-                })
-                .collect();
-            s.apply(&writes).unwrap();
+            s.apply(&noise_devices(&mut x, round)).unwrap();
         }
         assert_eq!(s.merges().0, 0, "every record is a delta");
         s.pass_bytes = 1 << 20;
