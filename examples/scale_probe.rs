@@ -138,11 +138,12 @@ fn main() -> devreg::Result<()> {
     let harness = rest.iter().any(|a| a == "harness");
     // `keep`: leave the database for a following open to be timed.
     let keep = rest.iter().any(|a| a == "keep");
-    // `delta=BYTES` sets `Config::page_delta_bytes` (how much delta the
-    // pages may gather before a merge).
-    let delta_bytes = rest
-        .iter()
-        .find_map(|a| a.strip_prefix("delta=")?.parse::<usize>().ok());
+    // `name=VALUE` options, each a `Config` setter (`opt`).
+    let opt = |name: &str| {
+        rest.iter()
+            .find_map(|a| a.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+    };
+    let as_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     let dir = std::env::temp_dir().join(format!("devreg-scale-probe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::new(&dir).durability(Durability::Immediate);
@@ -153,38 +154,28 @@ fn main() -> devreg::Result<()> {
             .checkpoint_interval_ms(u64::MAX / 4)
             .checkpoint_pending_records(usize::MAX / 4);
     }
-    if let Some(bytes) = delta_bytes {
-        config = config.page_delta_bytes(bytes);
+    // `delta=BYTES` sets `Config::page_delta_bytes` (how much delta the
+    // pages may gather before a merge).
+    if let Some(bytes) = opt("delta") {
+        config = config.page_delta_bytes(as_usize(bytes));
     }
     // `disk=BYTES` sets `Config::delta_disk_bytes_per_device` (the disk
     // bound's bytes per device, 4.3).
-    if let Some(bytes) = rest
-        .iter()
-        .find_map(|a| a.strip_prefix("disk=")?.parse::<u64>().ok())
-    {
+    if let Some(bytes) = opt("disk") {
         config = config.delta_disk_bytes_per_device(bytes);
     }
     // `chunk=BYTES` sets `Config::checkpoint_chunk_bytes` (the raw bytes of
     // one delta chunk, 4.3).
-    if let Some(bytes) = rest
-        .iter()
-        .find_map(|a| a.strip_prefix("chunk=")?.parse::<usize>().ok())
-    {
-        config = config.checkpoint_chunk_bytes(bytes);
+    if let Some(bytes) = opt("chunk") {
+        config = config.checkpoint_chunk_bytes(as_usize(bytes));
     }
     // `segs=N` sets `Config::max_log_segments` (the log's floor, 5.2).
-    if let Some(segs) = rest
-        .iter()
-        .find_map(|a| a.strip_prefix("segs=")?.parse::<u32>().ok())
-    {
-        config = config.max_log_segments(segs);
+    if let Some(segs) = opt("segs") {
+        config = config.max_log_segments(u32::try_from(segs).unwrap_or(u32::MAX));
     }
     // `perdev=BYTES` sets `Config::log_bytes_per_device` (5.2; 0 by
     // default, DESIGN.md 13 step 24's runs used 24).
-    if let Some(bytes) = rest
-        .iter()
-        .find_map(|a| a.strip_prefix("perdev=")?.parse::<u64>().ok())
-    {
+    if let Some(bytes) = opt("perdev") {
         config = config.log_bytes_per_device(bytes);
     }
     let reg = Registry::open_with(config)?;

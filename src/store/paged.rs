@@ -1341,6 +1341,14 @@ mod tests {
         s.raw.sync().unwrap();
     }
 
+    /// A store on sled with a 1 MiB cache that sheds it after 1 MiB read,
+    /// chunks of `chunk_bytes` and a 1 MiB memory bound for deltas.
+    fn shedding_store(dir: &std::path::Path, chunk_bytes: usize) -> PagedStore {
+        let raw = SledStore::open(dir, None, 1 << 20, true).unwrap();
+        raw.set_shed_after_bytes(1 << 20);
+        PagedStore::open(raw, chunk_bytes, 1 << 20).unwrap()
+    }
+
     /// 1,024 device records of 1 KiB of incompressible bytes (LZ4 keeps
     /// them whole), keyed `D` and six digits from `round * 1024`; `x` is
     /// the xorshift state, carried from one round to the next.
@@ -1394,9 +1402,7 @@ mod tests {
     #[test]
     fn a_shedding_scan_reopens_sled_between_slices_and_sees_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let raw = SledStore::open(dir.path(), None, 1 << 20, true).unwrap();
-        raw.set_shed_after_bytes(1 << 20);
-        let mut s = PagedStore::open(raw, 4 << 20, 1 << 20).unwrap();
+        let mut s = shedding_store(dir.path(), 4 << 20);
         // Incompressible values (LZ4 keeps them whole): about 6 MiB of pages.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for round in 0..6u32 {
@@ -2030,9 +2036,7 @@ mod tests {
     #[test]
     fn a_shedding_scan_counts_the_chunks_it_reads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let raw = SledStore::open(dir.path(), None, 1 << 20, true).unwrap();
-        raw.set_shed_after_bytes(1 << 20);
-        let mut s = PagedStore::open(raw, 256 << 10, 1 << 20).unwrap();
+        let mut s = shedding_store(dir.path(), 256 << 10);
         s.plan_for_devices(1_000_000); // a disk bound of 32 MB: no merge
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for round in 0..6u32 {
