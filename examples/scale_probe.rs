@@ -9,10 +9,13 @@
 //! and the peak RSS after the import and after the close (`crash` exits
 //! right after the import instead, leaving the database and its log). With
 //! `nockpt` no checkpoint runs while importing (the log holds everything),
-//! which isolates the in-memory state's cost (DESIGN.md 13, step 12).
+//! which isolates the in-memory state's cost (DESIGN.md 13, step 12). With
+//! `update` the database is then reopened in `Eventual` mode and every
+//! device updated, as the harness's bulk update does, with the same
+//! columns for that pass.
 //!
 //! ```sh
-//! cargo run --release --example scale_probe -- [N] [nockpt] [delta=BYTES] [disk=BYTES] [chunk=BYTES] [segs=N] [perdev=BYTES] [harness] [keep|crash]
+//! cargo run --release --example scale_probe -- [N] [nockpt] [update] [delta=BYTES] [disk=BYTES] [chunk=BYTES] [segs=N] [perdev=BYTES] [harness] [keep|crash]
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
@@ -47,7 +50,10 @@ mod workload;
 /// seen in the last 30 days and half 31 to 365 days ago, the harness's six
 /// attributes. Owners and last-seen times do not follow `i`, so the person
 /// and last-seen indexes take their inserts at random places.
-fn like_harness(i: u64, n: u64) -> Op {
+///
+/// `updated`: the harness's bulk update of that device instead (seen half
+/// a day later, `app_version` 4.3.0; `run.rs`).
+fn like_harness(i: u64, n: u64, updated: bool) -> Op {
     let mut r = workload::Rng::new(i);
     let platform = if r.below(10) < 6 {
         devreg::Platform::Ios
@@ -61,21 +67,26 @@ fn like_harness(i: u64, n: u64) -> Op {
     } else {
         31 + r.below(334)
     };
-    let seen_ms = workload::NOW_MS - age_days * workload::DAY_MS - r.below(workload::DAY_MS);
+    let mut seen_ms = workload::NOW_MS - age_days * workload::DAY_MS - r.below(workload::DAY_MS);
+    let mut attributes = workload::attributes(&mut r, platform);
+    if updated {
+        seen_ms += workload::DAY_MS / 2;
+        attributes.insert("app_version".into(), "4.3.0".into());
+    }
     Op::Register(devreg::Register {
         token: generator::token(i),
         platform,
         person,
         seen_ms,
-        attributes: Some(workload::attributes(&mut r, platform)),
+        attributes: Some(attributes),
     })
 }
 
-fn ops(from: u64, n: u64, total: u64, harness: bool) -> Vec<Op> {
+fn ops(from: u64, n: u64, total: u64, (harness, updated): (bool, bool)) -> Vec<Op> {
     (from..from + n)
         .map(|i| {
             if harness {
-                return like_harness(i, total);
+                return like_harness(i, total, updated);
             }
             let attributes = [
                 ("app_version", "4.2.1"),
@@ -138,6 +149,10 @@ fn main() -> devreg::Result<()> {
     let harness = rest.iter().any(|a| a == "harness");
     // `keep`: leave the database for a following open to be timed.
     let keep = rest.iter().any(|a| a == "keep");
+    // `update`: after the import and its close, reopen in `Eventual` mode
+    // and update every device as the harness's bulk update does (with
+    // `harness`: seen half a day later, `app_version` 4.3.0).
+    let update = rest.iter().any(|a| a == "update");
     // `name=VALUE` options, each a `Config` setter (`opt`).
     let opt = |name: &str| {
         rest.iter()
@@ -179,29 +194,7 @@ fn main() -> devreg::Result<()> {
         config = config.log_bytes_per_device(bytes);
     }
     let reg = Registry::open_with(config)?;
-    let me = std::path::Path::new("/proc/thread-self/schedstat");
-    let window = (n / 10).max(BATCH);
-    let (mut i, mut in_apply_s, mut from) = (0u64, 0.0f64, (0.0f64, schedstat(me)));
-    println!("devices    wall in apply_batch  thread CPU  run queue (us/device, this tenth; CPU includes building the batch)");
-    while i < n {
-        let batch = ops(i, BATCH.min(n - i), n, harness);
-        let t = Instant::now();
-        reg.apply_batch(batch)?;
-        in_apply_s += t.elapsed().as_secs_f64();
-        i += BATCH.min(n - i);
-        if i.is_multiple_of(window) || i >= n {
-            let now = (in_apply_s, schedstat(me));
-            let per = |a: f64, b: f64, unit: f64| (a - b) * unit / window as f64;
-            println!(
-                "{i:>10} {:>10.2} {:>16.2} {:>9.2}",
-                per(now.0, from.0, 1e6),
-                per(now.1 .0, from.1 .0, 1e-3),
-                per(now.1 .1, from.1 .1, 1e-3)
-            );
-            from = now;
-        }
-    }
-    println!("{:.0} devices/s inside apply_batch", n as f64 / in_apply_s);
+    timed_pass(&reg, n, (harness, false))?;
     let m = reg.metrics();
     println!(
         "{} checkpoints, {} page merges writing {:.0} B/device of pages, {:.0} B/device \
@@ -214,6 +207,10 @@ fn main() -> devreg::Result<()> {
     );
     list_threads(n);
     println!("peak RSS after the import: {} MiB", peak_rss_mib());
+    if update {
+        drop(reg);
+        return update_all(&dir, n, (harness, keep));
+    }
     // `crash`: exit without closing, leaving the log a crash would (an
     // open of the database then replays it).
     if rest.iter().any(|a| a == "crash") {
@@ -236,6 +233,75 @@ fn main() -> devreg::Result<()> {
         println!("kept: {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// `apply_batch` of the `n` devices in batches of `BATCH`, printing the
+/// wall time inside it, the thread's CPU and its time on the run queue per
+/// tenth; returns the seconds inside `apply_batch`.
+fn timed_pass(reg: &Registry, n: u64, shape: (bool, bool)) -> devreg::Result<f64> {
+    let me = std::path::Path::new("/proc/thread-self/schedstat");
+    let window = (n / 10).max(BATCH);
+    let (mut i, mut in_apply_s, mut from) = (0u64, 0.0f64, (0.0f64, schedstat(me)));
+    println!(
+        "devices    wall in apply_batch  thread CPU  run queue  merges  compactions \
+         (us/device, this tenth; CPU includes building the batch; merges and compactions \
+         so far)"
+    );
+    while i < n {
+        let batch = ops(i, BATCH.min(n - i), n, shape);
+        let t = Instant::now();
+        reg.apply_batch(batch)?;
+        in_apply_s += t.elapsed().as_secs_f64();
+        i += BATCH.min(n - i);
+        if i.is_multiple_of(window) || i >= n {
+            let now = (in_apply_s, schedstat(me));
+            let per = |a: f64, b: f64, unit: f64| (a - b) * unit / window as f64;
+            let m = reg.metrics();
+            println!(
+                "{i:>10} {:>10.2} {:>16.2} {:>9.2} {:>7} {:>12}",
+                per(now.0, from.0, 1e6),
+                per(now.1 .0, from.1 .0, 1e-3),
+                per(now.1 .1, from.1 .1, 1e-3),
+                m.page_merges,
+                m.compactions
+            );
+            from = now;
+        }
+    }
+    println!("{:.0} devices/s inside apply_batch", n as f64 / in_apply_s);
+    Ok(in_apply_s)
+}
+
+/// The harness's bulk update (`update`): the database reopened in
+/// `Eventual` mode, every device registered again with its update, then
+/// the threads' CPU, the merges and the peak RSS, as for the import.
+fn update_all(dir: &std::path::Path, n: u64, (harness, keep): (bool, bool)) -> devreg::Result<()> {
+    let opening = Instant::now();
+    let reg = Registry::open_with(Config::new(dir).durability(Durability::Eventual))?;
+    println!(
+        "reopened in {:.1} s; the update:",
+        opening.elapsed().as_secs_f64()
+    );
+    let before = reg.metrics();
+    timed_pass(&reg, n, (harness, true))?;
+    let m = reg.metrics();
+    println!(
+        "{} checkpoints, {} page merges writing {:.0} B/device of pages during the update",
+        m.checkpoints - before.checkpoints,
+        m.page_merges - before.page_merges,
+        (m.page_merge_bytes_written - before.page_merge_bytes_written) as f64 / n as f64,
+    );
+    list_threads(n);
+    println!("peak RSS after the update: {} MiB", peak_rss_mib());
+    drop(reg);
+    println!(
+        "after close: store {:.0} B/device on disk",
+        dir_bytes(&dir.join("store")) as f64 / n as f64
+    );
+    if !keep {
+        let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
 }

@@ -463,9 +463,9 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     pass_bytes: usize,
     /// The current delta records (`delta.rs`).
     deltas: RwLock<Deltas>,
-    /// `deltas`' (bytes, memory bytes), kept beside it for lock-free
-    /// reads (`room_beside_merge`).
-    delta_sizes: (AtomicUsize, AtomicUsize),
+    /// `deltas`' (bytes, memory bytes, bytes a merge in progress froze),
+    /// kept beside it for lock-free reads (`room_beside_merge`).
+    delta_sizes: (AtomicUsize, AtomicUsize, AtomicUsize),
     committed: AtomicU64,
     /// Versions above the committed generation seen by reads: left by a
     /// checkpoint that crashed before its commit; the next commit deletes them.
@@ -505,7 +505,11 @@ impl<R: RawKv> PagedStore<R> {
             disk_bytes_per_device: crate::limits::DELTA_DISK_BYTES_PER_DEVICE,
             devices: AtomicU64::new(u64::MAX),
             devices_at_merge: AtomicU64::new(u64::MAX),
-            delta_sizes: (AtomicUsize::new(0), AtomicUsize::new(0)),
+            delta_sizes: (
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+            ),
             pass_bytes: delta_bytes.max(MIN_DELTA_PASS_BYTES),
             deltas: RwLock::new(Deltas::default()),
             committed: AtomicU64::new(committed),
@@ -586,6 +590,9 @@ impl<R: RawKv> PagedStore<R> {
         self.delta_sizes
             .1
             .store(deltas.memory_bytes, Ordering::SeqCst);
+        self.delta_sizes
+            .2
+            .store(deltas.frozen_bytes(), Ordering::SeqCst);
     }
 
     /// Visits every current page of `prefix` (the highest version at most
@@ -1142,11 +1149,19 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         self.apply_with(writes, Vec::new())
     }
 
+    /// The slack is a share of the bound, or of what the merge froze if
+    /// that is more (a store reopened with the deltas its growth credit
+    /// allowed, which the open does not give back; DESIGN.md 4.3, "Room
+    /// beside a merge"): a merge's time follows the bytes it folds, and
+    /// the checkpoints beside it need room for that long.
     fn room_beside_merge(&self) -> bool {
-        let disk_bound = self.delta_disk_bound.load(Ordering::SeqCst);
-        let disk_room = disk_bound
-            .saturating_add(disk_bound / 100 * crate::limits::DELTA_DISK_SLACK_BESIDE_MERGE_PCT);
-        let (bytes, memory) = &self.delta_sizes;
+        let (bytes, memory, frozen) = &self.delta_sizes;
+        let base = self
+            .delta_disk_bound
+            .load(Ordering::SeqCst)
+            .max(frozen.load(Ordering::SeqCst));
+        let disk_room =
+            base.saturating_add(base / 100 * crate::limits::DELTA_DISK_SLACK_BESIDE_MERGE_PCT);
         memory.load(Ordering::SeqCst) <= self.delta_bound.load(Ordering::SeqCst)
             && bytes.load(Ordering::SeqCst) <= disk_room
     }
@@ -1371,7 +1386,7 @@ mod tests {
             .collect()
     }
 
-    fn put(i: u32, v: &str) -> Write {
+    pub(super) fn put(i: u32, v: &str) -> Write {
         (format!("D{i:05}").into_bytes(), Some(v.as_bytes().to_vec()))
     }
 

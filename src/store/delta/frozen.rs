@@ -88,15 +88,24 @@ impl Deltas {
 
     /// Once the merge has written the frozen map's records into their
     /// pages: lets the map go (a read finds them in the pages, and after a
-    /// crash the chunks still hold them). The counts keep its bytes until
-    /// the commit, so the room a merge leaves for checkpoints beside it
-    /// (`PagedStore::room_beside_merge`) does not grow: more checkpoints
-    /// beside the end of a merge raised the import's peak (DESIGN.md 13
-    /// step 34).
+    /// crash the chunks still hold them), and its bytes with it. The
+    /// memory bound then counts only the records held beside the merge, so
+    /// a full merge leaves room for checkpoints beside its disk-only
+    /// passes (`PagedStore::room_beside_merge`; DESIGN.md 4.3, "The
+    /// released map"). The disk counts keep the frozen bytes until the
+    /// commit.
     pub(crate) fn release_frozen_map(&mut self) {
         if let Some(f) = &mut self.frozen {
             f.map = Arc::new(DiskOverlay::default());
+            self.memory_bytes = self.memory_bytes.saturating_sub(f.memory_bytes);
+            f.memory_bytes = 0;
         }
+    }
+
+    /// Bytes of the deltas a merge in progress froze (0 when none runs):
+    /// they leave at its commit.
+    pub(crate) fn frozen_bytes(&self) -> usize {
+        self.frozen.as_ref().map_or(0, |f| f.bytes)
     }
 
     /// After the merge's commit: forgets what it froze (its counts, its
@@ -121,7 +130,9 @@ impl Deltas {
     }
 
     /// After a merge that failed: the records recorded beside it joined
-    /// onto the frozen ones, in one map again (the counts never moved).
+    /// onto the frozen ones, in one map again (the counts never moved, but
+    /// for a released map's memory bytes, gone with its records into the
+    /// pages).
     pub(crate) fn unfreeze(&mut self) -> Result<()> {
         let Some(f) = self.frozen.take() else {
             return Ok(());

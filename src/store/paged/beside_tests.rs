@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::tests::{check_history, open_with_deltas, record_owner_change};
+use super::tests::{check_history, open_with_deltas, put, record_owner_change};
 use super::*;
 use crate::history::History;
 
@@ -147,4 +147,111 @@ fn checkpoints_beside_a_merge_match_a_model() {
         "{merged_beside} merges with checkpoints beside"
     );
     assert!(failed_midway >= 5, "{failed_midway} merges failed midway");
+}
+
+/// A full merge set off while the history held in memory is over its
+/// bound leaves no room beside it until the history's pages are written;
+/// then the frozen map is let go with its bytes, and the disk-only passes
+/// that follow leave room for checkpoints beside them (DESIGN.md 4.3,
+/// "The released map"). Until 2026-12-07 the bytes were counted until the
+/// commit, and the writers waited through the whole merge.
+#[test]
+fn a_full_merge_leaves_room_once_the_history_is_in_its_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open_with_deltas(dir.path(), 1 << 20, 4_000);
+    s.pass_bytes = 256;
+    // Memory bound 1,600 (100 x 16); disk bound 3,200 (100 x 32), room
+    // beside a merge up to 4,800.
+    s.plan_for_devices(100);
+    let devices: Vec<Write> = (0..10).map(|i| put(i, &"d".repeat(150))).collect();
+    s.apply_deferred(&devices).unwrap();
+    let history: Vec<Write> = (0..11)
+        .map(|i| (format!("H{i:05}").into_bytes(), Some(vec![b'h'; 150])))
+        .collect();
+    s.apply_deferred(&history).unwrap();
+    {
+        let d = s.deltas.read();
+        assert_eq!((d.bytes, d.memory_bytes), (3_276, 1_716));
+    }
+    assert!(!s.room_beside_merge(), "over the memory bound: no room");
+    let mut rooms = Vec::new();
+    s.merge_if_due_beside(&mut || {
+        rooms.push((s.room_beside_merge(), s.deltas.read().memory_bytes));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(s.merges().0, 1, "one full merge");
+    assert!(
+        rooms.len() >= 3,
+        "the history's pages, then passes: {rooms:?}"
+    );
+    assert_eq!(rooms.first(), Some(&(false, 1_716)), "{rooms:?}");
+    assert!(
+        rooms.iter().skip(1).all(|&r| r == (true, 0)),
+        "room once the history is in its pages: {rooms:?}"
+    );
+    let d = s.deltas.read();
+    assert_eq!((d.bytes, d.memory_bytes, d.map.len()), (0, 0, 0));
+    drop(d);
+    assert_eq!(all_of(&s, b'H'), 11);
+    assert_eq!(all_of(&s, b'D'), 10);
+}
+
+fn all_of(s: &PagedStore, prefix: u8) -> usize {
+    let mut n = 0;
+    s.scan_prefix(&[prefix], &mut |_, _| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    n
+}
+
+/// A merge of more deltas than the disk bound and its slack (a store
+/// reopened with what its growth credit allowed: the open starts the
+/// credit at zero) leaves room for checkpoints beside it up to the slack
+/// share of what it froze, and no more (DESIGN.md 4.3, "Room beside a
+/// merge"). Until 2026-12-07 the room was counted from the bound alone, so
+/// the first merge after such an open stopped the writers throughout: 18
+/// s of a 10^7 bulk update.
+#[test]
+fn a_merge_of_more_than_the_bound_leaves_the_slack_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open_with_deltas(dir.path(), 1 << 20, 4_000);
+    s.pass_bytes = 256;
+    // Disk bound 3,200 (100 x 32), slack 1,600.
+    s.plan_for_devices(100);
+    let devices = |round: usize| -> Vec<Write> {
+        (0..10).map(|i| put(i, &format!("{round:0>150}"))).collect()
+    };
+    // 10 records of 156 bytes: 1,560 bytes a round, 7,800 in five.
+    for round in 0..5 {
+        s.apply_deferred(&devices(round)).unwrap();
+    }
+    assert_eq!(s.deltas.read().bytes, 7_800);
+    let mut rooms = Vec::new();
+    let mut round = 5;
+    s.merge_if_due_beside(&mut || {
+        let room = s.room_beside_merge();
+        rooms.push((room, s.deltas.read().bytes));
+        if room {
+            s.apply_deferred(&devices(round))?;
+            round += 1;
+        }
+        Ok(())
+    })
+    .unwrap();
+    // 7,800 frozen, half of it as slack: room up to 11,700. Room is asked
+    // before a checkpoint is handed, so three go beside it (to 9,360,
+    // 10,920 and 12,480) and none after.
+    let expect = [(true, 7_800), (true, 9_360), (true, 10_920)];
+    assert_eq!(rooms.get(..3), Some(&expect[..]), "{rooms:?}");
+    assert!(
+        rooms.iter().skip(3).all(|&r| r == (false, 12_480)),
+        "{rooms:?}"
+    );
+    assert_eq!(s.merges().0, 1);
+    assert_eq!(s.deltas.read().bytes, 4_680, "the three beside it stay");
+    assert!(s.room_beside_merge(), "no merge: nothing frozen");
+    assert_eq!(s.get(b"D00003").unwrap().unwrap().last(), Some(&b'7'));
 }

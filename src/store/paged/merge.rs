@@ -99,6 +99,7 @@ impl<R: RawKv> PagedStore<R> {
             let (map, n) = (Arc::clone(&frozen.map), frozen.chunks);
             let bytes = frozen.disk_only_bytes();
             let passes = (bytes, self.delta_passes(bytes));
+            self.publish_sizes(&deltas);
             (
                 map,
                 deltas.chunks.get(..n).unwrap_or_default().to_vec(),
@@ -127,6 +128,7 @@ impl<R: RawKv> PagedStore<R> {
             }
             Err(e) => {
                 deltas.unfreeze()?;
+                self.publish_sizes(&deltas);
                 Err(e)
             }
         }
