@@ -266,13 +266,14 @@ pub const DELTA_DISK_BYTES_PER_NEW_DEVICE: u64 = 128;
 pub const DELTA_DISK_GROWTH_MAX_FACTOR: u64 = 2;
 
 /// How far, in percent of the bound on every delta on disk
-/// (`DELTA_DISK_BYTES_PER_DEVICE`), the checkpoints written beside a page
-/// merge may take the deltas past it before the writer waits for the
-/// merge's end (`store/paged.rs`, DESIGN.md 4.3 "Checkpoints beside a
-/// merge"): it costs disk and the passes of an open's scans after a
-/// crash. The deltas held in memory get none: checkpoints beside a merge
-/// that let them pass their bound raised the peak RSS of a 10^7 import
-/// past its target (13 step 34).
+/// (`DELTA_DISK_BYTES_PER_DEVICE`, or the bytes the merge froze if those
+/// are more), the checkpoints written beside a page merge may take the
+/// deltas past it before the writer waits for the merge's end
+/// (`store/paged.rs`, DESIGN.md 4.3 "Checkpoints beside a merge", "Room
+/// beside a merge"): it costs disk and the passes of an open's scans
+/// after a crash. The deltas held in memory get none: checkpoints beside
+/// a merge that let them pass their bound raised the peak RSS of a 10^7
+/// import past its target (13 step 34).
 pub const DELTA_DISK_SLACK_BESIDE_MERGE_PCT: usize = 50;
 
 /// How much of the log's bound (in percent) a writer fills since the last

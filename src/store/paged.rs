@@ -1318,7 +1318,7 @@ mod tests {
         .unwrap()
     }
 
-    fn all(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pub(super) fn all(s: &PagedStore, prefix: u8) -> BTreeMap<Vec<u8>, Vec<u8>> {
         let mut out = BTreeMap::new();
         s.scan_prefix(&[prefix], &mut |k, v| {
             out.insert(k.to_vec(), v.to_vec());

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::tests::{check_history, open_with_deltas, put, record_owner_change};
+use super::tests::{all, check_history, open_with_deltas, put, record_owner_change};
 use super::*;
 use crate::history::History;
 
@@ -149,6 +149,17 @@ fn checkpoints_beside_a_merge_match_a_model() {
     assert!(failed_midway >= 5, "{failed_midway} merges failed midway");
 }
 
+/// A store planned for 100 devices: memory bound 1,600 (100 x 16), disk
+/// bound 3,200 (100 x 32); the slack beside a merge is half the disk
+/// bound, or half what the merge froze if that is more. Passes of 256
+/// bytes, so a merge calls `between` between many of them.
+fn planned_for_100(dir: &std::path::Path) -> PagedStore {
+    let mut s = open_with_deltas(dir, 1 << 20, 4_000);
+    s.pass_bytes = 256;
+    s.plan_for_devices(100);
+    s
+}
+
 /// A full merge set off while the history held in memory is over its
 /// bound leaves no room beside it until the history's pages are written;
 /// then the frozen map is let go with its bytes, and the disk-only passes
@@ -158,11 +169,7 @@ fn checkpoints_beside_a_merge_match_a_model() {
 #[test]
 fn a_full_merge_leaves_room_once_the_history_is_in_its_pages() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = open_with_deltas(dir.path(), 1 << 20, 4_000);
-    s.pass_bytes = 256;
-    // Memory bound 1,600 (100 x 16); disk bound 3,200 (100 x 32), room
-    // beside a merge up to 4,800.
-    s.plan_for_devices(100);
+    let s = planned_for_100(dir.path());
     let devices: Vec<Write> = (0..10).map(|i| put(i, &"d".repeat(150))).collect();
     s.apply_deferred(&devices).unwrap();
     let history: Vec<Write> = (0..11)
@@ -193,18 +200,8 @@ fn a_full_merge_leaves_room_once_the_history_is_in_its_pages() {
     let d = s.deltas.read();
     assert_eq!((d.bytes, d.memory_bytes, d.map.len()), (0, 0, 0));
     drop(d);
-    assert_eq!(all_of(&s, b'H'), 11);
-    assert_eq!(all_of(&s, b'D'), 10);
-}
-
-fn all_of(s: &PagedStore, prefix: u8) -> usize {
-    let mut n = 0;
-    s.scan_prefix(&[prefix], &mut |_, _| {
-        n += 1;
-        Ok(())
-    })
-    .unwrap();
-    n
+    assert_eq!(all(&s, b'H').len(), 11);
+    assert_eq!(all(&s, b'D').len(), 10);
 }
 
 /// A merge of more deltas than the disk bound and its slack (a store
@@ -217,10 +214,7 @@ fn all_of(s: &PagedStore, prefix: u8) -> usize {
 #[test]
 fn a_merge_of_more_than_the_bound_leaves_the_slack_beside_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = open_with_deltas(dir.path(), 1 << 20, 4_000);
-    s.pass_bytes = 256;
-    // Disk bound 3,200 (100 x 32), slack 1,600.
-    s.plan_for_devices(100);
+    let s = planned_for_100(dir.path());
     let devices = |round: usize| -> Vec<Write> {
         (0..10).map(|i| put(i, &format!("{round:0>150}"))).collect()
     };
