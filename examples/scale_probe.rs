@@ -194,19 +194,9 @@ fn main() -> devreg::Result<()> {
         config = config.log_bytes_per_device(bytes);
     }
     let reg = Registry::open_with(config)?;
+    let before = reg.metrics();
     timed_pass(&reg, n, (harness, false))?;
-    let m = reg.metrics();
-    println!(
-        "{} checkpoints, {} page merges writing {:.0} B/device of pages, {:.0} B/device \
-         handed to the store in all, {} compactions",
-        m.checkpoints,
-        m.page_merges,
-        m.page_merge_bytes_written as f64 / n as f64,
-        m.store_bytes_written as f64 / n as f64,
-        m.compactions
-    );
-    list_threads(n);
-    println!("peak RSS after the import: {} MiB", peak_rss_mib());
+    report_pass(&reg, n, &before, "import");
     if update {
         drop(reg);
         return update_all(&dir, n, (harness, keep));
@@ -286,15 +276,7 @@ fn update_all(dir: &std::path::Path, n: u64, (harness, keep): (bool, bool)) -> d
     );
     let before = reg.metrics();
     timed_pass(&reg, n, (harness, true))?;
-    let m = reg.metrics();
-    println!(
-        "{} checkpoints, {} page merges writing {:.0} B/device of pages during the update",
-        m.checkpoints - before.checkpoints,
-        m.page_merges - before.page_merges,
-        (m.page_merge_bytes_written - before.page_merge_bytes_written) as f64 / n as f64,
-    );
-    list_threads(n);
-    println!("peak RSS after the update: {} MiB", peak_rss_mib());
+    report_pass(&reg, n, &before, "update");
     drop(reg);
     println!(
         "after close: store {:.0} B/device on disk",
@@ -304,6 +286,24 @@ fn update_all(dir: &std::path::Path, n: u64, (harness, keep): (bool, bool)) -> d
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
+}
+
+/// What the background did during a pass (the metrics since `before`),
+/// every thread's CPU per device, and the peak RSS after the pass.
+fn report_pass(reg: &Registry, n: u64, before: &devreg::Metrics, pass: &str) {
+    let m = reg.metrics();
+    let per_device = |now: u64, then: u64| now.saturating_sub(then) as f64 / n as f64;
+    println!(
+        "{} checkpoints, {} page merges writing {:.0} B/device of pages, {:.0} B/device \
+         handed to the store in all, {} compactions during the {pass}",
+        m.checkpoints.saturating_sub(before.checkpoints),
+        m.page_merges.saturating_sub(before.page_merges),
+        per_device(m.page_merge_bytes_written, before.page_merge_bytes_written),
+        per_device(m.store_bytes_written, before.store_bytes_written),
+        m.compactions.saturating_sub(before.compactions)
+    );
+    list_threads(n);
+    println!("peak RSS after the {pass}: {} MiB", peak_rss_mib());
 }
 
 /// This process's peak resident set (`VmHWM`), in MiB (0 where missing).

@@ -463,9 +463,9 @@ pub(crate) struct PagedStore<R: RawKv = SledStore> {
     pass_bytes: usize,
     /// The current delta records (`delta.rs`).
     deltas: RwLock<Deltas>,
-    /// `deltas`' (bytes, memory bytes, bytes a merge in progress froze),
-    /// kept beside it for lock-free reads (`room_beside_merge`).
-    delta_sizes: (AtomicUsize, AtomicUsize, AtomicUsize),
+    /// `deltas`' sizes, kept beside it for lock-free reads
+    /// (`room_beside_merge`).
+    delta_sizes: DeltaSizes,
     committed: AtomicU64,
     /// Versions above the committed generation seen by reads: left by a
     /// checkpoint that crashed before its commit; the next commit deletes them.
@@ -505,11 +505,7 @@ impl<R: RawKv> PagedStore<R> {
             disk_bytes_per_device: crate::limits::DELTA_DISK_BYTES_PER_DEVICE,
             devices: AtomicU64::new(u64::MAX),
             devices_at_merge: AtomicU64::new(u64::MAX),
-            delta_sizes: (
-                AtomicUsize::new(0),
-                AtomicUsize::new(0),
-                AtomicUsize::new(0),
-            ),
+            delta_sizes: DeltaSizes::default(),
             pass_bytes: delta_bytes.max(MIN_DELTA_PASS_BYTES),
             deltas: RwLock::new(Deltas::default()),
             committed: AtomicU64::new(committed),
@@ -586,13 +582,10 @@ impl<R: RawKv> PagedStore<R> {
 
     /// Copies the deltas' sizes where `room_beside_merge` reads them.
     fn publish_sizes(&self, deltas: &Deltas) {
-        self.delta_sizes.0.store(deltas.bytes, Ordering::SeqCst);
-        self.delta_sizes
-            .1
-            .store(deltas.memory_bytes, Ordering::SeqCst);
-        self.delta_sizes
-            .2
-            .store(deltas.frozen_bytes(), Ordering::SeqCst);
+        let sizes = &self.delta_sizes;
+        sizes.bytes.store(deltas.bytes, Ordering::SeqCst);
+        sizes.memory.store(deltas.memory_bytes, Ordering::SeqCst);
+        sizes.frozen.store(deltas.frozen_bytes(), Ordering::SeqCst);
     }
 
     /// Visits every current page of `prefix` (the highest version at most
@@ -1037,6 +1030,18 @@ impl<R: RawKv> PagedStore<R> {
     }
 }
 
+/// A copy of `Deltas`' sizes (`PagedStore::publish_sizes`) that the
+/// writer reads without the deltas' lock (`room_beside_merge`).
+#[derive(Default)]
+struct DeltaSizes {
+    /// Every delta's bytes (`Deltas::bytes`).
+    bytes: AtomicUsize,
+    /// The bytes of the records held in memory (`Deltas::memory_bytes`).
+    memory: AtomicUsize,
+    /// The bytes a merge in progress froze (0 when none runs).
+    frozen: AtomicUsize,
+}
+
 impl<R: RawKv> PagedStore<R> {
     /// The bounds in force for `devices` devices (`plan_for_devices`, and
     /// again after a full merge, which ends the growth credit).
@@ -1155,15 +1160,15 @@ impl<R: RawKv> KvStore for PagedStore<R> {
     /// beside a merge"): a merge's time follows the bytes it folds, and
     /// the checkpoints beside it need room for that long.
     fn room_beside_merge(&self) -> bool {
-        let (bytes, memory, frozen) = &self.delta_sizes;
+        let sizes = &self.delta_sizes;
         let base = self
             .delta_disk_bound
             .load(Ordering::SeqCst)
-            .max(frozen.load(Ordering::SeqCst));
+            .max(sizes.frozen.load(Ordering::SeqCst));
         let disk_room =
             base.saturating_add(base / 100 * crate::limits::DELTA_DISK_SLACK_BESIDE_MERGE_PCT);
-        memory.load(Ordering::SeqCst) <= self.delta_bound.load(Ordering::SeqCst)
-            && bytes.load(Ordering::SeqCst) <= disk_room
+        sizes.memory.load(Ordering::SeqCst) <= self.delta_bound.load(Ordering::SeqCst)
+            && sizes.bytes.load(Ordering::SeqCst) <= disk_room
     }
 
     /// A merge runs without the deltas' lock between its steps, so reads
