@@ -87,6 +87,14 @@ pub(crate) trait KvStore: Send + Sync {
     fn scan_prefix_shedding(&self, prefix: &[u8], f: Visit<'_>) -> Result<()> {
         self.scan_prefix(prefix, f)
     }
+    /// Drops what the store keeps in memory of what it read, once, when
+    /// nothing else uses it (after the open's load,
+    /// `Config::reopen_store_after_devices`); true if it did. A paged
+    /// store sheds the raw store's cache (`RawKv::shed_cache`) and keeps
+    /// its own state (the deltas it read at open). Nothing by default.
+    fn shed_reads(&self) -> Result<bool> {
+        Ok(false)
+    }
     /// Makes every applied batch durable against power loss.
     fn sync(&self) -> Result<()>;
     /// Bytes the store's files take on disk.

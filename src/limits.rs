@@ -89,7 +89,7 @@ pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 256 << 20;
 /// Smallest accepted memory budget.
 pub const MIN_MEMORY_BUDGET_BYTES: u64 = 64 << 20;
 /// Devices loaded at open from which the store is closed and opened again
-/// before use (`registry::open::reopen_store`): it frees the page nodes the
+/// before use (`KvStore::shed_reads`): it frees the page nodes the
 /// load left resident in sled (about 110 B per device at 10^7), at the cost
 /// of one more sled open, which also starts a new sled segment on disk (too
 /// much for a small database on a small filesystem).
@@ -98,6 +98,11 @@ pub const REOPEN_STORE_AFTER_DEVICES: u64 = 100_000;
 /// guard is let go between slices, so the scan can shed sled's nodes
 /// there (`RawKv::shed_cache`). The devices' 2^14 pages make 64 slices.
 pub const LOAD_SCAN_SLICE_PAGES: u32 = 256;
+/// The open sheds sled's cache after reading the delta chunks, and at the
+/// end of a shedding scan, when it read at least this fraction (1/N) of
+/// `Config::load_shed_bytes` since the last shed: sled keeps what it read
+/// (128 MiB with the default budget; `PagedStore::shed_remainder`).
+pub const SHED_REMAINDER_DIVISOR: u64 = 4;
 /// Longest a shed of sled's nodes waits for the store to be free (the other
 /// load's current slice); it is skipped after that.
 pub const SHED_WAIT_MS: u64 = 1_000;

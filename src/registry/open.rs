@@ -40,19 +40,6 @@ fn open_paged(config: &Config) -> Result<PagedStore> {
     Ok(store)
 }
 
-/// Closes the store after the load and opens it again, to drop what the
-/// load made sled keep. sled 0.34's LRU registers a node when it pages it
-/// in and evicts only when 64 such accesses of one of its 256 shards have
-/// queued, so a store of fewer than about 16k nodes stays resident whole
-/// after one scan, whatever the cache capacity: at 10^7 devices, about 1 GB
-/// of page nodes after the open (DESIGN.md section 6). Only after a large
-/// load (`Config::reopen_store_after_devices`). `store` must be the only
-/// handle.
-pub(super) fn reopen_store(config: &Config, store: Arc<dyn KvStore>) -> Result<Arc<dyn KvStore>> {
-    drop(store);
-    Ok(Arc::new(open_paged(config)?))
-}
-
 /// What `open_store` opened: the lock and the store.
 pub(super) type Opened = (File, Arc<dyn KvStore>);
 

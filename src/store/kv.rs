@@ -374,7 +374,7 @@ impl crate::kv::RawKv for SledStore {
     fn shed_cache(&self) -> Result<bool> {
         // A store that failed a write is not opened again (its close must
         // not settle, `Drop`). A read-only one is, as after its load
-        // (`registry::open::reopen_store`): sled's open writes over its
+        // (`KvStore::shed_reads`): sled's open writes over its
         // free segments either way (DESIGN.md 4.6), and nothing else.
         if self.troubled.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(false);

@@ -530,7 +530,9 @@ impl<R: RawKv> PagedStore<R> {
         let mut deltas = self.deltas.write();
         let mut orphans = Vec::new();
         let mut garbage = Vec::new();
+        let mut read_bytes = 0u64;
         self.raw.scan_prefix(&[DELTA_PREFIX], &mut |k, v| {
+            read_bytes = read_bytes.saturating_add(v.len() as u64);
             match delta_gen(k) {
                 Some(gen) if gen <= merged => garbage.push(k.to_vec()),
                 Some(gen) if gen <= committed => deltas.load(k, v, gen <= history_merged)?,
@@ -540,8 +542,28 @@ impl<R: RawKv> PagedStore<R> {
             Ok(())
         })?;
         self.publish_sizes(&deltas);
+        drop(deltas);
         self.orphans.lock().extend(orphans);
         self.garbage.lock().extend(garbage);
+        self.shed_remainder(read_bytes)
+    }
+
+    /// Sheds the raw store's cache after the open read `read_bytes` since
+    /// the last shed without reaching `RawKv::shed_after_bytes`, if they
+    /// are at least a `SHED_REMAINDER_DIVISOR`th of it: sled keeps what it
+    /// read. Called after the delta chunks the open reads first (at 10^7
+    /// devices after a `devreg import`, 719 MB of chunks were 865 MB of
+    /// RSS before the first device was loaded) and at the end of a
+    /// shedding scan, before the load builds its indexes (DESIGN.md 6,
+    /// "The open's delta read and its last slices").
+    fn shed_remainder(&self, read_bytes: u64) -> Result<()> {
+        let Some(shed_after) = self.raw.shed_after_bytes() else {
+            return Ok(());
+        };
+        let divisor = crate::limits::SHED_REMAINDER_DIVISOR;
+        if read_bytes > 0 && read_bytes >= shed_after / divisor {
+            self.raw.shed_cache()?;
+        }
         Ok(())
     }
 
@@ -928,7 +950,10 @@ impl<R: RawKv> PagedStore<R> {
             let pages = pass_pages(bits, pass, passes);
             self.scan_overlaid(prefix, (pages, shed.as_deref_mut()), &overlay, f)?;
         }
-        Ok(())
+        match shed {
+            Some(since) => self.shed_remainder(*since),
+            None => Ok(()),
+        }
     }
 
     /// Visits the records of `prefix` in `pages` with the delta records of
@@ -1114,6 +1139,10 @@ fn delta_disk_bound(
 }
 
 impl<R: RawKv> KvStore for PagedStore<R> {
+    fn shed_reads(&self) -> Result<bool> {
+        self.raw.shed_cache()
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let Some((&prefix, _)) = key.split_first() else {
             return self.raw.get(key);
@@ -1389,6 +1418,57 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// The open reads every delta chunk (`load_deltas`) and sled keeps
+    /// what it read: on a store that sheds, the open sheds once it read at
+    /// least `1 / SHED_REMAINDER_DIVISOR` of the shed bound (256 KiB of 1
+    /// MiB here) in chunks, and not for fewer.
+    #[test]
+    fn the_open_sheds_after_reading_a_quarter_of_the_bound_in_deltas() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let records = noise_devices(&mut x, 0);
+        let (few, more) = records.split_at(128);
+        let s = shedding_store(dir.path(), 64 << 10);
+        s.apply(few).unwrap();
+        drop(s);
+        let s = shedding_store(dir.path(), 64 << 10);
+        let on_disk = s.deltas.read().disk_only_bytes();
+        assert!((128 << 10..256 << 10).contains(&on_disk), "{on_disk}");
+        assert_eq!(s.raw.sheds(), 0, "the open shed after {on_disk} bytes");
+        s.apply(&more[..256]).unwrap();
+        drop(s);
+        let s = shedding_store(dir.path(), 64 << 10);
+        let on_disk = s.deltas.read().disk_only_bytes();
+        assert!(on_disk >= 384 << 10, "the deltas were merged: {on_disk}");
+        assert_eq!(s.raw.sheds(), 1, "no shed after {on_disk} bytes");
+        assert_eq!(all(&s, b'D').len(), 384);
+        // A store that never sheds reads them and keeps them.
+        drop(s);
+        let raw = SledStore::open(dir.path(), None, 1 << 20, true).unwrap();
+        let s = PagedStore::open(raw, 64 << 10, 1 << 20).unwrap();
+        assert_eq!(s.raw.sheds(), 0);
+    }
+
+    /// A shedding scan that read less than the shed bound since its last
+    /// shed sheds once more at its end if that was at least a quarter of
+    /// the bound (the open then builds its indexes without sled's nodes of
+    /// the last slices), and not for less.
+    #[test]
+    fn a_shedding_scan_sheds_its_last_slices_from_a_quarter_of_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let records = noise_devices(&mut x, 0);
+        let s = shedding_store(dir.path(), 64 << 10);
+        s.apply(&records[..128]).unwrap();
+        assert_eq!(all_shedding(&s, b'D').len(), 128);
+        assert_eq!(s.raw.sheds(), 0, "shed after 128 KiB read of 1 MiB");
+        s.apply(&records[128..512]).unwrap();
+        assert_eq!(all_shedding(&s, b'D').len(), 512);
+        assert_eq!(s.raw.sheds(), 1, "no shed after 512 KiB read of 1 MiB");
+        assert_eq!(all(&s, b'D').len(), 512);
+        assert_eq!(s.raw.sheds(), 1, "a plain scan shed");
     }
 
     pub(super) fn put(i: u32, v: &str) -> Write {
