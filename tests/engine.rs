@@ -318,6 +318,20 @@ fn the_open_sheds_in_place_after_its_load_and_reads_the_deltas_once() {
     assert_eq!(&kinds[last_open + 1..], &[], "read after the shed");
     assert_eq!(reg.stats().devices, 50);
     reg.close().unwrap();
+    // sled failing to open again at that shed fails the open with the
+    // error (nothing half-open is handed out); the next open has it all.
+    plan.arm(&[IoOp::StoreOpen], 1, libc::EIO, false);
+    let e = Registry::open_with(config()).err().map(|e| e.to_string());
+    assert!(
+        e.as_deref().is_some_and(|e| e.contains("opening")),
+        "{e:?}"
+    );
+    assert_eq!(plan.fired(), 1);
+    plan.arm(&[], 0, 0, false);
+    let reg = Registry::open_with(config()).unwrap();
+    assert_eq!(reg.stats().devices, 50);
+    assert!(reg.check().unwrap().is_clean());
+    reg.close().unwrap();
 }
 
 /// Every file under `dir` with its bytes, by path (`log/` or everything).
