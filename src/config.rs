@@ -231,6 +231,12 @@ impl Config {
         self
     }
 
+    /// The memory budget (`memory_budget_bytes`): a backup copies the
+    /// store in passes of that many bytes (`Registry::backup`).
+    pub(crate) fn memory_budget(&self) -> u64 {
+        self.memory_budget
+    }
+
     /// Sets the memory the store may use besides the devices themselves,
     /// and cuts it up: 3/8 for sled's cache, 1/4 for delta pages (held
     /// in memory too), 1/256 (at most `CHECKPOINT_CHUNK_BYTES`) per

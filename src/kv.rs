@@ -10,6 +10,9 @@ use crate::error::Result;
 /// Visits one key and value of a scan.
 pub(crate) type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 
+/// A scan's callback that returns whether to go on.
+pub(crate) type VisitWhile<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool>;
+
 /// One write of an atomic batch: a value to store, or `None` to delete.
 pub(crate) type Write = (Vec<u8>, Option<Vec<u8>>);
 
@@ -117,6 +120,19 @@ pub(crate) trait KvStore: Send + Sync {
     /// (for `PagedStore`: pages, delta chunks and metadata), in key order:
     /// what a backup copies.
     fn scan_stored(&self, f: Visit<'_>) -> Result<()>;
+    /// `scan_stored` from the key `from` on, until `f` returns false: a
+    /// copy in passes (`store::copy_store`) starts each pass where the one
+    /// before stopped. By default a whole `scan_stored` that skips the
+    /// keys below `from` and visits nothing more once `f` said stop.
+    fn scan_stored_from(&self, from: &[u8], f: VisitWhile<'_>) -> Result<()> {
+        let mut going = true;
+        self.scan_stored(&mut |k, v| {
+            if going && k >= from {
+                going = f(k, v)?;
+            }
+            Ok(())
+        })
+    }
     /// Gives the store's garbage back if there is enough of it (sled:
     /// `store/compact.rs`), with no write in progress. An error leaves the
     /// store to be finished by the next open: fail stop.

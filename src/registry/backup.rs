@@ -172,7 +172,10 @@ fn copy_into(ctx: &WriterCtx, plan: &Plan<'_>) -> Result<BackupReport> {
     let store = crate::store::copy_store(
         &*ctx.store,
         &staging.join("store"),
-        crate::limits::BACKUP_CHUNK_BYTES,
+        (
+            crate::limits::BACKUP_CHUNK_BYTES,
+            ctx.config.memory_budget(),
+        ),
     )?;
     let (log_segments, log_bytes) = copy_segments(
         &plan.src.join("log"),

@@ -271,9 +271,16 @@ impl State {
         &self,
         mut f: impl FnMut(Device) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
+        self.devices_by_token().try_for_each(&mut f)
+    }
+
+    /// Every device in token order, made one at a time as the iterator
+    /// is advanced (the memory is a sorted reference per device, 8 bytes):
+    /// the integrity check walks two states side by side with it.
+    pub(crate) fn devices_by_token(&self) -> impl Iterator<Item = Device> + '_ {
         let mut all: Vec<&Slot> = self.slots.values().collect();
         all.sort_unstable_by(|a, b| cmp_packed(&a.token, &b.token));
-        all.into_iter().try_for_each(|s| f(self.to_device(s)))
+        all.into_iter().map(|s| self.to_device(s))
     }
 
     /// The first `limit` devices in dump order (by token) after the token

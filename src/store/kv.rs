@@ -22,34 +22,69 @@ pub(crate) struct Copied {
     pub(crate) passes: u32,
 }
 
-/// Copies every stored entry of `src` (`KvStore::scan_stored`) into a new
-/// sled store at `dest`, in batches of at most `chunk_bytes` (the memory a
-/// copy holds besides sled's caches), then makes it durable: flushed and
-/// every file and directory fsynced, closed (and settled, see `Drop for
+/// Copies every stored entry of `src` (`KvStore::scan_stored_from`) into
+/// a new sled store at `dest`, in batches of at most `chunk_bytes` (the
+/// memory a copy holds besides sled's caches) and in passes of about
+/// `pass_bytes`: between two passes the copy is closed and opened again
+/// and `src` sheds what it read (`KvStore::shed_reads`), since sled keeps
+/// both what a scan read and what a batch wrote resident until its store
+/// is closed (at 10^7 devices a backup in one pass peaked at 6.6 GiB;
+/// DESIGN.md 4.5). Then makes the copy durable: flushed and every file and
+/// directory fsynced, closed (and settled once, see `Drop for
 /// SledStore`), and fsynced once more for what the settling wrote. `dest`
 /// must not exist; the caller fsyncs the directory holding it. The caller
 /// keeps `src` from changing meanwhile.
-///
-/// It reads the whole store in one scan, so sled keeps what it read
-/// resident until `src` is closed: a compaction copies in passes instead
-/// (`store/compact.rs`).
-pub(crate) fn copy_store(src: &dyn KvStore, dest: &Path, chunk_bytes: usize) -> Result<Copied> {
-    let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
-    let mut copied = Copied {
-        passes: 1,
-        ..Copied::default()
-    };
+pub(crate) fn copy_store(
+    src: &dyn KvStore,
+    dest: &Path,
+    (chunk_bytes, pass_bytes): (usize, u64),
+) -> Result<Copied> {
+    let mut copied = Copied::default();
+    let mut from = Vec::new();
+    loop {
+        let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
+        copied.passes += 1;
+        let next = copy_pass(src, &out, &from, (chunk_bytes, pass_bytes), &mut copied)?;
+        out.sync()?;
+        let Some(next) = next else {
+            drop(out);
+            visit_tree(dest, true, &None)?;
+            return Ok(copied);
+        };
+        // The next pass opens the copy again: only the last close settles it.
+        out.close_for_reopen();
+        src.shed_reads()?;
+        from = next;
+    }
+}
+
+/// One pass of `copy_store`: the entries of `src` from `from` on into
+/// `out`, until `pass_bytes` of them are copied. Returns the key the next
+/// pass starts at, or `None` when `src` is copied whole.
+fn copy_pass(
+    src: &dyn KvStore,
+    out: &SledStore,
+    from: &[u8],
+    (chunk_bytes, pass_bytes): (usize, u64),
+    copied: &mut Copied,
+) -> Result<Option<Vec<u8>>> {
     let mut batch = Batch::new(chunk_bytes);
-    src.scan_stored(&mut |k, v| {
+    let mut this_pass = 0u64;
+    let mut next = None;
+    src.scan_stored_from(from, &mut |k, v| {
+        if this_pass >= pass_bytes.max(1) {
+            next = Some(k.to_vec());
+            return Ok(false);
+        }
+        let bytes = (k.len() + v.len()) as u64;
+        this_pass += bytes;
+        copied.bytes += bytes;
         copied.keys += 1;
-        copied.bytes += (k.len() + v.len()) as u64;
-        batch.push(&out, k, v)
+        batch.push(out, k, v)?;
+        Ok(true)
     })?;
-    batch.finish(&out)?;
-    out.sync()?;
-    drop(out);
-    visit_tree(dest, true, &None)?;
-    Ok(copied)
+    batch.finish(out)?;
+    Ok(next)
 }
 
 /// Creates an empty sled store at `dest` (which must not exist) and makes
@@ -108,8 +143,7 @@ impl Batch {
     }
 }
 
-/// A scan's callback that returns whether to go on.
-pub(super) type VisitWhile<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool>;
+pub(super) use crate::kv::VisitWhile;
 
 /// sled, with a real fsync after its flush.
 pub(crate) struct SledStore {
@@ -536,6 +570,10 @@ impl KvStore for SledStore {
 
     fn scan_stored(&self, f: Visit<'_>) -> Result<()> {
         self.scan_prefix(&[], f)
+    }
+
+    fn scan_stored_from(&self, from: &[u8], f: VisitWhile<'_>) -> Result<()> {
+        self.scan_from(from, f)
     }
 
     fn plan_for_devices(&self, devices: u64) {

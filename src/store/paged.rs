@@ -1272,6 +1272,10 @@ impl<R: RawKv> KvStore for PagedStore<R> {
         self.raw.scan_stored(f)
     }
 
+    fn scan_stored_from(&self, from: &[u8], f: crate::kv::VisitWhile<'_>) -> Result<()> {
+        self.raw.scan_stored_from(from, f)
+    }
+
     fn compact_if_worth(&self) -> Result<crate::kv::CompactOutcome> {
         // The checkpointer calls this between checkpoints: nothing writes
         // the pages or deltas meanwhile, and the copy keeps every entry.
@@ -1469,6 +1473,41 @@ mod tests {
         assert_eq!(s.raw.sheds(), 1, "no shed after 512 KiB read of 1 MiB");
         assert_eq!(all(&s, b'D').len(), 512);
         assert_eq!(s.raw.sheds(), 1, "a plain scan shed");
+    }
+
+    /// A backup's copy goes in passes of about `pass_bytes`: the copy is
+    /// opened again and the source sheds what it read between two passes
+    /// (sled keeps both until closed), and the copy holds every stored
+    /// entry, pages, delta chunks and metadata alike.
+    #[test]
+    fn a_copy_in_passes_sheds_the_source_between_them_and_copies_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let s = shedding_store(&dir.path().join("src"), 64 << 10);
+        s.apply(&noise_devices(&mut x, 0)).unwrap();
+        s.apply(&[(b"D000007".to_vec(), None)]).unwrap();
+        let mut stored = Vec::new();
+        s.scan_stored(&mut |k, v| {
+            stored.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let dest = dir.path().join("copy");
+        let copied = crate::store::copy_store(&s, &dest, (16 << 10, 128 << 10)).unwrap();
+        assert!(copied.passes >= 6, "{} passes for 1 MiB", copied.passes);
+        assert_eq!(s.raw.sheds(), u64::from(copied.passes) - 1);
+        assert_eq!(copied.keys, stored.len() as u64);
+        drop(s);
+        let copy = SledStore::open(&dest, None, 1 << 20, false).unwrap();
+        let mut back = Vec::new();
+        copy.scan_stored(&mut |k, v| {
+            back.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, stored);
+        let reopened = PagedStore::open(copy, 64 << 10, 1 << 20).unwrap();
+        assert_eq!(all(&reopened, b'D').len(), 1023);
     }
 
     pub(super) fn put(i: u32, v: &str) -> Write {
