@@ -232,7 +232,7 @@ impl Config {
     }
 
     /// The memory budget (`memory_budget_bytes`): a backup copies the
-    /// store in passes of that many bytes (`Registry::backup`).
+    /// store in passes of a share of it (`Registry::backup`).
     pub(crate) fn memory_budget(&self) -> u64 {
         self.memory_budget
     }

@@ -174,7 +174,7 @@ fn copy_into(ctx: &WriterCtx, plan: &Plan<'_>) -> Result<BackupReport> {
         &staging.join("store"),
         (
             crate::limits::BACKUP_CHUNK_BYTES,
-            ctx.config.memory_budget(),
+            ctx.config.memory_budget() / crate::limits::BACKUP_PASS_BUDGET_DIVISOR,
         ),
     )?;
     let (log_segments, log_bytes) = copy_segments(
