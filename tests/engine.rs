@@ -322,10 +322,7 @@ fn the_open_sheds_in_place_after_its_load_and_reads_the_deltas_once() {
     // error (nothing half-open is handed out); the next open has it all.
     plan.arm(&[IoOp::StoreOpen], 1, libc::EIO, false);
     let e = Registry::open_with(config()).err().map(|e| e.to_string());
-    assert!(
-        e.as_deref().is_some_and(|e| e.contains("opening")),
-        "{e:?}"
-    );
+    assert!(e.as_deref().is_some_and(|e| e.contains("opening")), "{e:?}");
     assert_eq!(plan.fired(), 1);
     plan.arm(&[], 0, 0, false);
     let reg = Registry::open_with(config()).unwrap();
