@@ -238,8 +238,23 @@ fn checkpointer_nices() -> Vec<i64> {
     out
 }
 
-/// The store is closed and opened again after a large load (to free what
-/// the load left in sled's cache); the registry then works as usual.
+/// Registers 50 iOS devices, tokens `{i:064x}`, owned by seven people.
+fn register_fifty(reg: &Registry) {
+    for i in 0..50u32 {
+        let _ = reg
+            .apply(Op::Register(Register {
+                token: format!("{i:064x}"),
+                platform: Platform::Ios,
+                person: Some(format!("p{}", i % 7)),
+                seen_ms: 1_700_000_000_000 + u64::from(i),
+                attributes: None,
+            }))
+            .unwrap();
+    }
+}
+
+/// sled is closed and opened again in place after a large load (to free
+/// what the load left in its cache); the registry then works as usual.
 #[test]
 fn a_store_reopened_after_the_load_serves_reads_and_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -251,17 +266,7 @@ fn a_store_reopened_after_the_load_serves_reads_and_writes() {
     };
     let token = |i: u32| format!("{i:064x}");
     let reg = Registry::open_with(config()).unwrap();
-    for i in 0..50u32 {
-        let _ = reg
-            .apply(Op::Register(Register {
-                token: token(i),
-                platform: Platform::Ios,
-                person: Some(format!("p{}", i % 7)),
-                seen_ms: 1_700_000_000_000 + u64::from(i),
-                attributes: None,
-            }))
-            .unwrap();
-    }
+    register_fifty(&reg);
     reg.close().unwrap();
     let reg = Registry::open_with(config()).unwrap();
     assert_eq!(reg.stats().devices, 50);
@@ -292,17 +297,7 @@ fn the_open_sheds_in_place_after_its_load_and_reads_the_deltas_once() {
         c
     };
     let reg = Registry::open_with(config()).unwrap();
-    for i in 0..50u32 {
-        let _ = reg
-            .apply(Op::Register(Register {
-                token: format!("{i:064x}"),
-                platform: Platform::Ios,
-                person: Some(format!("p{}", i % 7)),
-                seen_ms: 1_700_000_000_000 + u64::from(i),
-                attributes: None,
-            }))
-            .unwrap();
-    }
+    register_fifty(&reg);
     reg.close().unwrap();
     plan.record_kinds();
     plan.arm(&[IoOp::StoreOpen, IoOp::StoreRead], 0, 0, false);
