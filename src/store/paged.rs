@@ -552,7 +552,7 @@ impl<R: RawKv> PagedStore<R> {
     /// the last shed without reaching `RawKv::shed_after_bytes`, if they
     /// are at least a `SHED_REMAINDER_DIVISOR`th of it: sled keeps what it
     /// read. Called after the delta chunks the open reads first (at 10^7
-    /// devices after a `devreg import`, 719 MB of chunks were 865 MB of
+    /// devices after a `devreg import`, 719 MB of chunks were 890 MB of
     /// RSS before the first device was loaded) and at the end of a
     /// shedding scan, before the load builds its indexes (DESIGN.md 6,
     /// "The open's delta read and its last slices").
