@@ -110,6 +110,11 @@ fn run_child(child: &str, env: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Bytes in MiB, for messages.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
 /// Peak resident bytes of this process since the last `reset_peak`.
 fn peak_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -158,7 +163,6 @@ fn the_check_holds_about_one_more_state() {
     let (before, opened, peak) = (nums[0], nums[1], nums[2]);
     let state = opened.saturating_sub(before);
     let extra = peak.saturating_sub(opened);
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "the open of {DEVICES} devices grew by {:.1} MiB, the check's peak by {:.1} MiB more",
         mib(state),
@@ -186,7 +190,6 @@ fn a_closed_registry_gives_its_heap_back() {
     let (before, loaded, closed) = (nums[0], nums[1], nums[2]);
     let grown = loaded.saturating_sub(before);
     let kept = closed.saturating_sub(before);
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "RSS before open {:.1} MiB, with {DEVICES} devices {:.1}, after close {:.1}",
         mib(before),

@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::kv::{open_sled, visit_tree, Batch, Copied, SledStore};
+use super::kv::{copy_pass, open_sled, visit_tree, Copied, SledStore};
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
 use crate::kv::{CompactOutcome, Compaction, KvStore};
@@ -290,9 +290,11 @@ impl SledStore {
         loop {
             let out = SledStore::open(copy, None, TOOL_SLED_CACHE_BYTES, true).map_err(abandon)?;
             copied.passes += 1;
-            let next = self
-                .copy_pass(&out, &from, pass_bytes, &mut copied)
-                .map_err(abandon)?;
+            // `Mstore_live_bytes` and `Mstore_live_devices` are left out:
+            // the copy writes its own.
+            let keep = |k: &[u8]| k != META_STORE_LIVE_BYTES && k != META_STORE_LIVE_DEVICES;
+            let pass = (COMPACT_CHUNK_BYTES, pass_bytes);
+            let next = copy_pass(self, &out, &from, pass, &mut copied, &keep).map_err(abandon)?;
             if copied.bytes > max_live {
                 out.mark_troubled();
                 return Err(CopyFailure::Over(copied.bytes));
@@ -312,38 +314,6 @@ impl SledStore {
             self.reopen_db().map_err(CopyFailure::Fatal)?;
             from = next;
         }
-    }
-
-    /// One pass: the entries from `from` on into `out`, until `pass_bytes`
-    /// of them are copied. Returns the key the next pass starts at, or
-    /// `None` when the store is copied whole. `Mstore_live_bytes` and
-    /// `Mstore_live_devices` are left out (the copy writes its own).
-    fn copy_pass(
-        &self,
-        out: &SledStore,
-        from: &[u8],
-        pass_bytes: u64,
-        copied: &mut Copied,
-    ) -> Result<Option<Vec<u8>>> {
-        let mut batch = Batch::new(COMPACT_CHUNK_BYTES);
-        let mut this_pass = 0u64;
-        let mut next = None;
-        self.scan_from(from, &mut |k, v| {
-            if this_pass >= pass_bytes {
-                next = Some(k.to_vec());
-                return Ok(false);
-            }
-            if k != META_STORE_LIVE_BYTES && k != META_STORE_LIVE_DEVICES {
-                let bytes = (k.len() + v.len()) as u64;
-                this_pass += bytes;
-                copied.bytes += bytes;
-                copied.keys += 1;
-                batch.push(out, k, v)?;
-            }
-            Ok(true)
-        })?;
-        batch.finish(out)?;
-        Ok(next)
     }
 
     /// Closes sled and opens it again at `path` (the same files, or the

@@ -44,7 +44,8 @@ pub(crate) fn copy_store(
     loop {
         let out = SledStore::open(dest, None, crate::limits::TOOL_SLED_CACHE_BYTES, true)?;
         copied.passes += 1;
-        let next = copy_pass(src, &out, &from, (chunk_bytes, pass_bytes), &mut copied)?;
+        let pass = (chunk_bytes, pass_bytes);
+        let next = copy_pass(src, &out, &from, pass, &mut copied, &|_| true)?;
         out.sync()?;
         let Some(next) = next else {
             drop(out);
@@ -58,15 +59,18 @@ pub(crate) fn copy_store(
     }
 }
 
-/// One pass of `copy_store`: the entries of `src` from `from` on into
-/// `out`, until `pass_bytes` of them are copied. Returns the key the next
-/// pass starts at, or `None` when `src` is copied whole.
-fn copy_pass(
+/// One pass of a copy (`copy_store`, a compaction's `copy_in_passes`):
+/// the entries of `src` from `from` on that `keep` selects into `out`, in
+/// batches of `chunk_bytes`, until `pass_bytes` of them are copied.
+/// Returns the key the next pass starts at, or `None` when `src` is
+/// copied whole.
+pub(super) fn copy_pass(
     src: &dyn KvStore,
     out: &SledStore,
     from: &[u8],
     (chunk_bytes, pass_bytes): (usize, u64),
     copied: &mut Copied,
+    keep: &dyn Fn(&[u8]) -> bool,
 ) -> Result<Option<Vec<u8>>> {
     let mut batch = Batch::new(chunk_bytes);
     let mut this_pass = 0u64;
@@ -75,6 +79,9 @@ fn copy_pass(
         if this_pass >= pass_bytes.max(1) {
             next = Some(k.to_vec());
             return Ok(false);
+        }
+        if !keep(k) {
+            return Ok(true);
         }
         let bytes = (k.len() + v.len()) as u64;
         this_pass += bytes;
@@ -107,14 +114,14 @@ pub(crate) fn create_empty_store(dest: &Path, faults: &Faults) -> Result<()> {
 
 /// Entries gathered for one sled batch of a copy, written once they reach
 /// `chunk_bytes`.
-pub(super) struct Batch {
+struct Batch {
     writes: Vec<Write>,
     bytes: usize,
     chunk_bytes: usize,
 }
 
 impl Batch {
-    pub(super) fn new(chunk_bytes: usize) -> Batch {
+    fn new(chunk_bytes: usize) -> Batch {
         Batch {
             writes: Vec::new(),
             bytes: 0,
@@ -123,7 +130,7 @@ impl Batch {
     }
 
     /// Adds one entry, writing the batch into `out` once it is full.
-    pub(super) fn push(&mut self, out: &SledStore, k: &[u8], v: &[u8]) -> Result<()> {
+    fn push(&mut self, out: &SledStore, k: &[u8], v: &[u8]) -> Result<()> {
         self.bytes += k.len() + v.len();
         self.writes.push((k.to_vec(), Some(v.to_vec())));
         if self.bytes >= self.chunk_bytes {
@@ -133,7 +140,7 @@ impl Batch {
     }
 
     /// Writes what is gathered into `out`.
-    pub(super) fn finish(&mut self, out: &SledStore) -> Result<()> {
+    fn finish(&mut self, out: &SledStore) -> Result<()> {
         if !self.writes.is_empty() {
             out.apply(&self.writes)?;
         }
