@@ -46,7 +46,7 @@ mod span_tests;
 use super::delta::{
     delta_gen, delta_key, for_each_chunk, visit_chunk, Chunk, Deltas, HashSpan, DELTA_PREFIX,
 };
-use super::overlay::DiskOverlay;
+use super::overlay::{DiskOverlay, Overlaid};
 use super::{frame, KvStore, RawKv, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
 use crate::error::{Error, Result};
@@ -891,20 +891,23 @@ impl<R: RawKv> PagedStore<R> {
                 continue;
             }
             let key = &chunk.key;
-            let value = self.raw.get(key)?.ok_or_else(|| {
-                Error::corrupt(
+            // Read in sled's own buffer, not copied (`RawKv::read_with`).
+            let found = self.raw.read_with(key, &mut |value| {
+                read_bytes = read_bytes.saturating_add(value.len() as u64);
+                visit_chunk(key, value, &mut |k, v| {
+                    if !is_append(k) && want(k) {
+                        f(k, v);
+                    }
+                    Ok(())
+                })
+            })?;
+            if !found {
+                return Err(Error::corrupt(
                     format!("delta chunk {key:02x?}"),
                     "missing (it is current: at most the committed generation)",
-                )
-            })?;
+                ));
+            }
             self.raw.touch(&mut std::iter::once(key.as_slice()))?;
-            read_bytes = read_bytes.saturating_add(value.len() as u64);
-            visit_chunk(key, &value, &mut |k, v| {
-                if !is_append(k) && want(k) {
-                    f(k, v);
-                }
-                Ok(())
-            })?;
         }
         Ok(read_bytes)
     }
@@ -966,7 +969,7 @@ impl<R: RawKv> PagedStore<R> {
         &self,
         prefix: &[u8],
         (pages, shed): (std::ops::Range<u32>, Option<&mut u64>),
-        overlay: &DiskOverlay,
+        overlay: &dyn Overlaid,
         f: Visit<'_>,
     ) -> Result<()> {
         let key_order = shed.is_none();
@@ -979,7 +982,7 @@ impl<R: RawKv> PagedStore<R> {
                 if !k.starts_with(prefix) {
                     return Ok(());
                 }
-                match overlay.get(k) {
+                match overlay.record(k) {
                     None => f(k, v),
                     Some((key, Some(d))) if is_append(k) => {
                         overlaid.insert(key);
@@ -993,8 +996,8 @@ impl<R: RawKv> PagedStore<R> {
             })
         })?;
         let only_in_deltas = match key_order {
-            true => overlay.in_key_order(prefix),
-            false => overlay.in_written_order(prefix),
+            true => overlay.by_key(prefix),
+            false => overlay.by_place(prefix),
         };
         for (k, v) in only_in_deltas {
             if let (Some(v), false) = (v, overlaid.contains(k)) {
@@ -1384,8 +1387,8 @@ mod tests {
         let on_disk = s
             .disk_overlay_hashed(&deltas.chunks, None, &|_| true)
             .unwrap();
-        let mut changes = merge::changes_by_page(&on_disk, &|_| true);
-        for (page, list) in merge::changes_by_page(&deltas.map, &|_| true) {
+        let mut changes = merge::changes_by_page(on_disk.iter(), &|_| true);
+        for (page, list) in merge::changes_by_page(deltas.map.iter(), &|_| true) {
             changes.entry(page).or_default().extend(list);
         }
         let half = changes.into_iter().step_by(2).collect();
