@@ -60,11 +60,6 @@ pub const WARM_MAX_OPS: usize = 256;
 /// cache lines of later ones (`State::apply_ahead`): index entries twice
 /// this far ahead, slots this far.
 pub const APPLY_PREFETCH_OPS: usize = 8;
-/// The history's records held in memory are kept in `2^HISTORY_SLICE_BITS`
-/// slices of the hash space, each the records of a run of pages, so a
-/// merge lets each go once its pages are written (`store/delta/sliced.rs`).
-/// At most the history's page bits (14).
-pub const HISTORY_SLICE_BITS: u32 = 4;
 /// Fewest changed devices a checkpoint's snapshot encodes on two threads
 /// (`store/checkpoint.rs`): below it, starting a thread costs more than
 /// it saves.

@@ -30,12 +30,11 @@
 use std::collections::BTreeMap;
 
 use super::frame;
+use super::overlay::DiskOverlay;
 use super::paged::{combine, get_field, is_append, open_block, put_varint};
 use crate::error::{Error, Result};
-use sliced::Sliced;
 
 mod frozen;
-pub(crate) mod sliced;
 pub(crate) use frozen::Frozen;
 
 /// Prefix byte of delta chunk keys.
@@ -73,7 +72,7 @@ pub(crate) struct Deltas {
     /// import records one per new device, and a map of owned keys and
     /// values cost the checkpointer two allocations and a B-tree insert
     /// each (DESIGN.md 13, step 15).
-    pub(super) map: Sliced,
+    pub(super) map: DiskOverlay,
     /// Bytes of keys and values recorded, every keyspace, less the append
     /// records a history merge has written into the pages (the disk
     /// bound: the bytes a full merge would fold in).
@@ -184,12 +183,11 @@ impl Deltas {
             return Ok(());
         }
         self.memory_bytes += size;
-        self.map.count(key, size);
         match (value, self.map.get(key)) {
             (Some(v), Some((_, Some(old)))) => {
                 let joined = combine(key, Some(old), v)?;
                 self.map.insert(key, Some(&joined));
-                self.map.compact_if_wasteful(key);
+                self.map.compact_if_wasteful();
             }
             (v, _) => self.map.insert(key, v),
         }

@@ -130,6 +130,7 @@ impl DiskOverlay {
     }
 
     /// Whether no key is recorded.
+    #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
@@ -184,32 +185,6 @@ impl DiskOverlay {
         let mut spans = self.under(prefix);
         spans.sort_unstable_by_key(|s| s.at);
         self.records(spans)
-    }
-}
-
-/// What a scan lays over the pages (`PagedStore::scan_overlaid`): a pass's
-/// records read back from disk (`DiskOverlay`) or the history's records
-/// held in memory (`delta::sliced::Sliced`).
-pub(super) trait Overlaid {
-    /// The latest record of `key`, with the overlay's own copy of the key.
-    fn record(&self, key: &[u8]) -> Option<(&[u8], Option<&[u8]>)>;
-    /// Every record of a key under `prefix`, in key order.
-    fn by_key(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)>;
-    /// Every record of a key under `prefix`, in the order written.
-    fn by_place(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)>;
-}
-
-impl Overlaid for DiskOverlay {
-    fn record(&self, key: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
-        self.get(key)
-    }
-
-    fn by_key(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
-        self.in_key_order(prefix)
-    }
-
-    fn by_place(&self, prefix: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
-        self.in_written_order(prefix)
     }
 }
 

@@ -46,7 +46,7 @@ mod span_tests;
 use super::delta::{
     delta_gen, delta_key, for_each_chunk, visit_chunk, Chunk, Deltas, HashSpan, DELTA_PREFIX,
 };
-use super::overlay::{DiskOverlay, Overlaid};
+use super::overlay::DiskOverlay;
 use super::{frame, KvStore, RawKv, SledStore, Visit, Write};
 use crate::codec::{META_FORMAT, STORE_FORMAT};
 use crate::error::{Error, Result};
@@ -969,7 +969,7 @@ impl<R: RawKv> PagedStore<R> {
         &self,
         prefix: &[u8],
         (pages, shed): (std::ops::Range<u32>, Option<&mut u64>),
-        overlay: &dyn Overlaid,
+        overlay: &DiskOverlay,
         f: Visit<'_>,
     ) -> Result<()> {
         let key_order = shed.is_none();
@@ -982,7 +982,7 @@ impl<R: RawKv> PagedStore<R> {
                 if !k.starts_with(prefix) {
                     return Ok(());
                 }
-                match overlay.record(k) {
+                match overlay.get(k) {
                     None => f(k, v),
                     Some((key, Some(d))) if is_append(k) => {
                         overlaid.insert(key);
@@ -996,8 +996,8 @@ impl<R: RawKv> PagedStore<R> {
             })
         })?;
         let only_in_deltas = match key_order {
-            true => overlay.by_key(prefix),
-            false => overlay.by_place(prefix),
+            true => overlay.in_key_order(prefix),
+            false => overlay.in_written_order(prefix),
         };
         for (k, v) in only_in_deltas {
             if let (Some(v), false) = (v, overlaid.contains(k)) {
@@ -1387,8 +1387,8 @@ mod tests {
         let on_disk = s
             .disk_overlay_hashed(&deltas.chunks, None, &|_| true)
             .unwrap();
-        let mut changes = merge::changes_by_page(on_disk.iter(), &|_| true);
-        for (page, list) in merge::changes_by_page(deltas.map.iter(), &|_| true) {
+        let mut changes = merge::changes_by_page(&on_disk, &|_| true);
+        for (page, list) in merge::changes_by_page(&deltas.map, &|_| true) {
             changes.entry(page).or_default().extend(list);
         }
         let half = changes.into_iter().step_by(2).collect();

@@ -10,16 +10,14 @@
 //! frozen one first), so every read is the same as with one map. At the
 //! merge's commit `retire_frozen` takes off exactly what was frozen; the
 //! records of the checkpoints beside it stay current. The merge writes the
-//! history's pages first, a slice of the hash space at a time, and lets
-//! each slice of the frozen map go once its pages are written
-//! (`release_frozen_slice`): the pages hold those records from then on. A
-//! merge that fails joins the maps back (`unfreeze`; a released slice
-//! joins as empty, its records being in their pages), and nothing is lost.
+//! history's pages first and then lets the frozen map go
+//! (`release_frozen_map`): the pages hold those records from then on. A
+//! merge that fails joins the maps back (`unfreeze`; a released map joins
+//! as empty, its records being in their pages), and nothing is lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::sliced::{slice_of, Sliced};
 use super::{Chunk, Deltas};
 use crate::error::{Error, Result};
 use crate::store::overlay::DiskOverlay;
@@ -27,11 +25,8 @@ use crate::store::paged::combine;
 
 /// What a merge in progress took as its own (`Deltas::freeze`).
 pub(crate) struct Frozen {
-    /// The append keyspace's records as they were at the freeze, by slice
-    /// (`sliced.rs`); a released slice is empty.
-    pub(crate) map: Vec<Arc<DiskOverlay>>,
-    /// The bytes counted into each slice, 0 once it is released.
-    slice_bytes: Vec<usize>,
+    /// The append keyspace's records as they were at the freeze.
+    pub(crate) map: Arc<DiskOverlay>,
     /// How many of `Deltas::chunks`, from the first, are the merge's.
     pub(crate) chunks: usize,
     bytes: usize,
@@ -69,7 +64,8 @@ impl Deltas {
                 "a merge began while another was in progress",
             ));
         }
-        let (map, slice_bytes) = std::mem::take(&mut self.map).into_frozen();
+        let mut map = std::mem::take(&mut self.map);
+        map.shrink_to_fit();
         // A history merge takes no chunk and only the append bytes, which
         // are all in the map; the disk-only counts stay.
         let (chunks, bytes, disk_bytes_by_prefix) = match every {
@@ -81,8 +77,7 @@ impl Deltas {
             false => (0, self.memory_bytes, BTreeMap::new()),
         };
         let frozen = Frozen {
-            map,
-            slice_bytes,
+            map: Arc::new(map),
             chunks,
             bytes,
             memory_bytes: self.memory_bytes,
@@ -91,22 +86,19 @@ impl Deltas {
         Ok(self.frozen.insert(frozen))
     }
 
-    /// Once the merge has written the records of slice `i` of the frozen
-    /// map into their pages: lets the slice go (a read finds them in the
-    /// pages, and after a crash the chunks still hold them), and its bytes
-    /// with it. The memory bound then counts only the records held beside
-    /// the merge and the slices not yet written, so a merge leaves room
-    /// for checkpoints beside it as it goes (`PagedStore::room_beside_merge`;
-    /// DESIGN.md 4.3, "The released map", "History merges in slices"). The
-    /// disk counts keep the frozen bytes until the commit.
-    pub(crate) fn release_frozen_slice(&mut self, i: usize) {
+    /// Once the merge has written the frozen map's records into their
+    /// pages: lets the map go (a read finds them in the pages, and after a
+    /// crash the chunks still hold them), and its bytes with it. The
+    /// memory bound then counts only the records held beside the merge, so
+    /// a full merge leaves room for checkpoints beside its disk-only
+    /// passes (`PagedStore::room_beside_merge`; DESIGN.md 4.3, "The
+    /// released map"). The disk counts keep the frozen bytes until the
+    /// commit.
+    pub(crate) fn release_frozen_map(&mut self) {
         if let Some(f) = &mut self.frozen {
-            if let Some(part) = f.map.get_mut(i) {
-                *part = Arc::new(DiskOverlay::default());
-            }
-            let bytes = f.slice_bytes.get_mut(i).map_or(0, std::mem::take);
-            self.memory_bytes = self.memory_bytes.saturating_sub(bytes);
-            f.memory_bytes = f.memory_bytes.saturating_sub(bytes);
+            f.map = Arc::new(DiskOverlay::default());
+            self.memory_bytes = self.memory_bytes.saturating_sub(f.memory_bytes);
+            f.memory_bytes = 0;
         }
     }
 
@@ -145,18 +137,10 @@ impl Deltas {
         let Some(f) = self.frozen.take() else {
             return Ok(());
         };
-        let parts = f
-            .map
-            .into_iter()
-            .map(|p| Arc::try_unwrap(p).unwrap_or_else(|shared| copy(&shared)))
-            .collect();
-        let mut map = Sliced::from_parts(parts, f.slice_bytes);
-        let beside = std::mem::take(&mut self.map);
-        for (k, v) in beside.iter() {
+        let mut map = Arc::try_unwrap(f.map).unwrap_or_else(|shared| copy(&shared));
+        for (k, v) in self.map.iter() {
             join_into(&mut map, k, v)?;
         }
-        // The bytes counted beside the merge join the frozen ones.
-        map.add_counts(&beside);
         self.map = map;
         Ok(())
     }
@@ -164,11 +148,7 @@ impl Deltas {
     /// The append record of `key` in memory: the frozen one joined with
     /// the one recorded beside the merge (`None`: neither holds it).
     pub(crate) fn append_get(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
-        let old = self
-            .frozen
-            .as_ref()
-            .and_then(|f| f.map.get(slice_of(key)))
-            .and_then(|part| part.get(key));
+        let old = self.frozen.as_ref().and_then(|f| f.map.get(key));
         let new = self.map.get(key);
         Ok(match (old, new) {
             (None, None) => None,
@@ -183,12 +163,11 @@ impl Deltas {
     /// The append records in memory as one map: a copy joining the two
     /// while a merge runs (a scan of the history then; rare), else `None`
     /// (read `map` itself).
-    pub(crate) fn joined_map(&self) -> Result<Option<Sliced>> {
+    pub(crate) fn joined_map(&self) -> Result<Option<DiskOverlay>> {
         let Some(f) = &self.frozen else {
             return Ok(None);
         };
-        let parts = f.map.iter().map(|p| copy(p)).collect();
-        let mut map = Sliced::from_parts(parts, f.slice_bytes.clone());
+        let mut map = copy(&f.map);
         for (k, v) in self.map.iter() {
             join_into(&mut map, k, v)?;
         }
@@ -205,7 +184,7 @@ fn copy(map: &DiskOverlay) -> DiskOverlay {
 }
 
 /// Records `value` of `key` over `map`'s, as `Deltas::record` does.
-fn join_into(map: &mut Sliced, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+fn join_into(map: &mut DiskOverlay, key: &[u8], value: Option<&[u8]>) -> Result<()> {
     let joined = match (value, map.get(key)) {
         (Some(v), Some((_, Some(old)))) => Some(combine(key, Some(old), v)?),
         (Some(v), _) => Some(v.to_vec()),
@@ -215,6 +194,6 @@ fn join_into(map: &mut Sliced, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         Some(v) => map.insert(key, Some(&v)),
         None => map.insert(key, None),
     }
-    map.compact_if_wasteful(key);
+    map.compact_if_wasteful();
     Ok(())
 }

@@ -22,7 +22,7 @@ fn meta(s: &PagedStore, key: &[u8]) -> u64 {
 /// `Mhist_merged` is never written.
 fn history_merge_cut_short(s: &PagedStore) {
     let deltas = s.deltas.read();
-    let half = merge::changes_by_page(deltas.map.iter(), &|_| true)
+    let half = merge::changes_by_page(&deltas.map, &|_| true)
         .into_iter()
         .step_by(2)
         .collect();

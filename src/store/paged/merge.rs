@@ -43,15 +43,15 @@ use crate::store::{RawKv, Write};
 /// The changes of one merge pass, by page (keyspace prefix, page number).
 type PageChanges<'a> = BTreeMap<(u8, u32), Vec<Change<'a>>>;
 
-/// The delta `records` that `want` selects, by page: those read back from
-/// disk in a pass, or a slice of the frozen append records in memory (the
-/// disk overlay holds no append record and the map nothing else).
+/// The delta records of `overlay` that `want` selects, by page: those
+/// read back from disk in a pass, or the frozen append records in memory
+/// (the disk overlay holds no append record and the map nothing else).
 pub(super) fn changes_by_page<'a>(
-    records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    overlay: &'a DiskOverlay,
     want: &dyn Fn(&[u8]) -> bool,
 ) -> PageChanges<'a> {
     let mut changes: PageChanges<'a> = BTreeMap::new();
-    for (k, v) in records {
+    for (k, v) in overlay.iter() {
         if let (true, Some(page)) = (want(k), page_of_key(k)) {
             changes.entry(page).or_default().push((k, v));
         }
@@ -96,7 +96,7 @@ impl<R: RawKv> PagedStore<R> {
                 Fold::Every => deltas.freeze()?,
                 Fold::History => deltas.freeze_history()?,
             };
-            let (map, n) = (frozen.map.clone(), frozen.chunks);
+            let (map, n) = (Arc::clone(&frozen.map), frozen.chunks);
             let bytes = frozen.disk_only_bytes();
             let passes = (bytes, self.delta_passes(bytes));
             self.publish_sizes(&deltas);
@@ -136,14 +136,14 @@ impl<R: RawKv> PagedStore<R> {
 
     /// The frozen deltas written into the pages, then the commit that
     /// retires them. The history's pages go first, from the frozen map
-    /// alone (the disk overlay holds no append record), each slice of the
-    /// map let go once its pages are written (`write_frozen_map`), so it
+    /// alone (the disk overlay holds no append record), and the map is
+    /// let go once they are written (`Deltas::release_frozen_map`), so it
     /// is not held beside the passes' read-back. The disk-only deltas
     /// follow in `passes` slices of the pages.
     fn merge_frozen(
         &self,
         gen: u64,
-        map: Vec<Arc<DiskOverlay>>,
+        map: Arc<DiskOverlay>,
         chunks: &[Chunk],
         (bytes, passes): (usize, u32),
         between: Between<'_>,
@@ -159,7 +159,7 @@ impl<R: RawKv> PagedStore<R> {
             let sizes = (bytes, passes);
             let _read =
                 self.disk_overlay_pass(&mut on_disk, chunks, selection, &|k| in_pass(k), sizes)?;
-            let changes = changes_by_page(on_disk.iter(), &in_pass);
+            let changes = changes_by_page(&on_disk, &in_pass);
             self.write_pages_in_place(gen, changes, between)?;
         }
         // The pages are durable before the commit that retires the chunks.
@@ -175,7 +175,7 @@ impl<R: RawKv> PagedStore<R> {
     fn merge_frozen_history(
         &self,
         gen: u64,
-        map: Vec<Arc<DiskOverlay>>,
+        map: Arc<DiskOverlay>,
         between: Between<'_>,
     ) -> Result<()> {
         self.write_frozen_map(gen, (META_HIST_ATTEMPT, map), between)?;
@@ -188,29 +188,21 @@ impl<R: RawKv> PagedStore<R> {
 
     /// A merge's first steps: its attempt recorded under `attempt_key`
     /// (for the crash test), then the frozen append records written into
-    /// their pages a slice at a time (`sliced.rs`: a slice is the records
-    /// of a run of pages, so the pages still go in page order), each slice
-    /// let go once its pages are written (`Deltas::release_frozen_slice`):
-    /// the memory it counted leaves room for checkpoints beside the rest
-    /// of the merge, and none of it is held beside what follows.
+    /// their pages and the map let go (`Deltas::release_frozen_map`), so it
+    /// is not held beside what follows.
     fn write_frozen_map(
         &self,
         gen: u64,
-        (attempt_key, map): (&[u8], Vec<Arc<DiskOverlay>>),
+        (attempt_key, map): (&[u8], Arc<DiskOverlay>),
         between: Between<'_>,
     ) -> Result<()> {
         let attempt = gen.to_be_bytes().to_vec();
         self.raw.apply(&[(attempt_key.to_vec(), Some(attempt))])?;
-        for (i, part) in map.into_iter().enumerate() {
-            if !part.is_empty() {
-                self.write_pages_in_place(gen, changes_by_page(part.iter(), &|_| true), between)?;
-            }
-            // This merge's share first, so the slice's memory goes with it.
-            drop(part);
-            let mut deltas = self.deltas.write();
-            deltas.release_frozen_slice(i);
-            self.publish_sizes(&deltas);
-        }
+        self.write_pages_in_place(gen, changes_by_page(&map, &|_| true), between)?;
+        drop(map);
+        let mut deltas = self.deltas.write();
+        deltas.release_frozen_map();
+        self.publish_sizes(&deltas);
         Ok(())
     }
 
