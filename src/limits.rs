@@ -56,10 +56,6 @@ pub const READ_SPIN_TRIES: u32 = 256;
 /// was a fifth of the writing thread's CPU, and bounding it lifted that
 /// row from 61k-62k to 69k-80k devices/s (13 step 32).
 pub const WARM_MAX_OPS: usize = 256;
-/// How far ahead of the operation it applies the writer asks for the
-/// cache lines of later ones (`State::apply_ahead`): index entries twice
-/// this far ahead, slots this far.
-pub const APPLY_PREFETCH_OPS: usize = 8;
 /// Fewest changed devices a checkpoint's snapshot encodes on two threads
 /// (`store/checkpoint.rs`): below it, starting a thread costs more than
 /// it saves.

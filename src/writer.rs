@@ -322,9 +322,7 @@ fn apply_request(
 ) -> (Vec<Applied>, bool) {
     let mut changed = false;
     let mut outcomes = Vec::with_capacity(entries.len().saturating_sub(1));
-    let mut ahead = crate::state::ReadAhead::default();
     for (i, e) in entries.iter().enumerate() {
-        st.apply_ahead(&mut ahead, entries, i);
         let (a, c) = st.apply(e);
         changed |= c;
         if i > 0 {

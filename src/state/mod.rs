@@ -38,7 +38,6 @@ pub use query::{Cursor, Page, Stats};
 use seen::SeenIndex;
 use slab::Slab;
 pub(crate) use token::SlotToken;
-pub(crate) use warm::ReadAhead;
 
 /// `Slot::person` value of an anonymous device.
 pub(crate) const NO_PERSON: u32 = u32::MAX;
