@@ -151,17 +151,6 @@ pub(crate) trait RawKv: KvStore {
     /// until they hold `max_bytes` of keys and values (at least one entry
     /// if there is any).
     fn scan_chunk(&self, prefix: &[u8], max_bytes: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Calls `f` with the value of `key` as the store holds it; false if
-    /// there is none. By default a `get`; sled lends its own buffer (no
-    /// copy: a delta chunk is megabytes, and its copy was a fresh mapping
-    /// under the harness's mmap threshold, 7% of the checkpointer's CPU
-    /// in a 10^7 import, DESIGN.md 13 step 44).
-    fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<bool> {
-        match self.get(key)? {
-            Some(v) => f(&v).map(|()| true),
-            None => Ok(false),
-        }
-    }
     /// Most writes one `apply` may carry (etcd's `--max-txn-ops`, less
     /// what the store adds); the page layout cuts its chunks to fit.
     fn max_batch_writes(&self) -> usize {

@@ -402,15 +402,6 @@ impl crate::kv::RawKv for SledStore {
         SledStore::scan_chunk(self, prefix, max_bytes)
     }
 
-    fn read_with(&self, key: &[u8], f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<bool> {
-        check(&self.faults, IoOp::StoreRead).map_err(|e| Error::io("reading the store", e))?;
-        match self.db()?.get(key) {
-            Ok(Some(v)) => f(&v).map(|()| true),
-            Ok(None) => Ok(false),
-            Err(e) => Err(Error::store("reading", e)),
-        }
-    }
-
     fn shed_after_bytes(&self) -> Option<u64> {
         match self
             .shed_after_bytes
@@ -666,36 +657,5 @@ impl SledStore {
             .map_err(|e| Error::store("flushing", e))?;
         // sled's flush uses sync_file_range, which does not survive power loss.
         visit_tree(&self.path, true, &self.faults)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fault::{FaultPlan, IoOp};
-    use crate::kv::RawKv;
-
-    /// `read_with` hands `f` the value as sled holds it, says when there is
-    /// none, returns `f`'s error, and is a store read to fault injection.
-    #[test]
-    fn read_with_lends_the_value_and_says_when_there_is_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan::new();
-        let s = SledStore::open(dir.path(), Some(plan.clone()), 1 << 20, true).unwrap();
-        let value: Vec<u8> = (0..5_000u32).map(|i| (i % 251) as u8).collect();
-        s.apply(&[(b"k".to_vec(), Some(value.clone()))]).unwrap();
-        let mut got = Vec::new();
-        let found = s.read_with(b"k", &mut |v| {
-            got.extend_from_slice(v);
-            Ok(())
-        });
-        assert!(found.unwrap());
-        assert_eq!(got, value);
-        assert!(!s.read_with(b"absent", &mut |_| Err(Error::Closed)).unwrap());
-        let failed = s.read_with(b"k", &mut |_| Err(Error::Closed));
-        assert!(matches!(failed, Err(Error::Closed)));
-        plan.arm(&[IoOp::StoreRead], 1, libc::EIO, false);
-        let e = s.read_with(b"k", &mut |_| Ok(())).unwrap_err();
-        assert!(e.to_string().contains("reading the store"), "{e}");
     }
 }

@@ -891,23 +891,20 @@ impl<R: RawKv> PagedStore<R> {
                 continue;
             }
             let key = &chunk.key;
-            // Read in sled's own buffer, not copied (`RawKv::read_with`).
-            let found = self.raw.read_with(key, &mut |value| {
-                read_bytes = read_bytes.saturating_add(value.len() as u64);
-                visit_chunk(key, value, &mut |k, v| {
-                    if !is_append(k) && want(k) {
-                        f(k, v);
-                    }
-                    Ok(())
-                })
-            })?;
-            if !found {
-                return Err(Error::corrupt(
+            let value = self.raw.get(key)?.ok_or_else(|| {
+                Error::corrupt(
                     format!("delta chunk {key:02x?}"),
                     "missing (it is current: at most the committed generation)",
-                ));
-            }
+                )
+            })?;
             self.raw.touch(&mut std::iter::once(key.as_slice()))?;
+            read_bytes = read_bytes.saturating_add(value.len() as u64);
+            visit_chunk(key, &value, &mut |k, v| {
+                if !is_append(k) && want(k) {
+                    f(k, v);
+                }
+                Ok(())
+            })?;
         }
         Ok(read_bytes)
     }
