@@ -21,15 +21,20 @@ const BATCH: u64 = 1_000;
 /// Most bytes per device the check may hold beside the open registry.
 const CHECK_EXTRA_BYTES_PER_DEVICE: u64 = 1_000;
 
-/// Resident bytes of this process (`VmRSS`).
-fn rss_bytes() -> u64 {
+/// A field of this process's `/proc/self/status` given in kB, in bytes.
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kib << 10
+}
+
+/// Resident bytes of this process (`VmRSS`).
+fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
 }
 
 fn register(i: u64) -> Op {
@@ -52,6 +57,26 @@ fn register(i: u64) -> Op {
     })
 }
 
+/// Registers the `DEVICES` devices, `BATCH` to a batch.
+fn register_all(reg: &Registry) {
+    for start in (0..DEVICES).step_by(BATCH as usize) {
+        reg.apply_batch((start..start + BATCH).map(register).collect())
+            .unwrap();
+    }
+}
+
+/// How much a child's RSS grew from `from` to `to`, asserted to be more
+/// than `min_bytes`: a child that grew by less measures nothing.
+fn grown_by(from: u64, to: u64, min_bytes: u64, what: &str) -> u64 {
+    let grown = to.saturating_sub(from);
+    assert!(
+        grown > min_bytes,
+        "{what} grew by {:.1} MiB only: the test measures nothing",
+        mib(grown)
+    );
+    grown
+}
+
 #[test]
 #[ignore = "child process of a_closed_registry_gives_its_heap_back"]
 fn memory_child() {
@@ -60,10 +85,7 @@ fn memory_child() {
     };
     let before = rss_bytes();
     let reg = Registry::open_with(Config::new(&db).durability(Durability::Eventual)).unwrap();
-    for start in (0..DEVICES).step_by(BATCH as usize) {
-        reg.apply_batch((start..start + BATCH).map(register).collect())
-            .unwrap();
-    }
+    register_all(&reg);
     assert_eq!(reg.stats().devices, DEVICES);
     let loaded = rss_bytes();
     reg.close().unwrap();
@@ -117,13 +139,7 @@ fn mib(bytes: u64) -> f64 {
 
 /// Peak resident bytes of this process since the last `reset_peak`.
 fn peak_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib << 10
+    status_bytes("VmHWM:")
 }
 
 /// Starts the peak (`VmHWM`) again from the current resident size.
@@ -139,10 +155,7 @@ fn check_memory_child() {
     };
     let config = || Config::new(&db).durability(Durability::Eventual);
     let reg = Registry::open_with(config()).unwrap();
-    for start in (0..DEVICES).step_by(BATCH as usize) {
-        reg.apply_batch((start..start + BATCH).map(register).collect())
-            .unwrap();
-    }
+    register_all(&reg);
     reg.close().unwrap();
     let before = rss_bytes();
     let reg = Registry::open_with(config()).unwrap();
@@ -161,17 +174,12 @@ fn check_memory_child() {
 fn the_check_holds_about_one_more_state() {
     let nums = run_child("check_memory_child", CHECK_CHILD_ENV);
     let (before, opened, peak) = (nums[0], nums[1], nums[2]);
-    let state = opened.saturating_sub(before);
+    let state = grown_by(before, opened, 10 << 20, "the open");
     let extra = peak.saturating_sub(opened);
     println!(
         "the open of {DEVICES} devices grew by {:.1} MiB, the check's peak by {:.1} MiB more",
         mib(state),
         mib(extra)
-    );
-    assert!(
-        state > 10 << 20,
-        "the open grew by {:.1} MiB only",
-        mib(state)
     );
     // Measured at 200,000 devices: 24-91 MiB beside an open registry of
     // 24-61 MiB (120-480 B/device); with the two dumps, 345-391 MiB
@@ -188,19 +196,14 @@ fn the_check_holds_about_one_more_state() {
 fn a_closed_registry_gives_its_heap_back() {
     let nums = run_child("memory_child", CHILD_ENV);
     let (before, loaded, closed) = (nums[0], nums[1], nums[2]);
-    let grown = loaded.saturating_sub(before);
-    let kept = closed.saturating_sub(before);
     println!(
         "RSS before open {:.1} MiB, with {DEVICES} devices {:.1}, after close {:.1}",
         mib(before),
         mib(loaded),
         mib(closed)
     );
-    assert!(
-        grown > 20 << 20,
-        "the registry grew by {:.1} MiB only: the test measures nothing",
-        mib(grown)
-    );
+    let grown = grown_by(before, loaded, 20 << 20, "the registry");
+    let kept = closed.saturating_sub(before);
     // Measured at 200,000 devices: 77-82 MiB kept of 162-169 grown with
     // the heap handed back at close, 211-238 MiB without (the final
     // checkpoint's buffers on top of the state, all freed but resident).

@@ -287,12 +287,12 @@ impl SledStore {
         let max_live = self.compact_max_live.load(Ordering::Relaxed);
         let mut copied = Copied::default();
         let mut from = Vec::new();
+        // `Mstore_live_bytes` and `Mstore_live_devices` are left out: the
+        // copy writes its own.
+        let keep = |k: &[u8]| k != META_STORE_LIVE_BYTES && k != META_STORE_LIVE_DEVICES;
         loop {
             let out = SledStore::open(copy, None, TOOL_SLED_CACHE_BYTES, true).map_err(abandon)?;
             copied.passes += 1;
-            // `Mstore_live_bytes` and `Mstore_live_devices` are left out:
-            // the copy writes its own.
-            let keep = |k: &[u8]| k != META_STORE_LIVE_BYTES && k != META_STORE_LIVE_DEVICES;
             let pass = (COMPACT_CHUNK_BYTES, pass_bytes);
             let next = copy_pass(self, &out, &from, pass, &mut copied, &keep).map_err(abandon)?;
             if copied.bytes > max_live {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fault::{check, Faults, IoOp};
-use crate::kv::{KvStore, Visit, Write};
+use crate::kv::{KvStore, Visit, VisitWhile, Write};
 
 /// What a copy of the store copied (`copy_store`, a compaction's
 /// `copy_in_passes`).
@@ -149,8 +149,6 @@ impl Batch {
         Ok(())
     }
 }
-
-pub(super) use crate::kv::VisitWhile;
 
 /// sled, with a real fsync after its flush.
 pub(crate) struct SledStore {
