@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench compare -- [--quick] [--n N] [--sweep] [--huge] [--sizes N,N,..]
 //!                                [--rounds R|R1,R2,..] [--phase-ms MS] [--systems a,b,..]
+//!                                [--glibc-tunables T]
 //! cargo bench --bench compare -- --diff A.json B.json
 //! ```
 //!
@@ -22,6 +23,11 @@
 //! JSON, text and (for several sizes) an SVG plot under `bench-results/`,
 //! and for a full run a copy in `bench-results/history/`; `--diff` compares
 //! two such JSON files (`history.rs`).
+//!
+//! Every child runs on glibc's malloc with its default settings, as a
+//! service linking the library does: the harness clears `GLIBC_TUNABLES`
+//! for them unless `--glibc-tunables T` gives one setting for every system
+//! (DESIGN.md section 6, "The harness's allocator").
 
 mod env;
 mod history;
@@ -48,7 +54,7 @@ use run::Metrics;
 
 const USAGE: &str = "compare [--quick] [--n N] [--sweep] [--huge] [--sizes N,N,...] \
                      [--rounds R|R1,R2,..] [--phase-ms MS] [--systems devreg,sled,sqlite,memory] \
-                     | --diff A.json B.json";
+                     [--glibc-tunables T] | --diff A.json B.json";
 
 #[derive(Default)]
 struct Args {
@@ -65,6 +71,8 @@ struct Args {
     child: Option<String>,
     system: Option<String>,
     dir: Option<PathBuf>,
+    /// `--glibc-tunables`: the children's `GLIBC_TUNABLES` (none if unset).
+    glibc_tunables: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -85,7 +93,7 @@ fn parse_args() -> Args {
                 a.diff = Some((file(), file()));
             }
             flag @ ("--n" | "--sizes" | "--rounds" | "--phase-ms" | "--systems" | "--child"
-            | "--system" | "--dir") => {
+            | "--system" | "--dir" | "--glibc-tunables") => {
                 let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
                 set_value(&mut a, flag, v);
             }
@@ -113,15 +121,23 @@ fn set_value(a: &mut Args, flag: &str, v: String) {
         "--child" => a.child = Some(v),
         "--system" => a.system = Some(v),
         "--dir" => a.dir = Some(v.into()),
+        "--glibc-tunables" => a.glibc_tunables = Some(v),
         other => unreachable!("{other} takes no value"),
     }
 }
 
-/// glibc malloc settings of every child process: allocations of 64 KiB and
-/// more from mmap, as the `devreg` command set with mallopt before it took
-/// mimalloc (DESIGN.md section 6; with mimalloc here the 10^4 rates rise
-/// too, so the growth ratios barely move: section 13, step 11).
-pub const CHILD_GLIBC_TUNABLES: &str = "glibc.malloc.mmap_threshold=65536";
+/// The `GLIBC_TUNABLES` every child runs with: none (glibc's defaults)
+/// unless `--glibc-tunables` set one. Until 2026-12-07 the harness set
+/// `glibc.malloc.mmap_threshold=65536` for every system, which kept
+/// devreg's RSS after open down before its open returned the heap's free
+/// pages (`heap.rs`); it now costs devreg's 10^7 import a fifth of its rate
+/// and saves no RSS after open (DESIGN.md section 6).
+static CHILD_GLIBC_TUNABLES: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// The children's `GLIBC_TUNABLES`, if any (set once, by `bench`).
+pub fn child_glibc_tunables() -> Option<&'static str> {
+    CHILD_GLIBC_TUNABLES.get().and_then(|t| t.as_deref())
+}
 
 /// Runs this binary as a child and parses the `RESULT {json}` line it
 /// prints; or says why it gave no result (killed for memory at 10^7, say).
@@ -133,9 +149,14 @@ fn try_child(
     phase: Duration,
 ) -> Result<Metrics, String> {
     let exe = std::env::current_exe().expect("finding the bench binary");
-    let out = Command::new(exe)
-        // The same glibc setting for every system (DESIGN.md section 6).
-        .env("GLIBC_TUNABLES", CHILD_GLIBC_TUNABLES)
+    let mut child = Command::new(exe);
+    // The same glibc settings for every system (DESIGN.md section 6): the
+    // defaults, unless `--glibc-tunables` gave some; never the caller's.
+    match child_glibc_tunables() {
+        Some(t) => child.env("GLIBC_TUNABLES", t),
+        None => child.env_remove("GLIBC_TUNABLES"),
+    };
+    let out = child
         .args(["--child", kind, "--system", system, "--n", &n.to_string()])
         .args(["--phase-ms", &phase.as_millis().to_string()])
         .arg("--dir")
@@ -218,6 +239,7 @@ fn rounds_per_size(a: &Args, sizes: usize) -> Vec<usize> {
 
 fn bench(a: &Args) {
     let started = Instant::now();
+    let _once = CHILD_GLIBC_TUNABLES.set(a.glibc_tunables.clone());
     let phase = Duration::from_millis(a.phase_ms.unwrap_or(if a.quick { 300 } else { 2000 }));
     let sizes = sizes(a);
     let rounds = rounds_per_size(a, sizes.len());

@@ -206,10 +206,12 @@ fn two(v: f64) -> String {
 }
 
 fn about(r: &SizeRun) -> String {
-    let mut s = format!(
-        "Every system ran in its own process with GLIBC_TUNABLES={}.\n\n",
-        crate::CHILD_GLIBC_TUNABLES
-    );
+    let mut s = match crate::child_glibc_tunables() {
+        Some(t) => format!("Every system ran in its own process with GLIBC_TUNABLES={t}.\n\n"),
+        None => "Every system ran in its own process on glibc's malloc defaults \
+                 (no GLIBC_TUNABLES).\n\n"
+            .to_string(),
+    };
     let rounds = r.rounds.len();
     if rounds > 1 {
         let orders: Vec<String> = r.rounds.iter().map(|x| x.order.join(" ")).collect();
@@ -567,6 +569,7 @@ pub fn json(runs: &[SizeRun], env: &Env, quick: bool) -> String {
     serde_json::to_string_pretty(&json!({
         "command": env.command,
         "environment": env.json(),
+        "glibc_tunables": crate::child_glibc_tunables(),
         "note": "ratios: above 1 means devreg is better (throughput ratio, or inverse ratio for \
                  bytes and time); every value is the median over the rounds, \"min\" and \"max\" \
                  hold the extremes, \"per_round\" every round, \"ratio_ranges\" the min and max \
