@@ -42,6 +42,7 @@ mod rounds;
 /// tails of a noisy value too thinly to see both sides of its threshold.
 const DEFAULT_ROUNDS: usize = 7;
 mod run;
+mod schedule;
 mod stats;
 mod systems;
 mod workload;
@@ -252,11 +253,8 @@ fn bench(a: &Args) {
         .collect();
     let cmd = format!("cargo bench --bench compare -- {}", args.join(" "));
     let mut machine = env::Env::start(&cmd, repo, &std::env::temp_dir());
-    let runs: Vec<rounds::SizeRun> = sizes
-        .into_iter()
-        .zip(rounds)
-        .map(|(n, rounds)| rounds::measure(n, phase, &a.systems, rounds))
-        .collect();
+    let sized: Vec<(usize, usize)> = sizes.into_iter().zip(rounds).collect();
+    let runs = rounds::measure_all(&sized, phase, &a.systems);
     machine.finish(started.elapsed());
     let mut text = String::new();
     for r in &runs {

@@ -437,12 +437,15 @@ pub fn growth(runs: &[SizeRun]) -> String {
     let (first, last) = (&runs[0], &runs[runs.len() - 1]);
     let mut s = format!(
         "## growth: median throughput at n = {} / at n = {} (target for devreg: >= 0.5; \
-         medians of {} and {} rounds)\n\n\
+         medians of {} and {} rounds; in brackets the min–max of each n = {} round over the \
+         n = {} round run nearest it, the sizes' rounds being interleaved)\n\n\
          | metric |",
         last.n,
         first.n,
         last.rounds.len(),
-        first.rounds.len()
+        first.rounds.len(),
+        last.n,
+        first.n
     );
     let names = first.names();
     for n in &names {
@@ -459,11 +462,34 @@ pub fn growth(runs: &[SizeRun]) -> String {
                 .spread(n, key)
                 .zip(first.spread(n, key))
                 .map(|(a, b)| a.median / b.median);
-            let _ = write!(s, " {} |", g.map_or("n/a".into(), two));
+            let paired = stats::spread(&paired_growth(first, last, n, key));
+            let cell = match (g, paired) {
+                (Some(g), Some(p)) if p.min != p.max => {
+                    format!("{} ({}–{})", two(g), two(p.min), two(p.max))
+                }
+                (g, _) => g.map_or("n/a".into(), two),
+            };
+            let _ = write!(s, " {cell} |");
         }
         let _ = writeln!(s);
     }
     s + "\n"
+}
+
+/// `key` of `system` in each round of `last` over the same in the round of
+/// `first` that ran nearest it in the run (`Round::seq`; the earlier of two
+/// as near): growth ratios of measurements minutes apart.
+fn paired_growth(first: &SizeRun, last: &SizeRun, system: &str, key: &str) -> Vec<f64> {
+    last.rounds
+        .iter()
+        .filter_map(|r| {
+            let near = first
+                .rounds
+                .iter()
+                .min_by_key(|f| (f.seq.abs_diff(r.seq), f.seq))?;
+            Some(r.value(system, key)? / near.value(system, key)?)
+        })
+        .collect()
 }
 
 /// The groups of the JSON file: (its name there, the group in `Round::value`).
@@ -516,6 +542,7 @@ fn round_json(x: &crate::rounds::Round) -> Value {
         .map(|(n, m)| (n.clone(), json!(m)))
         .collect();
     json!({
+        "seq": x.seq,
         "order": x.order,
         "systems": systems,
         "fsync_floor": x.floor,

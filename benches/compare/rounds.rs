@@ -7,6 +7,12 @@
 //! would be another measurement). A slow minute of the shared machine then
 //! lands on a different system in each round instead of on one system's
 //! whole result. Each round starts from empty directories, removed after it.
+//!
+//! A run of several sizes interleaves them (`measure_all`): each size's
+//! rounds are spread over the run, so that a growth ratio (10^7 against
+//! 10^4) compares rounds measured minutes apart rather than a size
+//! measured in the run's first minutes against one measured half an hour
+//! later, on a shared machine whose speed drifts (DESIGN.md 13 step 45).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,6 +23,9 @@ use crate::stats::{self, Spread};
 
 /// Everything measured in one round at one size.
 pub struct Round {
+    /// Where this round ran in the whole run: 0 for the first round of
+    /// any size (`measure_all` interleaves the sizes).
+    pub seq: usize,
     /// The systems in the order they ran.
     pub order: Vec<String>,
     pub floor: Metrics,
@@ -112,8 +121,14 @@ fn attempt(
     }
 }
 
-/// Round `k` (from 0) of `systems` at `n` devices, in `dir`.
-fn round(k: usize, systems: &[String], dir: &Path, np: (usize, Duration)) -> (Round, Vec<String>) {
+/// Round `k` (from 0) of `systems` at `n` devices, in `dir`; `seq` is its
+/// place in the whole run.
+fn round(
+    (k, seq): (usize, usize),
+    systems: &[String],
+    dir: &Path,
+    np: (usize, Duration),
+) -> (Round, Vec<String>) {
     let mut order = systems.to_vec();
     let by = k % order.len().max(1);
     order.rotate_left(by);
@@ -139,6 +154,7 @@ fn round(k: usize, systems: &[String], dir: &Path, np: (usize, Duration)) -> (Ro
     // Table order, whatever order they ran in.
     results.sort_by_key(|(s, _)| systems.iter().position(|x| x == s));
     let r = Round {
+        seq,
         order,
         floor,
         systems: results,
@@ -148,43 +164,86 @@ fn round(k: usize, systems: &[String], dir: &Path, np: (usize, Duration)) -> (Ro
     (r, skipped)
 }
 
-/// `rounds` interleaved rounds of `systems` at `n` devices.
-pub fn measure(n: usize, phase: Duration, systems: &[String], rounds: usize) -> SizeRun {
-    // Same filesystem as the project (one disk on this machine).
-    let tmp = tempfile::Builder::new()
-        .prefix("devreg-compare-")
-        .tempdir()
-        .expect("creating a temporary directory");
-    eprintln!(
-        "== n = {n}, {rounds} round(s), {} ms per timed phase",
-        phase.as_millis()
-    );
-    let mut skipped = Vec::new();
-    let mut run_these = Vec::new();
-    for s in systems {
-        if s == "sled" && n > SLED_MAX_DEVICES {
-            let why = format!(
-                "raw sled skipped at n = {n}: a sled key per record needs about 6 GiB of RAM \
-                 per 10^6 keys (issue 12), so it cannot hold more than {SLED_MAX_DEVICES} here"
-            );
-            eprintln!("  {why}");
-            skipped.push(why);
-        } else {
-            run_these.push(s.clone());
+/// One size's rounds, measured one at a time (`next_round`) so that the
+/// sizes of a run can take turns.
+struct SizeRunner {
+    n: usize,
+    phase: Duration,
+    /// The systems run at this size (raw sled is left out above its limit).
+    run_these: Vec<String>,
+    tmp: tempfile::TempDir,
+    /// Rounds asked for.
+    rounds: usize,
+    run: SizeRun,
+}
+
+impl SizeRunner {
+    fn new(n: usize, phase: Duration, systems: &[String], rounds: usize) -> SizeRunner {
+        // Same filesystem as the project (one disk on this machine).
+        let tmp = tempfile::Builder::new()
+            .prefix("devreg-compare-")
+            .tempdir()
+            .expect("creating a temporary directory");
+        let mut skipped = Vec::new();
+        let mut run_these = Vec::new();
+        for s in systems {
+            if s == "sled" && n > SLED_MAX_DEVICES {
+                let why = format!(
+                    "raw sled skipped at n = {n}: a sled key per record needs about 6 GiB of \
+                     RAM per 10^6 keys (issue 12), so it cannot hold more than \
+                     {SLED_MAX_DEVICES} here"
+                );
+                eprintln!("  {why}");
+                skipped.push(why);
+            } else {
+                run_these.push(s.clone());
+            }
+        }
+        let run = SizeRun {
+            n,
+            asked: systems.to_vec(),
+            rounds: Vec::new(),
+            skipped,
+        };
+        SizeRunner {
+            n,
+            phase,
+            run_these,
+            tmp,
+            rounds,
+            run,
         }
     }
-    let mut out = Vec::new();
-    for k in 0..rounds {
-        eprintln!("-- round {}/{rounds}", k + 1);
-        let dir = tmp.path().join(format!("round-{}", k + 1));
-        let (r, why) = round(k, &run_these, &dir, (n, phase));
-        skipped.extend(why.into_iter().map(|w| format!("{w} (round {})", k + 1)));
-        out.push(r);
+
+    /// Runs this size's next round as round `seq` of the whole run.
+    fn next_round(&mut self, seq: usize) {
+        let k = self.run.rounds.len();
+        let (n, rounds) = (self.n, self.rounds);
+        eprintln!(
+            "-- n = {n}, round {}/{rounds}, {} ms per timed phase",
+            k + 1,
+            self.phase.as_millis()
+        );
+        let dir = self.tmp.path().join(format!("round-{}", k + 1));
+        let (r, why) = round((k, seq), &self.run_these, &dir, (n, self.phase));
+        let skipped = why.into_iter().map(|w| format!("{w} (round {})", k + 1));
+        self.run.skipped.extend(skipped);
+        self.run.rounds.push(r);
     }
-    SizeRun {
-        n,
-        asked: systems.to_vec(),
-        rounds: out,
-        skipped,
+}
+
+/// Every `(n, rounds)` of `sizes`, its rounds interleaved with the other
+/// sizes' (`schedule`), each round running `systems` in rotated order.
+pub fn measure_all(sizes: &[(usize, usize)], phase: Duration, systems: &[String]) -> Vec<SizeRun> {
+    let mut runners: Vec<SizeRunner> = sizes
+        .iter()
+        .map(|&(n, rounds)| SizeRunner::new(n, phase, systems, rounds))
+        .collect();
+    let rounds: Vec<usize> = sizes.iter().map(|&(_, r)| r).collect();
+    for (seq, i) in crate::schedule::schedule(&rounds).into_iter().enumerate() {
+        if let Some(r) = runners.get_mut(i) {
+            r.next_round(seq);
+        }
     }
+    runners.into_iter().map(|r| r.run).collect()
 }
