@@ -3,8 +3,7 @@
 //! devices and the RSS per device (VmRSS of this process after the open).
 //!
 //! ```sh
-//! GLIBC_TUNABLES=glibc.malloc.mmap_threshold=65536 \
-//!     cargo run --release --example rss_after_open -- DB [BUDGET_MIB] [nice=STEPS]
+//! cargo run --release --example rss_after_open -- DB [BUDGET_MIB] [nice=STEPS]
 //! ```
 //!
 //! `nice=STEPS` sets `Config::background_nice` (0 keeps the checkpointer at
@@ -12,9 +11,11 @@
 //!
 //! This measures the library on the system allocator, as a service linking
 //! it would run (the `devreg` command uses mimalloc instead, DESIGN.md
-//! section 6). With glibc, the tunable matters: without it glibc keeps the
-//! nodes sled freed after the load in its heap, and the RSS stays about
-//! 110 B per device higher at 10^7.
+//! section 6). glibc's mmap threshold no longer matters for it: since the open
+//! returns glibc's free heap pages (`heap.rs`), the harness's 10^7 database
+//! read 178 B/device with it and 180 without (DESIGN.md 6, "The harness's
+//! allocator"); before, glibc kept the nodes sled freed after the load and
+//! the RSS stayed about 110 B per device higher without it.
 
 use std::error::Error;
 

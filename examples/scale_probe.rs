@@ -19,7 +19,8 @@
 //! ```
 //!
 //! It runs on the system allocator, as a service linking the library
-//! does (the harness's children too, with the same `GLIBC_TUNABLES`).
+//! does, and as the harness's children do (glibc's defaults unless the
+//! caller sets `GLIBC_TUNABLES`; DESIGN.md 6, "The harness's allocator").
 //! Linux only (it reads `/proc/thread-self/schedstat`); elsewhere the CPU
 //! columns read 0.
 

@@ -172,6 +172,7 @@ pub(crate) struct Recorder {
     compactions_abandoned: AtomicU64,
     compaction_freed_bytes: AtomicU64,
     compaction_passes: AtomicU64,
+    heap_trims: AtomicU64,
 }
 
 impl Recorder {
@@ -189,6 +190,7 @@ impl Recorder {
             compactions_abandoned: AtomicU64::new(0),
             compaction_freed_bytes: AtomicU64::new(0),
             compaction_passes: AtomicU64::new(0),
+            heap_trims: AtomicU64::new(0),
         }
     }
 
@@ -295,6 +297,16 @@ impl Recorder {
                 self.compactions_abandoned.fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// The checkpointer handed the heap's free pages back after a merge or
+    /// a compaction (`heap::release_free_pages`).
+    pub(crate) fn heap_trimmed(&self) {
+        self.heap_trims.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn heap_trims(&self) -> u64 {
+        self.heap_trims.load(Relaxed)
     }
 
     /// (compactions done, abandoned, bytes of disk they gave back, passes

@@ -767,6 +767,8 @@ fn metrics_count_page_merges_and_their_bytes() {
     reg.checkpoint().unwrap();
     let first = reg.metrics();
     assert_eq!(first.page_merges, 1, "{first:?}");
+    // Each merge hands the heap's free pages back (DESIGN.md 6).
+    assert_eq!(first.heap_trims, 1 + first.compactions, "{first:?}");
     assert!(first.page_merge_bytes_written > 200 * 8, "{first:?}");
     assert!(first.page_merge_bytes_written <= first.store_bytes_written);
     // Nothing changed: only metadata is written, no merge.
@@ -776,6 +778,7 @@ fn metrics_count_page_merges_and_their_bytes() {
     reg.checkpoint().unwrap();
     let second = reg.metrics();
     assert_eq!(second.page_merges, 2, "{second:?}");
+    assert_eq!(second.heap_trims, 2 + second.compactions, "{second:?}");
     assert!(second.page_merge_bytes_written > first.page_merge_bytes_written);
     drop(reg);
     let roomy = merging("deltas", 64 << 20);
@@ -784,6 +787,7 @@ fn metrics_count_page_merges_and_their_bytes() {
     let m = roomy.metrics();
     assert!(m.checkpoints >= 1 && m.store_bytes_written > 0, "{m:?}");
     assert_eq!((m.page_merges, m.page_merge_bytes_written), (0, 0), "{m:?}");
+    assert_eq!(m.heap_trims, m.compactions, "{m:?}");
 }
 
 #[test]

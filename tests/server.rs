@@ -398,6 +398,7 @@ fn ops_endpoints(c: &Client, backups: &Path) {
         "devreg_store_page_merges_total ",
         "devreg_checkpoints_beside_merges_total ",
         "devreg_store_page_merge_written_bytes_total ",
+        "devreg_heap_trims_total ",
         "devreg_registry_failed 0",
         "devreg_devices 3",
         "devreg_feed_pending_operations{sink=\"cio\"}",

@@ -74,6 +74,11 @@ pub struct Metrics {
     /// counter; part of `store_bytes_written`): what a merge costs, and
     /// with `page_merges`, how often the store is rewritten.
     pub page_merge_bytes_written: u64,
+    /// Times the checkpointer handed the C heap's free pages back to the
+    /// kernel, after each page merge and each compaction (a counter;
+    /// glibc's `malloc_trim`, a no-op on other C libraries; DESIGN.md 6,
+    /// "The heap after a merge").
+    pub heap_trims: u64,
     /// The registry's counts now ([`Registry::stats`]): `devices` and more.
     pub stats: Stats,
     /// Every sink's position ([`Registry::sinks`]): `pending` is its lag
@@ -134,6 +139,7 @@ impl Registry {
             compaction_passes,
             page_merges,
             page_merge_bytes_written,
+            heap_trims: m.heap_trims(),
             stats,
             sinks,
             failed: self.inner.failed.get().is_some(),

@@ -130,6 +130,9 @@ impl Collector for EngineCollector {
             help,
             m.page_merge_bytes_written,
         )?;
+        let help =
+            "Times the C heap's free pages were handed back after a page merge or a compaction.";
+        counter(&mut e, "heap_trims", help, m.heap_trims)?;
         let help = "1 once the registry failed and refuses writes until reopened.";
         gauge(&mut e, "registry_failed", help, u64::from(m.failed))
     }
