@@ -1,5 +1,7 @@
 //! Hands the free pages of the C heap back to the kernel once open's bulk
-//! load is done (DESIGN.md 6, "The heap after open").
+//! load is done (DESIGN.md 6, "The heap after open"), after each page
+//! merge and compaction (the checkpointer; "The heap after a merge") and
+//! when a registry closes ("The heap after close").
 //!
 //! Open decodes every page of the store on a scanning thread, and sled
 //! reads its pages on that thread too: glibc gives the thread its own
@@ -17,8 +19,8 @@
 
 /// Returns the free whole pages of every glibc malloc arena to the kernel.
 /// Takes each arena's lock in turn while it walks its free chunks (a few
-/// milliseconds at 10^7 devices, DESIGN.md 6), so call it once after a bulk
-/// load, never on a hot path.
+/// milliseconds at 10^7 devices, DESIGN.md 6), so call it after work that
+/// freed much (a bulk load, a merge, a compaction), never on a hot path.
 pub(crate) fn release_free_pages() {
     trim();
 }
