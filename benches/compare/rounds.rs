@@ -167,7 +167,6 @@ fn round(
 /// One size's rounds, measured one at a time (`next_round`) so that the
 /// sizes of a run can take turns.
 struct SizeRunner {
-    n: usize,
     phase: Duration,
     /// The systems run at this size (raw sled is left out above its limit).
     run_these: Vec<String>,
@@ -206,7 +205,6 @@ impl SizeRunner {
             skipped,
         };
         SizeRunner {
-            n,
             phase,
             run_these,
             tmp,
@@ -218,7 +216,7 @@ impl SizeRunner {
     /// Runs this size's next round as round `seq` of the whole run.
     fn next_round(&mut self, seq: usize) {
         let k = self.run.rounds.len();
-        let (n, rounds) = (self.n, self.rounds);
+        let (n, rounds) = (self.run.n, self.rounds);
         eprintln!(
             "-- n = {n}, round {}/{rounds}, {} ms per timed phase",
             k + 1,
