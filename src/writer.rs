@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::log::entry::{encode_entries, Entry};
 use crate::log::LogWriter;
 use crate::metrics::Recorder;
-use crate::state::{Applied, State, StateLock, StateWrite};
+use crate::state::{reads_ahead, AheadHashes, Applied, State, StateLock, StateWrite};
 use crate::store::{KvStore, Snapshot};
 
 mod checkpointer;
@@ -322,7 +322,14 @@ fn apply_request(
 ) -> (Vec<Applied>, bool) {
     let mut changed = false;
     let mut outcomes = Vec::with_capacity(entries.len().saturating_sub(1));
+    // A bulk batch on a large state reads ahead (`state/ahead.rs`).
+    let ahead: Vec<AheadHashes> = if reads_ahead(st, entries.len()) {
+        entries.iter().map(|e| st.ahead_hashes(e)).collect()
+    } else {
+        Vec::new()
+    };
     for (i, e) in entries.iter().enumerate() {
+        st.read_ahead(&ahead, i);
         let (a, c) = st.apply(e);
         changed |= c;
         if i > 0 {

@@ -4,6 +4,7 @@
 //! packed (see `codec::pack_token`), people are interned, and identical
 //! attribute sets share one blob. Ids are process-local and never persisted.
 
+mod ahead;
 mod apply;
 mod check;
 mod huge;
@@ -29,6 +30,7 @@ use crate::history::{Cause, History, DEFAULT_HISTORY_RETENTION_MS};
 use crate::model::{Deliverability, Platform};
 
 pub(crate) use crate::log::entry::Entry;
+pub(crate) use ahead::{reads_ahead, AheadHashes};
 pub(crate) use apply::Applied;
 pub(crate) use ids::DeviceIds;
 use index::IdIndex;

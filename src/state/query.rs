@@ -54,16 +54,22 @@ impl State {
             platform: s.platform,
             // Copied from the slot's copy, or from the person's name when
             // it is long: no reference count touched.
-            person: (s.person != NO_PERSON)
-                .then(|| match s.owner.as_str() {
-                    Some(name) => Some(String::from(name)),
-                    None => self.person(s.person).map(|p| String::from(p.name_str())),
-                })
-                .flatten(),
+            person: self.owner_name(s).map(String::from),
             last_seen_ms: s.last_seen_ms,
             // Blobs are checked when they enter the pool.
             attributes: crate::codec::decode_attributes_trusted(&s.attrs),
         }
+    }
+
+    /// The owner's name of the device in `s`: the slot's copy when it is
+    /// short, else the person's own (no reference count touched).
+    pub(crate) fn owner_name<'a>(&'a self, s: &'a Slot) -> Option<&'a str> {
+        if s.person == NO_PERSON {
+            return None;
+        }
+        s.owner
+            .as_str()
+            .or_else(|| self.person(s.person).map(|p| p.name_str()))
     }
 
     pub(crate) fn device(&self, token: &str) -> Option<Device> {

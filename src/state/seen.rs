@@ -102,6 +102,21 @@ impl Leaves {
             .is_some_and(|(_, leaf)| search(leaf, e).is_ok())
     }
 
+    /// Starts loading the heads `search` reads first in the leaf that
+    /// holds (or would hold) `e`; the descent to it is made now, so its
+    /// nodes are in the cache for the insert or removal that follows.
+    fn prefetch(&self, e: Entry) {
+        let found = match self.leaves.range(..=e).next_back() {
+            Some(hit) => Some(hit),
+            None => self.leaves.iter().next(),
+        };
+        if let Some((_, leaf)) = found {
+            for head in leaf.iter().step_by(STRIDE) {
+                crate::prefetch::prefetch(head);
+            }
+        }
+    }
+
     fn insert(&mut self, e: Entry) -> bool {
         // One descent: the leaf filed at or below `e`, else the first.
         let found = match self.leaves.range_mut(..=e).next_back() {
@@ -306,6 +321,12 @@ impl SeenIndex {
     /// Removes an entry; false if it was not there.
     pub(crate) fn remove(&mut self, p: Platform, ms: u64, id: u32) -> bool {
         self.of_mut(p).remove(Entry::new(ms, id))
+    }
+
+    /// Starts loading what an insert or removal of this entry will read
+    /// first (a hint; `state/ahead.rs`).
+    pub(crate) fn prefetch(&self, p: Platform, ms: u64, id: u32) {
+        self.of(p).prefetch(Entry::new(ms, id));
     }
 
     pub(crate) fn contains(&self, p: Platform, ms: u64, id: u32) -> bool {

@@ -124,6 +124,7 @@ fn encode_devices(
     out: &mut Vec<Write>,
 ) -> Result<()> {
     let write = |i: usize| {
+        state.read_ahead_tokens(|j| tokens.key(j), i);
         let t = tokens.key(i);
         (device_key(t), device_value(state, t))
     };
@@ -148,13 +149,14 @@ fn encode_devices(
 }
 
 /// The record of the device with packed `token`, or None if it is gone.
+/// The owner's name comes from the slot's copy when it is short, so the
+/// person's slot is read only for a long name (DESIGN.md 6).
 fn device_value(state: &State, token: &[u8]) -> Option<Vec<u8>> {
     let s = state.lookup(token).and_then(|id| state.slot(id))?;
-    let person = state.person_name(s.person);
     Some(encode_record(&RecordRef {
         platform: s.platform,
         last_seen_ms: s.last_seen_ms,
-        person: person.as_deref(),
+        person: state.owner_name(s),
         attributes_blob: &s.attrs,
     }))
 }

@@ -1,0 +1,254 @@
+//! Read-ahead for a batch: while one operation is applied, the cache lines
+//! that operations a few places later will read are asked for, so that
+//! their misses overlap instead of coming one after another (DESIGN.md 6,
+//! "A batch reads ahead").
+//!
+//! At 10^7 devices every register of a known device misses the cache in
+//! the token index's entry, then in the device's slot, then in the slots
+//! of its owner's other devices (the owner's list is kept in recency
+//! order), each miss waiting for the one before. The stages here follow
+//! the same chain, each [`APPLY_PREFETCH_OPS`] operations behind the one
+//! before it: the index entries, then the slots they name, then the
+//! owner's devices. Nothing here changes the state, and a wrong guess (a
+//! tag shared by another token, an operation earlier in the batch that
+//! moves the device) costs a wasted load, never a wrong answer.
+
+use super::{Entry, State, NO_PERSON};
+use crate::codec::with_packed;
+use crate::model::{Op, Platform};
+
+/// How many operations separate two stages of the read-ahead: far enough
+/// for a miss to DRAM (about 100 ns) to land while the operations between
+/// are applied (each at least several hundred nanoseconds at 10^7).
+pub(crate) const APPLY_PREFETCH_OPS: usize = 8;
+/// Batches with fewer operations than this apply without read-ahead (its
+/// hashes would cost more than the misses it saves).
+pub(crate) const APPLY_PREFETCH_MIN_OPS: usize = 4 * APPLY_PREFETCH_OPS;
+/// Nor does a state of fewer devices read ahead: its tables (16 MiB of
+/// slots, 4 MiB of token index at this size) are mostly in the cache, and
+/// the read-ahead's second hash and descents are then all cost. At 10^4
+/// devices they took the harness's bulk import from about 347k to 255k
+/// devices/s (medians of six alternated runs, DESIGN.md 13 step 46).
+pub(crate) const APPLY_PREFETCH_MIN_DEVICES: u64 = 1 << 18;
+
+/// Whether applying `ops` operations to `state` reads ahead.
+pub(crate) fn reads_ahead(state: &State, ops: usize) -> bool {
+    ops >= APPLY_PREFETCH_MIN_OPS && state.len() >= APPLY_PREFETCH_MIN_DEVICES
+}
+
+/// An entry's hashes, in the state's hasher: its token's (packed) and its
+/// person's, each None when the entry names none.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct AheadHashes {
+    token: Option<u64>,
+    person: Option<u64>,
+    /// The platform a register names and the time it (or a touch) was
+    /// seen: where the device's last-seen entry goes.
+    seen: Option<(Option<Platform>, u64)>,
+}
+
+impl State {
+    /// The hashes `read_ahead` needs for `entry`: only registers and the
+    /// operations on one token name what a later stage can find.
+    pub(crate) fn ahead_hashes(&self, entry: &Entry) -> AheadHashes {
+        let Entry::Op(op) = entry else {
+            return AheadHashes::default();
+        };
+        let (token, person, seen) = match op {
+            Op::Register(r) => (
+                &r.token,
+                r.person.as_deref(),
+                Some((Some(r.platform), r.seen_ms)),
+            ),
+            Op::Touch { token, seen_ms } => (token, None, Some((None, *seen_ms))),
+            Op::Logout { token, .. }
+            | Op::Remove { token }
+            | Op::Invalidate { token, .. }
+            | Op::Feedback { token, .. } => (token, None, None),
+            _ => return AheadHashes::default(),
+        };
+        AheadHashes {
+            token: Some(with_packed(token, |packed| self.hash_bytes(packed))),
+            person: person.map(|p| self.hash_bytes(p.as_bytes())),
+            seen,
+        }
+    }
+
+    /// Before applying entry `i` of a batch whose hashes are `ahead`: asks
+    /// for the index entries of entry `i + 3d`, the slots of entry `i + 2d`
+    /// and the owner's device slots of entry `i + d` (`d` being
+    /// [`APPLY_PREFETCH_OPS`]), each stage finding what the one before
+    /// asked for in the cache.
+    pub(crate) fn read_ahead(&self, ahead: &[AheadHashes], i: usize) {
+        let d = APPLY_PREFETCH_OPS;
+        if let Some(h) = ahead.get(i + 3 * d) {
+            if let Some(t) = h.token {
+                self.by_token.prefetch(t);
+            }
+            if let Some(p) = h.person {
+                self.by_person.prefetch(p);
+            }
+        }
+        if let Some(h) = ahead.get(i + 2 * d) {
+            if let Some(id) = h.token.and_then(|t| self.by_token.first_with_tag(t)) {
+                self.slots.prefetch(id);
+            }
+            if let Some(pid) = h.person.and_then(|p| self.by_person.first_with_tag(p)) {
+                self.persons.prefetch(pid);
+            }
+        }
+        if let Some(h) = ahead.get(i + d) {
+            self.prefetch_owner_devices(h);
+            self.prefetch_seen(h);
+        }
+    }
+
+    /// The last-seen index's leaves the entry will move the device's entry
+    /// out of (a known device's) and into (where its new time goes).
+    fn prefetch_seen(&self, h: &AheadHashes) {
+        let Some((platform, seen_ms)) = h.seen else {
+            return;
+        };
+        let id = h.token.and_then(|t| self.by_token.first_with_tag(t));
+        match id.and_then(|id| self.slot(id).map(|s| (id, s))) {
+            Some((id, s)) => {
+                self.by_seen.prefetch(s.platform, s.last_seen_ms, id);
+                let to = platform.unwrap_or(s.platform);
+                self.by_seen.prefetch(to, s.last_seen_ms.max(seen_ms), id);
+            }
+            // A new device: its id is not known yet, and only breaks ties.
+            None => {
+                if let Some(p) = platform {
+                    self.by_seen.prefetch(p, seen_ms, u32::MAX);
+                }
+            }
+        }
+    }
+
+    /// For a walk that looks up packed tokens one after another (`key(j)`
+    /// the `j`-th, empty past the end), before token `i`: asks for the
+    /// index entry of token `i + 2d` and the slot of token `i + d`. The
+    /// checkpoint's snapshot walks the changed tokens so.
+    /// Nothing on a state under [`APPLY_PREFETCH_MIN_DEVICES`].
+    pub(crate) fn read_ahead_tokens<'k>(&self, key: impl Fn(usize) -> &'k [u8], i: usize) {
+        if self.len() < APPLY_PREFETCH_MIN_DEVICES {
+            return;
+        }
+        let d = APPLY_PREFETCH_OPS;
+        let far = key(i + 2 * d);
+        if !far.is_empty() {
+            self.by_token.prefetch(self.hash_bytes(far));
+        }
+        let near = key(i + d);
+        if !near.is_empty() {
+            if let Some(id) = self.by_token.first_with_tag(self.hash_bytes(near)) {
+                self.slots.prefetch(id);
+            }
+        }
+    }
+
+    /// The slots of the devices of the person entry `h` most likely names,
+    /// else of its device's current owner: a register that moves the
+    /// device in its owner's list compares it with them.
+    fn prefetch_owner_devices(&self, h: &AheadHashes) {
+        let named = h.person.and_then(|p| self.by_person.first_with_tag(p));
+        let pid = named.or_else(|| {
+            let id = h.token.and_then(|t| self.by_token.first_with_tag(t))?;
+            self.slot(id).map(|s| s.person)
+        });
+        let Some(p) = pid.filter(|&p| p != NO_PERSON).and_then(|p| self.person(p)) else {
+            return;
+        };
+        for &id in p.devices.iter().take(super::ids::INLINE_IDS) {
+            self.slots.prefetch(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Register;
+
+    fn register(token: &str, person: Option<&str>) -> Entry {
+        Entry::Op(Op::Register(Register {
+            token: token.into(),
+            platform: Platform::Ios,
+            person: person.map(Into::into),
+            seen_ms: 1,
+            attributes: None,
+        }))
+    }
+
+    /// The hashes are the ones the state's own lookups compute: the
+    /// read-ahead's first stage lands on the entry `find` starts at, and
+    /// its second names the device's and the person's ids.
+    #[test]
+    fn hashes_name_what_the_lookups_find() {
+        let mut st = State::new(20);
+        st.apply(&register("aa01", Some("p1")));
+        let h = st.ahead_hashes(&register("aa01", Some("p1")));
+        let token = h.token.and_then(|t| st.by_token.first_with_tag(t));
+        assert_eq!(token, with_packed("aa01", |p| st.lookup(p)));
+        assert!(token.is_some());
+        let person = h.person.and_then(|p| st.by_person.first_with_tag(p));
+        assert_eq!(person, st.person_id("p1"));
+        assert!(person.is_some());
+        let clock = st.ahead_hashes(&Entry::Clock(5));
+        assert!(clock.token.is_none() && clock.person.is_none());
+        let anonymous = st.ahead_hashes(&register("aa02", None));
+        assert!(anonymous.token.is_some() && anonymous.person.is_none());
+    }
+
+    /// Only a bulk batch on a state of `APPLY_PREFETCH_MIN_DEVICES` reads
+    /// ahead; reading ahead over every stage, past the batch's end too,
+    /// changes nothing that applying it gives.
+    #[test]
+    fn a_bulk_batch_on_a_large_state_reads_ahead_and_applies_alike() {
+        let n = APPLY_PREFETCH_MIN_DEVICES as usize;
+        let mut plain = State::new(20);
+        let batch = |from: usize, person: &str| -> Vec<Entry> {
+            (from..from + APPLY_PREFETCH_MIN_OPS)
+                .map(|i| register(&format!("{i:08x}"), Some(person)))
+                .collect()
+        };
+        assert!(!reads_ahead(&plain, APPLY_PREFETCH_MIN_OPS));
+        for i in 0..n - 1 {
+            plain.apply(&register(&format!("{i:08x}"), Some(&format!("p{}", i / 2))));
+        }
+        assert!(!reads_ahead(&plain, APPLY_PREFETCH_MIN_OPS), "one short");
+        plain.apply(&register(&format!("{:08x}", n - 1), None));
+        assert!(reads_ahead(&plain, APPLY_PREFETCH_MIN_OPS));
+        assert!(!reads_ahead(&plain, APPLY_PREFETCH_MIN_OPS - 1));
+        // Known devices moving to one person, then new ones.
+        let entries: Vec<Entry> = [batch(n - 20, "q"), batch(n + 5, "p1")].concat();
+        let hashes: Vec<AheadHashes> = entries.iter().map(|e| plain.ahead_hashes(e)).collect();
+        let dump = plain.dump();
+        for i in 0..entries.len() + 4 * APPLY_PREFETCH_OPS {
+            plain.read_ahead(&hashes, i);
+            plain.read_ahead_tokens(|j| plain.dirty.key(j), i);
+        }
+        assert!(plain.dump() == dump, "reading ahead changed the state");
+        let mut ahead = State::new(20);
+        for e in plain.dump() {
+            let mut r = register(&e.token, e.person.as_deref());
+            if let Entry::Op(Op::Register(r)) = &mut r {
+                r.seen_ms = e.last_seen_ms;
+            }
+            ahead.apply(&r);
+        }
+        let hashes: Vec<AheadHashes> = entries.iter().map(|e| ahead.ahead_hashes(e)).collect();
+        assert!(hashes.iter().all(|h| h.token.is_some() && h.seen.is_some()));
+        let mut got = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            ahead.read_ahead(&hashes, i);
+            got.push(format!("{:?}", ahead.apply(e)));
+        }
+        let want: Vec<String> = entries
+            .iter()
+            .map(|e| format!("{:?}", plain.apply(e)))
+            .collect();
+        assert_eq!(got, want);
+        assert!(ahead.dump() == plain.dump());
+    }
+}
