@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::log::entry::{encode_entries, Entry};
 use crate::log::LogWriter;
 use crate::metrics::Recorder;
-use crate::state::{reads_ahead, AheadHashes, Applied, State, StateLock, StateWrite};
+use crate::state::{Applied, State, StateLock, StateWrite};
 use crate::store::{KvStore, Snapshot};
 
 mod checkpointer;
@@ -323,11 +323,7 @@ fn apply_request(
     let mut changed = false;
     let mut outcomes = Vec::with_capacity(entries.len().saturating_sub(1));
     // A bulk batch on a large state reads ahead (`state/ahead.rs`).
-    let ahead: Vec<AheadHashes> = if reads_ahead(st, entries.len()) {
-        entries.iter().map(|e| st.ahead_hashes(e)).collect()
-    } else {
-        Vec::new()
-    };
+    let ahead = st.ahead_of(entries);
     for (i, e) in entries.iter().enumerate() {
         st.read_ahead(&ahead, i);
         let (a, c) = st.apply(e);
@@ -337,6 +333,7 @@ fn apply_request(
             crate::fault::maybe_panic(faults);
         }
     }
+    st.keep_ahead(ahead);
     (outcomes, changed)
 }
 

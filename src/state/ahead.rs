@@ -31,8 +31,12 @@ pub(crate) const APPLY_PREFETCH_MIN_OPS: usize = 4 * APPLY_PREFETCH_OPS;
 /// devices/s (medians of six alternated runs, DESIGN.md 13 step 46).
 pub(crate) const APPLY_PREFETCH_MIN_DEVICES: u64 = 1 << 18;
 
+/// Most hashes the state keeps room for between batches (768 KiB): a
+/// larger batch's vector is freed after it, not kept.
+const AHEAD_KEEP_MAX: usize = 16_384;
+
 /// Whether applying `ops` operations to `state` reads ahead.
-pub(crate) fn reads_ahead(state: &State, ops: usize) -> bool {
+fn reads_ahead(state: &State, ops: usize) -> bool {
     ops >= APPLY_PREFETCH_MIN_OPS && state.len() >= APPLY_PREFETCH_MIN_DEVICES
 }
 
@@ -48,6 +52,28 @@ pub(crate) struct AheadHashes {
 }
 
 impl State {
+    /// The hashes `read_ahead` needs for `entries`, in the vector the
+    /// state keeps for them (one allocated and freed per bulk batch would
+    /// be another large free, each of which sets off glibc's consolidation
+    /// of the batch's small frees); empty when the batch does not read
+    /// ahead. Hand it back with `keep_ahead`.
+    pub(crate) fn ahead_of(&mut self, entries: &[Entry]) -> Vec<AheadHashes> {
+        let mut ahead = std::mem::take(&mut self.ahead_scratch);
+        ahead.clear();
+        if reads_ahead(self, entries.len()) {
+            ahead.extend(entries.iter().map(|e| self.ahead_hashes(e)));
+        }
+        ahead
+    }
+
+    /// Takes back the vector of `ahead_of`, unless it grew past
+    /// [`AHEAD_KEEP_MAX`].
+    pub(crate) fn keep_ahead(&mut self, ahead: Vec<AheadHashes>) {
+        if ahead.capacity() <= AHEAD_KEEP_MAX {
+            self.ahead_scratch = ahead;
+        }
+    }
+
     /// The hashes `read_ahead` needs for `entry`: only registers and the
     /// operations on one token name what a later stage can find.
     pub(crate) fn ahead_hashes(&self, entry: &Entry) -> AheadHashes {
@@ -222,7 +248,11 @@ mod tests {
         assert!(!reads_ahead(&plain, APPLY_PREFETCH_MIN_OPS - 1));
         // Known devices moving to one person, then new ones.
         let entries: Vec<Entry> = [batch(n - 20, "q"), batch(n + 5, "p1")].concat();
-        let hashes: Vec<AheadHashes> = entries.iter().map(|e| plain.ahead_hashes(e)).collect();
+        assert!(plain
+            .ahead_of(&entries[..APPLY_PREFETCH_MIN_OPS - 1])
+            .is_empty());
+        let hashes = plain.ahead_of(&entries);
+        assert_eq!(hashes.len(), entries.len());
         let dump = plain.dump();
         for i in 0..entries.len() + 4 * APPLY_PREFETCH_OPS {
             plain.read_ahead(&hashes, i);
@@ -237,7 +267,8 @@ mod tests {
             }
             ahead.apply(&r);
         }
-        let hashes: Vec<AheadHashes> = entries.iter().map(|e| ahead.ahead_hashes(e)).collect();
+        plain.keep_ahead(hashes);
+        let hashes = ahead.ahead_of(&entries);
         assert!(hashes.iter().all(|h| h.token.is_some() && h.seen.is_some()));
         let mut got = Vec::new();
         for (i, e) in entries.iter().enumerate() {

@@ -30,7 +30,7 @@ use crate::history::{Cause, History, DEFAULT_HISTORY_RETENTION_MS};
 use crate::model::{Deliverability, Platform};
 
 pub(crate) use crate::log::entry::Entry;
-pub(crate) use ahead::{reads_ahead, AheadHashes};
+pub(crate) use ahead::AheadHashes;
 pub(crate) use apply::Applied;
 pub(crate) use ids::DeviceIds;
 use index::IdIndex;
@@ -112,6 +112,9 @@ pub(crate) struct State {
     /// A register's attribute blob is encoded here first: most blobs are in
     /// `attr_pool` already, and a hit then allocates nothing.
     attr_scratch: Vec<u8>,
+    /// The hashes of the batch being applied, for its read-ahead; kept
+    /// between batches (`state/ahead.rs`).
+    ahead_scratch: Vec<AheadHashes>,
     live: u64,
     identified: u64,
     per_platform: [u64; 2],
@@ -155,6 +158,7 @@ impl State {
             hour_counts: BTreeMap::new(),
             attr_pool: HashSet::new(),
             attr_scratch: Vec::new(),
+            ahead_scratch: Vec::new(),
             live: 0,
             identified: 0,
             per_platform: [0; 2],
