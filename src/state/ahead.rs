@@ -194,17 +194,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Register;
-
-    fn register(token: &str, person: Option<&str>) -> Entry {
-        Entry::Op(Op::Register(Register {
-            token: token.into(),
-            platform: Platform::Ios,
-            person: person.map(Into::into),
-            seen_ms: 1,
-            attributes: None,
-        }))
-    }
+    use crate::state::warm::tests::register;
 
     /// The hashes are the ones the state's own lookups compute: the
     /// read-ahead's first stage lands on the entry `find` starts at, and

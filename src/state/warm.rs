@@ -82,11 +82,13 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::{Platform, Register};
 
-    fn register(token: &str, person: Option<&str>) -> Entry {
+    /// A register of `token` (iOS, seen at 5) for `person`; also the
+    /// read-ahead's tests' (`ahead.rs`).
+    pub(in crate::state) fn register(token: &str, person: Option<&str>) -> Entry {
         Entry::Op(Op::Register(Register {
             token: token.into(),
             platform: Platform::Ios,
