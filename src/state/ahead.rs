@@ -6,10 +6,11 @@
 //! At 10^7 devices every register of a known device misses the cache in
 //! the token index's entry, then in the device's slot, then in the slots
 //! of its owner's other devices (the owner's list is kept in recency
-//! order), each miss waiting for the one before. The stages here follow
-//! the same chain, each [`APPLY_PREFETCH_OPS`] operations behind the one
-//! before it: the index entries, then the slots they name, then the
-//! owner's devices. Nothing here changes the state, and a wrong guess (a
+//! order), then in the last-seen index's leaves it leaves and enters,
+//! each miss waiting for the one before. The stages here follow the same
+//! chain, each [`APPLY_PREFETCH_OPS`] operations behind the one before it:
+//! the index entries, then the slots they name, then the owner's devices
+//! and the last-seen leaves. Nothing here changes the state, and a wrong guess (a
 //! tag shared by another token, an operation earlier in the batch that
 //! moves the device) costs a wasted load, never a wrong answer.
 
@@ -26,9 +27,10 @@ pub(crate) const APPLY_PREFETCH_OPS: usize = 8;
 pub(crate) const APPLY_PREFETCH_MIN_OPS: usize = 4 * APPLY_PREFETCH_OPS;
 /// Nor does a state of fewer devices read ahead: its tables (16 MiB of
 /// slots, 4 MiB of token index at this size) are mostly in the cache, and
-/// the read-ahead's second hash and descents are then all cost. At 10^4
-/// devices they took the harness's bulk import from about 347k to 255k
-/// devices/s (medians of six alternated runs, DESIGN.md 13 step 46).
+/// the read-ahead's second hash and descents would then be all cost. (At
+/// 10^4 devices `scale_probe`'s runs spread from 150k to 378k devices/s
+/// with and without it alike, so that cost was too small to measure
+/// there; DESIGN.md 13 step 46.)
 pub(crate) const APPLY_PREFETCH_MIN_DEVICES: u64 = 1 << 18;
 
 /// Most hashes the state keeps room for between batches (768 KiB): a
@@ -40,8 +42,9 @@ fn reads_ahead(state: &State, ops: usize) -> bool {
     ops >= APPLY_PREFETCH_MIN_OPS && state.len() >= APPLY_PREFETCH_MIN_DEVICES
 }
 
-/// An entry's hashes, in the state's hasher: its token's (packed) and its
-/// person's, each None when the entry names none.
+/// What the read-ahead knows of an entry before applying it: its token's
+/// hash (packed) and its person's, in the state's hasher, and where its
+/// last-seen time goes; each None when the entry names none.
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct AheadHashes {
     token: Option<u64>,

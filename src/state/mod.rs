@@ -36,6 +36,8 @@ pub(crate) use ids::DeviceIds;
 use index::IdIndex;
 pub(crate) use lock::{StateLock, StateRead, StateWrite};
 use name::ShortName;
+#[cfg(test)]
+pub(crate) use name::SHORT_NAME_BYTES;
 pub use query::{Cursor, Page, Stats};
 use seen::SeenIndex;
 use slab::Slab;

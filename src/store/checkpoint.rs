@@ -386,6 +386,30 @@ mod tests {
         }))
     }
 
+    /// A device's record names its owner whether the name is short (read
+    /// from the slot's copy) or long (from the person's slot), and an
+    /// anonymous device's names none.
+    #[test]
+    fn device_records_name_short_long_and_no_owners() {
+        let mut state = State::new(20);
+        let long = "l".repeat(crate::state::SHORT_NAME_BYTES + 1);
+        let names = [Some("p7".to_string()), Some(long), None];
+        for (i, name) in names.iter().enumerate() {
+            let mut e = register(i as u32);
+            if let Entry::Op(Op::Register(r)) = &mut e {
+                r.person = name.clone();
+            }
+            state.apply(&e);
+        }
+        for (i, name) in names.iter().enumerate() {
+            let packed = crate::codec::pack_token(&format!("{i:064x}"));
+            let value = device_value(&state, &packed).expect("registered");
+            let record = crate::codec::decode_record("test", &value).unwrap();
+            assert_eq!(record.person, name.as_deref(), "device {i}");
+            assert_eq!(record.last_seen_ms, 5_000 + i as u64);
+        }
+    }
+
     /// Known persons of a sink the store does not hold are damage: the
     /// open fails naming the first such record, after reading them beside
     /// the devices.
