@@ -111,19 +111,17 @@ impl State {
     pub(crate) fn read_ahead(&self, ahead: &[AheadHashes], i: usize) {
         let d = APPLY_PREFETCH_OPS;
         if let Some(h) = ahead.get(i + 3 * d) {
+            // A person is named only beside a token (a register).
             if let Some(t) = h.token {
-                self.by_token.prefetch(t);
-            }
-            if let Some(p) = h.person {
-                self.by_person.prefetch(p);
+                self.prefetch_index_entries(t, h.person);
             }
         }
         if let Some(h) = ahead.get(i + 2 * d) {
-            if let Some(id) = h.token.and_then(|t| self.by_token.first_with_tag(t)) {
-                self.slots.prefetch(id);
+            if let Some(t) = h.token {
+                self.prefetch_device_slot(t);
             }
-            if let Some(pid) = h.person.and_then(|p| self.by_person.first_with_tag(p)) {
-                self.persons.prefetch(pid);
+            if let Some(p) = h.person {
+                self.prefetch_person_slot(p);
             }
         }
         if let Some(h) = ahead.get(i + d) {
@@ -138,8 +136,7 @@ impl State {
         let Some((platform, seen_ms)) = h.seen else {
             return;
         };
-        let id = h.token.and_then(|t| self.by_token.first_with_tag(t));
-        match id.and_then(|id| self.slot(id).map(|s| (id, s))) {
+        match h.token.and_then(|t| self.likely_slot(t)) {
             Some((id, s)) => {
                 self.by_seen.prefetch(s.platform, s.last_seen_ms, id);
                 let to = platform.unwrap_or(s.platform);
@@ -170,9 +167,22 @@ impl State {
         }
         let near = key(i + d);
         if !near.is_empty() {
-            if let Some(id) = self.by_token.first_with_tag(self.hash_bytes(near)) {
-                self.slots.prefetch(id);
-            }
+            self.prefetch_device_slot(self.hash_bytes(near));
+        }
+    }
+
+    /// The id and slot of the device the token index's entries for
+    /// `token_hash` most likely name (the first with its tag: a guess
+    /// that a lookup still checks).
+    fn likely_slot(&self, token_hash: u64) -> Option<(u32, &super::Slot)> {
+        let id = self.by_token.first_with_tag(token_hash)?;
+        self.slot(id).map(|s| (id, s))
+    }
+
+    /// Starts loading the slot `likely_slot` would read.
+    fn prefetch_device_slot(&self, token_hash: u64) {
+        if let Some(id) = self.by_token.first_with_tag(token_hash) {
+            self.slots.prefetch(id);
         }
     }
 
@@ -182,8 +192,9 @@ impl State {
     fn prefetch_owner_devices(&self, h: &AheadHashes) {
         let named = h.person.and_then(|p| self.by_person.first_with_tag(p));
         let pid = named.or_else(|| {
-            let id = h.token.and_then(|t| self.by_token.first_with_tag(t))?;
-            self.slot(id).map(|s| s.person)
+            h.token
+                .and_then(|t| self.likely_slot(t))
+                .map(|(_, s)| s.person)
         });
         let Some(p) = pid.filter(|&p| p != NO_PERSON).and_then(|p| self.person(p)) else {
             return;

@@ -627,20 +627,21 @@ impl State {
         self.intern_person_hashed(name, h)
     }
 
-    /// For a device the load inserts a few records later: starts loading
-    /// the token index's entry and the person index's entry its insert
-    /// and its person's lookup begin at.
-    pub(crate) fn prefetch_load_indexes(&self, token_hash: u64, person_hash: Option<u64>) {
+    /// For a device inserted or changed a few records later (by the open's
+    /// load, or by a bulk batch's read-ahead, `ahead.rs`): starts loading
+    /// the token index's entry and the person index's entry its lookups
+    /// begin at.
+    pub(crate) fn prefetch_index_entries(&self, token_hash: u64, person_hash: Option<u64>) {
         self.by_token.prefetch(token_hash);
         if let Some(h) = person_hash {
             self.by_person.prefetch(h);
         }
     }
 
-    /// For a device the load inserts a little later (its person index's
-    /// entry loaded by `prefetch_load_indexes`): starts loading the slot of
-    /// the person it most likely names.
-    pub(crate) fn prefetch_load_person(&self, person_hash: u64) {
+    /// For a device inserted or changed a little later (its person index's
+    /// entry loaded by `prefetch_index_entries`): starts loading the slot
+    /// of the person it most likely names.
+    pub(crate) fn prefetch_person_slot(&self, person_hash: u64) {
         if let Some(pid) = self.by_person.first_with_tag(person_hash) {
             self.persons.prefetch(pid);
         }

@@ -161,10 +161,10 @@ fn load_into(batch: &mut Batch, state: &mut State) -> Result<()> {
 /// insert were two or three misses in a row.
 fn prefetch_ahead(state: &State, ahead: &[(u64, Option<u64>)], i: usize) {
     if let Some(&(token_hash, person_hash)) = ahead.get(i + 2 * LOAD_PREFETCH_RECORDS) {
-        state.prefetch_load_indexes(token_hash, person_hash);
+        state.prefetch_index_entries(token_hash, person_hash);
     }
     if let Some(&(_, Some(person_hash))) = ahead.get(i + LOAD_PREFETCH_RECORDS) {
-        state.prefetch_load_person(person_hash);
+        state.prefetch_person_slot(person_hash);
     }
 }
 
