@@ -2,9 +2,13 @@
 //! order, for the 30-day counts, `page` and `prune` (DESIGN.md 6, "The
 //! last-seen index is leaves of sorted entries").
 //!
-//! Per platform, a `BTreeMap` of leaves: each leaf a vector of at most
-//! [`LEAF_CAP`] sorted 12-byte entries, filed under a key that is at most
-//! its first entry and above every entry of the leaf before it. A
+//! Per platform, leaves: each leaf a vector of at most [`LEAF_CAP`]
+//! sorted 12-byte entries, filed under a key that is at most its first
+//! entry and above every entry of the leaf before it. The leaves sit in
+//! groups of at most [`GROUP_CAP`], each group's keys in a vector beside
+//! its leaves and each group's first key in one vector for the platform,
+//! so a leaf is found by two binary searches of contiguous keys (a
+//! `BTreeMap` of leaves took a descent of five or six nodes). A
 //! `BTreeSet<(Platform, u64, u32)>` held 16 bytes an entry (the tuple is
 //! padded) in nodes that an insert at the end splits at 6 of 11, so a bulk
 //! import left them about half full: at 10^7 devices it held 341 MB
@@ -15,9 +19,9 @@
 //! that leaves a leaf under half full joins it with the next leaf (or
 //! shares the two out evenly). So every leaf but the last is at least half
 //! full: at most 24 bytes an entry plus a few bytes a leaf, 12 after a load.
-
-use std::collections::BTreeMap;
-use std::ops::Bound::{Excluded, Unbounded};
+//! Groups split and join the same way (a full group splits in half; one
+//! under half full joins the next), so every group but the last holds at
+//! least [`GROUP_CAP`]` / 2` leaves.
 
 use crate::model::Platform;
 
@@ -80,37 +84,191 @@ fn new_leaf() -> Vec<Entry> {
     Vec::with_capacity(LEAF_CAP)
 }
 
-/// One platform's entries.
+/// Most leaves a group holds: its keys are 768 bytes, and filing or
+/// unfiling a leaf moves at most 2.3 KiB inside it.
+pub(crate) const GROUP_CAP: usize = 64;
+/// Fewest leaves a group holds unless it is its platform's last.
+const GROUP_MIN: usize = GROUP_CAP / 2;
+
+/// A run of consecutive leaves and their keys (`keys[j]` is `leaves[j]`'s).
+#[derive(Default)]
+struct Group {
+    keys: Vec<Entry>,
+    leaves: Vec<Vec<Entry>>,
+}
+
+impl Group {
+    fn split_off(&mut self, at: usize) -> Group {
+        Group {
+            keys: self.keys.split_off(at),
+            leaves: self.leaves.split_off(at),
+        }
+    }
+
+    fn append(&mut self, other: &mut Group) {
+        self.keys.append(&mut other.keys);
+        self.leaves.append(&mut other.leaves);
+    }
+}
+
+/// Where a leaf is: its group, and its place in the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct At {
+    g: usize,
+    j: usize,
+}
+
+/// The leaf at `at` (a function of the groups alone, so the caller may
+/// still change the other fields).
+fn leaf_in(groups: &mut [Group], at: At) -> Option<&mut Vec<Entry>> {
+    groups.get_mut(at.g)?.leaves.get_mut(at.j)
+}
+
+/// One platform's entries: the leaves in order, in groups, and each
+/// group's first key (`heads[g]` is `groups[g].keys[0]`), so finding a
+/// leaf is two binary searches of contiguous keys (DESIGN.md 6).
 #[derive(Default)]
 struct Leaves {
-    leaves: BTreeMap<Entry, Vec<Entry>>,
+    heads: Vec<Entry>,
+    groups: Vec<Group>,
     len: usize,
 }
 
 impl Leaves {
-    fn next_key(&self, key: Entry) -> Option<Entry> {
-        self.leaves
-            .range((Excluded(key), Unbounded))
-            .next()
-            .map(|(k, _)| *k)
+    /// The leaf filed at or below `e`, else the first; `None` when there
+    /// is no leaf.
+    fn find(&self, e: Entry) -> Option<At> {
+        let g = self.heads.partition_point(|h| *h <= e).saturating_sub(1);
+        let keys = &self.groups.get(g)?.keys;
+        let j = keys.partition_point(|k| *k <= e).saturating_sub(1);
+        Some(At { g, j })
+    }
+
+    fn leaf(&self, at: At) -> Option<&Vec<Entry>> {
+        self.groups.get(at.g)?.leaves.get(at.j)
+    }
+
+    fn leaf_mut(&mut self, at: At) -> Option<&mut Vec<Entry>> {
+        leaf_in(&mut self.groups, at)
+    }
+
+    fn key(&self, at: At) -> Option<Entry> {
+        self.groups.get(at.g)?.keys.get(at.j).copied()
+    }
+
+    /// Files the leaf at `at` under `key` (its group's head too, if first).
+    fn rekey(&mut self, at: At, key: Entry) {
+        if let Some(k) = self.groups.get_mut(at.g).and_then(|g| g.keys.get_mut(at.j)) {
+            *k = key;
+        }
+        if at.j == 0 {
+            if let Some(h) = self.heads.get_mut(at.g) {
+                *h = key;
+            }
+        }
+    }
+
+    /// The leaf after the one at `at`, if any.
+    fn next(&self, at: At) -> Option<At> {
+        let group = self.groups.get(at.g)?;
+        if at.j + 1 < group.leaves.len() {
+            return Some(At {
+                g: at.g,
+                j: at.j + 1,
+            });
+        }
+        (at.g + 1 < self.groups.len()).then_some(At { g: at.g + 1, j: 0 })
+    }
+
+    /// Files a new, non-empty `leaf` under `key` right after the one at
+    /// `after`, or as the first leaf of an index without one.
+    fn file_after(&mut self, after: Option<At>, key: Entry, leaf: Vec<Entry>) {
+        let Some(at) = after else {
+            debug_assert!(
+                self.groups.is_empty(),
+                "only an empty index has no leaf to file after"
+            );
+            self.heads.push(key);
+            self.groups.push(Group {
+                keys: vec![key],
+                leaves: vec![leaf],
+            });
+            return;
+        };
+        let Some(group) = self.groups.get_mut(at.g) else {
+            return;
+        };
+        let j = (at.j + 1).min(group.keys.len());
+        group.keys.insert(j, key);
+        group.leaves.insert(j, leaf);
+        if group.keys.len() > GROUP_CAP {
+            let right = group.split_off(GROUP_MIN);
+            if let Some(&head) = right.keys.first() {
+                self.heads.insert(at.g + 1, head);
+                self.groups.insert(at.g + 1, right);
+            }
+        }
+    }
+
+    /// Takes the leaf at `at` out; a group left empty goes, one left
+    /// under half full joins the next.
+    fn unfile(&mut self, at: At) {
+        let Some(group) = self.groups.get_mut(at.g) else {
+            return;
+        };
+        if at.j >= group.keys.len() {
+            return;
+        }
+        group.keys.remove(at.j);
+        group.leaves.remove(at.j);
+        let (left, first) = (group.keys.len(), group.keys.first().copied());
+        match first {
+            None => {
+                self.heads.remove(at.g);
+                self.groups.remove(at.g);
+            }
+            Some(first) => {
+                self.rekey(At { g: at.g, j: 0 }, first);
+                if left < GROUP_MIN && at.g + 1 < self.groups.len() {
+                    self.join_groups(at.g);
+                }
+            }
+        }
+    }
+
+    /// Joins group `g`, under half full, with the next: into one if they
+    /// fit, else shared out evenly.
+    fn join_groups(&mut self, g: usize) {
+        let Some([group, right]) = self.groups.get_mut(g..g + 2) else {
+            return;
+        };
+        let total = group.keys.len() + right.keys.len();
+        if total <= GROUP_CAP {
+            group.append(right);
+            self.heads.remove(g + 1);
+            self.groups.remove(g + 1);
+            return;
+        }
+        let take = total / 2 - group.keys.len();
+        let rest = right.split_off(take);
+        group.append(right);
+        *right = rest;
+        if let (Some(head), Some(&first)) = (self.heads.get_mut(g + 1), right.keys.first()) {
+            *head = first;
+        }
     }
 
     fn contains(&self, e: Entry) -> bool {
-        self.leaves
-            .range(..=e)
-            .next_back()
-            .is_some_and(|(_, leaf)| search(leaf, e).is_ok())
+        self.find(e)
+            .and_then(|at| self.leaf(at))
+            .is_some_and(|leaf| search(leaf, e).is_ok())
     }
 
     /// Starts loading the heads `search` reads first in the leaf that
-    /// holds (or would hold) `e`; the descent to it is made now, so its
-    /// nodes are in the cache for the insert or removal that follows.
+    /// holds (or would hold) `e`; finding it now puts the directory's
+    /// lines in the cache for the insert or removal that follows.
     fn prefetch(&self, e: Entry) {
-        let found = match self.leaves.range(..=e).next_back() {
-            Some(hit) => Some(hit),
-            None => self.leaves.iter().next(),
-        };
-        if let Some((_, leaf)) = found {
+        if let Some(leaf) = self.find(e).and_then(|at| self.leaf(at)) {
             for head in leaf.iter().step_by(STRIDE) {
                 crate::prefetch::prefetch(head);
             }
@@ -118,150 +276,209 @@ impl Leaves {
     }
 
     fn insert(&mut self, e: Entry) -> bool {
-        // One descent: the leaf filed at or below `e`, else the first.
-        let found = match self.leaves.range_mut(..=e).next_back() {
-            Some(hit) => Some(hit),
-            None => self.leaves.iter_mut().next(),
-        };
-        let Some((&key, leaf)) = found else {
+        // The leaf filed at or below `e`, else the first.
+        let Some(at) = self.find(e) else {
             let mut leaf = new_leaf();
             leaf.push(e);
-            self.leaves.insert(e, leaf);
+            self.file_after(None, e, leaf);
             self.len += 1;
             return true;
         };
-        let Err(at) = search(leaf, e) else {
+        let is_last = self.next(at).is_none();
+        let (Some(key), Some(leaf)) = (self.key(at), leaf_in(&mut self.groups, at)) else {
+            return false;
+        };
+        let Err(pos) = search(leaf, e) else {
             return false;
         };
         self.len += 1;
         if leaf.len() < LEAF_CAP {
-            leaf.insert(at, e);
+            leaf.insert(pos, e);
         } else {
-            self.split_insert(key, at, e);
+            self.split_insert(at, is_last, pos, e);
         }
         if e < key {
             // A new first entry of the first leaf: file the leaf under it.
-            if let Some(leaf) = self.leaves.remove(&key) {
-                self.leaves.insert(e, leaf);
-            }
+            self.rekey(at, e);
         }
         true
     }
 
-    /// Inserts `e` at `at` of the full leaf under `key`: an append to the
+    /// Inserts `e` at `pos` of the full leaf at `at`: an append to the
     /// last leaf starts a new leaf, anything else splits the leaf in half.
-    fn split_insert(&mut self, key: Entry, at: usize, e: Entry) {
-        let is_last = self.next_key(key).is_none();
-        let Some(leaf) = self.leaves.get_mut(&key) else {
+    fn split_insert(&mut self, at: At, is_last: bool, pos: usize, e: Entry) {
+        let Some(leaf) = self.leaf_mut(at) else {
             return;
         };
         let mut right = new_leaf();
-        if is_last && at == leaf.len() {
+        if is_last && pos == leaf.len() {
             right.push(e);
         } else {
             right.extend(leaf.drain(LEAF_MIN..));
-            match at.checked_sub(LEAF_MIN) {
+            match pos.checked_sub(LEAF_MIN) {
                 Some(r) if r > 0 => right.insert(r, e),
-                _ => leaf.insert(at, e),
+                _ => leaf.insert(pos, e),
             }
         }
         if let Some(&first) = right.first() {
-            self.leaves.insert(first, right);
+            self.file_after(Some(at), first, right);
         }
     }
 
     fn remove(&mut self, e: Entry) -> bool {
-        let Some((&key, leaf)) = self.leaves.range_mut(..=e).next_back() else {
+        let Some(at) = self.find(e) else {
             return false;
         };
-        let Ok(at) = search(leaf, e) else {
+        let Some(leaf) = leaf_in(&mut self.groups, at) else {
             return false;
         };
-        leaf.remove(at);
+        let Ok(pos) = search(leaf, e) else {
+            return false;
+        };
+        leaf.remove(pos);
         self.len -= 1;
         let (left, empty) = (leaf.len(), leaf.is_empty());
         if left >= LEAF_MIN {
             return true;
         }
-        match self.next_key(key) {
-            Some(next) => self.join(key, next),
+        match self.next(at) {
+            Some(next) => self.join(at, next),
             // The last leaf may be small, but not empty.
-            None if empty => {
-                self.leaves.remove(&key);
-            }
+            None if empty => self.unfile(at),
             None => {}
         }
         true
     }
 
-    /// Joins the leaf under `key`, under half full, with the next one
-    /// (under `next`): into one if they fit, else shared out evenly.
-    fn join(&mut self, key: Entry, next: Entry) {
-        let (Some(mut leaf), Some(mut right)) =
-            (self.leaves.remove(&key), self.leaves.remove(&next))
-        else {
+    /// Joins the leaf at `at`, under half full, with the next one (at
+    /// `next`): into one if they fit, else shared out evenly.
+    fn join(&mut self, at: At, next: At) {
+        if self.leaf(at).is_none() {
+            return;
+        }
+        let Some(mut right) = self.leaf_mut(next).map(std::mem::take) else {
+            return;
+        };
+        let Some(leaf) = self.leaf_mut(at) else {
             return;
         };
         let total = leaf.len() + right.len();
         if total <= LEAF_CAP {
             leaf.append(&mut right);
-        } else {
-            let take = total / 2 - leaf.len();
-            leaf.extend(right.drain(..take));
+            self.unfile(next);
+            return;
         }
+        let take = total / 2 - leaf.len();
+        leaf.extend(right.drain(..take));
         if let Some(&first) = right.first() {
-            self.leaves.insert(first, right);
+            self.rekey(next, first);
         }
-        if !leaf.is_empty() {
-            self.leaves.insert(key, leaf);
+        if let Some(slot) = self.leaf_mut(next) {
+            *slot = right;
         }
     }
 
     /// Entries from `start` on, in order.
     fn iter_from(&self, start: Entry) -> impl Iterator<Item = Entry> + '_ {
-        let leaves = match self.leaves.range(..=start).next_back() {
-            Some((&k, _)) => self.leaves.range(k..),
-            None => self.leaves.range(..),
-        };
-        leaves.flat_map(move |(_, leaf)| {
-            let from = leaf.partition_point(|x| *x < start);
-            leaf.get(from..).unwrap_or_default().iter().copied()
-        })
+        let at = self.find(start).unwrap_or(At { g: 0, j: 0 });
+        let groups = self.groups.get(at.g..).unwrap_or_default();
+        groups
+            .iter()
+            .enumerate()
+            .flat_map(move |(n, group)| {
+                let skip = if n == 0 { at.j } else { 0 };
+                group.leaves.get(skip..).unwrap_or_default()
+            })
+            .flat_map(move |leaf| {
+                let from = leaf.partition_point(|x| *x < start);
+                leaf.get(from..).unwrap_or_default().iter().copied()
+            })
     }
 
-    /// Leaves filled whole from `entries`, sorted and without repeats.
+    /// Leaves filled whole from `entries`, sorted and without repeats, in
+    /// groups filled whole.
     fn from_sorted(entries: impl Iterator<Item = Entry>) -> Leaves {
         let mut out = Leaves::default();
         let mut leaf = new_leaf();
         for e in entries {
             if leaf.len() == LEAF_CAP {
-                out.file(std::mem::replace(&mut leaf, new_leaf()));
+                out.push_leaf(std::mem::replace(&mut leaf, new_leaf()));
             }
             leaf.push(e);
         }
-        out.file(leaf);
+        out.push_leaf(leaf);
         out
     }
 
-    fn file(&mut self, leaf: Vec<Entry>) {
-        if let Some(&first) = leaf.first() {
-            self.len += leaf.len();
-            self.leaves.insert(first, leaf);
+    /// Files `leaf` after every other, in a new group if the last is full.
+    fn push_leaf(&mut self, leaf: Vec<Entry>) {
+        let Some(&first) = leaf.first() else {
+            return;
+        };
+        self.len += leaf.len();
+        match self.groups.last_mut() {
+            Some(group) if group.keys.len() < GROUP_CAP => {
+                group.keys.push(first);
+                group.leaves.push(leaf);
+            }
+            _ => {
+                self.heads.push(first);
+                self.groups.push(Group {
+                    keys: vec![first],
+                    leaves: vec![leaf],
+                });
+            }
         }
+    }
+
+    /// Every leaf's key and entries, in order.
+    fn all_leaves(&self) -> impl Iterator<Item = (Entry, &Vec<Entry>)> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|g| g.keys.iter().copied().zip(g.leaves.iter()))
+    }
+
+    /// What breaks the groups' invariants: each group holds as many keys
+    /// as leaves, at least one, at most `GROUP_CAP`, at least `GROUP_MIN`
+    /// unless last, and is headed by its first key.
+    fn group_problems(&self, platform: Platform) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.heads.len() != self.groups.len() {
+            out.push(format!(
+                "{platform:?}: {} heads for {} groups",
+                self.heads.len(),
+                self.groups.len()
+            ));
+        }
+        let last = self.groups.len().saturating_sub(1);
+        for (g, (group, head)) in self.groups.iter().zip(&self.heads).enumerate() {
+            let n = group.keys.len();
+            let small = n < GROUP_MIN && g != last;
+            if n != group.leaves.len() || n == 0 || n > GROUP_CAP || small {
+                out.push(format!(
+                    "{platform:?} group {g}: {n} keys, {} leaves",
+                    group.leaves.len()
+                ));
+            }
+            if group.keys.first() != Some(head) {
+                out.push(format!("{platform:?} group {g} headed {head:?}"));
+            }
+        }
+        out
     }
 
     /// What breaks the invariants in the module doc, if anything.
     fn problems(&self, platform: Platform) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.group_problems(platform);
         let mut before: Option<Entry> = None;
         let mut count = 0;
-        let last = self.leaves.keys().next_back().copied();
-        for (&key, leaf) in &self.leaves {
+        let leaves = self.groups.iter().map(|g| g.leaves.len()).sum::<usize>();
+        for (n, (key, leaf)) in self.all_leaves().enumerate() {
             let (Some(&first), Some(&end)) = (leaf.first(), leaf.last()) else {
                 out.push(format!("{platform:?} leaf at {key:?} is empty"));
                 continue;
             };
-            let small = leaf.len() < LEAF_MIN && Some(key) != last;
+            let small = leaf.len() < LEAF_MIN && n + 1 != leaves;
             let unsorted = leaf.windows(2).any(|w| matches!(w, [a, b] if a >= b));
             if key > first || before.is_some_and(|b| b >= key) || small || unsorted {
                 out.push(format!(
@@ -402,7 +619,7 @@ mod tests {
     }
 
     fn leaves(ix: &SeenIndex, p: Platform) -> Vec<usize> {
-        ix.of(p).leaves.values().map(Vec::len).collect()
+        ix.of(p).all_leaves().map(|(_, leaf)| leaf.len()).collect()
     }
 
     /// Appends fill leaves whole, as a load does; inserts in the middle
@@ -437,6 +654,64 @@ mod tests {
         }
         assert!(ix.is_empty());
         assert!(leaves(&ix, Platform::Ios).is_empty());
+    }
+
+    /// Enough entries for many groups: inserts at random places split
+    /// leaves and then groups, removals in random order join them, and
+    /// the index agrees with a `BTreeSet` and keeps its invariants all
+    /// along; a bulk build fills whole groups.
+    #[test]
+    fn many_leaves_split_and_join_groups() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut ix, mut model) = (SeenIndex::default(), Model::new());
+        let p = Platform::Android;
+        for id in 0..(3 * GROUP_CAP * LEAF_CAP) as u32 {
+            let ms = rnd() % 1_000_000;
+            assert_eq!(ix.insert(p, ms, id), model.insert((p, ms, id)));
+            if id % 4096 == 0 {
+                assert_eq!(ix.problems(), Vec::<String>::new());
+            }
+        }
+        assert_agrees(&ix, &model);
+        let groups = ix.android.groups.len();
+        assert!(groups >= 4, "inserts split groups: {groups}");
+        let all: Vec<_> = model.iter().copied().collect();
+        let built = SeenIndex::from_sorted(&all);
+        assert_agrees(&built, &model);
+        let sizes: Vec<usize> = built
+            .android
+            .groups
+            .iter()
+            .map(|g| g.leaves.len())
+            .collect();
+        let (_, whole) = sizes.split_last().expect("groups");
+        assert!(whole.iter().all(|&n| n == GROUP_CAP), "{sizes:?}");
+        let mut order = all;
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rnd() % (i as u64 + 1)) as usize);
+        }
+        for (k, &(p, ms, id)) in order.iter().enumerate() {
+            if k % 10 != 0 {
+                assert!(ix.remove(p, ms, id));
+                model.remove(&(p, ms, id));
+            }
+            if k % 4096 == 0 {
+                assert_eq!(ix.problems(), Vec::<String>::new());
+            }
+        }
+        assert_agrees(&ix, &model);
+        assert!(ix.android.groups.len() < groups, "removals joined groups");
+        for (p, ms, id) in model.iter().copied() {
+            assert!(ix.remove(p, ms, id));
+        }
+        assert!(ix.is_empty());
+        assert!(ix.android.groups.is_empty() && ix.android.heads.is_empty());
     }
 
     /// The strided search answers as a binary search does, at every length
@@ -528,7 +803,7 @@ mod tests {
         assert_eq!(ix.problems(), Vec::<String>::new());
         eprintln!(
             "{best_ns:.0} ns per move (best of 6 rounds), {} leaves",
-            ix.ios.leaves.len()
+            ix.ios.all_leaves().count()
         );
     }
 
