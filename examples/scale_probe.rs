@@ -8,7 +8,7 @@
 //! close the store's bytes on disk and the page cache the process dirtied,
 //! and the peak RSS after the import and after the close (`crash` exits
 //! right after the import instead, leaving the database and its log). With
-//! `nockpt` no checkpoint runs while importing (the log holds everything),
+//! `nockpt` no checkpoint runs while importing or updating (the log holds everything),
 //! which isolates the in-memory state's cost (DESIGN.md 13, step 12). With
 //! `update` the database is then reopened in `Eventual` mode and every
 //! device updated, as the harness's bulk update does, with the same
@@ -164,11 +164,7 @@ fn main() -> devreg::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut config = Config::new(&dir).durability(Durability::Immediate);
     if no_checkpoints {
-        config = config
-            .checkpoint_log_bytes(u64::MAX / 4)
-            .max_log_segments(u32::MAX / 2)
-            .checkpoint_interval_ms(u64::MAX / 4)
-            .checkpoint_pending_records(usize::MAX / 4);
+        config = without_checkpoints(config);
     }
     // `delta=BYTES` sets `Config::page_delta_bytes` (how much delta the
     // pages may gather before a merge).
@@ -200,7 +196,7 @@ fn main() -> devreg::Result<()> {
     report_pass(&reg, n, &before, "import");
     if update {
         drop(reg);
-        return update_all(&dir, n, (harness, keep));
+        return update_all(&dir, n, (harness, keep, no_checkpoints));
     }
     // `crash`: exit without closing, leaving the log a crash would (an
     // open of the database then replays it).
@@ -265,12 +261,30 @@ fn timed_pass(reg: &Registry, n: u64, shape: (bool, bool)) -> devreg::Result<f64
     Ok(in_apply_s)
 }
 
+/// `config` with no checkpoint due by time, log size or pending records
+/// (`nockpt`): the log holds everything until the close.
+fn without_checkpoints(config: Config) -> Config {
+    config
+        .checkpoint_log_bytes(u64::MAX / 4)
+        .max_log_segments(u32::MAX / 2)
+        .checkpoint_interval_ms(u64::MAX / 4)
+        .checkpoint_pending_records(usize::MAX / 4)
+}
+
 /// The harness's bulk update (`update`): the database reopened in
 /// `Eventual` mode, every device registered again with its update, then
 /// the threads' CPU, the merges and the peak RSS, as for the import.
-fn update_all(dir: &std::path::Path, n: u64, (harness, keep): (bool, bool)) -> devreg::Result<()> {
+fn update_all(
+    dir: &std::path::Path,
+    n: u64,
+    (harness, keep, no_checkpoints): (bool, bool, bool),
+) -> devreg::Result<()> {
     let opening = Instant::now();
-    let reg = Registry::open_with(Config::new(dir).durability(Durability::Eventual))?;
+    let mut config = Config::new(dir).durability(Durability::Eventual);
+    if no_checkpoints {
+        config = without_checkpoints(config);
+    }
+    let reg = Registry::open_with(config)?;
     println!(
         "reopened in {:.1} s; the update:",
         opening.elapsed().as_secs_f64()

@@ -9,10 +9,13 @@
 //! order), then in the last-seen index's leaves it leaves and enters,
 //! each miss waiting for the one before. The stages here follow the same
 //! chain, each [`APPLY_PREFETCH_OPS`] operations behind the one before it:
-//! the index entries, then the slots they name, then the owner's devices
-//! and the last-seen leaves. Nothing here changes the state, and a wrong guess (a
-//! tag shared by another token, an operation earlier in the batch that
-//! moves the device) costs a wasted load, never a wrong answer.
+//! the index entries; then the slots they name and the last-seen group
+//! keys of a register's new time; then the owner's devices, the new
+//! time's leaf and the old time's group keys (the old time is in the
+//! slot); and half a stage later the old time's leaf. Nothing here
+//! changes the state, and a wrong guess (a tag shared by another token,
+//! an operation earlier in the batch that moves the device) costs a
+//! wasted load, never a wrong answer.
 
 use super::{Entry, State, NO_PERSON};
 use crate::codec::with_packed;
@@ -123,26 +126,38 @@ impl State {
             if let Some(p) = h.person {
                 self.prefetch_person_slot(p);
             }
+            // Where a register's new time goes needs no slot.
+            if let Some((Some(p), seen_ms)) = h.seen {
+                self.by_seen.prefetch_group(p, seen_ms, u32::MAX);
+            }
         }
         if let Some(h) = ahead.get(i + d) {
             self.prefetch_owner_devices(h);
-            self.prefetch_seen(h);
+            self.prefetch_seen(h, false);
+        }
+        if let Some(h) = ahead.get(i + d / 2) {
+            self.prefetch_seen(h, true);
         }
     }
 
     /// The last-seen index's leaves the entry will move the device's entry
-    /// out of (a known device's) and into (where its new time goes).
-    fn prefetch_seen(&self, h: &AheadHashes) {
+    /// out of (a known device's) and into (where its new time goes). In
+    /// two stages: first (`late` false) the new leaf, and the old leaf's
+    /// group keys (the old time is in the slot, known only now); then the
+    /// old leaf.
+    fn prefetch_seen(&self, h: &AheadHashes, late: bool) {
         let Some((platform, seen_ms)) = h.seen else {
             return;
         };
         match h.token.and_then(|t| self.likely_slot(t)) {
+            Some((id, s)) if late => self.by_seen.prefetch(s.platform, s.last_seen_ms, id),
             Some((id, s)) => {
-                self.by_seen.prefetch(s.platform, s.last_seen_ms, id);
+                self.by_seen.prefetch_group(s.platform, s.last_seen_ms, id);
                 let to = platform.unwrap_or(s.platform);
                 self.by_seen.prefetch(to, s.last_seen_ms.max(seen_ms), id);
             }
             // A new device: its id is not known yet, and only breaks ties.
+            None if late => {}
             None => {
                 if let Some(p) = platform {
                     self.by_seen.prefetch(p, seen_ms, u32::MAX);

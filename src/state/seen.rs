@@ -25,9 +25,11 @@
 
 use crate::model::Platform;
 
-/// Most entries a leaf holds: 3 KiB of entries, so an insert or removal
-/// in the middle moves at most that many bytes.
-pub(crate) const LEAF_CAP: usize = 256;
+/// Most entries a leaf holds: 1.5 KiB of entries, so an insert or removal
+/// in the middle moves at most that many bytes. (256 moved twice as much:
+/// `seen_update_probe` took 1,759 ns a move with 256, 1,504 with 128 and
+/// 1,627 with 64, whose directory is twice as large; DESIGN.md 13 step 47.)
+pub(crate) const LEAF_CAP: usize = 128;
 /// Fewest entries a leaf holds unless it is its platform's last.
 const LEAF_MIN: usize = LEAF_CAP / 2;
 
@@ -59,7 +61,7 @@ impl Entry {
 const STRIDE: usize = 16;
 
 /// Where `e` is in the sorted `leaf`, as `binary_search` answers. A binary
-/// search of a 3 KiB leaf makes eight reads, each depending on the last,
+/// search of a 1.5 KiB leaf makes seven reads, each depending on the last,
 /// and each a cache miss when the leaf is cold; this reads every
 /// `STRIDE`-th entry first (loads that
 /// do not depend on each other, so the misses overlap), then searches the
@@ -87,6 +89,9 @@ fn new_leaf() -> Vec<Entry> {
 /// Most leaves a group holds: its keys are 768 bytes, and filing or
 /// unfiling a leaf moves at most 2.3 KiB inside it.
 pub(crate) const GROUP_CAP: usize = 64;
+/// Keys in a 64-byte cache line (a group's keys are read ahead a line at
+/// a time).
+const KEYS_PER_LINE: usize = 64 / std::mem::size_of::<Entry>();
 /// Fewest leaves a group holds unless it is its platform's last.
 const GROUP_MIN: usize = GROUP_CAP / 2;
 
@@ -262,6 +267,18 @@ impl Leaves {
         self.find(e)
             .and_then(|at| self.leaf(at))
             .is_some_and(|leaf| search(leaf, e).is_ok())
+    }
+
+    /// Starts loading the keys of the group that holds (or would hold)
+    /// `e`, which finding its leaf will search; the heads this reads are
+    /// a few KiB, in the cache already.
+    fn prefetch_group(&self, e: Entry) {
+        let g = self.heads.partition_point(|h| *h <= e).saturating_sub(1);
+        if let Some(group) = self.groups.get(g) {
+            for key in group.keys.iter().step_by(KEYS_PER_LINE) {
+                crate::prefetch::prefetch(key);
+            }
+        }
     }
 
     /// Starts loading the heads `search` reads first in the leaf that
@@ -544,6 +561,12 @@ impl SeenIndex {
     /// first (a hint; `state/ahead.rs`).
     pub(crate) fn prefetch(&self, p: Platform, ms: u64, id: u32) {
         self.of(p).prefetch(Entry::new(ms, id));
+    }
+
+    /// Starts loading what `prefetch` of this entry will search: its
+    /// group's keys (a hint, a stage before `prefetch`; `state/ahead.rs`).
+    pub(crate) fn prefetch_group(&self, p: Platform, ms: u64, id: u32) {
+        self.of(p).prefetch_group(Entry::new(ms, id));
     }
 
     pub(crate) fn contains(&self, p: Platform, ms: u64, id: u32) -> bool {
