@@ -58,6 +58,8 @@ mod state;
 mod store;
 #[cfg(feature = "sync")]
 pub mod sync;
+#[cfg(test)]
+mod testing;
 mod writer;
 
 #[cfg(feature = "etcd")]

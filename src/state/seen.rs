@@ -685,13 +685,7 @@ mod tests {
     /// along; a bulk build fills whole groups.
     #[test]
     fn many_leaves_split_and_join_groups() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
         let (mut ix, mut model) = (SeenIndex::default(), Model::new());
         let p = Platform::Android;
         for id in 0..(3 * GROUP_CAP * LEAF_CAP) as u32 {
@@ -791,13 +785,7 @@ mod tests {
     fn seen_update_probe() {
         let n: u64 = 5_000_000;
         let day_ms = 86_400_000u64;
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut ms: Vec<u64> = (0..n)
             .map(|_| 1_700_000_000_000 + rnd() % (60 * day_ms))
             .collect();

@@ -203,14 +203,9 @@ mod tests {
         // An empty page and random bytes stay plain, and open as they are.
         let empty = vec![1u8, 0];
         assert_eq!(seal(empty.clone()), empty);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let random: Vec<u8> = std::iter::once(1u8)
-            .chain((0..3000).map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            }))
+            .chain((0..3000).map(|_| rnd() as u8))
             .collect();
         let sealed = seal(random.clone());
         assert_eq!(sealed, random);

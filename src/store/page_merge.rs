@@ -228,13 +228,7 @@ mod tests {
     #[test]
     #[ignore]
     fn page_rewrite_probe() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let record = |rnd: &mut dyn FnMut() -> u64| {
             let mut k = vec![b'D'];
             (0..4).for_each(|_| k.extend_from_slice(&rnd().to_le_bytes()));

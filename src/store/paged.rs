@@ -1844,13 +1844,8 @@ mod tests {
         };
         let mut s = reopen(2_000);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut rnd = |n: u64| next() % n;
         for round in 0..120 {
             let mut batch = Vec::new();
             for _ in 0..1 + rnd(40) {
