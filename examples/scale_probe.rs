@@ -8,8 +8,9 @@
 //! close the store's bytes on disk and the page cache the process dirtied,
 //! and the peak RSS after the import and after the close (`crash` exits
 //! right after the import instead, leaving the database and its log). With
-//! `nockpt` no checkpoint runs while importing or updating (the log holds everything),
-//! which isolates the in-memory state's cost (DESIGN.md 13, step 12). With
+//! `nockpt` no checkpoint runs while importing or updating (the log holds
+//! everything), which isolates the in-memory state's cost (DESIGN.md 13,
+//! steps 12 and 47). With
 //! `update` the database is then reopened in `Eventual` mode and every
 //! device updated, as the harness's bulk update does, with the same
 //! columns for that pass.
