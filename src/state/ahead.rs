@@ -133,36 +133,44 @@ impl State {
         }
         if let Some(h) = ahead.get(i + d) {
             self.prefetch_owner_devices(h);
-            self.prefetch_seen(h, false);
+            self.prefetch_seen(h);
         }
         if let Some(h) = ahead.get(i + d / 2) {
-            self.prefetch_seen(h, true);
+            self.prefetch_old_seen_leaf(h);
         }
     }
 
-    /// The last-seen index's leaves the entry will move the device's entry
-    /// out of (a known device's) and into (where its new time goes). In
-    /// two stages: first (`late` false) the new leaf, and the old leaf's
-    /// group keys (the old time is in the slot, known only now); then the
-    /// old leaf.
-    fn prefetch_seen(&self, h: &AheadHashes, late: bool) {
+    /// The last-seen index's leaf the entry will move the device's entry
+    /// into (where its new time goes), and the group keys of the leaf it
+    /// will move it out of (a known device's: the old time is in the slot,
+    /// known only now; `prefetch_old_seen_leaf` asks for that leaf later).
+    fn prefetch_seen(&self, h: &AheadHashes) {
         let Some((platform, seen_ms)) = h.seen else {
             return;
         };
         match h.token.and_then(|t| self.likely_slot(t)) {
-            Some((id, s)) if late => self.by_seen.prefetch(s.platform, s.last_seen_ms, id),
             Some((id, s)) => {
                 self.by_seen.prefetch_group(s.platform, s.last_seen_ms, id);
                 let to = platform.unwrap_or(s.platform);
                 self.by_seen.prefetch(to, s.last_seen_ms.max(seen_ms), id);
             }
             // A new device: its id is not known yet, and only breaks ties.
-            None if late => {}
             None => {
                 if let Some(p) = platform {
                     self.by_seen.prefetch(p, seen_ms, u32::MAX);
                 }
             }
+        }
+    }
+
+    /// The last-seen leaf a known device's entry will move out of (its
+    /// group keys asked for by `prefetch_seen`).
+    fn prefetch_old_seen_leaf(&self, h: &AheadHashes) {
+        if h.seen.is_none() {
+            return;
+        }
+        if let Some((id, s)) = h.token.and_then(|t| self.likely_slot(t)) {
+            self.by_seen.prefetch(s.platform, s.last_seen_ms, id);
         }
     }
 

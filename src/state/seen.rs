@@ -140,10 +140,16 @@ struct Leaves {
 }
 
 impl Leaves {
+    /// The group whose head is at or below `e`, else the first (0 also
+    /// when there is no group).
+    fn group_of(&self, e: Entry) -> usize {
+        self.heads.partition_point(|h| *h <= e).saturating_sub(1)
+    }
+
     /// The leaf filed at or below `e`, else the first; `None` when there
     /// is no leaf.
     fn find(&self, e: Entry) -> Option<At> {
-        let g = self.heads.partition_point(|h| *h <= e).saturating_sub(1);
+        let g = self.group_of(e);
         let keys = &self.groups.get(g)?.keys;
         let j = keys.partition_point(|k| *k <= e).saturating_sub(1);
         Some(At { g, j })
@@ -273,8 +279,7 @@ impl Leaves {
     /// `e`, which finding its leaf will search; the heads this reads are
     /// a few KiB, in the cache already.
     fn prefetch_group(&self, e: Entry) {
-        let g = self.heads.partition_point(|h| *h <= e).saturating_sub(1);
-        if let Some(group) = self.groups.get(g) {
+        if let Some(group) = self.groups.get(self.group_of(e)) {
             for key in group.keys.iter().step_by(KEYS_PER_LINE) {
                 crate::prefetch::prefetch(key);
             }
