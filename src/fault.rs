@@ -50,6 +50,10 @@ pub enum IoOp {
     /// Opening the store again while the registry runs (between two passes
     /// of a compaction, and at its swap).
     StoreOpen = 1 << 11,
+    /// Closing sled's handle after a failed write (`Drop for SledStore`).
+    /// Only `slow` uses it, standing in for sled's close that waits for
+    /// ever: a close has no result to fail, so `ALL` leaves it out.
+    StoreClose = 1 << 12,
 }
 
 impl IoOp {

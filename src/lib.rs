@@ -105,7 +105,8 @@ pub mod internals {
     pub use crate::log::entry::{encode_entries as encode_log_entries, Entry as LogEntry};
     pub use crate::model::civil_from_days;
     pub use crate::store::{
-        count_records, page_records, page_value, peek_record, poke_record, sled_drop_panics,
+        count_records, page_records, page_value, peek_record, poke_record, sled_closes_abandoned,
+        sled_drop_panics,
     };
     /// The etcd backend's store and operation log (feature `etcd`).
     #[cfg(feature = "etcd")]

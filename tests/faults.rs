@@ -669,3 +669,46 @@ fn full_disk_fails_stop_and_keeps_acknowledged_writes() {
         got.len()
     );
 }
+
+/// After a failed store write, dropping the registry returns even when
+/// sled's own close never does. sled 0.34.7's close flushes, and after a
+/// failed write that flush can wait for ever: a harness child whose
+/// directory was removed under it hung in `Drop for Tree` (DESIGN.md 4.6).
+/// The plan's `slow` on `StoreClose` stands in for that wait (120 s); the
+/// drop must return in well under it, after `SETTLE_TIMEOUT_MS` (5 s),
+/// and count the close as abandoned.
+#[test]
+fn close_after_a_failed_store_write_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let plan = FaultPlan::new();
+    let reg = Registry::open_with(config(&db).fault_plan(plan.clone())).expect("open");
+    reg.apply_batch((0..400).map(|k| register(k, T0 + k)).collect())
+        .expect("a batch");
+    reg.checkpoint().expect("a checkpoint before the failure");
+    plan.arm(&[IoOp::StoreWrite], 1, libc::EIO, true);
+    reg.apply_batch((400..800).map(|k| register(k, T0 + k)).collect())
+        .expect("the log takes the batch");
+    assert!(
+        reg.checkpoint().is_err(),
+        "the checkpoint's store write fails"
+    );
+    plan.slow(&[IoOp::StoreClose], 120_000_000);
+    let abandoned = devreg::internals::sled_closes_abandoned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        drop(reg);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(),
+        "dropping the registry waited for sled's close"
+    );
+    println!("closed in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(
+        devreg::internals::sled_closes_abandoned(),
+        abandoned + 1,
+        "the close was abandoned once"
+    );
+}

@@ -210,7 +210,9 @@ pub(crate) struct SledStore {
 /// as it was (tests/cli.rs). Not after a failed write, and on a thread
 /// that is waited for at most `SETTLE_TIMEOUT_MS`: the fault sweep found
 /// sled 0.34.7 waiting forever inside an open whose writes fail (ENOSPC).
-/// A failure or timeout only leaves that work to the next open.
+/// A failure or timeout only leaves that work to the next open. After a
+/// failed write, sled's close itself is waited for at most that long
+/// (`close_troubled`).
 impl Drop for SledStore {
     fn drop(&mut self) {
         self.waker.get_mut().stop();
@@ -220,6 +222,10 @@ impl Drop for SledStore {
         let settle = self.written.load(std::sync::atomic::Ordering::SeqCst) > 0
             && !self.troubled.load(std::sync::atomic::Ordering::SeqCst)
             && self.settle_at_close;
+        if self.troubled.load(std::sync::atomic::Ordering::SeqCst) {
+            close_troubled(db, self.faults.clone());
+            return;
+        }
         let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db)));
         if dropped.is_err() {
             SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -227,6 +233,47 @@ impl Drop for SledStore {
             settle_sled(&self.path);
         }
     }
+}
+
+/// Closes sled after a failed write on its own thread, waiting for it at
+/// most `SETTLE_TIMEOUT_MS`. sled 0.34.7's close flushes, and after a
+/// failed write that flush can wait for ever for a buffer that will never
+/// be written (the waker, `sled_waker.rs`, is stopped by then: it holds a
+/// handle, so it cannot outlive the close). A harness child whose
+/// directory was removed under it hung there. A close that does not end
+/// in time is abandoned, counted in `sled_closes_abandoned`: its thread
+/// keeps sled's file lock and cache until it ends or the process exits,
+/// so an open of the same store in this process fails (sled's lock)
+/// instead of hanging. Nothing durable depends on that close: devreg's
+/// own checkpoints flush and fsync (DESIGN.md 4.6).
+fn close_troubled(db: sled::Db, faults: Faults) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("devreg-close".into())
+        .spawn(move || {
+            // Only a test's `slow` makes this wait: it stands in for sled's.
+            let _ = check(&faults, IoOp::StoreClose);
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))).is_err() {
+                SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let _ = done_tx.send(());
+        });
+    if spawned.is_err() {
+        // The closure (and with it `db`) was dropped here, inline.
+        return;
+    }
+    let wait = std::time::Duration::from_millis(crate::limits::SETTLE_TIMEOUT_MS);
+    if done_rx.recv_timeout(wait).is_err() {
+        SLED_CLOSES_ABANDONED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+static SLED_CLOSES_ABANDONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Test support: closes of a failed store given up after
+/// `SETTLE_TIMEOUT_MS` (see `close_troubled`).
+pub fn sled_closes_abandoned() -> u64 {
+    SLED_CLOSES_ABANDONED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ pub(crate) use checkpoint::META_SEGMENT_BYTES;
 pub(crate) use checkpoint::{load_state, log_position, Snapshot};
 pub(crate) use compact::finish_interrupted as finish_interrupted_compaction;
 pub(crate) use compact::interrupted as compaction_interrupted;
-pub use kv::sled_drop_panics;
 pub(crate) use kv::{copy_store, create_empty_store, SledStore};
+pub use kv::{sled_closes_abandoned, sled_drop_panics};
 pub(crate) use paged::PagedStore;
 
 /// The store of the closed database at `db`, for one short job (1 MiB
