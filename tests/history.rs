@@ -509,3 +509,37 @@ fn feedback_is_recorded_and_counted_per_day() {
     assert_eq!(sum(|c| c.invalidations), 1);
     assert_clean(&reg, "after feedback");
 }
+
+/// The owners' names of a register are read only when something records
+/// them (`state/apply.rs`): a move, or any change while a sink exists.
+/// Each case here reads them at the right moment: a move of a person's
+/// only device names that person (released by the move) as the owner
+/// before; a refresh with no sink records nothing; a refresh once a sink
+/// exists still reaches the sink's feed under its owner.
+#[test]
+fn a_register_names_its_owners_only_when_they_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(&dir.path().join("db"));
+    reg.apply(reg_op("aa", "ann", H0)).unwrap();
+    reg.apply(reg_op("aa", "bob", H0 + 1)).unwrap();
+    let h = reg.history("aa").unwrap();
+    assert_eq!(h[0].op, HistoryOp::Move);
+    assert_eq!(h[0].owner_before.as_deref(), Some("ann"));
+    assert_eq!(h[0].owner_after.as_deref(), Some("bob"));
+    assert!(reg.devices_of("ann").is_empty(), "ann was released");
+    let moved_seq = h[0].seq;
+    reg.apply(reg_op("aa", "bob", H0 + 2)).unwrap();
+    assert_eq!(reg.history("aa").unwrap()[0].seq, moved_seq, "a refresh");
+    reg.add_sink(DEFAULT_SINK).unwrap();
+    while let Some(b) = reg.export(DEFAULT_SINK, 100, 499_999).unwrap() {
+        reg.ack(DEFAULT_SINK, b.id()).unwrap();
+    }
+    reg.apply(reg_op("aa", "bob", H0 + 3)).unwrap();
+    let b = reg.export(DEFAULT_SINK, 100, 499_999).unwrap();
+    let body = b.map(|b| b.body().to_owned()).unwrap_or_default();
+    assert!(
+        body.contains("\"bob\"") && body.contains("\"aa\""),
+        "the refresh reached the sink under bob: {body}"
+    );
+    assert_eq!(reg.history("aa").unwrap()[0].seq, moved_seq, "a refresh");
+}

@@ -11,8 +11,10 @@
 //! chain, each [`APPLY_PREFETCH_OPS`] operations behind the one before it:
 //! the index entries; then the slots they name and the last-seen group
 //! keys of a register's new time; then the owner's devices, the new
-//! time's leaf and the old time's group keys (the old time is in the
-//! slot); and half a stage later the old time's leaf. Nothing here
+//! time's leaf header and the old time's group keys (the old time is in
+//! the slot); half a stage later the new time's whole leaf and the old
+//! time's leaf header; and a quarter stage later the old time's whole
+//! leaf. Nothing here
 //! changes the state, and a wrong guess (a tag shared by another token,
 //! an operation earlier in the batch that moves the device) costs a
 //! wasted load, never a wrong answer.
@@ -39,6 +41,9 @@ pub(crate) const APPLY_PREFETCH_MIN_DEVICES: u64 = 1 << 18;
 /// Most hashes the state keeps room for between batches (768 KiB): a
 /// larger batch's vector is freed after it, not kept.
 const AHEAD_KEEP_MAX: usize = 16_384;
+
+/// A last-seen entry's place: `(platform, ms, id)`.
+type SeenAt = (Platform, u64, u32);
 
 /// Whether applying `ops` operations to `state` reads ahead.
 fn reads_ahead(state: &State, ops: usize) -> bool {
@@ -109,8 +114,9 @@ impl State {
     /// Before applying entry `i` of a batch whose hashes are `ahead`: asks
     /// for the index entries of entry `i + 3d`, the slots of entry `i + 2d`
     /// and the owner's device slots of entry `i + d` (`d` being
-    /// [`APPLY_PREFETCH_OPS`]), each stage finding what the one before
-    /// asked for in the cache.
+    /// [`APPLY_PREFETCH_OPS`]), and the last-seen index's lines from
+    /// `i + 2d` to `i + d/4` (`seen_moves`), each stage finding what the
+    /// one before asked for in the cache.
     pub(crate) fn read_ahead(&self, ahead: &[AheadHashes], i: usize) {
         let d = APPLY_PREFETCH_OPS;
         if let Some(h) = ahead.get(i + 3 * d) {
@@ -133,44 +139,46 @@ impl State {
         }
         if let Some(h) = ahead.get(i + d) {
             self.prefetch_owner_devices(h);
-            self.prefetch_seen(h);
+            if let Some((old, new)) = self.seen_moves(h) {
+                if let Some((p, ms, id)) = old {
+                    self.by_seen.prefetch_group(p, ms, id);
+                }
+                let (p, ms, id) = new;
+                self.by_seen.prefetch_leaf_header(p, ms, id);
+            }
         }
         if let Some(h) = ahead.get(i + d / 2) {
-            self.prefetch_old_seen_leaf(h);
+            if let Some((old, new)) = self.seen_moves(h) {
+                if let Some((p, ms, id)) = old {
+                    self.by_seen.prefetch_leaf_header(p, ms, id);
+                }
+                let (p, ms, id) = new;
+                self.by_seen.prefetch(p, ms, id);
+            }
+        }
+        if let Some(h) = ahead.get(i + d / 4) {
+            if let Some((Some((p, ms, id)), _)) = self.seen_moves(h) {
+                self.by_seen.prefetch(p, ms, id);
+            }
         }
     }
 
-    /// The last-seen index's leaf the entry will move the device's entry
-    /// into (where its new time goes), and the group keys of the leaf it
-    /// will move it out of (a known device's: the old time is in the slot,
-    /// known only now; `prefetch_old_seen_leaf` asks for that leaf later).
-    fn prefetch_seen(&self, h: &AheadHashes) {
-        let Some((platform, seen_ms)) = h.seen else {
-            return;
-        };
+    /// Where the entry moves the device's last-seen entry: out of `old`
+    /// (a known device's, from its slot; none for a new device) and into
+    /// `new`, each as `(platform, ms, id)`. A new device's id is not known
+    /// yet, and only breaks ties: `u32::MAX` stands in. None when the
+    /// entry sets no time. The read-ahead asks for each's group keys, then
+    /// its leaf's header, then its leaf, a stage apart; the old leaf's
+    /// stages trail the new one's, since its time is in the slot.
+    fn seen_moves(&self, h: &AheadHashes) -> Option<(Option<SeenAt>, SeenAt)> {
+        let (platform, seen_ms) = h.seen?;
         match h.token.and_then(|t| self.likely_slot(t)) {
             Some((id, s)) => {
-                self.by_seen.prefetch_group(s.platform, s.last_seen_ms, id);
                 let to = platform.unwrap_or(s.platform);
-                self.by_seen.prefetch(to, s.last_seen_ms.max(seen_ms), id);
+                let old = (s.platform, s.last_seen_ms, id);
+                Some((Some(old), (to, s.last_seen_ms.max(seen_ms), id)))
             }
-            // A new device: its id is not known yet, and only breaks ties.
-            None => {
-                if let Some(p) = platform {
-                    self.by_seen.prefetch(p, seen_ms, u32::MAX);
-                }
-            }
-        }
-    }
-
-    /// The last-seen leaf a known device's entry will move out of (its
-    /// group keys asked for by `prefetch_seen`).
-    fn prefetch_old_seen_leaf(&self, h: &AheadHashes) {
-        if h.seen.is_none() {
-            return;
-        }
-        if let Some((id, s)) = h.token.and_then(|t| self.likely_slot(t)) {
-            self.by_seen.prefetch(s.platform, s.last_seen_ms, id);
+            None => platform.map(|p| (None, (p, seen_ms, u32::MAX))),
         }
     }
 

@@ -208,12 +208,31 @@ impl State {
             encode_attributes_into(a, scratch);
             &scratch[..]
         });
-        let mut old_platform = None;
-        let (id, before, changed) = match self.lookup(packed) {
+        // The owners' names are read only when something records them: the
+        // history a move, a sink's feed every change. (An `Arc`'s count is
+        // a write to the name's own line, cold at 10^7 devices: reading the
+        // names cost a refresh 6% of the bulk update's time, DESIGN.md 13
+        // step 48.)
+        let sinks = !self.feed.sinks.is_empty();
+        let (id, before, changed, moved) = match self.lookup(packed) {
             Some(id) => {
-                let before = self.slot(id).and_then(|s| self.person_name(s.person));
-                let old_seen = self.slot(id).map_or(0, |s| s.last_seen_ms);
-                old_platform = self.slot(id).map(|s| s.platform);
+                let Some((old_pid, old_seen, old_platform)) = self
+                    .slot(id)
+                    .map(|s| (s.person, s.last_seen_ms, s.platform))
+                else {
+                    return Outcome::Applied {
+                        devices: 0,
+                        evicted: 0,
+                    };
+                };
+                // A refresh (same owner, same platform) is not an
+                // ownership change: the history records nothing.
+                let moved = old_platform != r.platform || person.is_some_and(|p| p != old_pid);
+                let before = if moved || sinks {
+                    self.person_name(old_pid)
+                } else {
+                    None
+                };
                 let mut changed = self.set_platform(id, r.platform);
                 changed |= self.set_last_seen(id, old_seen.max(r.seen_ms));
                 if let Some(b) = blob {
@@ -222,24 +241,26 @@ impl State {
                 if let Some(p) = person {
                     changed |= self.set_person(id, p);
                 }
-                (id, before, changed)
+                (id, before, changed, moved)
             }
             None => {
                 let attrs = self.intern_attrs(blob.unwrap_or(&EMPTY_ATTRS));
                 let owner = person.unwrap_or(NO_PERSON);
                 let id =
                     self.insert_device(SlotToken::new(packed), r.platform, owner, r.seen_ms, attrs);
-                (id, None, true)
+                (id, None, true, true)
             }
         };
         let owner = self.slot(id).map_or(NO_PERSON, |s| s.person);
         if changed {
-            let after = self.person_name(owner);
-            // A refresh (the device existed, same owner, same platform) is
-            // not an ownership change: the history records nothing.
-            if old_platform == Some(r.platform) && before == after {
+            if !moved {
                 self.cause = Cause::Touch;
             }
+            let after = if moved || sinks {
+                self.person_name(owner)
+            } else {
+                None
+            };
             self.note(packed, before, after, true, r.platform);
         }
         let evicted = if owner != NO_PERSON {

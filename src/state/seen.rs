@@ -89,9 +89,10 @@ fn new_leaf() -> Vec<Entry> {
 /// Most leaves a group holds: its keys are 768 bytes, and filing or
 /// unfiling a leaf moves at most 2.3 KiB inside it.
 pub(crate) const GROUP_CAP: usize = 64;
-/// Keys in a 64-byte cache line (a group's keys are read ahead a line at
-/// a time).
-const KEYS_PER_LINE: usize = 64 / std::mem::size_of::<Entry>();
+/// What the read-ahead of a group's keys or a leaf's entries steps by:
+/// the whole entries in a 64-byte line (five of 12 bytes), less than a
+/// line, so every line is asked for.
+const ENTRIES_PER_LINE: usize = 64 / std::mem::size_of::<Entry>();
 /// Fewest leaves a group holds unless it is its platform's last.
 const GROUP_MIN: usize = GROUP_CAP / 2;
 
@@ -280,19 +281,30 @@ impl Leaves {
     /// a few KiB, in the cache already.
     fn prefetch_group(&self, e: Entry) {
         if let Some(group) = self.groups.get(self.group_of(e)) {
-            for key in group.keys.iter().step_by(KEYS_PER_LINE) {
+            for key in group.keys.iter().step_by(ENTRIES_PER_LINE) {
                 crate::prefetch::prefetch(key);
             }
         }
     }
 
-    /// Starts loading the heads `search` reads first in the leaf that
-    /// holds (or would hold) `e`; finding it now puts the directory's
-    /// lines in the cache for the insert or removal that follows.
+    /// Starts loading the vector header of the leaf that holds (or would
+    /// hold) `e`: the line `prefetch` then reads to find the leaf's
+    /// entries (a group's 64 headers take 24 lines, too many to ask for
+    /// with its keys). Its keys should be in the cache (`prefetch_group`).
+    fn prefetch_leaf_header(&self, e: Entry) {
+        if let Some(header) = self.find(e).and_then(|at| self.leaf(at)) {
+            crate::prefetch::prefetch(header);
+        }
+    }
+
+    /// Starts loading every line of the leaf that holds (or would hold)
+    /// `e`: the search reads its heads and a run, and the insert or
+    /// removal that follows moves the entries after its place. Finding it
+    /// now puts the directory's lines in the cache too.
     fn prefetch(&self, e: Entry) {
         if let Some(leaf) = self.find(e).and_then(|at| self.leaf(at)) {
-            for head in leaf.iter().step_by(STRIDE) {
-                crate::prefetch::prefetch(head);
+            for entry in leaf.iter().step_by(ENTRIES_PER_LINE) {
+                crate::prefetch::prefetch(entry);
             }
         }
     }
@@ -566,6 +578,12 @@ impl SeenIndex {
     /// first (a hint; `state/ahead.rs`).
     pub(crate) fn prefetch(&self, p: Platform, ms: u64, id: u32) {
         self.of(p).prefetch(Entry::new(ms, id));
+    }
+
+    /// Starts loading the header `prefetch` of this entry will read: a
+    /// stage after `prefetch_group`, a stage before `prefetch`.
+    pub(crate) fn prefetch_leaf_header(&self, p: Platform, ms: u64, id: u32) {
+        self.of(p).prefetch_leaf_header(Entry::new(ms, id));
     }
 
     /// Starts loading what `prefetch` of this entry will search: its
