@@ -516,25 +516,30 @@ fn feedback_is_recorded_and_counted_per_day() {
 /// only device names that person (released by the move) as the owner
 /// before; a refresh with no sink records nothing; a refresh once a sink
 /// exists still reaches the sink's feed under its owner.
+const CHANGED: Outcome = Outcome::Applied {
+    devices: 1,
+    evicted: 0,
+};
+
 #[test]
 fn a_register_names_its_owners_only_when_they_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(&dir.path().join("db"));
-    reg.apply(reg_op("aa", "ann", H0)).unwrap();
-    reg.apply(reg_op("aa", "bob", H0 + 1)).unwrap();
+    assert_eq!(reg.apply(reg_op("aa", "ann", H0)).unwrap(), CHANGED);
+    assert_eq!(reg.apply(reg_op("aa", "bob", H0 + 1)).unwrap(), CHANGED);
     let h = reg.history("aa").unwrap();
     assert_eq!(h[0].op, HistoryOp::Move);
     assert_eq!(h[0].owner_before.as_deref(), Some("ann"));
     assert_eq!(h[0].owner_after.as_deref(), Some("bob"));
     assert!(reg.devices_of("ann").is_empty(), "ann was released");
     let moved_seq = h[0].seq;
-    reg.apply(reg_op("aa", "bob", H0 + 2)).unwrap();
+    assert_eq!(reg.apply(reg_op("aa", "bob", H0 + 2)).unwrap(), CHANGED);
     assert_eq!(reg.history("aa").unwrap()[0].seq, moved_seq, "a refresh");
     reg.add_sink(DEFAULT_SINK).unwrap();
     while let Some(b) = reg.export(DEFAULT_SINK, 100, 499_999).unwrap() {
         reg.ack(DEFAULT_SINK, b.id()).unwrap();
     }
-    reg.apply(reg_op("aa", "bob", H0 + 3)).unwrap();
+    assert_eq!(reg.apply(reg_op("aa", "bob", H0 + 3)).unwrap(), CHANGED);
     let b = reg.export(DEFAULT_SINK, 100, 499_999).unwrap();
     let body = b.map(|b| b.body().to_owned()).unwrap_or_default();
     assert!(
