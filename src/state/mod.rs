@@ -64,6 +64,10 @@ pub(crate) struct Slot {
     pub(crate) owner: ShortName,
 }
 
+/// Aligned to its line: a person slot is read whole (its name to match a
+/// lookup, its device ids after), and unaligned (a chunk's buffer starts
+/// 16 bytes into a line) every one spanned two lines.
+#[repr(align(64))]
 pub(crate) struct PersonSlot {
     pub(crate) name: Arc<str>,
     /// Device ids ordered by `last_seen_ms` descending, then token ascending.
@@ -73,8 +77,10 @@ pub(crate) struct PersonSlot {
     short: ShortName,
 }
 
-// A cache line's worth (DESIGN.md section 6).
+// A cache line's worth (DESIGN.md section 6), and no more in the slab.
 const _: () = assert!(std::mem::size_of::<PersonSlot>() == 64);
+const _: () = assert!(std::mem::size_of::<Option<PersonSlot>>() == 64);
+const _: () = assert!(std::mem::align_of::<Option<PersonSlot>>() == 64);
 
 impl PersonSlot {
     fn new(name: &str) -> PersonSlot {

@@ -56,11 +56,11 @@ impl<T> Slab<T> {
         self.chunks.get_mut(c)?.get_mut(i)
     }
 
-    /// Starts loading entry `id`'s cache line (`prefetch`); nothing if
-    /// there is no such entry.
+    /// Starts loading every cache line of entry `id` (`prefetch_lines`: a
+    /// device slot spans two); nothing if there is no such entry.
     pub(crate) fn prefetch(&self, id: u32) {
         if let Some(e) = self.entry(id) {
-            crate::prefetch::prefetch(e);
+            crate::prefetch::prefetch_lines(e);
         }
     }
 
