@@ -16,19 +16,7 @@
 /// Starts loading the cache line that holds `r` (a hint; a no-op off x86-64).
 #[inline]
 pub(crate) fn prefetch<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    #[allow(unsafe_code)]
-    // SAFETY: `_mm_prefetch` is `PREFETCHT0`, which reads nothing into the
-    // program's state, writes nothing and cannot fault on any address;
-    // its target feature (SSE) is in the x86-64 baseline. `r` is a live
-    // reference in any case.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-            (r as *const T).cast::<i8>(),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    prefetch_byte((r as *const T).cast::<u8>());
 }
 
 /// Bytes in a cache line (x86-64 and most aarch64 cores).
@@ -57,13 +45,15 @@ fn line_offsets(start: usize, size: usize) -> impl Iterator<Item = usize> {
     (0..lines).map(move |line| (line * LINE_BYTES).saturating_sub(skew))
 }
 
-/// `prefetch` of one byte's line.
+/// Starts loading the cache line that holds the byte at `p`.
 #[inline]
 fn prefetch_byte(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    // SAFETY: as `prefetch`: `PREFETCHT0` reads nothing into the
-    // program's state, writes nothing and cannot fault on any address.
+    // SAFETY: `_mm_prefetch` is `PREFETCHT0`, which reads nothing into the
+    // program's state, writes nothing and cannot fault on any address;
+    // its target feature (SSE) is in the x86-64 baseline. Every caller
+    // passes an address inside a live reference's bytes in any case.
     unsafe {
         core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
     }
