@@ -45,6 +45,18 @@ const AHEAD_KEEP_MAX: usize = 16_384;
 /// A last-seen entry's place: `(platform, ms, id)`.
 type SeenAt = (Platform, u64, u32);
 
+/// What a stage of the read-ahead asks for of a last-seen entry's place,
+/// in the order the stages come: each finds the one before in the cache.
+#[derive(Clone, Copy)]
+enum SeenLines {
+    /// Its group's keys (found from the platform's heads).
+    GroupKeys,
+    /// Its leaf's vector header, in the group's leaves.
+    LeafHeader,
+    /// Every line of its leaf.
+    Leaf,
+}
+
 /// Whether applying `ops` operations to `state` reads ahead.
 fn reads_ahead(state: &State, ops: usize) -> bool {
     ops >= APPLY_PREFETCH_MIN_OPS && state.len() >= APPLY_PREFETCH_MIN_DEVICES
@@ -139,27 +151,36 @@ impl State {
         }
         if let Some(h) = ahead.get(i + d) {
             self.prefetch_owner_devices(h);
-            if let Some((old, new)) = self.seen_moves(h) {
-                if let Some((p, ms, id)) = old {
-                    self.by_seen.prefetch_group(p, ms, id);
-                }
-                let (p, ms, id) = new;
-                self.by_seen.prefetch_leaf_header(p, ms, id);
-            }
+            self.prefetch_seen_moves(h, Some(SeenLines::GroupKeys), Some(SeenLines::LeafHeader));
         }
         if let Some(h) = ahead.get(i + d / 2) {
-            if let Some((old, new)) = self.seen_moves(h) {
-                if let Some((p, ms, id)) = old {
-                    self.by_seen.prefetch_leaf_header(p, ms, id);
-                }
-                let (p, ms, id) = new;
-                self.by_seen.prefetch(p, ms, id);
-            }
+            self.prefetch_seen_moves(h, Some(SeenLines::LeafHeader), Some(SeenLines::Leaf));
         }
         if let Some(h) = ahead.get(i + d / 4) {
-            if let Some((Some((p, ms, id)), _)) = self.seen_moves(h) {
-                self.by_seen.prefetch(p, ms, id);
-            }
+            self.prefetch_seen_moves(h, Some(SeenLines::Leaf), None);
+        }
+    }
+
+    /// Asks for `old`'s lines of the last-seen entry the entry moves out
+    /// of, and `new`'s of the one it moves into (`seen_moves`; none where
+    /// None).
+    fn prefetch_seen_moves(&self, h: &AheadHashes, old: Option<SeenLines>, new: Option<SeenLines>) {
+        let Some((from, to)) = self.seen_moves(h) else {
+            return;
+        };
+        if let (Some(lines), Some(at)) = (old, from) {
+            self.prefetch_seen_lines(lines, at);
+        }
+        if let Some(lines) = new {
+            self.prefetch_seen_lines(lines, to);
+        }
+    }
+
+    fn prefetch_seen_lines(&self, lines: SeenLines, (p, ms, id): SeenAt) {
+        match lines {
+            SeenLines::GroupKeys => self.by_seen.prefetch_group(p, ms, id),
+            SeenLines::LeafHeader => self.by_seen.prefetch_leaf_header(p, ms, id),
+            SeenLines::Leaf => self.by_seen.prefetch(p, ms, id),
         }
     }
 
