@@ -673,7 +673,7 @@ fn full_disk_fails_stop_and_keeps_acknowledged_writes() {
 /// After a failed store write, dropping the registry returns even when
 /// sled's own close never does. sled 0.34.7's close flushes, and after a
 /// failed write that flush can wait for ever: a harness child whose
-/// directory was removed under it hung in `Drop for Tree` (DESIGN.md 4.6).
+/// directory was removed under it hung in `Drop for Tree` (DESIGN.md 4.4).
 /// The plan's `slow` on `StoreClose` stands in for that wait (120 s); the
 /// drop must return in well under it, after `SETTLE_TIMEOUT_MS` (5 s),
 /// and count the close as abandoned.

@@ -245,7 +245,7 @@ impl Drop for SledStore {
 /// keeps sled's file lock and cache until it ends or the process exits,
 /// so an open of the same store in this process fails (sled's lock)
 /// instead of hanging. Nothing durable depends on that close: devreg's
-/// own checkpoints flush and fsync (DESIGN.md 4.6).
+/// own checkpoints flush and fsync (DESIGN.md 4.4).
 fn close_troubled(db: sled::Db, faults: Faults) {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
