@@ -23,12 +23,17 @@ pub(crate) fn prefetch<T>(r: &T) {
 const LINE_BYTES: usize = 64;
 
 /// Starts loading every cache line `r` spans (a hint, as `prefetch`): a
-/// 96-byte device slot always spans two, and a record at an address that
-/// is not a multiple of its size can span one more than its size needs.
+/// 96-byte device slot always spans two, a record at an address that is
+/// not a multiple of its size can span one more than its size needs, and
+/// a slice (a last-seen leaf, a group's keys) spans as many as its bytes.
 #[inline]
-pub(crate) fn prefetch_lines<T>(r: &T) {
+pub(crate) fn prefetch_lines<T: ?Sized>(r: &T) {
+    let size = std::mem::size_of_val(r);
+    if size == 0 {
+        return;
+    }
     let start = (r as *const T).cast::<u8>();
-    for offset in line_offsets(start as usize, std::mem::size_of::<T>()) {
+    for offset in line_offsets(start as usize, size) {
         // `offset` is inside `r` (`line_offsets`), and the address is only
         // a hint.
         prefetch_byte(start.wrapping_add(offset));

@@ -89,10 +89,6 @@ fn new_leaf() -> Vec<Entry> {
 /// Most leaves a group holds: its keys are 768 bytes, and filing or
 /// unfiling a leaf moves at most 2.3 KiB inside it.
 pub(crate) const GROUP_CAP: usize = 64;
-/// What the read-ahead of a group's keys or a leaf's entries steps by:
-/// the whole entries in a 64-byte line (five of 12 bytes), less than a
-/// line, so every line is asked for.
-const ENTRIES_PER_LINE: usize = 64 / std::mem::size_of::<Entry>();
 /// Fewest leaves a group holds unless it is its platform's last.
 const GROUP_MIN: usize = GROUP_CAP / 2;
 
@@ -281,9 +277,7 @@ impl Leaves {
     /// a few KiB, in the cache already.
     fn prefetch_group(&self, e: Entry) {
         if let Some(group) = self.groups.get(self.group_of(e)) {
-            for key in group.keys.iter().step_by(ENTRIES_PER_LINE) {
-                crate::prefetch::prefetch(key);
-            }
+            crate::prefetch::prefetch_lines(group.keys.as_slice());
         }
     }
 
@@ -303,9 +297,7 @@ impl Leaves {
     /// now puts the directory's lines in the cache too.
     fn prefetch(&self, e: Entry) {
         if let Some(leaf) = self.find(e).and_then(|at| self.leaf(at)) {
-            for entry in leaf.iter().step_by(ENTRIES_PER_LINE) {
-                crate::prefetch::prefetch(entry);
-            }
+            crate::prefetch::prefetch_lines(leaf.as_slice());
         }
     }
 

@@ -247,25 +247,36 @@ impl Drop for SledStore {
 /// instead of hanging. Nothing durable depends on that close: devreg's
 /// own checkpoints flush and fsync (DESIGN.md 4.4).
 fn close_troubled(db: sled::Db, faults: Faults) {
+    let closed = run_for_at_most_settle_timeout("devreg-close", move || {
+        // Only a test's `slow` makes this wait: it stands in for sled's.
+        let _ = check(&faults, IoOp::StoreClose);
+        drop(db);
+    });
+    if !closed {
+        SLED_CLOSES_ABANDONED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `sled_work` (an open or close of sled) on a thread named `name`,
+/// counting a panic in it as sled's (`sled_drop_panics`), and waits for it
+/// at most `SETTLE_TIMEOUT_MS`. False when it did not end in time (it goes
+/// on, abandoned); true when it ended, or when no thread could be started
+/// (then `sled_work` was dropped unrun).
+fn run_for_at_most_settle_timeout(name: &str, sled_work: impl FnOnce() + Send + 'static) -> bool {
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
-        .name("devreg-close".into())
+        .name(name.into())
         .spawn(move || {
-            // Only a test's `slow` makes this wait: it stands in for sled's.
-            let _ = check(&faults, IoOp::StoreClose);
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))).is_err() {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(sled_work)).is_err() {
                 SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             let _ = done_tx.send(());
         });
     if spawned.is_err() {
-        // The closure (and with it `db`) was dropped here, inline.
-        return;
+        return true;
     }
     let wait = std::time::Duration::from_millis(crate::limits::SETTLE_TIMEOUT_MS);
-    if done_rx.recv_timeout(wait).is_err() {
-        SLED_CLOSES_ABANDONED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
+    done_rx.recv_timeout(wait).is_ok()
 }
 
 static SLED_CLOSES_ABANDONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -288,24 +299,11 @@ fn settle_sled(path: &Path) {
     #[cfg(test)]
     SETTLES_STARTED.with(|c| c.set(c.get() + 1));
     let path = path.to_owned();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("devreg-settle".into())
-        .spawn(move || {
-            let r = std::panic::catch_unwind(|| {
-                if let Ok(db) = open_sled(&path, crate::limits::SETTLE_SLED_CACHE_BYTES) {
-                    drop(db);
-                }
-            });
-            if r.is_err() {
-                SLED_DROP_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            let _ = done_tx.send(());
-        });
-    if spawned.is_ok() {
-        let wait = std::time::Duration::from_millis(crate::limits::SETTLE_TIMEOUT_MS);
-        let _ = done_rx.recv_timeout(wait);
-    }
+    run_for_at_most_settle_timeout("devreg-settle", move || {
+        if let Ok(db) = open_sled(&path, crate::limits::SETTLE_SLED_CACHE_BYTES) {
+            drop(db);
+        }
+    });
 }
 
 static SLED_DROP_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
