@@ -124,6 +124,7 @@ impl State {
                 self.by_person.len()
             ));
         }
+        problems.extend(self.check_person_hints());
         problems.extend(self.check_deliverability());
         problems
     }
@@ -132,6 +133,24 @@ impl State {
     /// live device, holds something (an empty entry is never made), and
     /// its soft-failure count has a time; records loaded for absent
     /// devices are reported.
+    /// Every person index entry hints at its person's newest device. A
+    /// stale hint gives no wrong answer (it is only prefetched), but every
+    /// change to a device list keeps it, so a stale one is a bug in that
+    /// upkeep.
+    fn check_person_hints(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (pid, hint) in self.by_person.hinted_ids() {
+            let newest = self.newest_device(pid);
+            if hint != newest {
+                let name = self.person(pid).map_or("", |p| p.name_str());
+                problems.push(format!(
+                    "person {name:?}: index hints at device {hint}, the newest is {newest}"
+                ));
+            }
+        }
+        problems
+    }
+
     fn check_deliverability(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
             .deliv_orphans
@@ -210,6 +229,47 @@ mod tests {
         assert!(problems.iter().all(|p| !p.contains(&token)), "{problems:?}");
     }
 
+    /// The person index's hint names the newest device through a register
+    /// of a newer device, a refresh of an older one, a move to another
+    /// owner and a removal; the checker reports a hint that does not.
+    #[test]
+    fn the_person_hint_follows_the_newest_device() {
+        let mut st = State::new(5);
+        let hint_of = |st: &State, name: &str| {
+            let pid = st.person_id(name).expect("a person");
+            let hints: Vec<u32> = st
+                .by_person
+                .hinted_ids()
+                .filter(|&(id, _)| id == pid)
+                .map(|(_, hint)| hint)
+                .collect();
+            assert_eq!(hints.len(), 1, "one entry for {name}");
+            hints
+                .first()
+                .and_then(|&id| st.slot(id))
+                .map(|s| s.token.to_boxed())
+        };
+        let packed = |t: &str| Some(crate::codec::pack_token(t));
+        register_at(&mut st, "aa01", Some("ann"), 5_000);
+        assert_eq!(hint_of(&st, "ann"), packed("aa01"));
+        register_at(&mut st, "aa02", Some("ann"), 6_000);
+        assert_eq!(hint_of(&st, "ann"), packed("aa02"));
+        register_at(&mut st, "aa01", Some("ann"), 7_000);
+        assert_eq!(hint_of(&st, "ann"), packed("aa01"));
+        register_at(&mut st, "aa01", Some("bob"), 7_000);
+        assert_eq!(hint_of(&st, "ann"), packed("aa02"));
+        assert_eq!(hint_of(&st, "bob"), packed("aa01"));
+        register_at(&mut st, "aa03", Some("ann"), 4_000);
+        assert_eq!(hint_of(&st, "ann"), packed("aa02"));
+        assert_eq!(st.check_indexes(), Vec::<String>::new());
+        // Damage: ann's entry hints at bob's device.
+        let ann = st.person_id("ann").expect("ann");
+        let bobs = st.lookup(&crate::codec::pack_token("aa01")).expect("aa01");
+        let h = st.hash_bytes(b"ann");
+        assert!(st.by_person.set_hint(h, ann, bobs));
+        assert_reported(&st, &format!("\"ann\": index hints at device {bobs}"));
+    }
+
     /// The checker's problems, which must include one containing `what`.
     fn assert_reported(st: &State, what: &str) -> Vec<String> {
         let problems = st.check_indexes();
@@ -218,11 +278,15 @@ mod tests {
     }
 
     fn register(st: &mut State, token: &str, person: Option<&str>) {
+        register_at(st, token, person, 5_000);
+    }
+
+    fn register_at(st: &mut State, token: &str, person: Option<&str>, seen_ms: u64) {
         st.apply(&Entry::Op(Op::Register(Register {
             token: token.into(),
             platform: Platform::Android,
             person: person.map(String::from),
-            seen_ms: 5_000,
+            seen_ms,
             attributes: None,
         })));
     }

@@ -15,6 +15,14 @@
 //! of at least `bits` bits, which the caller's `eq` settles. Removal shifts
 //! the following run back (no tombstones), so a lookup's probe ends at the
 //! first empty entry.
+//!
+//! An index made `with_hints` keeps a `u32` beside each entry, in a second
+//! array of the same length, moved with its entry. The person index keeps
+//! there the id of the person's newest device, so `most_recent` can ask
+//! for that device's slot while it still compares the person's name: the
+//! two loads overlap instead of following each other. A hint is advice
+//! only: a stale one costs a wasted prefetch, never a wrong answer
+//! (DESIGN.md 6, "A person's entry hints at their newest device").
 
 /// The fullest the table gets, as `len / capacity <= MAX_LOAD_NUM /
 /// MAX_LOAD_DEN`: linear probing then takes about 1.9 probes to find a
@@ -33,6 +41,12 @@ const MAX_BITS: u32 = if usize::BITS >= 64 {
     usize::BITS - 4
 };
 
+/// How many entries ahead `set_all_hints` asks for what it will read.
+const SET_ALL_AHEAD: usize = 16;
+
+/// What an entry's hint reads before anything set it.
+pub(crate) const NO_HINT: u32 = u32::MAX;
+
 /// A hash-to-id index; the caller keeps the keys (in its slots) and
 /// passes each key's hash, always from the same hasher.
 #[derive(Default)]
@@ -40,6 +54,10 @@ pub(crate) struct IdIndex {
     /// `tag << 32 | (id + 1)`, or 0 when empty; the length is 0 or
     /// `1 << bits`.
     entries: Vec<u64>,
+    /// `hints[i]` is the hint of `entries[i]` (`NO_HINT` when none) when
+    /// the index was made `with_hints`; empty otherwise.
+    hints: Vec<u32>,
+    hinted: bool,
     bits: u32,
     len: usize,
 }
@@ -58,6 +76,14 @@ fn unpack(e: u64) -> (u32, u32) {
 }
 
 impl IdIndex {
+    /// An empty index that keeps a hint beside each entry.
+    pub(crate) fn with_hints() -> IdIndex {
+        IdIndex {
+            hinted: true,
+            ..IdIndex::default()
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -75,7 +101,19 @@ impl IdIndex {
     }
 
     /// The id whose entry has `hash`'s tag and for which `eq` is true.
-    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub(crate) fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.find_hinted(hash, |_| (), eq)
+    }
+
+    /// `find`, handing each candidate's hint (`NO_HINT` when it has none)
+    /// to `hinted` before `eq` compares the candidate, so that the caller
+    /// can start loading what the hint names while `eq` reads its key.
+    pub(crate) fn find_hinted(
+        &self,
+        hash: u64,
+        mut hinted: impl FnMut(u32),
+        mut eq: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
@@ -89,12 +127,79 @@ impl IdIndex {
                 return None;
             }
             let (t, id) = unpack(e);
-            if t == tag && eq(id) {
-                return Some(id);
+            if t == tag {
+                hinted(self.hints.get(i).copied().unwrap_or(NO_HINT));
+                if eq(id) {
+                    return Some(id);
+                }
             }
             i = (i + 1) & mask;
         }
         None
+    }
+
+    /// Where the entry of `id` under `hash` is, if there is one.
+    fn position(&self, hash: u64, id: u32) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let want = pack(tag_of(hash), id);
+        let mask = self.mask();
+        let mut i = self.home(tag_of(hash));
+        for _ in 0..self.entries.len() {
+            match self.entries.get(i).copied() {
+                Some(e) if e == want => return Some(i),
+                Some(0) | None => return None,
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
+        None
+    }
+
+    /// Sets the hint of `id`'s entry under `hash`; false if the index keeps
+    /// no hints or has no such entry.
+    pub(crate) fn set_hint(&mut self, hash: u64, id: u32, hint: u32) -> bool {
+        let Some(i) = self.position(hash, id) else {
+            return false;
+        };
+        match self.hints.get_mut(i) {
+            Some(h) => {
+                *h = hint;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets every entry's hint to `hint_of` its id, in entry order, so the
+    /// hints are written in one pass (the open calls it once); `ahead` is
+    /// handed each id `SET_ALL_AHEAD` entries before `hint_of` is, to start
+    /// loading what `hint_of` will read.
+    pub(crate) fn set_all_hints(
+        &mut self,
+        mut ahead: impl FnMut(u32),
+        mut hint_of: impl FnMut(u32) -> u32,
+    ) {
+        let full = |e: &u64| *e != 0;
+        let mut later = self.entries.iter().skip(SET_ALL_AHEAD).filter(|e| full(e));
+        for (&e, h) in self.entries.iter().zip(self.hints.iter_mut()) {
+            if let Some(&next) = later.next() {
+                ahead(unpack(next).1);
+            }
+            if full(&e) {
+                *h = hint_of(unpack(e).1);
+            }
+        }
+    }
+
+    /// The ids in entry order with their hints (for the integrity check
+    /// and tests).
+    pub(crate) fn hinted_ids(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.entries
+            .iter()
+            .zip(self.hints.iter())
+            .filter(|(e, _)| **e != 0)
+            .map(|(&e, &h)| (unpack(e).1, h))
     }
 
     /// Starts loading the entry where a lookup of `hash` begins
@@ -116,18 +221,28 @@ impl IdIndex {
     pub(crate) fn insert_unique(&mut self, hash: u64, id: u32) {
         debug_assert!(id != u32::MAX, "u32::MAX is no id");
         self.reserve(1);
-        self.place(pack(tag_of(hash), id));
+        self.place(pack(tag_of(hash), id), NO_HINT);
         self.len += 1;
     }
 
-    /// Puts a full entry in the first empty place of its probe.
-    fn place(&mut self, e: u64) {
+    /// Puts a full entry (and its hint, when the index keeps hints) in the
+    /// first empty place of its probe.
+    fn place(&mut self, e: u64, hint: u32) {
         let mask = self.mask();
         let mut i = self.home(unpack(e).0);
         for _ in 0..self.entries.len() {
             match self.entries.get_mut(i) {
                 Some(slot) if *slot == 0 => {
                     *slot = e;
+                    // An empty entry's hint is already `NO_HINT` (a new
+                    // array's, or reset by `shift_back`): a new entry
+                    // writes no second line.
+                    if hint != NO_HINT {
+                        if let Some(h) = self.hints.get_mut(i) {
+                            *h = hint;
+                        }
+                    }
+                    debug_assert!(self.hints.get(i).is_none_or(|&h| h == hint));
                     return;
                 }
                 Some(_) => i = (i + 1) & mask,
@@ -139,24 +254,12 @@ impl IdIndex {
 
     /// Removes the entry of `id` under `hash`; false if there is none.
     pub(crate) fn remove(&mut self, hash: u64, id: u32) -> bool {
-        if self.len == 0 {
+        let Some(i) = self.position(hash, id) else {
             return false;
-        }
-        let want = pack(tag_of(hash), id);
-        let mask = self.mask();
-        let mut i = self.home(tag_of(hash));
-        for _ in 0..self.entries.len() {
-            match self.entries.get(i).copied() {
-                Some(e) if e == want => {
-                    self.shift_back(i);
-                    self.len -= 1;
-                    return true;
-                }
-                Some(0) | None => return false,
-                Some(_) => i = (i + 1) & mask,
-            }
-        }
-        false
+        };
+        self.shift_back(i);
+        self.len -= 1;
+        true
     }
 
     /// Empties entry `hole` and moves back each later entry of its run
@@ -184,11 +287,19 @@ impl IdIndex {
                 if let Some(h) = self.entries.get_mut(hole) {
                     *h = e;
                 }
+                if let Some(&moved) = self.hints.get(j) {
+                    if let Some(h) = self.hints.get_mut(hole) {
+                        *h = moved;
+                    }
+                }
                 hole = j;
             }
         }
         if let Some(h) = self.entries.get_mut(hole) {
             *h = 0;
+        }
+        if let Some(h) = self.hints.get_mut(hole) {
+            *h = NO_HINT;
         }
     }
 
@@ -213,18 +324,26 @@ impl IdIndex {
     /// Moves every entry into a table of `1 << bits` entries.
     fn rebuild(&mut self, bits: u32) {
         let old = std::mem::replace(&mut self.entries, vec![0; 1usize << bits]);
+        let old_hints = if self.hinted {
+            std::mem::replace(&mut self.hints, vec![NO_HINT; 1usize << bits])
+        } else {
+            Vec::new()
+        };
         // Before the first write, so the entries fault in as huge pages.
         super::huge::advise(&self.entries);
+        super::huge::advise(&self.hints);
         self.bits = bits;
-        for e in old.into_iter().filter(|&e| e != 0) {
-            self.place(e);
+        let hints = old_hints.into_iter().chain(std::iter::repeat(NO_HINT));
+        for (e, hint) in old.into_iter().zip(hints).filter(|&(e, _)| e != 0) {
+            self.place(e, hint);
         }
     }
 
-    /// Bytes of the entry array (for the memory report).
+    /// Bytes of the entry and hint arrays (for the memory report).
     #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<u64>()
+            + self.hints.capacity() * std::mem::size_of::<u32>()
     }
 }
 
@@ -344,34 +463,67 @@ mod tests {
 
     proptest! {
         /// Any sequence of inserts and removes agrees with a map, with
-        /// hashes drawn from a small set so that tags and homes collide.
+        /// hashes drawn from a small set so that tags and homes collide;
+        /// each entry's hint moves with it through removals' shifts and
+        /// growth.
         #[test]
         fn agrees_with_a_map(ops in proptest::collection::vec((any::<bool>(), 0u32..64, 0u64..24), 0..400)) {
-            let mut ix = IdIndex::default();
-            let mut model: HashMap<u32, u64> = HashMap::new();
-            for (insert, id, h) in ops {
+            let mut ix = IdIndex::with_hints();
+            let mut model: HashMap<u32, (u64, u32)> = HashMap::new();
+            for (step, (insert, id, h)) in (0u32..).zip(ops) {
                 // Spread the small hash over the top bits (tags and homes).
                 let hash = h.wrapping_mul(0x9e37_79b9_7f4a_7c15) & 0xffff_f000_0000_0000;
                 match (insert, model.get(&id).copied()) {
                     (true, None) => {
                         ix.insert_unique(hash, id);
-                        model.insert(id, hash);
+                        prop_assert!(ix.set_hint(hash, id, step));
+                        model.insert(id, (hash, step));
                     }
-                    (false, Some(old)) => {
+                    (false, Some((old, _))) => {
                         prop_assert!(ix.remove(old, id));
+                        prop_assert!(!ix.set_hint(old, id, step));
                         model.remove(&id);
                     }
                     (false, None) => prop_assert!(!ix.remove(hash, id)),
-                    (true, Some(_)) => {}
+                    (true, Some((old, _))) => {
+                        prop_assert!(ix.set_hint(old, id, step));
+                        model.insert(id, (old, step));
+                    }
                 }
                 prop_assert_eq!(ix.len(), model.len());
             }
             assert_probe_invariant(&ix);
             for id in 0..64u32 {
                 let want = model.get(&id).map(|_| id);
-                let hash = model.get(&id).copied().unwrap_or(0);
-                prop_assert_eq!(ix.find(hash, |x| x == id), want);
+                let (hash, hint) = model.get(&id).copied().unwrap_or((0, NO_HINT));
+                let mut seen = NO_HINT;
+                let found = ix.find_hinted(hash, |h| seen = h, |x| x == id);
+                prop_assert_eq!(found, want);
+                if found.is_some() {
+                    // The last candidate handed over is the one found.
+                    prop_assert_eq!(seen, hint);
+                }
             }
+            let mut hinted: Vec<(u32, u32)> = ix.hinted_ids().collect();
+            hinted.sort_unstable();
+            let mut expected: Vec<(u32, u32)> = model.iter().map(|(&id, &(_, h))| (id, h)).collect();
+            expected.sort_unstable();
+            prop_assert_eq!(hinted, expected);
         }
+    }
+
+    /// An index made without hints keeps none and sets none.
+    #[test]
+    fn an_index_without_hints_keeps_none() {
+        let mut ix = IdIndex::default();
+        ix.insert_unique(0xdead_beef_0000_0001, 3);
+        assert!(!ix.set_hint(0xdead_beef_0000_0001, 3, 9));
+        let mut seen = 0;
+        assert_eq!(
+            ix.find_hinted(0xdead_beef_0000_0001, |h| seen = h, |_| true),
+            Some(3)
+        );
+        assert_eq!(seen, NO_HINT);
+        assert_eq!(ix.hinted_ids().count(), 0);
     }
 }

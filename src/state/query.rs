@@ -78,7 +78,7 @@ impl State {
     }
 
     pub(crate) fn devices_of(&self, person: &str) -> Vec<Device> {
-        let Some(p) = self.person_id(person).and_then(|pid| self.person(pid)) else {
+        let Some(p) = self.person_named(person) else {
             return Vec::new();
         };
         p.devices
@@ -95,7 +95,7 @@ impl State {
         person: &str,
         soft_limit: u32,
     ) -> Vec<(Device, Deliverability, bool)> {
-        let Some(p) = self.person_id(person).and_then(|pid| self.person(pid)) else {
+        let Some(p) = self.person_named(person) else {
             return Vec::new();
         };
         p.devices
@@ -110,7 +110,7 @@ impl State {
     }
 
     pub(crate) fn most_recent(&self, person: &str, platform: Option<Platform>) -> Option<Device> {
-        let p = self.person_id(person).and_then(|pid| self.person(pid))?;
+        let p = self.person_named(person)?;
         p.devices
             .iter()
             .filter_map(|&id| self.slot(id))
@@ -127,7 +127,7 @@ impl State {
         platform: Option<Platform>,
         soft_limit: u32,
     ) -> Option<Device> {
-        let p = self.person_id(person).and_then(|pid| self.person(pid))?;
+        let p = self.person_named(person)?;
         p.devices
             .iter()
             .filter_map(|&id| self.slot(id).map(|s| (id, s)))
@@ -380,7 +380,7 @@ impl crate::feed::Truth for State {
     }
 
     fn newest(&self, person: &str) -> Option<(Box<[u8]>, DeviceView)> {
-        let p = self.person_id(person).and_then(|pid| self.person(pid))?;
+        let p = self.person_named(person)?;
         let s = p.devices.first().and_then(|&id| self.slot(id))?;
         Some((s.token.to_boxed(), device_view(s)))
     }
