@@ -180,13 +180,15 @@ impl IdIndex {
         mut ahead: impl FnMut(u32),
         mut hint_of: impl FnMut(u32) -> u32,
     ) {
-        let full = |e: &u64| *e != 0;
-        let mut later = self.entries.iter().skip(SET_ALL_AHEAD).filter(|e| full(e));
+        // `later` keeps the same distance: one place ahead per place done
+        // (a filter on full entries would run further ahead at every empty
+        // one, and end its prefetches long before the pass).
+        let mut later = self.entries.iter().skip(SET_ALL_AHEAD);
         for (&e, h) in self.entries.iter().zip(self.hints.iter_mut()) {
-            if let Some(&next) = later.next() {
+            if let Some(&next) = later.next().filter(|&&next| next != 0) {
                 ahead(unpack(next).1);
             }
-            if full(&e) {
+            if e != 0 {
                 *h = hint_of(unpack(e).1);
             }
         }
@@ -510,6 +512,50 @@ mod tests {
             expected.sort_unstable();
             prop_assert_eq!(hinted, expected);
         }
+    }
+
+    /// `set_all_hints` sets every entry's hint, and hands each id to
+    /// `ahead` at most `SET_ALL_AHEAD` hints before its own, at every load
+    /// (it once drifted ahead at each empty place and stopped early).
+    #[test]
+    fn set_all_hints_reads_ahead_at_a_fixed_distance() {
+        let mut ix = IdIndex::with_hints();
+        for id in 0..1_000u32 {
+            ix.insert_unique(u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15), id);
+        }
+        let mut asked: HashMap<u32, usize> = HashMap::new();
+        let mut done = 0usize;
+        let mut gaps = Vec::new();
+        let log = std::cell::RefCell::new(Vec::new());
+        ix.set_all_hints(
+            |id| log.borrow_mut().push((true, id)),
+            |id| {
+                log.borrow_mut().push((false, id));
+                id + 7
+            },
+        );
+        for (is_ahead, id) in log.into_inner() {
+            if is_ahead {
+                asked.insert(id, done);
+            } else {
+                gaps.push(asked.get(&id).map(|&at| done - at));
+                done += 1;
+            }
+        }
+        assert_eq!(done, 1_000);
+        assert!(ix.hinted_ids().all(|(id, hint)| hint == id + 7));
+        // Entries in the first places are not asked for ahead; the others
+        // are, at most SET_ALL_AHEAD hints before their own.
+        let asked_gaps: Vec<usize> = gaps.iter().flatten().copied().collect();
+        assert!(
+            asked_gaps.len() >= 1_000 - SET_ALL_AHEAD,
+            "{}",
+            asked_gaps.len()
+        );
+        assert!(
+            asked_gaps.iter().all(|&g| g <= SET_ALL_AHEAD),
+            "{asked_gaps:?}"
+        );
     }
 
     /// An index made without hints keeps none and sets none.
