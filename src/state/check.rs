@@ -129,10 +129,6 @@ impl State {
         problems
     }
 
-    /// Verifies the deliverability side table: every entry belongs to a
-    /// live device, holds something (an empty entry is never made), and
-    /// its soft-failure count has a time; records loaded for absent
-    /// devices are reported.
     /// Every person index entry hints at its person's newest device. A
     /// stale hint gives no wrong answer (it is only prefetched), but every
     /// change to a device list keeps it, so a stale one is a bug in that
@@ -151,6 +147,10 @@ impl State {
         problems
     }
 
+    /// Verifies the deliverability side table: every entry belongs to a
+    /// live device, holds something (an empty entry is never made), and
+    /// its soft-failure count has a time; records loaded for absent
+    /// devices are reported.
     fn check_deliverability(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
             .deliv_orphans
@@ -231,7 +231,8 @@ mod tests {
 
     /// The person index's hint names the newest device through a register
     /// of a newer device, a refresh of an older one, a move to another
-    /// owner and a removal; the checker reports a hint that does not.
+    /// owner, an older device added and the newest removed; the checker
+    /// reports a hint that does not.
     #[test]
     fn the_person_hint_follows_the_newest_device() {
         let mut st = State::new(5);
@@ -261,6 +262,10 @@ mod tests {
         assert_eq!(hint_of(&st, "bob"), packed("aa01"));
         register_at(&mut st, "aa03", Some("ann"), 4_000);
         assert_eq!(hint_of(&st, "ann"), packed("aa02"));
+        let _ = st.apply(&Entry::Op(Op::Remove {
+            token: "aa02".into(),
+        }));
+        assert_eq!(hint_of(&st, "ann"), packed("aa03"));
         assert_eq!(st.check_indexes(), Vec::<String>::new());
         // Damage: ann's entry hints at bob's device.
         let ann = st.person_id("ann").expect("ann");
