@@ -19,8 +19,9 @@
 //! assert_eq!(reg.most_recent("ann", None).unwrap().token, "tok-1");
 //! assert_eq!(reg.active_since(15, None), 1);
 //! ```
-// Two audited exceptions, `state/huge.rs` (a madvise) and `heap.rs` (a
-// malloc_trim): DESIGN.md 6.
+// Four audited exceptions, `state/huge.rs` (a madvise), `heap.rs` (a
+// malloc_trim), `nice.rs` (a nice(2)) and `prefetch.rs` (a prefetch
+// hint): DESIGN.md 6.
 #![deny(unsafe_code)]
 // Library code returns typed errors; tests may unwrap.
 #![cfg_attr(

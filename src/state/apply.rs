@@ -228,11 +228,7 @@ impl State {
                 // A refresh (same owner, same platform) is not an
                 // ownership change: the history records nothing.
                 let moved = old_platform != r.platform || person.is_some_and(|p| p != old_pid);
-                let before = if moved || sinks {
-                    self.person_name(old_pid)
-                } else {
-                    None
-                };
+                let before = self.name_if(moved || sinks, old_pid);
                 let mut changed = self.set_platform(id, r.platform);
                 changed |= self.set_last_seen(id, old_seen.max(r.seen_ms));
                 if let Some(b) = blob {
@@ -256,11 +252,7 @@ impl State {
             if !moved {
                 self.cause = Cause::Touch;
             }
-            let after = if moved || sinks {
-                self.person_name(owner)
-            } else {
-                None
-            };
+            let after = self.name_if(moved || sinks, owner);
             self.note(packed, before, after, true, r.platform);
         }
         let evicted = if owner != NO_PERSON {

@@ -104,6 +104,16 @@ impl PersonSlot {
     }
 }
 
+/// The id of person `pid`'s newest device in `persons`, `NO_HINT` when
+/// they have none (`State::newest_device`; a function of the slab alone,
+/// so the open can call it while it writes the person index).
+fn newest_in(persons: &Slab<PersonSlot>, pid: u32) -> u32 {
+    persons
+        .get(pid)
+        .and_then(|p| p.devices.first().copied())
+        .unwrap_or(NO_HINT)
+}
+
 pub(crate) struct State {
     hasher: DefaultHashBuilder,
     slots: Slab<Slot>,
@@ -283,6 +293,12 @@ impl State {
         self.free_persons.push(pid);
     }
 
+    /// `person_name`, read only when `recorded` (a register reads its
+    /// owners' names only when the history or a sink records them).
+    fn name_if(&self, recorded: bool, pid: u32) -> Option<Arc<str>> {
+        recorded.then(|| self.person_name(pid)).flatten()
+    }
+
     pub(crate) fn person_name(&self, pid: u32) -> Option<Arc<str>> {
         if pid == NO_PERSON {
             return None;
@@ -357,9 +373,7 @@ impl State {
 
     /// The id of `pid`'s newest device, `NO_HINT` when they have none.
     fn newest_device(&self, pid: u32) -> u32 {
-        self.person(pid)
-            .and_then(|p| p.devices.first().copied())
-            .unwrap_or(NO_HINT)
+        newest_in(&self.persons, pid)
     }
 
     /// Points the person index's hint of `pid` at their newest device when
@@ -509,15 +523,8 @@ impl State {
         }
         // One pass over the person index's entries, in their order.
         let persons = &self.persons;
-        self.by_person.set_all_hints(
-            |pid| persons.prefetch(pid),
-            |pid| {
-                persons
-                    .get(pid)
-                    .and_then(|p| p.devices.first().copied())
-                    .unwrap_or(NO_HINT)
-            },
-        );
+        self.by_person
+            .set_all_hints(|pid| persons.prefetch(pid), |pid| newest_in(persons, pid));
     }
 
     /// Deletes a device and returns its slot.
