@@ -1,8 +1,9 @@
 //! The machine and the code a run measured, written into every results
 //! file: CPU model, cores, kernel, the filesystem of the benchmark's
 //! temporary directory, load average before and after, git commit (with
-//! "-dirty" when tracked files differ from it), UTC date, command line and
-//! wall time.
+//! "-dirty" when tracked files differ from it), UTC date, command line,
+//! wall time, and the memory's latency (`latency.rs`), which the growth
+//! rows depend on.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,6 +26,8 @@ pub struct Env {
     pub load_after: String,
     /// Seconds the measurements took (`finish` sets it).
     pub wall_s: f64,
+    /// The host's dependent-load latency, measured before anything else.
+    pub memory: Vec<crate::latency::Chase>,
 }
 
 impl Env {
@@ -47,6 +50,7 @@ impl Env {
             load_before: load(),
             load_after: String::new(),
             wall_s: 0.0,
+            memory: crate::latency::measure(),
         }
     }
 
@@ -62,7 +66,8 @@ impl Env {
             "wall time: {:.0} s\n\
              machine: {}, {} cores, Linux {}; databases in {} on {}\n\
              commit: {}, started {}\n\
-             load average (1, 5, 15 min): {} before, {} after\n",
+             load average (1, 5, 15 min): {} before, {} after\n\
+             {}",
             self.wall_s,
             self.cpu,
             self.cores,
@@ -72,7 +77,8 @@ impl Env {
             self.commit,
             self.date_utc,
             self.load_before,
-            self.load_after
+            self.load_after,
+            crate::latency::text(&self.memory)
         )
     }
 
@@ -89,6 +95,15 @@ impl Env {
             "loadavg_before": self.load_before,
             "loadavg_after": self.load_after,
             "wall_time_s": self.wall_s,
+            "memory_latency": self
+                .memory
+                .iter()
+                .map(|c| json!({
+                    "mib": c.mib,
+                    "huge_pages": c.huge_pages,
+                    "ns_per_load": c.ns_per_load,
+                }))
+                .collect::<Vec<_>>(),
         })
     }
 }

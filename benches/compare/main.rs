@@ -31,6 +31,7 @@
 
 mod env;
 mod history;
+mod latency;
 mod plot;
 mod report;
 mod rounds;

@@ -438,7 +438,8 @@ pub fn growth(runs: &[SizeRun]) -> String {
     let mut s = format!(
         "## growth: median throughput at n = {} / at n = {} (target for devreg: >= 0.5; \
          medians of {} and {} rounds; in brackets the min–max of each n = {} round over the \
-         n = {} round run nearest it, the sizes' rounds being interleaved)\n\n\
+         n = {} round run nearest it, the sizes' rounds being interleaved; these ratios \
+         follow the host's memory latency, in the header's `memory:` line)\n\n\
          | metric |",
         last.n,
         first.n,
