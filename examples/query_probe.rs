@@ -5,15 +5,25 @@
 //! names (`workload::person_name` below `persons_for(devices)`), one at a
 //! time on this thread as the harness's row does, and prints the rate.
 //!
+//! With `register` it times the harness's "eventual register, 1 thread"
+//! row instead: `QUERIES` registers of devices drawn at random (each as
+//! `scale_probe harness` made it, seen now), one `apply` at a time, on a
+//! registry opened `Eventual` (DESIGN.md 13, step 50).
+//!
 //! ```sh
 //! cargo run --release --example scale_probe -- 10000000 harness keep   # leaves scale-probe-db
-//! cargo run --release --example query_probe -- scale-probe-db [QUERIES]
+//! cargo run --release --example query_probe -- scale-probe-db [QUERIES] [register]
 //! ```
 
 use std::error::Error;
 use std::time::Instant;
 
 // The comparison harness's data set: its person names and its generator.
+#[allow(dead_code)]
+#[path = "support/generator.rs"]
+mod generator;
+#[path = "support/like_harness.rs"]
+mod like_harness;
 #[allow(dead_code)]
 #[path = "../benches/compare/workload.rs"]
 mod workload;
@@ -30,12 +40,20 @@ fn main() -> Result<(), Box<dyn Error>> {
         Some(q) => q.parse()?,
         None => DEFAULT_QUERIES,
     };
+    let register = args.next().as_deref() == Some("register");
     let t = Instant::now();
-    let reg = devreg::Registry::open_with(devreg::Config::new(&db))?;
+    let mut config = devreg::Config::new(&db);
+    if register {
+        config = config.durability(devreg::Durability::Eventual);
+    }
+    let reg = devreg::Registry::open_with(config)?;
     let open_s = t.elapsed().as_secs_f64();
     let devices = reg.stats().devices;
-    let persons = workload::persons_for(usize::try_from(devices)?);
     let mut r = workload::Rng::new(SEED);
+    if register {
+        return registers(&reg, devices, queries, open_s, &mut r);
+    }
+    let persons = workload::persons_for(usize::try_from(devices)?);
     let mut found = 0u64;
     let t = Instant::now();
     for _ in 0..queries {
@@ -45,6 +63,34 @@ fn main() -> Result<(), Box<dyn Error>> {
     let rate = queries as f64 / t.elapsed().as_secs_f64();
     println!(
         "{{\"devices\":{devices},\"open_s\":{open_s:.1},\"queries\":{queries},\"found\":{found},\"most_recent_ops_s\":{rate:.0}}}"
+    );
+    Ok(())
+}
+
+/// `count` registers of random devices, each seen at a later time than the
+/// one before (the harness's `seen_now()`), one `apply` at a time.
+fn registers(
+    reg: &devreg::Registry,
+    devices: u64,
+    count: u64,
+    open_s: f64,
+    r: &mut workload::Rng,
+) -> Result<(), Box<dyn Error>> {
+    let mut changed = 0u64;
+    let t = Instant::now();
+    for k in 0..count {
+        let mut op = like_harness::like_harness(r.below(devices), devices, false);
+        if let devreg::Op::Register(reg_op) = &mut op {
+            reg_op.seen_ms = workload::NOW_MS + k;
+        }
+        changed += u64::from(matches!(
+            reg.apply(op)?,
+            devreg::Outcome::Applied { devices: 1, .. }
+        ));
+    }
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{{\"devices\":{devices},\"open_s\":{open_s:.1},\"registers\":{count},\"changed\":{changed},\"register_ops_s\":{rate:.0}}}"
     );
     Ok(())
 }

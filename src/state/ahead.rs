@@ -161,6 +161,48 @@ impl State {
         }
     }
 
+    /// Before a write group's warming reads `entry` (`warm.rs`), on a state
+    /// of [`APPLY_PREFETCH_MIN_DEVICES`] or more: the read-ahead's stages
+    /// for this one entry, back to back. Read as is, a register of a known
+    /// device at 10^7 waits for about eleven misses one after another (the token's index entry and slot, the person's entry and
+    /// slot, the owner's devices, then each last-seen place's group keys,
+    /// leaf header and leaf). Three of those chains need nothing from
+    /// each other: the token's, the person's and the new time's place. Here
+    /// each stage asks for the next line of every chain at once, so their
+    /// misses overlap, and only the old place (its time is in the slot)
+    /// waits for the token's chain. Each stage reads what the one before
+    /// asked for, so it waits about one miss: five stages instead of
+    /// eleven misses. Nothing here changes the state.
+    pub(crate) fn read_ahead_one(&self, entry: &Entry) {
+        if self.len() < APPLY_PREFETCH_MIN_DEVICES {
+            return;
+        }
+        let h = self.ahead_hashes(entry);
+        let Some(t) = h.token else {
+            return;
+        };
+        // A register names its platform: its new place needs no slot.
+        let new_place = match h.seen {
+            Some((Some(p), ms)) => Some((p, ms)),
+            _ => None,
+        };
+        self.prefetch_index_entries(t, h.person);
+        if let Some((p, ms)) = new_place {
+            self.by_seen.prefetch_group(p, ms, u32::MAX);
+        }
+        self.prefetch_device_slot(t);
+        if let Some(p) = h.person {
+            self.prefetch_person_slot(p);
+        }
+        if let Some((p, ms)) = new_place {
+            self.by_seen.prefetch_leaf_header(p, ms, u32::MAX);
+        }
+        self.prefetch_owner_devices(&h);
+        self.prefetch_seen_moves(&h, Some(SeenLines::GroupKeys), Some(SeenLines::Leaf));
+        self.prefetch_seen_moves(&h, Some(SeenLines::LeafHeader), None);
+        self.prefetch_seen_moves(&h, Some(SeenLines::Leaf), None);
+    }
+
     /// Asks for `old`'s lines of the last-seen entry the entry moves out
     /// of, and `new`'s of the one it moves into (`seen_moves`; none where
     /// None).
@@ -284,7 +326,7 @@ mod tests {
 
     /// Only a bulk batch on a state of `APPLY_PREFETCH_MIN_DEVICES` reads
     /// ahead; reading ahead over every stage, past the batch's end too,
-    /// changes nothing that applying it gives.
+    /// and one entry at a time, changes nothing that applying it gives.
     #[test]
     fn a_bulk_batch_on_a_large_state_reads_ahead_and_applies_alike() {
         let n = APPLY_PREFETCH_MIN_DEVICES as usize;
@@ -313,6 +355,11 @@ mod tests {
         for i in 0..entries.len() + 4 * APPLY_PREFETCH_OPS {
             plain.read_ahead(&hashes, i);
             plain.read_ahead_tokens(|j| plain.dirty.key(j), i);
+        }
+        // The one-entry read-ahead of a small request, on every kind of
+        // entry the batch holds (and one naming no token).
+        for e in entries.iter().chain([&Entry::Clock(5)]) {
+            plain.read_ahead_one(e);
         }
         assert!(plain.dump() == dump, "reading ahead changed the state");
         let mut ahead = State::new(20);
