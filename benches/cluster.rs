@@ -33,6 +33,9 @@ mod etcd_cluster;
 
 #[path = "compare/env.rs"]
 mod env;
+// `env.rs` records the host's memory latency with it.
+#[path = "compare/latency.rs"]
+mod latency;
 
 use std::collections::BTreeMap;
 use std::hint::{black_box, spin_loop};

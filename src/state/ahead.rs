@@ -14,10 +14,11 @@
 //! time's leaf header and the old time's group keys (the old time is in
 //! the slot); half a stage later the new time's whole leaf and the old
 //! time's leaf header; and a quarter stage later the old time's whole
-//! leaf. Nothing here
-//! changes the state, and a wrong guess (a tag shared by another token,
-//! an operation earlier in the batch that moves the device) costs a
-//! wasted load, never a wrong answer.
+//! leaf. The writer's warming pass walks the same stages for one entry
+//! back to back (`read_ahead_one`). Nothing here changes the state, and a
+//! wrong guess (a tag shared by another token, an operation earlier in
+//! the batch that moves the device) costs a wasted load, never a wrong
+//! answer.
 
 use super::{Entry, State, NO_PERSON};
 use crate::codec::with_packed;
@@ -164,15 +165,17 @@ impl State {
     /// Before a write group's warming reads `entry` (`warm.rs`), on a state
     /// of [`APPLY_PREFETCH_MIN_DEVICES`] or more: the read-ahead's stages
     /// for this one entry, back to back. Read as is, a register of a known
-    /// device at 10^7 waits for about eleven misses one after another (the token's index entry and slot, the person's entry and
-    /// slot, the owner's devices, then each last-seen place's group keys,
-    /// leaf header and leaf). Three of those chains need nothing from
-    /// each other: the token's, the person's and the new time's place. Here
+    /// device at 10^7 waits for about eleven misses one after another
+    /// (the token's index entry and slot, the person's entry and slot,
+    /// the owner's devices, then each last-seen place's group keys, leaf
+    /// header and leaf). Three of those chains need nothing from each
+    /// other: the token's, the person's and the new time's place. Here
     /// each stage asks for the next line of every chain at once, so their
     /// misses overlap, and only the old place (its time is in the slot)
     /// waits for the token's chain. Each stage reads what the one before
     /// asked for, so it waits about one miss: five stages instead of
-    /// eleven misses. Nothing here changes the state.
+    /// eleven misses. Nothing here changes the state (DESIGN.md 7, "The
+    /// warming asks for an entry's chains side by side").
     pub(crate) fn read_ahead_one(&self, entry: &Entry) {
         if self.len() < APPLY_PREFETCH_MIN_DEVICES {
             return;
@@ -356,7 +359,7 @@ mod tests {
             plain.read_ahead(&hashes, i);
             plain.read_ahead_tokens(|j| plain.dirty.key(j), i);
         }
-        // The one-entry read-ahead of a small request, on every kind of
+        // The one-entry read-ahead of the warming pass, on every kind of
         // entry the batch holds (and one naming no token).
         for e in entries.iter().chain([&Entry::Clock(5)]) {
             plain.read_ahead_one(e);
