@@ -18,7 +18,9 @@
 use std::error::Error;
 use std::time::Instant;
 
-// The comparison harness's data set: its person names and its generator.
+// The comparison harness's data set: its person names and draws
+// (`workload`), and one device of it from its index (`like_harness`, with
+// `generator`'s tokens).
 #[allow(dead_code)]
 #[path = "support/generator.rs"]
 mod generator;

@@ -41,7 +41,8 @@ mod generator;
 mod status;
 #[path = "support/threads.rs"]
 mod threads;
-// The comparison harness's data set: its draws for one device.
+// One device of the comparison harness's data set, from its index
+// (`like_harness`), with the harness's draws (`workload`).
 #[path = "support/like_harness.rs"]
 mod like_harness;
 #[allow(dead_code)]
