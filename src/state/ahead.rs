@@ -28,6 +28,16 @@ use crate::model::{Op, Platform};
 /// for a miss to DRAM (about 100 ns) to land while the operations between
 /// are applied (each at least several hundred nanoseconds at 10^7).
 pub(crate) const APPLY_PREFETCH_OPS: usize = 8;
+/// How far ahead of the entry being applied each stage of the read-ahead
+/// works (`read_ahead_stage`): a stage, a stage, a stage, then a half and
+/// a quarter of one for the last-seen leaves.
+const STAGE_DISTANCES: [usize; 5] = [
+    3 * APPLY_PREFETCH_OPS,
+    2 * APPLY_PREFETCH_OPS,
+    APPLY_PREFETCH_OPS,
+    APPLY_PREFETCH_OPS / 2,
+    APPLY_PREFETCH_OPS / 4,
+];
 /// Batches with fewer operations than this apply without read-ahead (its
 /// hashes would cost more than the misses it saves).
 pub(crate) const APPLY_PREFETCH_MIN_OPS: usize = 4 * APPLY_PREFETCH_OPS;
@@ -98,12 +108,18 @@ impl State {
         }
     }
 
-    /// The hashes `read_ahead` needs for `entry`: only registers and the
-    /// operations on one token name what a later stage can find.
+    /// The hashes `read_ahead` needs for `entry` (`op_hashes`; none for
+    /// an entry that is not an operation).
     pub(crate) fn ahead_hashes(&self, entry: &Entry) -> AheadHashes {
-        let Entry::Op(op) = entry else {
-            return AheadHashes::default();
-        };
+        match entry {
+            Entry::Op(op) => self.op_hashes(op),
+            _ => AheadHashes::default(),
+        }
+    }
+
+    /// The hashes of `op`: only registers and the operations on one token
+    /// name what a later stage can find.
+    fn op_hashes(&self, op: &Op) -> AheadHashes {
         let (token, person, seen) = match op {
             Op::Register(r) => (
                 &r.token,
@@ -131,38 +147,52 @@ impl State {
     /// `i + 2d` to `i + d/4` (`seen_moves`), each stage finding what the
     /// one before asked for in the cache.
     pub(crate) fn read_ahead(&self, ahead: &[AheadHashes], i: usize) {
-        let d = APPLY_PREFETCH_OPS;
-        if let Some(h) = ahead.get(i + 3 * d) {
-            // A person is named only beside a token (a register).
-            if let Some(t) = h.token {
-                self.prefetch_index_entries(t, h.person);
+        for (stage, distance) in STAGE_DISTANCES.into_iter().enumerate() {
+            if let Some(h) = ahead.get(i + distance) {
+                self.read_ahead_stage(h, stage);
             }
-        }
-        if let Some(h) = ahead.get(i + 2 * d) {
-            if let Some(t) = h.token {
-                self.prefetch_device_slot(t);
-            }
-            if let Some(p) = h.person {
-                self.prefetch_person_slot(p);
-            }
-            // Where a register's new time goes needs no slot.
-            if let Some((Some(p), seen_ms)) = h.seen {
-                self.by_seen.prefetch_group(p, seen_ms, u32::MAX);
-            }
-        }
-        if let Some(h) = ahead.get(i + d) {
-            self.prefetch_owner_devices(h);
-            self.prefetch_seen_moves(h, Some(SeenLines::GroupKeys), Some(SeenLines::LeafHeader));
-        }
-        if let Some(h) = ahead.get(i + d / 2) {
-            self.prefetch_seen_moves(h, Some(SeenLines::LeafHeader), Some(SeenLines::Leaf));
-        }
-        if let Some(h) = ahead.get(i + d / 4) {
-            self.prefetch_seen_moves(h, Some(SeenLines::Leaf), None);
         }
     }
 
-    /// Before a write group's warming reads `entry` (`warm.rs`), on a state
+    /// Stage `stage` of the read-ahead for the entry hashed as `h` (each
+    /// finds what the one before asked for in the cache): 0 its index
+    /// entries; 1 the slots they name and the new time's group keys; 2 the
+    /// owner's devices, the old time's group keys and the new leaf's
+    /// header; 3 the old leaf's header and the new leaf; 4 the old leaf.
+    fn read_ahead_stage(&self, h: &AheadHashes, stage: usize) {
+        match stage {
+            0 => {
+                // A person is named only beside a token (a register).
+                if let Some(t) = h.token {
+                    self.prefetch_index_entries(t, h.person);
+                }
+            }
+            1 => {
+                if let Some(t) = h.token {
+                    self.prefetch_device_slot(t);
+                }
+                if let Some(p) = h.person {
+                    self.prefetch_person_slot(p);
+                }
+                // Where a register's new time goes needs no slot.
+                if let Some((Some(p), seen_ms)) = h.seen {
+                    self.by_seen.prefetch_group(p, seen_ms, u32::MAX);
+                }
+            }
+            2 => {
+                self.prefetch_owner_devices(h);
+                self.prefetch_seen_moves(
+                    h,
+                    Some(SeenLines::GroupKeys),
+                    Some(SeenLines::LeafHeader),
+                );
+            }
+            3 => self.prefetch_seen_moves(h, Some(SeenLines::LeafHeader), Some(SeenLines::Leaf)),
+            _ => self.prefetch_seen_moves(h, Some(SeenLines::Leaf), None),
+        }
+    }
+
+    /// Before a write group's warming reads `op` (`warm.rs`), on a state
     /// of [`APPLY_PREFETCH_MIN_DEVICES`] or more: the read-ahead's stages
     /// for this one entry, back to back. Read as is, a register of a known
     /// device at 10^7 waits for about eleven misses one after another
@@ -176,34 +206,17 @@ impl State {
     /// asked for, so it waits about one miss: five stages instead of
     /// eleven misses. Nothing here changes the state (DESIGN.md 7, "The
     /// warming asks for an entry's chains side by side").
-    pub(crate) fn read_ahead_one(&self, entry: &Entry) {
+    pub(crate) fn read_ahead_one(&self, op: &Op) {
         if self.len() < APPLY_PREFETCH_MIN_DEVICES {
             return;
         }
-        let h = self.ahead_hashes(entry);
-        let Some(t) = h.token else {
+        let h = self.op_hashes(op);
+        if h.token.is_none() {
             return;
-        };
-        // A register names its platform: its new place needs no slot.
-        let new_place = match h.seen {
-            Some((Some(p), ms)) => Some((p, ms)),
-            _ => None,
-        };
-        self.prefetch_index_entries(t, h.person);
-        if let Some((p, ms)) = new_place {
-            self.by_seen.prefetch_group(p, ms, u32::MAX);
         }
-        self.prefetch_device_slot(t);
-        if let Some(p) = h.person {
-            self.prefetch_person_slot(p);
+        for stage in 0..STAGE_DISTANCES.len() {
+            self.read_ahead_stage(&h, stage);
         }
-        if let Some((p, ms)) = new_place {
-            self.by_seen.prefetch_leaf_header(p, ms, u32::MAX);
-        }
-        self.prefetch_owner_devices(&h);
-        self.prefetch_seen_moves(&h, Some(SeenLines::GroupKeys), Some(SeenLines::Leaf));
-        self.prefetch_seen_moves(&h, Some(SeenLines::LeafHeader), None);
-        self.prefetch_seen_moves(&h, Some(SeenLines::Leaf), None);
     }
 
     /// Asks for `old`'s lines of the last-seen entry the entry moves out
@@ -359,11 +372,18 @@ mod tests {
             plain.read_ahead(&hashes, i);
             plain.read_ahead_tokens(|j| plain.dirty.key(j), i);
         }
-        // The one-entry read-ahead of the warming pass, on every kind of
-        // entry the batch holds (and one naming no token).
-        for e in entries.iter().chain([&Entry::Clock(5)]) {
-            plain.read_ahead_one(e);
+        // The one-entry read-ahead of the warming pass, on every
+        // operation the batch holds (and one naming no token).
+        let merge = Op::Merge {
+            primary: "p1".into(),
+            secondary: "q".into(),
+        };
+        for e in &entries {
+            if let Entry::Op(op) = e {
+                plain.read_ahead_one(op);
+            }
         }
+        plain.read_ahead_one(&merge);
         assert!(plain.dump() == dump, "reading ahead changed the state");
         let mut ahead = State::new(20);
         for e in plain.dump() {

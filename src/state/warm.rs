@@ -35,24 +35,22 @@ impl State {
 
     /// Reads what applying `entries` will read; returns how many devices
     /// it found (a value for `std::hint::black_box`, not a result).
-    /// On a large state each entry's lines are first asked for chain by
-    /// chain side by side (`read_ahead_one`), so the reads that follow
-    /// find them in the cache instead of taking each miss in turn.
     pub(crate) fn warm(&self, entries: &[Entry]) -> usize {
         entries
             .iter()
             .filter_map(|e| match e {
-                Entry::Op(op) => {
-                    self.read_ahead_one(e);
-                    Some(op)
-                }
+                Entry::Op(op) => Some(op),
                 _ => None,
             })
             .map(|op| self.warm_op(op))
             .sum()
     }
 
+    /// On a large state the operation's lines are first asked for chain
+    /// by chain side by side (`read_ahead_one`), so the reads that follow
+    /// find them in the cache instead of taking each miss in turn.
     fn warm_op(&self, op: &Op) -> usize {
+        self.read_ahead_one(op);
         let token = match op {
             Op::Register(r) => {
                 if let Some(name) = &r.person {
