@@ -5,6 +5,10 @@
 //! names (`workload::person_name` below `persons_for(devices)`), one at a
 //! time on this thread as the harness's row does, and prints the rate.
 //!
+//! With `get` it times the harness's "point read by token" row instead:
+//! `device(token)` for tokens of devices drawn at random, taken from a
+//! list made before the clock starts (as the harness's read list is).
+//!
 //! With `register` it times the harness's "eventual register, 1 thread"
 //! row instead: `QUERIES` registers of devices drawn at random (each as
 //! `scale_probe harness` made it, seen now), one `apply` at a time, on a
@@ -12,7 +16,7 @@
 //!
 //! ```sh
 //! cargo run --release --example scale_probe -- 10000000 harness keep   # leaves scale-probe-db
-//! cargo run --release --example query_probe -- scale-probe-db [QUERIES] [register]
+//! cargo run --release --example query_probe -- scale-probe-db [QUERIES] [get|register]
 //! ```
 
 use std::error::Error;
@@ -32,17 +36,23 @@ mod workload;
 
 /// Queries when none are asked for: about two seconds at 10^7 devices.
 const DEFAULT_QUERIES: u64 = 2_000_000;
+/// Most tokens in the point reads' list (the harness's read list holds
+/// 2^20).
+const GET_LIST: u64 = 1 << 20;
 /// The seed of the people drawn (the same in every run).
 const SEED: u64 = 0x5eed;
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
-    let db = args.next().ok_or("usage: query_probe DB [QUERIES]")?;
+    let db = args
+        .next()
+        .ok_or("usage: query_probe DB [QUERIES] [get|register]")?;
     let queries = match args.next() {
         Some(q) => q.parse()?,
         None => DEFAULT_QUERIES,
     };
-    let register = args.next().as_deref() == Some("register");
+    let mode = args.next();
+    let register = mode.as_deref() == Some("register");
     let t = Instant::now();
     let mut config = devreg::Config::new(&db);
     if register {
@@ -55,6 +65,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     if register {
         return registers(&reg, devices, queries, open_s, &mut r);
     }
+    if mode.as_deref() == Some("get") {
+        return gets(&reg, devices, queries, open_s, &mut r);
+    }
     let persons = workload::persons_for(usize::try_from(devices)?);
     let mut found = 0u64;
     let t = Instant::now();
@@ -65,6 +78,30 @@ fn main() -> Result<(), Box<dyn Error>> {
     let rate = queries as f64 / t.elapsed().as_secs_f64();
     println!(
         "{{\"devices\":{devices},\"open_s\":{open_s:.1},\"queries\":{queries},\"found\":{found},\"most_recent_ops_s\":{rate:.0}}}"
+    );
+    Ok(())
+}
+
+/// `count` point reads of random devices' tokens, from a list of at most
+/// `GET_LIST` tokens made before the clock starts.
+fn gets(
+    reg: &devreg::Registry,
+    devices: u64,
+    count: u64,
+    open_s: f64,
+    r: &mut workload::Rng,
+) -> Result<(), Box<dyn Error>> {
+    let list: Vec<String> = (0..count.min(GET_LIST))
+        .map(|_| generator::token(r.below(devices)))
+        .collect();
+    let mut found = 0u64;
+    let t = Instant::now();
+    for token in list.iter().cycle().take(usize::try_from(count)?) {
+        found += u64::from(std::hint::black_box(reg.device(token)).is_some());
+    }
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "{{\"devices\":{devices},\"open_s\":{open_s:.1},\"gets\":{count},\"found\":{found},\"get_ops_s\":{rate:.0}}}"
     );
     Ok(())
 }

@@ -381,6 +381,61 @@ fn assert_imported_two(db: &Path, o: &Output) {
     assert_eq!(dump(db).len(), 2);
 }
 
+/// The command's heap is not advised onto huge pages (mimalloc's `no_thp`,
+/// DESIGN.md 6, "The command's heap is on small pages"): while an import
+/// waits on stdin with its database open, no mapping of the process
+/// carries `MADV_HUGEPAGE` (the `hg` flag of /proc/PID/smaps). mimalloc's
+/// default advises every arena it maps; the state's own arrays take the
+/// advice only from 16 MiB (`state/huge.rs`), which one device never needs.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_command_heap_is_not_advised_onto_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
+        .arg("--db")
+        .arg(&db)
+        .args(["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn devreg");
+    let mut pipe = child.stdin.take().expect("stdin");
+    writeln!(pipe, "{}", register("aa01", "ios", Some("ann"), 1000)).unwrap();
+    pipe.flush().unwrap();
+    let smaps = format!("/proc/{}/smaps", child.id());
+    let advised = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("VmFlags:"))
+            .filter(|l| l.split_whitespace().any(|f| f == "hg"))
+            .count()
+    };
+    // Until the open has made the store, and twice after it.
+    let mut looks_after_open = 0;
+    for _ in 0..100 {
+        let opened = db.join("store").exists();
+        let text = std::fs::read_to_string(&smaps).expect("the import is still running");
+        assert_eq!(
+            advised(&text),
+            0,
+            "mappings advised onto huge pages:\n{text}"
+        );
+        if opened {
+            looks_after_open += 1;
+            if looks_after_open == 2 {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(looks_after_open, 2, "the import never opened its database");
+    drop(pipe);
+    let o = child.wait_with_output().expect("wait for devreg");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_out(&o)["imported"], 1);
+}
+
 #[test]
 fn import_reads_stdin() {
     let dir = tempfile::tempdir().unwrap();

@@ -362,6 +362,11 @@ pub type CmdResult = Result<ExitCode, CliError>;
 /// freed nodes in a fragmented heap unless its mmap threshold was pinned
 /// (DESIGN.md section 6). Measured on a 3×10^6 import: user CPU 50.3 →
 /// 30.4 s, peak RSS 1.28 → 1.24 GB; open + stats 5.1 → 3.3 s of CPU.
+/// Built with `no_thp` (Cargo.toml): mimalloc no longer advises every
+/// arena onto huge pages, whose zeroing at the first touch was 37–42% of
+/// an open's CPU on a VM host; the open of one 10^7 database took
+/// 13.9–14.8 s instead of 18.2–27.1 s (DESIGN.md 6, "The command's heap
+/// is on small pages").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
