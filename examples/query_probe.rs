@@ -42,6 +42,24 @@ const GET_LIST: u64 = 1 << 20;
 /// The seed of the people drawn (the same in every run).
 const SEED: u64 = 0x5eed;
 
+/// The database as opened, and what every mode's report line starts with.
+struct Opened {
+    reg: devreg::Registry,
+    devices: u64,
+    open_s: f64,
+}
+
+impl Opened {
+    /// One JSON line: the database, then `counts` (`"key":value` pairs),
+    /// then the rate under `rate_key`.
+    fn report(&self, counts: &str, rate_key: &str, rate: f64) {
+        println!(
+            "{{\"devices\":{},\"open_s\":{:.1},{counts},\"{rate_key}\":{rate:.0}}}",
+            self.devices, self.open_s
+        );
+    }
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
     let db = args
@@ -52,84 +70,85 @@ fn main() -> Result<(), Box<dyn Error>> {
         None => DEFAULT_QUERIES,
     };
     let mode = args.next();
-    let register = mode.as_deref() == Some("register");
     let t = Instant::now();
     let mut config = devreg::Config::new(&db);
-    if register {
+    if mode.as_deref() == Some("register") {
         config = config.durability(devreg::Durability::Eventual);
     }
     let reg = devreg::Registry::open_with(config)?;
     let open_s = t.elapsed().as_secs_f64();
     let devices = reg.stats().devices;
+    let db = Opened {
+        reg,
+        devices,
+        open_s,
+    };
     let mut r = workload::Rng::new(SEED);
-    if register {
-        return registers(&reg, devices, queries, open_s, &mut r);
+    match mode.as_deref() {
+        Some("register") => registers(&db, queries, &mut r),
+        Some("get") => gets(&db, queries, &mut r),
+        _ => most_recents(&db, queries, &mut r),
     }
-    if mode.as_deref() == Some("get") {
-        return gets(&reg, devices, queries, open_s, &mut r);
-    }
-    let persons = workload::persons_for(usize::try_from(devices)?);
+}
+
+/// `count` `most_recent` queries of people drawn at random.
+fn most_recents(db: &Opened, count: u64, r: &mut workload::Rng) -> Result<(), Box<dyn Error>> {
+    let persons = workload::persons_for(usize::try_from(db.devices)?);
     let mut found = 0u64;
     let t = Instant::now();
-    for _ in 0..queries {
+    for _ in 0..count {
         let name = workload::person_name(r.below(persons));
-        found += u64::from(std::hint::black_box(reg.most_recent(&name, None)).is_some());
+        found += u64::from(std::hint::black_box(db.reg.most_recent(&name, None)).is_some());
     }
-    let rate = queries as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "{{\"devices\":{devices},\"open_s\":{open_s:.1},\"queries\":{queries},\"found\":{found},\"most_recent_ops_s\":{rate:.0}}}"
+    let rate = count as f64 / t.elapsed().as_secs_f64();
+    db.report(
+        &format!("\"queries\":{count},\"found\":{found}"),
+        "most_recent_ops_s",
+        rate,
     );
     Ok(())
 }
 
 /// `count` point reads of random devices' tokens, from a list of at most
 /// `GET_LIST` tokens made before the clock starts.
-fn gets(
-    reg: &devreg::Registry,
-    devices: u64,
-    count: u64,
-    open_s: f64,
-    r: &mut workload::Rng,
-) -> Result<(), Box<dyn Error>> {
+fn gets(db: &Opened, count: u64, r: &mut workload::Rng) -> Result<(), Box<dyn Error>> {
     let list: Vec<String> = (0..count.min(GET_LIST))
-        .map(|_| generator::token(r.below(devices)))
+        .map(|_| generator::token(r.below(db.devices)))
         .collect();
     let mut found = 0u64;
     let t = Instant::now();
     for token in list.iter().cycle().take(usize::try_from(count)?) {
-        found += u64::from(std::hint::black_box(reg.device(token)).is_some());
+        found += u64::from(std::hint::black_box(db.reg.device(token)).is_some());
     }
     let rate = count as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "{{\"devices\":{devices},\"open_s\":{open_s:.1},\"gets\":{count},\"found\":{found},\"get_ops_s\":{rate:.0}}}"
+    db.report(
+        &format!("\"gets\":{count},\"found\":{found}"),
+        "get_ops_s",
+        rate,
     );
     Ok(())
 }
 
 /// `count` registers of random devices, each seen at a later time than the
 /// one before (the harness's `seen_now()`), one `apply` at a time.
-fn registers(
-    reg: &devreg::Registry,
-    devices: u64,
-    count: u64,
-    open_s: f64,
-    r: &mut workload::Rng,
-) -> Result<(), Box<dyn Error>> {
+fn registers(db: &Opened, count: u64, r: &mut workload::Rng) -> Result<(), Box<dyn Error>> {
     let mut changed = 0u64;
     let t = Instant::now();
     for k in 0..count {
-        let mut op = like_harness::like_harness(r.below(devices), devices, false);
+        let mut op = like_harness::like_harness(r.below(db.devices), db.devices, false);
         if let devreg::Op::Register(reg_op) = &mut op {
             reg_op.seen_ms = workload::NOW_MS + k;
         }
         changed += u64::from(matches!(
-            reg.apply(op)?,
+            db.reg.apply(op)?,
             devreg::Outcome::Applied { devices: 1, .. }
         ));
     }
     let rate = count as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "{{\"devices\":{devices},\"open_s\":{open_s:.1},\"registers\":{count},\"changed\":{changed},\"register_ops_s\":{rate:.0}}}"
+    db.report(
+        &format!("\"registers\":{count},\"changed\":{changed}"),
+        "register_ops_s",
+        rate,
     );
     Ok(())
 }

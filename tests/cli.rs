@@ -11,8 +11,9 @@ fn devreg(db: &Path, args: &[&str]) -> Output {
     devreg_with_stdin(db, args, None)
 }
 
-fn devreg_with_stdin(db: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
+/// `devreg --db DB ARGS...` started, its stdin, stdout and stderr piped.
+fn spawn_devreg(db: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_devreg"))
         .arg("--db")
         .arg(db)
         .args(args)
@@ -20,7 +21,11 @@ fn devreg_with_stdin(db: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn devreg");
+        .expect("spawn devreg")
+}
+
+fn devreg_with_stdin(db: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = spawn_devreg(db, args);
     // Dropping the pipe after writing closes stdin: the import sees EOF.
     let mut pipe = child.stdin.take().expect("stdin");
     pipe.write_all(stdin.unwrap_or_default())
@@ -392,15 +397,7 @@ fn assert_imported_two(db: &Path, o: &Output) {
 fn the_command_heap_is_not_advised_onto_huge_pages() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devreg"))
-        .arg("--db")
-        .arg(&db)
-        .args(["import", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn devreg");
+    let mut child = spawn_devreg(&db, &["import", "-"]);
     let mut pipe = child.stdin.take().expect("stdin");
     writeln!(pipe, "{}", register("aa01", "ios", Some("ann"), 1000)).unwrap();
     pipe.flush().unwrap();
