@@ -127,6 +127,14 @@ pub struct Config {
     /// opener's priority. Linux only (DESIGN.md 7, "Background work
     /// yields").
     pub background_nice: i32,
+    /// How long, at most, a leader whose group will be synced waits for
+    /// more requests while it holds fewer than the last synced group did
+    /// (default `limits::DEFAULT_GROUP_GATHER_US`, 150; at most
+    /// `limits::MAX_GROUP_GATHER_US`, 10,000; 0 never waits). The last
+    /// group's callers, answered a moment before, are queueing their next
+    /// writes: each that makes it shares this fsync instead of paying the
+    /// next one (DESIGN.md 7). One writer alone never waits.
+    pub group_gather_us: u64,
     /// Test-only: devices loaded at open from which the store is reopened
     /// (default `limits::REOPEN_STORE_AFTER_DEVICES`).
     #[doc(hidden)]
@@ -191,6 +199,7 @@ impl Config {
             memory_budget: 0,
             soft_failures_to_suppress: crate::limits::DEFAULT_SOFT_FAILURES_TO_SUPPRESS,
             background_nice: crate::limits::DEFAULT_BACKGROUND_NICE,
+            group_gather_us: crate::limits::DEFAULT_GROUP_GATHER_US,
             reopen_store_after_devices: REOPEN_STORE_AFTER_DEVICES,
             faults: None,
             #[cfg(feature = "etcd")]
@@ -340,6 +349,18 @@ impl Config {
         self
     }
 
+    /// Sets how long a synced group waits, at most, for the callers of the
+    /// last one (see the field; 0..=10,000 µs, checked at open).
+    ///
+    /// ```
+    /// let c = devreg::Config::new("/tmp/x").group_gather_us(0);
+    /// assert_eq!(c.group_gather_us, 0);
+    /// ```
+    pub fn group_gather_us(mut self, us: u64) -> Config {
+        self.group_gather_us = us;
+        self
+    }
+
     /// Sets how many bytes of log start a checkpoint.
     pub fn checkpoint_log_bytes(mut self, bytes: u64) -> Config {
         self.checkpoint_log_bytes = Some(bytes);
@@ -471,6 +492,16 @@ impl Config {
             return Err(Error::invalid(
                 "background_nice",
                 format!("{} is outside 0..={max_nice}", self.background_nice),
+            ));
+        }
+        let max_gather = crate::limits::MAX_GROUP_GATHER_US;
+        if self.group_gather_us > max_gather {
+            return Err(Error::invalid(
+                "group_gather_us",
+                format!(
+                    "{} is over the maximum of {max_gather}",
+                    self.group_gather_us
+                ),
             ));
         }
         if self.max_log_segments < 2 {

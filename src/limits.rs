@@ -44,6 +44,13 @@ pub const MAX_SCALED_LOG_BYTES: u64 = 1 << 30;
 pub const SPARE_LOG_SEGMENTS: usize = 1;
 /// Most operations one write group (one fsync) collects from concurrent callers.
 pub const MAX_GROUP_OPS: usize = 200_000;
+/// How long, by default, a leader whose group will be synced waits for the
+/// callers of the last synced group to queue again, while it holds fewer
+/// requests than that group did (`Config::group_gather_us`; DESIGN.md 7,
+/// "A synced group waits for the last one's callers"): about one fsync.
+pub const DEFAULT_GROUP_GATHER_US: u64 = 150;
+/// Largest accepted `Config::group_gather_us`: 10 ms.
+pub const MAX_GROUP_GATHER_US: u64 = 10_000;
 /// Tries a query makes for the state's read lock, a spin-loop hint apart,
 /// before it parks (`Inner::read_state`): a write holds the lock a few
 /// microseconds, and this spins for about that long.

@@ -158,7 +158,7 @@ pub(crate) fn commit(
             Err(crossbeam_channel::TryRecvError::Empty) => {}
         }
         if let Some(mut c) = ctx.try_lock() {
-            lead(&mut c, queue);
+            lead_for_caller(&mut c, queue);
             continue;
         }
         // Another caller leads (likely in its fsync) and takes our request
@@ -179,6 +179,18 @@ fn lead(c: &mut WriterCtx, queue: &WriteQueue) {
     c.periodic();
 }
 
+/// `lead` for a caller whose own request is queued: one group, which holds
+/// that request unless `MAX_GROUP_OPS` cut it (then `commit` leads again).
+/// Leading on until the queue was empty kept a caller from its next write
+/// while the others' went on, and a synced group waits for the last one's
+/// callers: four threads of durable writes committed in groups of three
+/// while the fourth led them (DESIGN.md 7). What is left is led by its
+/// callers, who poll the lock.
+fn lead_for_caller(c: &mut WriterCtx, queue: &WriteQueue) {
+    lead_group(c, queue);
+    c.periodic();
+}
+
 /// Commits one group of queued requests; false when the queue was empty.
 fn lead_group(c: &mut WriterCtx, queue: &WriteQueue) -> bool {
     let mut group = Vec::new();
@@ -195,6 +207,7 @@ fn lead_group(c: &mut WriterCtx, queue: &WriteQueue) -> bool {
     if group.is_empty() {
         return false;
     }
+    gather(c, queue, &mut group, ops);
     // A panic here would leave the state half-applied with the flag
     // unset: catch it and fail stop (finding 14). The group's replies
     // are dropped with it; `commit` turns that into the failure. The
@@ -207,6 +220,47 @@ fn lead_group(c: &mut WriterCtx, queue: &WriteQueue) -> bool {
         ));
     }
     true
+}
+
+/// Before a group that will be synced: while it holds fewer requests than
+/// the last synced group, takes those that arrive within
+/// `Config::group_gather_us` (DESIGN.md 7, "A synced group waits for the
+/// last one's callers"). That group's callers were answered a moment ago
+/// and are queueing their next writes; each that makes it shares this
+/// fsync instead of paying the next. A group of one after a group of one
+/// never waits, nor does a group that will not be synced.
+fn gather(c: &mut WriterCtx, queue: &WriteQueue, group: &mut Vec<Request>, mut ops: usize) {
+    if group_durability(c.config.durability, group) != Durability::Immediate {
+        return;
+    }
+    let wait = Duration::from_micros(c.config.group_gather_us);
+    let start = Instant::now();
+    while group.len() < c.last_synced_group
+        && ops < crate::limits::MAX_GROUP_OPS
+        && start.elapsed() < wait
+    {
+        match queue.rx.try_recv() {
+            Ok(req) => {
+                ops += req.0.len();
+                group.push(req);
+            }
+            // The callers need the core more than this loop does.
+            Err(_) => std::thread::yield_now(),
+        }
+    }
+    c.last_synced_group = group.len();
+}
+
+/// How a group is written: synced when any of its requests asks for it
+/// (`configured` for a request without a wish).
+fn group_durability(configured: Durability, group: &[Request]) -> Durability {
+    match group
+        .iter()
+        .any(|r| r.1.unwrap_or(configured) == Durability::Immediate)
+    {
+        true => Durability::Immediate,
+        false => Durability::Eventual,
+    }
 }
 
 /// `submit_detached` for an `Eventual` write: when the writer lock is free
@@ -279,6 +333,8 @@ pub(crate) struct WriterCtx {
     pub(crate) last_clock_ms: u64,
     /// Set by `shutdown`: every later write is refused with `Closed`.
     pub(crate) closed: bool,
+    /// Requests in the last group that was synced (`gather`).
+    pub(crate) last_synced_group: usize,
     /// Where group commits are counted.
     pub(crate) metrics: Arc<Recorder>,
     /// `State::pending_records` after the last group applied: at
@@ -416,14 +472,7 @@ impl WriterCtx {
             }
             return;
         }
-        let configured = self.config.durability;
-        let mode = match group
-            .iter()
-            .any(|r| r.1.unwrap_or(configured) == Durability::Immediate)
-        {
-            true => Durability::Immediate,
-            false => Durability::Eventual,
-        };
+        let mode = group_durability(self.config.durability, &group);
         let work = self.encode_group(group);
         if let Err(e) = self.make_room(&work) {
             return reply_all(work.into_iter().map(|w| w.reply), &e);

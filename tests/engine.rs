@@ -790,6 +790,49 @@ fn metrics_count_page_merges_and_their_bytes() {
     assert_eq!(m.heap_trims, m.compactions, "{m:?}");
 }
 
+/// A synced group waits for the last one's callers (`Config::group_gather_us`,
+/// DESIGN.md 7): four threads of durable registers commit in groups of about
+/// four. Without the wait, a leader answered its group and led the next
+/// before the others had queued again: groups of two or three on two cores.
+#[test]
+fn synced_groups_wait_for_the_last_groups_callers() {
+    const THREADS: usize = 4;
+    const EACH: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(dir.path().join("db"))
+        .durability(Durability::Immediate)
+        .group_gather_us(devreg::limits::MAX_GROUP_GATHER_US);
+    let reg = Registry::open_with(config).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let reg = reg.clone();
+            s.spawn(move || {
+                for i in 0..EACH {
+                    let token = format!("{t:02x}{i:04x}");
+                    assert!(reg.apply(reg_op(&token, None, 1)).unwrap().is_applied());
+                }
+            });
+        }
+    });
+    let m = reg.metrics();
+    let writes = (THREADS * EACH) as u64;
+    assert_eq!(m.group_commit_records.sum, writes);
+    // About writes / THREADS groups; the first ones form as threads start.
+    assert!(
+        m.group_commits * 3 <= writes,
+        "{} groups for {writes} writes: {:?}",
+        m.group_commits,
+        m.group_commit_records
+    );
+    assert!(reg.check().unwrap().is_clean());
+    drop(reg);
+    let over = devreg::limits::MAX_GROUP_GATHER_US + 1;
+    let err = Registry::open_with(Config::new(dir.path().join("b")).group_gather_us(over))
+        .err()
+        .expect("a wait over the maximum opened");
+    assert!(err.to_string().contains("group_gather_us"), "{err}");
+}
+
 #[test]
 fn metrics_count_operations_group_commits_fsyncs_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();

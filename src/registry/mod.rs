@@ -328,6 +328,7 @@ impl Registry {
             last_sync_at: Instant::now(),
             last_clock_ms,
             closed: false,
+            last_synced_group: 0,
             metrics: metrics.clone(),
             pending_records: 0,
         };
