@@ -195,25 +195,20 @@ fn lead_for_caller(c: &mut WriterCtx, queue: &WriteQueue) {
 fn lead_group(c: &mut WriterCtx, queue: &WriteQueue) -> bool {
     let mut group = Vec::new();
     let mut ops = 0;
-    while ops < crate::limits::MAX_GROUP_OPS {
-        match queue.rx.try_recv() {
-            Ok(req) => {
-                ops += req.0.len();
-                group.push(req);
-            }
-            Err(_) => break,
-        }
-    }
+    while ops < crate::limits::MAX_GROUP_OPS && take_queued(queue, &mut group, &mut ops) {}
     if group.is_empty() {
         return false;
     }
-    gather(c, queue, &mut group, ops);
+    let mode = group_durability(c.config.durability, &group);
+    if mode == Durability::Immediate {
+        gather(c, queue, &mut group, ops);
+    }
     // A panic here would leave the state half-applied with the flag
     // unset: catch it and fail stop (finding 14). The group's replies
     // are dropped with it; `commit` turns that into the failure. The
     // requests queued behind it are still taken, and refused: no other
     // leader may come for a detached one.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.write_group(group)));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.write_group(group, mode)));
     if r.is_err() {
         c.fail(&Error::Failed(
             "the writer panicked while applying a group".into(),
@@ -222,30 +217,36 @@ fn lead_group(c: &mut WriterCtx, queue: &WriteQueue) -> bool {
     true
 }
 
+/// Moves the next queued request into `group`, counting its operations in
+/// `ops`; false when none is queued.
+fn take_queued(queue: &WriteQueue, group: &mut Vec<Request>, ops: &mut usize) -> bool {
+    match queue.rx.try_recv() {
+        Ok(req) => {
+            *ops += req.0.len();
+            group.push(req);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Before a group that will be synced: while it holds fewer requests than
 /// the last synced group, takes those that arrive within
 /// `Config::group_gather_us` (DESIGN.md 7, "A synced group waits for the
 /// last one's callers"). That group's callers were answered a moment ago
 /// and are queueing their next writes; each that makes it shares this
 /// fsync instead of paying the next. A group of one after a group of one
-/// never waits, nor does a group that will not be synced.
+/// never waits; the caller gathers only for a group that will be synced.
 fn gather(c: &mut WriterCtx, queue: &WriteQueue, group: &mut Vec<Request>, mut ops: usize) {
-    if group_durability(c.config.durability, group) != Durability::Immediate {
-        return;
-    }
     let wait = Duration::from_micros(c.config.group_gather_us);
     let start = Instant::now();
     while group.len() < c.last_synced_group
         && ops < crate::limits::MAX_GROUP_OPS
         && start.elapsed() < wait
     {
-        match queue.rx.try_recv() {
-            Ok(req) => {
-                ops += req.0.len();
-                group.push(req);
-            }
+        if !take_queued(queue, group, &mut ops) {
             // The callers need the core more than this loop does.
-            Err(_) => std::thread::yield_now(),
+            std::thread::yield_now();
         }
     }
     c.last_synced_group = group.len();
@@ -457,10 +458,11 @@ impl WriterCtx {
     /// that a crash can take back (finding 16); in `Eventual` mode the state
     /// changes first and only records that changed something are logged.
     ///
-    /// A group is `Immediate` if any of its requests asks for it (a request
-    /// without a wish takes the registry's durability): an `Eventual`
-    /// request in such a group is synced too, never the other way round.
-    fn write_group(&mut self, group: Vec<Request>) {
+    /// `mode` is the group's (`group_durability`): `Immediate` if any of
+    /// its requests asks for it (a request without a wish takes the
+    /// registry's durability), so an `Eventual` request in such a group is
+    /// synced too, never the other way round.
+    fn write_group(&mut self, group: Vec<Request>, mode: Durability) {
         let refusal = if self.closed {
             Some(Error::Closed)
         } else {
@@ -472,7 +474,6 @@ impl WriterCtx {
             }
             return;
         }
-        let mode = group_durability(self.config.durability, &group);
         let work = self.encode_group(group);
         if let Err(e) = self.make_room(&work) {
             return reply_all(work.into_iter().map(|w| w.reply), &e);
